@@ -1,0 +1,281 @@
+"""`lstm-onnx`: a thin edge over the library.
+
+Each command turns its options into keyword arguments of a library function and prints the result.
+Heavy modules are imported inside the commands that need them: `--help`, `run` and `inspect` never
+import TensorFlow, which costs seconds and may not be installed on a deploy machine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from toolkit import __version__
+from toolkit.errors import InputError, LstmOnnxError
+
+
+class _Cli(click.Group):
+    """Turns every `LstmOnnxError` into click's one-line `Error: ...` and exit code 1: no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LstmOnnxError as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+
+
+def _quiet_tensorflow() -> None:
+    # The CLI is an application edge, so it may choose TensorFlow's C++ log level (library code never
+    # sets environment variables). Must happen before TensorFlow is first imported.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class _Timesteps(click.ParamType):
+    name = "N|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).lower() in ("none", "variable"):
+            return None
+        try:
+            steps = int(value)
+        except ValueError:
+            self.fail(f"Expected a number of time steps >= 1 or 'none'. Received: {value!r}", param, ctx)
+        if steps < 1:
+            self.fail(f"Expected a number of time steps >= 1 or 'none'. Received: {value!r}", param, ctx)
+        return steps
+
+
+def _renames(specs: Sequence[str]) -> dict[str, str]:
+    renames: dict[str, str] = {}
+    for spec in specs:
+        old, sep, new = spec.partition("=")
+        if not sep or not old or not new:
+            raise InputError(f"Expected --output-name DEFAULT_NAME=NEW_NAME. Received: {spec!r}")
+        renames[old] = new
+    return renames
+
+
+def _emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2))
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lstm-onnx")
+def cli() -> None:
+    """Export Keras recurrent models to ONNX with every output named, and prove them equal in ONNX Runtime."""
+
+
+_tolerance_options = [
+    click.option("--atol", multiple=True, metavar="[OUTPUT:]VALUE",
+                 help="Absolute tolerance (default 1e-6); OUTPUT:VALUE for one output. Repeatable."),
+    click.option("--rtol", multiple=True, metavar="[OUTPUT:]VALUE",
+                 help="Relative tolerance (default 1e-5); OUTPUT:VALUE for one output. Repeatable."),
+]
+
+
+def tolerance_options(func: Any) -> Any:
+    for option in reversed(_tolerance_options):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="MODEL given: the .onnx file (default MODEL with .onnx). Otherwise: the folder (default exported/).")
+@click.option("--layers", type=click.IntRange(min=1), help="Number of stacked LSTM layers (default 2).")
+@click.option("--units", type=click.IntRange(min=1), help="Units per layer (default 2).")
+@click.option("--timesteps", type=_Timesteps(), help="Time steps, or 'none' for a variable length (default 3).")
+@click.option("--features", type=click.IntRange(min=1), help="Input features (default 1).")
+@click.option("--return-sequences/--no-return-sequences", default=None,
+              help="The last layer's flag; unset: both values are exported.")
+@click.option("--return-state/--no-return-state", default=None,
+              help="The last layer's flag; unset: both values are exported.")
+@click.option("--all-states", is_flag=True, default=None, help="Also output the states of every earlier layer.")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed of the weights (default 0).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14-18).")
+@click.option("--output-name", multiple=True, metavar="DEFAULT=NEW", help="Rename an output. Repeatable.")
+@tolerance_options
+@click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
+@click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def export(model: Path | None, output: Path | None, layers: int | None, units: int | None, timesteps: Any,
+           features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
+           seed: int | None, opset: int, output_name: Sequence[str], atol: Sequence[str], rtol: Sequence[str],
+           keep_failed: bool, require_fused: bool, as_json: bool) -> None:
+    """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
+
+    Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
+    default) into exported/ with a manifest.json. Exits 1 if any output fails parity; then nothing is
+    written unless --keep-failed.
+    """
+    _quiet_tensorflow()
+    from toolkit.compare import Tolerances
+    from toolkit.report import invariant_lines, parity_table
+
+    tolerances = Tolerances.parse(atol, rtol)
+    renames = _renames(output_name)
+    builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
+                       "return_sequences": return_sequences, "return_state": return_state,
+                       "all_states": all_states, "seed": seed}
+    if model is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in builder_options.items() if v is not None]
+        if given:
+            raise InputError(f"Expected builder options only without MODEL. Received: MODEL and {', '.join(given)}")
+        from toolkit.exporter import export_keras_file
+
+        target = output or model.with_suffix(".onnx")
+        result = export_keras_file(model, target, opset=opset, output_names=renames or None, tolerances=tolerances,
+                                   keep_failed=keep_failed, require_fused=require_fused)
+        items = [(target.name, result.parity)]
+        warnings = list(result.warnings)
+        written = [target] if (result.parity or keep_failed) else []
+        payload = {"passed": result.parity.passed, "written": [str(target)], "sha256": result.sha256,
+                   "fused_ops": result.fused_ops, "warnings": warnings, "parity": result.parity.to_json()}
+    else:
+        from toolkit.builder import StackConfig, stack_configs
+        from toolkit.suite import export_stacks
+
+        base = StackConfig(**{k: v for k, v in builder_options.items()
+                              if v is not None and k not in ("return_sequences", "return_state")})
+        configs = stack_configs(base, return_sequences, return_state)
+        suite = export_stacks(configs, output or Path("exported"), opset=opset, output_names=renames or None,
+                              tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused)
+        items = [(entry.file, entry.result.parity) for entry in suite.entries]
+        warnings = [f"{entry.file}: {w}" for entry in suite.entries for w in entry.result.warnings]
+        written = suite.written
+        payload = {"passed": suite.passed, "written": [str(p) for p in written],
+                   "models": [{"file": e.file, "sha256": e.result.sha256, "fused_ops": e.result.fused_ops,
+                               "warnings": list(e.result.warnings), "parity": e.result.parity.to_json()}
+                              for e in suite.entries]}
+    passed = all(report for _, report in items)
+    if as_json:
+        _emit_json(payload)
+    else:
+        click.echo(parity_table(items))
+        for line in invariant_lines(items):
+            click.echo(line)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written
+                   else "wrote nothing")
+    if not passed:
+        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)"))
+
+
+@cli.command()
+@click.argument("onnx_model", type=click.Path(path_type=Path))
+@click.option("--keras", "keras_model", required=True, type=click.Path(path_type=Path), help="The Keras model it came from.")
+@tolerance_options
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
+def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Sequence[str], seed: int,
+           as_json: bool) -> None:
+    """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
+    _quiet_tensorflow()
+    from toolkit.compare import Tolerances
+    from toolkit.exporter import verify_files
+    from toolkit.report import invariant_lines, parity_table
+
+    report = verify_files(onnx_model, keras_model, Tolerances.parse(atol, rtol), seed=seed)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        items = [(onnx_model.name, report)]
+        click.echo(parity_table(items))
+        for line in invariant_lines(items):
+            click.echo(line)
+        click.echo("PASS" if report else "FAIL: " + "; ".join(report.failures()[:5]))
+    if not report:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("onnx_model", type=click.Path(path_type=Path))
+@click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="[NAME=]FILE",
+              help="A .npy per input (NAME=FILE.npy when the model has several), or one .npz of named arrays.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the outputs to this .npz file.")
+@click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON lists.")
+def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, as_json: bool) -> None:
+    """Run ONNX_MODEL in ONNX Runtime and print (or save) each named output. Needs no TensorFlow."""
+    import numpy as np
+
+    from toolkit.fileio import atomic_write_bytes
+    from toolkit.report import outputs_text
+    from toolkit.runner import OnnxRunner, load_feeds
+
+    if output is not None and output.suffix != ".npz":
+        raise InputError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
+    runner = OnnxRunner(onnx_model)
+    outputs = runner.run(load_feeds(inputs, runner.input_names))
+    if output is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **outputs)
+        atomic_write_bytes(output, buffer.getvalue())
+    if as_json:
+        _emit_json({name: {"shape": list(v.shape), "dtype": v.dtype.name, "values": v.tolist()} for name, v in outputs.items()})
+    else:
+        click.echo(outputs_text(outputs))
+        if output is not None:
+            click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("onnx_model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable description.")
+def inspect(onnx_model: Path, as_json: bool) -> None:
+    """List ONNX_MODEL's inputs and outputs, dynamic axes, recurrent ops and metadata. Needs no TensorFlow."""
+    from toolkit.report import description_text
+    from toolkit.runner import inspect_model
+
+    description = inspect_model(onnx_model)
+    if as_json:
+        _emit_json(description.to_json())
+    else:
+        click.echo(description_text(description))
+
+
+@cli.command()
+def explain() -> None:
+    """Show what the post's four flag combinations return, from live Keras and ONNX Runtime runs."""
+    _quiet_tensorflow()
+    import numpy as np
+
+    from toolkit.explain import explain as run_explain
+
+    cases = run_explain()
+    for case in cases:
+        c = case.config
+        click.echo(f"({case.number}) last layer LSTM({c.units}, return_sequences={c.return_sequences}, "
+                   f"return_state={c.return_state}) on input [0.1, 0.2, 0.3], shape (1, 3, 1)")
+        with np.printoptions(precision=6, suppress=True):
+            for out in case.outputs:
+                click.echo(f"    {out.name:<18} {str(out.shape):<10} keras {out.keras.tolist()}")
+                click.echo(f"    {'':<18} {'':<10} onnx  {out.onnx.tolist()}")
+        for line in case.keras_equalities:
+            click.echo(f"    keras: {line}")
+        for line in case.onnx_equalities:
+            click.echo(f"    onnx:  {line}")
+        if not case.keras_equalities:
+            click.echo("    no state output: nothing to compare the output with")
+        click.echo("")
+    click.echo("return_sequences picks every step's hidden state or the last one; return_state adds the last step's "
+               "state_h and state_c. The last output is state_h; with return_sequences its last step is.")
+    if not all(case.all_hold for case in cases):
+        raise click.ClickException("an equality or parity check failed")
+
+
+def main() -> None:
+    cli(prog_name="lstm-onnx")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Comparing ONNX Runtime's outputs with Keras', output by output.
+
+Results are objects that test true when they pass (after Polygraphy's `OutputCompareResult`): a
+`ParityReport` is true only when the output names match, every output's shape matches in every case and
+every value is within its tolerance. Nothing here imports TensorFlow: `verify` results can be read and
+printed on a deploy machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from toolkit.errors import InputError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Elementwise `|actual - expected| <= atol + rtol * |expected|` (numpy.allclose's rule)."""
+
+    atol: float
+    rtol: float
+
+    def __str__(self) -> str:
+        return f"atol={self.atol:g} rtol={self.rtol:g}"
+
+
+# As tight as tf2onnx's own Keras LSTM tests (tests/test_keras_lstm.py: rtol 1e-5, atol 1e-6).
+DEFAULT_TOLERANCE = Tolerance(atol=1e-6, rtol=1e-5)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """One default tolerance and optional per-output overrides, keyed by output name."""
+
+    default: Tolerance = DEFAULT_TOLERANCE
+    per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+
+    def for_output(self, name: str) -> Tolerance:
+        return self.per_output.get(name, self.default)
+
+    def check_names(self, output_names: Sequence[str]) -> None:
+        """Refuse a per-output tolerance for an output the model does not have (a typo passes silently otherwise)."""
+        unknown = sorted(set(self.per_output) - set(output_names))
+        if unknown:
+            raise InputError(
+                f"Expected tolerance keys among the model's outputs {list(output_names)}. "
+                f"Received unknown key(s): {unknown}"
+            )
+
+    @classmethod
+    def parse(cls, atol: Iterable[str] = (), rtol: Iterable[str] = ()) -> "Tolerances":
+        """Build from CLI strings: `VALUE` sets the default, `NAME:VALUE` one output (Polygraphy's syntax)."""
+        default_atol, default_rtol = DEFAULT_TOLERANCE.atol, DEFAULT_TOLERANCE.rtol
+        overrides: dict[str, dict[str, float]] = {}
+        for kind, values in (("atol", atol), ("rtol", rtol)):
+            for raw in values:
+                name, _, value_text = raw.rpartition(":")
+                value = _parse_non_negative(kind, value_text, raw)
+                if not name:
+                    if kind == "atol":
+                        default_atol = value
+                    else:
+                        default_rtol = value
+                else:
+                    overrides.setdefault(name, {})[kind] = value
+        default = Tolerance(atol=default_atol, rtol=default_rtol)
+        per_output = {
+            name: Tolerance(atol=vals.get("atol", default.atol), rtol=vals.get("rtol", default.rtol))
+            for name, vals in overrides.items()
+        }
+        return cls(default=default, per_output=per_output)
+
+    def to_json(self) -> dict:
+        return {"default": asdict(self.default), "per_output": {k: asdict(v) for k, v in self.per_output.items()}}
+
+
+def _parse_non_negative(kind: str, text: str, raw: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise InputError(f"Expected --{kind} as VALUE or OUTPUT_NAME:VALUE with a number >= 0. Received: {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    """How one output of one input case compares."""
+
+    name: str
+    expected_shape: tuple[int, ...]
+    actual_shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    tolerance: Tolerance
+    passed: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        status = "PASS" if self.passed else "FAIL"
+        text = (
+            f"{self.name} {self.actual_shape}: max_abs={self.max_abs:.3g} max_rel={self.max_rel:.3g} "
+            f"({self.tolerance}) {status}"
+        )
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+@dataclass(frozen=True)
+class InvariantCheck:
+    """An equality the Keras LSTM contract promises, e.g. the last output equals state_h."""
+
+    description: str
+    max_abs: float
+    passed: bool
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """All outputs of one input case (one batch of inputs)."""
+
+    label: str
+    comparisons: tuple[OutputComparison, ...]
+    invariants: tuple[InvariantCheck, ...] = ()
+
+    def __bool__(self) -> bool:
+        return all(self.comparisons) and all(self.invariants)
+
+
+@dataclass(frozen=True)
+class OutputSummary:
+    """One output over every case: the worst errors and the shapes seen."""
+
+    name: str
+    shapes: tuple[tuple[int, ...], ...]
+    max_abs: float
+    max_rel: float
+    tolerance: Tolerance
+    passed: bool
+    reasons: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """The parity of one ONNX model against its Keras model, over several input cases."""
+
+    expected_names: tuple[str, ...]
+    actual_names: tuple[str, ...]
+    cases: tuple[CaseResult, ...]
+
+    @property
+    def names_match(self) -> bool:
+        return self.expected_names == self.actual_names
+
+    @property
+    def passed(self) -> bool:
+        return self.names_match and bool(self.cases) and all(self.cases)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def summaries(self) -> list[OutputSummary]:
+        """Per output, the maximum over cases, in output order."""
+        rows: list[OutputSummary] = []
+        for name in self.actual_names:
+            found = [c for case in self.cases for c in case.comparisons if c.name == name]
+            if not found:
+                continue
+            rows.append(
+                OutputSummary(
+                    name=name,
+                    shapes=tuple(dict.fromkeys(c.actual_shape for c in found)),
+                    max_abs=_nanmax(c.max_abs for c in found),
+                    max_rel=_nanmax(c.max_rel for c in found),
+                    tolerance=found[0].tolerance,
+                    passed=all(found),
+                    reasons=tuple(dict.fromkeys(c.reason for c in found if c.reason)),
+                )
+            )
+        return rows
+
+    def invariants(self) -> list[InvariantCheck]:
+        return [inv for case in self.cases for inv in case.invariants]
+
+    def failures(self) -> list[str]:
+        """One line per problem, each naming the output it concerns (Optimum's collect-then-raise)."""
+        problems: list[str] = []
+        if not self.names_match:
+            problems.append(f"output names: expected {list(self.expected_names)}, got {list(self.actual_names)}")
+        for case in self.cases:
+            problems += [f"[{case.label}] {c}" for c in case.comparisons if not c]
+            problems += [
+                f"[{case.label}] invariant failed: {inv.description} (max_abs={inv.max_abs:.3g})"
+                for inv in case.invariants
+                if not inv
+            ]
+        if not self.cases:
+            problems.append("no input case was compared")
+        return problems
+
+    def to_json(self) -> dict:
+        return {
+            "passed": self.passed,
+            "names_match": self.names_match,
+            "expected_names": list(self.expected_names),
+            "actual_names": list(self.actual_names),
+            "outputs": [
+                {
+                    "name": s.name,
+                    "shapes": [list(shape) for shape in s.shapes],
+                    "max_abs": _json_float(s.max_abs),
+                    "max_rel": _json_float(s.max_rel),
+                    "atol": s.tolerance.atol,
+                    "rtol": s.tolerance.rtol,
+                    "passed": s.passed,
+                    "reasons": list(s.reasons),
+                }
+                for s in self.summaries()
+            ],
+            "invariants": [
+                {"description": i.description, "max_abs": _json_float(i.max_abs), "passed": i.passed}
+                for i in self.invariants()
+            ],
+            "cases": [case.label for case in self.cases],
+            "failures": self.failures(),
+        }
+
+
+def _nanmax(values: Iterable[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return max(vals) if vals else math.nan
+
+
+def _json_float(value: float) -> float | str:
+    # JSON has no inf/nan; keep them readable rather than invalid.
+    return value if math.isfinite(value) else str(value)
+
+
+def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> OutputComparison:
+    """Compare one output. NaN and Inf must appear at the same places in both to pass."""
+    expected = np.asarray(expected)
+    actual = np.asarray(actual)
+    if expected.shape != actual.shape:
+        return OutputComparison(
+            name, expected.shape, actual.shape, math.inf, math.inf, tolerance, False,
+            f"shape differs: expected {expected.shape}, got {actual.shape}",
+        )
+    if expected.size == 0:
+        return OutputComparison(name, expected.shape, actual.shape, 0.0, 0.0, tolerance, True)
+    exp64 = expected.astype(np.float64)
+    act64 = actual.astype(np.float64)
+    close = np.isclose(act64, exp64, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True)
+    both_finite = np.isfinite(exp64) & np.isfinite(act64)
+    absdiff = np.where(both_finite, np.abs(act64 - exp64), 0.0)
+    # Non-finite values count as infinitely far apart unless they are the same value at the same place.
+    mismatched_special = ~both_finite & ~close
+    absdiff = np.where(mismatched_special, np.inf, absdiff)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reldiff = np.where(absdiff == 0, 0.0, absdiff / np.abs(np.where(both_finite, exp64, 1.0)))
+    passed = bool(close.all())
+    reason = "" if passed else f"{int((~close).sum())} of {close.size} values outside tolerance"
+    return OutputComparison(
+        name, expected.shape, actual.shape, float(absdiff.max()), float(reldiff.max()), tolerance, passed, reason
+    )
+
+
+def compare_case(
+    label: str,
+    expected: Sequence[np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    tolerances: Tolerances,
+    invariants: Sequence[InvariantCheck] = (),
+) -> CaseResult:
+    """Compare Keras' outputs (in model order) with ONNX Runtime's (by name), position by position."""
+    comparisons = []
+    for name, exp, act in zip(names, expected, actual.values()):
+        comparisons.append(compare_arrays(name, exp, act, tolerances.for_output(name)))
+    return CaseResult(label=label, comparisons=tuple(comparisons), invariants=tuple(invariants))
+
+
+def check_equal(description: str, a: np.ndarray, b: np.ndarray, tolerance: Tolerance) -> InvariantCheck:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return InvariantCheck(f"{description} (shapes {a.shape} vs {b.shape})", math.inf, False)
+    max_abs = float(np.abs(a - b).max()) if a.size else 0.0
+    passed = bool(np.allclose(a, b, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True))
+    return InvariantCheck(description, max_abs, passed)

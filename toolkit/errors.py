@@ -1,0 +1,32 @@
+"""The exceptions lstm-onnx raises for problems a user can act on.
+
+Every one of them is caught once, at the CLI edge (`toolkit.cli`), and turned into a one-line message
+and a non-zero exit code. Library callers catch `LstmOnnxError` (or `ValueError`, which all but the
+parity failure also are).
+"""
+
+from __future__ import annotations
+
+
+class LstmOnnxError(Exception):
+    """Base class: a problem with what the user gave us, not a bug in lstm-onnx."""
+
+
+class InputError(LstmOnnxError, ValueError):
+    """A file, option or array is not what the command expected."""
+
+
+class ModelLoadError(InputError):
+    """A Keras or ONNX model file is missing, unreadable or refused."""
+
+
+class UnsupportedModelError(InputError):
+    """The model loads but lstm-onnx cannot export it (e.g. it has no recurrent layer)."""
+
+
+class ExportError(LstmOnnxError):
+    """The converter failed on a model lstm-onnx accepted."""
+
+
+class ParityError(LstmOnnxError):
+    """ONNX Runtime's outputs do not match Keras' within tolerance."""

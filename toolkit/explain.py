@@ -1,0 +1,61 @@
+"""The post's lesson, executable: what each flag combination returns, from live Keras and ONNX Runtime runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit.builder import SEED_INPUT, StackConfig, build_stack, stack_configs
+from toolkit.compare import Tolerances
+from toolkit.exporter import export_model
+from toolkit.naming import output_origins
+from toolkit.parity import invariant_checks, keras_outputs
+from toolkit.runner import OnnxRunner
+
+
+@dataclass(frozen=True)
+class ExplainedOutput:
+    name: str
+    shape: tuple[int, ...]
+    keras: np.ndarray
+    onnx: np.ndarray
+
+
+@dataclass(frozen=True)
+class ExplainedCase:
+    number: int
+    config: StackConfig
+    outputs: tuple[ExplainedOutput, ...]
+    keras_equalities: tuple[str, ...]
+    onnx_equalities: tuple[str, ...]
+    all_hold: bool
+
+
+def explain(base: StackConfig = StackConfig()) -> list[ExplainedCase]:
+    """Build, export and run the post's four cases on the post's input."""
+    cases = []
+    for number, config in enumerate(stack_configs(base), start=1):
+        model = build_stack(config)
+        result = export_model(model, seed=config.seed, source={"builder": config.to_json()})
+        feeds = {"input": SEED_INPUT}
+        expected = keras_outputs(model, feeds)
+        actual = OnnxRunner(result.model).run(feeds)
+        names = [o.name for o in result.outputs]
+        origins = output_origins(model)
+        tol = Tolerances()
+        keras_checks = invariant_checks(origins, names, dict(zip(names, expected)), tol)
+        onnx_checks = invariant_checks(origins, names, actual, tol)
+        cases.append(
+            ExplainedCase(
+                number=number,
+                config=config,
+                outputs=tuple(
+                    ExplainedOutput(n, tuple(k.shape), k, actual[n]) for n, k in zip(names, expected)
+                ),
+                keras_equalities=tuple(f"{c.description}: {'yes' if c else 'NO'} (max_abs {c.max_abs:.2g})" for c in keras_checks),
+                onnx_equalities=tuple(f"{c.description}: {'yes' if c else 'NO'} (max_abs {c.max_abs:.2g})" for c in onnx_checks),
+                all_hold=bool(result.parity) and all(keras_checks) and all(onnx_checks),
+            )
+        )
+    return cases

@@ -1,0 +1,537 @@
+"""Exporting a Keras model to ONNX: converted by tf2onnx, then named, made reproducible and proven.
+
+The steps, in order:
+1. `convert` (in `tf2onnx_lib`) traces the model with named inputs and a dynamic batch axis.
+2. `name_outputs` gives every graph output its `<layer>_<role>` name (see `toolkit.naming`), in the
+   Keras model's output order; `name_axes` names dynamic axes `batch` and `time` instead of `unk__N`.
+3. `canonicalize` renames every node, intermediate value and initializer by graph position, so that two
+   exports of one model in two processes are the same bytes (tf2onnx numbers names with a process-wide
+   counter).
+4. The parity check runs ONNX Runtime against Keras; its result, the build flags and the versions that
+   made the file go into `metadata_props`, and `onnx.checker` checks the model in full.
+5. `ExportResult.save` writes the file atomically, and refuses to write a model that failed parity
+   unless asked to keep it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import onnx
+
+from toolkit import __version__
+from toolkit.compare import ParityReport, Tolerances
+from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
+from toolkit.fileio import atomic_write_bytes, sha256_hex
+from toolkit.naming import apply_overrides, is_recurrent, output_origins, recurrent_roles, unique_names
+from toolkit.parity import check_parity
+from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs
+from toolkit.tf2onnx_lib import MAX_OPSET, MIN_OPSET, InputSignature, convert, tf2onnx_version
+
+# Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
+DEFAULT_OPSET = 17
+METADATA_PREFIX = "lstm_onnx."
+BATCH_AXIS = "batch"
+TIME_AXIS = "time"
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """A graph output and where in the Keras model it comes from."""
+
+    name: str
+    layer: str
+    role: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "layer": self.layer, "role": self.role, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class ExportResult:
+    """One exported model, in memory, with its parity report; `save` writes it."""
+
+    model: onnx.ModelProto
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[OutputInfo, ...]
+    parity: ParityReport
+    op_counts: Mapping[str, int]
+    recurrent_layers: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    data: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            self.data = self.model.SerializeToString()
+
+    @property
+    def sha256(self) -> str:
+        return sha256_hex(self.data)
+
+    @property
+    def fused_ops(self) -> dict[str, int]:
+        return {op: self.op_counts[op] for op in FUSED_RECURRENT_OPS if self.op_counts.get(op)}
+
+    @property
+    def fused(self) -> bool:
+        return not any(self.op_counts.get(op) for op in LOOP_OPS) and bool(self.fused_ops)
+
+    def save(self, path: str | Path, keep_failed: bool = False) -> Path:
+        """Write the model atomically. A model that failed parity is refused unless `keep_failed`."""
+        if not self.parity and not keep_failed:
+            raise ParityError(
+                f"Parity failed, nothing written to {str(path)!r}: " + "; ".join(self.parity.failures()[:3])
+            )
+        return atomic_write_bytes(path, self.data)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_keras_model(path: str | Path) -> Any:
+    """Load a user's `.keras` file in Keras' safe mode (no deserialized Python code runs)."""
+    source = Path(path)
+    if not source.exists():
+        raise ModelLoadError(f"Expected a Keras model file (.keras). Received: {str(source)!r} (no such file)")
+    if source.is_dir():
+        raise ModelLoadError(
+            f"Expected a Keras model file (.keras). Received: folder {str(source)!r}; SavedModel folders are not "
+            "loaded (Keras 3 cannot load them as models): load it yourself and model.save('model.keras')"
+        )
+    if source.suffix != ".keras":
+        raise ModelLoadError(
+            f"Expected a Keras model file ending in .keras. Received: {str(source)!r}; for a legacy .h5 file you "
+            "trust, load it in Keras and model.save('model.keras')"
+        )
+    import keras
+
+    try:
+        model = keras.saving.load_model(source, compile=False, safe_mode=True)
+    except Exception as exc:  # zipfile, ValueError from safe mode, TypeError for unknown objects...
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            first_line = (
+                f"{first_line[:200]} (refused by Keras safe mode: the file holds Python code; load it yourself "
+                "with safe_mode=False only if you trust it)"
+            )
+        raise ModelLoadError(f"Expected a loadable Keras model. Received: {str(source)!r}: {first_line}") from None
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"Expected a Keras model. Received: {str(source)!r} holding a {type(model).__name__}")
+    return model
+
+
+def recurrent_layer_names(model: Any) -> list[str]:
+    return [layer.name for layer in model._flatten_layers(include_self=False) if is_recurrent(layer)]
+
+
+def _signature(model: Any) -> list[InputSignature]:
+    if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
+        raise UnsupportedModelError(
+            f"Expected a built Keras model with known inputs. Received: {model.name!r}, not built "
+            "(call it once on data or give it a keras.Input)"
+        )
+    signature = []
+    for tensor in model.inputs:
+        # The batch axis is always dynamic: a model built with a fixed batch size still serves any batch.
+        shape = (None,) + tuple(tensor.shape[1:])
+        signature.append(InputSignature(name=tensor.name, dtype=str(tensor.dtype), shape=shape))
+    return signature
+
+
+def _describe_layers(model: Any) -> list[dict]:
+    layers = []
+    for layer in model._flatten_layers(include_self=False):
+        if not is_recurrent(layer):
+            continue
+        inner = layer.forward_layer if type(layer).__name__ == "Bidirectional" else layer
+        layers.append(
+            {
+                "name": layer.name,
+                "class": type(layer).__name__,
+                "units": getattr(inner, "units", None),
+                "return_sequences": bool(inner.return_sequences),
+                "return_state": bool(layer.return_state),
+                "go_backwards": bool(getattr(inner, "go_backwards", False)),
+                "outputs": recurrent_roles(layer),
+            }
+        )
+    return layers
+
+
+# ------------------------------------------------------------------------------------- graph rewriting
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename a value everywhere it is produced or used, subgraphs included (they may read outer values)."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+                _rename_value(sub, old, new)
+    for init in graph.initializer:
+        if init.name == old:
+            init.name = new
+    for value in list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def name_outputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Give graph outputs their names, position by position (the graph's order is the Keras model's)."""
+    graph = model.graph
+    if len(graph.output) != len(names):
+        raise ExportError(f"Expected {len(names)} graph outputs from tf2onnx. Received: {len(graph.output)}")
+    input_names = {v.name for v in graph.input}
+    old_names = [v.name for v in graph.output]
+    for position, (value, new) in enumerate(zip(graph.output, names)):
+        old = old_names[position]
+        if old == new:
+            continue
+        shared = old_names.count(old) > 1 or old in input_names
+        if shared:
+            # One tensor serves two outputs (or is an input): an Identity gives this output its own name.
+            graph.node.append(onnx.helper.make_node("Identity", [old], [new], name=f"output_identity_{position}"))
+            value.name = new
+        else:
+            _rename_value(graph, old, new)
+            value.name = new
+
+
+def _axis_names(signature: Sequence[InputSignature]) -> tuple[dict[str, list[int | str | None]], str | None]:
+    variable_time = [s.name for s in signature if len(s.shape) >= 2 and s.shape[1] is None]
+    shared_time = TIME_AXIS if len(variable_time) == 1 else None
+    named: dict[str, list[int | str | None]] = {}
+    for s in signature:
+        dims: list[int | str | None] = []
+        for axis, dim in enumerate(s.shape):
+            if axis == 0:
+                dims.append(BATCH_AXIS)
+            elif dim is None:
+                dims.append((shared_time or f"{s.name}_time") if axis == 1 else f"{s.name}_dim{axis}")
+            else:
+                dims.append(int(dim))
+        named[s.name] = dims
+    return named, shared_time
+
+
+def _set_shape(value: onnx.ValueInfoProto, dims: Sequence[int | str | None]) -> None:
+    shape = value.type.tensor_type.shape
+    shape.ClearField("dim")
+    for dim in dims:
+        entry = shape.dim.add()
+        if isinstance(dim, int):
+            entry.dim_value = dim
+        elif dim is not None:
+            entry.dim_param = dim
+
+
+def name_axes(model: onnx.ModelProto, signature: Sequence[InputSignature],
+              output_shapes: Sequence[Sequence[int | None]]) -> None:
+    """Name dynamic axes `batch` and `time` on inputs and outputs; drop tf2onnx's `unk__N` value_info."""
+    input_dims, shared_time = _axis_names(signature)
+    for value in model.graph.input:
+        if value.name in input_dims:
+            _set_shape(value, input_dims[value.name])
+    for value, keras_shape in zip(model.graph.output, output_shapes):
+        dims: list[int | str | None] = []
+        for axis, dim in enumerate(keras_shape):
+            if axis == 0:
+                dims.append(BATCH_AXIS)
+            elif dim is None:
+                dims.append((shared_time or f"{value.name}_time") if axis == 1 else f"{value.name}_dim{axis}")
+            else:
+                dims.append(int(dim))
+        _set_shape(value, dims)
+    # Intermediate shapes are optional; tf2onnx's carry counter-numbered axis names. ORT infers its own.
+    model.graph.ClearField("value_info")
+
+
+def _formal_name(formals: Sequence[Any], index: int) -> str:
+    if not formals:
+        return f"io{index}"
+    if index < len(formals):
+        formal = formals[index]
+        variadic = formal.option == onnx.defs.OpSchema.FormalParameterOption.Variadic
+        return f"{formal.name}{index}" if variadic else formal.name
+    return f"{formals[-1].name}{index}"
+
+
+def _schema(node: onnx.NodeProto, opset: int) -> Any:
+    try:
+        return onnx.defs.get_schema(node.op_type, max_inclusive_version=opset, domain=node.domain)
+    except Exception:  # an op outside the ONNX standard: fall back to positional slot names
+        return None
+
+
+def canonicalize(graph: onnx.GraphProto, opset: int, keep: set[str], prefix: str = "") -> None:
+    """Name nodes `<Op>_<n>`, values `<node>_<slot>` and initializers after their first consumer.
+
+    Names then depend only on the graph's structure, which is the same in every process, so the bytes
+    are too. Graph inputs and outputs (`keep`) keep their names. Subgraphs are renamed with their parent
+    node's name as prefix.
+    """
+    mapping: dict[str, str] = {}
+    taken = set(keep)
+    counts: Counter[str] = Counter()
+
+    def claim(old: str, new: str) -> None:
+        candidate, n = new, 0
+        while candidate in taken:
+            n += 1
+            candidate = f"{new}_{n}"
+        taken.add(candidate)
+        mapping[old] = candidate
+
+    initializer_names = {t.name for t in graph.initializer}
+    for node in graph.node:
+        node.name = f"{prefix}{node.op_type}_{counts[node.op_type]}"
+        counts[node.op_type] += 1
+        node.doc_string = ""
+        schema = _schema(node, opset)
+        for j, name in enumerate(node.input):
+            if name in initializer_names and name not in mapping and name not in keep:
+                claim(name, f"{node.name}_{_formal_name(schema.inputs if schema else [], j)}")
+        for k, name in enumerate(node.output):
+            if name and name not in keep and name not in mapping:
+                claim(name, f"{node.name}_{_formal_name(schema.outputs if schema else [], k)}")
+    # Initializers no node reads are dropped; the rest are ordered by first use.
+    used = [t for t in graph.initializer if t.name in mapping or t.name in keep]
+    order = {old: i for i, old in enumerate(mapping)}
+    used.sort(key=lambda t: order.get(t.name, -1))
+    graph.ClearField("initializer")
+    graph.initializer.extend(used)
+    for old, new in mapping.items():
+        _rename_value(graph, old, new)
+    for node in graph.node:
+        for attr in node.attribute:
+            subgraphs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs)
+            for sub in subgraphs:
+                sub_keep = {v.name for v in sub.input} | {v.name for v in sub.output} | set(taken)
+                canonicalize(sub, opset, sub_keep, prefix=f"{node.name}/")
+    graph.doc_string = ""
+
+
+def _prune_opset_imports(model: onnx.ModelProto) -> None:
+    used = {""}
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            used.add(node.domain)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+                    walk(sub)
+
+    walk(model.graph)
+    kept = [o for o in model.opset_import if o.domain in used or (o.domain == "ai.onnx")]
+    model.ClearField("opset_import")
+    model.opset_import.extend(kept)
+
+
+def versions() -> dict[str, str]:
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+
+    return {
+        "lstm_onnx": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf2onnx": tf2onnx_version(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
+    model.ClearField("metadata_props")
+    for key in sorted(entries):
+        value = entries[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+        model.metadata_props.add(key=METADATA_PREFIX + key, value=text)
+
+
+def parity_metadata(report: ParityReport) -> dict:
+    """A compact parity record: errors rounded to 3 significant digits so the bytes stay reproducible."""
+    return {
+        "passed": report.passed,
+        "cases": [c.label for c in report.cases],
+        "outputs": {
+            s.name: {"max_abs": float(f"{s.max_abs:.3g}"), "max_rel": float(f"{s.max_rel:.3g}"),
+                     "atol": s.tolerance.atol, "rtol": s.tolerance.rtol, "passed": s.passed}
+            for s in report.summaries()
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------ the export
+
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"Expected --opset between {MIN_OPSET} and {MAX_OPSET}. Received: {opset!r}")
+    return opset
+
+
+def export_model(
+    model: Any,
+    *,
+    opset: int = DEFAULT_OPSET,
+    output_names: Mapping[str, str] | Sequence[str] | None = None,
+    tolerances: Tolerances = Tolerances(),
+    source: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    require_fused: bool = False,
+) -> ExportResult:
+    """Export a built Keras model with named outputs, check parity, and return it in memory.
+
+    `output_names` renames outputs (default name -> new name, or a full list); `tolerances` may name
+    outputs by their final names; `source` is recorded in the metadata (e.g. the builder's flags).
+    """
+    check_opset(opset)
+    recurrent = recurrent_layer_names(model)
+    if not recurrent:
+        classes = sorted({type(layer).__name__ for layer in model._flatten_layers(include_self=False)})
+        raise UnsupportedModelError(
+            f"Expected a model with at least one recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional). "
+            f"Received: {model.name!r} with layers {classes}"
+        )
+    signature = _signature(model)
+    origins = output_origins(model)
+    names = apply_overrides(unique_names([o.name for o in origins]), output_names)
+    tolerances.check_names(names)
+
+    proto = convert(model, signature, opset)
+    name_outputs(proto, names)
+    name_axes(proto, signature, [tuple(t.shape) for t in model.outputs])
+    canonicalize(proto.graph, opset, keep={v.name for v in proto.graph.input} | set(names))
+    _prune_opset_imports(proto)
+    proto.graph.name = model.name
+    proto.producer_name = "lstm-onnx"
+    proto.producer_version = __version__
+    proto.doc_string = ""
+
+    op_counts = dict(sorted(count_ops(proto).items()))
+    warnings = _fusion_warnings(op_counts, recurrent)
+    if warnings and require_fused:
+        raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: " + warnings[0])
+
+    runner = OnnxRunner(proto)
+    report = check_parity(model, runner, names, tolerances, seed=seed)
+    outputs = tuple(
+        OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
+        for info, origin in zip(graph_outputs(proto), origins)
+    )
+    _set_metadata(
+        proto,
+        {
+            "source": dict(source or {"keras_model": model.name}),
+            "layers": _describe_layers(model),
+            "inputs": [t.to_json() for t in graph_inputs(proto)],
+            "outputs": [o.to_json() for o in outputs],
+            "parity": parity_metadata(report),
+            "versions": versions(),
+            "opset": str(opset),
+        },
+    )
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"The exported model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    return ExportResult(
+        model=proto,
+        inputs=graph_inputs(proto),
+        outputs=outputs,
+        parity=report,
+        op_counts=op_counts,
+        recurrent_layers=tuple(recurrent),
+        warnings=tuple(warnings),
+    )
+
+
+def _fusion_warnings(op_counts: Mapping[str, int], recurrent: Sequence[str]) -> list[str]:
+    """Say when the fast path was not taken: a Loop/Scan where a fused LSTM/GRU/RNN op should be."""
+    loops = {op: op_counts[op] for op in LOOP_OPS if op_counts.get(op)}
+    fused = sum(op_counts.get(op, 0) for op in FUSED_RECURRENT_OPS)
+    if loops:
+        return [
+            f"not fused: the graph holds {loops} instead of fused {'/'.join(FUSED_RECURRENT_OPS)} ops for recurrent "
+            f"layers {list(recurrent)} (tf2onnx's rewriter did not match them; expect it to run several times slower)"
+        ]
+    if fused == 0:
+        return [f"not fused: no {'/'.join(FUSED_RECURRENT_OPS)} op in the graph for recurrent layers {list(recurrent)}"]
+    return []
+
+
+def export_keras_file(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    output_names: Mapping[str, str] | Sequence[str] | None = None,
+    tolerances: Tolerances = Tolerances(),
+    keep_failed: bool = False,
+    require_fused: bool = False,
+) -> ExportResult:
+    """Export a user's `.keras` file to `dst`, checking parity first; writes nothing when anything fails."""
+    target = Path(dst)
+    if target.suffix != ".onnx":
+        raise InputError(f"Expected an output path ending in .onnx. Received: {str(target)!r}")
+    model = load_keras_model(src)
+    result = export_model(
+        model,
+        opset=opset,
+        output_names=output_names,
+        tolerances=tolerances,
+        source={"keras_file": Path(src).name, "keras_model": model.name},
+        require_fused=require_fused,
+    )
+    result.save(target, keep_failed=keep_failed)
+    return result
+
+
+def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
+                 seed: int = 0) -> ParityReport:
+    """Re-run the parity check of an existing export against its Keras model."""
+    runner = OnnxRunner(onnx_path)
+    model = load_keras_model(keras_path)
+    expected = expected_output_names(model, runner.model)
+    if len(model.outputs) != len(runner.output_names):
+        raise InputError(
+            f"Expected the ONNX model to have the Keras model's {len(model.outputs)} outputs {expected}. "
+            f"Received: {len(runner.output_names)} outputs {runner.output_names}"
+        )
+    return check_parity(model, runner, expected, tolerances, seed=seed)
+
+
+def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:
+    """The names an export of this Keras model should carry: those recorded at export, else the defaults."""
+    recorded = {p.key: p.value for p in onnx_model.metadata_props}.get(METADATA_PREFIX + "outputs")
+    if recorded:
+        try:
+            return [entry["name"] for entry in json.loads(recorded)]
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable metadata: fall back to the naming rules, which the comparison then checks
+    return unique_names([o.name for o in output_origins(keras_model)])
+
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "ExportResult",
+    "OutputInfo",
+    "export_keras_file",
+    "export_model",
+    "load_keras_model",
+    "verify_files",
+]
+

@@ -1,0 +1,140 @@
+"""Names for every graph output, from the Keras layer it comes from and its role.
+
+A Keras recurrent layer returns `[output, *states]`; tf2onnx calls them `Identity:0`, `Identity_1:0`
+and nobody can tell `state_h` from `state_c`. Here each output is `<layer>_<role>`:
+
+| layer                              | roles, in Keras' order                                   |
+|------------------------------------|----------------------------------------------------------|
+| LSTM                               | `sequence` or `last`, then `state_h`, `state_c`           |
+| GRU, SimpleRNN                     | `sequence` or `last`, then `state_h`                      |
+| Bidirectional(LSTM)                | `sequence`/`last` (or `forward_*` and `backward_*` when   |
+|                                    | merge_mode is None), then `forward_state_h`,             |
+|                                    | `forward_state_c`, `backward_state_h`, `backward_state_c` |
+| any other layer                    | `output` (`output_<i>` when it returns several)          |
+
+`sequence` is the output at every step (`return_sequences=True`), `last` the output at the last step.
+A layer called more than once gets `_call<n>` for its later calls. The names depend only on the layer
+names and flags, so they are stable across exports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from toolkit.errors import InputError, UnsupportedModelError
+
+RECURRENT_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional")
+
+
+@dataclass(frozen=True)
+class OutputOrigin:
+    """Where one model output comes from: a layer, which call of it, and its role."""
+
+    layer: str
+    layer_class: str
+    role: str
+    call: int = 0
+
+    @property
+    def name(self) -> str:
+        suffix = f"_call{self.call}" if self.call else ""
+        return f"{self.layer}{suffix}_{self.role}"
+
+
+def is_recurrent(layer: Any) -> bool:
+    """True for Keras RNN layers (LSTM, GRU, SimpleRNN, RNN subclasses) and Bidirectional wrappers."""
+    import keras
+
+    return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
+
+
+def state_roles(layer: Any) -> list[str]:
+    """The names of one recurrent layer's states, in Keras' order."""
+    cls = type(layer).__name__
+    if cls == "LSTM":
+        return ["state_h", "state_c"]
+    if cls in ("GRU", "SimpleRNN"):
+        return ["state_h"]
+    sizes = getattr(getattr(layer, "cell", None), "state_size", 1)
+    count = len(sizes) if isinstance(sizes, (list, tuple)) else 1
+    return ["state_h"] if count == 1 else [f"state_{i}" for i in range(count)]
+
+
+def recurrent_roles(layer: Any) -> list[str]:
+    """The roles of a recurrent layer's outputs, in the order Keras returns them."""
+    if type(layer).__name__ == "Bidirectional":
+        inner = layer.forward_layer
+        main = "sequence" if inner.return_sequences else "last"
+        roles = [main] if layer.merge_mode is not None else [f"forward_{main}", f"backward_{main}"]
+        if layer.return_state:
+            states = state_roles(inner)
+            roles += [f"forward_{s}" for s in states] + [f"backward_{s}" for s in states]
+        return roles
+    main = "sequence" if layer.return_sequences else "last"
+    return [main] + (state_roles(layer) if layer.return_state else [])
+
+
+def _origin(tensor: Any) -> tuple[Any, int, int]:
+    """The layer, call index and output index that produce a Keras tensor, looking through nested models."""
+    import keras
+
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        raise UnsupportedModelError(f"Expected a built Keras model whose outputs come from layers. Received: output {tensor!r}")
+    op, node_index, tensor_index = history
+    while isinstance(op, keras.Model) and getattr(op, "outputs", None):
+        inner = op.outputs[tensor_index]
+        op, node_index, tensor_index = inner._keras_history
+    return op, node_index, tensor_index
+
+
+def output_origins(model: Any) -> list[OutputOrigin]:
+    """Describe every output of a built Keras model, in the model's output order."""
+    origins: list[OutputOrigin] = []
+    for tensor in model.outputs:
+        layer, call, index = _origin(tensor)
+        cls = type(layer).__name__
+        if is_recurrent(layer):
+            roles = recurrent_roles(layer)
+            role = roles[index] if index < len(roles) else f"output_{index}"
+        else:
+            count = len(layer._inbound_nodes[call].output_tensors) if getattr(layer, "_inbound_nodes", None) else 1
+            role = "output" if count == 1 else f"output_{index}"
+        origins.append(OutputOrigin(layer=layer.name, layer_class=cls, role=role, call=call))
+    return origins
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Keep names unique when one tensor is returned twice: the second gets `_1`, and so on."""
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        candidate, n = name, seen.get(name, 0)
+        while candidate in seen:
+            n += 1
+            candidate = f"{name}_{n}"
+        seen[name] = n
+        seen.setdefault(candidate, 0)
+        result.append(candidate)
+    return result
+
+
+def apply_overrides(defaults: Sequence[str], overrides: Mapping[str, str] | Sequence[str] | None) -> list[str]:
+    """User-chosen names: a mapping from default name to new name, or a full list in output order."""
+    if overrides is None:
+        return list(defaults)
+    if isinstance(overrides, Mapping):
+        unknown = sorted(set(overrides) - set(defaults))
+        if unknown:
+            raise InputError(f"Expected output names to rename among {list(defaults)}. Received: {unknown}")
+        names = [overrides.get(n, n) for n in defaults]
+    else:
+        names = list(overrides)
+        if len(names) != len(defaults):
+            raise InputError(f"Expected {len(defaults)} output names, one per output {list(defaults)}. Received: {names}")
+    bad = [n for n in names if not n or not isinstance(n, str)]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if bad or duplicates:
+        raise InputError(f"Expected unique, non-empty output names. Received: {names}")
+    return names

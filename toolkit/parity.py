@@ -1,0 +1,121 @@
+"""The parity check: the same inputs through Keras and through ONNX Runtime, output by output.
+
+Inputs are drawn so that every export is run with a batch size other than the one it was traced with,
+and with two sequence lengths when the time axis is dynamic. The post's own input `[0.1, 0.2, 0.3]` is
+one of the cases whenever the model takes it. Besides values, the invariants the post states are checked
+on ONNX Runtime's outputs: a layer's last output equals its `state_h`, and with `return_sequences` the
+last step of its sequence does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from toolkit.builder import SEED_INPUT
+from toolkit.compare import (
+    ParityReport,
+    Tolerances,
+    check_equal,
+    compare_case,
+)
+from toolkit.naming import OutputOrigin, output_origins
+from toolkit.runner import OnnxRunner
+
+# Batch sizes other than 1 catch a batch axis frozen by tracing; 4 also differs from any traced size.
+BATCH_SIZES = (1, 4)
+# For a dynamic time axis, two lengths that differ from each other and from the post's 3.
+VARIABLE_LENGTHS = (5, 11)
+
+
+@dataclass(frozen=True)
+class InputCase:
+    label: str
+    feeds: Mapping[str, np.ndarray]
+
+
+def _input_dtype(tensor: Any) -> np.dtype:
+    return np.dtype(str(tensor.dtype))
+
+
+def _embedding_vocab(model: Any) -> int:
+    sizes = [layer.input_dim for layer in model._flatten_layers(include_self=False) if hasattr(layer, "input_dim")]
+    return min(sizes) if sizes else 2
+
+
+def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
+    """The input cases for a Keras model: the post's input where it fits, then random batches."""
+    rng = np.random.default_rng(seed + 1000)
+    inputs = list(model.inputs)
+    names = [t.name for t in inputs]
+    cases: list[InputCase] = []
+    if len(inputs) == 1 and _input_dtype(inputs[0]).kind == "f":
+        shape = tuple(inputs[0].shape[1:])
+        if len(shape) == 2 and shape[0] in (None, 3) and shape[1] == 1:
+            cases.append(InputCase("seed [0.1, 0.2, 0.3]", {names[0]: SEED_INPUT.copy()}))
+    variable = any(len(t.shape) >= 2 and t.shape[1] is None for t in inputs)
+    lengths = VARIABLE_LENGTHS if variable else (None, None)
+    vocab = _embedding_vocab(model)
+    for batch, length in zip(BATCH_SIZES, lengths):
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in inputs:
+            dims = [batch] + [
+                (length if (axis == 1 and length is not None) else 3) if d is None else int(d)
+                for axis, d in enumerate(tensor.shape[1:], start=1)
+            ]
+            dtype = _input_dtype(tensor)
+            if dtype.kind in "iu":
+                feeds[tensor.name] = rng.integers(0, vocab, size=dims).astype(dtype)
+            else:
+                feeds[tensor.name] = rng.standard_normal(dims).astype(dtype)
+        label = f"random batch {batch}" + (f", {length} steps" if length is not None else "")
+        cases.append(InputCase(label, feeds))
+    return cases
+
+
+def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run Keras in inference mode and flatten its outputs in model order."""
+    import keras
+
+    args = [feeds[t.name] for t in model.inputs]
+    struct = getattr(model, "_inputs_struct", None)
+    packed = keras.tree.pack_sequence_as(struct, args) if struct is not None else (args[0] if len(args) == 1 else args)
+    outputs = model(packed, training=False)
+    return [np.asarray(keras.ops.convert_to_numpy(o)) for o in keras.tree.flatten(outputs)]
+
+
+def invariant_checks(origins: Sequence[OutputOrigin], names: Sequence[str], actual: Mapping[str, np.ndarray],
+                     tolerances: Tolerances) -> list:
+    """The post's equalities, on ONNX Runtime's outputs, for every layer whose output and state_h are both outputs."""
+    checks = []
+    by_layer: dict[tuple[str, int], dict[str, str]] = {}
+    for origin, name in zip(origins, names):
+        by_layer.setdefault((origin.layer, origin.call), {})[origin.role] = name
+    for roles in by_layer.values():
+        state_h = roles.get("state_h")
+        if state_h is None or state_h not in actual:
+            continue
+        if "last" in roles and roles["last"] in actual:
+            checks.append(check_equal(f"{roles['last']} == {state_h}", actual[roles["last"]], actual[state_h],
+                                      tolerances.default))
+        if "sequence" in roles and roles["sequence"] in actual:
+            checks.append(check_equal(f"{roles['sequence']}[:, -1] == {state_h}", actual[roles["sequence"]][:, -1],
+                                      actual[state_h], tolerances.default))
+    return checks
+
+
+def check_parity(keras_model: Any, runner: OnnxRunner, expected_names: Sequence[str],
+                 tolerances: Tolerances = Tolerances(), seed: int = 0,
+                 cases: Sequence[InputCase] | None = None) -> ParityReport:
+    """Compare an ONNX model (in `runner`) with its Keras model on every input case."""
+    tolerances.check_names(runner.output_names)
+    origins = output_origins(keras_model)
+    results = []
+    for case in cases if cases is not None else make_cases(keras_model, seed):
+        expected = keras_outputs(keras_model, case.feeds)
+        actual = runner.run(case.feeds)
+        invariants = invariant_checks(origins, runner.output_names, actual, tolerances)
+        results.append(compare_case(case.label, expected, actual, runner.output_names, tolerances, invariants))
+    return ParityReport(tuple(expected_names), tuple(runner.output_names), tuple(results))

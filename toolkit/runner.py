@@ -1,0 +1,284 @@
+"""Loading, checking, describing and running ONNX models in ONNX Runtime.
+
+This is what a deploy machine runs, so it never imports TensorFlow or Keras. A model is checked before a
+session is made from it (it parses, passes `onnx.checker`, keeps its external data inside its folder),
+and feeds are checked against the session's inputs before ONNX Runtime sees them, so a user's mistake
+gets a message naming the input rather than an ONNX Runtime stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from toolkit.errors import InputError, ModelLoadError
+
+# The ops that carry a recurrence: the fused ones we want, and the loops a converter falls back to.
+FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+LOOP_OPS = ("Loop", "Scan")
+
+# ONNX Runtime's type strings for the dtypes lstm-onnx exports.
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output: its name, element type and shape (ints, or axis names where dynamic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def shape_text(self) -> str:
+        return "(" + ", ".join("?" if d is None else str(d) for d in self.shape) + ")"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What `lstm-onnx inspect` shows."""
+
+    path: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    op_counts: Mapping[str, int]
+    opset: int
+    ir_version: int
+    producer: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def recurrent_ops(self) -> dict[str, int]:
+        return {op: self.op_counts[op] for op in FUSED_RECURRENT_OPS + LOOP_OPS if self.op_counts.get(op)}
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "opset": self.opset,
+            "ir_version": self.ir_version,
+            "producer": self.producer,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "recurrent_ops": self.recurrent_ops,
+            "op_counts": dict(self.op_counts),
+            "metadata": {k: _maybe_json(v) for k, v in self.metadata.items()},
+        }
+
+
+def _maybe_json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load and fully check an ONNX file, refusing anything that is not a well-formed, self-contained model."""
+    source = Path(path)
+    if not source.is_file():
+        raise ModelLoadError(f"Expected an ONNX model file. Received: {str(source)!r} (no such file)")
+    try:
+        # External data is loaded only after its locations are checked below.
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-ish and others for garbage
+        raise ModelLoadError(
+            f"Expected an ONNX model file. Received: {str(source)!r}, which does not parse as ONNX ({type(exc).__name__})"
+        ) from None
+    if not model.graph.node and not model.graph.output:
+        # An empty or non-ONNX file can parse as an empty ModelProto; it is not a model.
+        raise ModelLoadError(f"Expected an ONNX model file. Received: {str(source)!r}, which holds no graph")
+    _check_external_data(model, source)
+    try:
+        onnx.checker.check_model(str(source), full_check=True)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"Expected a valid ONNX model. Received: {str(source)!r}, which fails onnx.checker: {message}") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.load_external_data_for_model(model, str(source.parent))
+    return model
+
+
+def _check_external_data(model: onnx.ModelProto, source: Path) -> None:
+    """Refuse external data outside the model's folder: a crafted model could otherwise read any file."""
+    base = source.parent.resolve()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (base / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(base):
+            raise ModelLoadError(
+                f"Expected external data inside the model's folder {str(base)!r}. "
+                f"Received: tensor {tensor.name!r} pointing at {location!r}"
+            )
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple[Dim, ...]:
+    dims: list[Dim] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def _dtype_name(value_info: onnx.ValueInfoProto) -> str:
+    elem = value_info.type.tensor_type.elem_type
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
+
+
+def graph_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
+    initializers = {t.name for t in model.graph.initializer}
+    return tuple(
+        TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name not in initializers
+    )
+
+
+def graph_outputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
+    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.output)
+
+
+def count_ops(model: onnx.ModelProto) -> Counter[str]:
+    """Count node types, including those inside subgraphs (a Loop's body is where a fallback hides)."""
+    counts: Counter[str] = Counter()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                for sub in attr.graphs:
+                    walk(sub)
+
+    walk(model.graph)
+    return counts
+
+
+def describe(model: onnx.ModelProto, path: str = "") -> ModelDescription:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return ModelDescription(
+        path=path,
+        inputs=graph_inputs(model),
+        outputs=graph_outputs(model),
+        op_counts=dict(sorted(count_ops(model).items())),
+        opset=opset,
+        ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        metadata={p.key: p.value for p in model.metadata_props},
+    )
+
+
+def inspect_model(path: str | Path) -> ModelDescription:
+    return describe(load_onnx(path), str(path))
+
+
+class OnnxRunner:
+    """An ONNX Runtime session that checks its feeds and returns `{output name: array}` in graph order."""
+
+    def __init__(self, model: onnx.ModelProto | str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+        available = ort.get_available_providers()
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise InputError(f"Expected execution providers among {available}. Received: {list(missing)}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = optimization_level
+        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
+        self.model = proto
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
+        self.inputs = graph_inputs(proto)
+        self.outputs = graph_outputs(proto)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check names, dtypes, ranks and fixed dims; every message names the input and both sides."""
+        expected_names = self.input_names
+        missing = [n for n in expected_names if n not in feeds]
+        extra = [n for n in feeds if n not in expected_names]
+        if missing or extra:
+            raise InputError(f"Expected inputs {expected_names}. Received: {list(feeds)}")
+        checked: dict[str, np.ndarray] = {}
+        ort_types = {i.name: i.type for i in self.session.get_inputs()}
+        for info in self.inputs:
+            array = np.asarray(feeds[info.name])
+            want = _ORT_TYPES.get(ort_types[info.name])
+            if want is not None and array.dtype != want:
+                raise InputError(
+                    f"Expected input {info.name!r} of dtype {np.dtype(want).name}. Received: dtype {array.dtype.name}"
+                )
+            if array.ndim != len(info.shape):
+                raise InputError(
+                    f"Expected input {info.name!r} of rank {len(info.shape)} with shape {info.shape_text()}. "
+                    f"Received: shape {array.shape}"
+                )
+            for axis, (want_dim, got_dim) in enumerate(zip(info.shape, array.shape)):
+                if isinstance(want_dim, int) and want_dim != got_dim:
+                    raise InputError(
+                        f"Expected input {info.name!r} with shape {info.shape_text()} (axis {axis} = {want_dim}). "
+                        f"Received: shape {array.shape}"
+                    )
+            checked[info.name] = array
+        return checked
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checked = self.check_feeds(feeds)
+        values = self.session.run(None, checked)
+        return dict(zip(self.output_names, values))
+
+
+def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Read `--input` values: `x.npy` for a one-input model, `NAME=x.npy` per input, or one `.npz` with named arrays."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, path_text = spec.partition("=")
+        if not sep:
+            name, path_text = "", spec
+        path = Path(path_text)
+        if not path.is_file():
+            raise InputError(f"Expected an input file (.npy or .npz). Received: {path_text!r} (no such file)")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"Expected an input file (.npy or .npz). Received: {path_text!r}, unreadable ({type(exc).__name__})") from None
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                feeds.update({key: loaded[key] for key in loaded.files})
+            continue
+        if not name:
+            if len(input_names) != 1:
+                raise InputError(
+                    f"Expected NAME=FILE.npy for each of the inputs {list(input_names)}. Received: {spec!r}"
+                )
+            name = input_names[0]
+        feeds[name] = loaded
+    return feeds

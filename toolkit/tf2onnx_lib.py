@@ -1,0 +1,68 @@
+"""Every contact lstm-onnx has with tf2onnx, in one place (as Keras keeps its own in `tf2onnx_lib.py`).
+
+Why `from_function` and not `from_keras`: on Keras 3, `tf2onnx.convert.from_keras` fails on `Sequential`
+models (`KeyError: 'keras_tensor_NN'`, tf2onnx 1.17 / Keras 3.15) and names outputs after internal
+tensors. Wrapping the model call in a `tf.function` with named `TensorSpec`s works for functional and
+Sequential models alike; the exporter renames what comes out.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from toolkit.errors import ExportError
+
+# tf2onnx 1.17 writes opsets up to 18 (tf2onnx.constants.OPSET_TO_IR_VERSION); below 14 its LSTM
+# rewriter output is not what we test.
+MIN_OPSET = 14
+MAX_OPSET = 18
+
+
+@dataclass(frozen=True)
+class InputSignature:
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+@functools.lru_cache(maxsize=None)
+def _quiet_tf2onnx() -> None:
+    """tf2onnx logs each rewriter step at INFO and WARNING; lstm-onnx reports fusion itself. Idempotent."""
+    from tf2onnx import verbose_logging
+
+    verbose_logging.set_level(logging.ERROR)
+
+
+def convert(model: Any, signature: Sequence[InputSignature], opset: int) -> Any:
+    """Convert a Keras model to an ONNX ModelProto whose outputs are the flattened model outputs, in order."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    _quiet_tf2onnx()
+    specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=s.name) for s in signature]
+    inputs_struct = getattr(model, "_inputs_struct", None)
+
+    @tf.function(input_signature=specs)
+    def call(*args: Any) -> list[Any]:
+        if inputs_struct is not None:
+            packed = keras.tree.pack_sequence_as(inputs_struct, list(args))
+        else:
+            packed = args[0] if len(args) == 1 else list(args)
+        return keras.tree.flatten(model(packed, training=False))
+
+    try:
+        proto, _ = tf2onnx.convert.from_function(call, input_signature=specs, opset=opset)
+    except Exception as exc:  # tf2onnx raises anything from KeyError to ValueError on a graph it cannot take
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"tf2onnx could not convert model {model.name!r}: {type(exc).__name__}: {first_line}") from exc
+    return proto
+
+
+def tf2onnx_version() -> str:
+    import tf2onnx
+
+    return tf2onnx.__version__
