@@ -264,11 +264,10 @@ def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, toleranc
     act64 = actual.astype(np.float64)
     close = np.isclose(act64, exp64, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True)
     both_finite = np.isfinite(exp64) & np.isfinite(act64)
-    absdiff = np.where(both_finite, np.abs(act64 - exp64), 0.0)
-    # Non-finite values count as infinitely far apart unless they are the same value at the same place.
-    mismatched_special = ~both_finite & ~close
-    absdiff = np.where(mismatched_special, np.inf, absdiff)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        absdiff = np.where(both_finite, np.abs(act64 - exp64), 0.0)
+        # Non-finite values count as infinitely far apart unless they are the same value at the same place.
+        absdiff = np.where(~both_finite & ~close, np.inf, absdiff)
         reldiff = np.where(absdiff == 0, 0.0, absdiff / np.abs(np.where(both_finite, exp64, 1.0)))
     passed = bool(close.all())
     reason = "" if passed else f"{int((~close).sum())} of {close.size} values outside tolerance"
