@@ -36,14 +36,18 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+VARIABLE = "none"
+
+
 class _Timesteps(click.ParamType):
     name = "N|none"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
-        if value is None or isinstance(value, int):
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        # Returns VARIABLE rather than None for 'none': None already means "option not given".
+        if isinstance(value, int) or value == VARIABLE:
             return value
         if str(value).lower() in ("none", "variable"):
-            return None
+            return VARIABLE
         try:
             steps = int(value)
         except ValueError:
@@ -144,8 +148,11 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         from toolkit.builder import StackConfig, stack_configs
         from toolkit.suite import export_stacks
 
-        base = StackConfig(**{k: v for k, v in builder_options.items()
-                              if v is not None and k not in ("return_sequences", "return_state")})
+        chosen = {k: v for k, v in builder_options.items()
+                  if v is not None and k not in ("return_sequences", "return_state")}
+        if chosen.get("timesteps") == VARIABLE:
+            chosen["timesteps"] = None
+        base = StackConfig(**chosen)
         configs = stack_configs(base, return_sequences, return_state)
         suite = export_stacks(configs, output or Path("exported"), opset=opset, output_names=renames or None,
                               tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused)

@@ -1,0 +1,161 @@
+"""The CLI through click's CliRunner: exit codes, tables, JSON, and one-line errors that write nothing."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from toolkit.cli import cli
+
+
+def invoke(*args, cwd=None):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_export_builds_the_four_seed_cases_with_a_table(tmp_path):
+    result = invoke("export", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    for name in ["case1_sequences.onnx", "case2_state.onnx", "case3_sequences_state.onnx", "case4_last.onnx"]:
+        assert name in result.output
+        assert (tmp_path / "out" / name).is_file()
+    assert "lstm_2_state_c" in result.output and "FAIL" not in result.output
+    assert "case2_state.onnx: lstm_2_last == lstm_2_state_h: holds" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert len(manifest["models"]) == 4
+
+
+def test_export_with_builder_options_and_json(tmp_path):
+    result = invoke("export", "-o", tmp_path, "--layers", 3, "--units", 4, "--timesteps", "none", "--features", 2,
+                    "--return-sequences", "--return-state", "--all-states", "--seed", 7, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["passed"] and len(payload["models"]) == 1
+    model = payload["models"][0]
+    assert model["file"] == "lstm3x4_tvar_f2_seq1_state1_allstates_s7.onnx"
+    assert model["fused_ops"] == {"LSTM": 3}
+    assert [o["name"] for o in model["parity"]["outputs"]][:3] == ["lstm_3_sequence", "lstm_3_state_h", "lstm_3_state_c"]
+
+
+def test_export_user_model_verify_run_inspect(saved_models, tmp_path):
+    target = tmp_path / "seq.onnx"
+    result = invoke("export", saved_models["sequential"], "-o", target, "--output-name", "out_output=prediction")
+    assert result.exit_code == 0, result.output
+    assert "prediction" in result.output
+
+    verified = invoke("verify", target, "--keras", saved_models["sequential"], "--json")
+    assert verified.exit_code == 0, verified.output
+    report = json.loads(verified.output)
+    assert report["passed"] and report["actual_names"] == ["prediction"]
+    assert {"name", "shapes", "max_abs", "max_rel", "atol", "rtol", "passed"} <= set(report["outputs"][0])
+
+    failing = invoke("verify", target, "--keras", saved_models["sequential"], "--atol", "0", "--rtol", "0")
+    assert failing.exit_code == 1 and "FAIL" in failing.output
+
+    np.save(tmp_path / "x.npy", np.ones((2, 5, 2), np.float32))
+    ran = invoke("run", target, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npz")
+    assert ran.exit_code == 0, ran.output
+    assert "prediction  float32 (2, 1)" in ran.output
+    assert list(np.load(tmp_path / "y.npz").keys()) == ["prediction"]
+
+    shown = invoke("inspect", target, "--json")
+    assert shown.exit_code == 0
+    described = json.loads(shown.output)
+    assert described["outputs"][0]["name"] == "prediction" and described["recurrent_ops"] == {"LSTM": 2}
+
+
+def test_export_user_model_defaults_to_onnx_beside_it(saved_models, tmp_path):
+    src = tmp_path / "mine.keras"
+    src.write_bytes(saved_models["functional"].read_bytes())
+    result = invoke("export", src)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mine.onnx").is_file()
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["export", "{missing}", "-o", "{tmp}/m.onnx"], "no such file"),
+    (["export", "{dense_only}", "-o", "{tmp}/m.onnx"], "Expected a model with at least one recurrent layer"),
+    (["export", "{lambda}", "-o", "{tmp}/m.onnx"], "safe mode"),
+    (["export", "{not_a_model}", "-o", "{tmp}/m.onnx"], "Expected a loadable Keras model"),
+    (["export", "{sequential}", "-o", "{tmp}/m.txt"], "Expected an output path ending in .onnx"),
+    (["export", "{sequential}", "-o", "{tmp}/m.onnx", "--atol", "nope:1e-3"], "Received unknown key(s): ['nope']"),
+    (["export", "{sequential}", "-o", "{tmp}/m.onnx", "--units", "3"], "Expected builder options only without MODEL"),
+    (["export", "-o", "{tmp}/out", "--rtol", "lstm_2_stat_h:1e-3"], "Received unknown key(s): ['lstm_2_stat_h']"),
+    (["export", "-o", "{tmp}/out", "--output-name", "lstm_2_last"], "Expected --output-name DEFAULT_NAME=NEW_NAME"),
+    (["export", "-o", "{tmp}/out", "--opset", "11"], "Expected --opset between 14 and 18. Received: 11"),
+    (["export", "-o", "{tmp}/out", "--atol", "0", "--rtol", "0"], "parity failed: nothing written"),
+    (["run", "{not_a_model}", "--input", "{tmp}/x.npy"], "Expected an ONNX model file"),
+    (["run", "{onnx}", "--input", "{tmp}/wrong_shape.npy"], "Expected input 'series' with shape (batch, 5, 2)"),
+    (["run", "{onnx}", "--input", "{tmp}/wrong_dtype.npy"], "Expected input 'series' of dtype float32. Received: dtype int64"),
+    (["run", "{onnx}", "--input", "{tmp}/x.npy", "-o", "{tmp}/y.txt"], "Expected an output path ending in .npz"),
+    (["inspect", "{tmp}/absent.onnx"], "no such file"),
+    (["verify", "{onnx}", "--keras", "{functional}"], "Expected the ONNX model to have the Keras model's 3 outputs"),
+    (["verify", "{onnx}", "--keras", "{sequential}", "--atol", "typo:1"], "Received unknown key(s): ['typo']"),
+])
+def test_bad_input_gives_one_line_error_nonzero_exit_and_writes_nothing(saved_models, tmp_path, args, needle):
+    from toolkit.exporter import export_keras_file
+
+    onnx_dir = tmp_path / "fixtures"
+    onnx_path = onnx_dir / "seq.onnx"
+    export_keras_file(saved_models["sequential"], onnx_path)
+    np.save(onnx_dir / "x.npy", np.ones((1, 5, 2), np.float32))
+    np.save(onnx_dir / "wrong_shape.npy", np.ones((1, 4, 2), np.float32))
+    np.save(onnx_dir / "wrong_dtype.npy", np.ones((1, 5, 2), np.int64))
+    work = tmp_path / "work"
+    work.mkdir()
+    names = {k: str(v) for k, v in saved_models.items()} | {"missing": str(tmp_path / "missing.keras"),
+                                                             "tmp": str(work), "onnx": str(onnx_path)}
+    filled = [a.format(**names).replace(f"{work}/x.npy", str(onnx_dir / "x.npy"))
+              .replace(f"{work}/wrong_shape.npy", str(onnx_dir / "wrong_shape.npy"))
+              .replace(f"{work}/wrong_dtype.npy", str(onnx_dir / "wrong_dtype.npy")) for a in args]
+    result = CliRunner().invoke(cli, filled)
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and needle in error_lines[0], result.output
+    assert _files(work) == []
+
+
+def test_bad_timesteps_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(cli, ["export", "-o", str(tmp_path), "--timesteps", "0"])
+    assert result.exit_code == 2 and "Expected a number of time steps >= 1 or 'none'. Received: '0'" in result.output
+
+
+def test_explain_shows_the_posts_four_cases():
+    result = invoke("explain")
+    assert result.exit_code == 0, result.output
+    for number in range(1, 5):
+        assert f"({number}) last layer LSTM(2" in result.output
+    assert "keras: lstm_2_last == lstm_2_state_h: yes" in result.output
+    assert "onnx:  lstm_2_sequence[:, -1] == lstm_2_state_h: yes" in result.output
+
+
+NO_TF = """
+import sys
+from click.testing import CliRunner
+from toolkit.cli import cli
+args = sys.argv[1:]
+result = CliRunner().invoke(cli, args)
+assert result.exit_code == 0, result.output
+heavy = sorted(m for m in ("tensorflow", "keras", "tf2onnx") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("command", ["--help", "run", "inspect"])
+def test_help_run_and_inspect_do_not_import_tensorflow(seed_suite, tmp_path, command):
+    model = seed_suite.out_dir / "case4_last.onnx"
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 1), np.float32))
+    args = {"--help": ["--help"], "run": ["run", str(model), "--input", str(tmp_path / "x.npy")],
+            "inspect": ["inspect", str(model)]}[command]
+    done = subprocess.run([sys.executable, "-c", NO_TF, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY:"

@@ -1,0 +1,81 @@
+"""The ONNX Runtime side: loading checks, feed checks, description. No TensorFlow is needed here."""
+
+import numpy as np
+import onnx
+import pytest
+
+from toolkit.errors import InputError, ModelLoadError
+from toolkit.runner import OnnxRunner, inspect_model, load_feeds, load_onnx
+
+
+@pytest.fixture(scope="module")
+def case3(seed_suite):
+    return seed_suite.out_dir / "case3_sequences_state.onnx"
+
+
+def test_run_returns_named_outputs_in_graph_order(case3):
+    runner = OnnxRunner(case3)
+    out = runner.run({"input": np.zeros((5, 3, 1), np.float32)})
+    assert list(out) == ["lstm_2_sequence", "lstm_2_state_h", "lstm_2_state_c"]
+    assert [v.shape for v in out.values()] == [(5, 3, 2), (5, 2), (5, 2)]
+
+
+@pytest.mark.parametrize("feeds,needle", [
+    ({"input": np.zeros((1, 3, 1), np.float64)}, "Expected input 'input' of dtype float32. Received: dtype float64"),
+    ({"input": np.zeros((1, 4, 1), np.float32)}, r"Expected input 'input' with shape \(batch, 3, 1\) \(axis 1 = 3\). Received: shape \(1, 4, 1\)"),
+    ({"input": np.zeros((3, 1), np.float32)}, "Expected input 'input' of rank 3"),
+    ({"x": np.zeros((1, 3, 1), np.float32)}, r"Expected inputs \['input'\]. Received: \['x'\]"),
+])
+def test_bad_feeds_name_the_input_and_both_sides(case3, feeds, needle):
+    with pytest.raises(InputError, match=needle):
+        OnnxRunner(case3).run(feeds)
+
+
+def test_non_onnx_and_truncated_files_are_refused(tmp_path, case3):
+    text = tmp_path / "notes.onnx"
+    text.write_text("hello")
+    with pytest.raises(ModelLoadError, match="Expected an ONNX model file"):
+        load_onnx(text)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(case3.read_bytes()[:200])
+    with pytest.raises(ModelLoadError):
+        load_onnx(truncated)
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_onnx(tmp_path / "absent.onnx")
+
+
+def test_external_data_outside_the_folder_is_refused(tmp_path, case3):
+    model = onnx.load(str(case3))
+    weight = model.graph.initializer[0]
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    weight.external_data.add(key="location", value="../../etc/passwd")
+    path = tmp_path / "evil.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelLoadError, match="Expected external data inside the model's folder"):
+        load_onnx(path)
+
+
+def test_inspect_lists_names_axes_recurrent_ops_and_metadata(case3):
+    desc = inspect_model(case3)
+    assert [t.name for t in desc.outputs] == ["lstm_2_sequence", "lstm_2_state_h", "lstm_2_state_c"]
+    assert desc.inputs[0].shape == ("batch", 3, 1)
+    assert desc.recurrent_ops == {"LSTM": 2}
+    assert desc.opset == 17
+    assert "lstm_onnx.parity" in desc.metadata
+    assert desc.to_json()["metadata"]["lstm_onnx.parity"]["passed"] is True
+
+
+def test_load_feeds_forms(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones((1, 3, 1), np.float32))
+    np.savez(tmp_path / "b.npz", x=np.ones(2), h=np.zeros(2))
+    assert list(load_feeds([str(tmp_path / "a.npy")], ["input"])) == ["input"]
+    assert list(load_feeds([f"x={tmp_path / 'a.npy'}"], ["x", "h"])) == ["x"]
+    assert set(load_feeds([str(tmp_path / "b.npz")], ["x", "h"])) == {"x", "h"}
+    with pytest.raises(InputError, match="Expected NAME=FILE.npy for each of the inputs"):
+        load_feeds([str(tmp_path / "a.npy")], ["x", "h"])
+    with pytest.raises(InputError, match="no such file"):
+        load_feeds(["missing.npy"], ["input"])
+    (tmp_path / "bad.npy").write_text("not numpy")
+    with pytest.raises(InputError, match="unreadable"):
+        load_feeds([str(tmp_path / "bad.npy")], ["input"])

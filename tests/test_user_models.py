@@ -1,0 +1,74 @@
+"""A user's own saved .keras models: functional with initial_state inputs, Sequential, and refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from toolkit.errors import ModelLoadError, UnsupportedModelError
+from toolkit.exporter import export_keras_file, load_keras_model, verify_files
+from toolkit.runner import OnnxRunner, count_ops
+
+
+def test_functional_model_with_initial_state_inputs(saved_models, tmp_path):
+    target = tmp_path / "functional.onnx"
+    result = export_keras_file(saved_models["functional"], target)
+    assert result.parity, result.parity.failures()
+    runner = OnnxRunner(target)
+    assert runner.input_names == ["frames", "h0", "c0"]
+    assert runner.output_names == ["head_output", "encoder_state_h", "encoder_state_c"]
+    assert [t.shape for t in runner.inputs] == [("batch", "time", 3), ("batch", 4), ("batch", 4)]
+    assert runner.outputs[0].shape == ("batch", "time", 2)
+    assert count_ops(runner.model)["LSTM"] == 1 and count_ops(runner.model)["Loop"] == 0
+    meta = {p.key: json.loads(p.value) for p in runner.model.metadata_props}
+    assert meta["lstm_onnx.source"] == {"keras_file": "functional.keras", "keras_model": "with_initial_state"}
+    # The initial states really are used: other states give other outputs.
+    x = np.ones((2, 4, 3), np.float32)
+    zeros = runner.run({"frames": x, "h0": np.zeros((2, 4), np.float32), "c0": np.zeros((2, 4), np.float32)})
+    ones = runner.run({"frames": x, "h0": np.ones((2, 4), np.float32), "c0": np.ones((2, 4), np.float32)})
+    assert not np.allclose(zeros["encoder_state_c"], ones["encoder_state_c"])
+
+
+def test_sequential_model(saved_models, tmp_path):
+    target = tmp_path / "sequential.onnx"
+    result = export_keras_file(saved_models["sequential"], target)
+    assert result.parity, result.parity.failures()
+    assert [o.name for o in result.outputs] == ["out_output"]
+    assert [i.name for i in result.inputs] == ["series"]
+    assert count_ops(result.model)["LSTM"] == 2
+
+
+def test_verify_an_existing_export(saved_models, tmp_path):
+    target = tmp_path / "functional.onnx"
+    export_keras_file(saved_models["functional"], target)
+    report = verify_files(target, saved_models["functional"])
+    assert report and report.names_match
+    assert not verify_files(target, saved_models["functional"], _too_tight())
+
+
+def _too_tight():
+    from toolkit.compare import Tolerances
+
+    return Tolerances.parse(atol=["0"], rtol=["0"])
+
+
+@pytest.mark.parametrize("key,error,needle", [
+    ("dense_only", UnsupportedModelError, "Expected a model with at least one recurrent layer"),
+    ("lambda", ModelLoadError, "safe mode"),
+    ("not_a_model", ModelLoadError, "Expected a loadable Keras model"),
+])
+def test_refused_models_write_nothing(saved_models, tmp_path, key, error, needle):
+    target = tmp_path / "out.onnx"
+    with pytest.raises(error, match=needle):
+        export_keras_file(saved_models[key], target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file_h5_and_folder_are_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_keras_model(tmp_path / "missing.keras")
+    (tmp_path / "old.h5").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="ending in .keras"):
+        load_keras_model(tmp_path / "old.h5")
+    with pytest.raises(ModelLoadError, match="SavedModel folders are not loaded"):
+        load_keras_model(tmp_path)
