@@ -1,7 +1,9 @@
-"""Exporting a Keras model to ONNX: converted by tf2onnx, then named, made reproducible and proven.
+"""Exporting a Keras model to ONNX: lowered to fused ops, named, made reproducible and proven.
 
 The steps, in order:
-1. `convert` (in `tf2onnx_lib`) traces the model with named inputs and a dynamic batch axis.
+1. `lower_model` (in `lowering`) writes the graph: recurrent layers as fused ONNX ops from their
+   weights, every other layer through tf2onnx; inputs are named and the batch axis is dynamic.
+   (`converter="tf2onnx"` converts the whole model with tf2onnx instead, as a user would without us.)
 2. `name_outputs` gives every graph output its `<layer>_<role>` name (see `toolkit.naming`), in the
    Keras model's output order; `name_axes` names dynamic axes `batch` and `time` instead of `unk__N`.
 3. `canonicalize` renames every node, intermediate value and initializer by graph position, so that two
@@ -30,6 +32,7 @@ from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.naming import apply_overrides, is_recurrent, output_origins, recurrent_roles, unique_names
 from toolkit.parity import check_parity
 from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs
+from toolkit.lowering import LayerLowering, lower_model
 from toolkit.tf2onnx_lib import MAX_OPSET, MIN_OPSET, InputSignature, convert, tf2onnx_version
 
 # Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
@@ -37,6 +40,7 @@ DEFAULT_OPSET = 17
 METADATA_PREFIX = "lstm_onnx."
 BATCH_AXIS = "batch"
 TIME_AXIS = "time"
+CONVERTERS = ("lstm-onnx", "tf2onnx")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class ExportResult:
     op_counts: Mapping[str, int]
     recurrent_layers: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    lowering: tuple[LayerLowering, ...] = ()
     data: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
@@ -144,7 +149,8 @@ def _signature(model: Any) -> list[InputSignature]:
     return signature
 
 
-def _describe_layers(model: Any) -> list[dict]:
+def _describe_layers(model: Any, lowering: Sequence[LayerLowering] = ()) -> list[dict]:
+    ops = {entry.layer: entry.onnx_op for entry in lowering}
     layers = []
     for layer in model._flatten_layers(include_self=False):
         if not is_recurrent(layer):
@@ -159,6 +165,7 @@ def _describe_layers(model: Any) -> list[dict]:
                 "return_state": bool(layer.return_state),
                 "go_backwards": bool(getattr(inner, "go_backwards", False)),
                 "outputs": recurrent_roles(layer),
+                "onnx_op": ops.get(layer.name, "tf2onnx"),
             }
         )
     return layers
@@ -392,6 +399,7 @@ def export_model(
     source: Mapping[str, Any] | None = None,
     seed: int = 0,
     require_fused: bool = False,
+    converter: str = "lstm-onnx",
 ) -> ExportResult:
     """Export a built Keras model with named outputs, check parity, and return it in memory.
 
@@ -411,7 +419,13 @@ def export_model(
     names = apply_overrides(unique_names([o.name for o in origins]), output_names)
     tolerances.check_names(names)
 
-    proto = convert(model, signature, opset)
+    if converter not in CONVERTERS:
+        raise InputError(f"Expected converter in {list(CONVERTERS)}. Received: {converter!r}")
+    if converter == "tf2onnx":
+        proto, lowering = convert(model, signature, opset), ()
+    else:
+        proto, report = lower_model(model, signature, opset)
+        lowering = tuple(report.layers)
     name_outputs(proto, names)
     name_axes(proto, signature, [tuple(t.shape) for t in model.outputs])
     canonicalize(proto.graph, opset, keep={v.name for v in proto.graph.input} | set(names))
@@ -422,7 +436,9 @@ def export_model(
     proto.doc_string = ""
 
     op_counts = dict(sorted(count_ops(proto).items()))
-    warnings = _fusion_warnings(op_counts, recurrent)
+    warnings = [f"not fused: layer {entry.layer!r} ({entry.layer_class}) converted by tf2onnx: {entry.reason}"
+                for entry in lowering if not entry.fused]
+    warnings = warnings or _fusion_warnings(op_counts, recurrent)
     if warnings and require_fused:
         raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: " + warnings[0])
 
@@ -436,7 +452,7 @@ def export_model(
         proto,
         {
             "source": dict(source or {"keras_model": model.name}),
-            "layers": _describe_layers(model),
+            "layers": _describe_layers(model, lowering),
             "inputs": [t.to_json() for t in graph_inputs(proto)],
             "outputs": [o.to_json() for o in outputs],
             "parity": parity_metadata(report),
@@ -456,6 +472,7 @@ def export_model(
         op_counts=op_counts,
         recurrent_layers=tuple(recurrent),
         warnings=tuple(warnings),
+        lowering=lowering,
     )
 
 

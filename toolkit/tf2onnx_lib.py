@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from toolkit.errors import ExportError
 
@@ -36,30 +36,41 @@ def _quiet_tf2onnx() -> None:
     verbose_logging.set_level(logging.ERROR)
 
 
-def convert(model: Any, signature: Sequence[InputSignature], opset: int) -> Any:
-    """Convert a Keras model to an ONNX ModelProto whose outputs are the flattened model outputs, in order."""
+def convert_call(call: Callable[..., Any], signature: Sequence[InputSignature], opset: int, what: str) -> Any:
+    """Trace `call(*tensors)` with named input specs and convert it; outputs are its flattened results, in order."""
     import keras
     import tensorflow as tf
     import tf2onnx
 
     _quiet_tf2onnx()
     specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=s.name) for s in signature]
-    inputs_struct = getattr(model, "_inputs_struct", None)
 
     @tf.function(input_signature=specs)
-    def call(*args: Any) -> list[Any]:
+    def traced(*args: Any) -> list[Any]:
+        return keras.tree.flatten(call(*args))
+
+    try:
+        proto, _ = tf2onnx.convert.from_function(traced, input_signature=specs, opset=opset)
+    except Exception as exc:  # tf2onnx raises anything from KeyError to ValueError on a graph it cannot take
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"tf2onnx could not convert {what!r}: {type(exc).__name__}: {first_line}") from exc
+    return proto
+
+
+def convert(model: Any, signature: Sequence[InputSignature], opset: int) -> Any:
+    """Convert a whole Keras model with tf2onnx alone (what a user gets without lstm-onnx's lowering)."""
+    import keras
+
+    inputs_struct = getattr(model, "_inputs_struct", None)
+
+    def call(*args: Any) -> Any:
         if inputs_struct is not None:
             packed = keras.tree.pack_sequence_as(inputs_struct, list(args))
         else:
             packed = args[0] if len(args) == 1 else list(args)
-        return keras.tree.flatten(model(packed, training=False))
+        return model(packed, training=False)
 
-    try:
-        proto, _ = tf2onnx.convert.from_function(call, input_signature=specs, opset=opset)
-    except Exception as exc:  # tf2onnx raises anything from KeyError to ValueError on a graph it cannot take
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"tf2onnx could not convert model {model.name!r}: {type(exc).__name__}: {first_line}") from exc
-    return proto
+    return convert_call(call, signature, opset, f"model {model.name}")
 
 
 def tf2onnx_version() -> str:

@@ -1,0 +1,532 @@
+"""Lowering Keras recurrent layers to fused ONNX `LSTM`, `GRU` and `RNN` ops, from their weights.
+
+tf2onnx fuses only plain LSTMs: GRU, SimpleRNN, masked layers, `hard_sigmoid` and recurrent dropout come
+out as an ONNX `Loop` of elementwise ops, several times slower (measured in `scripts/benchmark.py`).
+So lstm-onnx walks the Keras functional graph itself:
+
+- each recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional of one of them) becomes one fused op plus the
+  transposes it needs, with its weights re-ordered (Keras gates i,f,c,o; ONNX i,o,f,c);
+- `Masking` and `Embedding(mask_zero=True)` produce a mask, which becomes the op's `sequence_lens`
+  (right padding); Keras carries the last output over masked steps, ONNX writes zeros there, so a `Where`
+  restores Keras' values;
+- `Dropout`-like layers are identities at inference;
+- every other layer is converted by tf2onnx on its own and spliced in (`tf2onnx_lib.convert_call`).
+
+A recurrent layer that cannot be fused (an activation ONNX lacks, a custom cell, ...) is converted by
+tf2onnx too, and the reason is reported in `LoweringReport.not_fused`: never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from toolkit.errors import UnsupportedModelError
+from toolkit.naming import is_recurrent
+from toolkit.tf2onnx_lib import InputSignature, convert_call
+
+# Keras activation name -> (ONNX RNN activation, alpha, beta). Keras 3 hard_sigmoid is relu6(x + 3) / 6,
+# i.e. HardSigmoid(alpha=1/6, beta=0.5), not ONNX's default 0.2 (that was Keras 2's).
+ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
+    "tanh": ("Tanh", None, None),
+    "sigmoid": ("Sigmoid", None, None),
+    "relu": ("Relu", None, None),
+    "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0, 0.5),
+    "linear": ("Affine", 1.0, 0.0),
+    "softsign": ("Softsign", None, None),
+    "softplus": ("Softplus", None, None),
+    "elu": ("Elu", 1.0, None),
+}
+
+# Layers that are the identity at inference time and pass their input's mask on.
+IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                   "ActivityRegularization")
+
+CELL_OPS = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
+
+
+class NotFusable(Exception):
+    """Why one recurrent layer cannot become a fused op (reported, then converted by tf2onnx)."""
+
+
+@dataclass(frozen=True)
+class LayerLowering:
+    layer: str
+    layer_class: str
+    onnx_op: str  # "LSTM", "GRU", "RNN", or "tf2onnx" when not fused
+    reason: str = ""
+
+    @property
+    def fused(self) -> bool:
+        return self.onnx_op in CELL_OPS.values()
+
+
+@dataclass
+class LoweringReport:
+    layers: list[LayerLowering] = field(default_factory=list)
+
+    @property
+    def not_fused(self) -> list[LayerLowering]:
+        return [entry for entry in self.layers if not entry.fused]
+
+
+# --------------------------------------------------------------------------------------- graph writer
+
+
+class GraphWriter:
+    """Accumulates nodes and initializers with unique value names (canonicalized later by the exporter)."""
+
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+        self._consts: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}__{self._count}"
+
+    def const(self, array: np.ndarray, hint: str = "const") -> str:
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = self.fresh(hint)
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def ints(self, values: Sequence[int]) -> str:
+        return self.const(np.asarray(values, dtype=np.int64), "ints")
+
+    def op(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs: Any) -> list[str]:
+        names = [self.fresh(op_type) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        return names
+
+    def op1(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
+        return self.op(op_type, inputs, 1, **attrs)[0]
+
+    def squeeze(self, value: str, axis: int) -> str:
+        return self.op1("Squeeze", [value, self.ints([axis])])
+
+    def unsqueeze(self, value: str, axis: int) -> str:
+        return self.op1("Unsqueeze", [value, self.ints([axis])])
+
+    def reduce(self, op_type: str, value: str, axis: int, keepdims: int) -> str:
+        # ReduceSum takes its axes as an input from opset 13, the other reductions from opset 18.
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op1(op_type, [value, self.ints([axis])], keepdims=keepdims)
+        return self.op1(op_type, [value], axes=[axis], keepdims=keepdims)
+
+    def transpose(self, value: str, perm: Sequence[int]) -> str:
+        return self.op1("Transpose", [value], perm=list(perm))
+
+    def flip_time(self, value: str) -> str:
+        """Reverse axis 1 (time) of a (batch, time, units) tensor."""
+        int_min = np.iinfo(np.int64).min
+        return self.op1("Slice", [value, self.ints([-1]), self.ints([int_min]), self.ints([1]), self.ints([-1])])
+
+    def splice(self, model: onnx.ModelProto, inputs: Sequence[str], prefix: str) -> list[str]:
+        """Copy a converted sub-model in, wiring its graph inputs to `inputs`; return its outputs' new names."""
+        graph = model.graph
+        initializer_names = {t.name for t in graph.initializer}
+        real_inputs = [v.name for v in graph.input if v.name not in initializer_names]
+        mapping = dict(zip(real_inputs, inputs))
+        for node in graph.node:
+            for name in node.output:
+                if name and name not in mapping:
+                    mapping[name] = self.fresh(prefix)
+        for name in initializer_names:
+            mapping[name] = self.fresh(prefix)
+        rename_values(graph, mapping)
+        self.nodes.extend(graph.node)
+        self.initializers.extend(graph.initializer)
+        return [mapping.get(v.name, v.name) for v in graph.output]
+
+
+def rename_values(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename values in one pass, subgraphs included (a Loop body reads outer values by name)."""
+    if not mapping:
+        return
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+                inner = {k: v for k, v in mapping.items()
+                         if k not in {i.name for i in sub.input} | {o.name for o in sub.output}}
+                rename_values(sub, inner)
+    for init in graph.initializer:
+        init.name = mapping.get(init.name, init.name)
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = mapping.get(value.name, value.name)
+
+
+# ---------------------------------------------------------------------------------- recurrent weights
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """One direction of a recurrent layer in ONNX terms."""
+
+    op: str
+    hidden: int
+    W: np.ndarray  # (gates * hidden, features)
+    R: np.ndarray  # (gates * hidden, hidden)
+    B: np.ndarray  # (2 * gates * hidden,)
+    activations: tuple[str, ...]
+    alphas: tuple[float | None, ...]
+    betas: tuple[float | None, ...]
+    linear_before_reset: int | None = None
+    state_count: int = 1
+
+
+def _activation(fn: Any, layer: Any, what: str) -> tuple[str, float | None, float | None]:
+    import keras
+
+    try:
+        name = keras.activations.serialize(fn)
+    except Exception:
+        name = getattr(fn, "__name__", repr(fn))
+    if isinstance(name, dict):
+        name = name.get("config", name.get("class_name", "?"))
+    if name not in ACTIVATIONS:
+        raise NotFusable(f"{what} {name!r} has no ONNX {CELL_OPS.get(type(layer).__name__, 'RNN')} equivalent "
+                         f"(supported: {sorted(ACTIVATIONS)})")
+    return ACTIVATIONS[name]
+
+
+def _numpy(variable: Any) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+
+
+def plan_cell(layer: Any) -> CellPlan:
+    """Re-order one Keras LSTM/GRU/SimpleRNN layer's weights for the ONNX op."""
+    cls = type(layer).__name__
+    if cls not in CELL_OPS:
+        raise NotFusable(f"{cls} is not one of {sorted(CELL_OPS)}")
+    if getattr(layer, "stateful", False):
+        raise NotFusable("stateful=True keeps states between calls, which an ONNX graph cannot hold")
+    cell = layer.cell
+    if getattr(layer, "dtype_policy", None) is not None and layer.dtype_policy.compute_dtype != "float32":
+        raise NotFusable(f"compute dtype {layer.dtype_policy.compute_dtype} (only float32 is lowered)")
+    units = int(cell.units)
+    kernel = _numpy(cell.kernel)
+    recurrent = _numpy(cell.recurrent_kernel)
+    bias = _numpy(cell.bias) if getattr(cell, "bias", None) is not None else None
+    act = _activation(cell.activation, layer, "activation")
+    if cls == "LSTM":
+        rec = _activation(cell.recurrent_activation, layer, "recurrent_activation")
+        order = [0, 3, 1, 2]  # Keras i, f, c, o -> ONNX i, o, f, c
+
+        def reorder(matrix: np.ndarray) -> np.ndarray:
+            blocks = np.split(matrix, 4, axis=-1)
+            return np.concatenate([blocks[i] for i in order], axis=-1)
+
+        W, R = reorder(kernel).T, reorder(recurrent).T
+        wb = reorder(bias) if bias is not None else np.zeros(4 * units, np.float32)
+        B = np.concatenate([wb, np.zeros(4 * units, np.float32)])
+        acts = (rec, act, act)
+        return CellPlan("LSTM", units, W, R, B, tuple(a[0] for a in acts), tuple(a[1] for a in acts),
+                        tuple(a[2] for a in acts), state_count=2)
+    if cls == "GRU":
+        rec = _activation(cell.recurrent_activation, layer, "recurrent_activation")
+        reset_after = bool(cell.reset_after)
+        # Keras and ONNX both order GRU gates z, r, h.
+        if bias is None:
+            B = np.zeros(6 * units, np.float32)
+        elif reset_after:  # bias is (2, 3 * units): input bias, recurrent bias
+            B = np.concatenate([bias[0], bias[1]])
+        else:
+            B = np.concatenate([bias, np.zeros(3 * units, np.float32)])
+        acts = (rec, act)
+        return CellPlan("GRU", units, kernel.T, recurrent.T, B, tuple(a[0] for a in acts),
+                        tuple(a[1] for a in acts), tuple(a[2] for a in acts),
+                        linear_before_reset=1 if reset_after else 0)
+    B = np.concatenate([bias if bias is not None else np.zeros(units, np.float32), np.zeros(units, np.float32)])
+    return CellPlan("RNN", units, kernel.T, recurrent.T, B, (act[0],), (act[1],), (act[2],))
+
+
+def _op_attributes(plans: Sequence[CellPlan], direction: str) -> dict[str, Any]:
+    first = plans[0]
+    attrs: dict[str, Any] = {"hidden_size": first.hidden, "direction": direction,
+                             "activations": [a for p in plans for a in p.activations]}
+    # ONNX Runtime reads activation_alpha/beta in order, one per activation that takes the parameter.
+    alphas = [a for p in plans for a in p.alphas if a is not None]
+    betas = [b for p in plans for b in p.betas if b is not None]
+    if alphas:
+        attrs["activation_alpha"] = alphas
+    if betas:
+        attrs["activation_beta"] = betas
+    if first.linear_before_reset is not None:
+        attrs["linear_before_reset"] = first.linear_before_reset
+    return attrs
+
+
+# ------------------------------------------------------------------------------------ the graph walk
+
+
+@dataclass
+class _Value:
+    name: str
+    mask: str | None = None  # bool (batch, time) ONNX value, where Keras would carry a mask
+
+
+class Lowerer:
+    """Walks a Keras functional graph and writes the ONNX graph."""
+
+    def __init__(self, writer: GraphWriter, report: LoweringReport):
+        self.w = writer
+        self.report = report
+
+    # -- the walk
+
+    def walk(self, model: Any, inputs: Sequence[_Value]) -> list[_Value]:
+        functional = getattr(model, "_functional", None) or model
+        if not hasattr(functional, "_nodes_by_depth"):
+            raise UnsupportedModelError(f"Expected a functional or Sequential Keras model. Received: {type(model).__name__}")
+        values: dict[int, _Value] = {id(t): v for t, v in zip(functional.inputs, inputs)}
+        for depth in sorted(functional._nodes_by_depth, reverse=True):
+            for node in functional._nodes_by_depth[depth]:
+                if not node.operation or node.is_input:
+                    continue
+                if any(id(t) not in values for t in node.input_tensors):
+                    continue  # a node of another model sharing this layer
+                outputs = self.lower_node(node, values)
+                for tensor, value in zip(node.outputs, outputs):
+                    values[id(tensor)] = value
+        missing = [t.name for t in functional.outputs if id(t) not in values]
+        if missing:
+            raise UnsupportedModelError(f"Expected every output connected to the inputs. Received unconnected: {missing}")
+        return [values[id(t)] for t in functional.outputs]
+
+    def lower_node(self, node: Any, values: dict[int, _Value]) -> list[_Value]:
+        import keras
+
+        layer = node.operation
+        cls = type(layer).__name__
+        first = values[id(node.input_tensors[0])] if node.input_tensors else None
+        if isinstance(layer, keras.Model):
+            return self.walk(layer, [values[id(t)] for t in node.input_tensors])
+        if cls in IDENTITY_LAYERS and len(node.input_tensors) == 1:
+            return [first]
+        if cls == "Masking":
+            return [self.lower_masking(layer, first)]
+        if is_recurrent(layer):
+            try:
+                outputs, op = self.lower_recurrent(layer, node, values)
+                self.report.layers.append(LayerLowering(layer.name, cls, op))
+                return outputs
+            except NotFusable as reason:
+                self.report.layers.append(LayerLowering(layer.name, cls, "tf2onnx", str(reason)))
+                return self.convert_with_tf2onnx(node, values, consumes_mask=True)
+        outputs = self.convert_with_tf2onnx(node, values, consumes_mask=False)
+        if cls == "Embedding" and getattr(layer, "mask_zero", False):
+            ids = values[id(node.input_tensors[0])].name
+            zero = self.w.const(np.zeros((), dtype=_np_dtype(node.input_tensors[0].dtype)), "zero")
+            outputs[0].mask = self.w.op1("Not", [self.w.op1("Equal", [ids, zero])])
+        elif getattr(layer, "supports_masking", False) and len(node.input_tensors) == 1 and first.mask:
+            for value in outputs:
+                value.mask = first.mask
+        return outputs
+
+    # -- layers
+
+    def lower_masking(self, layer: Any, value: _Value) -> _Value:
+        mask_value = self.w.const(np.asarray(layer.mask_value, dtype=np.float32), "mask_value")
+        differs = self.w.op1("Cast", [self.w.op1("Not", [self.w.op1("Equal", [value.name, mask_value])])],
+                             to=TensorProto.FLOAT)
+        any_differs = self.w.reduce("ReduceMax", differs, -1, keepdims=1)  # any() over the features
+        keep = self.w.op1("Cast", [any_differs], to=TensorProto.BOOL)
+        # Keras: where(mask, x, 0), not x * mask, so that NaN at a masked step becomes 0 as in Keras.
+        out = self.w.op1("Where", [keep, value.name, self.w.const(np.zeros((), np.float32), "zero")])
+        return _Value(out, self.w.squeeze(keep, -1))
+
+    def convert_with_tf2onnx(self, node: Any, values: dict[int, _Value], consumes_mask: bool) -> list[_Value]:
+        tensors = list(node.input_tensors)
+        signature = [InputSignature(f"in{i}", str(t.dtype), (None,) + tuple(t.shape[1:])) for i, t in enumerate(tensors)]
+        feeds = [values[id(t)].name for t in tensors]
+        first = values[id(tensors[0])]
+        pass_mask = consumes_mask and first.mask is not None
+        if pass_mask:
+            signature.append(InputSignature("mask", "bool", (None, tensors[0].shape[1])))
+            feeds.append(first.mask)
+
+        def call(*args: Any) -> Any:
+            lookup = {id(t): a for t, a in zip(tensors, args)}
+            call_args, call_kwargs = node.arguments.fill_in(lookup)
+            if pass_mask:
+                call_kwargs = dict(call_kwargs, mask=args[-1])
+            return node.operation(*call_args, **call_kwargs)
+
+        proto = convert_call(call, signature, self.w.opset, node.operation.name)
+        names = self.w.splice(proto, feeds, node.operation.name)
+        return [_Value(n) for n in names]
+
+    def lower_recurrent(self, layer: Any, node: Any, values: dict[int, _Value]) -> tuple[list[_Value], str]:
+        cls = type(layer).__name__
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        sequence = values[id(args[0])]
+        initial = kwargs.get("initial_state")
+        if initial is None and len(args) > 1:
+            initial = args[1]
+        if kwargs.get("mask") is not None:
+            raise NotFusable("an explicit mask= argument (only Masking/Embedding masks are lowered)")
+        initial_values = [values[id(t)].name for t in (initial if isinstance(initial, (list, tuple)) else [initial])] \
+            if initial is not None else []
+        if cls == "Bidirectional":
+            return self.lower_bidirectional(layer, sequence, initial_values)
+        plan = plan_cell(layer)
+        go_backwards = bool(layer.go_backwards)
+        x = self.w.transpose(sequence.name, [1, 0, 2])  # ONNX Runtime runs only the time-major layout
+        seq_lens = self._sequence_lens(sequence.mask)
+        op_inputs = [x, self.w.const(plan.W[None], "W"), self.w.const(plan.R[None], "R"),
+                     self.w.const(plan.B[None], "B"), seq_lens or ""]
+        op_inputs += [self.w.unsqueeze(s, 0) for s in initial_values]
+        outs = self.w.op(plan.op, _trim(op_inputs), outputs=1 + plan.state_count,
+                         **_op_attributes([plan], "reverse" if go_backwards else "forward"))
+        y, states = outs[0], [self.w.squeeze(s, 0) for s in outs[1:]]
+        if layer.return_sequences:
+            main = self.w.transpose(self.w.squeeze(y, 1), [1, 0, 2])
+            if go_backwards:
+                # Keras returns a backwards layer's outputs in processing order; ONNX in input order.
+                # With a right-padded mask, ONNX's zeros at padded steps land where Keras has its zeros.
+                main = self.w.flip_time(main)
+            elif sequence.mask is not None and not getattr(layer, "zero_output_for_mask", False):
+                # Keras carries the last output over masked steps; ONNX writes zeros there.
+                carried = self.w.unsqueeze(states[0], 1)
+                main = self.w.op1("Where", [self.w.unsqueeze(sequence.mask, -1), main, carried])
+        else:
+            main = states[0]
+        out_mask = sequence.mask if layer.return_sequences else None
+        outputs = [_Value(main, out_mask)]
+        if layer.return_state:
+            outputs += [_Value(s) for s in states]
+        return outputs, plan.op
+
+    def lower_bidirectional(self, layer: Any, sequence: _Value, initial_values: list[str]) -> tuple[list[_Value], str]:
+        forward, backward = layer.forward_layer, layer.backward_layer
+        if type(forward) is not type(backward) or forward.go_backwards or not backward.go_backwards:
+            raise NotFusable("a Bidirectional whose backward layer differs from its forward layer")
+        plans = [plan_cell(forward), plan_cell(backward)]
+        if plans[0].hidden != plans[1].hidden or plans[0].linear_before_reset != plans[1].linear_before_reset:
+            raise NotFusable("forward and backward layers of different sizes or GRU variants")
+        count = plans[0].state_count
+        x = self.w.transpose(sequence.name, [1, 0, 2])
+        seq_lens = self._sequence_lens(sequence.mask)
+        W = self.w.const(np.stack([p.W for p in plans]), "W")
+        R = self.w.const(np.stack([p.R for p in plans]), "R")
+        B = self.w.const(np.stack([p.B for p in plans]), "B")
+        op_inputs = [x, W, R, B, seq_lens or ""]
+        if initial_values:
+            # Keras orders them forward states then backward states; ONNX stacks directions per state.
+            fwd, bwd = initial_values[:count], initial_values[count:]
+            op_inputs += [self.w.op1("Concat", [self.w.unsqueeze(f, 0), self.w.unsqueeze(b, 0)], axis=0)
+                          for f, b in zip(fwd, bwd)]
+        outs = self.w.op(plans[0].op, _trim(op_inputs), outputs=1 + count, **_op_attributes(plans, "bidirectional"))
+        y, states = outs[0], outs[1:]
+        merge = layer.merge_mode
+        if layer.return_sequences:
+            # Keras' Bidirectional zeroes masked steps (zero_output_for_mask), as ONNX does.
+            main = self._merge(y, merge, direction_axis=1, time_major=True)
+        else:
+            main = self._merge(states[0], merge, direction_axis=0, time_major=False)
+        out_mask = sequence.mask if layer.return_sequences else None
+        outputs = [_Value(m, out_mask) for m in main]
+        if layer.return_state:
+            split = [self.w.op("Split", [s, self.w.ints([1, 1])], outputs=2, axis=0) for s in states]
+            outputs += [_Value(self.w.squeeze(parts[0], 0)) for parts in split]
+            outputs += [_Value(self.w.squeeze(parts[1], 0)) for parts in split]
+        return outputs, plans[0].op
+
+    def _merge(self, value: str, merge: str | None, direction_axis: int, time_major: bool) -> list[str]:
+        """Merge the two directions of Y (time, 2, batch, units) or Y_h (2, batch, units) as Keras does."""
+
+        def batch_major(v: str) -> str:  # (time, batch, units) -> (batch, time, units)
+            return self.w.transpose(v, [1, 0, 2]) if time_major else v
+
+        if merge == "concat":
+            perm = [2, 0, 1, 3] if time_major else [1, 0, 2]
+            moved = self.w.transpose(value, perm)
+            shape = [0, 0, -1] if time_major else [0, -1]
+            return [self.w.op1("Reshape", [moved, self.w.ints(shape)])]
+        reducers = {"sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}
+        if merge in reducers:
+            return [batch_major(self.w.reduce(reducers[merge], value, direction_axis, keepdims=0))]
+        parts = self.w.op("Split", [value, self.w.ints([1, 1])], outputs=2, axis=direction_axis)
+        return [batch_major(self.w.squeeze(p, direction_axis)) for p in parts]
+
+    def _sequence_lens(self, mask: str | None) -> str | None:
+        if mask is None:
+            return None
+        as_int = self.w.op1("Cast", [mask], to=TensorProto.INT32)
+        return self.w.reduce("ReduceSum", as_int, 1, keepdims=0)
+
+
+def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """Drop nodes nothing reads, and unread outputs of the recurrent ops (ORT then skips writing them:
+    a `return_sequences=False` layer's Y costs a copy per step otherwise)."""
+    needed = set(outputs)
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(list(nodes)):
+        if not any(name in needed for name in node.output):
+            continue
+        if node.op_type in CELL_OPS.values():
+            node.output[:] = _trim([name if name in needed else "" for name in node.output])
+        needed.update(name for name in node.input if name)
+        for attr in node.attribute:  # values a subgraph reads from outside count as read
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+                needed.update(_outer_reads(sub))
+        kept.append(node)
+    return kept[::-1]
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    produced = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    reads: set[str] = set()
+    for node in graph.node:
+        reads.update(n for n in node.input if n and n not in produced)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+                reads.update(r for r in _outer_reads(sub) if r not in produced)
+        produced.update(node.output)
+    return reads
+
+
+def _trim(inputs: list[str]) -> list[str]:
+    """Drop trailing empty optional inputs."""
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    return inputs
+
+
+def _np_dtype(dtype: Any) -> np.dtype:
+    return np.dtype(str(dtype))
+
+
+def lower_model(model: Any, signature: Sequence[InputSignature], opset: int) -> tuple[onnx.ModelProto, LoweringReport]:
+    """Write the ONNX model for a Keras model; outputs in the model's order, named later by the exporter."""
+    writer = GraphWriter(opset)
+    report = LoweringReport()
+    inputs = [_Value(s.name) for s in signature]
+    outputs = Lowerer(writer, report).walk(model, inputs)
+    graph_inputs = [
+        helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape))
+        for s in signature
+    ]
+    graph_outputs = [
+        helper.make_tensor_value_info(v.name, helper.np_dtype_to_tensor_dtype(_np_dtype(t.dtype)), None)
+        for v, t in zip(outputs, model.outputs)
+    ]
+    nodes = prune(writer.nodes, [v.name for v in outputs])
+    graph = helper.make_graph(nodes, model.name, graph_inputs, graph_outputs, writer.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8 if opset <= 18 else 9  # the IR tf2onnx writes for these opsets; ORT >= 1.13 loads 8
+    return proto, report
