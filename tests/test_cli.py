@@ -35,7 +35,7 @@ def test_export_with_builder_options_and_json(tmp_path):
     payload = json.loads(result.output)
     assert payload["passed"] and len(payload["models"]) == 1
     model = payload["models"][0]
-    assert model["file"] == "lstm3x4_tvar_f2_seq1_state1_allstates_s7.onnx"
+    assert model["file"] == "lstm3x4_tvar_f2_seq1_state1_all_states_s7.onnx"
     assert model["fused_ops"] == {"LSTM": 3}
     assert [o["name"] for o in model["parity"]["outputs"]][:3] == ["lstm_3_sequence", "lstm_3_state_h", "lstm_3_state_c"]
 

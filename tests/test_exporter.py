@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from toolkit.builder import StackConfig, build_stack
-from toolkit.compare import Tolerances
+from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import InputError, ParityError
 from toolkit.exporter import DEFAULT_OPSET, export_model
 from toolkit.naming import output_origins
@@ -37,7 +37,7 @@ def exported(request):
 def test_parity_passes_with_default_tolerance(exported):
     _, _, result = exported
     assert result.parity, result.parity.failures()
-    assert all(s.tolerance == Tolerances().default for s in result.parity.summaries())
+    assert all(s.tolerance == DEFAULT_TOLERANCE for s in result.parity.summaries())
 
 
 def test_outputs_are_named_in_keras_order(exported):

@@ -29,18 +29,39 @@ SEED_CASES: dict[tuple[bool, bool], str] = {
 INPUT_NAME = "input"
 
 
+CELLS = ("lstm", "gru", "simple_rnn")
+MERGE_MODES = ("concat", "sum", "mul", "ave", "none")  # "none" is Keras' merge_mode=None
+MASKINGS = ("masking", "embedding")
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "hard_sigmoid", "linear", "softsign", "softplus", "elu")
+EMBEDDING_VOCAB = 20  # token ids 1..19; 0 is the padding id when the mask comes from Embedding(mask_zero=True)
+
+
 @dataclass(frozen=True)
 class StackConfig:
-    """One stack of LSTMs. Defaults are the post's: 2 layers of 2 units on (3, 1) inputs."""
+    """One stack of recurrent layers. Defaults are the post's: 2 LSTM layers of 2 units on (3, 1) inputs."""
 
     layers: int = 2
     units: int = 2
     timesteps: int | None = 3  # None: variable length, the graph's `time` axis is dynamic
-    features: int = 1
+    features: int = 1  # input features (the embedding size when masking="embedding")
     return_sequences: bool = False  # of the last layer
     return_state: bool = False  # of the last layer
     all_states: bool = False  # also output the states of every earlier layer (a stacked encoder's hand-over)
     seed: int = 0
+    # Variants beyond the post (the variant matrix in tests/test_variants.py covers each):
+    cell: str = "lstm"  # or "gru", "simple_rnn", or a comma-separated list, one per layer ("lstm,gru")
+    bidirectional: str | None = None  # wrap each layer in Bidirectional with this merge mode
+    masking: str | None = None  # "masking": Masking(0.0) first; "embedding": int ids through Embedding(mask_zero)
+    go_backwards: bool = False
+    use_bias: bool = True
+    activation: str = "tanh"
+    recurrent_activation: str = "sigmoid"  # LSTM and GRU
+    dropout: float = 0.0  # dropout and recurrent_dropout: identities at inference
+    unroll: bool = False
+    reset_after: bool = True  # GRU
+    initial_state: bool = False  # the first layer's initial states are model inputs
+    head: bool = False  # a Dense (TimeDistributed for sequences) on the last layer's main output
+    sequential: bool = False  # build a keras.Sequential (single output only)
 
     def __post_init__(self) -> None:
         for field_name in ("layers", "units", "features"):
@@ -51,6 +72,29 @@ class StackConfig:
             raise InputError(f"Expected timesteps >= 1 or None (variable length). Received: timesteps={self.timesteps!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"Expected seed >= 0. Received: seed={self.seed!r}")
+        bad_cells = [c for c in self.cells if c not in CELLS]
+        if bad_cells:
+            raise InputError(f"Expected cell among {list(CELLS)} (or a comma-separated list). Received: cell={self.cell!r}")
+        _choice("bidirectional", self.bidirectional, MERGE_MODES)
+        _choice("masking", self.masking, MASKINGS)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("recurrent_activation", self.recurrent_activation, ACTIVATIONS)
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"Expected 0 <= dropout < 1. Received: dropout={self.dropout!r}")
+        if self.go_backwards and self.bidirectional is not None:
+            raise InputError("Expected go_backwards=False with bidirectional (Keras' Bidirectional sets it on its "
+                             "backward layer). Received: go_backwards=True")
+        if self.unroll and self.timesteps is None:
+            raise InputError("Expected a fixed number of timesteps with unroll=True. Received: timesteps=None")
+        if self.sequential and (self.return_state or self.all_states or self.initial_state):
+            raise InputError("Expected a single-output, single-input stack for sequential=True. "
+                             "Received: return_state, all_states or initial_state set")
+
+    @property
+    def cells(self) -> list[str]:
+        """The cell type of each layer; a list shorter than the stack repeats."""
+        kinds = [c.strip() for c in self.cell.split(",")]
+        return [kinds[i % len(kinds)] for i in range(self.layers)]
 
     @property
     def name(self) -> str:
@@ -59,8 +103,17 @@ class StackConfig:
             return SEED_CASES[(self.return_sequences, self.return_state)]
         time = "tvar" if self.timesteps is None else f"t{self.timesteps}"
         flags = f"seq{int(self.return_sequences)}_state{int(self.return_state)}"
-        extra = "_allstates" if self.all_states else ""
-        return f"lstm{self.layers}x{self.units}_{time}_f{self.features}_{flags}{extra}_s{self.seed}"
+        tags = [f"{k}-{v}" if not isinstance(v, bool) else k
+                for k, v in self._variant_fields().items()]
+        extra = "".join(f"_{t}" for t in tags)
+        kind = self.cell.replace(",", "-").replace("simple_rnn", "rnn")
+        return f"{kind}{self.layers}x{self.units}_{time}_f{self.features}_{flags}{extra}_s{self.seed}"
+
+    def _variant_fields(self) -> dict[str, Any]:
+        defaults = StackConfig()
+        skip = {"layers", "units", "timesteps", "features", "return_sequences", "return_state", "seed", "cell"}
+        return {f: getattr(self, f) for f in self.__dataclass_fields__
+                if f not in skip and getattr(self, f) != getattr(defaults, f)}
 
     @property
     def is_seed_stack(self) -> bool:
@@ -69,6 +122,56 @@ class StackConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise InputError(f"Expected {name} among {list(allowed)}. Received: {name}={value!r}")
+
+
+# Named variants the builder offers (`lstm-onnx export --variant NAME`); the test matrix covers every one.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "lstm": {},
+    "lstm_initial_state": {"initial_state": True},
+    "lstm_go_backwards": {"go_backwards": True},
+    "lstm_no_bias": {"use_bias": False},
+    "lstm_hard_sigmoid": {"recurrent_activation": "hard_sigmoid"},
+    "lstm_relu": {"activation": "relu"},
+    "lstm_dropout": {"dropout": 0.3},
+    "lstm_unroll": {"unroll": True, "timesteps": 6},
+    "lstm_masking": {"masking": "masking"},
+    "lstm_embedding_mask": {"masking": "embedding"},
+    "gru": {"cell": "gru"},
+    "gru_reset_before": {"cell": "gru", "reset_after": False},
+    "gru_masking": {"cell": "gru", "masking": "masking"},
+    "gru_go_backwards_no_bias": {"cell": "gru", "go_backwards": True, "use_bias": False},
+    "simple_rnn": {"cell": "simple_rnn"},
+    "simple_rnn_masking": {"cell": "simple_rnn", "masking": "embedding"},
+    "simple_rnn_relu": {"cell": "simple_rnn", "activation": "relu"},
+    "bidirectional_concat": {"bidirectional": "concat"},
+    "bidirectional_sum": {"bidirectional": "sum"},
+    "bidirectional_mul": {"bidirectional": "mul"},
+    "bidirectional_ave": {"bidirectional": "ave"},
+    "bidirectional_none": {"bidirectional": "none"},
+    "bidirectional_gru_masking": {"cell": "gru", "bidirectional": "concat", "masking": "masking"},
+    "bidirectional_initial_state": {"bidirectional": "concat", "initial_state": True},
+    "mixed_cells": {"cell": "lstm,gru,simple_rnn", "layers": 3},
+    "dense_head": {"head": True},
+    "sequential": {"sequential": True, "head": True},
+}
+
+
+def variant_config(name: str, **overrides: Any) -> StackConfig:
+    """The config of a named variant: variable length, 8 units, 4 features, states returned, unless set."""
+    if name not in VARIANTS:
+        raise InputError(f"Expected a variant among {sorted(VARIANTS)}. Received: {name!r}")
+    base: dict[str, Any] = {"units": 8, "features": 4, "timesteps": None, "return_sequences": True,
+                            "return_state": True, "all_states": True}
+    base.update(VARIANTS[name])
+    if base.get("sequential"):
+        base.update(return_state=False, all_states=False)
+    base.update(overrides)
+    return StackConfig(**base)
 
 
 def flag_combinations(return_sequences: bool | None = None, return_state: bool | None = None) -> list[tuple[bool, bool]]:
@@ -87,33 +190,111 @@ def stack_configs(base: StackConfig = StackConfig(), return_sequences: bool | No
     return [replace(base, return_sequences=s, return_state=t) for s, t in flag_combinations(return_sequences, return_state)]
 
 
-def layer_name(index: int) -> str:
-    return f"lstm_{index + 1}"
+def layer_name(index: int, cell: str = "lstm") -> str:
+    return f"{cell}_{index + 1}"
+
+
+def _recurrent_layer(config: StackConfig, index: int, return_sequences: bool, return_state: bool) -> Any:
+    import keras
+
+    cell = config.cells[index]
+    kwargs: dict[str, Any] = {
+        "units": config.units,
+        "return_sequences": return_sequences,
+        "return_state": return_state,
+        "go_backwards": config.go_backwards,
+        "use_bias": config.use_bias,
+        "activation": config.activation,
+        "dropout": config.dropout,
+        "recurrent_dropout": config.dropout,
+        "unroll": config.unroll,
+    }
+    if cell != "simple_rnn":
+        kwargs["recurrent_activation"] = config.recurrent_activation
+    if cell == "gru":
+        kwargs["reset_after"] = config.reset_after
+    classes = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}
+    name = layer_name(index, cell)
+    if config.bidirectional is None:
+        return classes[cell](name=name, **kwargs)
+    merge = None if config.bidirectional == "none" else config.bidirectional
+    return keras.layers.Bidirectional(classes[cell](name=name, **kwargs), merge_mode=merge, name=f"bi_{name}")
+
+
+def _state_count(config: StackConfig, index: int) -> int:
+    count = 2 if config.cells[index] == "lstm" else 1
+    return count * (2 if config.bidirectional is not None else 1)
+
+
+def _front(config: StackConfig, inputs: Any) -> Any:
+    import keras
+
+    if config.masking == "masking":
+        return keras.layers.Masking(mask_value=0.0, name="masking")(inputs)
+    if config.masking == "embedding":
+        return keras.layers.Embedding(EMBEDDING_VOCAB, config.features, mask_zero=True, name="embedding")(inputs)
+    return inputs
+
+
+def _head(config: StackConfig, x: Any) -> Any:
+    import keras
+
+    dense = keras.layers.Dense(3, name="dense")
+    return keras.layers.TimeDistributed(dense, name="time_distributed")(x) if config.return_sequences else dense(x)
 
 
 def build_stack(config: StackConfig) -> Any:
-    """Build the functional Keras model for `config`, with deterministic weights."""
+    """Build the Keras model for `config`, with deterministic weights."""
     import keras
 
-    inputs = keras.Input(shape=(config.timesteps, config.features), name=INPUT_NAME)
-    x = inputs
+    if config.masking == "embedding":
+        inputs = keras.Input(shape=(config.timesteps,), dtype="int32", name=INPUT_NAME)
+    else:
+        inputs = keras.Input(shape=(config.timesteps, config.features), name=INPUT_NAME)
+    if config.sequential:
+        layers: list[Any] = [inputs]
+        layers += [keras.layers.Masking(0.0, name="masking")] if config.masking == "masking" else []
+        layers += ([keras.layers.Embedding(EMBEDDING_VOCAB, config.features, mask_zero=True, name="embedding")]
+                   if config.masking == "embedding" else [])
+        for i in range(config.layers):
+            last = i == config.layers - 1
+            # A Sequential layer has one output: lower layers return sequences, no layer returns states.
+            layers.append(_recurrent_layer(config, i, config.return_sequences if last else True, False))
+        if config.head:
+            dense = keras.layers.Dense(3, name="dense")
+            layers.append(keras.layers.TimeDistributed(dense, name="time_distributed") if config.return_sequences else dense)
+        model = keras.Sequential(layers, name=config.name)
+        set_deterministic_weights(model, config.seed)
+        return model
+
+    model_inputs = [inputs]
+    x = _front(config, inputs)
     earlier_states: list[Any] = []
-    for i in range(config.layers - 1):
+    for i in range(config.layers):
+        last = i == config.layers - 1
         # As in the post: a lower layer returns sequences (to feed the next one) and its states.
-        x, state_h, state_c = keras.layers.LSTM(
-            config.units, return_sequences=True, return_state=True, name=layer_name(i)
-        )(x)
-        earlier_states += [state_h, state_c]
-    last = keras.layers.LSTM(
-        config.units,
-        return_sequences=config.return_sequences,
-        return_state=config.return_state,
-        name=layer_name(config.layers - 1),
-    )(x)
-    outputs = list(last) if isinstance(last, (list, tuple)) else [last]
+        layer = _recurrent_layer(config, i, config.return_sequences if last else True,
+                                 config.return_state if last else True)
+        initial = None
+        if i == 0 and config.initial_state:
+            roles = ["h", "c"] if config.cells[0] == "lstm" else ["h"]
+            directions = ["forward_", "backward_"] if config.bidirectional is not None else [""]
+            initial = [keras.Input(shape=(config.units,), name=f"initial_{d}{r}") for d in directions for r in roles]
+            model_inputs += initial
+        result = layer(x, initial_state=initial) if initial is not None else layer(x)
+        result = list(result) if isinstance(result, (list, tuple)) else [result]
+        if last:
+            main_count = 2 if (config.bidirectional == "none") else 1
+            outputs = result
+            if config.head:
+                outputs = [_head(config, result[0]) if main_count == 1 else result[0]] + result[1:]
+        else:
+            x = result[0] if config.bidirectional != "none" else keras.layers.Concatenate(name=f"concat_{i + 1}")(result[:2])
+            main_count = 2 if config.bidirectional == "none" else 1
+            earlier_states += result[main_count:main_count + _state_count(config, i)]
     if config.all_states:
         outputs += earlier_states
-    model = keras.Model(inputs=inputs, outputs=outputs, name=config.name)
+    model = keras.Model(inputs=model_inputs if len(model_inputs) > 1 else inputs, outputs=outputs, name=config.name)
     set_deterministic_weights(model, config.seed)
     return model
 

@@ -48,6 +48,9 @@ IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDrop
 
 CELL_OPS = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
 
+# Keras merge layers: their output mask is the AND of their inputs' masks.
+MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+
 
 class NotFusable(Exception):
     """Why one recurrent layer cannot become a fused op (reported, then converted by tf2onnx)."""
@@ -319,6 +322,8 @@ class Lowerer:
             return [first]
         if cls == "Masking":
             return [self.lower_masking(layer, first)]
+        if cls == "TimeDistributed" and len(node.input_tensors) == 1 and None not in node.input_tensors[0].shape[2:]:
+            return [self.lower_time_distributed(layer, node.input_tensors[0], first)]
         if is_recurrent(layer):
             try:
                 outputs, op = self.lower_recurrent(layer, node, values)
@@ -335,6 +340,13 @@ class Lowerer:
         elif getattr(layer, "supports_masking", False) and len(node.input_tensors) == 1 and first.mask:
             for value in outputs:
                 value.mask = first.mask
+        elif cls in MERGE_LAYERS:
+            masks = list(dict.fromkeys(values[id(t)].mask for t in node.input_tensors if values[id(t)].mask))
+            if masks:  # Keras' Merge.compute_mask: a step is kept when every input keeps it
+                mask = masks[0]
+                for other in masks[1:]:
+                    mask = self.w.op1("And", [mask, other])
+                outputs[0].mask = mask
         return outputs
 
     # -- layers
@@ -348,6 +360,19 @@ class Lowerer:
         # Keras: where(mask, x, 0), not x * mask, so that NaN at a masked step becomes 0 as in Keras.
         out = self.w.op1("Where", [keep, value.name, self.w.const(np.zeros((), np.float32), "zero")])
         return _Value(out, self.w.squeeze(keep, -1))
+
+    def lower_time_distributed(self, layer: Any, tensor: Any, value: _Value) -> _Value:
+        """Fold time into batch, apply the inner layer once, unfold: tf2onnx turns Keras'
+        TimeDistributed into a Loop whose output shape is wrong for a dynamic time axis."""
+        rest = [int(d) for d in tensor.shape[2:]]
+        flat = self.w.op1("Reshape", [value.name, self.w.ints([-1] + rest)])
+        signature = [InputSignature("in0", str(tensor.dtype), (None, *rest))]
+        proto = convert_call(lambda x: layer.layer(x), signature, self.w.opset, layer.name)
+        inner = self.w.splice(proto, [flat], layer.name)[0]
+        out_rest = [int(d) for d in layer.layer.compute_output_shape((None, *rest))[1:]]
+        batch_time = self.w.op1("Slice", [self.w.op1("Shape", [value.name]), self.w.ints([0]), self.w.ints([2])])
+        shape = self.w.op1("Concat", [batch_time, self.w.ints(out_rest)], axis=0)
+        return _Value(self.w.op1("Reshape", [inner, shape]), value.mask)
 
     def convert_with_tf2onnx(self, node: Any, values: dict[int, _Value], consumes_mask: bool) -> list[_Value]:
         tensors = list(node.input_tensors)
@@ -377,8 +402,9 @@ class Lowerer:
         initial = kwargs.get("initial_state")
         if initial is None and len(args) > 1:
             initial = args[1]
-        if kwargs.get("mask") is not None:
-            raise NotFusable("an explicit mask= argument (only Masking/Embedding masks are lowered)")
+        if kwargs.get("mask") is not None and sequence.mask is None:
+            # Keras passes a propagated mask as mask=; only one we computed ourselves can be lowered.
+            raise NotFusable("a mask= argument that does not come from Masking or Embedding(mask_zero=True)")
         initial_values = [values[id(t)].name for t in (initial if isinstance(initial, (list, tuple)) else [initial])] \
             if initial is not None else []
         if cls == "Bidirectional":

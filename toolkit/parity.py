@@ -22,7 +22,7 @@ from toolkit.compare import (
     compare_case,
 )
 from toolkit.naming import OutputOrigin, output_origins
-from toolkit.runner import OnnxRunner
+from toolkit.runner import OnnxRunner, count_ops
 
 # Batch sizes other than 1 catch a batch axis frozen by tracing; 4 also differs from any traced size.
 BATCH_SIZES = (1, 4)
@@ -45,6 +45,34 @@ def _embedding_vocab(model: Any) -> int:
     return min(sizes) if sizes else 2
 
 
+@dataclass(frozen=True)
+class Padding:
+    """How a model's inputs are masked: the value a padded step holds, for float or for int inputs."""
+
+    float_value: float | None = None  # from Masking(mask_value)
+    int_value: int | None = None  # 0, from Embedding(mask_zero=True)
+
+
+def padding_of(model: Any) -> Padding:
+    layers = list(model._flatten_layers(include_self=False))
+    masking = [layer.mask_value for layer in layers if type(layer).__name__ == "Masking"]
+    embedding = any(type(layer).__name__ == "Embedding" and layer.mask_zero for layer in layers)
+    return Padding(float(masking[0]) if masking else None, 0 if embedding else None)
+
+
+def right_pad(array: np.ndarray, value: float | int, rng: np.random.Generator) -> np.ndarray:
+    """Pad each sample after a random length (at least 1 step; the first sample keeps its full length)."""
+    steps = array.shape[1]
+    lengths = rng.integers(1, steps + 1, size=array.shape[0])
+    lengths[0] = steps
+    if array.shape[0] > 1 and steps > 1:
+        lengths[1] = max(1, steps // 2)
+    padded = array.copy()
+    for i, length in enumerate(lengths):
+        padded[i, length:] = value
+    return padded
+
+
 def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
     """The input cases for a Keras model: the post's input where it fits, then random batches."""
     rng = np.random.default_rng(seed + 1000)
@@ -58,6 +86,7 @@ def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
     variable = any(len(t.shape) >= 2 and t.shape[1] is None for t in inputs)
     lengths = VARIABLE_LENGTHS if variable else (None, None)
     vocab = _embedding_vocab(model)
+    padding = padding_of(model)
     for batch, length in zip(BATCH_SIZES, lengths):
         feeds: dict[str, np.ndarray] = {}
         for tensor in inputs:
@@ -67,10 +96,17 @@ def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
             ]
             dtype = _input_dtype(tensor)
             if dtype.kind in "iu":
-                feeds[tensor.name] = rng.integers(0, vocab, size=dims).astype(dtype)
+                low = 1 if padding.int_value is not None else 0  # id 0 is padding when masked
+                value = rng.integers(low, max(vocab, low + 1), size=dims).astype(dtype)
+                if padding.int_value is not None and len(dims) >= 2:
+                    value = right_pad(value, padding.int_value, rng)
             else:
-                feeds[tensor.name] = rng.standard_normal(dims).astype(dtype)
+                value = rng.standard_normal(dims).astype(dtype)
+                if padding.float_value is not None and len(dims) == 3:
+                    value = right_pad(value, padding.float_value, rng)
+            feeds[tensor.name] = value
         label = f"random batch {batch}" + (f", {length} steps" if length is not None else "")
+        label += ", right-padded" if (padding.float_value is not None or padding.int_value is not None) else ""
         cases.append(InputCase(label, feeds))
     return cases
 
@@ -99,10 +135,10 @@ def invariant_checks(origins: Sequence[OutputOrigin], names: Sequence[str], actu
             continue
         if "last" in roles and roles["last"] in actual:
             checks.append(check_equal(f"{roles['last']} == {state_h}", actual[roles["last"]], actual[state_h],
-                                      tolerances.default))
+                                      tolerances.base))
         if "sequence" in roles and roles["sequence"] in actual:
             checks.append(check_equal(f"{roles['sequence']}[:, -1] == {state_h}", actual[roles["sequence"]][:, -1],
-                                      actual[state_h], tolerances.default))
+                                      actual[state_h], tolerances.base))
     return checks
 
 
@@ -111,6 +147,7 @@ def check_parity(keras_model: Any, runner: OnnxRunner, expected_names: Sequence[
                  cases: Sequence[InputCase] | None = None) -> ParityReport:
     """Compare an ONNX model (in `runner`) with its Keras model on every input case."""
     tolerances.check_names(runner.output_names)
+    tolerances = tolerances.resolve(count_ops(runner.model))
     origins = output_origins(keras_model)
     results = []
     for case in cases if cases is not None else make_cases(keras_model, seed):
