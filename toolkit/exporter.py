@@ -442,7 +442,11 @@ def export_model(
     if warnings and require_fused:
         raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: " + warnings[0])
 
-    runner = OnnxRunner(proto)
+    try:
+        runner = OnnxRunner(proto)
+    except Exception as exc:  # an op tf2onnx wrote but ONNX Runtime lacks, e.g.
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"ONNX Runtime cannot load the export of {model.name!r}: {first_line[:300]}") from exc
     report = check_parity(model, runner, names, tolerances, seed=seed)
     outputs = tuple(
         OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)

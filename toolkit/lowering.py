@@ -435,7 +435,7 @@ class Lowerer:
         outputs = [_Value(main, out_mask)]
         if layer.return_state:
             outputs += [_Value(s) for s in states]
-        return outputs, plan.op
+        return self._guard_padding(outputs, sequence.mask, seq_lens), plan.op
 
     def lower_bidirectional(self, layer: Any, sequence: _Value, initial_values: list[str]) -> tuple[list[_Value], str]:
         forward, backward = layer.forward_layer, layer.backward_layer
@@ -470,7 +470,31 @@ class Lowerer:
             split = [self.w.op("Split", [s, self.w.ints([1, 1])], outputs=2, axis=0) for s in states]
             outputs += [_Value(self.w.squeeze(parts[0], 0)) for parts in split]
             outputs += [_Value(self.w.squeeze(parts[1], 0)) for parts in split]
-        return outputs, plans[0].op
+        return self._guard_padding(outputs, sequence.mask, seq_lens), plans[0].op
+
+    def _guard_padding(self, outputs: list[_Value], mask: str | None, seq_lens: str | None) -> list[_Value]:
+        """Make a sample whose mask is not a right padding come out as NaN instead of silently wrong.
+
+        `sequence_lens` can only say "the first n steps are valid". Keras skips masked steps wherever
+        they are, so for a mask with holes or left padding the fused op computes something else; the
+        outputs of such samples are set to NaN, which no parity check or user can mistake for a result.
+        """
+        if mask is None or seq_lens is None:
+            return outputs
+        steps = self.w.op1("Gather", [self.w.op1("Shape", [mask]), self.w.const(np.asarray(1, np.int64), "one")], axis=0)
+        positions = self.w.op1("Range", [self.w.const(np.asarray(0, np.int64), "zero64"), steps,
+                                         self.w.const(np.asarray(1, np.int64), "one")])
+        lengths = self.w.unsqueeze(self.w.op1("Cast", [seq_lens], to=TensorProto.INT64), 1)
+        right_padded = self.w.op1("Less", [self.w.unsqueeze(positions, 0), lengths])  # (batch, time)
+        differs = self.w.op1("Cast", [self.w.op1("Xor", [right_padded, mask])], to=TensorProto.FLOAT)
+        bad = self.w.op1("Cast", [self.w.reduce("ReduceMax", differs, 1, keepdims=1)], to=TensorProto.BOOL)
+        nan = self.w.const(np.asarray(np.nan, np.float32), "nan")
+        bad_3d = self.w.unsqueeze(bad, 2)
+        guarded = []
+        for value in outputs:
+            flag = bad_3d if value.mask is not None else bad  # sequences are (batch, time, units)
+            guarded.append(_Value(self.w.op1("Where", [flag, nan, value.name]), value.mask))
+        return guarded
 
     def _merge(self, value: str, merge: str | None, direction_axis: int, time_major: bool) -> list[str]:
         """Merge the two directions of Y (time, 2, batch, units) or Y_h (2, batch, units) as Keras does."""

@@ -1,0 +1,155 @@
+"""The variant matrix: every recurrent variant the builder offers becomes fused ONNX ops and matches Keras."""
+
+import numpy as np
+import pytest
+
+from toolkit.builder import VARIANTS, StackConfig, build_stack, variant_config
+from toolkit.errors import UnsupportedModelError
+from toolkit.exporter import export_model
+from toolkit.parity import keras_outputs
+from toolkit.runner import OnnxRunner, count_ops
+
+# Fused ops each variant must become (two layers each, three for mixed_cells). A Bidirectional layer is
+# one op with direction=bidirectional.
+EXPECTED_OPS = {
+    "lstm": {"LSTM": 2},
+    "lstm_initial_state": {"LSTM": 2},
+    "lstm_go_backwards": {"LSTM": 2},
+    "lstm_no_bias": {"LSTM": 2},
+    "lstm_hard_sigmoid": {"LSTM": 2},
+    "lstm_relu": {"LSTM": 2},
+    "lstm_dropout": {"LSTM": 2},
+    "lstm_unroll": {"LSTM": 2},
+    "lstm_masking": {"LSTM": 2},
+    "lstm_embedding_mask": {"LSTM": 2},
+    "gru": {"GRU": 2},
+    "gru_reset_before": {"GRU": 2},
+    "gru_masking": {"GRU": 2},
+    "gru_go_backwards_no_bias": {"GRU": 2},
+    "simple_rnn": {"RNN": 2},
+    "simple_rnn_masking": {"RNN": 2},
+    "simple_rnn_relu": {"RNN": 2},
+    "bidirectional_concat": {"LSTM": 2},
+    "bidirectional_sum": {"LSTM": 2},
+    "bidirectional_mul": {"LSTM": 2},
+    "bidirectional_ave": {"LSTM": 2},
+    "bidirectional_none": {"LSTM": 2},
+    "bidirectional_gru_masking": {"GRU": 2},
+    "bidirectional_initial_state": {"LSTM": 2},
+    "mixed_cells": {"LSTM": 1, "GRU": 1, "RNN": 1},
+    "dense_head": {"LSTM": 2},
+    "sequential": {"LSTM": 2},
+}
+
+
+def test_every_builder_variant_is_in_the_matrix():
+    assert set(EXPECTED_OPS) == set(VARIANTS)
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request):
+    config = variant_config(request.param)
+    model = build_stack(config)
+    return request.param, config, model, export_model(model, seed=config.seed)
+
+
+def test_variant_is_fused_with_no_loop(variant):
+    name, _, _, result = variant
+    counts = count_ops(result.model)
+    assert {op: counts[op] for op in ("LSTM", "GRU", "RNN") if counts[op]} == EXPECTED_OPS[name]
+    assert counts["Loop"] == 0 and counts["Scan"] == 0
+    assert result.warnings == () and all(entry.fused for entry in result.lowering)
+
+
+def test_variant_matches_keras_at_two_batch_sizes_and_two_lengths(variant):
+    _, config, _, result = variant
+    assert result.parity, result.parity.failures()
+    batches = {shape[0] for s in result.parity.summaries() for shape in s.shapes}
+    assert batches >= {1, 4}
+    if config.timesteps is None:
+        lengths = {shape[1] for s in result.parity.summaries() for shape in s.shapes if len(shape) == 3}
+        assert not lengths or lengths >= {5, 11}
+        assert any("11 steps" in case.label for case in result.parity.cases)
+
+
+def test_variant_names_every_state(variant):
+    _, config, model, result = variant
+    names = [o.name for o in result.outputs]
+    assert len(set(names)) == len(names)
+    if config.bidirectional and config.return_state:
+        assert any(n.endswith("_forward_state_h") for n in names)
+        assert any(n.endswith("_backward_state_h") for n in names)
+    if config.initial_state:
+        assert [i.name for i in result.inputs][1:] and all(i.name.startswith("initial_") for i in result.inputs[1:])
+
+
+HARD_SIGMOID = StackConfig(layers=1, units=6, timesteps=None, features=3, recurrent_activation="hard_sigmoid",
+                           return_sequences=True, return_state=True)
+
+
+def test_hard_sigmoid_uses_keras_3_parameters():
+    result = export_model(build_stack(HARD_SIGMOID))
+    node = next(n for n in result.model.graph.node if n.op_type == "LSTM")
+    attrs = {a.name: a for a in node.attribute}
+    assert [s.decode() for s in attrs["activations"].strings] == ["HardSigmoid", "Tanh", "Tanh"]
+    assert attrs["activation_alpha"].floats[0] == pytest.approx(1 / 6)
+    assert attrs["activation_beta"].floats[0] == pytest.approx(0.5)
+    assert result.parity
+
+
+def test_gru_reset_after_maps_to_linear_before_reset():
+    for reset_after, expected in ((True, 1), (False, 0)):
+        result = export_model(build_stack(variant_config("gru", reset_after=reset_after)))
+        node = next(n for n in result.model.graph.node if n.op_type == "GRU")
+        assert {a.name: a.i for a in node.attribute}["linear_before_reset"] == expected
+
+
+def _unfusable_model():
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    y = keras.layers.LSTM(4, activation="silu", return_sequences=True, name="silu_lstm")(x)
+    y = keras.layers.LSTM(4, name="plain")(y)
+    return keras.Model(x, y, name="unfusable")
+
+
+def test_an_unfusable_layer_is_reported_and_refused_under_require_fused():
+    model = _unfusable_model()
+    result = export_model(model)
+    assert result.parity, result.parity.failures()
+    assert [(e.layer, e.onnx_op) for e in result.lowering] == [("silu_lstm", "tf2onnx"), ("plain", "LSTM")]
+    assert len(result.warnings) == 1 and "not fused: layer 'silu_lstm'" in result.warnings[0]
+    assert "'silu'" in result.warnings[0]
+    with pytest.raises(UnsupportedModelError, match="--require-fused"):
+        export_model(model, require_fused=True)
+
+
+@pytest.mark.parametrize("name", ["lstm_masking", "lstm_embedding_mask", "bidirectional_gru_masking"])
+def test_a_mask_that_is_not_right_padding_gives_nan_not_a_wrong_number(name):
+    """sequence_lens describes right padding only; other masks are flagged with NaN (see README)."""
+    model = build_stack(variant_config(name, all_states=False))
+    runner = OnnxRunner(export_model(model).model)
+    rng = np.random.default_rng(0)
+    if name == "lstm_embedding_mask":
+        x = rng.integers(1, 20, (4, 6)).astype(np.int32)
+    else:
+        x = rng.standard_normal((4, 6, 4)).astype(np.float32)
+    x[1, :2] = 0  # left padding
+    x[2, 2] = 0  # a hole
+    x[3, 4:] = 0  # right padding: fine
+    expected = keras_outputs(model, {"input": x})
+    actual = runner.run({"input": x})
+    for want, got in zip(expected, actual.values()):
+        assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
+        np.testing.assert_allclose(got[[0, 3]], want[[0, 3]], rtol=1e-5, atol=1e-6)
+
+
+def test_masked_sequence_carries_the_last_output_like_keras():
+    model = build_stack(variant_config("lstm_masking", all_states=False, layers=1))
+    runner = OnnxRunner(export_model(model).model)
+    x = np.random.default_rng(1).standard_normal((2, 7, 4)).astype(np.float32)
+    x[1, 3:] = 0
+    got = runner.run({"input": x})["lstm_1_sequence"]
+    # Keras repeats the last valid output over masked steps (ONNX alone would write zeros there).
+    assert np.allclose(got[1, 3:], got[1, 2]) and np.abs(got[1, 3:]).max() > 0
+    np.testing.assert_allclose(got, keras_outputs(model, {"input": x})[0], rtol=1e-5, atol=1e-6)
