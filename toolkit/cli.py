@@ -105,7 +105,14 @@ def tolerance_options(func: Any) -> Any:
               help="The last layer's flag; unset: both values are exported.")
 @click.option("--all-states", is_flag=True, default=None, help="Also output the states of every earlier layer.")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the weights (default 0).")
+@click.option("--variant", help="A named builder variant (see README), e.g. gru, bidirectional_sum, lstm_masking.")
+@click.option("--cell", help="lstm, gru, simple_rnn, or one per layer: lstm,gru (default lstm).")
+@click.option("--bidirectional", "bidirectional", help="Wrap layers in Bidirectional: concat, sum, mul, ave or none.")
+@click.option("--masking", help="masking (a Masking layer) or embedding (int ids, Embedding(mask_zero=True)).")
+@click.option("--go-backwards", is_flag=True, default=None, help="Run every layer backwards.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14-18).")
+@click.option("--converter", type=click.Choice(["lstm-onnx", "tf2onnx"]), default="lstm-onnx", show_default=True,
+              help="lstm-onnx lowers recurrent layers to fused ops; tf2onnx converts the whole model alone.")
 @click.option("--output-name", multiple=True, metavar="DEFAULT=NEW", help="Rename an output. Repeatable.")
 @tolerance_options
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
@@ -113,8 +120,9 @@ def tolerance_options(func: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def export(model: Path | None, output: Path | None, layers: int | None, units: int | None, timesteps: Any,
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
-           seed: int | None, opset: int, output_name: Sequence[str], atol: Sequence[str], rtol: Sequence[str],
-           keep_failed: bool, require_fused: bool, as_json: bool) -> None:
+           seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
+           go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
+           rtol: Sequence[str], keep_failed: bool, require_fused: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -129,7 +137,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     renames = _renames(output_name)
     builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
                        "return_sequences": return_sequences, "return_state": return_state,
-                       "all_states": all_states, "seed": seed}
+                       "all_states": all_states, "seed": seed, "cell": cell, "bidirectional": bidirectional,
+                       "masking": masking, "go_backwards": go_backwards, "variant": variant}
     if model is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in builder_options.items() if v is not None]
         if given:
@@ -138,24 +147,29 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
 
         target = output or model.with_suffix(".onnx")
         result = export_keras_file(model, target, opset=opset, output_names=renames or None, tolerances=tolerances,
-                                   keep_failed=keep_failed, require_fused=require_fused)
+                                   keep_failed=keep_failed, require_fused=require_fused, converter=converter)
         items = [(target.name, result.parity)]
         warnings = list(result.warnings)
         written = [target] if (result.parity or keep_failed) else []
         payload = {"passed": result.parity.passed, "written": [str(target)], "sha256": result.sha256,
                    "fused_ops": result.fused_ops, "warnings": warnings, "parity": result.parity.to_json()}
     else:
-        from toolkit.builder import StackConfig, stack_configs
+        from toolkit.builder import VARIANTS, StackConfig, stack_configs
         from toolkit.suite import export_stacks
 
         chosen = {k: v for k, v in builder_options.items()
-                  if v is not None and k not in ("return_sequences", "return_state")}
+                  if v is not None and k not in ("return_sequences", "return_state", "variant")}
         if chosen.get("timesteps") == VARIABLE:
             chosen["timesteps"] = None
+        if variant is not None:
+            if variant not in VARIANTS:
+                raise InputError(f"Expected --variant among {sorted(VARIANTS)}. Received: {variant!r}")
+            chosen = {**VARIANTS[variant], **chosen}
         base = StackConfig(**chosen)
         configs = stack_configs(base, return_sequences, return_state)
         suite = export_stacks(configs, output or Path("exported"), opset=opset, output_names=renames or None,
-                              tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused)
+                              tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused,
+                              converter=converter)
         items = [(entry.file, entry.result.parity) for entry in suite.entries]
         warnings = [f"{entry.file}: {w}" for entry in suite.entries for w in entry.result.warnings]
         written = suite.written

@@ -503,6 +503,7 @@ def export_keras_file(
     tolerances: Tolerances = Tolerances(),
     keep_failed: bool = False,
     require_fused: bool = False,
+    converter: str = "lstm-onnx",
 ) -> ExportResult:
     """Export a user's `.keras` file to `dst`, checking parity first; writes nothing when anything fails."""
     target = Path(dst)
@@ -516,6 +517,7 @@ def export_keras_file(
         tolerances=tolerances,
         source={"keras_file": Path(src).name, "keras_model": model.name},
         require_fused=require_fused,
+        converter=converter,
     )
     result.save(target, keep_failed=keep_failed)
     return result

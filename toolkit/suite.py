@@ -87,6 +87,7 @@ def export_stacks(
     keep_failed: bool = False,
     require_fused: bool = False,
     write: bool = True,
+    converter: str = "lstm-onnx",
 ) -> SuiteResult:
     """Build, export and check each config; write them and the manifest when all pass."""
     check_opset(opset)
@@ -109,7 +110,7 @@ def export_stacks(
         own = Tolerances(tolerances.default, {k: v for k, v in tolerances.per_output.items() if k in names})
         result = export_model(
             model, opset=opset, output_names=names, tolerances=own, seed=config.seed,
-            source={"builder": config.to_json()}, require_fused=require_fused,
+            source={"builder": config.to_json()}, require_fused=require_fused, converter=converter,
         )
         entries.append(SuiteEntry(config=config, file=f"{config.name}.onnx", result=result))
     suite = SuiteResult(out_dir=target, entries=entries)
