@@ -159,3 +159,38 @@ def test_help_run_and_inspect_do_not_import_tensorflow(seed_suite, tmp_path, com
     done = subprocess.run([sys.executable, "-c", NO_TF, *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_export_variant_options(tmp_path):
+    result = invoke("export", "-o", tmp_path, "--variant", "bidirectional_gru_masking", "--timesteps", "none",
+                    "--return-sequences", "--return-state", "--json")
+    assert result.exit_code == 0, result.output
+    model = json.loads(result.output)["models"][0]
+    assert model["fused_ops"] == {"GRU": 2} and model["warnings"] == []
+    names = [o["name"] for o in model["parity"]["outputs"]]
+    assert names == ["bi_gru_2_sequence", "bi_gru_2_forward_state_h", "bi_gru_2_backward_state_h"]
+
+
+def test_tf2onnx_converter_fallback_is_reported_and_refusable(tmp_path):
+    args = ["export", "-o", tmp_path / "a", "--cell", "gru", "--return-sequences", "--no-return-state",
+            "--converter", "tf2onnx"]
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "not fused" in result.output and "Loop" in result.output
+    refused = CliRunner().invoke(cli, [str(a) for a in args[:-2]] + ["--converter", "tf2onnx", "--require-fused",
+                                                                     "-o", str(tmp_path / "b")])
+    assert refused.exit_code == 1 and "Error: Expected every recurrent layer as a fused ONNX op" in refused.output
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--cell", "lstmm"], "Expected cell among ['lstm', 'gru', 'simple_rnn']"),
+    (["--bidirectional", "stack"], "Expected bidirectional among ['concat', 'sum', 'mul', 'ave', 'none']"),
+    (["--masking", "zeros"], "Expected masking among ['masking', 'embedding']"),
+    (["--variant", "lstmx"], "Expected --variant among"),
+    (["--bidirectional", "sum", "--go-backwards"], "Expected go_backwards=False with bidirectional"),
+])
+def test_bad_variant_options(tmp_path, args, needle):
+    result = CliRunner().invoke(cli, ["export", "-o", str(tmp_path / "out")] + args)
+    assert result.exit_code == 1 and needle in result.output, result.output
+    assert not (tmp_path / "out").exists()

@@ -129,10 +129,10 @@ class GraphWriter:
     def transpose(self, value: str, perm: Sequence[int]) -> str:
         return self.op1("Transpose", [value], perm=list(perm))
 
-    def flip_time(self, value: str) -> str:
-        """Reverse axis 1 (time) of a (batch, time, units) tensor."""
+    def flip(self, value: str, axis: int) -> str:
+        """Reverse one axis (a negative-step Slice)."""
         int_min = np.iinfo(np.int64).min
-        return self.op1("Slice", [value, self.ints([-1]), self.ints([int_min]), self.ints([1]), self.ints([-1])])
+        return self.op1("Slice", [value, self.ints([-1]), self.ints([int_min]), self.ints([axis]), self.ints([-1])])
 
     def splice(self, model: onnx.ModelProto, inputs: Sequence[str], prefix: str) -> list[str]:
         """Copy a converted sub-model in, wiring its graph inputs to `inputs`; return its outputs' new names."""
@@ -413,18 +413,24 @@ class Lowerer:
         go_backwards = bool(layer.go_backwards)
         x = self.w.transpose(sequence.name, [1, 0, 2])  # ONNX Runtime runs only the time-major layout
         seq_lens = self._sequence_lens(sequence.mask)
+        # Keras returns a backwards layer's outputs in processing order. Without a mask, reversing the
+        # input and running forward gives exactly that order (as tf2onnx does); with a mask, the padding
+        # must stay where Keras has it, so the op runs in reverse and its output is flipped instead.
+        flip_input = go_backwards and seq_lens is None and layer.return_sequences
+        if flip_input:
+            x = self.w.flip(x, 0)
         op_inputs = [x, self.w.const(plan.W[None], "W"), self.w.const(plan.R[None], "R"),
                      self.w.const(plan.B[None], "B"), seq_lens or ""]
         op_inputs += [self.w.unsqueeze(s, 0) for s in initial_values]
-        outs = self.w.op(plan.op, _trim(op_inputs), outputs=1 + plan.state_count,
-                         **_op_attributes([plan], "reverse" if go_backwards else "forward"))
+        direction = "reverse" if go_backwards and not flip_input else "forward"
+        outs = self.w.op(plan.op, _trim(op_inputs), outputs=1 + plan.state_count, **_op_attributes([plan], direction))
         y, states = outs[0], [self.w.squeeze(s, 0) for s in outs[1:]]
         if layer.return_sequences:
             main = self.w.transpose(self.w.squeeze(y, 1), [1, 0, 2])
-            if go_backwards:
-                # Keras returns a backwards layer's outputs in processing order; ONNX in input order.
-                # With a right-padded mask, ONNX's zeros at padded steps land where Keras has its zeros.
-                main = self.w.flip_time(main)
+            if direction == "reverse":
+                # ONNX writes a reverse op's outputs in input order; Keras in processing order. With a
+                # right-padded mask, ONNX's zeros at padded steps land where Keras has its zeros.
+                main = self.w.flip(main, 1)
             elif sequence.mask is not None and not getattr(layer, "zero_output_for_mask", False):
                 # Keras carries the last output over masked steps; ONNX writes zeros there.
                 carried = self.w.unsqueeze(states[0], 1)

@@ -1,0 +1,240 @@
+"""Side-by-side latency of Keras, tf.function, tf2onnx's export and lstm-onnx's export, per variant.
+
+    python scripts/benchmark.py                      # every variant below, about 10 minutes on 2 cores
+    python scripts/benchmark.py --variants gru lstm_masking --repeats 30
+
+For each variant (1 layer unless the variant says otherwise, 64 features, 128 units, return_sequences) and
+each shape (batch 1 x 1 step, batch 1 x 100 steps, batch 32 x 100 steps), it measures in one process:
+median latency of `model.predict`, of a `tf.function` call, of ONNX Runtime on the plain tf2onnx export,
+of ONNX Runtime on the lstm-onnx export, and of a hand-built graph holding only the fused ops and the
+transposes they need ("minimal"). It reports the ratios, and the lstm-onnx export's GFLOP/s as a fraction
+of this machine's float32 matrix-multiply rate (numpy, measured in the same run). Writes JSON and a
+markdown table under scripts/results/. A benchmark, not a test: it measures and never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from toolkit.builder import VARIANTS, build_stack, variant_config  # noqa: E402
+from toolkit.compare import Tolerances  # noqa: E402
+from toolkit.exporter import export_model  # noqa: E402
+from toolkit.fileio import atomic_write_text  # noqa: E402
+from toolkit.lowering import GraphWriter, NotFusable, _op_attributes, plan_cell  # noqa: E402
+from toolkit.runner import OnnxRunner  # noqa: E402
+
+DEFAULT_VARIANTS = ["lstm", "gru", "gru_reset_before", "simple_rnn", "lstm_masking", "lstm_embedding_mask",
+                    "gru_masking", "lstm_hard_sigmoid", "lstm_dropout", "lstm_go_backwards", "bidirectional_concat",
+                    "bidirectional_gru_masking", "mixed_cells"]
+SHAPES = [(1, 1), (1, 100), (32, 100)]
+FEATURES, UNITS = 64, 128
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Row:
+    variant: str
+    batch: int
+    steps: int
+    keras_predict_ms: float
+    tf_function_ms: float
+    tf2onnx_ms: float
+    lstm_onnx_ms: float
+    minimal_ms: float | None
+    tf2onnx_loops: int
+    gflops: float
+    matmul_fraction: float
+
+    @property
+    def vs_tf2onnx(self) -> float:
+        return self.tf2onnx_ms / self.lstm_onnx_ms
+
+    @property
+    def vs_tf_function(self) -> float:
+        return self.tf_function_ms / self.lstm_onnx_ms
+
+    @property
+    def vs_minimal(self) -> float | None:
+        return self.lstm_onnx_ms / self.minimal_ms if self.minimal_ms else None
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, budget_s: float = 3.0) -> float:
+    for _ in range(3):
+        fn()  # warm-up: first calls allocate, trace or build kernels
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < repeats and (len(times) < 5 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+    ms = median_ms(lambda: a @ b, repeats)
+    return 2 * n**3 / (ms / 1e3) / 1e9
+
+
+def recurrent_flops(model: Any, batch: int, steps: int) -> float:
+    """Multiply-adds of the gate matmuls (x W + h R) of every recurrent layer, both directions."""
+    total = 0.0
+    for layer in model._flatten_layers(include_self=False):
+        cls = type(layer).__name__
+        inner = layer.forward_layer if cls == "Bidirectional" else layer
+        kind = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}.get(type(inner).__name__)
+        if kind is None:
+            continue
+        features = int(inner.cell.kernel.shape[0])
+        units = int(inner.cell.units)
+        directions = 2 if cls == "Bidirectional" else 1
+        total += directions * steps * batch * 2 * GATES[kind] * units * (features + units)
+    return total
+
+
+def minimal_graph(model: Any) -> Any | None:
+    """Only the fused ops and the transposes they need, from the same weights (float inputs only)."""
+    import onnx
+    from onnx import helper
+
+    layers = [layer for layer in model.layers  # top level: a Bidirectional's inner layers are not separate
+              if type(layer).__name__ in ("LSTM", "GRU", "SimpleRNN", "Bidirectional")]
+    if any(type(layer).__name__ == "Embedding" for layer in model._flatten_layers(include_self=False)):
+        return None
+    writer = GraphWriter(17)
+    x = writer.transpose("input", [1, 0, 2])
+    for layer in layers:
+        try:
+            bidirectional = type(layer).__name__ == "Bidirectional"
+            plans = [plan_cell(layer.forward_layer), plan_cell(layer.backward_layer)] if bidirectional else [plan_cell(layer)]
+        except NotFusable:
+            return None
+        direction = "bidirectional" if bidirectional else ("reverse" if layer.go_backwards else "forward")
+        W = writer.const(np.stack([p.W for p in plans]))
+        R = writer.const(np.stack([p.R for p in plans]))
+        B = writer.const(np.stack([p.B for p in plans]))
+        y = writer.op(plans[0].op, [x, W, R, B], outputs=1, **_op_attributes(plans, direction))[0]
+        # Y is (time, directions, batch, units): move directions next to units and merge them.
+        x = writer.op1("Reshape", [writer.transpose(y, [0, 2, 1, 3]), writer.ints([0, 0, -1])])
+    out = writer.transpose(x, [1, 0, 2])
+    graph = helper.make_graph(
+        writer.nodes, "minimal",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", "time", FEATURES])],
+        [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)], writer.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return proto
+
+
+def make_input(model: Any, batch: int, steps: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    if str(model.inputs[0].dtype).startswith("int"):
+        return rng.integers(1, 20, (batch, steps)).astype(np.int32)
+    return rng.standard_normal((batch, steps, FEATURES)).astype(np.float32)
+
+
+def bench_variant(name: str, repeats: int) -> list[Row]:
+    import tensorflow as tf
+
+    overrides: dict[str, Any] = {"units": UNITS, "features": FEATURES, "timesteps": None, "return_sequences": True,
+                                 "return_state": False, "all_states": False, "initial_state": False}
+    if "layers" not in VARIANTS[name]:
+        overrides["layers"] = 1
+    model = build_stack(variant_config(name, **overrides))
+    loose = Tolerances.parse(atol=["1e-3"], rtol=["1e-2"])  # large models: the benchmark times, tests judge
+    ours = OnnxRunner(export_model(model, tolerances=loose).model)
+    theirs_result = export_model(model, tolerances=loose, converter="tf2onnx")
+    theirs = OnnxRunner(theirs_result.model)
+    loops = sum(theirs_result.op_counts.get(op, 0) for op in ("Loop", "Scan"))
+    minimal_proto = minimal_graph(model)
+    minimal = OnnxRunner(minimal_proto) if minimal_proto is not None else None
+    traced = tf.function(lambda t: model(t, training=False))
+    rows = []
+    for batch, steps in SHAPES:
+        x = make_input(model, batch, steps)
+        x_tf = tf.constant(x)
+        feeds = {"input": x}
+        row = Row(
+            variant=name, batch=batch, steps=steps,
+            keras_predict_ms=median_ms(lambda: model.predict(x, verbose=0, batch_size=batch), max(5, repeats // 4)),
+            tf_function_ms=median_ms(lambda: traced(x_tf), repeats),
+            tf2onnx_ms=median_ms(lambda: theirs.session.run(None, feeds), repeats),
+            lstm_onnx_ms=median_ms(lambda: ours.session.run(None, feeds), repeats),
+            minimal_ms=median_ms(lambda: minimal.session.run(None, feeds), repeats) if minimal else None,
+            tf2onnx_loops=loops, gflops=0.0, matmul_fraction=0.0,
+        )
+        row.gflops = recurrent_flops(model, batch, steps) / (row.lstm_onnx_ms / 1e3) / 1e9
+        rows.append(row)
+        print(f"  {name} b{batch} t{steps}: lstm-onnx {row.lstm_onnx_ms:.3f} ms, tf2onnx {row.tf2onnx_ms:.3f} ms "
+              f"({row.vs_tf2onnx:.2f}x), tf.function {row.tf_function_ms:.3f} ms ({row.vs_tf_function:.1f}x)", flush=True)
+    return rows
+
+
+def markdown(rows: list[Row], matmul: float, machine: str) -> str:
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine}; numpy float32 matmul: {matmul:.0f} GFLOP/s. "
+        f"Median ms; 1 layer of {UNITS} units on {FEATURES} features unless the variant says otherwise.",
+        "",
+        "| variant | batch x steps | Keras predict | tf.function | tf2onnx (ORT) | lstm-onnx (ORT) | minimal | "
+        "vs tf2onnx | vs tf.function | vs minimal | GFLOP/s (% of matmul) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        loop = " (Loop)" if r.tf2onnx_loops else ""
+        minimal = f"{r.minimal_ms:.3f}" if r.minimal_ms else "n/a"
+        vs_min = f"{r.vs_minimal:.2f}x" if r.vs_minimal else "n/a"
+        lines.append(
+            f"| {r.variant} | {r.batch} x {r.steps} | {r.keras_predict_ms:.2f} | {r.tf_function_ms:.3f} | "
+            f"{r.tf2onnx_ms:.3f}{loop} | {r.lstm_onnx_ms:.3f} | {minimal} | {r.vs_tf2onnx:.2f}x | "
+            f"{r.vs_tf_function:.1f}x | {vs_min} | {r.gflops:.1f} ({100 * r.matmul_fraction:.0f}%) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    import onnxruntime
+    import tensorflow as tf
+
+    matmul = matmul_gflops()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, tensorflow {tf.__version__}, " \
+              f"onnxruntime {onnxruntime.__version__}"
+    print(f"numpy float32 matmul: {matmul:.1f} GFLOP/s ({machine})", flush=True)
+    rows: list[Row] = []
+    for name in args.variants:
+        rows += bench_variant(name, args.repeats)
+    for row in rows:
+        row.matmul_fraction = row.gflops / matmul
+    payload = {"machine": machine, "matmul_gflops": matmul, "units": UNITS, "features": FEATURES,
+               "rows": [asdict(r) | {"vs_tf2onnx": r.vs_tf2onnx, "vs_tf_function": r.vs_tf_function,
+                                     "vs_minimal": r.vs_minimal} for r in rows]}
+    atomic_write_text(args.out / "benchmark.json", json.dumps(payload, indent=2) + "\n")
+    table = markdown(rows, matmul, machine)
+    atomic_write_text(args.out / "benchmark.md", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
