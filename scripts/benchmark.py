@@ -96,7 +96,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
 def recurrent_flops(model: Any, batch: int, steps: int) -> float:
     """Multiply-adds of the gate matmuls (x W + h R) of every recurrent layer, both directions."""
     total = 0.0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in model.layers:  # top level: a Bidirectional's inner layers are counted through it
         cls = type(layer).__name__
         inner = layer.forward_layer if cls == "Bidirectional" else layer
         kind = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}.get(type(inner).__name__)
