@@ -115,6 +115,8 @@ def tolerance_options(func: Any) -> Any:
               help="lstm-onnx lowers recurrent layers to fused ops; tf2onnx converts the whole model alone.")
 @click.option("--output-name", multiple=True, metavar="DEFAULT=NEW", help="Rename an output. Repeatable.")
 @tolerance_options
+@click.option("--propagate-nan", is_flag=True,
+              help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
 @click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
@@ -122,7 +124,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
-           rtol: Sequence[str], keep_failed: bool, require_fused: bool, as_json: bool) -> None:
+           rtol: Sequence[str], propagate_nan: bool, keep_failed: bool, require_fused: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -147,7 +149,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
 
         target = output or model.with_suffix(".onnx")
         result = export_keras_file(model, target, opset=opset, output_names=renames or None, tolerances=tolerances,
-                                   keep_failed=keep_failed, require_fused=require_fused, converter=converter)
+                                   keep_failed=keep_failed, require_fused=require_fused, converter=converter,
+                                   propagate_nan=propagate_nan)
         items = [(target.name, result.parity)]
         warnings = list(result.warnings)
         written = [target] if (result.parity or keep_failed) else []
@@ -169,7 +172,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         configs = stack_configs(base, return_sequences, return_state)
         suite = export_stacks(configs, output or Path("exported"), opset=opset, output_names=renames or None,
                               tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused,
-                              converter=converter)
+                              converter=converter, propagate_nan=propagate_nan)
         items = [(entry.file, entry.result.parity) for entry in suite.entries]
         warnings = [f"{entry.file}: {w}" for entry in suite.entries for w in entry.result.warnings]
         written = suite.written
@@ -197,25 +200,39 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
 @click.option("--keras", "keras_model", required=True, type=click.Path(path_type=Path), help="The Keras model it came from.")
 @tolerance_options
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--runtimes", default="onnxruntime", show_default=True, metavar="LIST",
+              help="Comma-separated: onnxruntime, onnxruntime-extended, onnxruntime-basic, onnxruntime-disabled "
+                   "(graph optimization levels), reference (onnx.reference, where it is a valid oracle).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
 def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Sequence[str], seed: int,
-           as_json: bool) -> None:
+           runtimes: str, as_json: bool) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     _quiet_tensorflow()
     from toolkit.compare import Tolerances
-    from toolkit.exporter import verify_files
+    from toolkit.exporter import verify_runtimes
     from toolkit.report import invariant_lines, parity_table
 
-    report = verify_files(onnx_model, keras_model, Tolerances.parse(atol, rtol), seed=seed)
+    names = [r.strip() for r in runtimes.split(",") if r.strip()]
+    results = verify_runtimes(onnx_model, keras_model, names, Tolerances.parse(atol, rtol), seed=seed)
+    ran = [r for r in results if r.report is not None]
+    passed = all(ran) and bool(ran)
     if as_json:
-        _emit_json(report.to_json())
+        payload = {"passed": passed,
+                   "runtimes": {r.runtime: (r.report.to_json() if r.report else {"skipped": r.skipped}) for r in results}}
+        # One runtime: its report at the top level, as before, for CI scripts that read it directly.
+        _emit_json({**ran[0].report.to_json(), **payload} if len(results) == 1 and ran else payload)
     else:
-        items = [(onnx_model.name, report)]
+        label = (lambda r: onnx_model.name) if len(results) == 1 else (lambda r: f"{onnx_model.name} [{r.runtime}]")
+        items = [(label(r), r.report) for r in ran]
         click.echo(parity_table(items))
         for line in invariant_lines(items):
             click.echo(line)
-        click.echo("PASS" if report else "FAIL: " + "; ".join(report.failures()[:5]))
-    if not report:
+        for r in results:
+            if r.skipped:
+                click.echo(f"{r.runtime}: skipped: {r.skipped}")
+        failures = [f for r in ran for f in r.report.failures()]
+        click.echo("PASS" if passed else "FAIL: " + "; ".join(failures[:5]))
+    if not passed:
         sys.exit(1)
 
 

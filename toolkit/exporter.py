@@ -18,6 +18,7 @@ The steps, in order:
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,19 +117,47 @@ def load_keras_model(path: str | Path) -> Any:
         )
     import keras
 
+    check_keras_version(keras.__version__)
     try:
         model = keras.saving.load_model(source, compile=False, safe_mode=True)
     except Exception as exc:  # zipfile, ValueError from safe mode, TypeError for unknown objects...
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if "safe_mode" in str(exc) or "Lambda" in str(exc):
-            first_line = (
-                f"{first_line[:200]} (refused by Keras safe mode: the file holds Python code; load it yourself "
-                "with safe_mode=False only if you trust it)"
-            )
-        raise ModelLoadError(f"Expected a loadable Keras model. Received: {str(source)!r}: {first_line}") from None
+        raise ModelLoadError(f"Expected a loadable Keras model. Received: {str(source)!r}: {_load_failure(exc)}") from None
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"Expected a Keras model. Received: {str(source)!r} holding a {type(model).__name__}")
     return model
+
+
+# Keras releases whose safe mode has the published fixes: 3.9 (CVE-2025-1550), 3.11 (CVE-2025-8747,
+# CVE-2025-9906), 3.11.3 (CVE-2025-9905, .h5), 3.13.2 (CVE-2026-1462), 3.14 (archive path traversal).
+MIN_KERAS = (3, 14)
+
+
+def check_keras_version(version: str) -> None:
+    """Refuse to load untrusted files with a Keras whose safe mode is known to be bypassable."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < MIN_KERAS:
+        raise ModelLoadError(
+            f"Expected Keras >= {'.'.join(map(str, MIN_KERAS))} to load model files (earlier safe modes have "
+            f"published bypasses). Received: Keras {version}"
+        )
+
+
+def _load_failure(exc: Exception) -> str:
+    """Say why Keras refused a file, and what the user can do if they trust it."""
+    text = str(exc)
+    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
+    if unknown:
+        return (f"unknown custom object {unknown.group(1)!r}; lstm-onnx never imports code named by a model file. "
+                "If you trust it, import that class, load the model yourself and call "
+                "toolkit.exporter.export_model(model)")
+    if "safe_mode" in text or "Lambda" in text:
+        return ("refused by Keras safe mode: the file holds Python code (a Lambda layer or function). If you "
+                "trust it, load it with keras.saving.load_model(path, safe_mode=False) and call "
+                "toolkit.exporter.export_model(model)")
+    return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"
 
 
 def recurrent_layer_names(model: Any) -> list[str]:
@@ -400,6 +429,7 @@ def export_model(
     seed: int = 0,
     require_fused: bool = False,
     converter: str = "lstm-onnx",
+    propagate_nan: bool = False,
 ) -> ExportResult:
     """Export a built Keras model with named outputs, check parity, and return it in memory.
 
@@ -424,7 +454,7 @@ def export_model(
     if converter == "tf2onnx":
         proto, lowering = convert(model, signature, opset), ()
     else:
-        proto, report = lower_model(model, signature, opset)
+        proto, report = lower_model(model, signature, opset, propagate_nan=propagate_nan)
         lowering = tuple(report.layers)
     name_outputs(proto, names)
     name_axes(proto, signature, [tuple(t.shape) for t in model.outputs])
@@ -452,6 +482,7 @@ def export_model(
         OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
         for info, origin in zip(graph_outputs(proto), origins)
     )
+    options = {"converter": converter, "propagate_nan": propagate_nan}
     _set_metadata(
         proto,
         {
@@ -462,6 +493,7 @@ def export_model(
             "parity": parity_metadata(report),
             "versions": versions(),
             "opset": str(opset),
+            "options": options,
         },
     )
     try:
@@ -504,6 +536,7 @@ def export_keras_file(
     keep_failed: bool = False,
     require_fused: bool = False,
     converter: str = "lstm-onnx",
+    propagate_nan: bool = False,
 ) -> ExportResult:
     """Export a user's `.keras` file to `dst`, checking parity first; writes nothing when anything fails."""
     target = Path(dst)
@@ -518,23 +551,54 @@ def export_keras_file(
         source={"keras_file": Path(src).name, "keras_model": model.name},
         require_fused=require_fused,
         converter=converter,
+        propagate_nan=propagate_nan,
     )
     result.save(target, keep_failed=keep_failed)
     return result
 
 
+@dataclass(frozen=True)
+class RuntimeReport:
+    """The parity of one runtime against Keras, or why that runtime was skipped."""
+
+    runtime: str
+    report: ParityReport | None
+    skipped: str = ""
+
+    def __bool__(self) -> bool:
+        return self.report is not None and bool(self.report)
+
+
 def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
                  seed: int = 0) -> ParityReport:
-    """Re-run the parity check of an existing export against its Keras model."""
-    runner = OnnxRunner(onnx_path)
+    """Re-run the parity check of an existing export against its Keras model, in ONNX Runtime."""
+    return verify_runtimes(onnx_path, keras_path, ("onnxruntime",), tolerances, seed)[0].report
+
+
+def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Sequence[str] = ("onnxruntime",),
+                    tolerances: Tolerances = Tolerances(), seed: int = 0) -> list[RuntimeReport]:
+    """Keras vs each runtime; onnx.reference is skipped, with the reason, where it is no valid oracle."""
+    from toolkit.runner import RUNTIMES, load_onnx, make_runner, reference_oracle_problem
+
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise InputError(f"Expected runtimes among {list(RUNTIMES)}. Received: {list(runtimes)}")
+    proto = load_onnx(onnx_path)
     model = load_keras_model(keras_path)
-    expected = expected_output_names(model, runner.model)
-    if len(model.outputs) != len(runner.output_names):
+    expected = expected_output_names(model, proto)
+    if len(model.outputs) != len(proto.graph.output):
         raise InputError(
             f"Expected the ONNX model to have the Keras model's {len(model.outputs)} outputs {expected}. "
-            f"Received: {len(runner.output_names)} outputs {runner.output_names}"
+            f"Received: {len(proto.graph.output)} outputs {[o.name for o in proto.graph.output]}"
         )
-    return check_parity(model, runner, expected, tolerances, seed=seed)
+    reports = []
+    for runtime in runtimes:
+        problem = reference_oracle_problem(proto) if runtime == "reference" else None
+        if problem:
+            reports.append(RuntimeReport(runtime, None, problem))
+            continue
+        reports.append(RuntimeReport(runtime, check_parity(model, make_runner(proto, runtime), expected, tolerances, seed=seed)))
+    return reports
 
 
 def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:

@@ -285,9 +285,10 @@ class _Value:
 class Lowerer:
     """Walks a Keras functional graph and writes the ONNX graph."""
 
-    def __init__(self, writer: GraphWriter, report: LoweringReport):
+    def __init__(self, writer: GraphWriter, report: LoweringReport, propagate_nan: bool = False):
         self.w = writer
         self.report = report
+        self.propagate_nan = propagate_nan
 
     # -- the walk
 
@@ -402,13 +403,19 @@ class Lowerer:
         initial = kwargs.get("initial_state")
         if initial is None and len(args) > 1:
             initial = args[1]
-        if kwargs.get("mask") is not None and sequence.mask is None:
+        incoming_mask = sequence.mask
+        if kwargs.get("mask") is None:
+            # Keras applies a mask only when it passes one (mask=) to the layer. It does not, for one,
+            # when initial_state is given (Keras 3.15): the padded steps are then processed like any other.
+            sequence = _Value(sequence.name, None)
+        elif sequence.mask is None:
             # Keras passes a propagated mask as mask=; only one we computed ourselves can be lowered.
             raise NotFusable("a mask= argument that does not come from Masking or Embedding(mask_zero=True)")
         initial_values = [values[id(t)].name for t in (initial if isinstance(initial, (list, tuple)) else [initial])] \
             if initial is not None else []
         if cls == "Bidirectional":
-            return self.lower_bidirectional(layer, sequence, initial_values)
+            outputs, op = self.lower_bidirectional(layer, sequence, initial_values)
+            return self._keep_mask(outputs, layer, incoming_mask), op
         plan = plan_cell(layer)
         go_backwards = bool(layer.go_backwards)
         x = self.w.transpose(sequence.name, [1, 0, 2])  # ONNX Runtime runs only the time-major layout
@@ -425,6 +432,9 @@ class Lowerer:
         direction = "reverse" if go_backwards and not flip_input else "forward"
         outs = self.w.op(plan.op, _trim(op_inputs), outputs=1 + plan.state_count, **_op_attributes([plan], direction))
         y, states = outs[0], [self.w.squeeze(s, 0) for s in outs[1:]]
+        nan = self._nan_steps(sequence.name) if self.propagate_nan else None
+        if nan is not None:
+            states = [self._poison(s, self._any_step(nan)) for s in states]
         if layer.return_sequences:
             main = self.w.transpose(self.w.squeeze(y, 1), [1, 0, 2])
             if direction == "reverse":
@@ -435,13 +445,25 @@ class Lowerer:
                 # Keras carries the last output over masked steps; ONNX writes zeros there.
                 carried = self.w.unsqueeze(states[0], 1)
                 main = self.w.op1("Where", [self.w.unsqueeze(sequence.mask, -1), main, carried])
+            if nan is not None:
+                # Keras' outputs are in processing order; a NaN poisons every later step.
+                in_order = self.w.flip(nan, 1) if go_backwards else nan
+                main = self._poison(main, self._from_first(in_order, reverse=False), per_step=True)
         else:
             main = states[0]
-        out_mask = sequence.mask if layer.return_sequences else None
-        outputs = [_Value(main, out_mask)]
+        outputs = [_Value(main, sequence.mask if layer.return_sequences else None)]
         if layer.return_state:
             outputs += [_Value(s) for s in states]
-        return self._guard_padding(outputs, sequence.mask, seq_lens), plan.op
+        return self._keep_mask(self._guard_padding(outputs, sequence.mask, seq_lens), layer, incoming_mask), plan.op
+
+    @staticmethod
+    def _keep_mask(outputs: list[_Value], layer: Any, mask: str | None) -> list[_Value]:
+        """Keras hands the input's mask on to a layer returning sequences, whether or not it applied it."""
+        if layer.return_sequences and mask is not None:
+            count = 2 if getattr(layer, "merge_mode", "concat") is None else 1
+            for value in outputs[:count]:
+                value.mask = mask
+        return outputs
 
     def lower_bidirectional(self, layer: Any, sequence: _Value, initial_values: list[str]) -> tuple[list[_Value], str]:
         forward, backward = layer.forward_layer, layer.backward_layer
@@ -464,6 +486,14 @@ class Lowerer:
                           for f, b in zip(fwd, bwd)]
         outs = self.w.op(plans[0].op, _trim(op_inputs), outputs=1 + count, **_op_attributes(plans, "bidirectional"))
         y, states = outs[0], outs[1:]
+        if self.propagate_nan:
+            nan = self._nan_steps(sequence.name)
+            any_nan = self.w.unsqueeze(self._any_step(nan), 0)  # (1, batch, 1) against (2, batch, units)
+            states = [self._poison(s, any_nan) for s in states]
+            # Y is (time, 2, batch, units): forward outputs are poisoned after a NaN, backward ones before it.
+            per_direction = [self.w.transpose(self._from_first(nan, reverse=r), [1, 0]) for r in (False, True)]
+            flags = self.w.op1("Concat", [self.w.unsqueeze(p, 1) for p in per_direction], axis=1)
+            y = self._poison(y, self.w.unsqueeze(flags, 3))
         merge = layer.merge_mode
         if layer.return_sequences:
             # Keras' Bidirectional zeroes masked steps (zero_output_for_mask), as ONNX does.
@@ -477,6 +507,27 @@ class Lowerer:
             outputs += [_Value(self.w.squeeze(parts[0], 0)) for parts in split]
             outputs += [_Value(self.w.squeeze(parts[1], 0)) for parts in split]
         return self._guard_padding(outputs, sequence.mask, seq_lens), plans[0].op
+
+    # -- NaN propagation (optional): ONNX Runtime's fused LSTM/GRU activations clamp, so a NaN input
+    # comes out finite; Keras propagates it. These guards put the NaN back where Keras has it.
+
+    def _nan_steps(self, sequence: str) -> str:
+        """(batch, time) float: 1 where an input step holds a NaN."""
+        isnan = self.w.op1("Cast", [self.w.op1("IsNaN", [sequence])], to=TensorProto.FLOAT)
+        return self.w.reduce("ReduceMax", isnan, -1, keepdims=0)
+
+    def _any_step(self, nan_steps: str) -> str:
+        """(batch, 1) bool: the sample has a NaN anywhere."""
+        return self.w.op1("Cast", [self.w.reduce("ReduceMax", nan_steps, 1, keepdims=1)], to=TensorProto.BOOL)
+
+    def _from_first(self, nan_steps: str, reverse: bool) -> str:
+        """(batch, time) bool: at or after (before, when reverse) a NaN step."""
+        count = self.w.op1("CumSum", [nan_steps, self.w.const(np.asarray(1, np.int64), "one")], reverse=int(reverse))
+        return self.w.op1("Greater", [count, self.w.const(np.asarray(0, np.float32), "zero")])
+
+    def _poison(self, value: str, flag: str, per_step: bool = False) -> str:
+        flag = self.w.unsqueeze(flag, -1) if per_step else flag
+        return self.w.op1("Where", [flag, self.w.const(np.asarray(np.nan, np.float32), "nan"), value])
 
     def _guard_padding(self, outputs: list[_Value], mask: str | None, seq_lens: str | None) -> list[_Value]:
         """Make a sample whose mask is not a right padding come out as NaN instead of silently wrong.
@@ -567,12 +618,13 @@ def _np_dtype(dtype: Any) -> np.dtype:
     return np.dtype(str(dtype))
 
 
-def lower_model(model: Any, signature: Sequence[InputSignature], opset: int) -> tuple[onnx.ModelProto, LoweringReport]:
+def lower_model(model: Any, signature: Sequence[InputSignature], opset: int,
+                propagate_nan: bool = False) -> tuple[onnx.ModelProto, LoweringReport]:
     """Write the ONNX model for a Keras model; outputs in the model's order, named later by the exporter."""
     writer = GraphWriter(opset)
     report = LoweringReport()
     inputs = [_Value(s.name) for s in signature]
-    outputs = Lowerer(writer, report).walk(model, inputs)
+    outputs = Lowerer(writer, report, propagate_nan).walk(model, inputs)
     graph_inputs = [
         helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape))
         for s in signature

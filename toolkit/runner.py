@@ -282,3 +282,73 @@ def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np
             name = input_names[0]
         feeds[name] = loaded
     return feeds
+
+
+# The runtimes `verify --runtimes` can compare against Keras: ONNX Runtime at each graph optimization
+# level (a wrong rewrite would show up as a difference between levels) and onnx's reference evaluator.
+ORT_LEVELS = {
+    "onnxruntime": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "onnxruntime-extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "onnxruntime-basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "onnxruntime-disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+RUNTIMES = tuple(ORT_LEVELS) + ("reference",)
+
+# Defaults of the activations attribute; onnx's ReferenceEvaluator implements only these.
+_DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+
+
+def reference_oracle_problem(model: onnx.ModelProto) -> str | None:
+    """Why onnx.reference is no oracle for this model, or None when it is.
+
+    Its LSTM/GRU/RNN ignore the `activations` and `sequence_lens` inputs (onnx 1.23 marks them unused):
+    comparing against it there would blame the export for the evaluator's gap.
+    """
+    for node in model.graph.node:
+        if node.op_type not in _DEFAULT_ACTIVATIONS:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "activations" in attrs:
+            acts = [s.decode() for s in attrs["activations"].strings]
+            per_direction = _DEFAULT_ACTIVATIONS[node.op_type]
+            if acts != per_direction * (len(acts) // len(per_direction)):
+                return f"onnx.reference ignores the activations attribute ({node.op_type} with {acts})"
+        if len(node.input) > 4 and node.input[4]:
+            return f"onnx.reference ignores sequence_lens ({node.op_type} of a masked layer)"
+    return None
+
+
+class ReferenceRunner(OnnxRunner):
+    """onnx.reference.ReferenceEvaluator behind the OnnxRunner interface (a second, independent runtime)."""
+
+    def __init__(self, model: onnx.ModelProto | str | Path):
+        from onnx.reference import ReferenceEvaluator
+
+        proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+        problem = reference_oracle_problem(proto)
+        if problem:
+            raise InputError(f"Expected a model onnx.reference can evaluate faithfully. Received: {problem}")
+        self.model = proto
+        self.session = None
+        self.evaluator = ReferenceEvaluator(proto)
+        self.inputs = graph_inputs(proto)
+        self.outputs = graph_outputs(proto)
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expected = self.input_names
+        if sorted(feeds) != sorted(expected):
+            raise InputError(f"Expected inputs {expected}. Received: {list(feeds)}")
+        return {name: np.asarray(feeds[name]) for name in expected}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.evaluator.run(None, self.check_feeds(feeds))
+        return dict(zip(self.output_names, values))
+
+
+def make_runner(model: onnx.ModelProto, runtime: str) -> OnnxRunner:
+    if runtime == "reference":
+        return ReferenceRunner(model)
+    if runtime not in ORT_LEVELS:
+        raise InputError(f"Expected runtimes among {list(RUNTIMES)}. Received: {runtime!r}")
+    return OnnxRunner(model, optimization_level=ORT_LEVELS[runtime])
+
