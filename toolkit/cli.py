@@ -115,6 +115,10 @@ def tolerance_options(func: Any) -> Any:
               help="lstm-onnx lowers recurrent layers to fused ops; tf2onnx converts the whole model alone.")
 @click.option("--output-name", multiple=True, metavar="DEFAULT=NEW", help="Rename an output. Repeatable.")
 @tolerance_options
+@click.option("--state-io", is_flag=True,
+              help="Give every recurrent layer initial-state inputs and final-state outputs (for streaming).")
+@click.option("--triton", "triton_repo", type=click.Path(path_type=Path),
+              help="Also write a Triton model repository here (NAME/1/model.onnx and NAME/config.pbtxt).")
 @click.option("--propagate-nan", is_flag=True,
               help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
@@ -124,7 +128,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
-           rtol: Sequence[str], propagate_nan: bool, keep_failed: bool, require_fused: bool, as_json: bool) -> None:
+           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, propagate_nan: bool, keep_failed: bool,
+           require_fused: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -150,12 +155,15 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         target = output or model.with_suffix(".onnx")
         result = export_keras_file(model, target, opset=opset, output_names=renames or None, tolerances=tolerances,
                                    keep_failed=keep_failed, require_fused=require_fused, converter=converter,
-                                   propagate_nan=propagate_nan)
+                                   propagate_nan=propagate_nan, state_io=state_io)
         items = [(target.name, result.parity)]
+        exported = [(target.stem, result)]
         warnings = list(result.warnings)
+        notes = list(result.notes)
         written = [target] if (result.parity or keep_failed) else []
         payload = {"passed": result.parity.passed, "written": [str(target)], "sha256": result.sha256,
-                   "fused_ops": result.fused_ops, "warnings": warnings, "parity": result.parity.to_json()}
+                   "fused_ops": result.fused_ops, "warnings": warnings, "notes": notes,
+                   "parity": result.parity.to_json()}
     else:
         from toolkit.builder import VARIANTS, StackConfig, stack_configs
         from toolkit.suite import export_stacks
@@ -172,15 +180,22 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         configs = stack_configs(base, return_sequences, return_state)
         suite = export_stacks(configs, output or Path("exported"), opset=opset, output_names=renames or None,
                               tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused,
-                              converter=converter, propagate_nan=propagate_nan)
+                              converter=converter, propagate_nan=propagate_nan, state_io=state_io)
         items = [(entry.file, entry.result.parity) for entry in suite.entries]
+        exported = [(entry.config.name, entry.result) for entry in suite.entries]
         warnings = [f"{entry.file}: {w}" for entry in suite.entries for w in entry.result.warnings]
+        notes = [f"{entry.file}: {n}" for entry in suite.entries for n in entry.result.notes]
         written = suite.written
         payload = {"passed": suite.passed, "written": [str(p) for p in written],
                    "models": [{"file": e.file, "sha256": e.result.sha256, "fused_ops": e.result.fused_ops,
                                "warnings": list(e.result.warnings), "parity": e.result.parity.to_json()}
                               for e in suite.entries]}
     passed = all(report for _, report in items)
+    if triton_repo is not None and (passed or keep_failed):
+        from toolkit.triton import write_repository
+
+        written = list(written) + [p for name, result in exported for p in write_repository(triton_repo, name, result.model)]
+        payload["written"] = [str(p) for p in written]
     if as_json:
         _emit_json(payload)
     else:
@@ -189,6 +204,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
             click.echo(line)
         for warning in warnings:
             click.echo(f"warning: {warning}", err=True)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
         click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written
                    else "wrote nothing")
     if not passed:
@@ -200,12 +217,16 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
 @click.option("--keras", "keras_model", required=True, type=click.Path(path_type=Path), help="The Keras model it came from.")
 @tolerance_options
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--stream", metavar="CHUNKS",
+              help="Also feed a sequence in chunks (3, or sizes 1,4,2), carrying states (a --state-io export).")
+@click.option("--stream-length", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Steps of the streamed sequence.")
 @click.option("--runtimes", default="onnxruntime", show_default=True, metavar="LIST",
               help="Comma-separated: onnxruntime, onnxruntime-extended, onnxruntime-basic, onnxruntime-disabled "
                    "(graph optimization levels), reference (onnx.reference, where it is a valid oracle).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
 def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Sequence[str], seed: int,
-           runtimes: str, as_json: bool) -> None:
+           stream: str | None, stream_length: int, runtimes: str, as_json: bool) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     _quiet_tensorflow()
     from toolkit.compare import Tolerances
@@ -213,24 +234,49 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
     from toolkit.report import invariant_lines, parity_table
 
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
-    results = verify_runtimes(onnx_model, keras_model, names, Tolerances.parse(atol, rtol), seed=seed)
+    tolerances = Tolerances.parse(atol, rtol)
+    sizes = None
+    if stream is not None:
+        from toolkit.streaming import parse_chunks
+
+        sizes = parse_chunks(stream)
+    results = verify_runtimes(onnx_model, keras_model, names, tolerances, seed=seed)
     ran = [r for r in results if r.report is not None]
-    passed = all(ran) and bool(ran)
+    streamed = None
+    if sizes is not None:
+        from toolkit.exporter import load_keras_model
+        from toolkit.runner import load_onnx
+        from toolkit.streaming import stream_parity
+
+        streamed = stream_parity(load_keras_model(keras_model), load_onnx(onnx_model), sizes, stream_length,
+                                 tolerances=tolerances, seed=seed)
+    passed = all(ran) and bool(ran) and (streamed is None or bool(streamed))
     if as_json:
         payload = {"passed": passed,
                    "runtimes": {r.runtime: (r.report.to_json() if r.report else {"skipped": r.skipped}) for r in results}}
+        if streamed is not None:
+            payload["stream"] = {"chunks": list(streamed.chunks), "passed": bool(streamed),
+                                 "against_keras": streamed.against_keras.to_json(),
+                                 "against_unchunked": streamed.against_whole.to_json()}
         # One runtime: its report at the top level, as before, for CI scripts that read it directly.
         _emit_json({**ran[0].report.to_json(), **payload} if len(results) == 1 and ran else payload)
     else:
         label = (lambda r: onnx_model.name) if len(results) == 1 else (lambda r: f"{onnx_model.name} [{r.runtime}]")
         items = [(label(r), r.report) for r in ran]
+        if streamed is not None:
+            chunks = ",".join(map(str, streamed.chunks))
+            items += [(f"{onnx_model.name} [stream {chunks} vs keras]", streamed.against_keras),
+                      (f"{onnx_model.name} [stream {chunks} vs unchunked]", streamed.against_whole)]
+            ran_failures = streamed.against_keras.failures() + streamed.against_whole.failures()
+        else:
+            ran_failures = []
         click.echo(parity_table(items))
         for line in invariant_lines(items):
             click.echo(line)
         for r in results:
             if r.skipped:
                 click.echo(f"{r.runtime}: skipped: {r.skipped}")
-        failures = [f for r in ran for f in r.report.failures()]
+        failures = [f for r in ran for f in r.report.failures()] + ran_failures
         click.echo("PASS" if passed else "FAIL: " + "; ".join(failures[:5]))
     if not passed:
         sys.exit(1)

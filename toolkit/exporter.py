@@ -30,10 +30,10 @@ from toolkit import __version__
 from toolkit.compare import ParityReport, Tolerances
 from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
 from toolkit.fileio import atomic_write_bytes, sha256_hex
-from toolkit.naming import apply_overrides, is_recurrent, output_origins, recurrent_roles, unique_names
+from toolkit.naming import OutputOrigin, apply_overrides, is_recurrent, output_origins, recurrent_roles, unique_names
 from toolkit.parity import check_parity
 from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs
-from toolkit.lowering import LayerLowering, lower_model
+from toolkit.lowering import LayerLowering, StateIO, lower_model
 from toolkit.tf2onnx_lib import MAX_OPSET, MIN_OPSET, InputSignature, convert, tf2onnx_version
 
 # Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
@@ -70,6 +70,7 @@ class ExportResult:
     recurrent_layers: tuple[str, ...]
     warnings: tuple[str, ...] = ()
     lowering: tuple[LayerLowering, ...] = ()
+    notes: tuple[str, ...] = ()
     data: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
@@ -430,6 +431,7 @@ def export_model(
     require_fused: bool = False,
     converter: str = "lstm-onnx",
     propagate_nan: bool = False,
+    state_io: bool = False,
 ) -> ExportResult:
     """Export a built Keras model with named outputs, check parity, and return it in memory.
 
@@ -451,13 +453,23 @@ def export_model(
 
     if converter not in CONVERTERS:
         raise InputError(f"Expected converter in {list(CONVERTERS)}. Received: {converter!r}")
+    states: list[StateIO] = []
     if converter == "tf2onnx":
+        if state_io:
+            raise InputError("Expected --converter lstm-onnx with --state-io. Received: --converter tf2onnx")
         proto, lowering = convert(model, signature, opset), ()
     else:
-        proto, report = lower_model(model, signature, opset, propagate_nan=propagate_nan)
-        lowering = tuple(report.layers)
+        proto, report = lower_model(model, signature, opset, propagate_nan=propagate_nan, state_io=state_io)
+        lowering, states = tuple(report.layers), report.states
+    output_shapes = [tuple(t.shape) for t in model.outputs]
+    state_map, extra = _state_outputs(proto, states, names)
+    names = names + [st.name for st in extra]
+    origins = origins + [OutputOrigin(st.layer, "state", st.role) for st in extra]
+    output_shapes += [(None, st.units) for st in extra]
+    if len(set(names)) != len(names):
+        raise InputError(f"Expected unique output names with --state-io. Received: {names}")
     name_outputs(proto, names)
-    name_axes(proto, signature, [tuple(t.shape) for t in model.outputs])
+    name_axes(proto, signature, output_shapes)
     canonicalize(proto.graph, opset, keep={v.name for v in proto.graph.input} | set(names))
     _prune_opset_imports(proto)
     proto.graph.name = model.name
@@ -482,7 +494,7 @@ def export_model(
         OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
         for info, origin in zip(graph_outputs(proto), origins)
     )
-    options = {"converter": converter, "propagate_nan": propagate_nan}
+    options = {"converter": converter, "propagate_nan": propagate_nan, "state_io": state_io}
     _set_metadata(
         proto,
         {
@@ -494,6 +506,7 @@ def export_model(
             "versions": versions(),
             "opset": str(opset),
             "options": options,
+            **({"state_map": state_map} if state_map else {}),
         },
     )
     try:
@@ -509,7 +522,30 @@ def export_model(
         recurrent_layers=tuple(recurrent),
         warnings=tuple(warnings),
         lowering=lowering,
+        notes=tuple(f"layer {e.layer!r}: {e.note}" for e in lowering if e.note),
     )
+
+
+STATE_MAP_KEY = METADATA_PREFIX + "state_map"
+
+
+def _state_outputs(proto: onnx.ModelProto, states: Sequence[StateIO],
+                   names: Sequence[str]) -> tuple[dict[str, str], list[StateIO]]:
+    """The state map (graph input -> output name) and the states that need outputs of their own.
+
+    The lowering appended one graph output per state. A state the model already returns under its own
+    name (`lstm_2_state_h`) keeps that output; every other gets the appended one, even when it holds the
+    same value as another output (`lstm_2_last` is `lstm_2_state_h`): deploy code looks states up by name.
+    """
+    appended = list(proto.graph.output[len(names):])
+    extra = [(st, out) for st, out in zip(states, appended) if st.name not in names]
+    kept = list(proto.graph.output[: len(names)]) + [out for _, out in extra]
+    proto.graph.ClearField("output")
+    proto.graph.output.extend(kept)
+    graph_inputs = {v.name for v in proto.graph.input}
+    # A state fed from inside the model (a decoder fed by its encoder) has nothing to carry.
+    state_map = {st.input: st.name for st in states if st.input in graph_inputs}
+    return state_map, [st for st, _ in extra]
 
 
 def _fusion_warnings(op_counts: Mapping[str, int], recurrent: Sequence[str]) -> list[str]:
@@ -537,6 +573,7 @@ def export_keras_file(
     require_fused: bool = False,
     converter: str = "lstm-onnx",
     propagate_nan: bool = False,
+    state_io: bool = False,
 ) -> ExportResult:
     """Export a user's `.keras` file to `dst`, checking parity first; writes nothing when anything fails."""
     target = Path(dst)
@@ -552,6 +589,7 @@ def export_keras_file(
         require_fused=require_fused,
         converter=converter,
         propagate_nan=propagate_nan,
+        state_io=state_io,
     )
     result.save(target, keep_failed=keep_failed)
     return result
@@ -586,7 +624,7 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
     proto = load_onnx(onnx_path)
     model = load_keras_model(keras_path)
     expected = expected_output_names(model, proto)
-    if len(model.outputs) != len(proto.graph.output):
+    if len(model.outputs) > len(proto.graph.output):
         raise InputError(
             f"Expected the ONNX model to have the Keras model's {len(model.outputs)} outputs {expected}. "
             f"Received: {len(proto.graph.output)} outputs {[o.name for o in proto.graph.output]}"

@@ -61,16 +61,35 @@ class LayerLowering:
     layer: str
     layer_class: str
     onnx_op: str  # "LSTM", "GRU", "RNN", or "tf2onnx" when not fused
-    reason: str = ""
+    reason: str = ""  # why it was not fused
+    note: str = ""  # what a user must know about a fused layer (e.g. stateful)
 
     @property
     def fused(self) -> bool:
         return self.onnx_op in CELL_OPS.values()
 
 
+@dataclass(frozen=True)
+class StateIO:
+    """One recurrent state made explicit: fed by graph input `input`, returned as value `value`."""
+
+    input: str  # the graph input (zeros when not fed)
+    value: str  # the ONNX value of the final state
+    layer: str
+    role: str  # state_h, state_c, forward_state_h, ...
+    units: int
+
+    @property
+    def name(self) -> str:
+        """Its output name by the naming rules, e.g. lstm_1_state_h."""
+        return f"{self.layer}_{self.role}"
+
+
 @dataclass
 class LoweringReport:
     layers: list[LayerLowering] = field(default_factory=list)
+    states: list[StateIO] = field(default_factory=list)
+    state_inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
 
     @property
     def not_fused(self) -> list[LayerLowering]:
@@ -215,8 +234,6 @@ def plan_cell(layer: Any) -> CellPlan:
     cls = type(layer).__name__
     if cls not in CELL_OPS:
         raise NotFusable(f"{cls} is not one of {sorted(CELL_OPS)}")
-    if getattr(layer, "stateful", False):
-        raise NotFusable("stateful=True keeps states between calls, which an ONNX graph cannot hold")
     cell = layer.cell
     if getattr(layer, "dtype_policy", None) is not None and layer.dtype_policy.compute_dtype != "float32":
         raise NotFusable(f"compute dtype {layer.dtype_policy.compute_dtype} (only float32 is lowered)")
@@ -285,10 +302,12 @@ class _Value:
 class Lowerer:
     """Walks a Keras functional graph and writes the ONNX graph."""
 
-    def __init__(self, writer: GraphWriter, report: LoweringReport, propagate_nan: bool = False):
+    def __init__(self, writer: GraphWriter, report: LoweringReport, propagate_nan: bool = False,
+                 state_io: bool = False):
         self.w = writer
         self.report = report
         self.propagate_nan = propagate_nan
+        self.state_io = state_io
 
     # -- the walk
 
@@ -328,7 +347,9 @@ class Lowerer:
         if is_recurrent(layer):
             try:
                 outputs, op = self.lower_recurrent(layer, node, values)
-                self.report.layers.append(LayerLowering(layer.name, cls, op))
+                note = ("stateful=True: exported with state inputs and outputs (lstm_onnx.state_map); "
+                        "carry the states from call to call" if getattr(layer, "stateful", False) else "")
+                self.report.layers.append(LayerLowering(layer.name, cls, op, note=note))
                 return outputs
             except NotFusable as reason:
                 self.report.layers.append(LayerLowering(layer.name, cls, "tf2onnx", str(reason)))
@@ -413,8 +434,16 @@ class Lowerer:
             raise NotFusable("a mask= argument that does not come from Masking or Embedding(mask_zero=True)")
         initial_values = [values[id(t)].name for t in (initial if isinstance(initial, (list, tuple)) else [initial])] \
             if initial is not None else []
+        explicit = self.state_io or getattr(layer, "stateful", False)
+        roles = _state_roles(layer)
+        if explicit and not initial_values:
+            initial_values = [self._state_input(f"{layer.name}_initial_{role}", units, sequence.name)
+                              for role, units in roles]
         if cls == "Bidirectional":
             outputs, op = self.lower_bidirectional(layer, sequence, initial_values)
+            self._record_states(layer, explicit, initial_values, outputs, roles)
+            main_count = 2 if layer.merge_mode is None else 1
+            outputs = outputs if layer.return_state else outputs[:main_count]
             return self._keep_mask(outputs, layer, incoming_mask), op
         plan = plan_cell(layer)
         go_backwards = bool(layer.go_backwards)
@@ -452,9 +481,33 @@ class Lowerer:
         else:
             main = states[0]
         outputs = [_Value(main, sequence.mask if layer.return_sequences else None)]
-        if layer.return_state:
-            outputs += [_Value(s) for s in states]
-        return self._keep_mask(self._guard_padding(outputs, sequence.mask, seq_lens), layer, incoming_mask), plan.op
+        outputs += [_Value(s) for s in states]  # dropped below unless the layer returns its states
+        outputs = self._guard_padding(outputs, sequence.mask, seq_lens)
+        self._record_states(layer, explicit, initial_values, outputs, roles)
+        outputs = outputs if layer.return_state else outputs[:1]
+        return self._keep_mask(outputs, layer, incoming_mask), plan.op
+
+    def _state_input(self, name: str, units: int, sequence: str) -> str:
+        """A graph input for one initial state, zeros when not fed (an initializer it overrides)."""
+        self.report.state_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", units]))
+        self.w.initializers.append(numpy_helper.from_array(np.zeros((1, units), np.float32), name))
+        # Broadcast the (1, units) default to the batch; a fed (batch, units) state passes unchanged.
+        batch = self.w.op1("Slice", [self.w.op1("Shape", [sequence]), self.w.ints([0]), self.w.ints([1])])
+        shape = self.w.op1("Concat", [batch, self.w.ints([units])], axis=0)
+        return self.w.op1("Expand", [name, shape])
+
+    def _record_states(self, layer: Any, explicit: bool, initial_values: Sequence[str], outputs: Sequence[_Value],
+                       roles: Sequence[tuple[str, int]]) -> None:
+        """Remember which input feeds which final state, for the exporter's state map and extra outputs."""
+        if not explicit:
+            return
+        main_count = 2 if getattr(layer, "merge_mode", "concat") is None else 1
+        state_values = [v.name for v in outputs[main_count:main_count + len(roles)]]
+        graph_inputs = {v.name for v in self.report.state_inputs}
+        for (role, units), initial, value in zip(roles, initial_values, state_values):
+            node = next((n for n in self.w.nodes if n.output and n.output[0] == initial and n.op_type == "Expand"), None)
+            source = node.input[0] if node is not None and node.input[0] in graph_inputs else initial
+            self.report.states.append(StateIO(source, value, layer.name, role, units))
 
     @staticmethod
     def _keep_mask(outputs: list[_Value], layer: Any, mask: str | None) -> list[_Value]:
@@ -502,10 +555,11 @@ class Lowerer:
             main = self._merge(states[0], merge, direction_axis=0, time_major=False)
         out_mask = sequence.mask if layer.return_sequences else None
         outputs = [_Value(m, out_mask) for m in main]
-        if layer.return_state:
-            split = [self.w.op("Split", [s, self.w.ints([1, 1])], outputs=2, axis=0) for s in states]
-            outputs += [_Value(self.w.squeeze(parts[0], 0)) for parts in split]
-            outputs += [_Value(self.w.squeeze(parts[1], 0)) for parts in split]
+        split = [self.w.op("Split", [s, self.w.ints([1, 1])], outputs=2, axis=0) for s in states]
+        outputs += [_Value(self.w.squeeze(parts[0], 0)) for parts in split]
+        outputs += [_Value(self.w.squeeze(parts[1], 0)) for parts in split]
+        # The states come back even when the layer does not return them: the caller records them for
+        # the state map, then drops them (an unread value is pruned from the graph).
         return self._guard_padding(outputs, sequence.mask, seq_lens), plans[0].op
 
     # -- NaN propagation (optional): ONNX Runtime's fused LSTM/GRU activations clamp, so a NaN input
@@ -607,6 +661,17 @@ def _outer_reads(graph: onnx.GraphProto) -> set[str]:
     return reads
 
 
+def _state_roles(layer: Any) -> list[tuple[str, int]]:
+    """(role, units) of each state, in Keras' order: forward states then backward ones."""
+    from toolkit.naming import state_roles
+
+    if type(layer).__name__ == "Bidirectional":
+        inner = layer.forward_layer
+        roles = state_roles(inner)
+        return [(f"{d}_{r}", int(inner.units)) for d in ("forward", "backward") for r in roles]
+    return [(r, int(layer.units)) for r in state_roles(layer)]
+
+
 def _trim(inputs: list[str]) -> list[str]:
     """Drop trailing empty optional inputs."""
     while inputs and inputs[-1] == "":
@@ -618,22 +683,26 @@ def _np_dtype(dtype: Any) -> np.dtype:
     return np.dtype(str(dtype))
 
 
-def lower_model(model: Any, signature: Sequence[InputSignature], opset: int,
-                propagate_nan: bool = False) -> tuple[onnx.ModelProto, LoweringReport]:
-    """Write the ONNX model for a Keras model; outputs in the model's order, named later by the exporter."""
+def lower_model(model: Any, signature: Sequence[InputSignature], opset: int, propagate_nan: bool = False,
+                state_io: bool = False) -> tuple[onnx.ModelProto, LoweringReport]:
+    """Write the ONNX model for a Keras model; outputs in the model's order, named later by the exporter.
+
+    With `state_io` (and always for `stateful=True` layers) every recurrent layer gets initial-state
+    inputs and its final states as extra outputs, after the model's own (see `LoweringReport.states`).
+    """
     writer = GraphWriter(opset)
     report = LoweringReport()
     inputs = [_Value(s.name) for s in signature]
-    outputs = Lowerer(writer, report, propagate_nan).walk(model, inputs)
+    outputs = Lowerer(writer, report, propagate_nan, state_io).walk(model, inputs)
     graph_inputs = [
         helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape))
         for s in signature
-    ]
+    ] + list(report.state_inputs)
     graph_outputs = [
         helper.make_tensor_value_info(v.name, helper.np_dtype_to_tensor_dtype(_np_dtype(t.dtype)), None)
         for v, t in zip(outputs, model.outputs)
-    ]
-    nodes = prune(writer.nodes, [v.name for v in outputs])
+    ] + [helper.make_tensor_value_info(st.value, TensorProto.FLOAT, None) for st in report.states]
+    nodes = prune(writer.nodes, [v.name for v in graph_outputs])
     graph = helper.make_graph(nodes, model.name, graph_inputs, graph_outputs, writer.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     proto.ir_version = 8 if opset <= 18 else 9  # the IR tf2onnx writes for these opsets; ORT >= 1.13 loads 8

@@ -85,9 +85,11 @@ def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
             cases.append(InputCase("seed [0.1, 0.2, 0.3]", {names[0]: SEED_INPUT.copy()}))
     variable = any(len(t.shape) >= 2 and t.shape[1] is None for t in inputs)
     lengths = VARIABLE_LENGTHS if variable else (None, None)
+    fixed_batch = inputs[0].shape[0]  # a stateful model is built for one batch size
+    batches = (fixed_batch, fixed_batch) if fixed_batch is not None else BATCH_SIZES
     vocab = _embedding_vocab(model)
     padding = padding_of(model)
-    for batch, length in zip(BATCH_SIZES, lengths):
+    for batch, length in zip(batches, lengths):
         feeds: dict[str, np.ndarray] = {}
         for tensor in inputs:
             dims = [batch] + [
@@ -115,6 +117,9 @@ def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarra
     """Run Keras in inference mode and flatten its outputs in model order."""
     import keras
 
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "stateful", False):
+            layer.reset_state()  # each case starts from zero states, as the export's defaults do
     args = [feeds[t.name] for t in model.inputs]
     struct = getattr(model, "_inputs_struct", None)
     packed = keras.tree.pack_sequence_as(struct, args) if struct is not None else (args[0] if len(args) == 1 else args)

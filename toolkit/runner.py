@@ -24,16 +24,6 @@ from toolkit.errors import InputError, ModelLoadError
 FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 LOOP_OPS = ("Loop", "Scan")
 
-# ONNX Runtime's type strings for the dtypes lstm-onnx exports.
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(bool)": np.bool_,
-}
-
 Dim = int | str | None
 
 
@@ -149,10 +139,17 @@ def _dtype_name(value_info: onnx.ValueInfoProto) -> str:
 
 
 def graph_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
+    """The inputs a caller must feed."""
     initializers = {t.name for t in model.graph.initializer}
     return tuple(
         TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name not in initializers
     )
+
+
+def optional_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
+    """Inputs with a default (an initializer of the same name), e.g. --state-io's initial states (zeros)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name in initializers)
 
 
 def graph_outputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
@@ -210,6 +207,7 @@ class OnnxRunner:
         self.model = proto
         self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
         self.inputs = graph_inputs(proto)
+        self.optional = optional_inputs(proto)
         self.outputs = graph_outputs(proto)
 
     @property
@@ -223,18 +221,19 @@ class OnnxRunner:
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check names, dtypes, ranks and fixed dims; every message names the input and both sides."""
         expected_names = self.input_names
+        optional = [t.name for t in self.optional]
         missing = [n for n in expected_names if n not in feeds]
-        extra = [n for n in feeds if n not in expected_names]
+        extra = [n for n in feeds if n not in expected_names and n not in optional]
         if missing or extra:
-            raise InputError(f"Expected inputs {expected_names}. Received: {list(feeds)}")
+            also = f" (optional: {optional})" if optional else ""
+            raise InputError(f"Expected inputs {expected_names}{also}. Received: {list(feeds)}")
         checked: dict[str, np.ndarray] = {}
-        ort_types = {i.name: i.type for i in self.session.get_inputs()}
-        for info in self.inputs:
+        for info in self.inputs + tuple(t for t in self.optional if t.name in feeds):
             array = np.asarray(feeds[info.name])
-            want = _ORT_TYPES.get(ort_types[info.name])
-            if want is not None and array.dtype != want:
+            want = np.dtype(info.dtype)
+            if array.dtype != want:
                 raise InputError(
-                    f"Expected input {info.name!r} of dtype {np.dtype(want).name}. Received: dtype {array.dtype.name}"
+                    f"Expected input {info.name!r} of dtype {want.name}. Received: dtype {array.dtype.name}"
                 )
             if array.ndim != len(info.shape):
                 raise InputError(

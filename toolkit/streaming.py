@@ -1,0 +1,132 @@
+"""Streaming parity: feed a sequence to a `--state-io` export in chunks, carrying the states, and compare
+with Keras on the whole sequence.
+
+ONNX Runtime is stateless, so a `--state-io` export records which state input each final-state output
+feeds (`lstm_onnx.state_map` in its metadata); `stream` uses exactly that map, as deploy code would.
+Outputs with a time axis are concatenated over the chunks; the others (last outputs, states) are the
+last chunk's. A Bidirectional or `go_backwards` layer cannot stream: its first output needs the end of
+the sequence.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from toolkit.compare import ParityReport, Tolerances, compare_case
+from toolkit.errors import InputError
+from toolkit.runner import OnnxRunner
+
+STATE_MAP_KEY = "lstm_onnx.state_map"
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """Chunked ONNX Runtime vs Keras on the whole sequence (the model's outputs), and vs ONNX Runtime on
+    the whole sequence (every output, the extra state outputs included)."""
+
+    chunks: tuple[int, ...]
+    against_keras: ParityReport
+    against_whole: ParityReport
+
+    def __bool__(self) -> bool:
+        return bool(self.against_keras) and bool(self.against_whole)
+
+
+def parse_chunks(spec: str) -> list[int]:
+    """`3` means chunks of 3 steps; `1,4,2` those sizes in turn."""
+    try:
+        sizes = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size < 1 for size in sizes):
+        raise InputError(f"Expected --stream as a chunk size or a comma-separated list of sizes >= 1. Received: {spec!r}")
+    return sizes
+
+
+def split_steps(length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
+    spans, start, i = [], 0, 0
+    while start < length:
+        end = min(length, start + sizes[i % len(sizes)])
+        spans.append((start, end))
+        start, i = end, i + 1
+    return spans
+
+
+def state_map(model: onnx.ModelProto) -> dict[str, str]:
+    recorded = {p.key: p.value for p in model.metadata_props}.get(STATE_MAP_KEY)
+    if not recorded:
+        raise InputError("Expected an export made with --state-io (its metadata maps state outputs to inputs). "
+                         "Received: a model without lstm_onnx.state_map")
+    return json.loads(recorded)
+
+
+def check_streamable(model: onnx.ModelProto) -> None:
+    layers = json.loads({p.key: p.value for p in model.metadata_props}.get("lstm_onnx.layers", "[]"))
+    backwards = [layer["name"] for layer in layers if layer["class"] == "Bidirectional" or layer["go_backwards"]]
+    if backwards:
+        raise InputError(f"Expected only forward recurrent layers to stream. Received: {backwards}, which read the "
+                         "sequence from its end (Bidirectional or go_backwards): they need the whole sequence")
+
+
+def time_outputs(runner: OnnxRunner) -> set[str]:
+    """Outputs whose axis 1 is the dynamic time axis."""
+    return {t.name for t in runner.outputs if len(t.shape) >= 3 and isinstance(t.shape[1], str)}
+
+
+def run_streamed(runner: OnnxRunner, feeds: Mapping[str, np.ndarray], sequence_input: str, sizes: Sequence[int],
+                 mapping: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Run chunk by chunk, feeding each chunk's final states into the next; missing states are zeros."""
+    length = feeds[sequence_input].shape[1]
+    carried: dict[str, np.ndarray] = {}
+    pieces: dict[str, list[np.ndarray]] = {}
+    timed = time_outputs(runner)
+    last: dict[str, np.ndarray] = {}
+    for start, end in split_steps(length, sizes):
+        chunk = {name: value for name, value in feeds.items() if name not in mapping or not carried}
+        chunk[sequence_input] = feeds[sequence_input][:, start:end]
+        chunk.update(carried)
+        last = runner.run(chunk)
+        for name in timed:
+            pieces.setdefault(name, []).append(last[name])
+        carried = {state_in: last[state_out] for state_in, state_out in mapping.items()}
+    return {name: (np.concatenate(pieces[name], axis=1) if name in timed else value) for name, value in last.items()}
+
+
+def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence[int], length: int = 12,
+                  batch: int = 2, tolerances: Tolerances = Tolerances(), seed: int = 0) -> StreamReport:
+    """Chunked ONNX Runtime against Keras (and against an unchunked run) on one random sequence."""
+    from toolkit.parity import keras_outputs
+
+    mapping = state_map(onnx_model)
+    check_streamable(onnx_model)
+    runner = OnnxRunner(onnx_model)
+    tolerances = tolerances.resolve({n.op_type: 1 for n in onnx_model.graph.node})
+    sequence_inputs = [t for t in runner.inputs if len(t.shape) >= 2 and isinstance(t.shape[1], str)]
+    if len(sequence_inputs) != 1:
+        raise InputError(f"Expected one input with a variable time axis to stream. Received: "
+                         f"{[f'{t.name} {t.shape_text()}' for t in runner.inputs]}")
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for info in runner.inputs:
+        dims = [batch] + [length if (axis == 1 and info is sequence_inputs[0]) else int(d)
+                          for axis, d in enumerate(info.shape[1:], start=1)]
+        if np.dtype(info.dtype).kind in "iu":
+            feeds[info.name] = rng.integers(1, 20, size=dims).astype(info.dtype)
+        else:
+            feeds[info.name] = rng.standard_normal(dims).astype(info.dtype)
+    streamed = run_streamed(runner, feeds, sequence_inputs[0].name, sizes, mapping)
+    whole = runner.run(feeds)
+    expected = keras_outputs(keras_model, {t.name: feeds[t.name] for t in keras_model.inputs})
+    names = runner.output_names
+    label = f"chunks {','.join(map(str, sizes))} over {length} steps"
+    keras_names = names[: len(expected)]
+    against_keras = ParityReport(tuple(keras_names), tuple(keras_names), (
+        compare_case(label, expected, {n: streamed[n] for n in keras_names}, keras_names, tolerances),))
+    against_whole = ParityReport(tuple(names), tuple(names), (
+        compare_case(label + " vs unchunked", [whole[n] for n in names], streamed, names, tolerances),))
+    return StreamReport(tuple(sizes), against_keras, against_whole)
