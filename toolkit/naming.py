@@ -89,17 +89,30 @@ def _origin(tensor: Any) -> tuple[Any, int, int]:
     return op, node_index, tensor_index
 
 
+def _call_in_model(model: Any, layer: Any, node_index: int) -> int:
+    """Which call of `layer` within this model (Keras numbers calls across every model sharing it:
+    the keras.io decoder LSTM is call 1 globally but the only call of the inference decoder model)."""
+    functional = getattr(model, "_functional", None) or model
+    own = getattr(functional, "_nodes", None)  # Keras keys nodes as f"{id(op)}_ib-{index}" (make_node_key)
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if own is None or node_index >= len(nodes):
+        return node_index
+    mine = [i for i in range(len(nodes)) if f"{id(layer)}_ib-{i}" in own]
+    return mine.index(node_index) if node_index in mine else node_index
+
+
 def output_origins(model: Any) -> list[OutputOrigin]:
     """Describe every output of a built Keras model, in the model's output order."""
     origins: list[OutputOrigin] = []
     for tensor in model.outputs:
-        layer, call, index = _origin(tensor)
+        layer, node_index, index = _origin(tensor)
+        call = _call_in_model(model, layer, node_index)
         cls = type(layer).__name__
         if is_recurrent(layer):
             roles = recurrent_roles(layer)
             role = roles[index] if index < len(roles) else f"output_{index}"
         else:
-            count = len(layer._inbound_nodes[call].output_tensors) if getattr(layer, "_inbound_nodes", None) else 1
+            count = len(layer._inbound_nodes[node_index].output_tensors) if getattr(layer, "_inbound_nodes", None) else 1
             role = "output" if count == 1 else f"output_{index}"
         origins.append(OutputOrigin(layer=layer.name, layer_class=cls, role=role, call=call))
     return origins
