@@ -208,6 +208,27 @@ def markdown(rows: list[Row], matmul: float, machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decoder_step() -> dict[str, float]:
+    """The keras.io seq2seq single-step decoder (scripts/seq2seq.py): one step at batch 1."""
+    import tempfile
+
+    import tensorflow as tf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import seq2seq
+
+    _, encoder_model, decoder_model = seq2seq.build()
+    with tempfile.TemporaryDirectory() as folder:
+        _, decoder_path = seq2seq.export(encoder_model, decoder_model, Path(folder))
+        timings = seq2seq.decoder_step_latency(decoder_model, decoder_path)
+    target = seq2seq.one_hot(seq2seq.START, seq2seq.NUM_DECODER_TOKENS)
+    h = np.zeros((1, seq2seq.LATENT_DIM), np.float32)
+    traced = tf.function(lambda a, b, c: decoder_model([a, b, c], training=False))
+    args = [tf.constant(v) for v in (target, h, h)]
+    timings["tf_function_ms"] = median_ms(lambda: traced(*args), 50)
+    return timings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
@@ -227,11 +248,17 @@ def main() -> None:
         rows += bench_variant(name, args.repeats)
     for row in rows:
         row.matmul_fraction = row.gflops / matmul
+    step = decoder_step()
     payload = {"machine": machine, "matmul_gflops": matmul, "units": UNITS, "features": FEATURES,
+               "seq2seq_decoder_step": step,
                "rows": [asdict(r) | {"vs_tf2onnx": r.vs_tf2onnx, "vs_tf_function": r.vs_tf_function,
                                      "vs_minimal": r.vs_minimal} for r in rows]}
     atomic_write_text(args.out / "benchmark.json", json.dumps(payload, indent=2) + "\n")
-    table = markdown(rows, matmul, machine)
+    table = markdown(rows, matmul, machine) + (
+        "\nkeras.io seq2seq single-step decoder (LSTM 64, batch 1, one step; median ms): "
+        f"Keras predict {step['keras_predict_ms']:.2f}, Keras call {step['keras_call_ms']:.3f}, "
+        f"tf.function {step['tf_function_ms']:.3f}, lstm-onnx (ORT) {step['onnxruntime_ms']:.4f} "
+        f"({step['keras_predict_ms'] / step['onnxruntime_ms']:.0f}x faster than predict)\n")
     atomic_write_text(args.out / "benchmark.md", table)
     print(table)
 
