@@ -245,21 +245,17 @@ def name_outputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
             value.name = new
 
 
-def _axis_names(signature: Sequence[InputSignature]) -> tuple[dict[str, list[int | str | None]], str | None]:
-    variable_time = [s.name for s in signature if len(s.shape) >= 2 and s.shape[1] is None]
-    shared_time = TIME_AXIS if len(variable_time) == 1 else None
-    named: dict[str, list[int | str | None]] = {}
-    for s in signature:
-        dims: list[int | str | None] = []
-        for axis, dim in enumerate(s.shape):
-            if axis == 0:
-                dims.append(BATCH_AXIS)
-            elif dim is None:
-                dims.append((shared_time or f"{s.name}_time") if axis == 1 else f"{s.name}_dim{axis}")
-            else:
-                dims.append(int(dim))
-        named[s.name] = dims
-    return named, shared_time
+def _named_dims(owner: str, shape: Sequence[int | None], shared_time: str | None) -> list[int | str | None]:
+    """Axis 0 is `batch`; a dynamic axis 1 is `time` (or `<owner>_time`); other dynamic axes `<owner>_dim<i>`."""
+    dims: list[int | str | None] = []
+    for axis, dim in enumerate(shape):
+        if axis == 0:
+            dims.append(BATCH_AXIS)
+        elif dim is None:
+            dims.append((shared_time or f"{owner}_time") if axis == 1 else f"{owner}_dim{axis}")
+        else:
+            dims.append(int(dim))
+    return dims
 
 
 def _set_shape(value: onnx.ValueInfoProto, dims: Sequence[int | str | None]) -> None:
@@ -275,21 +271,19 @@ def _set_shape(value: onnx.ValueInfoProto, dims: Sequence[int | str | None]) -> 
 
 def name_axes(model: onnx.ModelProto, signature: Sequence[InputSignature],
               output_shapes: Sequence[Sequence[int | None]]) -> None:
-    """Name dynamic axes `batch` and `time` on inputs and outputs; drop tf2onnx's `unk__N` value_info."""
-    input_dims, shared_time = _axis_names(signature)
+    """Name dynamic axes `batch` and `time` on inputs and outputs; drop tf2onnx's `unk__N` value_info.
+
+    With one variable-length input its time axis is `time` everywhere; with several, each is
+    `<input>_time` and an output's is `<output>_time` (which input it follows is not known here).
+    """
+    variable_time = [s.name for s in signature if len(s.shape) >= 2 and s.shape[1] is None]
+    shared_time = TIME_AXIS if len(variable_time) == 1 else None
+    shapes = {s.name: s.shape for s in signature}
     for value in model.graph.input:
-        if value.name in input_dims:
-            _set_shape(value, input_dims[value.name])
+        if value.name in shapes:
+            _set_shape(value, _named_dims(value.name, shapes[value.name], shared_time))
     for value, keras_shape in zip(model.graph.output, output_shapes):
-        dims: list[int | str | None] = []
-        for axis, dim in enumerate(keras_shape):
-            if axis == 0:
-                dims.append(BATCH_AXIS)
-            elif dim is None:
-                dims.append((shared_time or f"{value.name}_time") if axis == 1 else f"{value.name}_dim{axis}")
-            else:
-                dims.append(int(dim))
-        _set_shape(value, dims)
+        _set_shape(value, _named_dims(value.name, keras_shape, shared_time))
     # Intermediate shapes are optional; tf2onnx's carry counter-numbered axis names. ORT infers its own.
     model.graph.ClearField("value_info")
 
