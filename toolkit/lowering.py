@@ -434,18 +434,20 @@ class Lowerer:
             raise NotFusable("a mask= argument that does not come from Masking or Embedding(mask_zero=True)")
         initial_values = [values[id(t)].name for t in (initial if isinstance(initial, (list, tuple)) else [initial])] \
             if initial is not None else []
+        # Plan (and so refuse) before writing anything: a refused layer leaves no state input behind.
+        plans = _bidirectional_plans(layer) if cls == "Bidirectional" else [plan_cell(layer)]
         explicit = self.state_io or getattr(layer, "stateful", False)
         roles = _state_roles(layer)
         if explicit and not initial_values:
             initial_values = [self._state_input(f"{layer.name}_initial_{role}", units, sequence.name)
                               for role, units in roles]
         if cls == "Bidirectional":
-            outputs, op = self.lower_bidirectional(layer, sequence, initial_values)
+            outputs, op = self.lower_bidirectional(layer, plans, sequence, initial_values)
             self._record_states(layer, explicit, initial_values, outputs, roles)
             main_count = 2 if layer.merge_mode is None else 1
             outputs = outputs if layer.return_state else outputs[:main_count]
             return self._keep_mask(outputs, layer, incoming_mask), op
-        plan = plan_cell(layer)
+        plan = plans[0]
         go_backwards = bool(layer.go_backwards)
         x = self.w.transpose(sequence.name, [1, 0, 2])  # ONNX Runtime runs only the time-major layout
         seq_lens = self._sequence_lens(sequence.mask)
@@ -518,13 +520,8 @@ class Lowerer:
                 value.mask = mask
         return outputs
 
-    def lower_bidirectional(self, layer: Any, sequence: _Value, initial_values: list[str]) -> tuple[list[_Value], str]:
-        forward, backward = layer.forward_layer, layer.backward_layer
-        if type(forward) is not type(backward) or forward.go_backwards or not backward.go_backwards:
-            raise NotFusable("a Bidirectional whose backward layer differs from its forward layer")
-        plans = [plan_cell(forward), plan_cell(backward)]
-        if plans[0].hidden != plans[1].hidden or plans[0].linear_before_reset != plans[1].linear_before_reset:
-            raise NotFusable("forward and backward layers of different sizes or GRU variants")
+    def lower_bidirectional(self, layer: Any, plans: Sequence[CellPlan], sequence: _Value,
+                            initial_values: list[str]) -> tuple[list[_Value], str]:
         count = plans[0].state_count
         x = self.w.transpose(sequence.name, [1, 0, 2])
         seq_lens = self._sequence_lens(sequence.mask)
@@ -659,6 +656,17 @@ def _outer_reads(graph: onnx.GraphProto) -> set[str]:
                 reads.update(r for r in _outer_reads(sub) if r not in produced)
         produced.update(node.output)
     return reads
+
+
+def _bidirectional_plans(layer: Any) -> list[CellPlan]:
+    """One op with direction=bidirectional needs two directions of the same kind and size."""
+    forward, backward = layer.forward_layer, layer.backward_layer
+    if type(forward) is not type(backward) or forward.go_backwards or not backward.go_backwards:
+        raise NotFusable("a Bidirectional whose backward layer differs from its forward layer")
+    plans = [plan_cell(forward), plan_cell(backward)]
+    if plans[0].hidden != plans[1].hidden or plans[0].linear_before_reset != plans[1].linear_before_reset:
+        raise NotFusable("forward and backward layers of different sizes or GRU variants")
+    return plans
 
 
 def _state_roles(layer: Any) -> list[tuple[str, int]]:
