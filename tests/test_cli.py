@@ -194,3 +194,23 @@ def test_bad_variant_options(tmp_path, args, needle):
     result = CliRunner().invoke(cli, ["export", "-o", str(tmp_path / "out")] + args)
     assert result.exit_code == 1 and needle in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_export_user_model_failing_parity_prints_the_table_and_writes_nothing(saved_models, tmp_path):
+    target = tmp_path / "m.onnx"
+    result = CliRunner().invoke(cli, ["export", str(saved_models["sequential"]), "-o", str(target),
+                                      "--atol", "0", "--rtol", "0"])
+    assert result.exit_code == 1
+    assert "out_output" in result.output and "FAIL" in result.output and "wrote nothing" in result.output
+    assert not target.exists()
+    as_json = CliRunner().invoke(cli, ["export", str(saved_models["sequential"]), "-o", str(target),
+                                       "--atol", "0", "--rtol", "0", "--json"])
+    assert as_json.exit_code == 1 and '"passed": false' in as_json.output and '"written": []' in as_json.output
+    assert not target.exists()
+
+
+def test_export_sequential_variant_from_the_cli(tmp_path):
+    result = CliRunner().invoke(cli, ["export", "-o", str(tmp_path), "--variant", "sequential", "--json"])
+    assert result.exit_code == 0, result.output
+    models = json.loads(result.output)["models"]
+    assert len(models) == 2 and all(m["fused_ops"] == {"LSTM": 2} for m in models)

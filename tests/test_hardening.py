@@ -203,3 +203,9 @@ def test_verify_runtimes_cli(saved):
     assert bad.exit_code == 1 and "Expected runtimes among" in bad.output
 
 
+
+
+def test_verify_says_so_when_every_runtime_was_skipped(saved):
+    keras_file, onnx_file = saved(variant_config("lstm_masking"))
+    result = CliRunner().invoke(cli, ["verify", str(onnx_file), "--keras", str(keras_file), "--runtimes", "reference"])
+    assert result.exit_code == 1 and "every requested runtime was skipped" in result.output

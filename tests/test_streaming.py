@@ -113,3 +113,11 @@ def test_export_state_io_and_verify_stream_cli(tmp_path):
     CliRunner().invoke(cli, ["export", str(keras_file), "-o", str(plain)])
     refused = CliRunner().invoke(cli, ["verify", str(plain), "--keras", str(keras_file), "--stream", "2"])
     assert refused.exit_code == 1 and "Expected an export made with --state-io" in refused.output
+
+
+def test_state_outputs_take_per_output_tolerances():
+    from toolkit.compare import Tolerances
+
+    model = build_stack(StackConfig(layers=1, units=3, timesteps=None, features=2))
+    result = export_model(model, state_io=True, tolerances=Tolerances.parse(atol=["lstm_1_state_c:1e-5"]))
+    assert result.parity

@@ -153,3 +153,13 @@ def test_masked_sequence_carries_the_last_output_like_keras():
     # Keras repeats the last valid output over masked steps (ONNX alone would write zeros there).
     assert np.allclose(got[1, 3:], got[1, 2]) and np.abs(got[1, 3:]).max() > 0
     np.testing.assert_allclose(got, keras_outputs(model, {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_an_activation_object_is_reported_not_fused_instead_of_crashing():
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    y = keras.layers.SimpleRNN(4, activation=keras.layers.ReLU(), name="relu_object")(x)
+    result = export_model(keras.Model(x, y))
+    assert result.parity and [e.onnx_op for e in result.lowering] == ["tf2onnx"]
+    assert "has no ONNX RNN equivalent" in result.warnings[0]

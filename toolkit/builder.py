@@ -9,7 +9,7 @@ Keras release and a committed export can be checked against a fresh build.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

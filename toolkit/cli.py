@@ -110,7 +110,8 @@ def tolerance_options(func: Any) -> Any:
 @click.option("--bidirectional", "bidirectional", help="Wrap layers in Bidirectional: concat, sum, mul, ave or none.")
 @click.option("--masking", help="masking (a Masking layer) or embedding (int ids, Embedding(mask_zero=True)).")
 @click.option("--go-backwards", is_flag=True, default=None, help="Run every layer backwards.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14-18).")
+@click.option("--opset", type=int, default=17, show_default=True,  # exporter.DEFAULT_OPSET; not imported: --help stays light
+              help="ONNX opset (14-18).")
 @click.option("--converter", type=click.Choice(["lstm-onnx", "tf2onnx"]), default="lstm-onnx", show_default=True,
               help="lstm-onnx lowers recurrent layers to fused ops; tf2onnx converts the whole model alone.")
 @click.option("--output-name", multiple=True, metavar="DEFAULT=NEW", help="Rename an output. Repeatable.")
@@ -150,18 +151,19 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         given = [f"--{k.replace('_', '-')}" for k, v in builder_options.items() if v is not None]
         if given:
             raise InputError(f"Expected builder options only without MODEL. Received: MODEL and {', '.join(given)}")
-        from toolkit.exporter import export_keras_file
+        from toolkit.exporter import export_keras_model
 
         target = output or model.with_suffix(".onnx")
-        result = export_keras_file(model, target, opset=opset, output_names=renames or None, tolerances=tolerances,
-                                   keep_failed=keep_failed, require_fused=require_fused, converter=converter,
-                                   propagate_nan=propagate_nan, state_io=state_io)
+        result = export_keras_model(model, target, opset=opset, output_names=renames or None, tolerances=tolerances,
+                                    require_fused=require_fused, converter=converter, propagate_nan=propagate_nan,
+                                    state_io=state_io)
+        # As for built stacks: the table is printed whatever the outcome; the file only when parity passed.
+        written = [result.save(target, keep_failed=True)] if (result.parity or keep_failed) else []
         items = [(target.name, result.parity)]
         exported = [(target.stem, result)]
         warnings = list(result.warnings)
         notes = list(result.notes)
-        written = [target] if (result.parity or keep_failed) else []
-        payload = {"passed": result.parity.passed, "written": [str(target)], "sha256": result.sha256,
+        payload = {"passed": result.parity.passed, "written": [str(p) for p in written], "sha256": result.sha256,
                    "fused_ops": result.fused_ops, "warnings": warnings, "notes": notes,
                    "parity": result.parity.to_json()}
     else:
@@ -177,6 +179,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
                 raise InputError(f"Expected --variant among {sorted(VARIANTS)}. Received: {variant!r}")
             chosen = {**VARIANTS[variant], **chosen}
         base = StackConfig(**chosen)
+        if base.sequential and return_state is None:
+            return_state = False  # a Sequential model has one output: no states to return
         configs = stack_configs(base, return_sequences, return_state)
         suite = export_stacks(configs, output or Path("exported"), opset=opset, output_names=renames or None,
                               tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused,
@@ -277,6 +281,8 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
             if r.skipped:
                 click.echo(f"{r.runtime}: skipped: {r.skipped}")
         failures = [f for r in ran for f in r.report.failures()] + ran_failures
+        if not ran:
+            failures = ["every requested runtime was skipped: nothing was compared"]
         click.echo("PASS" if passed else "FAIL: " + "; ".join(failures[:5]))
     if not passed:
         sys.exit(1)

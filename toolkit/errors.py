@@ -1,8 +1,7 @@
 """The exceptions lstm-onnx raises for problems a user can act on.
 
 Every one of them is caught once, at the CLI edge (`toolkit.cli`), and turned into a one-line message
-and a non-zero exit code. Library callers catch `LstmOnnxError` (or `ValueError`, which all but the
-parity failure also are).
+and a non-zero exit code. Library callers catch `LstmOnnxError`; the input errors are `ValueError`s too.
 """
 
 from __future__ import annotations

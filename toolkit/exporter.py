@@ -32,13 +32,22 @@ from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError,
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.naming import OutputOrigin, apply_overrides, is_recurrent, output_origins, recurrent_roles, unique_names
 from toolkit.parity import check_parity
-from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs
-from toolkit.lowering import LayerLowering, StateIO, lower_model
+from toolkit.runner import (
+    FUSED_RECURRENT_OPS,
+    LOOP_OPS,
+    METADATA_PREFIX,
+    OnnxRunner,
+    TensorInfo,
+    count_ops,
+    graph_inputs,
+    graph_outputs,
+    subgraphs,
+)
+from toolkit.lowering import LayerLowering, StateIO, lower_model, outer_reads, rename_values
 from toolkit.tf2onnx_lib import MAX_OPSET, MIN_OPSET, InputSignature, convert, tf2onnx_version
 
 # Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
 DEFAULT_OPSET = 17
-METADATA_PREFIX = "lstm_onnx."
 BATCH_AXIS = "batch"
 TIME_AXIS = "time"
 CONVERTERS = ("lstm-onnx", "tf2onnx")
@@ -204,31 +213,11 @@ def _describe_layers(model: Any, lowering: Sequence[LayerLowering] = ()) -> list
 # ------------------------------------------------------------------------------------- graph rewriting
 
 
-def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a value everywhere it is produced or used, subgraphs included (they may read outer values)."""
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
-                _rename_value(sub, old, new)
-    for init in graph.initializer:
-        if init.name == old:
-            init.name = new
-    for value in list(graph.output) + list(graph.value_info):
-        if value.name == old:
-            value.name = new
-
-
 def name_outputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
     """Give graph outputs their names, position by position (the graph's order is the Keras model's)."""
     graph = model.graph
     if len(graph.output) != len(names):
-        raise ExportError(f"Expected {len(names)} graph outputs from tf2onnx. Received: {len(graph.output)}")
+        raise ExportError(f"Expected {len(names)} graph outputs from the converter. Received: {len(graph.output)}")
     input_names = {v.name for v in graph.input}
     old_names = [v.name for v in graph.output]
     for position, (value, new) in enumerate(zip(graph.output, names)):
@@ -241,7 +230,7 @@ def name_outputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
             graph.node.append(onnx.helper.make_node("Identity", [old], [new], name=f"output_identity_{position}"))
             value.name = new
         else:
-            _rename_value(graph, old, new)
+            rename_values(graph, {old: new})
             value.name = new
 
 
@@ -336,20 +325,20 @@ def canonicalize(graph: onnx.GraphProto, opset: int, keep: set[str], prefix: str
         for k, name in enumerate(node.output):
             if name and name not in keep and name not in mapping:
                 claim(name, f"{node.name}_{_formal_name(schema.outputs if schema else [], k)}")
+        for sub in subgraphs(node):  # an initializer a Loop body reads from outside is used too
+            for j, name in enumerate(sorted(outer_reads(sub) & initializer_names - set(mapping) - keep)):
+                claim(name, f"{node.name}_captured{j}")
     # Initializers no node reads are dropped; the rest are ordered by first use.
     used = [t for t in graph.initializer if t.name in mapping or t.name in keep]
     order = {old: i for i, old in enumerate(mapping)}
     used.sort(key=lambda t: order.get(t.name, -1))
     graph.ClearField("initializer")
     graph.initializer.extend(used)
-    for old, new in mapping.items():
-        _rename_value(graph, old, new)
+    rename_values(graph, mapping)  # one pass: a new name can never be taken for an old one
     for node in graph.node:
-        for attr in node.attribute:
-            subgraphs = ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs)
-            for sub in subgraphs:
-                sub_keep = {v.name for v in sub.input} | {v.name for v in sub.output} | set(taken)
-                canonicalize(sub, opset, sub_keep, prefix=f"{node.name}/")
+        for sub in subgraphs(node):
+            sub_keep = {v.name for v in sub.input} | {v.name for v in sub.output} | set(taken)
+            canonicalize(sub, opset, sub_keep, prefix=f"{node.name}/")
     graph.doc_string = ""
 
 
@@ -359,9 +348,8 @@ def _prune_opset_imports(model: onnx.ModelProto) -> None:
     def walk(graph: onnx.GraphProto) -> None:
         for node in graph.node:
             used.add(node.domain)
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
-                    walk(sub)
+            for sub in subgraphs(node):
+                walk(sub)
 
     walk(model.graph)
     kept = [o for o in model.opset_import if o.domain in used or (o.domain == "ai.onnx")]
@@ -443,7 +431,6 @@ def export_model(
     signature = _signature(model)
     origins = output_origins(model)
     names = apply_overrides(unique_names([o.name for o in origins]), output_names)
-    tolerances.check_names(names)
 
     if converter not in CONVERTERS:
         raise InputError(f"Expected converter in {list(CONVERTERS)}. Received: {converter!r}")
@@ -462,6 +449,7 @@ def export_model(
     output_shapes += [(None, st.units) for st in extra]
     if len(set(names)) != len(names):
         raise InputError(f"Expected unique output names with --state-io. Received: {names}")
+    tolerances.check_names(names)  # after the state outputs: they may carry tolerances too
     name_outputs(proto, names)
     name_axes(proto, signature, output_shapes)
     canonicalize(proto.graph, opset, keep={v.name for v in proto.graph.input} | set(names))
@@ -520,9 +508,6 @@ def export_model(
     )
 
 
-STATE_MAP_KEY = METADATA_PREFIX + "state_map"
-
-
 def _state_outputs(proto: onnx.ModelProto, states: Sequence[StateIO],
                    names: Sequence[str]) -> tuple[dict[str, str], list[StateIO]]:
     """The state map (graph input -> output name) and the states that need outputs of their own.
@@ -556,20 +541,27 @@ def _fusion_warnings(op_counts: Mapping[str, int], recurrent: Sequence[str]) -> 
     return []
 
 
-def export_keras_file(
+def export_keras_file(src: str | Path, dst: str | Path, *, keep_failed: bool = False, **options: Any) -> ExportResult:
+    """Export a user's `.keras` file to `dst`, checking parity first; writes nothing when anything fails
+    (a failed parity raises ParityError unless `keep_failed`)."""
+    result = export_keras_model(src, dst, **options)
+    result.save(dst, keep_failed=keep_failed)
+    return result
+
+
+def export_keras_model(
     src: str | Path,
     dst: str | Path,
     *,
     opset: int = DEFAULT_OPSET,
     output_names: Mapping[str, str] | Sequence[str] | None = None,
     tolerances: Tolerances = Tolerances(),
-    keep_failed: bool = False,
     require_fused: bool = False,
     converter: str = "lstm-onnx",
     propagate_nan: bool = False,
     state_io: bool = False,
 ) -> ExportResult:
-    """Export a user's `.keras` file to `dst`, checking parity first; writes nothing when anything fails."""
+    """Load and export a user's `.keras` file for `dst`, in memory (`ExportResult.save` writes it)."""
     target = Path(dst)
     if target.suffix != ".onnx":
         raise InputError(f"Expected an output path ending in .onnx. Received: {str(target)!r}")
@@ -585,7 +577,6 @@ def export_keras_file(
         propagate_nan=propagate_nan,
         state_io=state_io,
     )
-    result.save(target, keep_failed=keep_failed)
     return result
 
 

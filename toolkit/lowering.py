@@ -13,7 +13,8 @@ So lstm-onnx walks the Keras functional graph itself:
 - every other layer is converted by tf2onnx on its own and spliced in (`tf2onnx_lib.convert_call`).
 
 A recurrent layer that cannot be fused (an activation ONNX lacks, a custom cell, ...) is converted by
-tf2onnx too, and the reason is reported in `LoweringReport.not_fused`: never a silent fallback.
+tf2onnx too, and the reason is reported (`LayerLowering.reason`, then the export's warnings): never a
+silent fallback.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from toolkit.errors import UnsupportedModelError
 from toolkit.naming import is_recurrent
+from toolkit.runner import subgraphs
 from toolkit.tf2onnx_lib import InputSignature, convert_call
 
 # Keras activation name -> (ONNX RNN activation, alpha, beta). Keras 3 hard_sigmoid is relu6(x + 3) / 6,
@@ -90,10 +92,6 @@ class LoweringReport:
     layers: list[LayerLowering] = field(default_factory=list)
     states: list[StateIO] = field(default_factory=list)
     state_inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
-
-    @property
-    def not_fused(self) -> list[LayerLowering]:
-        return [entry for entry in self.layers if not entry.fused]
 
 
 # --------------------------------------------------------------------------------------- graph writer
@@ -178,11 +176,10 @@ def rename_values(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
     for node in graph.node:
         node.input[:] = [mapping.get(n, n) for n in node.input]
         node.output[:] = [mapping.get(n, n) for n in node.output]
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
-                inner = {k: v for k, v in mapping.items()
-                         if k not in {i.name for i in sub.input} | {o.name for o in sub.output}}
-                rename_values(sub, inner)
+        for sub in subgraphs(node):
+            inner = {k: v for k, v in mapping.items()
+                     if k not in {i.name for i in sub.input} | {o.name for o in sub.output}}
+            rename_values(sub, inner)
     for init in graph.initializer:
         init.name = mapping.get(init.name, init.name)
     for value in list(graph.input) + list(graph.output) + list(graph.value_info):
@@ -215,9 +212,9 @@ def _activation(fn: Any, layer: Any, what: str) -> tuple[str, float | None, floa
         name = keras.activations.serialize(fn)
     except Exception:
         name = getattr(fn, "__name__", repr(fn))
-    if isinstance(name, dict):
-        name = name.get("config", name.get("class_name", "?"))
-    if name not in ACTIVATIONS:
+    if isinstance(name, dict):  # a callable object (keras.layers.ReLU(), a custom class) serializes as a dict
+        name = name.get("class_name", "?")
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise NotFusable(f"{what} {name!r} has no ONNX {CELL_OPS.get(type(layer).__name__, 'RNN')} equivalent "
                          f"(supported: {sorted(ACTIVATIONS)})")
     return ACTIVATIONS[name]
@@ -438,14 +435,17 @@ class Lowerer:
         plans = _bidirectional_plans(layer) if cls == "Bidirectional" else [plan_cell(layer)]
         explicit = self.state_io or getattr(layer, "stateful", False)
         roles = _state_roles(layer)
+        call = layer._inbound_nodes.index(node)
+        owner = layer.name if call == 0 else f"{layer.name}_call{call}"  # a shared layer: one set per call
+        state_sources = list(initial_values)  # what feeds each state: a model input, or an inner value
         if explicit and not initial_values:
-            initial_values = [self._state_input(f"{layer.name}_initial_{role}", units, sequence.name)
-                              for role, units in roles]
+            state_sources = [self._state_input(f"{owner}_initial_{role}", units) for role, units in roles]
+            initial_values = [self._expand_to_batch(name, units, sequence.name)
+                              for name, (_, units) in zip(state_sources, roles)]
         if cls == "Bidirectional":
             outputs, op = self.lower_bidirectional(layer, plans, sequence, initial_values)
-            self._record_states(layer, explicit, initial_values, outputs, roles)
-            main_count = 2 if layer.merge_mode is None else 1
-            outputs = outputs if layer.return_state else outputs[:main_count]
+            self._record_states(owner, explicit, state_sources, outputs[_main_count(layer):], roles)
+            outputs = outputs if layer.return_state else outputs[:_main_count(layer)]
             return self._keep_mask(outputs, layer, incoming_mask), op
         plan = plans[0]
         go_backwards = bool(layer.go_backwards)
@@ -485,38 +485,34 @@ class Lowerer:
         outputs = [_Value(main, sequence.mask if layer.return_sequences else None)]
         outputs += [_Value(s) for s in states]  # dropped below unless the layer returns its states
         outputs = self._guard_padding(outputs, sequence.mask, seq_lens)
-        self._record_states(layer, explicit, initial_values, outputs, roles)
+        self._record_states(owner, explicit, state_sources, outputs[1:], roles)
         outputs = outputs if layer.return_state else outputs[:1]
         return self._keep_mask(outputs, layer, incoming_mask), plan.op
 
-    def _state_input(self, name: str, units: int, sequence: str) -> str:
+    def _state_input(self, name: str, units: int) -> str:
         """A graph input for one initial state, zeros when not fed (an initializer it overrides)."""
         self.report.state_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", units]))
         self.w.initializers.append(numpy_helper.from_array(np.zeros((1, units), np.float32), name))
-        # Broadcast the (1, units) default to the batch; a fed (batch, units) state passes unchanged.
+        return name
+
+    def _expand_to_batch(self, state: str, units: int, sequence: str) -> str:
+        """Broadcast a (1, units) default to the batch; a fed (batch, units) state passes unchanged."""
         batch = self.w.op1("Slice", [self.w.op1("Shape", [sequence]), self.w.ints([0]), self.w.ints([1])])
         shape = self.w.op1("Concat", [batch, self.w.ints([units])], axis=0)
-        return self.w.op1("Expand", [name, shape])
+        return self.w.op1("Expand", [state, shape])
 
-    def _record_states(self, layer: Any, explicit: bool, initial_values: Sequence[str], outputs: Sequence[_Value],
+    def _record_states(self, owner: str, explicit: bool, sources: Sequence[str], states: Sequence[_Value],
                        roles: Sequence[tuple[str, int]]) -> None:
         """Remember which input feeds which final state, for the exporter's state map and extra outputs."""
-        if not explicit:
-            return
-        main_count = 2 if getattr(layer, "merge_mode", "concat") is None else 1
-        state_values = [v.name for v in outputs[main_count:main_count + len(roles)]]
-        graph_inputs = {v.name for v in self.report.state_inputs}
-        for (role, units), initial, value in zip(roles, initial_values, state_values):
-            node = next((n for n in self.w.nodes if n.output and n.output[0] == initial and n.op_type == "Expand"), None)
-            source = node.input[0] if node is not None and node.input[0] in graph_inputs else initial
-            self.report.states.append(StateIO(source, value, layer.name, role, units))
+        if explicit:
+            for (role, units), source, value in zip(roles, sources, states):
+                self.report.states.append(StateIO(source, value.name, owner, role, units))
 
     @staticmethod
     def _keep_mask(outputs: list[_Value], layer: Any, mask: str | None) -> list[_Value]:
         """Keras hands the input's mask on to a layer returning sequences, whether or not it applied it."""
         if layer.return_sequences and mask is not None:
-            count = 2 if getattr(layer, "merge_mode", "concat") is None else 1
-            for value in outputs[:count]:
+            for value in outputs[:_main_count(layer)]:
                 value.mask = mask
         return outputs
 
@@ -639,23 +635,26 @@ def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.
         if node.op_type in CELL_OPS.values():
             node.output[:] = _trim([name if name in needed else "" for name in node.output])
         needed.update(name for name in node.input if name)
-        for attr in node.attribute:  # values a subgraph reads from outside count as read
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
-                needed.update(_outer_reads(sub))
+        for sub in subgraphs(node):  # values a subgraph reads from outside count as read
+            needed.update(outer_reads(sub))
         kept.append(node)
     return kept[::-1]
 
 
-def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+def outer_reads(graph: onnx.GraphProto) -> set[str]:
     produced = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     reads: set[str] = set()
     for node in graph.node:
         reads.update(n for n in node.input if n and n not in produced)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
-                reads.update(r for r in _outer_reads(sub) if r not in produced)
+        for sub in subgraphs(node):
+            reads.update(r for r in outer_reads(sub) if r not in produced)
         produced.update(node.output)
     return reads
+
+
+def _main_count(layer: Any) -> int:
+    """How many outputs come before the states: two for a Bidirectional with merge_mode=None."""
+    return 2 if type(layer).__name__ == "Bidirectional" and layer.merge_mode is None else 1
 
 
 def _bidirectional_plans(layer: Any) -> list[CellPlan]:
@@ -713,5 +712,5 @@ def lower_model(model: Any, signature: Sequence[InputSignature], opset: int, pro
     nodes = prune(writer.nodes, [v.name for v in graph_outputs])
     graph = helper.make_graph(nodes, model.name, graph_inputs, graph_outputs, writer.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    proto.ir_version = 8 if opset <= 18 else 9  # the IR tf2onnx writes for these opsets; ORT >= 1.13 loads 8
+    proto.ir_version = 8  # what tf2onnx writes for opsets 15-18; ONNX Runtime >= 1.13 loads it
     return proto, report

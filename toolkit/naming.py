@@ -24,9 +24,6 @@ from typing import Any, Mapping, Sequence
 
 from toolkit.errors import InputError, UnsupportedModelError
 
-RECURRENT_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional")
-
-
 @dataclass(frozen=True)
 class OutputOrigin:
     """Where one model output comes from: a layer, which call of it, and its role."""

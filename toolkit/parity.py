@@ -40,7 +40,7 @@ def _input_dtype(tensor: Any) -> np.dtype:
     return np.dtype(str(tensor.dtype))
 
 
-def _embedding_vocab(model: Any) -> int:
+def embedding_vocab(model: Any) -> int:
     sizes = [layer.input_dim for layer in model._flatten_layers(include_self=False) if hasattr(layer, "input_dim")]
     return min(sizes) if sizes else 2
 
@@ -87,7 +87,7 @@ def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
     lengths = VARIABLE_LENGTHS if variable else (None, None)
     fixed_batch = inputs[0].shape[0]  # a stateful model is built for one batch size
     batches = (fixed_batch, fixed_batch) if fixed_batch is not None else BATCH_SIZES
-    vocab = _embedding_vocab(model)
+    vocab = embedding_vocab(model)
     padding = padding_of(model)
     for batch, length in zip(batches, lengths):
         feeds: dict[str, np.ndarray] = {}

@@ -22,6 +22,9 @@ from toolkit.errors import InputError, ModelLoadError
 
 # The ops that carry a recurrence: the fused ones we want, and the loops a converter falls back to.
 FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+# Every key lstm-onnx writes into metadata_props starts with this; the state map is read by deploy code.
+METADATA_PREFIX = "lstm_onnx."
+STATE_MAP_KEY = METADATA_PREFIX + "state_map"
 LOOP_OPS = ("Loop", "Scan")
 
 Dim = int | str | None
@@ -71,6 +74,11 @@ class ModelDescription:
             "op_counts": dict(self.op_counts),
             "metadata": {k: _maybe_json(v) for k, v in self.metadata.items()},
         }
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _maybe_json(text: str) -> object:
@@ -134,6 +142,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[Dim, ...]:
 
 
 def _dtype_name(value_info: onnx.ValueInfoProto) -> str:
+    if not value_info.type.HasField("tensor_type"):
+        return value_info.type.WhichOneof("value") or "unknown"  # a sequence or optional: no numpy dtype
     elem = value_info.type.tensor_type.elem_type
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
 
@@ -156,6 +166,16 @@ def graph_outputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
     return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.output)
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node carries as attributes (a Loop's body, an If's branches)."""
+    found: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        found.extend(attr.graphs)
+    return found
+
+
 def count_ops(model: onnx.ModelProto) -> Counter[str]:
     """Count node types, including those inside subgraphs (a Loop's body is where a fallback hides)."""
     counts: Counter[str] = Counter()
@@ -163,11 +183,8 @@ def count_ops(model: onnx.ModelProto) -> Counter[str]:
     def walk(graph: onnx.GraphProto) -> None:
         for node in graph.node:
             counts[node.op_type] += 1
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
-                for sub in attr.graphs:
-                    walk(sub)
+            for sub in subgraphs(node):
+                walk(sub)
 
     walk(model.graph)
     return counts
@@ -205,7 +222,11 @@ class OnnxRunner:
         options.graph_optimization_level = optimization_level
         options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
         self.model = proto
-        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
+        except Exception as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
+            raise ModelLoadError(f"Expected a model ONNX Runtime {ort.__version__} can load. Received: "
+                                 f"{_first_line(exc)}") from None
         self.inputs = graph_inputs(proto)
         self.optional = optional_inputs(proto)
         self.outputs = graph_outputs(proto)
@@ -251,7 +272,10 @@ class OnnxRunner:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = self.check_feeds(feeds)
-        values = self.session.run(None, checked)
+        try:
+            values = self.session.run(None, checked)
+        except Exception as exc:  # e.g. a dim the graph fixes internally that the declared shape did not
+            raise InputError(f"Expected inputs ONNX Runtime can run. Received an error: {_first_line(exc)}") from None
         return dict(zip(self.output_names, values))
 
 
@@ -340,7 +364,10 @@ class ReferenceRunner(OnnxRunner):
         return {name: np.asarray(feeds[name]) for name in expected}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.evaluator.run(None, self.check_feeds(feeds))
+        try:
+            values = self.evaluator.run(None, self.check_feeds(feeds))
+        except Exception as exc:
+            raise InputError(f"Expected a model onnx.reference can run. Received an error: {_first_line(exc)}") from None
         return dict(zip(self.output_names, values))
 
 

@@ -19,9 +19,7 @@ import onnx
 
 from toolkit.compare import ParityReport, Tolerances, compare_case
 from toolkit.errors import InputError
-from toolkit.runner import OnnxRunner
-
-STATE_MAP_KEY = "lstm_onnx.state_map"
+from toolkit.runner import METADATA_PREFIX, STATE_MAP_KEY, OnnxRunner, count_ops
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ def state_map(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def check_streamable(model: onnx.ModelProto) -> None:
-    layers = json.loads({p.key: p.value for p in model.metadata_props}.get("lstm_onnx.layers", "[]"))
+    layers = json.loads({p.key: p.value for p in model.metadata_props}.get(METADATA_PREFIX + "layers", "[]"))
     backwards = [layer["name"] for layer in layers if layer["class"] == "Bidirectional" or layer["go_backwards"]]
     if backwards:
         raise InputError(f"Expected only forward recurrent layers to stream. Received: {backwards}, which read the "
@@ -105,18 +103,21 @@ def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence
     mapping = state_map(onnx_model)
     check_streamable(onnx_model)
     runner = OnnxRunner(onnx_model)
-    tolerances = tolerances.resolve({n.op_type: 1 for n in onnx_model.graph.node})
+    tolerances = tolerances.resolve(count_ops(onnx_model))
     sequence_inputs = [t for t in runner.inputs if len(t.shape) >= 2 and isinstance(t.shape[1], str)]
     if len(sequence_inputs) != 1:
         raise InputError(f"Expected one input with a variable time axis to stream. Received: "
                          f"{[f'{t.name} {t.shape_text()}' for t in runner.inputs]}")
+    from toolkit.parity import embedding_vocab
+
+    vocab = embedding_vocab(keras_model)
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for info in runner.inputs:
         dims = [batch] + [length if (axis == 1 and info is sequence_inputs[0]) else int(d)
                           for axis, d in enumerate(info.shape[1:], start=1)]
         if np.dtype(info.dtype).kind in "iu":
-            feeds[info.name] = rng.integers(1, 20, size=dims).astype(info.dtype)
+            feeds[info.name] = rng.integers(1, max(vocab, 2), size=dims).astype(info.dtype)
         else:
             feeds[info.name] = rng.standard_normal(dims).astype(info.dtype)
     streamed = run_streamed(runner, feeds, sequence_inputs[0].name, sizes, mapping)
