@@ -121,3 +121,14 @@ def test_state_outputs_take_per_output_tolerances():
     model = build_stack(StackConfig(layers=1, units=3, timesteps=None, features=2))
     result = export_model(model, state_io=True, tolerances=Tolerances.parse(atol=["lstm_1_state_c:1e-5"]))
     assert result.parity
+
+
+def test_inspect_lists_state_inputs_as_optional(tmp_path):
+    from toolkit.runner import inspect_model
+
+    path = export_model(build_stack(StackConfig(layers=1, timesteps=None)), state_io=True).save(tmp_path / "s.onnx")
+    described = inspect_model(path).to_json()
+    assert [i["name"] for i in described["inputs"]] == ["input"]
+    assert [i["name"] for i in described["optional_inputs"]] == ["lstm_1_initial_state_h", "lstm_1_initial_state_c"]
+    text = CliRunner().invoke(cli, ["inspect", str(path)]).output
+    assert "lstm_1_initial_state_h  float32  (batch, 2)  optional (zeros)" in text

@@ -192,7 +192,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         written = suite.written
         payload = {"passed": suite.passed, "written": [str(p) for p in written],
                    "models": [{"file": e.file, "sha256": e.result.sha256, "fused_ops": e.result.fused_ops,
-                               "warnings": list(e.result.warnings), "parity": e.result.parity.to_json()}
+                               "warnings": list(e.result.warnings), "notes": list(e.result.notes),
+                               "parity": e.result.parity.to_json()}
                               for e in suite.entries]}
     passed = all(report for _, report in items)
     if triton_repo is not None and (passed or keep_failed):

@@ -53,10 +53,11 @@ def invariant_lines(items: Sequence[tuple[str, ParityReport]]) -> list[str]:
 
 def description_text(desc: ModelDescription) -> str:
     parts = [f"{desc.path}  (opset {desc.opset}, IR {desc.ir_version}, producer {desc.producer or '?'})", ""]
-    parts.append(table(["input", "dtype", "shape"], [[t.name, t.dtype, _shape(t.shape)] for t in desc.inputs]))
+    parts.append(table(["input", "dtype", "shape"], [[t.name, t.dtype, _shape(t.shape)] for t in desc.inputs] +
+                       [[t.name, t.dtype, _shape(t.shape) + "  optional (zeros)"] for t in desc.optional_inputs]))
     parts.append("")
     parts.append(table(["output", "dtype", "shape"], [[t.name, t.dtype, _shape(t.shape)] for t in desc.outputs]))
-    dynamic = sorted({d for t in desc.inputs + desc.outputs for d in t.shape if isinstance(d, str)})
+    dynamic = sorted({d for t in desc.inputs + desc.optional_inputs + desc.outputs for d in t.shape if isinstance(d, str)})
     parts.append("")
     parts.append(f"dynamic axes: {', '.join(dynamic) if dynamic else 'none'}")
     recurrent = desc.recurrent_ops

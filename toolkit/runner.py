@@ -57,6 +57,7 @@ class ModelDescription:
     ir_version: int
     producer: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    optional_inputs: tuple[TensorInfo, ...] = ()  # inputs with a default, e.g. --state-io's states
 
     @property
     def recurrent_ops(self) -> dict[str, int]:
@@ -69,6 +70,7 @@ class ModelDescription:
             "ir_version": self.ir_version,
             "producer": self.producer,
             "inputs": [t.to_json() for t in self.inputs],
+            "optional_inputs": [t.to_json() for t in self.optional_inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "recurrent_ops": self.recurrent_ops,
             "op_counts": dict(self.op_counts),
@@ -201,6 +203,7 @@ def describe(model: onnx.ModelProto, path: str = "") -> ModelDescription:
         ir_version=model.ir_version,
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         metadata={p.key: p.value for p in model.metadata_props},
+        optional_inputs=optional_inputs(model),
     )
 
 
