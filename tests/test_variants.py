@@ -163,3 +163,17 @@ def test_an_activation_object_is_reported_not_fused_instead_of_crashing():
     result = export_model(keras.Model(x, y))
     assert result.parity and [e.onnx_op for e in result.lowering] == ["tf2onnx"]
     assert "has no ONNX RNN equivalent" in result.warnings[0]
+
+
+def test_masking_with_a_nonzero_mask_value():
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    y = keras.layers.LSTM(4, return_sequences=True, name="lstm")(keras.layers.Masking(-1.0, name="masking")(x))
+    model = keras.Model(x, y)
+    result = export_model(model)
+    assert result.parity and any("right-padded" in c.label for c in result.parity.cases)
+    data = np.random.default_rng(3).standard_normal((2, 5, 3)).astype(np.float32)
+    data[1, 3:] = -1.0
+    got = OnnxRunner(result.model).run({"x": data})["lstm_sequence"]
+    np.testing.assert_allclose(got, keras_outputs(model, {"x": data})[0], rtol=1e-5, atol=1e-6)

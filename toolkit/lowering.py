@@ -376,8 +376,11 @@ class Lowerer:
                              to=TensorProto.FLOAT)
         any_differs = self.w.reduce("ReduceMax", differs, -1, keepdims=1)  # any() over the features
         keep = self.w.op1("Cast", [any_differs], to=TensorProto.BOOL)
-        # Keras: where(mask, x, 0), not x * mask, so that NaN at a masked step becomes 0 as in Keras.
-        out = self.w.op1("Where", [keep, value.name, self.w.const(np.zeros((), np.float32), "zero")])
+        out = value.name
+        if float(layer.mask_value) != 0.0:
+            # Keras outputs where(mask, x, 0). With mask_value 0 a masked step is all zeros already, so
+            # the Where (a node on the single-step path) would change nothing.
+            out = self.w.op1("Where", [keep, value.name, self.w.const(np.zeros((), np.float32), "zero")])
         return _Value(out, self.w.squeeze(keep, -1))
 
     def lower_time_distributed(self, layer: Any, tensor: Any, value: _Value) -> _Value:
@@ -585,13 +588,13 @@ class Lowerer:
         """
         if mask is None or seq_lens is None:
             return outputs
-        steps = self.w.op1("Gather", [self.w.op1("Shape", [mask]), self.w.const(np.asarray(1, np.int64), "one")], axis=0)
-        positions = self.w.op1("Range", [self.w.const(np.asarray(0, np.int64), "zero64"), steps,
-                                         self.w.const(np.asarray(1, np.int64), "one")])
-        lengths = self.w.unsqueeze(self.w.op1("Cast", [seq_lens], to=TensorProto.INT64), 1)
-        right_padded = self.w.op1("Less", [self.w.unsqueeze(positions, 0), lengths])  # (batch, time)
-        differs = self.w.op1("Cast", [self.w.op1("Xor", [right_padded, mask])], to=TensorProto.FLOAT)
-        bad = self.w.op1("Cast", [self.w.reduce("ReduceMax", differs, 1, keepdims=1)], to=TensorProto.BOOL)
+        # A right padding never goes from a masked step back to a kept one: count such rises per sample.
+        # (ReduceSum, not ReduceMax: over the empty axis of a 1-step sequence it gives 0, "no rise".)
+        int_max = np.iinfo(np.int64).max
+        before = self.w.op1("Slice", [mask, self.w.ints([0]), self.w.ints([-1]), self.w.ints([1])])
+        after = self.w.op1("Slice", [mask, self.w.ints([1]), self.w.ints([int_max]), self.w.ints([1])])
+        rises = self.w.op1("Cast", [self.w.op1("And", [self.w.op1("Not", [before]), after])], to=TensorProto.INT32)
+        bad = self.w.op1("Cast", [self.w.reduce("ReduceSum", rises, 1, keepdims=1)], to=TensorProto.BOOL)
         nan = self.w.const(np.asarray(np.nan, np.float32), "nan")
         bad_3d = self.w.unsqueeze(bad, 2)
         guarded = []
