@@ -336,9 +336,17 @@ def canonicalize(graph: onnx.GraphProto, opset: int, keep: set[str], prefix: str
     graph.initializer.extend(used)
     rename_values(graph, mapping)  # one pass: a new name can never be taken for an old one
     for node in graph.node:
-        for sub in subgraphs(node):
-            sub_keep = {v.name for v in sub.input} | {v.name for v in sub.output} | set(taken)
-            canonicalize(sub, opset, sub_keep, prefix=f"{node.name}/")
+        for index, sub in enumerate(subgraphs(node)):
+            # A body's formal inputs are local to it: name them by position too (tf2onnx numbers them).
+            sub_prefix = f"{node.name}/{index}/"
+            rename_values(sub, {v.name: f"{sub_prefix}in{i}" for i, v in enumerate(sub.input)})
+            canonicalize(sub, opset, {v.name for v in sub.input} | set(taken), prefix=sub_prefix)
+            sub.name = sub_prefix.rstrip("/")
+            sub.ClearField("value_info")
+            for value in list(sub.input) + list(sub.output):  # tf2onnx's counter-numbered unknown axes
+                for dim in value.type.tensor_type.shape.dim:
+                    if dim.dim_param.startswith("unk__"):
+                        dim.ClearField("dim_param")
     graph.doc_string = ""
 
 
