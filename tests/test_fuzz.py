@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from strategies import stacks
 from toolkit.builder import build_stack
 from toolkit.exporter import export_model
-from toolkit.parity import InputCase, check_parity, padding_of, right_pad
+from toolkit.parity import InputCase, check_parity, embedding_vocab, padding_of, random_input
 from toolkit.runner import OnnxRunner
 
 EXAMPLES = int(os.environ.get("LSTM_ONNX_FUZZ_EXAMPLES", "25"))
@@ -20,18 +20,9 @@ EXAMPLES = int(os.environ.get("LSTM_ONNX_FUZZ_EXAMPLES", "25"))
 def drawn_case(model, batch: int, length: int, seed: int) -> InputCase:
     """The drawn batch size and length (right-padded where the model masks)."""
     rng = np.random.default_rng(seed)
-    padding = padding_of(model)
-    feeds = {}
-    for tensor in model.inputs:
-        dims = [batch] + [length if (axis == 1 and d is None) else int(d) for axis, d in enumerate(tensor.shape[1:], 1)]
-        if str(tensor.dtype).startswith("int"):
-            value = rng.integers(1, 20, size=dims).astype(np.int32)
-            value = right_pad(value, 0, rng)
-        else:
-            value = rng.standard_normal(dims).astype(np.float32)
-            if padding.float_value is not None and len(dims) == 3:
-                value = right_pad(value, padding.float_value, rng)
-        feeds[tensor.name] = value
+    padding, vocab = padding_of(model), embedding_vocab(model)
+    feeds = {t.name: random_input(tuple(t.shape[1:]), str(t.dtype), batch, length, rng, vocab, padding)
+             for t in model.inputs}
     return InputCase(f"drawn batch {batch}, {length} steps", feeds)
 
 

@@ -73,6 +73,26 @@ def right_pad(array: np.ndarray, value: float | int, rng: np.random.Generator) -
     return padded
 
 
+def random_input(dims: Sequence[Any], dtype: Any, batch: int, length: int | None, rng: np.random.Generator,
+                 vocab: int = 2, padding: Padding = Padding()) -> np.ndarray:
+    """A random input of shape (batch, *dims): a dynamic axis 1 gets `length` steps, other dynamic axes 3.
+
+    Floats are standard normal; ints are token ids below `vocab` (from 1 when id 0 pads). Where the model
+    masks, each sample is right-padded after a random length.
+    """
+    shape = [batch] + [(length if (axis == 1 and length is not None) else 3) if not isinstance(d, int) else d
+                       for axis, d in enumerate(dims, start=1)]
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        low = 1 if padding.int_value is not None else 0
+        value = rng.integers(low, max(vocab, low + 1), size=shape).astype(dtype)
+        return right_pad(value, padding.int_value, rng) if padding.int_value is not None and len(shape) >= 2 else value
+    value = rng.standard_normal(shape).astype(dtype)
+    if padding.float_value is not None and len(shape) == 3:
+        value = right_pad(value, padding.float_value, rng)
+    return value
+
+
 def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
     """The input cases for a Keras model: the post's input where it fits, then random batches."""
     rng = np.random.default_rng(seed + 1000)
@@ -90,23 +110,8 @@ def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
     vocab = embedding_vocab(model)
     padding = padding_of(model)
     for batch, length in zip(batches, lengths):
-        feeds: dict[str, np.ndarray] = {}
-        for tensor in inputs:
-            dims = [batch] + [
-                (length if (axis == 1 and length is not None) else 3) if d is None else int(d)
-                for axis, d in enumerate(tensor.shape[1:], start=1)
-            ]
-            dtype = _input_dtype(tensor)
-            if dtype.kind in "iu":
-                low = 1 if padding.int_value is not None else 0  # id 0 is padding when masked
-                value = rng.integers(low, max(vocab, low + 1), size=dims).astype(dtype)
-                if padding.int_value is not None and len(dims) >= 2:
-                    value = right_pad(value, padding.int_value, rng)
-            else:
-                value = rng.standard_normal(dims).astype(dtype)
-                if padding.float_value is not None and len(dims) == 3:
-                    value = right_pad(value, padding.float_value, rng)
-            feeds[tensor.name] = value
+        feeds = {tensor.name: random_input(tuple(tensor.shape[1:]), _input_dtype(tensor), batch, length, rng,
+                                           vocab, padding) for tensor in inputs}
         label = f"random batch {batch}" + (f", {length} steps" if length is not None else "")
         label += ", right-padded" if (padding.float_value is not None or padding.int_value is not None) else ""
         cases.append(InputCase(label, feeds))

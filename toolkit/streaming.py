@@ -108,18 +108,11 @@ def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence
     if len(sequence_inputs) != 1:
         raise InputError(f"Expected one input with a variable time axis to stream. Received: "
                          f"{[f'{t.name} {t.shape_text()}' for t in runner.inputs]}")
-    from toolkit.parity import embedding_vocab
+    from toolkit.parity import embedding_vocab, random_input
 
-    vocab = embedding_vocab(keras_model)
     rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for info in runner.inputs:
-        dims = [batch] + [length if (axis == 1 and info is sequence_inputs[0]) else int(d)
-                          for axis, d in enumerate(info.shape[1:], start=1)]
-        if np.dtype(info.dtype).kind in "iu":
-            feeds[info.name] = rng.integers(1, max(vocab, 2), size=dims).astype(info.dtype)
-        else:
-            feeds[info.name] = rng.standard_normal(dims).astype(info.dtype)
+    vocab = embedding_vocab(keras_model)
+    feeds = {info.name: random_input(info.shape[1:], info.dtype, batch, length, rng, vocab) for info in runner.inputs}
     streamed = run_streamed(runner, feeds, sequence_inputs[0].name, sizes, mapping)
     whole = runner.run(feeds)
     expected = keras_outputs(keras_model, {t.name: feeds[t.name] for t in keras_model.inputs})
