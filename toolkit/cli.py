@@ -347,10 +347,11 @@ def explain() -> None:
         c = case.config
         click.echo(f"({case.number}) last layer LSTM({c.units}, return_sequences={c.return_sequences}, "
                    f"return_state={c.return_state}) on input [0.1, 0.2, 0.3], shape (1, 3, 1)")
-        with np.printoptions(precision=6, suppress=True):
-            for out in case.outputs:
-                click.echo(f"    {out.name:<18} {str(out.shape):<10} keras {out.keras.tolist()}")
-                click.echo(f"    {'':<18} {'':<10} onnx  {out.onnx.tolist()}")
+        for out in case.outputs:
+            keras_values = np.round(out.keras.astype(np.float64), 7).tolist()
+            onnx_values = np.round(out.onnx.astype(np.float64), 7).tolist()
+            click.echo(f"    {out.name:<18} {str(out.shape):<10} keras {keras_values}")
+            click.echo(f"    {'':<18} {'':<10} onnx  {onnx_values}")
         for line in case.keras_equalities:
             click.echo(f"    keras: {line}")
         for line in case.onnx_equalities:
