@@ -177,3 +177,29 @@ def test_masking_with_a_nonzero_mask_value():
     data[1, 3:] = -1.0
     got = OnnxRunner(result.model).run({"x": data})["lstm_sequence"]
     np.testing.assert_allclose(got, keras_outputs(model, {"x": data})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_is_one_gather_and_takes_negative_ids_like_keras():
+    import keras
+
+    ids = keras.Input((None,), dtype="int64", name="ids")
+    y = keras.layers.Embedding(7, 3, mask_zero=True, name="embedding")(ids)
+    y = keras.layers.LSTM(4, return_sequences=True, name="lstm")(y)
+    model = keras.Model(ids, y)
+    result = export_model(model)
+    assert result.parity, result.parity.failures()
+    assert result.op_counts.get("Gather") == 1 and "Less" not in result.op_counts
+    data = np.array([[3, -1, -7, 2, 0, 0], [5, 6, 1, 0, 0, 0]], np.int64)  # -1 is the last row, -7 the first
+    got = OnnxRunner(result.model).run({"ids": data})["lstm_sequence"]
+    np.testing.assert_allclose(got, keras_outputs(model, {"ids": data})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_masking_keeps_a_step_with_any_nonzero_feature_and_masks_negative_zero():
+    model = build_stack(variant_config("lstm_masking", all_states=False, layers=1))
+    runner = OnnxRunner(export_model(model).model)
+    x = np.random.default_rng(2).standard_normal((3, 5, 4)).astype(np.float32)
+    x[0, 4] = [0, 0, 1e-30, 0]  # tiny but not zero: kept, as Keras' not_equal says
+    x[1, 3:] = -0.0  # -0.0 == 0: masked
+    x[2, 2:] = [0, 0, 0, 3e38]  # huge: kept
+    np.testing.assert_allclose(runner.run({"input": x})["lstm_1_sequence"], keras_outputs(model, {"input": x})[0],
+                               rtol=1e-5, atol=1e-6)

@@ -305,6 +305,10 @@ class Lowerer:
         self.report = report
         self.propagate_nan = propagate_nan
         self.state_io = state_io
+        # Other forms of a (batch, time) bool mask, written once and shared by every layer reading it:
+        # each node costs about half a microsecond on the single-step path.
+        self._mask_3d: dict[str, str] = {}   # (batch, time, 1) bool
+        self._mask_int: dict[str, tuple[str, int]] = {}  # the mask as int32, and that form's rank
 
     # -- the walk
 
@@ -341,6 +345,8 @@ class Lowerer:
             return [self.lower_masking(layer, first)]
         if cls == "TimeDistributed" and len(node.input_tensors) == 1 and None not in node.input_tensors[0].shape[2:]:
             return [self.lower_time_distributed(layer, node.input_tensors[0], first)]
+        if cls == "Embedding" and _plain_embedding(layer):
+            return [self.lower_embedding(layer, node.input_tensors[0], first)]
         if is_recurrent(layer):
             try:
                 outputs, op = self.lower_recurrent(layer, node, values)
@@ -353,9 +359,7 @@ class Lowerer:
                 return self.convert_with_tf2onnx(node, values, consumes_mask=True)
         outputs = self.convert_with_tf2onnx(node, values, consumes_mask=False)
         if cls == "Embedding" and getattr(layer, "mask_zero", False):
-            ids = values[id(node.input_tensors[0])].name
-            zero = self.w.const(np.zeros((), dtype=_np_dtype(node.input_tensors[0].dtype)), "zero")
-            outputs[0].mask = self.w.op1("Not", [self.w.op1("Equal", [ids, zero])])
+            outputs[0].mask = self._id_mask(first.name)
         elif getattr(layer, "supports_masking", False) and len(node.input_tensors) == 1 and first.mask:
             for value in outputs:
                 value.mask = first.mask
@@ -371,17 +375,40 @@ class Lowerer:
     # -- layers
 
     def lower_masking(self, layer: Any, value: _Value) -> _Value:
-        mask_value = self.w.const(np.asarray(layer.mask_value, dtype=np.float32), "mask_value")
-        differs = self.w.op1("Cast", [self.w.op1("Not", [self.w.op1("Equal", [value.name, mask_value])])],
-                             to=TensorProto.FLOAT)
-        any_differs = self.w.reduce("ReduceMax", differs, -1, keepdims=1)  # any() over the features
-        keep = self.w.op1("Cast", [any_differs], to=TensorProto.BOOL)
+        # Keras keeps a step when any feature differs from mask_value. The L1 norm of (x - mask_value)
+        # over the features is 0 exactly when none does (a sum of magnitudes cannot cancel, and a NaN
+        # or an Inf makes it nonzero, as it makes Keras' not_equal true), and Cast to bool is "!= 0":
+        # two nodes where Equal/Not/Cast/ReduceMax/Cast took five.
+        mask_value = float(layer.mask_value)
+        diff = value.name
+        if mask_value != 0.0:
+            diff = self.w.op1("Sub", [value.name, self.w.const(np.asarray(mask_value, np.float32), "mask_value")])
+        keep_3d = self.w.op1("Cast", [self.w.reduce("ReduceL1", diff, -1, keepdims=1)], to=TensorProto.BOOL)
         out = value.name
-        if float(layer.mask_value) != 0.0:
+        if mask_value != 0.0:
             # Keras outputs where(mask, x, 0). With mask_value 0 a masked step is all zeros already, so
             # the Where (a node on the single-step path) would change nothing.
-            out = self.w.op1("Where", [keep, value.name, self.w.const(np.zeros((), np.float32), "zero")])
-        return _Value(out, self.w.squeeze(keep, -1))
+            out = self.w.op1("Where", [keep_3d, value.name, self.w.const(np.zeros((), np.float32), "zero")])
+        keep = self.w.squeeze(keep_3d, -1)  # pruned when every reader takes the 3-d form
+        self._mask_3d[keep] = keep_3d
+        return _Value(out, keep)
+
+    def lower_embedding(self, layer: Any, tensor: Any, value: _Value) -> _Value:
+        """One Gather. tf2onnx writes ten nodes for Keras' take(), which maps negative ids to
+        id + vocabulary by hand; ONNX Gather does that itself (and, like TensorFlow, refuses ids out of range)."""
+        ids = value.name
+        if not str(tensor.dtype).startswith("int"):
+            ids = self.w.op1("Cast", [ids], to=TensorProto.INT32)  # Keras casts other ids to int32 too
+        table = self.w.const(_numpy(layer.embeddings).astype(np.float32), "embeddings")
+        out = self.w.op1("Gather", [table, ids], axis=0)
+        return _Value(out, self._id_mask(value.name) if layer.mask_zero else None)
+
+    def _id_mask(self, ids: str) -> str:
+        """Embedding(mask_zero=True): a step is kept when its id is not 0 (Cast to bool is "!= 0")."""
+        mask = self.w.op1("Cast", [ids], to=TensorProto.BOOL)
+        # The (batch, time, 1) form straight from the ids: cheaper than an Unsqueeze of the mask later.
+        self._mask_3d[mask] = self.w.op1("Cast", [self.w.unsqueeze(ids, -1)], to=TensorProto.BOOL)
+        return mask
 
     def lower_time_distributed(self, layer: Any, tensor: Any, value: _Value) -> _Value:
         """Fold time into batch, apply the inner layer once, unfold: tf2onnx turns Keras'
@@ -477,8 +504,9 @@ class Lowerer:
                 main = self.w.flip(main, 1)
             elif sequence.mask is not None and not getattr(layer, "zero_output_for_mask", False):
                 # Keras carries the last output over masked steps; ONNX writes zeros there.
-                carried = self.w.unsqueeze(states[0], 1)
-                main = self.w.op1("Where", [self.w.unsqueeze(sequence.mask, -1), main, carried])
+                # Y_h (1, batch, units) -> (batch, 1, units): one Transpose, not a Squeeze and an Unsqueeze.
+                carried = self.w.transpose(outs[1], [1, 0, 2]) if nan is None else self.w.unsqueeze(states[0], 1)
+                main = self.w.op1("Where", [self._as_3d(sequence.mask), main, carried])
             if nan is not None:
                 # Keras' outputs are in processing order; a NaN poisons every later step.
                 in_order = self.w.flip(nan, 1) if go_backwards else nan
@@ -588,18 +616,19 @@ class Lowerer:
         """
         if mask is None or seq_lens is None:
             return outputs
-        # A right padding never goes from a masked step back to a kept one: count such rises per sample.
-        # (ReduceSum, not ReduceMax: over the empty axis of a 1-step sequence it gives 0, "no rise".)
+        # A right padding never goes from a masked step back to a kept one: a rise (mask[t+1] - mask[t] = 1)
+        # marks a bad sample. ReduceMax over the empty axis of a 1-step sequence gives INT32_MIN: no rise.
         int_max = np.iinfo(np.int64).max
-        before = self.w.op1("Slice", [mask, self.w.ints([0]), self.w.ints([-1]), self.w.ints([1])])
-        after = self.w.op1("Slice", [mask, self.w.ints([1]), self.w.ints([int_max]), self.w.ints([1])])
-        rises = self.w.op1("Cast", [self.w.op1("And", [self.w.op1("Not", [before]), after])], to=TensorProto.INT32)
-        bad = self.w.op1("Cast", [self.w.reduce("ReduceSum", rises, 1, keepdims=1)], to=TensorProto.BOOL)
+        as_int = self._as_int(mask)
+        before = self.w.op1("Slice", [as_int, self.w.ints([0]), self.w.ints([-1]), self.w.ints([1])])
+        after = self.w.op1("Slice", [as_int, self.w.ints([1]), self.w.ints([int_max]), self.w.ints([1])])
+        rise = self.w.reduce("ReduceMax", self.w.op1("Sub", [after, before]), 1, keepdims=1)
+        bad = self.w.op1("Greater", [rise, self.w.const(np.asarray(0, np.int32), "zero")])  # (batch, 1[, 1])
+        bad_2d, bad_3d = (bad, self.w.unsqueeze(bad, 2)) if self._int_rank(mask) == 2 else (self.w.squeeze(bad, 2), bad)
         nan = self.w.const(np.asarray(np.nan, np.float32), "nan")
-        bad_3d = self.w.unsqueeze(bad, 2)
         guarded = []
         for value in outputs:
-            flag = bad_3d if value.mask is not None else bad  # sequences are (batch, time, units)
+            flag = bad_3d if value.mask is not None else bad_2d  # sequences are (batch, time, units)
             guarded.append(_Value(self.w.op1("Where", [flag, nan, value.name]), value.mask))
         return guarded
 
@@ -623,8 +652,25 @@ class Lowerer:
     def _sequence_lens(self, mask: str | None) -> str | None:
         if mask is None:
             return None
-        as_int = self.w.op1("Cast", [mask], to=TensorProto.INT32)
-        return self.w.reduce("ReduceSum", as_int, 1, keepdims=0)
+        axes = [1, 2] if self._int_rank(mask) == 3 else [1]
+        return self.w.op1("ReduceSum", [self._as_int(mask), self.w.ints(axes)], keepdims=0)
+
+    def _as_3d(self, mask: str) -> str:
+        """The (batch, time, 1) form of a (batch, time) mask, for a Where against (batch, time, units)."""
+        if mask not in self._mask_3d:
+            self._mask_3d[mask] = self.w.unsqueeze(mask, -1)
+        return self._mask_3d[mask]
+
+    def _as_int(self, mask: str) -> str:
+        """The mask as int32 (for sequence_lens and the padding guard), cast from whichever form exists."""
+        if mask not in self._mask_int:
+            source, rank = (self._mask_3d[mask], 3) if mask in self._mask_3d else (mask, 2)
+            self._mask_int[mask] = (self.w.op1("Cast", [source], to=TensorProto.INT32), rank)
+        return self._mask_int[mask][0]
+
+    def _int_rank(self, mask: str) -> int:
+        self._as_int(mask)
+        return self._mask_int[mask][1]
 
 
 def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
@@ -658,6 +704,12 @@ def outer_reads(graph: onnx.GraphProto) -> set[str]:
 def _main_count(layer: Any) -> int:
     """How many outputs come before the states: two for a Bidirectional with merge_mode=None."""
     return 2 if type(layer).__name__ == "Bidirectional" and layer.merge_mode is None else 1
+
+
+def _plain_embedding(layer: Any) -> bool:
+    """An Embedding that is a table lookup: no quantized or LoRA weights, float32 output."""
+    return (not getattr(layer, "quantization_mode", None) and not getattr(layer, "lora_enabled", False)
+            and str(getattr(layer, "compute_dtype", "float32")) == "float32")
 
 
 def _bidirectional_plans(layer: Any) -> list[CellPlan]:
