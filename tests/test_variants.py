@@ -203,3 +203,19 @@ def test_masking_keeps_a_step_with_any_nonzero_feature_and_masks_negative_zero()
     x[2, 2:] = [0, 0, 0, 3e38]  # huge: kept
     np.testing.assert_allclose(runner.run({"input": x})["lstm_1_sequence"], keras_outputs(model, {"input": x})[0],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_stack_hands_time_major_values_from_layer_to_layer():
+    """ONNX Runtime's recurrent ops are time-major: one Transpose in, one out, none between layers."""
+    result = export_model(build_stack(variant_config("mixed_cells")))
+    assert result.op_counts.get("Transpose") == 2, result.op_counts
+    assert result.parity, result.parity.failures()
+
+
+def test_the_mask_path_stays_small_on_the_single_step_path():
+    """Mask (ReduceL1, Cast), sequence_lens (Cast, ReduceSum), carry (Where), padding guard (Slice x2, Sub,
+    ReduceMax, Greater, Where): each node costs about half a microsecond at batch 1, one step."""
+    config = variant_config("lstm_masking", layers=1, return_sequences=True, return_state=False, all_states=False)
+    result = export_model(build_stack(config))
+    assert sum(result.op_counts.values()) <= 15, result.op_counts
+    assert result.op_counts.get("Transpose") == 2 and "Unsqueeze" not in result.op_counts

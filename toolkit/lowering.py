@@ -305,10 +305,16 @@ class Lowerer:
         self.report = report
         self.propagate_nan = propagate_nan
         self.state_io = state_io
-        # Other forms of a (batch, time) bool mask, written once and shared by every layer reading it:
-        # each node costs about half a microsecond on the single-step path.
-        self._mask_3d: dict[str, str] = {}   # (batch, time, 1) bool
-        self._mask_int: dict[str, tuple[str, int]] = {}  # the mask as int32, and that form's rank
+        # ONNX Runtime runs recurrent ops time-major only. Every value that has (or needs) a
+        # (time, batch, ...) form keeps it here, so a stack hands one layer's time-major output straight
+        # to the next instead of transposing to Keras' batch-major layout and back; the batch-major
+        # form is pruned when only the next layer read it. Each node costs about half a microsecond
+        # on the single-step path, and a (batch, time, units) transpose moves every value.
+        self._time_major: dict[str, str] = {}
+        # A (batch, time) bool mask's (time, batch, 1) form and its int32 cast, written once and shared
+        # by every layer reading that mask.
+        self._mask_tm: dict[str, str] = {}
+        self._mask_int: dict[str, str] = {}
 
     # -- the walk
 
@@ -359,7 +365,7 @@ class Lowerer:
                 return self.convert_with_tf2onnx(node, values, consumes_mask=True)
         outputs = self.convert_with_tf2onnx(node, values, consumes_mask=False)
         if cls == "Embedding" and getattr(layer, "mask_zero", False):
-            outputs[0].mask = self._id_mask(first.name)
+            outputs[0].mask = self.w.op1("Cast", [first.name], to=TensorProto.BOOL)
         elif getattr(layer, "supports_masking", False) and len(node.input_tensors) == 1 and first.mask:
             for value in outputs:
                 value.mask = first.mask
@@ -378,20 +384,22 @@ class Lowerer:
         # Keras keeps a step when any feature differs from mask_value. The L1 norm of (x - mask_value)
         # over the features is 0 exactly when none does (a sum of magnitudes cannot cancel, and a NaN
         # or an Inf makes it nonzero, as it makes Keras' not_equal true), and Cast to bool is "!= 0":
-        # two nodes where Equal/Not/Cast/ReduceMax/Cast took five.
+        # two nodes where Equal/Not/Cast/ReduceMax/Cast took five. Computed on the time-major input the
+        # recurrent layer reads anyway, so the mask comes out in the layout that layer needs.
         mask_value = float(layer.mask_value)
-        diff = value.name
+        x_tm = self._to_time_major(value.name)
+        diff = x_tm
         if mask_value != 0.0:
-            diff = self.w.op1("Sub", [value.name, self.w.const(np.asarray(mask_value, np.float32), "mask_value")])
-        keep_3d = self.w.op1("Cast", [self.w.reduce("ReduceL1", diff, -1, keepdims=1)], to=TensorProto.BOOL)
-        out = value.name
-        if mask_value != 0.0:
+            diff = self.w.op1("Sub", [x_tm, self.w.const(np.asarray(mask_value, np.float32), "mask_value")])
+        keep_tm = self.w.op1("Cast", [self.w.reduce("ReduceL1", diff, -1, keepdims=1)], to=TensorProto.BOOL)
+        keep = self.w.transpose(self.w.squeeze(keep_tm, -1), [1, 0])  # pruned unless a batch-major reader needs it
+        self._mask_tm[keep] = keep_tm
+        if mask_value == 0.0:
             # Keras outputs where(mask, x, 0). With mask_value 0 a masked step is all zeros already, so
             # the Where (a node on the single-step path) would change nothing.
-            out = self.w.op1("Where", [keep_3d, value.name, self.w.const(np.zeros((), np.float32), "zero")])
-        keep = self.w.squeeze(keep_3d, -1)  # pruned when every reader takes the 3-d form
-        self._mask_3d[keep] = keep_3d
-        return _Value(out, keep)
+            return _Value(value.name, keep)
+        out_tm = self.w.op1("Where", [keep_tm, x_tm, self.w.const(np.zeros((), np.float32), "zero")])
+        return _Value(self._from_time_major(out_tm), keep)
 
     def lower_embedding(self, layer: Any, tensor: Any, value: _Value) -> _Value:
         """One Gather. tf2onnx writes ten nodes for Keras' take(), which maps negative ids to
@@ -400,15 +408,16 @@ class Lowerer:
         if not str(tensor.dtype).startswith("int"):
             ids = self.w.op1("Cast", [ids], to=TensorProto.INT32)  # Keras casts other ids to int32 too
         table = self.w.const(_numpy(layer.embeddings).astype(np.float32), "embeddings")
+        # Both layouts, each pruned when unread: gathering with transposed ids gives the time-major
+        # embeddings directly, cheaper than transposing the embedded vectors.
+        ids_tm = self.w.transpose(ids, [1, 0])
         out = self.w.op1("Gather", [table, ids], axis=0)
-        return _Value(out, self._id_mask(value.name) if layer.mask_zero else None)
-
-    def _id_mask(self, ids: str) -> str:
-        """Embedding(mask_zero=True): a step is kept when its id is not 0 (Cast to bool is "!= 0")."""
-        mask = self.w.op1("Cast", [ids], to=TensorProto.BOOL)
-        # The (batch, time, 1) form straight from the ids: cheaper than an Unsqueeze of the mask later.
-        self._mask_3d[mask] = self.w.op1("Cast", [self.w.unsqueeze(ids, -1)], to=TensorProto.BOOL)
-        return mask
+        self._time_major[out] = self.w.op1("Gather", [table, ids_tm], axis=0)
+        mask = None
+        if layer.mask_zero:  # a step is kept when its id is not 0 (Cast to bool is "!= 0")
+            mask = self.w.op1("Cast", [ids], to=TensorProto.BOOL)
+            self._mask_tm[mask] = self.w.op1("Cast", [self.w.unsqueeze(ids_tm, -1)], to=TensorProto.BOOL)
+        return _Value(out, mask)
 
     def lower_time_distributed(self, layer: Any, tensor: Any, value: _Value) -> _Value:
         """Fold time into batch, apply the inner layer once, unfold: tf2onnx turns Keras'
@@ -470,7 +479,7 @@ class Lowerer:
         state_sources = list(initial_values)  # what feeds each state: a model input, or an inner value
         if explicit and not initial_values:
             state_sources = [self._state_input(f"{owner}_initial_{role}", units) for role, units in roles]
-            initial_values = [self._expand_to_batch(name, units, sequence.name)
+            initial_values = [self._expand_to_batch(name, units, self._to_time_major(sequence.name))
                               for name, (_, units) in zip(state_sources, roles)]
         if cls == "Bidirectional":
             outputs, op = self.lower_bidirectional(layer, plans, sequence, initial_values)
@@ -479,7 +488,7 @@ class Lowerer:
             return self._keep_mask(outputs, layer, incoming_mask), op
         plan = plans[0]
         go_backwards = bool(layer.go_backwards)
-        x = self.w.transpose(sequence.name, [1, 0, 2])  # ONNX Runtime runs only the time-major layout
+        x = self._to_time_major(sequence.name)
         seq_lens = self._sequence_lens(sequence.mask)
         # Keras returns a backwards layer's outputs in processing order. Without a mask, reversing the
         # input and running forward gives exactly that order (as tf2onnx does); with a mask, the padding
@@ -493,29 +502,36 @@ class Lowerer:
         direction = "reverse" if go_backwards and not flip_input else "forward"
         outs = self.w.op(plan.op, _trim(op_inputs), outputs=1 + plan.state_count, **_op_attributes([plan], direction))
         y, states = outs[0], [self.w.squeeze(s, 0) for s in outs[1:]]
-        nan = self._nan_steps(sequence.name) if self.propagate_nan else None
+        nan = self._nan_steps(x if not flip_input else self._to_time_major(sequence.name)) if self.propagate_nan else None
         if nan is not None:
             states = [self._poison(s, self._any_step(nan)) for s in states]
+        bad = self._padding_flag(sequence.mask) if seq_lens is not None else None
+        main_tm = None
         if layer.return_sequences:
-            main = self.w.transpose(self.w.squeeze(y, 1), [1, 0, 2])
+            main_tm = self.w.squeeze(y, 1)  # (time, batch, units)
             if direction == "reverse":
                 # ONNX writes a reverse op's outputs in input order; Keras in processing order. With a
                 # right-padded mask, ONNX's zeros at padded steps land where Keras has its zeros.
-                main = self.w.flip(main, 1)
+                main_tm = self.w.flip(main_tm, 0)
             elif sequence.mask is not None and not getattr(layer, "zero_output_for_mask", False):
-                # Keras carries the last output over masked steps; ONNX writes zeros there.
-                # Y_h (1, batch, units) -> (batch, 1, units): one Transpose, not a Squeeze and an Unsqueeze.
-                carried = self.w.transpose(outs[1], [1, 0, 2]) if nan is None else self.w.unsqueeze(states[0], 1)
-                main = self.w.op1("Where", [self._as_3d(sequence.mask), main, carried])
+                # Keras carries the last output over masked steps; ONNX writes zeros there. Y_h is
+                # (1, batch, units): it broadcasts against (time, batch, units) as it comes.
+                carried = outs[1] if nan is None else self.w.unsqueeze(states[0], 0)
+                main_tm = self.w.op1("Where", [self._mask_time_major(sequence.mask), main_tm, carried])
             if nan is not None:
                 # Keras' outputs are in processing order; a NaN poisons every later step.
-                in_order = self.w.flip(nan, 1) if go_backwards else nan
-                main = self._poison(main, self._from_first(in_order, reverse=False), per_step=True)
+                in_order = self.w.flip(nan, 0) if go_backwards else nan
+                main_tm = self._poison(main_tm, self.w.unsqueeze(self._from_first(in_order), -1))
+            if bad is not None:
+                main_tm = self._poison(main_tm, bad)
+            main = self._from_time_major(main_tm)
         else:
             main = states[0]
+        if bad is not None:
+            states = [self._poison(s, bad) for s in states]
+            main = states[0] if not layer.return_sequences else main
         outputs = [_Value(main, sequence.mask if layer.return_sequences else None)]
         outputs += [_Value(s) for s in states]  # dropped below unless the layer returns its states
-        outputs = self._guard_padding(outputs, sequence.mask, seq_lens)
         self._record_states(owner, explicit, state_sources, outputs[1:], roles)
         outputs = outputs if layer.return_state else outputs[:1]
         return self._keep_mask(outputs, layer, incoming_mask), plan.op
@@ -526,9 +542,10 @@ class Lowerer:
         self.w.initializers.append(numpy_helper.from_array(np.zeros((1, units), np.float32), name))
         return name
 
-    def _expand_to_batch(self, state: str, units: int, sequence: str) -> str:
-        """Broadcast a (1, units) default to the batch; a fed (batch, units) state passes unchanged."""
-        batch = self.w.op1("Slice", [self.w.op1("Shape", [sequence]), self.w.ints([0]), self.w.ints([1])])
+    def _expand_to_batch(self, state: str, units: int, x_tm: str) -> str:
+        """Broadcast a (1, units) default to the batch of the time-major input; a fed (batch, units)
+        state passes unchanged."""
+        batch = self.w.op1("Slice", [self.w.op1("Shape", [x_tm]), self.w.ints([1]), self.w.ints([2])])
         shape = self.w.op1("Concat", [batch, self.w.ints([units])], axis=0)
         return self.w.op1("Expand", [state, shape])
 
@@ -550,7 +567,7 @@ class Lowerer:
     def lower_bidirectional(self, layer: Any, plans: Sequence[CellPlan], sequence: _Value,
                             initial_values: list[str]) -> tuple[list[_Value], str]:
         count = plans[0].state_count
-        x = self.w.transpose(sequence.name, [1, 0, 2])
+        x = self._to_time_major(sequence.name)
         seq_lens = self._sequence_lens(sequence.mask)
         W = self.w.const(np.stack([p.W for p in plans]), "W")
         R = self.w.const(np.stack([p.R for p in plans]), "R")
@@ -564,19 +581,23 @@ class Lowerer:
         outs = self.w.op(plans[0].op, _trim(op_inputs), outputs=1 + count, **_op_attributes(plans, "bidirectional"))
         y, states = outs[0], outs[1:]
         if self.propagate_nan:
-            nan = self._nan_steps(sequence.name)
+            nan = self._nan_steps(x)
             any_nan = self.w.unsqueeze(self._any_step(nan), 0)  # (1, batch, 1) against (2, batch, units)
             states = [self._poison(s, any_nan) for s in states]
             # Y is (time, 2, batch, units): forward outputs are poisoned after a NaN, backward ones before it.
-            per_direction = [self.w.transpose(self._from_first(nan, reverse=r), [1, 0]) for r in (False, True)]
-            flags = self.w.op1("Concat", [self.w.unsqueeze(p, 1) for p in per_direction], axis=1)
+            flags = self.w.op1("Concat", [self.w.unsqueeze(self._from_first(nan, reverse=r), 1) for r in (False, True)],
+                               axis=1)
             y = self._poison(y, self.w.unsqueeze(flags, 3))
+        if seq_lens is not None:
+            bad = self._padding_flag(sequence.mask)
+            y = self._poison(y, bad)
+            states = [self._poison(s, bad) for s in states]
         merge = layer.merge_mode
         if layer.return_sequences:
             # Keras' Bidirectional zeroes masked steps (zero_output_for_mask), as ONNX does.
-            main = self._merge(y, merge, direction_axis=1, time_major=True)
+            main = self._merge_sequences(y, merge)
         else:
-            main = self._merge(states[0], merge, direction_axis=0, time_major=False)
+            main = self._merge(states[0], merge, direction_axis=0)
         out_mask = sequence.mask if layer.return_sequences else None
         outputs = [_Value(m, out_mask) for m in main]
         split = [self.w.op("Split", [s, self.w.ints([1, 1])], outputs=2, axis=0) for s in states]
@@ -584,93 +605,101 @@ class Lowerer:
         outputs += [_Value(self.w.squeeze(parts[1], 0)) for parts in split]
         # The states come back even when the layer does not return them: the caller records them for
         # the state map, then drops them (an unread value is pruned from the graph).
-        return self._guard_padding(outputs, sequence.mask, seq_lens), plans[0].op
+        return outputs, plans[0].op
 
     # -- NaN propagation (optional): ONNX Runtime's fused LSTM/GRU activations clamp, so a NaN input
     # comes out finite; Keras propagates it. These guards put the NaN back where Keras has it.
 
-    def _nan_steps(self, sequence: str) -> str:
-        """(batch, time) float: 1 where an input step holds a NaN."""
-        isnan = self.w.op1("Cast", [self.w.op1("IsNaN", [sequence])], to=TensorProto.FLOAT)
+    def _nan_steps(self, x_tm: str) -> str:
+        """(time, batch) float: 1 where an input step holds a NaN."""
+        isnan = self.w.op1("Cast", [self.w.op1("IsNaN", [x_tm])], to=TensorProto.FLOAT)
         return self.w.reduce("ReduceMax", isnan, -1, keepdims=0)
 
     def _any_step(self, nan_steps: str) -> str:
         """(batch, 1) bool: the sample has a NaN anywhere."""
-        return self.w.op1("Cast", [self.w.reduce("ReduceMax", nan_steps, 1, keepdims=1)], to=TensorProto.BOOL)
+        anywhere = self.w.transpose(self.w.reduce("ReduceMax", nan_steps, 0, keepdims=1), [1, 0])
+        return self.w.op1("Cast", [anywhere], to=TensorProto.BOOL)
 
-    def _from_first(self, nan_steps: str, reverse: bool) -> str:
-        """(batch, time) bool: at or after (before, when reverse) a NaN step."""
-        count = self.w.op1("CumSum", [nan_steps, self.w.const(np.asarray(1, np.int64), "one")], reverse=int(reverse))
+    def _from_first(self, nan_steps: str, reverse: bool = False) -> str:
+        """(time, batch) bool: at or after (before, when reverse) a NaN step."""
+        count = self.w.op1("CumSum", [nan_steps, self.w.const(np.asarray(0, np.int64), "zero")], reverse=int(reverse))
         return self.w.op1("Greater", [count, self.w.const(np.asarray(0, np.float32), "zero")])
 
-    def _poison(self, value: str, flag: str, per_step: bool = False) -> str:
-        flag = self.w.unsqueeze(flag, -1) if per_step else flag
+    def _poison(self, value: str, flag: str) -> str:
+        """NaN where the bool flag (broadcast against the value) is true."""
         return self.w.op1("Where", [flag, self.w.const(np.asarray(np.nan, np.float32), "nan"), value])
 
-    def _guard_padding(self, outputs: list[_Value], mask: str | None, seq_lens: str | None) -> list[_Value]:
-        """Make a sample whose mask is not a right padding come out as NaN instead of silently wrong.
+    def _padding_flag(self, mask: str) -> str:
+        """(batch, 1) bool: the samples whose mask is not a right padding. It broadcasts against states
+        (batch, units), time-major sequences (time, batch, units) and Y (time, 2, batch, units) alike.
+        Their outputs become NaN instead of silently wrong numbers.
 
         `sequence_lens` can only say "the first n steps are valid". Keras skips masked steps wherever
-        they are, so for a mask with holes or left padding the fused op computes something else; the
-        outputs of such samples are set to NaN, which no parity check or user can mistake for a result.
+        they are, so for a mask with holes or left padding the fused op computes something else; NaN is
+        what no parity check or user can mistake for a result.
         """
-        if mask is None or seq_lens is None:
-            return outputs
         # A right padding never goes from a masked step back to a kept one: a rise (mask[t+1] - mask[t] = 1)
         # marks a bad sample. ReduceMax over the empty axis of a 1-step sequence gives INT32_MIN: no rise.
         int_max = np.iinfo(np.int64).max
-        as_int = self._as_int(mask)
-        before = self.w.op1("Slice", [as_int, self.w.ints([0]), self.w.ints([-1]), self.w.ints([1])])
-        after = self.w.op1("Slice", [as_int, self.w.ints([1]), self.w.ints([int_max]), self.w.ints([1])])
-        rise = self.w.reduce("ReduceMax", self.w.op1("Sub", [after, before]), 1, keepdims=1)
-        bad = self.w.op1("Greater", [rise, self.w.const(np.asarray(0, np.int32), "zero")])  # (batch, 1[, 1])
-        bad_2d, bad_3d = (bad, self.w.unsqueeze(bad, 2)) if self._int_rank(mask) == 2 else (self.w.squeeze(bad, 2), bad)
-        nan = self.w.const(np.asarray(np.nan, np.float32), "nan")
-        guarded = []
-        for value in outputs:
-            flag = bad_3d if value.mask is not None else bad_2d  # sequences are (batch, time, units)
-            guarded.append(_Value(self.w.op1("Where", [flag, nan, value.name]), value.mask))
-        return guarded
+        as_int = self._mask_int32(mask)  # (time, batch, 1)
+        before = self.w.op1("Slice", [as_int, self.w.ints([0]), self.w.ints([-1]), self.w.ints([0])])
+        after = self.w.op1("Slice", [as_int, self.w.ints([1]), self.w.ints([int_max]), self.w.ints([0])])
+        rise = self.w.reduce("ReduceMax", self.w.op1("Sub", [after, before]), 0, keepdims=0)
+        return self.w.op1("Greater", [rise, self.w.const(np.asarray(0, np.int32), "zero")])
 
-    def _merge(self, value: str, merge: str | None, direction_axis: int, time_major: bool) -> list[str]:
-        """Merge the two directions of Y (time, 2, batch, units) or Y_h (2, batch, units) as Keras does."""
-
-        def batch_major(v: str) -> str:  # (time, batch, units) -> (batch, time, units)
-            return self.w.transpose(v, [1, 0, 2]) if time_major else v
-
+    def _merge_sequences(self, y: str, merge: str | None) -> list[str]:
+        """Merge the directions of Y (time, 2, batch, units) as Keras does, in both layouts: the
+        batch-major value is the layer's output, the time-major one what a next recurrent layer reads
+        (the unread one is pruned)."""
         if merge == "concat":
-            perm = [2, 0, 1, 3] if time_major else [1, 0, 2]
-            moved = self.w.transpose(value, perm)
-            shape = [0, 0, -1] if time_major else [0, -1]
-            return [self.w.op1("Reshape", [moved, self.w.ints(shape)])]
+            batch_major = self.w.op1("Reshape", [self.w.transpose(y, [2, 0, 1, 3]), self.w.ints([0, 0, -1])])
+            self._time_major[batch_major] = self.w.op1("Reshape", [self.w.transpose(y, [0, 2, 1, 3]),
+                                                                    self.w.ints([0, 0, -1])])
+            return [batch_major]
+        return [self._from_time_major(m) for m in self._merge(y, merge, direction_axis=1)]
+
+    def _merge(self, value: str, merge: str | None, direction_axis: int) -> list[str]:
+        """Merge the two directions of Y_h (2, batch, units), or of Y along its direction axis when the
+        merge is not concat: reduced, or split in two."""
+        if merge == "concat":
+            return [self.w.op1("Reshape", [self.w.transpose(value, [1, 0, 2]), self.w.ints([0, -1])])]
         reducers = {"sum": "ReduceSum", "ave": "ReduceMean", "mul": "ReduceProd"}
         if merge in reducers:
-            return [batch_major(self.w.reduce(reducers[merge], value, direction_axis, keepdims=0))]
+            return [self.w.reduce(reducers[merge], value, direction_axis, keepdims=0)]
         parts = self.w.op("Split", [value, self.w.ints([1, 1])], outputs=2, axis=direction_axis)
-        return [batch_major(self.w.squeeze(p, direction_axis)) for p in parts]
+        return [self.w.squeeze(p, direction_axis) for p in parts]
+
+    # -- layouts and masks
+
+    def _to_time_major(self, value: str) -> str:
+        """The (time, batch, features) form of a batch-major sequence."""
+        if value not in self._time_major:
+            self._time_major[value] = self.w.transpose(value, [1, 0, 2])
+        return self._time_major[value]
+
+    def _from_time_major(self, value_tm: str) -> str:
+        """The batch-major form of a time-major sequence: the Keras layout, for outputs and other layers."""
+        batch_major = self.w.transpose(value_tm, [1, 0, 2])
+        self._time_major[batch_major] = value_tm
+        return batch_major
 
     def _sequence_lens(self, mask: str | None) -> str | None:
         if mask is None:
             return None
-        axes = [1, 2] if self._int_rank(mask) == 3 else [1]
-        return self.w.op1("ReduceSum", [self._as_int(mask), self.w.ints(axes)], keepdims=0)
+        return self.w.op1("ReduceSum", [self._mask_int32(mask), self.w.ints([0, 2])], keepdims=0)  # (batch,)
 
-    def _as_3d(self, mask: str) -> str:
-        """The (batch, time, 1) form of a (batch, time) mask, for a Where against (batch, time, units)."""
-        if mask not in self._mask_3d:
-            self._mask_3d[mask] = self.w.unsqueeze(mask, -1)
-        return self._mask_3d[mask]
+    def _mask_time_major(self, mask: str) -> str:
+        """The (time, batch, 1) bool form of a (batch, time) mask: what a Where against a time-major
+        sequence needs. Masking and Embedding write it directly; a mask made otherwise is transposed."""
+        if mask not in self._mask_tm:
+            self._mask_tm[mask] = self.w.unsqueeze(self.w.transpose(mask, [1, 0]), -1)
+        return self._mask_tm[mask]
 
-    def _as_int(self, mask: str) -> str:
-        """The mask as int32 (for sequence_lens and the padding guard), cast from whichever form exists."""
+    def _mask_int32(self, mask: str) -> str:
+        """The (time, batch, 1) mask as int32, for sequence_lens and the padding guard."""
         if mask not in self._mask_int:
-            source, rank = (self._mask_3d[mask], 3) if mask in self._mask_3d else (mask, 2)
-            self._mask_int[mask] = (self.w.op1("Cast", [source], to=TensorProto.INT32), rank)
-        return self._mask_int[mask][0]
-
-    def _int_rank(self, mask: str) -> int:
-        self._as_int(mask)
-        return self._mask_int[mask][1]
+            self._mask_int[mask] = self.w.op1("Cast", [self._mask_time_major(mask)], to=TensorProto.INT32)
+        return self._mask_int[mask]
 
 
 def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
