@@ -219,3 +219,25 @@ def test_the_mask_path_stays_small_on_the_single_step_path():
     result = export_model(build_stack(config))
     assert sum(result.op_counts.values()) <= 15, result.op_counts
     assert result.op_counts.get("Transpose") == 2 and "Unsqueeze" not in result.op_counts
+
+
+def test_dense_layers_become_matmul_add_activation_and_match_keras():
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    seq = keras.layers.LSTM(4, return_sequences=True, name="lstm")(keras.layers.Masking(name="masking")(x))
+    per_step = keras.layers.TimeDistributed(keras.layers.Dense(5, activation="relu"), name="per_step")(seq)
+    probs = keras.layers.Dense(2, activation="softmax", name="probs")(per_step)
+    last = keras.layers.LSTM(3, name="last")(per_step)  # reads the mask through the Dense layers
+    gelu = keras.layers.Dense(2, activation="gelu", use_bias=False, name="gelu")(last)  # tf2onnx: an Erfc ONNX lacks
+    elu = keras.layers.Dense(2, activation="elu", name="elu")(last)  # not lowered by lstm-onnx: tf2onnx converts it
+    model = keras.Model(x, [probs, gelu, elu])
+    result = export_model(model)
+    assert result.parity, result.parity.failures()
+    assert result.op_counts.get("Relu") == 1 and result.op_counts.get("Softmax") == 1 and result.op_counts.get("Erf") == 1
+    assert "Reshape" not in result.op_counts or result.op_counts["Reshape"] <= 1  # no TimeDistributed folding
+    data = np.random.default_rng(4).standard_normal((2, 6, 3)).astype(np.float32)
+    data[1, 4:] = 0
+    got = OnnxRunner(result.model).run({"x": data})
+    for want, have in zip(keras_outputs(model, {"x": data}), got.values()):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)

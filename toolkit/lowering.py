@@ -347,6 +347,10 @@ class Lowerer:
             return self.walk(layer, [values[id(t)] for t in node.input_tensors])
         if cls in IDENTITY_LAYERS and len(node.input_tensors) == 1:
             return [first]
+        if cls == "Dense" and _dense_activation(layer) is not None:
+            return [self.lower_dense(layer, first)]
+        if cls == "TimeDistributed" and type(layer.layer).__name__ == "Dense" and _dense_activation(layer.layer) is not None:
+            return [self.lower_dense(layer.layer, first)]  # a Dense acts on the last axis: no folding needed
         if cls == "Masking":
             return [self.lower_masking(layer, first)]
         if cls == "TimeDistributed" and len(node.input_tensors) == 1 and None not in node.input_tensors[0].shape[2:]:
@@ -400,6 +404,25 @@ class Lowerer:
             return _Value(value.name, keep)
         out_tm = self.w.op1("Where", [keep_tm, x_tm, self.w.const(np.zeros((), np.float32), "zero")])
         return _Value(self._from_time_major(out_tm), keep)
+
+    def lower_dense(self, layer: Any, value: _Value) -> _Value:
+        """MatMul (it broadcasts over batch and time), Add, activation: what Keras' Dense.call does.
+        tf2onnx writes Keras' tensordot as Shape/Cast/Reshape/Gather/Concat/Cast/MatMul/Reshape."""
+        out = self.w.op1("MatMul", [value.name, self.w.const(_numpy(layer.kernel).astype(np.float32), "kernel")])
+        if layer.bias is not None:
+            out = self.w.op1("Add", [out, self.w.const(_numpy(layer.bias).astype(np.float32), "bias")])
+        activation = _dense_activation(layer)
+        if activation == "gelu":
+            # Keras' default (exact) gelu, x/2 (1 + erf(x/sqrt 2)); ONNX has Gelu only from opset 20, and
+            # tf2onnx writes TensorFlow's erfc as an Erfc node ONNX does not have.
+            half = self.w.op1("Mul", [out, self.w.const(np.asarray(0.5, np.float32), "half")])
+            erf = self.w.op1("Erf", [self.w.op1("Mul", [out, self.w.const(np.asarray(np.sqrt(0.5), np.float32), "rsqrt2")])])
+            out = self.w.op1("Mul", [half, self.w.op1("Add", [erf, self.w.const(np.asarray(1.0, np.float32), "one")])])
+        elif activation == "silu":
+            out = self.w.op1("Mul", [out, self.w.op1("Sigmoid", [out])])
+        elif activation:
+            out = self.w.op1(activation, [out], **({"axis": -1} if activation == "Softmax" else {}))
+        return _Value(out, value.mask)  # Dense supports masking: the mask passes through
 
     def lower_embedding(self, layer: Any, tensor: Any, value: _Value) -> _Value:
         """One Gather. tf2onnx writes ten nodes for Keras' take(), which maps negative ids to
@@ -733,6 +756,22 @@ def outer_reads(graph: onnx.GraphProto) -> set[str]:
 def _main_count(layer: Any) -> int:
     """How many outputs come before the states: two for a Bidirectional with merge_mode=None."""
     return 2 if type(layer).__name__ == "Bidirectional" and layer.merge_mode is None else 1
+
+
+# Keras activations a Dense layer may end in, as the ONNX op computing the same function ("" for none).
+_DENSE_ACTIVATIONS = {"linear": "", "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax",
+                      "gelu": "gelu", "silu": "silu"}  # the last two take a few nodes each
+
+
+def _dense_activation(layer: Any) -> str | None:
+    """The ONNX op for a plain Dense layer's activation, "" for linear; None when lstm-onnx does not lower
+    the layer itself (quantized or LoRA weights, another dtype, another activation): tf2onnx converts it."""
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        return None
+    if str(getattr(layer, "compute_dtype", "float32")) != "float32":
+        return None
+    name = getattr(layer.activation, "__name__", None) if layer.activation is not None else "linear"
+    return _DENSE_ACTIVATIONS.get(name)
 
 
 def _plain_embedding(layer: Any) -> bool:
