@@ -241,3 +241,54 @@ def test_dense_layers_become_matmul_add_activation_and_match_keras():
     got = OnnxRunner(result.model).run({"x": data})
     for want, have in zip(keras_outputs(model, {"x": data}), got.values()):
         np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+
+
+def _parity_on(model, feeds):
+    result = export_model(model)
+    assert result.parity, result.parity.failures()
+    got = OnnxRunner(result.model).run(feeds)
+    for want, have in zip(keras_outputs(model, feeds), got.values()):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+    return result
+
+
+def test_masking_on_inputs_of_other_ranks_and_with_an_infinite_mask_value():
+    import keras
+
+    seq = keras.Input((None, 3), name="seq")
+    flat = keras.Input((3,), name="flat_in")  # (batch, features): the mask is (batch,)
+    masked_flat = keras.layers.Masking(2.0, name="masking_flat")(flat)
+    model = keras.Model([seq, flat], [keras.layers.LSTM(2, name="lstm")(seq),
+                                      keras.layers.Dense(2, name="flat_out")(masked_flat)])
+    data = {"seq": np.random.default_rng(5).standard_normal((2, 4, 3)).astype(np.float32),
+            "flat_in": np.array([[2, 2, 2], [2, 0, 2]], np.float32)}
+    _parity_on(model, data)
+
+    x = keras.Input((None, 2), name="x")
+    y = keras.layers.LSTM(3, return_sequences=True, name="lstm")(keras.layers.Masking(np.inf, name="masking")(x))
+    data = np.random.default_rng(6).standard_normal((2, 5, 2)).astype(np.float32)
+    data[1, 3:] = np.inf  # masked: inf == inf, though inf - inf is NaN
+    _parity_on(keras.Model(x, y), {"x": data})
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float32"])
+def test_embedding_ids_of_other_dtypes_and_the_mask_of_fractional_ids(dtype):
+    import keras
+
+    ids = keras.Input((None,), dtype=dtype, name="ids")
+    y = keras.layers.Embedding(6, 3, mask_zero=True, name="embedding")(ids)
+    model = keras.Model(ids, keras.layers.LSTM(2, return_sequences=True, name="lstm")(y))
+    data = np.array([[3, 1, 5, 0], [2, 4, 0, 0]], dtype=dtype)
+    if dtype == "float32":
+        data[1, 2] = 0.5  # Keras keeps it (mask: id != 0) and looks up row 0 (cast to int32)
+    _parity_on(model, {"ids": data})
+
+
+def test_dense_activations_are_matched_by_identity_not_by_name():
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    y = keras.layers.LSTM(4, return_sequences=True, name="lstm")(x)
+    y = keras.layers.Dense(2, activation=keras.ops.gelu, name="approx_gelu")(y)  # named "gelu", tanh-approximated
+    result = _parity_on(keras.Model(x, y), {"x": np.random.default_rng(7).standard_normal((2, 5, 3)).astype(np.float32)})
+    assert "Erf" not in result.op_counts

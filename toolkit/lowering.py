@@ -347,12 +347,13 @@ class Lowerer:
             return self.walk(layer, [values[id(t)] for t in node.input_tensors])
         if cls in IDENTITY_LAYERS and len(node.input_tensors) == 1:
             return [first]
-        if cls == "Dense" and _dense_activation(layer) is not None:
-            return [self.lower_dense(layer, first)]
-        if cls == "TimeDistributed" and type(layer.layer).__name__ == "Dense" and _dense_activation(layer.layer) is not None:
-            return [self.lower_dense(layer.layer, first)]  # a Dense acts on the last axis: no folding needed
+        tensor = node.input_tensors[0] if node.input_tensors else None
+        if cls == "Dense" and _dense_activation(layer, tensor) is not None:
+            return [self.lower_dense(layer, tensor, first)]
+        if cls == "TimeDistributed" and _dense_activation(layer.layer, tensor) is not None:
+            return [self.lower_dense(layer.layer, tensor, first)]  # a Dense acts on the last axis: no folding needed
         if cls == "Masking":
-            return [self.lower_masking(layer, first)]
+            return [self.lower_masking(layer, tensor, first)]
         if cls == "TimeDistributed" and len(node.input_tensors) == 1 and None not in node.input_tensors[0].shape[2:]:
             return [self.lower_time_distributed(layer, node.input_tensors[0], first)]
         if cls == "Embedding" and _plain_embedding(layer):
@@ -384,37 +385,48 @@ class Lowerer:
 
     # -- layers
 
-    def lower_masking(self, layer: Any, value: _Value) -> _Value:
-        # Keras keeps a step when any feature differs from mask_value. The L1 norm of (x - mask_value)
-        # over the features is 0 exactly when none does (a sum of magnitudes cannot cancel, and a NaN
-        # or an Inf makes it nonzero, as it makes Keras' not_equal true), and Cast to bool is "!= 0":
-        # two nodes where Equal/Not/Cast/ReduceMax/Cast took five. Computed on the time-major input the
-        # recurrent layer reads anyway, so the mask comes out in the layout that layer needs.
+    def lower_masking(self, layer: Any, tensor: Any, value: _Value) -> _Value:
+        """Keras keeps a step when any feature differs from mask_value. On a (batch, time, features)
+        input the mask is computed time-major, the layout the recurrent layer reading it needs."""
         mask_value = float(layer.mask_value)
-        x_tm = self._to_time_major(value.name)
-        diff = x_tm
-        if mask_value != 0.0:
-            diff = self.w.op1("Sub", [x_tm, self.w.const(np.asarray(mask_value, np.float32), "mask_value")])
-        keep_tm = self.w.op1("Cast", [self.w.reduce("ReduceL1", diff, -1, keepdims=1)], to=TensorProto.BOOL)
-        keep = self.w.transpose(self.w.squeeze(keep_tm, -1), [1, 0])  # pruned unless a batch-major reader needs it
-        self._mask_tm[keep] = keep_tm
+        time_major = len(tensor.shape) == 3
+        x = self._to_time_major(value.name) if time_major else value.name
+        keep_full = self._any_differs(x, mask_value)  # (..., 1) bool
+        keep = self.w.squeeze(keep_full, -1)  # Keras' mask: pruned unless a reader other than an RNN needs it
+        if time_major:
+            keep = self.w.transpose(keep, [1, 0])
+            self._mask_tm[keep] = keep_full
         if mask_value == 0.0:
             # Keras outputs where(mask, x, 0). With mask_value 0 a masked step is all zeros already, so
             # the Where (a node on the single-step path) would change nothing.
             return _Value(value.name, keep)
-        out_tm = self.w.op1("Where", [keep_tm, x_tm, self.w.const(np.zeros((), np.float32), "zero")])
-        return _Value(self._from_time_major(out_tm), keep)
+        out = self.w.op1("Where", [keep_full, x, self.w.const(np.zeros((), np.float32), "zero")])
+        return _Value(self._from_time_major(out) if time_major else out, keep)
 
-    def lower_dense(self, layer: Any, value: _Value) -> _Value:
+    def _any_differs(self, x: str, mask_value: float) -> str:
+        """(..., 1) bool over the last axis: does any feature differ from mask_value?"""
+        value = self.w.const(np.asarray(mask_value, np.float32), "mask_value")
+        if np.isfinite(mask_value):
+            # The L1 norm of (x - mask_value) is 0 exactly when no feature differs: a sum of magnitudes
+            # cannot cancel, a NaN or an Inf makes it nonzero as it makes Keras' not_equal true, and Cast
+            # to bool is "!= 0". Two nodes where Equal/Not/Cast/ReduceMax/Cast take five.
+            diff = x if mask_value == 0.0 else self.w.op1("Sub", [x, value])
+            return self.w.op1("Cast", [self.w.reduce("ReduceL1", diff, -1, keepdims=1)], to=TensorProto.BOOL)
+        # An infinite mask_value: inf - inf is NaN, which would count as "differs". Compare instead.
+        differs = self.w.op1("Cast", [self.w.op1("Not", [self.w.op1("Equal", [x, value])])], to=TensorProto.FLOAT)
+        return self.w.op1("Cast", [self.w.reduce("ReduceMax", differs, -1, keepdims=1)], to=TensorProto.BOOL)
+
+    def lower_dense(self, layer: Any, tensor: Any, value: _Value) -> _Value:
         """MatMul (it broadcasts over batch and time), Add, activation: what Keras' Dense.call does.
         tf2onnx writes Keras' tensordot as Shape/Cast/Reshape/Gather/Concat/Cast/MatMul/Reshape."""
         out = self.w.op1("MatMul", [value.name, self.w.const(_numpy(layer.kernel).astype(np.float32), "kernel")])
         if layer.bias is not None:
             out = self.w.op1("Add", [out, self.w.const(_numpy(layer.bias).astype(np.float32), "bias")])
-        activation = _dense_activation(layer)
+        activation = _dense_activation(layer, tensor)
         if activation == "gelu":
             # Keras' default (exact) gelu, x/2 (1 + erf(x/sqrt 2)); ONNX has Gelu only from opset 20, and
-            # tf2onnx writes TensorFlow's erfc as an Erfc node ONNX does not have.
+            # tf2onnx writes TensorFlow's erfc as an Erfc node ONNX does not have. Below x = -5.5 the sum
+            # cancels to 0 where TensorFlow's erfc form gives values under 1e-8: far inside the tolerance.
             half = self.w.op1("Mul", [out, self.w.const(np.asarray(0.5, np.float32), "half")])
             erf = self.w.op1("Erf", [self.w.op1("Mul", [out, self.w.const(np.asarray(np.sqrt(0.5), np.float32), "rsqrt2")])])
             out = self.w.op1("Mul", [half, self.w.op1("Add", [erf, self.w.const(np.asarray(1.0, np.float32), "one")])])
@@ -427,19 +439,26 @@ class Lowerer:
     def lower_embedding(self, layer: Any, tensor: Any, value: _Value) -> _Value:
         """One Gather. tf2onnx writes ten nodes for Keras' take(), which maps negative ids to
         id + vocabulary by hand; ONNX Gather does that itself (and, like TensorFlow, refuses ids out of range)."""
-        ids = value.name
-        if not str(tensor.dtype).startswith("int"):
-            ids = self.w.op1("Cast", [ids], to=TensorProto.INT32)  # Keras casts other ids to int32 too
+        raw = value.name
+        ids = raw
+        if str(tensor.dtype) not in ("int32", "int64"):
+            ids = self.w.op1("Cast", [raw], to=TensorProto.INT32)  # as Keras does; Gather takes int32/int64 only
         table = self.w.const(_numpy(layer.embeddings).astype(np.float32), "embeddings")
-        # Both layouts, each pruned when unread: gathering with transposed ids gives the time-major
-        # embeddings directly, cheaper than transposing the embedded vectors.
-        ids_tm = self.w.transpose(ids, [1, 0])
         out = self.w.op1("Gather", [table, ids], axis=0)
-        self._time_major[out] = self.w.op1("Gather", [table, ids_tm], axis=0)
         mask = None
-        if layer.mask_zero:  # a step is kept when its id is not 0 (Cast to bool is "!= 0")
-            mask = self.w.op1("Cast", [ids], to=TensorProto.BOOL)
-            self._mask_tm[mask] = self.w.op1("Cast", [self.w.unsqueeze(ids_tm, -1)], to=TensorProto.BOOL)
+        sequence = len(tensor.shape) == 2  # (batch, time) ids: a recurrent layer may read them next
+        if sequence:
+            # Both layouts, each pruned when unread: gathering with transposed ids gives the time-major
+            # embeddings directly, cheaper than transposing the embedded vectors.
+            ids_tm = self.w.transpose(ids, [1, 0])
+            self._time_major[out] = self.w.op1("Gather", [table, ids_tm], axis=0)
+        if layer.mask_zero:
+            # Keras' mask is not_equal(inputs, 0) on the ids as given, before its cast (an id 0.5 is kept):
+            # Cast to bool is that "!= 0".
+            mask = self.w.op1("Cast", [raw], to=TensorProto.BOOL)
+            if sequence:
+                raw_tm = ids_tm if ids == raw else self.w.transpose(raw, [1, 0])
+                self._mask_tm[mask] = self.w.op1("Cast", [self.w.unsqueeze(raw_tm, -1)], to=TensorProto.BOOL)
         return _Value(out, mask)
 
     def lower_time_distributed(self, layer: Any, tensor: Any, value: _Value) -> _Value:
@@ -763,15 +782,23 @@ _DENSE_ACTIVATIONS = {"linear": "", "relu": "Relu", "sigmoid": "Sigmoid", "tanh"
                       "gelu": "gelu", "silu": "silu"}  # the last two take a few nodes each
 
 
-def _dense_activation(layer: Any) -> str | None:
+def _dense_activation(layer: Any, tensor: Any) -> str | None:
     """The ONNX op for a plain Dense layer's activation, "" for linear; None when lstm-onnx does not lower
-    the layer itself (quantized or LoRA weights, another dtype, another activation): tf2onnx converts it."""
+    the layer itself (not a Dense, quantized or LoRA weights, an input or compute dtype other than
+    float32 (Keras would cast), another activation): tf2onnx converts it then."""
+    import keras
+
+    if type(layer).__name__ != "Dense" or tensor is None or str(tensor.dtype) != "float32":
+        return None
     if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
         return None
     if str(getattr(layer, "compute_dtype", "float32")) != "float32":
         return None
-    name = getattr(layer.activation, "__name__", None) if layer.activation is not None else "linear"
-    return _DENSE_ACTIVATIONS.get(name)
+    # By identity, not by name: keras.ops.gelu is also called "gelu" but defaults to the tanh approximation.
+    for name, op in _DENSE_ACTIVATIONS.items():
+        if layer.activation is getattr(keras.activations, name) or (layer.activation is None and name == "linear"):
+            return op
+    return None
 
 
 def _plain_embedding(layer: Any) -> bool:
