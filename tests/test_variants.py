@@ -219,6 +219,9 @@ def test_the_mask_path_stays_small_on_the_single_step_path():
     result = export_model(build_stack(config))
     assert sum(result.op_counts.values()) <= 15, result.op_counts
     assert result.op_counts.get("Transpose") == 2 and "Unsqueeze" not in result.op_counts
+    stacked = export_model(build_stack(variant_config("lstm_masking", layers=3, return_sequences=True,
+                                                      return_state=False, all_states=False)))
+    assert stacked.op_counts["Slice"] == 2 and stacked.op_counts["ReduceMax"] == 1  # one padding check per mask
 
 
 def test_dense_layers_become_matmul_add_activation_and_match_keras():

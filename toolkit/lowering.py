@@ -315,6 +315,7 @@ class Lowerer:
         # by every layer reading that mask.
         self._mask_tm: dict[str, str] = {}
         self._mask_int: dict[str, str] = {}
+        self._bad_padding: dict[str, str] = {}  # one padding check per mask, however many layers read it
 
     # -- the walk
 
@@ -680,6 +681,8 @@ class Lowerer:
         they are, so for a mask with holes or left padding the fused op computes something else; NaN is
         what no parity check or user can mistake for a result.
         """
+        if mask in self._bad_padding:
+            return self._bad_padding[mask]
         # A right padding never goes from a masked step back to a kept one: a rise (mask[t+1] - mask[t] = 1)
         # marks a bad sample. ReduceMax over the empty axis of a 1-step sequence gives INT32_MIN: no rise.
         int_max = np.iinfo(np.int64).max
@@ -687,7 +690,8 @@ class Lowerer:
         before = self.w.op1("Slice", [as_int, self.w.ints([0]), self.w.ints([-1]), self.w.ints([0])])
         after = self.w.op1("Slice", [as_int, self.w.ints([1]), self.w.ints([int_max]), self.w.ints([0])])
         rise = self.w.reduce("ReduceMax", self.w.op1("Sub", [after, before]), 0, keepdims=0)
-        return self.w.op1("Greater", [rise, self.w.const(np.asarray(0, np.int32), "zero")])
+        self._bad_padding[mask] = self.w.op1("Greater", [rise, self.w.const(np.asarray(0, np.int32), "zero")])
+        return self._bad_padding[mask]
 
     def _merge_sequences(self, y: str, merge: str | None) -> list[str]:
         """Merge the directions of Y (time, 2, batch, units) as Keras does, in both layouts: the
