@@ -295,3 +295,18 @@ def test_dense_activations_are_matched_by_identity_not_by_name():
     y = keras.layers.Dense(2, activation=keras.ops.gelu, name="approx_gelu")(y)  # named "gelu", tanh-approximated
     result = _parity_on(keras.Model(x, y), {"x": np.random.default_rng(7).standard_normal((2, 5, 3)).astype(np.float32)})
     assert "Erf" not in result.op_counts
+
+
+@pytest.mark.parametrize("name", ["lstm_masking", "lstm_embedding_mask", "bidirectional_gru_masking"])
+def test_a_single_masked_step_is_not_flagged_as_bad_padding(name):
+    """The padding check reduces over an empty axis when there is one step: that must read 'no rise'."""
+    model = build_stack(variant_config(name, all_states=False))
+    runner = OnnxRunner(export_model(model).model)
+    if name == "lstm_embedding_mask":
+        x = np.array([[3], [0]], np.int32)
+    else:
+        x = np.random.default_rng(8).standard_normal((2, 1, 4)).astype(np.float32)
+        x[1] = 0  # the one step masked
+    for want, got in zip(keras_outputs(model, {"input": x}), runner.run({"input": x}).values()):
+        assert not np.isnan(got).any()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
