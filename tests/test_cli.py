@@ -214,3 +214,13 @@ def test_export_sequential_variant_from_the_cli(tmp_path):
     assert result.exit_code == 0, result.output
     models = json.loads(result.output)["models"]
     assert len(models) == 2 and all(m["fused_ops"] == {"LSTM": 2} for m in models)
+
+
+def test_export_padding_left_from_the_cli_and_verify_reads_it(tmp_path):
+    result = invoke("export", "-o", tmp_path, "--variant", "lstm_masking", "--timesteps", "none",
+                    "--return-sequences", "--no-return-state", "--padding", "left", "--json")
+    assert result.exit_code == 0, result.output
+    labels = json.loads(result.output)["models"][0]["parity"]["cases"]
+    assert any("left-padded" in label for label in labels)
+    bad = invoke("export", "-o", tmp_path / "x", "--variant", "lstm_masking", "--padding", "middle")
+    assert bad.exit_code == 2 and "'middle' is not one of" in bad.output

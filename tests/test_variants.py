@@ -1,10 +1,12 @@
 """The variant matrix: every recurrent variant the builder offers becomes fused ONNX ops and matches Keras."""
 
+import json
+
 import numpy as np
 import pytest
 
 from toolkit.builder import VARIANTS, StackConfig, build_stack, variant_config
-from toolkit.errors import UnsupportedModelError
+from toolkit.errors import InputError, UnsupportedModelError
 from toolkit.exporter import export_model
 from toolkit.parity import keras_outputs
 from toolkit.runner import OnnxRunner, count_ops
@@ -310,3 +312,69 @@ def test_a_single_masked_step_is_not_flagged_as_bad_padding(name):
     for want, got in zip(keras_outputs(model, {"input": x}), runner.run({"input": x}).values()):
         assert not np.isnan(got).any()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+LEFT_PADDED = [("lstm_masking", {}), ("lstm_masking", {"go_backwards": True}), ("lstm_embedding_mask", {}),
+               ("gru_masking", {"go_backwards": True}), ("simple_rnn_masking", {}),
+               ("bidirectional_gru_masking", {}), ("bidirectional_gru_masking", {"bidirectional": "sum"}),
+               ("bidirectional_gru_masking", {"bidirectional": "none", "return_sequences": True})]
+
+
+@pytest.mark.parametrize(("name", "overrides"), LEFT_PADDED)
+def test_padding_left_exports_match_keras_on_left_padded_batches(name, overrides):
+    """--padding left: the op reads the input flipped in time, where the kept steps come first."""
+    result = export_model(build_stack(variant_config(name, **overrides)), padding="left")
+    assert result.parity, result.parity.failures()
+    assert all("left-padded" in case.label for case in result.parity.cases if "random" in case.label)
+    assert "Loop" not in result.op_counts
+
+
+def test_padding_left_flags_right_padding_and_holes_with_nan():
+    model = build_stack(variant_config("lstm_masking", all_states=False))
+    runner = OnnxRunner(export_model(model, padding="left").model)
+    x = np.random.default_rng(9).standard_normal((4, 6, 4)).astype(np.float32)
+    x[1, 4:] = 0  # right padding: not what this export is for
+    x[2, 3] = 0  # a hole
+    x[3, :2] = 0  # left padding: fine
+    expected = keras_outputs(model, {"input": x})
+    for want, got in zip(expected, runner.run({"input": x}).values()):
+        assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
+        np.testing.assert_allclose(got[[0, 3]], want[[0, 3]], rtol=1e-5, atol=1e-6)
+
+
+def test_pad_sequences_default_batches_run_with_padding_left():
+    """keras.utils.pad_sequences pads on the left by default; --padding left takes such batches as they are."""
+    import keras
+
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    y = keras.layers.Embedding(20, 8, mask_zero=True, name="embedding")(ids)
+    y = keras.layers.LSTM(6, return_sequences=True, name="encoder")(y)
+    y = keras.layers.LSTM(4, name="summary")(y)
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid", name="score")(y))
+    batch = keras.utils.pad_sequences([[5, 3, 9], [7], [2, 4, 6, 8, 10, 12], [11, 13]])  # padding="pre"
+    assert (batch[:, 0] == 0).any()
+    right = OnnxRunner(export_model(model).model).run({"ids": batch})["score_output"]
+    assert np.isnan(right[[0, 1, 3]]).all()  # the default export says these are not right-padded
+    result = export_model(model, padding="left")
+    assert result.parity, result.parity.failures()
+    got = OnnxRunner(result.model).run({"ids": batch})["score_output"]
+    np.testing.assert_allclose(got, keras_outputs(model, {"ids": batch})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_padding_is_checked_and_recorded():
+    model = build_stack(variant_config("lstm_masking"))
+    with pytest.raises(InputError, match="Expected padding in"):
+        export_model(model, padding="middle")
+    options = {p.key: p.value for p in export_model(model, padding="left").model.metadata_props}["lstm_onnx.options"]
+    assert json.loads(options)["padding"] == "left"
+
+
+def test_verify_checks_a_left_padding_export_on_left_padded_batches(tmp_path):
+    from toolkit.exporter import verify_files
+
+    model = build_stack(variant_config("gru_masking", all_states=False))
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "model.onnx").write_bytes(export_model(model, padding="left").data)
+    report = verify_files(tmp_path / "model.onnx", tmp_path / "model.keras")
+    assert report, report.failures()
+    assert any("left-padded" in case.label for case in report.cases)

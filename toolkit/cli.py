@@ -122,6 +122,8 @@ def tolerance_options(func: Any) -> Any:
               help="Also write a Triton model repository here (NAME/1/model.onnx and NAME/config.pbtxt).")
 @click.option("--propagate-nan", is_flag=True,
               help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
+@click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True,
+              help="Where masked batches hold their padding (keras pad_sequences' default is left).")
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
 @click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
@@ -129,8 +131,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
-           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, propagate_nan: bool, keep_failed: bool,
-           require_fused: bool, as_json: bool) -> None:
+           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, propagate_nan: bool, padding: str,
+           keep_failed: bool, require_fused: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -156,7 +158,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         target = output or model.with_suffix(".onnx")
         result = export_keras_model(model, target, opset=opset, output_names=renames or None, tolerances=tolerances,
                                     require_fused=require_fused, converter=converter, propagate_nan=propagate_nan,
-                                    state_io=state_io)
+                                    state_io=state_io, padding=padding)
         # As for built stacks: the table is printed whatever the outcome; the file only when parity passed.
         written = [result.save(target, keep_failed=True)] if (result.parity or keep_failed) else []
         items = [(target.name, result.parity)]
@@ -184,7 +186,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         configs = stack_configs(base, return_sequences, return_state)
         suite = export_stacks(configs, output or Path("exported"), opset=opset, output_names=renames or None,
                               tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused,
-                              converter=converter, propagate_nan=propagate_nan, state_io=state_io)
+                              converter=converter, propagate_nan=propagate_nan, state_io=state_io, padding=padding)
         items = [(entry.file, entry.result.parity) for entry in suite.entries]
         exported = [(entry.config.name, entry.result) for entry in suite.entries]
         warnings = [f"{entry.file}: {w}" for entry in suite.entries for w in entry.result.warnings]

@@ -31,7 +31,7 @@ from toolkit.compare import ParityReport, Tolerances
 from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.naming import OutputOrigin, apply_overrides, is_recurrent, output_origins, recurrent_roles, unique_names
-from toolkit.parity import check_parity
+from toolkit.parity import PADDING_SIDES, check_parity
 from toolkit.runner import (
     FUSED_RECURRENT_OPS,
     LOOP_OPS,
@@ -422,6 +422,7 @@ def export_model(
     converter: str = "lstm-onnx",
     propagate_nan: bool = False,
     state_io: bool = False,
+    padding: str = "right",
 ) -> ExportResult:
     """Export a built Keras model with named outputs, check parity, and return it in memory.
 
@@ -429,6 +430,8 @@ def export_model(
     outputs by their final names; `source` is recorded in the metadata (e.g. the builder's flags).
     """
     check_opset(opset)
+    if padding not in PADDING_SIDES:
+        raise InputError(f"Expected padding in {list(PADDING_SIDES)}. Received: {padding!r}")
     recurrent = recurrent_layer_names(model)
     if not recurrent:
         classes = sorted({type(layer).__name__ for layer in model._flatten_layers(include_self=False)})
@@ -448,7 +451,8 @@ def export_model(
             raise InputError("Expected --converter lstm-onnx with --state-io. Received: --converter tf2onnx")
         proto, lowering = convert(model, signature, opset), ()
     else:
-        proto, report = lower_model(model, signature, opset, propagate_nan=propagate_nan, state_io=state_io)
+        proto, report = lower_model(model, signature, opset, propagate_nan=propagate_nan, state_io=state_io,
+                                    padding=padding)
         lowering, states = tuple(report.layers), report.states
     output_shapes = [tuple(t.shape) for t in model.outputs]
     state_map, extra = _state_outputs(proto, states, names)
@@ -479,12 +483,12 @@ def export_model(
     except Exception as exc:  # an op tf2onnx wrote but ONNX Runtime lacks, e.g.
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"ONNX Runtime cannot load the export of {model.name!r}: {first_line[:300]}") from exc
-    report = check_parity(model, runner, names, tolerances, seed=seed)
+    report = check_parity(model, runner, names, tolerances, seed=seed, padding_side=padding)
     outputs = tuple(
         OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
         for info, origin in zip(graph_outputs(proto), origins)
     )
-    options = {"converter": converter, "propagate_nan": propagate_nan, "state_io": state_io}
+    options = {"converter": converter, "propagate_nan": propagate_nan, "state_io": state_io, "padding": padding}
     _set_metadata(
         proto,
         {
@@ -568,6 +572,7 @@ def export_keras_model(
     converter: str = "lstm-onnx",
     propagate_nan: bool = False,
     state_io: bool = False,
+    padding: str = "right",
 ) -> ExportResult:
     """Load and export a user's `.keras` file for `dst`, in memory (`ExportResult.save` writes it)."""
     target = Path(dst)
@@ -584,6 +589,7 @@ def export_keras_model(
         converter=converter,
         propagate_nan=propagate_nan,
         state_io=state_io,
+        padding=padding,
     )
     return result
 
@@ -622,14 +628,26 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
             f"Expected the ONNX model to have the Keras model's {len(model.outputs)} outputs {expected}. "
             f"Received: {len(proto.graph.output)} outputs {[o.name for o in proto.graph.output]}"
         )
+    padding = recorded_options(proto).get("padding", "right")  # the side the export was made for
     reports = []
     for runtime in runtimes:
         problem = reference_oracle_problem(proto) if runtime == "reference" else None
         if problem:
             reports.append(RuntimeReport(runtime, None, problem))
             continue
-        reports.append(RuntimeReport(runtime, check_parity(model, make_runner(proto, runtime), expected, tolerances, seed=seed)))
+        report = check_parity(model, make_runner(proto, runtime), expected, tolerances, seed=seed, padding_side=padding)
+        reports.append(RuntimeReport(runtime, report))
     return reports
+
+
+def recorded_options(onnx_model: onnx.ModelProto) -> dict[str, Any]:
+    """The export options recorded in the metadata (lstm_onnx.options), or {} for another file."""
+    recorded = {p.key: p.value for p in onnx_model.metadata_props}.get(METADATA_PREFIX + "options")
+    try:
+        options = json.loads(recorded) if recorded else {}
+    except ValueError:
+        return {}
+    return options if isinstance(options, dict) else {}
 
 
 def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:

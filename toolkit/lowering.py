@@ -300,10 +300,11 @@ class Lowerer:
     """Walks a Keras functional graph and writes the ONNX graph."""
 
     def __init__(self, writer: GraphWriter, report: LoweringReport, propagate_nan: bool = False,
-                 state_io: bool = False):
+                 state_io: bool = False, padding: str = "right"):
         self.w = writer
         self.report = report
         self.propagate_nan = propagate_nan
+        self.padding = padding  # where masked batches hold their padding: "right" or "left"
         self.state_io = state_io
         # ONNX Runtime runs recurrent ops time-major only. Every value that has (or needs) a
         # (time, batch, ...) form keeps it here, so a stack hands one layer's time-major output straight
@@ -533,16 +534,23 @@ class Lowerer:
         go_backwards = bool(layer.go_backwards)
         x = self._to_time_major(sequence.name)
         seq_lens = self._sequence_lens(sequence.mask)
-        # Keras returns a backwards layer's outputs in processing order. Without a mask, reversing the
-        # input and running forward gives exactly that order (as tf2onnx does); with a mask, the padding
-        # must stay where Keras has it, so the op runs in reverse and its output is flipped instead.
-        flip_input = go_backwards and seq_lens is None and layer.return_sequences
+        left = seq_lens is not None and self.padding == "left"
+        # sequence_lens counts valid steps from the start of the op's input. A right-padded input goes in
+        # as it is; a left-padded one goes in flipped in time, where its kept steps come first. Keras
+        # returns a backwards layer's outputs in processing order: without a mask, reversing the input
+        # and running forward gives that order (as tf2onnx does). With a mask the op runs forward on the
+        # input whose padding ends it in processing order (right padding forward, left padding
+        # backwards) and in reverse otherwise, and its output is flipped back.
+        flip_input = (go_backwards and seq_lens is None and layer.return_sequences) or left
         if flip_input:
             x = self.w.flip(x, 0)
         op_inputs = [x, self.w.const(plan.W[None], "W"), self.w.const(plan.R[None], "R"),
                      self.w.const(plan.B[None], "B"), seq_lens or ""]
         op_inputs += [self.w.unsqueeze(s, 0) for s in initial_values]
-        direction = "reverse" if go_backwards and not flip_input else "forward"
+        if seq_lens is None:
+            direction = "reverse" if go_backwards and not flip_input else "forward"
+        else:
+            direction = "reverse" if go_backwards != left else "forward"
         outs = self.w.op(plan.op, _trim(op_inputs), outputs=1 + plan.state_count, **_op_attributes([plan], direction))
         y, states = outs[0], [self.w.squeeze(s, 0) for s in outs[1:]]
         nan = self._nan_steps(x if not flip_input else self._to_time_major(sequence.name)) if self.propagate_nan else None
@@ -553,14 +561,16 @@ class Lowerer:
         if layer.return_sequences:
             main_tm = self.w.squeeze(y, 1)  # (time, batch, units)
             if direction == "reverse":
-                # ONNX writes a reverse op's outputs in input order; Keras in processing order. With a
-                # right-padded mask, ONNX's zeros at padded steps land where Keras has its zeros.
+                # ONNX writes a reverse op's outputs in its input's order; flipped, they are in Keras'
+                # order. The padding is then processed first, and Keras, like ONNX, outputs zeros there.
                 main_tm = self.w.flip(main_tm, 0)
             elif sequence.mask is not None and not getattr(layer, "zero_output_for_mask", False):
-                # Keras carries the last output over masked steps; ONNX writes zeros there. Y_h is
-                # (1, batch, units): it broadcasts against (time, batch, units) as it comes.
+                # The padding comes last in processing order: Keras carries the last output over it,
+                # ONNX writes zeros. Y_h is (1, batch, units): it broadcasts against (time, batch, units).
                 carried = outs[1] if nan is None else self.w.unsqueeze(states[0], 0)
-                main_tm = self.w.op1("Where", [self._mask_time_major(sequence.mask), main_tm, carried])
+                keep = self._mask_time_major(sequence.mask)
+                keep = self.w.flip(keep, 0) if left else keep  # processing order
+                main_tm = self.w.op1("Where", [keep, main_tm, carried])
             if nan is not None:
                 # Keras' outputs are in processing order; a NaN poisons every later step.
                 in_order = self.w.flip(nan, 0) if go_backwards else nan
@@ -610,19 +620,33 @@ class Lowerer:
     def lower_bidirectional(self, layer: Any, plans: Sequence[CellPlan], sequence: _Value,
                             initial_values: list[str]) -> tuple[list[_Value], str]:
         count = plans[0].state_count
-        x = self._to_time_major(sequence.name)
+        x_tm = self._to_time_major(sequence.name)
         seq_lens = self._sequence_lens(sequence.mask)
-        W = self.w.const(np.stack([p.W for p in plans]), "W")
-        R = self.w.const(np.stack([p.R for p in plans]), "R")
-        B = self.w.const(np.stack([p.B for p in plans]), "B")
+        # Left padding: the op reads the input flipped in time, so that the kept steps come first for
+        # sequence_lens. Its forward direction then does what Keras' backward layer does and its reverse
+        # direction what the forward layer does: the weights, initial states, Y and the final states
+        # swap directions, and Y flips back in time.
+        left = seq_lens is not None and self.padding == "left"
+        order = [1, 0] if left else [0, 1]
+        x = self.w.flip(x_tm, 0) if left else x_tm
+        W = self.w.const(np.stack([plans[i].W for i in order]), "W")
+        R = self.w.const(np.stack([plans[i].R for i in order]), "R")
+        B = self.w.const(np.stack([plans[i].B for i in order]), "B")
         op_inputs = [x, W, R, B, seq_lens or ""]
         if initial_values:
             # Keras orders them forward states then backward states; ONNX stacks directions per state.
-            fwd, bwd = initial_values[:count], initial_values[count:]
-            op_inputs += [self.w.op1("Concat", [self.w.unsqueeze(f, 0), self.w.unsqueeze(b, 0)], axis=0)
-                          for f, b in zip(fwd, bwd)]
-        outs = self.w.op(plans[0].op, _trim(op_inputs), outputs=1 + count, **_op_attributes(plans, "bidirectional"))
+            per_direction = [initial_values[:count], initial_values[count:]]
+            op_inputs += [self.w.op1("Concat", [self.w.unsqueeze(per_direction[order[0]][k], 0),
+                                                self.w.unsqueeze(per_direction[order[1]][k], 0)], axis=0)
+                          for k in range(count)]
+        outs = self.w.op(plans[0].op, _trim(op_inputs), outputs=1 + count,
+                         **_op_attributes([plans[i] for i in order], "bidirectional"))
         y, states = outs[0], outs[1:]
+        if left:
+            swap = self.w.ints([1, 0])
+            y = self.w.op1("Gather", [self.w.flip(y, 0), swap], axis=1)  # (time, [forward, backward], batch, units)
+            states = [self.w.op1("Gather", [state, swap], axis=0) for state in states]
+        x = x_tm
         if self.propagate_nan:
             nan = self._nan_steps(x)
             any_nan = self.w.unsqueeze(self._any_step(nan), 0)  # (1, batch, 1) against (2, batch, units)
@@ -673,23 +697,26 @@ class Lowerer:
         return self.w.op1("Where", [flag, self.w.const(np.asarray(np.nan, np.float32), "nan"), value])
 
     def _padding_flag(self, mask: str) -> str:
-        """(batch, 1) bool: the samples whose mask is not a right padding. It broadcasts against states
-        (batch, units), time-major sequences (time, batch, units) and Y (time, 2, batch, units) alike.
-        Their outputs become NaN instead of silently wrong numbers.
+        """(batch, 1) bool: the samples whose mask is not a padding on the export's side (right, or left
+        with padding="left"). It broadcasts against states (batch, units), time-major sequences
+        (time, batch, units) and Y (time, 2, batch, units) alike. Their outputs become NaN instead of
+        silently wrong numbers.
 
         `sequence_lens` can only say "the first n steps are valid". Keras skips masked steps wherever
-        they are, so for a mask with holes or left padding the fused op computes something else; NaN is
-        what no parity check or user can mistake for a result.
+        they are, so for a mask with holes, or padding on the other side, the fused op computes something
+        else; NaN is what no parity check or user can mistake for a result.
         """
         if mask in self._bad_padding:
             return self._bad_padding[mask]
         # A right padding never goes from a masked step back to a kept one: a rise (mask[t+1] - mask[t] = 1)
-        # marks a bad sample. ReduceMax over the empty axis of a 1-step sequence gives INT32_MIN: no rise.
+        # marks a bad sample; a left padding never goes from kept to masked: a fall marks it. ReduceMax
+        # over the empty axis of a 1-step sequence gives INT32_MIN: neither.
         int_max = np.iinfo(np.int64).max
         as_int = self._mask_int32(mask)  # (time, batch, 1)
         before = self.w.op1("Slice", [as_int, self.w.ints([0]), self.w.ints([-1]), self.w.ints([0])])
         after = self.w.op1("Slice", [as_int, self.w.ints([1]), self.w.ints([int_max]), self.w.ints([0])])
-        rise = self.w.reduce("ReduceMax", self.w.op1("Sub", [after, before]), 0, keepdims=0)
+        change = [before, after] if self.padding == "left" else [after, before]
+        rise = self.w.reduce("ReduceMax", self.w.op1("Sub", change), 0, keepdims=0)
         self._bad_padding[mask] = self.w.op1("Greater", [rise, self.w.const(np.asarray(0, np.int32), "zero")])
         return self._bad_padding[mask]
 
@@ -845,7 +872,7 @@ def _np_dtype(dtype: Any) -> np.dtype:
 
 
 def lower_model(model: Any, signature: Sequence[InputSignature], opset: int, propagate_nan: bool = False,
-                state_io: bool = False) -> tuple[onnx.ModelProto, LoweringReport]:
+                state_io: bool = False, padding: str = "right") -> tuple[onnx.ModelProto, LoweringReport]:
     """Write the ONNX model for a Keras model; outputs in the model's order, named later by the exporter.
 
     With `state_io` (and always for `stateful=True` layers) every recurrent layer gets initial-state
@@ -854,7 +881,7 @@ def lower_model(model: Any, signature: Sequence[InputSignature], opset: int, pro
     writer = GraphWriter(opset)
     report = LoweringReport()
     inputs = [_Value(s.name) for s in signature]
-    outputs = Lowerer(writer, report, propagate_nan, state_io).walk(model, inputs)
+    outputs = Lowerer(writer, report, propagate_nan, state_io, padding).walk(model, inputs)
     graph_inputs = [
         helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape))
         for s in signature

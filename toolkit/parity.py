@@ -45,23 +45,33 @@ def embedding_vocab(model: Any) -> int:
     return min(sizes) if sizes else 2
 
 
+PADDING_SIDES = ("right", "left")
+
+
 @dataclass(frozen=True)
 class Padding:
-    """How a model's inputs are masked: the value a padded step holds, for float or for int inputs."""
+    """How a model's inputs are masked: the value a padded step holds, for float or for int inputs, and
+    on which side of each sample the padding goes (the export's --padding)."""
 
     float_value: float | None = None  # from Masking(mask_value)
     int_value: int | None = None  # 0, from Embedding(mask_zero=True)
+    side: str = "right"
+
+    @property
+    def masked(self) -> bool:
+        return self.float_value is not None or self.int_value is not None
 
 
-def padding_of(model: Any) -> Padding:
+def padding_of(model: Any, side: str = "right") -> Padding:
     layers = list(model._flatten_layers(include_self=False))
     masking = [layer.mask_value for layer in layers if type(layer).__name__ == "Masking"]
     embedding = any(type(layer).__name__ == "Embedding" and layer.mask_zero for layer in layers)
-    return Padding(float(masking[0]) if masking else None, 0 if embedding else None)
+    return Padding(float(masking[0]) if masking else None, 0 if embedding else None, side)
 
 
-def right_pad(array: np.ndarray, value: float | int, rng: np.random.Generator) -> np.ndarray:
-    """Pad each sample after a random length (at least 1 step; the first sample keeps its full length)."""
+def pad(array: np.ndarray, value: float | int, rng: np.random.Generator, side: str = "right") -> np.ndarray:
+    """Keep a random number of steps per sample (at least 1; the first sample keeps them all) and pad the
+    rest with `value`, after the kept steps ("right") or before them ("left", pad_sequences' default)."""
     steps = array.shape[1]
     lengths = rng.integers(1, steps + 1, size=array.shape[0])
     lengths[0] = steps
@@ -69,7 +79,10 @@ def right_pad(array: np.ndarray, value: float | int, rng: np.random.Generator) -
         lengths[1] = max(1, steps // 2)
     padded = array.copy()
     for i, length in enumerate(lengths):
-        padded[i, length:] = value
+        if side == "left":
+            padded[i, :steps - length] = value
+        else:
+            padded[i, length:] = value
     return padded
 
 
@@ -78,7 +91,7 @@ def random_input(dims: Sequence[Any], dtype: Any, batch: int, length: int | None
     """A random input of shape (batch, *dims): a dynamic axis 1 gets `length` steps, other dynamic axes 3.
 
     Floats are standard normal; ints are token ids below `vocab` (from 1 when id 0 pads). Where the model
-    masks, each sample is right-padded after a random length.
+    masks, each sample is padded (on `padding.side`) to a random length.
     """
     shape = [batch] + [(length if (axis == 1 and length is not None) else 3) if not isinstance(d, int) else d
                        for axis, d in enumerate(dims, start=1)]
@@ -86,14 +99,15 @@ def random_input(dims: Sequence[Any], dtype: Any, batch: int, length: int | None
     if dtype.kind in "iu":
         low = 1 if padding.int_value is not None else 0
         value = rng.integers(low, max(vocab, low + 1), size=shape).astype(dtype)
-        return right_pad(value, padding.int_value, rng) if padding.int_value is not None and len(shape) >= 2 else value
+        return pad(value, padding.int_value, rng, padding.side) if padding.int_value is not None and len(shape) >= 2 \
+            else value
     value = rng.standard_normal(shape).astype(dtype)
     if padding.float_value is not None and len(shape) == 3:
-        value = right_pad(value, padding.float_value, rng)
+        value = pad(value, padding.float_value, rng, padding.side)
     return value
 
 
-def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
+def make_cases(model: Any, seed: int = 0, padding_side: str = "right") -> list[InputCase]:
     """The input cases for a Keras model: the post's input where it fits, then random batches."""
     rng = np.random.default_rng(seed + 1000)
     inputs = list(model.inputs)
@@ -108,12 +122,12 @@ def make_cases(model: Any, seed: int = 0) -> list[InputCase]:
     fixed_batch = inputs[0].shape[0]  # a stateful model is built for one batch size
     batches = (fixed_batch, fixed_batch) if fixed_batch is not None else BATCH_SIZES
     vocab = embedding_vocab(model)
-    padding = padding_of(model)
+    padding = padding_of(model, padding_side)
     for batch, length in zip(batches, lengths):
         feeds = {tensor.name: random_input(tuple(tensor.shape[1:]), _input_dtype(tensor), batch, length, rng,
                                            vocab, padding) for tensor in inputs}
         label = f"random batch {batch}" + (f", {length} steps" if length is not None else "")
-        label += ", right-padded" if (padding.float_value is not None or padding.int_value is not None) else ""
+        label += f", {padding.side}-padded" if padding.masked else ""
         cases.append(InputCase(label, feeds))
     return cases
 
@@ -154,13 +168,13 @@ def invariant_checks(origins: Sequence[OutputOrigin], names: Sequence[str], actu
 
 def check_parity(keras_model: Any, runner: OnnxRunner, expected_names: Sequence[str],
                  tolerances: Tolerances = Tolerances(), seed: int = 0,
-                 cases: Sequence[InputCase] | None = None) -> ParityReport:
+                 cases: Sequence[InputCase] | None = None, padding_side: str = "right") -> ParityReport:
     """Compare an ONNX model (in `runner`) with its Keras model on every input case."""
     tolerances.check_names(runner.output_names)
     tolerances = tolerances.resolve(count_ops(runner.model))
     origins = output_origins(keras_model)
     results = []
-    for case in cases if cases is not None else make_cases(keras_model, seed):
+    for case in cases if cases is not None else make_cases(keras_model, seed, padding_side):
         expected = keras_outputs(keras_model, case.feeds)
         actual = runner.run(case.feeds)
         invariants = invariant_checks(origins, runner.output_names, actual, tolerances)

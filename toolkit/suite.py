@@ -91,6 +91,7 @@ def export_stacks(
     converter: str = "lstm-onnx",
     propagate_nan: bool = False,
     state_io: bool = False,
+    padding: str = "right",
 ) -> SuiteResult:
     """Build, export and check each config; write them and the manifest when all pass."""
     check_opset(opset)
@@ -114,7 +115,7 @@ def export_stacks(
         result = export_model(
             model, opset=opset, output_names=names, tolerances=own, seed=config.seed,
             source={"builder": config.to_json()}, require_fused=require_fused, converter=converter,
-            propagate_nan=propagate_nan, state_io=state_io,
+            propagate_nan=propagate_nan, state_io=state_io, padding=padding,
         )
         entries.append(SuiteEntry(config=config, file=f"{config.name}.onnx", result=result))
     suite = SuiteResult(out_dir=target, entries=entries)
