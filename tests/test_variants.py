@@ -378,3 +378,46 @@ def test_verify_checks_a_left_padding_export_on_left_padded_batches(tmp_path):
     report = verify_files(tmp_path / "model.onnx", tmp_path / "model.keras")
     assert report, report.failures()
     assert any("left-padded" in case.label for case in report.cases)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_propagated_nan_leaves_the_zeros_keras_writes_at_masked_steps(padding):
+    """Bidirectional (and zero_output_for_mask=True) layers output 0 at masked steps, even after a NaN."""
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    masked = keras.layers.Masking(name="masking")(x)
+    both = keras.layers.Bidirectional(keras.layers.GRU(4, return_sequences=True), merge_mode="sum", name="bi")(masked)
+    zeroed = keras.layers.LSTM(3, return_sequences=True, zero_output_for_mask=True, name="zeroed")(masked)
+    model = keras.Model(x, [both, zeroed])
+    runner = OnnxRunner(export_model(model, propagate_nan=True, padding=padding).model)
+    data = np.random.default_rng(10).standard_normal((2, 6, 3)).astype(np.float32)
+    if padding == "left":
+        data[0, :2] = 0
+        data[0, 4, 0] = np.nan
+    else:
+        data[0, 4:] = 0
+        data[0, 1, 0] = np.nan
+    for want, got in zip(keras_outputs(model, {"x": data}), runner.run({"x": data}).values()):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lstm_masking", "gru_masking", "simple_rnn_masking"])
+def test_a_fully_masked_sample_keeps_the_states_it_was_given(name):
+    """ONNX Runtime returns zero states for sequence_lens 0; Keras keeps the initial ones (streaming)."""
+    result = export_model(build_stack(variant_config(name, layers=1, all_states=False)), state_io=True)
+    mapping = json.loads({p.key: p.value for p in result.model.metadata_props}["lstm_onnx.state_map"])
+    runner = OnnxRunner(result.model)
+    rng = np.random.default_rng(11)
+    if name == "simple_rnn_masking":
+        data = rng.integers(1, 5, (2, 4)).astype(np.int32)
+    else:
+        data = rng.standard_normal((2, 4, 4)).astype(np.float32)
+    data[1] = 0  # every step masked
+    units = {info.name: info.shape[-1] for info in runner.optional}
+    fed = {state_in: rng.standard_normal((2, units[state_in])).astype(np.float32) for state_in in mapping}
+    out = runner.run({"input": data, **fed})
+    for state_in, state_out in mapping.items():
+        np.testing.assert_array_equal(out[state_out][1], fed[state_in][1])
+        assert not np.allclose(out[state_out][0], fed[state_in][0])

@@ -553,9 +553,10 @@ class Lowerer:
             direction = "reverse" if go_backwards != left else "forward"
         outs = self.w.op(plan.op, _trim(op_inputs), outputs=1 + plan.state_count, **_op_attributes([plan], direction))
         y, states = outs[0], [self.w.squeeze(s, 0) for s in outs[1:]]
-        nan = self._nan_steps(x if not flip_input else self._to_time_major(sequence.name)) if self.propagate_nan else None
+        nan = self._nan_steps(self._to_time_major(sequence.name), sequence.mask) if self.propagate_nan else None
         if nan is not None:
             states = [self._poison(s, self._any_step(nan)) for s in states]
+        zero_masked = bool(getattr(layer, "zero_output_for_mask", False))
         bad = self._padding_flag(sequence.mask) if seq_lens is not None else None
         main_tm = None
         if layer.return_sequences:
@@ -564,7 +565,7 @@ class Lowerer:
                 # ONNX writes a reverse op's outputs in its input's order; flipped, they are in Keras'
                 # order. The padding is then processed first, and Keras, like ONNX, outputs zeros there.
                 main_tm = self.w.flip(main_tm, 0)
-            elif sequence.mask is not None and not getattr(layer, "zero_output_for_mask", False):
+            elif sequence.mask is not None and not zero_masked:
                 # The padding comes last in processing order: Keras carries the last output over it,
                 # ONNX writes zeros. Y_h is (1, batch, units): it broadcasts against (time, batch, units).
                 carried = outs[1] if nan is None else self.w.unsqueeze(states[0], 0)
@@ -572,9 +573,14 @@ class Lowerer:
                 keep = self.w.flip(keep, 0) if left else keep  # processing order
                 main_tm = self.w.op1("Where", [keep, main_tm, carried])
             if nan is not None:
-                # Keras' outputs are in processing order; a NaN poisons every later step.
+                # Keras' outputs are in processing order; a NaN poisons every later step, but for a layer
+                # that writes zeros at masked steps (zero_output_for_mask) not those.
                 in_order = self.w.flip(nan, 0) if go_backwards else nan
-                main_tm = self._poison(main_tm, self.w.unsqueeze(self._from_first(in_order), -1))
+                flags = self._from_first(in_order)
+                if sequence.mask is not None and zero_masked:
+                    kept = self.w.squeeze(self._mask_time_major(sequence.mask), -1)
+                    flags = self.w.op1("And", [flags, self.w.flip(kept, 0) if go_backwards else kept])
+                main_tm = self._poison(main_tm, self.w.unsqueeze(flags, -1))
             if bad is not None:
                 main_tm = self._poison(main_tm, bad)
             main = self._from_time_major(main_tm)
@@ -583,6 +589,8 @@ class Lowerer:
         if bad is not None:
             states = [self._poison(s, bad) for s in states]
             main = states[0] if not layer.return_sequences else main
+        if seq_lens is not None and initial_values:
+            states = self._keep_initial_when_empty(states, initial_values, seq_lens)
         outputs = [_Value(main, sequence.mask if layer.return_sequences else None)]
         outputs += [_Value(s) for s in states]  # dropped below unless the layer returns its states
         self._record_states(owner, explicit, state_sources, outputs[1:], roles)
@@ -648,12 +656,15 @@ class Lowerer:
             states = [self.w.op1("Gather", [state, swap], axis=0) for state in states]
         x = x_tm
         if self.propagate_nan:
-            nan = self._nan_steps(x)
+            nan = self._nan_steps(x, sequence.mask)
             any_nan = self.w.unsqueeze(self._any_step(nan), 0)  # (1, batch, 1) against (2, batch, units)
             states = [self._poison(s, any_nan) for s in states]
-            # Y is (time, 2, batch, units): forward outputs are poisoned after a NaN, backward ones before it.
+            # Y is (time, 2, batch, units): forward outputs are poisoned after a NaN, backward ones before it,
+            # but not at masked steps, where Keras' Bidirectional writes zeros.
             flags = self.w.op1("Concat", [self.w.unsqueeze(self._from_first(nan, reverse=r), 1) for r in (False, True)],
                                axis=1)
+            if sequence.mask is not None:
+                flags = self.w.op1("And", [flags, self.w.transpose(self._mask_time_major(sequence.mask), [0, 2, 1])])
             y = self._poison(y, self.w.unsqueeze(flags, 3))
         if seq_lens is not None:
             bad = self._padding_flag(sequence.mask)
@@ -677,10 +688,20 @@ class Lowerer:
     # -- NaN propagation (optional): ONNX Runtime's fused LSTM/GRU activations clamp, so a NaN input
     # comes out finite; Keras propagates it. These guards put the NaN back where Keras has it.
 
-    def _nan_steps(self, x_tm: str) -> str:
-        """(time, batch) float: 1 where an input step holds a NaN."""
+    def _nan_steps(self, x_tm: str, mask: str | None = None) -> str:
+        """(time, batch) float: 1 where an input step holds a NaN (a kept step: Keras skips masked ones)."""
         isnan = self.w.op1("Cast", [self.w.op1("IsNaN", [x_tm])], to=TensorProto.FLOAT)
-        return self.w.reduce("ReduceMax", isnan, -1, keepdims=0)
+        steps = self.w.reduce("ReduceMax", isnan, -1, keepdims=0)
+        if mask is None:
+            return steps
+        kept = self.w.op1("Cast", [self.w.squeeze(self._mask_time_major(mask), -1)], to=TensorProto.FLOAT)
+        return self.w.op1("Mul", [steps, kept])
+
+    def _keep_initial_when_empty(self, states: list[str], initial: Sequence[str], seq_lens: str) -> list[str]:
+        """A sample with every step masked keeps its initial states in Keras; ONNX Runtime returns zeros
+        for sequence_lens 0. Only matters when states come in (state inputs, stateful layers)."""
+        empty = self.w.unsqueeze(self.w.op1("Equal", [seq_lens, self.w.const(np.asarray(0, np.int32), "zero")]), -1)
+        return [self.w.op1("Where", [empty, init, state]) for state, init in zip(states, initial)]
 
     def _any_step(self, nan_steps: str) -> str:
         """(batch, 1) bool: the sample has a NaN anywhere."""
