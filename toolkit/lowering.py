@@ -7,8 +7,10 @@ So lstm-onnx walks the Keras functional graph itself:
 - each recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional of one of them) becomes one fused op plus the
   transposes it needs, with its weights re-ordered (Keras gates i,f,c,o; ONNX i,o,f,c);
 - `Masking` and `Embedding(mask_zero=True)` produce a mask, which becomes the op's `sequence_lens`
-  (right padding); Keras carries the last output over masked steps, ONNX writes zeros there, so a `Where`
-  restores Keras' values;
+  (right padding, or left padding with the input flipped in time); Keras carries the last output over
+  masked steps, ONNX writes zeros there, so a `Where` restores Keras' values;
+- sequences stay time-major from one recurrent layer to the next (the layout ONNX Runtime runs);
+- `Embedding` becomes a `Gather`, `Dense` (and `TimeDistributed(Dense)`) a `MatMul`/`Add`/activation;
 - `Dropout`-like layers are identities at inference;
 - every other layer is converted by tf2onnx on its own and spliced in (`tf2onnx_lib.convert_call`).
 
@@ -20,7 +22,7 @@ silent fallback.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -312,11 +314,9 @@ class Lowerer:
         # form is pruned when only the next layer read it. Each node costs about half a microsecond
         # on the single-step path, and a (batch, time, units) transpose moves every value.
         self._time_major: dict[str, str] = {}
-        # A (batch, time) bool mask's (time, batch, 1) form and its int32 cast, written once and shared
-        # by every layer reading that mask.
-        self._mask_tm: dict[str, str] = {}
-        self._mask_int: dict[str, str] = {}
-        self._bad_padding: dict[str, str] = {}  # one padding check per mask, however many layers read it
+        # What is derived from a (batch, time) bool mask, written once and shared by every layer reading
+        # that mask: its (time, batch, 1) form, its int32 cast, sequence_lens, the padding check.
+        self._mask_forms: dict[tuple[str, str], str] = {}
 
     # -- the walk
 
@@ -356,10 +356,10 @@ class Lowerer:
             return [self.lower_dense(layer.layer, tensor, first)]  # a Dense acts on the last axis: no folding needed
         if cls == "Masking":
             return [self.lower_masking(layer, tensor, first)]
-        if cls == "TimeDistributed" and len(node.input_tensors) == 1 and None not in node.input_tensors[0].shape[2:]:
-            return [self.lower_time_distributed(layer, node.input_tensors[0], first)]
+        if cls == "TimeDistributed" and len(node.input_tensors) == 1 and None not in tensor.shape[2:]:
+            return [self.lower_time_distributed(layer, tensor, first)]
         if cls == "Embedding" and _plain_embedding(layer):
-            return [self.lower_embedding(layer, node.input_tensors[0], first)]
+            return [self.lower_embedding(layer, tensor, first)]
         if is_recurrent(layer):
             try:
                 outputs, op = self.lower_recurrent(layer, node, values)
@@ -397,7 +397,7 @@ class Lowerer:
         keep = self.w.squeeze(keep_full, -1)  # Keras' mask: pruned unless a reader other than an RNN needs it
         if time_major:
             keep = self.w.transpose(keep, [1, 0])
-            self._mask_tm[keep] = keep_full
+            self._mask_forms[keep, "time_major"] = keep_full
         if mask_value == 0.0:
             # Keras outputs where(mask, x, 0). With mask_value 0 a masked step is all zeros already, so
             # the Where (a node on the single-step path) would change nothing.
@@ -421,9 +421,9 @@ class Lowerer:
     def lower_dense(self, layer: Any, tensor: Any, value: _Value) -> _Value:
         """MatMul (it broadcasts over batch and time), Add, activation: what Keras' Dense.call does.
         tf2onnx writes Keras' tensordot as Shape/Cast/Reshape/Gather/Concat/Cast/MatMul/Reshape."""
-        out = self.w.op1("MatMul", [value.name, self.w.const(_numpy(layer.kernel).astype(np.float32), "kernel")])
+        out = self.w.op1("MatMul", [value.name, self.w.const(_numpy(layer.kernel), "kernel")])
         if layer.bias is not None:
-            out = self.w.op1("Add", [out, self.w.const(_numpy(layer.bias).astype(np.float32), "bias")])
+            out = self.w.op1("Add", [out, self.w.const(_numpy(layer.bias), "bias")])
         activation = _dense_activation(layer, tensor)
         if activation == "gelu":
             # Keras' default (exact) gelu, x/2 (1 + erf(x/sqrt 2)); ONNX has Gelu only from opset 20, and
@@ -445,7 +445,7 @@ class Lowerer:
         ids = raw
         if str(tensor.dtype) not in ("int32", "int64"):
             ids = self.w.op1("Cast", [raw], to=TensorProto.INT32)  # as Keras does; Gather takes int32/int64 only
-        table = self.w.const(_numpy(layer.embeddings).astype(np.float32), "embeddings")
+        table = self.w.const(_numpy(layer.embeddings), "embeddings")
         out = self.w.op1("Gather", [table, ids], axis=0)
         mask = None
         sequence = len(tensor.shape) == 2  # (batch, time) ids: a recurrent layer may read them next
@@ -460,7 +460,8 @@ class Lowerer:
             mask = self.w.op1("Cast", [raw], to=TensorProto.BOOL)
             if sequence:
                 raw_tm = ids_tm if ids == raw else self.w.transpose(raw, [1, 0])
-                self._mask_tm[mask] = self.w.op1("Cast", [self.w.unsqueeze(raw_tm, -1)], to=TensorProto.BOOL)
+                self._mask_forms[mask, "time_major"] = self.w.op1("Cast", [self.w.unsqueeze(raw_tm, -1)],
+                                                                  to=TensorProto.BOOL)
         return _Value(out, mask)
 
     def lower_time_distributed(self, layer: Any, tensor: Any, value: _Value) -> _Value:
@@ -558,7 +559,8 @@ class Lowerer:
             states = [self._poison(s, self._any_step(nan)) for s in states]
         zero_masked = bool(getattr(layer, "zero_output_for_mask", False))
         bad = self._padding_flag(sequence.mask) if seq_lens is not None else None
-        main_tm = None
+        if bad is not None:
+            states = [self._poison(s, bad) for s in states]
         if layer.return_sequences:
             main_tm = self.w.squeeze(y, 1)  # (time, batch, units)
             if direction == "reverse":
@@ -586,9 +588,6 @@ class Lowerer:
             main = self._from_time_major(main_tm)
         else:
             main = states[0]
-        if bad is not None:
-            states = [self._poison(s, bad) for s in states]
-            main = states[0] if not layer.return_sequences else main
         if seq_lens is not None and initial_values:
             states = self._keep_initial_when_empty(states, initial_values, seq_lens)
         outputs = [_Value(main, sequence.mask if layer.return_sequences else None)]
@@ -654,9 +653,8 @@ class Lowerer:
             swap = self.w.ints([1, 0])
             y = self.w.op1("Gather", [self.w.flip(y, 0), swap], axis=1)  # (time, [forward, backward], batch, units)
             states = [self.w.op1("Gather", [state, swap], axis=0) for state in states]
-        x = x_tm
         if self.propagate_nan:
-            nan = self._nan_steps(x, sequence.mask)
+            nan = self._nan_steps(x_tm, sequence.mask)
             any_nan = self.w.unsqueeze(self._any_step(nan), 0)  # (1, batch, 1) against (2, batch, units)
             states = [self._poison(s, any_nan) for s in states]
             # Y is (time, 2, batch, units): forward outputs are poisoned after a NaN, backward ones before it,
@@ -697,12 +695,6 @@ class Lowerer:
         kept = self.w.op1("Cast", [self.w.squeeze(self._mask_time_major(mask), -1)], to=TensorProto.FLOAT)
         return self.w.op1("Mul", [steps, kept])
 
-    def _keep_initial_when_empty(self, states: list[str], initial: Sequence[str], seq_lens: str) -> list[str]:
-        """A sample with every step masked keeps its initial states in Keras; ONNX Runtime returns zeros
-        for sequence_lens 0. Only matters when states come in (state inputs, stateful layers)."""
-        empty = self.w.unsqueeze(self.w.op1("Equal", [seq_lens, self.w.const(np.asarray(0, np.int32), "zero")]), -1)
-        return [self.w.op1("Where", [empty, init, state]) for state, init in zip(states, initial)]
-
     def _any_step(self, nan_steps: str) -> str:
         """(batch, 1) bool: the sample has a NaN anywhere."""
         anywhere = self.w.transpose(self.w.reduce("ReduceMax", nan_steps, 0, keepdims=1), [1, 0])
@@ -727,8 +719,9 @@ class Lowerer:
         they are, so for a mask with holes, or padding on the other side, the fused op computes something
         else; NaN is what no parity check or user can mistake for a result.
         """
-        if mask in self._bad_padding:
-            return self._bad_padding[mask]
+        return self._mask_form(mask, "bad_padding", lambda: self._write_padding_flag(mask))
+
+    def _write_padding_flag(self, mask: str) -> str:
         # A right padding never goes from a masked step back to a kept one: a rise (mask[t+1] - mask[t] = 1)
         # marks a bad sample; a left padding never goes from kept to masked: a fall marks it. ReduceMax
         # over the empty axis of a 1-step sequence gives INT32_MIN: neither.
@@ -738,8 +731,13 @@ class Lowerer:
         after = self.w.op1("Slice", [as_int, self.w.ints([1]), self.w.ints([int_max]), self.w.ints([0])])
         change = [before, after] if self.padding == "left" else [after, before]
         rise = self.w.reduce("ReduceMax", self.w.op1("Sub", change), 0, keepdims=0)
-        self._bad_padding[mask] = self.w.op1("Greater", [rise, self.w.const(np.asarray(0, np.int32), "zero")])
-        return self._bad_padding[mask]
+        return self.w.op1("Greater", [rise, self.w.const(np.asarray(0, np.int32), "zero")])
+
+    def _keep_initial_when_empty(self, states: list[str], initial: Sequence[str], seq_lens: str) -> list[str]:
+        """A sample with every step masked keeps its initial states in Keras; ONNX Runtime returns zeros
+        for sequence_lens 0. Only matters when states come in (state inputs, stateful layers)."""
+        empty = self.w.unsqueeze(self.w.op1("Equal", [seq_lens, self.w.const(np.asarray(0, np.int32), "zero")]), -1)
+        return [self.w.op1("Where", [empty, init, state]) for state, init in zip(states, initial)]
 
     def _merge_sequences(self, y: str, merge: str | None) -> list[str]:
         """Merge the directions of Y (time, 2, batch, units) as Keras does, in both layouts: the
@@ -777,23 +775,27 @@ class Lowerer:
         self._time_major[batch_major] = value_tm
         return batch_major
 
+    def _mask_form(self, mask: str, form: str, write: Callable[[], str]) -> str:
+        if (mask, form) not in self._mask_forms:
+            self._mask_forms[mask, form] = write()
+        return self._mask_forms[mask, form]
+
     def _sequence_lens(self, mask: str | None) -> str | None:
+        """(batch,) int32: the kept steps of each sample."""
         if mask is None:
             return None
-        return self.w.op1("ReduceSum", [self._mask_int32(mask), self.w.ints([0, 2])], keepdims=0)  # (batch,)
+        return self._mask_form(mask, "lengths", lambda: self.w.op1(
+            "ReduceSum", [self._mask_int32(mask), self.w.ints([0, 2])], keepdims=0))
 
     def _mask_time_major(self, mask: str) -> str:
         """The (time, batch, 1) bool form of a (batch, time) mask: what a Where against a time-major
         sequence needs. Masking and Embedding write it directly; a mask made otherwise is transposed."""
-        if mask not in self._mask_tm:
-            self._mask_tm[mask] = self.w.unsqueeze(self.w.transpose(mask, [1, 0]), -1)
-        return self._mask_tm[mask]
+        return self._mask_form(mask, "time_major", lambda: self.w.unsqueeze(self.w.transpose(mask, [1, 0]), -1))
 
     def _mask_int32(self, mask: str) -> str:
         """The (time, batch, 1) mask as int32, for sequence_lens and the padding guard."""
-        if mask not in self._mask_int:
-            self._mask_int[mask] = self.w.op1("Cast", [self._mask_time_major(mask)], to=TensorProto.INT32)
-        return self._mask_int[mask]
+        return self._mask_form(mask, "int32", lambda: self.w.op1(
+            "Cast", [self._mask_time_major(mask)], to=TensorProto.INT32))
 
 
 def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
