@@ -38,7 +38,7 @@ from toolkit.builder import VARIANTS, build_stack, variant_config  # noqa: E402
 from toolkit.compare import Tolerances  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
-from toolkit.lowering import GraphWriter, NotFusable, _op_attributes, plan_cell  # noqa: E402
+from toolkit.lowering import CELL_OPS, GraphWriter, NotFusable, _op_attributes, plan_cell  # noqa: E402
 from toolkit.runner import OnnxRunner  # noqa: E402
 
 # Every variant the builder offers but lstm_unroll, which needs a fixed number of steps (unroll=True).
@@ -134,39 +134,35 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / (ms / 1e3) / 1e9
 
 
+def recurrent_directions(model: Any) -> list[tuple[int, int, int]]:
+    """(gates, features, units) of every direction of every top-level recurrent layer (a Bidirectional
+    layer's inner layers are counted through it)."""
+    directions = []
+    for layer in model.layers:
+        bidirectional = type(layer).__name__ == "Bidirectional"
+        inner = layer.forward_layer if bidirectional else layer
+        op = CELL_OPS.get(type(inner).__name__)
+        if op is not None:
+            shape = (GATES[op], int(inner.cell.kernel.shape[0]), int(inner.cell.units))
+            directions += [shape] * (2 if bidirectional else 1)
+    return directions
+
+
 def recurrent_flops(model: Any, batch: int, steps: int) -> float:
     """Multiply-adds of the gate matmuls (x W + h R) of every recurrent layer, both directions."""
-    total = 0.0
-    for layer in model.layers:  # top level: a Bidirectional's inner layers are counted through it
-        cls = type(layer).__name__
-        inner = layer.forward_layer if cls == "Bidirectional" else layer
-        kind = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}.get(type(inner).__name__)
-        if kind is None:
-            continue
-        features = int(inner.cell.kernel.shape[0])
-        units = int(inner.cell.units)
-        directions = 2 if cls == "Bidirectional" else 1
-        total += directions * steps * batch * 2 * GATES[kind] * units * (features + units)
-    return total
+    return sum(steps * batch * 2 * gates * units * (features + units)
+               for gates, features, units in recurrent_directions(model))
 
 
 def numpy_recurrence_ms(model: Any, batch: int, steps: int, repeats: int) -> float:
     """numpy doing the gate matmuls of every recurrent layer (x W for all steps at once, then h R step
     after step), nothing else: how fast this machine multiplies matrices of exactly these shapes."""
     rng = np.random.default_rng(0)
-    mats = []
-    for layer in model.layers:
-        cls = type(layer).__name__
-        inner = layer.forward_layer if cls == "Bidirectional" else layer
-        kind = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}.get(type(inner).__name__)
-        if kind is None:
-            continue
-        features, units = int(inner.cell.kernel.shape[0]), int(inner.cell.units)
-        for _ in range(2 if cls == "Bidirectional" else 1):
-            mats.append((rng.standard_normal((batch * steps, features)).astype(np.float32),
-                         rng.standard_normal((features, GATES[kind] * units)).astype(np.float32),
-                         rng.standard_normal((batch, units)).astype(np.float32),
-                         rng.standard_normal((units, GATES[kind] * units)).astype(np.float32)))
+    mats = [(rng.standard_normal((batch * steps, features)).astype(np.float32),
+             rng.standard_normal((features, gates * units)).astype(np.float32),
+             rng.standard_normal((batch, units)).astype(np.float32),
+             rng.standard_normal((units, gates * units)).astype(np.float32))
+            for gates, features, units in recurrent_directions(model)]
 
     def run() -> None:
         for x, w, h, r in mats:
