@@ -41,6 +41,7 @@ from toolkit.runner import (
     count_ops,
     graph_inputs,
     graph_outputs,
+    metadata_value,
     subgraphs,
 )
 from toolkit.lowering import LayerLowering, StateIO, lower_model, outer_reads, rename_values
@@ -642,7 +643,7 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
 
 def recorded_options(onnx_model: onnx.ModelProto) -> dict[str, Any]:
     """The export options recorded in the metadata (lstm_onnx.options), or {} for another file."""
-    recorded = {p.key: p.value for p in onnx_model.metadata_props}.get(METADATA_PREFIX + "options")
+    recorded = metadata_value(onnx_model, "options")
     try:
         options = json.loads(recorded) if recorded else {}
     except ValueError:
@@ -652,7 +653,7 @@ def recorded_options(onnx_model: onnx.ModelProto) -> dict[str, Any]:
 
 def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:
     """The names an export of this Keras model should carry: those recorded at export, else the defaults."""
-    recorded = {p.key: p.value for p in onnx_model.metadata_props}.get(METADATA_PREFIX + "outputs")
+    recorded = metadata_value(onnx_model, "outputs")
     if recorded:
         try:
             return [entry["name"] for entry in json.loads(recorded)]

@@ -164,6 +164,11 @@ def optional_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
     return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name in initializers)
 
 
+def metadata_value(model: onnx.ModelProto, key: str) -> str | None:
+    """One entry lstm-onnx wrote into the metadata (`lstm_onnx.<key>`), or None."""
+    return next((p.value for p in model.metadata_props if p.key == METADATA_PREFIX + key), None)
+
+
 def graph_outputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
     return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.output)
 

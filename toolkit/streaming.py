@@ -19,7 +19,7 @@ import onnx
 
 from toolkit.compare import ParityReport, Tolerances, compare_case
 from toolkit.errors import InputError
-from toolkit.runner import METADATA_PREFIX, STATE_MAP_KEY, OnnxRunner, count_ops
+from toolkit.runner import OnnxRunner, count_ops, metadata_value
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def split_steps(length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def state_map(model: onnx.ModelProto) -> dict[str, str]:
-    recorded = {p.key: p.value for p in model.metadata_props}.get(STATE_MAP_KEY)
+    recorded = metadata_value(model, "state_map")
     if not recorded:
         raise InputError("Expected an export made with --state-io (its metadata maps state outputs to inputs). "
                          "Received: a model without lstm_onnx.state_map")
@@ -64,7 +64,7 @@ def state_map(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def check_streamable(model: onnx.ModelProto) -> None:
-    layers = json.loads({p.key: p.value for p in model.metadata_props}.get(METADATA_PREFIX + "layers", "[]"))
+    layers = json.loads(metadata_value(model, "layers") or "[]")
     backwards = [layer["name"] for layer in layers if layer["class"] == "Bidirectional" or layer["go_backwards"]]
     if backwards:
         raise InputError(f"Expected only forward recurrent layers to stream. Received: {backwards}, which read the "

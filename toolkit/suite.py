@@ -20,7 +20,7 @@ from toolkit.errors import InputError
 from toolkit.exporter import DEFAULT_OPSET, ExportResult, check_opset, export_model, parity_metadata, versions
 from toolkit.fileio import atomic_write_bytes, atomic_write_text
 from toolkit.naming import output_origins, unique_names
-from toolkit.runner import METADATA_PREFIX
+from toolkit.runner import metadata_value
 
 MANIFEST_NAME = "manifest.json"
 
@@ -69,7 +69,10 @@ def build_manifest(entries: Sequence[SuiteEntry]) -> dict:
 
 
 def _metadata(result: ExportResult, key: str) -> str:
-    return next(p.value for p in result.model.metadata_props if p.key == METADATA_PREFIX + key)
+    value = metadata_value(result.model, key)
+    if value is None:  # every export writes these keys
+        raise KeyError(f"lstm_onnx.{key}")
+    return value
 
 
 def _check_keys(kind: str, keys: Sequence[str], known: Sequence[str]) -> None:
