@@ -1,0 +1,214 @@
+"""The runtimes an export deploys to, run for real: onnxruntime-node and onnxruntime-web (WASM) under
+Node, onnxruntime-web in headless Chromium, and OpenVINO (f32, and its default precision as a tier).
+
+Each computes the committed seed exports to Keras' numbers at the default tolerances; OpenVINO's
+`problem` names each defect it was measured with (and only those: a model it does not flag must match);
+every runner's `close()` leaves no process, server or profile behind. Nothing is skipped for a missing
+package: `scripts/setup_runtimes.sh` installs them all (README, .ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from toolkit.builder import StackConfig, build_stack, variant_config
+from toolkit.compare import Tolerances, compare_arrays
+from toolkit.errors import InputError
+from toolkit.exporter import export_model
+from toolkit.parity import check_parity
+from toolkit.runner import OnnxRunner
+from toolkit.runtimes import RUNTIMES, RuntimeFailure
+from toolkit.runtimes import chromium, js
+from toolkit.runtimes import openvino as ov_runtime
+from toolkit.runtimes.base import decode_tensor, encode_tensor, live_group_members
+from toolkit.suite import read_manifest
+
+EXPORTED = Path(__file__).resolve().parent.parent / "exported"
+ENTRIES = read_manifest(EXPORTED)["models"]
+# The f32 runtimes that must compute Keras' numbers; openvino-bf16 is a tier of its own (below).
+EXACT = ["onnxruntime-node", "onnxruntime-web", "chromium", "openvino"]
+PROCESS_RUNTIMES = ["onnxruntime-node", "onnxruntime-web", "chromium"]
+
+
+@pytest.fixture(scope="module")
+def seed_models():
+    """The Keras stack of each committed seed export, built fresh from its manifest config."""
+    return {entry["case"]: build_stack(StackConfig(**entry["config"])) for entry in ENTRIES}
+
+
+def _open(runtime: str, path: Path):
+    return RUNTIMES[runtime].open(path, onnx.load(str(path)))
+
+
+def _export(tmp_path: Path, name: str, **overrides) -> tuple[object, object, Path]:
+    """A small real export of a builder variant, written to disk: (keras model, export result, path)."""
+    keras_model = build_stack(variant_config(name, units=4, features=3, **overrides))
+    result = export_model(keras_model)
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(result.model.SerializeToString())
+    return keras_model, result, path
+
+
+def test_registry_names_every_runtime():
+    assert list(RUNTIMES) == ["onnxruntime-node", "onnxruntime-web", "chromium", "openvino", "openvino-bf16"]
+    assert all(runtime.name == name for name, runtime in RUNTIMES.items())
+
+
+def test_importing_the_runtimes_loads_neither_tensorflow_nor_openvino():
+    code = "import sys, toolkit.runtimes; print(sorted(m for m in ('tensorflow', 'keras', 'openvino') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "int32", "bool", "uint8"])
+def test_wire_form_round_trips(dtype):
+    array = (np.arange(24).reshape(2, 3, 4) % 3).astype(dtype)
+    spec = encode_tensor("x", array)
+    back = decode_tensor(spec)
+    assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
+
+
+@pytest.mark.parametrize("runtime", EXACT)
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e["case"])
+def test_runtime_computes_the_seed_exports_to_keras_numbers(runtime, entry, seed_models):
+    path = EXPORTED / entry["file"]
+    names = [o["name"] for o in entry["outputs"]]
+    with _open(runtime, path) as runner:
+        assert runner.output_names == names
+        report = check_parity(seed_models[entry["case"]], runner, names, Tolerances())
+        assert report, report.failures()
+        # And against ONNX Runtime in Python, on a batch no parity case uses.
+        feeds = {"input": np.random.default_rng(5).standard_normal((6, 3, 1)).astype(np.float32)}
+        ours = runner.run(feeds)
+    reference = OnnxRunner(path).run(feeds)
+    for name in names:
+        assert compare_arrays(name, reference[name], ours[name], Tolerances().base), name
+
+
+def test_openvino_runs_f32_and_its_default_tier_keeps_the_plugins_precision():
+    import openvino
+
+    path = EXPORTED / ENTRIES[0]["file"]
+    with _open("openvino", path) as exact, _open("openvino-bf16", path) as tier:
+        assert exact.precision == "<Type: 'float32'>"
+        assert tier.precision == str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+        feeds = {"input": np.random.default_rng(1).standard_normal((4, 3, 1)).astype(np.float32)}
+        reference = OnnxRunner(path).run(feeds)
+        name = exact.output_names[0]
+        error = float(np.abs(tier.run(feeds)[name] - reference[name]).max())
+    if "bf16" in tier.precision:  # this machine's CPU computes bf16 by default: measured 5e-4 on this model
+        assert error > Tolerances().base.atol * 10
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e["case"])
+def test_openvino_finds_no_problem_in_an_unmasked_export(entry):
+    assert ov_runtime.problem(onnx.load(str(EXPORTED / entry["file"]))) is None
+
+
+def test_openvino_flags_a_masked_export_and_really_computes_it_wrong(tmp_path):
+    keras_model, result, path = _export(tmp_path, "lstm_embedding_mask", layers=1)
+    problem = ov_runtime.problem(result.model)
+    assert problem and "ignores sequence_lens in a forward LSTM" in problem
+    with _open("openvino", path) as runner:
+        report = check_parity(keras_model, runner, [o.name for o in result.outputs], Tolerances())
+    assert not report  # the rule is there because OpenVINO's numbers are wrong, not as a precaution
+    assert max(s.max_abs for s in report.summaries()) > 0.01
+
+
+def test_openvino_passes_a_masked_bidirectional_gru_it_computes_right(tmp_path):
+    keras_model, result, path = _export(tmp_path, "gru", layers=1, masking="embedding", bidirectional="concat")
+    assert ov_runtime.problem(result.model) is None
+    with _open("openvino", path) as runner:
+        report = check_parity(keras_model, runner, [o.name for o in result.outputs], Tolerances())
+    assert report, report.failures()
+
+
+def test_openvino_flags_hard_sigmoid_which_it_refuses(tmp_path):
+    _, result, path = _export(tmp_path, "lstm_hard_sigmoid", layers=1)
+    assert "refuses the activation HardSigmoid in LSTM" in ov_runtime.problem(result.model)
+    with pytest.raises(RuntimeFailure, match="Unsupported activation function"):
+        _open("openvino", path)
+
+
+def _reduction(op_type: str, opset: int) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    inputs, initializers, attributes = ["x"], [], {"keepdims": 1}
+    if opset >= 18:
+        inputs.append("axes")
+        initializers.append(helper.make_tensor("axes", TensorProto.INT64, [1], [-1]))
+    else:
+        attributes["axes"] = [-1]
+    graph = helper.make_graph([helper.make_node(op_type, inputs, ["y"], **attributes)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+@pytest.mark.parametrize("op_type,opset,flagged", [("ReduceL1", 17, True), ("ReduceLogSumExp", 14, True),
+                                                   ("ReduceL1", 18, False), ("ReduceMax", 17, False)])
+def test_openvino_reduction_rule_matches_what_openvino_computes(tmp_path, op_type, opset, flagged):
+    model = _reduction(op_type, opset)
+    assert (ov_runtime.problem(model) is not None) == flagged
+    path = tmp_path / "reduce.onnx"
+    path.write_bytes(model.SerializeToString())
+    x = np.random.default_rng(2).standard_normal((4, 5, 3)).astype(np.float32)
+    want = OnnxRunner(model).run({"x": x})["y"]
+    with _open("openvino", path) as runner:
+        got = runner.run({"x": x})["y"]
+    assert (got.shape != want.shape) == flagged  # OpenVINO reduces over every axis: (1, 1, 1)
+
+
+@pytest.mark.parametrize("runtime", PROCESS_RUNTIMES)
+def test_close_leaves_no_process_behind(runtime):
+    runner = _open(runtime, EXPORTED / ENTRIES[0]["file"])
+    pid = runner.pid
+    assert live_group_members(pid), "the runtime's process should run while the runner is open"
+    port = runner.server.server_address[1] if runtime == "chromium" else None
+    profile = Path(runner.profile) if runtime == "chromium" else None
+    runner.close()
+    runner.close()  # idempotent
+    assert live_group_members(pid) == []
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    if port is not None:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        assert not profile.exists()
+    with pytest.raises(InputError, match="after close"):
+        runner.run({"input": np.zeros((1, 3, 1), np.float32)})
+
+
+@pytest.mark.parametrize("runtime", PROCESS_RUNTIMES)
+def test_a_runtimes_error_is_one_line_and_the_runner_survives_it(runtime):
+    with _open(runtime, EXPORTED / ENTRIES[0]["file"]) as runner:
+        with pytest.raises(RuntimeFailure, match=r"^Expected a run in .*Received its error: .*double") as caught:
+            runner.run({"input": np.zeros((1, 3, 1), np.float64)})
+        assert "\n" not in str(caught.value)
+        assert runner.run({"input": np.zeros((1, 3, 1), np.float32)})
+
+
+def test_a_missing_node_is_a_one_line_error_that_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(InputError, match="Expected Node.js 20.*setup_runtimes.sh"):
+        _open("onnxruntime-node", EXPORTED / ENTRIES[0]["file"])
+    with pytest.raises(InputError, match="Expected a headless Chromium"):
+        _open("chromium", EXPORTED / ENTRIES[0]["file"])
+
+
+def test_a_model_a_js_runtime_cannot_load_is_a_one_line_error(tmp_path):
+    broken = onnx.load(str(EXPORTED / ENTRIES[0]["file"]))
+    broken.graph.node[0].op_type = "NoSuchOp"
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(broken.SerializeToString())
+    with pytest.raises(RuntimeFailure, match="^Expected onnxruntime-node to load broken.onnx"):
+        js.NodeRunner(path, broken, "onnxruntime-node")
+    assert chromium.BROWSERS[0] == "chromium-headless-shell"
