@@ -66,7 +66,10 @@ def _handler(mailbox: Mailbox) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the page went away (close() killed the browser)
+                pass
 
         def do_GET(self) -> None:
             if self.path == "/next":
