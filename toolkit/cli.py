@@ -142,7 +142,6 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     _quiet_tensorflow()
     from toolkit.compare import Tolerances
     from toolkit.options import ExportOptions
-    from toolkit.report import invariant_lines, parity_table
 
     options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
                             padding=padding, require_fused=require_fused, output_names=_renames(output_name) or None,
@@ -167,7 +166,6 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         outcome = export_stacks(configs, output or Path("exported"), options, keep_failed=keep_failed)
     # As for built stacks: the table is printed whatever the outcome; files only when parity passed.
     items, exported, written, payload = outcome.items, outcome.exported, outcome.written, outcome.to_json()
-    warnings, notes = outcome.warnings, outcome.notes
     passed = all(report for _, report in items)
     if triton_repo is not None and (passed or keep_failed):
         from toolkit.triton import write_repository
@@ -177,17 +175,23 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     if as_json:
         _emit_json(payload)
     else:
-        click.echo(parity_table(items))
-        for line in invariant_lines(items):
-            click.echo(line)
-        for warning in warnings:
-            click.echo(f"warning: {warning}", err=True)
-        for note in notes:
-            click.echo(f"note: {note}", err=True)
-        click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written
-                   else "wrote nothing")
+        _print_export(items, outcome.warnings, outcome.notes, written)
     if not passed:
         raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)"))
+
+
+def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
+                  written: Sequence[Path]) -> None:
+    from toolkit.report import invariant_lines, parity_table
+
+    click.echo(parity_table(items))
+    for line in invariant_lines(items):
+        click.echo(line)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
 
 
 @cli.command()

@@ -31,7 +31,7 @@ from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imp
 from toolkit.keras_io import (check_keras_version, describe_layers, load_keras_model, model_signature, output_shapes,
                                require_recurrent)
 from toolkit.lowering import LayerLowering, StateIO, lower_model
-from toolkit.naming import OutputOrigin, apply_overrides, output_origins, unique_names
+from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins, unique_names
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.parity import check_parity
 from toolkit.runner import (FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs,
@@ -122,7 +122,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     recurrent = require_recurrent(model)
     signature = model_signature(model)
     origins = output_origins(model)
-    names = apply_overrides(unique_names([o.name for o in origins]), options.output_names)
+    names = apply_overrides(default_output_names(model, origins), options.output_names)
     graph = _convert(model, signature, options, names, origins)
     _name(graph, model.name, signature, options)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
@@ -198,27 +198,20 @@ def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], o
 
 def _fusion_check(lowering: Sequence[LayerLowering], op_counts: Mapping[str, int], recurrent: Sequence[str],
                   require_fused: bool) -> list[str]:
-    """Step 4a: say when the fast path was not taken (and refuse it with `require_fused`)."""
+    """Step 4a: say when the fast path was not taken: a layer left to tf2onnx, or (tf2onnx converter) a
+    Loop/Scan where a fused LSTM/GRU/RNN op should be; `require_fused` refuses it."""
     warnings = [f"not fused: layer {entry.layer!r} ({entry.layer_class}) converted by tf2onnx: {entry.reason}"
                 for entry in lowering if not entry.fused]
-    warnings = warnings or _fusion_warnings(op_counts, recurrent)
+    loops = {op: op_counts[op] for op in LOOP_OPS if op_counts.get(op)}
+    fused_ops = "/".join(FUSED_RECURRENT_OPS)
+    if not warnings and loops:
+        warnings = [f"not fused: the graph holds {loops} instead of fused {fused_ops} ops for recurrent layers "
+                    f"{list(recurrent)} (tf2onnx's rewriter did not match them; expect it to run several times slower)"]
+    elif not warnings and not any(op_counts.get(op) for op in FUSED_RECURRENT_OPS):
+        warnings = [f"not fused: no {fused_ops} op in the graph for recurrent layers {list(recurrent)}"]
     if warnings and require_fused:
         raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: " + warnings[0])
     return warnings
-
-
-def _fusion_warnings(op_counts: Mapping[str, int], recurrent: Sequence[str]) -> list[str]:
-    """A Loop/Scan where a fused LSTM/GRU/RNN op should be (a tf2onnx conversion)."""
-    loops = {op: op_counts[op] for op in LOOP_OPS if op_counts.get(op)}
-    fused = sum(op_counts.get(op, 0) for op in FUSED_RECURRENT_OPS)
-    if loops:
-        return [
-            f"not fused: the graph holds {loops} instead of fused {'/'.join(FUSED_RECURRENT_OPS)} ops for recurrent "
-            f"layers {list(recurrent)} (tf2onnx's rewriter did not match them; expect it to run several times slower)"
-        ]
-    if fused == 0:
-        return [f"not fused: no {'/'.join(FUSED_RECURRENT_OPS)} op in the graph for recurrent layers {list(recurrent)}"]
-    return []
 
 
 def _load_runner(proto: onnx.ModelProto, model_name: str) -> OnnxRunner:

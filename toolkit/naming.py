@@ -121,9 +121,10 @@ def output_origins(model: Any) -> list[OutputOrigin]:
     return origins
 
 
-def default_output_names(model: Any) -> list[str]:
-    """The names an export of `model` gets when the user renames nothing: `<layer>_<role>`, made unique."""
-    return unique_names([o.name for o in output_origins(model)])
+def default_output_names(model: Any, origins: Sequence[OutputOrigin] | None = None) -> list[str]:
+    """The names an export of `model` gets when the user renames nothing: `<layer>_<role>`, made unique.
+    Pass `origins` when they are already known (`output_origins(model)`)."""
+    return unique_names([o.name for o in (output_origins(model) if origins is None else origins)])
 
 
 def unique_names(names: Sequence[str]) -> list[str]:
