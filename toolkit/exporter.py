@@ -25,7 +25,7 @@ import onnx
 
 from toolkit import __version__, metadata
 from toolkit.compare import ParityReport, Tolerances
-from toolkit.errors import ExportError, InputError, ParityError, UnsupportedModelError
+from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras_io import (check_keras_version, describe_layers, load_keras_model, model_signature, output_shapes,
@@ -215,10 +215,11 @@ def _fusion_check(lowering: Sequence[LayerLowering], op_counts: Mapping[str, int
 
 
 def _load_runner(proto: onnx.ModelProto, model_name: str) -> OnnxRunner:
-    """Step 4b's runtime. ONNX Runtime raises its own exception types (pybind11's, not one base class)."""
+    """Step 4b's runtime. A graph ONNX Runtime refuses (an op tf2onnx wrote but it lacks, e.g.) is an
+    export failure, not a bad input: `OnnxRunner` says why in its `ModelLoadError`."""
     try:
         return OnnxRunner(proto)
-    except Exception as exc:  # noqa: BLE001 - an op tf2onnx wrote but ONNX Runtime lacks, e.g.
+    except ModelLoadError as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"ONNX Runtime cannot load the export of {model_name!r}: {first_line[:300]}") from exc
 
