@@ -5,7 +5,8 @@ import onnx
 import pytest
 
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.runner import OnnxRunner, inspect_model, load_feeds, load_onnx
+from toolkit.runner import inspect_model, load_feeds, load_onnx
+from toolkit.verify import OnnxRunner
 
 
 @pytest.fixture(scope="module")
