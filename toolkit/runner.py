@@ -282,8 +282,7 @@ def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np
 # The runners moved to toolkit.verify, beside their peers (KerasRunner, the runtime registry). Code written
 # before still imports them from here; a lazy look-up keeps that working without an import cycle
 # (toolkit.verify imports this module).
-_MOVED_TO_VERIFY = ("OnnxRunner", "ReferenceRunner", "reference_oracle_problem", "make_runner", "ORT_LEVELS",
-                    "RUNTIMES")
+_MOVED_TO_VERIFY = ("OnnxRunner", "ReferenceRunner", "reference_oracle_problem", "ORT_LEVELS", "RUNTIMES")
 
 
 def __getattr__(name: str) -> Any:

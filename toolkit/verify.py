@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from toolkit.compare import (
     CaseResult,
@@ -44,6 +45,17 @@ from toolkit.runner import (
     metadata_value,
     optional_inputs,
 )
+
+
+# What ONNX Runtime raises for a model or feed it rejects: its own pybind11 types (plain Exception
+# subclasses, so nothing narrower catches them) and what its Python layer raises.
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(_ort_state, name) for name in ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel",
+                                           "NoSuchFile", "NotFound", "NotImplemented", "RuntimeException", "EPFail",
+                                           "EngineError") if hasattr(_ort_state, name)
+) + (RuntimeError, TypeError, ValueError)
+# What onnx.reference's numpy kernels raise for a graph or feed they cannot evaluate.
+REFERENCE_ERRORS = (ArithmeticError, LookupError, RuntimeError, TypeError, ValueError)
 
 
 class Runner(Protocol):
@@ -126,7 +138,7 @@ class OnnxRunner(GraphRunner):
         options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
         try:
             self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=list(providers))
-        except Exception as exc:  # noqa: BLE001 -- ORT raises its own Fail/InvalidGraph/NotImplemented types
+        except ORT_ERRORS as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
             raise ModelLoadError(f"Expected a model ONNX Runtime {ort.__version__} can load. Received: "
                                  f"{first_line(exc)}") from None
 
@@ -134,7 +146,7 @@ class OnnxRunner(GraphRunner):
         checked = self.check_feeds(feeds)
         try:
             values = self.session.run(None, checked)
-        except Exception as exc:  # noqa: BLE001 -- e.g. a dim the graph fixes internally that the declared shape did not
+        except ORT_ERRORS as exc:  # e.g. a dim the graph fixes internally that the declared shape did not
             raise InputError(f"Expected inputs ONNX Runtime can run. Received an error: {first_line(exc)}") from None
         return dict(zip(self.output_names, values))
 
@@ -185,7 +197,7 @@ class ReferenceRunner(GraphRunner):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             values = self.evaluator.run(None, self.check_feeds(feeds))
-        except Exception as exc:  # noqa: BLE001 -- the evaluator raises whatever its numpy ops raise
+        except REFERENCE_ERRORS as exc:
             raise InputError(f"Expected a model onnx.reference can run. Received an error: {first_line(exc)}") from None
         return dict(zip(self.output_names, values))
 
@@ -264,13 +276,6 @@ def runtimes_named(names: Sequence[str]) -> list[Runtime]:
     if unknown or not names:
         raise InputError(f"Expected runtimes among {list(RUNTIMES)}. Received: {list(names)}")
     return [RUNTIMES[n] for n in names]
-
-
-def make_runner(model: onnx.ModelProto, runtime: str, path: Path = Path("")) -> Runner:
-    """Open one runtime by name on a model (kept for callers that predate the registry)."""
-    if runtime not in RUNTIMES:
-        raise InputError(f"Expected runtimes among {list(RUNTIMES)}. Received: {runtime!r}")
-    return RUNTIMES[runtime].open(path, model)
 
 
 # ---------------------------------------------------------------------------- run over cases, compare
