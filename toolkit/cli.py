@@ -211,9 +211,9 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
            stream: str | None, stream_length: int, runtimes: str, as_json: bool) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     _quiet_tensorflow()
-    from toolkit.compare import Tolerances
-    from toolkit.exporter import verify_runtimes
-    from toolkit.report import invariant_lines, parity_table
+    from toolkit.compare import Tolerances, VerifyReport
+    from toolkit.report import verify_text
+    from toolkit.verify import verify_runtimes
 
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
     tolerances = Tolerances.parse(atol, rtol)
@@ -223,7 +223,6 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
         sizes = parse_chunks(stream)
     results = verify_runtimes(onnx_model, keras_model, names, tolerances, seed=seed)
-    ran = [r for r in results if r.report is not None]
     streamed = None
     if sizes is not None:
         from toolkit.exporter import load_keras_model
@@ -232,37 +231,12 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
         streamed = stream_parity(load_keras_model(keras_model), load_onnx(onnx_model), sizes, stream_length,
                                  tolerances=tolerances, seed=seed)
-    passed = all(ran) and bool(ran) and (streamed is None or bool(streamed))
+    outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
     if as_json:
-        payload = {"passed": passed,
-                   "runtimes": {r.runtime: (r.report.to_json() if r.report else {"skipped": r.skipped}) for r in results}}
-        if streamed is not None:
-            payload["stream"] = {"chunks": list(streamed.chunks), "passed": bool(streamed),
-                                 "against_keras": streamed.against_keras.to_json(),
-                                 "against_unchunked": streamed.against_whole.to_json()}
-        # One runtime: its report at the top level, as before, for CI scripts that read it directly.
-        _emit_json({**ran[0].report.to_json(), **payload} if len(results) == 1 and ran else payload)
+        _emit_json(outcome.to_json())
     else:
-        label = (lambda r: onnx_model.name) if len(results) == 1 else (lambda r: f"{onnx_model.name} [{r.runtime}]")
-        items = [(label(r), r.report) for r in ran]
-        if streamed is not None:
-            chunks = ",".join(map(str, streamed.chunks))
-            items += [(f"{onnx_model.name} [stream {chunks} vs keras]", streamed.against_keras),
-                      (f"{onnx_model.name} [stream {chunks} vs unchunked]", streamed.against_whole)]
-            ran_failures = streamed.against_keras.failures() + streamed.against_whole.failures()
-        else:
-            ran_failures = []
-        click.echo(parity_table(items))
-        for line in invariant_lines(items):
-            click.echo(line)
-        for r in results:
-            if r.skipped:
-                click.echo(f"{r.runtime}: skipped: {r.skipped}")
-        failures = [f for r in ran for f in r.report.failures()] + ran_failures
-        if not ran:
-            failures = ["every requested runtime was skipped: nothing was compared"]
-        click.echo("PASS" if passed else "FAIL: " + "; ".join(failures[:5]))
-    if not passed:
+        click.echo(verify_text(outcome))
+    if not outcome:
         sys.exit(1)
 
 
@@ -278,7 +252,8 @@ def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, as_json: b
 
     from toolkit.fileio import atomic_write_bytes
     from toolkit.report import outputs_text
-    from toolkit.runner import OnnxRunner, load_feeds
+    from toolkit.runner import load_feeds
+    from toolkit.verify import OnnxRunner
 
     if output is not None and output.suffix != ".npz":
         raise InputError(f"Expected an output path ending in .npz. Received: {str(output)!r}")

@@ -310,71 +310,14 @@ def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions 
     return export_model(model, options, source={"keras_file": Path(src).name, "keras_model": model.name})
 
 
-@dataclass(frozen=True)
-class RuntimeReport:
-    """The parity of one runtime against Keras, or why that runtime was skipped."""
-
-    runtime: str
-    report: ParityReport | None
-    skipped: str = ""
-
-    def __bool__(self) -> bool:
-        return self.report is not None and bool(self.report)
-
-
-def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
-                 seed: int = 0) -> ParityReport:
-    """Re-run the parity check of an existing export against its Keras model, in ONNX Runtime."""
-    return verify_runtimes(onnx_path, keras_path, ("onnxruntime",), tolerances, seed)[0].report
-
-
-def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Sequence[str] = ("onnxruntime",),
-                    tolerances: Tolerances = Tolerances(), seed: int = 0) -> list[RuntimeReport]:
-    """Keras vs each runtime; onnx.reference is skipped, with the reason, where it is no valid oracle."""
-    from toolkit.runner import RUNTIMES, load_onnx, make_runner, reference_oracle_problem
-
-    unknown = [r for r in runtimes if r not in RUNTIMES]
-    if unknown or not runtimes:
-        raise InputError(f"Expected runtimes among {list(RUNTIMES)}. Received: {list(runtimes)}")
-    proto = load_onnx(onnx_path)
-    model = load_keras_model(keras_path)
-    expected = expected_output_names(model, proto)
-    if len(model.outputs) > len(proto.graph.output):
-        raise InputError(
-            f"Expected the ONNX model to have the Keras model's {len(model.outputs)} outputs {expected}. "
-            f"Received: {len(proto.graph.output)} outputs {[o.name for o in proto.graph.output]}"
-        )
-    padding = recorded_options(proto).get("padding", "right")  # the side the export was made for
-    reports = []
-    for runtime in runtimes:
-        problem = reference_oracle_problem(proto) if runtime == "reference" else None
-        if problem:
-            reports.append(RuntimeReport(runtime, None, problem))
-            continue
-        report = check_parity(model, make_runner(proto, runtime), expected, tolerances, seed=seed, padding_side=padding)
-        reports.append(RuntimeReport(runtime, report))
-    return reports
-
-
-def recorded_options(onnx_model: onnx.ModelProto) -> dict[str, Any]:
-    """The export options recorded in the metadata (lstm_onnx.options), or {} for another file."""
-    recorded = metadata_value(onnx_model, "options")
-    try:
-        options = json.loads(recorded) if recorded else {}
-    except ValueError:
-        return {}
-    return options if isinstance(options, dict) else {}
-
-
-def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:
-    """The names an export of this Keras model should carry: those recorded at export, else the defaults."""
-    recorded = metadata_value(onnx_model, "outputs")
-    if recorded:
-        try:
-            return [entry["name"] for entry in json.loads(recorded)]
-        except (ValueError, KeyError, TypeError):
-            pass  # unreadable metadata: fall back to the naming rules, which the comparison then checks
-    return unique_names([o.name for o in output_origins(keras_model)])
+# Verification moved to toolkit.verify; these names stay importable from here for existing callers.
+from toolkit.verify import (  # noqa: E402,F401
+    RuntimeReport,
+    expected_output_names,
+    recorded_options,
+    verify_files,
+    verify_runtimes,
+)
 
 
 
