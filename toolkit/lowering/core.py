@@ -32,32 +32,17 @@ from toolkit.errors import UnsupportedModelError
 from toolkit.naming import is_recurrent
 from toolkit.runner import subgraphs
 from toolkit.tf2onnx_lib import InputSignature, convert_call
-
-# Keras activation name -> (ONNX RNN activation, alpha, beta). Keras 3 hard_sigmoid is relu6(x + 3) / 6,
-# i.e. HardSigmoid(alpha=1/6, beta=0.5), not ONNX's default 0.2 (that was Keras 2's).
-ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
-    "tanh": ("Tanh", None, None),
-    "sigmoid": ("Sigmoid", None, None),
-    "relu": ("Relu", None, None),
-    "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0, 0.5),
-    "linear": ("Affine", 1.0, 0.0),
-    "softsign": ("Softsign", None, None),
-    "softplus": ("Softplus", None, None),
-    "elu": ("Elu", 1.0, None),
-}
+from toolkit.lowering.cells import (ACTIVATIONS, CELL_OPS, CellPlan, NotFusable, _op_attributes, plan_cell,
+                                    bidirectional_plans as _bidirectional_plans, state_roles as _state_roles,
+                                    to_numpy as _numpy)
+from toolkit.lowering.writer import GraphWriter, outer_reads, prune, rename_values, trim as _trim
 
 # Layers that are the identity at inference time and pass their input's mask on.
 IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
                    "ActivityRegularization")
 
-CELL_OPS = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
-
 # Keras merge layers: their output mask is the AND of their inputs' masks.
 MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
-
-
-class NotFusable(Exception):
-    """Why one recurrent layer cannot become a fused op (reported, then converted by tf2onnx)."""
 
 
 @dataclass(frozen=True)
@@ -94,199 +79,6 @@ class LoweringReport:
     layers: list[LayerLowering] = field(default_factory=list)
     states: list[StateIO] = field(default_factory=list)
     state_inputs: list[onnx.ValueInfoProto] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------------------- graph writer
-
-
-class GraphWriter:
-    """Accumulates nodes and initializers with unique value names (canonicalized later by the exporter)."""
-
-    def __init__(self, opset: int):
-        self.opset = opset
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-        self._consts: dict[tuple, str] = {}
-
-    def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}__{self._count}"
-
-    def const(self, array: np.ndarray, hint: str = "const") -> str:
-        array = np.asarray(array)
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if key not in self._consts:
-            name = self.fresh(hint)
-            self.initializers.append(numpy_helper.from_array(array, name))
-            self._consts[key] = name
-        return self._consts[key]
-
-    def ints(self, values: Sequence[int]) -> str:
-        return self.const(np.asarray(values, dtype=np.int64), "ints")
-
-    def op(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs: Any) -> list[str]:
-        names = [self.fresh(op_type) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
-        return names
-
-    def op1(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
-        return self.op(op_type, inputs, 1, **attrs)[0]
-
-    def squeeze(self, value: str, axis: int) -> str:
-        return self.op1("Squeeze", [value, self.ints([axis])])
-
-    def unsqueeze(self, value: str, axis: int) -> str:
-        return self.op1("Unsqueeze", [value, self.ints([axis])])
-
-    def reduce(self, op_type: str, value: str, axis: int, keepdims: int) -> str:
-        # ReduceSum takes its axes as an input from opset 13, the other reductions from opset 18.
-        if op_type == "ReduceSum" or self.opset >= 18:
-            return self.op1(op_type, [value, self.ints([axis])], keepdims=keepdims)
-        return self.op1(op_type, [value], axes=[axis], keepdims=keepdims)
-
-    def transpose(self, value: str, perm: Sequence[int]) -> str:
-        return self.op1("Transpose", [value], perm=list(perm))
-
-    def flip(self, value: str, axis: int) -> str:
-        """Reverse one axis (a negative-step Slice)."""
-        int_min = np.iinfo(np.int64).min
-        return self.op1("Slice", [value, self.ints([-1]), self.ints([int_min]), self.ints([axis]), self.ints([-1])])
-
-    def splice(self, model: onnx.ModelProto, inputs: Sequence[str], prefix: str) -> list[str]:
-        """Copy a converted sub-model in, wiring its graph inputs to `inputs`; return its outputs' new names."""
-        graph = model.graph
-        initializer_names = {t.name for t in graph.initializer}
-        real_inputs = [v.name for v in graph.input if v.name not in initializer_names]
-        mapping = dict(zip(real_inputs, inputs))
-        for node in graph.node:
-            for name in node.output:
-                if name and name not in mapping:
-                    mapping[name] = self.fresh(prefix)
-        for name in initializer_names:
-            mapping[name] = self.fresh(prefix)
-        rename_values(graph, mapping)
-        self.nodes.extend(graph.node)
-        self.initializers.extend(graph.initializer)
-        return [mapping.get(v.name, v.name) for v in graph.output]
-
-
-def rename_values(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
-    """Rename values in one pass, subgraphs included (a Loop body reads outer values by name)."""
-    if not mapping:
-        return
-    for node in graph.node:
-        node.input[:] = [mapping.get(n, n) for n in node.input]
-        node.output[:] = [mapping.get(n, n) for n in node.output]
-        for sub in subgraphs(node):
-            inner = {k: v for k, v in mapping.items()
-                     if k not in {i.name for i in sub.input} | {o.name for o in sub.output}}
-            rename_values(sub, inner)
-    for init in graph.initializer:
-        init.name = mapping.get(init.name, init.name)
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-        value.name = mapping.get(value.name, value.name)
-
-
-# ---------------------------------------------------------------------------------- recurrent weights
-
-
-@dataclass(frozen=True)
-class CellPlan:
-    """One direction of a recurrent layer in ONNX terms."""
-
-    op: str
-    hidden: int
-    W: np.ndarray  # (gates * hidden, features)
-    R: np.ndarray  # (gates * hidden, hidden)
-    B: np.ndarray  # (2 * gates * hidden,)
-    activations: tuple[str, ...]
-    alphas: tuple[float | None, ...]
-    betas: tuple[float | None, ...]
-    linear_before_reset: int | None = None
-    state_count: int = 1
-
-
-def _activation(fn: Any, layer: Any, what: str) -> tuple[str, float | None, float | None]:
-    import keras
-
-    try:
-        name = keras.activations.serialize(fn)
-    except Exception:
-        name = getattr(fn, "__name__", repr(fn))
-    if isinstance(name, dict):  # a callable object (keras.layers.ReLU(), a custom class) serializes as a dict
-        name = name.get("class_name", "?")
-    if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise NotFusable(f"{what} {name!r} has no ONNX {CELL_OPS.get(type(layer).__name__, 'RNN')} equivalent "
-                         f"(supported: {sorted(ACTIVATIONS)})")
-    return ACTIVATIONS[name]
-
-
-def _numpy(variable: Any) -> np.ndarray:
-    import keras
-
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
-
-
-def plan_cell(layer: Any) -> CellPlan:
-    """Re-order one Keras LSTM/GRU/SimpleRNN layer's weights for the ONNX op."""
-    cls = type(layer).__name__
-    if cls not in CELL_OPS:
-        raise NotFusable(f"{cls} is not one of {sorted(CELL_OPS)}")
-    cell = layer.cell
-    if getattr(layer, "dtype_policy", None) is not None and layer.dtype_policy.compute_dtype != "float32":
-        raise NotFusable(f"compute dtype {layer.dtype_policy.compute_dtype} (only float32 is lowered)")
-    units = int(cell.units)
-    kernel = _numpy(cell.kernel)
-    recurrent = _numpy(cell.recurrent_kernel)
-    bias = _numpy(cell.bias) if getattr(cell, "bias", None) is not None else None
-    act = _activation(cell.activation, layer, "activation")
-    if cls == "LSTM":
-        rec = _activation(cell.recurrent_activation, layer, "recurrent_activation")
-        order = [0, 3, 1, 2]  # Keras i, f, c, o -> ONNX i, o, f, c
-
-        def reorder(matrix: np.ndarray) -> np.ndarray:
-            blocks = np.split(matrix, 4, axis=-1)
-            return np.concatenate([blocks[i] for i in order], axis=-1)
-
-        W, R = reorder(kernel).T, reorder(recurrent).T
-        wb = reorder(bias) if bias is not None else np.zeros(4 * units, np.float32)
-        B = np.concatenate([wb, np.zeros(4 * units, np.float32)])
-        acts = (rec, act, act)
-        return CellPlan("LSTM", units, W, R, B, tuple(a[0] for a in acts), tuple(a[1] for a in acts),
-                        tuple(a[2] for a in acts), state_count=2)
-    if cls == "GRU":
-        rec = _activation(cell.recurrent_activation, layer, "recurrent_activation")
-        reset_after = bool(cell.reset_after)
-        # Keras and ONNX both order GRU gates z, r, h.
-        if bias is None:
-            B = np.zeros(6 * units, np.float32)
-        elif reset_after:  # bias is (2, 3 * units): input bias, recurrent bias
-            B = np.concatenate([bias[0], bias[1]])
-        else:
-            B = np.concatenate([bias, np.zeros(3 * units, np.float32)])
-        acts = (rec, act)
-        return CellPlan("GRU", units, kernel.T, recurrent.T, B, tuple(a[0] for a in acts),
-                        tuple(a[1] for a in acts), tuple(a[2] for a in acts),
-                        linear_before_reset=1 if reset_after else 0)
-    B = np.concatenate([bias if bias is not None else np.zeros(units, np.float32), np.zeros(units, np.float32)])
-    return CellPlan("RNN", units, kernel.T, recurrent.T, B, (act[0],), (act[1],), (act[2],))
-
-
-def _op_attributes(plans: Sequence[CellPlan], direction: str) -> dict[str, Any]:
-    first = plans[0]
-    attrs: dict[str, Any] = {"hidden_size": first.hidden, "direction": direction,
-                             "activations": [a for p in plans for a in p.activations]}
-    # ONNX Runtime reads activation_alpha/beta in order, one per activation that takes the parameter.
-    alphas = [a for p in plans for a in p.alphas if a is not None]
-    betas = [b for p in plans for b in p.betas if b is not None]
-    if alphas:
-        attrs["activation_alpha"] = alphas
-    if betas:
-        attrs["activation_beta"] = betas
-    if first.linear_before_reset is not None:
-        attrs["linear_before_reset"] = first.linear_before_reset
-    return attrs
 
 
 # ------------------------------------------------------------------------------------ the graph walk
@@ -798,34 +590,6 @@ class Lowerer:
             "Cast", [self._mask_time_major(mask)], to=TensorProto.INT32))
 
 
-def prune(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
-    """Drop nodes nothing reads, and unread outputs of the recurrent ops (ORT then skips writing them:
-    a `return_sequences=False` layer's Y costs a copy per step otherwise)."""
-    needed = set(outputs)
-    kept: list[onnx.NodeProto] = []
-    for node in reversed(list(nodes)):
-        if not any(name in needed for name in node.output):
-            continue
-        if node.op_type in CELL_OPS.values():
-            node.output[:] = _trim([name if name in needed else "" for name in node.output])
-        needed.update(name for name in node.input if name)
-        for sub in subgraphs(node):  # values a subgraph reads from outside count as read
-            needed.update(outer_reads(sub))
-        kept.append(node)
-    return kept[::-1]
-
-
-def outer_reads(graph: onnx.GraphProto) -> set[str]:
-    produced = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    reads: set[str] = set()
-    for node in graph.node:
-        reads.update(n for n in node.input if n and n not in produced)
-        for sub in subgraphs(node):
-            reads.update(r for r in outer_reads(sub) if r not in produced)
-        produced.update(node.output)
-    return reads
-
-
 def _main_count(layer: Any) -> int:
     """How many outputs come before the states: two for a Bidirectional with merge_mode=None."""
     return 2 if type(layer).__name__ == "Bidirectional" and layer.merge_mode is None else 1
@@ -859,35 +623,6 @@ def _plain_embedding(layer: Any) -> bool:
     """An Embedding that is a table lookup: no quantized or LoRA weights, float32 output."""
     return (not getattr(layer, "quantization_mode", None) and not getattr(layer, "lora_enabled", False)
             and str(getattr(layer, "compute_dtype", "float32")) == "float32")
-
-
-def _bidirectional_plans(layer: Any) -> list[CellPlan]:
-    """One op with direction=bidirectional needs two directions of the same kind and size."""
-    forward, backward = layer.forward_layer, layer.backward_layer
-    if type(forward) is not type(backward) or forward.go_backwards or not backward.go_backwards:
-        raise NotFusable("a Bidirectional whose backward layer differs from its forward layer")
-    plans = [plan_cell(forward), plan_cell(backward)]
-    if plans[0].hidden != plans[1].hidden or plans[0].linear_before_reset != plans[1].linear_before_reset:
-        raise NotFusable("forward and backward layers of different sizes or GRU variants")
-    return plans
-
-
-def _state_roles(layer: Any) -> list[tuple[str, int]]:
-    """(role, units) of each state, in Keras' order: forward states then backward ones."""
-    from toolkit.naming import state_roles
-
-    if type(layer).__name__ == "Bidirectional":
-        inner = layer.forward_layer
-        roles = state_roles(inner)
-        return [(f"{d}_{r}", int(inner.units)) for d in ("forward", "backward") for r in roles]
-    return [(r, int(layer.units)) for r in state_roles(layer)]
-
-
-def _trim(inputs: list[str]) -> list[str]:
-    """Drop trailing empty optional inputs."""
-    while inputs and inputs[-1] == "":
-        inputs.pop()
-    return inputs
 
 
 def _np_dtype(dtype: Any) -> np.dtype:
