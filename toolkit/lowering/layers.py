@@ -19,6 +19,8 @@ from onnx import TensorProto
 from toolkit.lowering import masks
 from toolkit.lowering.cells import NotFusable, to_numpy
 from toolkit.lowering.context import LayerCall, LayerLowering, LoweringContext, Value, handles
+from toolkit.lowering.recurrent import lower_recurrent
+from toolkit.naming import is_recurrent
 from toolkit.tf2onnx_lib import InputSignature, convert_call
 
 # Layers that are the identity at inference time and pass their input's mask on.
@@ -211,9 +213,6 @@ def plain_weights(layer: Any) -> bool:
 def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
     """One fused op (`recurrent.py`), or, when the layer cannot be fused, tf2onnx with the reason
     reported: never a silent fallback."""
-    from toolkit.lowering.recurrent import lower_recurrent
-    from toolkit.naming import is_recurrent
-
     layer = call.layer
     if not is_recurrent(layer):
         return None  # a layer of another kind under a recurrent class name

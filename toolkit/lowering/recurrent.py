@@ -140,7 +140,7 @@ def finish(ctx: LoweringContext, rc: RecurrentCall, outputs: list[Value]) -> lis
 
 def lower_recurrent(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> tuple[list[Value], str]:
     """Every step for one call; returns its outputs and the fused op's type. Raises NotFusable."""
-    from toolkit.lowering.bidirectional import lower_bidirectional
+    from toolkit.lowering.bidirectional import lower_bidirectional  # it builds on this module's steps
 
     rc = read_call(ctx, node, values)
     plans = plan(rc.layer)
