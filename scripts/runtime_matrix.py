@@ -36,29 +36,9 @@ from toolkit.errors import InputError  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
 from toolkit.parity import check_parity  # noqa: E402
-from toolkit.runner import OnnxRunner  # noqa: E402
-from toolkit.runtimes import RUNTIMES, Runtime  # noqa: E402
+from toolkit.verify import RUNTIMES, Runtime  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class _PythonOrt(OnnxRunner):
-    """ONNX Runtime in this process, the baseline column (toolkit.verify registers it as a runner)."""
-
-    name = "onnxruntime"
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "_PythonOrt":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-PYTHON_ORT = Runtime("onnxruntime", lambda model: None, lambda path, model: _PythonOrt(model))
-ALL_RUNTIMES: dict[str, Runtime] = {"onnxruntime": PYTHON_ORT, **RUNTIMES}
 
 
 @dataclass
@@ -158,10 +138,10 @@ def summary(cells: list[Cell]) -> dict[str, dict[str, int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--runtimes", nargs="*", default=list(ALL_RUNTIMES), choices=list(ALL_RUNTIMES))
+    parser.add_argument("--runtimes", nargs="*", default=list(RUNTIMES), choices=list(RUNTIMES))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    chosen = {name: ALL_RUNTIMES[name] for name in args.runtimes}
+    chosen = {name: RUNTIMES[name] for name in args.runtimes}
     cells = run_matrix(args.variants, chosen, lambda line: print(line, flush=True))
     counts = summary(cells)
     payload = {"summary": counts, "cells": [asdict(c) for c in cells]}

@@ -9,6 +9,7 @@ package: `scripts/setup_runtimes.sh` installs them all (README, .ci/run).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,12 +24,14 @@ from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.compare import Tolerances, compare_arrays
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
+from toolkit.inputs import InputCase
 from toolkit.parity import check_parity
-from toolkit.runner import OnnxRunner
-from toolkit.runtimes import RUNTIMES, RuntimeFailure
+from toolkit.runner import metadata_value
 from toolkit.runtimes import chromium, js
 from toolkit.runtimes import openvino as ov_runtime
-from toolkit.runtimes.base import decode_tensor, encode_tensor, live_group_members
+from toolkit.runtimes.base import RuntimeFailure, decode_tensor, encode_tensor, live_group_members
+from toolkit.streaming import StreamingRunner
+from toolkit.verify import RUNTIMES, KerasRunner, OnnxRunner, compare_runners, runtimes_named
 from toolkit.suite import read_manifest
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
@@ -57,13 +60,20 @@ def _export(tmp_path: Path, name: str, **overrides) -> tuple[object, object, Pat
     return keras_model, result, path
 
 
-def test_registry_names_every_runtime():
-    assert list(RUNTIMES) == ["onnxruntime-node", "onnxruntime-web", "chromium", "openvino", "openvino-bf16"]
+def test_verify_registers_every_deploy_runtime_and_all_leaves_out_the_bf16_tier():
+    deploy = ["onnxruntime-node", "onnxruntime-web", "chromium", "openvino", "openvino-bf16"]
+    assert [name for name in RUNTIMES if name in deploy] == deploy
     assert all(runtime.name == name for name, runtime in RUNTIMES.items())
+    everything = [r.name for r in runtimes_named(["all"])]
+    assert everything == [n for n in RUNTIMES if n != "openvino-bf16"]
+    assert {"onnxruntime", "reference", "onnxruntime-node", "onnxruntime-web", "chromium", "openvino"} <= set(everything)
+    with pytest.raises(InputError, match="or all. Received: \\['nodejs'\\]"):
+        runtimes_named(["nodejs"])
 
 
 def test_importing_the_runtimes_loads_neither_tensorflow_nor_openvino():
-    code = "import sys, toolkit.runtimes; print(sorted(m for m in ('tensorflow', 'keras', 'openvino') if m in sys.modules))"
+    code = ("import sys, toolkit.verify, toolkit.runtimes.js, toolkit.runtimes.chromium, toolkit.runtimes.openvino; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'openvino') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert done.stdout.strip() == "[]"
@@ -212,3 +222,77 @@ def test_a_model_a_js_runtime_cannot_load_is_a_one_line_error(tmp_path):
     with pytest.raises(RuntimeFailure, match="^Expected onnxruntime-node to load broken.onnx"):
         js.NodeRunner(path, broken, "onnxruntime-node")
     assert chromium.BROWSERS[0] == "chromium-headless-shell"
+
+
+# ------------------------------------------------------------ the state form every runtime honours
+
+STATE_RUNTIMES = ["onnxruntime", "onnxruntime-node", "onnxruntime-web", "chromium", "openvino"]
+
+
+@pytest.fixture(scope="module")
+def state_io_stack(tmp_path_factory):
+    """A --state-io export of an LSTM -> GRU stack (variable length), written to disk."""
+    keras_model = build_stack(variant_config("lstm", cell="lstm,gru", layers=2, units=4, features=3))
+    result = export_model(keras_model, state_io=True)
+    path = tmp_path_factory.mktemp("state_io") / "lstm_gru.onnx"
+    path.write_bytes(result.model.SerializeToString())
+    return keras_model, result, path
+
+
+def test_state_inputs_are_plain_graph_inputs_with_their_shapes_in_the_metadata(state_io_stack):
+    _, result, _ = state_io_stack
+    model = result.model
+    states = ["lstm_1_initial_state_h", "lstm_1_initial_state_c", "gru_2_initial_state_h"]
+    assert [v.name for v in model.graph.input] == ["input"] + states
+    assert not {t.name for t in model.graph.initializer} & set(states)  # no default a runtime would trip on
+    recorded = json.loads(metadata_value(model, "state_inputs"))
+    assert recorded == [{"name": name, "dtype": "float32", "shape": ["batch", 4]} for name in states]
+    assert set(json.loads(metadata_value(model, "state_map"))) == set(states)
+
+
+LOAD = "import onnxruntime as ort, sys; ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+
+
+def _load_log(path: Path) -> str:
+    """What ONNX Runtime prints while loading a model with its default log level (warnings included)."""
+    return subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True, check=True).stderr
+
+
+def test_loading_a_state_io_export_prints_no_onnx_runtime_warning(state_io_stack, tmp_path):
+    _, result, path = state_io_stack
+    assert _load_log(path) == ""
+    # The old form (a same-name zeros initializer per state) warned on every load: the check would see it.
+    old = onnx.ModelProto()
+    old.CopyFrom(result.model)
+    old.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 4), np.float32), "gru_2_initial_state_h"))
+    (tmp_path / "old.onnx").write_bytes(old.SerializeToString())
+    assert "appears in graph inputs" in _load_log(tmp_path / "old.onnx")
+
+
+@pytest.mark.parametrize("runtime", STATE_RUNTIMES)
+def test_every_runtime_lists_and_uses_a_fed_state(runtime, state_io_stack):
+    _, result, path = state_io_stack
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    state = {"gru_2_initial_state_h": rng.standard_normal((2, 4)).astype(np.float32)}
+    reference = OnnxRunner(result.model)
+    with _open(runtime, path) as runner:
+        if hasattr(runner, "listed_inputs"):
+            assert "gru_2_initial_state_h" in runner.listed_inputs
+        zeros, fed = runner.run({"input": x}), runner.run({"input": x, **state})
+    assert not np.allclose(zeros["gru_2_sequence"], fed["gru_2_sequence"], atol=1e-3)  # the state was used
+    expected = reference.run({"input": x, **state})
+    for name in result.model.graph.output:
+        assert compare_arrays(name.name, expected[name.name], fed[name.name], Tolerances().base), name.name
+
+
+@pytest.mark.parametrize("runtime", STATE_RUNTIMES)
+def test_a_state_io_stack_streams_in_uneven_chunks_to_keras(runtime, state_io_stack):
+    keras_model, result, path = state_io_stack
+    x = np.random.default_rng(4).standard_normal((3, 13, 3)).astype(np.float32)
+    keras_names = [o.name for o in result.outputs][: len(keras_model.outputs)]
+    with _open(runtime, path) as runner:
+        streamed = StreamingRunner(runner, (3, 1, 5))  # feeds each chunk's states back through the state map
+        report = compare_runners(KerasRunner(keras_model), [streamed], [InputCase("13 steps", {"input": x})],
+                                 Tolerances(), keras_names)[streamed.name]
+    assert report, report.failures()

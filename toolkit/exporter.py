@@ -35,7 +35,7 @@ from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, 
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.parity import check_parity
 from toolkit.runner import (FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs,
-                             metadata_value)
+                             metadata_value, optional_inputs)
 from toolkit.tf2onnx_lib import InputSignature, convert
 
 
@@ -160,6 +160,10 @@ def _convert(model: Any, signature: Sequence[InputSignature], options: ExportOpt
                    shapes + [(None, st.units) for st in extra], tuple(report.layers), state_map)
     if len(set(graph.names)) != len(graph.names):
         raise InputError(f"Expected unique output names with --state-io. Received: {graph.names}")
+    if report.state_inputs:
+        # Recorded now, not only in step 5: this is what tells every runner (the parity check's first)
+        # which inputs are initial states, fed zeros when a caller has none yet. Step 5 adds their shapes.
+        metadata.write_metadata(proto, {metadata.STATE_INPUTS: [{"name": v.name} for v in report.state_inputs]})
     return graph
 
 
@@ -240,6 +244,8 @@ def _record(graph: _Graph, model: Any, outputs: Sequence[OutputInfo], report: Pa
     }
     if graph.state_map:
         entries[metadata.STATE_MAP] = graph.state_map
+    if optional_inputs(proto):
+        entries[metadata.STATE_INPUTS] = [t.to_json() for t in optional_inputs(proto)]
     metadata.write_metadata(proto, entries)
     try:
         onnx.checker.check_model(proto, full_check=True)

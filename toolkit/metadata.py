@@ -29,6 +29,9 @@ VERSIONS = "versions"
 OPSET = "opset"
 OPTIONS = "options"
 STATE_MAP = "state_map"  # graph input of an initial state -> the output that carries it to the next call
+# Each state input's name, dtype and shape ("batch", units): what deploy code in any language needs to
+# make the zeros of a first call (state inputs have no default in the graph).
+STATE_INPUTS = "state_inputs"
 
 
 def write_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:

@@ -18,15 +18,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Mapping, Sequence
+from typing import IO, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.runner import graph_outputs
+from toolkit.runner import graph_inputs, graph_outputs, optional_inputs, with_zero_states
 
 # dtypes both sides can carry; ONNX Runtime's JavaScript API names them as numpy does.
 WIRE_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool")
@@ -34,15 +33,6 @@ WIRE_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32"
 # Chromium start with the WASM binary takes about 3 s on this machine's 2 shared cores.
 START_TIMEOUT = 120.0
 RUN_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """A kind of runner, as `verify --runtimes` names it (the interface agreed with `toolkit.verify`)."""
-
-    name: str
-    problem: Callable[[onnx.ModelProto], str | None]  # why the model is NOT valid here (None = valid)
-    open: Callable[[Path, onnx.ModelProto], "RunnerBase"]  # the .onnx file on disk, and its parsed proto
 
 
 def valid_everywhere(model: onnx.ModelProto) -> str | None:
@@ -95,8 +85,17 @@ class RunnerBase:
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
-        self.output_names = [t.name for t in graph_outputs(model)]
+        self.inputs = graph_inputs(model)  # what a caller must feed, as the Python runners list them
+        self.outputs = graph_outputs(model)
+        self.output_names = [t.name for t in self.outputs]
+        self.states = optional_inputs(model)  # initial-state inputs: zeros unless fed
         self.closed = False
+
+    def with_states(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feeds, with zeros for each state input not given (as the Python runners do)."""
+        if self.closed:
+            raise InputError(f"Expected an open {self.name} runner. Received: run() after close()")
+        return with_zero_states(self.states, feeds)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError

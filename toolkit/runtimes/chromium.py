@@ -121,7 +121,7 @@ class ChromiumRunner(RunnerBase):
         except BaseException:
             self.close()
             raise
-        self.input_names: list[str] = ready["inputs"]
+        self.listed_inputs: list[str] = ready["inputs"]
 
     @property
     def url(self) -> str:
@@ -157,9 +157,7 @@ class ChromiumRunner(RunnerBase):
         return lines[-1][:300] if lines else "no output"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.closed:
-            raise InputError("Expected an open chromium runner. Received: run() after close()")
-        self.mailbox.requests.put(encode_feeds(feeds))
+        self.mailbox.requests.put(encode_feeds(self.with_states(feeds)))
         return decode_answer(self._answer(RUN_TIMEOUT), self.name, self.output_names)
 
     def _stop(self) -> None:

@@ -62,16 +62,15 @@ class NodeRunner(RunnerBase):
         except BaseException:
             self.close()
             raise
-        self.input_names: list[str] = ready["inputs"]  # what the session lists (a defaulted input is hidden)
+        self.listed_inputs: list[str] = ready["inputs"]  # what the session lists (it hid defaulted inputs)
 
     @property
     def pid(self) -> int:
         return self.process.process.pid
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.closed:
-            raise InputError(f"Expected an open {self.name} runner. Received: run() after close()")
-        return decode_answer(self.process.ask(encode_feeds(feeds), RUN_TIMEOUT), self.name, self.output_names)
+        message = encode_feeds(self.with_states(feeds))
+        return decode_answer(self.process.ask(message, RUN_TIMEOUT), self.name, self.output_names)
 
     def _stop(self) -> None:
         if hasattr(self, "process"):

@@ -116,17 +116,16 @@ class OpenVinoRunner(RunnerBase):
             raise RuntimeFailure(f"Expected OpenVINO to compile {Path(path).name}. Received: {_openvino_line(exc)}") from None
         self.compiled = compiled
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.input_names = [port.get_any_name() for port in compiled.inputs]
+        self.listed_inputs = [port.get_any_name() for port in compiled.inputs]
         # A port may carry several tensor names; keep the one that is a graph output.
         wanted = set(self.output_names)
         self.ports = {next(iter(port.get_names() & wanted), port.get_any_name()): port for port in compiled.outputs}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.closed:
-            raise InputError(f"Expected an open {self.name} runner. Received: run() after close()")
-        unknown = sorted(set(feeds) - set(self.input_names))
+        feeds = self.with_states(feeds)
+        unknown = sorted(set(feeds) - set(self.listed_inputs))
         if unknown:
-            raise InputError(f"Expected inputs among {self.input_names} in {self.name}. Received: {sorted(feeds)}")
+            raise InputError(f"Expected inputs among {self.listed_inputs} in {self.name}. Received: {sorted(feeds)}")
         try:
             results = self.compiled(dict(feeds))
         except RuntimeError as exc:
