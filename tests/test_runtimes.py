@@ -296,3 +296,62 @@ def test_a_state_io_stack_streams_in_uneven_chunks_to_keras(runtime, state_io_st
         report = compare_runners(KerasRunner(keras_model), [streamed], [InputCase("13 steps", {"input": x})],
                                  Tolerances(), keras_names)[streamed.name]
     assert report, report.failures()
+
+
+# ------------------------------------------------------------ verify --runtimes and export --target
+
+
+@pytest.fixture(scope="module")
+def saved_variants(tmp_path_factory):
+    """.keras files of small variants (built once), keyed by variant name."""
+    folder = tmp_path_factory.mktemp("variants")
+    paths = {}
+    for name in ("lstm", "lstm_embedding_mask"):
+        path = folder / f"{name}.keras"
+        build_stack(variant_config(name, layers=1, units=4, features=3)).save(path)
+        paths[name] = path
+    return paths
+
+
+def test_verify_all_compares_every_runtime_with_keras_and_names_why_openvino_is_not_valid(saved_variants, tmp_path):
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    onnx_file = tmp_path / "masked.onnx"
+    exported = CliRunner().invoke(cli, ["export", str(saved_variants["lstm_embedding_mask"]), "-o", str(onnx_file)])
+    assert exported.exit_code == 0, exported.output
+    result = CliRunner().invoke(cli, ["verify", str(onnx_file), "--keras", str(saved_variants["lstm_embedding_mask"]),
+                                      "--runtimes", "all", "--json"])
+    payload = json.loads(result.output[result.output.index("{"):])
+    statuses = {name: r["status"] for name, r in payload["runtimes"].items()}
+    assert statuses == {"onnxruntime": "pass", "onnxruntime-extended": "pass", "onnxruntime-basic": "pass",
+                        "onnxruntime-disabled": "pass", "reference": "not valid", "onnxruntime-node": "pass",
+                        "onnxruntime-web": "pass", "chromium": "pass", "openvino": "not valid"}
+    openvino_entry = payload["runtimes"]["openvino"]
+    assert "ignores sequence_lens" in openvino_entry["reason"]
+    node_entry = payload["runtimes"]["onnxruntime-node"]
+    assert [o["status"] for o in node_entry["outputs"]] == ["pass"] * len(node_entry["outputs"]) != []
+    text = CliRunner().invoke(cli, ["verify", str(onnx_file), "--keras", str(saved_variants["lstm_embedding_mask"]),
+                                    "--runtimes", "openvino,onnxruntime-node"]).output
+    assert "not valid: openvino ignores sequence_lens" in text
+
+
+def test_export_refuses_before_writing_a_model_a_target_computes_wrong(saved_variants, tmp_path):
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    masked, plain = saved_variants["lstm_embedding_mask"], saved_variants["lstm"]
+    refused = CliRunner().invoke(cli, ["export", str(masked), "-o", str(tmp_path / "m.onnx"), "--target",
+                                       "onnxruntime,openvino"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "Expected a model every --target runtime computes right. Received: not valid in openvino: openvino " \
+           "ignores sequence_lens" in refused.output
+    assert list(tmp_path.iterdir()) == []
+    kept = CliRunner().invoke(cli, ["export", str(masked), "-o", str(tmp_path / "m.onnx"), "--target", "onnxruntime-web"])
+    assert kept.exit_code == 0 and (tmp_path / "m.onnx").is_file()
+    written = CliRunner().invoke(cli, ["export", str(plain), "-o", str(tmp_path / "p.onnx"), "--target", "all"])
+    assert written.exit_code == 0 and (tmp_path / "p.onnx").is_file()
+    unknown = CliRunner().invoke(cli, ["export", str(plain), "-o", str(tmp_path / "q.onnx"), "--target", "tvm"])
+    assert unknown.exit_code == 1 and "Expected runtimes among" in unknown.output and not (tmp_path / "q.onnx").exists()

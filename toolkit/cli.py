@@ -124,6 +124,9 @@ def tolerance_options(func: Any) -> Any:
               help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
 @click.option("--padding", type=click.Choice(PADDING_SIDES), default=PADDING_SIDES[0], show_default=True,
               help="Where masked batches hold their padding (keras pad_sequences' default is left).")
+@click.option("--target", "targets", metavar="LIST",
+              help="Comma-separated runtimes the model will run in (as verify --runtimes names them, or all): "
+                   "refuse, before writing, a model one of them is known to compute wrong.")
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
 @click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
@@ -132,7 +135,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
            rtol: Sequence[str], state_io: bool, triton_repo: Path | None, propagate_nan: bool, padding: str,
-           keep_failed: bool, require_fused: bool, as_json: bool) -> None:
+           targets: str | None, keep_failed: bool, require_fused: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -145,7 +148,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
 
     options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
                             padding=padding, require_fused=require_fused, output_names=_renames(output_name) or None,
-                            tolerances=Tolerances.parse(atol, rtol))
+                            tolerances=Tolerances.parse(atol, rtol),
+                            targets=tuple(t.strip() for t in (targets or "").split(",") if t.strip()))
     builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
                        "all_states": all_states, "seed": seed, "cell": cell, "bidirectional": bidirectional,
                        "masking": masking, "go_backwards": go_backwards}
@@ -205,7 +209,10 @@ def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], not
               help="Steps of the streamed sequence.")
 @click.option("--runtimes", default="onnxruntime", show_default=True, metavar="LIST",
               help="Comma-separated: onnxruntime, onnxruntime-extended, onnxruntime-basic, onnxruntime-disabled "
-                   "(graph optimization levels), reference (onnx.reference, where it is a valid oracle).")
+                   "(graph optimization levels), reference (onnx.reference, where it is a valid oracle), "
+                   "onnxruntime-node, onnxruntime-web (WASM under Node), chromium (onnxruntime-web in headless "
+                   "Chromium), openvino (CPU, f32), openvino-bf16 (its default precision, a tier); or all "
+                   "(every one but openvino-bf16).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
 def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Sequence[str], seed: int,
            stream: str | None, stream_length: int, runtimes: str, as_json: bool) -> None:

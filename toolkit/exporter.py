@@ -125,6 +125,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     names = apply_overrides(default_output_names(model, origins), options.output_names)
     graph = _convert(model, signature, options, names, origins)
     _name(graph, model.name, signature, options)
+    _check_targets(graph.proto, options.targets)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
     warnings = _fusion_check(graph.lowering, op_counts, recurrent, options.require_fused)
     report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, options.tolerances,
@@ -198,6 +199,23 @@ def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], o
     proto.producer_name = "lstm-onnx"
     proto.producer_version = __version__
     proto.doc_string = ""
+
+
+def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
+    """Step 3b: refuse a graph a target runtime is known to compute wrong (its `problem`), before the
+    parity check and before anything is written."""
+    if not targets:
+        return
+    from toolkit.verify import runtimes_named  # the runtime registry
+
+    # `all` means every runtime a model deploys to: onnx.reference is a check, not a target (its `problem`
+    # says where it is no oracle, not where a model would be wrong).
+    chosen = [r for r in runtimes_named(targets) if list(targets) != ["all"] or r.name != "reference"]
+    found = [(runtime.name, runtime.problem(proto)) for runtime in chosen]
+    problems = [f"not valid in {name}: {problem}" for name, problem in found if problem]
+    if problems:
+        raise UnsupportedModelError(f"Expected a model every --target runtime computes right. Received: "
+                                    f"{'; '.join(problems)}")
 
 
 def _fusion_check(lowering: Sequence[LayerLowering], op_counts: Mapping[str, int], recurrent: Sequence[str],

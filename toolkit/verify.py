@@ -45,6 +45,7 @@ from toolkit.runner import (
     metadata_value,
     optional_inputs,
 )
+from toolkit.runtimes.registry import DEPLOY_RUNTIMES, TIERS
 
 
 # What ONNX Runtime raises for a model or feed it rejects: its own pybind11 types (plain Exception
@@ -263,26 +264,10 @@ for _name, _level in ORT_LEVELS.items():
 register(Runtime("reference", reference_oracle_problem, lambda path, model: ReferenceRunner(model)))
 
 
-def _register_deploy_runtimes() -> None:
-    """The runtimes an export deploys to besides ONNX Runtime in Python (`toolkit/runtimes`): ONNX Runtime
-    for JavaScript under Node (native and WASM) and in headless Chromium, OpenVINO at f32, and OpenVINO at
-    its CPU default precision (bf16 where the CPU has it) as a tier of its own. Each opens lazily: a
-    missing Node, browser or package is a one-line error from `open`, not an import failure here."""
-    from toolkit.runtimes import chromium, js, openvino
-    from toolkit.runtimes.base import valid_everywhere
-
-    register(Runtime("onnxruntime-node", valid_everywhere, js.open_node))
-    register(Runtime("onnxruntime-web", valid_everywhere, js.open_web))
-    register(Runtime("chromium", valid_everywhere, chromium.open_chromium))
-    register(Runtime("openvino", openvino.problem, openvino.open_f32))
-    register(Runtime("openvino-bf16", openvino.problem, openvino.open_default))
-
-
-_register_deploy_runtimes()
-# Runtimes `all` leaves out: a tier that is not meant to compute Keras' numbers at the f32 tolerances
-# (OpenVINO's default precision is off by 5e-4 to 0.16 on the variant matrix); named alone, it is run and
-# reported with its error, never as passing at f32.
-TIERS = ("openvino-bf16",)
+# The runtimes an export deploys to besides ONNX Runtime in Python (toolkit/runtimes): Node, WASM,
+# headless Chromium, OpenVINO (f32, and its default precision as a tier `all` leaves out).
+for _name, _problem, _open in DEPLOY_RUNTIMES:
+    register(Runtime(_name, _problem, _open))
 
 
 def runtimes_named(names: Sequence[str]) -> list[Runtime]:
