@@ -29,7 +29,7 @@ from toolkit.parity import check_parity
 from toolkit.runner import metadata_value
 from toolkit.runtimes import chromium, js
 from toolkit.runtimes import openvino as ov_runtime
-from toolkit.runtimes.base import RuntimeFailure, decode_tensor, encode_tensor, live_group_members
+from toolkit.runtimes.base import RuntimeFailure, decode_tensor, encode_tensor, live_group_members, open_or_failed
 from toolkit.streaming import StreamingRunner
 from toolkit.verify import RUNTIMES, KerasRunner, OnnxRunner, compare_runners, runtimes_named
 from toolkit.suite import read_manifest
@@ -355,3 +355,19 @@ def test_export_refuses_before_writing_a_model_a_target_computes_wrong(saved_var
     assert written.exit_code == 0 and (tmp_path / "p.onnx").is_file()
     unknown = CliRunner().invoke(cli, ["export", str(plain), "-o", str(tmp_path / "q.onnx"), "--target", "tvm"])
     assert unknown.exit_code == 1 and "Expected runtimes among" in unknown.output and not (tmp_path / "q.onnx").exists()
+
+
+def test_a_runtime_that_refuses_a_model_fails_in_verify_with_its_reason_and_the_others_go_on(tmp_path):
+    good_path = EXPORTED / ENTRIES[1]["file"]
+    broken = onnx.load(str(good_path))
+    broken.graph.node[0].op_type = "NoSuchOp"  # a real refusal: onnxruntime-node cannot load it
+    broken_path = tmp_path / "broken.onnx"
+    broken_path.write_bytes(broken.SerializeToString())
+    refused = open_or_failed("onnxruntime-node", RUNTIMES["onnxruntime-node"].open, broken_path, broken)
+    names = [o["name"] for o in ENTRIES[1]["outputs"]]
+    case = InputCase("batch 2", {"input": np.random.default_rng(6).standard_normal((2, 3, 1)).astype(np.float32)})
+    with _open("onnxruntime-web", good_path) as web:
+        reports = compare_runners(OnnxRunner(good_path), [refused, web], [case], Tolerances(), names)
+    assert reports["onnxruntime-web"]
+    assert not reports["onnxruntime-node"]
+    assert "Expected onnxruntime-node to load broken.onnx" in reports["onnxruntime-node"].failures()[0]

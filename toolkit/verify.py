@@ -31,6 +31,7 @@ from toolkit.compare import (
     Tolerances,
     check_equal,
     compare_case,
+    failed_case,
 )
 from toolkit.errors import InputError, ModelLoadError
 from toolkit.inputs import InputCase, make_cases
@@ -45,6 +46,7 @@ from toolkit.runner import (
     metadata_value,
     optional_inputs,
 )
+from toolkit.runtimes.base import RuntimeFailure, open_or_failed
 from toolkit.runtimes.registry import DEPLOY_RUNTIMES, TIERS
 
 
@@ -299,7 +301,11 @@ def compare_runners(reference: Runner, runners: Sequence[Runner], cases: Sequenc
     for case in cases:
         expected = list(reference.run(case.feeds).values())
         for runner in runners:
-            actual = runner.run(case.feeds)
+            try:
+                actual = runner.run(case.feeds)
+            except RuntimeFailure as exc:  # a runtime's own error: that runtime fails, saying why; the rest go on
+                rows[runner.name].append(failed_case(case.label, expected, names, tolerances, str(exc)))
+                continue
             checks = invariants(actual) if invariants is not None else ()
             rows[runner.name].append(compare_case(case.label, expected, actual, names, tolerances, checks))
     wanted = tuple(expected_names if expected_names is not None else names)
@@ -365,7 +371,8 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
     problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
     padding = recorded_options(proto).get("padding", "right")  # the side the export was made for
     with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(r.open(Path(onnx_path), proto)) for r in chosen if not problems[r.name]]
+        runners = [stack.enter_context(open_or_failed(r.name, r.open, Path(onnx_path), proto))
+                   for r in chosen if not problems[r.name]]
         cases = make_cases(keras.model, seed, padding)
         reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases)
     return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]

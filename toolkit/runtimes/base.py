@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -130,6 +130,28 @@ def live_group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+class FailedRunner(RunnerBase):
+    """A runtime that could not load a model it is valid for: every run fails with its error, so `verify`
+    reports that runtime as failing, saying why, and still compares the others."""
+
+    def __init__(self, name: str, model: onnx.ModelProto, error: RuntimeFailure):
+        super().__init__(model)
+        self.name = name
+        self.error = error
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise self.error
+
+
+def open_or_failed(name: str, opener: Callable, path: Path, model: onnx.ModelProto) -> RunnerBase:
+    """`opener(path, model)`, or a `FailedRunner` when the runtime refuses the model. A runtime that is
+    not installed still raises its one-line `InputError`: that is the user's to fix, not a result."""
+    try:
+        return opener(path, model)
+    except RuntimeFailure as exc:
+        return FailedRunner(name, model, exc)
 
 
 def stop_process(process: subprocess.Popen, grace: float = 5.0) -> None:
