@@ -120,6 +120,7 @@ def tolerance_options(func: Any) -> Any:
               help="Give every recurrent layer initial-state inputs and final-state outputs (for streaming).")
 @click.option("--triton", "triton_repo", type=click.Path(path_type=Path),
               help="Also write a Triton model repository here (NAME/1/model.onnx and NAME/config.pbtxt).")
+@click.option("--triton-name", help="The model's name in the --triton repository (default: the export's name).")
 @click.option("--propagate-nan", is_flag=True,
               help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
 @click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True,
@@ -131,7 +132,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
-           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, propagate_nan: bool, padding: str,
+           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, triton_name: str | None, propagate_nan: bool, padding: str,
            keep_failed: bool, require_fused: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
@@ -145,6 +146,11 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
 
     tolerances = Tolerances.parse(atol, rtol)
     renames = _renames(output_name)
+    if triton_name is not None:  # checked before anything is exported or written
+        from toolkit.triton import check_model_name
+        if model is None:
+            raise InputError(f"Expected --triton-name with MODEL (one export). Received: --triton-name {triton_name!r} without MODEL")
+        check_model_name(triton_name)
     builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
                        "return_sequences": return_sequences, "return_state": return_state,
                        "all_states": all_states, "seed": seed, "cell": cell, "bidirectional": bidirectional,
@@ -201,7 +207,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     if triton_repo is not None and (passed or keep_failed):
         from toolkit.triton import write_repository
 
-        written = list(written) + [p for name, result in exported for p in write_repository(triton_repo, name, result.model)]
+        written = list(written) + [p for name, result in exported for p in write_repository(triton_repo, triton_name or name, result.model)]
         payload["written"] = [str(p) for p in written]
     if as_json:
         _emit_json(payload)
@@ -365,6 +371,11 @@ def explain() -> None:
                "state_h and state_c. The last output is state_h; with return_sequences its last step is.")
     if not all(case.all_hold for case in cases):
         raise click.ClickException("an equality or parity check failed")
+
+
+from toolkit.serve_cli import serve  # noqa: E402  (the command lives in its own module)
+
+cli.add_command(serve)
 
 
 def main() -> None:
