@@ -40,7 +40,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import onnx
 
@@ -127,17 +127,18 @@ def python_config_text(name: str, model: onnx.ModelProto, max_batch_size: int) -
     return "\n".join(parts) + "\n"
 
 
-def prepare_workspace(folder: Path, name: str, model: onnx.ModelProto, max_batch_size: int,
+def prepare_workspace(folder: Path, models: dict[str, onnx.ModelProto], max_batch_size: int,
                       dist: TritonDistribution) -> None:
     backend = folder / "backends" / "python"
     backend.mkdir(parents=True)
     for source in (*dist.backend_files, dist.stub):
         (backend / source.name).symlink_to(source)
-    version = folder / "repo" / name / "1"
-    version.mkdir(parents=True)
-    (folder / "repo" / name / "config.pbtxt").write_text(python_config_text(name, model, max_batch_size))
-    shutil.copyfile(BACKEND_MODEL, version / "model.py")
-    (version / "model.onnx").write_bytes(model.SerializeToString())
+    for name, model in models.items():
+        version = folder / "repo" / name / "1"
+        version.mkdir(parents=True)
+        (folder / "repo" / name / "config.pbtxt").write_text(python_config_text(name, model, max_batch_size))
+        shutil.copyfile(BACKEND_MODEL, version / "model.py")
+        (version / "model.onnx").write_bytes(model.SerializeToString())
 
 
 def _die_with_parent() -> None:
@@ -159,13 +160,18 @@ def _get(url: str) -> int:
 
 
 class TritonServer:
-    """One tritonserver process serving one export; a context manager (`with TritonServer(...) as s`)."""
+    """One tritonserver process serving exports (each under its file stem, or `options.name` for a single
+    one); a context manager (`with TritonServer(path) as server`)."""
 
-    def __init__(self, model_path: str | Path, options: ServeOptions = ServeOptions()):
+    def __init__(self, model_paths: str | Path | Sequence[str | Path], options: ServeOptions = ServeOptions()):
         options.check()
-        self.model_path = Path(model_path)
-        self.model = load_onnx(self.model_path)
-        self.name = check_model_name(options.name or self.model_path.stem)
+        paths = [Path(model_paths)] if isinstance(model_paths, (str, os.PathLike)) else [Path(p) for p in model_paths]
+        if options.name is not None and len(paths) != 1:
+            raise InputError(f"Expected one model with a name option. Received: {len(paths)} models")
+        self.models = {check_model_name(options.name or p.stem): load_onnx(p) for p in paths}
+        if len(self.models) != len(paths) or not paths:
+            raise InputError(f"Expected models with distinct file names. Received: {[str(p) for p in paths]}")
+        self.name = next(iter(self.models))
         self.options = options
         self.process: subprocess.Popen[bytes] | None = None
         self.workspace: Path | None = None
@@ -199,7 +205,7 @@ class TritonServer:
         dist = triton_distribution()
         self.workspace = Path(tempfile.mkdtemp(prefix="lstm-onnx-serve-"))
         try:
-            prepare_workspace(self.workspace, self.name, self.model, self.options.max_batch_size, dist)
+            prepare_workspace(self.workspace, self.models, self.options.max_batch_size, dist)
             with open(self.workspace / "tritonserver.log", "wb") as log:
                 self.process = subprocess.Popen(self.command(dist), env=server_environment(dist), stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -213,12 +219,12 @@ class TritonServer:
     def _wait_ready(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.options.ready_timeout_s
-        url = f"http://{self.http_url}/v2/models/{urllib.request.quote(self.name, safe='')}/ready"
+        urls = [f"http://{self.http_url}/v2/models/{urllib.request.quote(name, safe='')}/ready" for name in self.models]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServeError(f"Expected tritonserver to start. Received: exit code {self.process.returncode}; "
                                  f"log: {self.log_tail()}")
-            if _get(url) == 200:
+            if all(_get(url) == 200 for url in urls):
                 return
             time.sleep(0.25)
         raise ServeError(f"Expected tritonserver ready within {self.options.ready_timeout_s:.0f} s. "
