@@ -18,10 +18,17 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-# The stub (Triton 2.51) was built against numpy 1: under numpy 2 its `Tensor.as_numpy()` and
-# `Tensor(name, array)` misread the array descriptor (measured: outputs of size 0, inputs repeating their
-# first element). DLPack carries no numpy struct, so it is exact under both.
+# The stub (Triton 2.51, from pytriton 0.7) was built against numpy 1: under numpy 2 its
+# `Tensor.as_numpy()` and `Tensor(name, array)` misread the array descriptor (measured: outputs of size 0,
+# inputs repeating their first element). Tensors then cross by DLPack, which carries no numpy struct and
+# is exact; the stub prints a harmless "PyCapsule_GetPointer called with incorrect name" traceback to the
+# server log for each output so passed. Under numpy 1 (what pytriton's own requirements install) the
+# stub's plain numpy path is used.
 _NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def _from_triton(tensor: Any) -> np.ndarray:
+    return np.from_dlpack(tensor) if _NUMPY_2 else tensor.as_numpy()
 
 
 def _to_triton(name: str, array: np.ndarray) -> Any:
@@ -44,7 +51,7 @@ class TritonPythonModel:
         self.outputs = [entry["name"] for entry in config["output"]]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        feeds = [{name: np.from_dlpack(pb_utils.get_input_tensor_by_name(r, name)) for name in self.inputs}
+        feeds = [{name: _from_triton(pb_utils.get_input_tensor_by_name(r, name)) for name in self.inputs}
                  for r in requests]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, feed in enumerate(feeds):
