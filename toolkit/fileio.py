@@ -17,7 +17,15 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    """The process umask. Reading it means setting it; the old value is put back at once."""
+    """The process umask: from /proc on Linux (a read); elsewhere by setting it and putting it back at
+    once, which another thread creating a file at that instant could notice."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     current = os.umask(0o022)
     os.umask(current)
     return current
