@@ -4,6 +4,7 @@ count (a few hundred requests) and time (every client call and thread has a time
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -204,32 +205,55 @@ def alive(pid):
         return False
 
 
-def test_cli_serves_until_sigterm_and_leaves_no_process(tmp_path):
+def start_cli_server():
     ports = [free_port(), free_port()]
     command = [sys.executable, "-m", "toolkit.cli", "serve", str(SEEDS[-1]), "--http-port", str(ports[0]),
                "--grpc-port", str(ports[1])]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=180)
+    assert line and f"http://127.0.0.1:{ports[0]}" in line[0] and f"grpc://127.0.0.1:{ports[1]}" in line[0], \
+        (line, process.poll())
+    tree = descendants(process.pid)
+    names = {Path(f"/proc/{p}/exe").resolve().name for p in tree if alive(p)}
+    assert {"tritonserver", "triton_python_backend_stub"} <= names
+    return process, tree
+
+
+def wait_gone(pids, seconds=15):
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in pids if alive(p)]
+
+
+def test_cli_serves_until_sigterm_and_leaves_no_process():
+    process, tree = start_cli_server()
     try:
-        line = []
-        reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout=180)
-        assert line and f"http://127.0.0.1:{ports[0]}" in line[0] and f"grpc://127.0.0.1:{ports[1]}" in line[0], \
-            (line, process.poll())
-        tree = descendants(process.pid)
-        names = {Path(f"/proc/{p}/exe").resolve().name for p in tree if alive(p)}
-        assert {"tritonserver", "triton_python_backend_stub"} <= names
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, process.stderr.read()
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in tree) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [p for p in tree if alive(p)]
+        assert not wait_gone(tree)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_server_dies_with_a_killed_serve():
+    """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does."""
+    process, tree = start_cli_server()
+    server_pid = next(p for p in tree if Path(f"/proc/{p}/exe").resolve().name == "tritonserver")
+    args = Path(f"/proc/{server_pid}/cmdline").read_text().split("\0")
+    workspace = Path(args[args.index("--model-repository") + 1]).parent
+    process.kill()
+    process.wait()
+    try:
+        assert not wait_gone(tree)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)  # what a killed serve could not remove
 
 
 def test_serve_keeps_tensorflow_out():
