@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+# What `InferenceSession.run` raises for inputs Triton's checks let through (they are not RuntimeErrors).
+_RUN_ERRORS = (Fail, InvalidArgument, RuntimeException, RuntimeError, ValueError)
 
 # The stub (Triton 2.51, from pytriton 0.7) was built against numpy 1: under numpy 2 its
 # `Tensor.as_numpy()` and `Tensor(name, array)` misread the array descriptor (measured: outputs of size 0,
@@ -66,7 +70,7 @@ class TritonPythonModel:
         joined = {name: np.concatenate([f[name] for f in feeds]) for name in self.inputs}
         try:
             results = self.session.run(self.outputs, joined)
-        except (RuntimeError, ValueError) as exc:  # ONNX Runtime's errors (Fail, InvalidArgument) are RuntimeErrors
+        except _RUN_ERRORS as exc:  # this request group fails; the others and the server go on
             error = pb_utils.TritonError(f"ONNX Runtime: {str(exc).splitlines()[0]}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in feeds]
         bounds = np.cumsum([len(f[self.inputs[0]]) for f in feeds])[:-1]
