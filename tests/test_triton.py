@@ -153,6 +153,15 @@ def test_state_io_repository_model_feeds_states_and_keeps_the_numbers(tmp_path, 
         np.testing.assert_array_equal(got, want)
 
 
+def test_state_io_that_cannot_stream_keeps_its_states_as_request_inputs(tmp_path):
+    """A Bidirectional layer's backward direction starts at the end: no state to carry between requests."""
+    result = export_model(build_stack(variant_config("bidirectional_concat", all_states=False)), state_io=True)
+    write_repository(tmp_path, "bi", result.model)
+    config = check_repository(tmp_path / "bi")
+    assert not config.HasField("sequence_batching") and config.HasField("dynamic_batching")
+    assert {i.name for i in config.input} == {"input", *state_map(result.model)}
+
+
 def test_the_old_optional_state_config_breaks_the_backend_rules(tmp_path, streaming_export):
     """The checks can fail: the config written before (states as `optional` inputs next to batching)."""
     write_repository(tmp_path, "streaming", streaming_export.model)

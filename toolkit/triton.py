@@ -13,6 +13,8 @@ backend's validation rules (`src/onnxruntime.cc`), each test citing the code it 
   `state` per entry of the `lstm_onnx.state_map` metadata, zero initial state), and the state inputs are
   not request inputs. The backend counts the states among the session's required inputs, so the
   repository's copy of the model has no default (initializer) for them: Triton always feeds them.
+  A Bidirectional or `go_backwards` export cannot stream (toolkit.streaming): its states stay required
+  request inputs, with dynamic batching.
 
 Text only: writing it needs no Triton package (the tests parse it with tritonclient's model_config_pb2).
 `toolkit.serve` reuses `Signature` and the text helpers for the Python-backend model it serves.
@@ -94,12 +96,22 @@ def state_map(model: onnx.ModelProto) -> dict[str, str]:
     return json.loads(metadata_value(model, "state_map") or "{}")
 
 
+def _streamable(model: onnx.ModelProto) -> bool:
+    from toolkit.streaming import check_streamable
+
+    try:
+        check_streamable(model)
+    except InputError:
+        return False
+    return True
+
+
 def signature(model: onnx.ModelProto, implicit_states: bool) -> Signature:
     """The tensors of `model` for Triton; with `implicit_states`, the mapped states leave the inputs."""
     order = [v.name for v in model.graph.input]
     inputs = sorted(graph_inputs(model) + optional_inputs(model), key=lambda t: order.index(t.name))
     outputs = graph_outputs(model)
-    mapping = state_map(model) if implicit_states else {}
+    mapping = state_map(model) if implicit_states and _streamable(model) else {}
     states = tuple(StateSpec(t, mapping[t.name]) for t in inputs if t.name in mapping)
     requested = tuple(t for t in inputs if t.name not in mapping)
     for tensor in (*inputs, *outputs):
