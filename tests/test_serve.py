@@ -242,6 +242,27 @@ def test_cli_serves_until_sigterm_and_leaves_no_process():
             process.wait()
 
 
+def test_sigterm_while_starting_stops_everything():
+    command = [sys.executable, "-m", "toolkit.cli", "serve", str(SEEDS[0]), "--http-port", str(free_port()),
+               "--grpc-port", str(free_port())]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+                Path(f"/proc/{p}/exe").resolve().name == "tritonserver" for p in descendants(process.pid) if alive(p)):
+            time.sleep(0.05)
+        tree = descendants(process.pid)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0 and "serving" not in out, (out, err)
+        assert not wait_gone(tree)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_server_dies_with_a_killed_serve():
     """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does."""
     process, tree = start_cli_server()

@@ -8,6 +8,7 @@ repository's model (the session the backend would open).
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,7 @@ from toolkit.runner import load_onnx
 from toolkit.triton import check_model_name, config_text, state_map, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+SEEDS = Path(__file__).resolve().parent.parent / "exported"
 
 ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int32)": "TYPE_INT32", "tensor(int64)": "TYPE_INT64",
              "tensor(double)": "TYPE_FP64", "tensor(bool)": "TYPE_BOOL"}
@@ -202,7 +204,7 @@ def test_model_names_stay_inside_the_repository(name):
 def test_repository_files_follow_the_umask(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
-        paths = write_repository(tmp_path, "m", load_onnx("exported/case4_last.onnx"))
+        paths = write_repository(tmp_path, "m", load_onnx(SEEDS / "case4_last.onnx"))
     finally:
         os.umask(previous)
     assert [oct(p.stat().st_mode & 0o777) for p in paths] == [oct(mode)] * 2
@@ -231,7 +233,7 @@ def test_export_triton_name_option(tmp_path, saved_models):
 
 
 def test_max_batch_size_is_checked_and_written():
-    model = load_onnx("exported/case1_sequences.onnx")
+    model = load_onnx(SEEDS / "case1_sequences.onnx")
     config = text_format.Parse(config_text("m", model, max_batch_size=8), model_config_pb2.ModelConfig())
     assert config.max_batch_size == 8
     for bad in (0, -1, True):

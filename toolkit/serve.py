@@ -201,8 +201,9 @@ class TritonServer:
                 "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix}",
                 "--exit-timeout-secs", str(EXIT_TIMEOUT_S), "--log-verbose", "0"]
 
-    def start(self) -> TritonServer:
-        """Start the server and return once the model is ready; ServeError (with the log's tail) if not."""
+    def start(self, cancel: threading.Event | None = None) -> TritonServer:
+        """Start the server and return once the models are ready, or as soon as `cancel` is set;
+        ServeError (with the log's tail) if it does not get ready."""
         dist = triton_distribution()
         self.workspace = Path(tempfile.mkdtemp(prefix="lstm-onnx-serve-"))
         try:
@@ -211,23 +212,25 @@ class TritonServer:
                 self.process = subprocess.Popen(self.command(dist), env=server_environment(dist), stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True, preexec_fn=_die_with_parent)
-            self._wait_ready()
+            self._wait_ready(cancel or threading.Event())
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, cancel: threading.Event) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.options.ready_timeout_s
         urls = [f"http://{self.http_url}/v2/models/{urllib.parse.quote(name, safe='')}/ready" for name in self.models]
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not cancel.is_set():
             if self.process.poll() is not None:
                 raise ServeError(f"Expected tritonserver to start. Received: exit code {self.process.returncode}; "
                                  f"log: {self.log_tail()}")
             if all(_get(url) == 200 for url in urls):
                 return
             time.sleep(0.25)
+        if cancel.is_set():
+            return
         raise ServeError(f"Expected tritonserver ready within {self.options.ready_timeout_s:.0f} s. "
                          f"Received: not ready; log: {self.log_tail()}")
 
@@ -272,17 +275,21 @@ class TritonServer:
 
 
 def serve_forever(model_path: str | Path, options: ServeOptions, echo: Callable[[str], None] = print) -> None:
-    """Serve until SIGINT (Ctrl-C) or SIGTERM, then stop cleanly; ServeError if the server dies first."""
+    """Serve until SIGINT (Ctrl-C) or SIGTERM, also while starting, then stop cleanly; ServeError if the
+    server dies first."""
+    server = TritonServer(model_path, options)
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with TritonServer(model_path, options) as server:
+        server.start(cancel=stopping)
+        if not stopping.is_set():
             echo(f"serving {server.name!r} on Triton: http://{server.http_url} grpc://{server.grpc_url} "
                  f"(max batch {options.max_batch_size}; Ctrl-C stops)")
-            while not stopping.wait(0.5):
-                if not server.running():
-                    raise ServeError(f"Expected tritonserver to keep running. Received: exit code "
-                                     f"{server.process.returncode if server.process else None}; log: {server.log_tail()}")
+        while not stopping.wait(0.5):
+            if not server.running():
+                raise ServeError(f"Expected tritonserver to keep running. Received: exit code "
+                                 f"{server.process.returncode if server.process else None}; log: {server.log_tail()}")
     finally:
+        server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
