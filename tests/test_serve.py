@@ -25,7 +25,7 @@ from toolkit.exporter import export_model
 from toolkit.parity import keras_outputs
 from toolkit.runner import OnnxRunner, load_onnx
 from toolkit.serve import ServeOptions, TritonServer, server_environment, triton_distribution
-from toolkit.triton import state_map
+from toolkit.metadata import read_state_map as state_map
 
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")

@@ -22,7 +22,6 @@ Text only: writing it needs no Triton package (the tests parse it with tritoncli
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ import onnx
 
 from toolkit.errors import InputError
 from toolkit.fileio import atomic_write_bytes, atomic_write_text
-from toolkit.runner import TensorInfo, graph_inputs, graph_outputs, metadata_value, optional_inputs
+from toolkit.metadata import read_state_map
+from toolkit.runner import TensorInfo, graph_inputs, graph_outputs, optional_inputs
 
 TRITON_TYPES = {
     "float32": "TYPE_FP32",
@@ -89,13 +89,6 @@ class Signature:
     batched: bool
 
 
-def state_map(model: onnx.ModelProto) -> dict[str, str]:
-    """State input -> state output, as the export recorded it (empty for an export without --state-io).
-
-    Read from the metadata, not from initializers: whether a state input has a default is an export detail."""
-    return json.loads(metadata_value(model, "state_map") or "{}")
-
-
 def _streamable(model: onnx.ModelProto) -> bool:
     from toolkit.streaming import check_streamable
 
@@ -111,7 +104,8 @@ def signature(model: onnx.ModelProto, implicit_states: bool) -> Signature:
     order = [v.name for v in model.graph.input]
     inputs = sorted(graph_inputs(model) + optional_inputs(model), key=lambda t: order.index(t.name))
     outputs = graph_outputs(model)
-    mapping = state_map(model) if implicit_states and _streamable(model) else {}
+    # From the metadata, not from initializers: whether a state input has a default is an export detail.
+    mapping = read_state_map(model) if implicit_states and _streamable(model) else {}
     states = tuple(StateSpec(t, mapping[t.name]) for t in inputs if t.name in mapping)
     requested = tuple(t for t in inputs if t.name not in mapping)
     for tensor in (*inputs, *outputs):
@@ -178,7 +172,7 @@ def config_text(name: str, model: onnx.ModelProto, max_batch_size: int = MAX_BAT
 def repository_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its state inputs plain required inputs (no same-name initializer), as the backend's
     input count expects them (`expected_input_cnt` adds one per state); the model itself when it has none."""
-    states = set(state_map(model))
+    states = set(read_state_map(model))
     if not any(t.name in states for t in model.graph.initializer):
         return model
     copy = onnx.ModelProto()
