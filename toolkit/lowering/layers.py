@@ -17,9 +17,10 @@ import numpy as np
 from onnx import TensorProto
 
 from toolkit.lowering import masks
-from toolkit.lowering.cells import NotFusable, to_numpy
+from toolkit.lowering.cells import NotFusable, plan_cells, to_numpy
 from toolkit.lowering.context import LayerCall, LayerLowering, LoweringContext, Value, handles
-from toolkit.lowering.recurrent import lower_recurrent
+from toolkit.lowering.recurrent import lower_recurrent, read_call, write_state_inputs
+from toolkit.lowering.stacked import is_stacked, lower_stacked
 from toolkit.naming import is_recurrent
 from toolkit.tf2onnx_lib import InputSignature, convert_call
 
@@ -211,17 +212,61 @@ def plain_weights(layer: Any) -> bool:
 
 @handles("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional")
 def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
-    """One fused op (`recurrent.py`), or, when the layer cannot be fused, tf2onnx with the reason
-    reported: never a silent fallback."""
+    """One fused op (`recurrent.py`), a stack of them for an RNN over StackedRNNCells (`stacked.py`),
+    or, when the layer cannot be fused, tf2onnx with the reason reported: never a silent fallback."""
     layer = call.layer
     if not is_recurrent(layer):
         return None  # a layer of another kind under a recurrent class name
     try:
-        outputs, op = lower_recurrent(ctx, call.node, call.values)
+        values = _float32_inputs(ctx, call)
+        if is_stacked(layer):
+            outputs, op = _lower_stacked_call(ctx, call.node, values)
+        else:
+            outputs, op = lower_recurrent(ctx, call.node, values)
     except NotFusable as reason:
         ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, "tf2onnx", str(reason)))
         return convert_with_tf2onnx(ctx, call, consumes_mask=True)
-    note = ("stateful=True: exported with state inputs and outputs (lstm_onnx.state_map); "
-            "carry the states from call to call" if getattr(layer, "stateful", False) else "")
-    ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, op, note=note))
-    return outputs
+    notes = []
+    if getattr(layer, "stateful", False):
+        notes.append("stateful=True: exported with state inputs and outputs (lstm_onnx.state_map); "
+                     "carry the states from call to call")
+    compute = str(layer.dtype_policy.compute_dtype)
+    if compute != "float32":
+        notes.append(f"computed in {compute} by Keras, exported as float32 {op} from its float32 variables "
+                     "(parity tolerance chosen for that dtype)")
+    ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, op, note="; ".join(notes)))
+    return _keras_dtypes(ctx, call.node, outputs)
+
+
+def _lower_stacked_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> tuple[list[Value], str]:
+    """The recurrent steps around `lower_stacked`: read the call, plan every cell (refusing before anything
+    is written), write the state inputs. The op reported is the cells' ops: "LSTM+GRU"."""
+    rc = read_call(ctx, node, values)
+    plans = plan_cells(rc.layer)
+    write_state_inputs(ctx, rc)
+    return lower_stacked(ctx, rc, plans), "+".join(p.op for p in plans)
+
+
+# Keras' low-precision compute dtypes, as ONNX element types.
+_LOW_PRECISION = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
+
+
+def _float32_inputs(ctx: LoweringContext, call: LayerCall) -> dict[int, Value]:
+    """The values of the call with every float16/bfloat16 input (a mixed-precision layer's output before
+    it) cast to float32: the fused op runs in float32 from the layer's float32 variables."""
+    values = dict(call.values)
+    for tensor in call.node.input_tensors:
+        if str(tensor.dtype) in _LOW_PRECISION:
+            value = values[id(tensor)]
+            values[id(tensor)] = Value(ctx.w.op1("Cast", [value.name], to=TensorProto.FLOAT), value.mask)
+    return values
+
+
+def _keras_dtypes(ctx: LoweringContext, node: Any, outputs: list[Value]) -> list[Value]:
+    """Outputs in the dtypes Keras gives them (float16 under mixed_float16), so that the layers after
+    them, converted for those dtypes, read what they expect."""
+    typed = []
+    for tensor, value in zip(node.outputs, outputs):
+        to = _LOW_PRECISION.get(str(tensor.dtype))
+        typed.append(value if to is None else Value(ctx.w.op1("Cast", [value.name], to=to), value.mask))
+    return typed
