@@ -64,9 +64,17 @@ def lower_masking(ctx: LoweringContext, call: LayerCall) -> list[Value]:
 
 @handles("Dense")
 def lower_dense_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
-    if dense_activation(call.layer, call.tensor) is None:
+    if dense_activation(call.layer, call.tensor) is not None:
+        return [lower_dense(ctx, call.layer, call.tensor, call.first)]
+    activation = mixed_dense_activation(call.layer, call.tensor)
+    if activation is None:
         return None
-    return [lower_dense(ctx, call.layer, call.tensor, call.first)]
+    # A mixed-precision Dense (float32 variables, float16/bfloat16 compute) in float32, as its recurrent
+    # neighbours are: tf2onnx writes a bfloat16 Dense as a MatMul of float16 and bfloat16 operands
+    # that ONNX Runtime refuses to load (tf2onnx 1.17, ORT 1.32), and warns on a float16 one.
+    value = _float32_inputs(ctx, call)[id(call.tensor)]
+    out = lower_dense(ctx, call.layer, call.tensor, value, activation)
+    return _keras_dtypes(ctx, call.node, [out])
 
 
 @handles("TimeDistributed")
@@ -79,14 +87,16 @@ def lower_time_distributed(ctx: LoweringContext, call: LayerCall) -> Optional[li
     return None
 
 
-def lower_dense(ctx: LoweringContext, layer: Any, tensor: Any, value: Value) -> Value:
+def lower_dense(ctx: LoweringContext, layer: Any, tensor: Any, value: Value, activation: str | None = None) -> Value:
     """MatMul (it broadcasts over batch and time), Add, activation: what Keras' Dense.call does.
-    tf2onnx writes Keras' tensordot as Shape/Cast/Reshape/Gather/Concat/Cast/MatMul/Reshape."""
+    tf2onnx writes Keras' tensordot as Shape/Cast/Reshape/Gather/Concat/Cast/MatMul/Reshape.
+    `activation`: the ONNX op of the activation, when `dense_activation` does not give it (mixed precision)."""
     w = ctx.w
     out = w.op1("MatMul", [value.name, w.const(to_numpy(layer.kernel), "kernel")])
     if layer.bias is not None:
         out = w.op1("Add", [out, w.const(to_numpy(layer.bias), "bias")])
-    activation = dense_activation(layer, tensor)
+    if activation is None:
+        activation = dense_activation(layer, tensor)
     if activation == "gelu":
         # Keras' default (exact) gelu, x/2 (1 + erf(x/sqrt 2)); ONNX has Gelu only from opset 20, and
         # tf2onnx writes TensorFlow's erfc as an Erfc node ONNX does not have. Below x = -5.5 the sum
@@ -191,12 +201,31 @@ def dense_activation(layer: Any, tensor: Any) -> str | None:
     """The ONNX op for a plain Dense layer's activation, "" for linear; None when lstm-onnx does not lower
     the layer itself (not a Dense, quantized or LoRA weights, an input or compute dtype other than
     float32 (Keras would cast), another activation): tf2onnx converts it then."""
-    import keras
-
     if type(layer).__name__ != "Dense" or tensor is None or str(tensor.dtype) != "float32":
         return None
     if not plain_weights(layer):
         return None
+    return _activation_op(layer)
+
+
+def mixed_dense_activation(layer: Any, tensor: Any) -> str | None:
+    """As `dense_activation`, for a Dense of a mixed-precision policy (float32 variables, float16 or
+    bfloat16 compute; input float32 or that dtype): lowered in float32 with casts around it."""
+    policy = getattr(layer, "dtype_policy", None)
+    if type(layer).__name__ != "Dense" or tensor is None or policy is None:
+        return None
+    if str(policy.compute_dtype) not in _LOW_PRECISION or str(policy.variable_dtype) != "float32":
+        return None
+    if str(tensor.dtype) not in ("float32", str(policy.compute_dtype)):
+        return None
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        return None
+    return _activation_op(layer)
+
+
+def _activation_op(layer: Any) -> str | None:
+    import keras
+
     # By identity, not by name: keras.ops.gelu is also called "gelu" but defaults to the tanh approximation.
     for name, op in _DENSE_ACTIVATIONS.items():
         if layer.activation is getattr(keras.activations, name) or (layer.activation is None and name == "linear"):
@@ -232,8 +261,7 @@ def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> Optional[lis
                      "carry the states from call to call")
     compute = str(layer.dtype_policy.compute_dtype)
     if compute != "float32":
-        notes.append(f"computed in {compute} by Keras, exported as float32 {op} from its float32 variables "
-                     "(parity tolerance chosen for that dtype)")
+        notes.append(f"computed in {compute} by Keras, exported as float32 {op} from its float32 variables")
     ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, op, note="; ".join(notes)))
     return _keras_dtypes(ctx, call.node, outputs)
 
