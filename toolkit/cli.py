@@ -7,12 +7,14 @@ import TensorFlow, which costs seconds and may not be installed on a deploy mach
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import click
 
@@ -26,15 +28,82 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            if ctx.params.get("verbose"):
+                return super().invoke(ctx)
+            with _quiet_stderr():
+                return super().invoke(ctx)
         except LstmOnnxError as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
 
 
+def _verbose() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("verbose"))
+
+
 def _quiet_tensorflow() -> None:
     # The CLI is an application edge, so it may choose TensorFlow's C++ log level (library code never
-    # sets environment variables). Must happen before TensorFlow is first imported.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # sets environment variables). Must happen before TensorFlow is first imported. This alone is not
+    # enough: absl prints "WARNING: All log messages before absl::InitializeLog() ..." and oneDNN's
+    # "I0000 ... port.cc" line whatever the level (measured, TensorFlow 2.21), hence `_quiet_stderr`.
+    if not _verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that drops what is written (and stays open for log handlers made meanwhile)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+_ERR: Any = None  # where the tool's own stderr lines go while `_quiet_stderr` holds stderr
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """While a command runs, drop what TensorFlow, absl, tf2onnx and ONNX Runtime write to stderr: their
+    C++ lines on file descriptor 2 (at import and later, when a kernel library loads), Python warnings
+    and log records (through `sys.stderr`). The tool's own lines (`_echo_err`) reach the real stderr;
+    click prints errors after the command returns, when everything is restored. `-v` skips this."""
+    global _ERR
+    original = sys.stderr
+    original.flush()
+    saved_fd = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    # The real stderr is file descriptor 2 unless a test runner swapped sys.stderr for its own stream.
+    own = open(saved_fd, "w", closefd=False, encoding="utf-8", errors="backslashreplace") \
+        if _fileno(original) == 2 else original
+    _ERR, sys.stderr = own, _Discard()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        own.flush()
+        sys.stderr, _ERR = original, None
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return None
+
+
+def _echo_err(text: str) -> None:
+    """One of the tool's own stderr lines (a warning, a note): shown also while stderr is quiet."""
+    if _ERR is not None:
+        click.echo(text, file=_ERR)
+    else:
+        click.echo(text, err=True)
 
 
 VARIABLE = "none"
@@ -74,7 +143,9 @@ def _emit_json(payload: Any) -> None:
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lstm-onnx")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show what TensorFlow, tf2onnx and ONNX Runtime print (hidden by default), e.g. lstm-onnx -v export ...")
+def cli(verbose: bool) -> None:
     """Export Keras recurrent models to ONNX with every output named, and prove them equal in ONNX Runtime."""
 
 
@@ -177,7 +248,10 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     else:
         _print_export(items, outcome.warnings, outcome.notes, written)
     if not passed:
-        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)"))
+        from toolkit.precision import failure_message
+
+        raise click.ClickException(f"parity failed: {failure_message(items)}"
+                                   + ("" if keep_failed else "; nothing written (use --keep-failed to keep it)"))
 
 
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
@@ -188,9 +262,9 @@ def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], not
     for line in invariant_lines(items):
         click.echo(line)
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        _echo_err(f"warning: {warning}")
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        _echo_err(f"note: {note}")
     click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
 
 
