@@ -250,8 +250,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     if not passed:
         from toolkit.precision import failure_message
 
-        raise click.ClickException(f"parity failed: {failure_message(items)}"
-                                   + ("" if keep_failed else "; nothing written (use --keep-failed to keep it)"))
+        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)")
+                                   + f": {failure_message(items)}")
 
 
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
