@@ -7,19 +7,18 @@ import TensorFlow, which costs seconds and may not be installed on a deploy mach
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import click
 
 from toolkit import __version__
 from toolkit.errors import InputError, LstmOnnxError
+from toolkit.quiet import echo_err, quiet_stderr
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
 
 
@@ -30,7 +29,7 @@ class _Cli(click.Group):
         try:
             if ctx.params.get("verbose"):
                 return super().invoke(ctx)
-            with _quiet_stderr():
+            with quiet_stderr():
                 return super().invoke(ctx)
         except LstmOnnxError as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
@@ -45,65 +44,9 @@ def _quiet_tensorflow() -> None:
     # The CLI is an application edge, so it may choose TensorFlow's C++ log level (library code never
     # sets environment variables). Must happen before TensorFlow is first imported. This alone is not
     # enough: absl prints "WARNING: All log messages before absl::InitializeLog() ..." and oneDNN's
-    # "I0000 ... port.cc" line whatever the level (measured, TensorFlow 2.21), hence `_quiet_stderr`.
+    # "I0000 ... port.cc" line whatever the level (measured, TensorFlow 2.21), hence `quiet_stderr`.
     if not _verbose():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-class _Discard(io.TextIOBase):
-    """A text stream that drops what is written (and stays open for log handlers made meanwhile)."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-
-_ERR: Any = None  # where the tool's own stderr lines go while `_quiet_stderr` holds stderr
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """While a command runs, drop what TensorFlow, absl, tf2onnx and ONNX Runtime write to stderr: their
-    C++ lines on file descriptor 2 (at import and later, when a kernel library loads), Python warnings
-    and log records (through `sys.stderr`). The tool's own lines (`_echo_err`) reach the real stderr;
-    click prints errors after the command returns, when everything is restored. `-v` skips this."""
-    global _ERR
-    original = sys.stderr
-    original.flush()
-    saved_fd = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    # The real stderr is file descriptor 2 unless a test runner swapped sys.stderr for its own stream.
-    own = open(saved_fd, "w", closefd=False, encoding="utf-8", errors="backslashreplace") \
-        if _fileno(original) == 2 else original
-    _ERR, sys.stderr = own, _Discard()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        own.flush()
-        sys.stderr, _ERR = original, None
-        os.dup2(saved_fd, 2)
-        os.close(saved_fd)
-
-
-def _fileno(stream: Any) -> int | None:
-    try:
-        return stream.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
-        return None
-
-
-def _echo_err(text: str) -> None:
-    """One of the tool's own stderr lines (a warning, a note): shown also while stderr is quiet."""
-    if _ERR is not None:
-        click.echo(text, file=_ERR)
-    else:
-        click.echo(text, err=True)
 
 
 VARIABLE = "none"
@@ -262,9 +205,9 @@ def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], not
     for line in invariant_lines(items):
         click.echo(line)
     for warning in warnings:
-        _echo_err(f"warning: {warning}")
+        echo_err(f"warning: {warning}")
     for note in notes:
-        _echo_err(f"note: {note}")
+        echo_err(f"note: {note}")
     click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
 
 

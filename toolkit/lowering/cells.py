@@ -154,6 +154,9 @@ def layer_cells(layer: Any) -> list[Any]:
     cls = type(layer).__name__
     if cls in CELL_OPS:
         return [layer.cell]
+    if cls.startswith("ConvLSTM"):
+        raise NotFusable(f"{cls} is not one of {sorted(CELL_OPS)}: ONNX has no convolutional recurrent op, "
+                         "so it runs as a Loop")
     if cls != "RNN":
         raise NotFusable(f"{cls} is not one of {sorted(CELL_OPS)} or RNN; {FUSED_HINT}")
     cell = layer.cell
