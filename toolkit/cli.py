@@ -18,6 +18,7 @@ import click
 
 from toolkit import __version__
 from toolkit.errors import InputError, LstmOnnxError
+from toolkit.quiet import echo_err, quiet_stderr
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
 
 
@@ -26,15 +27,26 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            if ctx.params.get("verbose"):
+                return super().invoke(ctx)
+            with quiet_stderr():
+                return super().invoke(ctx)
         except LstmOnnxError as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
 
 
+def _verbose() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("verbose"))
+
+
 def _quiet_tensorflow() -> None:
     # The CLI is an application edge, so it may choose TensorFlow's C++ log level (library code never
-    # sets environment variables). Must happen before TensorFlow is first imported.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # sets environment variables). Must happen before TensorFlow is first imported. This alone is not
+    # enough: absl prints "WARNING: All log messages before absl::InitializeLog() ..." and oneDNN's
+    # "I0000 ... port.cc" line whatever the level (measured, TensorFlow 2.21), hence `quiet_stderr`.
+    if not _verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 VARIABLE = "none"
@@ -74,7 +86,9 @@ def _emit_json(payload: Any) -> None:
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lstm-onnx")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show what TensorFlow, tf2onnx and ONNX Runtime print (hidden by default), e.g. lstm-onnx -v export ...")
+def cli(verbose: bool) -> None:
     """Export Keras recurrent models to ONNX with every output named, and prove them equal in ONNX Runtime."""
 
 
@@ -183,7 +197,10 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     else:
         _print_export(items, outcome.warnings, outcome.notes, written)
     if not passed:
-        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)"))
+        from toolkit.precision import failure_message
+
+        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)")
+                                   + f": {failure_message(items)}")
 
 
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
@@ -194,9 +211,9 @@ def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], not
     for line in invariant_lines(items):
         click.echo(line)
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo_err(f"warning: {warning}")
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        echo_err(f"note: {note}")
     click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
 
 
