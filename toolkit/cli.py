@@ -18,6 +18,7 @@ import click
 
 from toolkit import __version__
 from toolkit.errors import InputError, LstmOnnxError
+from toolkit.quiet import echo_err, quiet_stderr
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
 
 
@@ -26,15 +27,26 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            if ctx.params.get("verbose"):
+                return super().invoke(ctx)
+            with quiet_stderr():
+                return super().invoke(ctx)
         except LstmOnnxError as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
 
 
+def _verbose() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("verbose"))
+
+
 def _quiet_tensorflow() -> None:
     # The CLI is an application edge, so it may choose TensorFlow's C++ log level (library code never
-    # sets environment variables). Must happen before TensorFlow is first imported.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # sets environment variables). Must happen before TensorFlow is first imported. This alone is not
+    # enough: absl prints "WARNING: All log messages before absl::InitializeLog() ..." and oneDNN's
+    # "I0000 ... port.cc" line whatever the level (measured, TensorFlow 2.21), hence `quiet_stderr`.
+    if not _verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 VARIABLE = "none"
@@ -74,7 +86,9 @@ def _emit_json(payload: Any) -> None:
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lstm-onnx")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show what TensorFlow, tf2onnx and ONNX Runtime print (hidden by default), e.g. lstm-onnx -v export ...")
+def cli(verbose: bool) -> None:
     """Export Keras recurrent models to ONNX with every output named, and prove them equal in ONNX Runtime."""
 
 
@@ -120,6 +134,7 @@ def tolerance_options(func: Any) -> Any:
               help="Give every recurrent layer initial-state inputs and final-state outputs (for streaming).")
 @click.option("--triton", "triton_repo", type=click.Path(path_type=Path),
               help="Also write a Triton model repository here (NAME/1/model.onnx and NAME/config.pbtxt).")
+@click.option("--triton-name", help="The model's name in the --triton repository (default: the export's name).")
 @click.option("--propagate-nan", is_flag=True,
               help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
 @click.option("--padding", type=click.Choice(PADDING_SIDES), default=PADDING_SIDES[0], show_default=True,
@@ -134,7 +149,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
-           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, propagate_nan: bool, padding: str,
+           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, triton_name: str | None, propagate_nan: bool, padding: str,
            targets: str | None, keep_failed: bool, require_fused: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
@@ -150,6 +165,11 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
                             padding=padding, require_fused=require_fused, output_names=_renames(output_name) or None,
                             tolerances=Tolerances.parse(atol, rtol),
                             targets=tuple(t.strip() for t in (targets or "").split(",") if t.strip()))
+    if triton_name is not None:  # checked before anything is exported or written
+        from toolkit.triton import check_model_name
+        if model is None:
+            raise InputError(f"Expected --triton-name with MODEL (one export). Received: --triton-name {triton_name!r} without MODEL")
+        check_model_name(triton_name)
     builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
                        "all_states": all_states, "seed": seed, "cell": cell, "bidirectional": bidirectional,
                        "masking": masking, "go_backwards": go_backwards}
@@ -174,14 +194,17 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     if triton_repo is not None and (passed or keep_failed):
         from toolkit.triton import write_repository
 
-        written = list(written) + [p for name, result in exported for p in write_repository(triton_repo, name, result.model)]
+        written = list(written) + [p for name, result in exported for p in write_repository(triton_repo, triton_name or name, result.model)]
         payload["written"] = [str(p) for p in written]
     if as_json:
         _emit_json(payload)
     else:
         _print_export(items, outcome.warnings, outcome.notes, written)
     if not passed:
-        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)"))
+        from toolkit.precision import failure_message
+
+        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)")
+                                   + f": {failure_message(items)}")
 
 
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
@@ -192,9 +215,9 @@ def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], not
     for line in invariant_lines(items):
         click.echo(line)
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo_err(f"warning: {warning}")
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        echo_err(f"note: {note}")
     click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
 
 
@@ -322,6 +345,11 @@ def explain() -> None:
                "state_h and state_c. The last output is state_h; with return_sequences its last step is.")
     if not all(case.all_hold for case in cases):
         raise click.ClickException("an equality or parity check failed")
+
+
+from toolkit.serve_cli import serve  # noqa: E402  (the command lives in its own module)
+
+cli.add_command(serve)
 
 
 def main() -> None:

@@ -29,11 +29,12 @@ from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError,
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras_io import (check_keras_version, describe_layers, load_keras_model, model_signature, output_shapes,
-                               require_recurrent)
+                               require_recurrent, time_axis_sources)
 from toolkit.lowering import LayerLowering, StateIO, lower_model
 from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins, unique_names
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.parity import check_parity
+from toolkit.precision import PrecisionChoice, choose as choose_tolerance, failure_message
 from toolkit.runner import (FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs,
                              metadata_value, optional_inputs)
 from toolkit.tf2onnx_lib import InputSignature, convert
@@ -87,9 +88,8 @@ class ExportResult:
     def save(self, path: str | Path, keep_failed: bool = False) -> Path:
         """Write the model atomically. A model that failed parity is refused unless `keep_failed`."""
         if not self.parity and not keep_failed:
-            raise ParityError(
-                f"Parity failed, nothing written to {str(path)!r}: " + "; ".join(self.parity.failures()[:3])
-            )
+            raise ParityError(f"Parity failed, nothing written to {str(path)!r}: "
+                              + failure_message([(Path(path).name, self.parity)]))
         return atomic_write_bytes(path, self.data)
 
     def to_json(self) -> dict[str, Any]:
@@ -124,15 +124,16 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     origins = output_origins(model)
     names = apply_overrides(default_output_names(model, origins), options.output_names)
     graph = _convert(model, signature, options, names, origins)
-    _name(graph, model.name, signature, options)
+    _name(graph, model.name, signature, options, time_axis_sources(model))
     _check_targets(graph.proto, options.targets)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
     warnings = _fusion_check(graph.lowering, op_counts, recurrent, options.require_fused)
-    report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, options.tolerances,
+    precision = choose_tolerance(options.tolerances, model)
+    report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, precision.tolerances,
                           seed=seed, padding_side=options.padding)
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))
-    _record(graph, model, outputs, report, options, source)
+    _record(graph, model, outputs, report, options, source, precision)
     return ExportResult(
         model=graph.proto,
         inputs=graph_inputs(graph.proto),
@@ -142,7 +143,8 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
         recurrent_layers=tuple(recurrent),
         warnings=tuple(warnings),
         lowering=graph.lowering,
-        notes=tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note),
+        notes=tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note)
+        + ((precision.note(),) if precision.chosen else ()),
     )
 
 
@@ -187,12 +189,14 @@ def _state_outputs(proto: onnx.ModelProto, states: Sequence[StateIO],
     return state_map, [st for st, _ in extra]
 
 
-def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], options: ExportOptions) -> None:
-    """Steps 2 and 3: output and axis names, canonical names for the rest, a reproducible header."""
+def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], options: ExportOptions,
+          time_sources: Sequence[str | None]) -> None:
+    """Steps 2 and 3: output and axis names, canonical names for the rest, a reproducible header.
+    `time_sources`: the input whose time axis each Keras output follows (state outputs have none)."""
     options.tolerances.check_names(graph.names)  # after the state outputs: they may carry tolerances too
     proto = graph.proto
     name_outputs(proto, graph.names)
-    name_axes(proto, signature, graph.shapes)
+    name_axes(proto, signature, graph.shapes, time_sources)
     canonicalize(proto.graph, options.opset, keep={v.name for v in proto.graph.input} | set(graph.names))
     prune_opset_imports(proto)
     proto.graph.name = model_name
@@ -247,7 +251,7 @@ def _load_runner(proto: onnx.ModelProto, model_name: str) -> OnnxRunner:
 
 
 def _record(graph: _Graph, model: Any, outputs: Sequence[OutputInfo], report: ParityReport,
-            options: ExportOptions, source: Mapping[str, Any] | None) -> None:
+            options: ExportOptions, source: Mapping[str, Any] | None, precision: PrecisionChoice) -> None:
     """Step 5: the `lstm_onnx.*` metadata, then the full `onnx.checker` pass over the finished model."""
     proto = graph.proto
     entries = {
@@ -255,7 +259,7 @@ def _record(graph: _Graph, model: Any, outputs: Sequence[OutputInfo], report: Pa
         metadata.LAYERS: describe_layers(model, {entry.layer: entry.onnx_op for entry in graph.lowering}),
         metadata.INPUTS: [t.to_json() for t in graph_inputs(proto)],
         metadata.OUTPUTS: [o.to_json() for o in outputs],
-        metadata.PARITY: metadata.parity_metadata(report),
+        metadata.PARITY: metadata.parity_metadata(report, precision),
         metadata.VERSIONS: metadata.versions(),
         metadata.OPSET: str(options.opset),
         metadata.OPTIONS: options.to_json(),

@@ -18,6 +18,7 @@ from toolkit import __version__
 from toolkit.compare import ParityReport
 from toolkit.errors import InputError
 from toolkit.options import DEFAULT_OPSET, ExportOptions
+from toolkit.precision import PrecisionChoice
 from toolkit.runner import METADATA_PREFIX, metadata_value
 
 SOURCE = "source"
@@ -61,9 +62,12 @@ def versions() -> dict[str, str]:
     }
 
 
-def parity_metadata(report: ParityReport) -> dict:
-    """A compact parity record: errors rounded to 3 significant digits so the bytes stay reproducible."""
+def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = None) -> dict:
+    """A compact parity record: errors rounded to 3 significant digits so the bytes stay reproducible.
+    A model computing in float16/bfloat16 also records that dtype and whether the tolerance came from it."""
+    extra = precision.to_json() if precision is not None and precision.compute_dtype != "float32" else {}
     return {
+        **extra,
         "passed": report.passed,
         "cases": [c.label for c in report.cases],
         "outputs": {

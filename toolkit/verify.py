@@ -36,6 +36,7 @@ from toolkit.compare import (
 from toolkit.errors import InputError, ModelLoadError
 from toolkit.inputs import InputCase, make_cases
 from toolkit.naming import OutputOrigin, output_origins, unique_names
+from toolkit.precision import choose as choose_tolerance
 from toolkit.runner import (
     check_feeds,
     count_ops,
@@ -338,7 +339,8 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[GraphRunner | Runne
     """The parity check: every runner against Keras on every case, values and the post's invariants."""
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
-    tolerances = tolerances.resolve(count_ops(proto))
+    # A float16/bfloat16-computing model's tolerance when the user set none (`precision.choose`).
+    tolerances = choose_tolerance(tolerances, keras.model).tolerances.resolve(count_ops(proto))
     origins = keras.origins
 
     def invariants(actual: Mapping[str, np.ndarray]) -> list[InvariantCheck]:

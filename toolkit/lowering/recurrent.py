@@ -62,13 +62,18 @@ def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> Recu
     elif sequence.mask is None:
         # Keras passes a propagated mask as mask=; only one we computed ourselves can be lowered.
         raise NotFusable("a mask= argument that does not come from Masking or Embedding(mask_zero=True)")
-    initial_values = [values[id(t)].name for t in (initial if isinstance(initial, (list, tuple)) else [initial])] \
-        if initial is not None else []
-    call = layer._inbound_nodes.index(node)
-    owner = layer.name if call == 0 else f"{layer.name}_call{call}"  # a shared layer: one set per call
+    # Flattened: an RNN over StackedRNNCells takes one (nested) list of states per cell.
+    initial_values = [values[id(t)].name for t in _flatten(initial)] if initial is not None else []
+    owner = ctx.owner(layer, node)  # a shared layer: one set per call
     explicit = ctx.state_io or getattr(layer, "stateful", False)
     return RecurrentCall(layer, sequence, incoming_mask, initial_values, list(initial_values), owner, explicit,
                          state_roles(layer))
+
+
+def _flatten(states: Any) -> list[Any]:
+    import keras
+
+    return keras.tree.flatten(states)
 
 
 def plan(layer: Any) -> list[CellPlan]:
