@@ -47,7 +47,7 @@ from toolkit.runner import (
     metadata_value,
     optional_inputs,
 )
-from toolkit.runtimes.base import RuntimeFailure, open_or_failed
+from toolkit.runtimes.base import RuntimeFailure, open_or_failed, valid_everywhere
 from toolkit.runtimes.registry import DEPLOY_RUNTIMES, TIERS
 
 
@@ -254,12 +254,8 @@ def register(runtime: Runtime) -> Runtime:
     return runtime
 
 
-def _always_valid(model: onnx.ModelProto) -> str | None:
-    return None
-
-
 def _ort_runtime(name: str, level: ort.GraphOptimizationLevel) -> Runtime:
-    return Runtime(name, _always_valid, lambda path, model: OnnxRunner(model, optimization_level=level, name=name))
+    return Runtime(name, valid_everywhere, lambda path, model: OnnxRunner(model, optimization_level=level, name=name))
 
 
 for _name, _level in ORT_LEVELS.items():
