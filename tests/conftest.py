@@ -65,3 +65,12 @@ def saved_models(tmp_path_factory):
     paths["not_a_model"].write_bytes(b"this is not a zip archive")
     np.save(folder / "unused.npy", np.zeros(1))
     return paths
+
+
+def assert_close(actual, expected, name="output", tolerances=None):
+    """Assert one output within the project's parity tolerance (`compare.Tolerances`: rtol 1e-5, atol 1e-6
+    by default, or that output's own), with the comparison's figures as the failure message."""
+    from toolkit.compare import Tolerances, compare_arrays
+
+    comparison = compare_arrays(name, expected, actual, (tolerances or Tolerances()).for_output(name))
+    assert comparison, str(comparison)

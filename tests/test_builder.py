@@ -65,3 +65,14 @@ def test_all_states_adds_every_earlier_layers_states():
 def test_bad_config_is_refused_with_expected_and_received(kwargs, needle):
     with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         StackConfig(**kwargs)
+
+
+def test_requested_configs_build_a_variant_exactly_as_the_matrix_does():
+    from toolkit.builder import VARIANTS, requested_configs, variant_config
+
+    assert all(requested_configs({}, name) == [variant_config(name)] for name in VARIANTS)
+    assert requested_configs({"units": 3}, "gru", return_state=False) == [variant_config("gru", units=3, return_state=False)]
+    assert requested_configs({}) == stack_configs()
+    assert len(requested_configs({"sequential": True, "head": True})) == 2  # no state outputs for Sequential
+    with pytest.raises(InputError, match="Expected --variant among"):
+        requested_configs({}, "lstmx")

@@ -11,7 +11,7 @@ import pytest
 
 from toolkit.builder import SEED_INPUT, StackConfig, build_stack
 from toolkit.compare import Tolerances
-from toolkit.exporter import recorded_options
+from toolkit.metadata import read_options
 from toolkit.fileio import sha256_hex
 from toolkit.parity import check_parity
 from toolkit.runner import OnnxRunner
@@ -42,7 +42,7 @@ def test_committed_file_matches_its_manifest_entry(entry):
 def test_committed_file_matches_a_fresh_keras_build(entry):
     model = build_stack(StackConfig(**entry["config"]))
     runner = OnnxRunner(EXPORTED / entry["file"])
-    padding = recorded_options(runner.model).get("padding", "right")  # the side the file was exported for
+    padding = read_options(runner.model).padding  # the side the file was exported for
     report = check_parity(model, runner, [o["name"] for o in entry["outputs"]], Tolerances(), padding_side=padding)
     assert report, report.failures()
     assert report.cases[0].label.startswith("seed")

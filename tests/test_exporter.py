@@ -1,17 +1,19 @@
 """The exporter on built stacks: names, axes, fused ops, checker, metadata, batch sizes, overrides."""
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import onnx
 import pytest
+from conftest import assert_close
 
 from toolkit.builder import StackConfig, build_stack
 from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import InputError, ParityError
-from toolkit.exporter import DEFAULT_OPSET, export_model
+from toolkit import metadata
+from toolkit.exporter import export_model
+from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.naming import output_origins
 from toolkit.parity import keras_outputs
 from toolkit.runner import OnnxRunner, count_ops
@@ -68,16 +70,17 @@ def test_dynamic_axes_are_named_and_no_unk_remains(exported):
 def test_passes_full_onnx_checker_and_records_metadata(exported):
     config, _, result = exported
     onnx.checker.check_model(result.model, full_check=True)
-    meta = {p.key: p.value for p in result.model.metadata_props}
-    assert json.loads(meta["lstm_onnx.source"]) == {"builder": config.to_json()}
-    assert json.loads(meta["lstm_onnx.parity"])["passed"] is True
-    assert [o["name"] for o in json.loads(meta["lstm_onnx.outputs"])] == [o.name for o in result.outputs]
-    assert {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "lstm_onnx"} <= set(json.loads(meta["lstm_onnx.versions"]))
-    layers = json.loads(meta["lstm_onnx.layers"])
+    proto = result.model
+    assert metadata.read_source(proto) == {"builder": config.to_json()}
+    assert metadata.read_parity(proto)["passed"] is True
+    assert metadata.read_output_names(proto) == [o.name for o in result.outputs]
+    assert {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "lstm_onnx"} <= set(metadata.read_versions(proto))
+    assert metadata.read_options(proto) == ExportOptions()
+    layers = metadata.read_layers(proto)
     assert [layer["name"] for layer in layers] == [f"lstm_{i + 1}" for i in range(config.layers)]
     assert layers[-1]["return_sequences"] == config.return_sequences
     assert layers[-1]["return_state"] == config.return_state
-    assert meta["lstm_onnx.opset"] == str(DEFAULT_OPSET)
+    assert metadata.read_opset(proto) == DEFAULT_OPSET
     assert result.model.opset_import[0].version == DEFAULT_OPSET
 
 
@@ -89,7 +92,7 @@ def test_runs_with_other_batch_sizes_and_lengths_than_traced(exported):
         x = rng.standard_normal((batch, steps, config.features)).astype(np.float32)
         actual = runner.run({"input": x})
         for name, want in zip(runner.output_names, keras_outputs(model, {"input": x})):
-            np.testing.assert_allclose(actual[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+            assert_close(actual[name], want, name)
 
 
 def test_invariants_of_the_post_are_checked():
@@ -168,3 +171,17 @@ def test_layers_converted_by_tf2onnx_are_byte_reproducible_too():
     shas = [subprocess.run([sys.executable, "-c", LAYERS_AROUND.replace("WARMUP", str(n))],
                            capture_output=True, text=True, check=True).stdout.split()[-1] for n in (0, 2)]
     assert shas[0] == shas[1]
+
+
+def test_a_graph_onnx_runtime_refuses_is_an_export_error():
+    from onnx import TensorProto, helper
+
+    from toolkit.errors import ExportError
+    from toolkit.exporter import _load_runner
+
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="example.custom")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)])
+    with pytest.raises(ExportError, match="ONNX Runtime cannot load the export of 'm': Expected a model ONNX Runtime"):
+        _load_runner(proto, "m")

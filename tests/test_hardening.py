@@ -13,9 +13,8 @@ from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.compare import Tolerances
 from toolkit.errors import ModelLoadError, ParityError
-from toolkit.exporter import check_keras_version, export_keras_file, export_model, verify_runtimes
-from toolkit.parity import keras_outputs
-from toolkit.runner import OnnxRunner, ReferenceRunner, reference_oracle_problem
+from toolkit.exporter import check_keras_version, export_keras_file, export_model
+from toolkit.verify import OnnxRunner, ReferenceRunner, keras_outputs, reference_oracle_problem, verify_runtimes
 
 # ------------------------------------------------------------------------------------ untrusted files
 

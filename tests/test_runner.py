@@ -5,7 +5,8 @@ import onnx
 import pytest
 
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.runner import OnnxRunner, inspect_model, load_feeds, load_onnx
+from toolkit.runner import inspect_model, load_feeds, load_onnx
+from toolkit.verify import OnnxRunner
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,27 @@ def test_load_feeds_forms(tmp_path):
     (tmp_path / "bad.npy").write_text("not numpy")
     with pytest.raises(InputError, match="unreadable"):
         load_feeds([str(tmp_path / "bad.npy")], ["input"])
+
+
+def _graph(node: onnx.NodeProto, in_shape, out_shape, *initializers) -> onnx.ModelProto:
+    graph = onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, in_shape)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)], list(initializers))
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_a_model_onnx_runtime_rejects_is_a_one_line_load_error():
+    unknown = _graph(onnx.helper.make_node("NoSuchOp", ["x"], ["y"]), ["n"], ["n"])
+    with pytest.raises(ModelLoadError, match=r"Expected a model ONNX Runtime .* can load. Received: "):
+        OnnxRunner(unknown)
+
+
+def test_a_run_onnx_runtime_rejects_is_a_one_line_input_error():
+    # The declared input axis is dynamic, but the graph reshapes to a fixed (1, 3): a batch of 2 fails inside ORT.
+    shape = onnx.numpy_helper.from_array(np.array([1, 3], np.int64), "shape")
+    fixed = _graph(onnx.helper.make_node("Reshape", ["x", "shape"], ["y"]), ["batch", 3], [1, 3], shape)
+    runner = OnnxRunner(fixed)
+    assert runner.run({"x": np.ones((1, 3), np.float32)})["y"].shape == (1, 3)
+    with pytest.raises(InputError, match="Expected inputs ONNX Runtime can run. Received an error: ") as caught:
+        runner.run({"x": np.ones((2, 3), np.float32)})
+    assert "\n" not in str(caught.value)

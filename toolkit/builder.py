@@ -190,6 +190,25 @@ def stack_configs(base: StackConfig = StackConfig(), return_sequences: bool | No
     return [replace(base, return_sequences=s, return_state=t) for s, t in flag_combinations(return_sequences, return_state)]
 
 
+def requested_configs(options: dict[str, Any], variant: str | None = None, return_sequences: bool | None = None,
+                      return_state: bool | None = None) -> list[StackConfig]:
+    """The stacks `lstm-onnx export` builds from its builder options (`options`: the fields given).
+
+    A named variant is built exactly as `variant_config` builds it, the model the variant matrix
+    proves, with the options given overriding it; otherwise one stack per flag combination of the last
+    layer (the post's four by default), left open flags taking both values.
+    """
+    if variant is not None:
+        if variant not in VARIANTS:
+            raise InputError(f"Expected --variant among {sorted(VARIANTS)}. Received: {variant!r}")
+        flags = {"return_sequences": return_sequences, "return_state": return_state}
+        return [variant_config(variant, **options, **{k: v for k, v in flags.items() if v is not None})]
+    base = StackConfig(**options)
+    if base.sequential and return_state is None:
+        return_state = False  # a Sequential model has one output: no states to return
+    return stack_configs(base, return_sequences, return_state)
+
+
 def layer_name(index: int, cell: str = "lstm") -> str:
     return f"{cell}_{index + 1}"
 

@@ -18,6 +18,7 @@ import click
 
 from toolkit import __version__
 from toolkit.errors import InputError, LstmOnnxError
+from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
 
 
 class _Cli(click.Group):
@@ -110,9 +111,8 @@ def tolerance_options(func: Any) -> Any:
 @click.option("--bidirectional", "bidirectional", help="Wrap layers in Bidirectional: concat, sum, mul, ave or none.")
 @click.option("--masking", help="masking (a Masking layer) or embedding (int ids, Embedding(mask_zero=True)).")
 @click.option("--go-backwards", is_flag=True, default=None, help="Run every layer backwards.")
-@click.option("--opset", type=int, default=17, show_default=True,  # exporter.DEFAULT_OPSET; not imported: --help stays light
-              help="ONNX opset (14-18).")
-@click.option("--converter", type=click.Choice(["lstm-onnx", "tf2onnx"]), default="lstm-onnx", show_default=True,
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}).")
+@click.option("--converter", type=click.Choice(CONVERTERS), default=CONVERTERS[0], show_default=True,
               help="lstm-onnx lowers recurrent layers to fused ops; tf2onnx converts the whole model alone.")
 @click.option("--output-name", multiple=True, metavar="DEFAULT=NEW", help="Rename an output. Repeatable.")
 @tolerance_options
@@ -122,7 +122,7 @@ def tolerance_options(func: Any) -> Any:
               help="Also write a Triton model repository here (NAME/1/model.onnx and NAME/config.pbtxt).")
 @click.option("--propagate-nan", is_flag=True,
               help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
-@click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True,
+@click.option("--padding", type=click.Choice(PADDING_SIDES), default=PADDING_SIDES[0], show_default=True,
               help="Where masked batches hold their padding (keras pad_sequences' default is left).")
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
 @click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops.")
@@ -141,62 +141,31 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     """
     _quiet_tensorflow()
     from toolkit.compare import Tolerances
-    from toolkit.report import invariant_lines, parity_table
+    from toolkit.options import ExportOptions
 
-    tolerances = Tolerances.parse(atol, rtol)
-    renames = _renames(output_name)
+    options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
+                            padding=padding, require_fused=require_fused, output_names=_renames(output_name) or None,
+                            tolerances=Tolerances.parse(atol, rtol))
     builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
-                       "return_sequences": return_sequences, "return_state": return_state,
                        "all_states": all_states, "seed": seed, "cell": cell, "bidirectional": bidirectional,
-                       "masking": masking, "go_backwards": go_backwards, "variant": variant}
+                       "masking": masking, "go_backwards": go_backwards}
+    flags = {"return_sequences": return_sequences, "return_state": return_state, "variant": variant}
     if model is not None:
-        given = [f"--{k.replace('_', '-')}" for k, v in builder_options.items() if v is not None]
+        given = [f"--{k.replace('_', '-')}" for k, v in {**builder_options, **flags}.items() if v is not None]
         if given:
             raise InputError(f"Expected builder options only without MODEL. Received: MODEL and {', '.join(given)}")
-        from toolkit.exporter import export_keras_model
+        from toolkit.exporter import export_file
 
-        target = output or model.with_suffix(".onnx")
-        result = export_keras_model(model, target, opset=opset, output_names=renames or None, tolerances=tolerances,
-                                    require_fused=require_fused, converter=converter, propagate_nan=propagate_nan,
-                                    state_io=state_io, padding=padding)
-        # As for built stacks: the table is printed whatever the outcome; the file only when parity passed.
-        written = [result.save(target, keep_failed=True)] if (result.parity or keep_failed) else []
-        items = [(target.name, result.parity)]
-        exported = [(target.stem, result)]
-        warnings = list(result.warnings)
-        notes = list(result.notes)
-        payload = {"passed": result.parity.passed, "written": [str(p) for p in written], "sha256": result.sha256,
-                   "fused_ops": result.fused_ops, "warnings": warnings, "notes": notes,
-                   "parity": result.parity.to_json()}
+        outcome: Any = export_file(model, output or model.with_suffix(".onnx"), options, keep_failed=keep_failed)
     else:
-        from toolkit.builder import VARIANTS, StackConfig, stack_configs
+        from toolkit.builder import requested_configs
         from toolkit.suite import export_stacks
 
-        chosen = {k: v for k, v in builder_options.items()
-                  if v is not None and k not in ("return_sequences", "return_state", "variant")}
-        if chosen.get("timesteps") == VARIABLE:
-            chosen["timesteps"] = None
-        if variant is not None:
-            if variant not in VARIANTS:
-                raise InputError(f"Expected --variant among {sorted(VARIANTS)}. Received: {variant!r}")
-            chosen = {**VARIANTS[variant], **chosen}
-        base = StackConfig(**chosen)
-        if base.sequential and return_state is None:
-            return_state = False  # a Sequential model has one output: no states to return
-        configs = stack_configs(base, return_sequences, return_state)
-        suite = export_stacks(configs, output or Path("exported"), opset=opset, output_names=renames or None,
-                              tolerances=tolerances, keep_failed=keep_failed, require_fused=require_fused,
-                              converter=converter, propagate_nan=propagate_nan, state_io=state_io, padding=padding)
-        items = [(entry.file, entry.result.parity) for entry in suite.entries]
-        exported = [(entry.config.name, entry.result) for entry in suite.entries]
-        warnings = [f"{entry.file}: {w}" for entry in suite.entries for w in entry.result.warnings]
-        notes = [f"{entry.file}: {n}" for entry in suite.entries for n in entry.result.notes]
-        written = suite.written
-        payload = {"passed": suite.passed, "written": [str(p) for p in written],
-                   "models": [{"file": e.file, "sha256": e.result.sha256, "fused_ops": e.result.fused_ops,
-                               "warnings": list(e.result.warnings), "notes": list(e.result.notes),
-                               "parity": e.result.parity.to_json()}
-                              for e in suite.entries]}
+        chosen = {k: (None if v == VARIABLE else v) for k, v in builder_options.items() if v is not None}
+        configs = requested_configs(chosen, variant, return_sequences, return_state)
+        outcome = export_stacks(configs, output or Path("exported"), options, keep_failed=keep_failed)
+    # As for built stacks: the table is printed whatever the outcome; files only when parity passed.
+    items, exported, written, payload = outcome.items, outcome.exported, outcome.written, outcome.to_json()
     passed = all(report for _, report in items)
     if triton_repo is not None and (passed or keep_failed):
         from toolkit.triton import write_repository
@@ -206,17 +175,23 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     if as_json:
         _emit_json(payload)
     else:
-        click.echo(parity_table(items))
-        for line in invariant_lines(items):
-            click.echo(line)
-        for warning in warnings:
-            click.echo(f"warning: {warning}", err=True)
-        for note in notes:
-            click.echo(f"note: {note}", err=True)
-        click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written
-                   else "wrote nothing")
+        _print_export(items, outcome.warnings, outcome.notes, written)
     if not passed:
         raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)"))
+
+
+def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
+                  written: Sequence[Path]) -> None:
+    from toolkit.report import invariant_lines, parity_table
+
+    click.echo(parity_table(items))
+    for line in invariant_lines(items):
+        click.echo(line)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
 
 
 @cli.command()
@@ -236,9 +211,9 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
            stream: str | None, stream_length: int, runtimes: str, as_json: bool) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     _quiet_tensorflow()
-    from toolkit.compare import Tolerances
-    from toolkit.exporter import verify_runtimes
-    from toolkit.report import invariant_lines, parity_table
+    from toolkit.compare import Tolerances, VerifyReport
+    from toolkit.report import verify_text
+    from toolkit.verify import verify_runtimes
 
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
     tolerances = Tolerances.parse(atol, rtol)
@@ -248,7 +223,6 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
         sizes = parse_chunks(stream)
     results = verify_runtimes(onnx_model, keras_model, names, tolerances, seed=seed)
-    ran = [r for r in results if r.report is not None]
     streamed = None
     if sizes is not None:
         from toolkit.exporter import load_keras_model
@@ -257,37 +231,12 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
         streamed = stream_parity(load_keras_model(keras_model), load_onnx(onnx_model), sizes, stream_length,
                                  tolerances=tolerances, seed=seed)
-    passed = all(ran) and bool(ran) and (streamed is None or bool(streamed))
+    outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
     if as_json:
-        payload = {"passed": passed,
-                   "runtimes": {r.runtime: (r.report.to_json() if r.report else {"skipped": r.skipped}) for r in results}}
-        if streamed is not None:
-            payload["stream"] = {"chunks": list(streamed.chunks), "passed": bool(streamed),
-                                 "against_keras": streamed.against_keras.to_json(),
-                                 "against_unchunked": streamed.against_whole.to_json()}
-        # One runtime: its report at the top level, as before, for CI scripts that read it directly.
-        _emit_json({**ran[0].report.to_json(), **payload} if len(results) == 1 and ran else payload)
+        _emit_json(outcome.to_json())
     else:
-        label = (lambda r: onnx_model.name) if len(results) == 1 else (lambda r: f"{onnx_model.name} [{r.runtime}]")
-        items = [(label(r), r.report) for r in ran]
-        if streamed is not None:
-            chunks = ",".join(map(str, streamed.chunks))
-            items += [(f"{onnx_model.name} [stream {chunks} vs keras]", streamed.against_keras),
-                      (f"{onnx_model.name} [stream {chunks} vs unchunked]", streamed.against_whole)]
-            ran_failures = streamed.against_keras.failures() + streamed.against_whole.failures()
-        else:
-            ran_failures = []
-        click.echo(parity_table(items))
-        for line in invariant_lines(items):
-            click.echo(line)
-        for r in results:
-            if r.skipped:
-                click.echo(f"{r.runtime}: skipped: {r.skipped}")
-        failures = [f for r in ran for f in r.report.failures()] + ran_failures
-        if not ran:
-            failures = ["every requested runtime was skipped: nothing was compared"]
-        click.echo("PASS" if passed else "FAIL: " + "; ".join(failures[:5]))
-    if not passed:
+        click.echo(verify_text(outcome))
+    if not outcome:
         sys.exit(1)
 
 
@@ -303,7 +252,8 @@ def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, as_json: b
 
     from toolkit.fileio import atomic_write_bytes
     from toolkit.report import outputs_text
-    from toolkit.runner import OnnxRunner, load_feeds
+    from toolkit.runner import load_feeds
+    from toolkit.verify import OnnxRunner
 
     if output is not None and output.suffix != ".npz":
         raise InputError(f"Expected an output path ending in .npz. Received: {str(output)!r}")

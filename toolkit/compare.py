@@ -1,8 +1,9 @@
-"""Comparing ONNX Runtime's outputs with Keras', output by output.
+"""Comparing a runtime's outputs with Keras', output by output, and the result objects of a verification.
 
 Results are objects that test true when they pass (after Polygraphy's `OutputCompareResult`): a
 `ParityReport` is true only when the output names match, every output's shape matches in every case and
-every value is within its tolerance. Nothing here imports TensorFlow: `verify` results can be read and
+every value is within its tolerance; a `RuntimeReport` is one runtime's pass, fail or "not valid"; a
+`VerifyReport` is everything `verify` found. Nothing here imports TensorFlow: `verify` results can be read and
 printed on a deploy machine.
 """
 
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from toolkit.errors import InputError
+
+if TYPE_CHECKING:
+    from toolkit.streaming import StreamReport
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,69 @@ class ParityReport:
             "cases": [case.label for case in self.cases],
             "failures": self.failures(),
         }
+
+
+@dataclass(frozen=True)
+class RuntimeReport:
+    """The parity of one runtime against Keras: pass or fail with its report, or not valid with the reason."""
+
+    runtime: str
+    report: ParityReport | None
+    not_valid: str = ""  # the runtime's `problem` with this model
+
+    @property
+    def skipped(self) -> str:
+        return self.not_valid
+
+    @property
+    def status(self) -> str:
+        if self.report is None:
+            return "not valid"
+        return "pass" if self.report else "fail"
+
+    def __bool__(self) -> bool:
+        return self.report is not None and bool(self.report)
+
+    def to_json(self) -> dict:
+        if self.report is None:
+            return {"runtime": self.runtime, "status": self.status, "reason": self.not_valid, "skipped": self.not_valid}
+        data = {**self.report.to_json(), "runtime": self.runtime, "status": self.status}
+        for output in data["outputs"]:
+            output["status"] = "pass" if output["passed"] else "fail"
+        return data
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `lstm-onnx verify` found: one report per runtime asked for, and the streamed run if asked for."""
+
+    model: str  # the .onnx file's name, for labels
+    runtimes: tuple[RuntimeReport, ...]
+    stream: "StreamReport | None" = None
+
+    @property
+    def ran(self) -> list[RuntimeReport]:
+        return [r for r in self.runtimes if r.report is not None]
+
+    def __bool__(self) -> bool:
+        ran = self.ran
+        return bool(ran) and all(ran) and (self.stream is None or bool(self.stream))
+
+    def failures(self) -> list[str]:
+        if not self.ran:
+            return ["every requested runtime was skipped: nothing was compared"]
+        found = [f for r in self.ran for f in r.report.failures()]
+        if self.stream is not None:
+            found += self.stream.against_keras.failures() + self.stream.against_whole.failures()
+        return found
+
+    def to_json(self) -> dict:
+        payload: dict[str, Any] = {"passed": bool(self), "runtimes": {r.runtime: r.to_json() for r in self.runtimes}}
+        if self.stream is not None:
+            payload["stream"] = self.stream.to_json()
+        ran = self.ran
+        # One runtime: its report at the top level, as before, for CI scripts that read it directly.
+        return {**ran[0].report.to_json(), **payload} if len(self.runtimes) == 1 and ran else payload
 
 
 def _nanmax(values: Iterable[float]) -> float:

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from toolkit.errors import InputError, UnsupportedModelError
 
+
 @dataclass(frozen=True)
 class OutputOrigin:
     """Where one model output comes from: a layer, which call of it, and its role."""
@@ -46,6 +47,11 @@ def is_recurrent(layer: Any) -> bool:
     return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
 
 
+def is_bidirectional(layer: Any) -> bool:
+    """True for a Keras `Bidirectional` wrapper (its flags live on `layer.forward_layer`)."""
+    return type(layer).__name__ == "Bidirectional"
+
+
 def state_roles(layer: Any) -> list[str]:
     """The names of one recurrent layer's states, in Keras' order."""
     cls = type(layer).__name__
@@ -60,7 +66,7 @@ def state_roles(layer: Any) -> list[str]:
 
 def recurrent_roles(layer: Any) -> list[str]:
     """The roles of a recurrent layer's outputs, in the order Keras returns them."""
-    if type(layer).__name__ == "Bidirectional":
+    if is_bidirectional(layer):
         inner = layer.forward_layer
         main = "sequence" if inner.return_sequences else "last"
         roles = [main] if layer.merge_mode is not None else [f"forward_{main}", f"backward_{main}"]
@@ -113,6 +119,12 @@ def output_origins(model: Any) -> list[OutputOrigin]:
             role = "output" if count == 1 else f"output_{index}"
         origins.append(OutputOrigin(layer=layer.name, layer_class=cls, role=role, call=call))
     return origins
+
+
+def default_output_names(model: Any, origins: Sequence[OutputOrigin] | None = None) -> list[str]:
+    """The names an export of `model` gets when the user renames nothing: `<layer>_<role>`, made unique.
+    Pass `origins` when they are already known (`output_origins(model)`)."""
+    return unique_names([o.name for o in (output_origins(model) if origins is None else origins)])
 
 
 def unique_names(names: Sequence[str]) -> list[str]:

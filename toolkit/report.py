@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from toolkit.compare import ParityReport
-from toolkit.runner import ModelDescription
+
+if TYPE_CHECKING:  # only for annotations: `run` and `inspect` import this module
+    from toolkit.compare import RuntimeReport, VerifyReport
+    from toolkit.runner import ModelDescription
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -39,6 +42,31 @@ PARITY_HEADERS = ["model", "output", "shapes", "max abs", "max rel", "atol/rtol"
 def parity_table(items: Sequence[tuple[str, ParityReport]]) -> str:
     rows = [row for label, report in items for row in parity_rows(label, report)]
     return table(PARITY_HEADERS, rows)
+
+
+def runtime_rows(label: str, result: RuntimeReport) -> list[list[str]]:
+    """A runtime's rows: one per output, or one "not valid" row saying why the model is not valid there."""
+    if result.report is None:
+        return [[label, "(all)", "", "", "", "", f"not valid: {result.not_valid}"]]
+    return parity_rows(label, result.report)
+
+
+def verify_text(result: VerifyReport) -> str:
+    """`verify`'s text: the table (a runtime per row group, labelled when several), invariants, verdict."""
+    several = len(result.runtimes) > 1
+    labelled = [(f"{result.model} [{r.runtime}]" if several else result.model, r) for r in result.runtimes]
+    items = [(label, r.report) for label, r in labelled if r.report is not None]
+    rows = [row for label, r in labelled for row in runtime_rows(label, r)]
+    if result.stream is not None:
+        chunks = ",".join(map(str, result.stream.chunks))
+        streamed = [(f"{result.model} [stream {chunks} vs keras]", result.stream.against_keras),
+                    (f"{result.model} [stream {chunks} vs unchunked]", result.stream.against_whole)]
+        items += streamed
+        rows += [row for label, report in streamed for row in parity_rows(label, report)]
+    lines = [table(PARITY_HEADERS, rows), *invariant_lines(items)]
+    lines += [f"{r.runtime}: skipped: {r.not_valid}" for r in result.runtimes if r.not_valid]
+    lines.append("PASS" if result else "FAIL: " + "; ".join(result.failures()[:5]))
+    return "\n".join(lines)
 
 
 def invariant_lines(items: Sequence[tuple[str, ParityReport]]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Loading, checking, describing and running ONNX models in ONNX Runtime.
+"""Loading, checking and describing ONNX models, and checking feeds against their inputs.
 
 This is what a deploy machine runs, so it never imports TensorFlow or Keras. A model is checked before a
 session is made from it (it parses, passes `onnx.checker`, keeps its external data inside its folder),
@@ -12,11 +12,10 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from toolkit.errors import InputError, ModelLoadError
 
@@ -78,7 +77,8 @@ class ModelDescription:
         }
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, at most 300 characters: enough for a one-line error."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
@@ -216,75 +216,39 @@ def inspect_model(path: str | Path) -> ModelDescription:
     return describe(load_onnx(path), str(path))
 
 
-class OnnxRunner:
-    """An ONNX Runtime session that checks its feeds and returns `{output name: array}` in graph order."""
+def check_feeds(inputs: Sequence[TensorInfo], optional: Sequence[TensorInfo],
+                feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check names, dtypes, ranks and fixed dims against a model's inputs; every message names the input and
+    both sides, so a user's mistake never reaches a runtime as a stack trace."""
+    expected_names = [t.name for t in inputs]
+    optional_names = [t.name for t in optional]
+    missing = [n for n in expected_names if n not in feeds]
+    extra = [n for n in feeds if n not in expected_names and n not in optional_names]
+    if missing or extra:
+        also = f" (optional: {optional_names})" if optional_names else ""
+        raise InputError(f"Expected inputs {expected_names}{also}. Received: {list(feeds)}")
+    checked: dict[str, np.ndarray] = {}
+    for info in tuple(inputs) + tuple(t for t in optional if t.name in feeds):
+        checked[info.name] = _check_feed(info, np.asarray(feeds[info.name]))
+    return checked
 
-    def __init__(self, model: onnx.ModelProto | str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-        proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
-        available = ort.get_available_providers()
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise InputError(f"Expected execution providers among {available}. Received: {list(missing)}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = optimization_level
-        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
-        self.model = proto
-        try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers))
-        except Exception as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
-            raise ModelLoadError(f"Expected a model ONNX Runtime {ort.__version__} can load. Received: "
-                                 f"{_first_line(exc)}") from None
-        self.inputs = graph_inputs(proto)
-        self.optional = optional_inputs(proto)
-        self.outputs = graph_outputs(proto)
 
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check names, dtypes, ranks and fixed dims; every message names the input and both sides."""
-        expected_names = self.input_names
-        optional = [t.name for t in self.optional]
-        missing = [n for n in expected_names if n not in feeds]
-        extra = [n for n in feeds if n not in expected_names and n not in optional]
-        if missing or extra:
-            also = f" (optional: {optional})" if optional else ""
-            raise InputError(f"Expected inputs {expected_names}{also}. Received: {list(feeds)}")
-        checked: dict[str, np.ndarray] = {}
-        for info in self.inputs + tuple(t for t in self.optional if t.name in feeds):
-            array = np.asarray(feeds[info.name])
-            want = np.dtype(info.dtype)
-            if array.dtype != want:
-                raise InputError(
-                    f"Expected input {info.name!r} of dtype {want.name}. Received: dtype {array.dtype.name}"
-                )
-            if array.ndim != len(info.shape):
-                raise InputError(
-                    f"Expected input {info.name!r} of rank {len(info.shape)} with shape {info.shape_text()}. "
-                    f"Received: shape {array.shape}"
-                )
-            for axis, (want_dim, got_dim) in enumerate(zip(info.shape, array.shape)):
-                if isinstance(want_dim, int) and want_dim != got_dim:
-                    raise InputError(
-                        f"Expected input {info.name!r} with shape {info.shape_text()} (axis {axis} = {want_dim}). "
-                        f"Received: shape {array.shape}"
-                    )
-            checked[info.name] = array
-        return checked
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        checked = self.check_feeds(feeds)
-        try:
-            values = self.session.run(None, checked)
-        except Exception as exc:  # e.g. a dim the graph fixes internally that the declared shape did not
-            raise InputError(f"Expected inputs ONNX Runtime can run. Received an error: {_first_line(exc)}") from None
-        return dict(zip(self.output_names, values))
+def _check_feed(info: TensorInfo, array: np.ndarray) -> np.ndarray:
+    want = np.dtype(info.dtype)
+    if array.dtype != want:
+        raise InputError(f"Expected input {info.name!r} of dtype {want.name}. Received: dtype {array.dtype.name}")
+    if array.ndim != len(info.shape):
+        raise InputError(
+            f"Expected input {info.name!r} of rank {len(info.shape)} with shape {info.shape_text()}. "
+            f"Received: shape {array.shape}"
+        )
+    for axis, (want_dim, got_dim) in enumerate(zip(info.shape, array.shape)):
+        if isinstance(want_dim, int) and want_dim != got_dim:
+            raise InputError(
+                f"Expected input {info.name!r} with shape {info.shape_text()} (axis {axis} = {want_dim}). "
+                f"Received: shape {array.shape}"
+            )
+    return array
 
 
 def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -315,74 +279,15 @@ def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np
     return feeds
 
 
-# The runtimes `verify --runtimes` can compare against Keras: ONNX Runtime at each graph optimization
-# level (a wrong rewrite would show up as a difference between levels) and onnx's reference evaluator.
-ORT_LEVELS = {
-    "onnxruntime": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    "onnxruntime-extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "onnxruntime-basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "onnxruntime-disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-}
-RUNTIMES = tuple(ORT_LEVELS) + ("reference",)
-
-# Defaults of the activations attribute; onnx's ReferenceEvaluator implements only these.
-_DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+# The runners moved to toolkit.verify, beside their peers (KerasRunner, the runtime registry). Code written
+# before still imports them from here; a lazy look-up keeps that working without an import cycle
+# (toolkit.verify imports this module).
+_MOVED_TO_VERIFY = ("OnnxRunner", "ReferenceRunner", "reference_oracle_problem", "ORT_LEVELS", "RUNTIMES")
 
 
-def reference_oracle_problem(model: onnx.ModelProto) -> str | None:
-    """Why onnx.reference is no oracle for this model, or None when it is.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_VERIFY:
+        from toolkit import verify
 
-    Its LSTM/GRU/RNN ignore the `activations` and `sequence_lens` inputs (onnx 1.23 marks them unused):
-    comparing against it there would blame the export for the evaluator's gap.
-    """
-    for node in model.graph.node:
-        if node.op_type not in _DEFAULT_ACTIVATIONS:
-            continue
-        attrs = {a.name: a for a in node.attribute}
-        if "activations" in attrs:
-            acts = [s.decode() for s in attrs["activations"].strings]
-            per_direction = _DEFAULT_ACTIVATIONS[node.op_type]
-            if acts != per_direction * (len(acts) // len(per_direction)):
-                return f"onnx.reference ignores the activations attribute ({node.op_type} with {acts})"
-        if len(node.input) > 4 and node.input[4]:
-            return f"onnx.reference ignores sequence_lens ({node.op_type} of a masked layer)"
-    return None
-
-
-class ReferenceRunner(OnnxRunner):
-    """onnx.reference.ReferenceEvaluator behind the OnnxRunner interface (a second, independent runtime)."""
-
-    def __init__(self, model: onnx.ModelProto | str | Path):
-        from onnx.reference import ReferenceEvaluator
-
-        proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
-        problem = reference_oracle_problem(proto)
-        if problem:
-            raise InputError(f"Expected a model onnx.reference can evaluate faithfully. Received: {problem}")
-        self.model = proto
-        self.session = None
-        self.evaluator = ReferenceEvaluator(proto)
-        self.inputs = graph_inputs(proto)
-        self.outputs = graph_outputs(proto)
-
-    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        expected = self.input_names
-        if sorted(feeds) != sorted(expected):
-            raise InputError(f"Expected inputs {expected}. Received: {list(feeds)}")
-        return {name: np.asarray(feeds[name]) for name in expected}
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            values = self.evaluator.run(None, self.check_feeds(feeds))
-        except Exception as exc:
-            raise InputError(f"Expected a model onnx.reference can run. Received an error: {_first_line(exc)}") from None
-        return dict(zip(self.output_names, values))
-
-
-def make_runner(model: onnx.ModelProto, runtime: str) -> OnnxRunner:
-    if runtime == "reference":
-        return ReferenceRunner(model)
-    if runtime not in ORT_LEVELS:
-        raise InputError(f"Expected runtimes among {list(RUNTIMES)}. Received: {runtime!r}")
-    return OnnxRunner(model, optimization_level=ORT_LEVELS[runtime])
-
+        return getattr(verify, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

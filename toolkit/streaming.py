@@ -2,10 +2,10 @@
 with Keras on the whole sequence.
 
 ONNX Runtime is stateless, so a `--state-io` export records which state input each final-state output
-feeds (`lstm_onnx.state_map` in its metadata); `stream` uses exactly that map, as deploy code would.
-Outputs with a time axis are concatenated over the chunks; the others (last outputs, states) are the
-last chunk's. A Bidirectional or `go_backwards` layer cannot stream: its first output needs the end of
-the sequence.
+feeds (`lstm_onnx.state_map` in its metadata); `StreamingRunner` uses exactly that map, as deploy code
+would. Outputs with a time axis are concatenated over the chunks; the others (last outputs, states) are
+the last chunk's. A Bidirectional or `go_backwards` layer cannot stream: its first output needs the end of
+the sequence. The comparison is `verify.compare_runners`, as for every other check.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from toolkit.compare import ParityReport, Tolerances, compare_case
+from toolkit.compare import ParityReport, Tolerances
 from toolkit.errors import InputError
-from toolkit.runner import OnnxRunner, count_ops, metadata_value
+from toolkit.inputs import InputCase, embedding_vocab, random_input
+from toolkit.runner import count_ops, metadata_value
+from toolkit.verify import KerasRunner, OnnxRunner, RunnerBase, compare_runners
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class StreamReport:
 
     def __bool__(self) -> bool:
         return bool(self.against_keras) and bool(self.against_whole)
+
+    def to_json(self) -> dict:
+        return {"chunks": list(self.chunks), "passed": bool(self), "against_keras": self.against_keras.to_json(),
+                "against_unchunked": self.against_whole.to_json()}
 
 
 def parse_chunks(spec: str) -> list[int]:
@@ -76,6 +82,15 @@ def time_outputs(runner: OnnxRunner) -> set[str]:
     return {t.name for t in runner.outputs if len(t.shape) >= 3 and isinstance(t.shape[1], str)}
 
 
+def sequence_input(runner: OnnxRunner) -> str:
+    """The one input with a variable time axis, which is what gets cut into chunks."""
+    found = [t for t in runner.inputs if len(t.shape) >= 2 and isinstance(t.shape[1], str)]
+    if len(found) != 1:
+        raise InputError(f"Expected one input with a variable time axis to stream. Received: "
+                         f"{[f'{t.name} {t.shape_text()}' for t in runner.inputs]}")
+    return found[0].name
+
+
 def run_streamed(runner: OnnxRunner, feeds: Mapping[str, np.ndarray], sequence_input: str, sizes: Sequence[int],
                  mapping: Mapping[str, str]) -> dict[str, np.ndarray]:
     """Run chunk by chunk, feeding each chunk's final states into the next; missing states are zeros."""
@@ -95,32 +110,37 @@ def run_streamed(runner: OnnxRunner, feeds: Mapping[str, np.ndarray], sequence_i
     return {name: (np.concatenate(pieces[name], axis=1) if name in timed else value) for name, value in last.items()}
 
 
+class StreamingRunner(RunnerBase):
+    """An ONNX Runtime session fed chunk by chunk through the export's state map: a runner like any other."""
+
+    def __init__(self, runner: OnnxRunner, sizes: Sequence[int]):
+        check_streamable(runner.model)
+        self.mapping = state_map(runner.model)
+        self.sequence_input = sequence_input(runner)
+        self.runner = runner
+        self.sizes = tuple(sizes)
+        self.name = f"{runner.name} stream {','.join(map(str, self.sizes))}"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_streamed(self.runner, feeds, self.sequence_input, self.sizes, self.mapping)
+
+
 def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence[int], length: int = 12,
                   batch: int = 2, tolerances: Tolerances = Tolerances(), seed: int = 0) -> StreamReport:
     """Chunked ONNX Runtime against Keras (and against an unchunked run) on one random sequence."""
-    from toolkit.parity import keras_outputs
-
-    mapping = state_map(onnx_model)
+    state_map(onnx_model)  # refuse a model without a state map before anything else, then a backward one
     check_streamable(onnx_model)
     runner = OnnxRunner(onnx_model)
+    streamed = StreamingRunner(runner, sizes)
     tolerances = tolerances.resolve(count_ops(onnx_model))
-    sequence_inputs = [t for t in runner.inputs if len(t.shape) >= 2 and isinstance(t.shape[1], str)]
-    if len(sequence_inputs) != 1:
-        raise InputError(f"Expected one input with a variable time axis to stream. Received: "
-                         f"{[f'{t.name} {t.shape_text()}' for t in runner.inputs]}")
-    from toolkit.parity import embedding_vocab, random_input
-
     rng = np.random.default_rng(seed)
     vocab = embedding_vocab(keras_model)
     feeds = {info.name: random_input(info.shape[1:], info.dtype, batch, length, rng, vocab) for info in runner.inputs}
-    streamed = run_streamed(runner, feeds, sequence_inputs[0].name, sizes, mapping)
-    whole = runner.run(feeds)
-    expected = keras_outputs(keras_model, {t.name: feeds[t.name] for t in keras_model.inputs})
-    names = runner.output_names
     label = f"chunks {','.join(map(str, sizes))} over {length} steps"
-    keras_names = names[: len(expected)]
-    against_keras = ParityReport(tuple(keras_names), tuple(keras_names), (
-        compare_case(label, expected, {n: streamed[n] for n in keras_names}, keras_names, tolerances),))
-    against_whole = ParityReport(tuple(names), tuple(names), (
-        compare_case(label + " vs unchunked", [whole[n] for n in names], streamed, names, tolerances),))
-    return StreamReport(tuple(sizes), against_keras, against_whole)
+    names = runner.output_names
+    keras_names = names[: len(keras_model.outputs)]  # the extra outputs are --state-io's states
+    against_keras = compare_runners(KerasRunner(keras_model), [streamed], [InputCase(label, feeds)], tolerances,
+                                    keras_names)
+    against_whole = compare_runners(runner, [streamed], [InputCase(label + " vs unchunked", feeds)], tolerances,
+                                    names)
+    return StreamReport(tuple(sizes), against_keras[streamed.name], against_whole[streamed.name])

@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from toolkit import __version__
 from toolkit.builder import StackConfig, build_stack
-from toolkit.compare import Tolerances
+from toolkit.compare import ParityReport, Tolerances
 from toolkit.errors import InputError
-from toolkit.exporter import DEFAULT_OPSET, ExportResult, check_opset, export_model, parity_metadata, versions
+from toolkit.exporter import ExportResult, export_model
 from toolkit.fileio import atomic_write_bytes, atomic_write_text
-from toolkit.naming import output_origins, unique_names
-from toolkit.runner import metadata_value
+from toolkit.metadata import parity_metadata, read_opset, versions
+from toolkit.naming import default_output_names
+from toolkit.options import ExportOptions
 
 MANIFEST_NAME = "manifest.json"
 
@@ -45,9 +46,30 @@ class SuiteResult:
     def manifest(self) -> dict:
         return build_manifest(self.entries)
 
+    @property
+    def items(self) -> list[tuple[str, ParityReport]]:
+        return [(entry.file, entry.result.parity) for entry in self.entries]
+
+    @property
+    def exported(self) -> list[tuple[str, ExportResult]]:
+        return [(entry.config.name, entry.result) for entry in self.entries]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{entry.file}: {w}" for entry in self.entries for w in entry.result.warnings]
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"{entry.file}: {n}" for entry in self.entries for n in entry.result.notes]
+
+    def to_json(self) -> dict[str, Any]:
+        """What a report says about the suite (the CLI's `--json`)."""
+        return {"passed": self.passed, "written": [str(p) for p in self.written],
+                "models": [{"file": e.file, **e.result.to_json()} for e in self.entries]}
+
 
 def build_manifest(entries: Sequence[SuiteEntry]) -> dict:
-    opsets = sorted({int(_metadata(e.result, "opset")) for e in entries})
+    opsets = sorted({read_opset(e.result.model) for e in entries})
     return {
         "generator": f"lstm-onnx {__version__}",
         "opset": opsets[0] if len(opsets) == 1 else opsets,
@@ -68,58 +90,34 @@ def build_manifest(entries: Sequence[SuiteEntry]) -> dict:
     }
 
 
-def _metadata(result: ExportResult, key: str) -> str:
-    value = metadata_value(result.model, key)
-    if value is None:  # every export writes these keys
-        raise KeyError(f"lstm_onnx.{key}")
-    return value
-
-
 def _check_keys(kind: str, keys: Sequence[str], known: Sequence[str]) -> None:
     unknown = sorted(set(keys) - set(known))
     if unknown:
         raise InputError(f"Expected {kind} among the outputs {sorted(set(known))}. Received unknown key(s): {unknown}")
 
 
-def export_stacks(
-    configs: Sequence[StackConfig],
-    out_dir: str | Path,
-    *,
-    opset: int = DEFAULT_OPSET,
-    output_names: Mapping[str, str] | None = None,
-    tolerances: Tolerances = Tolerances(),
-    keep_failed: bool = False,
-    require_fused: bool = False,
-    write: bool = True,
-    converter: str = "lstm-onnx",
-    propagate_nan: bool = False,
-    state_io: bool = False,
-    padding: str = "right",
-) -> SuiteResult:
-    """Build, export and check each config; write them and the manifest when all pass."""
-    check_opset(opset)
+def export_stacks(configs: Sequence[StackConfig], out_dir: str | Path, options: ExportOptions | None = None, *,
+                  keep_failed: bool = False, write: bool = True, **changes: Any) -> SuiteResult:
+    """Build, export and check each config; write them and the manifest when all pass.
+
+    `options.output_names` maps default names to new ones across every stack; `changes` replace fields
+    of `options`, as in `export_model`.
+    """
+    options = (options or ExportOptions()).replace(**changes)
     if not configs:
         raise InputError("Expected at least one stack configuration. Received: none")
     target = Path(out_dir)
     if target.exists() and not target.is_dir():
         raise InputError(f"Expected an output folder. Received: {str(target)!r}, which is a file")
     models = [(config, build_stack(config)) for config in configs]
-    defaults = {config.name: unique_names([o.name for o in output_origins(model)]) for config, model in models}
-    every_default = [name for names in defaults.values() for name in names]
-    renames = dict(output_names or {})
-    _check_keys("--output-name keys", list(renames), every_default)
-    final_names = {k: [renames.get(n, n) for n in v] for k, v in defaults.items()}
-    _check_keys("tolerance keys", list(tolerances.per_output), [n for v in final_names.values() for n in v])
-
+    final_names = _final_names(models, options)
+    tolerances = options.tolerances
     entries = []
     for config, model in models:
         names = final_names[config.name]
         own = Tolerances(tolerances.default, {k: v for k, v in tolerances.per_output.items() if k in names})
-        result = export_model(
-            model, opset=opset, output_names=names, tolerances=own, seed=config.seed,
-            source={"builder": config.to_json()}, require_fused=require_fused, converter=converter,
-            propagate_nan=propagate_nan, state_io=state_io, padding=padding,
-        )
+        result = export_model(model, options.replace(output_names=names, tolerances=own), seed=config.seed,
+                              source={"builder": config.to_json()})
         entries.append(SuiteEntry(config=config, file=f"{config.name}.onnx", result=result))
     suite = SuiteResult(out_dir=target, entries=entries)
     if write and (suite.passed or keep_failed):
@@ -128,6 +126,19 @@ def export_stacks(
         manifest_text = json.dumps(suite.manifest(), indent=2, sort_keys=False) + "\n"
         suite.written.append(atomic_write_text(target / MANIFEST_NAME, manifest_text))
     return suite
+
+
+def _final_names(models: Sequence[tuple[StackConfig, Any]], options: ExportOptions) -> dict[str, list[str]]:
+    """Each stack's output names after the renames, which may name an output of any of the stacks."""
+    if options.output_names is not None and not isinstance(options.output_names, Mapping):
+        raise InputError(f"Expected output names as a mapping DEFAULT=NEW for several stacks. "
+                         f"Received: {list(options.output_names)}")
+    defaults = {config.name: default_output_names(model) for config, model in models}
+    renames = dict(options.output_names or {})
+    _check_keys("--output-name keys", list(renames), [name for names in defaults.values() for name in names])
+    final_names = {k: [renames.get(n, n) for n in v] for k, v in defaults.items()}
+    _check_keys("tolerance keys", list(options.tolerances.per_output), [n for v in final_names.values() for n in v])
+    return final_names
 
 
 def read_manifest(out_dir: str | Path) -> dict:

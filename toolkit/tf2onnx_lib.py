@@ -14,11 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from toolkit.errors import ExportError
-
-# tf2onnx 1.17 writes opsets up to 18 (tf2onnx.constants.OPSET_TO_IR_VERSION); below 14 its LSTM
-# rewriter output is not what we test.
-MIN_OPSET = 14
-MAX_OPSET = 18
+from toolkit.options import MAX_OPSET, MIN_OPSET  # noqa: F401 - the opsets tf2onnx is used with; defined once there
 
 
 @dataclass(frozen=True)

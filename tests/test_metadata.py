@@ -1,0 +1,68 @@
+"""The lstm_onnx.* metadata: one writer (sorted keys, compact JSON) and typed readers, on real exports."""
+
+from pathlib import Path
+
+import pytest
+from onnx import TensorProto, helper
+
+from toolkit import metadata
+from toolkit.builder import StackConfig, build_stack
+from toolkit.errors import InputError
+from toolkit.exporter import export_model
+from toolkit.options import ExportOptions
+from toolkit.runner import load_onnx
+from toolkit.suite import read_manifest
+
+EXPORTED = Path(__file__).resolve().parent.parent / "exported"
+
+
+def _bare_model():
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    return helper.make_model(graph)
+
+
+def test_writer_sorts_keys_and_writes_compact_sorted_json():
+    model = _bare_model()
+    model.metadata_props.add(key="stale", value="dropped")
+    metadata.write_metadata(model, {metadata.OPSET: "17", metadata.OPTIONS: {"b": 1, "a": [1, 2]}})
+    assert [(p.key, p.value) for p in model.metadata_props] == [
+        ("lstm_onnx.opset", "17"), ("lstm_onnx.options", '{"a":[1,2],"b":1}')]
+
+
+def test_readers_give_defaults_for_a_file_without_metadata():
+    model = _bare_model()
+    assert metadata.read_options(model) == ExportOptions()
+    assert metadata.read_state_map(model) == {} and metadata.read_layers(model) == []
+    assert metadata.read_outputs(model) == [] and metadata.read_parity(model) == {}
+    assert metadata.read_opset(model) == 17
+
+
+def test_unreadable_json_is_an_input_error():
+    model = _bare_model()
+    metadata.write_metadata(model, {metadata.LAYERS: "{not json"})
+    with pytest.raises(InputError, match=r"Expected JSON in metadata lstm_onnx.layers. Received: '\{not json'"):
+        metadata.read_layers(model)
+
+
+@pytest.mark.parametrize("entry", read_manifest(EXPORTED)["models"], ids=lambda e: e["case"])
+def test_readers_on_the_committed_exports(entry):
+    model = load_onnx(EXPORTED / entry["file"])
+    assert metadata.read_options(model) == ExportOptions()
+    assert metadata.read_output_names(model) == [o["name"] for o in entry["outputs"]]
+    assert metadata.read_outputs(model) == entry["outputs"]
+    assert metadata.read_parity(model) == entry["parity"]
+    assert metadata.read_source(model) == {"builder": entry["config"]}
+    assert [layer["name"] for layer in metadata.read_layers(model)] == ["lstm_1", "lstm_2"]
+    assert metadata.read_versions(model)["lstm_onnx"] and metadata.read_state_map(model) == {}
+
+
+def test_state_map_and_options_of_a_state_io_export():
+    result = export_model(build_stack(StackConfig(layers=1, timesteps=None)), ExportOptions(state_io=True, padding="left"))
+    assert metadata.read_options(result.model) == ExportOptions(state_io=True, padding="left")
+    state_map = metadata.read_state_map(result.model)
+    inputs = {v.name for v in result.model.graph.input}
+    outputs = {v.name for v in result.model.graph.output}
+    assert state_map and set(state_map) <= inputs and set(state_map.values()) <= outputs
+    assert set(state_map.values()) == {"lstm_1_state_h", "lstm_1_state_c"}

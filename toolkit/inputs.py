@@ -1,0 +1,130 @@
+"""Input cases: the feeds every runner is given, drawn once per model.
+
+Inputs are drawn so that every export is run with a batch size other than the one it was traced with,
+and with two sequence lengths when the time axis is dynamic. The post's own input `[0.1, 0.2, 0.3]` is
+one of the cases whenever the model takes it. Where the model masks, samples are padded to random
+lengths on the side the export was made for. Nothing here imports TensorFlow: a Keras model is only
+read through its `inputs` and layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from toolkit.builder import SEED_INPUT
+
+# Batch sizes other than 1 catch a batch axis frozen by tracing; 4 also differs from any traced size.
+BATCH_SIZES = (1, 4)
+# For a dynamic time axis, two lengths that differ from each other and from the post's 3.
+VARIABLE_LENGTHS = (5, 11)
+PADDING_SIDES = ("right", "left")
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One batch of feeds, keyed by input name, with a label for reports."""
+
+    label: str
+    feeds: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Padding:
+    """How a model's inputs are masked: the value a padded step holds, for float or for int inputs, and
+    on which side of each sample the padding goes (the export's --padding)."""
+
+    float_value: float | None = None  # from Masking(mask_value)
+    int_value: int | None = None  # 0, from Embedding(mask_zero=True)
+    side: str = "right"
+
+    @property
+    def masked(self) -> bool:
+        return self.float_value is not None or self.int_value is not None
+
+
+def _input_dtype(tensor: Any) -> np.dtype:
+    return np.dtype(str(tensor.dtype))
+
+
+def embedding_vocab(model: Any) -> int:
+    """The smallest Embedding's vocabulary, so that every drawn token id is valid (2 without one)."""
+    sizes = [layer.input_dim for layer in model._flatten_layers(include_self=False) if hasattr(layer, "input_dim")]
+    return min(sizes) if sizes else 2
+
+
+def padding_of(model: Any, side: str = "right") -> Padding:
+    layers = list(model._flatten_layers(include_self=False))
+    masking = [layer.mask_value for layer in layers if type(layer).__name__ == "Masking"]
+    embedding = any(type(layer).__name__ == "Embedding" and layer.mask_zero for layer in layers)
+    return Padding(float(masking[0]) if masking else None, 0 if embedding else None, side)
+
+
+def pad(array: np.ndarray, value: float | int, rng: np.random.Generator, side: str = "right") -> np.ndarray:
+    """Keep a random number of steps per sample (at least 1; the first sample keeps them all) and pad the
+    rest with `value`, after the kept steps ("right") or before them ("left", pad_sequences' default)."""
+    steps = array.shape[1]
+    lengths = rng.integers(1, steps + 1, size=array.shape[0])
+    lengths[0] = steps
+    if array.shape[0] > 1 and steps > 1:
+        lengths[1] = max(1, steps // 2)
+    padded = array.copy()
+    for i, length in enumerate(lengths):
+        if side == "left":
+            padded[i, :steps - length] = value
+        else:
+            padded[i, length:] = value
+    return padded
+
+
+def random_input(dims: Sequence[Any], dtype: Any, batch: int, length: int | None, rng: np.random.Generator,
+                 vocab: int = 2, padding: Padding = Padding()) -> np.ndarray:
+    """A random input of shape (batch, *dims): a dynamic axis 1 gets `length` steps, other dynamic axes 3.
+
+    Floats are standard normal; ints are token ids below `vocab` (from 1 when id 0 pads). Where the model
+    masks, each sample is padded (on `padding.side`) to a random length.
+    """
+    shape = [batch] + [(length if (axis == 1 and length is not None) else 3) if not isinstance(d, int) else d
+                       for axis, d in enumerate(dims, start=1)]
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        low = 1 if padding.int_value is not None else 0
+        value = rng.integers(low, max(vocab, low + 1), size=shape).astype(dtype)
+        return pad(value, padding.int_value, rng, padding.side) if padding.int_value is not None and len(shape) >= 2 \
+            else value
+    value = rng.standard_normal(shape).astype(dtype)
+    if padding.float_value is not None and len(shape) == 3:
+        value = pad(value, padding.float_value, rng, padding.side)
+    return value
+
+
+def _seed_case(inputs: Sequence[Any]) -> list[InputCase]:
+    """The post's input, for a model with one float input of (3 or any) steps of one feature."""
+    if len(inputs) != 1 or _input_dtype(inputs[0]).kind != "f":
+        return []
+    shape = tuple(inputs[0].shape[1:])
+    if len(shape) == 2 and shape[0] in (None, 3) and shape[1] == 1:
+        return [InputCase("seed [0.1, 0.2, 0.3]", {inputs[0].name: SEED_INPUT.copy()})]
+    return []
+
+
+def make_cases(model: Any, seed: int = 0, padding_side: str = "right") -> list[InputCase]:
+    """The input cases for a Keras model: the post's input where it fits, then random batches."""
+    rng = np.random.default_rng(seed + 1000)
+    inputs = list(model.inputs)
+    cases = _seed_case(inputs)
+    variable = any(len(t.shape) >= 2 and t.shape[1] is None for t in inputs)
+    lengths = VARIABLE_LENGTHS if variable else (None, None)
+    fixed_batch = inputs[0].shape[0]  # a stateful model is built for one batch size
+    batches = (fixed_batch, fixed_batch) if fixed_batch is not None else BATCH_SIZES
+    vocab = embedding_vocab(model)
+    padding = padding_of(model, padding_side)
+    for batch, length in zip(batches, lengths):
+        feeds = {tensor.name: random_input(tuple(tensor.shape[1:]), _input_dtype(tensor), batch, length, rng,
+                                           vocab, padding) for tensor in inputs}
+        label = f"random batch {batch}" + (f", {length} steps" if length is not None else "")
+        label += f", {padding.side}-padded" if padding.masked else ""
+        cases.append(InputCase(label, feeds))
+    return cases

@@ -1,0 +1,130 @@
+"""What lstm-onnx reads from Keras: a user's file (loaded safely), a model's input signature, and its
+recurrent layers. Keras is imported inside the functions that need it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ModelLoadError, UnsupportedModelError
+from toolkit.naming import is_bidirectional, is_recurrent, recurrent_roles
+from toolkit.tf2onnx_lib import InputSignature
+
+# Keras releases whose safe mode has the published fixes: 3.9 (CVE-2025-1550), 3.11 (CVE-2025-8747,
+# CVE-2025-9906), 3.11.3 (CVE-2025-9905, .h5), 3.13.2 (CVE-2026-1462), 3.14 (archive path traversal).
+MIN_KERAS = (3, 14)
+
+
+def load_keras_model(path: str | Path) -> Any:
+    """Load a user's `.keras` file in Keras' safe mode (no deserialized Python code runs)."""
+    source = Path(path)
+    if not source.exists():
+        raise ModelLoadError(f"Expected a Keras model file (.keras). Received: {str(source)!r} (no such file)")
+    if source.is_dir():
+        raise ModelLoadError(
+            f"Expected a Keras model file (.keras). Received: folder {str(source)!r}; SavedModel folders are not "
+            "loaded (Keras 3 cannot load them as models): load it yourself and model.save('model.keras')"
+        )
+    if source.suffix != ".keras":
+        raise ModelLoadError(
+            f"Expected a Keras model file ending in .keras. Received: {str(source)!r}; for a legacy .h5 file you "
+            "trust, load it in Keras and model.save('model.keras')"
+        )
+    import keras
+
+    check_keras_version(keras.__version__)
+    try:
+        model = keras.saving.load_model(source, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - zipfile, ValueError from safe mode, TypeError for unknown objects...
+        raise ModelLoadError(f"Expected a loadable Keras model. Received: {str(source)!r}: {_load_failure(exc)}") from None
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"Expected a Keras model. Received: {str(source)!r} holding a {type(model).__name__}")
+    return model
+
+
+def check_keras_version(version: str) -> None:
+    """Refuse to load untrusted files with a Keras whose safe mode is known to be bypassable."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < MIN_KERAS:
+        raise ModelLoadError(
+            f"Expected Keras >= {'.'.join(map(str, MIN_KERAS))} to load model files (earlier safe modes have "
+            f"published bypasses). Received: Keras {version}"
+        )
+
+
+def _load_failure(exc: Exception) -> str:
+    """Say why Keras refused a file, and what the user can do if they trust it."""
+    text = str(exc)
+    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
+    if unknown:
+        return (f"unknown custom object {unknown.group(1)!r}; lstm-onnx never imports code named by a model file. "
+                "If you trust it, import that class, load the model yourself and call "
+                "toolkit.exporter.export_model(model)")
+    if "safe_mode" in text or "Lambda" in text:
+        return ("refused by Keras safe mode: the file holds Python code (a Lambda layer or function). If you "
+                "trust it, load it with keras.saving.load_model(path, safe_mode=False) and call "
+                "toolkit.exporter.export_model(model)")
+    return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"
+
+
+def recurrent_layer_names(model: Any) -> list[str]:
+    return [layer.name for layer in model._flatten_layers(include_self=False) if is_recurrent(layer)]
+
+
+def require_recurrent(model: Any) -> list[str]:
+    """The model's recurrent layer names; a model without any is refused (there is nothing to fuse)."""
+    recurrent = recurrent_layer_names(model)
+    if not recurrent:
+        classes = sorted({type(layer).__name__ for layer in model._flatten_layers(include_self=False)})
+        raise UnsupportedModelError(
+            f"Expected a model with at least one recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional). "
+            f"Received: {model.name!r} with layers {classes}"
+        )
+    return recurrent
+
+
+def model_signature(model: Any) -> list[InputSignature]:
+    """The model's inputs, named as in Keras, with a dynamic batch axis."""
+    if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
+        raise UnsupportedModelError(
+            f"Expected a built Keras model with known inputs. Received: {model.name!r}, not built "
+            "(call it once on data or give it a keras.Input)"
+        )
+    signature = []
+    for tensor in model.inputs:
+        # The batch axis is always dynamic: a model built with a fixed batch size still serves any batch.
+        shape = (None,) + tuple(tensor.shape[1:])
+        signature.append(InputSignature(name=tensor.name, dtype=str(tensor.dtype), shape=shape))
+    return signature
+
+
+def output_shapes(model: Any) -> list[tuple[int | None, ...]]:
+    return [tuple(t.shape) for t in model.outputs]
+
+
+def describe_layers(model: Any, fused_ops: dict[str, str] | None = None) -> list[dict]:
+    """One record per recurrent layer (the metadata's `layers`); `fused_ops` maps layer -> ONNX op."""
+    ops = fused_ops or {}
+    layers = []
+    for layer in model._flatten_layers(include_self=False):
+        if not is_recurrent(layer):
+            continue
+        inner = layer.forward_layer if is_bidirectional(layer) else layer
+        layers.append(
+            {
+                "name": layer.name,
+                "class": type(layer).__name__,
+                "units": getattr(inner, "units", None),
+                "return_sequences": bool(inner.return_sequences),
+                "return_state": bool(layer.return_state),
+                "go_backwards": bool(getattr(inner, "go_backwards", False)),
+                "outputs": recurrent_roles(layer),
+                "onnx_op": ops.get(layer.name, "tf2onnx"),
+            }
+        )
+    return layers
+

@@ -1,0 +1,227 @@
+"""The handlers of the layers around the recurrent ones, and the tf2onnx fallback for every other layer.
+
+- `Masking` and `Embedding(mask_zero=True)` produce a mask (`masks.py` turns it into `sequence_lens`);
+- `Embedding` becomes a `Gather`, `Dense` (and `TimeDistributed(Dense)`) a `MatMul`/`Add`/activation;
+- `Dropout`-like layers are identities at inference;
+- every other layer is converted by tf2onnx on its own and spliced in (`tf2onnx_lib.convert_call`), its
+  mask handed on as Keras does.
+A handler returning None leaves its layer to the fallback (a quantized Dense, a TimeDistributed of a
+layer with a dynamic shape, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from onnx import TensorProto
+
+from toolkit.lowering import masks
+from toolkit.lowering.cells import NotFusable, to_numpy
+from toolkit.lowering.context import LayerCall, LayerLowering, LoweringContext, Value, handles
+from toolkit.lowering.recurrent import lower_recurrent
+from toolkit.naming import is_recurrent
+from toolkit.tf2onnx_lib import InputSignature, convert_call
+
+# Layers that are the identity at inference time and pass their input's mask on.
+IDENTITY_LAYERS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                   "ActivityRegularization")
+
+# Keras merge layers: their output mask is the AND of their inputs' masks.
+MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+
+# Keras activations a Dense layer may end in, as the ONNX op computing the same function ("" for none).
+_DENSE_ACTIVATIONS = {"linear": "", "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax",
+                      "gelu": "gelu", "silu": "silu"}  # the last two take a few nodes each
+
+
+@handles(*IDENTITY_LAYERS)
+def lower_identity(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+    return [call.first] if len(call.node.input_tensors) == 1 else None
+
+
+@handles("Masking")
+def lower_masking(ctx: LoweringContext, call: LayerCall) -> list[Value]:
+    """Keras keeps a step when any feature differs from mask_value. On a (batch, time, features)
+    input the mask is computed time-major, the layout the recurrent layer reading it needs."""
+    value, w = call.first, ctx.w
+    mask_value = float(call.layer.mask_value)
+    time_major = len(call.tensor.shape) == 3
+    x = ctx.to_time_major(value.name) if time_major else value.name
+    keep_full = masks.any_differs(ctx, x, mask_value)  # (..., 1) bool
+    keep = w.squeeze(keep_full, -1)  # Keras' mask: pruned unless a reader other than an RNN needs it
+    if time_major:
+        keep = w.transpose(keep, [1, 0])
+        masks.remember(ctx, keep, "time_major", keep_full)
+    if mask_value == 0.0:
+        # Keras outputs where(mask, x, 0). With mask_value 0 a masked step is all zeros already, so
+        # the Where (a node on the single-step path) would change nothing.
+        return [Value(value.name, keep)]
+    out = w.op1("Where", [keep_full, x, w.scalar(0, np.float32, "zero")])
+    return [Value(ctx.from_time_major(out) if time_major else out, keep)]
+
+
+@handles("Dense")
+def lower_dense_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+    if dense_activation(call.layer, call.tensor) is None:
+        return None
+    return [lower_dense(ctx, call.layer, call.tensor, call.first)]
+
+
+@handles("TimeDistributed")
+def lower_time_distributed(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+    layer, tensor = call.layer, call.tensor
+    if dense_activation(layer.layer, tensor) is not None:
+        return [lower_dense(ctx, layer.layer, tensor, call.first)]  # a Dense acts on the last axis: no folding
+    if len(call.node.input_tensors) == 1 and None not in tensor.shape[2:]:
+        return [_fold_time(ctx, call)]
+    return None
+
+
+def lower_dense(ctx: LoweringContext, layer: Any, tensor: Any, value: Value) -> Value:
+    """MatMul (it broadcasts over batch and time), Add, activation: what Keras' Dense.call does.
+    tf2onnx writes Keras' tensordot as Shape/Cast/Reshape/Gather/Concat/Cast/MatMul/Reshape."""
+    w = ctx.w
+    out = w.op1("MatMul", [value.name, w.const(to_numpy(layer.kernel), "kernel")])
+    if layer.bias is not None:
+        out = w.op1("Add", [out, w.const(to_numpy(layer.bias), "bias")])
+    activation = dense_activation(layer, tensor)
+    if activation == "gelu":
+        # Keras' default (exact) gelu, x/2 (1 + erf(x/sqrt 2)); ONNX has Gelu only from opset 20, and
+        # tf2onnx writes TensorFlow's erfc as an Erfc node ONNX does not have. Below x = -5.5 the sum
+        # cancels to 0 where TensorFlow's erfc form gives values under 1e-8: far inside the tolerance.
+        half = w.op1("Mul", [out, w.scalar(0.5, np.float32, "half")])
+        erf = w.op1("Erf", [w.op1("Mul", [out, w.scalar(np.sqrt(0.5), np.float32, "rsqrt2")])])
+        out = w.op1("Mul", [half, w.op1("Add", [erf, w.scalar(1.0, np.float32, "one")])])
+    elif activation == "silu":
+        out = w.op1("Mul", [out, w.op1("Sigmoid", [out])])
+    elif activation:
+        out = w.op1(activation, [out], **({"axis": -1} if activation == "Softmax" else {}))
+    return Value(out, value.mask)  # Dense supports masking: the mask passes through
+
+
+@handles("Embedding")
+def lower_embedding(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+    """One Gather. tf2onnx writes ten nodes for Keras' take(), which maps negative ids to
+    id + vocabulary by hand; ONNX Gather does that itself (and, like TensorFlow, refuses ids out of range)."""
+    layer, tensor, w = call.layer, call.tensor, ctx.w
+    if not plain_weights(layer):
+        return None
+    raw = ids = call.first.name
+    if str(tensor.dtype) not in ("int32", "int64"):
+        ids = w.op1("Cast", [raw], to=TensorProto.INT32)  # as Keras does; Gather takes int32/int64 only
+    table = w.const(to_numpy(layer.embeddings), "embeddings")
+    out = w.op1("Gather", [table, ids], axis=0)
+    mask = None
+    sequence = len(tensor.shape) == 2  # (batch, time) ids: a recurrent layer may read them next
+    if sequence:
+        # Both layouts, each pruned when unread: gathering with transposed ids gives the time-major
+        # embeddings directly, cheaper than transposing the embedded vectors.
+        ids_tm = w.transpose(ids, [1, 0])
+        ctx.time_major[out] = w.op1("Gather", [table, ids_tm], axis=0)
+    if layer.mask_zero:
+        # Keras' mask is not_equal(inputs, 0) on the ids as given, before its cast (an id 0.5 is kept):
+        # Cast to bool is that "!= 0".
+        mask = w.op1("Cast", [raw], to=TensorProto.BOOL)
+        if sequence:
+            raw_tm = ids_tm if ids == raw else w.transpose(raw, [1, 0])
+            masks.remember(ctx, mask, "time_major", w.op1("Cast", [w.unsqueeze(raw_tm, -1)], to=TensorProto.BOOL))
+    return [Value(out, mask)]
+
+
+def _fold_time(ctx: LoweringContext, call: LayerCall) -> Value:
+    """Fold time into batch, apply the inner layer once, unfold: tf2onnx turns Keras'
+    TimeDistributed into a Loop whose output shape is wrong for a dynamic time axis."""
+    layer, tensor, value, w = call.layer, call.tensor, call.first, ctx.w
+    rest = [int(d) for d in tensor.shape[2:]]
+    flat = w.op1("Reshape", [value.name, w.ints([-1] + rest)])
+    signature = [InputSignature("in0", str(tensor.dtype), (None, *rest))]
+    proto = convert_call(lambda x: layer.layer(x), signature, w.opset, layer.name)
+    inner = w.splice(proto, [flat], layer.name)[0]
+    out_rest = [int(d) for d in layer.layer.compute_output_shape((None, *rest))[1:]]
+    shape = w.op1("Concat", [w.dim_range(value.name, 0, 2), w.ints(out_rest)], axis=0)
+    return Value(w.op1("Reshape", [inner, shape]), value.mask)
+
+
+def convert_with_tf2onnx(ctx: LoweringContext, call: LayerCall, consumes_mask: bool) -> list[Value]:
+    """Convert one layer call with tf2onnx and splice it in. `consumes_mask`: pass the input's mask as
+    the call's mask= (a recurrent layer tf2onnx converts as a Loop applies it)."""
+    node = call.node
+    tensors = list(node.input_tensors)
+    signature = [InputSignature(f"in{i}", str(t.dtype), (None,) + tuple(t.shape[1:])) for i, t in enumerate(tensors)]
+    feeds = [v.name for v in call.inputs]
+    first = call.first
+    pass_mask = consumes_mask and first.mask is not None
+    if pass_mask:
+        signature.append(InputSignature("mask", "bool", (None, tensors[0].shape[1])))
+        feeds.append(first.mask)
+
+    def run(*args: Any) -> Any:
+        lookup = {id(t): a for t, a in zip(tensors, args)}
+        call_args, call_kwargs = node.arguments.fill_in(lookup)
+        if pass_mask:
+            call_kwargs = dict(call_kwargs, mask=args[-1])
+        return node.operation(*call_args, **call_kwargs)
+
+    proto = convert_call(run, signature, ctx.w.opset, node.operation.name)
+    return [Value(n) for n in ctx.w.splice(proto, feeds, node.operation.name)]
+
+
+def fallback(ctx: LoweringContext, call: LayerCall) -> list[Value]:
+    """Any layer lstm-onnx does not lower itself: tf2onnx converts it; its output mask is Keras'."""
+    outputs = convert_with_tf2onnx(ctx, call, consumes_mask=False)
+    layer, first = call.layer, call.first
+    if call.layer_class == "Embedding" and getattr(layer, "mask_zero", False):
+        outputs[0].mask = ctx.w.op1("Cast", [first.name], to=TensorProto.BOOL)
+    elif getattr(layer, "supports_masking", False) and len(call.node.input_tensors) == 1 and first.mask:
+        for value in outputs:
+            value.mask = first.mask
+    elif call.layer_class in MERGE_LAYERS:
+        found = list(dict.fromkeys(v.mask for v in call.inputs if v.mask))
+        if found:  # Keras' Merge.compute_mask: a step is kept when every input keeps it
+            mask = found[0]
+            for other in found[1:]:
+                mask = ctx.w.op1("And", [mask, other])
+            outputs[0].mask = mask
+    return outputs
+
+
+def dense_activation(layer: Any, tensor: Any) -> str | None:
+    """The ONNX op for a plain Dense layer's activation, "" for linear; None when lstm-onnx does not lower
+    the layer itself (not a Dense, quantized or LoRA weights, an input or compute dtype other than
+    float32 (Keras would cast), another activation): tf2onnx converts it then."""
+    import keras
+
+    if type(layer).__name__ != "Dense" or tensor is None or str(tensor.dtype) != "float32":
+        return None
+    if not plain_weights(layer):
+        return None
+    # By identity, not by name: keras.ops.gelu is also called "gelu" but defaults to the tanh approximation.
+    for name, op in _DENSE_ACTIVATIONS.items():
+        if layer.activation is getattr(keras.activations, name) or (layer.activation is None and name == "linear"):
+            return op
+    return None
+
+
+def plain_weights(layer: Any) -> bool:
+    """A layer whose weights are plain float32 tables: no quantized or LoRA weights, float32 output."""
+    return (not getattr(layer, "quantization_mode", None) and not getattr(layer, "lora_enabled", False)
+            and str(getattr(layer, "compute_dtype", "float32")) == "float32")
+
+
+@handles("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional")
+def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+    """One fused op (`recurrent.py`), or, when the layer cannot be fused, tf2onnx with the reason
+    reported: never a silent fallback."""
+    layer = call.layer
+    if not is_recurrent(layer):
+        return None  # a layer of another kind under a recurrent class name
+    try:
+        outputs, op = lower_recurrent(ctx, call.node, call.values)
+    except NotFusable as reason:
+        ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, "tf2onnx", str(reason)))
+        return convert_with_tf2onnx(ctx, call, consumes_mask=True)
+    note = ("stateful=True: exported with state inputs and outputs (lstm_onnx.state_map); "
+            "carry the states from call to call" if getattr(layer, "stateful", False) else "")
+    ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, op, note=note))
+    return outputs

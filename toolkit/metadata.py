@@ -1,0 +1,120 @@
+"""The `lstm_onnx.*` metadata of an export: its keys, the one writer, and typed readers.
+
+Every export records, under `metadata_props`, where it came from (`source`), its recurrent layers,
+inputs and outputs, its parity figures, the versions that made it, its opset, the options that shaped
+the graph, and (with state inputs) which input each final-state output feeds. Values are compact JSON
+with sorted keys, so the bytes of an export are reproducible. Library and tests read them through the
+readers here, never by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import onnx
+
+from toolkit import __version__
+from toolkit.compare import ParityReport
+from toolkit.errors import InputError
+from toolkit.options import DEFAULT_OPSET, ExportOptions
+from toolkit.runner import METADATA_PREFIX, metadata_value
+
+SOURCE = "source"
+LAYERS = "layers"
+INPUTS = "inputs"
+OUTPUTS = "outputs"
+PARITY = "parity"
+VERSIONS = "versions"
+OPSET = "opset"
+OPTIONS = "options"
+STATE_MAP = "state_map"  # graph input of an initial state -> the output that carries it to the next call
+
+
+def write_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
+    """Replace the model's metadata with `entries` (key without prefix -> str or JSON-able value), sorted."""
+    model.ClearField("metadata_props")
+    for key in sorted(entries):
+        value = entries[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+        model.metadata_props.add(key=METADATA_PREFIX + key, value=text)
+
+
+def versions() -> dict[str, str]:
+    """The versions of everything that made an export (imports TensorFlow: call it only when exporting)."""
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+
+    from toolkit.tf2onnx_lib import tf2onnx_version
+
+    return {
+        "lstm_onnx": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf2onnx": tf2onnx_version(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def parity_metadata(report: ParityReport) -> dict:
+    """A compact parity record: errors rounded to 3 significant digits so the bytes stay reproducible."""
+    return {
+        "passed": report.passed,
+        "cases": [c.label for c in report.cases],
+        "outputs": {
+            s.name: {"max_abs": float(f"{s.max_abs:.3g}"), "max_rel": float(f"{s.max_rel:.3g}"),
+                     "atol": s.tolerance.atol, "rtol": s.tolerance.rtol, "passed": s.passed}
+            for s in report.summaries()
+        },
+    }
+
+
+def read_json(model: onnx.ModelProto, key: str, default: Any = None) -> Any:
+    """The JSON value under `lstm_onnx.<key>`, or `default` when the key is absent."""
+    text = metadata_value(model, key)
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InputError(f"Expected JSON in metadata {METADATA_PREFIX + key}. Received: {text[:80]!r}") from None
+
+
+def read_opset(model: onnx.ModelProto) -> int:
+    text = metadata_value(model, OPSET)
+    return int(text) if text else DEFAULT_OPSET
+
+
+def read_options(model: onnx.ModelProto) -> ExportOptions:
+    """The options an export was made with (defaults for what it does not record)."""
+    return ExportOptions.from_json(read_json(model, OPTIONS, {}), opset=read_opset(model))
+
+
+def read_state_map(model: onnx.ModelProto) -> dict[str, str]:
+    return dict(read_json(model, STATE_MAP, {}))
+
+
+def read_layers(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    return list(read_json(model, LAYERS, []))
+
+
+def read_outputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    return list(read_json(model, OUTPUTS, []))
+
+
+def read_output_names(model: onnx.ModelProto) -> list[str]:
+    return [entry["name"] for entry in read_outputs(model)]
+
+
+def read_parity(model: onnx.ModelProto) -> dict[str, Any]:
+    return dict(read_json(model, PARITY, {}))
+
+
+def read_source(model: onnx.ModelProto) -> dict[str, Any]:
+    return dict(read_json(model, SOURCE, {}))
+
+
+def read_versions(model: onnx.ModelProto) -> dict[str, str]:
+    return dict(read_json(model, VERSIONS, {}))
