@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 
 import hostile
-from toolkit import fileset
+from toolkit import fileio, fileset
 from toolkit.budget import count_config
-from toolkit.errors import InputError, ModelLoadError
-from toolkit.fileset import JOURNAL, OutputError, atomic_output, recover, save_npz, write_file_set
+from toolkit.errors import InputError, ModelLoadError, OutputError
+from toolkit.fileio import atomic_output, save_npz
+from toolkit.fileset import JOURNAL, recover, write_file_set
 from toolkit.guard import check_batch, check_feed_array, check_feed_arrays, check_feed_dtype, check_input_names, safe_text
 from toolkit.limits import ResourceLimits, inspect_keras_file
 
@@ -91,7 +92,7 @@ HOSTILE = {
     "time_0": (lambda d: hostile.fixed_time(d, 0), r"every declared axis >= 1 .* \[None, 0, 2\]"),
     "dev_zero": (hostile.dev_zero, r"a regular file\. Received: .* which is a character device"),
     "fifo": (hostile.fifo, r"a regular file\. Received: .* which is a FIFO"),
-    "members": (lambda d: hostile.many_members(d, 5000), r"at most 1000 archive members .* declares 5003"),
+    "members": (lambda d: hostile.many_members(d, 5000), r"at most 1000 archive members\. Received: .* declares 5003"),
 }
 
 MEASURE = textwrap.dedent("""
@@ -193,7 +194,7 @@ def test_duplicate_members_and_missing_weights_are_refused(hostile_dir):
 
 
 def test_missing_folder_and_symlinked_files(hostile_dir, tmp_path):
-    with pytest.raises(ModelLoadError, match=r"Received: .*nowhere.keras' \(No such file or directory\)"):
+    with pytest.raises(ModelLoadError, match=r"Received: .*nowhere.keras' \(no such file\)"):
         inspect_keras_file(tmp_path / "nowhere.keras")
     with pytest.raises(ModelLoadError, match=r"which is a folder"):
         inspect_keras_file(tmp_path)
@@ -240,7 +241,7 @@ def test_object_and_big_endian_arrays_are_refused_with_their_byte_order():
         check_feed_array("x", big)
     with pytest.raises(InputError, match=r"dtype float32 \(<f4\) in this machine's byte order\. Received: float32 \(>f4\)"):
         check_feed_dtype("x", big, np.float32)
-    with pytest.raises(InputError, match=r"dtype float32 \(<f4\)\. Received: dtype float64 \(<f8\)"):
+    with pytest.raises(InputError, match=r"dtype float32\. Received: dtype float64"):
         check_feed_dtype("x", np.zeros(1), np.float32)
     check_feed_dtype("x", np.zeros(1, np.float32), np.float32)
 
@@ -311,7 +312,7 @@ def test_a_set_replaces_the_old_one_and_drops_stale_files(tmp_path):
 def test_a_failing_write_leaves_the_old_set_whole(tmp_path, monkeypatch):
     write_file_set(tmp_path, _files("old"))
     calls = []
-    real = fileset._write_all
+    real = fileio.write_all
 
     def disk_full_on_the_third_file(fd, data):
         calls.append(1)
@@ -319,7 +320,7 @@ def test_a_failing_write_leaves_the_old_set_whole(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data)
 
-    monkeypatch.setattr(fileset, "_write_all", disk_full_on_the_third_file)
+    monkeypatch.setattr(fileio, "write_all", disk_full_on_the_third_file)
     with pytest.raises(OutputError, match=r"^Expected a writable destination\. Received: .*No space left on device "
                                           r"\(ENOSPC\); the folder keeps its previous files$"):
         write_file_set(tmp_path, _files("new"))
@@ -359,19 +360,19 @@ def test_a_read_only_filesystem_gives_one_line_and_changes_nothing(tmp_path):
 
 KILLED = textwrap.dedent("""
     import os, signal, sys, json
-    from toolkit import fileset
+    from toolkit import fileio, fileset
     where, folder = sys.argv[1], sys.argv[2]
     files = {f"case{i}.onnx": f"new-{i}".encode() * (i + 1) for i in range(4)}
     files["manifest.json"] = json.dumps({"tag": "new"}).encode()
     count = []
     if where == "writing":
-        real = fileset._write_all
+        real = fileio.write_all
         def write(fd, data):
             count.append(1)
             if len(count) == 4:
                 os.kill(os.getpid(), signal.SIGKILL)
             real(fd, data)
-        fileset._write_all = write
+        fileio.write_all = write
     else:
         real = os.replace
         def replace(src, dst):
@@ -392,7 +393,7 @@ def test_kill_9_is_undone_or_finished_by_the_next_writer(tmp_path, where, expect
     assert done.returncode == -signal.SIGKILL
     left = _state(tmp_path)
     assert JOURNAL in left and any(".lstm-onnx-" in name for name in left)  # what a killed run leaves
-    with fileset.folder_lock(tmp_path):
+    with fileio.folder_lock(tmp_path):
         recovery = recover(tmp_path)
     assert _state(tmp_path) == _files(expected)
     assert recovery.finished if expected == "new" else recovery.removed

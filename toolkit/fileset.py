@@ -1,4 +1,4 @@
-"""Writing files whole or not at all: one file, an `.npz` of arrays, or a set of files that belong together.
+"""Writing a set of files that belong together: all of them or none, never a mix of old and new.
 
 A suite export writes several models and a `manifest.json` that records their hashes. Written one by one,
 a full disk or a kill -9 leaves new models beside the old manifest. `write_file_set` makes the set change
@@ -21,92 +21,17 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import secrets
-import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
-
-from toolkit.errors import InputError
+from toolkit.errors import InputError, OutputError
+from toolkit.fileio import TEMP_NAME, folder_lock, fsync_dir, temp_for, unlink_quietly, write_error, write_new
 from toolkit.guard import safe_text
 
-try:  # POSIX only; without it concurrent writers are not serialized, but each set still switches whole
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
-MARK = ".lstm-onnx-"
 JOURNAL = ".lstm-onnx-journal.json"
-_TEMP = re.compile(r"^\.(?P<base>.+)\.lstm-onnx-[0-9a-f]{16}\.tmp$")
 _FORMAT = "lstm-onnx file set 1"
-
-
-class OutputError(InputError):
-    """A destination could not be written (read-only, full, a folder where a file goes, ...)."""
-
-
-def write_error(exc: OSError, path: str | os.PathLike[str], outcome: str = "nothing was changed") -> OutputError:
-    code = errno.errorcode.get(exc.errno or 0, "")
-    reason = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
-    return OutputError(f"Expected a writable destination. Received: {safe_text(os.fspath(path))!r}: "
-                       f"{safe_text(reason)}; {outcome}")
-
-
-def _temp_for(final: Path, token: str) -> Path:
-    return final.with_name(f".{final.name}{MARK}{token}.tmp")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in `folder` durable; filesystems that cannot fsync a folder are left as they are."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    """os.write until every byte is out (a write may be short); the one place file bytes are written."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive flock on the folder itself for as long as temporaries of ours exist in it."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 # --------------------------------------------------------------------------------------------- journal
@@ -123,14 +48,14 @@ def _relative(name: str) -> PurePosixPath:
 def _write_journal(folder: Path, state: str, moves: Sequence[tuple[str, str]], removes: Sequence[str]) -> None:
     text = json.dumps({"format": _FORMAT, "state": state, "moves": list(map(list, moves)), "removes": list(removes)})
     journal = folder / JOURNAL
-    temp = _temp_for(journal, secrets.token_hex(8))
+    temp = temp_for(journal, secrets.token_hex(8))
     try:
-        _write_new(temp, text.encode())
+        write_new(temp, text.encode())
         os.replace(temp, journal)
     except BaseException:
-        _unlink_quietly(temp)
+        unlink_quietly(temp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _read_journal(folder: Path) -> tuple[str, list[tuple[str, str]], list[str]]:
@@ -143,7 +68,7 @@ def _read_journal(folder: Path) -> tuple[str, list[tuple[str, str]], list[str]]:
         removes = [str(name) for name in record["removes"]]
         for temp, final in moves:
             _relative(final), _relative(temp)
-            match = _TEMP.match(PurePosixPath(temp).name)
+            match = TEMP_NAME.match(PurePosixPath(temp).name)
             assert match and match["base"] == PurePosixPath(final).name
             assert PurePosixPath(temp).parent == PurePosixPath(final).parent
         for name in removes:
@@ -175,16 +100,16 @@ def recover(folder: str | os.PathLike[str]) -> Recovery:
                 os.replace(root / temp, root / final)
                 finished.append(final)
             else:
-                _unlink_quietly(root / temp)
+                unlink_quietly(root / temp)
                 removed.append(temp)
         if state == "commit":
             for name in removes:
-                _unlink_quietly(root / name)
-        _fsync_dir(root)
+                unlink_quietly(root / name)
+        fsync_dir(root)
         (root / JOURNAL).unlink()
     for entry in os.scandir(root):  # single-file writes and journal temporaries of a killed run
-        if entry.is_file(follow_symlinks=False) and _TEMP.match(entry.name):
-            _unlink_quietly(Path(entry.path))
+        if entry.is_file(follow_symlinks=False) and TEMP_NAME.match(entry.name):
+            unlink_quietly(Path(entry.path))
             removed.append(entry.name)
     return Recovery(finished=tuple(finished), removed=tuple(removed))
 
@@ -226,7 +151,7 @@ def write_file_set(folder: str | os.PathLike[str], files: Mapping[str, bytes],
 
 def _switch(root: Path, files: Mapping[str, bytes], stale: Sequence[str]) -> None:
     token = secrets.token_hex(8)
-    moves = [(str(PurePosixPath(_temp_for(Path(name), token))), name) for name in files]
+    moves = [(str(PurePosixPath(temp_for(Path(name), token))), name) for name in files]
     _write_journal(root, "writing", moves, stale)
     created: list[Path] = []
     try:
@@ -237,14 +162,14 @@ def _switch(root: Path, files: Mapping[str, bytes], stale: Sequence[str]) -> Non
                 parent.mkdir(parents=True, exist_ok=True)
             if (root / final).is_dir():
                 raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(root / final))
-            _write_new(root / temp, files[final])
+            write_new(root / temp, files[final])
         for parent in {(root / final).parent for _, final in moves}:
-            _fsync_dir(parent)
+            fsync_dir(parent)
         _write_journal(root, "commit", moves, stale)  # the switch: from here on the new set is the set
     except BaseException:
         for temp, _ in moves:
-            _unlink_quietly(root / temp)
-        _unlink_quietly(root / JOURNAL)
+            unlink_quietly(root / temp)
+        unlink_quietly(root / JOURNAL)
         for path in reversed(created):
             try:
                 path.rmdir()
@@ -256,53 +181,3 @@ def _switch(root: Path, files: Mapping[str, bytes], stale: Sequence[str]) -> Non
     except OSError as exc:
         raise write_error(exc, getattr(exc, "filename", None) or root,
                           "the new set is committed and the next write to this folder completes it") from None
-
-
-# ---------------------------------------------------------------------------------------- single files
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """A file handle whose bytes replace `path` only when the block ends without an exception."""
-    target = Path(path)
-    if target.is_dir():
-        raise OutputError(f"Expected a file path to write. Received: {safe_text(str(target))!r}, which is a folder")
-    temp = _temp_for(target, secrets.token_hex(8))
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with folder_lock(target.parent):
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    yield handle
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp, target)
-            except BaseException:
-                _unlink_quietly(temp)
-                raise
-        _fsync_dir(target.parent)
-    except OSError as exc:
-        raise write_error(exc, target) from None
-
-
-def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write `arrays` as an `.npz` that `np.load` reads back under the same names, whatever they are.
-
-    `np.savez(path, **arrays)` takes an output named `allow_pickle` or `file` as its own keyword (one is
-    silently dropped, the other raises), so the archive is built here: one `NAME.npy` member per array.
-    """
-    try:
-        with atomic_output(path) as handle:
-            with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for name, array in arrays.items():
-                    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-    except InputError:  # OutputError from the destination: already one line
-        raise
-    except UnicodeEncodeError:
-        raise InputError("Expected output names that can be written as UTF-8. Received: "
-                         f"{[safe_text(n) for n in arrays]}") from None
-    except ValueError as exc:  # an object array: written only with pickle, which lstm-onnx never does
-        raise InputError(f"Expected numeric outputs to write. Received: {safe_text(str(exc))}") from None
-    return Path(path)

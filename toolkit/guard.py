@@ -14,6 +14,7 @@ verifier and the CLI share one version of each check:
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import unicodedata
@@ -35,7 +36,8 @@ def open_regular_file(path: str | os.PathLike[str], what: str = "a Keras model f
     try:
         mode = os.stat(text).st_mode
     except OSError as exc:
-        raise ModelLoadError(f"Expected {what}. Received: {safe_text(text)!r} ({exc.strerror or 'unreadable'})") from None
+        reason = "no such file" if exc.errno == errno.ENOENT else exc.strerror or "unreadable"
+        raise ModelLoadError(f"Expected {what}. Received: {safe_text(text)!r} ({reason})") from None
     _require_regular(text, mode, what)
     try:
         fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -65,14 +67,15 @@ def _require_regular(path: str, mode: int, what: str) -> None:
 # ------------------------------------------------------------------------------------------------ text
 
 
-def safe_text(text: object, limit: int = 400) -> str:
+def safe_text(text: object, limit: int | None = 400, keep: str = "") -> str:
     """`text` fit for a terminal: control and format characters (ANSI escapes, bidi overrides, NUL, line
-    breaks) written as `\\x1b`, `\\u202e`, ...; cut to `limit` characters with a marker."""
+    breaks) written as `\\x1b`, `\\u202e`, ...; characters in `keep` (say a newline) stay; cut to
+    `limit` characters with a marker (None: no cut)."""
     value = str(text)
-    cut = len(value) > limit
+    cut = limit is not None and len(value) > limit
     out = []
-    for char in value[:limit]:
-        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+    for char in value[:limit] if cut else value:
+        if char not in keep and unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
             code = ord(char)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
         else:
@@ -99,8 +102,7 @@ def check_feed_dtype(name: str, array: np.ndarray, want: np.dtype) -> None:
             f"Expected input {safe_text(name)!r} of dtype {dtype_text(want.newbyteorder('='))} in this machine's "
             f"byte order. Received: {dtype_text(array.dtype)}; convert with array.astype('{want.newbyteorder('=').str}')"
         )
-    raise InputError(f"Expected input {safe_text(name)!r} of dtype {dtype_text(want)}. "
-                     f"Received: dtype {dtype_text(array.dtype)}")
+    raise InputError(f"Expected input {safe_text(name)!r} of dtype {want.name}. Received: dtype {array.dtype.name}")
 
 
 def check_feed_array(name: str, array: object) -> np.ndarray:
@@ -120,6 +122,17 @@ def check_feed_array(name: str, array: object) -> np.ndarray:
             f"empty batch or time axis). Received: shape {array.shape}"
         )
     return array
+
+
+def check_feed_shape(name: str, array: np.ndarray, shape: Sequence[int | str | None], shape_text: str) -> None:
+    """Rank and fixed dims of one feed against the input's declared shape (`shape_text` as the user reads it)."""
+    if array.ndim != len(shape):
+        raise InputError(f"Expected input {safe_text(name)!r} of rank {len(shape)} with shape {shape_text}. "
+                         f"Received: shape {array.shape}")
+    for axis, (want, got) in enumerate(zip(shape, array.shape)):
+        if isinstance(want, int) and want != got:
+            raise InputError(f"Expected input {safe_text(name)!r} with shape {shape_text} (axis {axis} = {want}). "
+                             f"Received: shape {array.shape}")
 
 
 @dataclass(frozen=True)
