@@ -130,7 +130,7 @@ def check_members(archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -
     """Bound member count, names, sizes and compression ratios; return the total uncompressed bytes."""
     infos = archive.infolist()
     if len(infos) > limits.max_members:
-        raise _refuse(path, f"at most {limits.max_members} archive members (--max-members)", f"holds {len(infos)}")
+        raise _refuse(path, f"at most {limits.max_members} archive members", f"holds {len(infos)}")
     names = [info.filename for info in infos]
     if len(set(names)) != len(names):
         twice = sorted({name for name in names if names.count(name) > 1})[:3]
@@ -146,7 +146,7 @@ def check_members(archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -
                           f"member {info.filename!r}: {info.file_size} bytes from {info.compress_size} ({ratio:.0f}x)")
         total += info.file_size
     if total > limits.max_total_bytes:
-        raise _refuse(path, f"at most {limits.max_total_bytes} uncompressed bytes in all (--max-total-bytes)",
+        raise _refuse(path, f"at most {limits.max_total_bytes} uncompressed bytes in all (--max-member-bytes raises it)",
                       f"declares {total}")
     return total
 
@@ -165,7 +165,7 @@ def read_config(archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> 
     except _READ_ERRORS as exc:
         raise _refuse(path, "a readable config.json", f"({type(exc).__name__}: {str(exc)[:120]})") from None
     if len(data) > limits.max_config_bytes:
-        raise _refuse(path, f"a config.json of at most {limits.max_config_bytes} bytes (--max-config-bytes)",
+        raise _refuse(path, f"a config.json of at most {limits.max_config_bytes} bytes",
                       f"holds more")
     try:
         config = json.loads(data)
@@ -187,7 +187,7 @@ def inspect_keras_handle(handle: BinaryIO, path: str, limits: ResourceLimits = D
     size = os.fstat(handle.fileno()).st_size
     entries, directory_bytes = _directory_size(handle, size, path)
     if entries > limits.max_members:
-        raise _refuse(path, f"at most {limits.max_members} archive members (--max-members)", f"declares {entries}")
+        raise _refuse(path, f"at most {limits.max_members} archive members", f"declares {entries}")
     if directory_bytes > min(size, limits.max_members * 1024):  # names of .keras members are short
         raise _refuse(path, "a zip directory of at most 1 KiB per member", f"declares {directory_bytes} bytes")
     try:

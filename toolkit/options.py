@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from toolkit.compare import Tolerances
 from toolkit.errors import InputError
+from toolkit.limits import DEFAULT_LIMITS, ResourceLimits
 
 # Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
 DEFAULT_OPSET = 17
@@ -49,6 +50,7 @@ class ExportOptions:
     require_fused: bool = False  # refuse a model whose recurrent layers are not fused ONNX ops
     output_names: OutputNames = None
     tolerances: Tolerances = field(default_factory=Tolerances)
+    limits: ResourceLimits = DEFAULT_LIMITS  # what a model file or a built stack may declare (toolkit.limits)
 
     def __post_init__(self) -> None:
         check_opset(self.opset)
@@ -61,6 +63,8 @@ class ExportOptions:
         for name in ("propagate_nan", "state_io", "require_fused"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"Expected {name} True or False. Received: {name}={getattr(self, name)!r}")
+        if not isinstance(self.limits, ResourceLimits):
+            raise InputError(f"Expected limits as a ResourceLimits. Received: {type(self.limits).__name__}")
         if not isinstance(self.tolerances, Tolerances):
             raise InputError(f"Expected tolerances as a Tolerances. Received: {type(self.tolerances).__name__}")
 
