@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.fileio import atomic_write_bytes, atomic_write_text
+from toolkit.fileset import write_file_set
 from toolkit.runner import TensorInfo, graph_inputs, graph_outputs, optional_inputs
 
 TRITON_TYPES = {
@@ -60,7 +60,7 @@ def config_text(name: str, model: onnx.ModelProto, max_batch_size: int = MAX_BAT
 def write_repository(repo: str | Path, name: str, model: onnx.ModelProto,
                      max_batch_size: int = MAX_BATCH_SIZE) -> list[Path]:
     """Write (atomically) the model and its config under `repo/name/`; return the paths written."""
-    folder = Path(repo) / name
     config = config_text(name, model, max_batch_size)
-    return [atomic_write_bytes(folder / "1" / "model.onnx", model.SerializeToString()),
-            atomic_write_text(folder / "config.pbtxt", config)]
+    # Both files in one switch: a repository never holds a model beside another model's config.
+    files = {f"{name}/1/model.onnx": model.SerializeToString(), f"{name}/config.pbtxt": config.encode()}
+    return list(write_file_set(repo, files).files)
