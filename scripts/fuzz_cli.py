@@ -150,7 +150,7 @@ def fixed_cases(inp: Path) -> list[Case]:
         Case("run_keyword_outputs", ["run", str(inp / "keyword_outputs.onnx"), "--input", str(inp / "x2.npy"), "-o", "{out}/o.npz"]),
         Case("run_o_folder", ["run", case1, "--input", str(inp / "good.npy"), "-o", "{out}"]),
         Case("run_sequence_output", ["run", str(inp / "sequence_output.onnx"), "--input", str(inp / "x2.npy")]),
-        Case("run_endless_loop", ["run", str(inp / "endless_loop.onnx"), "--input", str(inp / "x2.npy")]),
+        Case("run_endless_loop", ["run", str(inp / "endless_loop.onnx"), "--input", str(inp / "x2.npy"), "--timeout", "5"]),
         Case("inspect_control_names", ["inspect", str(inp / "control_names.onnx")]),
         Case("inspect_external_unused", ["inspect", str(inp / "external_unused.onnx")]),
         Case("inspect_truncated", ["inspect", str(inp / "truncated.onnx")]),
