@@ -192,10 +192,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     from toolkit.options import ExportOptions
 
     with _option_values():
-        limits = ResourceLimits().raised(
-            max_params=max_params, max_timesteps=max_timesteps, max_activation_elements=max_activation,
-            max_member_bytes=max_member_bytes, max_total_bytes=max(MAX_TOTAL_BYTES, 2 * max_member_bytes)
-            if max_member_bytes else None)
+        limits = _limits(max_params, max_timesteps, max_activation, max_member_bytes)
         options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
                                 padding=padding, require_fused=require_fused,
                                 output_names=_renames(output_name) or None, tolerances=Tolerances.parse(atol, rtol),
@@ -222,15 +219,9 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         outcome = export_stacks(configs, output or Path("exported"), options, keep_failed=keep_failed,
                                 write=triton_repo is None)
     # As for built stacks: the table is printed whatever the outcome; files only when parity passed.
-    items, exported = outcome.items, outcome.exported
+    items = outcome.items
     passed = all(report for _, report in items)
-    repository: list[Path] = []
-    if triton_repo is not None and (passed or keep_failed):
-        from toolkit.triton import write_repository
-
-        # The repository first: if it cannot be written, the .onnx files are not written either.
-        repository = [p for name, result in exported for p in write_repository(triton_repo, name, result.model)]
-        outcome.write()
+    repository = _write_triton(outcome, triton_repo) if triton_repo is not None and (passed or keep_failed) else []
     written, payload = list(outcome.written) + repository, outcome.to_json()
     payload["written"] = [str(p) for p in written]
     if as_json:
@@ -239,6 +230,24 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
         _print_export(items, outcome.warnings, outcome.notes, written)
     if not passed:
         raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)"))
+
+
+def _limits(max_params: int | None, max_timesteps: int | None, max_activation: int | None,
+            max_member_bytes: int | None) -> ResourceLimits:
+    """The default limits, raised (or lowered) by the flags given; all members may hold twice one member."""
+    total = max(MAX_TOTAL_BYTES, 2 * max_member_bytes) if max_member_bytes else None
+    return ResourceLimits().raised(max_params=max_params, max_timesteps=max_timesteps,
+                                   max_activation_elements=max_activation, max_member_bytes=max_member_bytes,
+                                   max_total_bytes=total)
+
+
+def _write_triton(outcome: Any, repo: Path) -> list[Path]:
+    """The repository first, then the models: a repository that cannot be written leaves no .onnx behind."""
+    from toolkit.triton import write_repository
+
+    repository = [p for name, result in outcome.exported for p in write_repository(repo, name, result.model)]
+    outcome.write()
+    return repository
 
 
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
