@@ -95,6 +95,21 @@ with open(out / "unused.bin", "wb") as handle:
 save(graph_model([helper.make_node("Identity", ["x"], ["y"])], [x], [named[2]], [unused]), "external_unused.onnx")
 (out / "truncated.onnx").write_bytes((Path(sys.argv[2]) / "case1_sequences.onnx").read_bytes()[:500])
 
+# A --state-io export and its Keras model, then copies with crafted metadata for `verify --stream`.
+from toolkit.builder import StackConfig, build_stack
+from toolkit.exporter import export_model
+stack = build_stack(StackConfig(layers=1, units=3, timesteps=None, features=2))
+stack.save(out / "stream.keras")
+streaming = export_model(stack, state_io=True).model
+for name, key, value in [("state_map_json", "state_map", "{not json"), ("state_map_list", "state_map", "[1, 2]"),
+                         ("state_map_names", "state_map", '{"lstm_1_initial_state_h": "nowhere"}'),
+                         ("layers_ints", "layers", "[1]"), ("layers_no_class", "layers", '[{"name": "x"}]'),
+                         ("layers_json", "layers", "{"), ("layers_deep", "layers", "[" * 100000)]:
+    crafted = onnx.ModelProto()
+    crafted.CopyFrom(streaming)
+    next(p for p in crafted.metadata_props if p.key == "lstm_onnx." + key).value = value
+    save(crafted, f"crafted_{name}.onnx")
+
 np.save(out / "b0.npy", np.zeros((0, 3, 1), np.float32))
 np.save(out / "t0.npy", np.zeros((2, 0, 1), np.float32))
 np.save(out / "good.npy", np.zeros((2, 3, 1), np.float32))
@@ -159,6 +174,8 @@ def fixed_cases(inp: Path) -> list[Case]:
         Case("export_keras_o_folder", ["export", str(inp / "seed.keras"), "-o", "{out}"]),
         Case("export_triton_onto_file", ["export", str(inp / "seed.keras"), "-o", "{out}/m.onnx", "--triton", str(inp / "good.npy")]),
     ]
+    cases += [Case(f"verify_stream_{p.stem[8:]}", ["verify", str(p), "--keras", str(inp / "stream.keras"), "--stream", "2"])
+              for p in sorted(inp.glob("crafted_*.onnx"))]
     for option, value in [("--units", "100000"), ("--features", "300000000"), ("--layers", "5000"),
                           ("--timesteps", "100000000"), ("--timesteps", "0"), ("--opset", "99"), ("--atol", "abc"),
                           ("--rtol", "nope:1e-3"), ("--output-name", "="), ("--cell", "lstm,foo"), ("--variant", "nope"),
@@ -167,15 +184,22 @@ def fixed_cases(inp: Path) -> list[Case]:
     return cases
 
 
+# Per option: values a user means (drawn 60% of the time, so some cases export for real) and values a
+# hostile or careless user types.
+_VALID = {"--layers": ["1", "2", "3"], "--units": ["1", "4", "16"], "--timesteps": ["1", "5", "none"],
+          "--features": ["1", "3"], "--seed": ["0", "7"], "--opset": ["14", "17", "18"],
+          "--cell": ["gru", "simple_rnn", "lstm,gru"], "--bidirectional": ["sum", "none"],
+          "--masking": ["masking", "embedding"], "--atol": ["1e-5", "lstm_2_last:1e-4"], "--padding": ["left"]}
+_HOSTILE = ["0", "-1", "1e3", "100000", "300000000", "9" * 30, "nan", "none", "x\x1b[1m", "", "lstm,,gru", "=:"]
+
+
 def random_cases(rng: random.Random, count: int) -> list[Case]:
-    """Builder options drawn from edge values: zero, negative, huge, float, text with control characters."""
-    values = ["0", "-1", "1", "2", "3", "1e3", "100000", "300000000", "9" * 30, "nan", "none", "x\x1b[1m", ""]
-    options = ["--layers", "--units", "--timesteps", "--features", "--seed", "--opset", "--cell", "--atol"]
+    """Builder options drawn from `_VALID` and `_HOSTILE`, one to three at a time."""
     cases = []
     for index in range(count):
         args = ["export", "-o", "{out}/suite"]
-        for option in rng.sample(options, rng.randint(1, 3)):
-            args += [option, rng.choice(values)]
+        for option in rng.sample(sorted(_VALID), rng.randint(1, 3)):
+            args += [option, rng.choice(_VALID[option] if rng.random() < 0.6 else _HOSTILE)]
         cases.append(Case(f"random_{index}", args))
     return cases
 
