@@ -55,6 +55,7 @@ for name, build in [
     ("time_1e8", lambda: hostile.fixed_time(out, 100_000_000)),
     ("time_0", lambda: hostile.fixed_time(out, 0)),
     ("members", lambda: hostile.many_members(out, 5000)),
+    ("h5_bomb", lambda: hostile.h5_bomb(out, 1536 << 20)),
     ("fifo", lambda: hostile.fifo(out)),
     ("dev_zero", lambda: hostile.dev_zero(out)),
     ("seed", lambda: hostile.seed_keras(out)),
@@ -153,7 +154,8 @@ def fixed_cases(inp: Path) -> list[Case]:
         ("weights_bomb", next(p.name for p in inp.glob("weights_bomb_*.keras"))),
         ("config_bomb", next(p.name for p in inp.glob("config_*.keras"))), ("time_2e6", "time_2000000.keras"),
         ("time_1e8", "time_100000000.keras"), ("time_0", "time_0.keras"), ("members", "members_5000.keras"),
-        ("fifo", "fifo.keras"), ("dev_zero", "zero.keras"), ("seed_ok", "seed.keras")]]
+        ("fifo", "fifo.keras"), ("dev_zero", "zero.keras"), ("h5_bomb", "h5_bomb_1610612736.keras"),
+        ("seed_ok", "seed.keras")]]
     cases += [
         Case("run_batch_0", ["run", case1, "--input", str(inp / "b0.npy")]),
         Case("run_time_0", ["run", case1, "--input", str(inp / "t0.npy")]),

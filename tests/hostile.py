@@ -149,6 +149,24 @@ def _write_raw_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, payload: 
     archive._didModify = True  # noqa: SLF001
 
 
+def h5_bomb(folder: Path, size: int = 2 << 30) -> Path:
+    """The seed model with its first LSTM kernel replaced by an HDF5 dataset declaring `size` bytes that
+    stores nothing (chunked, gzip, only its fill value): a 20 KB file whose dataset Keras reads in full
+    before it notices the wrong shape (its own guard starts at 4 GiB)."""
+    import h5py
+
+    seed = seed_keras(folder)
+    weights = folder / f"h5_bomb_{size}.h5"
+    weights.write_bytes(zipfile.ZipFile(seed).read("model.weights.h5"))
+    with h5py.File(weights, "r+") as h5:
+        names: list[str] = []
+        h5.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        kernel = names[0]
+        del h5[kernel]
+        h5.create_dataset(kernel, shape=(size // 4,), dtype="f4", chunks=(1 << 20,), compression="gzip")
+    return rewrite(seed, folder / f"h5_bomb_{size}.keras", {"model.weights.h5": weights.read_bytes()})
+
+
 def big_config(folder: Path, size: int = 200 << 20) -> Path:
     """config.json padded with `size` bytes of JSON whitespace, deflated (the issue's 1 MB file)."""
     src = seed_keras(folder)

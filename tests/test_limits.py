@@ -92,6 +92,8 @@ HOSTILE = {
     "time_0": (lambda d: hostile.fixed_time(d, 0), r"every declared axis >= 1 .* \[None, 0, 2\]"),
     "dev_zero": (hostile.dev_zero, r"a regular file\. Received: .* which is a character device"),
     "fifo": (hostile.fifo, r"a regular file\. Received: .* which is a FIFO"),
+    "h5_bomb_2g": (lambda d: hostile.h5_bomb(d, 2 << 30), r"weights declaring at most 1073741824 bytes .* declares 2147483904 in 6 datasets"),
+    "h5_bomb_512m": (lambda d: hostile.h5_bomb(d, 512 << 20), r"stored at a ratio of at most 100 .* dataset 'layers/lstm/cell/vars/0' declares 536870912 bytes and stores 0"),
     "members": (lambda d: hostile.many_members(d, 5000), r"at most 1000 archive members\. Received: .* declares 5003"),
 }
 
@@ -179,6 +181,18 @@ def test_broken_archives_are_refused(hostile_dir, name, data, message):
     path.write_bytes(data)
     with pytest.raises(ModelLoadError, match=message):
         inspect_keras_file(path)
+
+
+def test_deflated_weights_are_inspected_in_memory_only_when_small(hostile_dir):
+    seed = hostile.seed_keras(hostile_dir)
+    weights = zipfile.ZipFile(seed).read("model.weights.h5")
+    small = hostile.rewrite(seed, hostile_dir / "deflated.keras", {}, compress={"model.weights.h5": zipfile.ZIP_DEFLATED})
+    assert inspect_keras_file(small).params == 72
+    padded = weights + os.urandom(65 << 20)  # HDF5 ignores bytes after its end of file
+    big = hostile.rewrite(seed, hostile_dir / "deflated_big.keras", {"model.weights.h5": padded},
+                          compress={"model.weights.h5": zipfile.ZIP_DEFLATED})
+    with pytest.raises(ModelLoadError, match=r"model.weights.h5 stored uncompressed, as Keras writes it"):
+        inspect_keras_file(big)
 
 
 def test_duplicate_members_and_missing_weights_are_refused(hostile_dir):

@@ -12,6 +12,7 @@ The counting itself is `toolkit.budget`.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from toolkit.budget import Budget, count_config
 from toolkit.errors import ModelLoadError
@@ -176,6 +177,87 @@ def read_config(archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> 
     return config, len(data)
 
 
+WEIGHTS_H5 = "model.weights.h5"
+MAX_DEFLATED_WEIGHTS = 64 << 20
+"""Keras stores `model.weights.h5` uncompressed; a deflated one is inspected in memory up to this size."""
+
+
+class _Window(io.RawIOBase):
+    """`length` bytes at `start` of an open file, as a read-only seekable file: a stored member for h5py."""
+
+    def __init__(self, handle: BinaryIO, start: int, length: int):
+        super().__init__()
+        self._handle, self._start, self._length, self._pos = handle, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        count = max(0, min(len(buffer), self._length - self._pos))
+        self._handle.seek(self._start + self._pos)
+        data = self._handle.read(count)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _weights_source(handle: BinaryIO, archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> BinaryIO:
+    if info.compress_type == zipfile.ZIP_STORED:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+        names, extra = struct.unpack("<HH", header[26:30])
+        return _Window(handle, info.header_offset + 30 + names + extra, info.file_size)
+    if info.file_size > MAX_DEFLATED_WEIGHTS:
+        raise _refuse(path, f"{WEIGHTS_H5} stored uncompressed, as Keras writes it, when over {MAX_DEFLATED_WEIGHTS} "
+                      "bytes", f"has {info.file_size} bytes compressed")
+    return io.BytesIO(archive.read(info.filename))
+
+
+def check_weights_file(handle: BinaryIO, archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> int:
+    """Bytes the HDF5 datasets of the weights declare, read from the file's metadata alone (h5py).
+
+    A dataset may be compressed inside the HDF5 file, or hold only a fill value, while declaring any
+    shape; Keras reads it whole when it assigns a variable, and its own guard starts at 4 GiB. Refused:
+    more than `max_member_bytes` declared in all, or a dataset over 1 MiB declaring more than `max_ratio`
+    times what it stores.
+    """
+    if WEIGHTS_H5 not in archive.namelist():
+        return 0
+    import h5py  # Keras' own HDF5 reader; no TensorFlow
+
+    datasets: list[tuple[str, int, int]] = []
+
+    def visit(name: str, item: Any) -> None:  # None: h5py's visititems goes on
+        if isinstance(item, h5py.Dataset):
+            datasets.append((name, item.size * item.dtype.itemsize, item.id.get_storage_size()))
+
+    try:
+        with h5py.File(_weights_source(handle, archive, archive.getinfo(WEIGHTS_H5), path), "r") as weights:
+            weights.visititems(visit)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise _refuse(path, f"a readable {WEIGHTS_H5}", f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    declared = sum(size for _, size, _ in datasets)
+    if declared > limits.max_member_bytes:
+        raise _refuse(path, f"weights declaring at most {limits.max_member_bytes} bytes (--max-member-bytes)",
+                      f"declares {declared} in {len(datasets)} datasets")
+    for name, size, stored in datasets:
+        if size > RATIO_FLOOR_BYTES and size > limits.max_ratio * max(stored, 1):
+            raise _refuse(path, f"weights stored at a ratio of at most {limits.max_ratio:g} (a bomb otherwise)",
+                          f"dataset {name!r} declares {size} bytes and stores {stored}")
+    return declared
+
+
 def inspect_keras_file(path: str | os.PathLike[str], limits: ResourceLimits = DEFAULT_LIMITS) -> ArchiveReport:
     """Check a `.keras` file against `limits` without Keras; raise `ModelLoadError` on the first excess."""
     with open_regular_file(path) as handle:
@@ -197,15 +279,16 @@ def inspect_keras_handle(handle: BinaryIO, path: str, limits: ResourceLimits = D
             members = len(archive.infolist())
             weights = {info.filename: info.file_size for info in archive.infolist()
                        if info.filename.startswith("model.weights.")}
+            budget = count_config(config)
+            check_budget(budget, path, limits)
+            check_weights_present(budget, weights, path)
+            check_weights_file(handle, archive, path, limits)
     except ModelLoadError:
         raise
     except _READ_ERRORS as exc:
         raise _refuse(path, "a .keras file (a zip archive)", f"({type(exc).__name__}: {str(exc)[:120]})") from None
     finally:
         handle.seek(0)
-    budget = count_config(config)
-    check_budget(budget, path, limits)
-    check_weights_present(budget, weights, path)
     return ArchiveReport(path=path, members=members, uncompressed_bytes=total, config_bytes=config_bytes,
                          layers=budget.layers, params=budget.params, largest_activation=budget.largest_activation,
                          longest_fixed_time=budget.longest_fixed_time)
