@@ -13,6 +13,7 @@ them (`toolkit.fileset.recover`). Every OSError becomes one `OutputError` line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -82,11 +83,18 @@ def write_new(path: Path, data: bytes) -> None:
 
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive flock on the folder itself for as long as temporaries of ours exist in it."""
-    fd = os.open(folder, os.O_RDONLY)
+    """An exclusive flock on the folder itself for as long as temporaries of ours exist in it. Where a
+    folder cannot be opened or locked (some network filesystems, Windows), writes go on unserialized:
+    each stays whole, only the clean-up of a killed run's temporaries must then wait for a quiet folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):  # ENOLCK, EOPNOTSUPP: no lock, the write itself still works
+                fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock

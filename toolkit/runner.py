@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -271,6 +272,26 @@ def _check_feed(info: TensorInfo, array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _read_arrays(path_text: str) -> np.ndarray | dict[str, np.ndarray]:
+    """One `.npy` array, or every array of an `.npz`, read whole from a regular file (a FIFO is refused, not
+    waited on) without pickle."""
+    what = "an input file (.npy or .npz)"
+    with open_regular_file(path_text, what) as handle:
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # not numpy, pickled, truncated
+            raise InputError(f"Expected {what}. Received: {safe_text(path_text)!r}, unreadable "
+                             f"({type(exc).__name__})") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded:
+            try:
+                return {key: loaded[key] for key in loaded.files}
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # an object array, a bad member
+                raise InputError(f"Expected numeric arrays in {safe_text(path_text)!r}. Received: "
+                                 f"{safe_text(first_line(exc))}") from None
+
+
 def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np.ndarray]:
     """Read `--input` values: `x.npy` for a one-input model, `NAME=x.npy` per input, or one `.npz` with named arrays."""
     check_input_names(specs)
@@ -279,20 +300,9 @@ def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np
         name, sep, path_text = spec.partition("=")
         if not sep:
             name, path_text = "", spec
-        path = Path(path_text)
-        if not path.is_file():
-            raise InputError(f"Expected an input file (.npy or .npz). Received: {path_text!r} (no such file)")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise InputError(f"Expected an input file (.npy or .npz). Received: {path_text!r}, unreadable ({type(exc).__name__})") from None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                try:
-                    feeds.update({key: loaded[key] for key in loaded.files})
-                except ValueError as exc:  # an object array: readable only with pickle, never allowed here
-                    raise InputError(f"Expected numeric arrays in {safe_text(path_text)!r}. Received: "
-                                     f"{safe_text(first_line(exc))}") from None
+        loaded = _read_arrays(path_text)
+        if isinstance(loaded, dict):
+            feeds.update(loaded)
             continue
         if not name:
             if len(input_names) != 1:
