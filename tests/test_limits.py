@@ -450,3 +450,12 @@ def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
         handle.write(b"half")
         raise RuntimeError("interrupted")
     assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_a_single_write_removes_its_own_leftovers_from_a_killed_run(tmp_path):
+    mine = tmp_path / ".model.onnx.lstm-onnx-0123456789abcdef.tmp"
+    other = tmp_path / ".other.onnx.lstm-onnx-0123456789abcdef.tmp"
+    mine.write_bytes(b"half")
+    other.write_bytes(b"half")
+    fileio.atomic_write_bytes(tmp_path / "model.onnx", b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "model.onnx"]

@@ -82,22 +82,36 @@ def write_new(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive flock on the folder itself for as long as temporaries of ours exist in it. Where a
-    folder cannot be opened or locked (some network filesystems, Windows), writes go on unserialized:
-    each stays whole, only the clean-up of a killed run's temporaries must then wait for a quiet folder."""
+def folder_lock(folder: Path) -> Iterator[bool]:
+    """An exclusive flock on the folder itself for as long as temporaries of ours exist in it; yields
+    whether it holds the lock. Where a folder cannot be opened or locked (some network filesystems,
+    Windows), writes go on unserialized: each stays whole, but no killed run's temporaries are removed."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
-        yield
+        yield False
         return
+    locked = False
     try:
         if fcntl is not None:
             with contextlib.suppress(OSError):  # ENOLCK, EOPNOTSUPP: no lock, the write itself still works
                 fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+                locked = True
+        yield locked
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def remove_stale_temporaries(folder: Path, base: str | None = None) -> list[str]:
+    """Our temporaries in `folder` (of the file `base` only, if given): with the folder lock held, they
+    are a killed writer's leftovers. Returns their names."""
+    removed = []
+    for entry in os.scandir(folder):
+        match = TEMP_NAME.match(entry.name)
+        if match and (base is None or match["base"] == base) and entry.is_file(follow_symlinks=False):
+            unlink_quietly(Path(entry.path))
+            removed.append(entry.name)
+    return removed
 
 
 def unlink_quietly(path: Path) -> None:
@@ -116,7 +130,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     temp = temp_for(target, secrets.token_hex(8))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with folder_lock(target.parent):
+        with folder_lock(target.parent) as locked:
+            if locked:
+                remove_stale_temporaries(target.parent, target.name)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
             try:
                 with os.fdopen(fd, "wb") as handle:

@@ -27,7 +27,8 @@ from pathlib import Path, PurePosixPath
 from typing import Mapping, Sequence
 
 from toolkit.errors import InputError, OutputError
-from toolkit.fileio import TEMP_NAME, folder_lock, fsync_dir, temp_for, unlink_quietly, write_error, write_new
+from toolkit.fileio import (TEMP_NAME, folder_lock, fsync_dir, remove_stale_temporaries, temp_for, unlink_quietly,
+                            write_error, write_new)
 from toolkit.guard import safe_text
 
 JOURNAL = ".lstm-onnx-journal.json"
@@ -107,10 +108,7 @@ def recover(folder: str | os.PathLike[str]) -> Recovery:
                 unlink_quietly(root / name)
         fsync_dir(root)
         (root / JOURNAL).unlink()
-    for entry in os.scandir(root):  # single-file writes and journal temporaries of a killed run
-        if entry.is_file(follow_symlinks=False) and TEMP_NAME.match(entry.name):
-            unlink_quietly(Path(entry.path))
-            removed.append(entry.name)
+    removed += remove_stale_temporaries(root)  # single-file writes and journal temporaries of a killed run
     return Recovery(finished=tuple(finished), removed=tuple(removed))
 
 
@@ -139,8 +137,8 @@ def write_file_set(folder: str | os.PathLike[str], files: Mapping[str, bytes],
         raise OutputError(f"Expected an output folder. Received: {safe_text(str(root))!r}, which is a file")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with folder_lock(root):
-            recovery = recover(root)
+        with folder_lock(root) as locked:
+            recovery = recover(root) if locked else Recovery()
             _switch(root, {str(rel): files[name] for name, rel in finals.items()}, stale)
     except OSError as exc:
         raise write_error(exc, getattr(exc, "filename", None) or root,
