@@ -56,10 +56,13 @@ def test_all_states_adds_every_earlier_layers_states():
 
 
 @pytest.mark.parametrize("kwargs,needle", [
-    ({"layers": 0}, "Expected layers >= 1. Received: layers=0"),
-    ({"units": -2}, "Expected units >= 1"),
+    ({"layers": 0}, "Expected 1 <= layers <= 64. Received: layers=0"),
+    ({"units": -2}, "Expected 1 <= units <= 4096"),
+    ({"units": 100_000}, "Expected 1 <= units <= 4096. Received: units=100000"),
+    ({"layers": 5000}, "Expected 1 <= layers <= 64. Received: layers=5000"),
+    ({"features": 300_000_000}, "Expected 1 <= features <= 65536. Received: features=300000000"),
     ({"timesteps": 0}, "Expected timesteps >= 1 or None"),
-    ({"features": 1.5}, "Expected features >= 1"),
+    ({"features": 1.5}, "Expected 1 <= features <= 65536"),
     ({"seed": -1}, "Expected seed >= 0"),
 ])
 def test_bad_config_is_refused_with_expected_and_received(kwargs, needle):

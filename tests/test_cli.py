@@ -83,7 +83,7 @@ def _files(folder):
     (["export", "{missing}", "-o", "{tmp}/m.onnx"], "no such file"),
     (["export", "{dense_only}", "-o", "{tmp}/m.onnx"], "Expected a model with at least one recurrent layer"),
     (["export", "{lambda}", "-o", "{tmp}/m.onnx"], "safe mode"),
-    (["export", "{not_a_model}", "-o", "{tmp}/m.onnx"], "Expected a loadable Keras model"),
+    (["export", "{not_a_model}", "-o", "{tmp}/m.onnx"], "Expected a .keras file (a zip archive)"),
     (["export", "{sequential}", "-o", "{tmp}/m.txt"], "Expected an output path ending in .onnx"),
     (["export", "{sequential}", "-o", "{tmp}/m.onnx", "--atol", "nope:1e-3"], "Received unknown key(s): ['nope']"),
     (["export", "{sequential}", "-o", "{tmp}/m.onnx", "--units", "3"], "Expected builder options only without MODEL"),
@@ -208,7 +208,7 @@ def test_tf2onnx_converter_fallback_is_reported_and_refusable(tmp_path):
 ])
 def test_bad_variant_options(tmp_path, args, needle):
     result = CliRunner().invoke(cli, ["export", "-o", str(tmp_path / "out")] + args)
-    assert result.exit_code == 1 and needle in result.output, result.output
+    assert result.exit_code == 2 and needle in result.output, result.output  # a malformed option: 2 (README)
     assert not (tmp_path / "out").exists()
 
 

@@ -12,7 +12,7 @@ from toolkit import fileio
 from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.compare import Tolerances
-from toolkit.errors import ModelLoadError, ParityError
+from toolkit.errors import ModelLoadError, OutputError, ParityError
 from toolkit.exporter import check_keras_version, export_keras_file, export_model
 from toolkit.verify import OnnxRunner, ReferenceRunner, keras_outputs, reference_oracle_problem, verify_runtimes
 
@@ -61,7 +61,8 @@ def test_an_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pat
         raise OSError("disk full")
 
     monkeypatch.setattr(fileio.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"Expected a writable destination\. Received: .*model.onnx': disk full; "
+                                          r"nothing was changed"):
         fileio.atomic_write_bytes(target, b"new bytes")
     assert target.read_bytes() == b"good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

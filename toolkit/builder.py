@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.budget import Budget
 from toolkit.errors import InputError
 
 # The post's data: batch 1, 3 time steps, 1 feature.
@@ -34,6 +35,14 @@ MERGE_MODES = ("concat", "sum", "mul", "ave", "none")  # "none" is Keras' merge_
 MASKINGS = ("masking", "embedding")
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "hard_sigmoid", "linear", "softsign", "softplus", "elu")
 EMBEDDING_VOCAB = 20  # token ids 1..19; 0 is the padding id when the mask comes from Embedding(mask_zero=True)
+
+# Bounds of the builder's sizes. Beyond them Keras allocates for minutes before anything fails (the issue
+# measured --units 100000, --features 3e8 and --layers 5000); the parameter and time-step budgets of
+# toolkit.limits apply on top (`stack_budget`), and their flags raise those, not these.
+MAX_LAYERS = 64
+MAX_UNITS = 4096
+MAX_FEATURES = 65536
+_BOUNDS = {"layers": MAX_LAYERS, "units": MAX_UNITS, "features": MAX_FEATURES}
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,10 @@ class StackConfig:
     sequential: bool = False  # build a keras.Sequential (single output only)
 
     def __post_init__(self) -> None:
-        for field_name in ("layers", "units", "features"):
+        for field_name, bound in _BOUNDS.items():
             value = getattr(self, field_name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"Expected {field_name} >= 1. Received: {field_name}={value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= bound:
+                raise InputError(f"Expected 1 <= {field_name} <= {bound}. Received: {field_name}={value!r}")
         if self.timesteps is not None and (not isinstance(self.timesteps, int) or self.timesteps < 1):
             raise InputError(f"Expected timesteps >= 1 or None (variable length). Received: timesteps={self.timesteps!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -122,6 +131,27 @@ class StackConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+
+
+def stack_budget(config: StackConfig) -> Budget:
+    """Parameters and per-sample activation size of the stack `build_stack` would build, counted before
+    Keras allocates it (`toolkit.limits.check_budget` compares them with the limits)."""
+    directions = 2 if config.bidirectional else 1
+    width = 2 if config.bidirectional in ("concat", "none") else 1
+    budget = Budget(layers=config.layers, longest_fixed_time=config.timesteps, time_at="--timesteps")
+    budget.params = EMBEDDING_VOCAB * config.features if config.masking == "embedding" else 0
+    in_dim = widest = config.features
+    for cell in config.cells:
+        gates, units = _GATES[cell], config.units
+        budget.params += directions * gates * units * (in_dim + units + 2)  # kernels and (up to two) biases
+        in_dim = units * width
+        widest = max(widest, in_dim)
+    budget.largest_activation = (config.timesteps or 1) * widest
+    budget.activation_at = "the widest layer"
+    return budget
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

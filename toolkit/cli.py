@@ -7,23 +7,31 @@ import TensorFlow, which costs seconds and may not be installed on a deploy mach
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import click
 
 from toolkit import __version__
-from toolkit.errors import InputError, LstmOnnxError
+from toolkit.errors import InputError, LstmOnnxError, OptionError
+from toolkit.builder import MAX_FEATURES, MAX_LAYERS, MAX_UNITS
+from toolkit.limits import (MAX_ACTIVATION_ELEMENTS, MAX_MEMBER_BYTES, MAX_PARAMS, MAX_TIMESTEPS, MAX_TOTAL_BYTES,
+                            ResourceLimits)
 from toolkit.quiet import echo_err, quiet_stderr
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
 
 
+class _OptionError(click.ClickException):
+    exit_code = 2  # as click's own errors for a malformed option (README)
+
+
 class _Cli(click.Group):
-    """Turns every `LstmOnnxError` into click's one-line `Error: ...` and exit code 1: no traceback."""
+    """Turns every `LstmOnnxError`, and any OSError, into click's one-line `Error: ...` and exit code 1
+    (2 for a malformed option): no traceback. Text from files is escaped before it reaches the terminal."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -31,8 +39,42 @@ class _Cli(click.Group):
                 return super().invoke(ctx)
             with quiet_stderr():
                 return super().invoke(ctx)
+        except OptionError as exc:
+            raise _OptionError(_one_line(str(exc))) from None
         except LstmOnnxError as exc:
-            raise click.ClickException(" ".join(str(exc).split())) from None
+            raise click.ClickException(_one_line(str(exc))) from None
+        except OSError as exc:  # a read or write the library did not turn into an InputError itself
+            where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(_one_line(f"Expected files lstm-onnx can read and write. Received:{where} "
+                                                 f"{exc.strerror or exc}")) from None
+
+
+def _one_line(text: str) -> str:
+    from toolkit.guard import safe_text
+
+    return safe_text(" ".join(text.split()), limit=2000)
+
+
+def _echo(text: str = "", err: bool = False) -> None:
+    """click.echo with names and metadata from untrusted files escaped (lines and tabs kept)."""
+    from toolkit.guard import safe_text
+
+    line = safe_text(text, limit=None, keep="\n\t")
+    if err:
+        echo_err(line)  # the tool's own stderr lines reach the terminal also while stderr is quiet
+    else:
+        click.echo(line)
+
+
+@contextmanager
+def _option_values() -> Iterator[None]:
+    """An InputError while reading option values is a malformed option: exit 2, like click's own."""
+    try:
+        yield
+    except OptionError:
+        raise
+    except InputError as exc:
+        raise OptionError(str(exc)) from None
 
 
 def _verbose() -> bool:
@@ -50,6 +92,7 @@ def _quiet_tensorflow() -> None:
 
 
 VARIABLE = "none"
+RUN_TIMEOUT = 300.0  # seconds; `run --timeout`
 
 
 class _Timesteps(click.ParamType):
@@ -81,7 +124,7 @@ def _renames(specs: Sequence[str]) -> dict[str, str]:
 
 
 def _emit_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2))
+    _echo(json.dumps(payload, indent=2))
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,10 +153,10 @@ def tolerance_options(func: Any) -> Any:
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="MODEL given: the .onnx file (default MODEL with .onnx). Otherwise: the folder (default exported/).")
-@click.option("--layers", type=click.IntRange(min=1), help="Number of stacked LSTM layers (default 2).")
-@click.option("--units", type=click.IntRange(min=1), help="Units per layer (default 2).")
+@click.option("--layers", type=click.IntRange(1, MAX_LAYERS), help=f"Number of stacked LSTM layers (default 2, at most {MAX_LAYERS}).")
+@click.option("--units", type=click.IntRange(1, MAX_UNITS), help=f"Units per layer (default 2, at most {MAX_UNITS}).")
 @click.option("--timesteps", type=_Timesteps(), help="Time steps, or 'none' for a variable length (default 3).")
-@click.option("--features", type=click.IntRange(min=1), help="Input features (default 1).")
+@click.option("--features", type=click.IntRange(1, MAX_FEATURES), help=f"Input features (default 1, at most {MAX_FEATURES}).")
 @click.option("--return-sequences/--no-return-sequences", default=None,
               help="The last layer's flag; unset: both values are exported.")
 @click.option("--return-state/--no-return-state", default=None,
@@ -144,13 +187,23 @@ def tolerance_options(func: Any) -> Any:
                    "refuse, before writing, a model one of them is known to compute wrong.")
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
 @click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops.")
+@click.option("--max-params", type=click.IntRange(min=1), help=f"Parameters a model may declare (default {MAX_PARAMS}).")
+@click.option("--max-timesteps", type=click.IntRange(min=1),
+              help=f"A fixed time axis, in steps (default {MAX_TIMESTEPS}).")
+@click.option("--max-activation", type=click.IntRange(min=1),
+              help=f"Values per sample in one layer's input or output (default {MAX_ACTIVATION_ELEMENTS}).")
+@click.option("--max-member-bytes", type=click.IntRange(min=1),
+              help=f"Uncompressed bytes of one member of a .keras archive (default {MAX_MEMBER_BYTES}); all "
+                   "members together may hold twice this.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def export(model: Path | None, output: Path | None, layers: int | None, units: int | None, timesteps: Any,
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
-           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, triton_name: str | None, propagate_nan: bool, padding: str,
-           targets: str | None, keep_failed: bool, require_fused: bool, as_json: bool) -> None:
+           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, triton_name: str | None,
+           propagate_nan: bool, padding: str, targets: str | None, keep_failed: bool, require_fused: bool,
+           max_params: int | None, max_timesteps: int | None, max_activation: int | None,
+           max_member_bytes: int | None, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -161,10 +214,13 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     from toolkit.compare import Tolerances
     from toolkit.options import ExportOptions
 
-    options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
-                            padding=padding, require_fused=require_fused, output_names=_renames(output_name) or None,
-                            tolerances=Tolerances.parse(atol, rtol),
-                            targets=tuple(t.strip() for t in (targets or "").split(",") if t.strip()))
+    with _option_values():
+        limits = _limits(max_params, max_timesteps, max_activation, max_member_bytes)
+        options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
+                                padding=padding, require_fused=require_fused,
+                                output_names=_renames(output_name) or None, tolerances=Tolerances.parse(atol, rtol),
+                                targets=tuple(t.strip() for t in (targets or "").split(",") if t.strip()),
+                                limits=limits)
     if triton_name is not None:  # checked before anything is exported or written
         from toolkit.triton import check_model_name
         if model is None:
@@ -180,22 +236,24 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
             raise InputError(f"Expected builder options only without MODEL. Received: MODEL and {', '.join(given)}")
         from toolkit.exporter import export_file
 
-        outcome: Any = export_file(model, output or model.with_suffix(".onnx"), options, keep_failed=keep_failed)
+        outcome: Any = export_file(model, output or model.with_suffix(".onnx"), options, keep_failed=keep_failed,
+                                   write=triton_repo is None)
     else:
         from toolkit.builder import requested_configs
         from toolkit.suite import export_stacks
 
         chosen = {k: (None if v == VARIABLE else v) for k, v in builder_options.items() if v is not None}
-        configs = requested_configs(chosen, variant, return_sequences, return_state)
-        outcome = export_stacks(configs, output or Path("exported"), options, keep_failed=keep_failed)
+        with _option_values():
+            configs = requested_configs(chosen, variant, return_sequences, return_state)
+        outcome = export_stacks(configs, output or Path("exported"), options, keep_failed=keep_failed,
+                                write=triton_repo is None)
     # As for built stacks: the table is printed whatever the outcome; files only when parity passed.
-    items, exported, written, payload = outcome.items, outcome.exported, outcome.written, outcome.to_json()
+    items = outcome.items
     passed = all(report for _, report in items)
-    if triton_repo is not None and (passed or keep_failed):
-        from toolkit.triton import write_repository
-
-        written = list(written) + [p for name, result in exported for p in write_repository(triton_repo, triton_name or name, result.model)]
-        payload["written"] = [str(p) for p in written]
+    repository = (_write_triton(outcome, triton_repo, triton_name)
+                  if triton_repo is not None and (passed or keep_failed) else [])
+    written, payload = list(outcome.written) + repository, outcome.to_json()
+    payload["written"] = [str(p) for p in written]
     if as_json:
         _emit_json(payload)
     else:
@@ -207,18 +265,37 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
                                    + f": {failure_message(items)}")
 
 
+def _limits(max_params: int | None, max_timesteps: int | None, max_activation: int | None,
+            max_member_bytes: int | None) -> ResourceLimits:
+    """The default limits, raised (or lowered) by the flags given; all members may hold twice one member."""
+    total = max(MAX_TOTAL_BYTES, 2 * max_member_bytes) if max_member_bytes else None
+    return ResourceLimits().raised(max_params=max_params, max_timesteps=max_timesteps,
+                                   max_activation_elements=max_activation, max_member_bytes=max_member_bytes,
+                                   max_total_bytes=total)
+
+
+def _write_triton(outcome: Any, repo: Path, model_name: str | None) -> list[Path]:
+    """The repository first, then the models: a repository that cannot be written leaves no .onnx behind."""
+    from toolkit.triton import write_repository
+
+    repository = [p for name, result in outcome.exported
+                  for p in write_repository(repo, model_name or name, result.model)]
+    outcome.write()
+    return repository
+
+
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
                   written: Sequence[Path]) -> None:
     from toolkit.report import invariant_lines, parity_table
 
-    click.echo(parity_table(items))
+    _echo(parity_table(items))
     for line in invariant_lines(items):
-        click.echo(line)
+        _echo(line)
     for warning in warnings:
-        echo_err(f"warning: {warning}")
+        _echo(f"warning: {warning}", err=True)
     for note in notes:
-        echo_err(f"note: {note}")
-    click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
+        _echo(f"note: {note}", err=True)
+    _echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
 
 
 @cli.command()
@@ -246,12 +323,13 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
     from toolkit.verify import verify_runtimes
 
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
-    tolerances = Tolerances.parse(atol, rtol)
     sizes = None
-    if stream is not None:
-        from toolkit.streaming import parse_chunks
+    with _option_values():
+        tolerances = Tolerances.parse(atol, rtol)
+        if stream is not None:
+            from toolkit.streaming import parse_chunks
 
-        sizes = parse_chunks(stream)
+            sizes = parse_chunks(stream)
     results = verify_runtimes(onnx_model, keras_model, names, tolerances, seed=seed)
     streamed = None
     if sizes is not None:
@@ -265,7 +343,7 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
     if as_json:
         _emit_json(outcome.to_json())
     else:
-        click.echo(verify_text(outcome))
+        _echo(verify_text(outcome))
     if not outcome:
         sys.exit(1)
 
@@ -275,30 +353,31 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 @click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="[NAME=]FILE",
               help="A .npy per input (NAME=FILE.npy when the model has several), or one .npz of named arrays.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the outputs to this .npz file.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RUN_TIMEOUT, show_default=True,
+              help="Seconds a run may take; a longer one is stopped (a crafted Loop can run for ever).")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON lists.")
-def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, as_json: bool) -> None:
+def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, timeout: float, as_json: bool) -> None:
     """Run ONNX_MODEL in ONNX Runtime and print (or save) each named output. Needs no TensorFlow."""
-    import numpy as np
-
-    from toolkit.fileio import atomic_write_bytes
+    from toolkit.fileio import save_npz
+    from toolkit.guard import check_input_names
     from toolkit.report import outputs_text
     from toolkit.runner import load_feeds
     from toolkit.verify import OnnxRunner
 
     if output is not None and output.suffix != ".npz":
-        raise InputError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
+        raise OptionError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
+    with _option_values():
+        check_input_names(inputs)  # a repeated NAME= was resolved by keeping the last
     runner = OnnxRunner(onnx_model)
-    outputs = runner.run(load_feeds(inputs, runner.input_names))
+    outputs = runner.run(load_feeds(inputs, runner.input_names), timeout=timeout)
     if output is not None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **outputs)
-        atomic_write_bytes(output, buffer.getvalue())
+        save_npz(output, outputs)  # every output, whatever its name (np.savez took `file` as its own)
     if as_json:
         _emit_json({name: {"shape": list(v.shape), "dtype": v.dtype.name, "values": v.tolist()} for name, v in outputs.items()})
     else:
-        click.echo(outputs_text(outputs))
+        _echo(outputs_text(outputs))
         if output is not None:
-            click.echo(f"wrote {output}")
+            _echo(f"wrote {output}")
 
 
 @cli.command()
@@ -313,7 +392,7 @@ def inspect(onnx_model: Path, as_json: bool) -> None:
     if as_json:
         _emit_json(description.to_json())
     else:
-        click.echo(description_text(description))
+        _echo(description_text(description))
 
 
 @cli.command()
@@ -327,21 +406,21 @@ def explain() -> None:
     cases = run_explain()
     for case in cases:
         c = case.config
-        click.echo(f"({case.number}) last layer LSTM({c.units}, return_sequences={c.return_sequences}, "
+        _echo(f"({case.number}) last layer LSTM({c.units}, return_sequences={c.return_sequences}, "
                    f"return_state={c.return_state}) on input [0.1, 0.2, 0.3], shape (1, 3, 1)")
         for out in case.outputs:
             keras_values = np.round(out.keras.astype(np.float64), 7).tolist()
             onnx_values = np.round(out.onnx.astype(np.float64), 7).tolist()
-            click.echo(f"    {out.name:<18} {str(out.shape):<10} keras {keras_values}")
-            click.echo(f"    {'':<18} {'':<10} onnx  {onnx_values}")
+            _echo(f"    {out.name:<18} {str(out.shape):<10} keras {keras_values}")
+            _echo(f"    {'':<18} {'':<10} onnx  {onnx_values}")
         for line in case.keras_equalities:
-            click.echo(f"    keras: {line}")
+            _echo(f"    keras: {line}")
         for line in case.onnx_equalities:
-            click.echo(f"    onnx:  {line}")
+            _echo(f"    onnx:  {line}")
         if not case.keras_equalities:
-            click.echo("    no state output: nothing to compare the output with")
-        click.echo("")
-    click.echo("return_sequences picks every step's hidden state or the last one; return_state adds the last step's "
+            _echo("    no state output: nothing to compare the output with")
+        _echo("")
+    _echo("return_sequences picks every step's hidden state or the last one; return_state adds the last step's "
                "state_h and state_c. The last output is state_h; with return_sequences its last step is.")
     if not all(case.all_hold for case in cases):
         raise click.ClickException("an equality or parity check failed")

@@ -29,3 +29,11 @@ class ExportError(LstmOnnxError):
 
 class ParityError(LstmOnnxError):
     """ONNX Runtime's outputs do not match Keras' within tolerance."""
+
+
+class OptionError(InputError):
+    """A command-line option's value is malformed; the CLI exits 2 for it, as click does for its own."""
+
+
+class OutputError(InputError):
+    """A destination could not be written (read-only, full, a folder where a file goes, ...)."""

@@ -307,14 +307,20 @@ class FileExport:
         return {"passed": self.result.parity.passed, "written": [str(p) for p in self.written],
                 **self.result.to_json()}
 
+    def write(self) -> list[Path]:
+        """Write the model (atomically), whatever its parity: the caller decided."""
+        self.written.append(self.result.save(self.target, keep_failed=True))
+        return self.written
+
 
 def export_file(src: str | Path, dst: str | Path, options: ExportOptions | None = None, *,
-                keep_failed: bool = False) -> FileExport:
-    """Export a user's `.keras` file; write it when parity passed or `keep_failed`, and say what happened."""
+                keep_failed: bool = False, write: bool = True) -> FileExport:
+    """Export a user's `.keras` file; write it when parity passed or `keep_failed` (and `write`: a caller
+    that writes something else first calls `FileExport.write` itself), and say what happened."""
     result = export_keras_model(src, dst, options)
     done = FileExport(Path(dst), result)
-    if result.parity or keep_failed:
-        done.written.append(result.save(dst, keep_failed=True))
+    if write and (result.parity or keep_failed):
+        done.write()
     return done
 
 
@@ -334,7 +340,7 @@ def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions 
     target = Path(dst)
     if target.suffix != ".onnx":
         raise InputError(f"Expected an output path ending in .onnx. Received: {str(target)!r}")
-    model = load_keras_model(src)
+    model = load_keras_model(src, options.limits)
     return export_model(model, options, source={"keras_file": Path(src).name, "keras_model": model.name})
 
 

@@ -1,58 +1,187 @@
 """Writing files whole or not at all.
 
 A converter runs in CI pipelines and is interrupted: a half-written `.onnx` that loads as garbage later
-is worse than no file. Everything lstm-onnx writes goes through `atomic_write_bytes`: the bytes go to a
-temporary file in the destination folder (same filesystem, so the rename is atomic) and replace the
-destination only once they are complete and flushed. The temporary file is created private (0600);
-before the rename it gets the mode a plain `open()` would have given, `0o666 & ~umask`, so a Triton
-container running as another user can read a model repository written under the default umask.
+is worse than no file. Everything lstm-onnx writes goes through `atomic_output` (or `atomic_write_bytes`
+on top of it): the bytes go to a temporary file in the destination folder (same filesystem, so the rename
+is atomic) and replace the destination only once they are complete and flushed. Sets of files that belong
+together (a suite and its manifest) go through `toolkit.fileset`, which builds on the helpers here.
+
+Temporaries are named `.NAME.lstm-onnx-<16 hex>.tmp` and written while holding an exclusive `flock` on
+their folder, so the next writer can tell a killed run's leftovers from a live writer's files and remove
+them (`toolkit.fileset.recover`). Every OSError becomes one `OutputError` line.
+Files are created with mode `0o666 & ~umask`, as a plain `open()` would, so a Triton container running as
+another user can read a model repository written under the default umask.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
-import tempfile
+import re
+import secrets
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator, Mapping
+
+import numpy as np
+
+from toolkit.errors import InputError, OutputError
+from toolkit.guard import safe_text
+
+try:  # POSIX only; without it concurrent writers are not serialized, but each write stays whole
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+MARK = ".lstm-onnx-"
+TEMP_NAME = re.compile(r"^\.(?P<base>.+)\.lstm-onnx-[0-9a-f]{16}\.tmp$")
 
 
-def _umask() -> int:
-    """The process umask: from /proc on Linux (a read); elsewhere by setting it and putting it back at
-    once, which another thread creating a file at that instant could notice."""
+def write_error(exc: OSError, path: str | os.PathLike[str], outcome: str = "nothing was changed") -> OutputError:
+    """One line for a failed write: where, the system's reason and its errno name, and what was left."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
+    return OutputError(f"Expected a writable destination. Received: {safe_text(os.fspath(path))!r}: "
+                       f"{safe_text(reason)}; {outcome}")
+
+
+def temp_for(final: Path, token: str) -> Path:
+    return final.with_name(f".{final.name}{MARK}{token}.tmp")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames in `folder` durable; filesystems that cannot fsync a folder are left as they are."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
     except OSError:
         pass
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is out (a write may be short); the one place file bytes are written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist), write `data` and flush it to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[bool]:
+    """An exclusive flock on the folder itself for as long as temporaries of ours exist in it; yields
+    whether it holds the lock. Where a folder cannot be opened or locked (some network filesystems,
+    Windows), writes go on unserialized: each stays whole, but no killed run's temporaries are removed."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield False
+        return
+    locked = False
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # ENOLCK, EOPNOTSUPP: no lock, the write itself still works
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = True
+        yield locked
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def remove_stale_temporaries(folder: Path, base: str | None = None) -> list[str]:
+    """Our temporaries in `folder` (of the file `base` only, if given): with the folder lock held, they
+    are a killed writer's leftovers. Returns their names."""
+    removed = []
+    for entry in os.scandir(folder):
+        match = TEMP_NAME.match(entry.name)
+        if match and (base is None or match["base"] == base) and entry.is_file(follow_symlinks=False):
+            unlink_quietly(Path(entry.path))
+            removed.append(entry.name)
+    return removed
+
+
+def unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A file handle whose bytes replace `path` only when the block ends without an exception."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"Expected a file path to write. Received: {safe_text(str(target))!r}, which is a folder")
+    temp = temp_for(target, secrets.token_hex(8))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with folder_lock(target.parent) as locked:
+            if locked:
+                remove_stale_temporaries(target.parent, target.name)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    yield handle
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, target)
+            except BaseException:
+                unlink_quietly(temp)
+                raise
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise write_error(exc, target) from None
+
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write `data` to `path` atomically; return the path written."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        # Leave nothing behind: the destination keeps its old content (or stays absent).
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return target
+    with atomic_output(path) as handle:
+        write_all(handle.fileno(), data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write `arrays` as an `.npz` that `np.load` reads back under the same names, whatever they are.
+
+    `np.savez(path, **arrays)` takes an output named `allow_pickle` or `file` as its own keyword (one is
+    silently dropped, the other raises), so the archive is built here: one `NAME.npy` member per array.
+    """
+    try:
+        with atomic_output(path) as handle:
+            with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for name, array in arrays.items():
+                    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    except InputError:  # OutputError from the destination: already one line
+        raise
+    except UnicodeEncodeError:
+        raise InputError("Expected output names that can be written as UTF-8. Received: "
+                         f"{[safe_text(n) for n in arrays]}") from None
+    except ValueError as exc:  # an object array: written only with pickle, which lstm-onnx never does
+        raise InputError(f"Expected numeric outputs to write. Received: {safe_text(str(exc))}") from None
+    return Path(path)
 
 
 def sha256_hex(data: bytes) -> str:

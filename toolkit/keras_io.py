@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ModelLoadError, UnsupportedModelError
+from toolkit.guard import open_regular_file, safe_text
+from toolkit.limits import DEFAULT_LIMITS, ResourceLimits, inspect_keras_handle
 from toolkit.naming import is_bidirectional, is_recurrent, layer_cells, recurrent_roles
 from toolkit.tf2onnx_lib import InputSignature
 
@@ -16,30 +18,36 @@ from toolkit.tf2onnx_lib import InputSignature
 MIN_KERAS = (3, 14)
 
 
-def load_keras_model(path: str | Path) -> Any:
-    """Load a user's `.keras` file in Keras' safe mode (no deserialized Python code runs)."""
+def load_keras_model(path: str | Path, limits: ResourceLimits = DEFAULT_LIMITS) -> Any:
+    """Load a user's `.keras` file in Keras' safe mode (no deserialized Python code runs), after checking
+    the archive against `limits` (`toolkit.limits`): Keras then reads the very file that was checked."""
     source = Path(path)
-    if not source.exists():
-        raise ModelLoadError(f"Expected a Keras model file (.keras). Received: {str(source)!r} (no such file)")
     if source.is_dir():
         raise ModelLoadError(
-            f"Expected a Keras model file (.keras). Received: folder {str(source)!r}; SavedModel folders are not "
-            "loaded (Keras 3 cannot load them as models): load it yourself and model.save('model.keras')"
+            f"Expected a Keras model file (.keras). Received: folder {safe_text(source)!r}; SavedModel folders are "
+            "not loaded (Keras 3 cannot load them as models): load it yourself and model.save('model.keras')"
         )
     if source.suffix != ".keras":
         raise ModelLoadError(
-            f"Expected a Keras model file ending in .keras. Received: {str(source)!r}; for a legacy .h5 file you "
-            "trust, load it in Keras and model.save('model.keras')"
+            f"Expected a Keras model file ending in .keras. Received: {safe_text(source)!r}; for a legacy .h5 file "
+            "you trust, load it in Keras and model.save('model.keras')"
         )
-    import keras
+    with open_regular_file(source) as handle:
+        inspect_keras_handle(handle, str(source), limits)
+        import keras
 
-    check_keras_version(keras.__version__)
-    try:
-        model = keras.saving.load_model(source, compile=False, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - zipfile, ValueError from safe mode, TypeError for unknown objects...
-        raise ModelLoadError(f"Expected a loadable Keras model. Received: {str(source)!r}: {_load_failure(exc)}") from None
+        check_keras_version(keras.__version__)
+        # saving_lib, not keras.saving.load_model: only it takes an open file, so Keras reads the very bytes
+        # inspected above (keras.saving dispatches .keras paths to the same function, same safe mode).
+        from keras.src.saving import saving_lib
+
+        try:
+            model = saving_lib.load_model(handle, compile=False, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001 - zipfile, ValueError from safe mode, TypeError for unknown objects...
+            raise ModelLoadError(f"Expected a loadable Keras model. Received: {safe_text(source)!r}: "
+                                 f"{_load_failure(exc)}") from None
     if not isinstance(model, keras.Model):
-        raise ModelLoadError(f"Expected a Keras model. Received: {str(source)!r} holding a {type(model).__name__}")
+        raise ModelLoadError(f"Expected a Keras model. Received: {safe_text(source)!r} holding a {type(model).__name__}")
     return model
 
 
@@ -56,18 +64,30 @@ def check_keras_version(version: str) -> None:
         )
 
 
+_TRUST = ("If you trust it, load it with keras.saving.load_model(path, safe_mode=False) and call "
+          "toolkit.exporter.export_model(model)")
+
+
 def _load_failure(exc: Exception) -> str:
-    """Say why Keras refused a file, and what the user can do if they trust it."""
+    """Say why Keras refused a file, naming what it refused, and what the user can do if they trust it."""
     text = str(exc)
+    external = re.search(r"Requested the deserialization of a `(\w+)`", text)
+    if external:
+        return f"refused by Keras safe mode: a {external.group(1)} layer loads an external SavedModel. {_TRUST}"
+    vocabulary = re.search(r"vocabulary file outside of the model archive.*Vocabulary file: '([^']*)'", text, re.S)
+    if vocabulary:
+        return (f"refused by Keras safe mode: a lookup layer (StringLookup, IntegerLookup, ...) reads the vocabulary "
+                f"file {vocabulary.group(1)!r} outside the archive. {_TRUST}")
+    function = re.search(r"'class_name': 'function', 'config': '([^']+)'", text)
+    module = re.search(r"'module': '([^']+)', 'class_name': 'function'", text)
     unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
-    if unknown:
-        return (f"unknown custom object {unknown.group(1)!r}; lstm-onnx never imports code named by a model file. "
-                "If you trust it, import that class, load the model yourself and call "
-                "toolkit.exporter.export_model(model)")
+    if unknown or function:
+        name = function.group(1) if function else unknown.group(1)
+        qualified = f"{module.group(1)}.{name}" if module and function else name
+        return (f"unknown custom object {qualified!r}; lstm-onnx never imports code named by a model file. "
+                "If you trust it, import it, load the model yourself and call toolkit.exporter.export_model(model)")
     if "safe_mode" in text or "Lambda" in text:
-        return ("refused by Keras safe mode: the file holds Python code (a Lambda layer or function). If you "
-                "trust it, load it with keras.saving.load_model(path, safe_mode=False) and call "
-                "toolkit.exporter.export_model(model)")
+        return f"refused by Keras safe mode: the file holds Python code (a Lambda layer or function). {_TRUST}"
     return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"
 
 

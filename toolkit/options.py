@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from toolkit.compare import Tolerances
 from toolkit.errors import InputError
+from toolkit.limits import DEFAULT_LIMITS, ResourceLimits
 
 # Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
 DEFAULT_OPSET = 17
@@ -52,6 +53,7 @@ class ExportOptions:
     # Runtimes the export must be valid in (`verify --runtimes` names, or "all"): an export one of them
     # is known to compute wrong (OpenVINO and a masked layer, e.g.) is refused before anything is written.
     targets: tuple[str, ...] = ()
+    limits: ResourceLimits = DEFAULT_LIMITS  # what a model file or a built stack may declare (toolkit.limits)
 
     def __post_init__(self) -> None:
         check_opset(self.opset)
@@ -66,6 +68,8 @@ class ExportOptions:
                 raise InputError(f"Expected {name} True or False. Received: {name}={getattr(self, name)!r}")
         if not isinstance(self.targets, tuple) or not all(isinstance(t, str) for t in self.targets):
             raise InputError(f"Expected targets as a tuple of runtime names. Received: targets={self.targets!r}")
+        if not isinstance(self.limits, ResourceLimits):
+            raise InputError(f"Expected limits as a ResourceLimits. Received: {type(self.limits).__name__}")
         if not isinstance(self.tolerances, Tolerances):
             raise InputError(f"Expected tolerances as a Tolerances. Received: {type(self.tolerances).__name__}")
 

@@ -9,15 +9,20 @@ gets a message naming the input rather than an ONNX Runtime stack trace.
 from __future__ import annotations
 
 import json
+import threading
+import zipfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from toolkit.errors import InputError, ModelLoadError
+from toolkit.guard import (check_batch, check_feed_array, check_feed_dtype, check_feed_shape, check_input_names,
+                           open_regular_file, safe_text)
 
 # The ops that carry a recurrence: the fused ones we want, and the loops a converter falls back to.
 FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -27,6 +32,8 @@ STATE_MAP_KEY = METADATA_PREFIX + "state_map"
 LOOP_OPS = ("Loop", "Scan")
 
 Dim = int | str | None
+BATCH_AXIS = "batch"  # the name every export gives its dynamic batch axis
+_NOT_TENSORS = ("sequence_type", "map_type", "optional_type", "sparse_tensor_type", "unknown")
 
 
 @dataclass(frozen=True)
@@ -90,28 +97,27 @@ def _maybe_json(text: str) -> object:
         return text
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load and fully check an ONNX file, refusing anything that is not a well-formed, self-contained model."""
+def load_onnx(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
+    """Load and fully check an ONNX file, refusing anything that is not a well-formed, self-contained model.
+    `external_data=False` (inspect) checks where external data points but never reads it."""
     source = Path(path)
-    if not source.is_file():
-        raise ModelLoadError(f"Expected an ONNX model file. Received: {str(source)!r} (no such file)")
+    with open_regular_file(source, "an ONNX model file") as handle:  # a FIFO or /dev/zero: refused, not read
+        data = handle.read()
     try:
-        # External data is loaded only after its locations are checked below.
-        model = onnx.load(str(source), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-ish and others for garbage
-        raise ModelLoadError(
-            f"Expected an ONNX model file. Received: {str(source)!r}, which does not parse as ONNX ({type(exc).__name__})"
-        ) from None
+        model = onnx.load_model_from_string(data)  # external data is read only after its locations are checked
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, RuntimeWarning-ish and others for garbage
+        raise ModelLoadError(f"Expected an ONNX model file. Received: {safe_text(source)!r}, which does not parse as "
+                             f"ONNX ({type(exc).__name__})") from None
     if not model.graph.node and not model.graph.output:
         # An empty or non-ONNX file can parse as an empty ModelProto; it is not a model.
-        raise ModelLoadError(f"Expected an ONNX model file. Received: {str(source)!r}, which holds no graph")
+        raise ModelLoadError(f"Expected an ONNX model file. Received: {safe_text(source)!r}, which holds no graph")
     _check_external_data(model, source)
     try:
         onnx.checker.check_model(str(source), full_check=True)
-    except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"Expected a valid ONNX model. Received: {str(source)!r}, which fails onnx.checker: {message}") from None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+    except Exception as exc:  # noqa: BLE001 - the checker's own errors and protobuf's
+        raise ModelLoadError(f"Expected a valid ONNX model. Received: {safe_text(source)!r}, which fails "
+                             f"onnx.checker: {safe_text(first_line(exc))}") from None
+    if external_data and any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         onnx.load_external_data_for_model(model, str(source.parent))
     return model
 
@@ -242,7 +248,8 @@ def describe(model: onnx.ModelProto, path: str = "") -> ModelDescription:
 
 
 def inspect_model(path: str | Path) -> ModelDescription:
-    return describe(load_onnx(path), str(path))
+    """Describe a model without reading its external data: `inspect` shows none of it."""
+    return describe(load_onnx(path, external_data=False), str(path))
 
 
 def check_feeds(inputs: Sequence[TensorInfo], optional: Sequence[TensorInfo],
@@ -256,47 +263,75 @@ def check_feeds(inputs: Sequence[TensorInfo], optional: Sequence[TensorInfo],
     if missing or extra:
         also = f" (optional: {optional_names})" if optional_names else ""
         raise InputError(f"Expected inputs {expected_names}{also}. Received: {list(feeds)}")
-    checked: dict[str, np.ndarray] = {}
-    for info in tuple(inputs) + tuple(t for t in optional if t.name in feeds):
-        checked[info.name] = _check_feed(info, np.asarray(feeds[info.name]))
+    given = tuple(inputs) + tuple(t for t in optional if t.name in feeds)
+    checked = {info.name: _check_feed(info, np.asarray(feeds[info.name])) for info in given}
+    # ONNX Runtime broadcasts a state of batch 1 over an input of batch 2 without a word.
+    check_batch(checked, [t.name for t in given if t.shape and t.shape[0] == BATCH_AXIS])
     return with_zero_states(optional, checked)
 
 
+def check_tensor_io(infos: Sequence[TensorInfo]) -> None:
+    """Runners take and give tensors; a sequence, map or optional would come back as something no caller takes."""
+    odd = [t for t in infos if t.dtype in _NOT_TENSORS]
+    if odd:
+        raise ModelLoadError(f"Expected a model whose inputs and outputs are tensors. Received: "
+                             f"{safe_text(odd[0].name)!r} of type {odd[0].dtype}")
+
+
+@contextmanager
+def deadline(run_options: Any, timeout: float | None) -> Iterator[None]:
+    """Set ONNX Runtime's `run_options.terminate` after `timeout` seconds (its kernels and loops check it):
+    a crafted Loop of 2**62 steps otherwise never returns."""
+    timer = threading.Timer(timeout, setattr, (run_options, "terminate", True)) if timeout else None
+    if timer:
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer:
+            timer.cancel()
+
+
 def _check_feed(info: TensorInfo, array: np.ndarray) -> np.ndarray:
-    want = np.dtype(info.dtype)
-    if array.dtype != want:
-        raise InputError(f"Expected input {info.name!r} of dtype {want.name}. Received: dtype {array.dtype.name}")
-    if array.ndim != len(info.shape):
-        raise InputError(
-            f"Expected input {info.name!r} of rank {len(info.shape)} with shape {info.shape_text()}. "
-            f"Received: shape {array.shape}"
-        )
-    for axis, (want_dim, got_dim) in enumerate(zip(info.shape, array.shape)):
-        if isinstance(want_dim, int) and want_dim != got_dim:
-            raise InputError(
-                f"Expected input {info.name!r} with shape {info.shape_text()} (axis {axis} = {want_dim}). "
-                f"Received: shape {array.shape}"
-            )
+    """One feed: numeric, native byte order, no empty axis (ONNX Runtime aborts the whole process on a batch
+    or time axis of 0), then the input's dtype, rank and fixed dims."""
+    array = check_feed_array(info.name, array)
+    check_feed_dtype(info.name, array, np.dtype(info.dtype))
+    check_feed_shape(info.name, array, info.shape, info.shape_text())
     return array
+
+
+def _read_arrays(path_text: str) -> np.ndarray | dict[str, np.ndarray]:
+    """One `.npy` array, or every array of an `.npz`, read whole from a regular file (a FIFO is refused, not
+    waited on) without pickle."""
+    what = "an input file (.npy or .npz)"
+    with open_regular_file(path_text, what) as handle:
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # not numpy, pickled, truncated
+            raise InputError(f"Expected {what}. Received: {safe_text(path_text)!r}, unreadable "
+                             f"({type(exc).__name__})") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded:
+            try:
+                return {key: loaded[key] for key in loaded.files}
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # an object array, a bad member
+                raise InputError(f"Expected numeric arrays in {safe_text(path_text)!r}. Received: "
+                                 f"{safe_text(first_line(exc))}") from None
 
 
 def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np.ndarray]:
     """Read `--input` values: `x.npy` for a one-input model, `NAME=x.npy` per input, or one `.npz` with named arrays."""
+    check_input_names(specs)
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
         name, sep, path_text = spec.partition("=")
         if not sep:
             name, path_text = "", spec
-        path = Path(path_text)
-        if not path.is_file():
-            raise InputError(f"Expected an input file (.npy or .npz). Received: {path_text!r} (no such file)")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise InputError(f"Expected an input file (.npy or .npz). Received: {path_text!r}, unreadable ({type(exc).__name__})") from None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                feeds.update({key: loaded[key] for key in loaded.files})
+        loaded = _read_arrays(path_text)
+        if isinstance(loaded, dict):
+            feeds.update(loaded)
             continue
         if not name:
             if len(input_names) != 1:

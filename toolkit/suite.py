@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from toolkit import __version__
-from toolkit.builder import StackConfig, build_stack
+from toolkit.builder import StackConfig, build_stack, stack_budget
 from toolkit.compare import ParityReport, Tolerances
-from toolkit.errors import InputError
+from toolkit.errors import InputError, OutputError
 from toolkit.exporter import ExportResult, export_model
-from toolkit.fileio import atomic_write_bytes, atomic_write_text
+from toolkit.fileset import write_file_set
+from toolkit.limits import check_budget
 from toolkit.metadata import parity_metadata, read_opset, versions
 from toolkit.naming import default_output_names
 from toolkit.options import ExportOptions
@@ -45,6 +46,14 @@ class SuiteResult:
 
     def manifest(self) -> dict:
         return build_manifest(self.entries)
+
+    def write(self) -> list[Path]:
+        """Write the models and the manifest that records their hashes in one switch (`write_file_set`):
+        never a mix of old and new. Models the previous manifest listed and this one does not go too."""
+        manifest_text = json.dumps(self.manifest(), indent=2, sort_keys=False) + "\n"
+        files = {entry.file: entry.result.data for entry in self.entries} | {MANIFEST_NAME: manifest_text.encode()}
+        self.written.extend(write_file_set(self.out_dir, files, remove=_previous_files(self.out_dir)).files)
+        return self.written
 
     @property
     def items(self) -> list[tuple[str, ParityReport]]:
@@ -108,7 +117,9 @@ def export_stacks(configs: Sequence[StackConfig], out_dir: str | Path, options: 
         raise InputError("Expected at least one stack configuration. Received: none")
     target = Path(out_dir)
     if target.exists() and not target.is_dir():
-        raise InputError(f"Expected an output folder. Received: {str(target)!r}, which is a file")
+        raise OutputError(f"Expected an output folder. Received: {str(target)!r}, which is a file")
+    for config in configs:  # before Keras allocates anything
+        check_budget(stack_budget(config), f"stack {config.name}", options.limits)
     models = [(config, build_stack(config)) for config in configs]
     final_names = _final_names(models, options)
     tolerances = options.tolerances
@@ -121,11 +132,18 @@ def export_stacks(configs: Sequence[StackConfig], out_dir: str | Path, options: 
         entries.append(SuiteEntry(config=config, file=f"{config.name}.onnx", result=result))
     suite = SuiteResult(out_dir=target, entries=entries)
     if write and (suite.passed or keep_failed):
-        for entry in entries:
-            suite.written.append(atomic_write_bytes(target / entry.file, entry.result.data))
-        manifest_text = json.dumps(suite.manifest(), indent=2, sort_keys=False) + "\n"
-        suite.written.append(atomic_write_text(target / MANIFEST_NAME, manifest_text))
+        suite.write()
     return suite
+
+
+def _previous_files(folder: Path) -> list[str]:
+    """The model files the folder's current manifest lists (plain `.onnx` names only); none if unreadable."""
+    try:
+        models = json.loads((folder / MANIFEST_NAME).read_text()).get("models", [])
+        names = [str(model["file"]) for model in models]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return []
+    return [name for name in names if name.endswith(".onnx") and "/" not in name and not name.startswith(".")]
 
 
 def _final_names(models: Sequence[tuple[StackConfig, Any]], options: ExportOptions) -> dict[str, list[str]]:
@@ -145,4 +163,8 @@ def read_manifest(out_dir: str | Path) -> dict:
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
         raise InputError(f"Expected a manifest at {str(path)!r}. Received: no such file")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"Expected a JSON manifest at {str(path)!r}. Received: {type(exc).__name__}") from None
+    return manifest

@@ -29,7 +29,7 @@ from pathlib import Path
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.fileio import atomic_write_bytes, atomic_write_text
+from toolkit.fileset import write_file_set
 from toolkit.metadata import read_state_map
 from toolkit.runner import TensorInfo, graph_inputs, graph_outputs, optional_inputs
 
@@ -185,10 +185,11 @@ def repository_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def write_repository(repo: str | Path, name: str, model: onnx.ModelProto,
                      max_batch_size: int = MAX_BATCH_SIZE) -> list[Path]:
-    """Write (atomically) the model and its config under `repo/name/`; return the paths written.
+    """Write the model and its config under `repo/name/` as one file set; return the paths written.
 
     Everything is checked before the first byte is written."""
     config = config_text(name, model, max_batch_size)
-    folder = Path(repo) / name
-    data = repository_model(model).SerializeToString()
-    return [atomic_write_bytes(folder / "1" / "model.onnx", data), atomic_write_text(folder / "config.pbtxt", config)]
+    # Both files in one switch: a repository never holds a model beside another model's config.
+    files = {f"{name}/1/model.onnx": repository_model(model).SerializeToString(),
+             f"{name}/config.pbtxt": config.encode()}
+    return list(write_file_set(repo, files).files)

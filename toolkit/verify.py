@@ -39,7 +39,9 @@ from toolkit.naming import OutputOrigin, output_origins, unique_names
 from toolkit.precision import choose as choose_tolerance
 from toolkit.runner import (
     check_feeds,
+    check_tensor_io,
     count_ops,
+    deadline,
     first_line,
     graph_inputs,
     graph_outputs,
@@ -113,6 +115,7 @@ class GraphRunner(RunnerBase):
         self.inputs = graph_inputs(self.model)
         self.optional = optional_inputs(self.model)
         self.outputs = graph_outputs(self.model)
+        check_tensor_io(self.inputs + self.optional + self.outputs)
 
     @property
     def input_names(self) -> list[str]:
@@ -139,18 +142,25 @@ class OnnxRunner(GraphRunner):
             raise InputError(f"Expected execution providers among {available}. Received: {list(missing)}")
         options = ort.SessionOptions()
         options.graph_optimization_level = optimization_level
-        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
+        options.log_severity_level = 4  # our exceptions say what failed; ORT's own log lines carry ANSI colors
         try:
             self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=list(providers))
         except ORT_ERRORS as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
             raise ModelLoadError(f"Expected a model ONNX Runtime {ort.__version__} can load. Received: "
                                  f"{first_line(exc)}") from None
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Run on checked feeds; a run still going after `timeout` seconds is stopped and refused."""
         checked = self.check_feeds(feeds)
+        options = ort.RunOptions()
+        options.log_severity_level = 4
         try:
-            values = self.session.run(None, checked)
+            with deadline(options, timeout):
+                values = self.session.run(None, checked, options)
         except ORT_ERRORS as exc:  # e.g. a dim the graph fixes internally that the declared shape did not
+            if options.terminate:
+                raise InputError(f"Expected a run that ends within {timeout:g} s (--timeout). Received: a run "
+                                 "still going, stopped") from None
             raise InputError(f"Expected inputs ONNX Runtime can run. Received an error: {first_line(exc)}") from None
         return dict(zip(self.output_names, values))
 

@@ -1,0 +1,208 @@
+"""Hostile files, built on the spot (no binary blobs): `.keras` archives edited the way an attacker edits a
+real one, zip bombs, FIFOs, symlinks to devices, and feeds ONNX Runtime cannot take.
+
+Used by tests/test_limits.py and scripts/fuzz_cli.py. Each builder takes the folder to write into and
+returns the path it wrote. `seed_keras` saves a real two-layer Keras model once; the others rewrite its
+`config.json` or its weights, so everything Keras would read besides the edit is genuine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def seed_keras(folder: Path) -> Path:
+    """A real `.keras` file: Input((3, 1)) -> LSTM(2, return_sequences=True) -> LSTM(2), saved by Keras."""
+    import keras
+
+    path = folder / "seed.keras"
+    if not path.exists():
+        x = keras.Input((3, 1), name="input")
+        y = keras.layers.LSTM(2, return_sequences=True, name="lstm_1")(x)
+        keras.Model(x, keras.layers.LSTM(2, name="lstm_2")(y), name="seed").save(path)
+    return path
+
+
+def seed_embedding_keras(folder: Path) -> Path:
+    """A real `.keras` file with an Embedding(10, 4) in front of an LSTM(2)."""
+    import keras
+
+    path = folder / "seed_embedding.keras"
+    if not path.exists():
+        x = keras.Input((3,), name="ids", dtype="int32")
+        y = keras.layers.Embedding(10, 4, name="embedding")(x)
+        keras.Model(x, keras.layers.LSTM(2, name="lstm")(y), name="seed_embedding").save(path)
+    return path
+
+
+def rewrite(src: Path, dst: Path, replace: dict[str, bytes | None],
+            compress: dict[str, int] | None = None) -> Path:
+    """Copy the archive `src` to `dst`, with members replaced (bytes) or dropped (None)."""
+    compress = compress or {}
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w") as new:
+        for info in old.infolist():
+            data = replace.get(info.filename, old.read(info.filename))
+            if data is not None:
+                new.writestr(info.filename, data, compress_type=compress.get(info.filename, zipfile.ZIP_STORED))
+        for name, data in replace.items():
+            if name not in old.namelist() and data is not None:
+                new.writestr(name, data, compress_type=compress.get(name, zipfile.ZIP_STORED))
+    return dst
+
+
+def edit_config(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
+    with zipfile.ZipFile(src) as archive:
+        config = json.loads(archive.read("config.json"))
+    edit(config)
+    return rewrite(src, dst, {"config.json": json.dumps(config).encode()})
+
+
+def _layers(config: dict) -> list[dict]:
+    return config["config"]["layers"]
+
+
+def _set_time_axis(config: dict, steps: int | float) -> None:
+    """Every declared input shape of the seed model gets `steps` on its time axis, as a consistent file would."""
+    text = json.dumps(config).replace("[null, 3, 1]", f"[null, {steps}, 1]").replace("[null, 3, 2]", f"[null, {steps}, 2]")
+    config.clear()
+    config.update(json.loads(text))
+
+
+def lstm_units(folder: Path, units: int = 4096) -> Path:
+    """The issue's 23 KB file: the first LSTM declares `units` (4096: 67 million parameters)."""
+    def edit(config: dict) -> None:
+        _layers(config)[1]["config"]["units"] = units
+    return edit_config(seed_keras(folder), folder / f"lstm_{units}.keras", edit)
+
+
+def embedding_rows(folder: Path, rows: int = 125_000_000) -> Path:
+    """An Embedding declaring `rows` rows of 4 (the issue's 20 KB file: 4.6 GB before it failed)."""
+    def edit(config: dict) -> None:
+        _layers(config)[1]["config"]["input_dim"] = rows
+    return edit_config(seed_embedding_keras(folder), folder / f"embedding_{rows}.keras", edit)
+
+
+def fixed_time(folder: Path, steps: int | float) -> Path:
+    """The seed model with a fixed time axis of `steps` everywhere it is declared."""
+    return edit_config(seed_keras(folder), folder / f"time_{steps}.keras", lambda c: _set_time_axis(c, steps))
+
+
+def zeros_deflated(size: int) -> tuple[bytes, int]:
+    """A deflate stream of `size` zero bytes, made a chunk at a time (never `size` bytes in memory)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = bytes(1 << 24)
+    parts = []
+    left = size
+    while left:
+        step = min(left, len(chunk))
+        parts.append(packer.compress(chunk if step == len(chunk) else chunk[:step]))
+        left -= step
+    parts.append(packer.flush())
+    return b"".join(parts), _crc_of_zeros(size)
+
+
+def _crc_of_zeros(size: int) -> int:
+    crc, chunk, left = 0, bytes(1 << 24), size
+    while left:
+        step = min(left, len(chunk))
+        crc = zlib.crc32(chunk if step == len(chunk) else chunk[:step], crc)
+        left -= step
+    return crc
+
+
+def weights_bomb(folder: Path, size: int = 256 << 20) -> Path:
+    """The seed model with `model.weights.h5` replaced by a deflated member of `size` zero bytes."""
+    dst = folder / f"weights_bomb_{size}.keras"
+    src = seed_keras(folder)
+    packed, crc = zeros_deflated(size)
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w") as new:
+        for info in old.infolist():
+            if info.filename != "model.weights.h5":
+                new.writestr(info.filename, old.read(info.filename))
+        info = zipfile.ZipInfo("model.weights.h5", date_time=(2026, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        # A raw deflate stream written through a stored-mode handle, then the header fixed to say
+        # 'deflated, `size` bytes': what a bomb is, without compressing through zipfile twice.
+        info.file_size, info.compress_size, info.CRC = size, len(packed), crc
+        _write_raw_member(new, info, packed)
+    return dst
+
+
+def _write_raw_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, payload: bytes) -> None:
+    """Append a member whose compressed bytes are `payload` as given (zipfile has no public way)."""
+    archive._writecheck(info)  # noqa: SLF001 - test helper building a deliberately malformed archive
+    info.header_offset = archive.fp.tell()
+    info.flag_bits = 0
+    zip64 = info.file_size > zipfile.ZIP64_LIMIT
+    archive.fp.write(info.FileHeader(zip64))
+    archive.fp.write(payload)
+    archive.start_dir = archive.fp.tell()
+    archive.filelist.append(info)
+    archive.NameToInfo[info.filename] = info
+    archive._didModify = True  # noqa: SLF001
+
+
+def h5_bomb(folder: Path, size: int = 2 << 30) -> Path:
+    """The seed model with its first LSTM kernel replaced by an HDF5 dataset declaring `size` bytes that
+    stores nothing (chunked, gzip, only its fill value): a 20 KB file whose dataset Keras reads in full
+    before it notices the wrong shape (its own guard starts at 4 GiB)."""
+    import h5py
+
+    seed = seed_keras(folder)
+    weights = folder / f"h5_bomb_{size}.h5"
+    weights.write_bytes(zipfile.ZipFile(seed).read("model.weights.h5"))
+    with h5py.File(weights, "r+") as h5:
+        names: list[str] = []
+        h5.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        kernel = names[0]
+        del h5[kernel]
+        h5.create_dataset(kernel, shape=(size // 4,), dtype="f4", chunks=(1 << 20,), compression="gzip")
+    return rewrite(seed, folder / f"h5_bomb_{size}.keras", {"model.weights.h5": weights.read_bytes()})
+
+
+def big_config(folder: Path, size: int = 200 << 20) -> Path:
+    """config.json padded with `size` bytes of JSON whitespace, deflated (the issue's 1 MB file)."""
+    src = seed_keras(folder)
+    with zipfile.ZipFile(src) as archive:
+        text = archive.read("config.json")
+    padded = text[:-1] + b" " * size + b"}"
+    return rewrite(src, folder / f"config_{size}.keras", {"config.json": padded},
+                   compress={"config.json": zipfile.ZIP_DEFLATED})
+
+
+def many_members(folder: Path, count: int = 5000) -> Path:
+    dst = folder / f"members_{count}.keras"
+    src = seed_keras(folder)
+    rewrite(src, dst, {})
+    with zipfile.ZipFile(dst, "a") as archive:
+        for index in range(count):
+            archive.writestr(f"assets/{index}", b"")
+    return dst
+
+
+def fifo(folder: Path) -> Path:
+    path = folder / "fifo.keras"
+    if not path.exists():
+        os.mkfifo(path)
+    return path
+
+
+def dev_zero(folder: Path) -> Path:
+    path = folder / "zero.keras"
+    if not path.is_symlink():
+        path.symlink_to("/dev/zero")
+    return path
+
+
+def zero_batch_npy(folder: Path) -> Path:
+    """The issue's feed: a batch of 0 for case1_sequences.onnx (ORT 1.32 aborts with SIGABRT)."""
+    path = folder / "b0.npy"
+    np.save(path, np.zeros((0, 3, 1), np.float32))
+    return path

@@ -1,0 +1,461 @@
+"""Issue 13: bounded resources on hostile files, feeds checked before ONNX Runtime, all-or-nothing writes.
+
+Every hostile file is built here (tests/hostile.py) from a real Keras model, edited the way an attacker
+would edit it. Costs that matter (seconds, peak memory) are measured in a fresh process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hostile
+from toolkit import fileio, fileset
+from toolkit.budget import count_config
+from toolkit.errors import InputError, ModelLoadError, OutputError
+from toolkit.fileio import atomic_output, save_npz
+from toolkit.fileset import JOURNAL, recover, write_file_set
+from toolkit.guard import check_batch, check_feed_array, check_feed_arrays, check_feed_dtype, check_input_names, safe_text
+from toolkit.limits import ResourceLimits, inspect_keras_file
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TF_CPP_MIN_LOG_LEVEL="3")
+
+
+@pytest.fixture(scope="module")
+def hostile_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("hostile")
+
+
+# --------------------------------------------------------------------------------- counting parameters
+
+
+def _models():
+    import keras
+
+    x = keras.Input((7, 3), name="x")
+    functional = keras.Model(x, keras.layers.Dense(2)(keras.layers.Bidirectional(keras.layers.GRU(4))(
+        keras.layers.LSTM(5, return_sequences=True)(x))))
+    both = keras.Input((6, 2), name="y")
+    backward = keras.layers.LSTM(3, go_backwards=True, return_sequences=True)
+    explicit = keras.Model(both, keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True),
+                                                            backward_layer=backward, merge_mode="sum")(both))
+    sequential = keras.Sequential([
+        keras.Input((None,), dtype="int32"), keras.layers.Embedding(100, 8), keras.layers.Conv1D(6, 3, padding="same"),
+        keras.layers.TimeDistributed(keras.layers.Dense(4)), keras.layers.LayerNormalization(),
+        keras.layers.GRU(5, reset_after=False, return_sequences=True), keras.layers.SimpleRNN(6, use_bias=False),
+        keras.layers.BatchNormalization(), keras.layers.Dense(3)])
+    cells = keras.Sequential([keras.Input((5, 3)), keras.layers.RNN(keras.layers.LSTMCell(7)), keras.layers.Dense(3)])
+    inner = keras.Sequential([keras.Input((4, 3)), keras.layers.LSTM(3, return_sequences=True)], name="inner")
+    z = keras.Input((4, 3))
+    nested = keras.Model(z, keras.layers.GRU(2)(inner(z)))
+    return {"functional": functional, "explicit_backward": explicit, "sequential": sequential, "cells": cells,
+            "nested": nested}
+
+
+@pytest.mark.parametrize("name", ["functional", "explicit_backward", "sequential", "cells", "nested"])
+def test_parameters_counted_from_the_config_equal_keras_count(tmp_path, name):
+    model = _models()[name]
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    report = inspect_keras_file(path)
+    assert report.params == model.count_params()
+    assert report.members == 3 and report.layers >= len(model.layers)
+
+
+def test_a_real_model_passes_and_its_report_says_what_was_counted(hostile_dir):
+    report = inspect_keras_file(hostile.seed_keras(hostile_dir))
+    assert (report.params, report.longest_fixed_time, report.largest_activation) == (72, 3, 6)
+
+
+# ---------------------------------------------------------------------------------------- hostile files
+
+HOSTILE = {
+    "lstm_4096": (lambda d: hostile.lstm_units(d, 4096), r"weights for the 67141672 parameters"),
+    "embedding_125m": (lambda d: hostile.embedding_rows(d, 125_000_000), r"at most 100000000 parameters \(--max-params\)"),
+    "weights_bomb": (lambda d: hostile.weights_bomb(d, 256 << 20), r"compression ratio of at most 100 .* \(1029x\)"),
+    "config_bomb": (lambda d: hostile.big_config(d, 200 << 20), r"compression ratio .* member 'config.json'"),
+    "time_2e6": (lambda d: hostile.fixed_time(d, 2_000_000), r"fixed time axis of at most 100000 .* declares 2000000"),
+    "time_1e8": (lambda d: hostile.fixed_time(d, 100_000_000), r"declares 100000000 at layer 'lstm_2'"),
+    "time_0": (lambda d: hostile.fixed_time(d, 0), r"every declared axis >= 1 .* \[None, 0, 2\]"),
+    "dev_zero": (hostile.dev_zero, r"a regular file\. Received: .* which is a character device"),
+    "fifo": (hostile.fifo, r"a regular file\. Received: .* which is a FIFO"),
+    "h5_bomb_2g": (lambda d: hostile.h5_bomb(d, 2 << 30), r"weights declaring at most 1073741824 bytes .* declares 2147483904 in 6 datasets"),
+    "h5_bomb_512m": (lambda d: hostile.h5_bomb(d, 512 << 20), r"stored at a ratio of at most 100 .* dataset 'layers/lstm/cell/vars/0' declares 536870912 bytes and stores 0"),
+    "members": (lambda d: hostile.many_members(d, 5000), r"at most 1000 archive members\. Received: .* declares 5003"),
+}
+
+MEASURE = textwrap.dedent("""
+    import json, resource, sys, time
+    start = time.perf_counter()
+    from toolkit.errors import ModelLoadError
+    from toolkit.limits import inspect_keras_file
+    try:
+        inspect_keras_file(sys.argv[1]); outcome = "accepted"
+    except ModelLoadError as exc:
+        outcome = str(exc)
+    # VmHWM, not ru_maxrss: Linux carries the parent's high-water mark (pytest with TensorFlow, ~1 GB)
+    # across fork and exec into the child's ru_maxrss, while VmHWM belongs to this process's memory alone.
+    hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+    peak = int(hwm[0]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome, "peak_mb": peak,
+                      "tensorflow": "tensorflow" in sys.modules}))
+""")
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_files_are_refused_fast_and_small_before_keras(hostile_dir, case):
+    build, message = HOSTILE[case]
+    path = build(hostile_dir)
+    # A fresh process, so the peak memory is the inspection's own (Python + numpy is about 40 MB);
+    # the timeout turns a hang (the FIFO, before this fix) into a failure instead of a stuck suite.
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, env=ENV,
+                          timeout=60, check=True)
+    measured = json.loads(done.stdout)
+    assert measured["outcome"] != "accepted"
+    assert re.search(message, measured["outcome"]), measured["outcome"]
+    assert measured["outcome"].startswith("Expected ") and "\n" not in measured["outcome"]
+    assert measured["seconds"] < 3 and measured["peak_mb"] < 200, measured
+    assert not measured["tensorflow"]
+
+
+def test_limits_can_be_raised_and_reject_nonsense(hostile_dir):
+    path = hostile.fixed_time(hostile_dir, 2_000_000)
+    assert inspect_keras_file(path, ResourceLimits().raised(max_timesteps=2_000_000)).longest_fixed_time == 2_000_000
+    assert ResourceLimits().raised(max_params=None) == ResourceLimits()
+    with pytest.raises(ModelLoadError, match=r"Expected max_params > 0. Received: max_params=0"):
+        ResourceLimits().raised(max_params=0)
+    with pytest.raises(ModelLoadError, match=r"Expected a resource limit among .* Received: 'max_cats'"):
+        ResourceLimits().raised(max_cats=1)
+
+
+def _config_edit(hostile_dir: Path, name: str, text: bytes) -> Path:
+    return hostile.rewrite(hostile.seed_keras(hostile_dir), hostile_dir / f"{name}.keras", {"config.json": text})
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("deep", b"[" * 100_000 + b"]" * 100_000, r"config.json holding JSON\. Received: .*RecursionError"),
+    ("digits", b'{"units": ' + b"9" * 5000 + b"}", r"config.json holding JSON\. Received: .*ValueError: Exceeds the limit"),
+    ("not_utf8", b'{"name": "\xff"}', r"config.json holding JSON"),
+    ("a_list", b"[1, 2]", r"config.json holding a JSON object\. Received: .* holds a list"),
+    ("stored_17mb", b'{"pad": "' + b" " * (17 << 20) + b'"}', r"config.json of at most 16777216 bytes"),
+])
+def test_malformed_configs_are_refused_in_one_line(hostile_dir, name, text, message):
+    with pytest.raises(ModelLoadError, match=message) as caught:
+        inspect_keras_file(_config_edit(hostile_dir, name, text))
+    assert "\n" not in str(caught.value)
+
+
+def test_odd_values_in_a_config_count_as_nothing_rather_than_crash():
+    layers = [{"class_name": "LSTM", "config": {"units": units}, "build_config": {"input_shape": shape}}
+              for units, shape in [("many", [None, 3, 1]), (float("nan"), [None, "x", 1]), (True, None),
+                                   (1e300, [None, 3, 1e400]), (-5, [None, 3, 1])]]
+    budget = count_config({"class_name": "Sequential", "config": {"layers": layers}})
+    assert budget.layers == 6
+    # 1e300 units would be refused by the parameter limit; a negative count is not a count.
+    assert budget.params > 10**300
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("empty", b"", r"has no zip directory"),
+    ("text", b"this is not a zip archive", r"has no zip directory"),
+    ("truncated", None, r"Expected a \.keras file \(a zip archive\)"),
+])
+def test_broken_archives_are_refused(hostile_dir, name, data, message):
+    path = hostile_dir / f"{name}.keras"
+    if data is None:
+        data = hostile.seed_keras(hostile_dir).read_bytes()[: -300]
+        data = data[:1000] + data[-200:]
+    path.write_bytes(data)
+    with pytest.raises(ModelLoadError, match=message):
+        inspect_keras_file(path)
+
+
+def test_deflated_weights_are_inspected_in_memory_only_when_small(hostile_dir):
+    seed = hostile.seed_keras(hostile_dir)
+    weights = zipfile.ZipFile(seed).read("model.weights.h5")
+    small = hostile.rewrite(seed, hostile_dir / "deflated.keras", {}, compress={"model.weights.h5": zipfile.ZIP_DEFLATED})
+    assert inspect_keras_file(small).params == 72
+    padded = weights + os.urandom(65 << 20)  # HDF5 ignores bytes after its end of file
+    big = hostile.rewrite(seed, hostile_dir / "deflated_big.keras", {"model.weights.h5": padded},
+                          compress={"model.weights.h5": zipfile.ZIP_DEFLATED})
+    with pytest.raises(ModelLoadError, match=r"model.weights.h5 stored uncompressed, as Keras writes it"):
+        inspect_keras_file(big)
+
+
+def test_duplicate_members_and_missing_weights_are_refused(hostile_dir):
+    seed = hostile.seed_keras(hostile_dir)
+    twice = hostile.rewrite(seed, hostile_dir / "twice.keras", {})
+    with zipfile.ZipFile(twice, "a") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        archive.writestr("config.json", b"{}")
+    with pytest.raises(ModelLoadError, match=r"each archive member once\. Received: .* repeats \['config.json'\]"):
+        inspect_keras_file(twice)
+    bare = hostile.rewrite(seed, hostile_dir / "bare.keras", {"model.weights.h5": None})
+    with pytest.raises(ModelLoadError, match=r"holding its weights \(model.weights.h5\)\. Received: .* has none"):
+        inspect_keras_file(bare)
+
+
+def test_missing_folder_and_symlinked_files(hostile_dir, tmp_path):
+    with pytest.raises(ModelLoadError, match=r"Received: .*nowhere.keras' \(no such file\)"):
+        inspect_keras_file(tmp_path / "nowhere.keras")
+    with pytest.raises(ModelLoadError, match=r"which is a folder"):
+        inspect_keras_file(tmp_path)
+    link = tmp_path / "link.keras"
+    link.symlink_to(hostile.seed_keras(hostile_dir))
+    assert inspect_keras_file(link).params == 72  # a symlink to a regular file is fine
+
+
+# ------------------------------------------------------------------------------------------------ feeds
+
+
+def test_onnx_runtime_really_aborts_on_an_empty_batch(tmp_path):
+    """Why the check exists: ORT 1.32 kills the process (SIGABRT) on case1_sequences.onnx with batch 0."""
+    feed = hostile.zero_batch_npy(tmp_path)
+    script = ("import sys, numpy as np, onnxruntime as ort\n"
+              "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+              "s.run(None, {'input': np.load(sys.argv[2])})\n")
+    done = subprocess.run([sys.executable, "-c", script, str(ROOT / "exported/case1_sequences.onnx"), str(feed)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGABRT, (done.returncode, done.stderr[-500:])
+    with pytest.raises(InputError, match=r"Expected input 'input' with every axis at least 1 .* Received: shape \(0, 3, 1\)"):
+        check_feed_arrays({"input": np.load(feed)})
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 1), (2, 0, 1), (2, 3, 0)])
+def test_empty_axes_are_refused(shape):
+    with pytest.raises(InputError, match=r"aborts the process on an empty batch or time axis"):
+        check_feed_array("x", np.zeros(shape, np.float32))
+
+
+def test_a_batch_mismatch_between_inputs_is_refused():
+    feeds = {"input": np.zeros((2, 3, 1), np.float32), "lstm_1_initial_state_h": np.zeros((1, 2), np.float32)}
+    with pytest.raises(InputError, match=r"same batch size .* Received: 'input' batch 2, 'lstm_1_initial_state_h' batch 1"):
+        check_feed_arrays(feeds, batched=list(feeds))
+    assert check_batch(feeds, ["input"]).size == 2  # inputs without a batch axis are not compared
+    assert check_batch({"a": np.zeros((3, 1)), "b": np.zeros((3,))}, ["a", "b"]).size == 3
+
+
+def test_object_and_big_endian_arrays_are_refused_with_their_byte_order():
+    with pytest.raises(InputError, match=r"numeric array\. Received: dtype object \(\|O\)"):
+        check_feed_array("x", np.array([[1.0], None], dtype=object))
+    big = np.zeros((1, 3, 1), ">f4")
+    with pytest.raises(InputError, match=r"byte order \(float32 \(<f4\)\)\. Received: float32 \(>f4\)"):
+        check_feed_array("x", big)
+    with pytest.raises(InputError, match=r"dtype float32 \(<f4\) in this machine's byte order\. Received: float32 \(>f4\)"):
+        check_feed_dtype("x", big, np.float32)
+    with pytest.raises(InputError, match=r"dtype float32\. Received: dtype float64"):
+        check_feed_dtype("x", np.zeros(1), np.float32)
+    check_feed_dtype("x", np.zeros(1, np.float32), np.float32)
+
+
+def test_safe_text_escapes_what_a_terminal_would_obey():
+    assert safe_text("out\x1b[2J\x1b]0;pwned\x07") == "out\\x1b[2J\\x1b]0;pwned\\x07"
+    assert safe_text("a\u202eb\x00c\nd\u2028") == "a\\u202eb\\x00c\\x0ad\\u2028"
+    assert safe_text("lstm_2_état_状态") == "lstm_2_état_状态"
+    assert safe_text("x" * 10, limit=4) == "xxxx...(+6 chars)"
+
+
+def test_a_repeated_input_name_is_refused():
+    check_input_names(["a=x.npy", "b=y.npy", "z.npz"])
+    with pytest.raises(InputError, match=r"each input once .* Received: 'a=x.npy' and 'a=y.npy'"):
+        check_input_names(["a=x.npy", "a=y.npy"])
+
+
+# ---------------------------------------------------------------------------------------------- .npz
+
+
+NAMES = ["allow_pickle", "file", "a/b:0", "", "x.npy", "état", "args", "kwds"]
+
+
+def test_npz_keeps_every_output_whatever_its_name(tmp_path):
+    arrays = {name: np.full((2, i + 1), i, np.float32) for i, name in enumerate(NAMES)}
+    with pytest.raises(TypeError):  # what `run -o` did: np.savez takes `file` as its own argument
+        np.savez(tmp_path / "old.npz", **arrays)
+    np.savez(tmp_path / "old.npz", **{"allow_pickle": arrays["allow_pickle"], "y": arrays["file"]})
+    assert "allow_pickle" not in np.load(tmp_path / "old.npz").files  # ... and silently dropped this one
+    save_npz(tmp_path / "out.npz", arrays)
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as loaded:
+        assert sorted(loaded.files) == sorted(NAMES)
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(loaded[name], array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.npz", "out.npz"]
+
+
+def test_npz_refusals_leave_the_old_file(tmp_path):
+    target = tmp_path / "out.npz"
+    target.write_bytes(b"old")
+    with pytest.raises(InputError, match=r"Expected numeric outputs"):
+        save_npz(target, {"a": np.zeros(2), "b": np.array([None], dtype=object)})
+    with pytest.raises(OutputError, match=r"Expected a file path to write\. Received: .* which is a folder"):
+        save_npz(tmp_path, {"a": np.zeros(2)})
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]
+
+
+# ------------------------------------------------------------------------------------------ file sets
+
+
+def _files(tag: str, count: int = 4) -> dict[str, bytes]:
+    files = {f"case{i}.onnx": f"{tag}-{i}".encode() * (i + 1) for i in range(count)}
+    files["manifest.json"] = json.dumps({"tag": tag}).encode()
+    return files
+
+
+def _state(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_set_replaces_the_old_one_and_drops_stale_files(tmp_path):
+    write_file_set(tmp_path, _files("old", 5) | {"notes.txt": b"mine"})
+    result = write_file_set(tmp_path, _files("new", 3), remove=["case3.onnx", "case4.onnx"])
+    assert _state(tmp_path) == _files("new", 3) | {"notes.txt": b"mine"}
+    assert [p.name for p in result.removed] == ["case3.onnx", "case4.onnx"]
+
+
+def test_a_failing_write_leaves_the_old_set_whole(tmp_path, monkeypatch):
+    write_file_set(tmp_path, _files("old"))
+    calls = []
+    real = fileio.write_all
+
+    def disk_full_on_the_third_file(fd, data):
+        calls.append(1)
+        if len(calls) == 4:  # the journal, then two models, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(fileio, "write_all", disk_full_on_the_third_file)
+    with pytest.raises(OutputError, match=r"^Expected a writable destination\. Received: .*No space left on device "
+                                          r"\(ENOSPC\); the folder keeps its previous files$"):
+        write_file_set(tmp_path, _files("new"))
+    assert _state(tmp_path) == _files("old")  # no temporary, no journal, no new file
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str):
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs (root), for a real full or read-only disk")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_really_full_disk_leaves_the_old_set_whole(tmp_path):
+    with _tmpfs(tmp_path / "small", "256k") as disk:
+        write_file_set(disk, _files("old"))
+        big = {name: os.urandom(64 << 10) for name in _files("new")}
+        with pytest.raises(OutputError, match=r"No space left on device \(ENOSPC\); the folder keeps its previous"):
+            write_file_set(disk, big)
+        assert _state(disk) == _files("old")
+
+
+def test_a_read_only_filesystem_gives_one_line_and_changes_nothing(tmp_path):
+    with _tmpfs(tmp_path / "ro", "1m") as disk:
+        write_file_set(disk, _files("old"))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(OutputError, match=r"Read-only file system \(EROFS\)"):
+            write_file_set(disk, _files("new"))
+        with pytest.raises(OutputError, match=r"Read-only file system \(EROFS\)"):
+            save_npz(disk / "out.npz", {"a": np.zeros(1)})
+        assert _state(disk) == _files("old")
+
+
+KILLED = textwrap.dedent("""
+    import os, signal, sys, json
+    from toolkit import fileio, fileset
+    where, folder = sys.argv[1], sys.argv[2]
+    files = {f"case{i}.onnx": f"new-{i}".encode() * (i + 1) for i in range(4)}
+    files["manifest.json"] = json.dumps({"tag": "new"}).encode()
+    count = []
+    if where == "writing":
+        real = fileio.write_all
+        def write(fd, data):
+            count.append(1)
+            if len(count) == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(fd, data)
+        fileio.write_all = write
+    else:
+        real = os.replace
+        def replace(src, dst):
+            if str(dst).endswith(".onnx"):
+                count.append(1)
+                if len(count) == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            real(src, dst)
+        fileset.os.replace = replace
+    fileset.write_file_set(folder, files)
+""")
+
+
+@pytest.mark.parametrize("where, expected", [("writing", "old"), ("switching", "new")])
+def test_kill_9_is_undone_or_finished_by_the_next_writer(tmp_path, where, expected):
+    write_file_set(tmp_path, _files("old"))
+    done = subprocess.run([sys.executable, "-c", KILLED, where, str(tmp_path)], env=ENV, capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    left = _state(tmp_path)
+    assert JOURNAL in left and any(".lstm-onnx-" in name for name in left)  # what a killed run leaves
+    with fileio.folder_lock(tmp_path):
+        recovery = recover(tmp_path)
+    assert _state(tmp_path) == _files(expected)
+    assert recovery.finished if expected == "new" else recovery.removed
+
+
+def test_a_damaged_or_hostile_journal_only_removes_our_temporaries(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    folder = tmp_path / "set"
+    write_file_set(folder, _files("old"))
+    (folder / JOURNAL).write_text(json.dumps({"format": "lstm-onnx file set 1", "state": "commit",
+                                              "moves": [["../outside.txt", "case0.onnx"]], "removes": ["../outside.txt"]}))
+    (folder / ".case1.onnx.lstm-onnx-0123456789abcdef.tmp").write_bytes(b"half")
+    write_file_set(folder, _files("new"))
+    assert _state(folder) == _files("new") and outside.read_text() == "keep"
+
+
+def test_names_must_stay_inside_the_folder(tmp_path):
+    for name in ["../x.onnx", "/etc/x", "a/./b", ""]:
+        with pytest.raises(InputError, match=r"Expected a file name inside the output folder"):
+            write_file_set(tmp_path, {name: b"x"})
+    write_file_set(tmp_path, {"repo/model/1/model.onnx": b"m", "repo/model/config.pbtxt": b"c"})
+    assert _state(tmp_path) == {"repo/model/1/model.onnx": b"m", "repo/model/config.pbtxt": b"c"}
+
+
+def test_a_file_where_the_folder_goes_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(OutputError, match=r"Expected an output folder\. Received: .*taken', which is a file"):
+        write_file_set(tmp_path / "taken", _files("new"))
+    with pytest.raises(OutputError, match=r"Expected a writable destination\. Received: .*case0.onnx.*"):
+        (tmp_path / "d" / "case0.onnx").mkdir(parents=True)
+        write_file_set(tmp_path / "d", _files("new"))
+    assert not [p for p in (tmp_path / "d").iterdir() if p.name != "case0.onnx"]
+
+
+def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"good")
+    with pytest.raises(RuntimeError), atomic_output(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_a_single_write_removes_its_own_leftovers_from_a_killed_run(tmp_path):
+    mine = tmp_path / ".model.onnx.lstm-onnx-0123456789abcdef.tmp"
+    other = tmp_path / ".other.onnx.lstm-onnx-0123456789abcdef.tmp"
+    mine.write_bytes(b"half")
+    other.write_bytes(b"half")
+    fileio.atomic_write_bytes(tmp_path / "model.onnx", b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "model.onnx"]

@@ -1,0 +1,177 @@
+"""Checks on untrusted files, feeds and names that must hold before any heavy library sees them.
+
+Pure functions over paths, numpy arrays and strings (no ONNX Runtime, no TensorFlow), so the runner, the
+verifier and the CLI share one version of each check:
+
+- `open_regular_file`: a path that is a FIFO would hang `open()` forever, `/dev/zero` reads until memory
+  runs out; both are refused before a byte is read.
+- `check_feed_arrays`: ONNX Runtime 1.32 aborts the whole process (SIGABRT, exit 134) on a batch or time
+  axis of 0; object arrays and non-native byte orders reach it as confusing errors; a state of batch 1
+  beside an input of batch 2 is broadcast silently. Each is refused with a one-line `InputError`.
+- `safe_text`: names and metadata come from files written by strangers; control characters in them would
+  reach the user's terminal raw (ANSI escapes can rewrite what was printed before).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import unicodedata
+from dataclasses import dataclass
+from typing import BinaryIO, Mapping, Sequence
+
+import numpy as np
+
+from toolkit.errors import InputError, ModelLoadError
+
+
+def open_regular_file(path: str | os.PathLike[str], what: str = "a Keras model file (.keras)") -> BinaryIO:
+    """Open a regular file for reading without ever blocking; refuse FIFOs, devices, sockets and folders.
+
+    `stat` first (no side effects, unlike opening a device), then open with O_NONBLOCK and check the
+    descriptor again, so a path swapped for a FIFO in between cannot hang the process.
+    """
+    text = str(path)
+    try:
+        mode = os.stat(text).st_mode
+    except OSError as exc:
+        reason = "no such file" if exc.errno == errno.ENOENT else exc.strerror or "unreadable"
+        raise ModelLoadError(f"Expected {what}. Received: {safe_text(text)!r} ({reason})") from None
+    _require_regular(text, mode, what)
+    try:
+        fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ModelLoadError(f"Expected a readable {what}. Received: {safe_text(text)!r} "
+                             f"({exc.strerror or 'unreadable'})") from None
+    try:
+        _require_regular(text, os.fstat(fd).st_mode, what)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _require_regular(path: str, mode: int, what: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    raise ModelLoadError(f"Expected {what}, a regular file. Received: {safe_text(path)!r}, which is {kind}")
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+
+def safe_text(text: object, limit: int | None = 400, keep: str = "") -> str:
+    """`text` fit for a terminal: control and format characters (ANSI escapes, bidi overrides, NUL, line
+    breaks) written as `\\x1b`, `\\u202e`, ...; characters in `keep` (say a newline) stay; cut to
+    `limit` characters with a marker (None: no cut)."""
+    value = str(text)
+    cut = limit is not None and len(value) > limit
+    out = []
+    for char in value[:limit] if cut else value:
+        if char not in keep and unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "".join(out) + (f"...(+{len(value) - limit} chars)" if cut else "")
+
+
+# ----------------------------------------------------------------------------------------------- feeds
+
+
+def dtype_text(dtype: np.dtype) -> str:
+    """`float32 (<f4)`: the name alone hides the byte order, so a big-endian array read 'float32 vs float32'."""
+    dtype = np.dtype(dtype)
+    return f"{dtype.name} ({dtype.str})"
+
+
+def check_feed_dtype(name: str, array: np.ndarray, want: np.dtype) -> None:
+    """Refuse an array whose dtype, byte order included, is not the input's."""
+    want = np.dtype(want)
+    if array.dtype == want:
+        return
+    if array.dtype.newbyteorder("=") == want.newbyteorder("=") and array.dtype.kind not in "OUSV":
+        raise InputError(
+            f"Expected input {safe_text(name)!r} of dtype {dtype_text(want.newbyteorder('='))} in this machine's "
+            f"byte order. Received: {dtype_text(array.dtype)}; convert with array.astype('{want.newbyteorder('=').str}')"
+        )
+    raise InputError(f"Expected input {safe_text(name)!r} of dtype {want.name}. Received: dtype {array.dtype.name}")
+
+
+def check_feed_array(name: str, array: object) -> np.ndarray:
+    """One feed: a numeric ndarray in native byte order with no empty axis; returned as is."""
+    if not isinstance(array, np.ndarray):
+        raise InputError(f"Expected input {safe_text(name)!r} as a numpy array. Received: {type(array).__name__}")
+    if array.dtype.hasobject or array.dtype.kind in "OUSVMm":
+        raise InputError(f"Expected input {safe_text(name)!r} as a numeric array. Received: dtype "
+                         f"{dtype_text(array.dtype)}")
+    if not array.dtype.isnative:
+        raise InputError(f"Expected input {safe_text(name)!r} in this machine's byte order "
+                         f"({dtype_text(array.dtype.newbyteorder('='))}). Received: {dtype_text(array.dtype)}; "
+                         f"convert with array.astype('{array.dtype.newbyteorder('=').str}')")
+    if 0 in array.shape:
+        raise InputError(
+            f"Expected input {safe_text(name)!r} with every axis at least 1 (ONNX Runtime aborts the process on an "
+            f"empty batch or time axis). Received: shape {array.shape}"
+        )
+    return array
+
+
+def check_feed_shape(name: str, array: np.ndarray, shape: Sequence[int | str | None], shape_text: str) -> None:
+    """Rank and fixed dims of one feed against the input's declared shape (`shape_text` as the user reads it)."""
+    if array.ndim != len(shape):
+        raise InputError(f"Expected input {safe_text(name)!r} of rank {len(shape)} with shape {shape_text}. "
+                         f"Received: shape {array.shape}")
+    for axis, (want, got) in enumerate(zip(shape, array.shape)):
+        if isinstance(want, int) and want != got:
+            raise InputError(f"Expected input {safe_text(name)!r} with shape {shape_text} (axis {axis} = {want}). "
+                             f"Received: shape {array.shape}")
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """The batch size the feeds agree on, and which inputs carried it."""
+
+    size: int | None
+    inputs: tuple[str, ...]
+
+
+def check_batch(feeds: Mapping[str, np.ndarray], batched: Sequence[str]) -> BatchCheck:
+    """Every input in `batched` (those whose axis 0 is the model's batch axis) has the same axis-0 size.
+
+    ONNX Runtime's LSTM broadcasts an initial state of batch 1 over an input of batch 2 without a word,
+    which gives numbers for a batch the caller never described.
+    """
+    sizes = {name: int(feeds[name].shape[0]) for name in batched if name in feeds and feeds[name].ndim >= 1}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{safe_text(name)!r} batch {size}" for name, size in sizes.items())
+        raise InputError(f"Expected the same batch size (axis 0) in every input. Received: {listed}")
+    size = next(iter(sizes.values()), None)
+    return BatchCheck(size=size, inputs=tuple(sizes))
+
+
+def check_feed_arrays(feeds: Mapping[str, object], batched: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """All feeds through `check_feed_array`, then `check_batch` over `batched`."""
+    checked = {name: check_feed_array(name, array) for name, array in feeds.items()}
+    check_batch(checked, batched)
+    return checked
+
+
+def check_input_names(specs: Sequence[str]) -> None:
+    """`--input NAME=FILE` given twice for one NAME is refused, not resolved by keeping the last."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        name, sep, _ = spec.partition("=")
+        if not sep:
+            continue
+        if name in seen:
+            raise InputError(f"Expected each input once in --input NAME=FILE. Received: {safe_text(seen[name])!r} "
+                             f"and {safe_text(spec)!r}")
+        seen[name] = spec

@@ -1,0 +1,333 @@
+"""Bounds on what a `.keras` file may make lstm-onnx read or allocate, checked before Keras touches it.
+
+A `.keras` file is a zip archive holding `config.json` (the architecture) and `model.weights.h5`. Keras
+allocates every variable the config declares before it reads a single weight, and its own zip-bomb guard
+starts at 4 GiB per member, so a 20 KB hostile file declaring `LSTM(4096)` costs 44 s and 2.4 GB before it
+fails. This module reads only the archive's central directory and a size-bounded `config.json` (numpy and
+the standard library; no Keras, no TensorFlow), counts parameters and per-sample activation sizes from the
+config, and refuses anything above `ResourceLimits` with a one-line `Expected ... Received: ...`.
+
+The counting itself is `toolkit.budget`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO
+
+from toolkit.budget import Budget, count_config
+from toolkit.errors import ModelLoadError
+from toolkit.guard import open_regular_file, safe_text
+
+MAX_MEMBERS = 1_000
+"""Members of the archive. Keras writes 3 (metadata, config, weights), plus one per asset file."""
+
+MAX_MEMBER_BYTES = 1 << 30
+"""Uncompressed bytes of any one member (1 GiB): the weights of `MAX_PARAMS` float32 values, with room."""
+
+MAX_TOTAL_BYTES = 2 << 30
+"""Uncompressed bytes of all members together (2 GiB)."""
+
+MAX_RATIO = 100.0
+"""Uncompressed / compressed size of a member above `RATIO_FLOOR_BYTES`. Trained float weights compress
+about 1.1x; a zip bomb of zeros about 1000x."""
+
+RATIO_FLOOR_BYTES = 1 << 20
+"""Members smaller than this (1 MiB) may compress as well as they like: they cannot hurt."""
+
+MAX_CONFIG_BYTES = 16 << 20
+"""Uncompressed bytes of `config.json` (16 MiB; a layer's config is 2-6 KB, so some 3,000 layers)."""
+
+MAX_PARAMS = 100_000_000
+"""Parameters the config declares (400 MB as float32). `LSTM(4096)` alone declares 67 million."""
+
+MAX_TIMESTEPS = 100_000
+"""A fixed time axis of a recurrent layer's input. Parity is checked over 2,000 steps in the tests; a
+fixed axis of 2e6 steps ran past 120 s, 1e8 ran out of memory."""
+
+MAX_ACTIVATION_ELEMENTS = 1 << 27
+"""Values in one layer's input or output for one sample (134 million, 512 MiB as float32)."""
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """The bounds a `.keras` file must stay within; raise one with `limits.raised(max_params=...)`."""
+
+    max_members: int = MAX_MEMBERS
+    max_member_bytes: int = MAX_MEMBER_BYTES
+    max_total_bytes: int = MAX_TOTAL_BYTES
+    max_ratio: float = MAX_RATIO
+    max_config_bytes: int = MAX_CONFIG_BYTES
+    max_params: int = MAX_PARAMS
+    max_timesteps: int = MAX_TIMESTEPS
+    max_activation_elements: int = MAX_ACTIVATION_ELEMENTS
+
+    def raised(self, **values: int | float | None) -> ResourceLimits:
+        """A copy with the given limits replaced; `None` keeps the current value (an unset CLI flag)."""
+        given = {key: value for key, value in values.items() if value is not None}
+        for key, value in given.items():
+            if not hasattr(self, key):
+                raise ModelLoadError(f"Expected a resource limit among {sorted(vars(self))}. Received: {key!r}")
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ModelLoadError(f"Expected {key} > 0. Received: {key}={value!r}")
+        return replace(self, **given)
+
+
+DEFAULT_LIMITS = ResourceLimits()
+
+
+@dataclass(frozen=True)
+class ArchiveReport:
+    """What the inspection found; every figure is within the limits it was checked against."""
+
+    path: str
+    members: int
+    uncompressed_bytes: int
+    config_bytes: int
+    layers: int
+    params: int
+    largest_activation: int
+    longest_fixed_time: int | None
+
+
+def _refuse(path: str, expected: str, received: str) -> ModelLoadError:
+    # Member and layer names come from the file: escaped, so they cannot drive the user's terminal.
+    return ModelLoadError(safe_text(f"Expected {expected}. Received: {path!r} {received}", limit=1000))
+
+
+# ------------------------------------------------------------------------------------------- archive
+
+
+def _directory_size(handle: BinaryIO, size: int, path: str) -> tuple[int, int]:
+    """Entries and bytes of the zip central directory, read from its end record before zipfile parses it."""
+    tail_length = min(size, 22 + 0xFFFF)
+    handle.seek(size - tail_length)
+    tail = handle.read(tail_length)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        raise _refuse(path, "a .keras file (a zip archive)", "has no zip directory")
+    entries, directory_bytes = struct.unpack("<HL", tail[at + 10:at + 16])
+    locator = at - 20
+    if locator >= 0 and tail[locator:locator + 4] == b"PK\x06\x07":  # zip64: the real counts are elsewhere
+        offset = struct.unpack("<Q", tail[locator + 8:locator + 16])[0]
+        if offset + 56 > size:
+            raise _refuse(path, "a .keras file (a zip archive)", "has a broken zip64 directory")
+        handle.seek(offset)
+        record = handle.read(56)
+        if record[:4] != b"PK\x06\x06":
+            raise _refuse(path, "a .keras file (a zip archive)", "has a broken zip64 directory")
+        entries, directory_bytes = struct.unpack("<QQ", record[32:48])
+    handle.seek(0)
+    return entries, directory_bytes
+
+
+def check_members(archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> int:
+    """Bound member count, names, sizes and compression ratios; return the total uncompressed bytes."""
+    infos = archive.infolist()
+    if len(infos) > limits.max_members:
+        raise _refuse(path, f"at most {limits.max_members} archive members", f"holds {len(infos)}")
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})[:3]
+        raise _refuse(path, "each archive member once", f"repeats {twice}")
+    total = 0
+    for info in infos:
+        if info.file_size > limits.max_member_bytes:
+            raise _refuse(path, f"archive members of at most {limits.max_member_bytes} bytes (--max-member-bytes)",
+                          f"declares {info.filename!r} of {info.file_size} bytes")
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FLOOR_BYTES and ratio > limits.max_ratio:
+            raise _refuse(path, f"a compression ratio of at most {limits.max_ratio:g} (a zip bomb otherwise)",
+                          f"member {info.filename!r}: {info.file_size} bytes from {info.compress_size} ({ratio:.0f}x)")
+        total += info.file_size
+    if total > limits.max_total_bytes:
+        raise _refuse(path, f"at most {limits.max_total_bytes} uncompressed bytes in all (--max-member-bytes raises it)",
+                      f"declares {total}")
+    return total
+
+
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, EOFError,
+                zlib.error, OSError, ValueError, struct.error)
+
+
+def read_config(archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> tuple[dict, int]:
+    """`config.json`, read with a size bound whatever the header claims, parsed as a JSON object."""
+    if "config.json" not in archive.namelist():
+        raise _refuse(path, "a .keras archive holding config.json", "has none")
+    try:
+        with archive.open("config.json") as member:
+            data = member.read(limits.max_config_bytes + 1)
+    except _READ_ERRORS as exc:
+        raise _refuse(path, "a readable config.json", f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    if len(data) > limits.max_config_bytes:
+        raise _refuse(path, f"a config.json of at most {limits.max_config_bytes} bytes",
+                      f"holds more")
+    try:
+        config = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, 5000-digit numbers, deep nesting
+        raise _refuse(path, "config.json holding JSON", f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(config, dict):
+        raise _refuse(path, "config.json holding a JSON object", f"holds a {type(config).__name__}")
+    return config, len(data)
+
+
+WEIGHTS_H5 = "model.weights.h5"
+MAX_DEFLATED_WEIGHTS = 64 << 20
+"""Keras stores `model.weights.h5` uncompressed; a deflated one is inspected in memory up to this size."""
+
+
+class _Window(io.RawIOBase):
+    """`length` bytes at `start` of an open file, as a read-only seekable file: a stored member for h5py."""
+
+    def __init__(self, handle: BinaryIO, start: int, length: int):
+        super().__init__()
+        self._handle, self._start, self._length, self._pos = handle, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        count = max(0, min(len(buffer), self._length - self._pos))
+        self._handle.seek(self._start + self._pos)
+        data = self._handle.read(count)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _weights_source(handle: BinaryIO, archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> BinaryIO:
+    if info.compress_type == zipfile.ZIP_STORED:
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+        names, extra = struct.unpack("<HH", header[26:30])
+        return _Window(handle, info.header_offset + 30 + names + extra, info.file_size)
+    if info.file_size > MAX_DEFLATED_WEIGHTS:
+        raise _refuse(path, f"{WEIGHTS_H5} stored uncompressed, as Keras writes it, when over {MAX_DEFLATED_WEIGHTS} "
+                      "bytes", f"has {info.file_size} bytes compressed")
+    return io.BytesIO(archive.read(info.filename))
+
+
+def check_weights_file(handle: BinaryIO, archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> int:
+    """Bytes the HDF5 datasets of the weights declare, read from the file's metadata alone (h5py).
+
+    A dataset may be compressed inside the HDF5 file, or hold only a fill value, while declaring any
+    shape; Keras reads it whole when it assigns a variable, and its own guard starts at 4 GiB. Refused:
+    more than `max_member_bytes` declared in all, or a dataset over 1 MiB declaring more than `max_ratio`
+    times what it stores.
+    """
+    if WEIGHTS_H5 not in archive.namelist():
+        return 0
+    import h5py  # Keras' own HDF5 reader; no TensorFlow
+
+    datasets: list[tuple[str, int, int]] = []
+
+    def visit(name: str, item: Any) -> None:  # None: h5py's visititems goes on
+        if isinstance(item, h5py.Dataset):
+            datasets.append((name, item.size * item.dtype.itemsize, item.id.get_storage_size()))
+
+    try:
+        with h5py.File(_weights_source(handle, archive, archive.getinfo(WEIGHTS_H5), path), "r") as weights:
+            weights.visititems(visit)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise _refuse(path, f"a readable {WEIGHTS_H5}", f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    declared = sum(size for _, size, _ in datasets)
+    if declared > limits.max_member_bytes:
+        raise _refuse(path, f"weights declaring at most {limits.max_member_bytes} bytes (--max-member-bytes)",
+                      f"declares {declared} in {len(datasets)} datasets")
+    for name, size, stored in datasets:
+        if size > RATIO_FLOOR_BYTES and size > limits.max_ratio * max(stored, 1):
+            raise _refuse(path, f"weights stored at a ratio of at most {limits.max_ratio:g} (a bomb otherwise)",
+                          f"dataset {name!r} declares {size} bytes and stores {stored}")
+    return declared
+
+
+def inspect_keras_file(path: str | os.PathLike[str], limits: ResourceLimits = DEFAULT_LIMITS) -> ArchiveReport:
+    """Check a `.keras` file against `limits` without Keras; raise `ModelLoadError` on the first excess."""
+    with open_regular_file(path) as handle:
+        return inspect_keras_handle(handle, str(path), limits)
+
+
+def inspect_keras_handle(handle: BinaryIO, path: str, limits: ResourceLimits = DEFAULT_LIMITS) -> ArchiveReport:
+    """Like `inspect_keras_file` on an open file (the one Keras will read next: no swap in between)."""
+    size = os.fstat(handle.fileno()).st_size
+    entries, directory_bytes = _directory_size(handle, size, path)
+    if entries > limits.max_members:
+        raise _refuse(path, f"at most {limits.max_members} archive members", f"declares {entries}")
+    if directory_bytes > min(size, limits.max_members * 1024):  # names of .keras members are short
+        raise _refuse(path, "a zip directory of at most 1 KiB per member", f"declares {directory_bytes} bytes")
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            total = check_members(archive, path, limits)
+            config, config_bytes = read_config(archive, path, limits)
+            members = len(archive.infolist())
+            weights = {info.filename: info.file_size for info in archive.infolist()
+                       if info.filename.startswith("model.weights.")}
+            budget = count_config(config)
+            check_budget(budget, path, limits)
+            check_weights_present(budget, weights, path)
+            check_weights_file(handle, archive, path, limits)
+    except ModelLoadError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _refuse(path, "a .keras file (a zip archive)", f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    finally:
+        handle.seek(0)
+    return ArchiveReport(path=path, members=members, uncompressed_bytes=total, config_bytes=config_bytes,
+                         layers=budget.layers, params=budget.params, largest_activation=budget.largest_activation,
+                         longest_fixed_time=budget.longest_fixed_time)
+
+
+# ------------------------------------------------------------------------------------------ budgets
+
+
+def check_budget(budget: Budget, path: str, limits: ResourceLimits) -> None:
+    """Refuse a counted budget above `limits`; each message names the flag that raises the limit."""
+    if budget.bad_dim_at:
+        raise _refuse(path, "every declared axis >= 1 (besides the batch axis)", f"declares {budget.bad_dim_at}")
+    if budget.params > limits.max_params:
+        raise _refuse(path, f"at most {limits.max_params} parameters (--max-params)",
+                      f"declares {budget.params} in {budget.layers} layers")
+    if budget.longest_fixed_time is not None and budget.longest_fixed_time > limits.max_timesteps:
+        raise _refuse(path, f"a fixed time axis of at most {limits.max_timesteps} steps (--max-timesteps)",
+                      f"declares {budget.longest_fixed_time} at {budget.time_at}")
+    if budget.largest_activation > limits.max_activation_elements:
+        raise _refuse(path, f"at most {limits.max_activation_elements} values per sample in one layer "
+                      "(--max-activation)", f"declares {budget.largest_activation} at {budget.activation_at}")
+
+
+MIN_BYTES_PER_PARAM = 0.5
+"""The fewest bytes a saved parameter takes (Keras' int4 quantization packs two in a byte)."""
+
+
+def check_weights_present(budget: Budget, weights: dict[str, int], path: str) -> None:
+    """The weights member must be big enough to hold the parameters the config declares.
+
+    Keras allocates and initializes every declared variable before it reads the weights (an orthogonal
+    initializer on LSTM(4096) alone is a QR of a 16384 x 4096 matrix), so a 20 KB file declaring 67 million
+    parameters costs 44 s and 2.4 GB before Keras notices that their weights are missing. With the
+    compression ratio bounded, holding N parameters takes a file of at least N / 2 / `max_ratio` bytes.
+    """
+    stored = sum(weights.values())
+    needed = math.ceil(budget.params * MIN_BYTES_PER_PARAM)
+    if budget.params and not weights:
+        raise _refuse(path, "a .keras archive holding its weights (model.weights.h5)", "has none")
+    if stored < needed:
+        raise _refuse(path, f"weights for the {budget.params} parameters the config declares (at least {needed} "
+                      "bytes)", f"holds {stored} bytes in {sorted(weights)}")
