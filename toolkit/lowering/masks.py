@@ -49,40 +49,77 @@ def sequence_lens(ctx: LoweringContext, mask: str | None) -> str | None:
         "ReduceSum", [as_int32(ctx, mask), ctx.w.ints([0, 2])], keepdims=0))
 
 
-def padding_flag(ctx: LoweringContext, mask: str) -> str:
-    """(batch, 1) bool: the samples whose mask is not a padding on the export's side (right, or left
-    with padding="left"). It broadcasts against states (batch, units), time-major sequences
-    (time, batch, units) and Y (time, 2, batch, units) alike. Their outputs become NaN instead of
-    silently wrong numbers.
-
-    `sequence_lens` can only say "the first n steps are valid". Keras skips masked steps wherever
-    they are, so for a mask with holes, or padding on the other side, the fused op computes something
-    else; NaN is what no parity check or user can mistake for a result.
-    """
-    return _form(ctx, mask, "bad_padding", lambda: _write_padding_flag(ctx, mask))
+def kept_steps(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
+    """(time, batch) bool: the kept steps, in time order or reversed (a go_backwards layer's processing order)."""
+    kept = _form(ctx, mask, "kept", lambda: ctx.w.squeeze(time_major(ctx, mask), -1))
+    return _form(ctx, mask, "kept_reverse", lambda: ctx.w.flip(kept, 0)) if reverse else kept
 
 
-def _write_padding_flag(ctx: LoweringContext, mask: str) -> str:
-    # A right padding never goes from a masked step back to a kept one: a rise (mask[t+1] - mask[t] = 1)
-    # marks a bad sample; a left padding never goes from kept to masked: a fall marks it. ReduceMax
-    # over the empty axis of a 1-step sequence gives INT32_MIN: neither.
-    w = ctx.w
-    int_max = np.iinfo(np.int64).max
-    as_int = as_int32(ctx, mask)  # (time, batch, 1)
-    before = w.op1("Slice", [as_int, w.ints([0]), w.ints([-1]), w.ints([0])])
-    after = w.op1("Slice", [as_int, w.ints([1]), w.ints([int_max]), w.ints([0])])
-    change = [before, after] if ctx.padding == "left" else [after, before]
-    rise = w.reduce("ReduceMax", w.op1("Sub", change), 0, keepdims=0)
-    return w.op1("Greater", [rise, w.scalar(0, np.int32, "zero")])
+def _batch_rows(ctx: LoweringContext, mask: str) -> tuple[str, str]:
+    """The batch size (0-d int64) and 0..batch-1 (batch,): what turns a (time, batch) step index into a
+    row of a (time * batch, features) flattened sequence, row = step * batch + sample."""
+    def write() -> str:
+        batch = ctx.w.op1("Gather", [ctx.w.op1("Shape", [kept_steps(ctx, mask)]), ctx.w.scalar(1, np.int64, "one")])
+        ctx.mask_forms[mask, "batch"] = batch
+        return ctx.w.op1("Range", [ctx.w.scalar(0, np.int64, "zero"), batch, ctx.w.scalar(1, np.int64, "one")])
+    samples = _form(ctx, mask, "samples", write)
+    return ctx.mask_forms[mask, "batch"], samples
 
 
-def carry_over(ctx: LoweringContext, y_tm: str, last: str, mask: str, flipped: bool) -> str:
-    """Keras carries the last output over masked steps, ONNX writes zeros there: put the last output
-    (1, batch, units), broadcast against (time, batch, units), back. `flipped`: the op read the input
-    flipped in time (left padding), so its outputs are in that order."""
-    keep = time_major(ctx, mask)
-    keep = ctx.w.flip(keep, 0) if flipped else keep  # processing order
-    return ctx.w.op1("Where", [keep, y_tm, last])
+def _rows(ctx: LoweringContext, mask: str, steps: str) -> str:
+    """Rows of the flattened (time * batch, ...) sequence for (time, batch) step indices (-1: the last step)."""
+    batch, samples = _batch_rows(ctx, mask)
+    return ctx.w.op1("Add", [ctx.w.op1("Mul", [steps, batch]), samples])
+
+
+def gather_rows(ctx: LoweringContext, mask: str, reverse: bool) -> str:
+    """(time, batch) int64: the row of the flattened time-major input that the fused op reads at its step
+    j: sample b's j-th kept step in processing order (backwards when `reverse`), whatever the mask's shape
+    (padding on either side, holes, all or no step masked). Past the kept count the rows are masked steps,
+    which the op, given `sequence_lens`, never reads.
+
+    TopK(k = time, smallest first) on "is masked" moves the kept steps first: ONNX's TopK breaks ties by
+    the lower index, so they stay in order (a stable sort, in one node)."""
+    def write() -> str:
+        w = ctx.w
+        kept = kept_steps(ctx, mask, reverse)
+        masked = w.op1("Cast", [w.op1("Not", [kept])], to=TensorProto.INT32)
+        order = w.op("TopK", [masked, w.dim_range(masked, 0, 1)], outputs=2, axis=0, largest=0, sorted=1)[1]
+        if reverse:  # processing step j is time step time - 1 - j
+            last = w.op1("Sub", [w.op1("Gather", [w.op1("Shape", [masked]), w.scalar(0, np.int64, "zero")]),
+                                 w.scalar(1, np.int64, "one")])
+            order = w.op1("Sub", [last, order])
+        return _rows(ctx, mask, order)
+    return _form(ctx, mask, "gather_reverse" if reverse else "gather", write)
+
+
+def scatter_rows(ctx: LoweringContext, mask: str, reverse: bool, zero_masked: bool) -> str:
+    """(time, batch) int64: the row of the op's flattened (time * batch, units) output that Keras' output at
+    processing step t is: the op's output after the last kept step at or before t (its kept count so far,
+    minus one). Before the first kept step, and at every masked step when `zero_masked`, Keras writes zeros:
+    the index is -1, the op's last step, which it leaves zero for a sample with a masked step (its
+    `sequence_lens` is then below the length)."""
+    def write() -> str:
+        w = ctx.w
+        kept = w.op1("Cast", [kept_steps(ctx, mask, reverse)], to=TensorProto.INT64)
+        count = w.op1("CumSum", [kept, w.scalar(0, np.int64, "zero")])
+        if zero_masked:
+            count = w.op1("Mul", [count, kept])
+        return _rows(ctx, mask, w.op1("Sub", [count, w.scalar(1, np.int64, "one")]))
+    form = ("zeroed" if zero_masked else "carried") + ("_reverse" if reverse else "")
+    return _form(ctx, mask, form, write)
+
+
+def compact(ctx: LoweringContext, x_tm: str, mask: str, reverse: bool) -> str:
+    """The (time, batch, features) input with each sample's kept steps first, in processing order."""
+    flat = ctx.w.op1("Flatten", [x_tm], axis=2)
+    return ctx.w.op1("Gather", [flat, gather_rows(ctx, mask, reverse)], axis=0)
+
+
+def expand(ctx: LoweringContext, y_flat: str, mask: str, reverse: bool, zero_masked: bool) -> str:
+    """The op's flattened (time * batch, ...) output moved back to Keras' steps, in processing order:
+    (time, batch, ...)."""
+    return ctx.w.op1("Gather", [y_flat, scatter_rows(ctx, mask, reverse, zero_masked)], axis=0)
 
 
 def keep_initial_when_empty(ctx: LoweringContext, states: list[str], initial: Sequence[str],
@@ -119,12 +156,6 @@ def nan_steps(ctx: LoweringContext, x_tm: str, mask: str | None = None) -> str:
         return steps
     kept = ctx.w.op1("Cast", [kept_steps(ctx, mask)], to=TensorProto.FLOAT)
     return ctx.w.op1("Mul", [steps, kept])
-
-
-def kept_steps(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
-    """(time, batch) bool: the kept steps, in time order or reversed."""
-    kept = ctx.w.squeeze(time_major(ctx, mask), -1)
-    return ctx.w.flip(kept, 0) if reverse else kept
 
 
 def any_step(ctx: LoweringContext, steps: str) -> str:
