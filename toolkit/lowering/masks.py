@@ -36,17 +36,12 @@ def time_major(ctx: LoweringContext, mask: str) -> str:
     return _form(ctx, mask, "time_major", lambda: ctx.w.unsqueeze(ctx.w.transpose(mask, [1, 0]), -1))
 
 
-def as_int32(ctx: LoweringContext, mask: str) -> str:
-    """The (time, batch, 1) mask as int32, for sequence_lens and the padding guard."""
-    return _form(ctx, mask, "int32", lambda: ctx.w.op1("Cast", [time_major(ctx, mask)], to=TensorProto.INT32))
-
-
 def sequence_lens(ctx: LoweringContext, mask: str | None) -> str | None:
     """(batch,) int32: the kept steps of each sample."""
     if mask is None:
         return None
     return _form(ctx, mask, "lengths", lambda: ctx.w.op1(
-        "ReduceSum", [as_int32(ctx, mask), ctx.w.ints([0, 2])], keepdims=0))
+        "Cast", [ctx.w.reduce("ReduceSum", _kept_int(ctx, mask), 0, keepdims=0)], to=TensorProto.INT32))
 
 
 def kept_steps(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
@@ -55,20 +50,28 @@ def kept_steps(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
     return _form(ctx, mask, "kept_reverse", lambda: ctx.w.flip(kept, 0)) if reverse else kept
 
 
-def _batch_rows(ctx: LoweringContext, mask: str) -> tuple[str, str]:
-    """The batch size (0-d int64) and 0..batch-1 (batch,): what turns a (time, batch) step index into a
-    row of a (time * batch, features) flattened sequence, row = step * batch + sample."""
+def _kept_int(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
+    """(time, batch) int64: 1 at kept steps. One cast serves sequence_lens, the sort key and the counts."""
+    form = "kept_int_reverse" if reverse else "kept_int"
+    return _form(ctx, mask, form, lambda: ctx.w.op1("Cast", [kept_steps(ctx, mask, reverse)], to=TensorProto.INT64))
+
+
+def _shape(ctx: LoweringContext, mask: str) -> tuple[str, str, str]:
+    """The mask's length (1-d, for TopK's k), batch size (0-d) and 0..batch-1: what turns a (time, batch)
+    step index into a row of a (time * batch, ...) flattened sequence, row = step * batch + sample."""
     def write() -> str:
-        batch = ctx.w.op1("Gather", [ctx.w.op1("Shape", [kept_steps(ctx, mask)]), ctx.w.scalar(1, np.int64, "one")])
-        ctx.mask_forms[mask, "batch"] = batch
-        return ctx.w.op1("Range", [ctx.w.scalar(0, np.int64, "zero"), batch, ctx.w.scalar(1, np.int64, "one")])
+        w = ctx.w
+        shape = w.op1("Shape", [_kept_int(ctx, mask)])
+        ctx.mask_forms[mask, "length"] = w.op1("Slice", [shape, w.ints([0]), w.ints([1])])
+        batch = ctx.mask_forms[mask, "batch"] = w.op1("Gather", [shape, w.scalar(1, np.int64, "one")])
+        return w.op1("Range", [w.scalar(0, np.int64, "zero"), batch, w.scalar(1, np.int64, "one")])
     samples = _form(ctx, mask, "samples", write)
-    return ctx.mask_forms[mask, "batch"], samples
+    return ctx.mask_forms[mask, "length"], ctx.mask_forms[mask, "batch"], samples
 
 
 def _rows(ctx: LoweringContext, mask: str, steps: str) -> str:
     """Rows of the flattened (time * batch, ...) sequence for (time, batch) step indices (-1: the last step)."""
-    batch, samples = _batch_rows(ctx, mask)
+    _, batch, samples = _shape(ctx, mask)
     return ctx.w.op1("Add", [ctx.w.op1("Mul", [steps, batch]), samples])
 
 
@@ -78,16 +81,16 @@ def gather_rows(ctx: LoweringContext, mask: str, reverse: bool) -> str:
     (padding on either side, holes, all or no step masked). Past the kept count the rows are masked steps,
     which the op, given `sequence_lens`, never reads.
 
-    TopK(k = time, smallest first) on "is masked" moves the kept steps first: ONNX's TopK breaks ties by
-    the lower index, so they stay in order (a stable sort, in one node)."""
+    TopK(k = time, largest first) on "is kept" moves the kept steps first: ONNX's TopK breaks ties by the
+    lower index, so they stay in order (a stable sort, in one node; tests/test_masks.py checks it up to
+    thousands of steps). A backwards layer sorts its reversed mask: processing step j is time step
+    time - 1 - j."""
     def write() -> str:
         w = ctx.w
-        kept = kept_steps(ctx, mask, reverse)
-        masked = w.op1("Cast", [w.op1("Not", [kept])], to=TensorProto.INT32)
-        order = w.op("TopK", [masked, w.dim_range(masked, 0, 1)], outputs=2, axis=0, largest=0, sorted=1)[1]
-        if reverse:  # processing step j is time step time - 1 - j
-            last = w.op1("Sub", [w.op1("Gather", [w.op1("Shape", [masked]), w.scalar(0, np.int64, "zero")]),
-                                 w.scalar(1, np.int64, "one")])
+        length, _, _ = _shape(ctx, mask)
+        order = w.op("TopK", [_kept_int(ctx, mask, reverse), length], outputs=2, axis=0, largest=1, sorted=1)[1]
+        if reverse:
+            last = w.op1("Sub", [w.op1("Squeeze", [length]), w.scalar(1, np.int64, "one")])
             order = w.op1("Sub", [last, order])
         return _rows(ctx, mask, order)
     return _form(ctx, mask, "gather_reverse" if reverse else "gather", write)
@@ -101,7 +104,7 @@ def scatter_rows(ctx: LoweringContext, mask: str, reverse: bool, zero_masked: bo
     `sequence_lens` is then below the length)."""
     def write() -> str:
         w = ctx.w
-        kept = w.op1("Cast", [kept_steps(ctx, mask, reverse)], to=TensorProto.INT64)
+        kept = _kept_int(ctx, mask, reverse)
         count = w.op1("CumSum", [kept, w.scalar(0, np.int64, "zero")])
         if zero_masked:
             count = w.op1("Mul", [count, kept])
