@@ -1,9 +1,17 @@
 """What a Keras mask becomes in ONNX, and the guards that keep masked and NaN steps as Keras has them.
 
-A (batch, time) bool mask gives `sequence_lens` (the kept steps of each sample, for right padding, or
-left padding with the input flipped in time), its time-major form for `Where`s against sequences, and a
-flag for the samples whose padding `sequence_lens` cannot describe. Each form is written once per mask
-and shared by every layer reading it (`LoweringContext.mask_forms`).
+A masked Keras layer processes each sample's kept steps in order, wherever they are (padding on either
+side, holes, all or none masked), and repeats its previous output on masked steps. A fused op only
+knows `sequence_lens`: "the first n steps". So each sample's kept steps are moved to the front, in
+processing order (`gather_rows`: one stable TopK over the mask), the op runs with `sequence_lens` = their
+count, and its outputs are moved back (`scatter_rows`: each step reads the op's output after the last
+kept step at or before it, from a CumSum of the mask). Both moves are one Gather over the sequence
+flattened to (time * batch, ...) rows. Each form is written once per mask (and processing direction) and
+shared by every layer reading it (`LoweringContext.mask_forms`).
+
+Measured against the alternatives (scripts/benchmark.py, README): a CumSum + ScatterElements permutation
+instead of TopK, and GatherElements over the features or GatherND(batch_dims=1) on the batch-major
+layout instead of the flat Gather, all cost more nodes or more copies.
 
 NaN propagation (optional): ONNX Runtime's fused LSTM/GRU activations clamp, so a NaN input comes out
 finite; Keras propagates it. The NaN helpers put the NaN back where Keras has it.

@@ -2,8 +2,8 @@
 
 As in tf2onnx's recurrent rewriters, one call is lowered in named steps: read the call (its sequence,
 mask and initial states); plan the cell (`cells.plan_cell`, which refuses before anything is written);
-write the inputs (state inputs, the flips and `sequence_lens` a padding side needs); write the op;
-write the outputs (the carry-over at masked steps, the NaN and padding guards, the merge of a
+write the inputs (state inputs; with a mask, the kept steps moved first and `sequence_lens`); write the
+op; write the outputs (moved back to Keras' steps under a mask, the NaN guards, the merge of a
 Bidirectional's directions, in `bidirectional.py`); record the states the export returns.
 """
 
