@@ -193,24 +193,24 @@ MASK = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_sequence_lens_and_the_rows_that_move_kept_steps_first_and_back(reverse):
-    """Rows of the flattened (time * batch, ...) sequence: row = step * batch + sample."""
+def test_sequence_lens_and_the_steps_that_move_kept_steps_first_and_back(reverse):
+    """(batch, time, 1) step indices, GatherND's with batch_dims=1."""
     ctx, inputs = _mask_graph()
     lengths = masks.sequence_lens(ctx, "mask")
-    forms = [masks.gather_rows(ctx, "mask", reverse), masks.scatter_rows(ctx, "mask", reverse, zero_masked=False),
-             masks.scatter_rows(ctx, "mask", reverse, zero_masked=True)]
-    assert masks.sequence_lens(ctx, "mask") == lengths and masks.gather_rows(ctx, "mask", reverse) == forms[0]
+    forms = [masks.gather_steps(ctx, "mask", reverse), masks.scatter_steps(ctx, "mask", reverse, zero_masked=False),
+             masks.scatter_steps(ctx, "mask", reverse, zero_masked=True)]
+    assert masks.sequence_lens(ctx, "mask") == lengths and masks.gather_steps(ctx, "mask", reverse) == forms[0]
     got_lengths, gather, carried, zeroed = _run(ctx.w, inputs, [lengths, *forms], {"mask": MASK})
     np.testing.assert_array_equal(got_lengths, [3, 2, 2, 2, 0])
-    batch, steps = MASK.shape
+    steps = MASK.shape[1]
     for b, kept in enumerate(MASK):
         order = [t for t in (range(steps - 1, -1, -1) if reverse else range(steps)) if kept[t]]
-        # The op's step j reads sample b's j-th kept step, in processing order; later rows are never read.
-        np.testing.assert_array_equal(gather[:len(order), b], [t * batch + b for t in order])
+        # The op's step j reads sample b's j-th kept step, in processing order; later steps are never read.
+        np.testing.assert_array_equal(gather[b, :len(order), 0], order)
         processed = kept[::-1] if reverse else kept
         count = np.cumsum(processed) - 1  # the op's step holding the last kept step so far; -1: none yet
-        np.testing.assert_array_equal(carried[:, b], count * batch + b)
-        np.testing.assert_array_equal(zeroed[:, b], np.where(processed, count, -1) * batch + b)
+        np.testing.assert_array_equal(carried[b, :, 0], count)
+        np.testing.assert_array_equal(zeroed[b, :, 0], np.where(processed, count, -1))
 
 
 def test_masking_mask_and_nan_guards():

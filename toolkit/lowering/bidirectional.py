@@ -20,7 +20,7 @@ def lower_bidirectional(ctx: LoweringContext, rc: RecurrentCall, plans: Sequence
     # With a mask, the op reads each sample's kept steps moved to the front (`masks.compact`) with
     # sequence_lens = their count: its forward direction runs over them in order, its reverse direction
     # from the last kept step back to the first, as Keras' two layers do.
-    x = masks.compact(ctx, x_tm, mask, reverse=False) if mask is not None else x_tm
+    x = masks.compact(ctx, rc.sequence.name, mask, reverse=False) if mask is not None else x_tm
     # Keras orders initial states forward states then backward states; ONNX stacks directions per state.
     initial = [rc.initial[:count], rc.initial[count:]] if rc.initial else []
     outs = write_op(ctx, plans, x, lengths, initial, "bidirectional")
@@ -55,23 +55,21 @@ def _guard(ctx: LoweringContext, y: str, nan: str) -> str:
 
 def _masked_sequences(ctx: LoweringContext, rc: RecurrentCall, y: str, merge: str | None,
                       nan: str | None) -> list[str]:
-    """Y moved back to Keras' steps (zeros at masked ones), guarded, merged. Y (time, 2, batch, units) is
-    read as (time * batch, 2 * units) rows, [forward, backward] side by side: the concat layout."""
+    """Y moved back to Keras' steps (zeros at masked ones), guarded, merged, batch-major."""
     w, mask = ctx.w, rc.sequence.mask
-    rows = w.op1("Flatten", [w.transpose(y, [0, 2, 1, 3])], axis=2)
-    merged = masks.expand(ctx, rows, mask, reverse=False, zero_masked=True)  # (time, batch, 2 * units)
+    merged = masks.expand(ctx, y, mask, reverse=False, zero_masked=True)  # (batch, time, 2 * units)
     if merge == "concat" and nan is None:
-        return [ctx.from_time_major(merged)]
-    both = w.op1("Reshape", [merged, w.ints([0, 0, 2, -1])])  # (time, batch, 2, units)
+        return [merged]
+    both = w.op1("Reshape", [merged, w.ints([0, 0, 2, -1])])  # (batch, time, 2, units)
     if nan is not None:
         # Forward outputs are NaN from the NaN step on, backward ones up to it, but not at masked steps.
         flags = w.op1("Concat", [w.unsqueeze(masks.from_first(ctx, nan, reverse=r), -1) for r in (False, True)],
                       axis=-1)
-        flags = w.op1("And", [flags, masks.time_major(ctx, mask)])  # (time, batch, 2) and (time, batch, 1)
+        flags = w.op1("And", [w.transpose(flags, [1, 0, 2]), masks.batch_major(ctx, mask)])  # (batch, time, 2)
         both = masks.poison(ctx, both, w.unsqueeze(flags, -1))
     if merge == "concat":
-        return [ctx.from_time_major(w.op1("Reshape", [both, w.ints([0, 0, -1])]))]
-    return [ctx.from_time_major(m) for m in _merge(ctx, both, merge, direction_axis=2)]
+        return [w.op1("Reshape", [both, w.ints([0, 0, -1])])]
+    return _merge(ctx, both, merge, direction_axis=2)
 
 
 def _merge_sequences(ctx: LoweringContext, y: str, merge: str | None) -> list[str]:

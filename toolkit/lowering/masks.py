@@ -5,13 +5,13 @@ side, holes, all or none masked), and repeats its previous output on masked step
 knows `sequence_lens`: "the first n steps". So each sample's kept steps are moved to the front, in
 processing order (`gather_rows`: one stable TopK over the mask), the op runs with `sequence_lens` = their
 count, and its outputs are moved back (`scatter_rows`: each step reads the op's output after the last
-kept step at or before it, from a CumSum of the mask). Both moves are one Gather over the sequence
-flattened to (time * batch, ...) rows. Each form is written once per mask (and processing direction) and
+kept step at or before it, from a CumSum of the mask). Both moves are one GatherND(batch_dims=1) on the
+batch-major layout, which is Keras' (the input as given, the output as returned). Each form is written once per mask (and processing direction) and
 shared by every layer reading it (`LoweringContext.mask_forms`).
 
-Measured against the alternatives (scripts/benchmark.py, README): a CumSum + ScatterElements permutation
-instead of TopK, and GatherElements over the features or GatherND(batch_dims=1) on the batch-major
-layout instead of the flat Gather, all cost more nodes or more copies.
+Measured against the alternatives (README, "Masks"): a CumSum + ScatterElements permutation instead of
+TopK, and a Gather over the time-major sequence flattened to (time * batch) rows, cost more nodes, and
+at batch 1, one step, each node costs about as much as the op.
 
 NaN propagation (optional): ONNX Runtime's fused LSTM/GRU activations clamp, so a NaN input comes out
 finite; Keras propagates it. The NaN helpers put the NaN back where Keras has it.
@@ -49,7 +49,7 @@ def sequence_lens(ctx: LoweringContext, mask: str | None) -> str | None:
     if mask is None:
         return None
     return _form(ctx, mask, "lengths", lambda: ctx.w.op1(
-        "Cast", [ctx.w.reduce("ReduceSum", _kept_int(ctx, mask), 0, keepdims=0)], to=TensorProto.INT32))
+        "Cast", [ctx.w.op1("ReduceSum", [_kept_int(ctx, mask), ctx.w.ints([1, 2])], keepdims=0)], to=TensorProto.INT32))
 
 
 def kept_steps(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
@@ -58,79 +58,76 @@ def kept_steps(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
     return _form(ctx, mask, "kept_reverse", lambda: ctx.w.flip(kept, 0)) if reverse else kept
 
 
+def batch_major(ctx: LoweringContext, mask: str) -> str:
+    """(batch, time, 1) bool: the layout of the GatherNDs that move steps (their batch axis comes first)."""
+    return _form(ctx, mask, "batch_major", lambda: ctx.w.transpose(time_major(ctx, mask), [1, 0, 2]))
+
+
 def _kept_int(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
-    """(time, batch) int64: 1 at kept steps. One cast serves sequence_lens, the sort key and the counts."""
-    form = "kept_int_reverse" if reverse else "kept_int"
-    return _form(ctx, mask, form, lambda: ctx.w.op1("Cast", [kept_steps(ctx, mask, reverse)], to=TensorProto.INT64))
+    """(batch, time, 1) int64: 1 at kept steps, in processing order. One cast serves sequence_lens, the
+    sort key and the counts; the trailing axis makes the sort's indices GatherND's directly."""
+    if reverse:
+        return _form(ctx, mask, "kept_int_reverse", lambda: ctx.w.flip(_kept_int(ctx, mask), 1))
+    return _form(ctx, mask, "kept_int", lambda: ctx.w.op1("Cast", [batch_major(ctx, mask)], to=TensorProto.INT64))
 
 
-def _shape(ctx: LoweringContext, mask: str) -> tuple[str, str, str]:
-    """The mask's length (1-d, for TopK's k), batch size (0-d) and 0..batch-1: what turns a (time, batch)
-    step index into a row of a (time * batch, ...) flattened sequence, row = step * batch + sample."""
-    def write() -> str:
-        w = ctx.w
-        shape = w.op1("Shape", [_kept_int(ctx, mask)])
-        ctx.mask_forms[mask, "length"] = w.op1("Slice", [shape, w.ints([0]), w.ints([1])])
-        batch = ctx.mask_forms[mask, "batch"] = w.op1("Gather", [shape, w.scalar(1, np.int64, "one")])
-        return w.op1("Range", [w.scalar(0, np.int64, "zero"), batch, w.scalar(1, np.int64, "one")])
-    samples = _form(ctx, mask, "samples", write)
-    return ctx.mask_forms[mask, "length"], ctx.mask_forms[mask, "batch"], samples
+def _length(ctx: LoweringContext, mask: str) -> str:
+    """The number of steps, (1,) int64: TopK's k."""
+    return _form(ctx, mask, "length", lambda: ctx.w.op1(
+        "Slice", [ctx.w.op1("Shape", [_kept_int(ctx, mask)]), ctx.w.ints([1]), ctx.w.ints([2])]))
 
 
-def _rows(ctx: LoweringContext, mask: str, steps: str) -> str:
-    """Rows of the flattened (time * batch, ...) sequence for (time, batch) step indices (-1: the last step)."""
-    _, batch, samples = _shape(ctx, mask)
-    return ctx.w.op1("Add", [ctx.w.op1("Mul", [steps, batch]), samples])
-
-
-def gather_rows(ctx: LoweringContext, mask: str, reverse: bool) -> str:
-    """(time, batch) int64: the row of the flattened time-major input that the fused op reads at its step
-    j: sample b's j-th kept step in processing order (backwards when `reverse`), whatever the mask's shape
-    (padding on either side, holes, all or no step masked). Past the kept count the rows are masked steps,
-    which the op, given `sequence_lens`, never reads.
+def gather_steps(ctx: LoweringContext, mask: str, reverse: bool) -> str:
+    """(batch, time, 1) int64: the time step that the fused op reads at its step j: sample b's j-th kept
+    step in processing order (backwards when `reverse`), whatever the mask's shape (padding on either
+    side, holes, all or no step masked). Past the kept count come masked steps, which the op, given
+    `sequence_lens`, never reads.
 
     TopK(k = time, largest first) on "is kept" moves the kept steps first: ONNX's TopK breaks ties by the
-    lower index, so they stay in order (a stable sort, in one node; tests/test_masks.py checks it up to
+    lower index, so they stay in order (a stable sort, in one node; tests/test_masks.py checks it over
     thousands of steps). A backwards layer sorts its reversed mask: processing step j is time step
     time - 1 - j."""
     def write() -> str:
         w = ctx.w
-        length, _, _ = _shape(ctx, mask)
-        order = w.op("TopK", [_kept_int(ctx, mask, reverse), length], outputs=2, axis=0, largest=1, sorted=1)[1]
+        length = _length(ctx, mask)
+        order = w.op("TopK", [_kept_int(ctx, mask, reverse), length], outputs=2, axis=1, largest=1, sorted=1)[1]
         if reverse:
-            last = w.op1("Sub", [w.op1("Squeeze", [length]), w.scalar(1, np.int64, "one")])
-            order = w.op1("Sub", [last, order])
-        return _rows(ctx, mask, order)
+            order = w.op1("Sub", [w.op1("Sub", [length, w.scalar(1, np.int64, "one")]), order])
+        return order
     return _form(ctx, mask, "gather_reverse" if reverse else "gather", write)
 
 
-def scatter_rows(ctx: LoweringContext, mask: str, reverse: bool, zero_masked: bool) -> str:
-    """(time, batch) int64: the row of the op's flattened (time * batch, units) output that Keras' output at
-    processing step t is: the op's output after the last kept step at or before t (its kept count so far,
-    minus one). Before the first kept step, and at every masked step when `zero_masked`, Keras writes zeros:
-    the index is -1, the op's last step, which it leaves zero for a sample with a masked step (its
-    `sequence_lens` is then below the length)."""
+def scatter_steps(ctx: LoweringContext, mask: str, reverse: bool, zero_masked: bool) -> str:
+    """(batch, time, 1) int64: the step of the op's output that Keras' output at processing step t is: the
+    op's output after the last kept step at or before t (the kept count so far, minus one). Before the
+    first kept step, and at every masked step when `zero_masked`, Keras writes zeros: the index is -1, the
+    op's last step, which it leaves zero for a sample with a masked step (its `sequence_lens` is then below
+    the length)."""
     def write() -> str:
         w = ctx.w
         kept = _kept_int(ctx, mask, reverse)
-        count = w.op1("CumSum", [kept, w.scalar(0, np.int64, "zero")])
+        count = w.op1("CumSum", [kept, w.scalar(1, np.int64, "one")])
         if zero_masked:
             count = w.op1("Mul", [count, kept])
-        return _rows(ctx, mask, w.op1("Sub", [count, w.scalar(1, np.int64, "one")]))
+        return w.op1("Sub", [count, w.scalar(1, np.int64, "one")])
     form = ("zeroed" if zero_masked else "carried") + ("_reverse" if reverse else "")
     return _form(ctx, mask, form, write)
 
 
-def compact(ctx: LoweringContext, x_tm: str, mask: str, reverse: bool) -> str:
-    """The (time, batch, features) input with each sample's kept steps first, in processing order."""
-    flat = ctx.w.op1("Flatten", [x_tm], axis=2)
-    return ctx.w.op1("Gather", [flat, gather_rows(ctx, mask, reverse)], axis=0)
+def compact(ctx: LoweringContext, x: str, mask: str, reverse: bool) -> str:
+    """The (batch, time, features) input with each sample's kept steps first, in processing order, in the
+    op's time-major layout."""
+    moved = ctx.w.op1("GatherND", [x, gather_steps(ctx, mask, reverse)], batch_dims=1)
+    return ctx.w.transpose(moved, [1, 0, 2])
 
 
-def expand(ctx: LoweringContext, y_flat: str, mask: str, reverse: bool, zero_masked: bool) -> str:
-    """The op's flattened (time * batch, ...) output moved back to Keras' steps, in processing order:
-    (time, batch, ...)."""
-    return ctx.w.op1("Gather", [y_flat, scatter_rows(ctx, mask, reverse, zero_masked)], axis=0)
+def expand(ctx: LoweringContext, y: str, mask: str, reverse: bool, zero_masked: bool) -> str:
+    """The op's Y (time, directions, batch, units) moved back to Keras' steps, in processing order:
+    (batch, time, directions * units), the directions side by side (Bidirectional's concat layout)."""
+    w = ctx.w
+    steps = scatter_steps(ctx, mask, reverse, zero_masked)
+    moved = w.op1("GatherND", [w.transpose(y, [2, 0, 1, 3]), steps], batch_dims=1)  # (batch, time, dirs, units)
+    return w.op1("Reshape", [moved, w.ints([0, 0, -1])])
 
 
 def keep_initial_when_empty(ctx: LoweringContext, states: list[str], initial: Sequence[str],

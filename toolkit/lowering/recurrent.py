@@ -182,9 +182,9 @@ def _lower_masked(ctx: LoweringContext, rc: RecurrentCall, plans: Sequence[CellP
     go_backwards layer's processing order is the input's reversed, and Keras returns its outputs so."""
     layer, mask = rc.layer, rc.sequence.mask
     reverse = bool(layer.go_backwards)
-    x_tm = ctx.to_time_major(rc.sequence.name)
+    x_tm = ctx.to_time_major(rc.sequence.name)  # pruned unless the NaN guard reads it
     lengths = masks.sequence_lens(ctx, mask)
-    x = masks.compact(ctx, x_tm, mask, reverse)
+    x = masks.compact(ctx, rc.sequence.name, mask, reverse)
     outs = write_op(ctx, plans, x, lengths, [rc.initial] if rc.initial else [], "forward")
     states = [ctx.w.squeeze(s, 0) for s in outs[1:]]
     nan = masks.nan_steps(ctx, x_tm, mask) if ctx.propagate_nan else None
@@ -195,14 +195,13 @@ def _lower_masked(ctx: LoweringContext, rc: RecurrentCall, plans: Sequence[CellP
     main = states[0]
     if layer.return_sequences:
         zero_masked = bool(getattr(layer, "zero_output_for_mask", False))
-        main_tm = masks.expand(ctx, ctx.w.op1("Flatten", [outs[0]], axis=3), mask, reverse, zero_masked)
+        main = masks.expand(ctx, outs[0], mask, reverse, zero_masked)  # (batch, time, units)
         if nan is not None:
             # A NaN poisons every later step in processing order, but not the zeros of zero_output_for_mask.
             flags = masks.from_first(ctx, ctx.w.flip(nan, 0) if reverse else nan)
             if zero_masked:
                 flags = ctx.w.op1("And", [flags, masks.kept_steps(ctx, mask, reverse)])
-            main_tm = masks.poison(ctx, main_tm, ctx.w.unsqueeze(flags, -1))
-        main = ctx.from_time_major(main_tm)
+            main = masks.poison(ctx, main, ctx.w.unsqueeze(ctx.w.transpose(flags, [1, 0]), -1))
     if rc.initial:
         states = masks.keep_initial_when_empty(ctx, states, rc.initial, lengths)
     outputs = [Value(main, mask if layer.return_sequences else None)]
