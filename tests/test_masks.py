@@ -197,3 +197,10 @@ def test_kept_steps_stay_in_order_over_thousands_of_steps():
     mask = np.random.default_rng(12).random((3, 1500)) < 0.7
     mask[1, :1200] = False  # a long left padding
     _assert_matches_keras(model, _runner(name), _feeds(model, mask, seed=1))
+
+
+def test_the_oldest_opset_takes_every_mask_shape_too():
+    """Opset 14's Shape has no start/end: TopK's k is then sliced from the whole shape."""
+    name = "bidirectional_sum"
+    model = _model(name)
+    _assert_matches_keras(model, _runner(name, opset=14), _feeds(model, EVERY_SHAPE, seed=2))

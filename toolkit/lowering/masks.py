@@ -72,9 +72,13 @@ def _kept_int(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
 
 
 def _length(ctx: LoweringContext, mask: str) -> str:
-    """The number of steps, (1,) int64: TopK's k."""
-    return _form(ctx, mask, "length", lambda: ctx.w.op1(
-        "Slice", [ctx.w.op1("Shape", [_kept_int(ctx, mask)]), ctx.w.ints([1]), ctx.w.ints([2])]))
+    """The number of steps, (1,) int64: TopK's k. One Shape node from opset 15 (its start and end)."""
+    def write() -> str:
+        w, kept = ctx.w, _kept_int(ctx, mask)
+        if w.opset >= 15:
+            return w.op1("Shape", [kept], start=1, end=2)
+        return w.op1("Slice", [w.op1("Shape", [kept]), w.ints([1]), w.ints([2])])
+    return _form(ctx, mask, "length", write)
 
 
 def gather_steps(ctx: LoweringContext, mask: str, reverse: bool) -> str:
