@@ -278,8 +278,9 @@ def bench_variant(name: str, repeats: int, onnx_only: bool = False) -> list[Row]
         if onnx_only:
             rows.append(Row(name, batch, steps, 0.0, 0.0, onnx_ms["tf2onnx"], onnx_ms["ours"], onnx_ms.get("minimal"),
                             onnx_ms.get("mixed"), loops, 0.0, 0.0, 0.0))
-            print(f"  {name} b{batch} t{steps}: lstm-onnx {onnx_ms['ours']:.4f} ms, minimal {onnx_ms.get('minimal', 0):.4f}, "
-                  f"tf2onnx {onnx_ms['tf2onnx']:.4f}, mixed masks {onnx_ms.get('mixed', 0):.4f}", flush=True)
+            print(f"  {name} b{batch} t{steps}: lstm-onnx {onnx_ms['ours']:.4f} ms, "
+                  f"minimal {onnx_ms.get('minimal', 0):.4f}, tf2onnx {onnx_ms['tf2onnx']:.4f}, "
+                  f"mixed masks {onnx_ms.get('mixed', 0):.4f}", flush=True)
             continue
         flops = recurrent_flops(model, batch, steps)
         row = Row(

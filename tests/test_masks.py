@@ -132,7 +132,8 @@ def test_drawn_masks_match_keras(name, mask, seed):
     _assert_matches_keras(model, _runner(name), _feeds(model, mask, seed))
 
 
-@pytest.mark.parametrize("name", ["lstm_stack", "bidirectional_sum", "zero_output_for_mask", "gru_backwards_last_output"])
+@pytest.mark.parametrize("name", ["lstm_stack", "bidirectional_sum", "zero_output_for_mask",
+                                  "gru_backwards_last_output"])
 @EXAMPLES
 @given(mask=masks(), seed=st.integers(0, 2**16), where=st.tuples(st.integers(0, 4), st.integers(0, 8)))
 def test_propagated_nan_with_drawn_masks_matches_keras(name, mask, seed, where):

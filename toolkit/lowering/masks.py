@@ -3,15 +3,16 @@
 A masked Keras layer processes each sample's kept steps in order, wherever they are (padding on either
 side, holes, all or none masked), and repeats its previous output on masked steps. A fused op only
 knows `sequence_lens`: "the first n steps". So each sample's kept steps are moved to the front, in
-processing order (`gather_rows`: one stable TopK over the mask), the op runs with `sequence_lens` = their
-count, and its outputs are moved back (`scatter_rows`: each step reads the op's output after the last
-kept step at or before it, from a CumSum of the mask). Both moves are one GatherND(batch_dims=1) on the
-batch-major layout, which is Keras' (the input as given, the output as returned). Each form is written once per mask (and processing direction) and
-shared by every layer reading it (`LoweringContext.mask_forms`).
+processing order (`gather_steps`: one stable TopK over the mask), the op runs with `sequence_lens` =
+their count, and its outputs are moved back (`scatter_steps`: each step reads the op's output after the
+last kept step at or before it, from a CumSum of the mask). Both moves are one GatherND(batch_dims=1)
+on the batch-major layout, Keras' own (the input as given, the output as returned). Each form is
+written once per mask (and processing direction) and shared by every layer reading it
+(`LoweringContext.mask_forms`).
 
-Measured against the alternatives (README, "Masks"): a CumSum + ScatterElements permutation instead of
-TopK, and a Gather over the time-major sequence flattened to (time * batch) rows, cost more nodes, and
-at batch 1, one step, each node costs about as much as the op.
+Measured against the alternatives (ONNX Runtime sessions timed in alternation, 2026-11-28): a
+Gather over the time-major sequence flattened to (time * batch) rows took 24 nodes where this takes 17
+for a masked LSTM, and at batch 1, one step, each node costs about 2 us, as much as a sixth of the op.
 
 NaN propagation (optional): ONNX Runtime's fused LSTM/GRU activations clamp, so a NaN input comes out
 finite; Keras propagates it. The NaN helpers put the NaN back where Keras has it.
