@@ -2,13 +2,18 @@
 
     python scripts/benchmark.py                      # every variant, about 15 minutes on 2 cores
     python scripts/benchmark.py --variants gru lstm_masking --repeats 30
+    python scripts/benchmark.py --variants lstm_masking --onnx-only --out /tmp/bench   # the mask rows, quickly
 
 For each variant (1 layer unless the variant says otherwise, 64 features, 128 units, return_sequences) and
 each shape (batch 1 x 1 step, batch 1 x 100 steps, batch 32 x 100 steps), it measures in one process:
 median latency of `model.predict`, of a `tf.function` call, of ONNX Runtime on the plain tf2onnx export,
 of ONNX Runtime on the lstm-onnx export, and of a hand-built graph holding only the fused ops and the
 transposes they need ("minimal"). The three ONNX Runtime sessions are timed in alternation, round after
-round, so drift lands on all of them alike. It reports the ratios, the lstm-onnx export's GFLOP/s as a
+round, so drift lands on all of them alike. For a masked variant, the random batch keeps every step (the
+op does all the work the minimal graph does), and the lstm-onnx export is also timed on a batch holding
+masks of every shape ("mixed masks": left and right padding, holes, an all-masked sample): the same
+op over the same batch, its kept steps moved first (the first sample keeps every step, so the op runs
+as many steps as without a mask). It reports the ratios, the lstm-onnx export's GFLOP/s as a
 fraction of this machine's float32 matrix-multiply rate (numpy, 1024 x 1024, measured in the same run), and
 its speed against numpy doing only the same gate matmuls at the same shapes, step after step (the rate a
 recurrence can reach at all: 100 small dependent products, not one big one). Writes JSON and a markdown
@@ -59,6 +64,7 @@ class Row:
     tf2onnx_ms: float
     lstm_onnx_ms: float
     minimal_ms: float | None
+    mixed_mask_ms: float | None  # the lstm-onnx export on a batch with masks of every shape (masked variants)
     tf2onnx_loops: int
     gflops: float
     matmul_fraction: float
@@ -214,7 +220,34 @@ def make_input(model: Any, batch: int, steps: int) -> np.ndarray:
     return rng.standard_normal((batch, steps, FEATURES)).astype(np.float32)
 
 
-def bench_variant(name: str, repeats: int) -> list[Row]:
+def mixed_masks(model: Any, x: np.ndarray) -> np.ndarray | None:
+    """`x` with masks of every shape (None for a model without a mask): sample after sample, unmasked,
+    left-padded, right-padded, holes, all masked, then around again (a padded id 0 or all-zero step,
+    what Embedding(mask_zero=True) and Masking(0.0) mask). Each shape masks about a third of the steps."""
+    from toolkit.inputs import padding_of
+
+    if not padding_of(model).masked:
+        return None
+    steps = x.shape[1]
+    cut = steps // 3
+    kept = np.ones(x.shape[:2], bool)
+    for i in range(x.shape[0]):
+        kind = i % 5
+        if kind == 1:
+            kept[i, :cut] = False
+        elif kind == 2:
+            kept[i, steps - cut:] = False
+        elif kind == 3:
+            kept[i, 1::3] = False
+        elif kind == 4:
+            kept[i] = False
+    mixed = x.copy()
+    mixed[~kept] = 0
+    return mixed
+
+
+def bench_variant(name: str, repeats: int, onnx_only: bool = False) -> list[Row]:
+    """The rows of one variant; `onnx_only`: only the ONNX Runtime sessions (no Keras, tf.function or numpy)."""
     import tensorflow as tf
 
     overrides: dict[str, Any] = {"units": UNITS, "features": FEATURES, "timesteps": None, "return_sequences": True,
@@ -238,13 +271,24 @@ def bench_variant(name: str, repeats: int) -> list[Row]:
         sessions = {"tf2onnx": lambda: theirs.session.run(None, feeds), "ours": lambda: ours.session.run(None, feeds)}
         if minimal:
             sessions["minimal"] = lambda: minimal.session.run(None, feeds)
+        mixed = mixed_masks(model, x)
+        if mixed is not None:
+            sessions["mixed"] = lambda: ours.session.run(None, {"input": mixed})
         onnx_ms = interleaved_ms(sessions)
+        if onnx_only:
+            rows.append(Row(name, batch, steps, 0.0, 0.0, onnx_ms["tf2onnx"], onnx_ms["ours"], onnx_ms.get("minimal"),
+                            onnx_ms.get("mixed"), loops, 0.0, 0.0, 0.0))
+            print(f"  {name} b{batch} t{steps}: lstm-onnx {onnx_ms['ours']:.4f} ms, "
+                  f"minimal {onnx_ms.get('minimal', 0):.4f}, tf2onnx {onnx_ms['tf2onnx']:.4f}, "
+                  f"mixed masks {onnx_ms.get('mixed', 0):.4f}", flush=True)
+            continue
         flops = recurrent_flops(model, batch, steps)
         row = Row(
             variant=name, batch=batch, steps=steps,
             keras_predict_ms=median_ms(lambda: model.predict(x, verbose=0, batch_size=batch), max(5, repeats // 4)),
             tf_function_ms=median_ms(lambda: traced(x_tf), repeats),
             tf2onnx_ms=onnx_ms["tf2onnx"], lstm_onnx_ms=onnx_ms["ours"], minimal_ms=onnx_ms.get("minimal"),
+            mixed_mask_ms=onnx_ms.get("mixed"),
             tf2onnx_loops=loops, gflops=flops / (onnx_ms["ours"] / 1e3) / 1e9, matmul_fraction=0.0,
             same_matmuls_ms=numpy_recurrence_ms(model, batch, steps, repeats),
         )
@@ -263,16 +307,18 @@ def markdown(rows: list[Row], matmul: float, machine: str) -> str:
         "faster than numpy does its matmuls).",
         "",
         "| variant | batch x steps | Keras predict | tf.function | tf2onnx (ORT) | lstm-onnx (ORT) | minimal | "
-        "vs tf2onnx | vs tf.function | vs minimal | GFLOP/s (% of matmul) | vs numpy, same matmuls |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "lstm-onnx, mixed masks | vs tf2onnx | vs tf.function | vs minimal | GFLOP/s (% of matmul) | "
+        "vs numpy, same matmuls |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         loop = " (Loop)" if r.tf2onnx_loops else ""
         minimal = f"{r.minimal_ms:.3f}" if r.minimal_ms else "n/a"
         vs_min = f"{r.vs_minimal:.2f}x" if r.vs_minimal else "n/a"
+        mixed = f"{r.mixed_mask_ms:.3f}" if r.mixed_mask_ms else "n/a"
         lines.append(
             f"| {r.variant} | {r.batch} x {r.steps} | {r.keras_predict_ms:.2f} | {r.tf_function_ms:.3f} | "
-            f"{r.tf2onnx_ms:.3f}{loop} | {r.lstm_onnx_ms:.3f} | {minimal} | {r.vs_tf2onnx:.2f}x | "
+            f"{r.tf2onnx_ms:.3f}{loop} | {r.lstm_onnx_ms:.3f} | {minimal} | {mixed} | {r.vs_tf2onnx:.2f}x | "
             f"{r.vs_tf_function:.1f}x | {vs_min} | {r.gflops:.1f} ({100 * r.matmul_fraction:.0f}%) | "
             f"{r.vs_same_matmuls:.2f}x |"
         )
@@ -305,6 +351,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--onnx-only", action="store_true",
+                        help="time only the ONNX Runtime sessions (no Keras, tf.function, numpy or seq2seq decoder)")
     args = parser.parse_args()
 
     import onnxruntime
@@ -316,10 +364,10 @@ def main() -> None:
     print(f"numpy float32 matmul: {matmul:.1f} GFLOP/s ({machine})", flush=True)
     rows: list[Row] = []
     for name in args.variants:
-        rows += bench_variant(name, args.repeats)
+        rows += bench_variant(name, args.repeats, args.onnx_only)
     for row in rows:
         row.matmul_fraction = row.gflops / matmul
-    step = decoder_step()
+    step = decoder_step() if not args.onnx_only else None
     payload = {"machine": machine, "matmul_gflops": matmul, "units": UNITS, "features": FEATURES,
                "seq2seq_decoder_step": step,
                "rows": [asdict(r) | {"vs_tf2onnx": r.vs_tf2onnx, "vs_tf_function": r.vs_tf_function,
@@ -329,7 +377,7 @@ def main() -> None:
         "\nkeras.io seq2seq single-step decoder (LSTM 64, batch 1, one step; median ms): "
         f"Keras predict {step['keras_predict_ms']:.2f}, Keras call {step['keras_call_ms']:.3f}, "
         f"tf.function {step['tf_function_ms']:.3f}, lstm-onnx (ORT) {step['onnxruntime_ms']:.4f} "
-        f"({step['keras_predict_ms'] / step['onnxruntime_ms']:.0f}x faster than predict)\n")
+        f"({step['keras_predict_ms'] / step['onnxruntime_ms']:.0f}x faster than predict)\n" if step else "")
     atomic_write_text(args.out / "benchmark.md", table)
     print(table)
 

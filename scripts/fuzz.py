@@ -3,9 +3,9 @@
     python scripts/fuzz.py --examples 300      # about 2 s a stack on 2 cores
 
 Draws stacks with the same strategy as tests/test_fuzz.py (cell, 1-3 layers, units 1-64, features 1-16,
-lengths 1-50, batch 1-8, every flag, bidirectional, masking, initial states), but with a random seed,
-exports each and checks parity. Failures are printed with their configuration and kept going; the
-counts go to scripts/results/fuzz.json for README.
+lengths 1-50, batch 1-8, every flag, bidirectional, masking with a drawn mask of any shape, initial
+states), but with a random seed, exports each and checks parity. Failures are printed with their
+configuration (and mask) and kept going; the counts go to scripts/results/fuzz.json for README.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
             counts["passed"] += 1
         except Exception as exc:  # keep going: the point is the count, and every failure's configuration
             counts["failures"].append({"config": drawn[0].to_json(), "batch": drawn[1], "length": drawn[2],
+                                       "mask": [[int(k) for k in row] for row in drawn[3]],
                                        "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             print(f"FAIL {drawn}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
 

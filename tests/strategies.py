@@ -1,4 +1,4 @@
-"""Hypothesis strategies for stacks, shared by tests/test_fuzz.py and scripts/fuzz.py."""
+"""Hypothesis strategies for stacks and their masks, shared by tests/test_fuzz.py and scripts/fuzz.py."""
 
 from hypothesis import strategies as st
 
@@ -27,4 +27,13 @@ def stacks(draw):
         seed=draw(st.integers(0, 2**16)),
     )
     batch = draw(st.integers(1, 8))
-    return config, batch, length
+    return config, batch, length, draw(masks(batch, length))
+
+
+def masks(batch: int, steps: int):
+    """A (batch, steps) keep-mask of any shape Keras accepts: each sample drawn step by step (holes, padding
+    on either side, both ends), or kept or masked whole (rarely drawn step by step). Used only where the
+    stack masks."""
+    row = st.one_of(st.lists(st.booleans(), min_size=steps, max_size=steps),
+                    st.sampled_from([[True] * steps, [False] * steps]))
+    return st.lists(row, min_size=batch, max_size=batch)

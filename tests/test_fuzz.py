@@ -1,9 +1,11 @@
-"""Property-based: any stack the builder can draw exports fused and matches Keras.
+"""Property-based: any stack the builder can draw exports fused and matches Keras, on a drawn mask of
+any shape where it masks (one export takes every mask).
 
 Derandomized, so CI runs the same examples every time; `scripts/fuzz.py` runs many more on demand.
 """
 
 import os
+from typing import Sequence
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -17,26 +19,30 @@ from toolkit.runner import OnnxRunner
 EXAMPLES = int(os.environ.get("LSTM_ONNX_FUZZ_EXAMPLES", "25"))
 
 
-def padding_side(seed: int) -> str:
-    """Half the drawn stacks are exported for (and checked on) left-padded batches, half right-padded."""
-    return ("right", "left")[seed % 2]
-
-
-def drawn_case(model, batch: int, length: int, seed: int) -> InputCase:
-    """The drawn batch size and length (padded on the drawn side where the model masks)."""
+def drawn_case(model, batch: int, length: int, seed: int, keep: Sequence[Sequence[bool]]) -> InputCase:
+    """The drawn batch size and length; where the model masks, its masked steps are exactly the drawn
+    mask's False entries (id 0 for an Embedding, the mask value in every feature for a Masking layer)."""
     rng = np.random.default_rng(seed)
-    padding, vocab = padding_of(model, padding_side(seed)), embedding_vocab(model)
-    feeds = {t.name: random_input(tuple(t.shape[1:]), str(t.dtype), batch, length, rng, vocab, padding)
-             for t in model.inputs}
-    return InputCase(f"drawn batch {batch}, {length} steps", feeds)
+    vocab, padding = embedding_vocab(model), padding_of(model)
+    kept = np.asarray(keep, bool).reshape(batch, length)
+    feeds = {}
+    for t in model.inputs:
+        value = random_input(tuple(t.shape[1:]), str(t.dtype), batch, length, rng, vocab)  # unpadded
+        if padding.int_value is not None and value.dtype.kind in "iu" and value.ndim == 2:
+            value = np.where(kept, np.maximum(value, 1), padding.int_value).astype(value.dtype)
+        elif padding.float_value is not None and value.dtype.kind == "f" and value.ndim == 3:
+            value[~kept] = padding.float_value
+        feeds[t.name] = value
+    masked = f", {int((~kept).sum())} of {kept.size} steps masked" if padding.masked else ""
+    return InputCase(f"drawn batch {batch}, {length} steps{masked}", feeds)
 
 
-def check_stack(config, batch: int, length: int) -> None:
+def check_stack(config, batch: int, length: int, keep: Sequence[Sequence[bool]]) -> None:
     model = build_stack(config)
-    result = export_model(model, seed=config.seed, padding=padding_side(config.seed))
+    result = export_model(model, seed=config.seed)
     assert result.fused and not result.warnings, result.warnings
     assert result.parity, result.parity.failures()
-    case = drawn_case(model, batch, config.timesteps or length, config.seed)
+    case = drawn_case(model, batch, config.timesteps or length, config.seed, keep)
     report = check_parity(model, OnnxRunner(result.model), [o.name for o in result.outputs], cases=[case])
     assert report, report.failures()
 

@@ -184,40 +184,37 @@ def test_gru_reset_after_bias_and_refusals():
 # ---------------------------------------------------------------------------------------- mask forms
 
 
-def _mask_graph(padding):
-    ctx = LoweringContext(GraphWriter(OPSET), LoweringReport(), padding=padding)
+def _mask_graph():
+    ctx = LoweringContext(GraphWriter(OPSET), LoweringReport())
     return ctx, [("mask", TensorProto.BOOL, [None, None])]
 
 
 MASK = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]], bool)  # (batch, time)
 
 
-@pytest.mark.parametrize("padding", ["right", "left"])
-def test_sequence_lens_and_the_padding_flag(padding):
-    ctx, inputs = _mask_graph(padding)
-    lengths, bad = masks.sequence_lens(ctx, "mask"), masks.padding_flag(ctx, "mask")
-    assert masks.sequence_lens(ctx, "mask") == lengths  # written once per mask
-    got_lengths, got_bad = _run(ctx.w, inputs, [lengths, bad], {"mask": MASK})
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sequence_lens_and_the_steps_that_move_kept_steps_first_and_back(reverse):
+    """(batch, time, 1) step indices, GatherND's with batch_dims=1."""
+    ctx, inputs = _mask_graph()
+    lengths = masks.sequence_lens(ctx, "mask")
+    forms = [masks.gather_steps(ctx, "mask", reverse), masks.scatter_steps(ctx, "mask", reverse, zero_masked=False),
+             masks.scatter_steps(ctx, "mask", reverse, zero_masked=True)]
+    assert masks.sequence_lens(ctx, "mask") == lengths and masks.gather_steps(ctx, "mask", reverse) == forms[0]
+    got_lengths, gather, carried, zeroed = _run(ctx.w, inputs, [lengths, *forms], {"mask": MASK})
     np.testing.assert_array_equal(got_lengths, [3, 2, 2, 2, 0])
-    # right padding: rows 0, 1 and the empty row; left: row 2 and the empty row; row 3 has holes
-    expected = [False, False, True, True, False] if padding == "right" else [True, True, False, True, False]
-    np.testing.assert_array_equal(got_bad[:, 0], expected)
-
-
-@pytest.mark.parametrize("flipped", [False, True])
-def test_carry_over_writes_the_last_output_at_masked_steps(flipped):
-    ctx, inputs = _mask_graph("right")
-    out = masks.carry_over(ctx, "y", "last", "mask", flipped=flipped)
-    y = np.arange(1, 21, dtype=np.float32).reshape(4, 5, 1)  # (time, batch, units)
-    last = np.full((1, 5, 1), -1, np.float32)
-    got = _run(ctx.w, inputs + [("y", TensorProto.FLOAT, [None, None, 1]), ("last", TensorProto.FLOAT, [1, None, 1])],
-               [out], {"mask": MASK, "y": y, "last": last})[0]
-    keep = MASK.T[::-1] if flipped else MASK.T
-    np.testing.assert_array_equal(got[..., 0], np.where(keep, y[..., 0], -1))
+    steps = MASK.shape[1]
+    for b, kept in enumerate(MASK):
+        order = [t for t in (range(steps - 1, -1, -1) if reverse else range(steps)) if kept[t]]
+        # The op's step j reads sample b's j-th kept step, in processing order; later steps are never read.
+        np.testing.assert_array_equal(gather[b, :len(order), 0], order)
+        processed = kept[::-1] if reverse else kept
+        count = np.cumsum(processed) - 1  # the op's step holding the last kept step so far; -1: none yet
+        np.testing.assert_array_equal(carried[b, :, 0], count)
+        np.testing.assert_array_equal(zeroed[b, :, 0], np.where(processed, count, -1))
 
 
 def test_masking_mask_and_nan_guards():
-    ctx, _ = _mask_graph("right")
+    ctx, _ = _mask_graph()
     keep = masks.any_differs(ctx, "x", 0.0)
     steps = masks.nan_steps(ctx, "x")
     after = masks.from_first(ctx, steps)

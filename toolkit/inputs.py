@@ -2,9 +2,10 @@
 
 Inputs are drawn so that every export is run with a batch size other than the one it was traced with,
 and with two sequence lengths when the time axis is dynamic. The post's own input `[0.1, 0.2, 0.3]` is
-one of the cases whenever the model takes it. Where the model masks, samples are padded to random
-lengths on the side the export was made for. Nothing here imports TensorFlow: a Keras model is only
-read through its `inputs` and layers.
+one of the cases whenever the model takes it. Where the model masks, a batch holds masks of every
+shape Keras accepts: the first sample unmasked, the second padded on the `--padding` side, then holes
+with padding on the other side, an all-masked sample, both ends masked (`mix_masks`). Nothing here
+imports TensorFlow: a Keras model is only read through its `inputs` and layers.
 """
 
 from __future__ import annotations
@@ -79,6 +80,28 @@ def pad(array: np.ndarray, value: float | int, rng: np.random.Generator, side: s
     return padded
 
 
+def mix_masks(array: np.ndarray, value: float | int, rng: np.random.Generator, side: str = "right") -> np.ndarray:
+    """Give the samples from the third on the mask shapes a padding side does not: in turn, holes with
+    padding on the side other than `side`, every step masked, both ends masked around a hole. The first
+    two samples (unmasked, padded on `side`) are left as `pad` made them."""
+    steps = array.shape[1]
+    mixed = array.copy()
+    for i in range(2, array.shape[0]):
+        kind = (i - 2) % 3
+        masked = np.zeros(steps, bool)
+        if kind == 0:
+            masked = rng.random(steps) < 0.3
+            cut = int(rng.integers(0, steps // 2 + 1))
+            other_side = slice(0, cut) if side == "right" else slice(steps - cut, steps)
+            masked[other_side] = True
+        elif kind == 1:
+            masked[:] = True
+        else:
+            masked[[0, -1, steps // 2]] = True
+        mixed[i, masked] = value
+    return mixed
+
+
 def random_input(dims: Sequence[Any], dtype: Any, batch: int, length: int | None, rng: np.random.Generator,
                  vocab: int = 2, padding: Padding = Padding()) -> np.ndarray:
     """A random input of shape (batch, *dims): a dynamic axis 1 gets `length` steps, other dynamic axes 3.
@@ -121,10 +144,22 @@ def make_cases(model: Any, seed: int = 0, padding_side: str = "right") -> list[I
     batches = (fixed_batch, fixed_batch) if fixed_batch is not None else BATCH_SIZES
     vocab = embedding_vocab(model)
     padding = padding_of(model, padding_side)
+    mixing = np.random.default_rng(seed + 2000)  # its own stream: the padded draws stay as they were
     for batch, length in zip(batches, lengths):
         feeds = {tensor.name: random_input(tuple(tensor.shape[1:]), _input_dtype(tensor), batch, length, rng,
                                            vocab, padding) for tensor in inputs}
+        if padding.masked:
+            feeds = {name: _mixed(value, padding, mixing) for name, value in feeds.items()}
         label = f"random batch {batch}" + (f", {length} steps" if length is not None else "")
-        label += f", {padding.side}-padded" if padding.masked else ""
+        label += f", {padding.side}-padded" + (" and mixed masks" if batch > 2 else "") if padding.masked else ""
         cases.append(InputCase(label, feeds))
     return cases
+
+
+def _mixed(value: np.ndarray, padding: Padding, rng: np.random.Generator) -> np.ndarray:
+    """`mix_masks` on a masked sequence input (ids (batch, time), or floats (batch, time, features))."""
+    if value.dtype.kind in "iu" and padding.int_value is not None and value.ndim >= 2:
+        return mix_masks(value, padding.int_value, rng, padding.side)
+    if value.dtype.kind == "f" and padding.float_value is not None and value.ndim == 3:
+        return mix_masks(value, padding.float_value, rng, padding.side)
+    return value

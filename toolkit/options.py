@@ -23,7 +23,9 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 14
 MAX_OPSET = 18
 CONVERTERS = ("lstm-onnx", "tf2onnx")
-PADDING_SIDES = ("right", "left")  # where masked batches hold their padding
+# --padding: accepted and recorded (so an export's metadata stays as it was), but any mask is exact
+# without it (toolkit/lowering/masks.py); it only picks the side of the export's own check batches.
+PADDING_SIDES = ("right", "left")
 
 # The options that change the graph beyond its opset: what `lstm_onnx.options` records, in this order.
 RECORDED = ("converter", "propagate_nan", "state_io", "padding")
@@ -46,7 +48,7 @@ class ExportOptions:
     converter: str = "lstm-onnx"  # or "tf2onnx": the whole model through tf2onnx, as a user would without us
     propagate_nan: bool = False  # NaN inputs propagate as in Keras (ONNX Runtime's fused ops drop them)
     state_io: bool = False  # initial-state inputs and final-state outputs on every recurrent layer
-    padding: str = "right"  # where masked batches hold their padding
+    padding: str = "right"  # the padding side of the check batches only: no longer changes the graph
     require_fused: bool = False  # refuse a model whose recurrent layers are not fused ONNX ops
     output_names: OutputNames = None
     tolerances: Tolerances = field(default_factory=Tolerances)

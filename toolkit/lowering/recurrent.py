@@ -2,8 +2,8 @@
 
 As in tf2onnx's recurrent rewriters, one call is lowered in named steps: read the call (its sequence,
 mask and initial states); plan the cell (`cells.plan_cell`, which refuses before anything is written);
-write the inputs (state inputs, the flips and `sequence_lens` a padding side needs); write the op;
-write the outputs (the carry-over at masked steps, the NaN and padding guards, the merge of a
+write the inputs (state inputs; with a mask, the kept steps moved first and `sequence_lens`); write the
+op; write the outputs (moved back to Keras' steps under a mask, the NaN guards, the merge of a
 Bidirectional's directions, in `bidirectional.py`); record the states the export returns.
 """
 
@@ -34,16 +34,6 @@ class RecurrentCall:
     owner: str  # the layer's name, "_callN" added for a later call of a shared layer
     explicit: bool  # its states are graph inputs and outputs (state_io, or a stateful layer)
     roles: list[tuple[str, int]]  # (role, units) of each state
-
-
-@dataclass(frozen=True)
-class OpRun:
-    """The fused op as written: its outputs and how its input was arranged."""
-
-    y: str  # Y, (time, directions, batch, units)
-    states: list[str]  # Y_h (and Y_c), (directions, batch, units)
-    lengths: str | None  # sequence_lens, when the layer applies a mask
-    left: bool  # the op read the input flipped in time: a left padding's kept steps come first
 
 
 def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> RecurrentCall:
@@ -153,74 +143,64 @@ def lower_recurrent(ctx: LoweringContext, node: Any, values: dict[int, Value]) -
 
 
 def lower_unidirectional(ctx: LoweringContext, rc: RecurrentCall, plans: Sequence[CellPlan]) -> list[Value]:
-    layer, sequence = rc.layer, rc.sequence
+    if rc.sequence.mask is not None:
+        return _lower_masked(ctx, rc, plans)
+    layer = rc.layer
     go_backwards = bool(layer.go_backwards)
-    x = ctx.to_time_major(sequence.name)
-    lengths = masks.sequence_lens(ctx, sequence.mask)
-    left = lengths is not None and ctx.padding == "left"
-    # sequence_lens counts valid steps from the start of the op's input. A right-padded input goes in
-    # as it is; a left-padded one goes in flipped in time, where its kept steps come first. Keras
-    # returns a backwards layer's outputs in processing order: without a mask, reversing the input
-    # and running forward gives that order (as tf2onnx does). With a mask the op runs forward on the
-    # input whose padding ends it in processing order (right padding forward, left padding
-    # backwards) and in reverse otherwise, and its output is flipped back.
-    flip_input = (go_backwards and lengths is None and layer.return_sequences) or left
+    x = ctx.to_time_major(rc.sequence.name)
+    # Keras returns a backwards layer's outputs in processing order: reversing the input and running
+    # forward gives that order (as tf2onnx does); without outputs a reverse op needs no flip.
+    flip_input = go_backwards and layer.return_sequences
     if flip_input:
         x = ctx.w.flip(x, 0)
-    if lengths is None:
-        direction = "reverse" if go_backwards and not flip_input else "forward"
-    else:
-        direction = "reverse" if go_backwards != left else "forward"
-    outs = write_op(ctx, plans, x, lengths, [rc.initial] if rc.initial else [], direction)
-    run = OpRun(outs[0], outs[1:], lengths, left)
-    return _unidirectional_outputs(ctx, rc, run, reverse=direction == "reverse")
-
-
-def _unidirectional_outputs(ctx: LoweringContext, rc: RecurrentCall, run: OpRun, reverse: bool) -> list[Value]:
-    """Step 5: the states and the sequence, guarded; the sequence in Keras' order and layout."""
-    mask = rc.sequence.mask
-    states = [ctx.w.squeeze(s, 0) for s in run.states]
-    nan = masks.nan_steps(ctx, ctx.to_time_major(rc.sequence.name), mask) if ctx.propagate_nan else None
+    direction = "reverse" if go_backwards and not flip_input else "forward"
+    outs = write_op(ctx, plans, x, None, [rc.initial] if rc.initial else [], direction)
+    states = [ctx.w.squeeze(s, 0) for s in outs[1:]]
+    nan = masks.nan_steps(ctx, ctx.to_time_major(rc.sequence.name)) if ctx.propagate_nan else None
     if nan is not None:
         states = [masks.poison(ctx, s, masks.any_step(ctx, nan)) for s in states]
-    bad = masks.padding_flag(ctx, mask) if run.lengths is not None else None
-    if bad is not None:
-        states = [masks.poison(ctx, s, bad) for s in states]
-    if rc.layer.return_sequences:
-        main_tm = _sequence(ctx, rc, run, reverse, states[0], nan)
-        if bad is not None:
-            main_tm = masks.poison(ctx, main_tm, bad)
+    main = states[0]
+    if layer.return_sequences:
+        main_tm = ctx.w.squeeze(outs[0], 1)  # (time, batch, units)
+        if direction == "reverse":
+            main_tm = ctx.w.flip(main_tm, 0)  # ONNX writes a reverse op's outputs in its input's order
+        if nan is not None:  # a NaN poisons every later step in processing order
+            flags = masks.from_first(ctx, ctx.w.flip(nan, 0) if go_backwards else nan)
+            main_tm = masks.poison(ctx, main_tm, ctx.w.unsqueeze(flags, -1))
         main = ctx.from_time_major(main_tm)
-    else:
-        main = states[0]
-    if run.lengths is not None and rc.initial:
-        states = masks.keep_initial_when_empty(ctx, states, rc.initial, run.lengths)
-    outputs = [Value(main, mask if rc.layer.return_sequences else None)]
-    return outputs + [Value(s) for s in states]  # dropped by `finish` unless the layer returns its states
+    return [Value(main)] + [Value(s) for s in states]  # states dropped by `finish` unless returned
 
 
-def _sequence(ctx: LoweringContext, rc: RecurrentCall, run: OpRun, reverse: bool, state_h: str,
-              nan: str | None) -> str:
-    """The (time, batch, units) output sequence in Keras' order, with Keras' values at masked steps.
-    `state_h` is the final (batch, units) state, NaN-guarded when `nan` is given."""
-    mask = rc.sequence.mask
-    go_backwards = bool(rc.layer.go_backwards)
-    zero_masked = bool(getattr(rc.layer, "zero_output_for_mask", False))
-    main_tm = ctx.w.squeeze(run.y, 1)  # (time, batch, units)
-    if reverse:
-        # ONNX writes a reverse op's outputs in its input's order; flipped, they are in Keras'
-        # order. The padding is then processed first, and Keras, like ONNX, outputs zeros there.
-        main_tm = ctx.w.flip(main_tm, 0)
-    elif mask is not None and not zero_masked:
-        # The padding comes last in processing order: Keras carries the last output over it. Y_h is
-        # (1, batch, units): it broadcasts against (time, batch, units).
-        last = run.states[0] if nan is None else ctx.w.unsqueeze(state_h, 0)
-        main_tm = masks.carry_over(ctx, main_tm, last, mask, flipped=run.left)
+def _lower_masked(ctx: LoweringContext, rc: RecurrentCall, plans: Sequence[CellPlan]) -> list[Value]:
+    """A masked layer: Keras processes each sample's kept steps in order, wherever they are. The op reads
+    them moved to the front (`masks.compact`), runs forward with sequence_lens = their count (so its
+    final states are those after the last kept step), and its outputs move back to Keras' steps
+    (`masks.expand`): each step repeats the output of the last kept step at or before it in processing
+    order (zeros before the first; zeros at every masked step with zero_output_for_mask). A
+    go_backwards layer's processing order is the input's reversed, and Keras returns its outputs so."""
+    layer, mask = rc.layer, rc.sequence.mask
+    reverse = bool(layer.go_backwards)
+    x_tm = ctx.to_time_major(rc.sequence.name)  # pruned unless the NaN guard reads it
+    lengths = masks.sequence_lens(ctx, mask)
+    x = masks.compact(ctx, rc.sequence.name, mask, reverse)
+    outs = write_op(ctx, plans, x, lengths, [rc.initial] if rc.initial else [], "forward")
+    states = [ctx.w.squeeze(s, 0) for s in outs[1:]]
+    nan = masks.nan_steps(ctx, x_tm, mask) if ctx.propagate_nan else None
     if nan is not None:
-        # Keras' outputs are in processing order; a NaN poisons every later step, but for a layer
-        # that writes zeros at masked steps (zero_output_for_mask) not those.
-        flags = masks.from_first(ctx, ctx.w.flip(nan, 0) if go_backwards else nan)
-        if mask is not None and zero_masked:
-            flags = ctx.w.op1("And", [flags, masks.kept_steps(ctx, mask, reverse=go_backwards)])
-        main_tm = masks.poison(ctx, main_tm, ctx.w.unsqueeze(flags, -1))
-    return main_tm
+        states = [masks.poison(ctx, s, masks.any_step(ctx, nan)) for s in states]
+    # return_sequences=False: the last output is Y_h (zeros for an all-masked sample, as in Keras, whose
+    # last output is then its initial zero output); Y is unread and pruned, so the op never writes it.
+    main = states[0]
+    if layer.return_sequences:
+        zero_masked = bool(getattr(layer, "zero_output_for_mask", False))
+        main = masks.expand(ctx, outs[0], mask, reverse, zero_masked)  # (batch, time, units)
+        if nan is not None:
+            # A NaN poisons every later step in processing order, but not the zeros of zero_output_for_mask.
+            flags = masks.from_first(ctx, ctx.w.flip(nan, 0) if reverse else nan)
+            if zero_masked:
+                flags = ctx.w.op1("And", [flags, masks.kept_steps(ctx, mask, reverse)])
+            main = masks.poison(ctx, main, ctx.w.unsqueeze(ctx.w.transpose(flags, [1, 0]), -1))
+    if rc.initial:
+        states = masks.keep_initial_when_empty(ctx, states, rc.initial, lengths)
+    outputs = [Value(main, mask if layer.return_sequences else None)]
+    return outputs + [Value(s) for s in states]
