@@ -126,13 +126,17 @@ def tolerance_options(func: Any) -> Any:
               help="Where masked batches hold their padding (keras pad_sequences' default is left).")
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
 @click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops.")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="int8: ONNX Runtime's dynamic quantization of LSTM and MatMul weights (GRU/RNN stay float), "
+                   "checked against Keras at the tier's measured tolerance.")
+@click.option("--float16", is_flag=True, help="Store weights as float16 (inputs, outputs and states stay float32).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def export(model: Path | None, output: Path | None, layers: int | None, units: int | None, timesteps: Any,
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
            rtol: Sequence[str], state_io: bool, triton_repo: Path | None, propagate_nan: bool, padding: str,
-           keep_failed: bool, require_fused: bool, as_json: bool) -> None:
+           keep_failed: bool, require_fused: bool, quantize: str | None, float16: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -143,9 +147,12 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     from toolkit.compare import Tolerances
     from toolkit.options import ExportOptions
 
+    if quantize and float16:
+        raise InputError(f"Expected one precision tier: --quantize {quantize} or --float16. Received: both")
     options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
                             padding=padding, require_fused=require_fused, output_names=_renames(output_name) or None,
-                            tolerances=Tolerances.parse(atol, rtol))
+                            tolerances=Tolerances.parse(atol, rtol),
+                            tier=quantize or ("float16" if float16 else "float32"))
     builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
                        "all_states": all_states, "seed": seed, "cell": cell, "bidirectional": bidirectional,
                        "masking": masking, "go_backwards": go_backwards}
@@ -315,6 +322,11 @@ def explain() -> None:
                "state_h and state_c. The last output is state_h; with return_sequences its last step is.")
     if not all(case.all_hold for case in cases):
         raise click.ClickException("an equality or parity check failed")
+
+
+from toolkit.bench import bench_command  # noqa: E402 -- its body lives with the library function it calls
+
+cli.add_command(bench_command)
 
 
 def main() -> None:
