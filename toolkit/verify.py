@@ -127,7 +127,7 @@ class OnnxRunner(GraphRunner):
 
     def __init__(self, model: onnx.ModelProto | str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                  optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                 name: str = "onnxruntime"):
+                 name: str = "onnxruntime", threads: int | None = None):
         super().__init__(model, name)
         available = ort.get_available_providers()
         missing = [p for p in providers if p not in available]
@@ -136,6 +136,9 @@ class OnnxRunner(GraphRunner):
         options = ort.SessionOptions()
         options.graph_optimization_level = optimization_level
         options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
+        if threads is not None:  # None: ORT's default, one intra-op thread per core
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=list(providers))
         except ORT_ERRORS as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
