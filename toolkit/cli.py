@@ -236,8 +236,11 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
         from toolkit.runner import load_onnx
         from toolkit.streaming import stream_parity
 
-        streamed = stream_parity(load_keras_model(keras_model), load_onnx(onnx_model), sizes, stream_length,
-                                 tolerances=tolerances, seed=seed)
+        from toolkit.tiers import recorded_tier, tier_tolerances
+
+        proto = load_onnx(onnx_model)
+        streamed = stream_parity(load_keras_model(keras_model), proto, sizes, stream_length,
+                                 tolerances=tier_tolerances(recorded_tier(proto), tolerances), seed=seed)
     outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
     if as_json:
         _emit_json(outcome.to_json())

@@ -35,6 +35,7 @@ from toolkit.compare import (
 from toolkit.errors import InputError, ModelLoadError
 from toolkit.inputs import InputCase, make_cases
 from toolkit.naming import OutputOrigin, output_origins, unique_names
+from toolkit.tiers import tier_tolerances
 from toolkit.runner import (
     check_feeds,
     count_ops,
@@ -364,6 +365,7 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
         )
     problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
     padding = recorded_options(proto).get("padding", "right")  # the side the export was made for
+    tolerances = tier_tolerances(str(recorded_options(proto).get("tier", "float32")), tolerances)  # int8: its own
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(r.open(Path(onnx_path), proto)) for r in chosen if not problems[r.name]]
         cases = make_cases(keras.model, seed, padding)
