@@ -15,7 +15,8 @@ from toolkit.errors import InputError
 from toolkit.exporter import export_model
 from toolkit.tiers import Target
 
-FAST = {"budget_s": 0.05, "rounds": 2, "threads": (1,)}
+ORT_FORMS = ["onnxruntime", "onnxruntime-int8", "onnxruntime-float16"]
+FAST = {"budget_s": 0.05, "rounds": 2, "threads": (1,), "runtimes": ORT_FORMS}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_bench_refuses_a_tier_export_and_bad_options(exports):
     with pytest.raises(InputError, match="Expected a float32 export"):
         bench(exports["int8"], **FAST)
     with pytest.raises(InputError, match="Expected runtimes among"):
-        bench(exports["lstm"], runtimes=["tensorrt"], **FAST)
+        bench(exports["lstm"], **{**FAST, "runtimes": ["tensorrt"]})
 
 
 def test_cli_bench_json_and_errors(exports):

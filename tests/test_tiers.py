@@ -125,3 +125,21 @@ def test_cli_refuses_two_tiers(models, tmp_path):
     done = CliRunner().invoke(cli, ["export", str(keras_path), "--quantize", "int8", "--float16"])
     assert done.exit_code == 1
     assert done.output.strip() == "Error: Expected one precision tier: --quantize int8 or --float16. Received: both"
+
+
+def test_run_with_threads_and_precision_options(models, tmp_path):
+    from toolkit.tiers import open_runner
+
+    onnx_path, x_path = tmp_path / "lstm.onnx", tmp_path / "x.npy"
+    export_model(models["lstm"]).save(onnx_path)
+    np.save(x_path, np.random.default_rng(0).uniform(-1, 1, (2, 5, 4)).astype(np.float32))
+    default = CliRunner().invoke(cli, ["run", str(onnx_path), "-i", str(x_path), "--json"])
+    one = CliRunner().invoke(cli, ["run", str(onnx_path), "-i", str(x_path), "--threads", "1", "--json"])
+    assert default.exit_code == one.exit_code == 0, one.output
+    for name, value in json.loads(default.output).items():
+        np.testing.assert_allclose(json.loads(one.output)[name]["values"], value["values"], rtol=1e-5, atol=1e-6)
+    bf16 = CliRunner().invoke(cli, ["run", str(onnx_path), "-i", str(x_path), "--precision", "bf16"])
+    assert bf16.exit_code == 1
+    assert bf16.output.strip() == "Error: Expected --precision among ['f32'] with onnxruntime. Received: 'bf16'"
+    with open_runner(onnx_path, threads=2) as runner:
+        assert runner.session.get_session_options().intra_op_num_threads == 2

@@ -186,7 +186,7 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
           runtimes: Sequence[str] | None = None, budget_s: float = 8.0, rounds: int = 15) -> BenchReport:
     """Time `onnx_path` in every form and compare each with the reference; see the module's docstring."""
     from toolkit.runner import count_ops, graph_outputs, load_onnx
-    from toolkit.tiers import TARGETS, Target, open_target, recorded_tier
+    from toolkit.tiers import Target, available_targets, open_target, recorded_tier
 
     if batch < 1 or steps < 1:
         raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
@@ -198,10 +198,11 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
     tolerances = tolerances.resolve(count_ops(proto))
-    unknown = [name for name in runtimes or [] if name not in TARGETS]
+    targets = available_targets()
+    unknown = [name for name in runtimes or [] if name not in targets]
     if unknown or runtimes == []:
-        raise InputError(f"Expected runtimes among {list(TARGETS)}. Received: {list(runtimes or [])}")
-    chosen = [TARGETS[name] for name in (runtimes or list(TARGETS))]
+        raise InputError(f"Expected runtimes among {list(targets)}. Received: {list(runtimes or [])}")
+    chosen = [targets[name] for name in (runtimes or list(targets))]
     forms = [Target(t.runtime, t.tier, n) for t in chosen for n in (threads or default_threads())]
     opened, results = {}, {}
     for form in forms:

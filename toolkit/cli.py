@@ -255,20 +255,26 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 @click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="[NAME=]FILE",
               help="A .npy per input (NAME=FILE.npy when the model has several), or one .npz of named arrays.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the outputs to this .npz file.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="openvino runs only what it computes correctly (it says why otherwise).")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="bf16: OpenVINO's CPU default, faster and off by 2e-3 to 1.5e-2 (openvino only).")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: the runtime's, one per core).")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON lists.")
-def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, as_json: bool) -> None:
-    """Run ONNX_MODEL in ONNX Runtime and print (or save) each named output. Needs no TensorFlow."""
+def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: str, precision: str,
+        threads: int | None, as_json: bool) -> None:
+    """Run ONNX_MODEL in ONNX Runtime (or OpenVINO) and print (or save) each named output. Needs no TensorFlow."""
     import numpy as np
 
     from toolkit.fileio import atomic_write_bytes
     from toolkit.report import outputs_text
     from toolkit.runner import load_feeds
-    from toolkit.verify import OnnxRunner
+    from toolkit.tiers import open_runner
 
     if output is not None and output.suffix != ".npz":
         raise InputError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
-    runner = OnnxRunner(onnx_model)
-    outputs = runner.run(load_feeds(inputs, runner.input_names))
+    with open_runner(onnx_model, runtime, precision, threads) as runner:
+        outputs = runner.run(load_feeds(inputs, runner.input_names))
     if output is not None:
         buffer = io.BytesIO()
         np.savez(buffer, **outputs)

@@ -207,12 +207,32 @@ class Target:
         return f"{self.runtime} {self.tier} x{self.threads}"
 
 
-# The forms `bench` tries, by name; OpenVINO's join them when its runner is installed (see `open_target`).
+# The forms `bench` tries, by name; OpenVINO's join them where it is installed (`available_targets`).
 TARGETS: dict[str, Target] = {
     "onnxruntime": Target("onnxruntime", "float32"),
     "onnxruntime-int8": Target("onnxruntime", "int8"),
     "onnxruntime-float16": Target("onnxruntime", "float16"),
 }
+# OpenVINO's runtimes (toolkit.runtimes.openvino) by tier: f32 pinned, and its CPU default (bf16 here).
+OPENVINO_TARGETS: dict[str, Target] = {
+    "openvino": Target("openvino", "float32"),
+    "openvino-bf16": Target("openvino", "bf16"),
+}
+OPENVINO_RUNTIMES = {"float32": "openvino", "bf16": "openvino-bf16"}
+
+
+def openvino_available() -> bool:
+    """Whether the OpenVINO runner and the openvino package are both installed (nothing is imported)."""
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("openvino", "toolkit.runtimes.openvino"))
+    except ImportError:  # toolkit.runtimes itself missing
+        return False
+
+
+def available_targets() -> dict[str, Target]:
+    return {**TARGETS, **(OPENVINO_TARGETS if openvino_available() else {})}
 
 
 def recorded_tier(model: onnx.ModelProto) -> str:
@@ -237,11 +257,52 @@ def open_target(target: Target, model: onnx.ModelProto, path: Path) -> tuple[Any
     if target.tier != "float32" and not any(info.converted.values()):
         return None, f"nothing to convert to {target.tier} ({_ops(info.kept_float)} stay float32)", info.tier_bytes
     try:
-        return OnnxRunner(converted, name=target.label, threads=target.threads), "", info.tier_bytes
+        return OnnxRunner(converted, name=target.label, threads=target.threads or None), "", info.tier_bytes
     except ModelLoadError as exc:
         return None, str(exc), info.tier_bytes
 
 
 def _open_other(target: Target, model: onnx.ModelProto, path: Path) -> tuple[Any, str, int]:
-    raise InputError(f"Expected a runtime among {sorted({t.runtime for t in TARGETS.values()})}. "
-                     f"Received: {target.runtime!r}")
+    """OpenVINO on the float32 file, at f32 or its default precision, where its `problem` allows."""
+    size = len(model.SerializeToString())
+    if target.runtime != "openvino" or target.tier not in OPENVINO_RUNTIMES:
+        raise InputError(f"Expected a target among {list(available_targets().values())}. Received: {target}")
+    if not openvino_available():
+        return None, "OpenVINO is not installed (pip install -e \".[runtimes]\")", size
+    from toolkit.runtimes import openvino
+
+    problem = openvino.problem(model)
+    if problem:
+        return None, problem, size
+    try:
+        return openvino.OpenVinoRunner(path, model, OPENVINO_RUNTIMES[target.tier], threads=target.threads or None), "", size
+    except InputError as exc:  # RuntimeFailure: OpenVINO refused to compile it
+        return None, str(exc), size
+
+
+RUN_RUNTIMES = ("onnxruntime", "openvino")
+PRECISIONS = ("f32", "bf16")
+
+
+def open_runner(path: str | Path, runtime: str = "onnxruntime", precision: str = "f32",
+                threads: int | None = None) -> Any:
+    """A runner of the file at `path` in ONNX Runtime or OpenVINO (`lstm-onnx run --runtime`).
+
+    f32 is exact; bf16 (OpenVINO's CPU default) is a tier of its own, off by 2e-3 to 1.5e-2. OpenVINO
+    runs only what its `problem` says it computes correctly, and refuses the rest, saying why.
+    """
+    from toolkit.runner import load_onnx
+
+    if runtime not in RUN_RUNTIMES:
+        raise InputError(f"Expected --runtime among {list(RUN_RUNTIMES)}. Received: {runtime!r}")
+    if precision not in PRECISIONS or (runtime == "onnxruntime" and precision != "f32"):
+        allowed = list(PRECISIONS) if runtime == "openvino" else ["f32"]
+        raise InputError(f"Expected --precision among {allowed} with {runtime}. Received: {precision!r}")
+    if threads is not None and threads < 1:
+        raise InputError(f"Expected --threads >= 1. Received: {threads}")
+    model = load_onnx(path)
+    tier = "float32" if precision == "f32" else "bf16"
+    runner, problem, _ = open_target(Target(runtime, tier, threads or 0), model, Path(path))
+    if runner is None:
+        raise InputError(f"Expected a model {runtime} computes correctly. Received: {Path(path).name}: {problem}")
+    return runner
