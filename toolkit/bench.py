@@ -137,14 +137,14 @@ def interleaved_ms(fns: Mapping[str, Callable[[], Any]], budget_s: float = 8.0, 
     return {name: statistics.median(values) * 1e3 for name, values in samples.items()}
 
 
-def _vocab(model: "onnx.ModelProto") -> int:
+def _vocab(model: onnx.ModelProto) -> int:
     """The smallest table an integer input indexes (Gather over an initializer), so drawn ids are valid."""
     tables = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
     sizes = [tables[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
     return int(min(sizes)) if sizes else 2
 
 
-def bench_inputs(model: "onnx.ModelProto", batch: int, steps: int, seed: int = 0) -> tuple[dict[str, np.ndarray], int | None]:
+def bench_inputs(model: onnx.ModelProto, batch: int, steps: int, seed: int = 0) -> tuple[dict[str, np.ndarray], int | None]:
     """Feeds for every required input at this batch and length, and the length used (a fixed one wins)."""
     from toolkit.runner import graph_inputs
 

@@ -31,6 +31,7 @@ from onnx import helper, numpy_helper
 from toolkit.compare import Tolerance, Tolerances
 from toolkit.errors import InputError
 from toolkit.options import TIERS
+
 QUANTIZED_OP_TYPES = ("LSTM", "MatMul")  # what ORT 1.32's quantize_dynamic quantizes among our ops
 FLOAT_ONLY_OPS = ("GRU", "RNN")  # recurrent ops ORT has no quantized kernel for
 
@@ -162,8 +163,11 @@ def quantize_int8(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _float16_candidates(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    return [t for t in model.graph.initializer
-            if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) >= MIN_FLOAT16_ELEMENTS]
+    """Float weights, but not an initializer that is also a graph input: that is an input's default
+    (`--state-io`'s zero states) and must keep the input's float32 type."""
+    inputs = {v.name for v in model.graph.input}
+    return [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.name not in inputs
+            and int(np.prod(t.dims)) >= MIN_FLOAT16_ELEMENTS]
 
 
 def _float16_count(model: onnx.ModelProto) -> int:
