@@ -76,7 +76,7 @@ def test_bench_against_keras_and_a_form_that_changes_nothing(exports):
     assert 0 < forms["onnxruntime float32 x1"].max_abs < 1e-6 and forms["onnxruntime float32 x1"].within
     int8 = forms["onnxruntime int8 x1"]
     assert int8.median_ms is None and "nothing to convert to int8 (2 GRU stay float32)" == int8.problem
-    assert "not valid: nothing to convert" in report.text()
+    assert "not valid: onnxruntime int8: nothing to convert to int8 (2 GRU stay float32)" in report.text()
 
 
 def test_bench_inputs_follow_the_models_inputs(exports):

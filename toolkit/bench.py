@@ -89,14 +89,17 @@ class BenchReport:
 
         rows = [[r.target.runtime, r.target.tier, str(r.target.threads), _num(r.median_ms, ".3f"),
                  _num(r.speed, ".2f", "x"), _num(r.max_abs, ".2e"), _num(r.max_rel, ".2e"),
-                 ("yes" if r.within else "no") if not r.problem else f"not valid: {r.problem}",
+                 ("yes" if r.within else "no") if not r.problem else "not valid",
                  f"{r.size_bytes / 1e3:.1f}"] for r in self.results]
+        # One line per runtime and tier that did not run, below the table (the reason is long).
+        problems = dict.fromkeys(f"not valid: {r.target.runtime} {r.target.tier}: {r.problem}"
+                                 for r in self.results if r.problem)
         head = (f"{self.model}: batch {self.batch} x {self.steps if self.steps is not None else 'fixed'} steps; "
                 f"error against {self.reference}; tolerance {self.tolerance}; {self.machine}")
         best = self.recommended
         verdict = (f"recommended: {best.label} ({best.median_ms:.3f} ms, {best.speed:.2f}x the baseline, "
                    f"max abs {best.max_abs:.2e})" if best else "recommended: none (no form within the tolerance)")
-        return "\n".join([head, table(BENCH_HEADERS, rows), verdict])
+        return "\n".join([head, table(BENCH_HEADERS, rows), *problems, verdict])
 
 
 BENCH_HEADERS = ["runtime", "tier", "threads", "median ms", "speed", "max abs", "max rel", "within tol", "size kB"]

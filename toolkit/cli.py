@@ -274,7 +274,7 @@ def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: s
     if output is not None and output.suffix != ".npz":
         raise InputError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
     with open_runner(onnx_model, runtime, precision, threads) as runner:
-        outputs = runner.run(load_feeds(inputs, runner.input_names))
+        outputs = runner.run(load_feeds(inputs, [t.name for t in runner.inputs]))
     if output is not None:
         buffer = io.BytesIO()
         np.savez(buffer, **outputs)
