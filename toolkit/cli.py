@@ -120,6 +120,7 @@ def tolerance_options(func: Any) -> Any:
               help="Give every recurrent layer initial-state inputs and final-state outputs (for streaming).")
 @click.option("--triton", "triton_repo", type=click.Path(path_type=Path),
               help="Also write a Triton model repository here (NAME/1/model.onnx and NAME/config.pbtxt).")
+@click.option("--triton-name", help="The model's name in the --triton repository (default: the export's name).")
 @click.option("--propagate-nan", is_flag=True,
               help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
 @click.option("--padding", type=click.Choice(PADDING_SIDES), default=PADDING_SIDES[0], show_default=True,
@@ -135,7 +136,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
-           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, propagate_nan: bool, padding: str,
+           rtol: Sequence[str], state_io: bool, triton_repo: Path | None, triton_name: str | None, propagate_nan: bool, padding: str,
            keep_failed: bool, require_fused: bool, quantize: str | None, float16: bool, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
@@ -153,6 +154,11 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
                             padding=padding, require_fused=require_fused, output_names=_renames(output_name) or None,
                             tolerances=Tolerances.parse(atol, rtol),
                             tier=quantize or ("float16" if float16 else "float32"))
+    if triton_name is not None:  # checked before anything is exported or written
+        from toolkit.triton import check_model_name
+        if model is None:
+            raise InputError(f"Expected --triton-name with MODEL (one export). Received: --triton-name {triton_name!r} without MODEL")
+        check_model_name(triton_name)
     builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
                        "all_states": all_states, "seed": seed, "cell": cell, "bidirectional": bidirectional,
                        "masking": masking, "go_backwards": go_backwards}
@@ -177,7 +183,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     if triton_repo is not None and (passed or keep_failed):
         from toolkit.triton import write_repository
 
-        written = list(written) + [p for name, result in exported for p in write_repository(triton_repo, name, result.model)]
+        written = list(written) + [p for name, result in exported for p in write_repository(triton_repo, triton_name or name, result.model)]
         payload["written"] = [str(p) for p in written]
     if as_json:
         _emit_json(payload)
@@ -332,6 +338,10 @@ def explain() -> None:
     if not all(case.all_hold for case in cases):
         raise click.ClickException("an equality or parity check failed")
 
+
+from toolkit.serve_cli import serve  # noqa: E402  (the command lives in its own module)
+
+cli.add_command(serve)
 
 from toolkit.bench import bench_command  # noqa: E402 -- its body lives with the library function it calls
 

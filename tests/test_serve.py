@@ -1,0 +1,284 @@
+"""`lstm-onnx serve`: a real Triton server (pytriton's tritonserver, Python backend, ONNX Runtime inside),
+called with tritonclient over HTTP and gRPC. One server per module; traffic to 127.0.0.1 only, bounded in
+count (a few hundred requests) and time (every client call and thread has a timeout)."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from toolkit.builder import StackConfig, build_stack
+from toolkit.cli import cli
+from toolkit.errors import InputError
+from toolkit.exporter import export_model
+from toolkit.parity import keras_outputs
+from toolkit.runner import OnnxRunner, load_onnx
+from toolkit.serve import ServeOptions, TritonServer, server_environment, triton_distribution
+from toolkit.metadata import read_state_map as state_map
+
+pytest.importorskip("pytriton")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = sorted((ROOT / "exported").glob("*.onnx"))
+MANIFEST = {m["file"]: m["config"] for m in json.loads((ROOT / "exported" / "manifest.json").read_text())["models"]}
+STREAM_CONFIG = StackConfig(layers=2, units=4, features=2, timesteps=None, return_sequences=True, return_state=True)
+CHUNKS = [1, 3, 2, 5, 1, 4, 2, 3, 1, 2, 4, 1, 3, 2, 5, 1, 2, 3, 1, 4]  # 20 uneven chunks, 50 steps
+STREAMS = 16
+TIMEOUT_S = 60
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def streaming(tmp_path_factory):
+    model = build_stack(STREAM_CONFIG)
+    path = tmp_path_factory.mktemp("serve") / "streaming.onnx"
+    export_model(model, state_io=True).save(path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def server(streaming):
+    options = ServeOptions(http_port=free_port(), grpc_port=free_port(), max_batch_size=64)
+    with TritonServer([*SEEDS, streaming[1]], options) as running:
+        yield running
+
+
+def client(server, protocol):
+    if protocol == "http":
+        return httpclient.InferenceServerClient(server.http_url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def infer(server, protocol, model, feeds):
+    """One request with every input of `feeds`; every output of the model back, by name."""
+    module = httpclient if protocol == "http" else grpcclient
+    inputs = []
+    for name, value in feeds.items():
+        tensor = module.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "FP64")
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    names = [t.name for t in OnnxRunner(server.models[model]).outputs]
+    outputs = [module.InferRequestedOutput(n) for n in names]
+    kwargs = {"client_timeout": TIMEOUT_S} if protocol == "grpc" else {}
+    result = client(server, protocol).infer(model, inputs, outputs=outputs, **kwargs)
+    return {n: result.as_numpy(n) for n in names}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("seed", SEEDS, ids=lambda p: p.stem)
+def test_seed_exports_equal_onnx_runtime_and_keras(server, protocol, seed):
+    x = np.random.default_rng(1).normal(size=(5, 3, 1)).astype(np.float32)
+    served = infer(server, protocol, seed.stem, {"input": x})
+    local = OnnxRunner(load_onnx(seed)).run({"input": x})
+    expected = keras_outputs(build_stack(StackConfig(**MANIFEST[seed.name])), {"input": x})
+    assert list(served) == list(local) and len(expected) == len(local)
+    for (name, value), keras_value in zip(served.items(), expected):
+        np.testing.assert_array_equal(value, local[name], err_msg=name)  # the same ONNX Runtime call
+        np.testing.assert_allclose(value, keras_value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_state_io_stack_served_with_states_as_request_tensors(server, streaming, protocol):
+    model, path = streaming
+    x = np.random.default_rng(2).normal(size=(3, 6, 2)).astype(np.float32)
+    zeros = {name: np.zeros((3, 4), np.float32) for name in state_map(load_onnx(path))}
+    served = infer(server, protocol, "streaming", {"input": x, **zeros})
+    for name, keras_value in zip(served, keras_outputs(model, {"input": x})):
+        np.testing.assert_allclose(served[name], keras_value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def run_stream(server, protocol, x, mapping):
+    """One stream, chunk after chunk, each request carrying the states the previous response returned."""
+    states = {name: np.zeros((1, 4), np.float32) for name in mapping}
+    pieces, start, responses = [], 0, 0
+    for size in CHUNKS:
+        out = infer(server, protocol, "streaming", {"input": x[None, start:start + size], **states})
+        responses += 1
+        pieces.append(out["lstm_2_sequence"])
+        states = {state_in: out[state_out] for state_in, state_out in mapping.items()}
+        start += size
+    return responses, np.concatenate(pieces, axis=1)[0], out
+
+
+def model_stats(server, name):
+    stats = client(server, "grpc").get_inference_statistics(name, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_concurrent_streams_equal_keras_on_their_whole_sequence(server, streaming):
+    model, path = streaming
+    mapping = state_map(load_onnx(path))
+    xs = np.random.default_rng(3).normal(size=(STREAMS, sum(CHUNKS), 2)).astype(np.float32)
+    sequence, state_h, state_c = keras_outputs(model, {"input": xs})
+    before = model_stats(server, "streaming")
+    with ThreadPoolExecutor(STREAMS) as pool:
+        futures = [pool.submit(run_stream, server, "grpc" if s % 2 else "http", xs[s], mapping) for s in range(STREAMS)]
+        results = [f.result(timeout=TIMEOUT_S * 2) for f in futures]
+    after = model_stats(server, "streaming")
+    for s, (responses, streamed, last) in enumerate(results):
+        assert responses == len(CHUNKS)
+        np.testing.assert_allclose(streamed, sequence[s], rtol=1e-5, atol=1e-6, err_msg=f"stream {s}")
+        np.testing.assert_allclose(last["lstm_2_state_h"][0], state_h[s], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(last["lstm_2_state_c"][0], state_c[s], rtol=1e-5, atol=1e-6)
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == STREAMS * len(CHUNKS)  # no request lost, none counted twice
+    # The dynamic batcher put chunks of different streams into one ONNX Runtime call.
+    assert executions < inferences, (executions, inferences)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_malformed_requests_get_tritons_error_and_the_server_keeps_serving(server, protocol):
+    good = np.zeros((2, 3, 1), np.float32)
+    cases = {
+        "unknown input": ({"inputs": good}, "unexpected inference input 'inputs'"),
+        "data type": ({"input": good.astype(np.float64)}, "data-type is 'FP64', but model 'case4_last' expects 'FP32'"),
+        "shape": ({"input": np.zeros((2, 4, 1), np.float32)}, "unexpected shape for input 'input'"),
+        "batch above the maximum": ({"input": np.zeros((65, 3, 1), np.float32)}, "batch-size must be <= 64"),
+    }
+    for label, (feeds, message) in cases.items():
+        with pytest.raises(InferenceServerException) as error:
+            infer(server, protocol, "case4_last", feeds)
+        assert message in str(error.value), (label, str(error.value))
+    assert infer(server, protocol, "case4_last", {"input": good})["lstm_2_last"].shape == (2, 2)
+
+
+def test_server_environment_puts_this_interpreter_first():
+    env = server_environment(triton_distribution(), base={"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/x"})
+    import sysconfig
+
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == sysconfig.get_config_var("LIBDIR")
+    assert env["LD_LIBRARY_PATH"].endswith("/opt/x")
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_serve_refuses_bad_input_in_one_line(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["serve", str(tmp_path / "nope.onnx")])
+    same_ports = runner.invoke(cli, ["serve", str(SEEDS[0]), "--http-port", "9000", "--grpc-port", "9000"])
+    bad_name = runner.invoke(cli, ["serve", str(SEEDS[0]), "--name", "../x"])
+    for result, message in ((missing, "Error: "), (same_ports, "Expected different HTTP and gRPC ports"),
+                            (bad_name, "Expected a Triton model name")):
+        assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+    with pytest.raises(InputError, match="Expected one model with a name option"):
+        TritonServer(SEEDS, ServeOptions(name="x"))
+
+
+def descendants(pid):
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_cli_server():
+    ports = [free_port(), free_port()]
+    command = [sys.executable, "-m", "toolkit.cli", "serve", str(SEEDS[-1]), "--http-port", str(ports[0]),
+               "--grpc-port", str(ports[1])]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=180)
+    assert line and f"http://127.0.0.1:{ports[0]}" in line[0] and f"grpc://127.0.0.1:{ports[1]}" in line[0], \
+        (line, process.poll())
+    tree = descendants(process.pid)
+    names = {Path(f"/proc/{p}/exe").resolve().name for p in tree if alive(p)}
+    assert {"tritonserver", "triton_python_backend_stub"} <= names
+    return process, tree
+
+
+def wait_gone(pids, seconds=15):
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in pids if alive(p)]
+
+
+def test_cli_serves_until_sigterm_and_leaves_no_process():
+    process, tree = start_cli_server()
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+        assert not wait_gone(tree)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_while_starting_stops_everything():
+    command = [sys.executable, "-m", "toolkit.cli", "serve", str(SEEDS[0]), "--http-port", str(free_port()),
+               "--grpc-port", str(free_port())]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+                Path(f"/proc/{p}/exe").resolve().name == "tritonserver" for p in descendants(process.pid) if alive(p)):
+            time.sleep(0.05)
+        tree = descendants(process.pid)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0 and "serving" not in out, (out, err)
+        assert not wait_gone(tree)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_server_dies_with_a_killed_serve():
+    """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does."""
+    process, tree = start_cli_server()
+    server_pid = next(p for p in tree if Path(f"/proc/{p}/exe").resolve().name == "tritonserver")
+    args = Path(f"/proc/{server_pid}/cmdline").read_text().split("\0")
+    workspace = Path(args[args.index("--model-repository") + 1]).parent
+    process.kill()
+    process.wait()
+    try:
+        assert not wait_gone(tree)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)  # what a killed serve could not remove
+
+
+def test_serve_keeps_tensorflow_out():
+    code = "import sys, toolkit.cli, toolkit.serve, toolkit.serve_cli; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "False", out.stderr

@@ -1,0 +1,295 @@
+"""`lstm-onnx serve`: a real Triton Inference Server serving an export, on this machine.
+
+The server is the `tritonserver` that nvidia-pytriton ships, with its Python backend (pytriton has no
+onnxruntime backend): ONNX Runtime runs inside a Python-backend model (`toolkit/triton_backend/model.py`)
+with Triton's dynamic batcher in front. lstm-onnx starts the binary itself, in a throw-away workspace:
+
+    WORK/backends/python/   the backend library, its utils module and the stub for this interpreter
+    WORK/repo/NAME/         config.pbtxt, 1/model.py, 1/model.onnx
+    WORK/tritonserver.log   the server's log (its tail is in any error)
+
+Two facts of the environment are handled here, not left to the user:
+
+- The stub links `libpython3.X.so.1.0` and takes the first one the loader finds (Debian's, on this
+  machine's image); under another build of the same Python (the venv's pyenv 3.11.7) it mixes that
+  library with the interpreter's standard library and the model fails to load (pytriton issue #51:
+  `'_thread.RLock' object has no attribute '_recursion_count'`). The server gets `LD_LIBRARY_PATH`
+  starting with the running interpreter's own `LIBDIR`.
+- The stub finds its Python environment (numpy, onnxruntime) through the first `python3` on `PATH`,
+  so the server's `PATH` starts with this interpreter's folder (pytriton does the same).
+
+Every port is bound to 127.0.0.1. `stop` ends the server, then anything left of its process group (the
+stubs), and removes the workspace and the backend's shared-memory regions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import onnx
+
+from toolkit.errors import InputError, LstmOnnxError
+from toolkit.runner import load_onnx
+from toolkit.triton import (MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature,
+                            tensor_section)
+
+HOST = "127.0.0.1"
+EXIT_TIMEOUT_S = 5  # the server's own grace period for in-flight requests on shutdown
+BACKEND_MODEL = Path(__file__).parent / "triton_backend" / "model.py"
+
+
+class ServeError(LstmOnnxError):
+    """The Triton server did not start, or stopped on its own."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    name: str | None = None  # default: the export's file stem
+    http_port: int = 8000
+    grpc_port: int = 8001
+    max_batch_size: int = MAX_BATCH_SIZE
+    ready_timeout_s: float = 180.0
+
+    def check(self) -> None:
+        for label, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port)):
+            if not 1 <= port <= 65535:
+                raise InputError(f"Expected {label} between 1 and 65535. Received: {port}")
+        if self.http_port == self.grpc_port:
+            raise InputError(f"Expected different HTTP and gRPC ports. Received: both {self.http_port}")
+        check_max_batch_size(self.max_batch_size)
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """The files of nvidia-pytriton's Triton build that a server needs."""
+
+    server: Path
+    libs: Path
+    backend_files: tuple[Path, ...]
+    stub: Path
+
+
+def triton_distribution() -> TritonDistribution:
+    spec = importlib.util.find_spec("pytriton")  # located, not imported: pytriton's import is slow
+    if spec is None or spec.origin is None:
+        raise InputError("Expected nvidia-pytriton installed for serve (pip install -e '.[serve]'). Received: no pytriton")
+    root = Path(spec.origin).parent
+    dist = root / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    libs = root.parent / "nvidia_pytriton.libs"  # a wheel install; an editable one keeps them in the package
+    found = TritonDistribution(
+        server=dist / "bin" / "tritonserver",
+        libs=libs if libs.is_dir() else dist / "external_libs",
+        backend_files=(dist / "backends" / "python" / "libtriton_python.so",
+                       dist / "backends" / "python" / "triton_python_backend_utils.py"),
+        stub=dist / "python_backend_stubs" / version / "triton_python_backend_stub",
+    )
+    missing = [p for p in (found.server, found.libs, found.stub, *found.backend_files) if not p.exists()]
+    if missing:
+        raise InputError(f"Expected pytriton's Triton build for Python {version}. Received: missing {missing[0]}")
+    return found
+
+
+def server_environment(dist: TritonDistribution, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: this interpreter's libpython and Python first (see the module doc)."""
+    env = dict(os.environ if base is None else base)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    lib_path = [p for p in (libdir, str(dist.libs), env.get("LD_LIBRARY_PATH", "")) if p]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_path)
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
+    return env
+
+
+def python_config_text(name: str, model: onnx.ModelProto, max_batch_size: int) -> str:
+    """The Python-backend config: every graph input (a state-io export's states too) is a request input."""
+    sig = signature(model, implicit_states=False)
+    parts = [f"name: {quote(name)}", 'backend: "python"', f"max_batch_size: {max_batch_size if sig.batched else 0}",
+             tensor_section("input", sig.inputs, sig.batched), tensor_section("output", sig.outputs, sig.batched),
+             "instance_group [ { kind: KIND_CPU count: 1 } ]"]
+    if sig.batched:
+        parts.append("dynamic_batching { }")
+    return "\n".join(parts) + "\n"
+
+
+def prepare_workspace(folder: Path, models: dict[str, onnx.ModelProto], max_batch_size: int,
+                      dist: TritonDistribution) -> None:
+    backend = folder / "backends" / "python"
+    backend.mkdir(parents=True)
+    for source in (*dist.backend_files, dist.stub):
+        (backend / source.name).symlink_to(source)
+    for name, model in models.items():
+        version = folder / "repo" / name / "1"
+        version.mkdir(parents=True)
+        (folder / "repo" / name / "config.pbtxt").write_text(python_config_text(name, model, max_batch_size))
+        shutil.copyfile(BACKEND_MODEL, version / "model.py")
+        (version / "model.onnx").write_bytes(model.SerializeToString())
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when lstm-onnx dies, even by SIGKILL (Linux prctl)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _get(url: str) -> int:
+    """HTTP status of a GET to the local server; 0 when it does not answer (yet)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    try:
+        with opener.open(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+class TritonServer:
+    """One tritonserver process serving exports (each under its file stem, or `options.name` for a single
+    one); a context manager (`with TritonServer(path) as server`)."""
+
+    def __init__(self, model_paths: str | Path | Sequence[str | Path], options: ServeOptions = ServeOptions()):
+        options.check()
+        paths = [Path(model_paths)] if isinstance(model_paths, (str, os.PathLike)) else [Path(p) for p in model_paths]
+        if options.name is not None and len(paths) != 1:
+            raise InputError(f"Expected one model with a name option. Received: {len(paths)} models")
+        self.models = {check_model_name(options.name or p.stem): load_onnx(p) for p in paths}
+        if len(self.models) != len(paths) or not paths:
+            raise InputError(f"Expected models with distinct file names. Received: {[str(p) for p in paths]}")
+        self.name = next(iter(self.models))
+        self.options = options
+        self.process: subprocess.Popen[bytes] | None = None
+        self.workspace: Path | None = None
+        self._shm_prefix = f"lstm-onnx-{os.getpid()}-{secrets.token_hex(4)}-"
+
+    @property
+    def http_url(self) -> str:
+        return f"{HOST}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{HOST}:{self.options.grpc_port}"
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.workspace / "tritonserver.log" if self.workspace else None
+
+    def command(self, dist: TritonDistribution) -> list[str]:
+        assert self.workspace is not None
+        return [str(dist.server), "--model-repository", str(self.workspace / "repo"),
+                "--backend-directory", str(self.workspace / "backends"),
+                "--http-address", HOST, "--http-port", str(self.options.http_port),
+                "--grpc-address", HOST, "--grpc-port", str(self.options.grpc_port),
+                "--allow-metrics", "false", "--disable-auto-complete-config",
+                # A prefix of our own: servers side by side must not share the backend's shared memory.
+                "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix}",
+                "--exit-timeout-secs", str(EXIT_TIMEOUT_S), "--log-verbose", "0"]
+
+    def start(self, cancel: threading.Event | None = None) -> TritonServer:
+        """Start the server and return once the models are ready, or as soon as `cancel` is set;
+        ServeError (with the log's tail) if it does not get ready."""
+        dist = triton_distribution()
+        self.workspace = Path(tempfile.mkdtemp(prefix="lstm-onnx-serve-"))
+        try:
+            prepare_workspace(self.workspace, self.models, self.options.max_batch_size, dist)
+            with open(self.workspace / "tritonserver.log", "wb") as log:
+                self.process = subprocess.Popen(self.command(dist), env=server_environment(dist), stdout=log,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True, preexec_fn=_die_with_parent)
+            self._wait_ready(cancel or threading.Event())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, cancel: threading.Event) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.options.ready_timeout_s
+        urls = [f"http://{self.http_url}/v2/models/{urllib.parse.quote(name, safe='')}/ready" for name in self.models]
+        while time.monotonic() < deadline and not cancel.is_set():
+            if self.process.poll() is not None:
+                raise ServeError(f"Expected tritonserver to start. Received: exit code {self.process.returncode}; "
+                                 f"log: {self.log_tail()}")
+            if all(_get(url) == 200 for url in urls):
+                return
+            time.sleep(0.25)
+        if cancel.is_set():
+            return
+        raise ServeError(f"Expected tritonserver ready within {self.options.ready_timeout_s:.0f} s. "
+                         f"Received: not ready; log: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 3) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        # E lines, but not the ones every CPU-only machine logs (no CUDA driver, no NVML).
+        errors = [line for line in text if (line.startswith("E") or "rror" in line)
+                  and not any(noise in line for noise in ("CudaDriverHelper", "NVML", "CUDA", "GPU"))]
+        return " | ".join((errors or text)[-lines:])[-600:]
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """End the server (SIGTERM, then SIGKILL after its grace period), then whatever is left of its
+        process group, its shared memory and the workspace. Safe to call twice."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=EXIT_TIMEOUT_S + 10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            try:  # the stubs are in the server's session: nothing of it may outlive `stop`
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for region in Path("/dev/shm").glob(self._shm_prefix + "*"):
+            region.unlink(missing_ok=True)
+        if self.workspace is not None:
+            shutil.rmtree(self.workspace, ignore_errors=True)
+            self.workspace = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if not self.running() else self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def serve_forever(model_path: str | Path, options: ServeOptions, echo: Callable[[str], None] = print) -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM, also while starting, then stop cleanly; ServeError if the
+    server dies first."""
+    server = TritonServer(model_path, options)
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start(cancel=stopping)
+        if not stopping.is_set():
+            echo(f"serving {server.name!r} on Triton: http://{server.http_url} grpc://{server.grpc_url} "
+                 f"(max batch {options.max_batch_size}; Ctrl-C stops)")
+        while not stopping.wait(0.5):
+            if not server.running():
+                raise ServeError(f"Expected tritonserver to keep running. Received: exit code "
+                                 f"{server.process.returncode if server.process else None}; log: {server.log_tail()}")
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
