@@ -72,3 +72,28 @@ def test_missing_file_h5_and_folder_are_refused(tmp_path):
         load_keras_model(tmp_path / "old.h5")
     with pytest.raises(ModelLoadError, match="SavedModel folders are not loaded"):
         load_keras_model(tmp_path)
+
+
+def test_the_issues_saved_cell_models_export_fused(tmp_path):
+    """Issue 11's cases as users have them, saved and loaded: RNN(LSTMCell) (was reported not fused) and
+    RNN(StackedRNNCells([LSTMCell, GRUCell])) (was a Loop with outputs named ..._state_0)."""
+    import keras
+
+    from toolkit.builder import set_deterministic_weights
+
+    x = keras.Input((None, 4), name="frames")
+    single = keras.layers.RNN(keras.layers.LSTMCell(32), name="rnn_lstmcell")(x)
+    stack = keras.layers.RNN(keras.layers.StackedRNNCells([keras.layers.LSTMCell(16), keras.layers.GRUCell(16)]),
+                             return_state=True, name="rnn_stack")(x)
+    model = keras.Model(x, [single, *stack], name="cells")
+    set_deterministic_weights(model, 7)
+    model.save(tmp_path / "cells.keras")
+    result = export_keras_file(tmp_path / "cells.keras", tmp_path / "cells.onnx", require_fused=True)
+    assert result.parity, result.parity.failures()
+    assert [o.name for o in result.outputs] == ["rnn_lstmcell_last", "rnn_stack_last", "rnn_stack_cell0_state_h",
+                                                "rnn_stack_cell0_state_c", "rnn_stack_cell1_state_h"]
+    assert result.fused_ops == {"GRU": 1, "LSTM": 2} and result.warnings == ()
+    layers = {entry["name"]: entry for entry in json.loads(
+        next(p.value for p in result.model.metadata_props if p.key == "lstm_onnx.layers"))}
+    assert layers["rnn_stack"]["onnx_op"] == "LSTM+GRU" and layers["rnn_stack"]["units"] == [16, 16]
+    assert layers["rnn_lstmcell"]["onnx_op"] == "LSTM" and layers["rnn_lstmcell"]["units"] == 32

@@ -18,6 +18,7 @@ import click
 
 from toolkit import __version__
 from toolkit.errors import InputError, LstmOnnxError
+from toolkit.quiet import echo_err, quiet_stderr
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
 
 
@@ -26,15 +27,26 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            if ctx.params.get("verbose"):
+                return super().invoke(ctx)
+            with quiet_stderr():
+                return super().invoke(ctx)
         except LstmOnnxError as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
 
 
+def _verbose() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("verbose"))
+
+
 def _quiet_tensorflow() -> None:
     # The CLI is an application edge, so it may choose TensorFlow's C++ log level (library code never
-    # sets environment variables). Must happen before TensorFlow is first imported.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # sets environment variables). Must happen before TensorFlow is first imported. This alone is not
+    # enough: absl prints "WARNING: All log messages before absl::InitializeLog() ..." and oneDNN's
+    # "I0000 ... port.cc" line whatever the level (measured, TensorFlow 2.21), hence `quiet_stderr`.
+    if not _verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 VARIABLE = "none"
@@ -74,7 +86,9 @@ def _emit_json(payload: Any) -> None:
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lstm-onnx")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show what TensorFlow, tf2onnx and ONNX Runtime print (hidden by default), e.g. lstm-onnx -v export ...")
+def cli(verbose: bool) -> None:
     """Export Keras recurrent models to ONNX with every output named, and prove them equal in ONNX Runtime."""
 
 
@@ -125,6 +139,9 @@ def tolerance_options(func: Any) -> Any:
               help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes.")
 @click.option("--padding", type=click.Choice(PADDING_SIDES), default=PADDING_SIDES[0], show_default=True,
               help="Where masked batches hold their padding (keras pad_sequences' default is left).")
+@click.option("--target", "targets", metavar="LIST",
+              help="Comma-separated runtimes the model will run in (as verify --runtimes names them, or all): "
+                   "refuse, before writing, a model one of them is known to compute wrong.")
 @click.option("--keep-failed", is_flag=True, help="Write models even when parity fails.")
 @click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops.")
 @click.option("--quantize", type=click.Choice(["int8"]),
@@ -137,7 +154,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            seed: int | None, variant: str | None, cell: str | None, bidirectional: str | None, masking: str | None,
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
            rtol: Sequence[str], state_io: bool, triton_repo: Path | None, triton_name: str | None, propagate_nan: bool, padding: str,
-           keep_failed: bool, require_fused: bool, quantize: str | None, float16: bool, as_json: bool) -> None:
+           targets: str | None, keep_failed: bool, require_fused: bool, quantize: str | None, float16: bool,
+           as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -153,6 +171,7 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
                             padding=padding, require_fused=require_fused, output_names=_renames(output_name) or None,
                             tolerances=Tolerances.parse(atol, rtol),
+                            targets=tuple(t.strip() for t in (targets or "").split(",") if t.strip()),
                             tier=quantize or ("float16" if float16 else "float32"))
     if triton_name is not None:  # checked before anything is exported or written
         from toolkit.triton import check_model_name
@@ -190,7 +209,10 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     else:
         _print_export(items, outcome.warnings, outcome.notes, written)
     if not passed:
-        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)"))
+        from toolkit.precision import failure_message
+
+        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)")
+                                   + f": {failure_message(items)}")
 
 
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
@@ -201,9 +223,9 @@ def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], not
     for line in invariant_lines(items):
         click.echo(line)
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo_err(f"warning: {warning}")
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        echo_err(f"note: {note}")
     click.echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
 
 
@@ -218,7 +240,10 @@ def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], not
               help="Steps of the streamed sequence.")
 @click.option("--runtimes", default="onnxruntime", show_default=True, metavar="LIST",
               help="Comma-separated: onnxruntime, onnxruntime-extended, onnxruntime-basic, onnxruntime-disabled "
-                   "(graph optimization levels), reference (onnx.reference, where it is a valid oracle).")
+                   "(graph optimization levels), reference (onnx.reference, where it is a valid oracle), "
+                   "onnxruntime-node, onnxruntime-web (WASM under Node), chromium (onnxruntime-web in headless "
+                   "Chromium), openvino (CPU, f32), openvino-bf16 (its default precision, a tier); or all "
+                   "(every one but openvino-bf16).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
 def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Sequence[str], seed: int,
            stream: str | None, stream_length: int, runtimes: str, as_json: bool) -> None:

@@ -381,6 +381,14 @@ def compare_case(
     return CaseResult(label=label, comparisons=tuple(comparisons), invariants=tuple(invariants))
 
 
+def failed_case(label: str, expected: Sequence[np.ndarray], names: Sequence[str], tolerances: Tolerances,
+                error: str) -> CaseResult:
+    """A case a runtime could not run (its own error on a model it is valid for): every output fails, saying why."""
+    return CaseResult(label, tuple(OutputComparison(name, np.shape(exp), (), math.inf, math.inf,
+                                                    tolerances.for_output(name), False, error)
+                                   for name, exp in zip(names, expected)))
+
+
 def check_equal(description: str, a: np.ndarray, b: np.ndarray, tolerance: Tolerance) -> InvariantCheck:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)

@@ -31,13 +31,14 @@ from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError,
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras_io import (check_keras_version, describe_layers, load_keras_model, model_signature, output_shapes,
-                               require_recurrent)
+                               require_recurrent, time_axis_sources)
 from toolkit.lowering import LayerLowering, StateIO, lower_model
 from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins, unique_names
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.parity import check_parity
+from toolkit.precision import PrecisionChoice, choose as choose_tolerance, failure_message
 from toolkit.runner import (FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs,
-                             metadata_value)
+                             metadata_value, optional_inputs)
 from toolkit.tf2onnx_lib import InputSignature, convert
 from toolkit.tiers import TierInfo, apply_tier, tier_tolerances
 
@@ -94,9 +95,8 @@ class ExportResult:
     def save(self, path: str | Path, keep_failed: bool = False) -> Path:
         """Write the model atomically. A model that failed parity is refused unless `keep_failed`."""
         if not self.parity and not keep_failed:
-            raise ParityError(
-                f"Parity failed, nothing written to {str(path)!r}: " + "; ".join(self.parity.failures()[:3])
-            )
+            raise ParityError(f"Parity failed, nothing written to {str(path)!r}: "
+                              + failure_message([(Path(path).name, self.parity)]))
         return atomic_write_bytes(path, self.data)
 
     def to_json(self) -> dict[str, Any]:
@@ -134,15 +134,18 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     origins = output_origins(model)
     names = apply_overrides(default_output_names(model, origins), options.output_names)
     graph = _convert(model, signature, options, names, origins)
-    _name(graph, model.name, signature, options)
+    _name(graph, model.name, signature, options, time_axis_sources(model))
+    _check_targets(graph.proto, options.targets)
     warnings = _fusion_check(graph.lowering, count_ops(graph.proto), recurrent, options.require_fused)
     tier = _tier(graph, options)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
-    report = check_parity(model, _load_runner(graph.proto, model.name), graph.names,
-                          tier_tolerances(options.tier, options.tolerances), seed=seed, padding_side=options.padding)
+    precision = choose_tolerance(options.tolerances, model)
+    tolerances = tier_tolerances(options.tier, options.tolerances, precision.tolerances.default if precision.chosen else None)
+    report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, tolerances,
+                          seed=seed, padding_side=options.padding)
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))
-    _record(graph, model, outputs, report, options, source)
+    _record(graph, model, outputs, report, options, source, precision)
     return ExportResult(
         model=graph.proto,
         inputs=graph_inputs(graph.proto),
@@ -152,7 +155,8 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
         recurrent_layers=tuple(recurrent),
         warnings=tuple(warnings),
         lowering=graph.lowering,
-        notes=tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note) + _tier_notes(tier, graph),
+        notes=tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note)
+        + ((precision.note(),) if precision.chosen else ()) + _tier_notes(tier, graph),
         tier=tier,
     )
 
@@ -172,6 +176,10 @@ def _convert(model: Any, signature: Sequence[InputSignature], options: ExportOpt
                    shapes + [(None, st.units) for st in extra], tuple(report.layers), state_map)
     if len(set(graph.names)) != len(graph.names):
         raise InputError(f"Expected unique output names with --state-io. Received: {graph.names}")
+    if report.state_inputs:
+        # Recorded now, not only in step 5: this is what tells every runner (the parity check's first)
+        # which inputs are initial states, fed zeros when a caller has none yet. Step 5 adds their shapes.
+        metadata.write_metadata(proto, {metadata.STATE_INPUTS: [{"name": v.name} for v in report.state_inputs]})
     return graph
 
 
@@ -194,12 +202,14 @@ def _state_outputs(proto: onnx.ModelProto, states: Sequence[StateIO],
     return state_map, [st for st, _ in extra]
 
 
-def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], options: ExportOptions) -> None:
-    """Steps 2 and 3: output and axis names, canonical names for the rest, a reproducible header."""
+def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], options: ExportOptions,
+          time_sources: Sequence[str | None]) -> None:
+    """Steps 2 and 3: output and axis names, canonical names for the rest, a reproducible header.
+    `time_sources`: the input whose time axis each Keras output follows (state outputs have none)."""
     options.tolerances.check_names(graph.names)  # after the state outputs: they may carry tolerances too
     proto = graph.proto
     name_outputs(proto, graph.names)
-    name_axes(proto, signature, graph.shapes)
+    name_axes(proto, signature, graph.shapes, time_sources)
     canonicalize(proto.graph, options.opset, keep={v.name for v in proto.graph.input} | set(graph.names))
     prune_opset_imports(proto)
     proto.graph.name = model_name
@@ -225,6 +235,23 @@ def _tier_notes(tier: TierInfo, graph: _Graph) -> tuple[str, ...]:
         return ()
     kept = [f"{e.layer!r} ({e.onnx_op})" for e in graph.lowering if e.onnx_op in tier.kept_float]
     return (tier.describe(),) + ((f"tier {tier.tier}: layers kept float32: {', '.join(kept)}",) if kept else ())
+
+
+def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
+    """Step 3b: refuse a graph a target runtime is known to compute wrong (its `problem`), before the
+    parity check and before anything is written."""
+    if not targets:
+        return
+    from toolkit.verify import runtimes_named  # the runtime registry
+
+    # `all` means every runtime a model deploys to: onnx.reference is a check, not a target (its `problem`
+    # says where it is no oracle, not where a model would be wrong).
+    chosen = [r for r in runtimes_named(targets) if list(targets) != ["all"] or r.name != "reference"]
+    found = [(runtime.name, runtime.problem(proto)) for runtime in chosen]
+    problems = [f"not valid in {name}: {problem}" for name, problem in found if problem]
+    if problems:
+        raise UnsupportedModelError(f"Expected a model every --target runtime computes right. Received: "
+                                    f"{'; '.join(problems)}")
 
 
 def _fusion_check(lowering: Sequence[LayerLowering], op_counts: Mapping[str, int], recurrent: Sequence[str],
@@ -256,7 +283,7 @@ def _load_runner(proto: onnx.ModelProto, model_name: str) -> OnnxRunner:
 
 
 def _record(graph: _Graph, model: Any, outputs: Sequence[OutputInfo], report: ParityReport,
-            options: ExportOptions, source: Mapping[str, Any] | None) -> None:
+            options: ExportOptions, source: Mapping[str, Any] | None, precision: PrecisionChoice) -> None:
     """Step 5: the `lstm_onnx.*` metadata, then the full `onnx.checker` pass over the finished model."""
     proto = graph.proto
     entries = {
@@ -264,13 +291,15 @@ def _record(graph: _Graph, model: Any, outputs: Sequence[OutputInfo], report: Pa
         metadata.LAYERS: describe_layers(model, {entry.layer: entry.onnx_op for entry in graph.lowering}),
         metadata.INPUTS: [t.to_json() for t in graph_inputs(proto)],
         metadata.OUTPUTS: [o.to_json() for o in outputs],
-        metadata.PARITY: metadata.parity_metadata(report),
+        metadata.PARITY: metadata.parity_metadata(report, precision),
         metadata.VERSIONS: metadata.versions(),
         metadata.OPSET: str(options.opset),
         metadata.OPTIONS: options.to_json(),
     }
     if graph.state_map:
         entries[metadata.STATE_MAP] = graph.state_map
+    if optional_inputs(proto):
+        entries[metadata.STATE_INPUTS] = [t.to_json() for t in optional_inputs(proto)]
     metadata.write_metadata(proto, entries)
     try:
         onnx.checker.check_model(proto, full_check=True)

@@ -70,11 +70,13 @@ def set_shape(value: onnx.ValueInfoProto, dims: Dims) -> None:
 
 
 def name_axes(model: onnx.ModelProto, signature: Sequence[InputSignature],
-              output_shapes: Sequence[Sequence[int | None]]) -> None:
+              output_shapes: Sequence[Sequence[int | None]],
+              time_sources: Sequence[str | None] | None = None) -> None:
     """Name dynamic axes `batch` and `time` on inputs and outputs; drop tf2onnx's `unk__N` value_info.
 
     With one variable-length input its time axis is `time` everywhere; with several, each is
-    `<input>_time` and an output's is `<output>_time` (which input it follows is not known here).
+    `<input>_time`, and an output's is the time axis of the input it follows (`time_sources`, from
+    `keras_io.time_axis_sources`), or `<output>_time` when that is not known.
     """
     variable_time = [s.name for s in signature if len(s.shape) >= 2 and s.shape[1] is None]
     shared_time = TIME_AXIS if len(variable_time) == 1 else None
@@ -82,8 +84,11 @@ def name_axes(model: onnx.ModelProto, signature: Sequence[InputSignature],
     for value in model.graph.input:
         if value.name in shapes:
             set_shape(value, _named_dims(value.name, shapes[value.name], shared_time))
-    for value, keras_shape in zip(model.graph.output, output_shapes):
-        set_shape(value, _named_dims(value.name, keras_shape, shared_time))
+    sources = list(time_sources or [])
+    for position, (value, keras_shape) in enumerate(zip(model.graph.output, output_shapes)):
+        source = sources[position] if position < len(sources) else None
+        follows = shared_time or (f"{source}_time" if source in variable_time else None)
+        set_shape(value, _named_dims(value.name, keras_shape, follows))
     # Intermediate shapes are optional; tf2onnx's carry counter-numbered axis names. ORT infers its own.
     model.graph.ClearField("value_info")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ModelLoadError, UnsupportedModelError
-from toolkit.naming import is_bidirectional, is_recurrent, recurrent_roles
+from toolkit.naming import is_bidirectional, is_recurrent, layer_cells, recurrent_roles
 from toolkit.tf2onnx_lib import InputSignature
 
 # Keras releases whose safe mode has the published fixes: 3.9 (CVE-2025-1550), 3.11 (CVE-2025-8747,
@@ -107,10 +107,16 @@ def output_shapes(model: Any) -> list[tuple[int | None, ...]]:
 
 
 def describe_layers(model: Any, fused_ops: dict[str, str] | None = None) -> list[dict]:
-    """One record per recurrent layer (the metadata's `layers`); `fused_ops` maps layer -> ONNX op."""
-    ops = fused_ops or {}
+    """One record per recurrent layer (the metadata's `layers`); `fused_ops` maps layer -> ONNX op. A
+    Bidirectional's inner layers are listed too, with the op their wrapper became (they are its directions)."""
+    ops = dict(fused_ops or {})
+    flat = list(model._flatten_layers(include_self=False))
+    for layer in flat:
+        if is_bidirectional(layer) and layer.name in ops:
+            for inner in (layer.forward_layer, layer.backward_layer):
+                ops.setdefault(inner.name, ops[layer.name])
     layers = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in flat:
         if not is_recurrent(layer):
             continue
         inner = layer.forward_layer if is_bidirectional(layer) else layer
@@ -118,7 +124,7 @@ def describe_layers(model: Any, fused_ops: dict[str, str] | None = None) -> list
             {
                 "name": layer.name,
                 "class": type(layer).__name__,
-                "units": getattr(inner, "units", None),
+                "units": _units(inner),
                 "return_sequences": bool(inner.return_sequences),
                 "return_state": bool(layer.return_state),
                 "go_backwards": bool(getattr(inner, "go_backwards", False)),
@@ -128,3 +134,55 @@ def describe_layers(model: Any, fused_ops: dict[str, str] | None = None) -> list
         )
     return layers
 
+
+def _units(layer: Any) -> Any:
+    """The layer's units; for an RNN over cells, its cell's (a list for a stack)."""
+    if hasattr(layer, "units"):
+        return layer.units
+    units = [getattr(cell, "units", None) for cell in layer_cells(layer)]
+    return units[0] if len(units) == 1 else units
+
+
+# Layers whose output keeps axis 1 (time) of their first input: an output's time axis is that input's.
+# Attention layers take the query first, whose steps they keep; merges of sequences need equal lengths.
+_KEEPS_TIME = frozenset({
+    "Dense", "EinsumDense", "TimeDistributed", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
+    "AlphaDropout", "ActivityRegularization", "LayerNormalization", "BatchNormalization", "UnitNormalization",
+    "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Masking", "Embedding", "Attention",
+    "AdditiveAttention", "MultiHeadAttention", "GroupQueryAttention", "Add", "Subtract", "Multiply", "Average",
+    "Maximum", "Minimum",
+})
+
+
+def time_axis_sources(model: Any) -> list[str | None]:
+    """For each model output, the model input whose time axis (axis 1) it has, or None when that is not
+    known (the output has no dynamic time axis, or a layer on the way may change its length)."""
+    inputs = {id(t): t.name for t in model.inputs}
+    return [_time_source(tensor, inputs) if len(tensor.shape) >= 2 and tensor.shape[1] is None else None
+            for tensor in model.outputs]
+
+
+def _time_source(tensor: Any, inputs: dict[int, str]) -> str | None:
+    for _ in range(10_000):  # a walk up the first inputs; the bound only guards against a cyclic history
+        if id(tensor) in inputs:
+            return inputs[id(tensor)]
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer, node_index, tensor_index = history
+        node = layer._inbound_nodes[node_index]
+        if not node.input_tensors or not _keeps_time(layer, tensor_index):
+            return None
+        tensor = node.input_tensors[0]
+    return None
+
+
+def _keeps_time(layer: Any, tensor_index: int) -> bool:
+    cls = type(layer).__name__
+    if cls == "Concatenate":
+        return layer.axis not in (1, -2)  # -2 is the time axis of a (batch, time, features) sequence
+    if is_recurrent(layer):
+        inner = layer.forward_layer if is_bidirectional(layer) else layer
+        sequences = 2 if is_bidirectional(layer) and layer.merge_mode is None else 1
+        return bool(inner.return_sequences) and tensor_index < sequences
+    return cls in _KEEPS_TIME

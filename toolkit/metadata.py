@@ -18,6 +18,7 @@ from toolkit import __version__
 from toolkit.compare import ParityReport
 from toolkit.errors import InputError
 from toolkit.options import DEFAULT_OPSET, ExportOptions
+from toolkit.precision import PrecisionChoice
 from toolkit.runner import METADATA_PREFIX, metadata_value
 
 SOURCE = "source"
@@ -29,6 +30,9 @@ VERSIONS = "versions"
 OPSET = "opset"
 OPTIONS = "options"
 STATE_MAP = "state_map"  # graph input of an initial state -> the output that carries it to the next call
+# Each state input's name, dtype and shape ("batch", units): what deploy code in any language needs to
+# make the zeros of a first call (state inputs have no default in the graph).
+STATE_INPUTS = "state_inputs"
 
 
 def write_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
@@ -58,9 +62,12 @@ def versions() -> dict[str, str]:
     }
 
 
-def parity_metadata(report: ParityReport) -> dict:
-    """A compact parity record: errors rounded to 3 significant digits so the bytes stay reproducible."""
+def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = None) -> dict:
+    """A compact parity record: errors rounded to 3 significant digits so the bytes stay reproducible.
+    A model computing in float16/bfloat16 also records that dtype and whether the tolerance came from it."""
+    extra = precision.to_json() if precision is not None and precision.compute_dtype != "float32" else {}
     return {
+        **extra,
         "passed": report.passed,
         "cases": [c.label for c in report.cases],
         "outputs": {

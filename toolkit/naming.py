@@ -10,6 +10,10 @@ and nobody can tell `state_h` from `state_c`. Here each output is `<layer>_<role
 | Bidirectional(LSTM)                | `sequence`/`last` (or `forward_*` and `backward_*` when   |
 |                                    | merge_mode is None), then `forward_state_h`,             |
 |                                    | `forward_state_c`, `backward_state_h`, `backward_state_c` |
+| RNN(LSTMCell), RNN(GRUCell), ...   | as the LSTM, GRU, SimpleRNN layer of that cell            |
+| RNN(StackedRNNCells([...]))        | `sequence` or `last` (the last cell's), then each cell's |
+|                                    | states in stack order: `cell0_state_h`, `cell0_state_c`, |
+|                                    | `cell1_state_h`, ...                                      |
 | any other layer                    | `output` (`output_<i>` when it returns several)          |
 
 `sequence` is the output at every step (`return_sequences=True`), `last` the output at the last step.
@@ -52,16 +56,45 @@ def is_bidirectional(layer: Any) -> bool:
     return type(layer).__name__ == "Bidirectional"
 
 
+def layer_cells(layer: Any) -> list[Any]:
+    """The cells of a recurrent layer in stack order: one, or a `StackedRNNCells`' cells."""
+    cell = getattr(layer, "cell", None)
+    if type(cell).__name__ == "StackedRNNCells":
+        return list(cell.cells)
+    return [cell]
+
+
+def _flat_sizes(cell: Any) -> list[Any]:
+    sizes = getattr(cell, "state_size", 1)
+    return list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
+
+
+def _cell_state_roles(cell: Any) -> list[str]:
+    """An LSTM cell's states are h and c; a one-state cell's is h; any other cell's are numbered."""
+    cls = type(cell).__name__
+    if cls == "LSTMCell":
+        return ["state_h", "state_c"]
+    count = len(_flat_sizes(cell))
+    return ["state_h"] if count == 1 else [f"state_{i}" for i in range(count)]
+
+
 def state_roles(layer: Any) -> list[str]:
-    """The names of one recurrent layer's states, in Keras' order."""
+    """The names of one recurrent layer's states, in Keras' order. A `StackedRNNCells` returns each
+    cell's states in stack order: `cell<i>_state_h` (and `cell<i>_state_c`)."""
     cls = type(layer).__name__
     if cls == "LSTM":
         return ["state_h", "state_c"]
     if cls in ("GRU", "SimpleRNN"):
         return ["state_h"]
-    sizes = getattr(getattr(layer, "cell", None), "state_size", 1)
-    count = len(sizes) if isinstance(sizes, (list, tuple)) else 1
-    return ["state_h"] if count == 1 else [f"state_{i}" for i in range(count)]
+    cells = layer_cells(layer)
+    if len(cells) == 1:
+        return _cell_state_roles(cells[0])
+    return [f"cell{i}_{role}" for i, cell in enumerate(cells) for role in _cell_state_roles(cell)]
+
+
+def state_units(layer: Any) -> list[int]:
+    """The size of each state of a recurrent layer, in the order of `state_roles`."""
+    return [int(size) for cell in layer_cells(layer) for size in _flat_sizes(cell)]
 
 
 def recurrent_roles(layer: Any) -> list[str]:
@@ -92,7 +125,7 @@ def _origin(tensor: Any) -> tuple[Any, int, int]:
     return op, node_index, tensor_index
 
 
-def _call_in_model(model: Any, layer: Any, node_index: int) -> int:
+def call_in_model(model: Any, layer: Any, node_index: int) -> int:
     """Which call of `layer` within this model (Keras numbers calls across every model sharing it:
     the keras.io decoder LSTM is call 1 globally but the only call of the inference decoder model)."""
     functional = getattr(model, "_functional", None) or model
@@ -109,7 +142,7 @@ def output_origins(model: Any) -> list[OutputOrigin]:
     origins: list[OutputOrigin] = []
     for tensor in model.outputs:
         layer, node_index, index = _origin(tensor)
-        call = _call_in_model(model, layer, node_index)
+        call = call_in_model(model, layer, node_index)
         cls = type(layer).__name__
         if is_recurrent(layer):
             roles = recurrent_roles(layer)

@@ -54,6 +54,9 @@ class ExportOptions:
     tier: str = DEFAULT_TIER  # precision tier: float32, float16 (weights stored half) or int8 (dynamic quantization)
     output_names: OutputNames = None
     tolerances: Tolerances = field(default_factory=Tolerances)
+    # Runtimes the export must be valid in (`verify --runtimes` names, or "all"): an export one of them
+    # is known to compute wrong (OpenVINO and a masked layer, e.g.) is refused before anything is written.
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_opset(self.opset)
@@ -68,6 +71,8 @@ class ExportOptions:
         for name in ("propagate_nan", "state_io", "require_fused"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"Expected {name} True or False. Received: {name}={getattr(self, name)!r}")
+        if not isinstance(self.targets, tuple) or not all(isinstance(t, str) for t in self.targets):
+            raise InputError(f"Expected targets as a tuple of runtime names. Received: targets={self.targets!r}")
         if not isinstance(self.tolerances, Tolerances):
             raise InputError(f"Expected tolerances as a Tolerances. Received: {type(self.tolerances).__name__}")
 

@@ -150,18 +150,47 @@ def _dtype_name(value_info: onnx.ValueInfoProto) -> str:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
 
 
+def state_input_names(model: onnx.ModelProto) -> set[str]:
+    """The initial-state inputs that default to zeros: those lstm-onnx created for `--state-io` or stateful
+    layers (`lstm_onnx.state_inputs`), and, in files written before state inputs were plain graph inputs,
+    those with a same-name initializer as their default. (A Keras input used as an initial state is a
+    state too, in the state map, but the model's own input: the caller feeds it.)"""
+    recorded = metadata_value(model, "state_inputs")
+    try:
+        created = {entry["name"] for entry in json.loads(recorded)} if recorded else set()
+    except (ValueError, KeyError, TypeError):  # unreadable metadata: every input must then be fed
+        created = set()
+    return created | {t.name for t in model.graph.initializer}
+
+
 def graph_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
-    """The inputs a caller must feed."""
-    initializers = {t.name for t in model.graph.initializer}
-    return tuple(
-        TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name not in initializers
-    )
+    """The inputs a caller must feed (initial states are not among them: see `optional_inputs`)."""
+    states = state_input_names(model)
+    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name not in states)
 
 
 def optional_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
-    """Inputs with a default (an initializer of the same name), e.g. --state-io's initial states (zeros)."""
-    initializers = {t.name for t in model.graph.initializer}
-    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name in initializers)
+    """Initial-state inputs: zeros when not fed (the library's runners feed the zeros, `with_zero_states`)."""
+    states = state_input_names(model)
+    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name in states)
+
+
+def with_zero_states(optional: Sequence[TensorInfo], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` plus zeros for every state input not given, of shape (batch, units): the batch is the fed
+    inputs' first axis, the other axes are the input's declared ones. A graph's state inputs have no
+    default of their own (a runtime other than Python's ONNX Runtime would ignore or refuse it)."""
+    batches = {np.shape(v)[0] for v in feeds.values() if np.ndim(v) > 0}
+    batch = batches.pop() if len(batches) == 1 else None
+    filled = dict(feeds)
+    for info in optional:
+        if info.name in filled:
+            continue
+        dims = [d if isinstance(d, int) else batch for d in info.shape]
+        if None in dims:
+            raise InputError(f"Expected the inputs to share one batch size, to make zeros for {info.name!r} "
+                             f"{info.shape_text()}. Received batch sizes {sorted(batches)}")
+        filled[info.name] = np.zeros(dims, np.dtype(info.dtype))
+    return filled
 
 
 def metadata_value(model: onnx.ModelProto, key: str) -> str | None:
@@ -230,7 +259,7 @@ def check_feeds(inputs: Sequence[TensorInfo], optional: Sequence[TensorInfo],
     checked: dict[str, np.ndarray] = {}
     for info in tuple(inputs) + tuple(t for t in optional if t.name in feeds):
         checked[info.name] = _check_feed(info, np.asarray(feeds[info.name]))
-    return checked
+    return with_zero_states(optional, checked)
 
 
 def _check_feed(info: TensorInfo, array: np.ndarray) -> np.ndarray:

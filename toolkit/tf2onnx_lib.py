@@ -8,10 +8,12 @@ Sequential models alike; the exporter renames what comes out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from toolkit.errors import ExportError
 from toolkit.options import MAX_OPSET, MIN_OPSET  # noqa: F401 - the opsets tf2onnx is used with; defined once there
@@ -32,6 +34,30 @@ def _quiet_tf2onnx() -> None:
     verbose_logging.set_level(logging.ERROR)
 
 
+class _DropTf2onnxRecords(logging.Filter):
+    """Drops the records tf2onnx logs on the root logger itself (`logging.warning(...)` in its Gemm
+    rewriter: "For now, onnxruntime only support float32 type for Gemm rewriter", on a float16 Dense)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}tf2onnx{os.sep}" not in record.pathname
+
+
+@contextlib.contextmanager
+def _root_records_of_tf2onnx_dropped() -> Iterator[None]:
+    """For one conversion: the filter above on the root logger, and a NullHandler, so that the root
+    logger's first record does not make `logging.basicConfig` attach a stderr handler for good (that is
+    what printed `WARNING:root:` lines). Both are removed after: the application's logging is its own."""
+    root = logging.getLogger()
+    drop, null = _DropTf2onnxRecords(), logging.NullHandler()
+    root.addFilter(drop)
+    root.addHandler(null)
+    try:
+        yield
+    finally:
+        root.removeHandler(null)
+        root.removeFilter(drop)
+
+
 def convert_call(call: Callable[..., Any], signature: Sequence[InputSignature], opset: int, what: str) -> Any:
     """Trace `call(*tensors)` with named input specs and convert it; outputs are its flattened results, in order."""
     import keras
@@ -46,7 +72,8 @@ def convert_call(call: Callable[..., Any], signature: Sequence[InputSignature], 
         return keras.tree.flatten(call(*args))
 
     try:
-        proto, _ = tf2onnx.convert.from_function(traced, input_signature=specs, opset=opset)
+        with _root_records_of_tf2onnx_dropped():
+            proto, _ = tf2onnx.convert.from_function(traced, input_signature=specs, opset=opset)
     except Exception as exc:  # tf2onnx raises anything from KeyError to ValueError on a graph it cannot take
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"tf2onnx could not convert {what!r}: {type(exc).__name__}: {first_line}") from exc

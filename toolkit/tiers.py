@@ -58,12 +58,27 @@ def check_tier(tier: Any) -> str:
     return tier
 
 
-def tier_tolerances(tier: str, tolerances: Tolerances) -> Tolerances:
-    """The tolerances a tier is checked at: the user's default when given, else the tier's measured one."""
-    chosen = TIER_TOLERANCES[check_tier(tier)]
-    if chosen is None or tolerances.default is not None:
+def tier_tolerances(tier: str, tolerances: Tolerances, computed: Tolerance | None = None) -> Tolerances:
+    """The tolerances a tier is checked at: the user's default when given, else the tier's measured one.
+
+    `computed` is the default `toolkit.precision` chose for a model that computes in float16/bfloat16:
+    the tier's tolerance can only loosen it (each is the error of one rounding, and both apply).
+    """
+    if tolerances.default is not None:
         return tolerances
-    return Tolerances(chosen, tolerances.per_output)
+    found = [t for t in (TIER_TOLERANCES[check_tier(tier)], computed) if t is not None]
+    if not found:
+        return tolerances
+    return Tolerances(Tolerance(max(t.atol for t in found), max(t.rtol for t in found)), tolerances.per_output)
+
+
+def recorded_tolerances(model: onnx.ModelProto, tolerances: Tolerances, keras_model: Any) -> Tolerances:
+    """The tolerances an export is verified at, as it was exported: its recorded tier's (and the Keras
+    model's compute dtype's, `toolkit.precision`) unless the user set a default."""
+    from toolkit.precision import choose
+
+    computed = choose(tolerances, keras_model)
+    return tier_tolerances(recorded_tier(model), tolerances, computed.tolerances.default if computed.chosen else None)
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,13 @@ from toolkit.compare import (
     Tolerances,
     check_equal,
     compare_case,
+    failed_case,
 )
 from toolkit.errors import InputError, ModelLoadError
 from toolkit.inputs import InputCase, make_cases
 from toolkit.naming import OutputOrigin, output_origins, unique_names
-from toolkit.tiers import tier_tolerances
+from toolkit.precision import choose as choose_tolerance
+from toolkit.tiers import recorded_tolerances
 from toolkit.runner import (
     check_feeds,
     count_ops,
@@ -46,6 +48,8 @@ from toolkit.runner import (
     metadata_value,
     optional_inputs,
 )
+from toolkit.runtimes.base import RuntimeFailure, open_or_failed, valid_everywhere
+from toolkit.runtimes.registry import DEPLOY_RUNTIMES, TIERS
 
 
 # What ONNX Runtime raises for a model or feed it rejects: its own pybind11 types (plain Exception
@@ -137,9 +141,7 @@ class OnnxRunner(GraphRunner):
         options = ort.SessionOptions()
         options.graph_optimization_level = optimization_level
         options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
-        if threads is not None:  # None: ORT's default, one intra-op thread per core
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options.intra_op_num_threads = threads or 0  # 0: ORT's default, one thread per core
         try:
             self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=list(providers))
         except ORT_ERRORS as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
@@ -190,13 +192,6 @@ class ReferenceRunner(GraphRunner):
         if problem:
             raise InputError(f"Expected a model onnx.reference can evaluate faithfully. Received: {problem}")
         self.evaluator = ReferenceEvaluator(self.model)
-
-    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # Exactly the required inputs: the evaluator takes no optional ones.
-        expected = self.input_names
-        if sorted(feeds) != sorted(expected):
-            raise InputError(f"Expected inputs {expected}. Received: {list(feeds)}")
-        return {name: np.asarray(feeds[name]) for name in expected}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -261,12 +256,8 @@ def register(runtime: Runtime) -> Runtime:
     return runtime
 
 
-def _always_valid(model: onnx.ModelProto) -> str | None:
-    return None
-
-
 def _ort_runtime(name: str, level: ort.GraphOptimizationLevel) -> Runtime:
-    return Runtime(name, _always_valid, lambda path, model: OnnxRunner(model, optimization_level=level, name=name))
+    return Runtime(name, valid_everywhere, lambda path, model: OnnxRunner(model, optimization_level=level, name=name))
 
 
 for _name, _level in ORT_LEVELS.items():
@@ -274,11 +265,20 @@ for _name, _level in ORT_LEVELS.items():
 register(Runtime("reference", reference_oracle_problem, lambda path, model: ReferenceRunner(model)))
 
 
+# The runtimes an export deploys to besides ONNX Runtime in Python (toolkit/runtimes): Node, WASM,
+# headless Chromium, OpenVINO (f32, and its default precision as a tier `all` leaves out).
+for _name, _problem, _open in DEPLOY_RUNTIMES:
+    register(Runtime(_name, _problem, _open))
+
+
 def runtimes_named(names: Sequence[str]) -> list[Runtime]:
-    """The registered runtimes of these names; one unknown name refuses them all, listing the valid ones."""
+    """The registered runtimes of these names (`all`: every one but the tiers); one unknown name refuses
+    them all, listing the valid ones."""
+    if list(names) == ["all"]:
+        names = [n for n in RUNTIMES if n not in TIERS]
     unknown = [n for n in names if n not in RUNTIMES]
     if unknown or not names:
-        raise InputError(f"Expected runtimes among {list(RUNTIMES)}. Received: {list(names)}")
+        raise InputError(f"Expected runtimes among {list(RUNTIMES)} or all. Received: {list(names)}")
     return [RUNTIMES[n] for n in names]
 
 
@@ -300,7 +300,11 @@ def compare_runners(reference: Runner, runners: Sequence[Runner], cases: Sequenc
     for case in cases:
         expected = list(reference.run(case.feeds).values())
         for runner in runners:
-            actual = runner.run(case.feeds)
+            try:
+                actual = runner.run(case.feeds)
+            except RuntimeFailure as exc:  # a runtime's own error: that runtime fails, saying why; the rest go on
+                rows[runner.name].append(failed_case(case.label, expected, names, tolerances, str(exc)))
+                continue
             checks = invariants(actual) if invariants is not None else ()
             rows[runner.name].append(compare_case(case.label, expected, actual, names, tolerances, checks))
     wanted = tuple(expected_names if expected_names is not None else names)
@@ -333,7 +337,8 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[GraphRunner | Runne
     """The parity check: every runner against Keras on every case, values and the post's invariants."""
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
-    tolerances = tolerances.resolve(count_ops(proto))
+    # A float16/bfloat16-computing model's tolerance when the user set none (`precision.choose`).
+    tolerances = choose_tolerance(tolerances, keras.model).tolerances.resolve(count_ops(proto))
     origins = keras.origins
 
     def invariants(actual: Mapping[str, np.ndarray]) -> list[InvariantCheck]:
@@ -365,9 +370,10 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
         )
     problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
     padding = recorded_options(proto).get("padding", "right")  # the side the export was made for
-    tolerances = tier_tolerances(str(recorded_options(proto).get("tier", "float32")), tolerances)  # int8: its own
+    tolerances = recorded_tolerances(proto, tolerances, keras.model)  # an int8 or float16 export's, as at export
     with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(r.open(Path(onnx_path), proto)) for r in chosen if not problems[r.name]]
+        runners = [stack.enter_context(open_or_failed(r.name, r.open, Path(onnx_path), proto))
+                   for r in chosen if not problems[r.name]]
         cases = make_cases(keras.model, seed, padding)
         reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases)
     return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]

@@ -27,6 +27,13 @@ ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
 
 # Keras recurrent layer class -> the fused ONNX op it becomes.
 CELL_OPS = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
+# Keras cell class -> the fused ONNX op a `keras.layers.RNN` over it becomes (by class identity in
+# `cell_op`: a subclass may change `call`, which the op would not follow).
+CELL_CLASS_OPS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "SimpleRNNCell": "RNN"}
+
+# What a user can do about a layer that is not fused, appended to the reasons below.
+FUSED_HINT = ("for a fused op use keras.layers.LSTM, GRU or SimpleRNN, or keras.layers.RNN over LSTMCell, "
+              "GRUCell, SimpleRNNCell or a StackedRNNCells of them")
 
 Activation = tuple[str, float | None, float | None]
 
@@ -68,7 +75,7 @@ def to_numpy(variable: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
 
 
-def _activation(fn: Any, layer: Any, what: str) -> Activation:
+def _activation(fn: Any, op: str, what: str) -> Activation:
     import keras
 
     try:
@@ -78,8 +85,7 @@ def _activation(fn: Any, layer: Any, what: str) -> Activation:
     if isinstance(name, dict):  # a callable object (keras.layers.ReLU(), a custom class) serializes as a dict
         name = name.get("class_name", "?")
     if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise NotFusable(f"{what} {name!r} has no ONNX {CELL_OPS.get(type(layer).__name__, 'RNN')} equivalent "
-                         f"(supported: {sorted(ACTIVATIONS)})")
+        raise NotFusable(f"{what} {name!r} has no ONNX {op} equivalent (supported: {sorted(ACTIVATIONS)})")
     return ACTIVATIONS[name]
 
 
@@ -89,8 +95,8 @@ def _plan(op: str, weights: _Weights, W: np.ndarray, R: np.ndarray, B: np.ndarra
                     tuple(a[2] for a in acts), **extra)
 
 
-def _plan_lstm(layer: Any, weights: _Weights, act: Activation) -> CellPlan:
-    rec = _activation(layer.cell.recurrent_activation, layer, "recurrent_activation")
+def _plan_lstm(cell: Any, weights: _Weights, act: Activation) -> CellPlan:
+    rec = _activation(cell.recurrent_activation, "LSTM", "recurrent_activation")
     units = weights.units
     order = [0, 3, 1, 2]  # Keras i, f, c, o -> ONNX i, o, f, c
 
@@ -104,10 +110,10 @@ def _plan_lstm(layer: Any, weights: _Weights, act: Activation) -> CellPlan:
                  state_count=2)
 
 
-def _plan_gru(layer: Any, weights: _Weights, act: Activation) -> CellPlan:
-    rec = _activation(layer.cell.recurrent_activation, layer, "recurrent_activation")
+def _plan_gru(cell: Any, weights: _Weights, act: Activation) -> CellPlan:
+    rec = _activation(cell.recurrent_activation, "GRU", "recurrent_activation")
     units, bias = weights.units, weights.bias
-    reset_after = bool(layer.cell.reset_after)
+    reset_after = bool(cell.reset_after)
     # Keras and ONNX both order GRU gates z, r, h.
     if bias is None:
         B = np.zeros(6 * units, np.float32)
@@ -119,27 +125,78 @@ def _plan_gru(layer: Any, weights: _Weights, act: Activation) -> CellPlan:
                  linear_before_reset=1 if reset_after else 0)
 
 
-def _plan_rnn(layer: Any, weights: _Weights, act: Activation) -> CellPlan:
+def _plan_rnn(cell: Any, weights: _Weights, act: Activation) -> CellPlan:
     units, bias = weights.units, weights.bias
     B = np.concatenate([bias if bias is not None else np.zeros(units, np.float32), np.zeros(units, np.float32)])
     return _plan("RNN", weights, weights.kernel.T, weights.recurrent.T, B, (act,))
 
 
 _PLANNERS: dict[str, Callable[[Any, _Weights, Activation], CellPlan]] = {
-    "LSTM": _plan_lstm, "GRU": _plan_gru, "SimpleRNN": _plan_rnn}
+    "LSTM": _plan_lstm, "GRU": _plan_gru, "RNN": _plan_rnn}
+
+# Compute dtypes lowered to float32 ops: a mixed-precision layer keeps float32 variables, and a float32
+# run of them is closer to the model's real-number meaning than Keras' float16/bfloat16 one.
+LOWERED_COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def cell_op(cell: Any) -> str:
+    """The fused op of one standard Keras cell; NotFusable for any other cell."""
+    import keras
+
+    for name, op in CELL_CLASS_OPS.items():
+        if type(cell) is getattr(keras.layers, name):
+            return op
+    raise NotFusable(f"a custom cell {type(cell).__name__} has no fused ONNX op; {FUSED_HINT}")
+
+
+def layer_cells(layer: Any) -> list[Any]:
+    """The cells of a recurrent layer lstm-onnx can fuse, in stack order; NotFusable for any other layer."""
+    cls = type(layer).__name__
+    if cls in CELL_OPS:
+        return [layer.cell]
+    if cls.startswith("ConvLSTM"):
+        raise NotFusable(f"{cls} is not one of {sorted(CELL_OPS)}: ONNX has no convolutional recurrent op, "
+                         "so it runs as a Loop")
+    if cls != "RNN":
+        raise NotFusable(f"{cls} is not one of {sorted(CELL_OPS)} or RNN; {FUSED_HINT}")
+    cell = layer.cell
+    cells = list(cell.cells) if type(cell).__name__ == "StackedRNNCells" else [cell]
+    for inner in cells:
+        cell_op(inner)  # refuses a custom (or nested stacked) cell
+    return cells
+
+
+def _check_dtypes(layer: Any) -> None:
+    policy = getattr(layer, "dtype_policy", None)
+    if policy is None:
+        return
+    if policy.compute_dtype not in LOWERED_COMPUTE_DTYPES or policy.variable_dtype != "float32":
+        raise NotFusable(f"dtype policy {policy.name!r} (lowered: float32 variables computed in "
+                         f"{', '.join(LOWERED_COMPUTE_DTYPES)}); use 'float32' or 'mixed_float16'/'mixed_bfloat16'")
+
+
+def plan_one_cell(cell: Any) -> CellPlan:
+    """Re-order one standard Keras cell's weights for its ONNX op."""
+    op = cell_op(cell)
+    bias = to_numpy(cell.bias) if getattr(cell, "bias", None) is not None else None
+    weights = _Weights(int(cell.units), to_numpy(cell.kernel), to_numpy(cell.recurrent_kernel), bias)
+    return _PLANNERS[op](cell, weights, _activation(cell.activation, op, "activation"))
+
+
+def plan_cells(layer: Any) -> list[CellPlan]:
+    """One plan per cell of a layer (several for an RNN over StackedRNNCells), in stack order."""
+    cells = layer_cells(layer)
+    _check_dtypes(layer)
+    return [plan_one_cell(cell) for cell in cells]
 
 
 def plan_cell(layer: Any) -> CellPlan:
-    """Re-order one Keras LSTM/GRU/SimpleRNN layer's weights for the ONNX op."""
-    cls = type(layer).__name__
-    if cls not in CELL_OPS:
-        raise NotFusable(f"{cls} is not one of {sorted(CELL_OPS)}")
-    cell = layer.cell
-    if getattr(layer, "dtype_policy", None) is not None and layer.dtype_policy.compute_dtype != "float32":
-        raise NotFusable(f"compute dtype {layer.dtype_policy.compute_dtype} (only float32 is lowered)")
-    bias = to_numpy(cell.bias) if getattr(cell, "bias", None) is not None else None
-    weights = _Weights(int(cell.units), to_numpy(cell.kernel), to_numpy(cell.recurrent_kernel), bias)
-    return _PLANNERS[cls](layer, weights, _activation(cell.activation, layer, "activation"))
+    """Re-order one Keras LSTM/GRU/SimpleRNN layer's (or RNN over one standard cell's) weights for the ONNX op."""
+    plans = plan_cells(layer)
+    if len(plans) != 1:
+        raise NotFusable(f"an RNN over a StackedRNNCells of {len(plans)} cells here; wrap each cell in its own "
+                         "RNN (or LSTM/GRU/SimpleRNN layer) to fuse it")
+    return plans[0]
 
 
 def bidirectional_plans(layer: Any) -> list[CellPlan]:
@@ -178,10 +235,12 @@ def is_bidirectional(layer: Any) -> bool:
 
 
 def state_roles(layer: Any) -> list[tuple[str, int]]:
-    """(role, units) of each state, in Keras' order: forward states then backward ones."""
-    from toolkit.naming import state_roles as roles_of
+    """(role, units) of each state, in Keras' order: forward states then backward ones; a stack's cells
+    in stack order."""
+    from toolkit.naming import state_roles as roles_of, state_units
 
     if is_bidirectional(layer):
         inner = layer.forward_layer
-        return [(f"{d}_{r}", int(inner.units)) for d in ("forward", "backward") for r in roles_of(inner)]
-    return [(r, int(layer.units)) for r in roles_of(layer)]
+        pairs = list(zip(roles_of(inner), state_units(inner)))
+        return [(f"{d}_{r}", u) for d in ("forward", "backward") for r, u in pairs]
+    return list(zip(roles_of(layer), state_units(layer)))

@@ -34,7 +34,8 @@ class LayerLowering:
 
     @property
     def fused(self) -> bool:
-        return self.onnx_op in CELL_OPS.values()
+        # A stack of cells is a stack of ops: "LSTM+GRU".
+        return all(op in CELL_OPS.values() for op in self.onnx_op.split("+"))
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,15 @@ class LoweringContext:
         # What is derived from a (batch, time) bool mask, written once and shared by every layer reading
         # that mask: its (time, batch, 1) form, its int32 cast, sequence_lens, the padding check.
         self.mask_forms: dict[tuple[str, str], str] = {}
+        # Which call of its layer each Keras node is within the model walked (by id of the node), as the
+        # output names count them: Keras numbers calls across every model sharing a layer, and a loaded
+        # Sequential gives its first layer an inbound node outside its graph.
+        self.calls: dict[int, int] = {}
+
+    def owner(self, layer: Any, node: Any) -> str:
+        """The layer's name, with `_call<n>` for a later call of a shared layer (as `naming` does)."""
+        call = self.calls.get(id(node), 0)
+        return layer.name if call == 0 else f"{layer.name}_call{call}"
 
     def to_time_major(self, value: str) -> str:
         """The (time, batch, features) form of a batch-major sequence."""

@@ -16,7 +16,7 @@ from toolkit.errors import UnsupportedModelError
 from toolkit.lowering.context import HANDLERS, Handler, LayerCall, LoweringContext, LoweringReport, Value
 from toolkit.lowering.layers import fallback
 from toolkit.lowering.writer import GraphWriter, prune
-from toolkit.naming import is_recurrent
+from toolkit.naming import call_in_model, is_recurrent
 from toolkit.tf2onnx_lib import InputSignature
 
 
@@ -52,6 +52,8 @@ def walk(ctx: LoweringContext, model: Any, inputs: Sequence[Value]) -> list[Valu
                 continue  # an InputLayer: its value is a graph input (or the outer model's value)
             if any(id(t) not in values for t in node.input_tensors):
                 continue  # a node of another model sharing this layer
+            layer = node.operation
+            ctx.calls[id(node)] = call_in_model(model, layer, layer._inbound_nodes.index(node))
             outputs = lower_node(ctx, node, values)
             for tensor, value in zip(node.outputs, outputs):
                 values[id(tensor)] = value

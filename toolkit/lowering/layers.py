@@ -17,9 +17,10 @@ import numpy as np
 from onnx import TensorProto
 
 from toolkit.lowering import masks
-from toolkit.lowering.cells import NotFusable, to_numpy
+from toolkit.lowering.cells import NotFusable, plan_cells, to_numpy
 from toolkit.lowering.context import LayerCall, LayerLowering, LoweringContext, Value, handles
-from toolkit.lowering.recurrent import lower_recurrent
+from toolkit.lowering.recurrent import lower_recurrent, read_call, write_state_inputs
+from toolkit.lowering.stacked import is_stacked, lower_stacked
 from toolkit.naming import is_recurrent
 from toolkit.tf2onnx_lib import InputSignature, convert_call
 
@@ -63,9 +64,17 @@ def lower_masking(ctx: LoweringContext, call: LayerCall) -> list[Value]:
 
 @handles("Dense")
 def lower_dense_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
-    if dense_activation(call.layer, call.tensor) is None:
+    if dense_activation(call.layer, call.tensor) is not None:
+        return [lower_dense(ctx, call.layer, call.tensor, call.first)]
+    activation = mixed_dense_activation(call.layer, call.tensor)
+    if activation is None:
         return None
-    return [lower_dense(ctx, call.layer, call.tensor, call.first)]
+    # A mixed-precision Dense (float32 variables, float16/bfloat16 compute) in float32, as its recurrent
+    # neighbours are: tf2onnx writes a bfloat16 Dense as a MatMul of float16 and bfloat16 operands
+    # that ONNX Runtime refuses to load (tf2onnx 1.17, ORT 1.32), and warns on a float16 one.
+    value = _float32_inputs(ctx, call)[id(call.tensor)]
+    out = lower_dense(ctx, call.layer, call.tensor, value, activation)
+    return _keras_dtypes(ctx, call.node, [out])
 
 
 @handles("TimeDistributed")
@@ -78,14 +87,16 @@ def lower_time_distributed(ctx: LoweringContext, call: LayerCall) -> Optional[li
     return None
 
 
-def lower_dense(ctx: LoweringContext, layer: Any, tensor: Any, value: Value) -> Value:
+def lower_dense(ctx: LoweringContext, layer: Any, tensor: Any, value: Value, activation: str | None = None) -> Value:
     """MatMul (it broadcasts over batch and time), Add, activation: what Keras' Dense.call does.
-    tf2onnx writes Keras' tensordot as Shape/Cast/Reshape/Gather/Concat/Cast/MatMul/Reshape."""
+    tf2onnx writes Keras' tensordot as Shape/Cast/Reshape/Gather/Concat/Cast/MatMul/Reshape.
+    `activation`: the ONNX op of the activation, when `dense_activation` does not give it (mixed precision)."""
     w = ctx.w
     out = w.op1("MatMul", [value.name, w.const(to_numpy(layer.kernel), "kernel")])
     if layer.bias is not None:
         out = w.op1("Add", [out, w.const(to_numpy(layer.bias), "bias")])
-    activation = dense_activation(layer, tensor)
+    if activation is None:
+        activation = dense_activation(layer, tensor)
     if activation == "gelu":
         # Keras' default (exact) gelu, x/2 (1 + erf(x/sqrt 2)); ONNX has Gelu only from opset 20, and
         # tf2onnx writes TensorFlow's erfc as an Erfc node ONNX does not have. Below x = -5.5 the sum
@@ -190,12 +201,31 @@ def dense_activation(layer: Any, tensor: Any) -> str | None:
     """The ONNX op for a plain Dense layer's activation, "" for linear; None when lstm-onnx does not lower
     the layer itself (not a Dense, quantized or LoRA weights, an input or compute dtype other than
     float32 (Keras would cast), another activation): tf2onnx converts it then."""
-    import keras
-
     if type(layer).__name__ != "Dense" or tensor is None or str(tensor.dtype) != "float32":
         return None
     if not plain_weights(layer):
         return None
+    return _activation_op(layer)
+
+
+def mixed_dense_activation(layer: Any, tensor: Any) -> str | None:
+    """As `dense_activation`, for a Dense of a mixed-precision policy (float32 variables, float16 or
+    bfloat16 compute; input float32 or that dtype): lowered in float32 with casts around it."""
+    policy = getattr(layer, "dtype_policy", None)
+    if type(layer).__name__ != "Dense" or tensor is None or policy is None:
+        return None
+    if str(policy.compute_dtype) not in _LOW_PRECISION or str(policy.variable_dtype) != "float32":
+        return None
+    if str(tensor.dtype) not in ("float32", str(policy.compute_dtype)):
+        return None
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        return None
+    return _activation_op(layer)
+
+
+def _activation_op(layer: Any) -> str | None:
+    import keras
+
     # By identity, not by name: keras.ops.gelu is also called "gelu" but defaults to the tanh approximation.
     for name, op in _DENSE_ACTIVATIONS.items():
         if layer.activation is getattr(keras.activations, name) or (layer.activation is None and name == "linear"):
@@ -211,17 +241,60 @@ def plain_weights(layer: Any) -> bool:
 
 @handles("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional")
 def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
-    """One fused op (`recurrent.py`), or, when the layer cannot be fused, tf2onnx with the reason
-    reported: never a silent fallback."""
+    """One fused op (`recurrent.py`), a stack of them for an RNN over StackedRNNCells (`stacked.py`),
+    or, when the layer cannot be fused, tf2onnx with the reason reported: never a silent fallback."""
     layer = call.layer
     if not is_recurrent(layer):
         return None  # a layer of another kind under a recurrent class name
     try:
-        outputs, op = lower_recurrent(ctx, call.node, call.values)
+        values = _float32_inputs(ctx, call)
+        if is_stacked(layer):
+            outputs, op = _lower_stacked_call(ctx, call.node, values)
+        else:
+            outputs, op = lower_recurrent(ctx, call.node, values)
     except NotFusable as reason:
         ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, "tf2onnx", str(reason)))
         return convert_with_tf2onnx(ctx, call, consumes_mask=True)
-    note = ("stateful=True: exported with state inputs and outputs (lstm_onnx.state_map); "
-            "carry the states from call to call" if getattr(layer, "stateful", False) else "")
-    ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, op, note=note))
-    return outputs
+    notes = []
+    if getattr(layer, "stateful", False):
+        notes.append("stateful=True: exported with state inputs and outputs (lstm_onnx.state_map); "
+                     "carry the states from call to call")
+    compute = str(layer.dtype_policy.compute_dtype)
+    if compute != "float32":
+        notes.append(f"computed in {compute} by Keras, exported as float32 {op} from its float32 variables")
+    ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, op, note="; ".join(notes)))
+    return _keras_dtypes(ctx, call.node, outputs)
+
+
+def _lower_stacked_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> tuple[list[Value], str]:
+    """The recurrent steps around `lower_stacked`: read the call, plan every cell (refusing before anything
+    is written), write the state inputs. The op reported is the cells' ops: "LSTM+GRU"."""
+    rc = read_call(ctx, node, values)
+    plans = plan_cells(rc.layer)
+    write_state_inputs(ctx, rc)
+    return lower_stacked(ctx, rc, plans), "+".join(p.op for p in plans)
+
+
+# Keras' low-precision compute dtypes, as ONNX element types.
+_LOW_PRECISION = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
+
+
+def _float32_inputs(ctx: LoweringContext, call: LayerCall) -> dict[int, Value]:
+    """The values of the call with every float16/bfloat16 input (a mixed-precision layer's output before
+    it) cast to float32: the fused op runs in float32 from the layer's float32 variables."""
+    values = dict(call.values)
+    for tensor in call.node.input_tensors:
+        if str(tensor.dtype) in _LOW_PRECISION:
+            value = values[id(tensor)]
+            values[id(tensor)] = Value(ctx.w.op1("Cast", [value.name], to=TensorProto.FLOAT), value.mask)
+    return values
+
+
+def _keras_dtypes(ctx: LoweringContext, node: Any, outputs: list[Value]) -> list[Value]:
+    """Outputs in the dtypes Keras gives them (float16 under mixed_float16), so that the layers after
+    them, converted for those dtypes, read what they expect."""
+    typed = []
+    for tensor, value in zip(node.outputs, outputs):
+        to = _LOW_PRECISION.get(str(tensor.dtype))
+        typed.append(value if to is None else Value(ctx.w.op1("Cast", [value.name], to=to), value.mask))
+    return typed

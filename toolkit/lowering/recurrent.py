@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from toolkit.lowering import masks
 from toolkit.lowering.cells import (CellPlan, NotFusable, bidirectional_plans, is_bidirectional, op_attributes,
@@ -62,13 +62,18 @@ def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> Recu
     elif sequence.mask is None:
         # Keras passes a propagated mask as mask=; only one we computed ourselves can be lowered.
         raise NotFusable("a mask= argument that does not come from Masking or Embedding(mask_zero=True)")
-    initial_values = [values[id(t)].name for t in (initial if isinstance(initial, (list, tuple)) else [initial])] \
-        if initial is not None else []
-    call = layer._inbound_nodes.index(node)
-    owner = layer.name if call == 0 else f"{layer.name}_call{call}"  # a shared layer: one set per call
+    # Flattened: an RNN over StackedRNNCells takes one (nested) list of states per cell.
+    initial_values = [values[id(t)].name for t in _flatten(initial)] if initial is not None else []
+    owner = ctx.owner(layer, node)  # a shared layer: one set per call
     explicit = ctx.state_io or getattr(layer, "stateful", False)
     return RecurrentCall(layer, sequence, incoming_mask, initial_values, list(initial_values), owner, explicit,
                          state_roles(layer))
+
+
+def _flatten(states: Any) -> list[Any]:
+    import keras
+
+    return keras.tree.flatten(states)
 
 
 def plan(layer: Any) -> list[CellPlan]:
@@ -78,26 +83,19 @@ def plan(layer: Any) -> list[CellPlan]:
 
 
 def write_state_inputs(ctx: LoweringContext, rc: RecurrentCall) -> None:
-    """Step 3a: explicit states with no initial state given become graph inputs, zeros when not fed."""
+    """Step 3a: explicit states with no initial state given become plain graph inputs of shape
+    (batch, units). No same-name initializer gives them a default: onnxruntime-node ignores a fed state
+    that has one, onnxruntime-web and OpenVINO refuse it, and ONNX Runtime warns on every load. Callers
+    without states yet feed zeros; the library's runners do (`toolkit.runner.with_zero_states`)."""
     if not rc.explicit or rc.initial:
         return
     rc.sources = [_state_input(ctx, f"{rc.owner}_initial_{role}", units) for role, units in rc.roles]
-    rc.initial = [_expand_to_batch(ctx, name, units, ctx.to_time_major(rc.sequence.name))
-                  for name, (_, units) in zip(rc.sources, rc.roles)]
+    rc.initial = list(rc.sources)
 
 
 def _state_input(ctx: LoweringContext, name: str, units: int) -> str:
-    """A graph input for one initial state, zeros when not fed (an initializer it overrides)."""
     ctx.report.state_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", units]))
-    ctx.w.initializers.append(numpy_helper.from_array(np.zeros((1, units), np.float32), name))
     return name
-
-
-def _expand_to_batch(ctx: LoweringContext, state: str, units: int, x_tm: str) -> str:
-    """Broadcast a (1, units) default to the batch of the time-major input; a fed (batch, units)
-    state passes unchanged."""
-    shape = ctx.w.op1("Concat", [ctx.w.dim_range(x_tm, 1, 2), ctx.w.ints([units])], axis=0)
-    return ctx.w.op1("Expand", [state, shape])
 
 
 def write_op(ctx: LoweringContext, plans: Sequence[CellPlan], x: str, lengths: str | None,

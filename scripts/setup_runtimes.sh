@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the cross-runtime checks need besides the Python packages (those come from pyproject's
+# extras): Debian's headless Chromium, and onnxruntime-node / onnxruntime-web from npm at the versions
+# toolkit/runtimes/js/package-lock.json pins. Idempotent and quiet: a step whose result is already there
+# is skipped; a failing step prints its log and exits non-zero.
+#   scripts/setup_runtimes.sh            (run as root, or with sudo available, for apt-get)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JS_DIR=toolkit/runtimes/js
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+
+quietly() {  # run a command with its output in $LOG; show the log only when it fails
+  if ! "$@" >"$LOG" 2>&1; then
+    echo "setup_runtimes: failed: $*" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+  fi
+}
+
+if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  quietly $SUDO apt-get update -qq
+  quietly env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium-headless-shell
+fi
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "setup_runtimes: Expected Node.js 20 or later with npm on PATH. Received: none" >&2
+  exit 1
+fi
+
+# npm ci wipes node_modules and reinstalls: skip it while the installed tree is the locked one.
+STAMP="$JS_DIR/node_modules/.lstm-onnx-lock.sha256"
+WANT=$(sha256sum "$JS_DIR/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  # onnxruntime-node's install script would download from a host this project cannot reach; its CPU
+  # binary ships inside the npm package, so skipping the script loses nothing.
+  quietly env ONNXRUNTIME_NODE_INSTALL=skip npm ci --prefix "$JS_DIR" --no-audit --no-fund --loglevel=error
+  echo "$WANT" >"$STAMP"
+fi

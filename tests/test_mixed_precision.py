@@ -1,0 +1,107 @@
+"""Mixed precision (keras.io's guide: float16/bfloat16 compute, float32 variables, a float32 head): fused float32
+ops, a tolerance chosen from the compute dtype and recorded, and failure messages that say what to do."""
+
+import numpy as np
+import pytest
+
+from toolkit.builder import set_deterministic_weights
+from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
+from toolkit.errors import ParityError
+from toolkit.exporter import export_model
+from toolkit.metadata import read_parity
+from toolkit.parity import check_parity
+from toolkit.precision import LOW_PRECISION_TOLERANCES, compute_dtype, failure_message
+from toolkit.runner import LOOP_OPS, OnnxRunner
+
+POLICIES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+
+
+@pytest.fixture
+def policy(request):
+    """Set a global dtype policy for one test, and always put float32 back."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(request.param)
+    yield request.param
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _guide_model(seed=1):
+    """keras.io's mixed precision guide, with recurrent layers: the head is float32."""
+    import keras
+
+    x = keras.Input((12, 6), name="x")
+    h = keras.layers.Dense(16, activation="relu", name="front")(x)
+    h = keras.layers.LSTM(32, return_sequences=True, name="lstm_a")(h)
+    h = keras.layers.GRU(24, name="gru_b")(h)
+    h = keras.layers.Dense(4, name="head")(h)
+    out = keras.layers.Activation("softmax", dtype="float32", name="out")(h)
+    model = keras.Model(x, out, name="guide")
+    set_deterministic_weights(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("policy", list(POLICIES), indirect=True)
+def test_mixed_models_export_fused_float32_ops_within_the_dtype_tolerance(policy):
+    dtype = POLICIES[policy]
+    model = _guide_model()
+    assert compute_dtype(model) == dtype
+    result = export_model(model, require_fused=True)
+    assert result.parity, result.parity.failures()
+    assert result.fused_ops == {"GRU": 1, "LSTM": 1}
+    assert not any(result.op_counts.get(op) for op in LOOP_OPS)
+    tolerance = LOW_PRECISION_TOLERANCES[dtype]
+    (summary,) = result.parity.summaries()
+    assert summary.tolerance == tolerance
+    # The chosen tolerance is needed (Keras' rounding is far above the float32 default) and holds with margin.
+    assert DEFAULT_TOLERANCE.atol * 10 < summary.max_abs < tolerance.atol / 2
+    parity = read_parity(result.model)
+    assert parity["compute_dtype"] == dtype and parity["tolerance_from_compute_dtype"] is True
+    assert parity["outputs"]["out_output"]["atol"] == tolerance.atol
+    assert any(f"computes in {dtype}" in note and "--atol" in note for note in result.notes)
+    assert any("lstm_a" in note and f"computed in {dtype}" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_the_dtype_tolerance_still_catches_a_wrong_export(policy):
+    """The export of one model checked against the same model with one bias moved by 0.1: the check
+    (through verify's comparison, which chooses the tolerance itself) must fail."""
+    model = _guide_model()
+    result = export_model(model)
+    lstm = model.get_layer("lstm_a")
+    lstm.cell.bias.assign(lstm.cell.bias.numpy() + 0.1)
+    report = check_parity(model, OnnxRunner(result.model), [o.name for o in result.outputs])
+    assert not report
+    assert report.summaries()[0].tolerance == LOW_PRECISION_TOLERANCES["float16"]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_a_users_tolerance_wins_and_a_failure_says_which_by_how_much_and_how_to_set_another(policy, tmp_path):
+    result = export_model(_guide_model(), tolerances=Tolerances.parse(atol=["1e-6"]))
+    assert not result.parity
+    assert "tolerance_from_compute_dtype" in read_parity(result.model)
+    assert read_parity(result.model)["tolerance_from_compute_dtype"] is False
+    message = failure_message([("guide.onnx", result.parity)])
+    max_abs = result.parity.summaries()[0].max_abs
+    assert f"out_output: max abs error {max_abs:.3g} over atol=1e-06 rtol=1e-05" in message
+    assert f"{max_abs / 1e-6:.3g}x its atol" in message
+    assert "--atol out_output:" in message and "Tolerances.parse(atol=['out_output:" in message
+    suggested = float(message.split("--atol out_output:")[1].split(" ")[0])
+    assert suggested >= max_abs
+    assert export_model(_guide_model(), tolerances=Tolerances.parse(atol=[f"out_output:{suggested:g}"])).parity
+    with pytest.raises(ParityError, match="max abs error .* over atol=1e-06"):
+        result.save(tmp_path / "guide.onnx")
+    assert not (tmp_path / "guide.onnx").exists()
+
+
+def test_float32_models_keep_the_default_tolerance_and_metadata():
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"  # the fixture put it back
+    x = keras.Input((4, 2))
+    model = keras.Model(x, keras.layers.LSTM(3)(x))
+    set_deterministic_weights(model, 0)
+    result = export_model(model)
+    assert "compute_dtype" not in read_parity(result.model)
+    assert result.parity.summaries()[0].tolerance == DEFAULT_TOLERANCE
+    assert np.isfinite(result.parity.summaries()[0].max_abs)

@@ -1,0 +1,103 @@
+"""The parity tolerance a model's compute dtype calls for (mixed precision), and the failure message that
+says which tolerance failed, by how much, and how to set another.
+
+A layer under `keras.mixed_precision.set_global_policy("mixed_float16")` (or `"mixed_bfloat16"`) keeps
+float32 variables but computes in float16 (bfloat16). lstm-onnx exports such layers as float32 ops
+(`lowering/layers.py`): closer to the model's real-number meaning than Keras' own run, and so away from
+it by Keras' rounding error, which the default tolerance (1e-6) cannot hold. No TensorFlow import here:
+a model is only read through its layers' `dtype_policy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from toolkit.compare import ParityReport, Tolerance, Tolerances
+
+# Measured 2026-11-28 (Keras 3.15, TensorFlow 2.21 on CPU, ORT 1.32), 72 models: Dense(16, tanh) -> two
+# LSTM, GRU or SimpleRNN layers of 8, 64 or 256 units -> Dense(4) -> float32 Activation, 10 or 100 steps,
+# 2 weight seeds, the export's own parity cases. The worst error of Keras' run against the float32
+# export, as max |onnx - keras| / (1 + |keras|), was 1.6e-3 under mixed_float16 (float16 keeps 11
+# significant bits: a relative step of 9.8e-4) and 1.1e-2 under mixed_bfloat16 (8 bits: 7.8e-3), both
+# from SimpleRNN; LSTM and GRU stayed under 5.2e-4 and 4.7e-3. About 3.5x the worst leaves margin for
+# other sizes and still fails a bias off by 0.1 (tests/test_mixed_precision.py).
+LOW_PRECISION_TOLERANCES = {
+    "float16": Tolerance(atol=5e-3, rtol=5e-3),
+    "bfloat16": Tolerance(atol=4e-2, rtol=4e-2),
+}
+# The lower the precision, the looser the tolerance: a model's tolerance is its least precise layer's.
+_PRECISION_ORDER = ("bfloat16", "float16")
+
+
+def compute_dtype(model: Any) -> str:
+    """The least precise compute dtype among the model's layers ("float32" when none is lower)."""
+    found = {str(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32"))
+             for layer in model._flatten_layers(include_self=False)}
+    return next((dtype for dtype in _PRECISION_ORDER if dtype in found), "float32")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The tolerances a parity check uses for one model, and why (for the metadata and the notes)."""
+
+    tolerances: Tolerances
+    compute_dtype: str
+    chosen: bool  # the tolerance was chosen from the compute dtype (the user set no default)
+
+    def note(self) -> str:
+        if not self.chosen:
+            return ""
+        tolerance = self.tolerances.base
+        return (f"the model computes in {self.compute_dtype} (mixed precision): parity tolerance {tolerance} "
+                f"for Keras' {self.compute_dtype} rounding (the export computes in float32); "
+                "set --atol/--rtol (Tolerances in Python) for another")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"compute_dtype": self.compute_dtype, "tolerance_from_compute_dtype": self.chosen}
+
+
+def choose(tolerances: Tolerances, model: Any) -> PrecisionChoice:
+    """The user's tolerances, or, when they set no default and the model computes in float16/bfloat16,
+    that dtype's tolerance as the default (per-output tolerances are kept)."""
+    dtype = compute_dtype(model)
+    chosen = LOW_PRECISION_TOLERANCES.get(dtype)
+    if tolerances.default is not None or chosen is None:
+        return PrecisionChoice(tolerances, dtype, False)
+    return PrecisionChoice(Tolerances(chosen, tolerances.per_output), dtype, True)
+
+
+def failure_message(items: Sequence[tuple[str, ParityReport]], limit: int = 3) -> str:
+    """One line for failed parity checks: each failing output's tolerance, by how much it failed, and how
+    to set another (the atol that would pass it, on the CLI and in Python)."""
+    parts: list[str] = []
+    for label, report in items:
+        if not report.names_match:
+            parts.append(f"{label}: output names {list(report.actual_names)}, expected {list(report.expected_names)}")
+        for s in report.summaries():
+            if s.passed:
+                continue
+            if s.max_abs != s.max_abs:  # NaN
+                parts.append(f"{s.name}: NaN where Keras has a number ({s.tolerance})")
+                continue
+            needed = _round_up(s.max_abs)
+            times = f", {s.max_abs / s.tolerance.atol:.3g}x its atol" if s.tolerance.atol > 0 else ""
+            parts.append(f"{s.name}: max abs error {s.max_abs:.3g} over {s.tolerance} (|d| <= atol + rtol*|keras|)"
+                         f"{times}; to accept it: --atol {s.name}:{needed:g} (Python: Tolerances.parse(atol="
+                         f"['{s.name}:{needed:g}']))")
+        if not report.cases:
+            parts.append(f"{label}: no input case was compared")
+    failed_invariants = [inv.description for _, r in items for inv in r.invariants() if not inv]
+    parts += [f"invariant failed: {d}" for d in failed_invariants]
+    shown = parts[:limit] + ([f"and {len(parts) - limit} more"] if len(parts) > limit else [])
+    return "; ".join(shown) if shown else "parity failed"
+
+
+def _round_up(value: float) -> float:
+    """`value` rounded up to two significant digits: an atol that passes an error of `value`."""
+    if value <= 0:
+        return 0.0
+    text = f"{value:.1e}"
+    mantissa, exponent = text.split("e")
+    rounded = float(f"{mantissa}e{exponent}")
+    return rounded if rounded >= value else float(f"{float(mantissa) + 0.1:.1f}e{exponent}")

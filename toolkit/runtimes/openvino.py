@@ -1,0 +1,158 @@
+"""OpenVINO on CPU, from pip: f32 (`openvino`) and its default precision (`openvino-bf16`).
+
+OpenVINO's CPU plugin computes in bf16 by default where the processor has bf16 instructions (this
+machine's does): every export is then off by 2e-3 to 1.5e-2, far outside the parity tolerance. The
+`openvino` runtime pins `INFERENCE_PRECISION_HINT` to f32; `openvino-bf16` keeps the default and is a
+tier of its own, reported with its error, never as f32-exact.
+
+`problem(model)` names what OpenVINO computes wrong or refuses on our exports, each as re-measured with
+real exports on OpenVINO 2026.4.1 (numbers in the comments).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+from toolkit.errors import InputError
+from toolkit.runtimes.base import RunnerBase, RuntimeFailure, first_line
+
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+# The activations OpenVINO computes in LSTM/GRU/RNN, matched case-insensitively as OpenVINO does. Measured
+# with every Keras activation the builder offers, as `activation` and `recurrent_activation` of one LSTM,
+# GRU and SimpleRNN: sigmoid, tanh and relu match Keras (<= 8.3e-7); HardSigmoid fails to compile
+# ("Unsupported activation function"), Affine (linear), Softsign, Softplus and Elu too ("Unknown
+# activation function").
+SUPPORTED_ACTIVATIONS = ("sigmoid", "tanh", "relu")
+# Reductions whose `axes` attribute OpenVINO's ONNX reader ignores at opsets 13-17 (openvino #38238):
+# it reduces over every axis instead. Measured on one node with axes=[-1] over a (4, 5, 3) input: these
+# three give shape (1, 1, 1) at opsets 13 and 17 and the right (4, 5, 1) at 18 (axes as an input);
+# ReduceL2, ReduceMax, ReduceMin, ReduceMean, ReduceProd, ReduceSumSquare and ReduceSum are right at every
+# opset. A Masking export's ReduceL1 then fails its LSTM at batch > 1 ("merged_batch_size" check); at
+# --opset 18 the bidirectional_gru_masking variant matches Keras in OpenVINO (1.6e-7). Writing ReduceL1 as
+# Abs + ReduceSum (axes as an input from opset 13) would fix opsets 14-17 too, for one more node: +1.7 us
+# (46 -> 48 us) at batch 1 x 1 step in ONNX Runtime, not measurable at 32 x 100; left to --opset 18.
+AXES_IGNORED = ("ReduceL1", "ReduceLogSum", "ReduceLogSumExp")
+PRECISIONS = {"openvino": "f32", "openvino-bf16": None}  # None: the plugin's default (bf16 here)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+                yield from _nodes(sub)
+
+
+def _direction(node: onnx.NodeProto) -> str:
+    return next((a.s.decode() for a in node.attribute if a.name == "direction"), "forward")
+
+
+def _ignores_sequence_lens(node: onnx.NodeProto) -> bool:
+    """OpenVINO runs every step of an LSTM/GRU/RNN fed `sequence_lens`, padded ones too, except in a
+    bidirectional LSTM or GRU. Measured against Keras on embedding-masked stacks (8 units, batches of 1
+    and 4 padded to random lengths, 6 cases each): forward LSTM off by 0.38-0.41, reverse LSTM 0.15,
+    forward GRU 0.39, reverse GRU 0.50, SimpleRNN 1.3, bidirectional SimpleRNN 1.6; bidirectional LSTM
+    and GRU (concat, sum, ave; 1 and 2 layers) match to 1.5e-7."""
+    if len(node.input) <= 4 or not node.input[4]:
+        return False
+    return node.op_type == "RNN" or _direction(node) != "bidirectional"
+
+
+def _recurrent_problem(node: onnx.NodeProto) -> str | None:
+    if _ignores_sequence_lens(node):
+        return (f"openvino ignores sequence_lens in a {_direction(node)} {node.op_type} ({node.name!r}, a masked "
+                f"layer): it runs the padded steps too")
+    for attr in node.attribute:
+        if attr.name == "activations":
+            refused = sorted({s.decode() for s in attr.strings if s.decode().lower() not in SUPPORTED_ACTIVATIONS})
+            if refused:
+                return f"openvino refuses the activation {', '.join(refused)} in {node.op_type} {node.name!r}"
+    return None
+
+
+def problem(model: onnx.ModelProto) -> str | None:
+    """Why OpenVINO does not compute this model's numbers, or None where it does (as measured)."""
+    opset = _opset(model)
+    for node in _nodes(model.graph):
+        if node.op_type in RECURRENT_OPS:
+            found = _recurrent_problem(node)
+            if found:
+                return found
+        if node.op_type in AXES_IGNORED and 13 <= opset <= 17 and any(a.name == "axes" for a in node.attribute):
+            return (f"openvino ignores the axes attribute of {node.op_type} {node.name!r} at opset {opset} "
+                    f"(openvino #38238; export with --opset 18, where axes is an input it reads)")
+    return None
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise InputError("Expected the openvino package for the OpenVINO runtimes. Received: not installed "
+                         "(pip install -e \".[runtimes]\")") from None
+    return openvino
+
+
+class OpenVinoRunner(RunnerBase):
+    """One model compiled by OpenVINO for its CPU plugin, at f32 or at the plugin's default precision."""
+
+    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "openvino", threads: int | None = None):
+        if runtime not in PRECISIONS:
+            raise InputError(f"Expected an OpenVINO runtime among {list(PRECISIONS)}. Received: {runtime!r}")
+        openvino = _import_openvino()
+        super().__init__(model)
+        self.name = runtime
+        precision = PRECISIONS[runtime]
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+        if threads is not None:  # None: the plugin's default, every core (`lstm-onnx run/bench --threads`)
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = openvino.Core()
+        try:
+            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except RuntimeError as exc:  # OpenVINO reports a refused op or attribute as a RuntimeError
+            raise RuntimeFailure(f"Expected OpenVINO to compile {Path(path).name}. Received: {_openvino_line(exc)}") from None
+        self.compiled = compiled
+        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.listed_inputs = [port.get_any_name() for port in compiled.inputs]
+        # A port may carry several tensor names; keep the one that is a graph output.
+        wanted = set(self.output_names)
+        self.ports = {next(iter(port.get_names() & wanted), port.get_any_name()): port for port in compiled.outputs}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = self.with_states(feeds)
+        unknown = sorted(set(feeds) - set(self.listed_inputs))
+        if unknown:
+            raise InputError(f"Expected inputs among {self.listed_inputs} in {self.name}. Received: {sorted(feeds)}")
+        try:
+            results = self.compiled(dict(feeds))
+        except RuntimeError as exc:
+            raise RuntimeFailure(f"Expected a run in {self.name}. Received its error: {_openvino_line(exc)}") from None
+        return {name: np.array(results[self.ports[name]]) for name in self.output_names}
+
+    def _stop(self) -> None:
+        self.compiled = None  # OpenVINO runs in this process: dropping the compiled model frees it
+
+
+def _openvino_line(exc: Exception) -> str:
+    """OpenVINO's messages open with "Exception from <file>:<line>:" lines and may end in a graph dump
+    followed by "CALLBACK HAS THROWN: <reason>"; keep the reason."""
+    text = str(exc).rsplit("CALLBACK HAS THROWN:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines()]
+    said = [line for line in lines if line and not line.startswith("Exception from")]
+    return first_line(said[0] if said else type(exc).__name__)
+
+
+def open_f32(path: Path, model: onnx.ModelProto) -> OpenVinoRunner:
+    return OpenVinoRunner(path, model, "openvino")
+
+
+def open_default(path: Path, model: onnx.ModelProto) -> OpenVinoRunner:
+    return OpenVinoRunner(path, model, "openvino-bf16")
