@@ -107,3 +107,15 @@ def test_cli_bench_json_and_errors(exports):
     assert set(payload["forms"][0]) >= {"median_ms", "speed", "max_abs", "within_tolerance", "size_bytes", "problem"}
     bad = CliRunner().invoke(cli, ["bench", str(exports["lstm"]), "--threads", "0"])
     assert bad.exit_code == 1 and bad.output.startswith("Error: Expected --threads")
+
+
+def test_openvino_forms_run_where_valid_and_say_why_not(exports, tmp_path):
+    masked = tmp_path / "masked.onnx"
+    export_model(build_stack(variant_config("lstm_masking"))).save(masked)
+    report = bench(exports["lstm"], batch=2, steps=5, **{**FAST, "runtimes": ["onnxruntime", "openvino", "openvino-bf16"]})
+    forms = {r.label: r for r in report.results}
+    assert forms["openvino float32 x1"].within and forms["openvino float32 x1"].max_abs < 1e-5
+    assert forms["openvino bf16 x1"].median_ms > 0 and forms["openvino bf16 x1"].max_abs is not None
+    refused = bench(masked, batch=2, steps=5, **{**FAST, "runtimes": ["onnxruntime", "openvino"]})
+    vino = {r.label: r for r in refused.results}["openvino float32 x1"]
+    assert vino.median_ms is None and "openvino ignores the axes attribute of ReduceL1" in vino.problem

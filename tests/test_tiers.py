@@ -144,3 +144,19 @@ def test_run_with_threads_and_precision_options(models, tmp_path):
     assert bf16.output.strip() == "Error: Expected --precision among ['f32'] with onnxruntime. Received: 'bf16'"
     with open_runner(onnx_path, threads=2) as runner:
         assert runner.session.get_session_options().intra_op_num_threads == 2
+
+
+def test_run_in_openvino_where_it_computes_right(models, tmp_path):
+    onnx_path, masked_path, x_path = tmp_path / "lstm.onnx", tmp_path / "masked.onnx", tmp_path / "x.npy"
+    export_model(models["lstm"]).save(onnx_path)
+    export_model(build_stack(variant_config("lstm_masking"))).save(masked_path)
+    np.save(x_path, np.random.default_rng(0).uniform(-1, 1, (2, 5, 4)).astype(np.float32))
+    ort_run = CliRunner().invoke(cli, ["run", str(onnx_path), "-i", str(x_path), "--json"])
+    vino = CliRunner().invoke(cli, ["run", str(onnx_path), "-i", str(x_path), "--runtime", "openvino", "--threads", "1",
+                                    "--json"])
+    assert vino.exit_code == 0, vino.output
+    for name, value in json.loads(ort_run.output).items():
+        np.testing.assert_allclose(json.loads(vino.output)[name]["values"], value["values"], rtol=1e-5, atol=1e-6)
+    refused = CliRunner().invoke(cli, ["run", str(masked_path), "-i", str(x_path), "--runtime", "openvino"])
+    assert refused.exit_code == 1 and "Error: Expected a model openvino computes correctly. Received: masked.onnx: " \
+        "openvino ignores the axes attribute of ReduceL1" in refused.output
