@@ -10,6 +10,7 @@ correctly says why and is never timed. Nothing here imports TensorFlow unless a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -189,7 +190,7 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
           runtimes: Sequence[str] | None = None, budget_s: float = 8.0, rounds: int = 15) -> BenchReport:
     """Time `onnx_path` in every form and compare each with the reference; see the module's docstring."""
     from toolkit.runner import count_ops, graph_outputs, load_onnx
-    from toolkit.tiers import Target, available_targets, open_target, recorded_tier
+    from toolkit.tiers import open_target, recorded_tier
 
     if batch < 1 or steps < 1:
         raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
@@ -201,31 +202,39 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
     tolerances = tolerances.resolve(count_ops(proto))
+    forms = _forms(runtimes, threads)
+    results = {}
+    with contextlib.ExitStack() as stack:
+        opened = {}
+        for form in forms:
+            runner, problem, size = open_target(form, proto, Path(onnx_path))
+            results[form] = FormResult(form, size_bytes=size, problem=problem)
+            if runner is not None:
+                opened[form] = stack.enter_context(runner)
+        if not opened:
+            raise InputError(f"Expected at least one runtime that runs {Path(onnx_path).name}. Received: none did")
+        reference = _reference(keras_path, opened, feeds, names)
+        timings = interleaved_ms({f.label: (lambda r=r: r.run(feeds)) for f, r in opened.items()}, budget_s, rounds)
+        base = next((timings[f.label] for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")),
+                    min(timings.values()))
+        for form, runner in opened.items():
+            max_abs, max_rel, within = _compare(reference.outputs, runner.run(feeds), names, tolerances)
+            ms = timings[form.label]
+            results[form] = FormResult(form, ms, base / ms, max_abs, max_rel, within, results[form].size_bytes)
+    return BenchReport(Path(onnx_path).name, batch, used_steps, reference.label, str(tolerances.base),
+                       tuple(results[f] for f in forms))
+
+
+def _forms(runtimes: Sequence[str] | None, threads: Sequence[int] | None) -> list[Target]:
+    """Every named (default: every available) runtime and tier, at every thread count."""
+    from toolkit.tiers import Target, available_targets
+
     targets = available_targets()
     unknown = [name for name in runtimes or [] if name not in targets]
     if unknown or runtimes == []:
         raise InputError(f"Expected runtimes among {list(targets)}. Received: {list(runtimes or [])}")
     chosen = [targets[name] for name in (runtimes or list(targets))]
-    forms = [Target(t.runtime, t.tier, n) for t in chosen for n in (threads or default_threads())]
-    opened, results = {}, {}
-    for form in forms:
-        runner, problem, size = open_target(form, proto, Path(onnx_path))
-        results[form] = FormResult(form, size_bytes=size, problem=problem)
-        if runner is not None:
-            opened[form] = runner
-    if not opened:
-        raise InputError(f"Expected at least one runtime that runs {Path(onnx_path).name}. Received: none did")
-    reference = _reference(keras_path, opened, feeds, names)
-    timings = interleaved_ms({f.label: (lambda r=r: r.run(feeds)) for f, r in opened.items()}, budget_s, rounds)
-    base = next((timings[f.label] for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")),
-                min(timings.values()))
-    for form, runner in opened.items():
-        max_abs, max_rel, within = _compare(reference.outputs, runner.run(feeds), names, tolerances)
-        ms = timings[form.label]
-        results[form] = FormResult(form, ms, base / ms, max_abs, max_rel, within, results[form].size_bytes)
-        runner.close()
-    return BenchReport(Path(onnx_path).name, batch, used_steps, reference.label, str(tolerances.base),
-                       tuple(results[f] for f in forms))
+    return [Target(t.runtime, t.tier, n) for t in chosen for n in (threads or default_threads())]
 
 
 @dataclass(frozen=True)
