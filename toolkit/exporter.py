@@ -103,7 +103,7 @@ class ExportResult:
         """What a report says about this export (the CLI's `--json`)."""
         payload = {"sha256": self.sha256, "fused_ops": self.fused_ops, "warnings": list(self.warnings),
                    "notes": list(self.notes), "parity": self.parity.to_json()}
-        if self.tier is not None:
+        if self.tier is not None and self.tier.tier != "float32":  # float32 reports stay as they were
             payload["tier"] = self.tier.to_json()
         return payload
 
