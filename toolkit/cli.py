@@ -195,6 +195,10 @@ def tolerance_options(func: Any) -> Any:
 @click.option("--max-member-bytes", type=click.IntRange(min=1),
               help=f"Uncompressed bytes of one member of a .keras archive (default {MAX_MEMBER_BYTES}); all "
                    "members together may hold twice this.")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="int8: ONNX Runtime's dynamic quantization of LSTM and MatMul weights (GRU/RNN stay float), "
+                   "checked against Keras at the tier's measured tolerance.")
+@click.option("--float16", is_flag=True, help="Store weights as float16 (inputs, outputs and states stay float32).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def export(model: Path | None, output: Path | None, layers: int | None, units: int | None, timesteps: Any,
            features: int | None, return_sequences: bool | None, return_state: bool | None, all_states: bool | None,
@@ -202,8 +206,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
            go_backwards: bool | None, opset: int, converter: str, output_name: Sequence[str], atol: Sequence[str],
            rtol: Sequence[str], state_io: bool, triton_repo: Path | None, triton_name: str | None,
            propagate_nan: bool, padding: str, targets: str | None, keep_failed: bool, require_fused: bool,
-           max_params: int | None, max_timesteps: int | None, max_activation: int | None,
-           max_member_bytes: int | None, as_json: bool) -> None:
+           quantize: str | None, float16: bool, max_params: int | None, max_timesteps: int | None,
+           max_activation: int | None, max_member_bytes: int | None, as_json: bool) -> None:
     """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -214,13 +218,15 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     from toolkit.compare import Tolerances
     from toolkit.options import ExportOptions
 
+    if quantize and float16:
+        raise OptionError(f"Expected one precision tier: --quantize {quantize} or --float16. Received: both")
     with _option_values():
         limits = _limits(max_params, max_timesteps, max_activation, max_member_bytes)
         options = ExportOptions(opset=opset, converter=converter, propagate_nan=propagate_nan, state_io=state_io,
                                 padding=padding, require_fused=require_fused,
                                 output_names=_renames(output_name) or None, tolerances=Tolerances.parse(atol, rtol),
                                 targets=tuple(t.strip() for t in (targets or "").split(",") if t.strip()),
-                                limits=limits)
+                                tier=quantize or ("float16" if float16 else "float32"), limits=limits)
     if triton_name is not None:  # checked before anything is exported or written
         from toolkit.triton import check_model_name
         if model is None:
@@ -337,8 +343,11 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
         from toolkit.runner import load_onnx
         from toolkit.streaming import stream_parity
 
-        streamed = stream_parity(load_keras_model(keras_model), load_onnx(onnx_model), sizes, stream_length,
-                                 tolerances=tolerances, seed=seed)
+        from toolkit.tiers import recorded_tier, tier_tolerances
+
+        proto = load_onnx(onnx_model)
+        streamed = stream_parity(load_keras_model(keras_model), proto, sizes, stream_length,
+                                 tolerances=tier_tolerances(recorded_tier(proto), tolerances), seed=seed)
     outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
     if as_json:
         _emit_json(outcome.to_json())
@@ -353,23 +362,31 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 @click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="[NAME=]FILE",
               help="A .npy per input (NAME=FILE.npy when the model has several), or one .npz of named arrays.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the outputs to this .npz file.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="openvino runs only what it computes correctly (it says why otherwise).")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="bf16: OpenVINO's CPU default, faster and off by 2e-3 to 1.5e-2 (openvino only).")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: the runtime's, one per core).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RUN_TIMEOUT, show_default=True,
-              help="Seconds a run may take; a longer one is stopped (a crafted Loop can run for ever).")
+              help="Seconds an ONNX Runtime run may take; a longer one is stopped (a crafted Loop can run for ever).")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON lists.")
-def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, timeout: float, as_json: bool) -> None:
-    """Run ONNX_MODEL in ONNX Runtime and print (or save) each named output. Needs no TensorFlow."""
+def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: str, precision: str,
+        threads: int | None, timeout: float, as_json: bool) -> None:
+    """Run ONNX_MODEL in ONNX Runtime (or OpenVINO) and print (or save) each named output. Needs no TensorFlow."""
     from toolkit.fileio import save_npz
     from toolkit.guard import check_input_names
     from toolkit.report import outputs_text
     from toolkit.runner import load_feeds
-    from toolkit.verify import OnnxRunner
+    from toolkit.tiers import open_runner
 
     if output is not None and output.suffix != ".npz":
         raise OptionError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
     with _option_values():
         check_input_names(inputs)  # a repeated NAME= was resolved by keeping the last
-    runner = OnnxRunner(onnx_model)
-    outputs = runner.run(load_feeds(inputs, runner.input_names), timeout=timeout)
+    with open_runner(onnx_model, runtime, precision, threads) as runner:
+        feeds = load_feeds(inputs, [t.name for t in runner.inputs])
+        # ONNX Runtime stops a run at its terminate flag; OpenVINO has no such switch.
+        outputs = runner.run(feeds, timeout=timeout) if runtime == "onnxruntime" else runner.run(feeds)
     if output is not None:
         save_npz(output, outputs)  # every output, whatever its name (np.savez took `file` as its own)
     if as_json:
@@ -429,6 +446,10 @@ def explain() -> None:
 from toolkit.serve_cli import serve  # noqa: E402  (the command lives in its own module)
 
 cli.add_command(serve)
+
+from toolkit.bench import bench_command  # noqa: E402 -- its body lives with the library function it calls
+
+cli.add_command(bench_command)
 
 
 def main() -> None:

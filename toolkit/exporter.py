@@ -8,8 +8,10 @@
    output order, and dynamic axes are named `batch` and `time` instead of `unk__N` (`toolkit.graph`).
 3. canonicalize: every node, intermediate value and initializer is renamed by graph position, so that
    two exports of one model in two processes are the same bytes.
-4. check fusion, then parity: ONNX Runtime against Keras.
-5. record metadata (`toolkit.metadata`) and check the model in full with `onnx.checker`.
+4. tier (`toolkit.tiers`, only with `tier` float16 or int8): weights stored as float16 or quantized to
+   int8, then canonicalized again.
+5. check fusion (on the float32 graph), then parity: ONNX Runtime against Keras, at the tier's tolerance.
+6. record metadata (`toolkit.metadata`) and check the model in full with `onnx.checker`.
 `ExportResult.save` writes the file atomically, and refuses to write a model that failed parity unless
 asked to keep it. What an export is asked to do travels as one `ExportOptions` value (`toolkit.options`).
 """
@@ -38,6 +40,10 @@ from toolkit.precision import PrecisionChoice, choose as choose_tolerance, failu
 from toolkit.runner import (FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs,
                              metadata_value, optional_inputs)
 from toolkit.tf2onnx_lib import InputSignature, convert
+from toolkit.tiers import TierInfo, apply_tier, tier_tolerances
+
+# Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
+QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class ExportResult:
     warnings: tuple[str, ...] = ()
     lowering: tuple[LayerLowering, ...] = ()
     notes: tuple[str, ...] = ()
+    tier: TierInfo | None = None
     data: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
@@ -79,7 +86,7 @@ class ExportResult:
 
     @property
     def fused_ops(self) -> dict[str, int]:
-        return {op: self.op_counts[op] for op in FUSED_RECURRENT_OPS if self.op_counts.get(op)}
+        return {op: self.op_counts[op] for op in FUSED_RECURRENT_OPS + QUANTIZED_RECURRENT_OPS if self.op_counts.get(op)}
 
     @property
     def fused(self) -> bool:
@@ -94,8 +101,11 @@ class ExportResult:
 
     def to_json(self) -> dict[str, Any]:
         """What a report says about this export (the CLI's `--json`)."""
-        return {"sha256": self.sha256, "fused_ops": self.fused_ops, "warnings": list(self.warnings),
-                "notes": list(self.notes), "parity": self.parity.to_json()}
+        payload = {"sha256": self.sha256, "fused_ops": self.fused_ops, "warnings": list(self.warnings),
+                   "notes": list(self.notes), "parity": self.parity.to_json()}
+        if self.tier is not None and self.tier.tier != "float32":  # float32 reports stay as they were
+            payload["tier"] = self.tier.to_json()
+        return payload
 
 
 @dataclass
@@ -126,10 +136,12 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     graph = _convert(model, signature, options, names, origins)
     _name(graph, model.name, signature, options, time_axis_sources(model))
     _check_targets(graph.proto, options.targets)
+    warnings = _fusion_check(graph.lowering, count_ops(graph.proto), recurrent, options.require_fused)
+    tier = _tier(graph, options)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
-    warnings = _fusion_check(graph.lowering, op_counts, recurrent, options.require_fused)
     precision = choose_tolerance(options.tolerances, model)
-    report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, precision.tolerances,
+    tolerances = tier_tolerances(options.tier, options.tolerances, precision.tolerances.default if precision.chosen else None)
+    report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, tolerances,
                           seed=seed, padding_side=options.padding)
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))
@@ -144,7 +156,8 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
         warnings=tuple(warnings),
         lowering=graph.lowering,
         notes=tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note)
-        + ((precision.note(),) if precision.chosen else ()),
+        + ((precision.note(),) if precision.chosen else ()) + _tier_notes(tier, graph),
+        tier=tier,
     )
 
 
@@ -203,6 +216,25 @@ def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], o
     proto.producer_name = "lstm-onnx"
     proto.producer_version = __version__
     proto.doc_string = ""
+
+
+def _tier(graph: _Graph, options: ExportOptions) -> TierInfo:
+    """Step 4: the precision tier. Its transform names new values after ORT's or our own scheme;
+    canonicalizing again keeps the bytes reproducible."""
+    graph.proto, info = apply_tier(graph.proto, options.tier)
+    if options.tier != "float32":
+        proto = graph.proto
+        canonicalize(proto.graph, options.opset, keep={v.name for v in proto.graph.input} | set(graph.names))
+        prune_opset_imports(proto)
+    return info
+
+
+def _tier_notes(tier: TierInfo, graph: _Graph) -> tuple[str, ...]:
+    """The tier's line, and which Keras layers it left float32 (ORT has no quantized GRU or RNN)."""
+    if tier.tier == "float32":
+        return ()
+    kept = [f"{e.layer!r} ({e.onnx_op})" for e in graph.lowering if e.onnx_op in tier.kept_float]
+    return (tier.describe(),) + ((f"tier {tier.tier}: layers kept float32: {', '.join(kept)}",) if kept else ())
 
 
 def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
@@ -289,7 +321,9 @@ class FileExport:
 
     @property
     def items(self) -> list[tuple[str, ParityReport]]:
-        return [(self.target.name, self.result.parity)]
+        tier = self.result.tier
+        label = self.target.name if tier is None or tier.tier == "float32" else f"{self.target.name} [{tier.tier}]"
+        return [(label, self.result.parity)]
 
     @property
     def exported(self) -> list[tuple[str, ExportResult]]:

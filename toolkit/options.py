@@ -26,9 +26,13 @@ CONVERTERS = ("lstm-onnx", "tf2onnx")
 # --padding: accepted and recorded (so an export's metadata stays as it was), but any mask is exact
 # without it (toolkit/lowering/masks.py); it only picks the side of the export's own check batches.
 PADDING_SIDES = ("right", "left")
+# Precision tiers (see `toolkit.tiers`, which holds their transforms and measured tolerances).
+TIERS = ("float32", "float16", "int8")
+DEFAULT_TIER = "float32"
 
 # The options that change the graph beyond its opset: what `lstm_onnx.options` records, in this order.
-RECORDED = ("converter", "propagate_nan", "state_io", "padding")
+# `tier` is recorded only when it is not the default, so float32 exports keep their bytes.
+RECORDED = ("converter", "propagate_nan", "state_io", "padding", "tier")
 
 OutputNames = Mapping[str, str] | Sequence[str] | None
 
@@ -50,6 +54,7 @@ class ExportOptions:
     state_io: bool = False  # initial-state inputs and final-state outputs on every recurrent layer
     padding: str = "right"  # the padding side of the check batches only: no longer changes the graph
     require_fused: bool = False  # refuse a model whose recurrent layers are not fused ONNX ops
+    tier: str = DEFAULT_TIER  # precision tier: float32, float16 (weights stored half) or int8 (dynamic quantization)
     output_names: OutputNames = None
     tolerances: Tolerances = field(default_factory=Tolerances)
     # Runtimes the export must be valid in (`verify --runtimes` names, or "all"): an export one of them
@@ -63,6 +68,8 @@ class ExportOptions:
             raise InputError(f"Expected padding in {list(PADDING_SIDES)}. Received: {self.padding!r}")
         if self.converter not in CONVERTERS:
             raise InputError(f"Expected converter in {list(CONVERTERS)}. Received: {self.converter!r}")
+        if self.tier not in TIERS:
+            raise InputError(f"Expected a precision tier among {list(TIERS)}. Received: {self.tier!r}")
         if self.converter == "tf2onnx" and self.state_io:
             raise InputError("Expected --converter lstm-onnx with --state-io. Received: --converter tf2onnx")
         for name in ("propagate_nan", "state_io", "require_fused"):
@@ -85,7 +92,7 @@ class ExportOptions:
 
     def to_json(self) -> dict[str, Any]:
         """The record kept in the metadata key `lstm_onnx.options` (the opset has its own key)."""
-        return {name: getattr(self, name) for name in RECORDED}
+        return {name: getattr(self, name) for name in RECORDED if name != "tier" or self.tier != DEFAULT_TIER}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], opset: int = DEFAULT_OPSET) -> "ExportOptions":

@@ -37,6 +37,7 @@ from toolkit.errors import InputError, ModelLoadError
 from toolkit.inputs import InputCase, make_cases
 from toolkit.naming import OutputOrigin, output_origins, unique_names
 from toolkit.precision import choose as choose_tolerance
+from toolkit.tiers import recorded_tolerances
 from toolkit.runner import (
     check_feeds,
     check_tensor_io,
@@ -134,7 +135,7 @@ class OnnxRunner(GraphRunner):
 
     def __init__(self, model: onnx.ModelProto | str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                  optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                 name: str = "onnxruntime"):
+                 name: str = "onnxruntime", threads: int | None = None):
         super().__init__(model, name)
         available = ort.get_available_providers()
         missing = [p for p in providers if p not in available]
@@ -143,6 +144,7 @@ class OnnxRunner(GraphRunner):
         options = ort.SessionOptions()
         options.graph_optimization_level = optimization_level
         options.log_severity_level = 4  # our exceptions say what failed; ORT's own log lines carry ANSI colors
+        options.intra_op_num_threads = threads or 0  # 0: ORT's default, one thread per core
         try:
             self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=list(providers))
         except ORT_ERRORS as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
@@ -378,6 +380,7 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
         )
     problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
     padding = recorded_options(proto).get("padding", "right")  # the side the export was made for
+    tolerances = recorded_tolerances(proto, tolerances, keras.model)  # an int8 or float16 export's, as at export
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(open_or_failed(r.name, r.open, Path(onnx_path), proto))
                    for r in chosen if not problems[r.name]]

@@ -104,14 +104,16 @@ def _import_openvino() -> Any:
 class OpenVinoRunner(RunnerBase):
     """One model compiled by OpenVINO for its CPU plugin, at f32 or at the plugin's default precision."""
 
-    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "openvino"):
+    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "openvino", threads: int | None = None):
         if runtime not in PRECISIONS:
             raise InputError(f"Expected an OpenVINO runtime among {list(PRECISIONS)}. Received: {runtime!r}")
         openvino = _import_openvino()
         super().__init__(model)
         self.name = runtime
         precision = PRECISIONS[runtime]
-        config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+        if threads is not None:  # None: the plugin's default, every core (`lstm-onnx run/bench --threads`)
+            config["INFERENCE_NUM_THREADS"] = threads
         core = openvino.Core()
         try:
             compiled = core.compile_model(core.read_model(str(path)), "CPU", config)

@@ -1,0 +1,121 @@
+"""`lstm-onnx bench`: behaviour only (forms, columns, errors, the recommendation, JSON), never timing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from toolkit.bench import BENCH_HEADERS, FormResult, bench, bench_inputs, recommend
+from toolkit.builder import build_stack, variant_config
+from toolkit.cli import cli
+from toolkit.compare import Tolerances
+from toolkit.errors import InputError
+from toolkit.exporter import export_model
+from toolkit.tiers import Target
+
+ORT_FORMS = ["onnxruntime", "onnxruntime-int8", "onnxruntime-float16"]
+FAST = {"budget_s": 0.05, "rounds": 2, "threads": (1,), "runtimes": ORT_FORMS}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    paths = {}
+    for name in ("lstm", "gru"):
+        model = build_stack(variant_config(name))
+        model.save(folder / f"{name}.keras")
+        export_model(model).save(folder / f"{name}.onnx")
+        paths[name] = folder / f"{name}.onnx"
+    export_model(build_stack(variant_config("lstm")), tier="int8").save(folder / "lstm_int8.onnx")
+    paths["int8"] = folder / "lstm_int8.onnx"
+    return paths
+
+
+def _result(label: str, ms: float | None, within: bool, problem: str = "") -> FormResult:
+    runtime, tier = label.split()
+    return FormResult(Target(runtime, tier), ms, None if ms is None else 10 / ms, 0.0, 0.0, within, 1, problem)
+
+
+def test_recommend_picks_the_fastest_form_within_tolerance():
+    results = [_result("onnxruntime float32", 10.0, True), _result("onnxruntime int8", 5.0, False),
+               _result("onnxruntime float16", 8.0, True), _result("openvino float32", None, False, "not valid")]
+    assert recommend(results).label == "onnxruntime float16 x1"
+    assert recommend([_result("onnxruntime int8", 5.0, False)]) is None
+    assert recommend([_result("onnxruntime float32", 4.0, True), _result("onnxruntime float16", 4.0, True)]).label \
+        == "onnxruntime float32 x1"  # a tie goes to the earlier, simpler form
+
+
+def test_bench_against_onnxruntime_float32(exports):
+    report = bench(exports["lstm"], batch=3, steps=7, **FAST)
+    forms = {r.label: r for r in report.results}
+    assert list(forms) == ["onnxruntime float32 x1", "onnxruntime int8 x1", "onnxruntime float16 x1"]
+    assert report.reference == "onnxruntime float32 x1" and report.steps == 7
+    assert forms["onnxruntime float32 x1"].max_abs == 0.0 and forms["onnxruntime float32 x1"].speed == 1.0
+    # At the default tolerance (atol 1e-6) neither tier qualifies: their error is real and shown.
+    assert forms["onnxruntime int8 x1"].max_abs > 1e-4 and not forms["onnxruntime int8 x1"].within
+    assert 0 < forms["onnxruntime float16 x1"].max_abs < 1e-2 and not forms["onnxruntime float16 x1"].within
+    assert forms["onnxruntime int8 x1"].size_bytes < forms["onnxruntime float32 x1"].size_bytes
+    assert all(r.median_ms > 0 for r in report.results)
+    assert report.recommended.label == "onnxruntime float32 x1"
+    text = report.text()
+    assert all(header in text for header in BENCH_HEADERS) and "recommended: onnxruntime float32 x1" in text
+
+
+def test_a_loose_tolerance_lets_every_tier_qualify(exports):
+    report = bench(exports["lstm"], batch=2, steps=5, tolerances=Tolerances.parse(atol=["0.05"]), **FAST)
+    assert all(r.within for r in report.results)
+    assert report.recommended is not None and report.recommended.median_ms == min(r.median_ms for r in report.results)
+
+
+def test_bench_against_keras_and_a_form_that_changes_nothing(exports):
+    report = bench(exports["gru"], batch=2, steps=5, keras_path=exports["gru"].with_suffix(".keras"), **FAST)
+    forms = {r.label: r for r in report.results}
+    assert report.reference == "keras"
+    assert 0 < forms["onnxruntime float32 x1"].max_abs < 1e-6 and forms["onnxruntime float32 x1"].within
+    int8 = forms["onnxruntime int8 x1"]
+    assert int8.median_ms is None and "nothing to convert to int8 (2 GRU stay float32)" == int8.problem
+    assert "not valid: onnxruntime int8: nothing to convert to int8 (2 GRU stay float32)" in report.text()
+
+
+def test_bench_inputs_follow_the_models_inputs(exports):
+    import onnx
+
+    from toolkit.runner import load_onnx
+
+    feeds, steps = bench_inputs(load_onnx(exports["lstm"]), 4, 9)
+    (x,) = feeds.values()
+    assert x.shape == (4, 9, 4) and x.dtype == "float32" and -1 <= x.min() and x.max() <= 1 and steps == 9
+    assert isinstance(load_onnx(exports["lstm"]), onnx.ModelProto)
+
+
+def test_bench_refuses_a_tier_export_and_bad_options(exports):
+    with pytest.raises(InputError, match="Expected a float32 export"):
+        bench(exports["int8"], **FAST)
+    with pytest.raises(InputError, match="Expected runtimes among"):
+        bench(exports["lstm"], **{**FAST, "runtimes": ["tensorrt"]})
+
+
+def test_cli_bench_json_and_errors(exports):
+    done = CliRunner().invoke(cli, ["bench", str(exports["lstm"]), "--batch", "2", "--steps", "4", "--threads", "1",
+                                    "--runtimes", "onnxruntime,onnxruntime-int8", "--seconds", "0.1", "--json"])
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.output)
+    assert [f["label"] for f in payload["forms"]] == ["onnxruntime float32 x1", "onnxruntime int8 x1"]
+    assert payload["recommended"] == "onnxruntime float32 x1" and payload["batch"] == 2 and payload["steps"] == 4
+    assert set(payload["forms"][0]) >= {"median_ms", "speed", "max_abs", "within_tolerance", "size_bytes", "problem"}
+    bad = CliRunner().invoke(cli, ["bench", str(exports["lstm"]), "--threads", "0"])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: Expected --threads")
+
+
+def test_openvino_forms_run_where_valid_and_say_why_not(exports, tmp_path):
+    masked = tmp_path / "masked.onnx"
+    export_model(build_stack(variant_config("lstm_masking"))).save(masked)
+    report = bench(exports["lstm"], batch=2, steps=5, **{**FAST, "runtimes": ["onnxruntime", "openvino", "openvino-bf16"]})
+    forms = {r.label: r for r in report.results}
+    assert forms["openvino float32 x1"].within and forms["openvino float32 x1"].max_abs < 1e-5
+    assert forms["openvino bf16 x1"].median_ms > 0 and forms["openvino bf16 x1"].max_abs is not None
+    refused = bench(masked, batch=2, steps=5, **{**FAST, "runtimes": ["onnxruntime", "openvino"]})
+    vino = {r.label: r for r in refused.results}["openvino float32 x1"]
+    assert vino.median_ms is None and "openvino ignores the axes attribute of ReduceL1" in vino.problem

@@ -1,0 +1,300 @@
+"""`lstm-onnx bench`: one export timed in every available runtime, precision tier and thread count.
+
+Every form (a runtime, a tier, a thread count) is opened on the same model and fed the same inputs
+(uniform(-1, 1) floats, or token ids the model's embeddings accept). They are timed in alternation, round
+after round, in one process, so drift lands on all of them alike; each is compared output by output
+with the reference (ONNX Runtime float32 at one thread, or Keras when `--keras` is given) at the user's
+tolerance. The fastest form within that tolerance is recommended; a form a runtime does not compute
+correctly says why and is never timed. Nothing here imports TensorFlow unless a Keras model is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import click
+import numpy as np
+
+from toolkit.compare import Tolerances, compare_arrays
+from toolkit.errors import InputError
+
+if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onnx and ORT load on use
+    import onnx
+
+    from toolkit.tiers import Target
+
+Feeds = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FormResult:
+    """One form's time and error. `problem` says why it was not run (then it has no time or error)."""
+
+    target: Target
+    median_ms: float | None = None
+    speed: float | None = None  # the baseline's (ORT float32, 1 thread) ms over this form's ms
+    max_abs: float | None = None
+    max_rel: float | None = None
+    within: bool = False  # every output within the tolerance of the reference
+    size_bytes: int = 0
+    problem: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.target.label
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runtime": self.target.runtime, "tier": self.target.tier, "threads": self.target.threads,
+                "label": self.label, "median_ms": self.median_ms, "speed": self.speed, "max_abs": self.max_abs,
+                "max_rel": self.max_rel, "within_tolerance": self.within, "size_bytes": self.size_bytes,
+                "problem": self.problem or None}
+
+
+def recommend(results: Sequence[FormResult]) -> FormResult | None:
+    """The fastest form within the tolerance; ties go to the earlier (simpler) form."""
+    eligible = [r for r in results if r.within and r.median_ms is not None]
+    return min(eligible, key=lambda r: r.median_ms) if eligible else None
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What `bench` measured: one result per form, the reference and tolerance the errors are against."""
+
+    model: str
+    batch: int
+    steps: int | None
+    reference: str  # "keras" or the baseline form's label
+    tolerance: str
+    results: tuple[FormResult, ...]
+    machine: str = field(default_factory=lambda: f"{os.cpu_count()} CPU cores")
+
+    @property
+    def recommended(self) -> FormResult | None:
+        return recommend(self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        best = self.recommended
+        return {"model": self.model, "batch": self.batch, "steps": self.steps, "reference": self.reference,
+                "tolerance": self.tolerance, "machine": self.machine,
+                "forms": [r.to_json() for r in self.results], "recommended": best.label if best else None}
+
+    def text(self) -> str:
+        from toolkit.report import table
+
+        rows = [[r.target.runtime, r.target.tier, str(r.target.threads), _num(r.median_ms, ".3f"),
+                 _num(r.speed, ".2f", "x"), _num(r.max_abs, ".2e"), _num(r.max_rel, ".2e"),
+                 ("yes" if r.within else "no") if not r.problem else "not valid",
+                 f"{r.size_bytes / 1e3:.1f}"] for r in self.results]
+        # One line per runtime and tier that did not run, below the table (the reason is long).
+        problems = dict.fromkeys(f"not valid: {r.target.runtime} {r.target.tier}: {r.problem}"
+                                 for r in self.results if r.problem)
+        head = (f"{self.model}: batch {self.batch} x {self.steps if self.steps is not None else 'fixed'} steps; "
+                f"error against {self.reference}; tolerance {self.tolerance}; {self.machine}")
+        best = self.recommended
+        verdict = (f"recommended: {best.label} ({best.median_ms:.3f} ms, {best.speed:.2f}x the baseline, "
+                   f"max abs {best.max_abs:.2e})" if best else "recommended: none (no form within the tolerance)")
+        return "\n".join([head, table(BENCH_HEADERS, rows), *problems, verdict])
+
+
+BENCH_HEADERS = ["runtime", "tier", "threads", "median ms", "speed", "max abs", "max rel", "within tol", "size kB"]
+
+
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
+    return "" if value is None else f"{value:{spec}}{suffix}"
+
+
+def interleaved_ms(fns: Mapping[str, Callable[[], Any]], budget_s: float = 8.0, rounds: int = 15,
+                   block_s: float = 0.02) -> dict[str, float]:
+    """Median per-call ms of several callables timed in alternation (as scripts/benchmark.py does).
+
+    Each round runs every callable for a block of about `block_s` after a 20 ms pause and three untimed
+    calls: a session's intra-op threads spin for a while after a call and would take the cores from the
+    next one, and alternating puts the same drift on every contender.
+    """
+    calls: dict[str, int] = {}
+    for name, fn in fns.items():
+        for _ in range(3):
+            fn()  # first calls allocate and pick kernels
+        start = time.perf_counter()
+        fn()
+        calls[name] = max(3, int(block_s / max(time.perf_counter() - start, 1e-6)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    deadline = time.perf_counter() + budget_s
+    for round_ in range(rounds):
+        if round_ >= min(5, rounds) and time.perf_counter() > deadline:
+            break
+        for name, fn in fns.items():
+            time.sleep(0.02)
+            for _ in range(3):
+                fn()
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(values) * 1e3 for name, values in samples.items()}
+
+
+def _vocab(model: onnx.ModelProto) -> int:
+    """The smallest table an integer input indexes (Gather over an initializer), so drawn ids are valid."""
+    tables = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
+    sizes = [tables[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+    return int(min(sizes)) if sizes else 2
+
+
+def bench_inputs(model: onnx.ModelProto, batch: int, steps: int, seed: int = 0) -> tuple[dict[str, np.ndarray], int | None]:
+    """Feeds for every required input at this batch and length, and the length used (a fixed one wins)."""
+    from toolkit.runner import graph_inputs
+
+    rng = np.random.default_rng(seed)
+    feeds, used = {}, None
+    for info in graph_inputs(model):
+        dims = []
+        for axis, dim in enumerate(info.shape):
+            if isinstance(dim, int):
+                dims.append(dim)
+            elif axis == 0:
+                dims.append(batch)
+            elif axis == 1:
+                dims.append(steps)
+            else:
+                raise InputError(f"Expected inputs with a dynamic batch and time axis only. Received: {info.name} "
+                                 f"{info.shape_text()}")
+        if len(dims) > 1:
+            used = dims[1]
+        if info.dtype.startswith("int"):
+            feeds[info.name] = rng.integers(1, max(2, _vocab(model)), dims).astype(info.dtype)
+        else:
+            feeds[info.name] = rng.uniform(-1, 1, dims).astype(info.dtype)
+    return feeds, used
+
+
+def _compare(expected: Sequence[np.ndarray], actual: Mapping[str, np.ndarray],
+             names: Sequence[str], tolerances: Tolerances) -> tuple[float, float, bool]:
+    found = [compare_arrays(name, exp, actual[name], tolerances.for_output(name)) for name, exp in zip(names, expected)]
+    return max(c.max_abs for c in found), max(c.max_rel for c in found), all(found)
+
+
+def default_threads() -> tuple[int, ...]:
+    return tuple(sorted({1, os.cpu_count() or 1}))
+
+
+def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: str | Path | None = None,
+          tolerances: Tolerances = Tolerances(), threads: Sequence[int] | None = None,
+          runtimes: Sequence[str] | None = None, budget_s: float = 8.0, rounds: int = 15) -> BenchReport:
+    """Time `onnx_path` in every form and compare each with the reference; see the module's docstring."""
+    from toolkit.runner import count_ops, graph_outputs, load_onnx
+    from toolkit.tiers import open_target, recorded_tier
+
+    if batch < 1 or steps < 1:
+        raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
+    proto = load_onnx(onnx_path)
+    made_in = recorded_tier(proto)
+    if made_in != "float32":
+        raise InputError(f"Expected a float32 export (bench derives every tier from it). Received: a {made_in} export")
+    feeds, used_steps = bench_inputs(proto, batch, steps)
+    names = [t.name for t in graph_outputs(proto)]
+    tolerances.check_names(names)
+    tolerances = tolerances.resolve(count_ops(proto))
+    forms = _forms(runtimes, threads)
+    results = {}
+    with contextlib.ExitStack() as stack:
+        opened = {}
+        for form in forms:
+            runner, problem, size = open_target(form, proto, Path(onnx_path))
+            results[form] = FormResult(form, size_bytes=size, problem=problem)
+            if runner is not None:
+                opened[form] = stack.enter_context(runner)
+        if not opened:
+            raise InputError(f"Expected at least one runtime that runs {Path(onnx_path).name}. Received: none did")
+        reference = _reference(keras_path, opened, feeds, names)
+        timings = interleaved_ms({f.label: (lambda r=r: r.run(feeds)) for f, r in opened.items()}, budget_s, rounds)
+        base = next((timings[f.label] for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")),
+                    min(timings.values()))
+        for form, runner in opened.items():
+            max_abs, max_rel, within = _compare(reference.outputs, runner.run(feeds), names, tolerances)
+            ms = timings[form.label]
+            results[form] = FormResult(form, ms, base / ms, max_abs, max_rel, within, results[form].size_bytes)
+    return BenchReport(Path(onnx_path).name, batch, used_steps, reference.label, str(tolerances.base),
+                       tuple(results[f] for f in forms))
+
+
+def _forms(runtimes: Sequence[str] | None, threads: Sequence[int] | None) -> list[Target]:
+    """Every named (default: every available) runtime and tier, at every thread count."""
+    from toolkit.tiers import Target, available_targets
+
+    targets = available_targets()
+    unknown = [name for name in runtimes or [] if name not in targets]
+    if unknown or runtimes == []:
+        raise InputError(f"Expected runtimes among {list(targets)}. Received: {list(runtimes or [])}")
+    chosen = [targets[name] for name in (runtimes or list(targets))]
+    return [Target(t.runtime, t.tier, n) for t in chosen for n in (threads or default_threads())]
+
+
+@dataclass(frozen=True)
+class _Reference:
+    label: str
+    outputs: list[np.ndarray]
+
+
+def _reference(keras_path: str | Path | None, opened: Mapping[Target, Any], feeds: Feeds,
+               names: Sequence[str]) -> _Reference:
+    """Keras' outputs (matched to the graph's by position), or those of the first ORT float32 form."""
+    if keras_path is not None:
+        from toolkit.verify import KerasRunner
+
+        keras = KerasRunner(keras_path)
+        return _Reference("keras", list(keras.run(feeds).values())[: len(names)])
+    form = next((f for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")), next(iter(opened)))
+    values = opened[form].run(feeds)
+    return _Reference(form.label, [values[name] for name in names])
+
+
+# ------------------------------------------------------------------------------------ the command
+
+
+def _thread_list(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise InputError(f"Expected --threads as counts >= 1 separated by commas, e.g. 1,2. Received: {text!r}")
+    return tuple(dict.fromkeys(values))
+
+
+@click.command("bench")
+@click.argument("onnx_model", type=click.Path(path_type=Path))
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the timed inputs.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Time steps of the timed inputs (a model with a fixed length uses its own).")
+@click.option("--keras", "keras_model", type=click.Path(path_type=Path),
+              help="Measure error against this Keras model instead of ONNX Runtime float32.")
+@click.option("--atol", multiple=True, metavar="[OUTPUT:]VALUE", help="Absolute tolerance a form must meet (default 1e-6).")
+@click.option("--rtol", multiple=True, metavar="[OUTPUT:]VALUE", help="Relative tolerance a form must meet (default 1e-5).")
+@click.option("--threads", "threads_text", metavar="LIST", help="Intra-op thread counts to try (default: 1 and every core).")
+@click.option("--runtimes", "runtimes_text", metavar="LIST",
+              help="Forms to try, comma-separated (default all available): onnxruntime, onnxruntime-int8, "
+                   "onnxruntime-float16, openvino, openvino-bf16.")
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=8.0, show_default=True,
+              help="About how long to time all forms together.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def bench_command(onnx_model: Path, batch: int, steps: int, keras_model: Path | None, atol: Sequence[str],
+                  rtol: Sequence[str], threads_text: str | None, runtimes_text: str | None, seconds: float,
+                  as_json: bool) -> None:
+    """Time ONNX_MODEL (a float32 export) in every runtime, tier and thread count; recommend the fastest
+    form within the tolerance. Needs TensorFlow only with --keras."""
+    runtimes = [r.strip() for r in runtimes_text.split(",") if r.strip()] if runtimes_text is not None else None
+    if keras_model is not None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the CLI edge may choose TensorFlow's log level
+    report = bench(onnx_model, batch, steps, keras_model, Tolerances.parse(atol, rtol), _thread_list(threads_text),
+                   runtimes, budget_s=seconds)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.text())
