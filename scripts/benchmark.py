@@ -30,9 +30,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -112,8 +113,9 @@ def interleaved_ms(fns: dict[str, Callable[[], Any]], budget_s: float = 8.0, rou
     """Median per-call ms of several ONNX Runtime sessions timed in alternation.
 
     Round after round, each function runs a block of calls sized to about 20 ms (after a pause and three
-    untimed calls); the per-call mean of each block is one sample. Alternating puts the same drift (frequency, caches, the other core) on every
-    contender, which a one-after-the-other measurement does not: sub-0.05 ms timings moved by 30% that way.
+    untimed calls); the per-call mean of each block is one sample. Alternating puts the same drift
+    (frequency, caches, the other core) on every contender, which a one-after-the-other measurement does
+    not: sub-0.05 ms timings moved by 30% that way.
     """
     calls: dict[str, int] = {}
     for name, fn in fns.items():

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-
 from strategies import stacks  # noqa: E402
 from test_fuzz import check_stack  # noqa: E402
+
 from toolkit.fileio import atomic_write_text  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> None:
         try:
             check_stack(*drawn)
             counts["passed"] += 1
-        except Exception as exc:  # keep going: the point is the count, and every failure's configuration
+        except Exception as exc:  # noqa: BLE001 - keep going: the point is the count, and every failure's configuration
             counts["failures"].append({"config": drawn[0].to_json(), "batch": drawn[1], "length": drawn[2],
                                        "mask": [[int(k) for k in row] for row in drawn[3]],
                                        "error": f"{type(exc).__name__}: {str(exc)[:300]}"})

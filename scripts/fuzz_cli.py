@@ -84,7 +84,8 @@ body = helper.make_graph(
     [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Add", ["v_in", "v_in"], ["v_out"])], "body",
     [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
      helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["batch", 2])],
-    [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["batch", 2])])
+    [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+     helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["batch", 2])])
 save(graph_model([helper.make_node("Loop", ["trip", "cond", "x"], ["y"], body=body)], [x],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], [trip, cond]), "endless_loop.onnx")
 # 1.5 GiB of external data that no node uses (a sparse file: no disk is spent).
@@ -164,7 +165,8 @@ def fixed_cases(inp: Path) -> list[Case]:
         Case("run_pickled_npy", ["run", case1, "--input", str(inp / "pickled.npy")]),
         Case("run_fifo_input", ["run", case1, "--input", str(inp / "fifo.npy")]),
         Case("run_repeated_input", ["run", case1, "--input", f"input={inp / 'good.npy'}", "--input", f"input={inp / 'b0.npy'}"]),
-        Case("run_keyword_outputs", ["run", str(inp / "keyword_outputs.onnx"), "--input", str(inp / "x2.npy"), "-o", "{out}/o.npz"]),
+        Case("run_keyword_outputs",
+             ["run", str(inp / "keyword_outputs.onnx"), "--input", str(inp / "x2.npy"), "-o", "{out}/o.npz"]),
         Case("run_o_folder", ["run", case1, "--input", str(inp / "good.npy"), "-o", "{out}"]),
         Case("run_sequence_output", ["run", str(inp / "sequence_output.onnx"), "--input", str(inp / "x2.npy")]),
         Case("run_endless_loop", ["run", str(inp / "endless_loop.onnx"), "--input", str(inp / "x2.npy"), "--timeout", "5"]),
@@ -174,7 +176,8 @@ def fixed_cases(inp: Path) -> list[Case]:
         Case("inspect_dev_zero", ["inspect", "/dev/zero"]),
         Case("export_o_onto_file", ["export", "-o", str(inp / "good.npy")]),
         Case("export_keras_o_folder", ["export", str(inp / "seed.keras"), "-o", "{out}"]),
-        Case("export_triton_onto_file", ["export", str(inp / "seed.keras"), "-o", "{out}/m.onnx", "--triton", str(inp / "good.npy")]),
+        Case("export_triton_onto_file",
+             ["export", str(inp / "seed.keras"), "-o", "{out}/m.onnx", "--triton", str(inp / "good.npy")]),
     ]
     cases += [Case(f"verify_stream_{p.stem[8:]}", ["verify", str(p), "--keras", str(inp / "stream.keras"), "--stream", "2"])
               for p in sorted(inp.glob("crafted_*.onnx"))]

@@ -20,9 +20,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -60,7 +61,8 @@ def models(variants: list[str]) -> list[tuple[str, StackConfig]]:
     return seeds + [(name, variant_config(name)) for name in variants]
 
 
-def measure(runtime: Runtime, path: Path, proto: onnx.ModelProto, keras_model: Any, names: list[str]) -> tuple[str, str, float | None, float | None]:
+def measure(runtime: Runtime, path: Path, proto: onnx.ModelProto, keras_model: Any,
+            names: list[str]) -> tuple[str, str, float | None, float | None]:
     """(measured, detail, max_abs, max_rel) of one runtime against Keras."""
     try:
         with runtime.open(path, proto) as runner:

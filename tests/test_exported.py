@@ -11,8 +11,8 @@ import pytest
 
 from toolkit.builder import SEED_INPUT, StackConfig, build_stack
 from toolkit.compare import Tolerances
-from toolkit.metadata import read_options
 from toolkit.fileio import sha256_hex
+from toolkit.metadata import read_options
 from toolkit.parity import check_parity
 from toolkit.runner import OnnxRunner
 from toolkit.suite import read_manifest

@@ -8,13 +8,13 @@ import onnx
 import pytest
 from conftest import assert_close
 
+from toolkit import metadata
 from toolkit.builder import StackConfig, build_stack
 from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import InputError, ParityError
-from toolkit import metadata
 from toolkit.exporter import export_model
-from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.naming import output_origins
+from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.parity import keras_outputs
 from toolkit.runner import OnnxRunner, count_ops
 

@@ -5,12 +5,12 @@ Derandomized, so CI runs the same examples every time; `scripts/fuzz.py` runs ma
 """
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
-
 from strategies import stacks
+
 from toolkit.builder import build_stack
 from toolkit.exporter import export_model
 from toolkit.parity import InputCase, check_parity, embedding_vocab, padding_of, random_input

@@ -18,11 +18,11 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import hostile
 import numpy as np
 import pytest
 
-import hostile
-from toolkit import fileio, fileset
+from toolkit import fileio
 from toolkit.budget import count_config
 from toolkit.errors import InputError, ModelLoadError, OutputError
 from toolkit.fileio import atomic_output, save_npz
@@ -92,8 +92,11 @@ HOSTILE = {
     "time_0": (lambda d: hostile.fixed_time(d, 0), r"every declared axis >= 1 .* \[None, 0, 2\]"),
     "dev_zero": (hostile.dev_zero, r"a regular file\. Received: .* which is a character device"),
     "fifo": (hostile.fifo, r"a regular file\. Received: .* which is a FIFO"),
-    "h5_bomb_2g": (lambda d: hostile.h5_bomb(d, 2 << 30), r"weights declaring at most 1073741824 bytes .* declares 2147483904 in 6 datasets"),
-    "h5_bomb_512m": (lambda d: hostile.h5_bomb(d, 512 << 20), r"stored at a ratio of at most 100 .* dataset 'layers/lstm/cell/vars/0' declares 536870912 bytes and stores 0"),
+    "h5_bomb_2g": (lambda d: hostile.h5_bomb(d, 2 << 30),
+                   r"weights declaring at most 1073741824 bytes .* declares 2147483904 in 6 datasets"),
+    "h5_bomb_512m": (lambda d: hostile.h5_bomb(d, 512 << 20),
+                     r"stored at a ratio of at most 100 .* dataset 'layers/lstm/cell/vars/0' declares 536870912 bytes "
+                     r"and stores 0"),
     "members": (lambda d: hostile.many_members(d, 5000), r"at most 1000 archive members\. Received: .* declares 5003"),
 }
 

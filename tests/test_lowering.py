@@ -2,13 +2,11 @@
 forms, each on real Keras layers and run in ONNX Runtime."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from toolkit.lowering import CELL_OPS, LoweringReport, NotFusable, lower_model, plan_cell
-from toolkit.lowering import masks
+from toolkit.lowering import CELL_OPS, LoweringReport, NotFusable, lower_model, masks, plan_cell
 from toolkit.lowering.cells import op_attributes
 from toolkit.lowering.context import HANDLERS, LoweringContext
 from toolkit.lowering.dispatch import handler_for

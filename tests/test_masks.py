@@ -11,7 +11,7 @@ state inputs fed with nonzero states, and --propagate-nan. Derandomized, with a 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -69,7 +69,7 @@ MODELS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model(name: str):
     if MODELS[name] is None:
         return _zero_output_model()
@@ -77,7 +77,7 @@ def _model(name: str):
     return build_stack(variant_config(variant, **overrides))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _runner(name: str, **options) -> OnnxRunner:
     result = export_model(_model(name), **options)
     assert result.parity, result.parity.failures()  # the export's own checks (their batches are masked too)
@@ -156,7 +156,7 @@ STATEFUL_LAYERS = {"lstm": ("lstm_masking", {}), "gru_backwards": ("gru_masking"
                    "bidirectional_last_output": ("gru_masking", {"bidirectional": "ave", "return_sequences": False})}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _state_io_export(name: str):
     variant, overrides = STATEFUL_LAYERS[name]
     model = build_stack(variant_config(variant, layers=1, all_states=False, **overrides))

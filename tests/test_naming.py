@@ -5,8 +5,16 @@ import pytest
 
 from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.errors import InputError
-from toolkit.naming import (OutputOrigin, apply_overrides, default_output_names, is_bidirectional, is_recurrent,
-                            output_origins, recurrent_roles, unique_names)
+from toolkit.naming import (
+    OutputOrigin,
+    apply_overrides,
+    default_output_names,
+    is_bidirectional,
+    is_recurrent,
+    output_origins,
+    recurrent_roles,
+    unique_names,
+)
 
 
 def test_origin_names_carry_the_call_index_after_the_first():

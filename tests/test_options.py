@@ -74,6 +74,7 @@ def test_from_json_refuses_what_it_does_not_know():
 
 
 def test_importing_options_and_the_cli_pulls_in_no_tensorflow():
-    code = "import sys, toolkit.options, toolkit.cli; print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))"
+    code = ("import sys, toolkit.options, toolkit.cli; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import hostile
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-import hostile
 from toolkit import fileio
 from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli

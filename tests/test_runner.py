@@ -23,7 +23,8 @@ def test_run_returns_named_outputs_in_graph_order(case3):
 
 @pytest.mark.parametrize("feeds,needle", [
     ({"input": np.zeros((1, 3, 1), np.float64)}, "Expected input 'input' of dtype float32. Received: dtype float64"),
-    ({"input": np.zeros((1, 4, 1), np.float32)}, r"Expected input 'input' with shape \(batch, 3, 1\) \(axis 1 = 3\). Received: shape \(1, 4, 1\)"),
+    ({"input": np.zeros((1, 4, 1), np.float32)},
+     r"Expected input 'input' with shape \(batch, 3, 1\) \(axis 1 = 3\). Received: shape \(1, 4, 1\)"),
     ({"input": np.zeros((3, 1), np.float32)}, "Expected input 'input' of rank 3"),
     ({"x": np.zeros((1, 3, 1), np.float32)}, r"Expected inputs \['input'\]. Received: \['x'\]"),
 ])

@@ -31,8 +31,8 @@ from toolkit.runtimes import chromium, js
 from toolkit.runtimes import openvino as ov_runtime
 from toolkit.runtimes.base import RuntimeFailure, decode_tensor, encode_tensor, live_group_members, open_or_failed
 from toolkit.streaming import StreamingRunner
-from toolkit.verify import RUNTIMES, KerasRunner, OnnxRunner, compare_runners, runtimes_named
 from toolkit.suite import read_manifest
+from toolkit.verify import RUNTIMES, KerasRunner, OnnxRunner, compare_runners, runtimes_named
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
 ENTRIES = read_manifest(EXPORTED)["models"]

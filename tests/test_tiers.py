@@ -125,7 +125,8 @@ def test_cli_refuses_two_tiers(models, tmp_path):
     models["lstm"].save(keras_path)
     done = CliRunner().invoke(cli, ["export", str(keras_path), "--quantize", "int8", "--float16"])
     assert done.exit_code == 2  # a malformed option, as README's refusal section says
-    assert done.output.strip().splitlines()[-1] == "Error: Expected one precision tier: --quantize int8 or --float16. Received: both"
+    expected = "Error: Expected one precision tier: --quantize int8 or --float16. Received: both"
+    assert done.output.strip().splitlines()[-1] == expected
 
 
 def test_run_with_threads_and_precision_options(models, tmp_path):

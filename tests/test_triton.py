@@ -20,8 +20,8 @@ from toolkit.builder import VARIANTS, StackConfig, build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
-from toolkit.runner import load_onnx
 from toolkit.metadata import read_state_map as state_map
+from toolkit.runner import load_onnx
 from toolkit.triton import check_model_name, config_text, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")

@@ -9,8 +9,9 @@ kinds in the table they equal `model.count_params()` (tests/test_limits.py check
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 _NESTED_KEYS = ("layer", "backward_layer", "cell")
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import click
 
 from toolkit import __version__
-from toolkit.errors import InputError, LstmOnnxError, OptionError
 from toolkit.builder import MAX_FEATURES, MAX_LAYERS, MAX_UNITS
-from toolkit.limits import (MAX_ACTIVATION_ELEMENTS, MAX_MEMBER_BYTES, MAX_PARAMS, MAX_TIMESTEPS, MAX_TOTAL_BYTES,
-                            ResourceLimits)
-from toolkit.quiet import echo_err, quiet_stderr
+from toolkit.errors import InputError, LstmOnnxError, OptionError
+from toolkit.limits import MAX_ACTIVATION_ELEMENTS, MAX_MEMBER_BYTES, MAX_PARAMS, MAX_TIMESTEPS, MAX_TOTAL_BYTES, ResourceLimits
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
+from toolkit.quiet import echo_err, quiet_stderr
 
 
 class _OptionError(click.ClickException):
@@ -153,7 +153,8 @@ def tolerance_options(func: Any) -> Any:
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="MODEL given: the .onnx file (default MODEL with .onnx). Otherwise: the folder (default exported/).")
-@click.option("--layers", type=click.IntRange(1, MAX_LAYERS), help=f"Number of stacked LSTM layers (default 2, at most {MAX_LAYERS}).")
+@click.option("--layers", type=click.IntRange(1, MAX_LAYERS),
+              help=f"Number of stacked LSTM layers (default 2, at most {MAX_LAYERS}).")
 @click.option("--units", type=click.IntRange(1, MAX_UNITS), help=f"Units per layer (default 2, at most {MAX_UNITS}).")
 @click.option("--timesteps", type=_Timesteps(), help="Time steps, or 'none' for a variable length (default 3).")
 @click.option("--features", type=click.IntRange(1, MAX_FEATURES), help=f"Input features (default 1, at most {MAX_FEATURES}).")
@@ -230,7 +231,8 @@ def export(model: Path | None, output: Path | None, layers: int | None, units: i
     if triton_name is not None:  # checked before anything is exported or written
         from toolkit.triton import check_model_name
         if model is None:
-            raise InputError(f"Expected --triton-name with MODEL (one export). Received: --triton-name {triton_name!r} without MODEL")
+            raise InputError("Expected --triton-name with MODEL (one export). "
+                             f"Received: --triton-name {triton_name!r} without MODEL")
         check_model_name(triton_name)
     builder_options = {"layers": layers, "units": units, "timesteps": timesteps, "features": features,
                        "all_states": all_states, "seed": seed, "cell": cell, "bidirectional": bidirectional,
@@ -342,7 +344,6 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
         from toolkit.exporter import load_keras_model
         from toolkit.runner import load_onnx
         from toolkit.streaming import stream_parity
-
         from toolkit.tiers import recorded_tier, tier_tolerances
 
         proto = load_onnx(onnx_model)

@@ -10,8 +10,9 @@ printed on a deploy machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class Tolerances:
     def for_output(self, name: str) -> Tolerance:
         return self.per_output.get(name, self.base)
 
-    def resolve(self, op_counts: Mapping[str, int]) -> "Tolerances":
+    def resolve(self, op_counts: Mapping[str, int]) -> Tolerances:
         if self.default is not None:
             return self
         return Tolerances(RNN_OP_TOLERANCE if op_counts.get("RNN") else DEFAULT_TOLERANCE, self.per_output)
@@ -75,7 +76,7 @@ class Tolerances:
             )
 
     @classmethod
-    def parse(cls, atol: Iterable[str] = (), rtol: Iterable[str] = ()) -> "Tolerances":
+    def parse(cls, atol: Iterable[str] = (), rtol: Iterable[str] = ()) -> Tolerances:
         """Build from CLI strings: `VALUE` sets the default, `NAME:VALUE` one output (Polygraphy's syntax)."""
         default_atol, default_rtol = DEFAULT_TOLERANCE.atol, DEFAULT_TOLERANCE.rtol
         default_given = False
@@ -298,7 +299,7 @@ class VerifyReport:
 
     model: str  # the .onnx file's name, for labels
     runtimes: tuple[RuntimeReport, ...]
-    stream: "StreamReport | None" = None
+    stream: StreamReport | None = None
 
     @property
     def ran(self) -> list[RuntimeReport]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,10 @@ class ExplainedCase:
     all_hold: bool
 
 
+def _equality(check: Any) -> str:
+    return f"{check.description}: {'yes' if check else 'NO'} (max_abs {check.max_abs:.2g})"
+
+
 def explain(base: StackConfig = StackConfig()) -> list[ExplainedCase]:
     """Build, export and run the post's four cases on the post's input."""
     cases = []
@@ -53,8 +58,8 @@ def explain(base: StackConfig = StackConfig()) -> list[ExplainedCase]:
                 outputs=tuple(
                     ExplainedOutput(n, tuple(k.shape), k, actual[n]) for n, k in zip(names, expected)
                 ),
-                keras_equalities=tuple(f"{c.description}: {'yes' if c else 'NO'} (max_abs {c.max_abs:.2g})" for c in keras_checks),
-                onnx_equalities=tuple(f"{c.description}: {'yes' if c else 'NO'} (max_abs {c.max_abs:.2g})" for c in onnx_checks),
+                keras_equalities=tuple(_equality(c) for c in keras_checks),
+                onnx_equalities=tuple(_equality(c) for c in onnx_checks),
                 all_hold=bool(result.parity) and all(keras_checks) and all(onnx_checks),
             )
         )

@@ -18,27 +18,43 @@ asked to keep it. What an export is asked to do travels as one `ExportOptions` v
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.compare import ParityReport, Tolerances
+from toolkit.compare import ParityReport
 from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
-from toolkit.keras_io import (check_keras_version, describe_layers, load_keras_model, model_signature, output_shapes,
-                               require_recurrent, time_axis_sources)
+from toolkit.keras_io import (
+    check_keras_version,
+    describe_layers,
+    load_keras_model,
+    model_signature,
+    output_shapes,
+    require_recurrent,
+    time_axis_sources,
+)
 from toolkit.lowering import LayerLowering, StateIO, lower_model
-from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins, unique_names
+from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.parity import check_parity
-from toolkit.precision import PrecisionChoice, choose as choose_tolerance, failure_message
-from toolkit.runner import (FUSED_RECURRENT_OPS, LOOP_OPS, OnnxRunner, TensorInfo, count_ops, graph_inputs, graph_outputs,
-                             metadata_value, optional_inputs)
+from toolkit.precision import PrecisionChoice, failure_message
+from toolkit.precision import choose as choose_tolerance
+from toolkit.runner import (
+    FUSED_RECURRENT_OPS,
+    LOOP_OPS,
+    OnnxRunner,
+    TensorInfo,
+    count_ops,
+    graph_inputs,
+    graph_outputs,
+    optional_inputs,
+)
 from toolkit.tf2onnx_lib import InputSignature, convert
 from toolkit.tiers import TierInfo, apply_tier, tier_tolerances
 
@@ -268,7 +284,8 @@ def _fusion_check(lowering: Sequence[LayerLowering], op_counts: Mapping[str, int
     elif not warnings and not any(op_counts.get(op) for op in FUSED_RECURRENT_OPS):
         warnings = [f"not fused: no {fused_ops} op in the graph for recurrent layers {list(recurrent)}"]
     if warnings and require_fused:
-        raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: " + warnings[0])
+        raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). "
+                                    "Received: " + warnings[0])
     return warnings
 
 
@@ -386,9 +403,6 @@ from toolkit.verify import (  # noqa: E402,F401
     verify_files,
     verify_runtimes,
 )
-
-
-
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -22,9 +22,10 @@ import os
 import re
 import secrets
 import zipfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO
 
 import numpy as np
 

@@ -22,13 +22,21 @@ import errno
 import json
 import os
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Mapping, Sequence
 
 from toolkit.errors import InputError, OutputError
-from toolkit.fileio import (TEMP_NAME, folder_lock, fsync_dir, remove_stale_temporaries, temp_for, unlink_quietly,
-                            write_error, write_new)
+from toolkit.fileio import (
+    TEMP_NAME,
+    folder_lock,
+    fsync_dir,
+    remove_stale_temporaries,
+    temp_for,
+    unlink_quietly,
+    write_error,
+    write_new,
+)
 from toolkit.guard import safe_text
 
 JOURNAL = ".lstm-onnx-journal.json"

@@ -8,7 +8,8 @@ node, value and initializer by its position in the graph gives the same names in
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import onnx
 

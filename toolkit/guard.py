@@ -18,8 +18,9 @@ import errno
 import os
 import stat
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Mapping, Sequence
+from typing import BinaryIO
 
 import numpy as np
 

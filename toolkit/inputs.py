@@ -10,8 +10,9 @@ imports TensorFlow: a Keras model is only read through its `inputs` and layers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -167,7 +167,7 @@ def read_config(archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> 
         raise _refuse(path, "a readable config.json", f"({type(exc).__name__}: {str(exc)[:120]})") from None
     if len(data) > limits.max_config_bytes:
         raise _refuse(path, f"a config.json of at most {limits.max_config_bytes} bytes",
-                      f"holds more")
+                      "holds more")
     try:
         config = json.loads(data)
     except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, 5000-digit numbers, deep nesting

@@ -10,7 +10,8 @@ readers here, never by hand.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import onnx
 

@@ -23,8 +23,9 @@ names and flags, so they are stable across exports.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from toolkit.errors import InputError, UnsupportedModelError
 

@@ -9,8 +9,9 @@ stays light. Part of the value is recorded in every export's metadata (`lstm_onn
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from toolkit.compare import Tolerances
 from toolkit.errors import InputError
@@ -82,7 +83,7 @@ class ExportOptions:
         if not isinstance(self.tolerances, Tolerances):
             raise InputError(f"Expected tolerances as a Tolerances. Received: {type(self.tolerances).__name__}")
 
-    def replace(self, **changes: Any) -> "ExportOptions":
+    def replace(self, **changes: Any) -> ExportOptions:
         """A copy with some options changed (checked again); an unknown option is an `InputError`."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
@@ -95,7 +96,7 @@ class ExportOptions:
         return {name: getattr(self, name) for name in RECORDED if name != "tier" or self.tier != DEFAULT_TIER}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], opset: int = DEFAULT_OPSET) -> "ExportOptions":
+    def from_json(cls, data: Mapping[str, Any], opset: int = DEFAULT_OPSET) -> ExportOptions:
         """Read a `to_json` record back; options it lacks (older exports) keep their defaults."""
         if not isinstance(data, Mapping):
             raise InputError(f"Expected export options as a JSON object. Received: {data!r}")

@@ -8,7 +8,8 @@ the invariants the post states are checked on the runtime's outputs: a layer's l
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from toolkit.compare import ParityReport, Tolerances
 from toolkit.inputs import (  # noqa: F401 -- re-exported: callers import the input cases from here

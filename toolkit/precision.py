@@ -10,8 +10,9 @@ a model is only read through its layers' `dtype_policy`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from toolkit.compare import ParityReport, Tolerance, Tolerances
 

@@ -12,17 +12,25 @@ import json
 import threading
 import zipfile
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.guard import (check_batch, check_feed_array, check_feed_dtype, check_feed_shape, check_input_names,
-                           open_regular_file, safe_text)
+from toolkit.guard import (
+    check_batch,
+    check_feed_array,
+    check_feed_dtype,
+    check_feed_shape,
+    check_input_names,
+    open_regular_file,
+    safe_text,
+)
 
 # The ops that carry a recurrence: the fused ones we want, and the loops a converter falls back to.
 FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")

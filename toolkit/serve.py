@@ -39,16 +39,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import onnx
 
 from toolkit.errors import InputError, LstmOnnxError
 from toolkit.runner import load_onnx
-from toolkit.triton import (MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature,
-                            tensor_section)
+from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
 
 HOST = "127.0.0.1"
 EXIT_TIMEOUT_S = 5  # the server's own grace period for in-flight requests on shutdown

@@ -11,8 +11,9 @@ the sequence. The comparison is `verify.compare_runners`, as for every other che
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx

@@ -9,9 +9,10 @@ passes (or `keep_failed` is set), so a folder never holds a mix of old and new e
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from toolkit import __version__
 from toolkit.builder import StackConfig, build_stack, stack_budget

@@ -12,8 +12,9 @@ import contextlib
 import functools
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from toolkit.errors import ExportError
 from toolkit.options import MAX_OPSET, MIN_OPSET  # noqa: F401 - the opsets tf2onnx is used with; defined once there
@@ -26,7 +27,7 @@ class InputSignature:
     shape: tuple[int | None, ...]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quiet_tf2onnx() -> None:
     """tf2onnx logs each rewriter step at INFO and WARNING; lstm-onnx reports fusion itself. Idempotent."""
     from tf2onnx import verbose_logging

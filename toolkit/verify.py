@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -37,7 +38,6 @@ from toolkit.errors import InputError, ModelLoadError
 from toolkit.inputs import InputCase, make_cases
 from toolkit.naming import OutputOrigin, output_origins, unique_names
 from toolkit.precision import choose as choose_tolerance
-from toolkit.tiers import recorded_tolerances
 from toolkit.runner import (
     check_feeds,
     check_tensor_io,
@@ -52,7 +52,7 @@ from toolkit.runner import (
 )
 from toolkit.runtimes.base import RuntimeFailure, open_or_failed, valid_everywhere
 from toolkit.runtimes.registry import DEPLOY_RUNTIMES, TIERS
-
+from toolkit.tiers import recorded_tolerances
 
 # What ONNX Runtime raises for a model or feed it rejects: its own pybind11 types (plain Exception
 # subclasses, so nothing narrower catches them) and what its Python layer raises.
@@ -74,7 +74,7 @@ class Runner(Protocol):
 
     def close(self) -> None: ...  # stop what it started; idempotent
 
-    def __enter__(self) -> "Runner": ...
+    def __enter__(self) -> Runner: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -87,7 +87,7 @@ class RunnerBase:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "RunnerBase":
+    def __enter__(self) -> RunnerBase:
         return self
 
     def __exit__(self, *exc: object) -> None:

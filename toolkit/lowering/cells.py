@@ -7,8 +7,9 @@ with the reason, which the export reports before tf2onnx converts the layer inst
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -237,7 +238,8 @@ def is_bidirectional(layer: Any) -> bool:
 def state_roles(layer: Any) -> list[tuple[str, int]]:
     """(role, units) of each state, in Keras' order: forward states then backward ones; a stack's cells
     in stack order."""
-    from toolkit.naming import state_roles as roles_of, state_units
+    from toolkit.naming import state_roles as roles_of
+    from toolkit.naming import state_units
 
     if is_bidirectional(layer):
         inner = layer.forward_layer

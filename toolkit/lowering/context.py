@@ -6,8 +6,9 @@ handlers are registered per Keras class name with `@handles(...)`, as tf2onnx re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import onnx
 
@@ -124,7 +125,7 @@ class LayerCall:
         return self.node.input_tensors[0] if self.node.input_tensors else None
 
     @property
-    def first(self) -> Optional[Value]:
+    def first(self) -> Value | None:
         return self.values[id(self.node.input_tensors[0])] if self.node.input_tensors else None
 
     @property
@@ -133,7 +134,7 @@ class LayerCall:
 
 
 # A handler returns the layer's output values, or None when it leaves the layer to tf2onnx.
-Handler = Callable[[LoweringContext, LayerCall], Optional[list[Value]]]
+Handler = Callable[[LoweringContext, LayerCall], list[Value] | None]
 HANDLERS: dict[str, Handler] = {}
 
 

@@ -6,7 +6,8 @@ with no handler, or one its handler leaves, is converted by tf2onnx (`layers.fal
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx

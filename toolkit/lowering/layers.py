@@ -11,7 +11,7 @@ layer with a dynamic shape, ...).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto
@@ -37,7 +37,7 @@ _DENSE_ACTIVATIONS = {"linear": "", "relu": "Relu", "sigmoid": "Sigmoid", "tanh"
 
 
 @handles(*IDENTITY_LAYERS)
-def lower_identity(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+def lower_identity(ctx: LoweringContext, call: LayerCall) -> list[Value] | None:
     return [call.first] if len(call.node.input_tensors) == 1 else None
 
 
@@ -63,7 +63,7 @@ def lower_masking(ctx: LoweringContext, call: LayerCall) -> list[Value]:
 
 
 @handles("Dense")
-def lower_dense_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+def lower_dense_layer(ctx: LoweringContext, call: LayerCall) -> list[Value] | None:
     if dense_activation(call.layer, call.tensor) is not None:
         return [lower_dense(ctx, call.layer, call.tensor, call.first)]
     activation = mixed_dense_activation(call.layer, call.tensor)
@@ -78,7 +78,7 @@ def lower_dense_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Va
 
 
 @handles("TimeDistributed")
-def lower_time_distributed(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+def lower_time_distributed(ctx: LoweringContext, call: LayerCall) -> list[Value] | None:
     layer, tensor = call.layer, call.tensor
     if dense_activation(layer.layer, tensor) is not None:
         return [lower_dense(ctx, layer.layer, tensor, call.first)]  # a Dense acts on the last axis: no folding
@@ -112,7 +112,7 @@ def lower_dense(ctx: LoweringContext, layer: Any, tensor: Any, value: Value, act
 
 
 @handles("Embedding")
-def lower_embedding(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+def lower_embedding(ctx: LoweringContext, call: LayerCall) -> list[Value] | None:
     """One Gather. tf2onnx writes ten nodes for Keras' take(), which maps negative ids to
     id + vocabulary by hand; ONNX Gather does that itself (and, like TensorFlow, refuses ids out of range)."""
     layer, tensor, w = call.layer, call.tensor, ctx.w
@@ -240,7 +240,7 @@ def plain_weights(layer: Any) -> bool:
 
 
 @handles("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional")
-def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> Optional[list[Value]]:
+def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> list[Value] | None:
     """One fused op (`recurrent.py`), a stack of them for an RNN over StackedRNNCells (`stacked.py`),
     or, when the layer cannot be fused, tf2onnx with the reason reported: never a silent fallback."""
     layer = call.layer

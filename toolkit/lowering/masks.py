@@ -20,7 +20,7 @@ finite; Keras propagates it. The NaN helpers put the NaN back where Keras has it
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from onnx import TensorProto

@@ -9,15 +9,23 @@ Bidirectional's directions, in `bidirectional.py`); record the states the export
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto, helper
 
 from toolkit.lowering import masks
-from toolkit.lowering.cells import (CellPlan, NotFusable, bidirectional_plans, is_bidirectional, op_attributes,
-                                    plan_cell, state_roles)
+from toolkit.lowering.cells import (
+    CellPlan,
+    NotFusable,
+    bidirectional_plans,
+    is_bidirectional,
+    op_attributes,
+    plan_cell,
+    state_roles,
+)
 from toolkit.lowering.context import LoweringContext, StateIO, Value
 from toolkit.lowering.writer import trim
 

@@ -11,8 +11,9 @@ are `cell<i>_state_h` (and `cell<i>_state_c` for an LSTM cell, see `toolkit.nami
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from toolkit.lowering.cells import CellPlan
 from toolkit.lowering.context import LoweringContext, Value

@@ -18,8 +18,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Callable, Mapping, Sequence
+from typing import IO
 
 import numpy as np
 import onnx
@@ -108,7 +109,7 @@ class RunnerBase:
             self.closed = True
             self._stop()
 
-    def __enter__(self) -> "RunnerBase":
+    def __enter__(self) -> RunnerBase:
         return self
 
     def __exit__(self, *exc: object) -> None:

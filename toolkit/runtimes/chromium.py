@@ -17,16 +17,23 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.runtimes.base import (RUN_TIMEOUT, START_TIMEOUT, RunnerBase, RuntimeFailure, decode_answer,
-                                   encode_feeds, stop_process)
+from toolkit.runtimes.base import (
+    RUN_TIMEOUT,
+    START_TIMEOUT,
+    RunnerBase,
+    RuntimeFailure,
+    decode_answer,
+    encode_feeds,
+    stop_process,
+)
 from toolkit.runtimes.js import JS_DIR, SETUP_HINT, npm_package
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")

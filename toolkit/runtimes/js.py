@@ -10,15 +10,14 @@ project cannot reach).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.runtimes.base import (RUN_TIMEOUT, START_TIMEOUT, LineProcess, RunnerBase, RuntimeFailure,
-                                   decode_answer, encode_feeds)
+from toolkit.runtimes.base import RUN_TIMEOUT, START_TIMEOUT, LineProcess, RunnerBase, RuntimeFailure, decode_answer, encode_feeds
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 HARNESS = JS_DIR / "harness.mjs"

@@ -11,8 +11,9 @@ real exports on OpenVINO 2026.4.1 (numbers in the comments).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import onnx

@@ -7,7 +7,7 @@ import failure.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from toolkit.runtimes import chromium, js, openvino
 from toolkit.runtimes.base import valid_everywhere
