@@ -162,3 +162,43 @@ def test_importing_verify_leaves_tensorflow_out():
             "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_stateful_rnn_of_stacked_cells_exports_and_passes(tmp_path):
+    """Keras' own `RNN.reset_state` fails on a stack of cells ('ListWrapper' object has no attribute
+    'assign'); the parity check zeroes each state variable itself, so the model exports."""
+    import keras
+
+    x = keras.Input((5, 3), batch_size=2, name="x")
+    y = keras.layers.RNN([keras.layers.LSTMCell(4), keras.layers.GRUCell(2)], stateful=True,
+                         return_sequences=True, name="rnn")(x)
+    keras_file, onnx_file = tmp_path / "stacked.keras", tmp_path / "stacked.onnx"
+    keras.Model(x, y).save(keras_file)
+    result = CliRunner().invoke(cli, ["export", str(keras_file), "-o", str(onnx_file)])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "rnn_sequence" in result.output and onnx_file.exists()
+
+
+def test_keras_failing_to_compute_the_reference_is_one_line_naming_the_model():
+    import keras
+    import tensorflow as tf
+
+    from toolkit.exporter import export_model
+
+    class FailsEagerly(keras.layers.Layer):
+        """Traces fine (what tf2onnx converts), fails when Keras runs it eagerly for the parity reference."""
+
+        def call(self, inputs):
+            if tf.executing_eagerly():
+                raise NotImplementedError("no eager kernel here\nsecond line")
+            return inputs
+
+    x = keras.Input((None, 3), name="x")
+    y = FailsEagerly(name="odd")(keras.layers.LSTM(2, return_sequences=True, name="lstm")(x))
+    model = keras.Model(x, y, name="failing")
+    with pytest.raises(InputError) as info:
+        export_model(model)
+    message = str(info.value)
+    assert message.startswith("Expected a model Keras can run for the reference outputs. Received: Keras failed "
+                               "running 'failing': NotImplementedError: ")
+    assert "no eager kernel here" in message and "\n" not in message and "second line" not in message
