@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_close
 
 from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
@@ -93,7 +94,7 @@ def test_seed_exports_equal_onnx_runtime_and_keras(server, protocol, seed):
     assert list(served) == list(local) and len(expected) == len(local)
     for (name, value), keras_value in zip(served.items(), expected):
         np.testing.assert_array_equal(value, local[name], err_msg=name)  # the same ONNX Runtime call
-        np.testing.assert_allclose(value, keras_value, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert_close(value, keras_value, name)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -103,7 +104,7 @@ def test_state_io_stack_served_with_states_as_request_tensors(server, streaming,
     zeros = {name: np.zeros((3, 4), np.float32) for name in state_map(load_onnx(path))}
     served = infer(server, protocol, "streaming", {"input": x, **zeros})
     for name, keras_value in zip(served, keras_outputs(model, {"input": x})):
-        np.testing.assert_allclose(served[name], keras_value, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert_close(served[name], keras_value, name)
 
 
 def run_stream(server, protocol, x, mapping):
@@ -136,9 +137,9 @@ def test_concurrent_streams_equal_keras_on_their_whole_sequence(server, streamin
     after = model_stats(server, "streaming")
     for s, (responses, streamed, last) in enumerate(results):
         assert responses == len(CHUNKS)
-        np.testing.assert_allclose(streamed, sequence[s], rtol=1e-5, atol=1e-6, err_msg=f"stream {s}")
-        np.testing.assert_allclose(last["lstm_2_state_h"][0], state_h[s], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(last["lstm_2_state_c"][0], state_c[s], rtol=1e-5, atol=1e-6)
+        assert_close(streamed, sequence[s], f"stream {s}")
+        assert_close(last["lstm_2_state_h"][0], state_h[s])
+        assert_close(last["lstm_2_state_c"][0], state_c[s])
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == STREAMS * len(CHUNKS)  # no request lost, none counted twice
     # The dynamic batcher put chunks of different streams into one ONNX Runtime call.

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_close
 
 from toolkit import verify
 from toolkit.builder import build_stack, variant_config
@@ -145,8 +146,8 @@ def test_keras_and_onnx_runners_are_peers_with_the_same_interface(saved_lstm):
     assert not issubclass(ReferenceRunner, OnnxRunner) and not issubclass(OnnxRunner, ReferenceRunner)
     assert list(outputs["keras"]) == list(outputs["onnxruntime"]) == list(outputs["reference"])
     for name, expected in outputs["keras"].items():
-        np.testing.assert_allclose(outputs["onnxruntime"][name], expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(outputs["reference"][name], expected, rtol=1e-5, atol=1e-6)
+        assert_close(outputs["onnxruntime"][name], expected)
+        assert_close(outputs["reference"][name], expected)
     assert [v.shape for v in keras_outputs(keras.model, feeds)] == [v.shape for v in outputs["keras"].values()]
     keras.close()
     keras.close()  # idempotent
