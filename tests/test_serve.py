@@ -26,7 +26,14 @@ from toolkit.exporter import export_model
 from toolkit.metadata import read_state_map as state_map
 from toolkit.parity import keras_outputs
 from toolkit.runner import OnnxRunner, load_onnx
-from toolkit.serve import ServeOptions, TritonServer, server_environment, triton_distribution
+from toolkit.serve import (
+    ServeOptions,
+    TritonServer,
+    owner_pid,
+    remove_stale,
+    server_environment,
+    triton_distribution,
+)
 
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -264,18 +271,45 @@ def test_sigterm_while_starting_stops_everything():
             process.wait()
 
 
-def test_server_dies_with_a_killed_serve():
-    """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does."""
+def test_server_dies_with_a_killed_serve_and_the_next_serve_removes_its_workspace():
+    """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does. Nor
+    to remove its workspace and shared memory: the next serve does, knowing the owner from the name."""
     process, tree = start_cli_server()
     server_pid = next(p for p in tree if Path(f"/proc/{p}/exe").resolve().name == "tritonserver")
     args = Path(f"/proc/{server_pid}/cmdline").read_text().split("\0")
     workspace = Path(args[args.index("--model-repository") + 1]).parent
+    assert workspace.name.startswith(f"lstm-onnx-serve-{process.pid}-")
     process.kill()
     process.wait()
     try:
         assert not wait_gone(tree)
+        assert workspace.is_dir()  # nobody removed it: the owner was killed
+        options = ServeOptions(http_port=free_port(), grpc_port=free_port())
+        with TritonServer(SEEDS[0], options) as second:
+            assert second.running() and not workspace.exists()
+            assert not list(Path("/dev/shm").glob(f"lstm-onnx-{process.pid}-*"))
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)  # what a killed serve could not remove
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def test_remove_stale_takes_only_what_a_dead_owner_left(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that ran and is gone (reaped)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    stale = tmp_path / f"lstm-onnx-serve-{dead.pid}-abc"
+    live = tmp_path / f"lstm-onnx-serve-{os.getppid()}-abc"  # our parent: alive
+    older = tmp_path / "lstm-onnx-serve-abc12345"  # an older serve's name, without a pid: left alone
+    region, live_region = shm / f"lstm-onnx-{dead.pid}-00ff-region", shm / f"lstm-onnx-{os.getppid()}-00ff-region"
+    for folder in (stale, live, older):
+        (folder / "repo").mkdir(parents=True)
+    region.write_bytes(b"x")
+    live_region.write_bytes(b"x")
+    assert sorted(remove_stale(tmp_path, shm)) == sorted([stale, region])
+    assert not stale.exists() and not region.exists()
+    assert live.is_dir() and older.is_dir() and live_region.exists()
+    assert owner_pid("lstm-onnx-serve-12345678", "lstm-onnx-serve-") is None
+    assert owner_pid("lstm-onnx-serve-42-x", "lstm-onnx-serve-") == 42
 
 
 def test_serve_keeps_tensorflow_out():
