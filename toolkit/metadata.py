@@ -80,6 +80,9 @@ def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = No
     }
 
 
+_JSON_KINDS = {dict: "object", list: "array"}  # what the Python types are called in JSON, for errors
+
+
 def read_json(model: onnx.ModelProto, key: str, default: Any = None, kind: type | None = None) -> Any:
     """The JSON value under `lstm_onnx.<key>`, or `default` when the key is absent (or empty).
 
@@ -94,7 +97,7 @@ def read_json(model: onnx.ModelProto, key: str, default: Any = None, kind: type 
     except (ValueError, RecursionError):
         raise InputError(f"Expected JSON in metadata {METADATA_PREFIX + key}. Received: {safe_text(text, limit=80)!r}") from None
     if kind is not None and not isinstance(value, kind):
-        raise InputError(f"Expected a JSON {kind.__name__} in metadata {METADATA_PREFIX + key}. "
+        raise InputError(f"Expected a JSON {_JSON_KINDS.get(kind, kind.__name__)} in metadata {METADATA_PREFIX + key}. "
                          f"Received: {safe_text(text, limit=80)!r}")
     return value
 
