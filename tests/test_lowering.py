@@ -12,6 +12,7 @@ from toolkit.lowering.context import HANDLERS, LoweringContext
 from toolkit.lowering.dispatch import handler_for
 from toolkit.lowering.layers import IDENTITY_LAYERS, fallback, lower_recurrent_layer
 from toolkit.lowering.writer import GraphWriter, outer_reads, prune, rename_values
+from toolkit.options import ExportOptions
 from toolkit.tf2onnx_lib import InputSignature
 
 OPSET = 17
@@ -58,7 +59,7 @@ def test_an_unknown_layer_goes_to_tf2onnx_and_an_unfusable_one_with_its_reason()
     y = keras.layers.GRU(2, activation="selu", return_sequences=True, name="selu_gru")(y)  # not fusable
     y = keras.layers.LSTM(2, name="plain")(y)
     model = keras.Model(x, y)
-    proto, report = lower_model(model, [InputSignature("x", "float32", (None, None, 3))], OPSET)
+    proto, report = lower_model(model, [InputSignature("x", "float32", (None, None, 3))], ExportOptions(opset=OPSET))
     ops = {node.op_type for node in proto.graph.node}
     assert "LSTM" in ops and "GRU" not in ops and "Loop" in ops  # the unfusable GRU is tf2onnx's Loop
     assert [(e.layer, e.onnx_op) for e in report.layers] == [("selu_gru", "tf2onnx"), ("plain", "LSTM")]
@@ -73,7 +74,7 @@ def test_a_handler_may_leave_its_layer_to_tf2onnx():
 
     x = keras.Input((None, 3), name="x")
     y = keras.layers.Dense(2, activation="elu", name="elu")(keras.layers.LSTM(2, return_sequences=True)(x))
-    proto, _ = lower_model(keras.Model(x, y), [InputSignature("x", "float32", (None, None, 3))], OPSET)
+    proto, _ = lower_model(keras.Model(x, y), [InputSignature("x", "float32", (None, None, 3))], ExportOptions(opset=OPSET))
     assert "Elu" in {node.op_type for node in proto.graph.node}  # tf2onnx's conversion, spliced in
 
 

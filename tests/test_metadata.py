@@ -66,3 +66,56 @@ def test_state_map_and_options_of_a_state_io_export():
     outputs = {v.name for v in result.model.graph.output}
     assert state_map and set(state_map) <= inputs and set(state_map.values()) <= outputs
     assert set(state_map.values()) == {"lstm_1_state_h", "lstm_1_state_c"}
+
+
+@pytest.mark.parametrize("reader, key, text", [
+    (metadata.read_layers, metadata.LAYERS, '{"name": "lstm"}'),  # an object where a list belongs
+    (metadata.read_outputs, metadata.OUTPUTS, '[{"role": "last"}]'),  # a record without a name
+    (metadata.read_output_names, metadata.OUTPUTS, "[3]"),
+    (metadata.read_state_map, metadata.STATE_MAP, '["a", "b"]'),
+    (metadata.read_state_map, metadata.STATE_MAP, '{"a": 1}'),
+    (metadata.read_options, metadata.OPTIONS, "[]"),
+    (metadata.read_parity, metadata.PARITY, '"passed"'),
+    (metadata.read_opset, metadata.OPSET, "seventeen"),
+])
+def test_every_reader_refuses_bad_metadata_in_one_line_naming_the_key(reader, key, text):
+    model = _bare_model()
+    metadata.write_metadata(model, {key: text})
+    with pytest.raises(InputError, match=rf"^Expected .*metadata lstm_onnx\.{key}.* Received: ") as info:
+        reader(model)
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def saved_state_io(tmp_path_factory):
+    """A small --state-io export and its .keras file, for the checks that read metadata from a file."""
+    folder = tmp_path_factory.mktemp("metadata")
+    model = build_stack(StackConfig(layers=1, timesteps=None))
+    keras_file = folder / "model.keras"
+    model.save(keras_file)
+    return keras_file, export_model(model, state_io=True).model
+
+
+@pytest.mark.parametrize("command, key, text", [
+    (["verify"], metadata.OUTPUTS, "{oops"),  # verify once fell back to the default names, silently
+    (["verify"], metadata.OUTPUTS, '[{"role": "last"}]'),
+    (["verify"], metadata.OPTIONS, '["padding"]'),  # and read non-object options as none
+    (["verify", "--stream", "2"], metadata.STATE_MAP, "{oops"),  # streaming had its own message
+    (["verify", "--stream", "2"], metadata.LAYERS, '{"a": 1}'),
+])
+def test_verify_and_streaming_refuse_bad_metadata_like_the_readers(saved_state_io, tmp_path, command, key, text):
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    keras_file, proto = saved_state_io
+    model = type(proto)()
+    model.CopyFrom(proto)
+    entries = {p.key.removeprefix("lstm_onnx."): p.value for p in model.metadata_props}
+    metadata.write_metadata(model, {**entries, key: text})
+    onnx_file = tmp_path / "tampered.onnx"
+    onnx_file.write_bytes(model.SerializeToString())
+    result = CliRunner().invoke(cli, [*command, str(onnx_file), "--keras", str(keras_file)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    line = result.output.strip()
+    assert "\n" not in line and f"metadata lstm_onnx.{key}" in line and "Received: " in line

@@ -243,12 +243,12 @@ def streaming_pair(tmp_path_factory):
 
 
 @pytest.mark.parametrize("key, value, needle", [
-    ("state_map", "{not json", "Expected lstm_onnx.state_map holding JSON"),
-    ("state_map", "[1, 2]", "Expected lstm_onnx.state_map mapping this model's state inputs to its outputs"),
+    ("state_map", "{not json", "Expected JSON in metadata lstm_onnx.state_map. Received: "),
+    ("state_map", "[1, 2]", "Expected a JSON object in metadata lstm_onnx.state_map. Received: "),
     ("state_map", '{"lstm_1_initial_state_h": "nowhere"}', "mapping this model's state inputs to its outputs"),
-    ("layers", "[1]", "Expected lstm_onnx.layers as a list of layer records"),
+    ("layers", "[1]", "Expected metadata lstm_onnx.layers as a list of records with a name"),
     ("layers", '[{"name": "lstm_1"}]', None),  # no "class": read as forward, and the stream still checks out
-    ("layers", "{", "Expected lstm_onnx.layers holding JSON"),
+    ("layers", "{", "Expected JSON in metadata lstm_onnx.layers. Received: "),
 ])
 def test_verify_stream_on_crafted_metadata_is_one_line(streaming_pair, tmp_path, key, value, needle):
     keras_path, onnx_path = streaming_pair

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_close
 
 from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
@@ -25,7 +26,14 @@ from toolkit.exporter import export_model
 from toolkit.metadata import read_state_map as state_map
 from toolkit.parity import keras_outputs
 from toolkit.runner import OnnxRunner, load_onnx
-from toolkit.serve import ServeOptions, TritonServer, server_environment, triton_distribution
+from toolkit.serve import (
+    ServeOptions,
+    TritonServer,
+    owner_pid,
+    remove_stale,
+    server_environment,
+    triton_distribution,
+)
 
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -93,7 +101,7 @@ def test_seed_exports_equal_onnx_runtime_and_keras(server, protocol, seed):
     assert list(served) == list(local) and len(expected) == len(local)
     for (name, value), keras_value in zip(served.items(), expected):
         np.testing.assert_array_equal(value, local[name], err_msg=name)  # the same ONNX Runtime call
-        np.testing.assert_allclose(value, keras_value, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert_close(value, keras_value, name)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -103,7 +111,7 @@ def test_state_io_stack_served_with_states_as_request_tensors(server, streaming,
     zeros = {name: np.zeros((3, 4), np.float32) for name in state_map(load_onnx(path))}
     served = infer(server, protocol, "streaming", {"input": x, **zeros})
     for name, keras_value in zip(served, keras_outputs(model, {"input": x})):
-        np.testing.assert_allclose(served[name], keras_value, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert_close(served[name], keras_value, name)
 
 
 def run_stream(server, protocol, x, mapping):
@@ -136,9 +144,9 @@ def test_concurrent_streams_equal_keras_on_their_whole_sequence(server, streamin
     after = model_stats(server, "streaming")
     for s, (responses, streamed, last) in enumerate(results):
         assert responses == len(CHUNKS)
-        np.testing.assert_allclose(streamed, sequence[s], rtol=1e-5, atol=1e-6, err_msg=f"stream {s}")
-        np.testing.assert_allclose(last["lstm_2_state_h"][0], state_h[s], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(last["lstm_2_state_c"][0], state_c[s], rtol=1e-5, atol=1e-6)
+        assert_close(streamed, sequence[s], f"stream {s}")
+        assert_close(last["lstm_2_state_h"][0], state_h[s])
+        assert_close(last["lstm_2_state_c"][0], state_c[s])
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == STREAMS * len(CHUNKS)  # no request lost, none counted twice
     # The dynamic batcher put chunks of different streams into one ONNX Runtime call.
@@ -263,18 +271,45 @@ def test_sigterm_while_starting_stops_everything():
             process.wait()
 
 
-def test_server_dies_with_a_killed_serve():
-    """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does."""
+def test_server_dies_with_a_killed_serve_and_the_next_serve_removes_its_workspace():
+    """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does. Nor
+    to remove its workspace and shared memory: the next serve does, knowing the owner from the name."""
     process, tree = start_cli_server()
     server_pid = next(p for p in tree if Path(f"/proc/{p}/exe").resolve().name == "tritonserver")
     args = Path(f"/proc/{server_pid}/cmdline").read_text().split("\0")
     workspace = Path(args[args.index("--model-repository") + 1]).parent
+    assert workspace.name.startswith(f"lstm-onnx-serve-{process.pid}-")
     process.kill()
     process.wait()
     try:
         assert not wait_gone(tree)
+        assert workspace.is_dir()  # nobody removed it: the owner was killed
+        options = ServeOptions(http_port=free_port(), grpc_port=free_port())
+        with TritonServer(SEEDS[0], options) as second:
+            assert second.running() and not workspace.exists()
+            assert not list(Path("/dev/shm").glob(f"lstm-onnx-{process.pid}-*"))
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)  # what a killed serve could not remove
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def test_remove_stale_takes_only_what_a_dead_owner_left(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that ran and is gone (reaped)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    stale = tmp_path / f"lstm-onnx-serve-{dead.pid}-abc"
+    live = tmp_path / f"lstm-onnx-serve-{os.getppid()}-abc"  # our parent: alive
+    older = tmp_path / "lstm-onnx-serve-abc12345"  # an older serve's name, without a pid: left alone
+    region, live_region = shm / f"lstm-onnx-{dead.pid}-00ff-region", shm / f"lstm-onnx-{os.getppid()}-00ff-region"
+    for folder in (stale, live, older):
+        (folder / "repo").mkdir(parents=True)
+    region.write_bytes(b"x")
+    live_region.write_bytes(b"x")
+    assert sorted(remove_stale(tmp_path, shm)) == sorted([stale, region])
+    assert not stale.exists() and not region.exists()
+    assert live.is_dir() and older.is_dir() and live_region.exists()
+    assert owner_pid("lstm-onnx-serve-12345678", "lstm-onnx-serve-") is None
+    assert owner_pid("lstm-onnx-serve-42-x", "lstm-onnx-serve-") == 42
 
 
 def test_serve_keeps_tensorflow_out():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from toolkit import metadata
 from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.errors import InputError
@@ -32,8 +33,7 @@ def streamable(request):
 
 def test_state_io_names_every_state_and_maps_it(streamable):
     model, result = streamable
-    meta = {p.key: p.value for p in result.model.metadata_props}
-    mapping = json.loads(meta["lstm_onnx.state_map"])
+    mapping = metadata.read_state_map(result.model)
     runner = OnnxRunner(result.model)
     assert set(mapping.values()) <= set(runner.output_names)
     assert all(name.endswith(("state_h", "state_c")) for name in mapping.values())
@@ -82,7 +82,7 @@ def test_stateful_layers_export_as_state_io_with_a_note():
     assert [e.onnx_op for e in result.lowering] == ["LSTM"]
     assert result.warnings == ()
     assert any("stateful=True" in n and "state inputs" in n for n in result.notes)
-    mapping = json.loads({p.key: p.value for p in result.model.metadata_props}["lstm_onnx.state_map"])
+    mapping = metadata.read_state_map(result.model)
     assert mapping == {"stateful_lstm_initial_state_h": "stateful_lstm_state_h",
                        "stateful_lstm_initial_state_c": "stateful_lstm_state_c"}
     report = stream_parity(model, result.model, [1, 2], length=7, batch=2)

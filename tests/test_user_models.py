@@ -1,10 +1,10 @@
 """A user's own saved .keras models: functional with initial_state inputs, Sequential, and refusals."""
 
-import json
 
 import numpy as np
 import pytest
 
+from toolkit import metadata
 from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.exporter import export_keras_file, load_keras_model, verify_files
 from toolkit.runner import OnnxRunner, count_ops
@@ -20,8 +20,7 @@ def test_functional_model_with_initial_state_inputs(saved_models, tmp_path):
     assert [t.shape for t in runner.inputs] == [("batch", "time", 3), ("batch", 4), ("batch", 4)]
     assert runner.outputs[0].shape == ("batch", "time", 2)
     assert count_ops(runner.model)["LSTM"] == 1 and count_ops(runner.model)["Loop"] == 0
-    meta = {p.key: json.loads(p.value) for p in runner.model.metadata_props}
-    assert meta["lstm_onnx.source"] == {"keras_file": "functional.keras", "keras_model": "with_initial_state"}
+    assert metadata.read_source(runner.model) == {"keras_file": "functional.keras", "keras_model": "with_initial_state"}
     # The initial states really are used: other states give other outputs.
     x = np.ones((2, 4, 3), np.float32)
     zeros = runner.run({"frames": x, "h0": np.zeros((2, 4), np.float32), "c0": np.zeros((2, 4), np.float32)})
@@ -93,7 +92,6 @@ def test_the_issues_saved_cell_models_export_fused(tmp_path):
     assert [o.name for o in result.outputs] == ["rnn_lstmcell_last", "rnn_stack_last", "rnn_stack_cell0_state_h",
                                                 "rnn_stack_cell0_state_c", "rnn_stack_cell1_state_h"]
     assert result.fused_ops == {"GRU": 1, "LSTM": 2} and result.warnings == ()
-    layers = {entry["name"]: entry for entry in json.loads(
-        next(p.value for p in result.model.metadata_props if p.key == "lstm_onnx.layers"))}
+    layers = {entry["name"]: entry for entry in metadata.read_layers(result.model)}
     assert layers["rnn_stack"]["onnx_op"] == "LSTM+GRU" and layers["rnn_stack"]["units"] == [16, 16]
     assert layers["rnn_lstmcell"]["onnx_op"] == "LSTM" and layers["rnn_lstmcell"]["units"] == 32

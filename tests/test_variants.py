@@ -1,10 +1,11 @@
 """The variant matrix: every recurrent variant the builder offers becomes fused ONNX ops and matches Keras."""
 
-import json
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
+from toolkit import metadata
 from toolkit.builder import VARIANTS, StackConfig, build_stack, variant_config
 from toolkit.errors import InputError, UnsupportedModelError
 from toolkit.exporter import export_model
@@ -144,7 +145,7 @@ def test_a_mask_of_any_shape_gives_keras_numbers_in_one_export(name):
     actual = runner.run({"input": x})
     for want, got in zip(expected, actual.values()):
         assert not np.isnan(got).any()
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert_close(got, want)
 
 
 def test_masked_sequence_carries_the_last_output_like_keras():
@@ -155,7 +156,7 @@ def test_masked_sequence_carries_the_last_output_like_keras():
     got = runner.run({"input": x})["lstm_1_sequence"]
     # Keras repeats the last valid output over masked steps (ONNX alone would write zeros there).
     assert np.allclose(got[1, 3:], got[1, 2]) and np.abs(got[1, 3:]).max() > 0
-    np.testing.assert_allclose(got, keras_outputs(model, {"input": x})[0], rtol=1e-5, atol=1e-6)
+    assert_close(got, keras_outputs(model, {"input": x})[0])
 
 
 def test_an_activation_object_is_reported_not_fused_instead_of_crashing():
@@ -179,7 +180,7 @@ def test_masking_with_a_nonzero_mask_value():
     data = np.random.default_rng(3).standard_normal((2, 5, 3)).astype(np.float32)
     data[1, 3:] = -1.0
     got = OnnxRunner(result.model).run({"x": data})["lstm_sequence"]
-    np.testing.assert_allclose(got, keras_outputs(model, {"x": data})[0], rtol=1e-5, atol=1e-6)
+    assert_close(got, keras_outputs(model, {"x": data})[0])
 
 
 def test_embedding_is_one_gather_and_takes_negative_ids_like_keras():
@@ -196,7 +197,7 @@ def test_embedding_is_one_gather_and_takes_negative_ids_like_keras():
     assert len(lookups) == 1 and "Less" not in result.op_counts  # the mask's Gathers read no table
     data = np.array([[3, -1, -7, 2, 0, 0], [5, 6, 1, 0, 0, 0]], np.int64)  # -1 is the last row, -7 the first
     got = OnnxRunner(result.model).run({"ids": data})["lstm_sequence"]
-    np.testing.assert_allclose(got, keras_outputs(model, {"ids": data})[0], rtol=1e-5, atol=1e-6)
+    assert_close(got, keras_outputs(model, {"ids": data})[0])
 
 
 def test_masking_keeps_a_step_with_any_nonzero_feature_and_masks_negative_zero():
@@ -206,8 +207,7 @@ def test_masking_keeps_a_step_with_any_nonzero_feature_and_masks_negative_zero()
     x[0, 4] = [0, 0, 1e-30, 0]  # tiny but not zero: kept, as Keras' not_equal says
     x[1, 3:] = -0.0  # -0.0 == 0: masked
     x[2, 2:] = [0, 0, 0, 3e38]  # huge: kept
-    np.testing.assert_allclose(runner.run({"input": x})["lstm_1_sequence"], keras_outputs(model, {"input": x})[0],
-                               rtol=1e-5, atol=1e-6)
+    assert_close(runner.run({"input": x})["lstm_1_sequence"], keras_outputs(model, {"input": x})[0])
 
 
 def test_a_stack_hands_time_major_values_from_layer_to_layer():
@@ -253,7 +253,7 @@ def test_dense_layers_become_matmul_add_activation_and_match_keras():
     data[1, 4:] = 0
     got = OnnxRunner(result.model).run({"x": data})
     for want, have in zip(keras_outputs(model, {"x": data}), got.values()):
-        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+        assert_close(have, want)
 
 
 def _parity_on(model, feeds):
@@ -261,7 +261,7 @@ def _parity_on(model, feeds):
     assert result.parity, result.parity.failures()
     got = OnnxRunner(result.model).run(feeds)
     for want, have in zip(keras_outputs(model, feeds), got.values()):
-        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+        assert_close(have, want)
     return result
 
 
@@ -319,7 +319,7 @@ def test_a_single_step_kept_or_masked(name):
         x[1] = 0  # the one step masked
     for want, got in zip(keras_outputs(model, {"input": x}), runner.run({"input": x}).values()):
         assert not np.isnan(got).any()
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert_close(got, want)
 
 
 LEFT_PADDED = [("lstm_masking", {}), ("lstm_masking", {"go_backwards": True}), ("lstm_embedding_mask", {}),
@@ -354,15 +354,14 @@ def test_pad_sequences_default_batches_match_keras_through_a_default_export():
     assert result.parity, result.parity.failures()
     got = OnnxRunner(result.model).run({"ids": batch})["score_output"]
     assert not np.isnan(got).any()
-    np.testing.assert_allclose(got, keras_outputs(model, {"ids": batch})[0], rtol=1e-5, atol=1e-6)
+    assert_close(got, keras_outputs(model, {"ids": batch})[0])
 
 
 def test_padding_is_checked_and_recorded():
     model = build_stack(variant_config("lstm_masking"))
     with pytest.raises(InputError, match="Expected padding in"):
         export_model(model, padding="middle")
-    options = {p.key: p.value for p in export_model(model, padding="left").model.metadata_props}["lstm_onnx.options"]
-    assert json.loads(options)["padding"] == "left"
+    assert metadata.read_options(export_model(model, padding="left").model).padding == "left"
 
 
 def test_verify_checks_masked_exports_on_mixed_masks(tmp_path):
@@ -396,14 +395,14 @@ def test_propagated_nan_leaves_the_zeros_keras_writes_at_masked_steps(padding): 
         data[0, 1, 0] = np.nan
     for want, got in zip(keras_outputs(model, {"x": data}), runner.run({"x": data}).values()):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert_close(got, want)
 
 
 @pytest.mark.parametrize("name", ["lstm_masking", "gru_masking", "simple_rnn_masking"])
 def test_a_fully_masked_sample_keeps_the_states_it_was_given(name):
     """ONNX Runtime returns zero states for sequence_lens 0; Keras keeps the initial ones (streaming)."""
     result = export_model(build_stack(variant_config(name, layers=1, all_states=False)), state_io=True)
-    mapping = json.loads({p.key: p.value for p in result.model.metadata_props}["lstm_onnx.state_map"])
+    mapping = metadata.read_state_map(result.model)
     runner = OnnxRunner(result.model)
     rng = np.random.default_rng(11)
     if name == "simple_rnn_masking":

@@ -11,7 +11,7 @@
 4. tier (`toolkit.tiers`, only with `tier` float16 or int8): weights stored as float16 or quantized to
    int8, then canonicalized again.
 5. check fusion (on the float32 graph), then parity: ONNX Runtime against Keras, at the tier's tolerance.
-6. record metadata (`toolkit.metadata`) and check the model in full with `onnx.checker`.
+6. record metadata (`toolkit.metadata`, in `toolkit.export_record` with step 4) and check the model in full with `onnx.checker`.
 `ExportResult.save` writes the file atomically, and refuses to write a model that failed parity unless
 asked to keep it. What an export is asked to do travels as one `ExportOptions` value (`toolkit.options`).
 """
@@ -26,13 +26,13 @@ from typing import Any
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.compare import ParityReport
+from toolkit.compare import ParityReport, RuntimeReport  # noqa: F401 -- RuntimeReport: re-exported
 from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
+from toolkit.export_record import record_metadata, tier_graph, tier_notes
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras_io import (
     check_keras_version,
-    describe_layers,
     load_keras_model,
     model_signature,
     output_shapes,
@@ -43,8 +43,8 @@ from toolkit.lowering import LayerLowering, StateIO, lower_model
 from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.parity import check_parity
-from toolkit.precision import PrecisionChoice, failure_message
 from toolkit.precision import choose as choose_tolerance
+from toolkit.precision import failure_message
 from toolkit.runner import (
     FUSED_RECURRENT_OPS,
     LOOP_OPS,
@@ -53,10 +53,9 @@ from toolkit.runner import (
     count_ops,
     graph_inputs,
     graph_outputs,
-    optional_inputs,
 )
 from toolkit.tf2onnx_lib import InputSignature, convert
-from toolkit.tiers import TierInfo, apply_tier, tier_tolerances
+from toolkit.tiers import TierInfo, tier_tolerances
 
 # Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
 QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)
@@ -153,7 +152,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     _name(graph, model.name, signature, options, time_axis_sources(model))
     _check_targets(graph.proto, options.targets)
     warnings = _fusion_check(graph.lowering, count_ops(graph.proto), recurrent, options.require_fused)
-    tier = _tier(graph, options)
+    graph.proto, tier = tier_graph(graph.proto, options, graph.names)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
     precision = choose_tolerance(options.tolerances, model)
     tolerances = tier_tolerances(options.tier, options.tolerances, precision.tolerances.default if precision.chosen else None)
@@ -161,7 +160,8 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
                           seed=seed, padding_side=options.padding)
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))
-    _record(graph, model, outputs, report, options, source, precision)
+    record_metadata(graph.proto, model, graph.lowering, [o.to_json() for o in outputs], report, options, source,
+                    precision, graph.state_map)
     return ExportResult(
         model=graph.proto,
         inputs=graph_inputs(graph.proto),
@@ -172,7 +172,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
         warnings=tuple(warnings),
         lowering=graph.lowering,
         notes=tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note)
-        + ((precision.note(),) if precision.chosen else ()) + _tier_notes(tier, graph),
+        + ((precision.note(),) if precision.chosen else ()) + tier_notes(tier, graph.lowering),
         tier=tier,
     )
 
@@ -183,9 +183,7 @@ def _convert(model: Any, signature: Sequence[InputSignature], options: ExportOpt
     shapes = output_shapes(model)
     if options.converter == "tf2onnx":
         return _Graph(convert(model, signature, options.opset), names, origins, shapes)
-    # The lowering keeps its keyword signature; the options value supplies it.
-    proto, report = lower_model(model, signature, options.opset, propagate_nan=options.propagate_nan,
-                                state_io=options.state_io, padding=options.padding)
+    proto, report = lower_model(model, signature, options)
     state_map, extra = _state_outputs(proto, report.states, names)
     graph = _Graph(proto, names + [st.name for st in extra],
                    origins + [OutputOrigin(st.layer, "state", st.role) for st in extra],
@@ -234,25 +232,6 @@ def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], o
     proto.doc_string = ""
 
 
-def _tier(graph: _Graph, options: ExportOptions) -> TierInfo:
-    """Step 4: the precision tier. Its transform names new values after ORT's or our own scheme;
-    canonicalizing again keeps the bytes reproducible."""
-    graph.proto, info = apply_tier(graph.proto, options.tier)
-    if options.tier != "float32":
-        proto = graph.proto
-        canonicalize(proto.graph, options.opset, keep={v.name for v in proto.graph.input} | set(graph.names))
-        prune_opset_imports(proto)
-    return info
-
-
-def _tier_notes(tier: TierInfo, graph: _Graph) -> tuple[str, ...]:
-    """The tier's line, and which Keras layers it left float32 (ORT has no quantized GRU or RNN)."""
-    if tier.tier == "float32":
-        return ()
-    kept = [f"{e.layer!r} ({e.onnx_op})" for e in graph.lowering if e.onnx_op in tier.kept_float]
-    return (tier.describe(),) + ((f"tier {tier.tier}: layers kept float32: {', '.join(kept)}",) if kept else ())
-
-
 def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
     """Step 3b: refuse a graph a target runtime is known to compute wrong (its `problem`), before the
     parity check and before anything is written."""
@@ -297,31 +276,6 @@ def _load_runner(proto: onnx.ModelProto, model_name: str) -> OnnxRunner:
     except ModelLoadError as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"ONNX Runtime cannot load the export of {model_name!r}: {first_line[:300]}") from exc
-
-
-def _record(graph: _Graph, model: Any, outputs: Sequence[OutputInfo], report: ParityReport,
-            options: ExportOptions, source: Mapping[str, Any] | None, precision: PrecisionChoice) -> None:
-    """Step 5: the `lstm_onnx.*` metadata, then the full `onnx.checker` pass over the finished model."""
-    proto = graph.proto
-    entries = {
-        metadata.SOURCE: dict(source or {"keras_model": model.name}),
-        metadata.LAYERS: describe_layers(model, {entry.layer: entry.onnx_op for entry in graph.lowering}),
-        metadata.INPUTS: [t.to_json() for t in graph_inputs(proto)],
-        metadata.OUTPUTS: [o.to_json() for o in outputs],
-        metadata.PARITY: metadata.parity_metadata(report, precision),
-        metadata.VERSIONS: metadata.versions(),
-        metadata.OPSET: str(options.opset),
-        metadata.OPTIONS: options.to_json(),
-    }
-    if graph.state_map:
-        entries[metadata.STATE_MAP] = graph.state_map
-    if optional_inputs(proto):
-        entries[metadata.STATE_INPUTS] = [t.to_json() for t in optional_inputs(proto)]
-    metadata.write_metadata(proto, entries)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"The exported model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
 
 
 @dataclass
@@ -395,9 +349,8 @@ def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions 
     return export_model(model, options, source={"keras_file": Path(src).name, "keras_model": model.name})
 
 
-# Verification moved to toolkit.verify; these names stay importable from here for existing callers.
-from toolkit.verify import (  # noqa: E402,F401
-    RuntimeReport,
+# Verification moved to toolkit.verification; these names stay importable from here for existing callers.
+from toolkit.verification import (  # noqa: E402,F401
     expected_output_names,
     recorded_options,
     verify_files,

@@ -18,6 +18,7 @@ import onnx
 from toolkit import __version__
 from toolkit.compare import ParityReport
 from toolkit.errors import InputError
+from toolkit.guard import safe_text
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.precision import PrecisionChoice
 from toolkit.runner import METADATA_PREFIX, metadata_value
@@ -79,37 +80,66 @@ def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = No
     }
 
 
-def read_json(model: onnx.ModelProto, key: str, default: Any = None) -> Any:
-    """The JSON value under `lstm_onnx.<key>`, or `default` when the key is absent."""
+_JSON_KINDS = {dict: "object", list: "array"}  # what the Python types are called in JSON, for errors
+
+
+def read_json(model: onnx.ModelProto, key: str, default: Any = None, kind: type | None = None) -> Any:
+    """The JSON value under `lstm_onnx.<key>`, or `default` when the key is absent (or empty).
+
+    A file may come from anyone: a value that is not JSON, or not of `kind` (dict, list), is one
+    `InputError` line naming the key, the same for every reader.
+    """
     text = metadata_value(model, key)
-    if text is None:
+    if not text:
         return default
     try:
-        return json.loads(text)
-    except ValueError:
-        raise InputError(f"Expected JSON in metadata {METADATA_PREFIX + key}. Received: {text[:80]!r}") from None
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InputError(f"Expected JSON in metadata {METADATA_PREFIX + key}. Received: {safe_text(text, limit=80)!r}") from None
+    if kind is not None and not isinstance(value, kind):
+        raise InputError(f"Expected a JSON {_JSON_KINDS.get(kind, kind.__name__)} in metadata {METADATA_PREFIX + key}. "
+                         f"Received: {safe_text(text, limit=80)!r}")
+    return value
+
+
+def _records(model: onnx.ModelProto, key: str) -> list[dict[str, Any]]:
+    """A list of JSON objects, each with a string `name` (layers, inputs, outputs, state inputs)."""
+    records = read_json(model, key, [], list)
+    if not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in records):
+        raise InputError(f"Expected metadata {METADATA_PREFIX + key} as a list of records with a name. "
+                         f"Received: {safe_text(json.dumps(records), limit=80)!r}")
+    return records
 
 
 def read_opset(model: onnx.ModelProto) -> int:
     text = metadata_value(model, OPSET)
-    return int(text) if text else DEFAULT_OPSET
+    if not text:
+        return DEFAULT_OPSET
+    if not text.isdigit():
+        raise InputError(f"Expected an opset number in metadata {METADATA_PREFIX + OPSET}. "
+                         f"Received: {safe_text(text, limit=80)!r}")
+    return int(text)
 
 
 def read_options(model: onnx.ModelProto) -> ExportOptions:
     """The options an export was made with (defaults for what it does not record)."""
-    return ExportOptions.from_json(read_json(model, OPTIONS, {}), opset=read_opset(model))
+    return ExportOptions.from_json(read_json(model, OPTIONS, {}, dict), opset=read_opset(model))
 
 
 def read_state_map(model: onnx.ModelProto) -> dict[str, str]:
-    return dict(read_json(model, STATE_MAP, {}))
+    mapping = read_json(model, STATE_MAP, {}, dict)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise InputError(f"Expected metadata {METADATA_PREFIX + STATE_MAP} mapping input names to output names. "
+                         f"Received: {safe_text(json.dumps(mapping), limit=80)!r}")
+    return dict(mapping)
 
 
 def read_layers(model: onnx.ModelProto) -> list[dict[str, Any]]:
-    return list(read_json(model, LAYERS, []))
+    return _records(model, LAYERS)
 
 
 def read_outputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
-    return list(read_json(model, OUTPUTS, []))
+    return _records(model, OUTPUTS)
 
 
 def read_output_names(model: onnx.ModelProto) -> list[str]:
@@ -117,12 +147,12 @@ def read_output_names(model: onnx.ModelProto) -> list[str]:
 
 
 def read_parity(model: onnx.ModelProto) -> dict[str, Any]:
-    return dict(read_json(model, PARITY, {}))
+    return dict(read_json(model, PARITY, {}, dict))
 
 
 def read_source(model: onnx.ModelProto) -> dict[str, Any]:
-    return dict(read_json(model, SOURCE, {}))
+    return dict(read_json(model, SOURCE, {}, dict))
 
 
 def read_versions(model: onnx.ModelProto) -> dict[str, str]:
-    return dict(read_json(model, VERSIONS, {}))
+    return dict(read_json(model, VERSIONS, {}, dict))

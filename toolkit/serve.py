@@ -19,7 +19,9 @@ Two facts of the environment are handled here, not left to the user:
   so the server's `PATH` starts with this interpreter's folder (pytriton does the same).
 
 Every port is bound to 127.0.0.1. `stop` ends the server, then anything left of its process group (the
-stubs), and removes the workspace and the backend's shared-memory regions.
+stubs), and removes the workspace and the backend's shared-memory regions. A serve killed with SIGKILL
+cannot: its workspace and regions carry its pid in their names, and the next `start` removes those whose
+owner is dead (`remove_stale`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_nam
 HOST = "127.0.0.1"
 EXIT_TIMEOUT_S = 5  # the server's own grace period for in-flight requests on shutdown
 BACKEND_MODEL = Path(__file__).parent / "triton_backend" / "model.py"
+# Workspaces are TMPDIR/lstm-onnx-serve-<owner pid>-<random>, shared-memory regions
+# /dev/shm/lstm-onnx-<owner pid>-<random>-...: the owner's pid, in the name from the first instant.
+WORKSPACE_PREFIX = "lstm-onnx-serve-"
+SHM_PREFIX = "lstm-onnx-"
+SHM_DIR = Path("/dev/shm")
 
 
 class ServeError(LstmOnnxError):
@@ -147,6 +154,44 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+def owner_pid(name: str, prefix: str) -> int | None:
+    """The pid in `<prefix><pid>-<rest>`, or None for a name of another form (an older serve's)."""
+    pid, dash, _ = name.removeprefix(prefix).partition("-") if name.startswith(prefix) else ("", "", "")
+    return int(pid) if dash and pid.isdigit() else None
+
+
+def _dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
+
+
+def remove_stale(temp_dir: Path | None = None, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Remove the workspaces and shared-memory regions of serves that died without `stop` (SIGKILL):
+    ours (this user's), named with an owner pid that no longer runs. Returns what was removed."""
+    found = [(entry, WORKSPACE_PREFIX) for entry in Path(temp_dir or tempfile.gettempdir()).glob(WORKSPACE_PREFIX + "*")]
+    found += [(entry, SHM_PREFIX) for entry in shm_dir.glob(SHM_PREFIX + "*")] if shm_dir.is_dir() else []
+    removed = []
+    for entry, prefix in found:
+        pid = owner_pid(entry.name, prefix)
+        try:
+            mine = entry.lstat().st_uid == os.getuid()
+        except OSError:  # removed meanwhile (its owner's `stop`)
+            continue
+        if pid is None or not mine or pid == os.getpid() or not _dead(pid):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 def _get(url: str) -> int:
     """HTTP status of a GET to the local server; 0 when it does not answer (yet)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
@@ -175,7 +220,7 @@ class TritonServer:
         self.options = options
         self.process: subprocess.Popen[bytes] | None = None
         self.workspace: Path | None = None
-        self._shm_prefix = f"lstm-onnx-{os.getpid()}-{secrets.token_hex(4)}-"
+        self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
 
     @property
     def http_url(self) -> str:
@@ -204,7 +249,8 @@ class TritonServer:
         """Start the server and return once the models are ready, or as soon as `cancel` is set;
         ServeError (with the log's tail) if it does not get ready."""
         dist = triton_distribution()
-        self.workspace = Path(tempfile.mkdtemp(prefix="lstm-onnx-serve-"))
+        remove_stale()
+        self.workspace = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-"))
         try:
             prepare_workspace(self.workspace, self.models, self.options.max_batch_size, dist)
             with open(self.workspace / "tritonserver.log", "wb") as log:

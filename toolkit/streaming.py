@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from toolkit import metadata
 from toolkit.compare import ParityReport, Tolerances
 from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.inputs import InputCase, embedding_vocab, random_input
-from toolkit.runner import count_ops, graph_inputs, graph_outputs, metadata_value, optional_inputs
+from toolkit.runner import count_ops, graph_inputs, graph_outputs, optional_inputs
 from toolkit.verify import KerasRunner, OnnxRunner, RunnerBase, compare_runners
 
 
@@ -63,36 +64,22 @@ def split_steps(length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def _recorded_json(model: onnx.ModelProto, key: str) -> Any:
-    """A metadata value as JSON; the file may come from anyone, so bad JSON is one line, not a traceback."""
-    text = metadata_value(model, key) or ""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        raise InputError(f"Expected lstm_onnx.{key} holding JSON. Received: {safe_text(text, limit=80)!r}") from None
-
-
 def state_map(model: onnx.ModelProto) -> dict[str, str]:
     """The recorded map from state inputs to the outputs that feed them, checked against the graph."""
-    if not metadata_value(model, "state_map"):
+    mapping = metadata.read_state_map(model)
+    if not mapping:
         raise InputError("Expected an export made with --state-io (its metadata maps state outputs to inputs). "
                          "Received: a model without lstm_onnx.state_map")
-    mapping = _recorded_json(model, "state_map")
     inputs = {t.name for t in graph_inputs(model) + optional_inputs(model)}
     outputs = {t.name for t in graph_outputs(model)}
-    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) and k in inputs
-                                                and v in outputs for k, v in mapping.items()):
+    if not all(k in inputs and v in outputs for k, v in mapping.items()):
         raise InputError("Expected lstm_onnx.state_map mapping this model's state inputs to its outputs. "
                          f"Received: {safe_text(json.dumps(mapping), limit=200)}")
     return mapping
 
 
 def check_streamable(model: onnx.ModelProto) -> None:
-    layers = _recorded_json(model, "layers") if metadata_value(model, "layers") else []
-    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
-        raise InputError(f"Expected lstm_onnx.layers as a list of layer records. Received: "
-                         f"{safe_text(json.dumps(layers), limit=200)}")
-    backwards = [safe_text(layer.get("name")) for layer in layers
+    backwards = [safe_text(layer.get("name")) for layer in metadata.read_layers(model)
                  if layer.get("class") == "Bidirectional" or layer.get("go_backwards")]
     if backwards:
         raise InputError(f"Expected only forward recurrent layers to stream. Received: {backwards}, which read the "

@@ -12,8 +12,6 @@ Nothing here imports TensorFlow at module level: `KerasRunner` imports Keras in 
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +26,14 @@ from toolkit.compare import (
     CaseResult,
     InvariantCheck,
     ParityReport,
-    RuntimeReport,
     Tolerances,
     check_equal,
     compare_case,
     failed_case,
 )
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.inputs import InputCase, make_cases
+from toolkit.inputs import InputCase
+from toolkit.keras_runner import keras_outputs  # noqa: F401 -- also re-exported: callers import it from here
 from toolkit.naming import OutputOrigin, output_origins, unique_names
 from toolkit.precision import choose as choose_tolerance
 from toolkit.runner import (
@@ -47,12 +45,10 @@ from toolkit.runner import (
     graph_inputs,
     graph_outputs,
     load_onnx,
-    metadata_value,
     optional_inputs,
 )
-from toolkit.runtimes.base import RuntimeFailure, open_or_failed, valid_everywhere
+from toolkit.runtimes.base import RuntimeFailure, valid_everywhere
 from toolkit.runtimes.registry import DEPLOY_RUNTIMES, TIERS
-from toolkit.tiers import recorded_tolerances
 
 # What ONNX Runtime raises for a model or feed it rejects: its own pybind11 types (plain Exception
 # subclasses, so nothing narrower catches them) and what its Python layer raises.
@@ -211,20 +207,6 @@ class ReferenceRunner(GraphRunner):
         return dict(zip(self.output_names, values))
 
 
-def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Run Keras in inference mode and flatten its outputs in model order."""
-    import keras
-
-    for layer in model._flatten_layers(include_self=False):
-        if getattr(layer, "stateful", False):
-            layer.reset_state()  # each case starts from zero states, as the export's defaults do
-    args = [feeds[t.name] for t in model.inputs]
-    struct = getattr(model, "_inputs_struct", None)
-    packed = keras.tree.pack_sequence_as(struct, args) if struct is not None else (args[0] if len(args) == 1 else args)
-    outputs = model(packed, training=False)
-    return [np.asarray(keras.ops.convert_to_numpy(o)) for o in keras.tree.flatten(outputs)]
-
-
 class KerasRunner(RunnerBase):
     """A Keras model (or `.keras` file, loaded safely) behind the Runner interface; outputs in model order,
     keyed by their default `<layer>_<role>` names. Feeds it has no input for are ignored."""
@@ -357,54 +339,14 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[GraphRunner | Runne
     return compare_runners(keras, runners, cases, tolerances, names, expected_names, invariants)
 
 
-# ------------------------------------------------------------------------------------- verify files
+# verify_files/verify_runtimes live in toolkit.verification (which imports this module); these names stay
+# importable from here, resolved on first use so that neither module imports the other at load time.
+_MOVED = ("verify_files", "verify_runtimes", "recorded_options", "expected_output_names")
 
 
-def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
-                 seed: int = 0) -> ParityReport:
-    """Re-run the parity check of an existing export against its Keras model, in ONNX Runtime."""
-    return verify_runtimes(onnx_path, keras_path, ("onnxruntime",), tolerances, seed)[0].report
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from toolkit import verification
 
-
-def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Sequence[str] = ("onnxruntime",),
-                    tolerances: Tolerances = Tolerances(), seed: int = 0) -> list[RuntimeReport]:
-    """Keras vs each runtime over one set of cases; a runtime the model is not valid in says why."""
-    chosen = runtimes_named(runtimes)
-    proto = load_onnx(onnx_path)
-    keras = KerasRunner(keras_path)
-    expected = expected_output_names(keras.model, proto)
-    if len(keras.model.outputs) > len(proto.graph.output):
-        raise InputError(
-            f"Expected the ONNX model to have the Keras model's {len(keras.model.outputs)} outputs {expected}. "
-            f"Received: {len(proto.graph.output)} outputs {[o.name for o in proto.graph.output]}"
-        )
-    problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
-    padding = recorded_options(proto).get("padding", "right")  # the side the export was made for
-    tolerances = recorded_tolerances(proto, tolerances, keras.model)  # an int8 or float16 export's, as at export
-    with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(open_or_failed(r.name, r.open, Path(onnx_path), proto))
-                   for r in chosen if not problems[r.name]]
-        cases = make_cases(keras.model, seed, padding)
-        reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases)
-    return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]
-
-
-def recorded_options(onnx_model: onnx.ModelProto) -> dict[str, Any]:
-    """The export options recorded in the metadata (lstm_onnx.options), or {} for another file."""
-    recorded = metadata_value(onnx_model, "options")
-    try:
-        options = json.loads(recorded) if recorded else {}
-    except ValueError:
-        return {}
-    return options if isinstance(options, dict) else {}
-
-
-def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:
-    """The names an export of this Keras model should carry: those recorded at export, else the defaults."""
-    recorded = metadata_value(onnx_model, "outputs")
-    if recorded:
-        try:
-            return [entry["name"] for entry in json.loads(recorded)]
-        except (ValueError, KeyError, TypeError):
-            pass  # unreadable metadata: fall back to the naming rules, which the comparison then checks
-    return unique_names([o.name for o in output_origins(keras_model)])
+        return getattr(verification, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ from toolkit.lowering.context import HANDLERS, Handler, LayerCall, LoweringConte
 from toolkit.lowering.layers import fallback
 from toolkit.lowering.writer import GraphWriter, prune
 from toolkit.naming import call_in_model, is_recurrent
+from toolkit.options import ExportOptions
 from toolkit.tf2onnx_lib import InputSignature
 
 
@@ -64,16 +65,18 @@ def walk(ctx: LoweringContext, model: Any, inputs: Sequence[Value]) -> list[Valu
     return [values[id(t)] for t in functional.outputs]
 
 
-def lower_model(model: Any, signature: Sequence[InputSignature], opset: int, propagate_nan: bool = False,
-                state_io: bool = False, padding: str = "right") -> tuple[onnx.ModelProto, LoweringReport]:
+def lower_model(model: Any, signature: Sequence[InputSignature],
+                options: ExportOptions) -> tuple[onnx.ModelProto, LoweringReport]:
     """Write the ONNX model for a Keras model; outputs in the model's order, named later by the exporter.
 
-    With `state_io` (and always for `stateful=True` layers) every recurrent layer gets initial-state
-    inputs and its final states as extra outputs, after the model's own (see `LoweringReport.states`).
+    Of `options` the lowering reads the opset, `propagate_nan`, `state_io` and `padding`. With `state_io`
+    (and always for `stateful=True` layers) every recurrent layer gets initial-state inputs and its final
+    states as extra outputs, after the model's own (see `LoweringReport.states`).
     """
+    opset = options.opset
     writer = GraphWriter(opset)
     report = LoweringReport()
-    ctx = LoweringContext(writer, report, propagate_nan, state_io, padding)
+    ctx = LoweringContext(writer, report, options.propagate_nan, options.state_io, options.padding)
     outputs = walk(ctx, model, [Value(s.name) for s in signature])
     graph_inputs = [
         helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape))

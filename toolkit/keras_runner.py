@@ -1,0 +1,64 @@
+"""Keras as the parity reference: its outputs for one set of feeds, each case from zero states, and its own
+failures as one line. TensorFlow and Keras are imported inside the functions, never at module level, so
+`run` and `inspect` stay light (`toolkit.verify.KerasRunner` wraps these behind the Runner interface).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import InputError
+from toolkit.guard import safe_text
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras prints the cause of a layer's failure in bold
+
+
+def keras_errors() -> tuple[type[BaseException], ...]:
+    """What Keras (and the TensorFlow under it) raises when it cannot compute a model's outputs: its own
+    checks (ValueError, TypeError), gaps in its layers (AttributeError, NotImplementedError, as in
+    `RNN.reset_state` of a stacked cell), and TensorFlow's op errors."""
+    import tensorflow as tf
+
+    return (AttributeError, NotImplementedError, TypeError, ValueError, tf.errors.OpError)
+
+
+def reset_states(model: Any) -> None:
+    """Zero every stateful layer's state variables, so each case starts from zero states as the export's
+    defaults do. Not `layer.reset_state()`: for an RNN of stacked cells Keras nests the variables in a
+    list, and its own reset fails on that list ('ListWrapper' object has no attribute 'assign')."""
+    import keras
+
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "stateful", False) and getattr(layer, "states", None) is not None:
+            for variable in keras.tree.flatten(layer.states):
+                variable.assign(keras.ops.zeros_like(variable.value))
+
+
+def keras_reason(exc: BaseException) -> str:
+    """One line of what Keras said: its 'Exception encountered when calling X.call().' names the layer,
+    and the next non-blank line (bold with ANSI codes) says what failed, so both are kept."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        lines = [f"{lines[0]} {lines[1]}"]
+    return safe_text(lines[0] if lines else type(exc).__name__, limit=300)
+
+
+def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run Keras in inference mode and flatten its outputs in model order. Keras' own failure is one line
+    naming the model, not a traceback: the reference could not be computed, so nothing can be compared."""
+    import keras
+
+    args = [feeds[t.name] for t in model.inputs]
+    struct = getattr(model, "_inputs_struct", None)
+    packed = keras.tree.pack_sequence_as(struct, args) if struct is not None else (args[0] if len(args) == 1 else args)
+    try:
+        reset_states(model)
+        outputs = model(packed, training=False)
+        return [np.asarray(keras.ops.convert_to_numpy(o)) for o in keras.tree.flatten(outputs)]
+    except keras_errors() as exc:
+        raise InputError(f"Expected a model Keras can run for the reference outputs. Received: Keras failed "
+                         f"running {safe_text(model.name)!r}: {type(exc).__name__}: {keras_reason(exc)}") from None

@@ -1,0 +1,66 @@
+"""`verify`: re-run the parity check of an existing export against its Keras model, in one or more runtimes.
+
+The runners, the runtime registry and the comparison loop are `toolkit.verify`'s; this module opens an
+export and its `.keras` file, reads what the export recorded (its output names, padding side, tier
+tolerances: through `toolkit.metadata`'s readers), and compares every chosen runtime with Keras.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from toolkit import metadata
+from toolkit.compare import ParityReport, RuntimeReport, Tolerances
+from toolkit.errors import InputError
+from toolkit.inputs import make_cases
+from toolkit.naming import output_origins, unique_names
+from toolkit.runner import load_onnx
+from toolkit.runtimes.base import open_or_failed
+from toolkit.tiers import recorded_tolerances
+from toolkit.verify import KerasRunner, compare_with_keras, runtimes_named
+
+
+def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
+                 seed: int = 0) -> ParityReport:
+    """Re-run the parity check of an existing export against its Keras model, in ONNX Runtime."""
+    return verify_runtimes(onnx_path, keras_path, ("onnxruntime",), tolerances, seed)[0].report
+
+
+def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Sequence[str] = ("onnxruntime",),
+                    tolerances: Tolerances = Tolerances(), seed: int = 0) -> list[RuntimeReport]:
+    """Keras vs each runtime over one set of cases; a runtime the model is not valid in says why."""
+    chosen = runtimes_named(runtimes)
+    proto = load_onnx(onnx_path)
+    keras = KerasRunner(keras_path)
+    expected = expected_output_names(keras.model, proto)
+    if len(keras.model.outputs) > len(proto.graph.output):
+        raise InputError(
+            f"Expected the ONNX model to have the Keras model's {len(keras.model.outputs)} outputs {expected}. "
+            f"Received: {len(proto.graph.output)} outputs {[o.name for o in proto.graph.output]}"
+        )
+    problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
+    padding = metadata.read_options(proto).padding  # the side the export was made for
+    tolerances = recorded_tolerances(proto, tolerances, keras.model)  # an int8 or float16 export's, as at export
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(open_or_failed(r.name, r.open, Path(onnx_path), proto))
+                   for r in chosen if not problems[r.name]]
+        cases = make_cases(keras.model, seed, padding)
+        reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases)
+    return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]
+
+
+def recorded_options(onnx_model: onnx.ModelProto) -> dict[str, Any]:
+    """The export options recorded in the metadata (lstm_onnx.options), as JSON, or {} for another file;
+    bad metadata is `metadata.read_json`'s one-line error."""
+    return metadata.read_json(onnx_model, metadata.OPTIONS, {}, dict)
+
+
+def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:
+    """The names an export of this Keras model should carry: those recorded at export, else the defaults."""
+    recorded = metadata.read_output_names(onnx_model)
+    return recorded or unique_names([o.name for o in output_origins(keras_model)])
