@@ -75,6 +75,17 @@ def test_parameters_counted_from_the_config_equal_keras_count(tmp_path, name):
     assert report.members == 3 and report.layers >= len(model.layers)
 
 
+def test_a_trained_model_counts_its_parameters_not_its_optimizer_variables(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(1)])
+    model.compile("adam", "mse", metrics=["mae"])
+    model.fit(np.ones((8, 4, 2)), np.ones((8, 1)), verbose=0)
+    model.save(tmp_path / "trained.keras")  # model.weights.h5 holds Adam's two slots per variable too
+    assert inspect_keras_file(tmp_path / "trained.keras").params == model.count_params() == 88
+
+
 def test_a_real_model_passes_and_its_report_says_what_was_counted(hostile_dir):
     report = inspect_keras_file(hostile.seed_keras(hostile_dir))
     assert (report.params, report.longest_fixed_time, report.largest_activation) == (72, 3, 6)

@@ -28,7 +28,7 @@ WEIGHTS_MEMBERS = (WEIGHTS_H5, WEIGHTS_NPZ)
 MAX_DEFLATED_WEIGHTS = 64 << 20
 """Keras stores its weights member uncompressed; a deflated one is inspected in memory up to this size."""
 
-_OPTIMIZER = "optimizer/"  # HDF5 group of optimizer variables: not loaded with compile=False, not parameters
+_OPTIMIZER = "optimizer"  # the optimizer's variables: not loaded with compile=False, not parameters
 
 
 class WeightsReadError(ValueError):
@@ -122,5 +122,5 @@ def npz_arrays(source: BinaryIO, max_members: int) -> list[DeclaredArray]:
             declared = max(elements * np.dtype(dtype).itemsize, info.file_size)
             # An object array is a pickle, which Keras' np.load(allow_pickle=False) refuses: no parameters.
             arrays.append(DeclaredArray(info.filename, declared, 0 if np.dtype(dtype).hasobject else elements,
-                                        info.compress_size, True))
+                                        info.compress_size, not info.filename.startswith(_OPTIMIZER)))
     return arrays
