@@ -211,7 +211,8 @@ _PARAMS = {
     "DepthwiseConv2D": lambda c, d: _depthwise(c, d) + d * _count(c, "depth_multiplier", 1),
     "SeparableConv1D": lambda c, d: _separable(c, d), "SeparableConv2D": lambda c, d: _separable(c, d),
     "GroupNormalization": lambda c, d: 2 * d, "RMSNormalization": lambda c, d: d,
-    "Normalization": lambda c, d: 2 * d + 1, "AdditiveAttention": lambda c, d: d, "Attention": lambda c, d: 2,
+    "Normalization": lambda c, d: 2 * d + 1, "AdditiveAttention": lambda c, d: d if c.get("use_scale", True) else 0,
+    "Attention": lambda c, d: int(bool(c.get("use_scale"))) + int(c.get("score_mode") == "concat"),
 }
 _SHAPED = {"EinsumDense": _einsum, "PReLU": _prelu}  # counted from the whole input shape
 

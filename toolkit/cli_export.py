@@ -7,6 +7,7 @@ results are printed and written: with `--triton`, the models and the repository 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,9 @@ def _write_triton(outcome: Any, repo: Path, model_name: str | None) -> list[Path
     try:
         outcome.write()
     except (LstmOnnxError, OSError):
-        _restore_repository(repo, before, repository)
+        # The model's write error is what the user needs to see; a failed rollback must not replace it.
+        with contextlib.suppress(LstmOnnxError, OSError):
+            _restore_repository(repo, before, repository)
         raise
     return repository
 
