@@ -56,6 +56,8 @@ for name, build in [
     ("time_0", lambda: hostile.fixed_time(out, 0)),
     ("members", lambda: hostile.many_members(out, 5000)),
     ("h5_bomb", lambda: hostile.h5_bomb(out, 1536 << 20)),
+    ("npz_bomb", lambda: hostile.npz_bomb(out, 1536 << 20)),
+    ("einsum_2e8", lambda: hostile.einsum_lie(out, 25_000_000)),
     ("fifo", lambda: hostile.fifo(out)),
     ("dev_zero", lambda: hostile.dev_zero(out)),
     ("seed", lambda: hostile.seed_keras(out)),
@@ -156,6 +158,7 @@ def fixed_cases(inp: Path) -> list[Case]:
         ("config_bomb", next(p.name for p in inp.glob("config_*.keras"))), ("time_2e6", "time_2000000.keras"),
         ("time_1e8", "time_100000000.keras"), ("time_0", "time_0.keras"), ("members", "members_5000.keras"),
         ("fifo", "fifo.keras"), ("dev_zero", "zero.keras"), ("h5_bomb", "h5_bomb_1610612736.keras"),
+        ("npz_bomb", "npz_bomb_1610612736.keras"), ("einsum_2e8", "einsum_25000000.keras"),
         ("seed_ok", "seed.keras")]]
     cases += [
         Case("run_batch_0", ["run", case1, "--input", str(inp / "b0.npy")]),

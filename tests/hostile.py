@@ -167,6 +167,53 @@ def h5_bomb(folder: Path, size: int = 2 << 30) -> Path:
     return rewrite(seed, folder / f"h5_bomb_{size}.keras", {"model.weights.h5": weights.read_bytes()})
 
 
+def seed_npz_keras(folder: Path) -> Path:
+    """The seed model saved with its weights as `model.weights.npz` (Keras 3.15 loads that too)."""
+    import keras
+    from keras.src.saving import saving_lib
+
+    path = folder / "seed_npz.keras"
+    if not path.exists():
+        saving_lib.save_model(keras.saving.load_model(seed_keras(folder)), path, weights_format="npz")
+    return path
+
+
+def npz_bomb(folder: Path, declared: int, member: str = "__root__.npy") -> Path:
+    """The npz seed with one `.npy` member (`__root__`, which Keras reads unguarded, by default) replaced by a
+    header declaring `declared` bytes of float32 followed by 1 KiB of data: Keras' np.load sizes its array
+    from the header."""
+    import io
+
+    seed = seed_npz_keras(folder)
+    with zipfile.ZipFile(seed) as archive:
+        inner = zipfile.ZipFile(io.BytesIO(archive.read("model.weights.npz")))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (declared // 4,)})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as npz:
+        for name in inner.namelist():
+            npz.writestr(name, header.getvalue() + bytes(1024) if name == member else inner.read(name))
+    return rewrite(seed, folder / f"npz_bomb_{declared}.keras", {"model.weights.npz": buffer.getvalue()})
+
+
+def einsum_lie(folder: Path, width: int) -> Path:
+    """A real EinsumDense -> LSTM model whose config then declares an EinsumDense `width` wide (its kernel
+    8 x width): the weights stay the small real ones, so only the config's count can stop Keras."""
+    import keras
+
+    path = folder / "einsum.keras"
+    if not path.exists():
+        x = keras.Input((5, 8), name="x")
+        h = keras.layers.EinsumDense("abc,cd->abd", output_shape=(5, 16), name="ein")(x)
+        keras.Model(x, keras.layers.LSTM(2, name="lstm")(h)).save(path)
+
+    def edit(config: dict) -> None:
+        for layer in _layers(config):
+            if layer["class_name"] == "EinsumDense":
+                layer["config"]["output_shape"] = [5, width]
+    return edit_config(path, folder / f"einsum_{width}.keras", edit)
+
+
 def big_config(folder: Path, size: int = 200 << 20) -> Path:
     """config.json padded with `size` bytes of JSON whitespace, deflated (the issue's 1 MB file)."""
     src = seed_keras(folder)

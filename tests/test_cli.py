@@ -240,3 +240,109 @@ def test_export_padding_left_from_the_cli_and_verify_reads_it(tmp_path):
     assert any("left-padded" in label for label in labels)
     bad = invoke("export", "-o", tmp_path / "x", "--variant", "lstm_masking", "--padding", "middle")
     assert bad.exit_code == 2 and "'middle' is not one of" in bad.output
+
+
+# ------------------------------------------------------------------------------ fix round A (reviewer)
+
+def test_verify_takes_the_limit_flags_for_both_of_its_loads(saved_models, tmp_path):
+    # The refusal names --max-params; verify used to lack the flag it named ("No such option", exit 2),
+    # and --stream loaded the model a second time with the default limits.
+    import keras
+
+    keras_file = tmp_path / "stream.keras"
+    keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(3, name="lstm")]).save(keras_file)  # 72 parameters
+    target = tmp_path / "stream.onnx"
+    assert invoke("export", keras_file, "-o", target, "--state-io").exit_code == 0
+    for extra in ([], ["--stream", "2"]):
+        refused = CliRunner().invoke(cli, ["verify", str(target), "--keras", str(keras_file), "--max-params", "71", *extra])
+        assert refused.exit_code == 1, refused.output
+        assert "Expected at most 71 parameters (--max-params). Received:" in refused.output
+        assert "Traceback" not in refused.output
+        passed = invoke("verify", target, "--keras", keras_file, "--max-params", "72", *extra)
+        assert passed.exit_code == 0, passed.output
+    fixed = saved_models["sequential"]
+    assert invoke("export", fixed, "-o", tmp_path / "seq.onnx").exit_code == 0
+    short = CliRunner().invoke(cli, ["verify", str(tmp_path / "seq.onnx"), "--keras", str(fixed), "--max-timesteps", "4"])
+    assert short.exit_code == 1 and "fixed time axis of at most 4 steps (--max-timesteps)" in short.output
+
+
+BAD_TARGET = """
+import sys
+from click.testing import CliRunner
+from toolkit.cli import cli
+result = CliRunner().invoke(cli, sys.argv[1:])
+heavy = sorted(m for m in ("tensorflow", "keras", "tf2onnx") if m in sys.modules)
+print(result.exit_code, "HEAVY:" + ",".join(heavy))
+print(result.output)
+"""
+
+
+@pytest.mark.parametrize("model", [None, "sequential"])
+def test_a_mistyped_target_is_a_malformed_option_refused_before_any_build(saved_models, tmp_path, model):
+    args = ["export", *([str(saved_models[model])] if model else []), "-o", str(tmp_path / "out.onnx"),
+            "--target", "onnxruntime,tvm"]
+    done = subprocess.run([sys.executable, "-c", BAD_TARGET, *args], capture_output=True, text=True, timeout=120)
+    first, *rest = done.stdout.splitlines()
+    assert first == "2 HEAVY:", done.stdout + done.stderr  # exit 2, and no TensorFlow: nothing was built
+    assert "Expected runtimes among ['onnxruntime'" in "\n".join(rest) and "Received: ['onnxruntime', 'tvm']" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_triton_repository_goes_when_the_model_cannot_be_written(saved_models, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the model's folder should be")
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["export", str(saved_models["sequential"]), "-o", str(blocker / "m.onnx"),
+                                      "--triton", str(repo), "--triton-name", "seq"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert not (repo / "seq").exists()
+    # A repository that held the model before gets its old files back, byte for byte.
+    assert invoke("export", saved_models["sequential"], "-o", tmp_path / "ok.onnx", "--triton", repo,
+                  "--triton-name", "seq", "--atol", "1e-5").exit_code == 0
+    before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    again = CliRunner().invoke(cli, ["export", str(saved_models["sequential"]), "-o", str(blocker / "m.onnx"),
+                                     "--triton", str(repo), "--triton-name", "seq"])
+    assert again.exit_code == 1
+    assert {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+
+
+def test_a_suite_export_removes_only_files_an_lstm_onnx_manifest_lists_unchanged(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "theirs.onnx").write_bytes(b"another tool's model")
+    (out / "manifest.json").write_text(json.dumps({"generator": "other-tool 2.0", "models": [
+        {"file": "theirs.onnx", "sha256": "0" * 64}]}))
+    args = ["export", "-o", out, "--no-return-sequences", "--no-return-state"]
+    assert invoke(*args).exit_code == 0
+    assert (out / "theirs.onnx").read_bytes() == b"another tool's model"
+    # Our own manifest's file goes when the next suite drops it; one changed since it was written stays.
+    assert invoke("export", "-o", out, "--return-sequences", "--no-return-state").exit_code == 0
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["case1_sequences.onnx", "theirs.onnx"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generator"].startswith("lstm-onnx ")
+    (out / "case1_sequences.onnx").write_bytes(b"edited by hand")
+    assert invoke(*args).exit_code == 0
+    assert (out / "case1_sequences.onnx").read_bytes() == b"edited by hand"
+
+
+def test_the_previous_manifest_is_read_with_the_folder_lock_held(tmp_path):
+    import fcntl
+    import os
+
+    from toolkit.fileset import write_file_set
+
+    seen = []
+
+    def remove(folder):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):  # another writer would wait here
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        seen.append(folder)
+        return ["old.onnx"]
+
+    (tmp_path / "old.onnx").write_bytes(b"old")
+    write_file_set(tmp_path, {"new.onnx": b"new"}, remove=remove)
+    assert seen == [tmp_path] and sorted(p.name for p in tmp_path.iterdir()) == ["new.onnx"]

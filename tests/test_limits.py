@@ -75,6 +75,17 @@ def test_parameters_counted_from_the_config_equal_keras_count(tmp_path, name):
     assert report.members == 3 and report.layers >= len(model.layers)
 
 
+def test_a_trained_model_counts_its_parameters_not_its_optimizer_variables(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(1)])
+    model.compile("adam", "mse", metrics=["mae"])
+    model.fit(np.ones((8, 4, 2)), np.ones((8, 1)), verbose=0)
+    model.save(tmp_path / "trained.keras")  # model.weights.h5 holds Adam's two slots per variable too
+    assert inspect_keras_file(tmp_path / "trained.keras").params == model.count_params() == 88
+
+
 def test_a_real_model_passes_and_its_report_says_what_was_counted(hostile_dir):
     report = inspect_keras_file(hostile.seed_keras(hostile_dir))
     assert (report.params, report.longest_fixed_time, report.largest_activation) == (72, 3, 6)
@@ -98,6 +109,14 @@ HOSTILE = {
                      r"stored at a ratio of at most 100 .* dataset 'layers/lstm/cell/vars/0' declares 536870912 bytes "
                      r"and stores 0"),
     "members": (lambda d: hostile.many_members(d, 5000), r"at most 1000 archive members\. Received: .* declares 5003"),
+    # Keras 3.15 loads model.weights.npz too, and reads npz's __root__ without its own bomb guard.
+    "npz_bomb_2g": (lambda d: hostile.npz_bomb(d, 2 << 30),
+                    r"weights declaring at most 1073741824 bytes .* declares 21474\d{5} in 6 datasets"),
+    "npz_bomb_512m": (lambda d: hostile.npz_bomb(d, 512 << 20, "layers/lstm_1/cell.npy"),
+                      r"ratio of at most 100 .* dataset 'layers/lstm_1/cell.npy' declares 536870912 bytes and stores"),
+    # EinsumDense used to count no parameters: 2e8 passed --max-params and Keras allocated 4.66 GB.
+    "einsum_2e8": (lambda d: hostile.einsum_lie(d, 25_000_000),
+                   r"at most 100000000 parameters \(--max-params\)\. Received: .* declares 200\d{6} in"),
 }
 
 MEASURE = textwrap.dedent("""
@@ -132,6 +151,52 @@ def test_hostile_files_are_refused_fast_and_small_before_keras(hostile_dir, case
     assert measured["outcome"].startswith("Expected ") and "\n" not in measured["outcome"]
     assert measured["seconds"] < 3 and measured["peak_mb"] < 200, measured
     assert not measured["tensorflow"]
+
+
+def test_an_npz_weights_file_is_counted_and_loads_through_the_check(hostile_dir):
+    report = inspect_keras_file(hostile.seed_npz_keras(hostile_dir))
+    assert (report.params, report.members) == (72, 3)
+
+
+def test_parameters_the_weights_declare_count_whatever_the_config_says(hostile_dir):
+    import h5py
+
+    seed = hostile.seed_keras(hostile_dir)
+    weights = hostile_dir / "extra.h5"
+    weights.write_bytes(zipfile.ZipFile(seed).read("model.weights.h5"))
+    with h5py.File(weights, "r+") as h5:  # an array no config layer accounts for (real data, ratio 1)
+        h5.create_dataset("layers/extra/vars/0", data=np.random.default_rng(0).random(1000, np.float32))
+    path = hostile.rewrite(seed, hostile_dir / "extra.keras", {"model.weights.h5": weights.read_bytes()})
+    assert inspect_keras_file(path).params == 1072
+    with pytest.raises(ModelLoadError, match=r"at most 500 parameters \(--max-params\)\. .* declares 1072 in the arrays"):
+        inspect_keras_file(path, ResourceLimits(max_params=500))
+
+
+def test_kinds_whose_weights_cannot_be_counted_are_refused(hostile_dir):
+    def rename(config: dict) -> None:
+        config["config"]["layers"][1]["class_name"] = "GroupQueryAttention"
+    path = hostile.edit_config(hostile.seed_keras(hostile_dir), hostile_dir / "gqa.keras", rename)
+    with pytest.raises(ModelLoadError, match=r"layer kinds whose parameters lstm-onnx can bound .* \(GroupQueryAttention\)"):
+        inspect_keras_file(path)
+
+
+@pytest.mark.parametrize("build", [
+    lambda k: k.layers.EinsumDense("abc,cd->abd", output_shape=(5, 7), bias_axes="d"),
+    lambda k: k.layers.EinsumDense("...b,bc->...c", output_shape=6, bias_axes="c"),
+    lambda k: k.layers.EinsumDense("abc,cde->abde", output_shape=(5, 3, 4), bias_axes="de"),
+    lambda k: k.layers.PReLU(shared_axes=[1]), lambda k: k.layers.DepthwiseConv1D(3, depth_multiplier=2),
+    lambda k: k.layers.SeparableConv1D(4, 3, depth_multiplier=2), lambda k: k.layers.GroupNormalization(groups=2),
+    lambda k: k.layers.RMSNormalization(), lambda k: k.layers.Bidirectional(k.layers.LSTM(3)),
+])
+def test_more_kinds_are_counted_as_keras_counts_them(tmp_path, build):
+    import keras
+
+    x = keras.Input((5, 8))
+    model = keras.Model(x, build(keras)(x))
+    model.save(tmp_path / "m.keras")
+    assert inspect_keras_file(tmp_path / "m.keras").params == model.count_params() > 0
+    config = json.loads(zipfile.ZipFile(tmp_path / "m.keras").read("config.json"))
+    assert count_config(config).params == model.count_params()  # the config alone, not the weights' arrays
 
 
 def test_limits_can_be_raised_and_reject_nonsense(hostile_dir):

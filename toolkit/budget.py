@@ -1,9 +1,13 @@
 """Parameters and activation sizes a Keras model config declares, counted without Keras.
 
 `toolkit.limits` refuses a `.keras` file whose counts exceed its limits before Keras allocates anything.
-The counts are a lower bound: layer kinds not in `_PARAMS` count no parameters, and shapes are the ones
-the file declares (each layer's `build_config`, its first call argument, the `Input` shapes). For the
-kinds in the table they equal `model.count_params()` (tests/test_limits.py checks that on real models).
+Shapes are the ones the file declares (each layer's `build_config`, its first call argument, the `Input`
+shapes). For the kinds in `_PARAMS` the counts equal `model.count_params()` (tests/test_limits.py checks
+that on real models). Keras' built-in kinds with weights that are not in the table (`UNCOUNTED_KINDS`) are
+noted in `Budget.uncounted_at` and refused: Keras would allocate their variables from the config before
+it reads a weight, so a file could declare any number of them. Other kinds hold no weights, or are not
+Keras built-ins, which safe mode refuses before building them. `toolkit.limits` also counts the arrays
+of the weights file, which bounds an honest file whatever its kinds.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Budget:
     longest_fixed_time: int | None = None
     time_at: str = ""
     bad_dim_at: str = ""
+    uncounted_at: str = ""
 
 
 def _int(value: Any) -> int | None:
@@ -97,7 +102,9 @@ def count_config(config: dict) -> Budget:
         where = f"layer {name!r} ({kind})"
         if shape and any(d is not None and d < 1 for d in shape[1:]):
             budget.bad_dim_at = budget.bad_dim_at or f"{where} input shape {shape}"
-        budget.params += layer_params(kind, inner, shape[-1] if shape else None)
+        budget.params += layer_params(kind, inner, shape)
+        if kind in UNCOUNTED_KINDS or (kind == "Bidirectional" and _wrapped_kind(inner) in UNCOUNTED_KINDS):
+            budget.uncounted_at = budget.uncounted_at or where
         _note_activation(budget, kind, shape, _int(inner.get(_UNITS_KEY.get(kind, "units"))), where)
         if kind in RECURRENT_KINDS and shape and len(shape) >= 3 and shape[1] is not None:
             if budget.longest_fixed_time is None or shape[1] > budget.longest_fixed_time:
@@ -125,6 +132,62 @@ def _gates(gates: int, config: dict, in_dim: int) -> int:
     return gates * units * (in_dim + units) + (biases if config.get("use_bias", True) else 0)
 
 
+UNCOUNTED_KINDS = frozenset({"GroupQueryAttention", "ReversibleEmbedding", "SpectralNormalization", "MelSpectrogram",
+                             "STFTSpectrogram", "JaxLayer", "FlaxLayer", "TorchModuleWrapper"})
+"""Keras 3.15 built-in layers that hold weights and whose count is in neither `_PARAMS` nor `_SHAPED`
+(read off the `keras.layers` namespace; lookup layers keep their vocabulary in the bounded config)."""
+
+
+def _wrapped_kind(config: dict) -> str:
+    wrapped = config.get("layer") if isinstance(config.get("layer"), dict) else {}
+    return str(wrapped.get("class_name"))
+
+
+def _dims(shape: list[int | None] | None) -> list[int]:
+    """The axes after the batch axis, an unknown (None) or odd one as 0: it adds no parameters."""
+    return [d if d is not None and d > 0 else 0 for d in (shape or [None])[1:]]
+
+
+def _einsum(config: dict, shape: list[int | None] | None) -> int:
+    """EinsumDense: each kernel axis is an input axis or an output axis (Keras' `_analyze_split_string`);
+    both specs line up with their shapes from the right, with or without an ellipsis."""
+    equation = str(config.get("equation", ""))
+    inputs, _, rest = equation.replace("...", "").partition(",")
+    kernel, _, outputs = rest.partition("->")
+    given = config.get("output_shape")
+    out_shape = [_int(d) or 0 for d in given] if isinstance(given, list) else [_int(given) or 0]
+    in_shape = [0] + _dims(shape)
+
+    def size(axis: str) -> int:
+        if axis in inputs:
+            at = len(in_shape) - (len(inputs) - inputs.index(axis))
+            return in_shape[at] if 0 <= at < len(in_shape) else 0
+        at = len(out_shape) - (len(outputs) - outputs.index(axis)) if axis in outputs else -1
+        return max(out_shape[at], 0) if 0 <= at < len(out_shape) else 0
+
+    bias_axes = config.get("bias_axes")
+    bias = math.prod(size(axis) for axis in bias_axes if axis in outputs) if isinstance(bias_axes, str) and bias_axes else 0
+    return math.prod(size(axis) for axis in kernel) + bias
+
+
+def _prelu(config: dict, shape: list[int | None] | None) -> int:
+    """PReLU: one alpha per input value, shared (size 1) along `shared_axes` (1 = the first after batch)."""
+    shared = config.get("shared_axes")
+    axes = {_int(a) for a in shared} if isinstance(shared, list) else {_int(shared)}
+    return math.prod(1 if i in axes else d for i, d in enumerate(_dims(shape), start=1))
+
+
+def _depthwise(config: dict, d: int) -> int:
+    kernel = config.get("kernel_size")
+    sizes = [_int(k) or 0 for k in kernel] if isinstance(kernel, list) else [_int(kernel) or 0]
+    return math.prod(max(k, 0) for k in sizes) * d * _count(config, "depth_multiplier", 1)
+
+
+def _separable(config: dict, d: int) -> int:
+    return _depthwise(config, d) + d * _count(config, "depth_multiplier", 1) * _count(config, "filters") \
+        + _count(config, "filters")
+
+
 def _conv(config: dict, in_dim: int) -> int:
     kernel = config.get("kernel_size")
     sizes = [_int(k) or 0 for k in kernel] if isinstance(kernel, list) else [_int(kernel) or 0]
@@ -144,18 +207,27 @@ _PARAMS = {
     **{kind: lambda c, d: _conv(c, d) for kind in ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
                                                    "Conv2DTranspose", "Conv3DTranspose", "ConvLSTM1D",
                                                    "ConvLSTM2D", "ConvLSTM3D")},
+    "DepthwiseConv1D": lambda c, d: _depthwise(c, d) + d * _count(c, "depth_multiplier", 1),
+    "DepthwiseConv2D": lambda c, d: _depthwise(c, d) + d * _count(c, "depth_multiplier", 1),
+    "SeparableConv1D": lambda c, d: _separable(c, d), "SeparableConv2D": lambda c, d: _separable(c, d),
+    "GroupNormalization": lambda c, d: 2 * d, "RMSNormalization": lambda c, d: d,
+    "Normalization": lambda c, d: 2 * d + 1, "AdditiveAttention": lambda c, d: d if c.get("use_scale", True) else 0,
+    "Attention": lambda c, d: int(bool(c.get("use_scale"))) + int(c.get("score_mode") == "concat"),
 }
+_SHAPED = {"EinsumDense": _einsum, "PReLU": _prelu}  # counted from the whole input shape
 
 
-def layer_params(kind: str, config: dict, in_dim: int | None) -> int:
-    """Parameters of one layer (0 for kinds not in `_PARAMS`). A Bidirectional layer without an explicit
-    `backward_layer` holds a copy of its forward layer, which the walk does not visit: it is counted here."""
-    width = in_dim if in_dim is not None and in_dim > 0 else 0
+def layer_params(kind: str, config: dict, shape: list[int | None] | None) -> int:
+    """Parameters of one layer (0 for kinds in neither `_PARAMS` nor `_SHAPED`). A Bidirectional layer
+    without an explicit `backward_layer` holds a copy of its forward layer, which the walk does not visit:
+    it is counted here."""
     if kind == "Bidirectional" and not isinstance(config.get("backward_layer"), dict):
         wrapped = config.get("layer") if isinstance(config.get("layer"), dict) else {}
-        inner_kind = str(wrapped.get("class_name"))
         inner_config = wrapped.get("config") if isinstance(wrapped.get("config"), dict) else {}
-        return _PARAMS[inner_kind](inner_config, width) if inner_kind in _PARAMS else 0
+        return layer_params(_wrapped_kind(config), inner_config, shape) if _wrapped_kind(config) != kind else 0
+    if kind in _SHAPED:
+        return _SHAPED[kind](config, shape)
+    width = shape[-1] if shape and shape[-1] is not None and shape[-1] > 0 else 0
     return _PARAMS[kind](config, width) if kind in _PARAMS else 0
 
 

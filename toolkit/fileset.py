@@ -22,7 +22,7 @@ import errno
 import json
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -134,11 +134,13 @@ class FileSet:
 
 
 def write_file_set(folder: str | os.PathLike[str], files: Mapping[str, bytes],
-                   remove: Sequence[str] = ()) -> FileSet:
-    """Write `files` (relative name -> bytes) into `folder` and drop `remove`, all or nothing."""
+                   remove: Sequence[str] | Callable[[Path], Sequence[str]] = ()) -> FileSet:
+    """Write `files` (relative name -> bytes) into `folder` and drop `remove`, all or nothing. `remove` may
+    be a function of the folder, called with the folder lock held: what it reads there cannot change
+    under it (a suite's previous manifest)."""
     root = Path(folder)
     finals = {name: _relative(name) for name in files}
-    stale = [str(_relative(name)) for name in remove if name not in files]
+    stale: list[str] = []
     if not finals:
         raise InputError("Expected at least one file to write. Received: none")
     if root.exists() and not root.is_dir():
@@ -147,6 +149,8 @@ def write_file_set(folder: str | os.PathLike[str], files: Mapping[str, bytes],
         root.mkdir(parents=True, exist_ok=True)
         with folder_lock(root) as locked:
             recovery = recover(root) if locked else Recovery()
+            names = remove(root) if callable(remove) else remove
+            stale = [str(_relative(name)) for name in names if name not in files]
             _switch(root, {str(rel): files[name] for name, rel in finals.items()}, stale)
     except OSError as exc:
         raise write_error(exc, getattr(exc, "filename", None) or root,

@@ -1,6 +1,6 @@
 """Bounds on what a `.keras` file may make lstm-onnx read or allocate, checked before Keras touches it.
 
-A `.keras` file is a zip archive holding `config.json` (the architecture) and `model.weights.h5`. Keras
+A `.keras` file is a zip archive holding `config.json` (the architecture) and `model.weights.h5` (or `.npz`). Keras
 allocates every variable the config declares before it reads a single weight, and its own zip-bomb guard
 starts at 4 GiB per member, so a 20 KB hostile file declaring `LSTM(4096)` costs 44 s and 2.4 GB before it
 fails. This module reads only the archive's central directory and a size-bounded `config.json` (numpy and
@@ -12,7 +12,6 @@ The counting itself is `toolkit.budget`.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -20,11 +19,20 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from toolkit.budget import Budget, count_config
 from toolkit.errors import ModelLoadError
 from toolkit.guard import open_regular_file, safe_text
+from toolkit.weights_scan import (
+    WEIGHTS_H5,
+    WEIGHTS_MEMBERS,
+    DeclaredArray,
+    WeightsReadError,
+    h5_arrays,
+    npz_arrays,
+    weights_source,
+)
 
 MAX_MEMBERS = 1_000
 """Members of the archive. Keras writes 3 (metadata, config, weights), plus one per asset file."""
@@ -177,85 +185,59 @@ def read_config(archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> 
     return config, len(data)
 
 
-WEIGHTS_H5 = "model.weights.h5"
-MAX_DEFLATED_WEIGHTS = 64 << 20
-"""Keras stores `model.weights.h5` uncompressed; a deflated one is inspected in memory up to this size."""
-
-
-class _Window(io.RawIOBase):
-    """`length` bytes at `start` of an open file, as a read-only seekable file: a stored member for h5py."""
-
-    def __init__(self, handle: BinaryIO, start: int, length: int):
-        super().__init__()
-        self._handle, self._start, self._length, self._pos = handle, start, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        count = max(0, min(len(buffer), self._length - self._pos))
-        self._handle.seek(self._start + self._pos)
-        data = self._handle.read(count)
-        buffer[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-def _weights_source(handle: BinaryIO, archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> BinaryIO:
-    if info.compress_type == zipfile.ZIP_STORED:
-        handle.seek(info.header_offset)
-        header = handle.read(30)
-        names, extra = struct.unpack("<HH", header[26:30])
-        return _Window(handle, info.header_offset + 30 + names + extra, info.file_size)
-    if info.file_size > MAX_DEFLATED_WEIGHTS:
-        raise _refuse(path, f"{WEIGHTS_H5} stored uncompressed, as Keras writes it, when over {MAX_DEFLATED_WEIGHTS} "
-                      "bytes", f"has {info.file_size} bytes compressed")
-    return io.BytesIO(archive.read(info.filename))
-
-
-def check_weights_file(handle: BinaryIO, archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> int:
-    """Bytes the HDF5 datasets of the weights declare, read from the file's metadata alone (h5py).
-
-    A dataset may be compressed inside the HDF5 file, or hold only a fill value, while declaring any
-    shape; Keras reads it whole when it assigns a variable, and its own guard starts at 4 GiB. Refused:
-    more than `max_member_bytes` declared in all, or a dataset over 1 MiB declaring more than `max_ratio`
-    times what it stores.
-    """
-    if WEIGHTS_H5 not in archive.namelist():
-        return 0
-    import h5py  # Keras' own HDF5 reader; no TensorFlow
-
-    datasets: list[tuple[str, int, int]] = []
-
-    def visit(name: str, item: Any) -> None:  # None: h5py's visititems goes on
-        if isinstance(item, h5py.Dataset):
-            datasets.append((name, item.size * item.dtype.itemsize, item.id.get_storage_size()))
-
+def _weights_arrays(handle: BinaryIO, archive: zipfile.ZipFile, name: str, path: str,
+                    limits: ResourceLimits) -> list[DeclaredArray]:
+    """The arrays the weights member `name` declares (HDF5 datasets or npy headers), refused if unreadable."""
+    info = archive.getinfo(name)
     try:
-        with h5py.File(_weights_source(handle, archive, archive.getinfo(WEIGHTS_H5), path), "r") as weights:
-            weights.visititems(visit)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise _refuse(path, f"a readable {WEIGHTS_H5}", f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    declared = sum(size for _, size, _ in datasets)
+        source = weights_source(handle, archive, info)
+        if name == WEIGHTS_H5:
+            return h5_arrays(source)
+        # The npz is a zip inside the zip: its directory is bounded before zipfile parses it, as the outer one.
+        entries, directory_bytes = _directory_size(source, info.file_size, f"{path}:{name}")
+        if entries > limits.max_members or directory_bytes > min(info.file_size, limits.max_members * 1024):
+            raise _refuse(path, f"at most {limits.max_members} arrays in {name}, with a directory of at most 1 KiB "
+                          "each", f"declares {entries} in {directory_bytes} bytes")
+        return npz_arrays(source, limits.max_members)
+    except WeightsReadError as exc:
+        expected, _, received = str(exc).partition("|")
+        raise _refuse(path, expected, received) from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, EOFError, zlib.error, zipfile.BadZipFile,
+            zipfile.LargeZipFile, NotImplementedError, struct.error) as exc:
+        raise _refuse(path, f"a readable {name}", f"({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """What the weights members declare in all: bytes, and elements that are model parameters."""
+
+    declared_bytes: int
+    params: int
+
+
+def check_weights_file(handle: BinaryIO, archive: zipfile.ZipFile, path: str, limits: ResourceLimits) -> WeightsReport:
+    """Bytes and parameters the arrays of the weights members declare, read from their metadata alone.
+
+    An array may be compressed (an HDF5 chunk, a deflated npy), or hold only a fill value, while declaring
+    any shape; Keras reads it whole when it assigns a variable, and its own guards start at 4 GiB. Refused:
+    more than `max_member_bytes` declared in all, more than `max_params` parameters, or an array over 1 MiB
+    declaring more than `max_ratio` times what it stores. Every member counts, npz's `__root__` included.
+    """
+    arrays = [array for name in WEIGHTS_MEMBERS if name in archive.namelist()
+              for array in _weights_arrays(handle, archive, name, path, limits)]
+    declared = sum(array.declared_bytes for array in arrays)
     if declared > limits.max_member_bytes:
         raise _refuse(path, f"weights declaring at most {limits.max_member_bytes} bytes (--max-member-bytes)",
-                      f"declares {declared} in {len(datasets)} datasets")
-    for name, size, stored in datasets:
-        if size > RATIO_FLOOR_BYTES and size > limits.max_ratio * max(stored, 1):
+                      f"declares {declared} in {len(arrays)} datasets")
+    for array in arrays:
+        if array.declared_bytes > RATIO_FLOOR_BYTES and array.declared_bytes > limits.max_ratio * max(array.stored_bytes, 1):
             raise _refuse(path, f"weights stored at a ratio of at most {limits.max_ratio:g} (a bomb otherwise)",
-                          f"dataset {name!r} declares {size} bytes and stores {stored}")
-    return declared
+                          f"dataset {array.name!r} declares {array.declared_bytes} bytes and stores {array.stored_bytes}")
+    params = sum(array.elements for array in arrays if array.parameter)
+    if params > limits.max_params:  # whatever layer kinds the config names: the arrays Keras would assign
+        raise _refuse(path, f"at most {limits.max_params} parameters (--max-params)",
+                      f"declares {params} in the arrays of its weights")
+    return WeightsReport(declared_bytes=declared, params=params)
 
 
 def inspect_keras_file(path: str | os.PathLike[str], limits: ResourceLimits = DEFAULT_LIMITS) -> ArchiveReport:
@@ -282,7 +264,7 @@ def inspect_keras_handle(handle: BinaryIO, path: str, limits: ResourceLimits = D
             budget = count_config(config)
             check_budget(budget, path, limits)
             check_weights_present(budget, weights, path)
-            check_weights_file(handle, archive, path, limits)
+            params = max(budget.params, check_weights_file(handle, archive, path, limits).params)
     except ModelLoadError:
         raise
     except _READ_ERRORS as exc:
@@ -290,7 +272,7 @@ def inspect_keras_handle(handle: BinaryIO, path: str, limits: ResourceLimits = D
     finally:
         handle.seek(0)
     return ArchiveReport(path=path, members=members, uncompressed_bytes=total, config_bytes=config_bytes,
-                         layers=budget.layers, params=budget.params, largest_activation=budget.largest_activation,
+                         layers=budget.layers, params=params, largest_activation=budget.largest_activation,
                          longest_fixed_time=budget.longest_fixed_time)
 
 
@@ -301,6 +283,9 @@ def check_budget(budget: Budget, path: str, limits: ResourceLimits) -> None:
     """Refuse a counted budget above `limits`; each message names the flag that raises the limit."""
     if budget.bad_dim_at:
         raise _refuse(path, "every declared axis >= 1 (besides the batch axis)", f"declares {budget.bad_dim_at}")
+    if budget.uncounted_at:
+        raise _refuse(path, "layer kinds whose parameters lstm-onnx can bound before Keras allocates them",
+                      f"declares {budget.uncounted_at}")
     if budget.params > limits.max_params:
         raise _refuse(path, f"at most {limits.max_params} parameters (--max-params)",
                       f"declares {budget.params} in {budget.layers} layers")

@@ -8,6 +8,7 @@ passes (or `keep_failed` is set), so a folder never holds a mix of old and new e
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class SuiteResult:
         never a mix of old and new. Models the previous manifest listed and this one does not go too."""
         manifest_text = json.dumps(self.manifest(), indent=2, sort_keys=False) + "\n"
         files = {entry.file: entry.result.data for entry in self.entries} | {MANIFEST_NAME: manifest_text.encode()}
-        self.written.extend(write_file_set(self.out_dir, files, remove=_previous_files(self.out_dir)).files)
+        self.written.extend(write_file_set(self.out_dir, files, remove=_previous_files).files)
         return self.written
 
     @property
@@ -138,13 +139,32 @@ def export_stacks(configs: Sequence[StackConfig], out_dir: str | Path, options: 
 
 
 def _previous_files(folder: Path) -> list[str]:
-    """The model files the folder's current manifest lists (plain `.onnx` names only); none if unreadable."""
+    """The model files the folder's current manifest lists, when lstm-onnx wrote that manifest (its
+    `generator`) and each file is still the one it recorded (its `sha256`): a manifest of another tool, or
+    a file changed since, is left alone. Plain `.onnx` names only; none if unreadable. Called by
+    `write_file_set` with the folder lock held, so no other writer changes the manifest meanwhile."""
     try:
-        models = json.loads((folder / MANIFEST_NAME).read_text()).get("models", [])
-        names = [str(model["file"]) for model in models]
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        if not str(manifest.get("generator", "")).startswith("lstm-onnx "):
+            return []
+        listed = {str(model["file"]): str(model["sha256"]) for model in manifest.get("models", [])}
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
         return []
-    return [name for name in names if name.endswith(".onnx") and "/" not in name and not name.startswith(".")]
+    plain = [name for name in listed if name.endswith(".onnx") and "/" not in name and not name.startswith(".")]
+    return [name for name in plain if _sha256(folder / name) == listed[name]]
+
+
+def _sha256(path: Path) -> str | None:
+    if path.is_symlink() or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _final_names(models: Sequence[tuple[StackConfig, Any]], options: ExportOptions) -> dict[str, list[str]]:

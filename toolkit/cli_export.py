@@ -1,0 +1,245 @@
+"""The `export` command (split out of `toolkit.cli`, which registers it on the group).
+
+Its options become an `ExportOptions` (checked before anything is built: a malformed option exits 2), the
+export runs in the library (`export_file` for a `.keras` file, `export_stacks` for built stacks), and the
+results are printed and written: with `--triton`, the models and the repository as one outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from toolkit.builder import MAX_FEATURES, MAX_LAYERS, MAX_UNITS
+from toolkit.cli_common import (
+    VARIABLE,
+    Timesteps,
+    echo,
+    emit_json,
+    limit_options,
+    limits_from,
+    option_values,
+    quiet_tensorflow,
+    tolerance_options,
+)
+from toolkit.errors import InputError, LstmOnnxError, OptionError
+from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
+
+_BUILDER_KEYS = ("layers", "units", "timesteps", "features", "all_states", "seed", "cell", "bidirectional", "masking",
+                 "go_backwards")
+_FLAG_KEYS = ("return_sequences", "return_state", "variant")
+
+_export_options = [
+    click.argument("model", required=False, type=click.Path(path_type=Path)),
+    click.option("-o", "--output", type=click.Path(path_type=Path),
+                 help="MODEL given: the .onnx file (default MODEL with .onnx). Otherwise: the folder (default exported/)."),
+    click.option("--layers", type=click.IntRange(1, MAX_LAYERS),
+                 help=f"Number of stacked LSTM layers (default 2, at most {MAX_LAYERS})."),
+    click.option("--units", type=click.IntRange(1, MAX_UNITS), help=f"Units per layer (default 2, at most {MAX_UNITS})."),
+    click.option("--timesteps", type=Timesteps(), help="Time steps, or 'none' for a variable length (default 3)."),
+    click.option("--features", type=click.IntRange(1, MAX_FEATURES),
+                 help=f"Input features (default 1, at most {MAX_FEATURES})."),
+    click.option("--return-sequences/--no-return-sequences", default=None,
+                 help="The last layer's flag; unset: both values are exported."),
+    click.option("--return-state/--no-return-state", default=None,
+                 help="The last layer's flag; unset: both values are exported."),
+    click.option("--all-states", is_flag=True, default=None, help="Also output the states of every earlier layer."),
+    click.option("--seed", type=click.IntRange(min=0), help="Seed of the weights (default 0)."),
+    click.option("--variant", help="A named builder variant (see README), e.g. gru, bidirectional_sum, lstm_masking."),
+    click.option("--cell", help="lstm, gru, simple_rnn, or one per layer: lstm,gru (default lstm)."),
+    click.option("--bidirectional", "bidirectional", help="Wrap layers in Bidirectional: concat, sum, mul, ave or none."),
+    click.option("--masking", help="masking (a Masking layer) or embedding (int ids, Embedding(mask_zero=True))."),
+    click.option("--go-backwards", is_flag=True, default=None, help="Run every layer backwards."),
+    click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
+                 help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET})."),
+    click.option("--converter", type=click.Choice(CONVERTERS), default=CONVERTERS[0], show_default=True,
+                 help="lstm-onnx lowers recurrent layers to fused ops; tf2onnx converts the whole model alone."),
+    click.option("--output-name", multiple=True, metavar="DEFAULT=NEW", help="Rename an output. Repeatable."),
+    tolerance_options,
+    click.option("--state-io", is_flag=True,
+                 help="Give every recurrent layer initial-state inputs and final-state outputs (for streaming)."),
+    click.option("--triton", "triton_repo", type=click.Path(path_type=Path),
+                 help="Also write a Triton model repository here (NAME/1/model.onnx and NAME/config.pbtxt)."),
+    click.option("--triton-name", help="The model's name in the --triton repository (default: the export's name)."),
+    click.option("--propagate-nan", is_flag=True,
+                 help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes."),
+    click.option("--padding", type=click.Choice(PADDING_SIDES), default=PADDING_SIDES[0], show_default=True,
+                 help="Where masked batches hold their padding (keras pad_sequences' default is left)."),
+    click.option("--target", "targets", metavar="LIST",
+                 help="Comma-separated runtimes the model will run in (as verify --runtimes names them, or all): "
+                      "refuse, before writing, a model one of them is known to compute wrong."),
+    click.option("--keep-failed", is_flag=True, help="Write models even when parity fails."),
+    click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops."),
+    limit_options,
+    click.option("--quantize", type=click.Choice(["int8"]),
+                 help="int8: ONNX Runtime's dynamic quantization of LSTM and MatMul weights (GRU/RNN stay float), "
+                      "checked against Keras at the tier's measured tolerance."),
+    click.option("--float16", is_flag=True, help="Store weights as float16 (inputs, outputs and states stay float32)."),
+    click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report."),
+]
+
+
+def _with_export_options(func: Any) -> Any:
+    for option in reversed(_export_options):
+        func = option(func)
+    return func
+
+
+@click.command()
+@_with_export_options
+def export(**params: Any) -> None:
+    """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
+
+    Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
+    default) into exported/ with a manifest.json. Exits 1 if any output fails parity; then nothing is
+    written unless --keep-failed.
+    """
+    quiet_tensorflow()
+    options = _options(params)
+    model, triton_repo, keep_failed = params["model"], params["triton_repo"], params["keep_failed"]
+    _check_triton_name(params["triton_name"], model)
+    outcome = _run(params, options)
+    # As for built stacks: the table is printed whatever the outcome; files only when parity passed.
+    items = outcome.items
+    passed = all(report for _, report in items)
+    repository = (_write_triton(outcome, triton_repo, params["triton_name"])
+                  if triton_repo is not None and (passed or keep_failed) else [])
+    written, payload = list(outcome.written) + repository, outcome.to_json()
+    payload["written"] = [str(p) for p in written]
+    if params["as_json"]:
+        emit_json(payload)
+    else:
+        _print_export(items, outcome.warnings, outcome.notes, written)
+    if not passed:
+        from toolkit.precision import failure_message
+
+        raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)")
+                                   + f": {failure_message(items)}")
+
+
+def _options(params: dict[str, Any]) -> Any:
+    """The export options, every one checked before anything is built (a bad one is a malformed option)."""
+    from toolkit.compare import Tolerances
+    from toolkit.options import ExportOptions
+
+    if params["quantize"] and params["float16"]:
+        raise OptionError(f"Expected one precision tier: --quantize {params['quantize']} or --float16. Received: both")
+    targets = tuple(t.strip() for t in (params["targets"] or "").split(",") if t.strip())
+    with option_values():
+        if targets:  # a mistyped runtime name is refused here, not after the build and conversion
+            from toolkit.verify import runtimes_named  # the runtime registry; no TensorFlow
+
+            runtimes_named(targets)
+        limits = limits_from(params["max_params"], params["max_timesteps"], params["max_activation"],
+                             params["max_member_bytes"])
+        return ExportOptions(opset=params["opset"], converter=params["converter"], propagate_nan=params["propagate_nan"],
+                             state_io=params["state_io"], padding=params["padding"], require_fused=params["require_fused"],
+                             output_names=_renames(params["output_name"]) or None,
+                             tolerances=Tolerances.parse(params["atol"], params["rtol"]), targets=targets,
+                             tier=params["quantize"] or ("float16" if params["float16"] else "float32"), limits=limits)
+
+
+def _renames(specs: Sequence[str]) -> dict[str, str]:
+    renames: dict[str, str] = {}
+    for spec in specs:
+        old, sep, new = spec.partition("=")
+        if not sep or not old or not new:
+            raise InputError(f"Expected --output-name DEFAULT_NAME=NEW_NAME. Received: {spec!r}")
+        renames[old] = new
+    return renames
+
+
+def _check_triton_name(triton_name: str | None, model: Path | None) -> None:
+    if triton_name is None:  # checked before anything is exported or written
+        return
+    from toolkit.triton import check_model_name
+
+    if model is None:
+        raise InputError("Expected --triton-name with MODEL (one export). "
+                         f"Received: --triton-name {triton_name!r} without MODEL")
+    check_model_name(triton_name)
+
+
+def _run(params: dict[str, Any], options: Any) -> Any:
+    """Export the file, or build and export the stacks; written here only without --triton (see `_write_triton`)."""
+    model, output, write = params["model"], params["output"], params["triton_repo"] is None
+    builder_options = {key: params[key] for key in _BUILDER_KEYS}
+    if model is not None:
+        given = [f"--{k.replace('_', '-')}" for k in (*_BUILDER_KEYS, *_FLAG_KEYS) if params[k] is not None]
+        if given:
+            raise InputError(f"Expected builder options only without MODEL. Received: MODEL and {', '.join(given)}")
+        from toolkit.exporter import export_file
+
+        return export_file(model, output or model.with_suffix(".onnx"), options, keep_failed=params["keep_failed"],
+                           write=write)
+    from toolkit.builder import requested_configs
+    from toolkit.suite import export_stacks
+
+    chosen = {k: (None if v == VARIABLE else v) for k, v in builder_options.items() if v is not None}
+    with option_values():
+        configs = requested_configs(chosen, params["variant"], params["return_sequences"], params["return_state"])
+    return export_stacks(configs, output or Path("exported"), options, keep_failed=params["keep_failed"], write=write)
+
+
+def _write_triton(outcome: Any, repo: Path, model_name: str | None) -> list[Path]:
+    """The repository, then the models, as one outcome: a repository that cannot be written leaves no .onnx
+    behind, and models that cannot be written take the new repository entries back (the old ones return)."""
+    from toolkit.triton import write_repository
+
+    names = [model_name or name for name, _ in outcome.exported]
+    before = _repository_files(repo, names)
+    repository = [p for name, (_, result) in zip(names, outcome.exported) for p in write_repository(repo, name, result.model)]
+    try:
+        outcome.write()
+    except (LstmOnnxError, OSError):
+        # The model's write error is what the user needs to see; a failed rollback must not replace it.
+        with contextlib.suppress(LstmOnnxError, OSError):
+            _restore_repository(repo, before, repository)
+        raise
+    return repository
+
+
+def _repository_files(repo: Path, names: Sequence[str]) -> dict[str, bytes]:
+    """The repository files an export under these names replaces, as they are now (relative name -> bytes)."""
+    found = {}
+    for name in names:
+        for relative in (f"{name}/1/model.onnx", f"{name}/config.pbtxt"):
+            if (repo / relative).is_file():
+                found[relative] = (repo / relative).read_bytes()
+    return found
+
+
+def _restore_repository(repo: Path, before: dict[str, bytes], written: Sequence[Path]) -> None:
+    """Put the repository back as `_repository_files` found it: new files go, replaced ones return."""
+    from toolkit.fileset import write_file_set
+
+    new = [str(path.relative_to(repo)) for path in written if str(path.relative_to(repo)) not in before]
+    if before:
+        write_file_set(repo, before, remove=new)
+        return
+    for path in written:
+        path.unlink(missing_ok=True)
+    for folder in sorted({p for path in written for p in path.parents if p != repo and p.is_relative_to(repo)},
+                         key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only when empty: a folder the user had keeps what it held
+        except OSError:
+            pass
+
+
+def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
+                  written: Sequence[Path]) -> None:
+    from toolkit.report import invariant_lines, parity_table
+
+    echo(parity_table(items))
+    for line in invariant_lines(items):
+        echo(line)
+    for warning in warnings:
+        echo(f"warning: {warning}", err=True)
+    for note in notes:
+        echo(f"note: {note}", err=True)
+    echo(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written)}" if written else "wrote nothing")
