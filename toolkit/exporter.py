@@ -48,7 +48,6 @@ from toolkit.precision import choose as choose_tolerance
 from toolkit.runner import (
     FUSED_RECURRENT_OPS,
     LOOP_OPS,
-    OnnxRunner,
     TensorInfo,
     count_ops,
     graph_inputs,
@@ -57,6 +56,7 @@ from toolkit.runner import (
 )
 from toolkit.tf2onnx_lib import InputSignature, convert
 from toolkit.tiers import TierInfo, apply_tier, tier_tolerances
+from toolkit.verify import OnnxRunner
 
 # Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
 QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)

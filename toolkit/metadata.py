@@ -20,8 +20,9 @@ from toolkit.compare import ParityReport
 from toolkit.errors import InputError
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.precision import PrecisionChoice
-from toolkit.runner import METADATA_PREFIX, metadata_value
 
+# Every key lstm-onnx writes into metadata_props starts with this; the state map is read by deploy code.
+METADATA_PREFIX = "lstm_onnx."
 SOURCE = "source"
 LAYERS = "layers"
 INPUTS = "inputs"
@@ -79,6 +80,11 @@ def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = No
     }
 
 
+def metadata_value(model: onnx.ModelProto, key: str) -> str | None:
+    """One entry lstm-onnx wrote into the metadata (`lstm_onnx.<key>`), or None."""
+    return next((p.value for p in model.metadata_props if p.key == METADATA_PREFIX + key), None)
+
+
 def read_json(model: onnx.ModelProto, key: str, default: Any = None) -> Any:
     """The JSON value under `lstm_onnx.<key>`, or `default` when the key is absent."""
     text = metadata_value(model, key)
@@ -102,6 +108,16 @@ def read_options(model: onnx.ModelProto) -> ExportOptions:
 
 def read_state_map(model: onnx.ModelProto) -> dict[str, str]:
     return dict(read_json(model, STATE_MAP, {}))
+
+
+def read_state_inputs(model: onnx.ModelProto) -> list[str]:
+    """The names of the state inputs lstm-onnx created (`--state-io`, stateful layers), in graph order."""
+    entries = read_json(model, STATE_INPUTS, [])
+    try:
+        return [str(entry["name"]) for entry in entries]
+    except (KeyError, TypeError):
+        raise InputError(f"Expected a list of {{name: ...}} in metadata {METADATA_PREFIX + STATE_INPUTS}. "
+                         f"Received: {str(entries)[:80]!r}") from None
 
 
 def read_layers(model: onnx.ModelProto) -> list[dict[str, Any]]:

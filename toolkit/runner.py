@@ -31,12 +31,12 @@ from toolkit.guard import (
     open_regular_file,
     safe_text,
 )
+from toolkit.metadata import METADATA_PREFIX, metadata_value, read_state_inputs, read_state_map
+
+__all__ = ["METADATA_PREFIX", "metadata_value"]  # re-exported: deploy code reads metadata through this module too
 
 # The ops that carry a recurrence: the fused ones we want, and the loops a converter falls back to.
 FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-# Every key lstm-onnx writes into metadata_props starts with this; the state map is read by deploy code.
-METADATA_PREFIX = "lstm_onnx."
-STATE_MAP_KEY = METADATA_PREFIX + "state_map"
 LOOP_OPS = ("Loop", "Scan")
 
 Dim = int | str | None
@@ -165,22 +165,25 @@ def _dtype_name(value_info: onnx.ValueInfoProto) -> str:
 
 
 def state_input_names(model: onnx.ModelProto) -> set[str]:
-    """The initial-state inputs that default to zeros: those lstm-onnx created for `--state-io` or stateful
-    layers (`lstm_onnx.state_inputs`), and, in files written before state inputs were plain graph inputs,
-    those with a same-name initializer as their default. (A Keras input used as an initial state is a
-    state too, in the state map, but the model's own input: the caller feeds it.)"""
-    recorded = metadata_value(model, "state_inputs")
-    try:
-        created = {entry["name"] for entry in json.loads(recorded)} if recorded else set()
-    except (ValueError, KeyError, TypeError):  # unreadable metadata: every input must then be fed
-        created = set()
-    return created | {t.name for t in model.graph.initializer}
+    """The initial-state inputs that default to zeros: exactly those the metadata names. That is those
+    lstm-onnx created for `--state-io` or stateful layers (`lstm_onnx.state_inputs`), and, in files written
+    before state inputs were plain graph inputs, the state map's inputs that carry a same-name initializer
+    as their default. (A Keras input used as an initial state is in the state map too, but it is the
+    model's own input with no default: the caller feeds it.) Any other initializer listed as a graph
+    input is a weight with its default: never replaced by zeros."""
+    initialized = {t.name for t in model.graph.initializer}
+    return set(read_state_inputs(model)) | (set(read_state_map(model)) & initialized)
+
+
+def _defaulted_names(model: onnx.ModelProto) -> set[str]:
+    """Graph inputs a caller need not feed: the states, and inputs with an initializer as their default."""
+    return state_input_names(model) | {t.name for t in model.graph.initializer}
 
 
 def graph_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
-    """The inputs a caller must feed (initial states are not among them: see `optional_inputs`)."""
-    states = state_input_names(model)
-    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name not in states)
+    """The inputs a caller must feed (initial states and initializer-backed inputs are not among them)."""
+    skip = _defaulted_names(model)
+    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name not in skip)
 
 
 def optional_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
@@ -205,11 +208,6 @@ def with_zero_states(optional: Sequence[TensorInfo], feeds: Mapping[str, np.ndar
                              f"{info.shape_text()}. Received batch sizes {sorted(batches)}")
         filled[info.name] = np.zeros(dims, np.dtype(info.dtype))
     return filled
-
-
-def metadata_value(model: onnx.ModelProto, key: str) -> str | None:
-    """One entry lstm-onnx wrote into the metadata (`lstm_onnx.<key>`), or None."""
-    return next((p.value for p in model.metadata_props if p.key == METADATA_PREFIX + key), None)
 
 
 def graph_outputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
@@ -350,16 +348,3 @@ def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np
         feeds[name] = loaded
     return feeds
 
-
-# The runners moved to toolkit.verify, beside their peers (KerasRunner, the runtime registry). Code written
-# before still imports them from here; a lazy look-up keeps that working without an import cycle
-# (toolkit.verify imports this module).
-_MOVED_TO_VERIFY = ("OnnxRunner", "ReferenceRunner", "reference_oracle_problem", "ORT_LEVELS", "RUNTIMES")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_VERIFY:
-        from toolkit import verify
-
-        return getattr(verify, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
