@@ -92,10 +92,12 @@ class ModelDescription:
         }
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's first line, at most 300 characters: enough for a one-line error."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+def first_line(source: BaseException | str, limit: int = 300) -> str:
+    """An exception's or a text's first line, at most `limit` characters: enough for a one-line error."""
+    text = str(source).strip()
+    if text:
+        return text.splitlines()[0][:limit]
+    return type(source).__name__ if isinstance(source, BaseException) else "no message"
 
 
 def _maybe_json(text: str) -> object:

@@ -50,7 +50,7 @@ from toolkit.runner import (
     metadata_value,
     optional_inputs,
 )
-from toolkit.runtimes.base import RuntimeFailure, open_or_failed, valid_everywhere
+from toolkit.runtimes.base import RunnerBase, RuntimeFailure, open_or_failed, valid_everywhere
 from toolkit.runtimes.registry import DEPLOY_RUNTIMES, TIERS
 from toolkit.tiers import recorded_tolerances
 
@@ -77,21 +77,6 @@ class Runner(Protocol):
     def __enter__(self) -> Runner: ...
 
     def __exit__(self, *exc: object) -> None: ...
-
-
-class RunnerBase:
-    """The context-manager half of `Runner`, for runners that hold nothing to stop (close does nothing)."""
-
-    name: str = ""
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> RunnerBase:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
