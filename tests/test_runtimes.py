@@ -31,8 +31,8 @@ from toolkit.compare import Tolerances, compare_arrays
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
 from toolkit.inputs import InputCase
+from toolkit.metadata import metadata_value
 from toolkit.parity import check_parity
-from toolkit.runner import metadata_value
 from toolkit.runtimes import chromium, js
 from toolkit.runtimes import openvino as ov_runtime
 from toolkit.runtimes.base import (

@@ -31,9 +31,7 @@ from toolkit.guard import (
     open_regular_file,
     safe_text,
 )
-from toolkit.metadata import METADATA_PREFIX, metadata_value, read_state_inputs, read_state_map
-
-__all__ = ["METADATA_PREFIX", "metadata_value"]  # re-exported: deploy code reads metadata through this module too
+from toolkit.metadata import read_state_inputs, read_state_map
 
 # The ops that carry a recurrence: the fused ones we want, and the loops a converter falls back to.
 FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")

@@ -22,7 +22,8 @@ from toolkit.compare import ParityReport, Tolerances
 from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.inputs import InputCase, embedding_vocab, random_input
-from toolkit.runner import count_ops, graph_inputs, graph_outputs, metadata_value, optional_inputs
+from toolkit.metadata import metadata_value
+from toolkit.runner import count_ops, graph_inputs, graph_outputs, optional_inputs
 from toolkit.verify import KerasRunner, OnnxRunner, RunnerBase, compare_runners
 
 

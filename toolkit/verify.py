@@ -36,6 +36,7 @@ from toolkit.compare import (
 )
 from toolkit.errors import InputError, ModelLoadError
 from toolkit.inputs import InputCase, make_cases
+from toolkit.metadata import metadata_value
 from toolkit.naming import OutputOrigin, output_origins, unique_names
 from toolkit.precision import choose as choose_tolerance
 from toolkit.runner import (
@@ -47,7 +48,6 @@ from toolkit.runner import (
     graph_inputs,
     graph_outputs,
     load_onnx,
-    metadata_value,
     optional_inputs,
 )
 from toolkit.runtimes.base import RunnerBase, RuntimeFailure, open_or_failed, valid_everywhere
