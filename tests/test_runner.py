@@ -138,3 +138,11 @@ def test_only_the_states_the_metadata_names_default_to_zeros(tmp_path):
     out = OnnxRunner(model).run({"x": np.ones((2, 3), np.float32)})
     assert out["y"].tolist() == [[3.0] * 3] * 2 and out["z"].tolist() == [[1.0] * 3] * 2  # h0 fed zeros
     assert [t.name for t in optional_inputs(model)] == ["h0"]
+
+
+@pytest.mark.parametrize("key,text", [("state_inputs", "{not json"), ("state_inputs", "[1, 2]"), ("state_map", "[1, 2]")])
+def test_unreadable_state_metadata_makes_no_input_optional(key, text):
+    model = _weight_as_input()
+    model.metadata_props.add(key="lstm_onnx." + key, value=text)
+    assert optional_inputs(model) == ()
+    assert OnnxRunner(model).run({"x": np.ones((1, 3), np.float32)})["y"].tolist() == [[3.0, 3.0, 3.0]]

@@ -12,7 +12,7 @@ import json
 import threading
 import zipfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +172,16 @@ def state_input_names(model: onnx.ModelProto) -> set[str]:
     model's own input with no default: the caller feeds it.) Any other initializer listed as a graph
     input is a weight with its default: never replaced by zeros."""
     initialized = {t.name for t in model.graph.initializer}
-    return set(read_state_inputs(model)) | (set(read_state_map(model)) & initialized)
+    return _recorded(read_state_inputs, model) | (_recorded(read_state_map, model) & initialized)
+
+
+def _recorded(reader: Callable[[onnx.ModelProto], Iterable[str]], model: onnx.ModelProto) -> set[str]:
+    """The names a metadata reader finds; none where the entry is unreadable (then every input must be fed,
+    and what needs the entry, e.g. `verify --stream`, refuses it with its own message)."""
+    try:
+        return set(reader(model))
+    except (TypeError, ValueError):  # InputError (bad JSON) is a ValueError; a list where a map belongs
+        return set()
 
 
 def _defaulted_names(model: onnx.ModelProto) -> set[str]:
