@@ -210,13 +210,16 @@ class ChromiumRunner(ModelRunner):
             flags.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
         return [binary, *flags, self.url]
 
+    def _check_in_step(self) -> None:
+        if self.broken:
+            raise RuntimeFailure(f"Expected the Chromium page to answer in step. Received: no trustworthy answer "
+                                 f"since {self.broken}")
+
     def _answer(self, timeout: float) -> dict:
         """The page's next message; fails fast if the browser died instead of waiting out the timeout.
         After a timeout the page may still answer that request, and its late answer would be taken for
         the next one's: the runner is marked broken instead, and every later run fails saying so."""
-        if self.broken:
-            raise RuntimeFailure(f"Expected the Chromium page to answer in step. Received: no trustworthy answer "
-                                 f"since {self.broken}")
+        self._check_in_step()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -235,8 +238,7 @@ class ChromiumRunner(ModelRunner):
 
     def run(self, feeds: Mapping[str, np.ndarray], timeout: float = RUN_TIMEOUT) -> dict[str, np.ndarray]:
         message = encode_feeds(self.with_states(feeds))
-        if self.broken:
-            self._answer(timeout)  # raises: nothing is sent that a stale answer could be taken for
+        self._check_in_step()  # before sending: nothing is sent that a stale answer could be taken for
         self.mailbox.requests.put(message)
         return decode_answer(self._answer(timeout), self.name, self.output_names)
 
