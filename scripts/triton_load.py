@@ -35,8 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from toolkit.runner import OnnxRunner, load_onnx  # noqa: E402
+from toolkit.runner import load_onnx  # noqa: E402
 from toolkit.serve import ServeOptions, TritonServer  # noqa: E402
+from toolkit.verify import OnnxRunner  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from toolkit.exporter import export_model
 from toolkit.naming import output_origins
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.parity import keras_outputs
-from toolkit.runner import OnnxRunner, count_ops
+from toolkit.runner import count_ops
+from toolkit.verify import OnnxRunner
 
 # Beyond the post's four: 1-3 layers, several unit counts, fixed and variable time, every flag pair.
 MATRIX = [

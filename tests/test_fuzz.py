@@ -14,7 +14,7 @@ from strategies import stacks
 from toolkit.builder import build_stack
 from toolkit.exporter import export_model
 from toolkit.parity import InputCase, check_parity, embedding_vocab, padding_of, random_input
-from toolkit.runner import OnnxRunner
+from toolkit.verify import OnnxRunner
 
 EXAMPLES = int(os.environ.get("LSTM_ONNX_FUZZ_EXAMPLES", "25"))
 

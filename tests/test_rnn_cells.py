@@ -8,7 +8,8 @@ from toolkit.builder import set_deterministic_weights
 from toolkit.errors import UnsupportedModelError
 from toolkit.exporter import export_model
 from toolkit.metadata import read_state_map
-from toolkit.runner import LOOP_OPS, OnnxRunner, count_ops
+from toolkit.runner import LOOP_OPS, count_ops
+from toolkit.verify import OnnxRunner
 
 CELLS = {
     "lstm": lambda units: __import__("keras").layers.LSTMCell(units),

@@ -5,7 +5,8 @@ import onnx
 import pytest
 
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.runner import inspect_model, load_feeds, load_onnx
+from toolkit.metadata import STATE_MAP, write_metadata
+from toolkit.runner import inspect_model, load_feeds, load_onnx, optional_inputs
 from toolkit.verify import OnnxRunner
 
 
@@ -105,3 +106,43 @@ def test_a_run_onnx_runtime_rejects_is_a_one_line_input_error():
     with pytest.raises(InputError, match="Expected inputs ONNX Runtime can run. Received an error: ") as caught:
         runner.run({"x": np.ones((2, 3), np.float32)})
     assert "\n" not in str(caught.value)
+
+
+def _weight_as_input() -> onnx.ModelProto:
+    """y = x + W, with W an initializer that is also a graph input (keep_initializers_as_inputs style)."""
+    weight = onnx.numpy_helper.from_array(np.full((1, 3), 2.0, np.float32), "W")
+    model = _graph(onnx.helper.make_node("Add", ["x", "W"], ["y"]), ["batch", 3], ["batch", 3], weight)
+    model.graph.input.append(onnx.helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [1, 3]))
+    return model
+
+
+def test_an_initializer_listed_as_input_keeps_its_value_and_is_not_a_state(tmp_path):
+    model = _weight_as_input()
+    path = tmp_path / "weight_input.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert OnnxRunner(path).run({"x": np.ones((1, 3), np.float32)})["y"].tolist() == [[3.0, 3.0, 3.0]]
+    desc = inspect_model(path)
+    assert [t.name for t in desc.inputs] == ["x"] and desc.optional_inputs == ()
+
+
+def test_only_the_states_the_metadata_names_default_to_zeros(tmp_path):
+    """The old state form (a same-name zeros initializer, named by the state map) is still a state; the
+    weight beside it is not."""
+    model = _weight_as_input()
+    state = onnx.numpy_helper.from_array(np.full((1, 3), 5.0, np.float32), "h0")
+    model.graph.initializer.append(state)
+    model.graph.input.append(onnx.helper.make_tensor_value_info("h0", onnx.TensorProto.FLOAT, ["batch", 3]))
+    model.graph.node.append(onnx.helper.make_node("Add", ["x", "h0"], ["z"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["batch", 3]))
+    write_metadata(model, {STATE_MAP: {"h0": "z"}})
+    out = OnnxRunner(model).run({"x": np.ones((2, 3), np.float32)})
+    assert out["y"].tolist() == [[3.0] * 3] * 2 and out["z"].tolist() == [[1.0] * 3] * 2  # h0 fed zeros
+    assert [t.name for t in optional_inputs(model)] == ["h0"]
+
+
+@pytest.mark.parametrize("key,text", [("state_inputs", "{not json"), ("state_inputs", "[1, 2]"), ("state_map", "[1, 2]")])
+def test_unreadable_state_metadata_makes_no_input_optional(key, text):
+    model = _weight_as_input()
+    model.metadata_props.add(key="lstm_onnx." + key, value=text)
+    assert optional_inputs(model) == ()
+    assert OnnxRunner(model).run({"x": np.ones((1, 3), np.float32)})["y"].tolist() == [[3.0, 3.0, 3.0]]

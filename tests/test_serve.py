@@ -25,7 +25,7 @@ from toolkit.errors import InputError
 from toolkit.exporter import export_model
 from toolkit.metadata import read_state_map as state_map
 from toolkit.parity import keras_outputs
-from toolkit.runner import OnnxRunner, load_onnx
+from toolkit.runner import load_onnx
 from toolkit.serve import (
     ServeOptions,
     TritonServer,
@@ -34,6 +34,7 @@ from toolkit.serve import (
     server_environment,
     triton_distribution,
 )
+from toolkit.verify import OnnxRunner
 
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")

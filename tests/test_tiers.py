@@ -18,8 +18,9 @@ from toolkit.cli import cli
 from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import InputError, ParityError
 from toolkit.exporter import export_model
+from toolkit.metadata import metadata_value
 from toolkit.options import ExportOptions
-from toolkit.runner import count_ops, graph_inputs, graph_outputs, metadata_value
+from toolkit.runner import count_ops, graph_inputs, graph_outputs
 from toolkit.tiers import FLOAT16_TOLERANCE, INT8_TOLERANCE, apply_tier, tier_tolerances
 from toolkit.verify import OnnxRunner, verify_runtimes
 

@@ -7,7 +7,8 @@ import pytest
 from toolkit import metadata
 from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.exporter import export_keras_file, load_keras_model, verify_files
-from toolkit.runner import OnnxRunner, count_ops
+from toolkit.runner import count_ops
+from toolkit.verify import OnnxRunner
 
 
 def test_functional_model_with_initial_state_inputs(saved_models, tmp_path):

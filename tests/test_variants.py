@@ -10,7 +10,8 @@ from toolkit.builder import VARIANTS, StackConfig, build_stack, variant_config
 from toolkit.errors import InputError, UnsupportedModelError
 from toolkit.exporter import export_model
 from toolkit.parity import keras_outputs
-from toolkit.runner import OnnxRunner, count_ops
+from toolkit.runner import count_ops
+from toolkit.verify import OnnxRunner
 
 # Fused ops each variant must become (two layers each, three for mixed_cells). A Bidirectional layer is
 # one op with direction=bidirectional.

@@ -73,7 +73,7 @@ def test_runtime_report_status_truthiness_and_json():
     passing = compare_runners(FixedRunner("k", VALUES), [FixedRunner("r", VALUES)], CASES, Tolerances(), ["a", "b"])["r"]
     ok, not_valid = RuntimeReport("r", passing), RuntimeReport("other", None, "it lacks the op")
     assert ok and ok.status == "pass" and not not_valid and not_valid.status == "not valid"
-    assert not_valid.skipped == "it lacks the op"
+    assert not_valid.not_valid == "it lacks the op"
     data = ok.to_json()
     assert data["status"] == "pass" and data["runtime"] == "r" and all(o["status"] == "pass" for o in data["outputs"])
     assert not_valid.to_json() == {"runtime": "other", "status": "not valid", "reason": "it lacks the op",

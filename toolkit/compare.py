@@ -272,10 +272,6 @@ class RuntimeReport:
     not_valid: str = ""  # the runtime's `problem` with this model
 
     @property
-    def skipped(self) -> str:
-        return self.not_valid
-
-    @property
     def status(self) -> str:
         if self.report is None:
             return "not valid"

@@ -12,7 +12,7 @@ from toolkit.compare import Tolerances
 from toolkit.exporter import export_model
 from toolkit.naming import output_origins
 from toolkit.parity import invariant_checks, keras_outputs
-from toolkit.runner import OnnxRunner
+from toolkit.verify import OnnxRunner
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,6 @@ from toolkit.precision import failure_message
 from toolkit.runner import (
     FUSED_RECURRENT_OPS,
     LOOP_OPS,
-    OnnxRunner,
     TensorInfo,
     count_ops,
     graph_inputs,
@@ -56,6 +55,7 @@ from toolkit.runner import (
 )
 from toolkit.tf2onnx_lib import InputSignature, convert
 from toolkit.tiers import TierInfo, tier_tolerances
+from toolkit.verify import OnnxRunner
 
 # Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
 QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)

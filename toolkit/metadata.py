@@ -21,8 +21,9 @@ from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.precision import PrecisionChoice
-from toolkit.runner import METADATA_PREFIX, metadata_value
 
+# Every key lstm-onnx writes into metadata_props starts with this; the state map is read by deploy code.
+METADATA_PREFIX = "lstm_onnx."
 SOURCE = "source"
 LAYERS = "layers"
 INPUTS = "inputs"
@@ -80,6 +81,11 @@ def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = No
     }
 
 
+def metadata_value(model: onnx.ModelProto, key: str) -> str | None:
+    """One entry lstm-onnx wrote into the metadata (`lstm_onnx.<key>`), or None."""
+    return next((p.value for p in model.metadata_props if p.key == METADATA_PREFIX + key), None)
+
+
 _JSON_KINDS = {dict: "object", list: "array"}  # what the Python types are called in JSON, for errors
 
 
@@ -132,6 +138,11 @@ def read_state_map(model: onnx.ModelProto) -> dict[str, str]:
         raise InputError(f"Expected metadata {METADATA_PREFIX + STATE_MAP} mapping input names to output names. "
                          f"Received: {safe_text(json.dumps(mapping), limit=80)!r}")
     return dict(mapping)
+
+
+def read_state_inputs(model: onnx.ModelProto) -> list[str]:
+    """The names of the state inputs lstm-onnx created (`--state-io`, stateful layers), in graph order."""
+    return [record["name"] for record in _records(model, STATE_INPUTS)]
 
 
 def read_layers(model: onnx.ModelProto) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import json
 import threading
 import zipfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +31,10 @@ from toolkit.guard import (
     open_regular_file,
     safe_text,
 )
+from toolkit.metadata import read_state_inputs, read_state_map
 
 # The ops that carry a recurrence: the fused ones we want, and the loops a converter falls back to.
 FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-# Every key lstm-onnx writes into metadata_props starts with this; the state map is read by deploy code.
-METADATA_PREFIX = "lstm_onnx."
-STATE_MAP_KEY = METADATA_PREFIX + "state_map"
 LOOP_OPS = ("Loop", "Scan")
 
 Dim = int | str | None
@@ -92,10 +90,12 @@ class ModelDescription:
         }
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's first line, at most 300 characters: enough for a one-line error."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+def first_line(source: BaseException | str, limit: int = 300) -> str:
+    """An exception's or a text's first line, at most `limit` characters: enough for a one-line error."""
+    text = str(source).strip()
+    if text:
+        return text.splitlines()[0][:limit]
+    return type(source).__name__ if isinstance(source, BaseException) else "no message"
 
 
 def _maybe_json(text: str) -> object:
@@ -165,22 +165,34 @@ def _dtype_name(value_info: onnx.ValueInfoProto) -> str:
 
 
 def state_input_names(model: onnx.ModelProto) -> set[str]:
-    """The initial-state inputs that default to zeros: those lstm-onnx created for `--state-io` or stateful
-    layers (`lstm_onnx.state_inputs`), and, in files written before state inputs were plain graph inputs,
-    those with a same-name initializer as their default. (A Keras input used as an initial state is a
-    state too, in the state map, but the model's own input: the caller feeds it.)"""
-    recorded = metadata_value(model, "state_inputs")
+    """The initial-state inputs that default to zeros: exactly those the metadata names. That is those
+    lstm-onnx created for `--state-io` or stateful layers (`lstm_onnx.state_inputs`), and, in files written
+    before state inputs were plain graph inputs, the state map's inputs that carry a same-name initializer
+    as their default. (A Keras input used as an initial state is in the state map too, but it is the
+    model's own input with no default: the caller feeds it.) Any other initializer listed as a graph
+    input is a weight with its default: never replaced by zeros."""
+    initialized = {t.name for t in model.graph.initializer}
+    return _recorded(read_state_inputs, model) | (_recorded(read_state_map, model) & initialized)
+
+
+def _recorded(reader: Callable[[onnx.ModelProto], Iterable[str]], model: onnx.ModelProto) -> set[str]:
+    """The names a metadata reader finds; none where the entry is unreadable (then every input must be fed,
+    and what needs the entry, e.g. `verify --stream`, refuses it with its own message)."""
     try:
-        created = {entry["name"] for entry in json.loads(recorded)} if recorded else set()
-    except (ValueError, KeyError, TypeError):  # unreadable metadata: every input must then be fed
-        created = set()
-    return created | {t.name for t in model.graph.initializer}
+        return set(reader(model))
+    except (TypeError, ValueError):  # InputError (bad JSON) is a ValueError; a list where a map belongs
+        return set()
+
+
+def _defaulted_names(model: onnx.ModelProto) -> set[str]:
+    """Graph inputs a caller need not feed: the states, and inputs with an initializer as their default."""
+    return state_input_names(model) | {t.name for t in model.graph.initializer}
 
 
 def graph_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
-    """The inputs a caller must feed (initial states are not among them: see `optional_inputs`)."""
-    states = state_input_names(model)
-    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name not in states)
+    """The inputs a caller must feed (initial states and initializer-backed inputs are not among them)."""
+    skip = _defaulted_names(model)
+    return tuple(TensorInfo(v.name, _dtype_name(v), _dims(v)) for v in model.graph.input if v.name not in skip)
 
 
 def optional_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
@@ -205,11 +217,6 @@ def with_zero_states(optional: Sequence[TensorInfo], feeds: Mapping[str, np.ndar
                              f"{info.shape_text()}. Received batch sizes {sorted(batches)}")
         filled[info.name] = np.zeros(dims, np.dtype(info.dtype))
     return filled
-
-
-def metadata_value(model: onnx.ModelProto, key: str) -> str | None:
-    """One entry lstm-onnx wrote into the metadata (`lstm_onnx.<key>`), or None."""
-    return next((p.value for p in model.metadata_props if p.key == METADATA_PREFIX + key), None)
 
 
 def graph_outputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
@@ -350,16 +357,3 @@ def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np
         feeds[name] = loaded
     return feeds
 
-
-# The runners moved to toolkit.verify, beside their peers (KerasRunner, the runtime registry). Code written
-# before still imports them from here; a lazy look-up keeps that working without an import cycle
-# (toolkit.verify imports this module).
-_MOVED_TO_VERIFY = ("OnnxRunner", "ReferenceRunner", "reference_oracle_problem", "ORT_LEVELS", "RUNTIMES")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_VERIFY:
-        from toolkit import verify
-
-        return getattr(verify, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

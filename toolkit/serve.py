@@ -26,7 +26,6 @@ owner is dead (`remove_stale`).
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import os
 import secrets
@@ -49,6 +48,7 @@ import onnx
 
 from toolkit.errors import InputError, LstmOnnxError
 from toolkit.runner import load_onnx
+from toolkit.runtimes.base import die_with_parent, stop_process
 from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
 
 HOST = "127.0.0.1"
@@ -146,12 +146,6 @@ def prepare_workspace(folder: Path, models: dict[str, onnx.ModelProto], max_batc
         (folder / "repo" / name / "config.pbtxt").write_text(python_config_text(name, model, max_batch_size))
         shutil.copyfile(BACKEND_MODEL, version / "model.py")
         (version / "model.onnx").write_bytes(model.SerializeToString())
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when lstm-onnx dies, even by SIGKILL (Linux prctl)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def owner_pid(name: str, prefix: str) -> int | None:
@@ -256,7 +250,7 @@ class TritonServer:
             with open(self.workspace / "tritonserver.log", "wb") as log:
                 self.process = subprocess.Popen(self.command(dist), env=server_environment(dist), stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True, preexec_fn=_die_with_parent)
+                                                start_new_session=True, preexec_fn=die_with_parent)
             self._wait_ready(cancel or threading.Event())
         except BaseException:
             self.stop()
@@ -294,18 +288,8 @@ class TritonServer:
     def stop(self) -> None:
         """End the server (SIGTERM, then SIGKILL after its grace period), then whatever is left of its
         process group, its shared memory and the workspace. Safe to call twice."""
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=EXIT_TIMEOUT_S + 10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            try:  # the stubs are in the server's session: nothing of it may outlive `stop`
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if self.process is not None:  # the stubs are in the server's session: nothing of it may outlive `stop`
+            stop_process(self.process, grace=EXIT_TIMEOUT_S + 10)
         for region in Path("/dev/shm").glob(self._shm_prefix + "*"):
             region.unlink(missing_ok=True)
         if self.workspace is not None:

@@ -47,7 +47,7 @@ from toolkit.runner import (
     load_onnx,
     optional_inputs,
 )
-from toolkit.runtimes.base import RuntimeFailure, valid_everywhere
+from toolkit.runtimes.base import RunnerBase, RuntimeFailure, valid_everywhere
 from toolkit.runtimes.registry import DEPLOY_RUNTIMES, TIERS
 
 # What ONNX Runtime raises for a model or feed it rejects: its own pybind11 types (plain Exception
@@ -73,21 +73,6 @@ class Runner(Protocol):
     def __enter__(self) -> Runner: ...
 
     def __exit__(self, *exc: object) -> None: ...
-
-
-class RunnerBase:
-    """The context-manager half of `Runner`, for runners that hold nothing to stop (close does nothing)."""
-
-    name: str = ""
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> RunnerBase:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)

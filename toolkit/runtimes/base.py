@@ -10,11 +10,13 @@ the base64 of the array's little-endian bytes (`js/protocol.mjs` reads and write
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import os
 import queue
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +28,7 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.runner import graph_inputs, graph_outputs, optional_inputs, with_zero_states
+from toolkit.runner import first_line, graph_inputs, graph_outputs, optional_inputs, with_zero_states
 
 # dtypes both sides can carry; ONNX Runtime's JavaScript API names them as numpy does.
 WIRE_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool")
@@ -43,11 +45,6 @@ def valid_everywhere(model: onnx.ModelProto) -> str | None:
 
 class RuntimeFailure(InputError):
     """A runtime refused or failed to run a model it was given (the message is its own, first line)."""
-
-
-def first_line(text: str, limit: int = 300) -> str:
-    lines = str(text).strip().splitlines()
-    return (lines[0] if lines else "no message")[:limit]
 
 
 def encode_tensor(name: str, array: np.ndarray) -> dict:
@@ -80,23 +77,12 @@ def decode_answer(answer: Mapping, runtime: str, expected: Sequence[str]) -> dic
 
 
 class RunnerBase:
-    """The shared part of every runner: names, graph outputs, context manager, idempotent close."""
+    """What every runner shares, the Python ones of `toolkit.verify` too: a name, an idempotent `close()`
+    that calls `_stop()` once, a context manager, and a `close()` on garbage collection (a forgotten
+    close must not leave a process behind)."""
 
-    name = "runtime"
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.inputs = graph_inputs(model)  # what a caller must feed, as the Python runners list them
-        self.outputs = graph_outputs(model)
-        self.output_names = [t.name for t in self.outputs]
-        self.states = optional_inputs(model)  # initial-state inputs: zeros unless fed
-        self.closed = False
-
-    def with_states(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The feeds, with zeros for each state input not given (as the Python runners do)."""
-        if self.closed:
-            raise InputError(f"Expected an open {self.name} runner. Received: run() after close()")
-        return with_zero_states(self.states, feeds)
+    name: str = "runtime"
+    closed: bool = False
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -115,9 +101,71 @@ class RunnerBase:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:  # a forgotten close() must not leave a process behind
-        if not getattr(self, "closed", True):
+    def __del__(self) -> None:
+        if not self.closed:
             self.close()
+
+
+class ModelRunner(RunnerBase):
+    """A deploy runtime's runner of one ONNX model: its graph inputs, outputs and zero states."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.inputs = graph_inputs(model)  # what a caller must feed, as the Python runners list them
+        self.outputs = graph_outputs(model)
+        self.output_names = [t.name for t in self.outputs]
+        self.states = optional_inputs(model)  # initial-state inputs: zeros unless fed
+
+    def with_states(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feeds, with zeros for each state input not given (as the Python runners do)."""
+        if self.closed:
+            raise InputError(f"Expected an open {self.name} runner. Received: run() after close()")
+        return with_zero_states(self.states, feeds)
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM it when its parent dies, even by SIGKILL (Linux prctl). The signal
+    comes when the thread that started the child ends: runners are opened on the main thread."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+# Kills a process group once its stdin reaches end of file: when lstm-onnx exits, however it dies, the
+# kernel closes the pipe's other end. Needed beside the parent-death signal because the signal reaches
+# only the direct child: Debian's /usr/bin/chromium* are `sh -e` wrappers that run the browser as their
+# own child, which a SIGKILLed verify would otherwise leave running (measured: browser, zygotes, renderer).
+_REAPER = 'read _ ; kill -KILL -"$1" 2>/dev/null'  # dash's kill takes no --
+
+
+def start_group_reaper(pgid: int) -> subprocess.Popen:
+    """A `sh` that kills process group `pgid` when this process ends; close its stdin (`stop_reaper`)
+    after stopping the group yourself."""
+    return subprocess.Popen(["/bin/sh", "-c", _REAPER, "lstm-onnx-reaper", str(pgid)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # No parent-death signal here: it would end the reaper before it reads the end of file.
+
+
+def stop_reaper(reaper: subprocess.Popen) -> None:
+    if reaper.stdin is not None and not reaper.stdin.closed:
+        reaper.stdin.close()
+    try:
+        reaper.wait(5.0)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds every `with`, so each runner's close() stops its child
+
+
+def close_runners_on_sigterm() -> None:
+    """Make SIGTERM unwind (SystemExit) instead of ending the process at once, so a terminated `verify`
+    closes its runners: browser, profile and Node children go with it. Only where SIGTERM still has its
+    default action and only on the main thread (where Python runs signal handlers); a handler the caller
+    set is left alone."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def live_group_members(pgid: int) -> list[int]:
@@ -133,7 +181,7 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
-class FailedRunner(RunnerBase):
+class FailedRunner(ModelRunner):
     """A runtime that could not load a model it is valid for: every run fails with its error, so `verify`
     reports that runtime as failing, saying why, and still compares the others."""
 
@@ -185,8 +233,10 @@ class LineProcess:
     def __init__(self, command: Sequence[str], runtime: str, cwd: Path | None = None):
         self.runtime = runtime
         self.stderr: IO[bytes] = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.stderr, cwd=cwd, start_new_session=True)
+        close_runners_on_sigterm()
+        self.process = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                        cwd=cwd, start_new_session=True, preexec_fn=die_with_parent)
+        self.broken = ""  # why later requests cannot be trusted (an earlier one timed out)
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
         self.reader.start()
@@ -202,21 +252,40 @@ class LineProcess:
         return first_line(text.splitlines()[-1] if text else "no output on stderr")
 
     def receive(self, timeout: float) -> dict:
+        """The next answer line. After a timeout the child may still answer that request, and its late
+        line would be taken for the next request's answer: the process is marked broken instead, and
+        every later request fails saying so."""
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
+            self.broken = f"a request timed out after {timeout:g} s"
             raise RuntimeFailure(f"Expected an answer from {self.runtime} within {timeout:g} s. Received none") from None
         if not line:
             raise RuntimeFailure(f"Expected {self.runtime} to keep running. Received: it exited "
                                  f"(code {self.process.wait()}): {self.stderr_tail()}")
-        return json.loads(line)
+        try:
+            answer = json.loads(line)
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+            answer = None
+        if not isinstance(answer, dict):
+            self.broken = "it wrote a line that is not a JSON object"
+            raise RuntimeFailure(f"Expected a JSON object line from {self.runtime}. Received: "
+                                 f"{first_line(line.decode('utf-8', 'replace'), 120)!r}")
+        return answer
 
     def ask(self, message: Mapping, timeout: float) -> dict:
+        if self.broken:
+            raise RuntimeFailure(f"Expected {self.runtime} to answer in step. Received: no trustworthy answer "
+                                 f"since {self.broken}")
         if self.process.poll() is not None:
             raise RuntimeFailure(f"Expected {self.runtime} to be running. Received: it exited: {self.stderr_tail()}")
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(json.dumps(message).encode() + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeFailure(f"Expected {self.runtime} to be running. Received: it closed its input: "
+                                 f"{self.stderr_tail()}") from None
         return self.receive(timeout)
 
     def stop(self) -> None:

@@ -17,7 +17,15 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.runtimes.base import RUN_TIMEOUT, START_TIMEOUT, LineProcess, RunnerBase, RuntimeFailure, decode_answer, encode_feeds
+from toolkit.runtimes.base import (
+    RUN_TIMEOUT,
+    START_TIMEOUT,
+    LineProcess,
+    ModelRunner,
+    RuntimeFailure,
+    decode_answer,
+    encode_feeds,
+)
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 HARNESS = JS_DIR / "harness.mjs"
@@ -42,7 +50,7 @@ def npm_package(package: str) -> Path:
     return folder
 
 
-class NodeRunner(RunnerBase):
+class NodeRunner(ModelRunner):
     """One model loaded in onnxruntime-node or onnxruntime-web (WASM) under Node."""
 
     def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "onnxruntime-node"):
@@ -61,15 +69,14 @@ class NodeRunner(RunnerBase):
         except BaseException:
             self.close()
             raise
-        self.listed_inputs: list[str] = ready["inputs"]  # what the session lists (it hid defaulted inputs)
 
     @property
     def pid(self) -> int:
         return self.process.process.pid
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], timeout: float = RUN_TIMEOUT) -> dict[str, np.ndarray]:
         message = encode_feeds(self.with_states(feeds))
-        return decode_answer(self.process.ask(message, RUN_TIMEOUT), self.name, self.output_names)
+        return decode_answer(self.process.ask(message, timeout), self.name, self.output_names)
 
     def _stop(self) -> None:
         if hasattr(self, "process"):

@@ -11,7 +11,7 @@ real exports on OpenVINO 2026.4.1 (numbers in the comments).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.runtimes.base import RunnerBase, RuntimeFailure, first_line
+from toolkit.runner import describe, first_line, subgraphs
+from toolkit.runtimes.base import ModelRunner, RuntimeFailure
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # The activations OpenVINO computes in LSTM/GRU/RNN, matched case-insensitively as OpenVINO does. Measured
@@ -40,16 +41,11 @@ AXES_IGNORED = ("ReduceL1", "ReduceLogSum", "ReduceLogSumExp")
 PRECISIONS = {"openvino": "f32", "openvino-bf16": None}  # None: the plugin's default (bf16 here)
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _nodes(graph: onnx.GraphProto):
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     for node in graph.node:
         yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
-                yield from _nodes(sub)
+        for sub in subgraphs(node):
+            yield from _nodes(sub)
 
 
 def _direction(node: onnx.NodeProto) -> str:
@@ -81,7 +77,7 @@ def _recurrent_problem(node: onnx.NodeProto) -> str | None:
 
 def problem(model: onnx.ModelProto) -> str | None:
     """Why OpenVINO does not compute this model's numbers, or None where it does (as measured)."""
-    opset = _opset(model)
+    opset = describe(model).opset
     for node in _nodes(model.graph):
         if node.op_type in RECURRENT_OPS:
             found = _recurrent_problem(node)
@@ -93,6 +89,20 @@ def problem(model: onnx.ModelProto) -> str | None:
     return None
 
 
+F32_CPU = "this CPU runs OpenVINO in f32"  # why the bf16 tier is not valid where the plugin defaults to f32
+
+
+def bf16_problem(core: Any) -> str | None:
+    """None where `core`'s CPU plugin computes in bf16 by default; otherwise the tier would pass "as f32"."""
+    openvino = _import_openvino()
+    return None if core.get_property("CPU", "INFERENCE_PRECISION_HINT") == openvino.Type.bf16 else F32_CPU
+
+
+def problem_bf16(model: onnx.ModelProto) -> str | None:
+    """`problem`, and for the bf16 tier also a CPU that does not run it in bf16 (no bf16 instructions)."""
+    return problem(model) or bf16_problem(_import_openvino().Core())
+
+
 def _import_openvino() -> Any:
     try:
         import openvino
@@ -102,10 +112,11 @@ def _import_openvino() -> Any:
     return openvino
 
 
-class OpenVinoRunner(RunnerBase):
+class OpenVinoRunner(ModelRunner):
     """One model compiled by OpenVINO for its CPU plugin, at f32 or at the plugin's default precision."""
 
-    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "openvino", threads: int | None = None):
+    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "openvino", threads: int | None = None,
+                 core: Any = None):
         if runtime not in PRECISIONS:
             raise InputError(f"Expected an OpenVINO runtime among {list(PRECISIONS)}. Received: {runtime!r}")
         openvino = _import_openvino()
@@ -115,13 +126,15 @@ class OpenVinoRunner(RunnerBase):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
         if threads is not None:  # None: the plugin's default, every core (`lstm-onnx run/bench --threads`)
             config["INFERENCE_NUM_THREADS"] = threads
-        core = openvino.Core()
+        core = core or openvino.Core()
         try:
             compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except RuntimeError as exc:  # OpenVINO reports a refused op or attribute as a RuntimeError
             raise RuntimeFailure(f"Expected OpenVINO to compile {Path(path).name}. Received: {_openvino_line(exc)}") from None
         self.compiled = compiled
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if precision is None and compiled.get_property("INFERENCE_PRECISION_HINT") != openvino.Type.bf16:
+            raise RuntimeFailure(f"Expected {runtime} to compute in bf16. Received: {F32_CPU} ({self.precision})")
         self.listed_inputs = [port.get_any_name() for port in compiled.inputs]
         # A port may carry several tensor names; keep the one that is a graph output.
         wanted = set(self.output_names)

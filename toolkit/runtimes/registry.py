@@ -17,7 +17,7 @@ DEPLOY_RUNTIMES: tuple[tuple[str, Callable, Callable], ...] = (
     ("onnxruntime-web", valid_everywhere, js.open_web),  # WASM, under Node
     ("chromium", valid_everywhere, chromium.open_chromium),  # onnxruntime-web in a headless page
     ("openvino", openvino.problem, openvino.open_f32),
-    ("openvino-bf16", openvino.problem, openvino.open_default),
+    ("openvino-bf16", openvino.problem_bf16, openvino.open_default),
 )
 # Runtimes `all` leaves out: a tier not meant to compute Keras' numbers at the f32 tolerances (OpenVINO's
 # default precision, bf16 on CPUs that have it, is off by 5e-4 to 0.16 on the variant matrix). Named
