@@ -60,6 +60,7 @@ with tempfile.TemporaryDirectory() as out:
 """
 
 
+@pytest.mark.slow
 def test_reexport_in_a_fresh_process_gives_the_committed_bytes():
     """If this fails after a TensorFlow/tf2onnx/onnx upgrade, regenerate with `lstm-onnx export`."""
     done = subprocess.run([sys.executable, "-c", REEXPORT], capture_output=True, text=True, check=True)

@@ -149,6 +149,7 @@ print(export_model(build_stack(cfg), source={"builder": cfg.to_json()}).sha256)
 """
 
 
+@pytest.mark.slow
 def test_same_model_exports_to_the_same_bytes_in_two_processes():
     shas = [
         subprocess.run([sys.executable, "-c", REPRODUCE], capture_output=True, text=True, check=True).stdout.split()[-1]
@@ -167,6 +168,7 @@ print(",".join(export_model(build_stack(variant_config(v))).sha256 for v in ("de
 """
 
 
+@pytest.mark.slow
 def test_layers_converted_by_tf2onnx_are_byte_reproducible_too():
     """Dense, TimeDistributed and Embedding go through tf2onnx one by one; their names are canonical too."""
     shas = [subprocess.run([sys.executable, "-c", LAYERS_AROUND.replace("WARMUP", str(n))],

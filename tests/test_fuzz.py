@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import stacks
 
@@ -49,6 +50,7 @@ def check_stack(config, batch: int, length: int, keep: Sequence[Sequence[bool]])
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@pytest.mark.slow
 @given(stacks())
 def test_any_drawn_stack_exports_fused_and_matches_keras(drawn):
     check_stack(*drawn)

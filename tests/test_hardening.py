@@ -37,6 +37,7 @@ keras.Model(x, keras.layers.LSTM(2, name="lstm")(Doubler(name="doubler")(x))).sa
 """
 
 
+@pytest.mark.slow
 def test_unknown_custom_object_is_refused_in_a_fresh_process(tmp_path):
     model = tmp_path / "custom.keras"
     subprocess.run([sys.executable, "-c", UNKNOWN_OBJECT, str(model)], check=True, capture_output=True)
@@ -95,6 +96,7 @@ def test_a_failed_suite_writes_nothing_and_keeps_the_old_folder(tmp_path):
 # ------------------------------------------------------------------------------------------ hard inputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
 def test_long_sequences_keep_parity(cell):
     model = build_stack(StackConfig(layers=2, units=16, timesteps=None, features=4, cell=cell,

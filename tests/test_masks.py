@@ -191,6 +191,7 @@ def test_state_inputs_with_drawn_masks_match_keras(name, mask, seed):
         np.testing.assert_allclose(got[state_map[state_in]], expected, rtol=RTOL, atol=ATOL, err_msg=state_in)
 
 
+@pytest.mark.slow
 def test_kept_steps_stay_in_order_over_thousands_of_steps():
     """The sort that moves kept steps first (ONNX TopK, ties broken by the lower index) is stable at any length."""
     name = "gru_backwards_last_output"

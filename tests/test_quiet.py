@@ -46,6 +46,7 @@ def mixed_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_export_prints_only_its_own_lines_on_stderr(mixed_file, tmp_path):
     done = _cli("export", str(mixed_file), "-o", str(tmp_path / "mixed.onnx"), "--state-io", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -64,6 +65,7 @@ def test_export_prints_only_its_own_lines_on_stderr(mixed_file, tmp_path):
         f"Error: Expected a Keras model file (.keras). Received: {str(tmp_path / 'missing.keras')!r} (no such file)"]
 
 
+@pytest.mark.slow
 def test_verbose_shows_what_tensorflow_prints(mixed_file, tmp_path):
     done = _cli("-v", "export", str(mixed_file), "-o", str(tmp_path / "mixed.onnx"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -324,6 +324,7 @@ def saved_variants(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_verify_all_compares_every_runtime_with_keras_and_names_why_openvino_is_not_valid(saved_variants, tmp_path):
     from click.testing import CliRunner
 

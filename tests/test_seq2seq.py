@@ -18,6 +18,7 @@ def seq2seq():
     return module
 
 
+@pytest.mark.slow
 def test_greedy_decoding_in_onnx_runtime_equals_keras(seq2seq, tmp_path):
     _, encoder_model, decoder_model = seq2seq.build(latent_dim=32)
     encoder_path, decoder_path = seq2seq.export(encoder_model, decoder_model, tmp_path)

@@ -133,6 +133,7 @@ def model_stats(server, name):
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
+@pytest.mark.slow
 def test_concurrent_streams_equal_keras_on_their_whole_sequence(server, streaming):
     model, path = streaming
     mapping = state_map(load_onnx(path))
@@ -239,6 +240,7 @@ def wait_gone(pids, seconds=15):
     return [p for p in pids if alive(p)]
 
 
+@pytest.mark.slow
 def test_cli_serves_until_sigterm_and_leaves_no_process():
     process, tree = start_cli_server()
     try:
@@ -251,6 +253,7 @@ def test_cli_serves_until_sigterm_and_leaves_no_process():
             process.wait()
 
 
+@pytest.mark.slow
 def test_sigterm_while_starting_stops_everything():
     command = [sys.executable, "-m", "toolkit.cli", "serve", str(SEEDS[0]), "--http-port", str(free_port()),
                "--grpc-port", str(free_port())]
@@ -272,6 +275,7 @@ def test_sigterm_while_starting_stops_everything():
             process.wait()
 
 
+@pytest.mark.slow
 def test_server_dies_with_a_killed_serve_and_the_next_serve_removes_its_workspace():
     """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does. Nor
     to remove its workspace and shared memory: the next serve does, knowing the owner from the name."""
