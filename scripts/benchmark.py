@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from toolkit.bench import interleaved_ms  # noqa: E402
 from toolkit.builder import VARIANTS, build_stack, variant_config  # noqa: E402
 from toolkit.compare import Tolerances  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
@@ -106,41 +107,6 @@ def median_ms(fn: Callable[[], Any], repeats: int, budget_s: float = 3.0) -> flo
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
-
-
-def interleaved_ms(fns: dict[str, Callable[[], Any]], budget_s: float = 8.0, rounds: int = 15,
-                   block_s: float = 0.02) -> dict[str, float]:
-    """Median per-call ms of several ONNX Runtime sessions timed in alternation.
-
-    Round after round, each function runs a block of calls sized to about 20 ms (after a pause and three
-    untimed calls); the per-call mean of each block is one sample. Alternating puts the same drift
-    (frequency, caches, the other core) on every contender, which a one-after-the-other measurement does
-    not: sub-0.05 ms timings moved by 30% that way.
-    """
-    calls: dict[str, int] = {}
-    for name, fn in fns.items():
-        for _ in range(3):
-            fn()  # warm-up: first calls allocate and pick kernels
-        start = time.perf_counter()
-        fn()
-        calls[name] = max(3, int(block_s / max(time.perf_counter() - start, 1e-6)))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    deadline = time.perf_counter() + budget_s
-    for round_ in range(rounds):
-        if round_ >= 5 and time.perf_counter() > deadline:
-            break
-        for name, fn in fns.items():
-            # Each session has its own intra-op threads, which spin for a while after a call: let the
-            # previous session's go quiet, or they take the second core from this one (LSTM batch 32:
-            # 6.7 ms instead of 3.7). Then wake this session's threads with untimed calls.
-            time.sleep(0.02)
-            for _ in range(3):
-                fn()
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(values) * 1e3 for name, values in samples.items()}
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:

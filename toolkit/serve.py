@@ -48,7 +48,7 @@ import onnx
 
 from toolkit.errors import InputError, LstmOnnxError
 from toolkit.runner import load_onnx
-from toolkit.runtimes.base import die_with_parent, stop_process
+from toolkit.runtimes.base import die_with_parent, process_alive, stop_process
 from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
 
 HOST = "127.0.0.1"
@@ -154,15 +154,6 @@ def owner_pid(name: str, prefix: str) -> int | None:
     return int(pid) if dash and pid.isdigit() else None
 
 
-def _dead(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's process: alive
-        return False
-    return False
-
 
 def remove_stale(temp_dir: Path | None = None, shm_dir: Path = SHM_DIR) -> list[Path]:
     """Remove the workspaces and shared-memory regions of serves that died without `stop` (SIGKILL):
@@ -176,7 +167,7 @@ def remove_stale(temp_dir: Path | None = None, shm_dir: Path = SHM_DIR) -> list[
             mine = entry.lstat().st_uid == os.getuid()
         except OSError:  # removed meanwhile (its owner's `stop`)
             continue
-        if pid is None or not mine or pid == os.getpid() or not _dead(pid):
+        if pid is None or not mine or pid == os.getpid() or process_alive(pid):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -123,6 +123,17 @@ class ModelRunner(RunnerBase):
         return with_zero_states(self.states, feeds)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (another user's process counts as running: we may not signal it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def die_with_parent() -> None:
     """In a child before exec: SIGTERM it when its parent dies, even by SIGKILL (Linux prctl). The signal
     comes when the thread that started the child ends: runners are opened on the main thread."""

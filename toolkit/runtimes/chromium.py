@@ -41,6 +41,7 @@ from toolkit.runtimes.base import (
     decode_answer,
     die_with_parent,
     encode_feeds,
+    process_alive,
     start_group_reaper,
     stop_process,
     stop_reaper,
@@ -132,15 +133,6 @@ def _handler(mailbox: Mailbox) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
 
 def remove_stale_profiles(folder: Path | None = None) -> list[Path]:
     """Remove the profiles of runs whose lstm-onnx process is gone (killed before its close()); ours only."""
@@ -148,7 +140,7 @@ def remove_stale_profiles(folder: Path | None = None) -> list[Path]:
     for profile in Path(folder or tempfile.gettempdir()).glob(PROFILE_PREFIX + "*-*"):
         owner = profile.name[len(PROFILE_PREFIX):].split("-", 1)[0]
         try:
-            if not owner.isdigit() or profile.lstat().st_uid != os.getuid() or _owner_alive(int(owner)):
+            if not owner.isdigit() or profile.lstat().st_uid != os.getuid() or process_alive(int(owner)):
                 continue
         except OSError:  # removed meanwhile by another run's cleanup
             continue
