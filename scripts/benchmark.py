@@ -429,7 +429,9 @@ def main() -> None:
         f"Keras predict {step['keras_predict_ms']:.2f}, Keras call {step['keras_call_ms']:.3f}, "
         f"tf.function {step['tf_function_ms']:.3f}, lstm-onnx (ORT) {step['onnxruntime_ms']:.4f} "
         f"({step['keras_predict_ms'] / step['onnxruntime_ms']:.0f}x faster than predict)\n" if step else "")
-    table += "\nFast forms of the lstm-onnx export, timed in an alternation of their own with lstm-onnx (ORT sessions timed beside OpenVINO moved by up to 2x), at each runtime's default thread count:\n\n" + fast_markdown(rows)
+    table += ("\nFast forms of the lstm-onnx export, timed in an alternation of their own with lstm-onnx (ORT "
+              "sessions timed beside OpenVINO moved by up to 2x), at each runtime's default thread count:\n\n"
+              + fast_markdown(rows))
     atomic_write_text(args.out / "benchmark.md", table)
     print(table)
 
