@@ -46,7 +46,7 @@ from toolkit.builder import VARIANTS, build_stack, variant_config  # noqa: E402
 from toolkit.compare import Tolerances  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
-from toolkit.lowering import CELL_OPS, GraphWriter, NotFusable, _op_attributes, plan_cell  # noqa: E402
+from toolkit.lowering import CELL_OPS, GraphWriter, NotFusable, op_attributes, plan_cell  # noqa: E402
 from toolkit.verify import OnnxRunner  # noqa: E402
 
 # Every variant the builder offers but lstm_unroll, which needs a fixed number of steps (unroll=True).
@@ -176,7 +176,7 @@ def minimal_graph(model: Any) -> Any | None:
         W = writer.const(np.stack([p.W for p in plans]))
         R = writer.const(np.stack([p.R for p in plans]))
         B = writer.const(np.stack([p.B for p in plans]))
-        y = writer.op(plans[0].op, [x, W, R, B], outputs=1, **_op_attributes(plans, direction))[0]
+        y = writer.op(plans[0].op, [x, W, R, B], outputs=1, **op_attributes(plans, direction))[0]
         # Y is (time, directions, batch, units): move directions next to units and merge them.
         x = writer.op1("Reshape", [writer.transpose(y, [0, 2, 1, 3]), writer.ints([0, 0, -1])])
     out = writer.transpose(x, [1, 0, 2])

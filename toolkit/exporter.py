@@ -352,7 +352,6 @@ def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions 
 # Verification moved to toolkit.verification; these names stay importable from here for existing callers.
 from toolkit.verification import (  # noqa: E402,F401
     expected_output_names,
-    recorded_options,
     verify_files,
     verify_runtimes,
 )

@@ -10,7 +10,7 @@ from typing import Any
 from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.limits import DEFAULT_LIMITS, ResourceLimits, inspect_keras_handle
-from toolkit.naming import is_bidirectional, is_recurrent, layer_cells, recurrent_roles
+from toolkit.naming import is_bidirectional, is_recurrent, layer_cells, main_count, recurrent_roles
 from toolkit.tf2onnx_lib import InputSignature
 
 # Keras releases whose safe mode has the published fixes: 3.9 (CVE-2025-1550), 3.11 (CVE-2025-8747,
@@ -203,6 +203,6 @@ def _keeps_time(layer: Any, tensor_index: int) -> bool:
         return layer.axis not in (1, -2)  # -2 is the time axis of a (batch, time, features) sequence
     if is_recurrent(layer):
         inner = layer.forward_layer if is_bidirectional(layer) else layer
-        sequences = 2 if is_bidirectional(layer) and layer.merge_mode is None else 1
+        sequences = main_count(layer)
         return bool(inner.return_sequences) and tensor_index < sequences
     return cls in _KEEPS_TIME

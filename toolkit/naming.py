@@ -98,6 +98,11 @@ def state_units(layer: Any) -> list[int]:
     return [int(size) for cell in layer_cells(layer) for size in _flat_sizes(cell)]
 
 
+def main_count(layer: Any) -> int:
+    """How many sequence outputs come before the states: two for a Bidirectional with merge_mode=None."""
+    return 2 if is_bidirectional(layer) and layer.merge_mode is None else 1
+
+
 def recurrent_roles(layer: Any) -> list[str]:
     """The roles of a recurrent layer's outputs, in the order Keras returns them."""
     if is_bidirectional(layer):

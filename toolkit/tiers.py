@@ -128,7 +128,7 @@ def _op_counts(model: onnx.ModelProto) -> Counter[str]:
 def apply_tier(model: onnx.ModelProto, tier: str) -> tuple[onnx.ModelProto, TierInfo]:
     """The model in `tier` (a new proto; `model` is not changed) and what was done."""
     check_tier(tier)
-    before = len(model.SerializeToString())
+    before = model.ByteSize()
     if tier == "float32":
         return model, TierInfo("float32", float32_bytes=before, tier_bytes=before)
     counts = _op_counts(model)
@@ -140,7 +140,7 @@ def apply_tier(model: onnx.ModelProto, tier: str) -> tuple[onnx.ModelProto, Tier
         converted_model = to_float16(model)
         converted = {"initializer": _float16_count(model)}
         kept = {}
-    after = len(converted_model.SerializeToString())
+    after = converted_model.ByteSize()
     return converted_model, TierInfo(tier, converted, kept, before, after, TIER_TOLERANCES[tier])
 
 
@@ -257,9 +257,9 @@ def available_targets() -> dict[str, Target]:
 
 def recorded_tier(model: onnx.ModelProto) -> str:
     """The tier an export was made in (from `lstm_onnx.options`; float32 when not recorded)."""
-    from toolkit.verify import recorded_options
+    from toolkit import metadata
 
-    return str(recorded_options(model).get("tier", "float32"))
+    return str(metadata.read_json(model, metadata.OPTIONS, {}, dict).get("tier", "float32"))
 
 
 def open_target(target: Target, model: onnx.ModelProto, path: Path) -> tuple[Any, str, int]:
@@ -284,7 +284,7 @@ def open_target(target: Target, model: onnx.ModelProto, path: Path) -> tuple[Any
 
 def _open_other(target: Target, model: onnx.ModelProto, path: Path) -> tuple[Any, str, int]:
     """OpenVINO on the float32 file, at f32 or its default precision, where its `problem` allows."""
-    size = len(model.SerializeToString())
+    size = model.ByteSize()
     if target.runtime != "openvino" or target.tier not in OPENVINO_RUNTIMES:
         raise InputError(f"Expected a target among {list(available_targets().values())}. Received: {target}")
     if not openvino_available():

@@ -54,10 +54,6 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
     return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]
 
 
-def recorded_options(onnx_model: onnx.ModelProto) -> dict[str, Any]:
-    """The export options recorded in the metadata (lstm_onnx.options), as JSON, or {} for another file;
-    bad metadata is `metadata.read_json`'s one-line error."""
-    return metadata.read_json(onnx_model, metadata.OPTIONS, {}, dict)
 
 
 def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:

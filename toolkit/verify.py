@@ -326,7 +326,7 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[GraphRunner | Runne
 
 # verify_files/verify_runtimes live in toolkit.verification (which imports this module); these names stay
 # importable from here, resolved on first use so that neither module imports the other at load time.
-_MOVED = ("verify_files", "verify_runtimes", "recorded_options", "expected_output_names")
+_MOVED = ("verify_files", "verify_runtimes", "expected_output_names")
 
 
 def __getattr__(name: str) -> Any:

@@ -20,10 +20,10 @@ tf2onnx too, and the reason is reported (`LayerLowering.reason`, then the export
 silent fallback.
 """
 
-from toolkit.lowering.cells import ACTIVATIONS, CELL_OPS, CellPlan, NotFusable, _op_attributes, plan_cell
+from toolkit.lowering.cells import ACTIVATIONS, CELL_OPS, CellPlan, NotFusable, op_attributes, plan_cell
 from toolkit.lowering.context import LayerLowering, LoweringReport, StateIO
 from toolkit.lowering.dispatch import lower_model
 from toolkit.lowering.writer import GraphWriter, outer_reads, prune, rename_values
 
 __all__ = ["ACTIVATIONS", "CELL_OPS", "CellPlan", "GraphWriter", "LayerLowering", "LoweringReport", "NotFusable",
-           "StateIO", "_op_attributes", "lower_model", "outer_reads", "plan_cell", "prune", "rename_values"]
+           "StateIO", "op_attributes", "lower_model", "outer_reads", "plan_cell", "prune", "rename_values"]

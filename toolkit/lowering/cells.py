@@ -228,18 +228,11 @@ def op_attributes(plans: Sequence[CellPlan], direction: str) -> dict[str, Any]:
     return attrs
 
 
-_op_attributes = op_attributes  # the name scripts/benchmark.py imports
-
-
-def is_bidirectional(layer: Any) -> bool:
-    return type(layer).__name__ == "Bidirectional"
-
-
 def state_roles(layer: Any) -> list[tuple[str, int]]:
     """(role, units) of each state, in Keras' order: forward states then backward ones; a stack's cells
     in stack order."""
+    from toolkit.naming import is_bidirectional, state_units
     from toolkit.naming import state_roles as roles_of
-    from toolkit.naming import state_units
 
     if is_bidirectional(layer):
         inner = layer.forward_layer

@@ -21,13 +21,13 @@ from toolkit.lowering.cells import (
     CellPlan,
     NotFusable,
     bidirectional_plans,
-    is_bidirectional,
     op_attributes,
     plan_cell,
     state_roles,
 )
 from toolkit.lowering.context import LoweringContext, StateIO, Value
 from toolkit.lowering.writer import trim
+from toolkit.naming import is_bidirectional, main_count
 
 
 @dataclass
@@ -116,10 +116,6 @@ def record_states(ctx: LoweringContext, rc: RecurrentCall, states: Sequence[Valu
         for (role, units), source, value in zip(rc.roles, rc.sources, states):
             ctx.report.states.append(StateIO(source, value.name, rc.owner, role, units))
 
-
-def main_count(layer: Any) -> int:
-    """How many outputs come before the states: two for a Bidirectional with merge_mode=None."""
-    return 2 if is_bidirectional(layer) and layer.merge_mode is None else 1
 
 
 def finish(ctx: LoweringContext, rc: RecurrentCall, outputs: list[Value]) -> list[Value]:
