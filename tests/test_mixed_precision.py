@@ -106,3 +106,23 @@ def test_float32_models_keep_the_default_tolerance_and_metadata():
     assert "compute_dtype" not in read_parity(result.model)
     assert result.parity.summaries()[0].tolerance == DEFAULT_TOLERANCE
     assert np.isfinite(result.parity.summaries()[0].max_abs)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_verify_stream_checks_a_mixed_model_at_the_same_tolerance_as_its_export(policy, tmp_path):
+    import keras
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    x = keras.Input((None, 6), name="x")
+    h = keras.layers.LSTM(32, return_sequences=True, name="lstm_a")(x)
+    out = keras.layers.Activation("linear", dtype="float32", name="out")(h)
+    model = keras.Model(x, out, name="streamed")
+    set_deterministic_weights(model, 2)
+    keras_path, onnx_path = tmp_path / "m.keras", tmp_path / "m.onnx"
+    model.save(keras_path)
+    export_model(model, state_io=True).save(onnx_path)
+    # Chunked, as unchunked: Keras' float16 run is far above the float32 default (1e-6), within 5e-3.
+    done = CliRunner().invoke(cli, ["verify", str(onnx_path), "--keras", str(keras_path), "--stream", "2,3"])
+    assert done.exit_code == 0, done.output

@@ -113,11 +113,12 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
     if sizes is not None:
         from toolkit.runner import load_onnx
         from toolkit.streaming import stream_parity
-        from toolkit.tiers import recorded_tier, tier_tolerances
+        from toolkit.tiers import recorded_tolerances
 
         proto = load_onnx(onnx_model)
+        # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.
         streamed = stream_parity(loaded, proto, sizes, stream_length,
-                                 tolerances=tier_tolerances(recorded_tier(proto), tolerances), seed=seed)
+                                 tolerances=recorded_tolerances(proto, tolerances, loaded), seed=seed)
     outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
     if as_json:
         emit_json(outcome.to_json())
