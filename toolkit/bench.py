@@ -11,7 +11,6 @@ correctly says why and is never timed. Nothing here imports TensorFlow unless a 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import statistics
 import time
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 
 from toolkit.compare import Tolerances, compare_arrays
@@ -273,32 +271,3 @@ def _thread_list(text: str | None) -> tuple[int, ...] | None:
     if not values or min(values) < 1:
         raise InputError(f"Expected --threads as counts >= 1 separated by commas, e.g. 1,2. Received: {text!r}")
     return tuple(dict.fromkeys(values))
-
-
-@click.command("bench")
-@click.argument("onnx_model", type=click.Path(path_type=Path))
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the timed inputs.")
-@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Time steps of the timed inputs (a model with a fixed length uses its own).")
-@click.option("--keras", "keras_model", type=click.Path(path_type=Path),
-              help="Measure error against this Keras model instead of ONNX Runtime float32.")
-@click.option("--atol", multiple=True, metavar="[OUTPUT:]VALUE", help="Absolute tolerance a form must meet (default 1e-6).")
-@click.option("--rtol", multiple=True, metavar="[OUTPUT:]VALUE", help="Relative tolerance a form must meet (default 1e-5).")
-@click.option("--threads", "threads_text", metavar="LIST", help="Intra-op thread counts to try (default: 1 and every core).")
-@click.option("--runtimes", "runtimes_text", metavar="LIST",
-              help="Forms to try, comma-separated (default all available): onnxruntime, onnxruntime-int8, "
-                   "onnxruntime-float16, openvino, openvino-bf16.")
-@click.option("--seconds", type=click.FloatRange(min=0.1), default=8.0, show_default=True,
-              help="About how long to time all forms together.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def bench_command(onnx_model: Path, batch: int, steps: int, keras_model: Path | None, atol: Sequence[str],
-                  rtol: Sequence[str], threads_text: str | None, runtimes_text: str | None, seconds: float,
-                  as_json: bool) -> None:
-    """Time ONNX_MODEL (a float32 export) in every runtime, tier and thread count; recommend the fastest
-    form within the tolerance. Needs TensorFlow only with --keras."""
-    runtimes = [r.strip() for r in runtimes_text.split(",") if r.strip()] if runtimes_text is not None else None
-    if keras_model is not None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the CLI edge may choose TensorFlow's log level
-    report = bench(onnx_model, batch, steps, keras_model, Tolerances.parse(atol, rtol), _thread_list(threads_text),
-                   runtimes, budget_s=seconds)
-    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.text())

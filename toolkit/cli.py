@@ -218,7 +218,7 @@ from toolkit.serve_cli import serve  # noqa: E402  (the command lives in its own
 
 cli.add_command(serve)
 
-from toolkit.bench import bench_command  # noqa: E402 -- its body lives with the library function it calls
+from toolkit.bench_cli import bench_command  # noqa: E402
 
 cli.add_command(bench_command)
 

@@ -1,0 +1,47 @@
+"""`lstm-onnx bench`: the command edge of `toolkit.bench`, built from the options every command shares.
+
+`toolkit.bench` (numpy, ONNX Runtime) is imported inside the command, so `--help` does not pay for it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from toolkit.cli_common import echo, emit_json, option_values, quiet_tensorflow, tolerance_options
+
+
+@click.command("bench")
+@click.argument("onnx_model", type=click.Path(path_type=Path))
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the timed inputs.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Time steps of the timed inputs (a model with a fixed length uses its own).")
+@click.option("--keras", "keras_model", type=click.Path(path_type=Path),
+              help="Measure error against this Keras model instead of ONNX Runtime float32.")
+@tolerance_options
+@click.option("--threads", "threads_text", metavar="LIST", help="Intra-op thread counts to try (default: 1 and every core).")
+@click.option("--runtimes", "runtimes_text", metavar="LIST",
+              help="Forms to try, comma-separated (default all available): onnxruntime, onnxruntime-int8, "
+                   "onnxruntime-float16, openvino, openvino-bf16.")
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=8.0, show_default=True,
+              help="About how long to time all forms together.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def bench_command(onnx_model: Path, batch: int, steps: int, keras_model: Path | None, atol: Sequence[str],
+                  rtol: Sequence[str], threads_text: str | None, runtimes_text: str | None, seconds: float,
+                  as_json: bool) -> None:
+    """Time ONNX_MODEL (a float32 export) in every runtime, tier and thread count; recommend the fastest
+    form within the tolerance. Needs TensorFlow only with --keras."""
+    from toolkit.bench import _thread_list, bench
+    from toolkit.compare import Tolerances
+
+    runtimes = [r.strip() for r in runtimes_text.split(",") if r.strip()] if runtimes_text is not None else None
+    with option_values():
+        tolerances, threads = Tolerances.parse(atol, rtol), _thread_list(threads_text)
+    if keras_model is not None:
+        quiet_tensorflow()
+    report = bench(onnx_model, batch, steps, keras_model, tolerances, threads, runtimes, budget_s=seconds)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        echo(report.text())
