@@ -207,9 +207,9 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     forms = _forms(runtimes, threads)
     results = {}
     with contextlib.ExitStack() as stack:
-        opened = {}
+        opened, converted = {}, {}  # each tier converted once, whatever the thread counts
         for form in forms:
-            runner, problem, size = open_target(form, proto, Path(onnx_path))
+            runner, problem, size = open_target(form, proto, Path(onnx_path), converted)
             results[form] = FormResult(form, size_bytes=size, problem=problem)
             if runner is not None:
                 opened[form] = stack.enter_context(runner)

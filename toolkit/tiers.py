@@ -262,22 +262,27 @@ def recorded_tier(model: onnx.ModelProto) -> str:
     return str(metadata.read_json(model, metadata.OPTIONS, {}, dict).get("tier", "float32"))
 
 
-def open_target(target: Target, model: onnx.ModelProto, path: Path) -> tuple[Any, str, int]:
+def open_target(target: Target, model: onnx.ModelProto, path: Path,
+                converted: dict[str, tuple[onnx.ModelProto, TierInfo]] | None = None) -> tuple[Any, str, int]:
     """An open runner of `model` in `target`, or None and why not; and the size of the model it runs.
 
     `path` is the float32 file (OpenVINO reads files). A tier that would change nothing (int8 of a model
-    with no LSTM or MatMul) is not run: it is the float32 form under another name.
+    with no LSTM or MatMul) is not run: it is the float32 form under another name. `converted` caches
+    each tier's conversion across calls (`bench` opens one tier at several thread counts).
     """
     from toolkit.errors import ModelLoadError
     from toolkit.verify import OnnxRunner
 
     if target.runtime != "onnxruntime":
         return _open_other(target, model, path)
-    converted, info = apply_tier(model, target.tier)
+    cache = {} if converted is None else converted
+    if target.tier not in cache:
+        cache[target.tier] = apply_tier(model, target.tier)
+    tiered, info = cache[target.tier]
     if target.tier != "float32" and not any(info.converted.values()):
         return None, f"nothing to convert to {target.tier} ({_ops(info.kept_float)} stay float32)", info.tier_bytes
     try:
-        return OnnxRunner(converted, name=target.label, threads=target.threads or None), "", info.tier_bytes
+        return OnnxRunner(tiered, name=target.label, threads=target.threads or None), "", info.tier_bytes
     except ModelLoadError as exc:
         return None, str(exc), info.tier_bytes
 
