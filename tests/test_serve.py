@@ -215,12 +215,24 @@ def alive(pid):
         return False
 
 
+def cli_serve(model, ports):
+    """`lstm-onnx serve MODEL` in a child process, on the given HTTP and gRPC ports."""
+    command = [sys.executable, "-m", "toolkit.cli", "serve", str(model), "--http-port", str(ports[0]),
+               "--grpc-port", str(ports[1])]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def reap(process):
+    """Whatever a test left running is killed: every test stops what it started."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def start_cli_server():
     ports = [free_port(), free_port()]
-    command = [sys.executable, "-m", "toolkit.cli", "serve", str(SEEDS[-1]), "--http-port", str(ports[0]),
-               "--grpc-port", str(ports[1])]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = cli_serve(SEEDS[-1], ports)
     line = []
     reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
     reader.start()
@@ -248,17 +260,12 @@ def test_cli_serves_until_sigterm_and_leaves_no_process():
         assert process.wait(timeout=60) == 0, process.stderr.read()
         assert not wait_gone(tree)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
 
 
 @pytest.mark.slow
 def test_sigterm_while_starting_stops_everything():
-    command = [sys.executable, "-m", "toolkit.cli", "serve", str(SEEDS[0]), "--http-port", str(free_port()),
-               "--grpc-port", str(free_port())]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = cli_serve(SEEDS[0], [free_port(), free_port()])
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(
@@ -270,9 +277,7 @@ def test_sigterm_while_starting_stops_everything():
         assert process.returncode == 0 and "serving" not in out, (out, err)
         assert not wait_gone(tree)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
 
 
 @pytest.mark.slow
