@@ -45,7 +45,7 @@ def load_keras_model(path: str | Path, limits: ResourceLimits = DEFAULT_LIMITS) 
             model = saving_lib.load_model(handle, compile=False, safe_mode=True)
         except Exception as exc:  # noqa: BLE001 - zipfile, ValueError from safe mode, TypeError for unknown objects...
             raise ModelLoadError(f"Expected a loadable Keras model. Received: {safe_text(source)!r}: "
-                                 f"{_load_failure(exc)}") from None
+                                 f"{keras_load_failure(exc)}") from None
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"Expected a Keras model. Received: {safe_text(source)!r} holding a {type(model).__name__}")
     return model
@@ -68,7 +68,7 @@ _TRUST = ("If you trust it, load it with keras.saving.load_model(path, safe_mode
           "toolkit.exporter.export_model(model)")
 
 
-def _load_failure(exc: Exception) -> str:
+def keras_load_failure(exc: Exception) -> str:
     """Say why Keras refused a file, naming what it refused, and what the user can do if they trust it."""
     text = str(exc)
     external = re.search(r"Requested the deserialization of a `(\w+)`", text)

@@ -225,6 +225,12 @@ def check_weights_file(handle: BinaryIO, archive: zipfile.ZipFile, path: str, li
     """
     arrays = [array for name in WEIGHTS_MEMBERS if name in archive.namelist()
               for array in _weights_arrays(handle, archive, name, path, limits)]
+    return check_declared_arrays(arrays, path, limits)
+
+
+def check_declared_arrays(arrays: list[DeclaredArray], path: str, limits: ResourceLimits) -> WeightsReport:
+    """Refuse arrays that declare more bytes or parameters than `limits`, or a bomb's ratio; any file format's
+    (a `.keras` weights member, a Keras 2 `.h5`, a SavedModel's variables)."""
     declared = sum(array.declared_bytes for array in arrays)
     if declared > limits.max_member_bytes:
         raise _refuse(path, f"weights declaring at most {limits.max_member_bytes} bytes (--max-member-bytes)",

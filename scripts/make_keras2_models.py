@@ -1,0 +1,300 @@
+"""Makes the Keras 2 models the Keras 2 tests read: real tf.keras (the `tf-keras` 2.21 package, Keras 2 on
+TensorFlow 2.21) builds each model, saves it as `.h5`, as a SavedModel folder and as a tf.keras `.keras`
+file, and records its own outputs on fixed inputs (`<name>.reference.npz`), so that the tests compare
+lstm-onnx's exports with what tf.keras computed, never with a translation.
+
+    python scripts/make_keras2_models.py OUT_DIR [--only NAME ...]
+
+Besides the models of the "Done when" list (LSTM, GRU with both `reset_after`, SimpleRNN, Bidirectional
+with states, Masking, Embedding(mask_zero), Sequential and functional, stacked, stateful) it writes:
+- `cudnn_lstm.h5`, `cudnn_gru.h5`: GPU-era `CuDNNLSTM`/`CuDNNGRU` layers (built here on the CPU; their
+  reference is tf.keras' own conversion to `LSTM`/`GRU(reset_after=True)`, which runs on a CPU);
+- `keras22_lstm.h5`: the post's stack with its file rewritten to standalone Keras 2.2's layout
+  (`keras_version` 2.2.4, `class_name` "Model", initializers without `module`) — tf.keras still reads it;
+- `module_lstm/`: a `tf.Module` SavedModel with a serving signature and no Keras metadata;
+- hostile files: `lambda.h5` (a Lambda layer: marshalled bytecode) and `writes_file/` (a SavedModel whose
+  signature writes a file).
+Weights come from numpy's `default_rng`, so the files are the same numbers on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as k2  # noqa: E402
+
+L = k2.layers
+BATCH = 4
+
+
+def weights(model, seed: int) -> None:
+    """Glorot-like kernels and uniform(-0.5, 0.5) biases, in model order (states of stateful layers stay 0)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for w in model.get_weights():
+        if w.ndim == 1:
+            values.append(rng.uniform(-0.5, 0.5, size=w.shape).astype(w.dtype))
+        elif w.dtype.kind == "f":
+            limit = np.sqrt(6.0 / (w.shape[0] + w.shape[-1]))
+            values.append(rng.uniform(-limit, limit, size=w.shape).astype(w.dtype))
+        else:
+            values.append(w)
+    model.set_weights(values)
+
+
+# ------------------------------------------------------------------------------------------ the models
+
+
+def post_case3():
+    """The post's stack, case (3), written the way the post writes it (Keras 2's functional API)."""
+    inputs1 = L.Input(shape=(3, 1))
+    lstm1, state_h, state_c = L.LSTM(2, return_sequences=True, return_state=True)(inputs1)
+    lstm2, state_h2, state_c2 = L.LSTM(2, return_sequences=True, return_state=True)(lstm1)
+    return k2.Model(inputs=inputs1, outputs=[lstm2, state_h2, state_c2])
+
+
+def sequential_lstm():
+    """A Sequential forecaster: window of 10 steps -> LSTM -> Dense."""
+    return k2.Sequential([L.LSTM(8, input_shape=(10, 1)), L.Dense(1)])
+
+
+def embedding_gru():
+    """A text classifier: Embedding(mask_zero=True) -> GRU (reset_after=True, Keras 2's default) -> Dense."""
+    ids = L.Input(shape=(None,), dtype="int32", name="tokens")
+    x = L.Embedding(50, 6, mask_zero=True)(ids)
+    x = L.GRU(5)(x)
+    return k2.Model(ids, L.Dense(3, activation="softmax")(x))
+
+
+def bidirectional_states():
+    """A Bidirectional LSTM encoder that returns its sequence and the four states."""
+    x = L.Input(shape=(None, 3), name="frames")
+    seq, fh, fc, bh, bc = L.Bidirectional(L.LSTM(4, return_sequences=True, return_state=True))(x)
+    return k2.Model(x, [seq, fh, fc, bh, bc])
+
+
+def masking_simple_rnn():
+    """Masking -> SimpleRNN(return_sequences) -> TimeDistributed(Dense), Sequential."""
+    return k2.Sequential([
+        L.Masking(mask_value=0.0, input_shape=(None, 2)),
+        L.SimpleRNN(4, return_sequences=True),
+        L.TimeDistributed(L.Dense(2)),
+    ])
+
+
+def gru_reset_before():
+    """A stack of GRU(reset_after=False) layers (the Keras 1 / CPU form), the last returning its state."""
+    x = L.Input(shape=(6, 3))
+    y = L.GRU(4, reset_after=False, return_sequences=True)(x)
+    y, h = L.GRU(3, reset_after=False, return_state=True)(y)
+    return k2.Model(x, [y, h])
+
+
+def stateful_lstm():
+    """A stateful LSTM stream model: fixed batch of 2 (Keras requires one), chunks of 4 steps."""
+    x = L.Input(batch_shape=(2, 4, 3))
+    y = L.LSTM(5, stateful=True, return_sequences=True)(x)
+    return k2.Model(x, L.Dense(1)(y))
+
+
+MODELS: dict[str, Callable] = {
+    "post_case3": post_case3,
+    "sequential_lstm": sequential_lstm,
+    "embedding_gru": embedding_gru,
+    "bidirectional_states": bidirectional_states,
+    "masking_simple_rnn": masking_simple_rnn,
+    "gru_reset_before": gru_reset_before,
+    "stateful_lstm": stateful_lstm,
+}
+
+
+def cudnn_lstm():
+    from tf_keras.src.layers.rnn.cudnn_lstm import CuDNNLSTM
+
+    x = L.Input(shape=(5, 3))
+    seq, h, c = CuDNNLSTM(4, return_sequences=True, return_state=True)(x)
+    return k2.Model(x, [seq, h, c])
+
+
+def cudnn_gru():
+    from tf_keras.src.layers.rnn.cudnn_gru import CuDNNGRU
+
+    x = L.Input(shape=(5, 3))
+    return k2.Model(x, L.Dense(2)(CuDNNGRU(4)(x)))
+
+
+# CuDNN layers run only on a GPU; their CPU twins are what tf.keras loads their weights into.
+CUDNN: dict[str, tuple[Callable, Callable]] = {
+    "cudnn_lstm": (cudnn_lstm, lambda: _cpu_twin(cudnn_lstm)),
+    "cudnn_gru": (cudnn_gru, lambda: _cpu_twin(cudnn_gru)),
+}
+
+
+def _cpu_twin(build: Callable):
+    """The CuDNN model with each CuDNN layer replaced by the CPU layer tf.keras converts its weights to."""
+    config = build().get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "CuDNNLSTM":
+            layer["class_name"] = "LSTM"
+            layer["config"] = {k: v for k, v in layer["config"].items() if k not in ("time_major",)}
+        elif layer["class_name"] == "CuDNNGRU":
+            layer["class_name"] = "GRU"
+            layer["config"] = dict(layer["config"], reset_after=True, recurrent_activation="sigmoid")
+    return k2.Model.from_config(config)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def reference_inputs(model, seed: int) -> dict[str, np.ndarray]:
+    """Fixed inputs for the recorded outputs: masked models get padded rows and holes."""
+    rng = np.random.default_rng(seed + 7)
+    feeds = {}
+    for tensor in model.inputs:
+        batch = tensor.shape[0] or BATCH
+        steps = tensor.shape[1] or 7
+        rest = tuple(tensor.shape[2:])
+        if tensor.dtype == tf.int32:
+            value = rng.integers(1, 50, size=(batch, steps)).astype(np.int32)
+            value[1, -3:] = 0  # right padding
+            value[2, :2] = 0  # left padding
+            value[3, 3] = 0  # a hole
+        else:
+            value = rng.uniform(-1, 1, size=(batch, steps) + rest).astype(np.float32)
+        feeds[tensor.name.split(":")[0]] = value
+    if any(isinstance(layer, L.Masking) for layer in model.layers):
+        value = feeds[next(iter(feeds))]
+        value[1, -2:] = 0.0
+        value[2, 0] = 0.0
+        value[3, 4] = 0.0
+    return feeds
+
+
+def record(model, name: str, out: Path, seed: int) -> None:
+    feeds = reference_inputs(model, seed)
+    model.reset_states()
+    outputs = model.predict(list(feeds.values()) if len(feeds) > 1 else next(iter(feeds.values())), verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    arrays = {f"input:{k}": v for k, v in feeds.items()}
+    arrays.update({f"output:{i}": np.asarray(v) for i, v in enumerate(outputs)})
+    np.savez(out / f"{name}.reference.npz", **arrays)
+
+
+def save_all(model, name: str, out: Path, seed: int) -> None:
+    weights(model, seed)
+    model.reset_states()
+    record(model, name, out, seed)
+    model.save(out / f"{name}.h5")
+    model.save(out / f"{name}.keras")
+    model.save(out / f"{name}_savedmodel", save_format="tf")
+
+
+def save_cudnn(name: str, out: Path, seed: int) -> None:
+    build, twin = CUDNN[name]
+    model = build()
+    weights(model, seed)
+    model.save(out / f"{name}.h5")
+    reference = twin()
+    reference.load_weights(out / f"{name}.h5")  # tf.keras' own CuDNN -> CPU weight conversion
+    record(reference, name, out, seed)
+
+
+def save_keras22(out: Path, seed: int) -> None:
+    """The post's stack in standalone Keras 2.2's h5 layout."""
+    model = post_case3()
+    weights(model, seed)
+    record(model, "keras22_lstm", out, seed)
+    path = out / "keras22_lstm.h5"
+    model.save(path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        config["class_name"] = "Model"
+        for layer in config["config"]["layers"]:
+            layer["config"].pop("time_major", None)
+            for key, value in list(layer["config"].items()):
+                if isinstance(value, dict) and "module" in value:  # Keras 2.2: {"class_name", "config"}
+                    layer["config"][key] = {"class_name": value["class_name"], "config": value["config"]}
+        f.attrs["model_config"] = json.dumps(config).encode()
+        f.attrs["keras_version"] = b"2.2.4"
+        f.attrs["backend"] = b"tensorflow"
+        f["model_weights"].attrs["keras_version"] = b"2.2.4"
+
+
+class LstmModule(tf.Module):
+    """A SavedModel with no Keras metadata: a tf.Module around a Keras LSTM, served by a signature."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.lstm = L.LSTM(3, return_sequences=True, return_state=True)
+        self.lstm.build((None, None, 2))
+        rng = np.random.default_rng(seed)
+        self.lstm.set_weights([rng.uniform(-0.5, 0.5, size=w.shape).astype(np.float32) for w in self.lstm.get_weights()])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, 2), tf.float32, name="signal")])
+    def serve(self, signal):
+        seq, h, c = self.lstm(signal)
+        return {"encoded": seq, "hidden": h, "cell": c}
+
+
+class WritesFile(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec((None, 3, 1), tf.float32, name="x")])
+    def serve(self, x):
+        tf.io.write_file("/tmp/lstm_onnx_pwned.txt", "written by a model file")
+        return {"y": x * 2.0}
+
+
+def save_hostile(out: Path) -> None:
+    x = L.Input(shape=(3, 1))
+    y = L.Lambda(lambda t: t * 2.0)(x)
+    k2.Model(x, L.LSTM(2)(y)).save(out / "lambda.h5")
+    module = WritesFile()
+    tf.saved_model.save(module, str(out / "writes_file"), signatures={"serving_default": module.serve})
+
+
+def save_module(out: Path, seed: int) -> None:
+    module = LstmModule(seed)
+    path = out / "module_lstm"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    feeds = {"signal": np.random.default_rng(seed + 7).uniform(-1, 1, size=(BATCH, 6, 2)).astype(np.float32)}
+    outputs = module.serve(tf.constant(feeds["signal"]))
+    arrays = {"input:signal": feeds["signal"]}
+    arrays.update({f"output:{k}": v.numpy() for k, v in sorted(outputs.items())})
+    np.savez(out / "module_lstm.reference.npz", **arrays)
+
+
+EXTRA: dict[str, Callable[[Path, int], None]] = {
+    "cudnn_lstm": lambda out, seed: save_cudnn("cudnn_lstm", out, seed),
+    "cudnn_gru": lambda out, seed: save_cudnn("cudnn_gru", out, seed),
+    "keras22_lstm": save_keras22,
+    "module_lstm": save_module,
+    "hostile": lambda out, seed: save_hostile(out),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--only", nargs="*", help="names of models to make (default: all)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(MODELS) + list(EXTRA)
+    for seed, name in enumerate(names):
+        k2.backend.clear_session()
+        if name in MODELS:
+            save_all(MODELS[name](), name, args.out, seed)
+        else:
+            EXTRA[name](args.out, seed)
+    print(json.dumps({"made": names, "tf_keras": k2.__version__, "tensorflow": tf.__version__}))
+
+
+if __name__ == "__main__":
+    main()

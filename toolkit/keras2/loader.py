@@ -1,0 +1,137 @@
+"""A Keras 2 model file as a Keras 3 model: read, translated, built in safe mode, weights assigned.
+
+The three formats Keras 2 wrote (`toolkit.keras2.formats` tells them apart):
+- `.h5`: `model_config` + `model_weights` (`toolkit.keras2.h5`);
+- a SavedModel folder with `keras_metadata.pb` (`toolkit.keras2.savedmodel`);
+- a tf.keras 2.13+ `.keras` zip, whose `metadata.json` says `keras_version` 2.x: the same archive
+  checks as Keras 3 files (`toolkit.limits`), its config translated, its weights loaded by Keras 3's
+  own reader (the two write the same weight layout).
+Each is built from the translated config by Keras 3's legacy deserializer under safe mode, so a class
+name Keras does not know is refused, never imported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ModelLoadError
+from toolkit.guard import open_regular_file, safe_text
+from toolkit.keras2.formats import Keras2Format
+from toolkit.keras2.translate import Translation, translate_model_config
+from toolkit.limits import ResourceLimits, check_budget, inspect_keras_handle
+from toolkit.budget import count_config
+
+
+@dataclass
+class Keras2Model:
+    """A Keras 2 file's model, built in Keras 3, with what the export records about its origin."""
+
+    model: Any
+    path: Path
+    format: Keras2Format
+    keras_version: str
+    backend: str
+    translation: Translation
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """The metadata's `source`: the file, its format and the Keras that wrote it."""
+        return {"keras_file": self.path.name, "keras_model": self.model.name, "format": self.format.label,
+                "keras_version": self.keras_version, "backend": self.backend,
+                "translated": list(self.translation.changes)}
+
+
+def load_keras2_model(path: str | Path, fmt: Keras2Format, limits: ResourceLimits) -> Keras2Model:
+    """Read, translate and build a Keras 2 model file of format `fmt`."""
+    source = Path(path)
+    if fmt.kind == "h5":
+        from toolkit.keras2.h5 import read_h5_model
+
+        saved = read_h5_model(source, limits)
+        translation = _translate(saved.config, source, limits)
+        model = build_model(translation, source)
+        _assign(model, saved.weights, translation, source)
+        return Keras2Model(model, source, fmt, saved.keras_version, saved.backend, translation)
+    if fmt.kind == "savedmodel":
+        from toolkit.keras2.savedmodel import read_keras_savedmodel
+
+        saved = read_keras_savedmodel(source, limits)
+        translation = _translate(saved.config, source, limits)
+        model = build_model(translation, source)
+        _assign(model, saved.weights, translation, source)
+        return Keras2Model(model, source, fmt, saved.keras_version, "tensorflow", translation)
+    return _load_tf_keras_archive(source, fmt, limits)
+
+
+def _translate(config: dict, source: Path, limits: ResourceLimits) -> Translation:
+    translation = translate_model_config(config, str(source))
+    check_budget(count_config(translation.config), str(source), limits)
+    return translation
+
+
+def _assign(model: Any, weights: dict, translation: Translation, source: Path) -> None:
+    from toolkit.keras2.weights import assign_weights
+
+    assign_weights(model, weights, translation.cudnn, str(source))
+
+
+def build_model(translation: Translation, source: Path) -> Any:
+    """The translated config built by Keras 3's legacy deserializer in safe mode (no code is loaded)."""
+    import keras
+    from keras.src.legacy.saving import saving_options, saving_utils
+    from keras.src.saving import serialization_lib
+
+    from toolkit.keras_io import check_keras_version, keras_load_failure
+
+    check_keras_version(keras.__version__)
+    try:
+        with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(True):
+            model = saving_utils.model_from_config(json.loads(json.dumps(translation.config)))
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, TypeError, KeyError... for a config it cannot build
+        raise ModelLoadError(f"Expected a Keras 2 model Keras 3 can build. Received: {safe_text(str(source))!r}: "
+                             f"{keras_load_failure(exc)}") from None
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"Expected a Keras model. Received: {safe_text(str(source))!r} holding a "
+                             f"{type(model).__name__}")
+    return model
+
+
+def _load_tf_keras_archive(source: Path, fmt: Keras2Format, limits: ResourceLimits) -> Keras2Model:
+    """A `.keras` zip written by tf.keras 2.13+: checked as any archive, translated, weights by Keras 3."""
+    with open_regular_file(source) as handle:
+        inspect_keras_handle(handle, str(source), limits)  # members, sizes, config budget, weights' declared sizes
+        with zipfile.ZipFile(handle) as archive:
+            config = json.loads(archive.read("config.json"))
+            weights = archive.read("model.weights.h5") if "model.weights.h5" in archive.namelist() else None
+    translation = _translate(config, source, limits)
+    model = build_model(translation, source)
+    if weights is None:
+        raise ModelLoadError(f"Expected a .keras archive holding model.weights.h5. Received: {safe_text(str(source))!r} "
+                             "without it")
+    _load_archive_weights(model, weights, source)
+    return Keras2Model(model, source, fmt, fmt.keras_version, "tensorflow", translation)
+
+
+def _load_archive_weights(model: Any, data: bytes, source: Path) -> None:
+    """tf.keras 2.13+ and Keras 3 store weights at the same paths (`layers/lstm/cell/vars/0`): Keras 3's reader
+    walks the model, and every variable it did not fill is a refusal, not a silent initializer value."""
+    from keras.src.saving import saving_lib
+
+    store = saving_lib.H5IOStore(io.BytesIO(data), mode="r")
+    failed: set[int] = set()
+    errors: dict[int, Any] = {}
+    try:
+        saving_lib._load_state(model, weights_store=store, assets_store=None, inner_path="",
+                               visited_saveables=set(), failed_saveables=failed, error_msgs=errors)
+    finally:
+        store.close()
+    if errors:
+        layer, exc = next(iter(errors.values()))
+        raise ModelLoadError(f"Expected weights for every layer. Received: {safe_text(str(source))!r}: layer "
+                             f"{safe_text(getattr(layer, 'name', '?'))!r}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")

@@ -1,0 +1,193 @@
+"""Keras 2 layer configs into the form Keras 3 builds: pure dict work, no Keras, no TensorFlow.
+
+Keras 2 (standalone 2.x and tf.keras 2.0-2.15, `tf-keras` after) wrote configs Keras 3 refuses: recurrent
+layers carry `time_major` and `implementation`, `Embedding` carries `input_length`, initializers and
+regularizers come as `{"class_name", "config"}` (with `dtype` in their config in Keras 2.2), SavedModel
+metadata writes tuples as `{"class_name": "__tuple__", "items": [...]}`, models are `Model`, and GPU-trained
+models hold `CuDNNLSTM` / `CuDNNGRU` layers that Keras 3 does not have. `translate_model_config` rewrites a
+whole model config (nested models, wrappers and cells included) and lists what it changed; a `Lambda`
+layer (marshalled Python bytecode in Keras 2 files) is refused before anything is built.
+
+CuDNN layers become the layers they compute: `CuDNNLSTM` is `LSTM(activation="tanh",
+recurrent_activation="sigmoid")` and `CuDNNGRU` is `GRU(reset_after=True, recurrent_activation="sigmoid")`.
+Their weights need a conversion (`toolkit.keras2.weights`), so each one is listed in `Translation.cudnn`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolkit.errors import UnsupportedModelError
+from toolkit.guard import safe_text
+
+# Arguments Keras 2 layers take and Keras 3's refuse (they change nothing at inference).
+DROPPED_ARGS: dict[str, tuple[str, ...]] = {
+    "LSTM": ("time_major", "implementation"),
+    "GRU": ("time_major", "implementation"),
+    "SimpleRNN": ("time_major", "implementation"),
+    "RNN": ("time_major",),
+    "LSTMCell": ("implementation",),
+    "GRUCell": ("implementation",),
+    "Bidirectional": ("time_major",),
+    "Embedding": ("input_length",),
+}
+
+CUDNN_CLASSES = {"CuDNNLSTM": "LSTM", "CuDNNGRU": "GRU"}
+MODEL_CLASSES = {"Model": "Functional", "Functional": "Functional", "Sequential": "Sequential"}
+_MODEL_MODULES = {"Functional": "keras.src.models.functional", "Sequential": "keras"}
+# Keys whose value is a serialized initializer, regularizer or constraint (`*_initializer` etc. besides).
+_OBJECT_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
+# Keras 2 class names of those objects that Keras 3 spells differently or lacks.
+_RENAMED_OBJECTS = {"L1L2": "L1L2", "l1_l2": "L1L2", "VarianceScaling": "VarianceScaling"}
+_CODE_CLASSES = ("Lambda",)
+
+
+@dataclass
+class Translation:
+    """A translated model config and what was changed to get it (for the export's notes)."""
+
+    config: dict
+    changes: list[str] = field(default_factory=list)
+    cudnn: dict[str, str] = field(default_factory=dict)  # layer name -> its Keras 2 class (CuDNNLSTM, CuDNNGRU)
+
+    def note(self, text: str) -> None:
+        if text not in self.changes:
+            self.changes.append(text)
+
+
+def translate_model_config(config: dict, source: str) -> Translation:
+    """The Keras 3 form of a Keras 2 model config (`{"class_name": ..., "config": {...}}`)."""
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise UnsupportedModelError(f"Expected a Keras model config (a JSON object with 'class_name' and 'config'). "
+                                    f"Received: {safe_text(source)!r} with {type(config).__name__}")
+    if config.get("class_name") not in MODEL_CLASSES:
+        raise UnsupportedModelError(f"Expected a Keras Model, Functional or Sequential config. Received: "
+                                    f"{safe_text(source)!r} holding a {safe_text(str(config.get('class_name')))!r}")
+    translation = Translation(config={})
+    translation.config = _layer(untuple(copy.deepcopy(config)), translation, source)
+    return translation
+
+
+def untuple(value: Any) -> Any:
+    """SavedModel metadata's `{"class_name": "__tuple__", "items": [...]}` as plain lists, all the way down."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__tuple__" and isinstance(value.get("items"), list):
+            return [untuple(item) for item in value["items"]]
+        return {key: untuple(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [untuple(item) for item in value]
+    return value
+
+
+def _layer(entry: dict, translation: Translation, source: str) -> dict:
+    """One serialized layer (or model), translated in place and returned."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+        return entry
+    kind = entry.get("class_name")
+    config = entry["config"]
+    name = str(config.get("name", entry.get("name", "?")))
+    if kind in _CODE_CLASSES:
+        raise UnsupportedModelError(
+            f"Expected a model without Python code. Received: {safe_text(source)!r} with a {kind} layer "
+            f"{safe_text(name)!r} (Keras 2 stores its function as marshalled bytecode; lstm-onnx never runs it)")
+    if kind in MODEL_CLASSES:
+        entry["class_name"] = MODEL_CLASSES[kind]
+        if "module" in entry:  # tf.keras .keras: the model's module names tf_keras, which Keras 3 cannot import
+            entry["module"] = _MODEL_MODULES[entry["class_name"]]
+            entry["registered_name"] = None
+        for layer in config.get("layers", []):
+            _layer(layer, translation, source)
+        _input_shapes(config, sequential=entry["class_name"] == "Sequential")
+        return entry
+    if kind in CUDNN_CLASSES:
+        _cudnn(entry, translation)
+        kind = entry["class_name"]
+    for arg in DROPPED_ARGS.get(kind, ()):
+        if arg in config:
+            value = config.pop(arg)
+            translation.note(f"{kind}: dropped Keras 2's {arg}={value!r} (no effect at inference)")
+    if kind == "InputLayer" and "batch_input_shape" in config:
+        config["batch_shape"] = config.pop("batch_input_shape")
+    _objects(config, translation)
+    _dtype(config, translation)
+    for key in ("layer", "backward_layer", "cell"):
+        if isinstance(config.get(key), dict):
+            _layer(config[key], translation, source)
+    if isinstance(config.get("cells"), list):
+        for cell in config["cells"]:
+            _layer(cell, translation, source)
+    if isinstance(config.get("cell"), list):  # RNN(cell=[...]): Keras 2 allowed a list of cells
+        config["cell"] = {"class_name": "StackedRNNCells", "config": {"cells": config["cell"]}}
+        translation.note(f"{kind} {name!r}: a list of cells read as StackedRNNCells")
+        _layer(config["cell"], translation, source)
+    return entry
+
+
+def _input_shapes(config: dict, sequential: bool) -> None:
+    """Keras 2 repeats an input shape as `batch_input_shape` on the first layer after an input, which Keras
+    3's layers refuse. Dropped there; a Sequential without an InputLayer gets one from it, as Keras 3 expects."""
+    layers = [layer for layer in config.get("layers", []) if isinstance(layer, dict)]
+    if not layers:
+        return
+    has_input = not sequential or layers[0].get("class_name") == "InputLayer"
+    for layer in layers:
+        inner = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+        if layer.get("class_name") == "InputLayer" or "batch_input_shape" not in inner:
+            continue
+        shape = inner.pop("batch_input_shape")
+        if not has_input and layer is layers[0]:
+            config["layers"].insert(0, {"class_name": "InputLayer", "config": {
+                "batch_shape": shape, "dtype": inner.get("dtype", "float32"), "name": f"{inner.get('name', 'input')}_input"}})
+            has_input = True
+
+
+def _cudnn(entry: dict, translation: Translation) -> None:
+    """CuDNNLSTM/CuDNNGRU as the Keras 3 layer computing the same function."""
+    kind = entry["class_name"]
+    config = entry["config"]
+    target = CUDNN_CLASSES[kind]
+    config.update(activation="tanh", recurrent_activation="sigmoid", use_bias=True, dropout=0.0,
+                  recurrent_dropout=0.0, unroll=False)
+    if target == "GRU":
+        config["reset_after"] = True  # cuDNN's GRU applies the reset gate after the recurrent matmul
+    config.setdefault("unit_forget_bias", True) if target == "LSTM" else None
+    entry["class_name"] = target
+    if "module" in entry:
+        entry["module"] = "keras.layers"
+    translation.cudnn[str(config.get("name"))] = kind
+    translation.note(f"{kind} {config.get('name')!r}: read as {target}"
+                     + ("(reset_after=True)" if target == "GRU" else "") + " with its weights converted")
+
+
+def _objects(config: dict, translation: Translation) -> None:
+    """Initializers, regularizers and constraints in any Keras 2 form, as Keras 3 reads them.
+
+    None of them changes a loaded model's outputs (the saved weights replace the initial values), so one
+    Keras 3 cannot read is dropped with a note rather than failing the export.
+    """
+    for key in list(config):
+        if not key.endswith(_OBJECT_SUFFIXES) and key != "activity_regularizer":
+            continue
+        value = config[key]
+        if value is None or isinstance(value, str):
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("class_name"), str):
+            config.pop(key)
+            translation.note(f"dropped {key} in a form Keras 3 does not read")
+            continue
+        inner = dict(value.get("config") or {})
+        inner.pop("dtype", None)  # Keras 2.2 wrote the dtype into initializer configs
+        class_name = _RENAMED_OBJECTS.get(value["class_name"], value["class_name"])
+        config[key] = {"class_name": class_name, "config": inner}
+        if "module" in value:
+            config[key].update(module=value["module"], registered_name=value.get("registered_name"))
+
+
+def _dtype(config: dict, translation: Translation) -> None:
+    """tf.keras' mixed-precision policy object as Keras 3's policy name."""
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict) and dtype.get("class_name") == "Policy":
+        config["dtype"] = str((dtype.get("config") or {}).get("name", "float32"))
+        translation.note(f"dtype policy {config['dtype']!r} read from tf.keras' Policy object")
