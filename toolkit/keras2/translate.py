@@ -114,14 +114,24 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
     _dtype(config, translation)
     for key in ("layer", "backward_layer", "cell"):
         if isinstance(config.get(key), dict):
-            _layer(config[key], translation, source)
+            _layer(_builtin_module(config[key]), translation, source)
     if isinstance(config.get("cells"), list):
         for cell in config["cells"]:
-            _layer(cell, translation, source)
+            _layer(_builtin_module(cell), translation, source)
     if isinstance(config.get("cell"), list):  # RNN(cell=[...]): Keras 2 allowed a list of cells
         config["cell"] = {"class_name": "StackedRNNCells", "config": {"cells": config["cell"]}}
         translation.note(f"{kind} {name!r}: a list of cells read as StackedRNNCells")
         _layer(config["cell"], translation, source)
+    return entry
+
+
+def _builtin_module(entry: dict) -> dict:
+    """A wrapped layer or cell as Keras 3's wrappers deserialize it: with a module. SavedModel metadata and
+    Keras 2.2 files leave it out; `keras.layers` makes Keras 3 look the class up among its own layers only
+    (a custom class is still refused by safe mode)."""
+    if isinstance(entry, dict) and "module" not in entry:
+        entry["module"] = "keras.layers"
+        entry.setdefault("registered_name", None)
     return entry
 
 

@@ -1,0 +1,238 @@
+"""tf.keras SavedModel folders: the layer configs from `keras_metadata.pb`, the weights from the variables
+checkpoint, and the graph's ops checked against an allowlist before anything of it runs.
+
+`keras_metadata.pb` is a small protobuf (`SavedMetadata`: one record per Keras object, with its node id in
+the SavedModel's object graph, its path such as `root.layer_with_weights-0`, and its Keras metadata as
+JSON); it is parsed here from the wire format, so reading it needs neither tf-keras nor Keras 2. The
+checkpoint's object graph shares its node ids with the SavedModel's, so a layer's node lists its
+`variables` in Keras 2's order, each with the checkpoint key that holds its value. TensorFlow's
+checkpoint reader gives every variable's shape and dtype before a value is read, so the resource
+limits apply to declared sizes first.
+
+Nothing here runs the graph. `check_graph_ops` reads `saved_model.pb` and refuses any op outside
+`ALLOWED_OPS` (file, print, system, network and queue ops among them), so that the reference run of the
+serving signature (`toolkit.keras2.reference`) can only compute.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import ModelLoadError, UnsupportedModelError
+from toolkit.guard import open_regular_file, safe_text
+from toolkit.keras2.formats import KERAS_METADATA_PB, SAVED_MODEL_PB
+from toolkit.keras2.ops import ALLOWED_OPS, SAVER_FUNCTION, SAVER_OPS
+from toolkit.limits import ResourceLimits, check_declared_arrays
+from toolkit.weights_scan import DeclaredArray
+
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+@dataclass(frozen=True)
+class SavedKerasModel:
+    config: dict
+    weights: dict[str, list[np.ndarray]]
+    keras_version: str
+
+
+@dataclass(frozen=True)
+class MetadataNode:
+    node_id: int
+    node_path: str
+    identifier: str
+    metadata: dict
+
+
+def read_keras_savedmodel(folder: Path, limits: ResourceLimits) -> SavedKerasModel:
+    """The model config and per-layer weights of a tf.keras SavedModel folder, within `limits`."""
+    check_graph_ops(folder, limits)
+    nodes = read_keras_metadata(folder / KERAS_METADATA_PB, limits)
+    root = next((node for node in nodes if node.node_path == "root"), None)
+    if root is None or "config" not in root.metadata or "class_name" not in root.metadata:
+        raise ModelLoadError(f"Expected {KERAS_METADATA_PB} describing a Keras model. Received: "
+                             f"{safe_text(str(folder))!r} without its root model's config")
+    config = {"class_name": root.metadata["class_name"], "config": root.metadata["config"]}
+    layers = {str(node.metadata.get("name")): node.node_id for node in nodes
+              if node.node_path.count(".") == 1 and node.node_path.startswith("root.") and "name" in node.metadata}
+    weights = read_layer_variables(folder, layers, limits)
+    return SavedKerasModel(config, weights, str(root.metadata.get("keras_version", "2")))
+
+
+# ------------------------------------------------------------------------------------- keras_metadata.pb
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """(field number, value) pairs of one protobuf message: varints as ints, length-delimited as bytes."""
+    fields: list[tuple[int, int | bytes]] = []
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, at = _varint(data, at)
+            fields.append((number, value))
+        elif wire == 2:
+            length, at = _varint(data, at)
+            if at + length > len(data):
+                raise ValueError("truncated field")
+            fields.append((number, data[at:at + length]))
+            at += length
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    return fields
+
+
+def read_keras_metadata(path: Path, limits: ResourceLimits) -> list[MetadataNode]:
+    """`SavedMetadata.nodes`: node_id (2), node_path (3), identifier (4), metadata JSON (5)."""
+    with open_regular_file(path, f"a SavedModel's {KERAS_METADATA_PB}") as handle:
+        data = handle.read(limits.max_config_bytes + 1)
+    if len(data) > limits.max_config_bytes:
+        raise ModelLoadError(f"Expected a {KERAS_METADATA_PB} of at most {limits.max_config_bytes} bytes. Received: "
+                             f"{safe_text(str(path))!r} holding more")
+    nodes = []
+    try:
+        for number, value in _fields(data):
+            if number != 1 or not isinstance(value, bytes):
+                continue
+            record = dict(_fields(value))
+            text = record.get(5, b"{}")
+            nodes.append(MetadataNode(int(record.get(2, 0)), bytes(record.get(3, b"")).decode(),
+                                      bytes(record.get(4, b"")).decode(), json.loads(text) if text else {}))
+    except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
+        raise ModelLoadError(f"Expected a readable {KERAS_METADATA_PB}. Received: {safe_text(str(path))!r} "
+                             f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    return [node for node in nodes if isinstance(node.metadata, dict)]
+
+
+# ------------------------------------------------------------------------------------------- graph ops
+
+
+def read_saved_model(folder: Path, limits: ResourceLimits) -> Any:
+    """`saved_model.pb` as TensorFlow's proto, its size bounded first."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = folder / SAVED_MODEL_PB
+    with open_regular_file(path, f"a SavedModel's {SAVED_MODEL_PB}") as handle:
+        data = handle.read(limits.max_member_bytes + 1)
+    if len(data) > limits.max_member_bytes:
+        raise ModelLoadError(f"Expected a {SAVED_MODEL_PB} of at most {limits.max_member_bytes} bytes "
+                             f"(--max-member-bytes). Received: {safe_text(str(path))!r} holding more")
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise ModelLoadError(f"Expected a readable {SAVED_MODEL_PB}. Received: {safe_text(str(path))!r} "
+                             f"({type(exc).__name__})") from None
+    if not proto.meta_graphs:
+        raise ModelLoadError(f"Expected a SavedModel with a graph. Received: {safe_text(str(folder))!r} with none")
+    return proto
+
+
+def _called(node: Any) -> set[str]:
+    """Names of the functions a node calls (StatefulPartitionedCall's `f`, While's body, If's branches...)."""
+    names = set()
+    for value in node.attr.values():
+        if value.HasField("func"):
+            names.add(value.func.name)
+        names.update(func.name for func in value.list.func)
+    return names
+
+
+def refused_ops(proto: Any) -> dict[str, str]:
+    """Ops outside the allowlist -> where: `SAVER_OPS` count as allowed only inside TensorFlow's saver
+    functions, and a saver function called from anywhere but the top-level graph (which the TF2 loader
+    does not run) is refused as a call."""
+    refused: dict[str, str] = {}
+    for meta in proto.meta_graphs:
+        savers = {f.signature.name for f in meta.graph_def.library.function if SAVER_FUNCTION.fullmatch(f.signature.name)}
+        for node in meta.graph_def.node:
+            if node.op not in ALLOWED_OPS:
+                refused.setdefault(node.op, f"node {node.name!r}")
+        for function in meta.graph_def.library.function:
+            name = function.signature.name
+            allowed = ALLOWED_OPS | SAVER_OPS if name in savers else ALLOWED_OPS
+            for node in function.node_def:
+                if node.op not in allowed:
+                    refused.setdefault(node.op, f"function {name!r}")
+                for callee in _called(node) & savers:
+                    refused.setdefault(f"call of {callee}", f"function {name!r}")
+    return refused
+
+
+def check_graph_ops(folder: Path, limits: ResourceLimits) -> Any:
+    """Refuse a SavedModel whose graph holds an op outside `ALLOWED_OPS`, before any of it runs."""
+    proto = read_saved_model(folder, limits)
+    refused = refused_ops(proto)
+    if refused:
+        op, where = sorted(refused.items())[0]
+        raise UnsupportedModelError(
+            f"Expected a SavedModel whose graph only computes (lstm-onnx's allowlist of TensorFlow ops). Received: "
+            f"{safe_text(str(folder))!r} with op {safe_text(op)!r} in {safe_text(where)}"
+            + (f" and {len(refused) - 1} more: {sorted(refused)[:6]}" if len(refused) > 1 else ""))
+    return proto
+
+
+# ------------------------------------------------------------------------------------------- variables
+
+
+def read_layer_variables(folder: Path, layers: dict[str, int], limits: ResourceLimits) -> dict[str, list[np.ndarray]]:
+    """Each layer's variables in Keras 2's order, read from the checkpoint after their sizes are checked."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    prefix = folder / "variables" / "variables"
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError) as exc:
+        raise ModelLoadError(f"Expected a SavedModel's variables checkpoint. Received: {safe_text(str(folder))!r} "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:150] if str(exc) else ''})") from None
+    declared = [DeclaredArray(key, int(np.prod(shape, dtype=np.int64)) * max(dtypes[key].size, 1),
+                              int(np.prod(shape, dtype=np.int64)), int(np.prod(shape, dtype=np.int64)) * max(dtypes[key].size, 1),
+                              not key.startswith(_OBJECT_GRAPH_KEY))
+                for key, shape in shapes.items() if key != _OBJECT_GRAPH_KEY]
+    check_declared_arrays(declared, str(folder), limits)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+    weights = {}
+    for name, node_id in layers.items():
+        keys = _variable_keys(graph, node_id)
+        weights[name] = [np.asarray(reader.get_tensor(key)) for key in keys]
+    return weights
+
+
+def _variable_keys(graph: Any, node_id: int) -> list[str]:
+    """The checkpoint keys of a layer's `variables` list, in list order."""
+    if node_id >= len(graph.nodes):
+        return []
+    listing = next((c.node_id for c in graph.nodes[node_id].children if c.local_name == "variables"), None)
+    if listing is None:
+        return []
+    children = sorted(graph.nodes[listing].children, key=lambda c: int(c.local_name) if c.local_name.isdigit() else 1 << 30)
+    keys = []
+    for child in children:
+        attributes = graph.nodes[child.node_id].attributes
+        key = next((a.checkpoint_key for a in attributes if a.name == "VARIABLE_VALUE"), None)
+        if key is not None:
+            keys.append(key)
+    return keys
