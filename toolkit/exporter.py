@@ -136,12 +136,13 @@ class _Graph:
 
 
 def export_model(model: Any, options: ExportOptions | None = None, *, source: Mapping[str, Any] | None = None,
-                 seed: int = 0, **changes: Any) -> ExportResult:
+                 seed: int = 0, reference: Any = None, **changes: Any) -> ExportResult:
     """Export a built Keras model with named outputs, check parity, and return it in memory.
 
     `options` says what to export (`ExportOptions()` by default); keyword `changes` replace some of its
     fields (`export_model(model, padding="left")`). `source` is recorded in the metadata (e.g. the
-    builder's flags); `seed` draws the parity inputs.
+    builder's flags); `seed` draws the parity inputs. `reference` (a `KerasRunner` with a `label`)
+    computes the expected outputs instead of `model`: a Keras 2 file's original (`toolkit.keras2.reference`).
     """
     options = (options or ExportOptions()).replace(**changes)
     recurrent = require_recurrent(model)
@@ -157,7 +158,8 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     precision = choose_tolerance(options.tolerances, model)
     tolerances = tier_tolerances(options.tier, options.tolerances, precision.tolerances.default if precision.chosen else None)
     report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, tolerances,
-                          seed=seed, padding_side=options.padding)
+                          seed=seed, padding_side=options.padding, reference=reference)
+    reference_notes = (f"parity reference: {reference.label}",) if reference is not None else ()
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))
     record_metadata(graph.proto, model, graph.lowering, [o.to_json() for o in outputs], report, options, source,
@@ -171,7 +173,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
         recurrent_layers=tuple(recurrent),
         warnings=tuple(warnings),
         lowering=graph.lowering,
-        notes=tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note)
+        notes=reference_notes + tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note)
         + ((precision.note(),) if precision.chosen else ()) + tier_notes(tier, graph.lowering),
         tier=tier,
     )
@@ -345,8 +347,29 @@ def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions 
     target = Path(dst)
     if target.suffix != ".onnx":
         raise InputError(f"Expected an output path ending in .onnx. Received: {str(target)!r}")
+    from toolkit.keras2.formats import keras2_format
+
+    fmt = keras2_format(Path(src))
+    if fmt is not None:
+        return _export_keras2(Path(src), fmt, options)
     model = load_keras_model(src, options.limits)
     return export_model(model, options, source={"keras_file": Path(src).name, "keras_model": model.name})
+
+
+def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
+    """A Keras 2 file (.h5, SavedModel folder, tf.keras .keras): translated, exported through the same
+    lowering, and checked against the original (`toolkit.keras2`)."""
+    if fmt.kind == "module":
+        from toolkit.keras2.module import export_module_savedmodel
+
+        return export_module_savedmodel(src, options)
+    from toolkit.keras2.loader import load_keras2_model
+    from toolkit.keras2.reference import original_reference
+
+    loaded = load_keras2_model(src, fmt, options.limits)
+    reference = original_reference(loaded)
+    source = dict(loaded.source, reference=reference.label)
+    return export_model(loaded.model, options, source=source, reference=reference)
 
 
 # Verification moved to toolkit.verification; these names stay importable from here for existing callers.

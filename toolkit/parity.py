@@ -35,9 +35,11 @@ from toolkit.verify import (  # noqa: F401 -- re-exported, as above
 
 def check_parity(keras_model: Any, runner: GraphRunner, expected_names: Sequence[str],
                  tolerances: Tolerances = Tolerances(), seed: int = 0,
-                 cases: Sequence[InputCase] | None = None, padding_side: str = "right") -> ParityReport:
-    """Compare an ONNX model (in `runner`) with its Keras model on every input case."""
+                 cases: Sequence[InputCase] | None = None, padding_side: str = "right",
+                 reference: KerasRunner | None = None) -> ParityReport:
+    """Compare an ONNX model (in `runner`) with its Keras model on every input case. `reference` computes
+    the expected outputs instead of `keras_model` (the original of a translated Keras 2 model)."""
     tolerances.check_names(runner.output_names)  # before Keras runs: a typo in a key fails fast
-    keras = KerasRunner(keras_model)
+    keras = reference if reference is not None else KerasRunner(keras_model)
     chosen = cases if cases is not None else make_cases(keras_model, seed, padding_side)
     return compare_with_keras(keras, [runner], runner.model, expected_names, tolerances, chosen)[runner.name]

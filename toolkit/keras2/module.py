@@ -1,0 +1,87 @@
+"""A SavedModel without Keras metadata (a `tf.Module` with a serving signature): no layer configs to lower,
+so tf2onnx converts the signature. lstm-onnx still names the graph by the signature (its input and
+output keys, never `Identity_1:0`; dynamic axes `batch` and `time`), says when no fused recurrent op
+came out, checks parity against the signature run by TensorFlow, and makes the bytes reproducible.
+
+The graph's ops pass the allowlist (`toolkit.keras2.savedmodel.check_graph_ops`) before TensorFlow loads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import UnsupportedModelError
+from toolkit.guard import safe_text
+from toolkit.options import ExportOptions
+
+TIME_STEPS = (3, 5, 11)  # a dynamic time axis is checked at several lengths
+BATCHES = (1, 4)
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    inputs: list[tuple[str, tuple[int | None, ...], str]]  # name, shape, numpy dtype
+    outputs: list[str]  # the signature's output keys, in tf.nest's (sorted) order
+
+
+class SignatureRunner:
+    """The serving signature of a loaded SavedModel, as a parity reference keyed by output name."""
+
+    def __init__(self, function: Any, spec: SignatureSpec, name: str = "savedmodel-signature"):
+        self.function, self.spec, self.name = function, spec, name
+        self.output_names = list(spec.outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        result = self.function(**{name: tf.constant(feeds[name]) for name, _, _ in self.spec.inputs})
+        return {key: np.asarray(result[key]) for key in self.spec.outputs}
+
+
+def signature_spec(function: Any, folder: Path) -> SignatureSpec:
+    _, keyword = function.structured_input_signature
+    outputs = function.structured_outputs
+    if not keyword or not isinstance(outputs, dict):
+        raise UnsupportedModelError(f"Expected a serving signature with named inputs and outputs. Received: "
+                                    f"{safe_text(str(folder))!r} with inputs {list(keyword)} and outputs "
+                                    f"of type {type(outputs).__name__}")
+    inputs = [(name, tuple(spec.shape.as_list()), spec.dtype.as_numpy_dtype.__name__) for name, spec in sorted(keyword.items())]
+    return SignatureSpec(inputs, sorted(outputs))
+
+
+def module_cases(spec: SignatureSpec, seed: int) -> list[Any]:
+    """Random inputs of the signature's shapes: batch 1 and 4 and several lengths of a dynamic time axis."""
+    from toolkit.inputs import InputCase
+
+    rng = np.random.default_rng(seed + 1000)
+    cases = []
+    for batch, steps in zip(BATCHES * 2, TIME_STEPS + TIME_STEPS[:1]):
+        feeds = {}
+        for name, shape, dtype in spec.inputs:
+            concrete = tuple(batch if i == 0 and d is None else (steps if d is None else d) for i, d in enumerate(shape))
+            kind = np.dtype(dtype)
+            feeds[name] = (rng.integers(0, 10, size=concrete).astype(kind) if kind.kind in "iu"
+                           else rng.uniform(-1, 1, size=concrete).astype(kind))
+        cases.append(InputCase(f"random batch {batch}, {steps} steps", feeds))
+    return cases
+
+
+def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0) -> Any:
+    """Convert a tf.Module SavedModel's serving signature with tf2onnx, named and checked."""
+    import tensorflow as tf
+
+    from toolkit.keras2.savedmodel import check_graph_ops
+    from toolkit.keras2.module_export import finish_module_export
+
+    check_graph_ops(folder, options.limits)
+    loaded = tf.saved_model.load(str(folder))
+    if "serving_default" not in loaded.signatures:
+        raise UnsupportedModelError(f"Expected a SavedModel with a serving_default signature. Received: "
+                                    f"{safe_text(str(folder))!r} with {sorted(loaded.signatures)}")
+    function = loaded.signatures["serving_default"]
+    spec = signature_spec(function, folder)
+    return finish_module_export(folder, function, spec, options, seed)

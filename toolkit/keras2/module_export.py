@@ -1,0 +1,79 @@
+"""The steps after tf2onnx for a `tf.Module` SavedModel (`toolkit.keras2.module`): the same naming,
+canonical form, fusion report, parity check and metadata as a Keras export, with the serving signature
+in the place of the Keras model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from toolkit import __version__, metadata
+from toolkit.compare import Tolerances
+from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
+from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases
+from toolkit.options import ExportOptions
+from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
+from toolkit.tf2onnx_lib import InputSignature, convert_call
+
+
+def finish_module_export(folder: Path, function: Any, spec: SignatureSpec, options: ExportOptions, seed: int) -> Any:
+    from toolkit.exporter import ExportResult, OutputInfo, _load_runner
+    from toolkit.verify import compare_runners
+
+    signature = [InputSignature(name, dtype, shape) for name, shape, dtype in spec.inputs]
+    keys = [name for name, _, _ in spec.inputs]
+
+    def call(*args: Any) -> list[Any]:
+        result = function(**dict(zip(keys, args)))
+        return [result[key] for key in spec.outputs]
+
+    proto = convert_call(call, signature, options.opset, f"SavedModel {folder.name}")
+    _name_inputs(proto, keys)
+    name_outputs(proto, spec.outputs)
+    shapes = [tuple(function.structured_outputs[key].shape.as_list()) for key in spec.outputs]
+    name_axes(proto, signature, shapes)
+    canonicalize(proto.graph, options.opset, keep=set(keys) | set(spec.outputs))
+    prune_opset_imports(proto)
+    proto.graph.name, proto.producer_name, proto.producer_version, proto.doc_string = folder.name, "lstm-onnx", __version__, ""
+    ops = count_ops(proto)
+    warnings = _fusion_warnings(ops)
+    tolerances = options.tolerances if options.tolerances != Tolerances() else Tolerances()
+    runner = _load_runner(proto, folder.name)
+    reference = SignatureRunner(function, spec)
+    report = compare_runners(reference, [runner], module_cases(spec, seed), tolerances.resolve(ops),
+                             [v.name for v in proto.graph.output])[runner.name]
+    outputs = tuple(OutputInfo(info.name, "serving_default", info.name, info.dtype, info.shape) for info in graph_outputs(proto))
+    metadata.write_metadata(proto, {
+        metadata.SOURCE: {"keras_file": folder.name, "format": "SavedModel (tf.Module)", "signature": "serving_default",
+                          "reference": "the SavedModel's serving signature, run by TensorFlow"},
+        metadata.INPUTS: [t.to_json() for t in graph_inputs(proto)],
+        metadata.OUTPUTS: [o.to_json() for o in outputs],
+        metadata.PARITY: metadata.parity_metadata(report, None),
+        metadata.VERSIONS: metadata.versions(),
+        metadata.OPSET: str(options.opset),
+        metadata.OPTIONS: options.to_json(),
+    })
+    onnx.checker.check_model(proto, full_check=True)
+    return ExportResult(model=proto, inputs=graph_inputs(proto), outputs=outputs, parity=report,
+                        op_counts=dict(sorted(ops.items())), recurrent_layers=(), warnings=tuple(warnings),
+                        notes=("parity reference: the SavedModel's serving signature, run by TensorFlow; no Keras "
+                               "metadata, so tf2onnx converted the signature (lstm-onnx's lowering needs layer configs)",))
+
+
+def _name_inputs(proto: onnx.ModelProto, names: list[str]) -> None:
+    """tf2onnx names inputs `<name>:0`; the signature's keys are what deploy code feeds."""
+    renames = {value.name: name for value, name in zip(proto.graph.input, names)}
+    for value in proto.graph.input:
+        value.name = renames[value.name]
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+
+
+def _fusion_warnings(ops: dict[str, int]) -> list[str]:
+    loops = {op: ops[op] for op in LOOP_OPS if ops.get(op)}
+    if loops or not any(ops.get(op) for op in FUSED_RECURRENT_OPS):
+        return [f"not fused: tf2onnx wrote {loops or 'no fused op'} for the signature's recurrence (no Keras "
+                "metadata to lower from; save the model with tf.keras to get fused ops)"]
+    return []
