@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore")  # tf.keras' "HDF5 is legacy" advice: these files are made on purpose
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
@@ -179,8 +181,9 @@ def reference_inputs(model, seed: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def record(model, name: str, out: Path, seed: int) -> None:
-    feeds = reference_inputs(model, seed)
+def record(model, name: str, out: Path, seed: int, named_by=None) -> None:
+    """tf.keras' outputs on `reference_inputs`, keyed by the input names of `named_by` (default `model`)."""
+    feeds = reference_inputs(named_by or model, seed)
     model.reset_states()
     outputs = model.predict(list(feeds.values()) if len(feeds) > 1 else next(iter(feeds.values())), verbose=0)
     outputs = outputs if isinstance(outputs, list) else [outputs]
@@ -205,7 +208,7 @@ def save_cudnn(name: str, out: Path, seed: int) -> None:
     model.save(out / f"{name}.h5")
     reference = twin()
     reference.load_weights(out / f"{name}.h5")  # tf.keras' own CuDNN -> CPU weight conversion
-    record(reference, name, out, seed)
+    record(reference, name, out, seed, named_by=model)
 
 
 def save_keras22(out: Path, seed: int) -> None:

@@ -1,0 +1,240 @@
+"""Keras 2 models (tf.keras 2.21 via the tf-keras package) saved as .h5, SavedModel folders and tf.keras .keras
+files: exported fused, named by role, within tolerance of tf.keras' own recorded outputs, byte-reproducible;
+hostile ones refused in one line before anything runs. The models are made by real tf.keras in this test
+run, by `scripts/make_keras2_models.py`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import assert_close
+from toolkit.cli import cli
+from toolkit.compare import Tolerances
+from toolkit.errors import ModelLoadError, UnsupportedModelError
+from toolkit.exporter import export_keras_model
+from toolkit.keras2.formats import keras2_format
+from toolkit.limits import DEFAULT_LIMITS
+from toolkit.metadata import read_source
+from toolkit.runner import LOOP_OPS, count_ops
+from toolkit.verify import OnnxRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# model -> (graph outputs in Keras' order, fused ops)
+EXPECTED = {
+    "post_case3": (["lstm_1_sequence", "lstm_1_state_h", "lstm_1_state_c"], {"LSTM": 2}),
+    "sequential_lstm": (["dense_output"], {"LSTM": 1}),
+    "embedding_gru": (["dense_output"], {"GRU": 1}),
+    "bidirectional_states": (["bidirectional_sequence", "bidirectional_forward_state_h", "bidirectional_forward_state_c",
+                              "bidirectional_backward_state_h", "bidirectional_backward_state_c"], {"LSTM": 1}),
+    "masking_simple_rnn": (["time_distributed_output"], {"RNN": 1}),
+    "gru_reset_before": (["gru_1_last", "gru_1_state_h"], {"GRU": 2}),
+    "stateful_lstm": (["dense_output", "lstm_state_h", "lstm_state_c"], {"LSTM": 1}),
+}
+FORMATS = {"h5": "{}.h5", "savedmodel": "{}_savedmodel", "keras": "{}.keras"}
+GPU_ERA = {"cudnn_lstm": (["cu_dnnlstm_sequence", "cu_dnnlstm_state_h", "cu_dnnlstm_state_c"], {"LSTM": 1}),
+           "cudnn_gru": (["dense_output"], {"GRU": 1}),
+           "keras22_lstm": (["lstm_1_sequence", "lstm_1_state_h", "lstm_1_state_c"], {"LSTM": 2})}
+
+
+@pytest.fixture(scope="session")
+def keras2_models(tmp_path_factory) -> Path:
+    """Every Keras 2 model, made by real tf.keras in a subprocess (tf-keras and Keras 3 stay apart)."""
+    out = tmp_path_factory.mktemp("keras2_models")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_keras2_models.py"), str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def recorded(folder: Path, name: str) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The inputs tf.keras was run on when the model was made, and its outputs."""
+    data = np.load(folder / f"{name}.reference.npz")
+    feeds = {key.split(":", 1)[1]: data[key] for key in data.files if key.startswith("input:")}
+    outputs = [data[key] for key in sorted((k for k in data.files if k.startswith("output:")),
+                                           key=lambda k: int(k.split(":")[1]) if k.split(":")[1].isdigit() else k)]
+    return feeds, outputs
+
+
+def check_against_tf_keras(proto, folder: Path, name: str, names: list[str]) -> None:
+    """ONNX Runtime on tf.keras' recorded inputs equals tf.keras' recorded outputs, output by output."""
+    feeds, expected = recorded(folder, name)
+    runner = OnnxRunner(proto)
+    actual = runner.run(feeds)
+    # The project's policy: SimpleRNN's ONNX RNN op gets compare.RNN_OP_TOLERANCE (its measured reason there).
+    tolerances = Tolerances().resolve(count_ops(runner.model))
+    for output, value in zip(names, expected):
+        assert_close(actual[output], value, output, tolerances)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_keras2_model_exports_fused_named_and_exact(keras2_models, name, fmt):
+    path = keras2_models / FORMATS[fmt].format(name)
+    result = export_keras_model(path, keras2_models / f"{name}_{fmt}.onnx")
+    names, fused = EXPECTED[name]
+    assert result.parity, result.parity
+    assert [o.name for o in result.outputs][: len(names)] == names
+    assert result.fused_ops == fused
+    assert not any(result.op_counts.get(op) for op in LOOP_OPS)
+    assert not result.warnings
+    check_against_tf_keras(result.model, keras2_models, name, names)
+    source = read_source(result.model)
+    assert source["format"] == keras2_format(path).label
+    reference = "serving signature" if fmt == "savedmodel" else "tf.keras 2.21"
+    assert reference in source["reference"]
+    assert source["keras_version"].startswith("2.")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(GPU_ERA))
+def test_gpu_era_and_standalone_keras_files(keras2_models, name):
+    """CuDNNLSTM/CuDNNGRU (tf.keras' own weight conversion is the reference) and a Keras 2.2-layout file."""
+    result = export_keras_model(keras2_models / f"{name}.h5", keras2_models / f"{name}.onnx")
+    names, fused = GPU_ERA[name]
+    assert result.parity and result.fused_ops == fused and not result.warnings
+    assert [o.name for o in result.outputs] == names
+    check_against_tf_keras(result.model, keras2_models, name, names)
+    source = read_source(result.model)
+    if name.startswith("cudnn"):
+        assert "CuDNN" in source["reference"] and any("CuDNN" in change for change in source["translated"])
+    else:
+        assert source["keras_version"] == "2.2.4"
+
+
+def test_cudnn_gru_biases_are_the_ops_input_and_recurrent_biases(keras2_models):
+    """CuDNNGRU's two bias vectors land in the GRU op's B as [Wb; Rb], not summed."""
+    import h5py
+    import onnx.numpy_helper
+
+    result = export_keras_model(keras2_models / "cudnn_gru.h5", keras2_models / "cudnn_gru.onnx")
+    with h5py.File(keras2_models / "cudnn_gru.h5") as f:
+        bias = np.asarray(f["model_weights/cu_dnngru/cu_dnngru/bias:0"])
+    gru = next(node for node in result.model.graph.node if node.op_type == "GRU")
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    onnx_bias = initializers[gru.input[3]].reshape(-1)
+    units = 4
+    # Keras z, r, h and ONNX z, r, h: same gate order, so the halves are cuDNN's input and recurrent biases.
+    np.testing.assert_array_equal(np.sort(onnx_bias[: 3 * units]), np.sort(bias[: 3 * units]))
+    np.testing.assert_array_equal(np.sort(onnx_bias[3 * units:]), np.sort(bias[3 * units:]))
+
+
+@pytest.mark.slow
+def test_keras2_exports_are_byte_reproducible_in_a_fresh_process(keras2_models, tmp_path):
+    for entry in ("post_case3.h5", "bidirectional_states_savedmodel", "embedding_gru.keras"):
+        here = export_keras_model(keras2_models / entry, tmp_path / "here.onnx")
+        target = tmp_path / f"{entry}.onnx"
+        done = subprocess.run([sys.executable, "-m", "toolkit.cli", "export", str(keras2_models / entry), "-o", str(target)],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert target.read_bytes() == here.data, entry
+
+
+@pytest.mark.slow
+def test_module_savedmodel_goes_through_tf2onnx_named_by_its_signature(keras2_models):
+    result = export_keras_model(keras2_models / "module_lstm", keras2_models / "module.onnx")
+    assert result.parity
+    assert [o.name for o in result.outputs] == ["cell", "encoded", "hidden"]
+    assert [i.name for i in result.inputs] == ["signal"]
+    assert not any("Identity" in o.name or ":" in o.name for o in result.outputs)
+    feeds, expected = recorded(keras2_models, "module_lstm")
+    actual = OnnxRunner(result.model).run(feeds)
+    for name, value in zip(["cell", "encoded", "hidden"], expected):
+        assert_close(actual[name], value, name)
+    dims = [d.dim_param for d in result.model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[:2] == ["batch", "time"]
+    # fused or said so: never a silent Loop
+    assert result.fused or result.warnings
+
+
+def cli_export(path: Path, out: Path):
+    return CliRunner().invoke(cli, ["export", str(path), "-o", str(out)])
+
+
+def test_lambda_h5_is_refused_in_one_line_before_anything_runs(keras2_models, tmp_path):
+    out = tmp_path / "lambda.onnx"
+    done = cli_export(keras2_models / "lambda.h5", out)
+    assert done.exit_code != 0
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and "Lambda layer" in lines[0] and "Traceback" not in done.output
+    assert not out.exists()
+
+
+def test_savedmodel_that_writes_a_file_is_refused_before_it_runs(keras2_models, tmp_path):
+    target = Path("/tmp/lstm_onnx_pwned.txt")
+    target.unlink(missing_ok=True)
+    out = tmp_path / "w.onnx"
+    done = cli_export(keras2_models / "writes_file", out)
+    assert done.exit_code != 0
+    assert len(done.output.strip().splitlines()) == 1 and "'WriteFile'" in done.output
+    assert not target.exists() and not out.exists()
+
+
+def test_a_signature_calling_the_saver_is_refused(keras2_models):
+    """SaveV2 writes files: allowed only in TensorFlow's own saver functions, which nothing may call."""
+    from toolkit.keras2.savedmodel import read_saved_model, refused_ops
+
+    proto = read_saved_model(keras2_models / "post_case3_savedmodel", DEFAULT_LIMITS)
+    assert refused_ops(proto) == {}
+    library = proto.meta_graphs[0].graph_def.library
+    saver = next(f.signature.name for f in library.function if f.signature.name.startswith("__inference__traced_save"))
+    serving = next(f for f in library.function if not f.signature.name.startswith("__inference__traced"))
+    call = serving.node_def.add(name="evil", op="StatefulPartitionedCall")
+    call.attr["f"].func.name = saver
+    assert f"call of {saver}" in refused_ops(proto)
+    serving.node_def.add(name="save", op="SaveV2")
+    assert "SaveV2" in refused_ops(proto)
+
+
+def test_h5_datasets_are_bounded_before_they_are_read(keras2_models, tmp_path):
+    """A dataset may declare any shape over a few stored bytes; the declared size is refused first."""
+    import h5py
+
+    bomb = tmp_path / "bomb.h5"
+    bomb.write_bytes((keras2_models / "post_case3.h5").read_bytes())
+    with h5py.File(bomb, "r+") as f:
+        f["model_weights"].create_dataset("huge", shape=(40_000, 40_000), dtype="float32", chunks=(1000, 1000))
+    with pytest.raises(ModelLoadError, match="max-member-bytes"):
+        export_keras_model(bomb, tmp_path / "bomb.onnx")
+    with pytest.raises(ModelLoadError, match="max-params"):
+        export_keras_model(keras2_models / "post_case3.h5", tmp_path / "x.onnx", limits=DEFAULT_LIMITS.raised(max_params=10))
+
+
+def test_savedmodel_variables_are_bounded_before_they_are_read(keras2_models, tmp_path):
+    with pytest.raises(ModelLoadError, match="max-params"):
+        export_keras_model(keras2_models / "post_case3_savedmodel", tmp_path / "x.onnx",
+                           limits=DEFAULT_LIMITS.raised(max_params=10))
+
+
+def test_weights_only_h5_and_custom_classes_are_refused_in_one_line(keras2_models, tmp_path):
+    import h5py
+
+    weights_only = tmp_path / "weights.h5"
+    with h5py.File(weights_only, "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(ModelLoadError, match="weights only"):
+        export_keras_model(weights_only, tmp_path / "a.onnx")
+    custom = tmp_path / "custom.h5"
+    custom.write_bytes((keras2_models / "post_case3.h5").read_bytes())
+    with h5py.File(custom, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"][1]["class_name"] = "MyLSTM"
+        f.attrs["model_config"] = json.dumps(config)
+    with pytest.raises((ModelLoadError, UnsupportedModelError), match="MyLSTM"):
+        export_keras_model(custom, tmp_path / "b.onnx")
+
+
+def test_keras2_formats_are_told_apart_without_keras(keras2_models, saved_models):
+    assert keras2_format(keras2_models / "post_case3.h5").kind == "h5"
+    assert keras2_format(keras2_models / "post_case3_savedmodel").kind == "savedmodel"
+    assert keras2_format(keras2_models / "module_lstm").kind == "module"
+    assert keras2_format(keras2_models / "post_case3.keras").kind == "keras"
+    assert keras2_format(saved_models["sequential"]) is None  # Keras 3's own .keras
