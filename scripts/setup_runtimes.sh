@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the cross-runtime checks need besides the Python packages (those come from pyproject's
-# extras): Debian's headless Chromium, and onnxruntime-node / onnxruntime-web from npm at the versions
-# toolkit/runtimes/js/package-lock.json pins. Idempotent and quiet: a step whose result is already there
-# is skipped; a failing step prints its log and exits non-zero.
+# extras): Debian's headless Chromium, onnxruntime-node / onnxruntime-web from npm at the versions
+# toolkit/runtimes/js/package-lock.json pins, and tf.keras (the tf-keras package), the reference that
+# Keras 2 .h5/.keras exports are checked against. Idempotent and quiet: a step whose result is already
+# there is skipped; a failing step prints its log and exits non-zero.
 #   scripts/setup_runtimes.sh            (run as root, or with sudo available, for apt-get)
+#   PYTHON=/path/to/python scripts/setup_runtimes.sh   (default: .venv/bin/python, else python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JS_DIR=toolkit/runtimes/js
@@ -17,6 +19,14 @@ quietly() {  # run a command with its output in $LOG; show the log only when it 
     exit 1
   fi
 }
+
+# tf-keras 2.21 declares `tensorflow` as a dependency, which would install a second TensorFlow beside
+# tensorflow-cpu (same import name, files overwriting each other). Its real needs are all met by
+# tensorflow-cpu 2.21, so it is installed without dependencies, pinned to the TensorFlow minor.
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+if ! "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tf_keras') is None)" 2>/dev/null; then
+  quietly "$PYTHON" -m pip install --no-deps --quiet "tf-keras==2.21.*"
+fi
 
 if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
   SUDO=""

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import assert_close
+
 from toolkit.cli import cli
 from toolkit.compare import Tolerances
 from toolkit.errors import ModelLoadError, UnsupportedModelError
@@ -238,3 +238,19 @@ def test_keras2_formats_are_told_apart_without_keras(keras2_models, saved_models
     assert keras2_format(keras2_models / "module_lstm").kind == "module"
     assert keras2_format(keras2_models / "post_case3.keras").kind == "keras"
     assert keras2_format(saved_models["sequential"]) is None  # Keras 3's own .keras
+
+
+@pytest.mark.slow
+def test_explain_takes_the_posts_keras2_code_path():
+    """The post's stack built with tf.keras, saved as .h5 and exported from it: same numbers as the Keras 3
+    build (the builder's weights), the post's equalities hold, and tf.keras is the reference."""
+    from toolkit.explain import explain
+
+    keras3 = explain()
+    keras2 = explain(keras2=True)
+    assert all(case.all_hold for case in keras2)
+    for old, new in zip(keras3, keras2):
+        assert [o.name for o in old.outputs] == [o.name for o in new.outputs]
+        for a, b in zip(old.outputs, new.outputs):
+            assert_close(b.keras, a.keras, a.name)
+            assert_close(b.onnx, b.keras, a.name)

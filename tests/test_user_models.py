@@ -64,14 +64,17 @@ def test_refused_models_write_nothing(saved_models, tmp_path, key, error, needle
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_file_h5_and_folder_are_refused(tmp_path):
+def test_missing_file_bad_h5_and_plain_folder_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="no such file"):
         load_keras_model(tmp_path / "missing.keras")
     (tmp_path / "old.h5").write_bytes(b"x")
-    with pytest.raises(ModelLoadError, match="ending in .keras"):
+    with pytest.raises(ModelLoadError, match="Expected a Keras 2 model file"):  # .h5 that is not HDF5
         load_keras_model(tmp_path / "old.h5")
-    with pytest.raises(ModelLoadError, match="SavedModel folders are not loaded"):
+    with pytest.raises(ModelLoadError, match="without saved_model.pb"):
         load_keras_model(tmp_path)
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="ending in .keras or .h5"):
+        load_keras_model(tmp_path / "model.json")
 
 
 def test_the_issues_saved_cell_models_export_fused(tmp_path):

@@ -184,14 +184,19 @@ def inspect(onnx_model: Path, as_json: bool) -> None:
 
 
 @cli.command()
-def explain() -> None:
+@click.option("--keras2", is_flag=True,
+              help="Build the stack with tf.keras as the post does (Keras 2), save it as .h5 and export that file.")
+def explain(keras2: bool) -> None:
     """Show what the post's four flag combinations return, from live Keras and ONNX Runtime runs."""
     quiet_tensorflow()
     import numpy as np
 
     from toolkit.explain import explain as run_explain
 
-    cases = run_explain()
+    cases = run_explain(keras2=keras2)
+    if keras2:
+        echo("Keras 2 code path: tf.keras Model(inputs=..., outputs=[...]) saved as .h5, exported from the file; "
+             "'keras' below is tf.keras")
     for case in cases:
         c = case.config
         echo(f"({case.number}) last layer LSTM({c.units}, return_sequences={c.return_sequences}, "

@@ -92,7 +92,10 @@ def _with_export_options(func: Any) -> Any:
 @click.command()
 @_with_export_options
 def export(**params: Any) -> None:
-    """Export MODEL.keras, or (without MODEL) the post's LSTM stacks, and check parity.
+    """Export MODEL, or (without MODEL) the post's LSTM stacks, and check parity.
+
+    MODEL is a Keras 3 .keras file, or a Keras 2 model: a .h5 file, a SavedModel folder, or a tf.keras
+    .keras file (checked against the original: tf.keras, or the SavedModel's signature).
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
     default) into exported/ with a manifest.json. Exits 1 if any output fails parity; then nothing is

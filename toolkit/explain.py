@@ -37,14 +37,21 @@ def _equality(check: Any) -> str:
     return f"{check.description}: {'yes' if check else 'NO'} (max_abs {check.max_abs:.2g})"
 
 
-def explain(base: StackConfig = StackConfig()) -> list[ExplainedCase]:
-    """Build, export and run the post's four cases on the post's input."""
+def explain(base: StackConfig = StackConfig(), keras2: bool = False) -> list[ExplainedCase]:
+    """Build, export and run the post's four cases on the post's input. `keras2`: the post's own code
+    path, a tf.keras stack saved as `.h5` and exported from that file (`toolkit.keras2.post`)."""
     cases = []
+    feeds = {"input": SEED_INPUT}
     for number, config in enumerate(stack_configs(base), start=1):
-        model = build_stack(config)
-        result = export_model(model, seed=config.seed, source={"builder": config.to_json()})
-        feeds = {"input": SEED_INPUT}
-        expected = keras_outputs(model, feeds)
+        if keras2:
+            from toolkit.keras2.post import export_post_stack_h5
+
+            result, reference, model = export_post_stack_h5(config)
+            expected = list(reference.run(feeds).values())
+        else:
+            model = build_stack(config)
+            result = export_model(model, seed=config.seed, source={"builder": config.to_json()})
+            expected = keras_outputs(model, feeds)
         actual = OnnxRunner(result.model).run(feeds)
         names = [o.name for o in result.outputs]
         origins = output_origins(model)

@@ -20,17 +20,26 @@ MIN_KERAS = (3, 14)
 
 def load_keras_model(path: str | Path, limits: ResourceLimits = DEFAULT_LIMITS) -> Any:
     """Load a user's `.keras` file in Keras' safe mode (no deserialized Python code runs), after checking
-    the archive against `limits` (`toolkit.limits`): Keras then reads the very file that was checked."""
+    the archive against `limits` (`toolkit.limits`): Keras then reads the very file that was checked.
+    A Keras 2 model (`.h5`, a tf.keras SavedModel folder or `.keras`) is read and translated by
+    `toolkit.keras2`; that returns the Keras 3 translation (the exporter checks against the original)."""
     source = Path(path)
+    from toolkit.keras2.formats import keras2_format
+
+    fmt = keras2_format(source)
+    if fmt is not None and fmt.kind != "module":
+        from toolkit.keras2.loader import load_keras2_model
+
+        return load_keras2_model(source, fmt, limits).model  # translated; `export` checks against the original
     if source.is_dir():
         raise ModelLoadError(
-            f"Expected a Keras model file (.keras). Received: folder {safe_text(source)!r}; SavedModel folders are "
-            "not loaded (Keras 3 cannot load them as models): load it yourself and model.save('model.keras')"
+            f"Expected a Keras model: a .keras or .h5 file, or a SavedModel folder with keras_metadata.pb. Received: "
+            f"folder {safe_text(source)!r}" + (" (a tf.Module SavedModel: export it with lstm-onnx export)"
+                                               if fmt is not None else " without saved_model.pb")
         )
     if source.suffix != ".keras":
         raise ModelLoadError(
-            f"Expected a Keras model file ending in .keras. Received: {safe_text(source)!r}; for a legacy .h5 file "
-            "you trust, load it in Keras and model.save('model.keras')"
+            f"Expected a Keras model file ending in .keras or .h5, or a SavedModel folder. Received: {safe_text(source)!r}"
         )
     with open_regular_file(source) as handle:
         inspect_keras_handle(handle, str(source), limits)

@@ -37,7 +37,7 @@ def keras2_format(path: Path) -> Keras2Format | None:
             return None
         return Keras2Format("savedmodel" if (path / KERAS_METADATA_PB).is_file() else "module")
     if path.suffix.lower() in H5_SUFFIXES or is_hdf5(path):
-        return Keras2Format("h5") if path.is_file() and is_hdf5(path) else None
+        return Keras2Format("h5")  # one that is not HDF5 after all is refused by the reader, saying so
     if path.suffix == ".keras" and path.is_file():
         version = _archive_keras_version(path)
         if version.startswith("2."):

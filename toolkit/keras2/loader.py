@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.budget import count_config
 from toolkit.errors import ModelLoadError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import Keras2Format
 from toolkit.keras2.translate import Translation, translate_model_config
 from toolkit.limits import ResourceLimits, check_budget, inspect_keras_handle
-from toolkit.budget import count_config
 
 
 @dataclass

@@ -74,8 +74,8 @@ def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0
     """Convert a tf.Module SavedModel's serving signature with tf2onnx, named and checked."""
     import tensorflow as tf
 
-    from toolkit.keras2.savedmodel import check_graph_ops
     from toolkit.keras2.module_export import finish_module_export
+    from toolkit.keras2.savedmodel import check_graph_ops
 
     check_graph_ops(folder, options.limits)
     loaded = tf.saved_model.load(str(folder))
