@@ -202,13 +202,20 @@ def inspect(onnx_model: Path, as_json: bool) -> None:
 
 
 @cli.command()
-def explain() -> None:
+@click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
+              help="Also write the lesson as a page: the four cases unrolled, rerun in the browser on an input you edit.")
+def explain(html: Path | None) -> None:
     """Show what the post's four flag combinations return, from live Keras and ONNX Runtime runs."""
     quiet_tensorflow()
+    html_path(html)
     import numpy as np
 
     from toolkit.explain import explain as run_explain
 
+    if html is not None:
+        from toolkit.runtimes.js import npm_package
+
+        npm_package("onnxruntime-web")  # not installed: refused before the four exports run
     cases = run_explain()
     for case in cases:
         c = case.config
@@ -230,6 +237,10 @@ def explain() -> None:
                "state_h and state_c. The last output is state_h; with return_sequences its last step is.")
     if not all(case.all_hold for case in cases):
         raise click.ClickException("an equality or parity check failed")
+    if html is not None:
+        from toolkit.lesson import write_lesson
+
+        echo(f"wrote {write_lesson(html, cases)}")
 
 
 from toolkit.serve_cli import serve  # noqa: E402  (the command lives in its own module)
