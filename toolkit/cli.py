@@ -120,7 +120,9 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
     # Loaded once, within the --max-* limits, for the parity check and the streamed one alike.
     loaded = load_keras_model(keras_model, limits)
-    results = verify_runtimes(onnx_model, loaded, names, tolerances, seed=seed)
+    from toolkit.progress import progress_for
+
+    results = verify_runtimes(onnx_model, loaded, names, tolerances, seed=seed, progress=progress_for(as_json))
     streamed = None
     if sizes is not None:
         from toolkit.runner import load_onnx

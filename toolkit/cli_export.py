@@ -199,7 +199,10 @@ def _run(params: dict[str, Any], options: Any) -> Any:
     chosen = {k: (None if v == VARIABLE else v) for k, v in builder_options.items() if v is not None}
     with option_values():
         configs = requested_configs(chosen, params["variant"], params["return_sequences"], params["return_state"])
-    return export_stacks(configs, output or Path("exported"), options, keep_failed=params["keep_failed"], write=write)
+    from toolkit.progress import progress_for
+
+    return export_stacks(configs, output or Path("exported"), options, keep_failed=params["keep_failed"], write=write,
+                         progress=progress_for(params["as_json"]))
 
 
 def _write_triton(outcome: Any, repo: Path, model_name: str | None) -> list[Path]:

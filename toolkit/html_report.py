@@ -224,7 +224,8 @@ def report_page(sections: Sequence[ModelSection], title: str, passed: bool, comm
         "<h2>Command</h2>", f"<pre><code>{esc(command)}</code></pre>",
     ])
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<meta name=\"viewport\" content=\"width=device-width\"><link rel=\"icon\" href=\"data:,\"><style>{CSS}</style></head><body>\n{body}\n")
+            f"<meta name=\"viewport\" content=\"width=device-width\"><link rel=\"icon\" href=\"data:,\">"
+            f"<style>{CSS}</style></head><body>\n{body}\n")
     footer = (f"<footer><p>Made by lstm-onnx {__version__} in {time.perf_counter() - started:.2f} s; "
               f"{{size}} KB, {drawn} plot(s).</p></footer>\n</body></html>\n")
     size = len((page + footer).encode("utf-8")) // 1024

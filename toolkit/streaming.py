@@ -46,7 +46,8 @@ class StreamReport:
         return bool(self.against_keras) and bool(self.against_whole)
 
     def to_json(self) -> dict:
-        return {"chunks": list(self.chunks), "length": self.length, "passed": bool(self), "against_keras": self.against_keras.to_json(),
+        return {"chunks": list(self.chunks), "length": self.length, "passed": bool(self),
+                "against_keras": self.against_keras.to_json(),
                 "against_unchunked": self.against_whole.to_json()}
 
 
