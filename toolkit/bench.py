@@ -23,6 +23,7 @@ import numpy as np
 
 from toolkit.compare import Tolerances, compare_arrays
 from toolkit.errors import InputError
+from toolkit.progress import Progress
 
 if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onnx and ORT load on use
     import onnx
@@ -189,7 +190,8 @@ def default_threads() -> tuple[int, ...]:
 
 def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: str | Path | None = None,
           tolerances: Tolerances = Tolerances(), threads: Sequence[int] | None = None,
-          runtimes: Sequence[str] | None = None, budget_s: float = 8.0, rounds: int = 15) -> BenchReport:
+          runtimes: Sequence[str] | None = None, budget_s: float = 8.0, rounds: int = 15,
+          progress: Progress = Progress()) -> BenchReport:
     """Time `onnx_path` in every form and compare each with the reference; see the module's docstring."""
     from toolkit.runner import count_ops, graph_outputs, load_onnx
     from toolkit.tiers import open_target, recorded_tier
@@ -206,6 +208,7 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     tolerances = tolerances.resolve(count_ops(proto))
     forms = _forms(runtimes, threads)
     results = {}
+    progress.begin(len(forms) + 2, "bench")
     with contextlib.ExitStack() as stack:
         opened, converted = {}, {}  # each tier converted once, whatever the thread counts
         for form in forms:
@@ -213,16 +216,20 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
             results[form] = FormResult(form, size_bytes=size, problem=problem)
             if runner is not None:
                 opened[form] = stack.enter_context(runner)
+            progress.advance(f"opened {form.label}")
         if not opened:
             raise InputError(f"Expected at least one runtime that runs {Path(onnx_path).name}. Received: none did")
         reference = _reference(keras_path, opened, feeds, names)
+        progress.advance(f"reference: {reference.label}; timing for about {budget_s:g} s")
         timings = interleaved_ms({f.label: (lambda r=r: r.run(feeds)) for f, r in opened.items()}, budget_s, rounds)
+        progress.advance("timed")
         base = next((timings[f.label] for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")),
                     min(timings.values()))
         for form, runner in opened.items():
             max_abs, max_rel, within = _compare(reference.outputs, runner.run(feeds), names, tolerances)
             ms = timings[form.label]
             results[form] = FormResult(form, ms, base / ms, max_abs, max_rel, within, results[form].size_bytes)
+    progress.end()
     return BenchReport(Path(onnx_path).name, batch, used_steps, reference.label, str(tolerances.base),
                        tuple(results[f] for f in forms))
 

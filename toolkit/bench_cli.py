@@ -40,7 +40,10 @@ def bench_command(onnx_model: Path, batch: int, steps: int, keras_model: Path | 
         tolerances, threads = Tolerances.parse(atol, rtol), _thread_list(threads_text)
     if keras_model is not None:
         quiet_tensorflow()
-    report = bench(onnx_model, batch, steps, keras_model, tolerances, threads, runtimes, budget_s=seconds)
+    from toolkit.progress import progress_for
+
+    report = bench(onnx_model, batch, steps, keras_model, tolerances, threads, runtimes, budget_s=seconds,
+                   progress=progress_for(as_json))
     if as_json:
         emit_json(report.to_json())
     else:

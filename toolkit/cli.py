@@ -7,6 +7,7 @@ import TensorFlow, which costs seconds and may not be installed on a deploy mach
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +17,10 @@ import click
 
 from toolkit import __version__
 from toolkit.cli_common import (
+    command_line,
     echo,
     emit_json,
+    html_path,
     limit_options,
     limits_from,
     one_line,
@@ -37,6 +40,12 @@ class _OptionError(click.ClickException):
 class _Cli(click.Group):
     """Turns every `LstmOnnxError`, and any OSError, into click's one-line `Error: ...` and exit code 1
     (2 for a malformed option): no traceback. Text from files is escaped before it reaches the terminal."""
+
+    command_line = ""  # the command as typed, for the pages that show what produced them
+
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **extra: Any) -> Any:
+        self.command_line = shlex.join(["lstm-onnx", *(sys.argv[1:] if args is None else args)])
+        return super().main(args, *rest, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -85,9 +94,11 @@ cli.add_command(export)
                    "(every one but openvino-bf16).")
 @limit_options
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
+@click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
+              help="Also write a self-contained HTML report: matrix, error per time step, versions.")
 def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Sequence[str], seed: int,
            stream: str | None, stream_length: int, runtimes: str, max_params: int | None, max_timesteps: int | None,
-           max_activation: int | None, max_member_bytes: int | None, as_json: bool) -> None:
+           max_activation: int | None, max_member_bytes: int | None, as_json: bool, html: Path | None) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     quiet_tensorflow()
     from toolkit.compare import Tolerances, VerifyReport
@@ -97,6 +108,7 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
     runtimes_named(names)  # an unknown name is refused before the Keras model is loaded
     sizes = None
+    html_path(html)
     with option_values():
         tolerances = Tolerances.parse(atol, rtol)
         if stream is not None:
@@ -108,7 +120,9 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
     # Loaded once, within the --max-* limits, for the parity check and the streamed one alike.
     loaded = load_keras_model(keras_model, limits)
-    results = verify_runtimes(onnx_model, loaded, names, tolerances, seed=seed)
+    from toolkit.progress import progress_for
+
+    results = verify_runtimes(onnx_model, loaded, names, tolerances, seed=seed, progress=progress_for(as_json))
     streamed = None
     if sizes is not None:
         from toolkit.runner import load_onnx
@@ -120,6 +134,12 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
         streamed = stream_parity(loaded, proto, sizes, stream_length,
                                  tolerances=recorded_tolerances(proto, tolerances, loaded), seed=seed)
     outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
+    if html is not None:  # written whatever the outcome: the page shows what failed
+        from toolkit.html_report import ModelSection, write_report
+        from toolkit.runner import load_onnx
+
+        section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed)
+        write_report(html, [section], f"lstm-onnx verify {onnx_model.name}", bool(outcome), command_line())
     if as_json:
         emit_json(outcome.to_json())
     else:
@@ -186,13 +206,20 @@ def inspect(onnx_model: Path, as_json: bool) -> None:
 @cli.command()
 @click.option("--keras2", is_flag=True,
               help="Build the stack with tf.keras as the post does (Keras 2), save it as .h5 and export that file.")
-def explain(keras2: bool) -> None:
+@click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
+              help="Also write the lesson as a page: the four cases unrolled, rerun in the browser on an input you edit.")
+def explain(keras2: bool, html: Path | None) -> None:
     """Show what the post's four flag combinations return, from live Keras and ONNX Runtime runs."""
     quiet_tensorflow()
+    html_path(html)
     import numpy as np
 
     from toolkit.explain import explain as run_explain
 
+    if html is not None:
+        from toolkit.runtimes.js import npm_package
+
+        npm_package("onnxruntime-web")  # not installed: refused before the four exports run
     cases = run_explain(keras2=keras2)
     if keras2:
         echo("Keras 2 code path: tf.keras Model(inputs=..., outputs=[...]) saved as .h5, exported from the file; "
@@ -217,6 +244,10 @@ def explain(keras2: bool) -> None:
                "state_h and state_c. The last output is state_h; with return_sequences its last step is.")
     if not all(case.all_hold for case in cases):
         raise click.ClickException("an equality or parity check failed")
+    if html is not None:
+        from toolkit.lesson import write_lesson
+
+        echo(f"wrote {write_lesson(html, cases)}")
 
 
 from toolkit.serve_cli import serve  # noqa: E402  (the command lives in its own module)

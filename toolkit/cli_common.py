@@ -128,3 +128,19 @@ def limits_from(max_params: int | None, max_timesteps: int | None, max_activatio
     return ResourceLimits().raised(max_params=max_params, max_timesteps=max_timesteps,
                                    max_activation_elements=max_activation, max_member_bytes=max_member_bytes,
                                    max_total_bytes=total)
+
+
+def html_path(value: Any) -> Any:
+    """`--html PATH`: a page ending in .html or .htm, checked before any work (a malformed option, exit 2)."""
+    from pathlib import Path
+
+    if value is not None and Path(value).suffix.lower() not in (".html", ".htm"):
+        raise OptionError(f"Expected --html PATH ending in .html. Received: {str(value)!r}")
+    return value
+
+
+def command_line() -> str:
+    """The command line that is running, as a shell would take it back (the HTML pages show it)."""
+    context = click.get_current_context(silent=True)
+    root = context.find_root().command if context else None
+    return getattr(root, "command_line", "") or "lstm-onnx"

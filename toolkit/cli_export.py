@@ -18,8 +18,10 @@ from toolkit.builder import MAX_FEATURES, MAX_LAYERS, MAX_UNITS
 from toolkit.cli_common import (
     VARIABLE,
     Timesteps,
+    command_line,
     echo,
     emit_json,
+    html_path,
     limit_options,
     limits_from,
     option_values,
@@ -80,6 +82,8 @@ _export_options = [
                       "checked against Keras at the tier's measured tolerance."),
     click.option("--float16", is_flag=True, help="Store weights as float16 (inputs, outputs and states stay float32)."),
     click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report."),
+    click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
+                 help="Also write a self-contained HTML report of the parity check (written even when it fails)."),
 ]
 
 
@@ -102,6 +106,7 @@ def export(**params: Any) -> None:
     written unless --keep-failed.
     """
     quiet_tensorflow()
+    html_path(params["html"])
     options = _options(params)
     model, triton_repo, keep_failed = params["model"], params["triton_repo"], params["keep_failed"]
     _check_triton_name(params["triton_name"], model)
@@ -111,6 +116,8 @@ def export(**params: Any) -> None:
     passed = all(report for _, report in items)
     repository = (_write_triton(outcome, triton_repo, params["triton_name"])
                   if triton_repo is not None and (passed or keep_failed) else [])
+    if params["html"] is not None:
+        _write_html(params["html"], outcome, passed)
     written, payload = list(outcome.written) + repository, outcome.to_json()
     payload["written"] = [str(p) for p in written]
     if params["as_json"]:
@@ -122,6 +129,16 @@ def export(**params: Any) -> None:
 
         raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)")
                                    + f": {failure_message(items)}")
+
+
+def _write_html(path: Path, outcome: Any, passed: bool) -> None:
+    """The export's parity check as a page: one section per model, its ONNX Runtime row (at its tier)."""
+    from toolkit.compare import RuntimeReport
+    from toolkit.html_report import ModelSection, write_report
+
+    sections = [ModelSection(f"{name}.onnx", result.model, (RuntimeReport("onnxruntime", result.parity),))
+                for name, result in outcome.exported]
+    write_report(path, sections, "lstm-onnx export", passed, command_line())
 
 
 def _options(params: dict[str, Any]) -> Any:
@@ -185,7 +202,10 @@ def _run(params: dict[str, Any], options: Any) -> Any:
     chosen = {k: (None if v == VARIABLE else v) for k, v in builder_options.items() if v is not None}
     with option_values():
         configs = requested_configs(chosen, params["variant"], params["return_sequences"], params["return_state"])
-    return export_stacks(configs, output or Path("exported"), options, keep_failed=params["keep_failed"], write=write)
+    from toolkit.progress import progress_for
+
+    return export_stacks(configs, output or Path("exported"), options, keep_failed=params["keep_failed"], write=write,
+                         progress=progress_for(params["as_json"]))
 
 
 def _write_triton(outcome: Any, repo: Path, model_name: str | None) -> list[Path]:

@@ -4,112 +4,28 @@ Results are objects that test true when they pass (after Polygraphy's `OutputCom
 `ParityReport` is true only when the output names match, every output's shape matches in every case and
 every value is within its tolerance; a `RuntimeReport` is one runtime's pass, fail or "not valid"; a
 `VerifyReport` is everything `verify` found. Nothing here imports TensorFlow: `verify` results can be read and
-printed on a deploy machine.
+printed on a deploy machine. Tolerances live in `toolkit.tolerance`, per-step errors in `toolkit.steps`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.errors import InputError
+from toolkit.steps import StepErrors, merge_steps, step_errors
+from toolkit.tolerance import (  # noqa: F401 -- re-exported: callers import them from here
+    DEFAULT_TOLERANCE,
+    RNN_OP_TOLERANCE,
+    Tolerance,
+    Tolerances,
+)
 
 if TYPE_CHECKING:
     from toolkit.streaming import StreamReport
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Elementwise `|actual - expected| <= atol + rtol * |expected|` (numpy.allclose's rule)."""
-
-    atol: float
-    rtol: float
-
-    def __str__(self) -> str:
-        return f"atol={self.atol:g} rtol={self.rtol:g}"
-
-
-# As tight as tf2onnx's own Keras LSTM tests (tests/test_keras_lstm.py: rtol 1e-5, atol 1e-6).
-DEFAULT_TOLERANCE = Tolerance(atol=1e-6, rtol=1e-5)
-
-# Loosened for models holding an ONNX `RNN` op (Keras SimpleRNN), and only when the user set no default.
-# Measured (scripts/tolerance_scan.py, ORT 1.32): LSTM and GRU stay within 0.06x and 0.14x of the default
-# tolerance up to 64 units and 200 steps, but ORT's RNN kernel reaches 1.0x: against a float64 reference
-# ORT's RNN is off by 1.5e-6 where Keras is off by 2.6e-7 (2 x SimpleRNN(3), 11 steps). 10x leaves margin.
-RNN_OP_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """One default tolerance and optional per-output overrides, keyed by output name.
-
-    `default=None` means "the default for the model's ops": `DEFAULT_TOLERANCE`, or `RNN_OP_TOLERANCE`
-    when the graph holds an `RNN` op; `resolve` picks it once the graph is known.
-    """
-
-    default: Tolerance | None = None
-    per_output: Mapping[str, Tolerance] = field(default_factory=dict)
-
-    @property
-    def base(self) -> Tolerance:
-        return self.default or DEFAULT_TOLERANCE
-
-    def for_output(self, name: str) -> Tolerance:
-        return self.per_output.get(name, self.base)
-
-    def resolve(self, op_counts: Mapping[str, int]) -> Tolerances:
-        if self.default is not None:
-            return self
-        return Tolerances(RNN_OP_TOLERANCE if op_counts.get("RNN") else DEFAULT_TOLERANCE, self.per_output)
-
-    def check_names(self, output_names: Sequence[str]) -> None:
-        """Refuse a per-output tolerance for an output the model does not have (a typo passes silently otherwise)."""
-        unknown = sorted(set(self.per_output) - set(output_names))
-        if unknown:
-            raise InputError(
-                f"Expected tolerance keys among the model's outputs {list(output_names)}. "
-                f"Received unknown key(s): {unknown}"
-            )
-
-    @classmethod
-    def parse(cls, atol: Iterable[str] = (), rtol: Iterable[str] = ()) -> Tolerances:
-        """Build from CLI strings: `VALUE` sets the default, `NAME:VALUE` one output (Polygraphy's syntax)."""
-        default_atol, default_rtol = DEFAULT_TOLERANCE.atol, DEFAULT_TOLERANCE.rtol
-        default_given = False
-        overrides: dict[str, dict[str, float]] = {}
-        for kind, values in (("atol", atol), ("rtol", rtol)):
-            for raw in values:
-                name, _, value_text = raw.rpartition(":")
-                value = _parse_non_negative(kind, value_text, raw)
-                if not name:
-                    default_given = True
-                    if kind == "atol":
-                        default_atol = value
-                    else:
-                        default_rtol = value
-                else:
-                    overrides.setdefault(name, {})[kind] = value
-        default = Tolerance(atol=default_atol, rtol=default_rtol)
-        per_output = {
-            name: Tolerance(atol=vals.get("atol", default.atol), rtol=vals.get("rtol", default.rtol))
-            for name, vals in overrides.items()
-        }
-        return cls(default=default if default_given else None, per_output=per_output)
-
-
-
-def _parse_non_negative(kind: str, text: str, raw: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value >= 0 and math.isfinite(value)):
-        raise InputError(f"Expected --{kind} as VALUE or OUTPUT_NAME:VALUE with a number >= 0. Received: {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -124,6 +40,7 @@ class OutputComparison:
     tolerance: Tolerance
     passed: bool
     reason: str = ""
+    steps: StepErrors | None = None  # per time step, for an output with a time axis (toolkit.steps)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -172,6 +89,7 @@ class OutputSummary:
     tolerance: Tolerance
     passed: bool
     reasons: tuple[str, ...]
+    steps: StepErrors | None = None  # the stepwise worst over cases
 
     def __bool__(self) -> bool:
         return self.passed
@@ -212,6 +130,7 @@ class ParityReport:
                     tolerance=found[0].tolerance,
                     passed=all(found),
                     reasons=tuple(dict.fromkeys(c.reason for c in found if c.reason)),
+                    steps=merge_steps(c.steps for c in found),
                 )
             )
         return rows
@@ -251,6 +170,7 @@ class ParityReport:
                     "rtol": s.tolerance.rtol,
                     "passed": s.passed,
                     "reasons": list(s.reasons),
+                    **({"steps": s.steps.to_json()} if s.steps is not None else {}),
                 }
                 for s in self.summaries()
             ],
@@ -354,9 +274,8 @@ def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, toleranc
         reldiff = np.where(absdiff == 0, 0.0, absdiff / np.abs(np.where(both_finite, exp64, 1.0)))
     passed = bool(close.all())
     reason = "" if passed else f"{int((~close).sum())} of {close.size} values outside tolerance"
-    return OutputComparison(
-        name, expected.shape, actual.shape, float(absdiff.max()), float(reldiff.max()), tolerance, passed, reason
-    )
+    return OutputComparison(name, expected.shape, actual.shape, float(absdiff.max()), float(reldiff.max()), tolerance,
+                            passed, reason, step_errors(absdiff, exp64, close))
 
 
 def compare_case(

@@ -21,6 +21,7 @@ class ExplainedOutput:
     shape: tuple[int, ...]
     keras: np.ndarray
     onnx: np.ndarray
+    role: str = ""  # sequence, last, state_h, state_c
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class ExplainedCase:
     keras_equalities: tuple[str, ...]
     onnx_equalities: tuple[str, ...]
     all_hold: bool
+    model: bytes = b""  # the exported model's bytes (those of exported/caseN_*.onnx), for the lesson page
+    file: str = ""  # its file name in exported/
 
 
 def _equality(check: Any) -> str:
@@ -63,11 +66,14 @@ def explain(base: StackConfig = StackConfig(), keras2: bool = False) -> list[Exp
                 number=number,
                 config=config,
                 outputs=tuple(
-                    ExplainedOutput(n, tuple(k.shape), k, actual[n]) for n, k in zip(names, expected)
+                    ExplainedOutput(o.name, tuple(k.shape), k, actual[o.name], o.role)
+                    for o, k in zip(result.outputs, expected)
                 ),
                 keras_equalities=tuple(_equality(c) for c in keras_checks),
                 onnx_equalities=tuple(_equality(c) for c in onnx_checks),
                 all_hold=bool(result.parity) and all(keras_checks) and all(onnx_checks),
+                model=result.data,
+                file=f"{config.name}.onnx",
             )
         )
     return cases

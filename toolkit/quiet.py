@@ -71,3 +71,8 @@ def echo_err(text: str) -> None:
         click.echo(text, file=_ERR)
     else:
         click.echo(text, err=True)
+
+
+def real_stderr() -> Any:
+    """The stream the tool's own stderr output goes to (the real stderr, also while it is quiet)."""
+    return _ERR if _ERR is not None else sys.stderr

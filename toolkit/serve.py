@@ -47,6 +47,7 @@ from pathlib import Path
 import onnx
 
 from toolkit.errors import InputError, LstmOnnxError
+from toolkit.progress import Progress
 from toolkit.runner import load_onnx
 from toolkit.runtimes.base import die_with_parent, process_alive, stop_process
 from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
@@ -230,7 +231,7 @@ class TritonServer:
                 "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix}",
                 "--exit-timeout-secs", str(EXIT_TIMEOUT_S), "--log-verbose", "0"]
 
-    def start(self, cancel: threading.Event | None = None) -> TritonServer:
+    def start(self, cancel: threading.Event | None = None, progress: Progress = Progress()) -> TritonServer:
         """Start the server and return once the models are ready, or as soon as `cancel` is set;
         ServeError (with the log's tail) if it does not get ready."""
         dist = triton_distribution()
@@ -242,23 +243,29 @@ class TritonServer:
                 self.process = subprocess.Popen(self.command(dist), env=server_environment(dist), stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True, preexec_fn=die_with_parent)
-            self._wait_ready(cancel or threading.Event())
+            self._wait_ready(cancel or threading.Event(), progress)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, cancel: threading.Event) -> None:
+    def _wait_ready(self, cancel: threading.Event, progress: Progress) -> None:
+        """Poll the models' ready URLs; `progress` counts the polls (4 a second) up to the deadline."""
         assert self.process is not None
-        deadline = time.monotonic() + self.options.ready_timeout_s
+        started = time.monotonic()
+        deadline = started + self.options.ready_timeout_s
+        progress.begin(int(self.options.ready_timeout_s / 0.25), "starting tritonserver")
         urls = [f"http://{self.http_url}/v2/models/{urllib.parse.quote(name, safe='')}/ready" for name in self.models]
         while time.monotonic() < deadline and not cancel.is_set():
             if self.process.poll() is not None:
                 raise ServeError(f"Expected tritonserver to start. Received: exit code {self.process.returncode}; "
                                  f"log: {self.log_tail()}")
             if all(_get(url) == 200 for url in urls):
+                progress.end()
                 return
             time.sleep(0.25)
+            progress.advance(f"{time.monotonic() - started:.0f} s")
+        progress.end()
         if cancel.is_set():
             return
         raise ServeError(f"Expected tritonserver ready within {self.options.ready_timeout_s:.0f} s. "
@@ -294,14 +301,15 @@ class TritonServer:
         self.stop()
 
 
-def serve_forever(model_path: str | Path, options: ServeOptions, echo: Callable[[str], None] = print) -> None:
+def serve_forever(model_path: str | Path, options: ServeOptions, echo: Callable[[str], None] = print,
+                  progress: Progress = Progress()) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM, also while starting, then stop cleanly; ServeError if the
     server dies first."""
     server = TritonServer(model_path, options)
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start(cancel=stopping)
+        server.start(cancel=stopping, progress=progress)
         if not stopping.is_set():
             echo(f"serving {server.name!r} on Triton: http://{server.http_url} grpc://{server.grpc_url} "
                  f"(max batch {options.max_batch_size}; Ctrl-C stops)")

@@ -17,7 +17,8 @@ import click
 def serve(onnx_model: Path, name: str | None, http_port: int, grpc_port: int, max_batch_size: int) -> None:
     """Serve ONNX_MODEL on a Triton Inference Server (ONNX Runtime in its Python backend, dynamic
     batching) on 127.0.0.1 until Ctrl-C or SIGTERM. A --state-io export's states are request tensors."""
+    from toolkit.progress import progress_for
     from toolkit.serve import ServeOptions, serve_forever
 
     options = ServeOptions(name=name, http_port=http_port, grpc_port=grpc_port, max_batch_size=max_batch_size)
-    serve_forever(onnx_model, options, echo=lambda line: click.echo(line))
+    serve_forever(onnx_model, options, echo=lambda line: click.echo(line), progress=progress_for())

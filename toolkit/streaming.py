@@ -35,12 +35,19 @@ class StreamReport:
     chunks: tuple[int, ...]
     against_keras: ParityReport
     against_whole: ParityReport
+    length: int = 0  # steps of the streamed sequence (the chunk boundaries are `split_steps(length, chunks)`)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """The steps at which a new chunk starts (after the first), for plots."""
+        return [start for start, _ in split_steps(self.length, self.chunks)][1:]
 
     def __bool__(self) -> bool:
         return bool(self.against_keras) and bool(self.against_whole)
 
     def to_json(self) -> dict:
-        return {"chunks": list(self.chunks), "passed": bool(self), "against_keras": self.against_keras.to_json(),
+        return {"chunks": list(self.chunks), "length": self.length, "passed": bool(self),
+                "against_keras": self.against_keras.to_json(),
                 "against_unchunked": self.against_whole.to_json()}
 
 
@@ -152,4 +159,4 @@ def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence
                                     keras_names)
     against_whole = compare_runners(runner, [streamed], [InputCase(label + " vs unchunked", feeds)], tolerances,
                                     names)
-    return StreamReport(tuple(sizes), against_keras[streamed.name], against_whole[streamed.name])
+    return StreamReport(tuple(sizes), against_keras[streamed.name], against_whole[streamed.name], length)

@@ -25,6 +25,7 @@ from toolkit.limits import check_budget
 from toolkit.metadata import parity_metadata, read_opset, versions
 from toolkit.naming import default_output_names
 from toolkit.options import ExportOptions
+from toolkit.progress import Progress
 
 MANIFEST_NAME = "manifest.json"
 
@@ -108,7 +109,8 @@ def _check_keys(kind: str, keys: Sequence[str], known: Sequence[str]) -> None:
 
 
 def export_stacks(configs: Sequence[StackConfig], out_dir: str | Path, options: ExportOptions | None = None, *,
-                  keep_failed: bool = False, write: bool = True, **changes: Any) -> SuiteResult:
+                  keep_failed: bool = False, write: bool = True, progress: Progress = Progress(),
+                  **changes: Any) -> SuiteResult:
     """Build, export and check each config; write them and the manifest when all pass.
 
     `options.output_names` maps default names to new ones across every stack; `changes` replace fields
@@ -126,12 +128,15 @@ def export_stacks(configs: Sequence[StackConfig], out_dir: str | Path, options: 
     final_names = _final_names(models, options)
     tolerances = options.tolerances
     entries = []
+    progress.begin(len(models), "export")
     for config, model in models:
         names = final_names[config.name]
         own = Tolerances(tolerances.default, {k: v for k, v in tolerances.per_output.items() if k in names})
         result = export_model(model, options.replace(output_names=names, tolerances=own), seed=config.seed,
                               source={"builder": config.to_json()})
         entries.append(SuiteEntry(config=config, file=f"{config.name}.onnx", result=result))
+        progress.advance(config.name)
+    progress.end()
     suite = SuiteResult(out_dir=target, entries=entries)
     if write and (suite.passed or keep_failed):
         suite.write()

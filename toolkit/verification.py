@@ -19,6 +19,7 @@ from toolkit.compare import ParityReport, RuntimeReport, Tolerances
 from toolkit.errors import InputError
 from toolkit.inputs import make_cases
 from toolkit.naming import output_origins, unique_names
+from toolkit.progress import Progress
 from toolkit.runner import load_onnx
 from toolkit.runtimes.base import open_or_failed
 from toolkit.tiers import recorded_tolerances
@@ -32,8 +33,10 @@ def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tole
 
 
 def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Sequence[str] = ("onnxruntime",),
-                    tolerances: Tolerances = Tolerances(), seed: int = 0) -> list[RuntimeReport]:
-    """Keras vs each runtime over one set of cases; a runtime the model is not valid in says why."""
+                    tolerances: Tolerances = Tolerances(), seed: int = 0,
+                    progress: Progress = Progress()) -> list[RuntimeReport]:
+    """Keras vs each runtime over one set of cases; a runtime the model is not valid in says why. `progress`
+    hears of each runtime opened (Chromium and OpenVINO take seconds) and each case compared."""
     chosen = runtimes_named(runtimes)
     proto = load_onnx(onnx_path)
     keras = KerasRunner(keras_path)
@@ -46,11 +49,16 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
     problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
     padding = metadata.read_options(proto).padding  # the side the export was made for
     tolerances = recorded_tolerances(proto, tolerances, keras.model)  # an int8 or float16 export's, as at export
+    cases = make_cases(keras.model, seed, padding)
+    valid = [r for r in chosen if not problems[r.name]]
+    progress.begin(len(valid) + len(cases), "verify")
     with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(open_or_failed(r.name, r.open, Path(onnx_path), proto))
-                   for r in chosen if not problems[r.name]]
-        cases = make_cases(keras.model, seed, padding)
-        reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases)
+        runners = []
+        for runtime in valid:
+            runners.append(stack.enter_context(open_or_failed(runtime.name, runtime.open, Path(onnx_path), proto)))
+            progress.advance(f"opened {runtime.name}")
+        reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases, progress)
+    progress.end()
     return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]
 
 

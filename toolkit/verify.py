@@ -36,6 +36,7 @@ from toolkit.inputs import InputCase
 from toolkit.keras_runner import keras_outputs  # noqa: F401 -- also re-exported: callers import it from here
 from toolkit.naming import OutputOrigin, output_origins, unique_names
 from toolkit.precision import choose as choose_tolerance
+from toolkit.progress import Progress
 from toolkit.runner import (
     check_feeds,
     check_tensor_io,
@@ -156,8 +157,12 @@ def reference_oracle_problem(model: onnx.ModelProto) -> str | None:
     """Why onnx.reference is no oracle for this model, or None when it is.
 
     Its LSTM/GRU/RNN ignore the `activations` and `sequence_lens` inputs (onnx 1.23 marks them unused):
-    comparing against it there would blame the export for the evaluator's gap.
+    comparing against it there would blame the export for the evaluator's gap. It has no kernels for
+    ONNX Runtime's own ops either (an int8 tier's `com.microsoft` DynamicQuantizeLSTM).
     """
+    foreign = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if foreign:
+        return f"onnx.reference has no kernel for {', '.join(foreign)}"
     for node in model.graph.node:
         if node.op_type not in _DEFAULT_ACTIVATIONS:
             continue
@@ -266,7 +271,7 @@ Invariants = Callable[[Mapping[str, np.ndarray]], Sequence[InvariantCheck]]
 
 def compare_runners(reference: Runner, runners: Sequence[Runner], cases: Sequence[InputCase], tolerances: Tolerances,
                     names: Sequence[str], expected_names: Sequence[str] | None = None,
-                    invariants: Invariants | None = None) -> dict[str, ParityReport]:
+                    invariants: Invariants | None = None, progress: Progress = Progress()) -> dict[str, ParityReport]:
     """Run the reference and every runner over the same cases, and compare each runner with the reference.
 
     The reference's outputs are matched by position with `names` (the graph's outputs; an export may have
@@ -284,6 +289,7 @@ def compare_runners(reference: Runner, runners: Sequence[Runner], cases: Sequenc
                 continue
             checks = invariants(actual) if invariants is not None else ()
             rows[runner.name].append(compare_case(case.label, expected, actual, names, tolerances, checks))
+        progress.advance(case.label)
     wanted = tuple(expected_names if expected_names is not None else names)
     return {name: ParityReport(wanted, tuple(names), tuple(results)) for name, results in rows.items()}
 
@@ -310,7 +316,7 @@ def invariant_checks(origins: Sequence[OutputOrigin], names: Sequence[str], actu
 
 def compare_with_keras(keras: KerasRunner, runners: Sequence[GraphRunner | Runner], proto: onnx.ModelProto,
                        expected_names: Sequence[str], tolerances: Tolerances,
-                       cases: Sequence[InputCase]) -> dict[str, ParityReport]:
+                       cases: Sequence[InputCase], progress: Progress = Progress()) -> dict[str, ParityReport]:
     """The parity check: every runner against Keras on every case, values and the post's invariants."""
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
@@ -321,7 +327,7 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[GraphRunner | Runne
     def invariants(actual: Mapping[str, np.ndarray]) -> list[InvariantCheck]:
         return invariant_checks(origins, names, actual, tolerances)
 
-    return compare_runners(keras, runners, cases, tolerances, names, expected_names, invariants)
+    return compare_runners(keras, runners, cases, tolerances, names, expected_names, invariants, progress)
 
 
 # verify_files/verify_runtimes live in toolkit.verification (which imports this module); these names stay

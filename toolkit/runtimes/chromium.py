@@ -56,6 +56,16 @@ TYPES = {".html": "text/html", ".mjs": "text/javascript", ".js": "text/javascrip
          ".json": "application/json", ".onnx": "application/octet-stream"}
 
 
+def browser_flags(profile: str) -> list[str]:
+    """How every headless Chromium lstm-onnx starts runs: its own temporary profile, nothing fetched in the
+    background (the runtime check and the page tests alike, `toolkit.runtimes.devtools`)."""
+    flags = ["--headless", f"--user-data-dir={profile}", "--disable-gpu", "--no-first-run",
+             "--disable-extensions", "--disable-background-networking", "--no-default-browser-check"]
+    if os.geteuid() == 0:
+        flags.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
+    return flags
+
+
 def browser_binary() -> str:
     for name in BROWSERS:
         found = shutil.which(name)
@@ -196,11 +206,7 @@ class ChromiumRunner(ModelRunner):
         return self.browser.pid
 
     def _command(self, binary: str) -> list[str]:
-        flags = ["--headless", f"--user-data-dir={self.profile}", "--disable-gpu", "--no-first-run",
-                 "--disable-extensions", "--disable-background-networking", "--no-default-browser-check"]
-        if os.geteuid() == 0:
-            flags.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
-        return [binary, *flags, self.url]
+        return [binary, *browser_flags(self.profile), self.url]
 
     def _check_in_step(self) -> None:
         if self.broken:

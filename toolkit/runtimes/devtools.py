@@ -1,0 +1,194 @@
+"""A headless Chromium page driven over the DevTools protocol on a pipe: what the page tests and the README
+screenshots use to open lstm-onnx's HTML pages in the real browser.
+
+The browser is the one `toolkit.runtimes.chromium` runs, started the same way (`browser_flags`, its own
+profile, its own process group, a reaper and a parent-death signal), with `--remote-debugging-pipe`: the
+protocol's JSON messages, each ended by a NUL byte, travel on file descriptors 3 (to the browser) and 4
+(from it), so no port is opened. The page records every request's URL and every console error or uncaught
+exception while it runs. `serve_folder` serves a folder on 127.0.0.1 for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from toolkit.runtimes.base import RuntimeFailure, die_with_parent, start_group_reaper, stop_process, stop_reaper
+from toolkit.runtimes.chromium import PROFILE_PREFIX, browser_binary, browser_flags, remove_stale_profiles
+
+
+def _pipe_child(to_browser: int, from_browser: int) -> None:
+    """In the child before exec: the protocol's pipe ends as fds 3 and 4 (moved above 10 first, in case
+    they are 3 or 4 already), and the parent-death signal."""
+    high_in, high_out = fcntl.fcntl(to_browser, fcntl.F_DUPFD, 10), fcntl.fcntl(from_browser, fcntl.F_DUPFD, 10)
+    os.dup2(high_in, 3)
+    os.dup2(high_out, 4)
+    die_with_parent()
+
+
+class DevToolsPage:
+    """One browser with one page; `send` a protocol command, `evaluate` JavaScript, `close` stops it all."""
+
+    def __init__(self, width: int = 1200, height: int = 900):
+        binary = browser_binary()
+        remove_stale_profiles()
+        self.profile = tempfile.mkdtemp(prefix=f"{PROFILE_PREFIX}{os.getpid()}-")
+        self.requests: list[str] = []  # every URL the page asked for
+        self.errors: list[str] = []  # console errors and uncaught exceptions
+        self._buffer, self._next_id, self._events = b"", 0, []
+        read_child, self._write = os.pipe()  # the browser reads commands on its fd 3
+        self._read, write_child = os.pipe()  # and writes answers and events on its fd 4
+        try:
+            self.browser = subprocess.Popen(
+                [binary, *browser_flags(self.profile), "--remote-debugging-pipe", f"--window-size={width},{height}",
+                 "about:blank"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, close_fds=False,
+                preexec_fn=functools.partial(_pipe_child, read_child, write_child))
+        finally:
+            os.close(read_child)
+            os.close(write_child)
+        self.reaper = start_group_reaper(self.browser.pid)
+        try:
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self) -> None:
+        targets = self.send("Target.getTargets", session=False)["targetInfos"]
+        page = next(t["targetId"] for t in targets if t["type"] == "page")
+        self.session = self.send("Target.attachToTarget", {"targetId": page, "flatten": True}, session=False)["sessionId"]
+        for domain in ("Page", "Runtime", "Network", "Log"):
+            self.send(f"{domain}.enable")
+
+    def send(self, method: str, params: dict | None = None, session: bool = True, timeout: float = 60.0) -> dict:
+        """One command; its result (events that arrive meanwhile are recorded)."""
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self._receive(deadline)
+            if answer.get("id") == self._next_id:
+                if "error" in answer:
+                    raise RuntimeFailure(f"Expected DevTools to run {method}. Received: {answer['error']}")
+                return answer.get("result", {})
+            self._record(answer)
+
+    def _receive(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+                raise RuntimeFailure("Expected an answer from Chromium's DevTools pipe. Received none in time")
+            chunk = os.read(self._read, 1 << 20)
+            if not chunk:
+                raise RuntimeFailure("Expected Chromium to keep running. Received: its DevTools pipe closed")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def _record(self, event: dict) -> None:
+        method, params = event.get("method", ""), event.get("params", {})
+        self._events.append(method)
+        if method == "Network.requestWillBeSent":
+            self.requests.append(params["request"]["url"])
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            self.errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", [])))
+        elif method == "Runtime.exceptionThrown":
+            details = params.get("exceptionDetails", {})
+            self.errors.append(details.get("exception", {}).get("description") or details.get("text", "exception"))
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            self.errors.append(params["entry"].get("text", "error"))
+
+    def navigate(self, url: str, timeout: float = 60.0) -> None:
+        """Open `url` and wait for its load event."""
+        self._events.clear()
+        self.send("Page.navigate", {"url": url})
+        self.wait_for_event("Page.loadEventFired", timeout)
+
+    def wait_for_event(self, method: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while method not in self._events:
+            self._record(self._receive(deadline))
+
+    def evaluate(self, expression: str, timeout: float = 60.0) -> Any:
+        """The value of a JavaScript expression in the page (a promise is awaited)."""
+        result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True},
+                           timeout=timeout)
+        if "exceptionDetails" in result:
+            raise RuntimeFailure(f"Expected {expression[:80]!r} to run. Received: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    def wait_until(self, expression: str, timeout: float = 60.0) -> Any:
+        """Poll a JavaScript expression until it is truthy; its value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise RuntimeFailure(f"Expected {expression[:80]!r} to hold within {timeout:g} s. Received: it did not")
+
+    def screenshot(self, path: str | Path, width: int = 1200) -> Path:
+        """A PNG of the whole page, `width` CSS pixels wide."""
+        height = int(self.evaluate("document.documentElement.scrollHeight"))
+        self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
+                                                         "mobile": False})
+        data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+        Path(path).write_bytes(base64.b64decode(data))
+        return Path(path)
+
+    def close(self) -> None:
+        """Stop the browser's whole process group, its reaper and the pipes; remove the profile. Idempotent."""
+        if getattr(self, "browser", None) is not None:
+            stop_process(self.browser)
+            stop_reaper(self.reaper)
+            self.browser = None
+        for fd in ("_read", "_write"):
+            if getattr(self, fd, None) is not None:
+                os.close(getattr(self, fd))
+                setattr(self, fd, None)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+    def __enter__(self) -> DevToolsPage:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # the page's requests are not news
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: str | Path) -> Iterator[str]:
+    """Serve `folder` on an ephemeral port of 127.0.0.1 while the block runs; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5.0)
