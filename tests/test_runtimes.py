@@ -9,8 +9,10 @@ package: `scripts/setup_runtimes.sh` installs them all (README, .ci/run).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -485,12 +487,57 @@ def _post(url: str, path: str, token: str | None) -> int:
 def test_the_chromium_mailbox_refuses_requests_without_the_runs_token():
     with _open("chromium", EXPORTED / ENTRIES[0]["file"]) as runner:
         assert "token=" in runner.url and runner.mailbox.token in runner.url
+        assert runner.mailbox.token not in Path(f"/proc/{runner.pid}/cmdline").read_text()
         assert _post(runner.url, "/result", None) == 403
         assert _post(runner.url, "/result", "forged") == 403
         assert _post(runner.url, "/ready", "") == 403
         assert runner.mailbox.answers.empty()  # nothing forged reached the runner
         out = runner.run({"input": np.ones((2, 3, 1), np.float32)})
         assert list(out) == runner.output_names
+
+
+def _run_as_nobody(*args: object) -> dict:
+    """tests/local_attacker.py as another local user (`nobody`), from a copy that user can read."""
+    folder = Path(tempfile.mkdtemp(prefix="lstm-onnx-attacker-"))
+    try:
+        folder.chmod(0o755)
+        script = folder / "local_attacker.py"
+        shutil.copyfile(Path(__file__).with_name("local_attacker.py"), script)
+        script.chmod(0o644)
+        done = subprocess.run(["runuser", "-u", "nobody", "--", "python3", str(script), *map(str, args)],
+                              capture_output=True, text=True, timeout=120, cwd="/")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="runs the attacker as another user (root)")
+def test_another_user_can_neither_forge_a_browser_result_nor_fetch_the_model():
+    """Issue 18, before: the token was on Chromium's command line (readable in /proc), `/model.onnx` was
+    served to anyone, and a POST was read whole before its token was checked."""
+    with _open("chromium", EXPORTED / ENTRIES[0]["file"]) as runner:
+        seen = _run_as_nobody("browser", runner.server.server_address[1])
+        assert seen["uid"] != os.getuid()
+        assert runner.mailbox.token not in seen["tokens_seen"], "the run's token is readable in /proc"
+        assert seen["model"] == seen["page"] == seen["next"] == seen["forge"] == 403, seen
+        assert set(seen.get("forge_with_seen_token", [])) <= {403}
+        assert seen["flood"] in (403, "ConnectionResetError", "BrokenPipeError"), seen["flood"]
+        assert runner.mailbox.answers.empty()  # nothing forged reached the runner
+        out = runner.run({"input": np.ones((2, 3, 1), np.float32)})
+        assert list(out) == runner.output_names
+
+
+def test_the_chromium_mailbox_bounds_a_body_before_reading_it():
+    with _open("chromium", EXPORTED / ENTRIES[0]["file"]) as runner:
+        connection = http.client.HTTPConnection(*runner.server.server_address[:2], timeout=10)
+        connection.putrequest("POST", "/result")
+        connection.putheader(chromium.TOKEN_HEADER, runner.mailbox.token)
+        connection.putheader("Content-Length", str(chromium.MAX_BODY + 1))
+        connection.endheaders()
+        assert connection.getresponse().status == 413  # answered from the headers: no body was sent
+        connection.close()
+        assert runner.mailbox.answers.empty()
 
 
 def test_chromium_that_fails_to_start_says_so_and_leaves_nothing(tmp_path, monkeypatch):

@@ -66,7 +66,8 @@ def streaming(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(streaming):
-    options = ServeOptions(http_port=free_port(), grpc_port=free_port(), max_batch_size=64)
+    # Statistics open: the load test counts requests and executions through them (closed by default).
+    options = ServeOptions(http_port=free_port(), grpc_port=free_port(), max_batch_size=64, statistics=True)
     with TritonServer([*SEEDS, streaming[1]], options) as running:
         yield running
 

@@ -124,6 +124,15 @@ def unlink_quietly(path: Path) -> None:
         pass
 
 
+def finish_pending_switch(folder: Path) -> None:
+    """With the folder lock held: finish (or undo) a file set a killed writer left in `folder`, and remove
+    every leftover temporary, before anything else is written there. A single file written beside a
+    half-switched suite would otherwise leave the folder mixed until the next suite export."""
+    from toolkit.fileset import recover  # fileset builds on this module: imported when needed
+
+    recover(folder)
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A file handle whose bytes replace `path` only when the block ends without an exception."""
@@ -135,7 +144,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         target.parent.mkdir(parents=True, exist_ok=True)
         with folder_lock(target.parent) as locked:
             if locked:
-                remove_stale_temporaries(target.parent, target.name)
+                finish_pending_switch(target.parent)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
             try:
                 with os.fdopen(fd, "wb") as handle:

@@ -20,6 +20,11 @@ from toolkit.builder import SEED_INPUT
 
 # Batch sizes other than 1 catch a batch axis frozen by tracing; 4 also differs from any traced size.
 BATCH_SIZES = (1, 4)
+# Bytes of the largest tensor one case makes the model compute (its largest per-sample activation, times
+# the batch, as float64): a larger model gets a smaller second batch, down to 2 at the activation cap. With batch 4
+# drawn in float64, an honest model at half the earlier cap peaked at 5.7 GB.
+CASE_ACTIVATION_BYTES = 64 << 20
+NORMAL_CHUNK = 1 << 20  # values drawn at a time: float64 draws stay small, the array is the model's dtype
 # For a dynamic time axis, two lengths that differ from each other and from the post's 3.
 VARIABLE_LENGTHS = (5, 11)
 PADDING_SIDES = ("right", "left")
@@ -118,10 +123,29 @@ def random_input(dims: Sequence[Any], dtype: Any, batch: int, length: int | None
         value = rng.integers(low, max(vocab, low + 1), size=shape).astype(dtype)
         return pad(value, padding.int_value, rng, padding.side) if padding.int_value is not None and len(shape) >= 2 \
             else value
-    value = rng.standard_normal(shape).astype(dtype)
+    value = _standard_normal(rng, shape, dtype)
     if padding.float_value is not None and len(shape) == 3:
         value = pad(value, padding.float_value, rng, padding.side)
     return value
+
+
+def _standard_normal(rng: np.random.Generator, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """`rng.standard_normal(shape).astype(dtype)`, value for value (the generator fills element by element,
+    so chunks give the same stream), without the float64 array of the whole shape."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, NORMAL_CHUNK):
+        stop = min(start + NORMAL_CHUNK, flat.size)
+        flat[start:stop] = rng.standard_normal(stop - start)
+    return out
+
+
+def batch_sizes(model: Any) -> tuple[int, int]:
+    """`BATCH_SIZES`, the second one smaller where a batch of it would pass `CASE_ACTIVATION_BYTES`."""
+    from toolkit.shapes import compute_budget
+
+    per_sample = max(compute_budget(model).largest_activation, 1) * 8  # float64 outputs in the comparison
+    return BATCH_SIZES[0], max(2, min(BATCH_SIZES[1], CASE_ACTIVATION_BYTES // per_sample))
 
 
 def _seed_case(inputs: Sequence[Any]) -> list[InputCase]:
@@ -142,7 +166,7 @@ def make_cases(model: Any, seed: int = 0, padding_side: str = "right") -> list[I
     variable = any(len(t.shape) >= 2 and t.shape[1] is None for t in inputs)
     lengths = VARIABLE_LENGTHS if variable else (None, None)
     fixed_batch = inputs[0].shape[0]  # a stateful model is built for one batch size
-    batches = (fixed_batch, fixed_batch) if fixed_batch is not None else BATCH_SIZES
+    batches = (fixed_batch, fixed_batch) if fixed_batch is not None else batch_sizes(model)
     vocab = embedding_vocab(model)
     padding = padding_of(model, padding_side)
     mixing = np.random.default_rng(seed + 2000)  # its own stream: the padded draws stay as they were

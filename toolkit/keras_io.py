@@ -11,6 +11,7 @@ from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.limits import DEFAULT_LIMITS, ResourceLimits, inspect_keras_handle
 from toolkit.naming import is_bidirectional, is_recurrent, layer_cells, main_count, recurrent_roles
+from toolkit.shapes import check_model_budget
 from toolkit.tf2onnx_lib import InputSignature
 
 # Keras releases whose safe mode has the published fixes: 3.9 (CVE-2025-1550), 3.11 (CVE-2025-8747,
@@ -57,6 +58,8 @@ def load_keras_model(path: str | Path, limits: ResourceLimits = DEFAULT_LIMITS) 
                                  f"{keras_load_failure(exc)}") from None
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"Expected a Keras model. Received: {safe_text(source)!r} holding a {type(model).__name__}")
+    # Keras' own shapes, now that building is bounded: padding, repeats and reshapes count as well.
+    check_model_budget(model, str(source), limits)
     return model
 
 

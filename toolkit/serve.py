@@ -49,7 +49,8 @@ import onnx
 from toolkit.errors import InputError, LstmOnnxError
 from toolkit.progress import Progress
 from toolkit.runner import load_onnx
-from toolkit.runtimes.base import die_with_parent, process_alive, stop_process
+from toolkit.runtimes.base import die_with_parent, process_alive, start_group_reaper, stop_process, stop_reaper
+from toolkit.serve_sandbox import backend_stubs, ended_stubs, namespace_prefix, restrict_regions, restricted_api_flags
 from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
 
 HOST = "127.0.0.1"
@@ -60,6 +61,10 @@ BACKEND_MODEL = Path(__file__).parent / "triton_backend" / "model.py"
 WORKSPACE_PREFIX = "lstm-onnx-serve-"
 SHM_PREFIX = "lstm-onnx-"
 SHM_DIR = Path("/dev/shm")
+# What one request may hold, checked by the backend before ONNX Runtime sees it: values per input
+# (64 Mi: 256 MB as float32) and steps of a variable time axis (the export's --max-timesteps default).
+MAX_REQUEST_VALUES = 1 << 26
+MAX_REQUEST_STEPS = 100_000
 
 
 class ServeError(LstmOnnxError):
@@ -73,6 +78,9 @@ class ServeOptions:
     grpc_port: int = 8001
     max_batch_size: int = MAX_BATCH_SIZE
     ready_timeout_s: float = 180.0
+    statistics: bool = False  # open Triton's statistics API too (a load test's counts; any local user reads them)
+    max_request_values: int = MAX_REQUEST_VALUES
+    max_request_steps: int = MAX_REQUEST_STEPS
 
     def check(self) -> None:
         for label, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port)):
@@ -81,6 +89,10 @@ class ServeOptions:
         if self.http_port == self.grpc_port:
             raise InputError(f"Expected different HTTP and gRPC ports. Received: both {self.http_port}")
         check_max_batch_size(self.max_batch_size)
+        for label, bound in (("max_request_values", self.max_request_values),
+                             ("max_request_steps", self.max_request_steps)):
+            if not isinstance(bound, int) or bound < 1:
+                raise InputError(f"Expected {label} >= 1. Received: {bound!r}")
 
 
 @dataclass(frozen=True)
@@ -124,18 +136,23 @@ def server_environment(dist: TritonDistribution, base: dict[str, str] | None = N
     return env
 
 
-def python_config_text(name: str, model: onnx.ModelProto, max_batch_size: int) -> str:
-    """The Python-backend config: every graph input (a state-io export's states too) is a request input."""
+def python_config_text(name: str, model: onnx.ModelProto, options: ServeOptions) -> str:
+    """The Python-backend config: every graph input (a state-io export's states too) is a request input;
+    the request bounds go to the backend as parameters."""
     sig = signature(model, implicit_states=False)
-    parts = [f"name: {quote(name)}", 'backend: "python"', f"max_batch_size: {max_batch_size if sig.batched else 0}",
+    bounds = {"max_request_values": options.max_request_values, "max_request_steps": options.max_request_steps}
+    parameters = " ".join(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+                          for key, value in bounds.items())
+    parts = [f"name: {quote(name)}", 'backend: "python"',
+             f"max_batch_size: {options.max_batch_size if sig.batched else 0}",
              tensor_section("input", sig.inputs, sig.batched), tensor_section("output", sig.outputs, sig.batched),
-             "instance_group [ { kind: KIND_CPU count: 1 } ]"]
+             "instance_group [ { kind: KIND_CPU count: 1 } ]", parameters]
     if sig.batched:
         parts.append("dynamic_batching { }")
     return "\n".join(parts) + "\n"
 
 
-def prepare_workspace(folder: Path, models: dict[str, onnx.ModelProto], max_batch_size: int,
+def prepare_workspace(folder: Path, models: dict[str, onnx.ModelProto], options: ServeOptions,
                       dist: TritonDistribution) -> None:
     backend = folder / "backends" / "python"
     backend.mkdir(parents=True)
@@ -144,7 +161,7 @@ def prepare_workspace(folder: Path, models: dict[str, onnx.ModelProto], max_batc
     for name, model in models.items():
         version = folder / "repo" / name / "1"
         version.mkdir(parents=True)
-        (folder / "repo" / name / "config.pbtxt").write_text(python_config_text(name, model, max_batch_size))
+        (folder / "repo" / name / "config.pbtxt").write_text(python_config_text(name, model, options))
         shutil.copyfile(BACKEND_MODEL, version / "model.py")
         (version / "model.onnx").write_bytes(model.SerializeToString())
 
@@ -207,6 +224,9 @@ class TritonServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.workspace: Path | None = None
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
+        self.private_shm = False  # whether the server got its own /dev/shm (see toolkit.serve_sandbox)
+        self.stubs: list[int] = []  # the backend's stub processes, watched by `check_backend`
+        self.reaper: subprocess.Popen[bytes] | None = None
 
     @property
     def http_url(self) -> str:
@@ -220,16 +240,19 @@ class TritonServer:
     def log_path(self) -> Path | None:
         return self.workspace / "tritonserver.log" if self.workspace else None
 
-    def command(self, dist: TritonDistribution) -> list[str]:
+    def command(self, dist: TritonDistribution, prefix: Sequence[str] = ()) -> list[str]:
+        """The server's command line, after `prefix` (the private /dev/shm's `unshare`). Every other user
+        can read it (/proc/PID/cmdline): it holds no secret."""
         assert self.workspace is not None
-        return [str(dist.server), "--model-repository", str(self.workspace / "repo"),
+        return [*prefix, str(dist.server), "--model-repository", str(self.workspace / "repo"),
                 "--backend-directory", str(self.workspace / "backends"),
                 "--http-address", HOST, "--http-port", str(self.options.http_port),
                 "--grpc-address", HOST, "--grpc-port", str(self.options.grpc_port),
                 "--allow-metrics", "false", "--disable-auto-complete-config",
                 # A prefix of our own: servers side by side must not share the backend's shared memory.
                 "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix}",
-                "--exit-timeout-secs", str(EXIT_TIMEOUT_S), "--log-verbose", "0"]
+                "--exit-timeout-secs", str(EXIT_TIMEOUT_S), "--log-verbose", "0",
+                *restricted_api_flags(open_statistics=self.options.statistics)]
 
     def start(self, cancel: threading.Event | None = None, progress: Progress = Progress()) -> TritonServer:
         """Start the server and return once the models are ready, or as soon as `cancel` is set;
@@ -238,12 +261,19 @@ class TritonServer:
         remove_stale()
         self.workspace = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-"))
         try:
-            prepare_workspace(self.workspace, self.models, self.options.max_batch_size, dist)
+            prepare_workspace(self.workspace, self.models, self.options, dist)
+            prefix = namespace_prefix()
+            self.private_shm = bool(prefix)
             with open(self.workspace / "tritonserver.log", "wb") as log:
-                self.process = subprocess.Popen(self.command(dist), env=server_environment(dist), stdout=log,
+                self.process = subprocess.Popen(self.command(dist, prefix), env=server_environment(dist), stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True, preexec_fn=die_with_parent)
+            # Entering a user namespace clears the parent-death signal: the reaper still ends the group.
+            self.reaper = start_group_reaper(self.process.pid)
             self._wait_ready(cancel or threading.Event(), progress)
+            if not self.private_shm:
+                restrict_regions(self._shm_prefix)
+            self.stubs = backend_stubs(self.process.pid) if self.running() else []
         except BaseException:
             self.stop()
             raise
@@ -283,11 +313,26 @@ class TritonServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def check_backend(self) -> None:
+        """ServeError when the server, or a backend stub it started, has ended. Triton 2.51 keeps calling a
+        model whose stub died ready and answers every request with HTTP 500: serving on would hide that."""
+        if not self.running():
+            raise ServeError(f"Expected tritonserver to keep running. Received: exit code "
+                             f"{self.process.returncode if self.process else None}; log: {self.log_tail()}")
+        ended = ended_stubs(self.stubs)
+        if ended:
+            raise ServeError(f"Expected the model's backend process to keep running. Received: process {ended[0]} "
+                             f"ended; serve stops rather than answer every request with an error; "
+                             f"log: {self.log_tail()}")
+
     def stop(self) -> None:
         """End the server (SIGTERM, then SIGKILL after its grace period), then whatever is left of its
         process group, its shared memory and the workspace. Safe to call twice."""
         if self.process is not None:  # the stubs are in the server's session: nothing of it may outlive `stop`
             stop_process(self.process, grace=EXIT_TIMEOUT_S + 10)
+        if self.reaper is not None:
+            stop_reaper(self.reaper)
+            self.reaper = None
         for region in Path("/dev/shm").glob(self._shm_prefix + "*"):
             region.unlink(missing_ok=True)
         if self.workspace is not None:
@@ -302,7 +347,8 @@ class TritonServer:
 
 
 def serve_forever(model_path: str | Path, options: ServeOptions, echo: Callable[[str], None] = print,
-                  progress: Progress = Progress()) -> None:
+                  progress: Progress = Progress(),
+                  warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM, also while starting, then stop cleanly; ServeError if the
     server dies first."""
     server = TritonServer(model_path, options)
@@ -310,13 +356,14 @@ def serve_forever(model_path: str | Path, options: ServeOptions, echo: Callable[
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start(cancel=stopping, progress=progress)
+        if not stopping.is_set() and not server.private_shm:
+            warn("warning: serve: no private /dev/shm here (the kernel refused a mount namespace); the "
+                 "backend's shared memory is made 0600 once the server is ready")
         if not stopping.is_set():
             echo(f"serving {server.name!r} on Triton: http://{server.http_url} grpc://{server.grpc_url} "
                  f"(max batch {options.max_batch_size}; Ctrl-C stops)")
         while not stopping.wait(0.5):
-            if not server.running():
-                raise ServeError(f"Expected tritonserver to keep running. Received: exit code "
-                                 f"{server.process.returncode if server.process else None}; log: {server.log_tail()}")
+            server.check_backend()
     finally:
         server.stop()
         for sig, handler in previous.items():

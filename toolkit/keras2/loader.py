@@ -25,6 +25,7 @@ from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import Keras2Format
 from toolkit.keras2.translate import Translation, translate_model_config
 from toolkit.limits import ResourceLimits, check_budget, inspect_keras_handle
+from toolkit.shapes import check_model_budget
 
 
 @dataclass
@@ -55,7 +56,7 @@ def load_keras2_model(path: str | Path, fmt: Keras2Format, limits: ResourceLimit
 
         saved = read_h5_model(source, limits)
         translation = _translate(saved.config, source, limits)
-        model = build_model(translation, source)
+        model = build_model(translation, source, limits)
         _assign(model, saved.weights, translation, source)
         return Keras2Model(model, source, fmt, saved.keras_version, saved.backend, translation)
     if fmt.kind == "savedmodel":
@@ -63,7 +64,7 @@ def load_keras2_model(path: str | Path, fmt: Keras2Format, limits: ResourceLimit
 
         saved = read_keras_savedmodel(source, limits)
         translation = _translate(saved.config, source, limits)
-        model = build_model(translation, source)
+        model = build_model(translation, source, limits)
         _assign(model, saved.weights, translation, source)
         return Keras2Model(model, source, fmt, saved.keras_version, "tensorflow", translation)
     return _load_tf_keras_archive(source, fmt, limits)
@@ -81,7 +82,7 @@ def _assign(model: Any, weights: dict, translation: Translation, source: Path) -
     assign_weights(model, weights, translation.cudnn, str(source))
 
 
-def build_model(translation: Translation, source: Path) -> Any:
+def build_model(translation: Translation, source: Path, limits: ResourceLimits) -> Any:
     """The translated config built by Keras 3's legacy deserializer in safe mode (no code is loaded)."""
     import keras
     from keras.src.legacy.saving import saving_options, saving_utils
@@ -99,6 +100,8 @@ def build_model(translation: Translation, source: Path) -> Any:
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"Expected a Keras model. Received: {safe_text(str(source))!r} holding a "
                              f"{type(model).__name__}")
+    # What the built model computes (Keras' own shapes), as for a Keras 3 file: padding, repeats, long axes.
+    check_model_budget(model, str(source), limits)
     return model
 
 
@@ -110,7 +113,7 @@ def _load_tf_keras_archive(source: Path, fmt: Keras2Format, limits: ResourceLimi
             config = json.loads(archive.read("config.json"))
             weights = archive.read("model.weights.h5") if "model.weights.h5" in archive.namelist() else None
     translation = _translate(config, source, limits)
-    model = build_model(translation, source)
+    model = build_model(translation, source, limits)
     if weights is None:
         raise ModelLoadError(f"Expected a .keras archive holding model.weights.h5. Received: {safe_text(str(source))!r} "
                              "without it")

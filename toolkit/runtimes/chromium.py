@@ -2,10 +2,17 @@
 
 The runner starts a small HTTP server on an ephemeral port of 127.0.0.1 that serves `js/page.html`,
 `js/protocol.mjs`, onnxruntime-web's dist files from `js/node_modules` and the model, then launches
-Debian's `chromium-headless-shell` (or `chromium`) on that page with a temporary profile. The page
-long-polls `/next` for a request and posts the answer to `/result`. The page's URL carries a random
-token per run, which the page sends back on every `/next` and POST: a request without it (another local
-process forging a passing answer) is refused. `close()` tells the page to stop, kills the browser's whole
+Debian's `chromium-headless-shell` (or `chromium`) with a temporary profile. The page long-polls `/next`
+for a request and posts the answer to `/result`.
+
+Every local user reaches a port on 127.0.0.1 and reads every command line (`/proc/PID/cmdline`), so the
+browser starts on `about:blank` and is told the page's URL, which carries a random per-run token, over
+`--remote-debugging-pipe`: a pipe only this process and the browser hold. The first request (the page
+itself) sets the token as an HttpOnly cookie, so the page's module imports, ONNX Runtime's WASM and
+`/model.onnx` carry it too; `/next` and each POST carry it as a header. Every path, the model included,
+is refused without it (another local process forging a passing answer, or downloading the model), and a
+POST is judged by its path, token and declared length before a byte of its body is read.
+`close()` tells the page to stop, kills the browser's whole
 process group, shuts the server down and removes the profile. The browser dies with lstm-onnx (a parent-death
 signal, and SIGTERM closes the runners), and a profile left by a run that died anyway is removed at the
 next start.
@@ -13,10 +20,13 @@ next start.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import queue
 import secrets
+import select
 import shutil
 import subprocess
 import sys
@@ -26,7 +36,7 @@ import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import onnx
@@ -52,6 +62,8 @@ BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
 POLL_SECONDS = 10.0  # how long /next holds a request open before the page asks again
 PROFILE_PREFIX = "lstm-onnx-chromium-"  # + the owning process id + "-": a dead owner's profile is removed
 TOKEN_HEADER = "X-Lstm-Onnx-Token"
+TOKEN_COOKIE = "lstm_onnx_token"
+MAX_BODY = 1 << 30  # bytes of one POST: the base64 answer of outputs far above any parity case
 TYPES = {".html": "text/html", ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
          ".json": "application/json", ".onnx": "application/octet-stream"}
 
@@ -87,13 +99,31 @@ class Mailbox:
         self.token = secrets.token_urlsafe(24)  # the page's URL carries it; requests without it are refused
 
 
+def carries_token(headers: Mapping[str, str], raw_path: str, token: str) -> bool:
+    """The run's token in the header, in the cookie the page got with it, or (the page itself) the query."""
+    given = [headers.get(TOKEN_HEADER, "")]
+    for part in headers.get("Cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        given += [value] if name == TOKEN_COOKIE else []
+    given += parse_qs(urlsplit(raw_path).query).get("token", [])[:1]
+    return any(secrets.compare_digest(value.encode(), token.encode()) for value in given)
+
+
+def declared_length(headers: Mapping[str, str]) -> int | None:
+    """A POST's Content-Length when it is given and at most MAX_BODY; None otherwise (refused unread)."""
+    length = headers.get("Content-Length", "")
+    return int(length) if length.isdigit() and int(length) <= MAX_BODY else None
+
+
 def _handler(mailbox: Mailbox) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # the page's requests are not news
             pass
 
-        def _send(self, body: bytes, content_type: str, status: int = 200) -> None:
+        def _send(self, body: bytes, content_type: str, status: int = 200, cookie: bool = False) -> None:
             self.send_response(status)
+            if cookie:  # the page's own load: its later requests (imports, WASM, model) carry the token
+                self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={mailbox.token}; HttpOnly; SameSite=Strict; Path=/")
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
@@ -104,14 +134,14 @@ def _handler(mailbox: Mailbox) -> type[BaseHTTPRequestHandler]:
                 pass
 
         def _from_page(self) -> bool:
-            return secrets.compare_digest(self.headers.get(TOKEN_HEADER, ""), mailbox.token)
+            return carries_token(self.headers, self.path, mailbox.token)
 
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
+            if not self._from_page():
+                self._send(b"forbidden", "text/plain", 403)  # not our page: another local process
+                return
             if path == "/next":
-                if not self._from_page():
-                    self._send(b"forbidden", "text/plain", 403)
-                    return
                 try:
                     request = mailbox.requests.get(timeout=POLL_SECONDS)
                 except queue.Empty:
@@ -123,14 +153,18 @@ def _handler(mailbox: Mailbox) -> type[BaseHTTPRequestHandler]:
                 self._send(b"not found", "text/plain", 404)
                 return
             body = served if isinstance(served, bytes) else served.read_bytes()
-            self._send(body, TYPES.get(Path(path).suffix, "text/html"))
+            self._send(body, TYPES.get(Path(path).suffix, "text/html"), cookie=path == "/")
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", "0") or "0")
-            body = self.rfile.read(length)
+            # Judged from the headers alone: a body is read only from our page, and only up to MAX_BODY.
             if self.path not in ("/ready", "/result") or not self._from_page():
                 self._send(b"forbidden", "text/plain", 403)  # not our page: another local process
                 return
+            length = declared_length(self.headers)
+            if length is None:
+                self._send(b"length required, at most 1 GiB", "text/plain", 413)
+                return
+            body = self.rfile.read(length)
             try:
                 message = json.loads(body or b"{}")
             except ValueError:
@@ -142,6 +176,49 @@ def _handler(mailbox: Mailbox) -> type[BaseHTTPRequestHandler]:
 
     return Handler
 
+
+
+class DevToolsPipe:
+    """Chromium's DevTools protocol over `--remote-debugging-pipe`: the browser reads commands on its fd 3
+    and writes replies on fd 4, each a JSON message ended by a NUL byte. Only this process holds the other
+    ends, so what crosses it (the page's URL and token) is no other user's to read."""
+
+    def __init__(self) -> None:
+        self._to_browser_r, self._to_browser_w = os.pipe()
+        self._from_browser_r, self._from_browser_w = os.pipe()
+
+    def in_child(self) -> None:
+        """Before exec: the pipe ends on fds 3 and 4, where Chromium looks for them."""
+        # Through fds above 4 first: a pipe end may itself be fd 3 or 4, and one dup2 would close the other.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (self._to_browser_r, self._from_browser_w)]
+        os.dup2(high[0], 3)  # inheritable: the browser keeps them across exec
+        os.dup2(high[1], 4)
+        die_with_parent()
+
+    def close_child_ends(self) -> None:
+        for fd in (self._to_browser_r, self._from_browser_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def open_page(self, url: str, timeout: float = START_TIMEOUT) -> None:
+        """Open `url` in a new page (`Target.createTarget`), and wait for the browser's reply."""
+        message = json.dumps({"id": 1, "method": "Target.createTarget", "params": {"url": url}}).encode() + b"\0"
+        os.write(self._to_browser_w, message)
+        reply, deadline = b"", time.monotonic() + timeout
+        while b"\0" not in reply:
+            ready, _, _ = select.select([self._from_browser_r], [], [], max(deadline - time.monotonic(), 0))
+            chunk = os.read(self._from_browser_r, 65536) if ready else b""
+            if not chunk:
+                raise RuntimeFailure("Expected Chromium to open the page over its DevTools pipe. Received: "
+                                     + ("no reply" if not ready else "the pipe closed"))
+            reply += chunk
+        if b'"error"' in reply.split(b"\0")[0]:
+            raise RuntimeFailure(f"Expected Chromium to open the page. Received: {reply[:200]!r}")
+
+    def close(self) -> None:
+        for fd in (self._to_browser_w, self._from_browser_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def remove_stale_profiles(folder: Path | None = None) -> list[Path]:
@@ -188,13 +265,18 @@ class ChromiumRunner(ModelRunner):
         self.server_thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.server_thread.start()
         self.log = tempfile.TemporaryFile()
+        self.devtools = DevToolsPipe()
         try:
             self.browser = subprocess.Popen(self._command(binary), stdin=subprocess.DEVNULL, stdout=self.log,
-                                            stderr=self.log, start_new_session=True, preexec_fn=die_with_parent)
+                                            stderr=self.log, start_new_session=True, close_fds=False,
+                                            preexec_fn=self.devtools.in_child)
         except OSError as exc:  # not executable, vanished, out of processes
             raise RuntimeFailure(f"Expected Chromium to start. Received: {binary} failed to start: "
                                  f"{exc.strerror or type(exc).__name__}") from None
+        finally:
+            self.devtools.close_child_ends()
         self.reaper = start_group_reaper(self.browser.pid)
+        self.devtools.open_page(self.url)  # the token travels over the pipe, never on a command line
 
     @property
     def url(self) -> str:
@@ -206,7 +288,8 @@ class ChromiumRunner(ModelRunner):
         return self.browser.pid
 
     def _command(self, binary: str) -> list[str]:
-        return [binary, *browser_flags(self.profile), self.url]
+        # about:blank first: the tokened URL goes over the DevTools pipe, never on a command line others can read.
+        return [binary, *browser_flags(self.profile), "--remote-debugging-pipe", "about:blank"]
 
     def _check_in_step(self) -> None:
         if self.broken:
@@ -249,6 +332,8 @@ class ChromiumRunner(ModelRunner):
             stop_reaper(self.reaper)
         if hasattr(self, "log"):
             self.log.close()
+        if hasattr(self, "devtools"):
+            self.devtools.close()
         if hasattr(self, "server"):
             if not sys.is_finalizing():  # at exit daemon threads are frozen: shutdown() would wait forever
                 self.server.shutdown()

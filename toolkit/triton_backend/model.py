@@ -5,6 +5,12 @@ shapes past the batch axis (e.g. chunks of one length from many streams) run as 
 their concatenation; the outputs are split back by each request's batch size. A state-io export's states
 are ordinary request tensors here: each request carries its stream's states, so requests of different
 streams batch together and the server keeps nothing between requests.
+
+Every request is checked before ONNX Runtime sees it (`_problem`): dtype, rank and fixed axes as the
+session declares them, no axis of 0 (ONNX Runtime 1.32 aborts the whole stub process on an empty batch
+or time axis, and Triton 2.51 then answers HTTP 500 for good), one batch size across the inputs, and the
+bounds serve passes as config parameters (values per input, steps of a variable time axis). A request
+that fails gets its own one-line error; the others in the batch are served.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+# ONNX Runtime's input types, as numpy dtypes (what a checked request must carry).
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
+               "tensor(int32)": "int32", "tensor(uint32)": "uint32", "tensor(int64)": "int64",
+               "tensor(uint64)": "uint64", "tensor(bool)": "bool"}
 
 # What `InferenceSession.run` raises for inputs Triton's checks let through (they are not RuntimeErrors).
 _RUN_ERRORS = (Fail, InvalidArgument, RuntimeException, RuntimeError, ValueError)
@@ -53,14 +65,49 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.inputs = [entry["name"] for entry in config["input"]]
         self.outputs = [entry["name"] for entry in config["output"]]
+        self.specs = {i.name: (np.dtype(_ORT_DTYPES.get(i.type, "V")), [d if isinstance(d, int) else None for d in i.shape])
+                      for i in self.session.get_inputs()}
+        parameters = config.get("parameters", {})
+        self.max_values = int(parameters.get("max_request_values", {}).get("string_value", 1 << 26))
+        self.max_steps = int(parameters.get("max_request_steps", {}).get("string_value", 100_000))
+
+    def _problem(self, feed: dict[str, np.ndarray]) -> str | None:
+        """Why ONNX Runtime must not see this request (one line, Expected ... Received ...), or None."""
+        for name, array in feed.items():
+            dtype, shape = self.specs[name]
+            where = f"input {name!r}"
+            if array.dtype != dtype:
+                return f"Expected {where} of dtype {dtype.name}. Received: {array.dtype.name}"
+            if array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape, array.shape)):
+                return f"Expected {where} of shape {shape}. Received: {list(array.shape)}"
+            if 0 in array.shape:
+                return f"Expected every axis of {where} >= 1. Received: shape {list(array.shape)}"
+            if array.size > self.max_values:
+                return f"Expected at most {self.max_values} values in {where}. Received: {array.size}"
+            if array.ndim >= 3 and shape[1] is None and array.shape[1] > self.max_steps:
+                return f"Expected at most {self.max_steps} steps in {where}. Received: {array.shape[1]}"
+        batches = {array.shape[0] for name, array in feed.items() if self.specs[name][1][:1] == [None]}
+        if len(batches) > 1:
+            return f"Expected one batch size across the inputs. Received: {sorted(batches)}"
+        return None
+
+    def _feed(self, request: Any) -> dict[str, np.ndarray] | str:
+        """The request's inputs as arrays, or why they cannot be used."""
+        try:
+            feed = {name: _from_triton(pb_utils.get_input_tensor_by_name(request, name)) for name in self.inputs}
+        except Exception as exc:  # noqa: BLE001 - a tensor the stub cannot hand over is this request's error
+            return f"Expected readable input tensors. Received: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        return self._problem(feed) or feed
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        feeds = [{name: _from_triton(pb_utils.get_input_tensor_by_name(r, name)) for name in self.inputs}
-                 for r in requests]
+        feeds = [self._feed(r) for r in requests]
+        responses: list[Any] = [None] * len(requests)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, feed in enumerate(feeds):
+            if isinstance(feed, str):
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(feed))
+                continue
             groups[tuple((name, feed[name].shape[1:], feed[name].dtype.str) for name in self.inputs)].append(index)
-        responses: list[Any] = [None] * len(requests)
         for members in groups.values():
             for index, response in zip(members, self._run_group([feeds[i] for i in members])):
                 responses[index] = response
@@ -71,7 +118,7 @@ class TritonPythonModel:
         try:
             results = self.session.run(self.outputs, joined)
         except _RUN_ERRORS as exc:  # this request group fails; the others and the server go on
-            error = pb_utils.TritonError(f"ONNX Runtime: {str(exc).splitlines()[0]}")
+            error = pb_utils.TritonError(f"ONNX Runtime: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in feeds]
         bounds = np.cumsum([len(f[self.inputs[0]]) for f in feeds])[:-1]
         pieces = [np.split(result, bounds) for result in results]
