@@ -157,7 +157,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     precision = choose_tolerance(options.tolerances, model)
     tolerances = tier_tolerances(options.tier, options.tolerances, precision.tolerances.default if precision.chosen else None)
     report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, tolerances,
-                          seed=seed, padding_side=options.padding)
+                          seed=seed, padding_side=options.padding, state_map=graph.state_map)
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))
     record_metadata(graph.proto, model, graph.lowering, [o.to_json() for o in outputs], report, options, source,

@@ -47,8 +47,9 @@ def keras_reason(exc: BaseException) -> str:
     return safe_text(lines[0] if lines else type(exc).__name__, limit=300)
 
 
-def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Run Keras in inference mode and flatten its outputs in model order. Keras' own failure is one line
+def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray], reset: bool = True) -> list[np.ndarray]:
+    """Run Keras in inference mode and flatten its outputs in model order, from zero states (`reset`; else
+    from the states its stateful layers kept from the previous call). Keras' own failure is one line
     naming the model, not a traceback: the reference could not be computed, so nothing can be compared."""
     import keras
 
@@ -56,7 +57,8 @@ def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarra
     struct = getattr(model, "_inputs_struct", None)
     packed = keras.tree.pack_sequence_as(struct, args) if struct is not None else (args[0] if len(args) == 1 else args)
     try:
-        reset_states(model)
+        if reset:
+            reset_states(model)
         outputs = model(packed, training=False)
         return [np.asarray(keras.ops.convert_to_numpy(o)) for o in keras.tree.flatten(outputs)]
     except keras_errors() as exc:
