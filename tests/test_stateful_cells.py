@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from keras_cells import keras_cells
 
 from toolkit.carry import CALLS, CarryingRunner, StatefulKerasRunner, call_cases
 from toolkit.compare import Tolerances
@@ -22,50 +23,10 @@ from toolkit.verify import OnnxRunner, compare_with_keras
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _cells():
-    """Keras' test cells, as `rnn_test.py` writes them (the two-state cell reads its first state twice)."""
-    import keras
-    from keras import ops
-
-    class OneStateRNNCell(keras.layers.Layer):
-        def __init__(self, units, **kwargs):
-            super().__init__(**kwargs)
-            self.units = self.state_size = units
-
-        def build(self, input_shape):
-            self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="ones", name="kernel")
-            self.recurrent_kernel = self.add_weight(shape=(self.units, self.units), initializer="ones",
-                                                    name="recurrent_kernel")
-
-        def call(self, inputs, states):
-            output = ops.matmul(inputs, self.kernel) + ops.matmul(states[0], self.recurrent_kernel)
-            return output, [output]
-
-    class TwoStatesRNNCell(keras.layers.Layer):
-        def __init__(self, units, **kwargs):
-            super().__init__(**kwargs)
-            self.units, self.state_size, self.output_size = units, [units, units], units
-
-        def build(self, input_shape):
-            self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="ones", name="kernel")
-            self.recurrent_kernel_1 = self.add_weight(shape=(self.units, self.units), initializer="ones",
-                                                      name="recurrent_kernel_1")
-            self.recurrent_kernel_2 = self.add_weight(shape=(self.units, self.units), initializer="ones",
-                                                      name="recurrent_kernel_2")
-
-        def call(self, inputs, states):
-            h = ops.matmul(inputs, self.kernel)
-            output_1 = h + ops.matmul(states[0], self.recurrent_kernel_1)
-            output_2 = h + ops.matmul(states[0], self.recurrent_kernel_2)
-            return output_1 + output_2, [output_1, output_2]
-
-    return OneStateRNNCell, TwoStatesRNNCell
-
-
 def _cell(kind: str):
     import keras
 
-    one, two = _cells()
+    one, two = keras_cells()
     if kind == "one":
         return one(2)
     if kind == "two":
