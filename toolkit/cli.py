@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class _Cli(click.Group):
         except OptionError as exc:
             raise _OptionError(one_line(str(exc))) from None
         except LstmOnnxError as exc:
+            if ctx.params.get("verbose") and exc.__cause__ is not None:  # -v: the whole error behind the line
+                click.echo("".join(traceback.format_exception(exc.__cause__)).rstrip(), err=True)
             raise click.ClickException(one_line(str(exc))) from None
         except OSError as exc:  # a read or write the library did not turn into an InputError itself
             where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""

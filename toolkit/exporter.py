@@ -158,7 +158,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     precision = choose_tolerance(options.tolerances, model)
     tolerances = tier_tolerances(options.tier, options.tolerances, precision.tolerances.default if precision.chosen else None)
     report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, tolerances,
-                          seed=seed, padding_side=options.padding, reference=reference)
+                          seed=seed, padding_side=options.padding, reference=reference, state_map=graph.state_map)
     reference_notes = (f"parity reference: {reference.label}",) if reference is not None else ()
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))

@@ -4,8 +4,10 @@ Inputs are drawn so that every export is run with a batch size other than the on
 and with two sequence lengths when the time axis is dynamic. The post's own input `[0.1, 0.2, 0.3]` is
 one of the cases whenever the model takes it. Where the model masks, a batch holds masks of every
 shape Keras accepts: the first sample unmasked, the second padded on the `--padding` side, then holes
-with padding on the other side, an all-masked sample, both ends masked (`mix_masks`). Nothing here
-imports TensorFlow: a Keras model is only read through its `inputs` and layers.
+with padding on the other side, an all-masked sample, both ends masked (`mix_masks`). A mask given as
+an input (a bool `(batch, time)` input, or any input passed as a layer's `mask=`) gets the same shapes
+(`draw_mask`), not random values: a random bool is almost always True. Nothing here imports TensorFlow:
+a Keras model is only read through its `inputs` and layers.
 """
 
 from __future__ import annotations
@@ -108,6 +110,38 @@ def mix_masks(array: np.ndarray, value: float | int, rng: np.random.Generator, s
     return mixed
 
 
+def mask_inputs(model: Any) -> set[str]:
+    """The model inputs that are masks: every bool (batch, time) input, and any input a layer takes as
+    its mask= (a 0/1 mask of another dtype). Their cases hold masks of every shape, not random values."""
+    names = {t.name for t in model.inputs if len(t.shape) == 2 and _input_dtype(t).kind == "b"}
+    by_id = {id(t): t.name for t in model.inputs if len(t.shape) == 2}
+    for layer in model._flatten_layers(include_self=False):
+        for node in layer._inbound_nodes:
+            given = node.arguments.kwargs.get("mask")
+            if id(given) in by_id:
+                names.add(by_id[id(given)])
+    return names
+
+
+def draw_mask(batch: int, steps: int, dtype: Any, rng: np.random.Generator, side: str = "right") -> np.ndarray:
+    """(batch, steps) masks of every shape, 1 for a kept step: the first sample unmasked, then in turn one
+    padded on `side`, one with leading masked steps and holes, one all masked, one masked at both ends."""
+    kept = np.ones((batch, steps), bool)
+    for i in range(1, batch):
+        kind = (i - 1) % 4
+        cut = int(rng.integers(1, steps // 2 + 1)) if steps > 1 else 1
+        if kind == 0:
+            kept[i, slice(steps - cut, steps) if side == "right" else slice(0, cut)] = False
+        elif kind == 1:
+            kept[i] = rng.random(steps) >= 0.3
+            kept[i, :cut] = False  # leading masked steps: Keras starts from the initial states at the first kept one
+        elif kind == 2:
+            kept[i] = False
+        else:
+            kept[i, [0, -1]] = False
+    return kept.astype(np.dtype(dtype))
+
+
 def random_input(dims: Sequence[Any], dtype: Any, batch: int, length: int | None, rng: np.random.Generator,
                  vocab: int = 2, padding: Padding = Padding()) -> np.ndarray:
     """A random input of shape (batch, *dims): a dynamic axis 1 gets `length` steps, other dynamic axes 3.
@@ -169,14 +203,17 @@ def make_cases(model: Any, seed: int = 0, padding_side: str = "right") -> list[I
     batches = (fixed_batch, fixed_batch) if fixed_batch is not None else batch_sizes(model)
     vocab = embedding_vocab(model)
     padding = padding_of(model, padding_side)
+    masks = mask_inputs(model)
     mixing = np.random.default_rng(seed + 2000)  # its own stream: the padded draws stay as they were
     for batch, length in zip(batches, lengths):
         feeds = {tensor.name: random_input(tuple(tensor.shape[1:]), _input_dtype(tensor), batch, length, rng,
                                            vocab, padding) for tensor in inputs}
         if padding.masked:
             feeds = {name: _mixed(value, padding, mixing) for name, value in feeds.items()}
+        for name in sorted(masks & feeds.keys()):  # sorted: a set's order differs between processes
+            feeds[name] = draw_mask(*feeds[name].shape, feeds[name].dtype, mixing, padding.side)
         label = f"random batch {batch}" + (f", {length} steps" if length is not None else "")
-        label += f", {padding.side}-padded" + (" and mixed masks" if batch > 2 else "") if padding.masked else ""
+        label += f", {padding.side}-padded" + (" and mixed masks" if batch > 2 else "") if padding.masked or masks else ""
         cases.append(InputCase(label, feeds))
     return cases
 

@@ -41,14 +41,37 @@ def reset_states(model: Any) -> None:
 def keras_reason(exc: BaseException) -> str:
     """One line of what Keras said: its 'Exception encountered when calling X.call().' names the layer,
     and the next non-blank line (bold with ANSI codes) says what failed, so both are kept."""
-    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return _reason_of([line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()],
+                      type(exc).__name__)
+
+
+def _reason_of(lines: list[str], fallback: str) -> str:
     if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
         lines = [f"{lines[0]} {lines[1]}"]
-    return safe_text(lines[0] if lines else type(exc).__name__, limit=300)
+    return safe_text(lines[0] if lines else fallback, limit=300)
 
 
-def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Run Keras in inference mode and flatten its outputs in model order. Keras' own failure is one line
+# The line of a traced function's error that names the exception raised inside it ("    ValueError: ...").
+_RAISED = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)): ?(.*)$")
+
+
+def error_cause(exc: BaseException) -> str:
+    """`Type: why` in one line. An error raised while TensorFlow traced a function reads "in user code:",
+    then the frames, then the exception raised inside: that exception is the cause, not the first line."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    name = type(exc).__name__
+    if lines and lines[0] == "in user code:":
+        for index, line in enumerate(lines):
+            raised = _RAISED.match(line)
+            if raised:
+                name, lines = raised.group(1), [raised.group(2), *lines[index + 1:]]
+                break
+    return f"{name}: {_reason_of(lines, '(no message)')}"
+
+
+def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray], reset: bool = True) -> list[np.ndarray]:
+    """Run Keras in inference mode and flatten its outputs in model order, from zero states (`reset`; else
+    from the states its stateful layers kept from the previous call). Keras' own failure is one line
     naming the model, not a traceback: the reference could not be computed, so nothing can be compared."""
     import keras
 
@@ -56,7 +79,8 @@ def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarra
     struct = getattr(model, "_inputs_struct", None)
     packed = keras.tree.pack_sequence_as(struct, args) if struct is not None else (args[0] if len(args) == 1 else args)
     try:
-        reset_states(model)
+        if reset:
+            reset_states(model)
         outputs = model(packed, training=False)
         return [np.asarray(keras.ops.convert_to_numpy(o)) for o in keras.tree.flatten(outputs)]
     except keras_errors() as exc:

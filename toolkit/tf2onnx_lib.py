@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit.errors import ExportError
+from toolkit.keras_runner import error_cause
 from toolkit.options import MAX_OPSET, MIN_OPSET  # noqa: F401 - the opsets tf2onnx is used with; defined once there
 
 
@@ -76,8 +77,9 @@ def convert_call(call: Callable[..., Any], signature: Sequence[InputSignature], 
         with _root_records_of_tf2onnx_dropped():
             proto, _ = tf2onnx.convert.from_function(traced, input_signature=specs, opset=opset)
     except Exception as exc:  # tf2onnx raises anything from KeyError to ValueError on a graph it cannot take
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"tf2onnx could not convert {what!r}: {type(exc).__name__}: {first_line}") from exc
+        # The cause in one line (`-v` prints the whole error, chained here); TensorFlow's own tracing
+        # errors start "in user code:", which says nothing.
+        raise ExportError(f"tf2onnx could not convert {what!r}: {error_cause(exc)}") from exc
     return proto
 
 

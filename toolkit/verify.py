@@ -295,20 +295,21 @@ def compare_runners(reference: Runner, runners: Sequence[Runner], cases: Sequenc
 
 
 def invariant_checks(origins: Sequence[OutputOrigin], names: Sequence[str], actual: Mapping[str, np.ndarray],
-                     tolerances: Tolerances) -> list[InvariantCheck]:
-    """The post's equalities, on a runtime's outputs, for every layer whose output and state_h are both outputs."""
+                     tolerances: Tolerances, zeroed: frozenset[str] = frozenset()) -> list[InvariantCheck]:
+    """The post's equalities, on a runtime's outputs, for every layer whose output and state_h are both outputs.
+    `zeroed`: layers with zero_output_for_mask, whose last output is 0 where that step is masked, not state_h."""
     checks = []
     by_layer: dict[tuple[str, int], dict[str, str]] = {}
     for origin, name in zip(origins, names):
         by_layer.setdefault((origin.layer, origin.call), {})[origin.role] = name
-    for roles in by_layer.values():
+    for (layer, _), roles in by_layer.items():
         state_h = roles.get("state_h")
         if state_h is None or state_h not in actual:
             continue
-        if "last" in roles and roles["last"] in actual:
+        if "last" in roles and roles["last"] in actual and layer not in zeroed:
             checks.append(check_equal(f"{roles['last']} == {state_h}", actual[roles["last"]], actual[state_h],
                                       tolerances.base))
-        if "sequence" in roles and roles["sequence"] in actual:
+        if "sequence" in roles and roles["sequence"] in actual and layer not in zeroed:
             checks.append(check_equal(f"{roles['sequence']}[:, -1] == {state_h}", actual[roles["sequence"]][:, -1],
                                       actual[state_h], tolerances.base))
     return checks
@@ -323,9 +324,11 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[GraphRunner | Runne
     # A float16/bfloat16-computing model's tolerance when the user set none (`precision.choose`).
     tolerances = choose_tolerance(tolerances, keras.model).tolerances.resolve(count_ops(proto))
     origins = keras.origins
+    zeroed = frozenset(layer.name for layer in keras.model._flatten_layers(include_self=False)
+                       if getattr(layer, "zero_output_for_mask", False))
 
     def invariants(actual: Mapping[str, np.ndarray]) -> list[InvariantCheck]:
-        return invariant_checks(origins, names, actual, tolerances)
+        return invariant_checks(origins, names, actual, tolerances, zeroed)
 
     return compare_runners(keras, runners, cases, tolerances, names, expected_names, invariants, progress)
 

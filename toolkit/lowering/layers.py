@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
+from toolkit.errors import UnsupportedModelError
 from toolkit.lowering import masks
+from toolkit.lowering.carried import STATE_NOTE, carries_states, convert_carrying_states
 from toolkit.lowering.cells import NotFusable, plan_cells, to_numpy
 from toolkit.lowering.context import LayerCall, LayerLowering, LoweringContext, Value, handles
 from toolkit.lowering.recurrent import lower_recurrent, read_call, write_state_inputs
@@ -253,17 +255,29 @@ def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> list[Value] 
         else:
             outputs, op = lower_recurrent(ctx, call.node, values)
     except NotFusable as reason:
+        if carries_states(ctx, layer):  # tf2onnx alone would freeze its states as zeros
+            return carry_or_refuse(ctx, call, str(reason))
         ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, "tf2onnx", str(reason)))
         return convert_with_tf2onnx(ctx, call, consumes_mask=True)
     notes = []
     if getattr(layer, "stateful", False):
-        notes.append("stateful=True: exported with state inputs and outputs (lstm_onnx.state_map); "
-                     "carry the states from call to call")
+        notes.append(STATE_NOTE)
     compute = str(layer.dtype_policy.compute_dtype)
     if compute != "float32":
         notes.append(f"computed in {compute} by Keras, exported as float32 {op} from its float32 variables")
     ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, op, note="; ".join(notes)))
     return _keras_dtypes(ctx, call.node, outputs)
+
+
+def carry_or_refuse(ctx: LoweringContext, call: LayerCall, reason: str) -> list[Value]:
+    """A layer carrying states that cannot be fused: tf2onnx with its states as inputs and outputs, or,
+    where even that cannot be done, a one-line refusal (never an export with frozen states)."""
+    try:
+        return convert_carrying_states(ctx, call, _float32_inputs(ctx, call), reason)
+    except NotFusable as why:
+        raise UnsupportedModelError(f"Expected a stateful (or --state-io) layer whose states lstm-onnx can carry. "
+                                    f"Received: layer {call.layer.name!r} ({call.layer_class}): {reason}; "
+                                    f"and its states cannot be inputs: {why}") from None
 
 
 def _lower_stacked_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> tuple[list[Value], str]:

@@ -59,6 +59,14 @@ def kept_steps(ctx: LoweringContext, mask: str, reverse: bool = False) -> str:
     return _form(ctx, mask, "kept_reverse", lambda: ctx.w.flip(kept, 0)) if reverse else kept
 
 
+def last_processed_kept(ctx: LoweringContext, mask: str, reverse: bool) -> str:
+    """(batch, 1) bool: is the step processed last (the first in time for a go_backwards layer) kept?"""
+    def write() -> str:
+        index = ctx.w.scalar(0 if reverse else -1, np.int64, "first" if reverse else "last")
+        return ctx.w.unsqueeze(ctx.w.op1("Gather", [kept_steps(ctx, mask), index], axis=0), -1)
+    return _form(ctx, mask, "last_kept_reverse" if reverse else "last_kept", write)
+
+
 def batch_major(ctx: LoweringContext, mask: str) -> str:
     """(batch, time, 1) bool: the layout of the GatherNDs that move steps (their batch axis comes first)."""
     return _form(ctx, mask, "batch_major", lambda: ctx.w.transpose(time_major(ctx, mask), [1, 0, 2]))

@@ -52,20 +52,36 @@ def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> Recu
     initial = kwargs.get("initial_state")
     if initial is None and len(args) > 1:
         initial = args[1]
-    incoming_mask = sequence.mask
-    if kwargs.get("mask") is None:
+    given = kwargs.get("mask")
+    if given is None:
         # Keras applies a mask only when it passes one (mask=) to the layer. It does not, for one,
         # when initial_state is given (Keras 3.15): the padded steps are then processed like any other.
-        sequence = Value(sequence.name, None)
-    elif sequence.mask is None:
-        # Keras passes a propagated mask as mask=; only one we computed ourselves can be lowered.
-        raise NotFusable("a mask= argument that does not come from Masking or Embedding(mask_zero=True)")
+        incoming_mask, sequence = sequence.mask, Value(sequence.name, None)
+    else:
+        incoming_mask = mask_argument(ctx, args[0], given, values)
+        sequence = Value(sequence.name, incoming_mask)
     # Flattened: an RNN over StackedRNNCells takes one (nested) list of states per cell.
     initial_values = [values[id(t)].name for t in _flatten(initial)] if initial is not None else []
     owner = ctx.owner(layer, node)  # a shared layer: one set per call
     explicit = ctx.state_io or getattr(layer, "stateful", False)
     return RecurrentCall(layer, sequence, incoming_mask, initial_values, list(initial_values), owner, explicit,
                          state_roles(layer))
+
+
+def mask_argument(ctx: LoweringContext, tensor: Any, mask: Any, values: dict[int, Value]) -> str:
+    """The (batch, time) bool value of a call's mask= argument, wherever it comes from. The mask Keras
+    propagated from Masking or Embedding(mask_zero=True) is the one those handlers wrote (with its
+    time-major form); any other (a bool model input, a comparison in the graph, a 0/1 tensor) is its
+    own value, cast to bool as Keras' RNN casts it (nonzero is kept)."""
+    propagated = values[id(tensor)].mask
+    if propagated is not None and getattr(tensor, "_keras_mask", None) is mask:
+        return propagated
+    if id(mask) not in values:
+        raise NotFusable("a mask= argument that is not a tensor of the model")
+    if len(mask.shape) != 2:
+        raise NotFusable(f"a mask= argument of shape {tuple(mask.shape)}: Expected (batch, time)")
+    name = values[id(mask)].name
+    return name if str(mask.dtype) == "bool" else ctx.w.op1("Cast", [name], to=TensorProto.BOOL)
 
 
 def _flatten(states: Any) -> list[Any]:
@@ -195,8 +211,13 @@ def _lower_masked(ctx: LoweringContext, rc: RecurrentCall, plans: Sequence[CellP
     # return_sequences=False: the last output is Y_h (zeros for an all-masked sample, as in Keras, whose
     # last output is then its initial zero output); Y is unread and pruned, so the op never writes it.
     main = states[0]
+    zero_masked = bool(getattr(layer, "zero_output_for_mask", False))
+    if zero_masked and not layer.return_sequences:
+        # With zero_output_for_mask Keras' last output is the last processed step's output: zeros when
+        # that step is masked, whatever the steps before it held.
+        zero = ctx.w.scalar(0, np.float32, "zero")
+        main = ctx.w.op1("Where", [masks.last_processed_kept(ctx, mask, reverse), main, zero])
     if layer.return_sequences:
-        zero_masked = bool(getattr(layer, "zero_output_for_mask", False))
         main = masks.expand(ctx, outs[0], mask, reverse, zero_masked)  # (batch, time, units)
         if nan is not None:
             # A NaN poisons every later step in processing order, but not the zeros of zero_output_for_mask.
