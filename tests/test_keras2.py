@@ -254,3 +254,16 @@ def test_explain_takes_the_posts_keras2_code_path():
         for a, b in zip(old.outputs, new.outputs):
             assert_close(b.keras, a.keras, a.name)
             assert_close(b.onnx, b.keras, a.name)
+
+
+def test_module_savedmodel_refuses_options_it_cannot_honour(keras2_models, tmp_path):
+    """--state-io and tiers need lstm-onnx's lowering (layer configs): refused in one line, not ignored."""
+    for flags in (["--state-io"], ["--quantize", "int8"]):
+        done = CliRunner().invoke(cli, ["export", str(keras2_models / "module_lstm"), "-o", str(tmp_path / "m.onnx"), *flags])
+        assert done.exit_code != 0 and "tf.Module" in done.output and "Traceback" not in done.output
+        assert not (tmp_path / "m.onnx").exists()
+
+
+def test_module_savedmodel_variables_are_bounded_before_tensorflow_loads_them(keras2_models, tmp_path):
+    with pytest.raises(ModelLoadError, match="max-params"):
+        export_keras_model(keras2_models / "module_lstm", tmp_path / "m.onnx", limits=DEFAULT_LIMITS.raised(max_params=10))

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.compare import Tolerances
+from toolkit.errors import UnsupportedModelError
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases
 from toolkit.options import ExportOptions
@@ -39,10 +39,12 @@ def finish_module_export(folder: Path, function: Any, spec: SignatureSpec, optio
     proto.graph.name, proto.producer_name, proto.producer_version, proto.doc_string = folder.name, "lstm-onnx", __version__, ""
     ops = count_ops(proto)
     warnings = _fusion_warnings(ops)
-    tolerances = options.tolerances if options.tolerances != Tolerances() else Tolerances()
+    if warnings and options.require_fused:
+        raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: "
+                                    + warnings[0])
     runner = _load_runner(proto, folder.name)
     reference = SignatureRunner(function, spec)
-    report = compare_runners(reference, [runner], module_cases(spec, seed), tolerances.resolve(ops),
+    report = compare_runners(reference, [runner], module_cases(spec, seed), options.tolerances.resolve(ops),
                              [v.name for v in proto.graph.output])[runner.name]
     outputs = tuple(OutputInfo(info.name, "serving_default", info.name, info.dtype, info.shape) for info in graph_outputs(proto))
     metadata.write_metadata(proto, {

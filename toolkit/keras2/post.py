@@ -6,6 +6,7 @@ variable order), so the numbers equal the Keras 3 build's. Needs tf-keras (`scri
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def export_post_stack_h5(config: StackConfig) -> tuple[Any, Any, Any]:
     model = build_post_stack(config)
     with tempfile.TemporaryDirectory(prefix="lstm-onnx-post-") as folder:
         path = Path(folder) / f"{config.name or 'post'}.h5"
-        model.save(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.keras calls .h5 legacy: saving one is the point here
+            model.save(path)
         loaded = load_keras2_model(path, keras2_format(path), DEFAULT_LIMITS)
         reference = original_reference(loaded)
         result = export_model(loaded.model, source=dict(loaded.source, reference=reference.label), reference=reference,

@@ -195,10 +195,10 @@ def check_graph_ops(folder: Path, limits: ResourceLimits) -> Any:
 # ------------------------------------------------------------------------------------------- variables
 
 
-def read_layer_variables(folder: Path, layers: dict[str, int], limits: ResourceLimits) -> dict[str, list[np.ndarray]]:
-    """Each layer's variables in Keras 2's order, read from the checkpoint after their sizes are checked."""
+def open_checkpoint(folder: Path, limits: ResourceLimits) -> Any:
+    """The variables checkpoint's reader, after every variable's declared size (shape and dtype from the
+    index, no value read) has passed `limits`."""
     import tensorflow as tf
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     prefix = folder / "variables" / "variables"
     try:
@@ -207,11 +207,22 @@ def read_layer_variables(folder: Path, layers: dict[str, int], limits: ResourceL
     except (tf.errors.OpError, ValueError) as exc:
         raise ModelLoadError(f"Expected a SavedModel's variables checkpoint. Received: {safe_text(str(folder))!r} "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:150] if str(exc) else ''})") from None
-    declared = [DeclaredArray(key, int(np.prod(shape, dtype=np.int64)) * max(dtypes[key].size, 1),
-                              int(np.prod(shape, dtype=np.int64)), int(np.prod(shape, dtype=np.int64)) * max(dtypes[key].size, 1),
-                              not key.startswith(_OBJECT_GRAPH_KEY))
-                for key, shape in shapes.items() if key != _OBJECT_GRAPH_KEY]
+    declared = []
+    for key, shape in shapes.items():
+        if key == _OBJECT_GRAPH_KEY:
+            continue
+        elements = int(np.prod(shape, dtype=np.int64))
+        size = elements * max(dtypes[key].size, 1)
+        declared.append(DeclaredArray(key, size, elements, size, True))
     check_declared_arrays(declared, str(folder), limits)
+    return reader
+
+
+def read_layer_variables(folder: Path, layers: dict[str, int], limits: ResourceLimits) -> dict[str, list[np.ndarray]]:
+    """Each layer's variables in Keras 2's order, read from the checkpoint after their sizes are checked."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    reader = open_checkpoint(folder, limits)
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
     weights = {}
