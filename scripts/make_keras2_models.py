@@ -38,13 +38,20 @@ L = k2.layers
 BATCH = 4
 
 
+def _is_variance(model, index: int) -> bool:
+    """Whether weight `index` of `model.get_weights()` is a BatchNormalization's moving variance."""
+    names = [w.name for w in model.weights]
+    return index < len(names) and "moving_variance" in names[index]
+
+
 def weights(model, seed: int) -> None:
     """Glorot-like kernels and uniform(-0.5, 0.5) biases, in model order (states of stateful layers stay 0)."""
     rng = np.random.default_rng(seed)
     values = []
-    for w in model.get_weights():
+    for index, w in enumerate(model.get_weights()):
         if w.ndim == 1:
-            values.append(rng.uniform(-0.5, 0.5, size=w.shape).astype(w.dtype))
+            value = rng.uniform(-0.5, 0.5, size=w.shape) + (1.0 if _is_variance(model, index) else 0.0)  # variance > 0
+            values.append(value.astype(w.dtype))
         elif w.dtype.kind == "f":
             limit = np.sqrt(6.0 / (w.shape[0] + w.shape[-1]))
             values.append(rng.uniform(-limit, limit, size=w.shape).astype(w.dtype))
@@ -108,6 +115,18 @@ def stateful_lstm():
     return k2.Model(x, L.Dense(1)(y))
 
 
+def mixed_stack():
+    """Conv1D -> frozen BatchNormalization -> RNN(StackedRNNCells([LSTMCell, GRUCell])) -> Dropout ->
+    TimeDistributed(a nested Sequential): nested models, non-trainable weights and cells in one file."""
+    x = L.Input(shape=(None, 3), name="x")
+    y = L.Conv1D(4, 2, padding="causal")(x)
+    norm = L.BatchNormalization()
+    norm.trainable = False
+    y = L.RNN(L.StackedRNNCells([L.LSTMCell(5), L.GRUCell(3)]), return_sequences=True)(norm(y))
+    head = k2.Sequential([L.Dense(4, activation="relu"), L.Dense(2)], name="head")
+    return k2.Model(x, L.TimeDistributed(head)(L.Dropout(0.2)(y)))
+
+
 MODELS: dict[str, Callable] = {
     "post_case3": post_case3,
     "sequential_lstm": sequential_lstm,
@@ -116,6 +135,7 @@ MODELS: dict[str, Callable] = {
     "masking_simple_rnn": masking_simple_rnn,
     "gru_reset_before": gru_reset_before,
     "stateful_lstm": stateful_lstm,
+    "mixed_stack": mixed_stack,
 }
 
 

@@ -37,6 +37,7 @@ EXPECTED = {
     "masking_simple_rnn": (["time_distributed_output"], {"RNN": 1}),
     "gru_reset_before": (["gru_1_last", "gru_1_state_h"], {"GRU": 2}),
     "stateful_lstm": (["dense_output", "lstm_state_h", "lstm_state_c"], {"LSTM": 1}),
+    "mixed_stack": (["time_distributed_output"], {"GRU": 1, "LSTM": 1}),
 }
 FORMATS = {"h5": "{}.h5", "savedmodel": "{}_savedmodel", "keras": "{}.keras"}
 GPU_ERA = {"cudnn_lstm": (["cu_dnnlstm_sequence", "cu_dnnlstm_state_h", "cu_dnnlstm_state_c"], {"LSTM": 1}),

@@ -110,6 +110,8 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
             translation.note(f"{kind}: dropped Keras 2's {arg}={value!r} (no effect at inference)")
     if kind == "InputLayer" and "batch_input_shape" in config:
         config["batch_shape"] = config.pop("batch_input_shape")
+    if kind == "BatchNormalization" and isinstance(config.get("axis"), list) and len(config["axis"]) == 1:
+        config["axis"] = config["axis"][0]  # tf.keras wrote [2]; Keras 3's BatchNormalization takes one int
     _objects(config, translation)
     _dtype(config, translation)
     for key in ("layer", "backward_layer", "cell"):
