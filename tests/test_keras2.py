@@ -268,3 +268,16 @@ def test_module_savedmodel_refuses_options_it_cannot_honour(keras2_models, tmp_p
 def test_module_savedmodel_variables_are_bounded_before_tensorflow_loads_them(keras2_models, tmp_path):
     with pytest.raises(ModelLoadError, match="max-params"):
         export_keras_model(keras2_models / "module_lstm", tmp_path / "m.onnx", limits=DEFAULT_LIMITS.raised(max_params=10))
+
+
+@pytest.mark.slow
+def test_verify_checks_a_keras2_export_against_the_original(keras2_models, tmp_path):
+    out = tmp_path / "bi.onnx"
+    export_keras_model(keras2_models / "bidirectional_states_savedmodel", out).save(out)
+    done = CliRunner().invoke(cli, ["verify", str(out), "--keras", str(keras2_models / "bidirectional_states_savedmodel"),
+                                    "--runtimes", "onnxruntime,openvino", "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert "serving signature" in report["reference"]
+    done = CliRunner().invoke(cli, ["verify", str(out), "--keras", str(keras2_models / "bidirectional_states.h5")])
+    assert done.exit_code == 0 and "parity reference: tf.keras 2.21" in done.output

@@ -119,13 +119,17 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
             sizes = parse_chunks(stream)
         limits = limits_from(max_params, max_timesteps, max_activation, max_member_bytes)
-    from toolkit.keras_io import load_keras_model
 
     # Loaded once, within the --max-* limits, for the parity check and the streamed one alike.
-    loaded = load_keras_model(keras_model, limits)
+    from toolkit.keras2.reference import load_reference
+
+    # A Keras 2 file's reference is its original (tf.keras, or the SavedModel's signature); `loaded` is the
+    # Keras model the cases and the stream are made from (a Keras 2 file's translation).
+    reference = load_reference(keras_model, limits)
+    loaded = reference.model
     from toolkit.progress import progress_for
 
-    results = verify_runtimes(onnx_model, loaded, names, tolerances, seed=seed, progress=progress_for(as_json))
+    results = verify_runtimes(onnx_model, reference, names, tolerances, seed=seed, progress=progress_for(as_json))
     streamed = None
     if sizes is not None:
         from toolkit.runner import load_onnx
@@ -143,10 +147,11 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
         section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed)
         write_report(html, [section], f"lstm-onnx verify {onnx_model.name}", bool(outcome), command_line())
+    label = getattr(reference, "label", None)  # set for a Keras 2 file's original
     if as_json:
-        emit_json(outcome.to_json())
+        emit_json({**outcome.to_json(), **({"reference": label} if label else {})})
     else:
-        echo(verify_text(outcome))
+        echo(verify_text(outcome) + (f"\nnote: parity reference: {label}" if label else ""))
     if not outcome:
         sys.exit(1)
 

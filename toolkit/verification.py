@@ -32,14 +32,14 @@ def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tole
     return verify_runtimes(onnx_path, keras_path, ("onnxruntime",), tolerances, seed)[0].report
 
 
-def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Sequence[str] = ("onnxruntime",),
+def verify_runtimes(onnx_path: str | Path, keras_path: str | Path | KerasRunner, runtimes: Sequence[str] = ("onnxruntime",),
                     tolerances: Tolerances = Tolerances(), seed: int = 0,
                     progress: Progress = Progress()) -> list[RuntimeReport]:
     """Keras vs each runtime over one set of cases; a runtime the model is not valid in says why. `progress`
     hears of each runtime opened (Chromium and OpenVINO take seconds) and each case compared."""
     chosen = runtimes_named(runtimes)
     proto = load_onnx(onnx_path)
-    keras = KerasRunner(keras_path)
+    keras = keras_path if isinstance(keras_path, KerasRunner) else KerasRunner(keras_path)
     expected = expected_output_names(keras.model, proto)
     if len(keras.model.outputs) > len(proto.graph.output):
         raise InputError(

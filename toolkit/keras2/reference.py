@@ -109,6 +109,19 @@ def original_reference(loaded: Keras2Model) -> KerasRunner:
     return TfKerasReference(loaded, tf_keras)
 
 
+def load_reference(path: str | Path, limits: Any) -> KerasRunner:
+    """The parity reference for a model file: a Keras 3 file's model, or a Keras 2 file's original (its
+    translation is the reference's `model`, which the input cases are made from)."""
+    from toolkit.keras2.formats import keras2_format
+    from toolkit.keras2.loader import load_keras2_model
+    from toolkit.keras_io import load_keras_model
+
+    fmt = keras2_format(Path(path))
+    if fmt is None or fmt.kind == "module":
+        return KerasRunner(load_keras_model(path, limits))
+    return original_reference(load_keras2_model(Path(path), fmt, limits))
+
+
 def keras2_output_names(config: dict) -> list[str]:
     """A Keras 2 model's output names, as tf.keras makes them unique (`lstm`, `lstm_1`, `lstm_2`): the keys
     of its SavedModel signature's outputs."""
