@@ -127,6 +127,16 @@ def mixed_stack():
     return k2.Model(x, L.TimeDistributed(head)(L.Dropout(0.2)(y)))
 
 
+def nested_encoder():
+    """A Sequential (frozen Dense, BatchNormalization, LSTM) called inside a functional model, then a
+    Bidirectional GRU: Keras 2 numbers a nested model's calls from node 1."""
+    inner = k2.Sequential([L.Dense(4, trainable=False, input_shape=(None, 3)), L.BatchNormalization(),
+                           L.LSTM(3, return_sequences=True)], name="inner")
+    x = L.Input((None, 3), name="signal")
+    h = L.Bidirectional(L.GRU(2, return_sequences=True))(inner(x))
+    return k2.Model(x, L.TimeDistributed(L.Dense(2))(h))
+
+
 MODELS: dict[str, Callable] = {
     "post_case3": post_case3,
     "sequential_lstm": sequential_lstm,
@@ -136,6 +146,7 @@ MODELS: dict[str, Callable] = {
     "gru_reset_before": gru_reset_before,
     "stateful_lstm": stateful_lstm,
     "mixed_stack": mixed_stack,
+    "nested_encoder": nested_encoder,
 }
 
 

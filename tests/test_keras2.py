@@ -38,6 +38,7 @@ EXPECTED = {
     "gru_reset_before": (["gru_1_last", "gru_1_state_h"], {"GRU": 2}),
     "stateful_lstm": (["dense_output", "lstm_state_h", "lstm_state_c"], {"LSTM": 1}),
     "mixed_stack": (["time_distributed_output"], {"GRU": 1, "LSTM": 1}),
+    "nested_encoder": (["time_distributed_output"], {"GRU": 1, "LSTM": 1}),
 }
 FORMATS = {"h5": "{}.h5", "savedmodel": "{}_savedmodel", "keras": "{}.keras"}
 GPU_ERA = {"cudnn_lstm": (["cu_dnnlstm_sequence", "cu_dnnlstm_state_h", "cu_dnnlstm_state_c"], {"LSTM": 1}),
@@ -179,20 +180,32 @@ def test_savedmodel_that_writes_a_file_is_refused_before_it_runs(keras2_models, 
     assert not target.exists() and not out.exists()
 
 
-def test_a_signature_calling_the_saver_is_refused(keras2_models):
-    """SaveV2 writes files: allowed only in TensorFlow's own saver functions, which nothing may call."""
-    from toolkit.keras2.savedmodel import read_saved_model, refused_ops
+def test_checkpoint_ops_are_refused_wherever_the_loader_can_reach_them(keras2_models):
+    """SaveV2 writes files. Allowed only in functions nothing in the object graph reaches (TensorFlow's own
+    saver); decided by reachability, so neither a call into the saver nor a signature pointed straight at
+    a function named like the saver gets through."""
+    from toolkit.keras2.savedmodel import _roots, read_saved_model, refused_ops
 
-    proto = read_saved_model(keras2_models / "post_case3_savedmodel", DEFAULT_LIMITS)
-    assert refused_ops(proto) == {}
+    def fresh():
+        return read_saved_model(keras2_models / "post_case3_savedmodel", DEFAULT_LIMITS)
+
+    assert refused_ops(fresh()) == {}
+    proto = fresh()
     library = proto.meta_graphs[0].graph_def.library
     saver = next(f.signature.name for f in library.function if f.signature.name.startswith("__inference__traced_save"))
-    serving = next(f for f in library.function if not f.signature.name.startswith("__inference__traced"))
+    roots = _roots(proto.meta_graphs[0])
+    serving = next(f for f in library.function if f.signature.name in roots)
     call = serving.node_def.add(name="evil", op="StatefulPartitionedCall")
     call.attr["f"].func.name = saver
-    assert f"call of {saver}" in refused_ops(proto)
-    serving.node_def.add(name="save", op="SaveV2")
     assert "SaveV2" in refused_ops(proto)
+    proto = fresh()
+    graph = proto.meta_graphs[0].object_graph_def
+    method = next(node for node in graph.nodes if node.WhichOneof("kind") == "function" and node.function.concrete_functions)
+    method.function.concrete_functions[0] = saver  # the object graph runs the saver-named function directly
+    assert "SaveV2" in refused_ops(proto)
+    proto = fresh()
+    proto.meta_graphs[0].object_graph_def.ClearField("nodes")  # TF1's format: its loader runs the top-level graph
+    assert refused_ops(proto)
 
 
 def test_h5_datasets_are_bounded_before_they_are_read(keras2_models, tmp_path):
@@ -281,3 +294,104 @@ def test_verify_checks_a_keras2_export_against_the_original(keras2_models, tmp_p
     assert "serving signature" in report["reference"]
     done = CliRunner().invoke(cli, ["verify", str(out), "--keras", str(keras2_models / "bidirectional_states.h5")])
     assert done.exit_code == 0 and "parity reference: tf.keras 2.21" in done.output
+
+
+def test_h5_weights_stored_in_another_file_are_refused(keras2_models, tmp_path):
+    """HDF5 external storage would copy any local file into the export's weights."""
+    import h5py
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    crafted = tmp_path / "external.h5"
+    crafted.write_bytes((keras2_models / "post_case3.h5").read_bytes())
+    with h5py.File(crafted, "r+") as f:
+        group = f["model_weights/lstm/lstm/lstm_cell"]
+        del group["bias:0"]
+        group.create_dataset("bias:0", shape=(8,), dtype="float32", external=[(str(secret), 0, 32)])
+    with pytest.raises(ModelLoadError, match="stored in another file"):
+        export_keras_model(crafted, tmp_path / "x.onnx")
+
+
+def test_a_weight_listed_twice_is_refused_before_it_is_read_twice(keras2_models, tmp_path):
+    import h5py
+
+    crafted = tmp_path / "twice.h5"
+    crafted.write_bytes((keras2_models / "post_case3.h5").read_bytes())
+    with h5py.File(crafted, "r+") as f:
+        group = f["model_weights/lstm"]
+        names = list(group.attrs["weight_names"])
+        group.attrs["weight_names"] = names + names
+    with pytest.raises(ModelLoadError, match="listed once"):
+        export_keras_model(crafted, tmp_path / "x.onnx")
+
+
+def test_a_tf_keras_archive_naming_a_foreign_module_is_refused(keras2_models, tmp_path):
+    """tf.keras' loader imports the module a .keras config names; only Keras' own are accepted."""
+    import zipfile
+
+    crafted = tmp_path / "foreign.keras"
+    with zipfile.ZipFile(keras2_models / "post_case3.keras") as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                config["module"] = "this"
+                data = json.dumps(config).encode()
+            out.writestr(info, data)
+    with pytest.raises(UnsupportedModelError, match="naming module 'this'"):
+        export_keras_model(crafted, tmp_path / "x.onnx")
+
+
+def test_savedmodel_folder_with_a_fifo_is_refused_without_hanging(keras2_models, tmp_path):
+    import os
+    import shutil
+
+    folder = tmp_path / "fifo_savedmodel"
+    shutil.copytree(keras2_models / "post_case3_savedmodel", folder)
+    (folder / "variables" / "variables.index").unlink()
+    os.mkfifo(folder / "variables" / "variables.index")
+    with pytest.raises(ModelLoadError, match="a FIFO"):
+        export_keras_model(folder, tmp_path / "x.onnx")
+
+
+def test_keras_metadata_with_a_varint_where_text_belongs_is_one_line(keras2_models, tmp_path):
+    """bytes(<varint>) would allocate that many bytes: a 10-byte file must not cost gigabytes."""
+    import shutil
+
+    folder = tmp_path / "meta_savedmodel"
+    shutil.copytree(keras2_models / "post_case3_savedmodel", folder)
+    record = bytes([0x18]) + bytes([0x80, 0x80, 0x80, 0x80, 0x10])  # field 3 as a varint of 2**32
+    (folder / "keras_metadata.pb").write_bytes(bytes([0x0A, len(record)]) + record)
+    with pytest.raises(ModelLoadError, match="keras_metadata.pb"):
+        export_keras_model(folder, tmp_path / "x.onnx")
+
+
+def test_the_reference_reads_the_checked_copy_not_the_path(keras2_models, tmp_path):
+    """Swapping the file after the check (for one with a Lambda layer) changes nothing: every reader
+    after the check reads lstm-onnx's private copy."""
+    from toolkit.keras2.loader import load_keras2_model
+    from toolkit.keras2.reference import original_reference
+
+    path = tmp_path / "victim.h5"
+    path.write_bytes((keras2_models / "post_case3.h5").read_bytes())
+    loaded = load_keras2_model(path, keras2_format(path), DEFAULT_LIMITS)
+    path.write_bytes((keras2_models / "lambda.h5").read_bytes())
+    reference = original_reference(loaded, DEFAULT_LIMITS)
+    loaded.close()
+    assert not any(type(layer).__name__ == "Lambda" for layer in reference._original.layers)
+    assert not loaded.path.exists()
+
+
+def test_dict_outputs_and_broken_configs_are_one_line(keras2_models, tmp_path):
+    import h5py
+
+    for change, needle in ((lambda c: c["config"].__setitem__("output_layers", {"a": ["lstm_1", 0, 0]}), "dict outputs"),
+                           (lambda c: c["config"].__setitem__("layers", 5), "not a list")):
+        crafted = tmp_path / "broken.h5"
+        crafted.write_bytes((keras2_models / "post_case3.h5").read_bytes())
+        with h5py.File(crafted, "r+") as f:
+            config = json.loads(f.attrs["model_config"])
+            change(config)
+            f.attrs["model_config"] = json.dumps(config)
+        done = cli_export(crafted, tmp_path / "x.onnx")
+        assert done.exit_code != 0 and needle in done.output and len(done.output.strip().splitlines()) == 1

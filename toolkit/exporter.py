@@ -367,7 +367,10 @@ def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
     from toolkit.keras2.reference import original_reference
 
     loaded = load_keras2_model(src, fmt, options.limits)
-    reference = original_reference(loaded)
+    try:
+        reference = original_reference(loaded, options.limits)
+    finally:
+        loaded.close()  # the private copy: the reference has read what it needs
     source = dict(loaded.source, reference=reference.label)
     return export_model(loaded.model, options, source=source, reference=reference)
 

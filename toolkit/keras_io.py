@@ -31,7 +31,9 @@ def load_keras_model(path: str | Path, limits: ResourceLimits = DEFAULT_LIMITS) 
     if fmt is not None and fmt.kind != "module":
         from toolkit.keras2.loader import load_keras2_model
 
-        return load_keras2_model(source, fmt, limits).model  # translated; `export` checks against the original
+        loaded = load_keras2_model(source, fmt, limits)
+        loaded.close()
+        return loaded.model  # translated; `export` and `verify` check against the original
     if source.is_dir():
         raise ModelLoadError(
             f"Expected a Keras model: a .keras or .h5 file, or a SavedModel folder with keras_metadata.pb. Received: "

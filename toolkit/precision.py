@@ -10,6 +10,7 @@ a model is only read through its layers' `dtype_policy`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,8 @@ def _round_up(value: float) -> float:
     """`value` rounded up to two significant digits: an atol that passes an error of `value`."""
     if value <= 0:
         return 0.0
+    if not math.isfinite(value):  # a NaN or infinite error (NaN weights, say): no tolerance passes it
+        return value
     text = f"{value:.1e}"
     mantissa, exponent = text.split("e")
     rounded = float(f"{mantissa}e{exponent}")

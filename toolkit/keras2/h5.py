@@ -61,7 +61,7 @@ def read_h5_model(path: str | Path, limits: ResourceLimits) -> H5Model:
                                      f"{safe_text(text)!r} with weights only (model.save_weights)")
             check_declared_arrays(_declared(file), text, limits)
             config = _json(config_text, text)
-            weights = _layer_weights(file["model_weights"] if "model_weights" in file else file, text)
+            weights = _layer_weights(file["model_weights"] if "model_weights" in file else file, text, limits)
             return H5Model(config=config, weights=weights,
                            keras_version=_attr(file, "keras_version", 64, text) or "1",
                            backend=_attr(file, "backend", 64, text) or "unknown")
@@ -97,13 +97,21 @@ def _declared(file: Any) -> list[DeclaredArray]:
     import h5py
 
     arrays: list[DeclaredArray] = []
+    elsewhere: list[str] = []
 
     def visit(name: str, item: Any) -> None:
         if isinstance(item, h5py.Dataset):
+            if item.external or item.is_virtual:
+                elsewhere.append(name)
             arrays.append(DeclaredArray(name, item.size * item.dtype.itemsize, int(item.size),
                                         item.id.get_storage_size(), name.startswith("model_weights/")))
 
     file.visititems(visit)
+    if elsewhere:
+        # External raw storage or a virtual dataset reads another file's bytes (any local file could end
+        # up in the export's weights); Keras 3's own H5IOStore refuses them too.
+        raise ModelLoadError(f"Expected weights stored in the .h5 itself. Received: dataset {elsewhere[0]!r} "
+                             "stored in another file (HDF5 external or virtual storage)")
     return arrays
 
 
@@ -117,11 +125,13 @@ def _names(group: Any, key: str) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _layer_weights(group: Any, path: str) -> dict[str, list[np.ndarray]]:
-    """Each layer's arrays in its `weight_names` order (Keras 2's trainable + non-trainable order)."""
+def _layer_weights(group: Any, path: str, limits: ResourceLimits) -> dict[str, list[np.ndarray]]:
+    """Each layer's arrays in its `weight_names` order (Keras 2's trainable + non-trainable order). Each
+    dataset is read once at most, so what is read stays within what the declared sizes were checked for."""
     import h5py
 
     weights: dict[str, list[np.ndarray]] = {}
+    seen: set[str] = set()
     for layer in _names(group, "layer_names"):
         if layer not in group or not isinstance(group[layer], h5py.Group):
             raise ModelLoadError(f"Expected weights for layer {safe_text(layer)!r}. Received: {safe_text(path)!r} "
@@ -133,6 +143,13 @@ def _layer_weights(group: Any, path: str) -> dict[str, list[np.ndarray]]:
             if not isinstance(item, h5py.Dataset):
                 raise ModelLoadError(f"Expected weight {safe_text(name)!r} of layer {safe_text(layer)!r}. "
                                      f"Received: {safe_text(path)!r} without it")
+            if item.name in seen:
+                raise ModelLoadError(f"Expected each weight listed once. Received: {safe_text(path)!r} listing "
+                                     f"{safe_text(item.name)!r} again (layer {safe_text(layer)!r})")
+            seen.add(item.name)
+            if item.dtype.kind not in "fiub":
+                raise ModelLoadError(f"Expected numeric weights. Received: {safe_text(path)!r} with {safe_text(item.name)!r} "
+                                     f"of dtype {item.dtype}")
             arrays.append(np.asarray(item[()]))
         weights[layer] = arrays
     return weights

@@ -20,17 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.budget import count_config
-from toolkit.errors import ModelLoadError
+from toolkit.errors import LstmOnnxError, ModelLoadError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import Keras2Format
+from toolkit.keras2.private import PrivateCopy
 from toolkit.keras2.translate import Translation, translate_model_config
 from toolkit.limits import ResourceLimits, check_budget, inspect_keras_handle
+from toolkit.runner import first_line
 from toolkit.shapes import check_model_budget
 
 
 @dataclass
 class Keras2Model:
-    """A Keras 2 file's model, built in Keras 3, with what the export records about its origin."""
+    """A Keras 2 file's model, built in Keras 3, with what the export records about its origin. `path` is
+    the private copy every reader uses (`toolkit.keras2.private`); `close` removes it."""
 
     model: Any
     path: Path
@@ -38,36 +41,58 @@ class Keras2Model:
     keras_version: str
     backend: str
     translation: Translation
-    notes: list[str] = field(default_factory=list)
+    original: Path
+    original_config: dict
+    copy: PrivateCopy | None = field(default=None, repr=False)
 
     @property
     def source(self) -> dict[str, Any]:
         """The metadata's `source`: the file, its format and the Keras that wrote it."""
-        return {"keras_file": self.path.name, "keras_model": self.model.name, "format": self.format.label,
+        return {"keras_file": self.original.name, "keras_model": self.model.name, "format": self.format.label,
                 "keras_version": self.keras_version, "backend": self.backend,
                 "translated": list(self.translation.changes)}
 
+    def close(self) -> None:
+        if self.copy is not None:
+            self.copy.close()
+
 
 def load_keras2_model(path: str | Path, fmt: Keras2Format, limits: ResourceLimits) -> Keras2Model:
-    """Read, translate and build a Keras 2 model file of format `fmt`."""
-    source = Path(path)
+    """Read, translate and build a Keras 2 model file of format `fmt`, from a private copy of it. Anything
+    the file makes fail on the way is one `ModelLoadError` line naming the file."""
+    original = Path(path)
+    copy = PrivateCopy(original, limits)
+    try:
+        return _load_copy(copy, original, fmt, limits)
+    except LstmOnnxError as exc:
+        copy.close()
+        # The readers name the file they read, the private copy: the user knows the path they gave.
+        raise type(exc)(str(exc).replace(str(copy.path), str(original))) from None
+    except (Exception, RecursionError) as exc:  # noqa: BLE001 - a hostile file reaches Keras/h5py/TF in many ways
+        copy.close()
+        raise ModelLoadError(f"Expected a Keras 2 model lstm-onnx can read. Received: {safe_text(str(original))!r}: "
+                             f"{type(exc).__name__}: {safe_text(first_line(exc, 200))}") from None
+
+
+def _load_copy(copy: PrivateCopy, original: Path, fmt: Keras2Format, limits: ResourceLimits) -> Keras2Model:
+    source = copy.path
     if fmt.kind == "h5":
         from toolkit.keras2.h5 import read_h5_model
 
         saved = read_h5_model(source, limits)
-        translation = _translate(saved.config, source, limits)
-        model = build_model(translation, source, limits)
-        _assign(model, saved.weights, translation, source)
-        return Keras2Model(model, source, fmt, saved.keras_version, saved.backend, translation)
+        translation = _translate(saved.config, original, limits)
+        model = build_model(translation, original, limits)
+        _assign(model, saved.weights, translation, original)
+        return Keras2Model(model, source, fmt, saved.keras_version, saved.backend, translation, original, saved.config, copy)
     if fmt.kind == "savedmodel":
         from toolkit.keras2.savedmodel import read_keras_savedmodel
 
         saved = read_keras_savedmodel(source, limits)
-        translation = _translate(saved.config, source, limits)
-        model = build_model(translation, source, limits)
-        _assign(model, saved.weights, translation, source)
-        return Keras2Model(model, source, fmt, saved.keras_version, "tensorflow", translation)
-    return _load_tf_keras_archive(source, fmt, limits)
+        translation = _translate(saved.config, original, limits)
+        model = build_model(translation, original, limits)
+        _assign(model, saved.weights, translation, original)
+        return Keras2Model(model, source, fmt, saved.keras_version, "tensorflow", translation, original, saved.config, copy)
+    return _load_tf_keras_archive(source, original, fmt, limits, copy)
 
 
 def _translate(config: dict, source: Path, limits: ResourceLimits) -> Translation:
@@ -105,20 +130,21 @@ def build_model(translation: Translation, source: Path, limits: ResourceLimits) 
     return model
 
 
-def _load_tf_keras_archive(source: Path, fmt: Keras2Format, limits: ResourceLimits) -> Keras2Model:
+def _load_tf_keras_archive(source: Path, original: Path, fmt: Keras2Format, limits: ResourceLimits,
+                           copy: PrivateCopy) -> Keras2Model:
     """A `.keras` zip written by tf.keras 2.13+: checked as any archive, translated, weights by Keras 3."""
     with open_regular_file(source) as handle:
-        inspect_keras_handle(handle, str(source), limits)  # members, sizes, config budget, weights' declared sizes
+        inspect_keras_handle(handle, str(original), limits)  # members, sizes, config budget, weights' declared sizes
         with zipfile.ZipFile(handle) as archive:
             config = json.loads(archive.read("config.json"))
             weights = archive.read("model.weights.h5") if "model.weights.h5" in archive.namelist() else None
-    translation = _translate(config, source, limits)
-    model = build_model(translation, source, limits)
+    translation = _translate(config, original, limits)
+    model = build_model(translation, original, limits)
     if weights is None:
         raise ModelLoadError(f"Expected a .keras archive holding model.weights.h5. Received: {safe_text(str(source))!r} "
                              "without it")
-    _load_archive_weights(model, weights, source)
-    return Keras2Model(model, source, fmt, fmt.keras_version, "tensorflow", translation)
+    _load_archive_weights(model, weights, original)
+    return Keras2Model(model, source, fmt, fmt.keras_version, "tensorflow", translation, original, config, copy)
 
 
 def _load_archive_weights(model: Any, data: bytes, source: Path) -> None:

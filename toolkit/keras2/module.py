@@ -73,8 +73,8 @@ def module_cases(spec: SignatureSpec, seed: int) -> list[Any]:
 def _check_options(folder: Path, options: ExportOptions) -> None:
     """What a signature converted by tf2onnx cannot honour is refused, not ignored: lstm-onnx's lowering
     (which writes state inputs and tiers) needs layer configs this SavedModel does not have."""
-    asked = [name for name, on in (("--state-io", options.state_io), (f"--{options.tier} tier", options.tier != "float32"),
-                                  ) if on]
+    asked = [name for name, on in (("--state-io", options.state_io), (f"--{options.tier} tier", options.tier != "float32"))
+             if on]
     if asked:
         raise UnsupportedModelError(f"Expected a Keras model for {', '.join(asked)}. Received: {safe_text(str(folder))!r}, "
                                     "a SavedModel without Keras metadata (a tf.Module), which tf2onnx converts as it is")
@@ -82,16 +82,26 @@ def _check_options(folder: Path, options: ExportOptions) -> None:
 
 def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0) -> Any:
     """Convert a tf.Module SavedModel's serving signature with tf2onnx, named and checked."""
+    from toolkit.keras2.private import PrivateCopy
+
+    _check_options(folder, options)
+    copy = PrivateCopy(folder, options.limits)  # regular files only, read by every step below instead of the path
+    try:
+        return _export_copy(copy.path, folder, options, seed)
+    finally:
+        copy.close()
+
+
+def _export_copy(private: Path, folder: Path, options: ExportOptions, seed: int) -> Any:
     import tensorflow as tf
 
     from toolkit.keras2.module_export import finish_module_export
     from toolkit.keras2.savedmodel import check_graph_ops, open_checkpoint
 
-    check_graph_ops(folder, options.limits)
-    _check_options(folder, options)
-    if (folder / "variables" / "variables.index").is_file():
-        open_checkpoint(folder, options.limits)  # declared variable sizes within the limits before TF loads them
-    loaded = tf.saved_model.load(str(folder))
+    check_graph_ops(private, options.limits)
+    if (private / "variables" / "variables.index").is_file():
+        open_checkpoint(private, options.limits)  # declared variable sizes within the limits before TF loads them
+    loaded = tf.saved_model.load(str(private))
     if "serving_default" not in loaded.signatures:
         raise UnsupportedModelError(f"Expected a SavedModel with a serving_default signature. Received: "
                                     f"{safe_text(str(folder))!r} with {sorted(loaded.signatures)}")

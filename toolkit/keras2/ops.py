@@ -6,13 +6,11 @@ or queues, or talk to other processes (collectives, `_Send`), and new ones appea
 release. What is listed computes on tensors and variables only: the ops tf.keras 2.x writes for
 recurrent models (seen in the SavedModels of `scripts/make_keras2_models.py`) and the common inference
 ops of Dense, Conv, normalization and activation layers. The checkpoint ops `SAVER_OPS` are allowed only
-inside the saver functions TensorFlow itself writes (`__inference__traced_save_N`/`_restore_N`), which
-no signature may call (`toolkit.keras2.savedmodel.check_graph_ops`).
+in functions that nothing TensorFlow's TF2 loader runs can reach: TensorFlow's own saver, which only the
+top-level graph calls (`toolkit.keras2.savedmodel.refused_ops` decides by reachability, not by name).
 """
 
 from __future__ import annotations
-
-import re
 
 _CONTROL = """
 Const Identity IdentityN NoOp Placeholder PlaceholderWithDefault StopGradient PreventGradient Snapshot
@@ -53,5 +51,3 @@ ALLOWED_OPS = frozenset((_CONTROL + _TENSORS + _MATH).split())
 
 SAVER_OPS = frozenset("SaveV2 RestoreV2 MergeV2Checkpoints ShardedFilename StringJoin StaticRegexFullMatch".split())
 """Checkpoint ops: allowed only in TensorFlow's own saver functions, which the TF2 loader does not run."""
-
-SAVER_FUNCTION = re.compile(r"__inference__traced_(save|restore)_\d+")

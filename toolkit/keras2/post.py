@@ -64,7 +64,8 @@ def export_post_stack_h5(config: StackConfig) -> tuple[Any, Any, Any]:
             warnings.simplefilter("ignore")  # tf.keras calls .h5 legacy: saving one is the point here
             model.save(path)
         loaded = load_keras2_model(path, keras2_format(path), DEFAULT_LIMITS)
-        reference = original_reference(loaded)
+        reference = original_reference(loaded, DEFAULT_LIMITS)
+        loaded.close()
         result = export_model(loaded.model, source=dict(loaded.source, reference=reference.label), reference=reference,
                               seed=config.seed)
     return result, reference, loaded.model

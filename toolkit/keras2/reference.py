@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import InputError
+from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
 from toolkit.guard import safe_text
 from toolkit.keras2.loader import Keras2Model
+from toolkit.runner import first_line
 from toolkit.verify import KerasRunner
 
 TF_KERAS_HINT = "pip install --no-deps 'tf-keras==2.21.*' (scripts/setup_runtimes.sh does)"
@@ -34,14 +35,13 @@ TF_KERAS_HINT = "pip install --no-deps 'tf-keras==2.21.*' (scripts/setup_runtime
 class SignatureReference(KerasRunner):
     """A SavedModel's `serving_default` signature as the reference."""
 
-    def __init__(self, loaded: Keras2Model):
+    def __init__(self, loaded: Keras2Model, limits: Any):
         super().__init__(loaded.model, name="savedmodel-signature")
         import tensorflow as tf
 
         from toolkit.keras2.savedmodel import check_graph_ops
-        from toolkit.limits import DEFAULT_LIMITS
 
-        check_graph_ops(loaded.path, DEFAULT_LIMITS)  # again: this runner may be made for any folder
+        check_graph_ops(loaded.path, limits)  # the private copy TensorFlow is about to load
         self._object = tf.saved_model.load(str(loaded.path))
         self._signature = self._object.signatures["serving_default"]
         self._output_keys = keras2_output_names(loaded.translation.config)
@@ -67,19 +67,22 @@ class SignatureReference(KerasRunner):
 
 
 class TfKerasReference(KerasRunner):
-    """tf.keras (the `tf-keras` package) running the original `.h5` or `.keras` file."""
+    """tf.keras (the `tf-keras` package) computing the original model from the file's checked config and
+    weights: the model is built from the config lstm-onnx read and checked (no Lambda, Keras' own modules
+    only: tf.keras' loader would import any module a `.keras` config names), and tf.keras' own weight
+    loader reads the private copy (the checked bytes, not a path someone could swap)."""
 
     def __init__(self, loaded: Keras2Model, tf_keras: Any):
         super().__init__(loaded.model, name="tf.keras")
         if loaded.translation.cudnn:
-            # CuDNN layers run on GPUs only: tf.keras rebuilds the model with their CPU layers and converts
-            # their weights itself when it loads them (its _convert_rnn_weights).
-            self._original = tf_keras.models.model_from_json(json.dumps(_tf_keras_config(loaded.translation.config)))
-            self._original.load_weights(str(loaded.path))
+            # CuDNN layers run on GPUs only: tf.keras builds their CPU layers and converts their weights
+            # itself when it loads them (its _convert_rnn_weights).
+            config = _tf_keras_config(loaded.translation.config)
             how = "with CuDNN layers as LSTM/GRU and tf.keras' own weight conversion"
         else:
-            self._original = tf_keras.models.load_model(str(loaded.path), compile=False)
-            how = "loading the original file"
+            config, how = loaded.original_config, "from the file's config and weights"
+        self._original = tf_keras.models.model_from_json(json.dumps(config))
+        self._original.load_weights(str(loaded.path))
         self.label = f"tf.keras {tf_keras.__version__} {how}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,15 +101,24 @@ class TranslationReference(KerasRunner):
         self.label = f"the Keras 3 translation, not tf.keras ({reason}: {TF_KERAS_HINT})"
 
 
-def original_reference(loaded: Keras2Model) -> KerasRunner:
-    """The reference for a Keras 2 file: its signature (SavedModel) or tf.keras (.h5, .keras)."""
-    if loaded.format.kind == "savedmodel":
-        return SignatureReference(loaded)
+def original_reference(loaded: Keras2Model, limits: Any) -> KerasRunner:
+    """The reference for a Keras 2 file: its signature (SavedModel) or tf.keras (.h5, .keras). What the
+    file makes TensorFlow or tf.keras fail on is one line naming the file."""
     try:
-        import tf_keras
-    except ImportError:
-        return TranslationReference(loaded, "tf-keras is not installed")
-    return TfKerasReference(loaded, tf_keras)
+        if loaded.format.kind == "savedmodel":
+            return SignatureReference(loaded, limits)
+        try:
+            import tf_keras
+        except ImportError:
+            return TranslationReference(loaded, "tf-keras is not installed")
+        return TfKerasReference(loaded, tf_keras)
+    except LstmOnnxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tf.keras and TensorFlow raise anything on a file they refuse
+        runtime = "TensorFlow" if loaded.format.kind == "savedmodel" else "tf.keras"
+        why = safe_text(first_line(exc, 200))
+        raise ModelLoadError(f"Expected the original model to load in {runtime} as the parity reference. Received: "
+                             f"{safe_text(str(loaded.original))!r}: {type(exc).__name__}: {why}") from None
 
 
 def load_reference(path: str | Path, limits: Any) -> KerasRunner:
@@ -119,7 +131,11 @@ def load_reference(path: str | Path, limits: Any) -> KerasRunner:
     fmt = keras2_format(Path(path))
     if fmt is None or fmt.kind == "module":
         return KerasRunner(load_keras_model(path, limits))
-    return original_reference(load_keras2_model(Path(path), fmt, limits))
+    loaded = load_keras2_model(Path(path), fmt, limits)
+    try:
+        return original_reference(loaded, limits)
+    finally:
+        loaded.close()  # the reference has read what it needs
 
 
 def keras2_output_names(config: dict) -> list[str]:

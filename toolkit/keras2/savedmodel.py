@@ -26,7 +26,7 @@ import numpy as np
 from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import KERAS_METADATA_PB, SAVED_MODEL_PB
-from toolkit.keras2.ops import ALLOWED_OPS, SAVER_FUNCTION, SAVER_OPS
+from toolkit.keras2.ops import ALLOWED_OPS, SAVER_OPS
 from toolkit.limits import ResourceLimits, check_declared_arrays
 from toolkit.weights_scan import DeclaredArray
 
@@ -115,9 +115,11 @@ def read_keras_metadata(path: Path, limits: ResourceLimits) -> list[MetadataNode
             if number != 1 or not isinstance(value, bytes):
                 continue
             record = dict(_fields(value))
+            if not isinstance(record.get(2, 0), int) or any(not isinstance(record.get(k, b""), bytes) for k in (3, 4, 5)):
+                raise ValueError("a field of the wrong wire type")  # bytes(<varint>) would allocate that many
             text = record.get(5, b"{}")
-            nodes.append(MetadataNode(int(record.get(2, 0)), bytes(record.get(3, b"")).decode(),
-                                      bytes(record.get(4, b"")).decode(), json.loads(text) if text else {}))
+            nodes.append(MetadataNode(record.get(2, 0), record.get(3, b"").decode(), record.get(4, b"").decode(),
+                                      json.loads(text) if text else {}))
     except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
         raise ModelLoadError(f"Expected a readable {KERAS_METADATA_PB}. Received: {safe_text(str(path))!r} "
                              f"({type(exc).__name__}: {str(exc)[:120]})") from None
@@ -158,24 +160,54 @@ def _called(node: Any) -> set[str]:
     return names
 
 
+def _roots(meta: Any) -> set[str]:
+    """The functions TensorFlow's TF2 loader may run: every concrete function the object graph names
+    (signatures, methods, saveable objects' save/restore functions, resource initializers)."""
+    graph = meta.object_graph_def
+    roots = set(graph.concrete_functions)
+    for node in graph.nodes:
+        kind = node.WhichOneof("kind")
+        if kind == "function":
+            roots.update(node.function.concrete_functions)
+        elif kind == "bare_concrete_function":
+            roots.add(node.bare_concrete_function.concrete_function_name)
+    return roots
+
+
+def _reachable(functions: dict[str, Any], roots: set[str]) -> set[str]:
+    seen: set[str] = set()
+    stack = [name for name in roots if name in functions]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in functions[name].node_def:
+            stack.extend(callee for callee in _called(node) if callee in functions and callee not in seen)
+    return seen
+
+
 def refused_ops(proto: Any) -> dict[str, str]:
-    """Ops outside the allowlist -> where: `SAVER_OPS` count as allowed only inside TensorFlow's saver
-    functions, and a saver function called from anywhere but the top-level graph (which the TF2 loader
-    does not run) is refused as a call."""
+    """Ops outside the allowlist -> where. Decided by reachability, never by a function's name: every
+    function the object graph can run, and everything it calls, must hold `ALLOWED_OPS` only. The
+    checkpoint ops `SAVER_OPS` are allowed only in functions nothing in the object graph reaches
+    (TensorFlow's saver, called by top-level nodes the TF2 loader never runs). A SavedModel without an
+    object graph (TF1's format, whose loader runs the top-level graph) is refused."""
     refused: dict[str, str] = {}
     for meta in proto.meta_graphs:
-        savers = {f.signature.name for f in meta.graph_def.library.function if SAVER_FUNCTION.fullmatch(f.signature.name)}
+        if not meta.object_graph_def.nodes:
+            refused.setdefault("no object graph (a TF1 SavedModel)", "the meta graph")
+            continue
+        functions = {f.signature.name: f for f in meta.graph_def.library.function}
+        reachable = _reachable(functions, _roots(meta))
         for node in meta.graph_def.node:
             if node.op not in ALLOWED_OPS:
                 refused.setdefault(node.op, f"node {node.name!r}")
-        for function in meta.graph_def.library.function:
-            name = function.signature.name
-            allowed = ALLOWED_OPS | SAVER_OPS if name in savers else ALLOWED_OPS
+        for name, function in functions.items():
+            allowed = ALLOWED_OPS if name in reachable else ALLOWED_OPS | SAVER_OPS
             for node in function.node_def:
                 if node.op not in allowed:
                     refused.setdefault(node.op, f"function {name!r}")
-                for callee in _called(node) & savers:
-                    refused.setdefault(f"call of {callee}", f"function {name!r}")
     return refused
 
 
@@ -226,23 +258,44 @@ def read_layer_variables(folder: Path, layers: dict[str, int], limits: ResourceL
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
     weights = {}
+    seen: set[str] = set()
     for name, node_id in layers.items():
         keys = _variable_keys(graph, node_id)
+        repeated = [key for key in keys if key in seen]
+        if repeated:  # each variable is read once at most: the declared sizes above bound what is read
+            raise ModelLoadError(f"Expected each variable in one layer. Received: {safe_text(str(folder))!r} "
+                                 f"listing {safe_text(repeated[0])!r} again (layer {safe_text(name)!r})")
+        seen.update(keys)
         weights[name] = [np.asarray(reader.get_tensor(key)) for key in keys]
     return weights
 
 
 def _variable_keys(graph: Any, node_id: int) -> list[str]:
-    """The checkpoint keys of a layer's `variables` list, in list order."""
+    """The checkpoint keys of a layer's variables in Keras 2's order: its `trainable_variables`, then its
+    `keras_api.non_trainable_variables` (a nested model's `variables` list is in creation order instead);
+    the `variables` list where those are missing."""
     if node_id >= len(graph.nodes):
         return []
-    listing = next((c.node_id for c in graph.nodes[node_id].children if c.local_name == "variables"), None)
-    if listing is None:
+    node = graph.nodes[node_id]
+    every = _listed_keys(graph, _child(node, "variables"))
+    api = _child(node, "keras_api")
+    legacy = _listed_keys(graph, _child(node, "trainable_variables"))
+    legacy += _listed_keys(graph, _child(graph.nodes[api], "non_trainable_variables") if api is not None else None)
+    return legacy if sorted(legacy) == sorted(every) else every
+
+
+def _child(node: Any, name: str) -> int | None:
+    return next((c.node_id for c in node.children if c.local_name == name), None)
+
+
+def _listed_keys(graph: Any, listing: int | None) -> list[str]:
+    """The VARIABLE_VALUE checkpoint keys of a list node's children "0", "1", ..., in list order."""
+    if listing is None or listing >= len(graph.nodes):
         return []
     children = sorted(graph.nodes[listing].children, key=lambda c: int(c.local_name) if c.local_name.isdigit() else 1 << 30)
     keys = []
     for child in children:
-        attributes = graph.nodes[child.node_id].attributes
+        attributes = graph.nodes[child.node_id].attributes if child.node_id < len(graph.nodes) else []
         key = next((a.checkpoint_key for a in attributes if a.name == "VARIABLE_VALUE"), None)
         if key is not None:
             keys.append(key)

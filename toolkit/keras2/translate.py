@@ -16,6 +16,7 @@ Their weights need a conversion (`toolkit.keras2.weights`), so each one is liste
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ _OBJECT_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 # Keras 2 class names of those objects that Keras 3 spells differently or lacks.
 _RENAMED_OBJECTS = {"L1L2": "L1L2", "l1_l2": "L1L2", "VarianceScaling": "VarianceScaling"}
 _CODE_CLASSES = ("Lambda",)
+_KERAS_MODULE = re.compile(r"(keras|tf_keras)(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Translation:
 
 def translate_model_config(config: dict, source: str) -> Translation:
     """The Keras 3 form of a Keras 2 model config (`{"class_name": ..., "config": {...}}`)."""
+    if isinstance(config, dict) and config.get("class_name") == "Sequential" and isinstance(config.get("config"), list):
+        config = dict(config, config={"name": "sequential", "layers": config["config"]})  # Keras <= 2.1's form
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise UnsupportedModelError(f"Expected a Keras model config (a JSON object with 'class_name' and 'config'). "
                                     f"Received: {safe_text(source)!r} with {type(config).__name__}")
@@ -66,8 +70,26 @@ def translate_model_config(config: dict, source: str) -> Translation:
         raise UnsupportedModelError(f"Expected a Keras Model, Functional or Sequential config. Received: "
                                     f"{safe_text(source)!r} holding a {safe_text(str(config.get('class_name')))!r}")
     translation = Translation(config={})
-    translation.config = _layer(untuple(copy.deepcopy(config)), translation, source)
+    translation.config = _layer(untuple(copy.deepcopy(config)), translation, source)  # a Lambda is refused here
+    check_modules(config, source)
     return translation
+
+
+def check_modules(value: Any, source: str) -> None:
+    """Every `module` a config names must be Keras' own (keras..., tf_keras...): tf.keras' loader imports
+    whatever module a `.keras` config names (it predates Keras' CVE-2025-1550 fix), and the reference is
+    built by tf.keras from this very config."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            module = item.get("module")
+            if isinstance(module, str) and not _KERAS_MODULE.fullmatch(module):
+                raise UnsupportedModelError(f"Expected Keras' own classes (modules keras.* or tf_keras.*). Received: "
+                                            f"{safe_text(source)!r} naming module {safe_text(module)!r}")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def untuple(value: Any) -> Any:
@@ -97,9 +119,14 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
         if "module" in entry:  # tf.keras .keras: the model's module names tf_keras, which Keras 3 cannot import
             entry["module"] = _MODEL_MODULES[entry["class_name"]]
             entry["registered_name"] = None
+        if not isinstance(config.get("layers", []), list) or isinstance(config.get("output_layers"), dict):
+            what = "dict outputs" if isinstance(config.get("output_layers"), dict) else "layers that are not a list"
+            raise UnsupportedModelError(f"Expected a model with a list of layers and of outputs. Received: "
+                                        f"{safe_text(source)!r} with {what}")
         for layer in config.get("layers", []):
             _layer(layer, translation, source)
         _input_shapes(config, sequential=entry["class_name"] == "Sequential")
+        _nested_model_nodes(config, translation)
         return entry
     if kind in CUDNN_CLASSES:
         _cudnn(entry, translation)
@@ -125,6 +152,28 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
         translation.note(f"{kind} {name!r}: a list of cells read as StackedRNNCells")
         _layer(config["cell"], translation, source)
     return entry
+
+
+def _nested_model_nodes(config: dict, translation: Translation) -> None:
+    """Keras 2 gave a nested model a node of its own (node 0) before its first call, so its calls are
+    nodes 1, 2, ...; Keras 3 does not, so references to them shift down by one."""
+    nested = {str((layer.get("config") or {}).get("name", layer.get("name"))) for layer in config.get("layers", [])
+              if isinstance(layer, dict) and layer.get("class_name") in MODEL_CLASSES}
+    if not nested:
+        return
+
+    def shift(reference: Any) -> None:
+        if isinstance(reference, list) and len(reference) >= 3 and reference[0] in nested and isinstance(reference[1], int):
+            reference[1] = max(reference[1] - 1, 0)
+
+    for layer in config.get("layers", []):
+        for node in layer.get("inbound_nodes", []) if isinstance(layer, dict) else []:
+            for reference in node if isinstance(node, list) else []:
+                shift(reference)
+    for key in ("input_layers", "output_layers"):
+        for reference in config.get(key, []) if isinstance(config.get(key), list) else []:
+            shift(reference)
+    translation.note(f"nested models {sorted(nested)}: call nodes renumbered for Keras 3")
 
 
 def _builtin_module(entry: dict) -> dict:
