@@ -395,3 +395,31 @@ def test_dict_outputs_and_broken_configs_are_one_line(keras2_models, tmp_path):
             f.attrs["model_config"] = json.dumps(config)
         done = cli_export(crafted, tmp_path / "x.onnx")
         assert done.exit_code != 0 and needle in done.output and len(done.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_signature_that_never_ends_is_stopped_in_one_line(tmp_path):
+    """Pure computation passes the op allowlist and may still loop forever: the graph runs in a child
+    process that is stopped past its time bound, with one line, and nothing is written."""
+    import toolkit.keras2.child as child
+
+    script = tmp_path / "make.py"
+    script.write_text(
+        "import sys, tensorflow as tf\n"
+        "class Forever(tf.Module):\n"
+        "    @tf.function(input_signature=[tf.TensorSpec((None, 3, 1), tf.float32, name='x')])\n"
+        "    def serve(self, x):\n"
+        "        i = tf.constant(0)\n"
+        "        i = tf.while_loop(lambda i: i >= 0, lambda i: (i + 1) % 7, [i])\n"
+        "        return {'y': x * tf.cast(i, tf.float32)}\n"
+        "m = Forever()\n"
+        "tf.saved_model.save(m, sys.argv[1], signatures={'serving_default': m.serve})\n")
+    folder = tmp_path / "forever"
+    subprocess.run([sys.executable, str(script), str(folder)], check=True, capture_output=True, timeout=300)
+    previous, child.CALL_SECONDS = child.CALL_SECONDS, 5.0  # the default 120 s, shortened for the test
+    try:
+        with pytest.raises(Exception, match="stopped, it ran past 5 s"):
+            export_keras_model(folder, tmp_path / "forever.onnx")
+    finally:
+        child.CALL_SECONDS = previous
+    assert not (tmp_path / "forever.onnx").exists()

@@ -372,7 +372,10 @@ def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
     finally:
         loaded.close()  # the private copy: the reference has read what it needs
     source = dict(loaded.source, reference=reference.label)
-    return export_model(loaded.model, options, source=source, reference=reference)
+    try:
+        return export_model(loaded.model, options, source=source, reference=reference)
+    finally:
+        getattr(reference, "close", lambda: None)()  # a SavedModel's signature runs in a child process
 
 
 # Verification moved to toolkit.verification; these names stay importable from here for existing callers.

@@ -26,31 +26,30 @@ BATCHES = (1, 4)
 class SignatureSpec:
     inputs: list[tuple[str, tuple[int | None, ...], str]]  # name, shape, numpy dtype
     outputs: list[str]  # the signature's output keys, in tf.nest's (sorted) order
+    output_shapes: dict[str, tuple[int | None, ...]]
 
 
 class SignatureRunner:
-    """The serving signature of a loaded SavedModel, as a parity reference keyed by output name."""
+    """The serving signature, run in its bounded child process, as a parity reference keyed by output name."""
 
-    def __init__(self, function: Any, spec: SignatureSpec, name: str = "savedmodel-signature"):
-        self.function, self.spec, self.name = function, spec, name
+    def __init__(self, child: Any, spec: SignatureSpec, name: str = "savedmodel-signature"):
+        self.child, self.spec, self.name = child, spec, name
         self.output_names = list(spec.outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        result = self.function(**{name: tf.constant(feeds[name]) for name, _, _ in self.spec.inputs})
-        return {key: np.asarray(result[key]) for key in self.spec.outputs}
+        result = self.child.run({name: feeds[name] for name, _, _ in self.spec.inputs})
+        return {key: result[key] for key in self.spec.outputs}
 
 
-def signature_spec(function: Any, folder: Path) -> SignatureSpec:
-    _, keyword = function.structured_input_signature
-    outputs = function.structured_outputs
-    if not keyword or not isinstance(outputs, dict):
+def signature_spec(spec: dict, folder: Path) -> SignatureSpec:
+    """The child's description of the signature, refused unless its inputs and outputs are named."""
+    if not spec.get("inputs") or not spec.get("outputs"):
         raise UnsupportedModelError(f"Expected a serving signature with named inputs and outputs. Received: "
-                                    f"{safe_text(str(folder))!r} with inputs {list(keyword)} and outputs "
-                                    f"of type {type(outputs).__name__}")
-    inputs = [(name, tuple(spec.shape.as_list()), spec.dtype.as_numpy_dtype.__name__) for name, spec in sorted(keyword.items())]
-    return SignatureSpec(inputs, sorted(outputs))
+                                    f"{safe_text(str(folder))!r} with inputs {spec.get('inputs')} and outputs "
+                                    f"{spec.get('outputs')}")
+    inputs = [(str(name), tuple(shape), str(dtype)) for name, shape, dtype in spec["inputs"]]
+    shapes = {str(k): tuple(v) for k, v in spec.get("output_shapes", {}).items()}
+    return SignatureSpec(inputs, [str(o) for o in spec["outputs"]], shapes)
 
 
 def module_cases(spec: SignatureSpec, seed: int) -> list[Any]:
@@ -93,18 +92,16 @@ def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0
 
 
 def _export_copy(private: Path, folder: Path, options: ExportOptions, seed: int) -> Any:
-    import tensorflow as tf
-
+    from toolkit.keras2.child import SignatureChild
     from toolkit.keras2.module_export import finish_module_export
     from toolkit.keras2.savedmodel import check_graph_ops, open_checkpoint
 
     check_graph_ops(private, options.limits)
     if (private / "variables" / "variables.index").is_file():
         open_checkpoint(private, options.limits)  # declared variable sizes within the limits before TF loads them
-    loaded = tf.saved_model.load(str(private))
-    if "serving_default" not in loaded.signatures:
-        raise UnsupportedModelError(f"Expected a SavedModel with a serving_default signature. Received: "
-                                    f"{safe_text(str(folder))!r} with {sorted(loaded.signatures)}")
-    function = loaded.signatures["serving_default"]
-    spec = signature_spec(function, folder)
-    return finish_module_export(folder, function, spec, options, seed)
+    child = SignatureChild(private)  # loads, converts and runs the graph, bounded in time and memory
+    try:
+        spec = signature_spec(child.spec, folder)
+        return finish_module_export(folder, child, spec, options, seed)
+    finally:
+        child.close()

@@ -15,24 +15,19 @@ from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imp
 from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases
 from toolkit.options import ExportOptions
 from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
-from toolkit.tf2onnx_lib import InputSignature, convert_call
+from toolkit.tf2onnx_lib import InputSignature
 
 
-def finish_module_export(folder: Path, function: Any, spec: SignatureSpec, options: ExportOptions, seed: int) -> Any:
+def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options: ExportOptions, seed: int) -> Any:
     from toolkit.exporter import ExportResult, OutputInfo, _load_runner
     from toolkit.verify import compare_runners
 
     signature = [InputSignature(name, dtype, shape) for name, shape, dtype in spec.inputs]
     keys = [name for name, _, _ in spec.inputs]
-
-    def call(*args: Any) -> list[Any]:
-        result = function(**dict(zip(keys, args)))
-        return [result[key] for key in spec.outputs]
-
-    proto = convert_call(call, signature, options.opset, f"SavedModel {folder.name}")
+    proto = onnx.load_from_string(child.convert(options.opset))
     _name_inputs(proto, keys)
     name_outputs(proto, spec.outputs)
-    shapes = [tuple(function.structured_outputs[key].shape.as_list()) for key in spec.outputs]
+    shapes = [spec.output_shapes.get(key, ()) for key in spec.outputs]
     name_axes(proto, signature, shapes)
     canonicalize(proto.graph, options.opset, keep=set(keys) | set(spec.outputs))
     prune_opset_imports(proto)
@@ -43,7 +38,7 @@ def finish_module_export(folder: Path, function: Any, spec: SignatureSpec, optio
         raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: "
                                     + warnings[0])
     runner = _load_runner(proto, folder.name)
-    reference = SignatureRunner(function, spec)
+    reference = SignatureRunner(child, spec)
     report = compare_runners(reference, [runner], module_cases(spec, seed), options.tolerances.resolve(ops),
                              [v.name for v in proto.graph.output])[runner.name]
     outputs = tuple(OutputInfo(info.name, "serving_default", info.name, info.dtype, info.shape) for info in graph_outputs(proto))

@@ -33,37 +33,31 @@ TF_KERAS_HINT = "pip install --no-deps 'tf-keras==2.21.*' (scripts/setup_runtime
 
 
 class SignatureReference(KerasRunner):
-    """A SavedModel's `serving_default` signature as the reference."""
+    """A SavedModel's `serving_default` signature as the reference, run by TensorFlow in a child process
+    bounded in time and memory (`toolkit.keras2.child`); stateful layers' states zeroed before each case."""
 
     def __init__(self, loaded: Keras2Model, limits: Any):
         super().__init__(loaded.model, name="savedmodel-signature")
         import tensorflow as tf
 
+        from toolkit.keras2.child import SignatureChild
         from toolkit.keras2.savedmodel import check_graph_ops
 
-        check_graph_ops(loaded.path, limits)  # the private copy TensorFlow is about to load
-        self._object = tf.saved_model.load(str(loaded.path))
-        self._signature = self._object.signatures["serving_default"]
+        check_graph_ops(loaded.path, limits)  # the private copy the child is about to load
+        self._child = SignatureChild(loaded.path)
         self._output_keys = keras2_output_names(loaded.translation.config)
-        self._states = _state_variables(self._object, loaded.path)
         self.label = f"the SavedModel's serving signature, run by TensorFlow {tf.__version__}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
-        for variable in self._states:
-            variable.assign(tf.zeros_like(variable))
-        _, keyword = self._signature.structured_input_signature
-        args = {key: tf.constant(feeds[key]) for key in keyword if key in feeds}
-        try:
-            result = self._signature(**args)
-        except (tf.errors.OpError, TypeError, ValueError) as exc:
-            raise InputError(f"Expected the SavedModel's signature to run on the parity inputs. Received: "
-                             f"{type(exc).__name__}: {safe_text(str(exc).splitlines()[0] if str(exc) else '')[:200]}") from None
+        inputs = [name for name, _, _ in self._child.spec["inputs"]]
+        result = self._child.run({key: feeds[key] for key in inputs if key in feeds})
         missing = [key for key in self._output_keys if key not in result]
         if missing:
             raise InputError(f"Expected the signature's outputs {self._output_keys}. Received: {sorted(result)}")
-        return dict(zip(self.output_names, (np.asarray(result[key]) for key in self._output_keys)))
+        return dict(zip(self.output_names, (result[key] for key in self._output_keys)))
+
+    def close(self) -> None:
+        self._child.close()
 
 
 class TfKerasReference(KerasRunner):
@@ -162,23 +156,3 @@ def _tf_keras_config(config: dict) -> dict:
     """The translated config as tf.keras reads it: Keras 3's InputLayer `batch_shape` back to Keras 2's name."""
     text = json.dumps(config).replace('"batch_shape"', '"batch_input_shape"')
     return json.loads(text)
-
-
-def _state_variables(loaded: Any, folder: Path) -> list[Any]:
-    """The state variables of stateful layers (`<layer>/keras_api/states/<i>` in the checkpoint)."""
-    import tensorflow as tf
-
-    keys = tf.train.load_checkpoint(str(folder / "variables" / "variables")).get_variable_to_shape_map()
-    found = []
-    for key in keys:
-        path = key.split("/.ATTRIBUTES")[0].split("/")
-        if "states" not in path:
-            continue
-        node = loaded
-        for part in path:
-            node = node[int(part)] if part.isdigit() else getattr(node, part, None)
-            if node is None:
-                break
-        if node is not None and hasattr(node, "assign"):
-            found.append(node)
-    return found
