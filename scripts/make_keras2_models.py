@@ -137,6 +137,12 @@ def nested_encoder():
     return k2.Model(x, L.TimeDistributed(L.Dense(2))(h))
 
 
+def classic_text():
+    """The classic Keras 2 text model: Sequential([Embedding(input_length=...), LSTM, Dense]), whose
+    input Keras 2 leaves float32 (the ids are cast inside Embedding)."""
+    return k2.Sequential([L.Embedding(50, 8, input_length=7), L.LSTM(4), L.Dense(1, activation="sigmoid")])
+
+
 MODELS: dict[str, Callable] = {
     "post_case3": post_case3,
     "sequential_lstm": sequential_lstm,
@@ -147,6 +153,7 @@ MODELS: dict[str, Callable] = {
     "stateful_lstm": stateful_lstm,
     "mixed_stack": mixed_stack,
     "nested_encoder": nested_encoder,
+    "classic_text": classic_text,
 }
 
 
@@ -196,11 +203,13 @@ def reference_inputs(model, seed: int) -> dict[str, np.ndarray]:
         batch = tensor.shape[0] or BATCH
         steps = tensor.shape[1] or 7
         rest = tuple(tensor.shape[2:])
-        if tensor.dtype == tf.int32:
+        ids = tensor.dtype == tf.int32 or isinstance(model.layers[0], L.Embedding)
+        if ids:
             value = rng.integers(1, 50, size=(batch, steps)).astype(np.int32)
             value[1, -3:] = 0  # right padding
             value[2, :2] = 0  # left padding
             value[3, 3] = 0  # a hole
+            value = value.astype(tensor.dtype.as_numpy_dtype)
         else:
             value = rng.uniform(-1, 1, size=(batch, steps) + rest).astype(np.float32)
         feeds[tensor.name.split(":")[0]] = value

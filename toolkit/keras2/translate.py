@@ -126,6 +126,7 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
         for layer in config.get("layers", []):
             _layer(layer, translation, source)
         _input_shapes(config, sequential=entry["class_name"] == "Sequential")
+        _embedding_inputs(config, entry["class_name"] == "Sequential", translation)
         _nested_model_nodes(config, translation)
         return entry
     if kind in CUDNN_CLASSES:
@@ -152,6 +153,28 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
         translation.note(f"{kind} {name!r}: a list of cells read as StackedRNNCells")
         _layer(config["cell"], translation, source)
     return entry
+
+
+def _embedding_inputs(config: dict, sequential: bool, translation: Translation) -> None:
+    """An input that only feeds Embedding layers holds token ids. Keras 2 let it default to float32 (the
+    classic `Sequential([Embedding(..., input_length=n), LSTM(...)])`) and cast inside the layer; the
+    export declares it int32, so deploy code and the parity cases feed ids, not floats."""
+    layers = [layer for layer in config.get("layers", []) if isinstance(layer, dict)]
+    inputs = {str(layer.get("config", {}).get("name", layer.get("name"))): layer for layer in layers
+              if layer.get("class_name") == "InputLayer"}
+    consumers: dict[str, set[str]] = {name: set() for name in inputs}
+    if sequential and inputs and len(layers) > 1:
+        consumers[next(iter(inputs))].add(str(layers[1].get("class_name")))
+    for layer in layers if not sequential else []:
+        for node in layer.get("inbound_nodes", []):
+            for reference in node if isinstance(node, list) else []:
+                if isinstance(reference, list) and reference and reference[0] in consumers:
+                    consumers[reference[0]].add(str(layer.get("class_name")))
+    for name, kinds in consumers.items():
+        inner = inputs[name].setdefault("config", {})
+        if kinds == {"Embedding"} and str(inner.get("dtype", "float32")).startswith("float"):
+            inner["dtype"] = "int32"
+            translation.note(f"input {name!r} feeds only Embedding layers: declared int32 (token ids)")
 
 
 def _nested_model_nodes(config: dict, translation: Translation) -> None:
