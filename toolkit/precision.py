@@ -79,8 +79,8 @@ def failure_message(items: Sequence[tuple[str, ParityReport]], limit: int = 3) -
         for s in report.summaries():
             if s.passed:
                 continue
-            if s.max_abs != s.max_abs:  # NaN
-                parts.append(f"{s.name}: NaN where Keras has a number ({s.tolerance})")
+            if not math.isfinite(s.max_abs):  # NaN or infinity on one side: no tolerance passes it
+                parts.append(f"{s.name}: a non-finite value (NaN or infinity) where the other side differs ({s.tolerance})")
                 continue
             needed = _round_up(s.max_abs)
             times = f", {s.max_abs / s.tolerance.atol:.3g}x its atol" if s.tolerance.atol > 0 else ""
