@@ -153,6 +153,17 @@ def keras2_output_names(config: dict) -> list[str]:
 
 
 def _tf_keras_config(config: dict) -> dict:
-    """The translated config as tf.keras reads it: Keras 3's InputLayer `batch_shape` back to Keras 2's name."""
-    text = json.dumps(config).replace('"batch_shape"', '"batch_input_shape"')
-    return json.loads(text)
+    """The translated config as tf.keras reads it: each InputLayer's Keras 3 `batch_shape` back under
+    Keras 2's name `batch_input_shape` (nothing else renamed)."""
+    result = json.loads(json.dumps(config))
+    stack: list[Any] = [result]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            inner = item.get("config")
+            if item.get("class_name") == "InputLayer" and isinstance(inner, dict) and "batch_shape" in inner:
+                inner["batch_input_shape"] = inner.pop("batch_shape")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return result
