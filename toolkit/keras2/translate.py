@@ -40,8 +40,8 @@ MODEL_CLASSES = {"Model": "Functional", "Functional": "Functional", "Sequential"
 _MODEL_MODULES = {"Functional": "keras.src.models.functional", "Sequential": "keras"}
 # Keys whose value is a serialized initializer, regularizer or constraint (`*_initializer` etc. besides).
 _OBJECT_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
-# Keras 2 class names of those objects that Keras 3 spells differently or lacks.
-_RENAMED_OBJECTS = {"L1L2": "L1L2", "l1_l2": "L1L2", "VarianceScaling": "VarianceScaling"}
+# Keras 2 class names of those objects that Keras 3 spells differently (the function alias of L1L2).
+_RENAMED_OBJECTS = {"l1_l2": "L1L2"}
 _CODE_CLASSES = ("Lambda",)
 _KERAS_MODULE = re.compile(r"(keras|tf_keras)(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
