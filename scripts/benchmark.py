@@ -47,7 +47,7 @@ from toolkit.compare import Tolerances  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
 from toolkit.lowering import CELL_OPS, GraphWriter, NotFusable, op_attributes, plan_cell  # noqa: E402
-from toolkit.verify import OnnxRunner  # noqa: E402
+from toolkit.runtimes.onnxrt import OnnxRunner  # noqa: E402
 
 # Every variant the builder offers but lstm_unroll, which needs a fixed number of steps (unroll=True).
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "lstm_unroll"]

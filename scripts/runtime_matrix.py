@@ -37,7 +37,7 @@ from toolkit.errors import InputError  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
 from toolkit.parity import check_parity  # noqa: E402
-from toolkit.verify import RUNTIMES, Runtime  # noqa: E402
+from toolkit.runtimes.registry import RUNTIMES, Runtime  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

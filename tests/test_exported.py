@@ -14,8 +14,8 @@ from toolkit.compare import Tolerances
 from toolkit.fileio import sha256_hex
 from toolkit.metadata import read_options
 from toolkit.parity import check_parity
+from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.suite import read_manifest
-from toolkit.verify import OnnxRunner
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
 MANIFEST = read_manifest(EXPORTED)

@@ -13,11 +13,11 @@ from toolkit.builder import StackConfig, build_stack
 from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import InputError, ParityError
 from toolkit.exporter import export_model
+from toolkit.keras_runner import keras_outputs
 from toolkit.naming import output_origins
 from toolkit.options import DEFAULT_OPSET, ExportOptions
-from toolkit.parity import keras_outputs
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 # Beyond the post's four: 1-3 layers, several unit counts, fixed and variable time, every flag pair.
 MATRIX = [

@@ -13,8 +13,12 @@ from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.compare import Tolerances
 from toolkit.errors import ModelLoadError, OutputError, ParityError
-from toolkit.exporter import check_keras_version, export_keras_file, export_model
-from toolkit.verify import OnnxRunner, ReferenceRunner, keras_outputs, reference_oracle_problem, verify_runtimes
+from toolkit.exporter import export_keras_file, export_model
+from toolkit.keras_io import check_keras_version
+from toolkit.keras_runner import keras_outputs
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.runtimes.reference import ReferenceRunner, reference_oracle_problem
+from toolkit.verification import verify_runtimes
 
 # ------------------------------------------------------------------------------------ untrusted files
 

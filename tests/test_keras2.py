@@ -23,7 +23,7 @@ from toolkit.keras2.formats import keras2_format
 from toolkit.limits import DEFAULT_LIMITS
 from toolkit.metadata import read_source
 from toolkit.runner import LOOP_OPS, count_ops
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 

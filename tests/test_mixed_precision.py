@@ -12,7 +12,7 @@ from toolkit.metadata import read_parity
 from toolkit.parity import check_parity
 from toolkit.precision import LOW_PRECISION_TOLERANCES, compute_dtype, failure_message
 from toolkit.runner import LOOP_OPS
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 POLICIES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 

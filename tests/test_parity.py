@@ -11,7 +11,8 @@ from toolkit.errors import InputError
 from toolkit.exporter import export_model
 from toolkit.inputs import InputCase
 from toolkit.parity import check_parity
-from toolkit.verify import OnnxRunner, ReferenceRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.runtimes.reference import ReferenceRunner
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
+from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.streaming import parse_chunks, split_steps, stream_parity
-from toolkit.verify import OnnxRunner
 
 STREAMED = {
     "lstm": variant_config("lstm", all_states=False, return_state=False),

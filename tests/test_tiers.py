@@ -21,8 +21,9 @@ from toolkit.exporter import export_model
 from toolkit.metadata import metadata_value
 from toolkit.options import ExportOptions
 from toolkit.runner import count_ops, graph_inputs, graph_outputs
+from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tiers import FLOAT16_TOLERANCE, INT8_TOLERANCE, apply_tier, tier_tolerances
-from toolkit.verify import OnnxRunner, verify_runtimes
+from toolkit.verification import verify_runtimes
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_cli_int8_export_verifies_at_its_tier_tolerance(models, tmp_path):
     done = CliRunner().invoke(cli, ["export", str(keras_path), "-o", str(onnx_path), "--quantize", "int8", "--json"])
     assert done.exit_code == 0, done.output
     payload = json.loads(done.output)
-    assert payload["tier"]["tier"] == "int8" and payload["tier"]["tolerance"] == {"atol": 0.02, "rtol": 0.01}
+    assert payload["tier"]["tier"] == "int8" and payload["tier"]["tolerance"] == {"atol": 0.02, "rtol": 0.01, "scale": 0.1}
     report = verify_runtimes(onnx_path, keras_path)[0]
     assert report and report.report.summaries()[0].tolerance == INT8_TOLERANCE
     text = CliRunner().invoke(cli, ["export", str(keras_path), "-o", str(tmp_path / "t.onnx"), "--float16"])

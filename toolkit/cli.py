@@ -106,7 +106,8 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
     quiet_tensorflow()
     from toolkit.compare import Tolerances, VerifyReport
     from toolkit.report import verify_text
-    from toolkit.verify import runtimes_named, verify_runtimes
+    from toolkit.runtimes.registry import runtimes_named
+    from toolkit.verification import verify_runtimes
 
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
     runtimes_named(names)  # an unknown name is refused before the Keras model is loaded
@@ -160,15 +161,15 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
               help="openvino runs only what it computes correctly (it says why otherwise).")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="bf16: OpenVINO's CPU default, faster and off by 2e-3 to 1.5e-2 (openvino only).")
-@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: the runtime's, one per core).")
+@click.option("--threads", type=int, help="Intra-op threads, 1 to 4 per core (default: the runtime's, one per core).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RUN_TIMEOUT, show_default=True,
-              help="Seconds an ONNX Runtime run may take; a longer one is stopped (a crafted Loop can run for ever).")
+              help="Seconds a run may take; a longer one is stopped (a crafted Loop can run for ever).")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON lists.")
 def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: str, precision: str,
         threads: int | None, timeout: float, as_json: bool) -> None:
     """Run ONNX_MODEL in ONNX Runtime (or OpenVINO) and print (or save) each named output. Needs no TensorFlow."""
     from toolkit.fileio import save_npz
-    from toolkit.guard import check_input_names
+    from toolkit.guard import check_input_names, check_threads
     from toolkit.report import outputs_text
     from toolkit.runner import load_feeds
     from toolkit.tiers import open_runner
@@ -177,10 +178,11 @@ def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: s
         raise OptionError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
     with option_values():
         check_input_names(inputs)  # a repeated NAME= was resolved by keeping the last
+        if threads is not None:
+            check_threads([threads])
     with open_runner(onnx_model, runtime, precision, threads) as runner:
         feeds = load_feeds(inputs, [t.name for t in runner.inputs])
-        # ONNX Runtime stops a run at its terminate flag; OpenVINO has no such switch.
-        outputs = runner.run(feeds, timeout=timeout) if runtime == "onnxruntime" else runner.run(feeds)
+        outputs = runner.run(feeds, timeout)  # every runtime stops at the deadline (OpenVINO: its child)
     if output is not None:
         save_npz(output, outputs)  # every output, whatever its name (np.savez took `file` as its own)
     if as_json:

@@ -151,7 +151,7 @@ def _options(params: dict[str, Any]) -> Any:
     targets = tuple(t.strip() for t in (params["targets"] or "").split(",") if t.strip())
     with option_values():
         if targets:  # a mistyped runtime name is refused here, not after the build and conversion
-            from toolkit.verify import runtimes_named  # the runtime registry; no TensorFlow
+            from toolkit.runtimes.registry import runtimes_named  # the runtime registry; no TensorFlow
 
             runtimes_named(targets)
         limits = limits_from(params["max_params"], params["max_timesteps"], params["max_activation"],

@@ -166,8 +166,7 @@ class ParityReport:
                     "shapes": [list(shape) for shape in s.shapes],
                     "max_abs": _json_float(s.max_abs),
                     "max_rel": _json_float(s.max_rel),
-                    "atol": s.tolerance.atol,
-                    "rtol": s.tolerance.rtol,
+                    **s.tolerance.to_json(),
                     "passed": s.passed,
                     "reasons": list(s.reasons),
                     **({"steps": s.steps.to_json()} if s.steps is not None else {}),
@@ -273,9 +272,31 @@ def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, toleranc
         absdiff = np.where(~both_finite & ~close, np.inf, absdiff)
         reldiff = np.where(absdiff == 0, 0.0, absdiff / np.abs(np.where(both_finite, exp64, 1.0)))
     passed = bool(close.all())
-    reason = "" if passed else f"{int((~close).sum())} of {close.size} values outside tolerance"
+    reasons = [] if passed else [f"{int((~close).sum())} of {close.size} values outside tolerance"]
+    damage = relative_damage(exp64, act64, absdiff, tolerance.scale)
+    if damage:
+        passed, reasons = False, [*reasons, damage]
+    reason = "; ".join(reasons)
     return OutputComparison(name, expected.shape, actual.shape, float(absdiff.max()), float(reldiff.max()), tolerance,
                             passed, reason, step_errors(absdiff, exp64, close))
+
+
+def relative_damage(expected: np.ndarray, actual: np.ndarray, absdiff: np.ndarray, bound: float | None) -> str:
+    """Why `actual` damages `expected` relative to its own scale (its largest finite |value|), or "": the
+    worst error over `bound` times that scale, or a sign flipped on a value above `bound` times it."""
+    finite = np.isfinite(expected)
+    if bound is None or not finite.any():
+        return ""
+    scale = float(np.abs(expected[finite]).max())
+    if scale == 0:
+        return ""
+    worst = float(absdiff[finite].max()) / scale
+    above = finite & (np.abs(expected) > bound * scale)
+    flips = int((np.sign(expected[above]) * np.sign(actual[above]) < 0).sum())
+    if worst <= bound and not flips:
+        return ""
+    return (f"max error {worst:.3g}x of the output's scale {scale:.3g} (bound {bound:g}x); {flips} signs flipped "
+            f"of {int(above.sum())} values above {bound:g}x of it")
 
 
 def compare_case(

@@ -26,13 +26,12 @@ from typing import Any
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.compare import ParityReport, RuntimeReport  # noqa: F401 -- RuntimeReport: re-exported
+from toolkit.compare import ParityReport
 from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
 from toolkit.export_record import record_metadata, tier_graph, tier_notes
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras_io import (
-    check_keras_version,
     load_keras_model,
     model_signature,
     output_shapes,
@@ -41,7 +40,7 @@ from toolkit.keras_io import (
 )
 from toolkit.lowering import LayerLowering, StateIO, lower_model
 from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins
-from toolkit.options import DEFAULT_OPSET, ExportOptions
+from toolkit.options import ExportOptions
 from toolkit.parity import check_parity
 from toolkit.precision import choose as choose_tolerance
 from toolkit.precision import failure_message
@@ -53,9 +52,9 @@ from toolkit.runner import (
     graph_inputs,
     graph_outputs,
 )
+from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tf2onnx_lib import InputSignature, convert
 from toolkit.tiers import TierInfo, tier_tolerances
-from toolkit.verify import OnnxRunner
 
 # Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
 QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)
@@ -239,7 +238,7 @@ def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
     parity check and before anything is written."""
     if not targets:
         return
-    from toolkit.verify import runtimes_named  # the runtime registry
+    from toolkit.runtimes.registry import runtimes_named  # the runtime registry
 
     # `all` means every runtime a model deploys to: onnx.reference is a check, not a target (its `problem`
     # says where it is no oracle, not where a model would be wrong).
@@ -370,25 +369,3 @@ def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
     reference = original_reference(loaded)
     source = dict(loaded.source, reference=reference.label)
     return export_model(loaded.model, options, source=source, reference=reference)
-
-
-# Verification moved to toolkit.verification; these names stay importable from here for existing callers.
-from toolkit.verification import (  # noqa: E402,F401
-    expected_output_names,
-    verify_files,
-    verify_runtimes,
-)
-
-__all__ = [
-    "DEFAULT_OPSET",
-    "ExportOptions",
-    "ExportResult",
-    "FileExport",
-    "OutputInfo",
-    "check_keras_version",
-    "export_file",
-    "export_keras_file",
-    "export_model",
-    "load_keras_model",
-    "verify_files",
-]

@@ -8,6 +8,9 @@ verifier and the CLI share one version of each check:
 - `check_feed_arrays`: ONNX Runtime 1.32 aborts the whole process (SIGABRT, exit 134) on a batch or time
   axis of 0; object arrays and non-native byte orders reach it as confusing errors; a state of batch 1
   beside an input of batch 2 is broadcast silently. Each is refused with a one-line `InputError`.
+- `check_feed_bytes`, `check_threads`: a feed over `MAX_FEED_BYTES` (bench's `--batch 1000000 --steps
+  1000000` was a MemoryError traceback) and more intra-op threads than `max_threads()` (2000 turned
+  0.3 s into 20 s) are refused with the bound stated.
 - `safe_text`: names and metadata come from files written by strangers; control characters in them would
   reach the user's terminal raw (ANSI escapes can rewrite what was printed before).
 """
@@ -24,7 +27,33 @@ from typing import BinaryIO
 
 import numpy as np
 
-from toolkit.errors import InputError, ModelLoadError
+from toolkit.errors import InputError, ModelLoadError, OptionError
+
+# The most bytes one input may hold: far above any recurrent model's batch, far below a machine's memory.
+MAX_FEED_BYTES = 1 << 30
+
+
+def max_threads() -> int:
+    """The most intra-op threads a runtime is given: 4 per core (more only contend for the cores)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: Sequence[int], option: str = "--threads") -> tuple[int, ...]:
+    """Thread counts within 1..max_threads(); an `OptionError` stating the bound otherwise."""
+    bound = max_threads()
+    wrong = [n for n in threads if not 1 <= n <= bound]
+    if wrong:
+        raise OptionError(f"Expected {option} between 1 and {bound} (4 per core on this machine's "
+                          f"{os.cpu_count() or 1}). Received: {wrong[0]}")
+    return tuple(threads)
+
+
+def check_feed_bytes(name: str, shape: Sequence[int], dtype: np.dtype) -> None:
+    """An input of this shape and dtype fits `MAX_FEED_BYTES` (checked before it is allocated)."""
+    size = int(np.prod([int(d) for d in shape], dtype=object)) * np.dtype(dtype).itemsize
+    if size > MAX_FEED_BYTES:
+        raise InputError(f"Expected input {safe_text(name)!r} of at most {MAX_FEED_BYTES >> 30} GiB. Received: shape "
+                         f"{tuple(int(d) for d in shape)} {np.dtype(dtype).name}, {size / 2**30:.3g} GiB")
 
 
 def open_regular_file(path: str | os.PathLike[str], what: str = "a Keras model file (.keras)") -> BinaryIO:
@@ -122,6 +151,7 @@ def check_feed_array(name: str, array: object) -> np.ndarray:
             f"Expected input {safe_text(name)!r} with every axis at least 1 (ONNX Runtime aborts the process on an "
             f"empty batch or time axis). Received: shape {array.shape}"
         )
+    check_feed_bytes(name, array.shape, array.dtype)
     return array
 
 

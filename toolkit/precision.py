@@ -82,6 +82,11 @@ def failure_message(items: Sequence[tuple[str, ParityReport]], limit: int = 3) -
                 parts.append(f"{s.name}: NaN where Keras has a number ({s.tolerance})")
                 continue
             needed = _round_up(s.max_abs)
+            damage = next((r for r in s.reasons if "of the output's scale" in r), "")
+            if damage:  # a tier's relative damage: an absolute atol says nothing about it
+                parts.append(f"{s.name}: {damage} ({s.tolerance}); the precision tier damages this output: export "
+                             f"it without the tier (or accept it: --atol {s.name}:{needed:g})")
+                continue
             times = f", {s.max_abs / s.tolerance.atol:.3g}x its atol" if s.tolerance.atol > 0 else ""
             parts.append(f"{s.name}: max abs error {s.max_abs:.3g} over {s.tolerance} (|d| <= atol + rtol*|keras|)"
                          f"{times}; to accept it: --atol {s.name}:{needed:g} (Python: Tolerances.parse(atol="

@@ -23,8 +23,11 @@ from toolkit.compare import ParityReport, Tolerances
 from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.inputs import InputCase, embedding_vocab, random_input
+from toolkit.keras_runner import KerasRunner
 from toolkit.runner import count_ops, graph_inputs, graph_outputs, optional_inputs
-from toolkit.verify import KerasRunner, OnnxRunner, RunnerBase, compare_runners
+from toolkit.runtimes.base import Runner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.verify import compare_runners
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,12 @@ def run_streamed(runner: OnnxRunner, feeds: Mapping[str, np.ndarray], sequence_i
     return {name: (np.concatenate(pieces[name], axis=1) if name in timed else value) for name, value in last.items()}
 
 
-class StreamingRunner(RunnerBase):
-    """An ONNX Runtime session fed chunk by chunk through the export's state map: a runner like any other."""
+class StreamingRunner(Runner):
+    """An ONNX Runtime session fed chunk by chunk through the export's state map: a runner like any other
+    (the session checks each chunk's feeds)."""
 
     def __init__(self, runner: OnnxRunner, sizes: Sequence[int]):
+        super().__init__(None)
         check_streamable(runner.model)
         self.mapping = state_map(runner.model)
         self.sequence_input = sequence_input(runner)
@@ -137,7 +142,7 @@ class StreamingRunner(RunnerBase):
         self.sizes = tuple(sizes)
         self.name = f"{runner.name} stream {','.join(map(str, self.sizes))}"
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         return run_streamed(self.runner, feeds, self.sequence_input, self.sizes, self.mapping)
 
 

@@ -14,13 +14,21 @@ from toolkit.errors import InputError
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Elementwise `|actual - expected| <= atol + rtol * |expected|` (numpy.allclose's rule)."""
+    """Elementwise `|actual - expected| <= atol + rtol * |expected|` (numpy.allclose's rule), and, where
+    `scale` is set (a precision tier's), relative damage caught too: the worst error at most `scale` times
+    the output's own scale (its largest |expected|), and no sign flipped on a value above that bound. An
+    absolute tolerance alone passes any damage to an output whose values are far below it."""
 
     atol: float
     rtol: float
+    scale: float | None = None
 
     def __str__(self) -> str:
-        return f"atol={self.atol:g} rtol={self.rtol:g}"
+        text = f"atol={self.atol:g} rtol={self.rtol:g}"
+        return text if self.scale is None else f"{text} scale={self.scale:g}"
+
+    def to_json(self) -> dict[str, float]:
+        return {"atol": self.atol, "rtol": self.rtol, **({"scale": self.scale} if self.scale is not None else {})}
 
 
 # As tight as tf2onnx's own Keras LSTM tests (tests/test_keras_lstm.py: rtol 1e-5, atol 1e-6).

@@ -18,12 +18,14 @@ from toolkit import metadata
 from toolkit.compare import ParityReport, RuntimeReport, Tolerances
 from toolkit.errors import InputError
 from toolkit.inputs import make_cases
+from toolkit.keras_runner import KerasRunner
 from toolkit.naming import output_origins, unique_names
 from toolkit.progress import Progress
 from toolkit.runner import load_onnx
 from toolkit.runtimes.base import open_or_failed
+from toolkit.runtimes.registry import runtimes_named
 from toolkit.tiers import recorded_tolerances
-from toolkit.verify import KerasRunner, compare_with_keras, runtimes_named
+from toolkit.verify import compare_with_keras
 
 
 def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),

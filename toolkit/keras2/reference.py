@@ -26,7 +26,7 @@ import numpy as np
 from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.keras2.loader import Keras2Model
-from toolkit.verify import KerasRunner
+from toolkit.keras_runner import KerasRunner
 
 TF_KERAS_HINT = "pip install --no-deps 'tf-keras==2.21.*' (scripts/setup_runtimes.sh does)"
 
