@@ -185,3 +185,29 @@ def test_an_export_with_external_weights_works_in_every_runtime(tmp_path):
                                                                          "onnxruntime-web", "chromium", "openvino"])
     assert [(r.runtime, r.status) for r in reports] == [(r.runtime, "pass") for r in reports], \
         [f for r in reports for f in (r.report.failures() if r.report else [r.not_valid])]
+
+
+# -------------------------------------------------------------- the post's files, verified everywhere
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "exported").glob("*.onnx")))
+def test_the_posts_exports_verify_everywhere_without_keras(name):
+    # Before: "Missing option '--keras'", although each file records the builder flags it was made from.
+    result = invoke("verify", ROOT / "exported" / name, "--runtimes", "all", "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    statuses = {runtime: report["status"] for runtime, report in json.loads(result.output)["runtimes"].items()}
+    assert {"chromium", "onnxruntime-node", "onnxruntime-web", "openvino", "reference"} <= set(statuses)
+    assert set(statuses.values()) == {"pass"}, statuses
+
+
+def test_an_export_that_records_no_builder_flags_needs_keras(tmp_path):
+    model = onnx.load(str(CASE1))
+    for prop in model.metadata_props:
+        if prop.key == "lstm_onnx.source":
+            prop.value = '{"keras_file": "mine.keras", "keras_model": "mine"}'
+    onnx.save(model, str(tmp_path / "mine.onnx"))
+    one_error(invoke("verify", tmp_path / "mine.onnx"),
+              "Expected --keras, or an export that records the builder flags it was made from. Received: mine.onnx, "
+              "which records ['keras_file', 'keras_model']")

@@ -82,7 +82,8 @@ cli.add_command(export)
 
 @cli.command()
 @click.argument("onnx_model", type=click.Path(path_type=Path))
-@click.option("--keras", "keras_model", required=True, type=click.Path(path_type=Path), help="The Keras model it came from.")
+@click.option("--keras", "keras_model", type=click.Path(path_type=Path),
+              help="The Keras model it came from (default: rebuilt from the builder flags the export records).")
 @tolerance_options
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--stream", metavar="CHUNKS",
@@ -99,7 +100,7 @@ cli.add_command(export)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
 @click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
               help="Also write a self-contained HTML report: matrix, error per time step, versions.")
-def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Sequence[str], seed: int,
+def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol: Sequence[str], seed: int,
            stream: str | None, stream_length: int, runtimes: str, max_params: int | None, max_timesteps: int | None,
            max_activation: int | None, max_member_bytes: int | None, as_json: bool, html: Path | None) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
@@ -120,10 +121,17 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
             sizes = parse_chunks(stream)
         limits = limits_from(max_params, max_timesteps, max_activation, max_member_bytes)
-    from toolkit.keras_io import load_keras_model
+    # Loaded once, within the --max-* limits, for the parity check and the streamed one alike; or rebuilt
+    # from the builder flags the export records.
+    if keras_model is not None:
+        from toolkit.keras_io import load_keras_model
 
-    # Loaded once, within the --max-* limits, for the parity check and the streamed one alike.
-    loaded = load_keras_model(keras_model, limits)
+        loaded = load_keras_model(keras_model, limits)
+    else:
+        from toolkit.runner import load_onnx
+        from toolkit.verification import recorded_keras_model
+
+        loaded = recorded_keras_model(load_onnx(onnx_model), onnx_model.name)
     from toolkit.progress import progress_for
 
     results = verify_runtimes(onnx_model, loaded, names, tolerances, seed=seed, progress=progress_for(as_json))

@@ -66,6 +66,22 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path, runtimes: Seq
 
 
 
+def recorded_keras_model(model: onnx.ModelProto, name: str = "the model") -> Any:
+    """The Keras model a builder export was made from, rebuilt from the flags it records
+    (`lstm_onnx.source`'s `builder`, checked as `StackConfig` checks them): `verify` without `--keras`."""
+    from toolkit.builder import StackConfig, build_stack
+
+    flags = metadata.read_source(model).get("builder")
+    if not isinstance(flags, dict):
+        raise InputError(f"Expected --keras, or an export that records the builder flags it was made from. Received: "
+                         f"{name}, which records {sorted(metadata.read_source(model)) or 'no source'}")
+    try:
+        config = StackConfig(**flags)
+    except TypeError as exc:  # a flag StackConfig does not have
+        raise InputError(f"Expected builder flags among StackConfig's fields in {name}. Received: {exc}") from None
+    return build_stack(config)
+
+
 def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:
     """The names an export of this Keras model should carry: those recorded at export, else the defaults."""
     recorded = metadata.read_output_names(onnx_model)
