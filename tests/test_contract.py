@@ -211,3 +211,24 @@ def test_an_export_that_records_no_builder_flags_needs_keras(tmp_path):
     one_error(invoke("verify", tmp_path / "mine.onnx"),
               "Expected --keras, or an export that records the builder flags it was made from. Received: mine.onnx, "
               "which records ['keras_file', 'keras_model']")
+
+
+def test_export_proves_each_file_in_the_named_runtimes_before_writing(tmp_path):
+    import json
+
+    from toolkit.builder import build_stack, variant_config
+
+    keras_path = tmp_path / "gru.keras"
+    build_stack(variant_config("gru")).save(keras_path)
+    done = invoke("export", keras_path, "-o", tmp_path / "gru.onnx", "--runtimes", "onnxruntime-node,openvino", "--json")
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.output)
+    assert {name: r["status"] for name, r in payload["runtimes"].items()} == {"onnxruntime-node": "pass",
+                                                                               "openvino": "pass"}
+    assert (tmp_path / "gru.onnx").is_file()
+    # A runtime that does not compute Keras' numbers at f32 (bf16, or not valid on a CPU without it): nothing written.
+    refused = invoke("export", keras_path, "-o", tmp_path / "bf16.onnx", "--runtimes", "openvino-bf16")
+    assert refused.exit_code == 1 and "openvino-bf16" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "bf16.onnx").exists()
+    one_error(invoke("export", keras_path, "-o", tmp_path / "x.onnx", "--runtimes", "tvm"),
+              "Expected runtimes among", code=2)

@@ -26,7 +26,7 @@ from typing import Any
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.compare import ParityReport
+from toolkit.compare import ParityReport, RuntimeReport
 from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
 from toolkit.export_record import record_metadata, tier_graph, tier_notes
 from toolkit.fileio import atomic_write_bytes, sha256_hex
@@ -89,6 +89,15 @@ class ExportResult:
     notes: tuple[str, ...] = ()
     tier: TierInfo | None = None
     data: bytes = field(default=b"", repr=False)
+    proven: tuple[RuntimeReport, ...] = ()  # `export --runtimes`: the written bytes in each runtime, vs Keras
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity) and all(self.proven)
+
+    def items(self, label: str) -> list[tuple[str, ParityReport]]:
+        """The parity report and each runtime's, labelled for the tables."""
+        return [(label, self.parity)] + [(f"{label} [{r.runtime}]", r.report) for r in self.proven if r.report is not None]
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -108,9 +117,9 @@ class ExportResult:
 
     def save(self, path: str | Path, keep_failed: bool = False) -> Path:
         """Write the model atomically. A model that failed parity is refused unless `keep_failed`."""
-        if not self.parity and not keep_failed:
+        if not self.passed and not keep_failed:
             raise ParityError(f"Parity failed, nothing written to {str(path)!r}: "
-                              + failure_message([(Path(path).name, self.parity)]))
+                              + failure_message(self.items(Path(path).name)))
         return atomic_write_bytes(path, self.data)
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +128,8 @@ class ExportResult:
                    "notes": list(self.notes), "parity": self.parity.to_json()}
         if self.tier is not None and self.tier.tier != "float32":  # float32 reports stay as they were
             payload["tier"] = self.tier.to_json()
+        if self.proven:
+            payload["runtimes"] = {r.runtime: r.to_json() for r in self.proven}
         return payload
 
 
@@ -151,6 +162,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     graph = _convert(model, signature, options, names, origins)
     _name(graph, model.name, signature, options, time_axis_sources(model))
     _check_targets(graph.proto, options.targets)
+    _check_targets(graph.proto, options.runtimes, "--runtimes")
     warnings = _fusion_check(graph.lowering, count_ops(graph.proto), recurrent, options.require_fused)
     graph.proto, tier = tier_graph(graph.proto, options, graph.names)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
@@ -163,6 +175,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))
     record_metadata(graph.proto, model, graph.lowering, [o.to_json() for o in outputs], report, options, source,
                     precision, graph.state_map)
+    proven = _prove(graph.proto, model, options, graph.names, tolerances, seed, reference) if report else ()
     return ExportResult(
         model=graph.proto,
         inputs=graph_inputs(graph.proto),
@@ -175,7 +188,22 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
         notes=reference_notes + tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note)
         + ((precision.note(),) if precision.chosen else ()) + tier_notes(tier, graph.lowering),
         tier=tier,
+        proven=proven,
     )
+
+
+def _prove(proto: onnx.ModelProto, model: Any, options: ExportOptions, names: Sequence[str], tolerances: Any,
+           seed: int, reference: Any) -> tuple[RuntimeReport, ...]:
+    """Step 6: with `--runtimes`, the final bytes run in each runtime against Keras on the parity cases."""
+    if not options.runtimes:
+        return ()
+    from toolkit.inputs import make_cases
+    from toolkit.keras_runner import KerasRunner
+    from toolkit.verification import prove_written
+
+    keras = reference if reference is not None else KerasRunner(model)
+    cases = make_cases(model, seed, options.padding)
+    return tuple(prove_written(proto, keras, options.runtimes, names, tolerances, cases))
 
 
 def _convert(model: Any, signature: Sequence[InputSignature], options: ExportOptions, names: list[str],
@@ -233,9 +261,9 @@ def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], o
     proto.doc_string = ""
 
 
-def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
-    """Step 3b: refuse a graph a target runtime is known to compute wrong (its `problem`), before the
-    parity check and before anything is written."""
+def _check_targets(proto: onnx.ModelProto, targets: Sequence[str], option: str = "--target") -> None:
+    """Step 3b: refuse a graph a target runtime (or one it is to be proven in) is known to compute wrong
+    (its `problem`), before the parity check and before anything is written."""
     if not targets:
         return
     from toolkit.runtimes.registry import runtimes_named  # the runtime registry
@@ -246,7 +274,7 @@ def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
     found = [(runtime.name, runtime.problem(proto)) for runtime in chosen]
     problems = [f"not valid in {name}: {problem}" for name, problem in found if problem]
     if problems:
-        raise UnsupportedModelError(f"Expected a model every --target runtime computes right. Received: "
+        raise UnsupportedModelError(f"Expected a model every {option} runtime computes right. Received: "
                                     f"{'; '.join(problems)}")
 
 
@@ -289,13 +317,13 @@ class FileExport:
 
     @property
     def passed(self) -> bool:
-        return bool(self.result.parity)
+        return self.result.passed
 
     @property
     def items(self) -> list[tuple[str, ParityReport]]:
         tier = self.result.tier
         label = self.target.name if tier is None or tier.tier == "float32" else f"{self.target.name} [{tier.tier}]"
-        return [(label, self.result.parity)]
+        return self.result.items(label)
 
     @property
     def exported(self) -> list[tuple[str, ExportResult]]:
@@ -310,7 +338,7 @@ class FileExport:
         return list(self.result.notes)
 
     def to_json(self) -> dict[str, Any]:
-        return {"passed": self.result.parity.passed, "written": [str(p) for p in self.written],
+        return {"passed": self.result.passed, "written": [str(p) for p in self.written],
                 **self.result.to_json()}
 
     def write(self) -> list[Path]:
@@ -325,7 +353,7 @@ def export_file(src: str | Path, dst: str | Path, options: ExportOptions | None 
     that writes something else first calls `FileExport.write` itself), and say what happened."""
     result = export_keras_model(src, dst, options)
     done = FileExport(Path(dst), result)
-    if write and (result.parity or keep_failed):
+    if write and (result.passed or keep_failed):
         done.write()
     return done
 

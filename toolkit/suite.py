@@ -45,7 +45,7 @@ class SuiteResult:
 
     @property
     def passed(self) -> bool:
-        return all(entry.result.parity for entry in self.entries)
+        return all(entry.result.passed for entry in self.entries)
 
     def manifest(self) -> dict:
         return build_manifest(self.entries)
@@ -60,7 +60,7 @@ class SuiteResult:
 
     @property
     def items(self) -> list[tuple[str, ParityReport]]:
-        return [(entry.file, entry.result.parity) for entry in self.entries]
+        return [item for entry in self.entries for item in entry.result.items(entry.file)]
 
     @property
     def exported(self) -> list[tuple[str, ExportResult]]:
