@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.bench import interleaved_ms  # noqa: E402
 from toolkit.builder import VARIANTS, build_stack, variant_config  # noqa: E402
-from toolkit.compare import Tolerances  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
 from toolkit.lowering import CELL_OPS, GraphWriter, NotFusable, op_attributes, plan_cell  # noqa: E402
 from toolkit.runtimes.onnxrt import OnnxRunner  # noqa: E402
+from toolkit.tolerance import Tolerances
 
 # Every variant the builder offers but lstm_unroll, which needs a fixed number of steps (unroll=True).
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "lstm_unroll"]

@@ -19,8 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from test_refusals import _endless_loop, one_error
 
 from toolkit.cli import cli
-from toolkit.compare import Tolerance, compare_arrays
+from toolkit.compare import compare_arrays
 from toolkit.guard import max_threads
+from toolkit.tolerance import Tolerance
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE1 = ROOT / "exported" / "case1_sequences.onnx"

@@ -10,7 +10,6 @@ from conftest import assert_close
 
 from toolkit import metadata
 from toolkit.builder import StackConfig, build_stack
-from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import InputError, ParityError
 from toolkit.exporter import export_model
 from toolkit.keras_runner import keras_outputs
@@ -18,6 +17,7 @@ from toolkit.naming import output_origins
 from toolkit.options import DEFAULT_OPSET, ExportOptions
 from toolkit.runner import count_ops
 from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.tolerance import DEFAULT_TOLERANCE, Tolerances
 
 # Beyond the post's four: 1-3 layers, several unit counts, fixed and variable time, every flag pair.
 MATRIX = [

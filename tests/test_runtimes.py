@@ -29,7 +29,7 @@ import onnx
 import pytest
 
 from toolkit.builder import StackConfig, build_stack, variant_config
-from toolkit.compare import Tolerances, compare_arrays
+from toolkit.compare import compare_arrays
 from toolkit.errors import InputError, RuntimeFailure
 from toolkit.exporter import export_model
 from toolkit.inputs import InputCase
@@ -44,6 +44,7 @@ from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.registry import RUNTIMES, runtimes_named
 from toolkit.streaming import StreamingRunner
 from toolkit.suite import read_manifest
+from toolkit.tolerance import Tolerances
 from toolkit.verify import compare_runners
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"

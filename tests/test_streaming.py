@@ -116,7 +116,7 @@ def test_export_state_io_and_verify_stream_cli(tmp_path):
 
 
 def test_state_outputs_take_per_output_tolerances():
-    from toolkit.compare import Tolerances
+    from toolkit.tolerance import Tolerances
 
     model = build_stack(StackConfig(layers=1, units=3, timesteps=None, features=2))
     result = export_model(model, state_io=True, tolerances=Tolerances.parse(atol=["lstm_1_state_c:1e-5"]))

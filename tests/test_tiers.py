@@ -15,14 +15,14 @@ from click.testing import CliRunner
 
 from toolkit.builder import build_stack, variant_config
 from toolkit.cli import cli
-from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import InputError, ParityError
 from toolkit.exporter import export_model
 from toolkit.metadata import metadata_value
 from toolkit.options import ExportOptions
 from toolkit.runner import count_ops, graph_inputs, graph_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.tiers import FLOAT16_TOLERANCE, INT8_TOLERANCE, apply_tier, tier_tolerances
+from toolkit.tiers import apply_tier
+from toolkit.tolerance import DEFAULT_TOLERANCE, FLOAT16_TOLERANCE, INT8_TOLERANCE, Tolerances, decide
 from toolkit.verification import verify_runtimes
 
 
@@ -75,7 +75,7 @@ def test_float16_state_io_export_loads_and_streams():
     assert result.parity
     runner = OnnxRunner(result.model)  # the keep_io_types conversion failed right here
     assert runner.optional and {t.dtype for t in runner.optional} == {"float32"}
-    streamed = stream_parity(model, result.model, [1, 3, 2], tolerances=tier_tolerances("float16", Tolerances()))
+    streamed = stream_parity(model, result.model, [1, 3, 2], tolerances=decide(Tolerances(), {}, "float16"))
     assert streamed, streamed.against_keras.failures()
 
 

@@ -49,7 +49,7 @@ def test_verify_an_existing_export(saved_models, tmp_path):
 
 
 def _too_tight():
-    from toolkit.compare import Tolerances
+    from toolkit.tolerance import Tolerances
 
     return Tolerances.parse(atol=["0"], rtol=["0"])
 

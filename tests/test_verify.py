@@ -10,7 +10,7 @@ from conftest import assert_close
 
 from toolkit.builder import build_stack, variant_config
 from toolkit.cli import cli
-from toolkit.compare import RuntimeReport, Tolerances, VerifyReport
+from toolkit.compare import RuntimeReport, VerifyReport
 from toolkit.errors import InputError
 from toolkit.exporter import export_keras_file
 from toolkit.inputs import InputCase
@@ -20,6 +20,7 @@ from toolkit.runtimes.base import Runner
 from toolkit.runtimes.onnxrt import ORT_LEVELS, OnnxRunner
 from toolkit.runtimes.reference import ReferenceRunner
 from toolkit.runtimes.registry import RUNTIMES, Runtime, register
+from toolkit.tolerance import Tolerances
 from toolkit.verification import verify_runtimes
 from toolkit.verify import compare_runners
 

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.compare import Tolerances, compare_arrays
+from toolkit.compare import compare_arrays
 from toolkit.errors import InputError
 from toolkit.guard import check_feed_bytes, check_threads
 from toolkit.progress import Progress
+from toolkit.tolerance import Tolerances, decide
 
 if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onnx and ORT load on use
     import onnx
@@ -217,7 +218,7 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     feeds, used_steps = bench_inputs(proto, batch, steps)
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
-    tolerances = tolerances.resolve(count_ops(proto))
+    tolerances = decide(tolerances, count_ops(proto))  # every form against float32's own tolerance
     forms = _forms(runtimes, threads)
     results = {}
     progress.begin(len(forms) + 2, "bench")

@@ -35,7 +35,7 @@ def bench_command(onnx_model: Path, batch: int, steps: int, keras_model: Path | 
     """Time ONNX_MODEL (a float32 export) in every runtime, tier and thread count; recommend the fastest
     form within the tolerance. Needs TensorFlow only with --keras."""
     from toolkit.bench import _thread_list, bench
-    from toolkit.compare import Tolerances
+    from toolkit.tolerance import Tolerances
 
     runtimes = [r.strip() for r in runtimes_text.split(",") if r.strip()] if runtimes_text is not None else None
     with option_values():

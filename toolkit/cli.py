@@ -105,9 +105,10 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
            max_activation: int | None, max_member_bytes: int | None, as_json: bool, html: Path | None) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     quiet_tensorflow()
-    from toolkit.compare import Tolerances, VerifyReport
+    from toolkit.compare import VerifyReport
     from toolkit.report import verify_text
     from toolkit.runtimes.registry import runtimes_named
+    from toolkit.tolerance import Tolerances
     from toolkit.verification import verify_runtimes
 
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
@@ -139,7 +140,7 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
     if sizes is not None:
         from toolkit.runner import load_onnx
         from toolkit.streaming import stream_parity
-        from toolkit.tiers import recorded_tolerances
+        from toolkit.verification import recorded_tolerances
 
         proto = load_onnx(onnx_model)
         # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.

@@ -146,8 +146,8 @@ def _write_html(path: Path, outcome: Any, passed: bool) -> None:
 
 def _options(params: dict[str, Any]) -> Any:
     """The export options, every one checked before anything is built (a bad one is a malformed option)."""
-    from toolkit.compare import Tolerances
     from toolkit.options import ExportOptions
+    from toolkit.tolerance import Tolerances
 
     if params["quantize"] and params["float16"]:
         raise OptionError(f"Expected one precision tier: --quantize {params['quantize']} or --float16. Received: both")

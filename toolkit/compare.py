@@ -17,12 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.steps import StepErrors, merge_steps, step_errors
-from toolkit.tolerance import (  # noqa: F401 -- re-exported: callers import them from here
-    DEFAULT_TOLERANCE,
-    RNN_OP_TOLERANCE,
-    Tolerance,
-    Tolerances,
-)
+from toolkit.tolerance import Tolerance, Tolerances
 
 if TYPE_CHECKING:
     from toolkit.streaming import StreamReport

@@ -54,7 +54,8 @@ from toolkit.runner import (
 )
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tf2onnx_lib import InputSignature, convert
-from toolkit.tiers import TierInfo, tier_tolerances
+from toolkit.tiers import TierInfo
+from toolkit.tolerance import decide
 
 # Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
 QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)
@@ -167,7 +168,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     graph.proto, tier = tier_graph(graph.proto, options, graph.names)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
     precision = choose_tolerance(options.tolerances, model)
-    tolerances = tier_tolerances(options.tier, options.tolerances, precision.tolerances.default if precision.chosen else None)
+    tolerances = decide(options.tolerances, count_ops(graph.proto), options.tier, precision.compute_dtype)
     report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, tolerances,
                           seed=seed, padding_side=options.padding, reference=reference, state_map=graph.state_map)
     reference_notes = (f"parity reference: {reference.label}",) if reference is not None else ()

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.compare import Tolerances
 from toolkit.errors import InputError
 from toolkit.limits import DEFAULT_LIMITS, ResourceLimits
+from toolkit.tolerance import Tolerances
 
 # Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
 DEFAULT_OPSET = 17

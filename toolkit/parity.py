@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from toolkit.carry import carried_parity, with_carried_calls
-from toolkit.compare import ParityReport, Tolerances
+from toolkit.compare import ParityReport
 from toolkit.inputs import InputCase, make_cases
 from toolkit.keras_runner import KerasRunner
 from toolkit.runtimes.base import Runner
+from toolkit.tolerance import Tolerances
 from toolkit.verify import compare_with_keras
 
 

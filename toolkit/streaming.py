@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from toolkit import metadata
-from toolkit.compare import ParityReport, Tolerances
+from toolkit.compare import ParityReport
 from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.inputs import InputCase, embedding_vocab, random_input
@@ -27,6 +27,7 @@ from toolkit.keras_runner import KerasRunner
 from toolkit.runner import count_ops, graph_inputs, graph_outputs, optional_inputs
 from toolkit.runtimes.base import Runner
 from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.tolerance import Tolerances, compute_dtype, decide
 from toolkit.verify import compare_runners
 
 
@@ -153,7 +154,8 @@ def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence
     check_streamable(onnx_model)
     runner = OnnxRunner(onnx_model)
     streamed = StreamingRunner(runner, sizes)
-    tolerances = tolerances.resolve(count_ops(onnx_model))
+    tolerances = decide(tolerances, count_ops(onnx_model), metadata.read_options(onnx_model).tier,
+                        compute_dtype(keras_model))
     rng = np.random.default_rng(seed)
     vocab = embedding_vocab(keras_model)
     feeds = {info.name: random_input(info.shape[1:], info.dtype, batch, length, rng, vocab) for info in runner.inputs}

@@ -17,7 +17,7 @@ from typing import Any
 
 from toolkit import __version__
 from toolkit.builder import StackConfig, build_stack, stack_budget
-from toolkit.compare import ParityReport, Tolerances
+from toolkit.compare import ParityReport
 from toolkit.errors import InputError, OutputError
 from toolkit.exporter import ExportResult, export_model
 from toolkit.fileset import write_file_set
@@ -26,6 +26,7 @@ from toolkit.metadata import parity_metadata, read_opset, versions
 from toolkit.naming import default_output_names
 from toolkit.options import ExportOptions
 from toolkit.progress import Progress
+from toolkit.tolerance import Tolerances
 
 MANIFEST_NAME = "manifest.json"
 

@@ -10,8 +10,9 @@
   halves the file, not the time.
 
 `apply_tier` returns the new graph and a `TierInfo` (what changed, sizes, the tolerance it is checked
-at). The exporter runs it after naming and before parity; `lstm-onnx bench` runs it on a finished file.
-Nothing here imports TensorFlow; ONNX Runtime's quantization module is imported only for `int8`.
+at: `toolkit.tolerance.TIER_TOLERANCES`, with the measurements behind each). The exporter runs it after
+naming and before parity; `lstm-onnx bench` runs it on a finished file. Nothing here imports TensorFlow;
+ONNX Runtime's quantization module is imported only for `int8`.
 """
 
 from __future__ import annotations
@@ -29,30 +30,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from toolkit.compare import Tolerance, Tolerances
 from toolkit.errors import InputError
 from toolkit.options import TIERS
+from toolkit.tolerance import TIER_TOLERANCES, Tolerance
 
 QUANTIZED_OP_TYPES = ("LSTM", "MatMul")  # what ORT 1.32's quantize_dynamic quantizes among our ops
 FLOAT_ONLY_OPS = ("GRU", "RNN")  # recurrent ops ORT has no quantized kernel for
 
-# The tolerance each tier is proven at, from measured error against Keras (ORT 1.32, 2026-11-28; the
-# figures are max abs). Each is about 2x the worst seen, over the export's own parity cases of every builder
-# variant (8 units) and over 128 units on 64 features, 100 steps, inputs uniform(-1, 1), batch 1 and 32.
-# int8: LSTM 3.5e-3 at 32 x 100 (mean 3.4e-4), LSTM + Dense head 6.6e-3 (the head's MatMulInteger
-# quantizes its input too), Bidirectional 5.2e-3, relu LSTM 8.9e-3 (unbounded outputs), GRU and
-# SimpleRNN as float32 (not quantized).
-# Each tier also bounds the error relative to each output's own scale (`Tolerance.scale`): an absolute 0.02
-# passed an int8 export whose outputs are about 1e-4 with errors over 100% and signs flipped (issue 19).
-# Measured over the parity cases of all 27 builder variants (2026-12-06): int8 at most 2.0% of an output's
-# scale (lstm_no_bias), float16 0.18% (simple_rnn_relu), no sign flipped; 10% is 5x the worst.
-TIER_SCALE = 0.1
-INT8_TOLERANCE = Tolerance(atol=2e-2, rtol=1e-2, scale=TIER_SCALE)
-# float16 (weights rounded to 11 bits, then 100 steps of recurrence): LSTM 1.7e-4, GRU 2.5e-4, tanh
-# SimpleRNN 1.0e-3, relu SimpleRNN 7.3e-3 (nothing saturates, so the rounding grows step after step).
-FLOAT16_TOLERANCE = Tolerance(atol=1.5e-2, rtol=1e-2, scale=TIER_SCALE)
-TIER_TOLERANCES: Mapping[str, Tolerance | None] = {"float32": None, "float16": FLOAT16_TOLERANCE,
-                                                    "int8": INT8_TOLERANCE}
 # Float initializers smaller than this stay float32: they are scalars and shape-like constants (a mask
 # value, an epsilon), whose rounding would buy no size and could change a comparison.
 MIN_FLOAT16_ELEMENTS = 16
@@ -62,31 +46,6 @@ def check_tier(tier: Any) -> str:
     if tier not in TIERS:
         raise InputError(f"Expected a precision tier among {list(TIERS)}. Received: {tier!r}")
     return tier
-
-
-def tier_tolerances(tier: str, tolerances: Tolerances, computed: Tolerance | None = None) -> Tolerances:
-    """The tolerances a tier is checked at: the user's default when given, else the tier's measured one.
-
-    `computed` is the default `toolkit.precision` chose for a model that computes in float16/bfloat16:
-    the tier's tolerance can only loosen it (each is the error of one rounding, and both apply).
-    """
-    if tolerances.default is not None:
-        return tolerances
-    found = [t for t in (TIER_TOLERANCES[check_tier(tier)], computed) if t is not None]
-    if not found:
-        return tolerances
-    scales = [t.scale for t in found if t.scale is not None]
-    return Tolerances(Tolerance(max(t.atol for t in found), max(t.rtol for t in found), max(scales, default=None)),
-                      tolerances.per_output)
-
-
-def recorded_tolerances(model: onnx.ModelProto, tolerances: Tolerances, keras_model: Any) -> Tolerances:
-    """The tolerances an export is verified at, as it was exported: its recorded tier's (and the Keras
-    model's compute dtype's, `toolkit.precision`) unless the user set a default."""
-    from toolkit.precision import choose
-
-    computed = choose(tolerances, keras_model)
-    return tier_tolerances(recorded_tier(model), tolerances, computed.tolerances.default if computed.chosen else None)
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,16 @@ from typing import Any
 import onnx
 
 from toolkit import metadata
-from toolkit.compare import ParityReport, RuntimeReport, Tolerances
+from toolkit.compare import ParityReport, RuntimeReport
 from toolkit.errors import InputError
 from toolkit.inputs import InputCase, make_cases
 from toolkit.keras_runner import KerasRunner
 from toolkit.naming import output_origins, unique_names
 from toolkit.progress import Progress
-from toolkit.runner import load_onnx
+from toolkit.runner import count_ops, load_onnx
 from toolkit.runtimes.base import open_or_failed
 from toolkit.runtimes.registry import Runtime, runtimes_named
-from toolkit.tiers import recorded_tolerances
+from toolkit.tolerance import Tolerances, compute_dtype, decide
 from toolkit.verify import compare_with_keras
 
 
@@ -84,6 +84,12 @@ def compare_in_runtimes(path: Path, proto: onnx.ModelProto, keras: KerasRunner, 
     return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]
 
 
+
+
+def recorded_tolerances(proto: onnx.ModelProto, tolerances: Tolerances, keras_model: Any) -> Tolerances:
+    """`verify`'s tolerances, decided once as at export: the recorded tier's, the Keras model's compute
+    dtype's and the ops' (`toolkit.tolerance.decide`), unless the user set a default."""
+    return decide(tolerances, count_ops(proto), metadata.read_options(proto).tier, compute_dtype(keras_model))
 
 
 def recorded_keras_model(model: onnx.ModelProto, name: str = "the model") -> Any:

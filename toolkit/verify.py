@@ -14,23 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from toolkit.compare import (
-    CaseResult,
-    InvariantCheck,
-    ParityReport,
-    Tolerances,
-    check_equal,
-    compare_case,
-    failed_case,
-)
+from toolkit.compare import CaseResult, InvariantCheck, ParityReport, check_equal, compare_case, failed_case
 from toolkit.errors import RuntimeFailure
 from toolkit.inputs import InputCase
 from toolkit.keras_runner import KerasRunner
+from toolkit.metadata import read_options
 from toolkit.naming import OutputOrigin
-from toolkit.precision import choose as choose_tolerance
 from toolkit.progress import Progress
 from toolkit.runner import count_ops, graph_outputs
 from toolkit.runtimes.base import Runner
+from toolkit.tolerance import Tolerances, compute_dtype, decide
 
 # ---------------------------------------------------------------------------- run over cases, compare
 
@@ -89,8 +82,8 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[Runner], proto: onn
     """The parity check: every runner against Keras on every case, values and the post's invariants."""
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
-    # A float16/bfloat16-computing model's tolerance when the user set none (`precision.choose`).
-    tolerances = choose_tolerance(tolerances, keras.model).tolerances.resolve(count_ops(proto))
+    # Decided by the command (export, verify); a library caller's undecided ones here, the same way.
+    tolerances = decide(tolerances, count_ops(proto), read_options(proto).tier, compute_dtype(keras.model))
     origins = keras.origins
     zeroed = frozenset(layer.name for layer in keras.model._flatten_layers(include_self=False)
                        if getattr(layer, "zero_output_for_mask", False))

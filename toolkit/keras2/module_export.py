@@ -10,12 +10,12 @@ from typing import Any
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.compare import Tolerances
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases
 from toolkit.options import ExportOptions
 from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
 from toolkit.tf2onnx_lib import InputSignature, convert_call
+from toolkit.tolerance import Tolerances, decide
 
 
 def finish_module_export(folder: Path, function: Any, spec: SignatureSpec, options: ExportOptions, seed: int) -> Any:
@@ -42,7 +42,7 @@ def finish_module_export(folder: Path, function: Any, spec: SignatureSpec, optio
     tolerances = options.tolerances if options.tolerances != Tolerances() else Tolerances()
     runner = _load_runner(proto, folder.name)
     reference = SignatureRunner(function, spec)
-    report = compare_runners(reference, [runner], module_cases(spec, seed), tolerances.resolve(ops),
+    report = compare_runners(reference, [runner], module_cases(spec, seed), decide(tolerances, ops),
                              [v.name for v in proto.graph.output])[runner.name]
     outputs = tuple(OutputInfo(info.name, "serving_default", info.name, info.dtype, info.shape) for info in graph_outputs(proto))
     metadata.write_metadata(proto, {
