@@ -7,12 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from toolkit.bench import BENCH_HEADERS, FormResult, bench, bench_inputs, recommend
+from toolkit.bench import BENCH_HEADERS, FormResult, Target, bench, bench_inputs, recommend
 from toolkit.builder import build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
-from toolkit.tiers import Target
 from toolkit.tolerance import Tolerances
 
 ORT_FORMS = ["onnxruntime", "onnxruntime-int8", "onnxruntime-float16"]

@@ -233,3 +233,19 @@ def test_export_proves_each_file_in_the_named_runtimes_before_writing(tmp_path):
     assert not (tmp_path / "bf16.onnx").exists()
     one_error(invoke("export", keras_path, "-o", tmp_path / "x.onnx", "--runtimes", "tvm"),
               "Expected runtimes among", code=2)
+
+
+def test_one_registry_names_the_runtimes_of_every_command(tmp_path):
+    from toolkit.bench import _forms
+    from toolkit.runtimes.registry import RUNTIMES
+
+    timed = [name for name, runtime in RUNTIMES.items() if runtime.timed and runtime.installed()]
+    assert [form.name for form in _forms(None, [1])] == timed  # bench: the registry's timed runtimes
+    assert {"onnxruntime", "onnxruntime-int8", "onnxruntime-float16", "openvino", "openvino-bf16"} >= set(timed)
+    one_error(invoke("bench", CASE1, "--runtimes", "tvm"), f"Expected runtimes among {timed}. Received: ['tvm']")
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 1), np.float32))
+    one_error(invoke("run", CASE1, "--input", tmp_path / "x.npy", "--precision", "bf16"),
+              "Expected --precision among ['f32'] with onnxruntime. Received: 'bf16'")
+    # A tier is a runtime of its own: verify runs it when named, with its real figures, never in `all`.
+    result = invoke("verify", CASE1, "--runtimes", "onnxruntime-float16", "--json")
+    assert '"onnxruntime-float16"' in result.output and "Traceback" not in result.output, result.output

@@ -73,12 +73,14 @@ def _export(tmp_path: Path, name: str, **overrides) -> tuple[object, object, Pat
     return keras_model, result, path
 
 
-def test_verify_registers_every_deploy_runtime_and_all_leaves_out_the_bf16_tier():
+def test_verify_registers_every_deploy_runtime_and_all_leaves_out_the_tiers():
     deploy = ["onnxruntime-node", "onnxruntime-web", "chromium", "openvino", "openvino-bf16"]
     assert [name for name in RUNTIMES if name in deploy] == deploy
     assert all(runtime.name == name for name, runtime in RUNTIMES.items())
     everything = [r.name for r in runtimes_named(["all"])]
-    assert everything == [n for n in RUNTIMES if n != "openvino-bf16"]
+    tiers = {"openvino-bf16", "onnxruntime-int8", "onnxruntime-float16"}
+    assert {n for n, r in RUNTIMES.items() if r.tier} == tiers
+    assert everything == [n for n in RUNTIMES if n not in tiers]
     assert {"onnxruntime", "reference", "onnxruntime-node", "onnxruntime-web", "chromium", "openvino"} <= set(everything)
     with pytest.raises(InputError, match="or all. Received: \\['nodejs'\\]"):
         runtimes_named(["nodejs"])

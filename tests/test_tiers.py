@@ -132,7 +132,7 @@ def test_cli_refuses_two_tiers(models, tmp_path):
 
 
 def test_run_with_threads_and_precision_options(models, tmp_path):
-    from toolkit.tiers import open_runner
+    from toolkit.runtimes.registry import open_runner
 
     onnx_path, x_path = tmp_path / "lstm.onnx", tmp_path / "x.npy"
     export_model(models["lstm"]).save(onnx_path)

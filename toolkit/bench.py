@@ -30,9 +30,21 @@ from toolkit.tolerance import Tolerances, decide
 if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onnx and ORT load on use
     import onnx
 
-    from toolkit.tiers import Target
-
 Feeds = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A form to time: a registry runtime (`toolkit.runtimes.registry`) at a number of intra-op threads."""
+
+    runtime: str  # what computes: onnxruntime, openvino
+    tier: str  # float32, int8, float16, or bf16 (OpenVINO's default precision on CPUs with bf16 instructions)
+    threads: int = 1
+    name: str = ""  # the registry's name for it
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.tier} x{self.threads}"
 
 
 @dataclass(frozen=True)
@@ -207,7 +219,7 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     """Time `onnx_path` in every form and compare each with the reference; see the module's docstring.
     Every run, timed or not, stops at `timeout` seconds (`--timeout`)."""
     from toolkit.runner import count_ops, graph_outputs, load_onnx
-    from toolkit.tiers import open_target, recorded_tier
+    from toolkit.tiers import recorded_tier
 
     if batch < 1 or steps < 1:
         raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
@@ -223,9 +235,10 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     results = {}
     progress.begin(len(forms) + 2, "bench")
     with contextlib.ExitStack() as stack:
-        opened, converted = {}, {}  # each tier converted once, whatever the thread counts
+        opened = {}
         for form in forms:
-            runner, problem, size = open_target(form, proto, Path(onnx_path), converted)
+            runner, problem = _open(form, proto, Path(onnx_path))
+            size = (runner.model if runner is not None else proto).ByteSize()
             results[form] = FormResult(form, size_bytes=size, problem=problem)
             if runner is not None:
                 opened[form] = stack.enter_context(runner)
@@ -249,15 +262,30 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
 
 
 def _forms(runtimes: Sequence[str] | None, threads: Sequence[int] | None) -> list[Target]:
-    """Every named (default: every available) runtime and tier, at every thread count."""
-    from toolkit.tiers import Target, available_targets
+    """Every named (default: every installed) runtime the registry marks as timed, at every thread count."""
+    from toolkit.runtimes.registry import RUNTIMES
 
-    targets = available_targets()
-    unknown = [name for name in runtimes or [] if name not in targets]
+    timed = {name: r for name, r in RUNTIMES.items() if r.timed and r.installed()}
+    unknown = [name for name in runtimes or [] if name not in timed]
     if unknown or runtimes == []:
-        raise InputError(f"Expected runtimes among {list(targets)}. Received: {list(runtimes or [])}")
-    chosen = [targets[name] for name in (runtimes or list(targets))]
-    return [Target(t.runtime, t.tier, n) for t in chosen for n in (threads or default_threads())]
+        raise InputError(f"Expected runtimes among {list(timed)}. Received: {list(runtimes or [])}")
+    chosen = [timed[name] for name in (runtimes or list(timed))]
+    return [Target(r.engine, r.precision, n, r.name) for r in chosen for n in (threads or default_threads())]
+
+
+def _open(form: Target, proto: onnx.ModelProto, path: Path) -> tuple[Any, str]:
+    """An open runner of the form, or None and why not (its `problem`, or the runtime's refusal)."""
+    from toolkit.errors import ModelLoadError, RuntimeFailure
+    from toolkit.runtimes.registry import RUNTIMES
+
+    runtime = RUNTIMES[form.name]
+    problem = runtime.problem(proto)
+    if problem:
+        return None, problem
+    try:
+        return runtime.open(path, proto, threads=form.threads), ""
+    except (ModelLoadError, RuntimeFailure) as exc:
+        return None, str(exc)
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: s
     from toolkit.guard import check_input_names, check_threads
     from toolkit.report import outputs_text
     from toolkit.runner import load_feeds
-    from toolkit.tiers import open_runner
+    from toolkit.runtimes.registry import open_runner
 
     if output is not None and output.suffix != ".npz":
         raise OptionError(f"Expected an output path ending in .npz. Received: {str(output)!r}")

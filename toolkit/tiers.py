@@ -21,7 +21,7 @@ import contextlib
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,50 +176,6 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-# ------------------------------------------------------------------ where a tier runs: runtime x threads
-
-
-@dataclass(frozen=True)
-class Target:
-    """A form to run a model in: a runtime, a precision tier, and a number of intra-op threads."""
-
-    runtime: str  # "onnxruntime" or "openvino"
-    tier: str  # a TIERS entry, or "bf16" (OpenVINO's default precision on CPUs with bf16 instructions)
-    threads: int = 1
-
-    @property
-    def label(self) -> str:
-        return f"{self.runtime} {self.tier} x{self.threads}"
-
-
-# The forms `bench` tries, by name; OpenVINO's join them where it is installed (`available_targets`).
-TARGETS: dict[str, Target] = {
-    "onnxruntime": Target("onnxruntime", "float32"),
-    "onnxruntime-int8": Target("onnxruntime", "int8"),
-    "onnxruntime-float16": Target("onnxruntime", "float16"),
-}
-# OpenVINO's runtimes (toolkit.runtimes.openvino) by tier: f32 pinned, and its CPU default (bf16 here).
-OPENVINO_TARGETS: dict[str, Target] = {
-    "openvino": Target("openvino", "float32"),
-    "openvino-bf16": Target("openvino", "bf16"),
-}
-OPENVINO_RUNTIMES = {"float32": "openvino", "bf16": "openvino-bf16"}
-
-
-def openvino_available() -> bool:
-    """Whether the OpenVINO runner and the openvino package are both installed (nothing is imported)."""
-    import importlib.util
-
-    try:
-        return all(importlib.util.find_spec(name) is not None for name in ("openvino", "toolkit.runtimes.openvino"))
-    except ImportError:  # toolkit.runtimes itself missing
-        return False
-
-
-def available_targets() -> dict[str, Target]:
-    return {**TARGETS, **(OPENVINO_TARGETS if openvino_available() else {})}
-
-
 def recorded_tier(model: onnx.ModelProto) -> str:
     """The tier an export was made in (from `lstm_onnx.options`; float32 when not recorded)."""
     from toolkit import metadata
@@ -227,74 +183,17 @@ def recorded_tier(model: onnx.ModelProto) -> str:
     return str(metadata.read_json(model, metadata.OPTIONS, {}, dict).get("tier", "float32"))
 
 
-def open_target(target: Target, model: onnx.ModelProto, path: Path,
-                converted: dict[str, tuple[onnx.ModelProto, TierInfo]] | None = None) -> tuple[Any, str, int]:
-    """An open runner of `model` in `target`, or None and why not; and the size of the model it runs.
+def nothing_to_convert(tier: str) -> Callable[[onnx.ModelProto], str | None]:
+    """The `problem` of ONNX Runtime in a tier: a model the tier would not change is not run in it (it is
+    the float32 form under another name)."""
 
-    `path` is the float32 file (OpenVINO reads files). A tier that would change nothing (int8 of a model
-    with no LSTM or MatMul) is not run: it is the float32 form under another name. `converted` caches
-    each tier's conversion across calls (`bench` opens one tier at several thread counts).
-    """
-    from toolkit.errors import ModelLoadError
-    from toolkit.runtimes.onnxrt import OnnxRunner
+    def problem(model: onnx.ModelProto) -> str | None:
+        counts = _op_counts(model)
+        if tier == "int8" and not any(counts[op] for op in QUANTIZED_OP_TYPES):
+            kept = {op: counts[op] for op in FLOAT_ONLY_OPS if counts[op]}
+            return f"nothing to convert to int8 ({_ops(kept)} stay float32)"
+        if tier == "float16" and not _float16_count(model):
+            return "nothing to convert to float16 (no float weight of 16 elements or more)"
+        return None
 
-    if target.runtime != "onnxruntime":
-        return _open_other(target, model, path)
-    cache = {} if converted is None else converted
-    if target.tier not in cache:
-        cache[target.tier] = apply_tier(model, target.tier)
-    tiered, info = cache[target.tier]
-    if target.tier != "float32" and not any(info.converted.values()):
-        return None, f"nothing to convert to {target.tier} ({_ops(info.kept_float)} stay float32)", info.tier_bytes
-    try:
-        return OnnxRunner(tiered, name=target.label, threads=target.threads or None), "", info.tier_bytes
-    except ModelLoadError as exc:
-        return None, str(exc), info.tier_bytes
-
-
-def _open_other(target: Target, model: onnx.ModelProto, path: Path) -> tuple[Any, str, int]:
-    """OpenVINO on the float32 file, at f32 or its default precision, where its `problem` allows."""
-    size = model.ByteSize()
-    if target.runtime != "openvino" or target.tier not in OPENVINO_RUNTIMES:
-        raise InputError(f"Expected a target among {list(available_targets().values())}. Received: {target}")
-    if not openvino_available():
-        return None, "OpenVINO is not installed (pip install -e \".[runtimes]\")", size
-    from toolkit.runtimes import openvino
-
-    problem = openvino.problem(model)
-    if problem:
-        return None, problem, size
-    try:
-        return openvino.OpenVinoRunner(path, model, OPENVINO_RUNTIMES[target.tier], threads=target.threads or None), "", size
-    except InputError as exc:  # RuntimeFailure: OpenVINO refused to compile it
-        return None, str(exc), size
-
-
-RUN_RUNTIMES = ("onnxruntime", "openvino")
-PRECISIONS = ("f32", "bf16")
-
-
-def open_runner(path: str | Path, runtime: str = "onnxruntime", precision: str = "f32",
-                threads: int | None = None) -> Any:
-    """A runner of the file at `path` in ONNX Runtime or OpenVINO (`lstm-onnx run --runtime`).
-
-    f32 is exact; bf16 (OpenVINO's CPU default) is a tier of its own, off by 2e-3 to 1.5e-2. OpenVINO
-    runs only what its `problem` says it computes correctly, and refuses the rest, saying why.
-    """
-    from toolkit.runner import load_onnx
-
-    if runtime not in RUN_RUNTIMES:
-        raise InputError(f"Expected --runtime among {list(RUN_RUNTIMES)}. Received: {runtime!r}")
-    if precision not in PRECISIONS or (runtime == "onnxruntime" and precision != "f32"):
-        allowed = list(PRECISIONS) if runtime == "openvino" else ["f32"]
-        raise InputError(f"Expected --precision among {allowed} with {runtime}. Received: {precision!r}")
-    if threads is not None:
-        from toolkit.guard import check_threads
-
-        check_threads([threads])
-    model = load_onnx(path)
-    tier = "float32" if precision == "f32" else "bf16"
-    runner, problem, _ = open_target(Target(runtime, tier, threads or 0), model, Path(path))
-    if runner is None:
-        raise InputError(f"Expected a model {runtime} computes correctly. Received: {Path(path).name}: {problem}")
-    return runner
+    return problem

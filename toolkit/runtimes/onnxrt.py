@@ -94,4 +94,12 @@ class OnnxRunner(Runner):
 
 def open_level(name: str) -> Any:
     """The registry's `open` of ONNX Runtime at the level `name` stands for."""
-    return lambda path, model: OnnxRunner(model, optimization_level=ORT_LEVELS[name], name=name)
+    return lambda path, model, threads=None: OnnxRunner(model, optimization_level=ORT_LEVELS[name], name=name,
+                                                        threads=threads)
+
+
+def open_tier(name: str, tier: str) -> Any:
+    """The registry's `open` of ONNX Runtime on the model converted to a precision tier (int8, float16)."""
+    from toolkit.tiers import apply_tier
+
+    return lambda path, model, threads=None: OnnxRunner(apply_tier(model, tier)[0], name=name, threads=threads)

@@ -161,9 +161,16 @@ class OpenVinoRunner(Runner):
             self.process.stop()
 
 
-def open_f32(path: Path, model: onnx.ModelProto) -> OpenVinoRunner:
-    return OpenVinoRunner(path, model, "openvino")
+def installed() -> bool:
+    """Whether the openvino package is installed (nothing is imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
-def open_default(path: Path, model: onnx.ModelProto) -> OpenVinoRunner:
-    return OpenVinoRunner(path, model, "openvino-bf16")
+def open_f32(path: Path, model: onnx.ModelProto, threads: int | None = None) -> OpenVinoRunner:
+    return OpenVinoRunner(path, model, "openvino", threads=threads)
+
+
+def open_default(path: Path, model: onnx.ModelProto, threads: int | None = None) -> OpenVinoRunner:
+    return OpenVinoRunner(path, model, "openvino-bf16", threads=threads)

@@ -1,8 +1,9 @@
-"""Every runtime an export can be proven in, named once: its runner, and why a model is not valid in it.
+"""Every runtime and tier, named once: its runner, why a model is not valid in it, what it computes in.
 
-`verify --runtimes`, `export --runtimes`/`--target` and the tests read `RUNTIMES`; each runtime opens
-lazily, so a missing Node, browser or package is a one-line error from `open`, never an import failure.
-Adding a runtime is one `register(Runtime(...))` line. Nothing here imports TensorFlow.
+`verify --runtimes`, `export --runtimes`/`--target`, `run --runtime` and `bench --runtimes` all read
+`RUNTIMES`. Each runtime opens lazily, so a missing Node, browser or package is a one-line error from
+`open`, never an import failure. Adding a runtime is one `register(Runtime(...))` line. Nothing here
+imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import onnx
 from toolkit.errors import InputError
 from toolkit.runtimes import chromium, js, openvino
 from toolkit.runtimes.base import Runner
-from toolkit.runtimes.onnxrt import ORT_LEVELS, open_level
+from toolkit.runtimes.onnxrt import ORT_LEVELS, open_level, open_tier
 from toolkit.runtimes.reference import ReferenceRunner, reference_oracle_problem
+from toolkit.tiers import nothing_to_convert
 
 
 def valid_everywhere(model: onnx.ModelProto) -> str | None:
@@ -25,40 +27,53 @@ def valid_everywhere(model: onnx.ModelProto) -> str | None:
     return None
 
 
+def always() -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """A kind of runner, as `verify --runtimes` names it."""
+    """A kind of runner, by the name every command uses for it."""
 
     name: str
     problem: Callable[[onnx.ModelProto], str | None]  # why the model is NOT valid in this runtime; None = valid
-    open: Callable[[Path, onnx.ModelProto], Runner]  # the .onnx file on disk and its parsed proto
-    precision: str = "f32"  # what it computes in: "f32", or a tier's ("bf16")
+    open: Callable[..., Runner]  # (the .onnx file on disk, its parsed proto[, threads]) -> an open runner
+    precision: str = "float32"  # what it computes (or stores weights) in: float32, bf16, int8, float16
+    engine: str = "onnxruntime"  # what computes: bench's `runtime` column
+    timed: bool = False  # a form `bench` times (in this process or its own child: no transfer timed)
+    installed: Callable[[], bool] = always  # whether its package is on this machine (checked on use)
 
     @property
     def tier(self) -> bool:
-        """A runtime `all` leaves out: not meant to compute Keras' numbers at the f32 tolerances."""
-        return self.precision != "f32"
+        """A runtime `all` leaves out: not meant to compute Keras' numbers at the float32 tolerances."""
+        return self.precision != "float32"
 
 
 RUNTIMES: dict[str, Runtime] = {}
 
 
 def register(runtime: Runtime) -> Runtime:
-    """Make a runtime available to `verify --runtimes` under its name."""
+    """Make a runtime available to every command under its name."""
     RUNTIMES[runtime.name] = runtime
     return runtime
 
 
 for _name in ORT_LEVELS:  # a wrong rewrite shows up as a difference between levels
-    register(Runtime(_name, valid_everywhere, open_level(_name)))
-register(Runtime("reference", reference_oracle_problem, lambda path, model: ReferenceRunner(model)))
-register(Runtime("onnxruntime-node", js.problem, js.open_node))
-register(Runtime("onnxruntime-web", js.problem, js.open_web))  # WASM, under Node
-register(Runtime("chromium", js.problem, chromium.open_chromium))  # onnxruntime-web in a headless page
-register(Runtime("openvino", openvino.problem, openvino.open_f32))
+    register(Runtime(_name, valid_everywhere, open_level(_name), timed=_name == "onnxruntime"))
+for _tier in ("int8", "float16"):  # the export's precision tiers, derived from a float32 file
+    register(Runtime(f"onnxruntime-{_tier}", nothing_to_convert(_tier), open_tier(f"onnxruntime-{_tier}", _tier),
+                     precision=_tier, timed=True))
+register(Runtime("reference", reference_oracle_problem, lambda path, model, threads=None: ReferenceRunner(model),
+                 engine="onnx.reference"))
+register(Runtime("onnxruntime-node", js.problem, js.open_node, engine="onnxruntime-node"))
+register(Runtime("onnxruntime-web", js.problem, js.open_web, engine="onnxruntime-web"))  # WASM, under Node
+register(Runtime("chromium", js.problem, chromium.open_chromium, engine="chromium"))  # onnxruntime-web in a page
+register(Runtime("openvino", openvino.problem, openvino.open_f32, engine="openvino", timed=True,
+                 installed=openvino.installed))
 # OpenVINO's default precision (bf16 on CPUs that have it) is off by 5e-4 to 0.16 on the variant matrix:
-# named alone, it is run and reported with its error, never as passing at f32.
-register(Runtime("openvino-bf16", openvino.problem_bf16, openvino.open_default, precision="bf16"))
+# named alone, it is run and reported with its error, never as passing at float32.
+register(Runtime("openvino-bf16", openvino.problem_bf16, openvino.open_default, precision="bf16", engine="openvino",
+                 timed=True, installed=openvino.installed))
 
 
 def runtimes_named(names: Sequence[str]) -> list[Runtime]:
@@ -70,3 +85,34 @@ def runtimes_named(names: Sequence[str]) -> list[Runtime]:
     if unknown or not names:
         raise InputError(f"Expected runtimes among {list(RUNTIMES)} or all. Received: {list(names)}")
     return [RUNTIMES[n] for n in names]
+
+
+RUN_ENGINES = ("onnxruntime", "openvino")  # `run --runtime`: the runtimes a deploy machine runs in Python
+RUN_PRECISIONS = ("f32", "bf16")
+
+
+def open_runner(path: str | Path, runtime: str = "onnxruntime", precision: str = "f32",
+                threads: int | None = None) -> Runner:
+    """A runner of the file at `path` (`lstm-onnx run --runtime --precision --threads`): f32 is exact;
+    bf16 (OpenVINO's CPU default) is the `openvino-bf16` tier, off by 2e-3 to 1.5e-2. A runtime runs only
+    what its `problem` says it computes correctly, and refuses the rest, saying why."""
+    from toolkit.guard import check_threads
+    from toolkit.runner import load_onnx
+
+    if runtime not in RUN_ENGINES:
+        raise InputError(f"Expected --runtime among {list(RUN_ENGINES)}. Received: {runtime!r}")
+    name = runtime if precision == "f32" else f"{runtime}-{precision}"
+    if precision not in RUN_PRECISIONS or name not in RUNTIMES:
+        allowed = [p for p in RUN_PRECISIONS if (runtime if p == "f32" else f"{runtime}-{p}") in RUNTIMES]
+        raise InputError(f"Expected --precision among {allowed} with {runtime}. Received: {precision!r}")
+    if threads is not None:
+        check_threads([threads])
+    return open_checked(RUNTIMES[name], Path(path), load_onnx(path), threads)
+
+
+def open_checked(runtime: Runtime, path: Path, model: onnx.ModelProto, threads: int | None = None) -> Runner:
+    """A runner of `model` in `runtime`, refused in one line where the model is not valid there (`run`)."""
+    found = runtime.problem(model)
+    if found:
+        raise InputError(f"Expected a model {runtime.name} computes correctly. Received: {path.name}: {found}")
+    return runtime.open(path, model, threads=threads) if threads else runtime.open(path, model)
