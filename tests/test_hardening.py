@@ -13,7 +13,7 @@ from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.errors import ModelLoadError, OutputError, ParityError
 from toolkit.exporter import export_keras_file, export_model
-from toolkit.keras_io import check_keras_version
+from toolkit.guard import check_keras_version
 from toolkit.keras_runner import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.reference import ReferenceRunner, reference_oracle_problem

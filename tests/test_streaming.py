@@ -9,10 +9,11 @@ from click.testing import CliRunner
 from toolkit import metadata
 from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
+from toolkit.compare import split_steps
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.streaming import parse_chunks, split_steps, stream_parity
+from toolkit.streaming import parse_chunks, stream_parity
 
 STREAMED = {
     "lstm": variant_config("lstm", all_states=False, return_state=False),

@@ -12,15 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from toolkit.steps import StepErrors, merge_steps, step_errors
 from toolkit.tolerance import Tolerance, Tolerances
-
-if TYPE_CHECKING:
-    from toolkit.streaming import StreamReport
 
 
 @dataclass(frozen=True)
@@ -201,6 +198,39 @@ class RuntimeReport:
         for output in data["outputs"]:
             output["status"] = "pass" if output["passed"] else "fail"
         return data
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """Chunked ONNX Runtime vs Keras on the whole sequence (the model's outputs), and vs ONNX Runtime on
+    the whole sequence (every output, the extra state outputs included)."""
+
+    chunks: tuple[int, ...]
+    against_keras: ParityReport
+    against_whole: ParityReport
+    length: int = 0  # steps of the streamed sequence (the chunk boundaries are `split_steps(length, chunks)`)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """The steps at which a new chunk starts (after the first), for plots."""
+        return [start for start, _ in split_steps(self.length, self.chunks)][1:]
+
+    def __bool__(self) -> bool:
+        return bool(self.against_keras) and bool(self.against_whole)
+
+    def to_json(self) -> dict:
+        return {"chunks": list(self.chunks), "length": self.length, "passed": bool(self),
+                "against_keras": self.against_keras.to_json(),
+                "against_unchunked": self.against_whole.to_json()}
+
+
+def split_steps(length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
+    spans, start, i = [], 0, 0
+    while start < length:
+        end = min(length, start + sizes[i % len(sizes)])
+        spans.append((start, end))
+        start, i = end, i + 1
+    return spans
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ import onnx
 
 from toolkit import __version__, metadata
 from toolkit.compare import ParityReport, RuntimeReport
-from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
+from toolkit.errors import InputError, UnsupportedModelError
 from toolkit.export_record import record_metadata, tier_graph, tier_notes
-from toolkit.fileio import atomic_write_bytes, sha256_hex
+from toolkit.export_result import ExportResult, OutputInfo, load_runner
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras_io import (
     load_keras_model,
@@ -43,95 +43,15 @@ from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, 
 from toolkit.options import ExportOptions
 from toolkit.parity import check_parity
 from toolkit.precision import choose as choose_tolerance
-from toolkit.precision import failure_message
 from toolkit.runner import (
     FUSED_RECURRENT_OPS,
     LOOP_OPS,
-    TensorInfo,
     count_ops,
     graph_inputs,
     graph_outputs,
 )
-from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tf2onnx_lib import InputSignature, convert
-from toolkit.tiers import TierInfo
 from toolkit.tolerance import decide
-
-# Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
-QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)
-
-
-@dataclass(frozen=True)
-class OutputInfo:
-    """A graph output and where in the Keras model it comes from."""
-
-    name: str
-    layer: str
-    role: str
-    dtype: str
-    shape: tuple[int | str | None, ...]
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "layer": self.layer, "role": self.role, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass
-class ExportResult:
-    """One exported model, in memory, with its parity report; `save` writes it."""
-
-    model: onnx.ModelProto
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[OutputInfo, ...]
-    parity: ParityReport
-    op_counts: Mapping[str, int]
-    recurrent_layers: tuple[str, ...]
-    warnings: tuple[str, ...] = ()
-    lowering: tuple[LayerLowering, ...] = ()
-    notes: tuple[str, ...] = ()
-    tier: TierInfo | None = None
-    data: bytes = field(default=b"", repr=False)
-    proven: tuple[RuntimeReport, ...] = ()  # `export --runtimes`: the written bytes in each runtime, vs Keras
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.parity) and all(self.proven)
-
-    def items(self, label: str) -> list[tuple[str, ParityReport]]:
-        """The parity report and each runtime's, labelled for the tables."""
-        return [(label, self.parity)] + [(f"{label} [{r.runtime}]", r.report) for r in self.proven if r.report is not None]
-
-    def __post_init__(self) -> None:
-        if not self.data:
-            self.data = self.model.SerializeToString()
-
-    @property
-    def sha256(self) -> str:
-        return sha256_hex(self.data)
-
-    @property
-    def fused_ops(self) -> dict[str, int]:
-        return {op: self.op_counts[op] for op in FUSED_RECURRENT_OPS + QUANTIZED_RECURRENT_OPS if self.op_counts.get(op)}
-
-    @property
-    def fused(self) -> bool:
-        return not any(self.op_counts.get(op) for op in LOOP_OPS) and bool(self.fused_ops)
-
-    def save(self, path: str | Path, keep_failed: bool = False) -> Path:
-        """Write the model atomically. A model that failed parity is refused unless `keep_failed`."""
-        if not self.passed and not keep_failed:
-            raise ParityError(f"Parity failed, nothing written to {str(path)!r}: "
-                              + failure_message(self.items(Path(path).name)))
-        return atomic_write_bytes(path, self.data)
-
-    def to_json(self) -> dict[str, Any]:
-        """What a report says about this export (the CLI's `--json`)."""
-        payload = {"sha256": self.sha256, "fused_ops": self.fused_ops, "warnings": list(self.warnings),
-                   "notes": list(self.notes), "parity": self.parity.to_json()}
-        if self.tier is not None and self.tier.tier != "float32":  # float32 reports stay as they were
-            payload["tier"] = self.tier.to_json()
-        if self.proven:
-            payload["runtimes"] = {r.runtime: r.to_json() for r in self.proven}
-        return payload
 
 
 @dataclass
@@ -169,7 +89,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     op_counts = dict(sorted(count_ops(graph.proto).items()))
     precision = choose_tolerance(options.tolerances, model)
     tolerances = decide(options.tolerances, count_ops(graph.proto), options.tier, precision.compute_dtype)
-    report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, tolerances,
+    report = check_parity(model, load_runner(graph.proto, model.name), graph.names, tolerances,
                           seed=seed, padding_side=options.padding, reference=reference, state_map=graph.state_map)
     reference_notes = (f"parity reference: {reference.label}",) if reference is not None else ()
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
@@ -298,16 +218,6 @@ def _fusion_check(lowering: Sequence[LayerLowering], op_counts: Mapping[str, int
     return warnings
 
 
-def _load_runner(proto: onnx.ModelProto, model_name: str) -> OnnxRunner:
-    """Step 4b's runtime. A graph ONNX Runtime refuses (an op tf2onnx wrote but it lacks, e.g.) is an
-    export failure, not a bad input: `OnnxRunner` says why in its `ModelLoadError`."""
-    try:
-        return OnnxRunner(proto)
-    except ModelLoadError as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"ONNX Runtime cannot load the export of {model_name!r}: {first_line[:300]}") from exc
-
-
 @dataclass
 class FileExport:
     """A user's `.keras` file exported to `target`: written only when parity passed (or kept on request)."""
@@ -388,7 +298,7 @@ def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
     """A Keras 2 file (.h5, SavedModel folder, tf.keras .keras): translated, exported through the same
     lowering, and checked against the original (`toolkit.keras2`)."""
     if fmt.kind == "module":
-        from toolkit.keras2.module import export_module_savedmodel
+        from toolkit.keras2.module_export import export_module_savedmodel
 
         return export_module_savedmodel(src, options)
     from toolkit.keras2.loader import load_keras2_model

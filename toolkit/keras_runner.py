@@ -5,7 +5,6 @@ inside the functions, never at module level, so `run` and `inspect` stay light.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,10 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.guard import safe_text
+from toolkit.guard import keras_reason, safe_text
 from toolkit.naming import OutputOrigin, output_origins, unique_names
 from toolkit.runner import first_line
 from toolkit.runtimes.base import Runner
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras prints the cause of a layer's failure in bold
 
 
 def keras_errors() -> tuple[type[BaseException], ...]:
@@ -40,37 +37,6 @@ def reset_states(model: Any) -> None:
         if getattr(layer, "stateful", False) and getattr(layer, "states", None) is not None:
             for variable in keras.tree.flatten(layer.states):
                 variable.assign(keras.ops.zeros_like(variable.value))
-
-
-def keras_reason(exc: BaseException) -> str:
-    """One line of what Keras said: its 'Exception encountered when calling X.call().' names the layer,
-    and the next non-blank line (bold with ANSI codes) says what failed, so both are kept."""
-    return _reason_of([line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()],
-                      type(exc).__name__)
-
-
-def _reason_of(lines: list[str], fallback: str) -> str:
-    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
-        lines = [f"{lines[0]} {lines[1]}"]
-    return safe_text(lines[0] if lines else fallback, limit=300)
-
-
-# The line of a traced function's error that names the exception raised inside it ("    ValueError: ...").
-_RAISED = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)): ?(.*)$")
-
-
-def error_cause(exc: BaseException) -> str:
-    """`Type: why` in one line. An error raised while TensorFlow traced a function reads "in user code:",
-    then the frames, then the exception raised inside: that exception is the cause, not the first line."""
-    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
-    name = type(exc).__name__
-    if lines and lines[0] == "in user code:":
-        for index, line in enumerate(lines):
-            raised = _RAISED.match(line)
-            if raised:
-                name, lines = raised.group(1), [raised.group(2), *lines[index + 1:]]
-                break
-    return f"{name}: {_reason_of(lines, '(no message)')}"
 
 
 def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray], reset: bool = True) -> list[np.ndarray]:

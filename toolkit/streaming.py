@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 
 from toolkit import metadata
-from toolkit.compare import ParityReport
+from toolkit.compare import StreamReport, split_steps
 from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.inputs import InputCase, embedding_vocab, random_input
@@ -31,30 +30,6 @@ from toolkit.tolerance import Tolerances, compute_dtype, decide
 from toolkit.verify import compare_runners
 
 
-@dataclass(frozen=True)
-class StreamReport:
-    """Chunked ONNX Runtime vs Keras on the whole sequence (the model's outputs), and vs ONNX Runtime on
-    the whole sequence (every output, the extra state outputs included)."""
-
-    chunks: tuple[int, ...]
-    against_keras: ParityReport
-    against_whole: ParityReport
-    length: int = 0  # steps of the streamed sequence (the chunk boundaries are `split_steps(length, chunks)`)
-
-    @property
-    def boundaries(self) -> list[int]:
-        """The steps at which a new chunk starts (after the first), for plots."""
-        return [start for start, _ in split_steps(self.length, self.chunks)][1:]
-
-    def __bool__(self) -> bool:
-        return bool(self.against_keras) and bool(self.against_whole)
-
-    def to_json(self) -> dict:
-        return {"chunks": list(self.chunks), "length": self.length, "passed": bool(self),
-                "against_keras": self.against_keras.to_json(),
-                "against_unchunked": self.against_whole.to_json()}
-
-
 def parse_chunks(spec: str) -> list[int]:
     """`3` means chunks of 3 steps; `1,4,2` those sizes in turn."""
     try:
@@ -64,15 +39,6 @@ def parse_chunks(spec: str) -> list[int]:
     if not sizes or any(size < 1 for size in sizes):
         raise InputError(f"Expected --stream as a chunk size or a comma-separated list of sizes >= 1. Received: {spec!r}")
     return sizes
-
-
-def split_steps(length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
-    spans, start, i = [], 0, 0
-    while start < length:
-        end = min(length, start + sizes[i % len(sizes)])
-        spans.append((start, end))
-        start, i = end, i + 1
-    return spans
 
 
 def state_map(model: onnx.ModelProto) -> dict[str, str]:

@@ -19,7 +19,8 @@ from toolkit import __version__
 from toolkit.builder import StackConfig, build_stack, stack_budget
 from toolkit.compare import ParityReport
 from toolkit.errors import InputError, OutputError
-from toolkit.exporter import ExportResult, export_model
+from toolkit.export_result import ExportResult
+from toolkit.exporter import export_model
 from toolkit.fileset import write_file_set
 from toolkit.limits import check_budget
 from toolkit.metadata import parity_metadata, read_opset, versions

@@ -16,7 +16,6 @@ import numpy as np
 
 from toolkit.errors import UnsupportedModelError
 from toolkit.guard import safe_text
-from toolkit.options import ExportOptions
 
 TIME_STEPS = (3, 5, 11)  # a dynamic time axis is checked at several lengths
 BATCHES = (1, 4)
@@ -68,20 +67,3 @@ def module_cases(spec: SignatureSpec, seed: int) -> list[Any]:
                            else rng.uniform(-1, 1, size=concrete).astype(kind))
         cases.append(InputCase(f"random batch {batch}, {steps} steps", feeds))
     return cases
-
-
-def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0) -> Any:
-    """Convert a tf.Module SavedModel's serving signature with tf2onnx, named and checked."""
-    import tensorflow as tf
-
-    from toolkit.keras2.module_export import finish_module_export
-    from toolkit.keras2.savedmodel import check_graph_ops
-
-    check_graph_ops(folder, options.limits)
-    loaded = tf.saved_model.load(str(folder))
-    if "serving_default" not in loaded.signatures:
-        raise UnsupportedModelError(f"Expected a SavedModel with a serving_default signature. Received: "
-                                    f"{safe_text(str(folder))!r} with {sorted(loaded.signatures)}")
-    function = loaded.signatures["serving_default"]
-    spec = signature_spec(function, folder)
-    return finish_module_export(folder, function, spec, options, seed)

@@ -1,6 +1,6 @@
-"""The steps after tf2onnx for a `tf.Module` SavedModel (`toolkit.keras2.module`): the same naming,
-canonical form, fusion report, parity check and metadata as a Keras export, with the serving signature
-in the place of the Keras model."""
+"""The export of a `tf.Module` SavedModel (its signature read by `toolkit.keras2.module`): tf2onnx's
+conversion, then the same naming, canonical form, fusion report, parity check and metadata as a Keras
+export, with the serving signature in the place of the Keras model."""
 
 from __future__ import annotations
 
@@ -10,16 +10,34 @@ from typing import Any
 import onnx
 
 from toolkit import __version__, metadata
+from toolkit.errors import UnsupportedModelError
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
-from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases
+from toolkit.guard import safe_text
+from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases, signature_spec
 from toolkit.options import ExportOptions
 from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
 from toolkit.tf2onnx_lib import InputSignature, convert_call
 from toolkit.tolerance import Tolerances, decide
 
 
+def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0) -> Any:
+    """Convert a tf.Module SavedModel's serving signature with tf2onnx, named and checked."""
+    import tensorflow as tf
+
+    from toolkit.keras2.savedmodel import check_graph_ops
+
+    check_graph_ops(folder, options.limits)
+    loaded = tf.saved_model.load(str(folder))
+    if "serving_default" not in loaded.signatures:
+        raise UnsupportedModelError(f"Expected a SavedModel with a serving_default signature. Received: "
+                                    f"{safe_text(str(folder))!r} with {sorted(loaded.signatures)}")
+    function = loaded.signatures["serving_default"]
+    spec = signature_spec(function, folder)
+    return finish_module_export(folder, function, spec, options, seed)
+
+
 def finish_module_export(folder: Path, function: Any, spec: SignatureSpec, options: ExportOptions, seed: int) -> Any:
-    from toolkit.exporter import ExportResult, OutputInfo, _load_runner
+    from toolkit.export_result import ExportResult, OutputInfo, load_runner
     from toolkit.verify import compare_runners
 
     signature = [InputSignature(name, dtype, shape) for name, shape, dtype in spec.inputs]
@@ -40,7 +58,7 @@ def finish_module_export(folder: Path, function: Any, spec: SignatureSpec, optio
     ops = count_ops(proto)
     warnings = _fusion_warnings(ops)
     tolerances = options.tolerances if options.tolerances != Tolerances() else Tolerances()
-    runner = _load_runner(proto, folder.name)
+    runner = load_runner(proto, folder.name)
     reference = SignatureRunner(function, spec)
     report = compare_runners(reference, [runner], module_cases(spec, seed), decide(tolerances, ops),
                              [v.name for v in proto.graph.output])[runner.name]
