@@ -125,7 +125,8 @@ class OpenVinoRunner(Runner):
                  properties: Mapping[str, Any] | None = None):
         if runtime not in PRECISIONS:
             raise InputError(f"Expected an OpenVINO runtime among {list(PRECISIONS)}. Received: {runtime!r}")
-        _import_openvino()  # not installed: one line here, not a child's error
+        if not installed():  # one line here, not a child's error; the child imports it
+            _import_openvino()
         super().__init__(model, runtime)
         config = {"path": str(Path(path).resolve()), "runtime": runtime, "precision": PRECISIONS[runtime],
                   "threads": check_threads([threads])[0] if threads else None, "outputs": self.output_names,
