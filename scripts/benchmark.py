@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.bench import interleaved_ms  # noqa: E402
 from toolkit.builder import VARIANTS, build_stack, variant_config  # noqa: E402
-from toolkit.compare import Tolerances  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
 from toolkit.lowering import CELL_OPS, GraphWriter, NotFusable, op_attributes, plan_cell  # noqa: E402
-from toolkit.verify import OnnxRunner  # noqa: E402
+from toolkit.runtimes.onnxrt import OnnxRunner  # noqa: E402
+from toolkit.tolerance import Tolerances
 
 # Every variant the builder offers but lstm_unroll, which needs a fixed number of steps (unroll=True).
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "lstm_unroll"]
@@ -202,20 +202,19 @@ def fast_forms(proto: Any, folder: Path) -> list[FastForm]:
     """ORT int8 and OpenVINO f32 of the export, where they apply (ORT's default thread count, as the others)."""
     import onnx
 
-    from toolkit.tiers import Target, available_targets, open_target
+    from toolkit.errors import InputError
+    from toolkit.runtimes.registry import RUNTIMES, open_checked
 
     path = folder / "export.onnx"
     onnx.save(proto, str(path))
     forms = []
     for name, exact in (("onnxruntime-int8", False), ("openvino", True)):
-        target = available_targets().get(name)
-        if target is None:
+        if not RUNTIMES[name].installed():
             continue
-        runner, problem, _ = open_target(Target(target.runtime, target.tier, os.cpu_count() or 1), proto, path)
-        if runner is not None:
-            forms.append(FastForm(name, runner, exact))
-        else:
-            print(f"    {name}: not run ({problem})", flush=True)
+        try:
+            forms.append(FastForm(name, open_checked(RUNTIMES[name], path, proto, os.cpu_count() or 1), exact))
+        except InputError as exc:  # not valid there, or refused by the runtime
+            print(f"    {name}: not run ({exc})", flush=True)
     return forms
 
 

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import onnx  # noqa: E402
 
 from toolkit.builder import VARIANTS, StackConfig, build_stack, stack_configs, variant_config  # noqa: E402
-from toolkit.compare import Tolerances  # noqa: E402
 from toolkit.errors import InputError  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
 from toolkit.parity import check_parity  # noqa: E402
-from toolkit.verify import RUNTIMES, Runtime  # noqa: E402
+from toolkit.runtimes.registry import RUNTIMES, Runtime  # noqa: E402
+from toolkit.tolerance import Tolerances
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -106,7 +106,7 @@ def decode_keras(encoder_model: Any, decoder_model: Any, sequence: np.ndarray) -
 
 def decode_onnx(encoder_path: Path, decoder_path: Path, sequence: np.ndarray) -> list[int]:
     """The same loop in ONNX Runtime, by output name: no TensorFlow."""
-    from toolkit.verify import OnnxRunner
+    from toolkit.runtimes.onnxrt import OnnxRunner
 
     encoder, decoder = OnnxRunner(encoder_path), OnnxRunner(decoder_path)
     states = encoder.run({"encoder_inputs": sequence})
@@ -145,7 +145,7 @@ def median_ms(fn: Any, repeats: int = 50) -> float:
 
 def decoder_step_latency(decoder_model: Any, decoder_path: Path) -> dict[str, float]:
     """One decoder step (batch 1): Keras predict, a direct Keras call, ONNX Runtime."""
-    from toolkit.verify import OnnxRunner
+    from toolkit.runtimes.onnxrt import OnnxRunner
 
     target = one_hot(START, NUM_DECODER_TOKENS)
     h = np.zeros((1, LATENT_DIM), np.float32)

@@ -13,10 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from toolkit.builder import StackConfig, build_stack  # noqa: E402
-from toolkit.compare import Tolerances  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
-from toolkit.parity import keras_outputs  # noqa: E402
-from toolkit.verify import OnnxRunner  # noqa: E402
+from toolkit.keras_runner import keras_outputs  # noqa: E402
+from toolkit.runtimes.onnxrt import OnnxRunner  # noqa: E402
+from toolkit.tolerance import Tolerances
 
 
 def main() -> None:

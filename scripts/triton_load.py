@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from toolkit.runner import load_onnx  # noqa: E402
+from toolkit.runtimes.onnxrt import OnnxRunner  # noqa: E402
 from toolkit.serve import ServeOptions, TritonServer  # noqa: E402
-from toolkit.verify import OnnxRunner  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ def saved_models(tmp_path_factory):
 def assert_close(actual, expected, name="output", tolerances=None):
     """Assert one output within the project's parity tolerance (`compare.Tolerances`: rtol 1e-5, atol 1e-6
     by default, or that output's own), with the comparison's figures as the failure message."""
-    from toolkit.compare import Tolerances, compare_arrays
+    from toolkit.compare import compare_arrays
+    from toolkit.tolerance import Tolerances
 
     comparison = compare_arrays(name, expected, actual, (tolerances or Tolerances()).for_output(name))
     assert comparison, str(comparison)

@@ -7,13 +7,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from toolkit.bench import BENCH_HEADERS, FormResult, bench, bench_inputs, recommend
+from toolkit.bench import BENCH_HEADERS, FormResult, Target, bench, bench_inputs, recommend
 from toolkit.builder import build_stack, variant_config
 from toolkit.cli import cli
-from toolkit.compare import Tolerances
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
-from toolkit.tiers import Target
+from toolkit.tolerance import Tolerances
 
 ORT_FORMS = ["onnxruntime", "onnxruntime-int8", "onnxruntime-float16"]
 FAST = {"budget_s": 0.05, "rounds": 2, "threads": (1,), "runtimes": ORT_FORMS}

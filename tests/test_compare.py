@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from toolkit.compare import DEFAULT_TOLERANCE, ParityReport, Tolerance, Tolerances, compare_arrays, compare_case
+from toolkit.compare import ParityReport, compare_arrays, compare_case
 from toolkit.errors import InputError
+from toolkit.tolerance import DEFAULT_TOLERANCE, Tolerance, Tolerances
 
 
 def test_default_tolerance_is_at_least_as_tight_as_tf2onnx_keras_lstm_tests():

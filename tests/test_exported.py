@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from toolkit.builder import SEED_INPUT, StackConfig, build_stack
-from toolkit.compare import Tolerances
 from toolkit.fileio import sha256_hex
 from toolkit.metadata import read_options
 from toolkit.parity import check_parity
+from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.suite import read_manifest
-from toolkit.verify import OnnxRunner
+from toolkit.tolerance import Tolerances
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
 MANIFEST = read_manifest(EXPORTED)

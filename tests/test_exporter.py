@@ -10,14 +10,14 @@ from conftest import assert_close
 
 from toolkit import metadata
 from toolkit.builder import StackConfig, build_stack
-from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import InputError, ParityError
 from toolkit.exporter import export_model
+from toolkit.keras_runner import keras_outputs
 from toolkit.naming import output_origins
 from toolkit.options import DEFAULT_OPSET, ExportOptions
-from toolkit.parity import keras_outputs
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.tolerance import DEFAULT_TOLERANCE, Tolerances
 
 # Beyond the post's four: 1-3 layers, several unit counts, fixed and variable time, every flag pair.
 MATRIX = [
@@ -180,11 +180,11 @@ def test_a_graph_onnx_runtime_refuses_is_an_export_error():
     from onnx import TensorProto, helper
 
     from toolkit.errors import ExportError
-    from toolkit.exporter import _load_runner
+    from toolkit.export_result import load_runner
 
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="example.custom")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)])
     with pytest.raises(ExportError, match="ONNX Runtime cannot load the export of 'm': Expected a model ONNX Runtime"):
-        _load_runner(proto, "m")
+        load_runner(proto, "m")

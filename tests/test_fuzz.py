@@ -14,8 +14,9 @@ from strategies import stacks
 
 from toolkit.builder import build_stack
 from toolkit.exporter import export_model
-from toolkit.parity import InputCase, check_parity, embedding_vocab, padding_of, random_input
-from toolkit.verify import OnnxRunner
+from toolkit.inputs import InputCase, embedding_vocab, padding_of, random_input
+from toolkit.parity import check_parity
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 EXAMPLES = int(os.environ.get("LSTM_ONNX_FUZZ_EXAMPLES", "25"))
 

@@ -11,10 +11,14 @@ from click.testing import CliRunner
 from toolkit import fileio
 from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
-from toolkit.compare import Tolerances
 from toolkit.errors import ModelLoadError, OutputError, ParityError
-from toolkit.exporter import check_keras_version, export_keras_file, export_model
-from toolkit.verify import OnnxRunner, ReferenceRunner, keras_outputs, reference_oracle_problem, verify_runtimes
+from toolkit.exporter import export_keras_file, export_model
+from toolkit.guard import check_keras_version
+from toolkit.keras_runner import keras_outputs
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.runtimes.reference import ReferenceRunner, reference_oracle_problem
+from toolkit.tolerance import Tolerances, decide
+from toolkit.verification import verify_runtimes
 
 # ------------------------------------------------------------------------------------ untrusted files
 
@@ -105,7 +109,7 @@ def test_long_sequences_keep_parity(cell):
     x = np.random.default_rng(0).standard_normal((2, 2000, 4)).astype(np.float32)
     expected = keras_outputs(model, {"input": x})
     actual = OnnxRunner(result.model).run({"input": x})
-    tol = Tolerances().resolve(result.op_counts).base
+    tol = decide(Tolerances(), result.op_counts).base
     for want, got in zip(expected, actual.values()):
         np.testing.assert_allclose(got, want, rtol=tol.rtol, atol=tol.atol)
 
@@ -118,7 +122,7 @@ def test_saturating_inputs_keep_parity(variant):
     feeds = {"input": x} | {i.name: np.zeros((3, 8), np.float32) for i in result.inputs[1:]}
     expected = keras_outputs(model, feeds)
     actual = OnnxRunner(result.model).run(feeds)
-    tol = Tolerances().resolve(result.op_counts).base
+    tol = decide(Tolerances(), result.op_counts).base
     for want, got in zip(expected, actual.values()):
         np.testing.assert_allclose(got, want, rtol=tol.rtol, atol=tol.atol)
 

@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from conftest import assert_close
 
 from toolkit.cli import cli
-from toolkit.compare import Tolerances
 from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.exporter import export_keras_model
 from toolkit.keras2.formats import keras2_format
 from toolkit.limits import DEFAULT_LIMITS
 from toolkit.metadata import read_source
 from toolkit.runner import LOOP_OPS, count_ops
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.tolerance import Tolerances, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def check_against_tf_keras(proto, folder: Path, name: str, names: list[str]) -> 
     dtypes = {value.name: onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type) for value in proto.graph.input}
     actual = runner.run({name: value.astype(dtypes[name]) for name, value in feeds.items()})  # float ids -> int32
     # The project's policy: SimpleRNN's ONNX RNN op gets compare.RNN_OP_TOLERANCE (its measured reason there).
-    tolerances = Tolerances().resolve(count_ops(runner.model))
+    tolerances = decide(Tolerances(), count_ops(runner.model))
     for output, value in zip(names, expected):
         assert_close(actual[output], value, output, tolerances)
 

@@ -14,7 +14,7 @@ from keras_cells import keras_cells
 
 from toolkit.exporter import export_model
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 SEQUENCE = np.arange(24).reshape((2, 4, 3)).astype("float32")
 TAIL_MASK = np.array([[True, True, True, False], [True, True, False, False]])  # lstm_test.py

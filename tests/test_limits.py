@@ -26,8 +26,8 @@ import pytest
 from toolkit import fileio
 from toolkit.budget import count_config
 from toolkit.errors import InputError, ModelLoadError, OutputError
-from toolkit.fileio import atomic_output, save_npz
-from toolkit.fileset import JOURNAL, recover, write_file_set
+from toolkit.fileio import JOURNAL, atomic_output, recover, save_npz
+from toolkit.fileset import write_file_set
 from toolkit.guard import check_batch, check_feed_array, check_feed_arrays, check_feed_dtype, check_input_names, safe_text
 from toolkit.limits import ResourceLimits, inspect_keras_file
 

@@ -17,8 +17,9 @@ import pytest
 
 from toolkit.exporter import export_model
 from toolkit.inputs import draw_mask, make_cases, mask_inputs
+from toolkit.keras_runner import keras_outputs
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner, keras_outputs
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 RTOL, ATOL = 1e-5, 1e-6
 

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from toolkit.builder import EMBEDDING_VOCAB, build_stack, variant_config
 from toolkit.exporter import export_model
+from toolkit.keras_runner import keras_outputs
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner, keras_outputs
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 RTOL, ATOL = 1e-5, 1e-6
 EXAMPLES = settings(max_examples=6, deadline=None, derandomize=True, database=None,

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from toolkit.builder import set_deterministic_weights
-from toolkit.compare import DEFAULT_TOLERANCE, Tolerances
 from toolkit.errors import ParityError
 from toolkit.exporter import export_model
 from toolkit.metadata import read_parity
 from toolkit.parity import check_parity
-from toolkit.precision import LOW_PRECISION_TOLERANCES, compute_dtype, failure_message
+from toolkit.precision import failure_message
 from toolkit.runner import LOOP_OPS
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.tolerance import DEFAULT_TOLERANCE, LOW_PRECISION_TOLERANCES, Tolerances, compute_dtype
 
 POLICIES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 

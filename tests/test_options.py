@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.compare import Tolerances
 from toolkit.errors import InputError
 from toolkit.metadata import metadata_value
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES, ExportOptions
 from toolkit.runner import load_onnx
+from toolkit.tolerance import Tolerances
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
 

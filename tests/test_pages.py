@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
 from toolkit.runtimes.devtools import DevToolsPage, serve_folder
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX_JS = """Array.from(document.querySelectorAll('table.matrix td[data-status]')).map(

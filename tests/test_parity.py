@@ -6,12 +6,13 @@ import pytest
 from onnx import numpy_helper
 
 from toolkit.builder import build_stack, variant_config
-from toolkit.compare import Tolerance, Tolerances
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
 from toolkit.inputs import InputCase
 from toolkit.parity import check_parity
-from toolkit.verify import OnnxRunner, ReferenceRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.runtimes.reference import ReferenceRunner
+from toolkit.tolerance import Tolerance, Tolerances
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from toolkit.compare import ParityReport, RuntimeReport, Tolerances, VerifyReport, compare_case
+from toolkit.compare import ParityReport, RuntimeReport, VerifyReport, compare_case
 from toolkit.report import (
     PARITY_HEADERS,
     description_text,
@@ -13,6 +13,7 @@ from toolkit.report import (
     verify_text,
 )
 from toolkit.runner import inspect_model
+from toolkit.tolerance import Tolerances
 
 EXPECTED = [np.full((2, 3), 2.0, np.float32), np.ones((2,), np.float32)]
 

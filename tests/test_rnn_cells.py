@@ -9,7 +9,7 @@ from toolkit.errors import UnsupportedModelError
 from toolkit.exporter import export_model
 from toolkit.metadata import read_state_map
 from toolkit.runner import LOOP_OPS, count_ops
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 CELLS = {
     "lstm": lambda units: __import__("keras").layers.LSTMCell(units),

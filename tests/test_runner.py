@@ -7,7 +7,7 @@ import pytest
 from toolkit.errors import InputError, ModelLoadError
 from toolkit.metadata import STATE_MAP, write_metadata
 from toolkit.runner import inspect_model, load_feeds, load_onnx, optional_inputs
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 
 @pytest.fixture(scope="module")

@@ -29,25 +29,23 @@ import onnx
 import pytest
 
 from toolkit.builder import StackConfig, build_stack, variant_config
-from toolkit.compare import Tolerances, compare_arrays
-from toolkit.errors import InputError
+from toolkit.compare import compare_arrays
+from toolkit.errors import InputError, RuntimeFailure
 from toolkit.exporter import export_model
 from toolkit.inputs import InputCase
+from toolkit.keras_runner import KerasRunner
 from toolkit.metadata import metadata_value
 from toolkit.parity import check_parity
+from toolkit.process import LineProcess, live_group_members
 from toolkit.runtimes import chromium, js
 from toolkit.runtimes import openvino as ov_runtime
-from toolkit.runtimes.base import (
-    LineProcess,
-    RuntimeFailure,
-    decode_tensor,
-    encode_tensor,
-    live_group_members,
-    open_or_failed,
-)
+from toolkit.runtimes.base import decode_tensor, encode_tensor, open_or_failed
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.runtimes.registry import RUNTIMES, runtimes_named
 from toolkit.streaming import StreamingRunner
 from toolkit.suite import read_manifest
-from toolkit.verify import RUNTIMES, KerasRunner, OnnxRunner, compare_runners, runtimes_named
+from toolkit.tolerance import Tolerances
+from toolkit.verify import compare_runners
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
 ENTRIES = read_manifest(EXPORTED)["models"]
@@ -75,12 +73,14 @@ def _export(tmp_path: Path, name: str, **overrides) -> tuple[object, object, Pat
     return keras_model, result, path
 
 
-def test_verify_registers_every_deploy_runtime_and_all_leaves_out_the_bf16_tier():
+def test_verify_registers_every_deploy_runtime_and_all_leaves_out_the_tiers():
     deploy = ["onnxruntime-node", "onnxruntime-web", "chromium", "openvino", "openvino-bf16"]
     assert [name for name in RUNTIMES if name in deploy] == deploy
     assert all(runtime.name == name for name, runtime in RUNTIMES.items())
     everything = [r.name for r in runtimes_named(["all"])]
-    assert everything == [n for n in RUNTIMES if n != "openvino-bf16"]
+    tiers = {"openvino-bf16", "onnxruntime-int8", "onnxruntime-float16"}
+    assert {n for n, r in RUNTIMES.items() if r.tier} == tiers
+    assert everything == [n for n in RUNTIMES if n not in tiers]
     assert {"onnxruntime", "reference", "onnxruntime-node", "onnxruntime-web", "chromium", "openvino"} <= set(everything)
     with pytest.raises(InputError, match="or all. Received: \\['nodejs'\\]"):
         runtimes_named(["nodejs"])
@@ -215,8 +215,11 @@ def test_close_leaves_no_process_behind(runtime):
 @pytest.mark.parametrize("runtime", PROCESS_RUNTIMES)
 def test_a_runtimes_error_is_one_line_and_the_runner_survives_it(runtime):
     with _open(runtime, EXPORTED / ENTRIES[0]["file"]) as runner:
+        wrong = {"input": np.zeros((1, 3, 1), np.float64)}
+        with pytest.raises(InputError, match="Expected input 'input' of dtype float32. Received: dtype float64"):
+            runner.run(wrong)  # the contract checks feeds before any runtime sees them
         with pytest.raises(RuntimeFailure, match=r"^Expected a run in .*Received its error: .*double") as caught:
-            runner.run({"input": np.zeros((1, 3, 1), np.float64)})
+            runner._run(wrong, 60)  # past the checks: the runtime's own error, as one line
         assert "\n" not in str(caught.value)
         assert runner.run({"input": np.zeros((1, 3, 1), np.float32)})
 
@@ -399,7 +402,8 @@ def test_the_bf16_tier_is_not_valid_where_openvino_runs_f32():
     f32_core.set_property("CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert ov_runtime.bf16_problem(f32_core) == "this CPU runs OpenVINO in f32"
     with pytest.raises(RuntimeFailure, match="Expected openvino-bf16 to compute in bf16. Received: this CPU runs"):
-        ov_runtime.OpenVinoRunner(path, onnx.load(str(path)), "openvino-bf16", core=f32_core)
+        ov_runtime.OpenVinoRunner(path, onnx.load(str(path)), "openvino-bf16",
+                                  properties={"INFERENCE_PRECISION_HINT": "f32"})
     default_bf16 = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") == openvino.Type.bf16
     assert (RUNTIMES["openvino-bf16"].problem(onnx.load(str(path))) is None) == default_bf16
 
@@ -432,7 +436,7 @@ KILLED_VERIFY = """
 import contextlib, sys
 from pathlib import Path
 import onnx
-from toolkit.verify import RUNTIMES
+from toolkit.runtimes.registry import RUNTIMES
 path = Path(sys.argv[1])
 with contextlib.ExitStack() as stack:  # as verify_runtimes holds its runners
     runners = [stack.enter_context(RUNTIMES[name].open(path, onnx.load(str(path))))

@@ -30,7 +30,7 @@ def test_greedy_decoding_in_onnx_runtime_equals_keras(seq2seq, tmp_path):
 
 
 def test_exports_are_named_like_the_keras_io_models(seq2seq, tmp_path):
-    from toolkit.verify import OnnxRunner
+    from toolkit.runtimes.onnxrt import OnnxRunner
 
     _, encoder_model, decoder_model = seq2seq.build(latent_dim=8)
     encoder_path, decoder_path = seq2seq.export(encoder_model, decoder_model, tmp_path)

@@ -23,18 +23,18 @@ from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
+from toolkit.keras_runner import keras_outputs
 from toolkit.metadata import read_state_map as state_map
-from toolkit.parity import keras_outputs
+from toolkit.process import owner_pid
 from toolkit.runner import load_onnx
+from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.serve import (
     ServeOptions,
     TritonServer,
-    owner_pid,
     remove_stale,
     server_environment,
     triton_distribution,
 )
-from toolkit.verify import OnnxRunner
 
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")

@@ -18,7 +18,7 @@ from conftest import assert_close
 
 from toolkit.builder import StackConfig, build_stack
 from toolkit.exporter import export_model
-from toolkit.parity import keras_outputs
+from toolkit.keras_runner import keras_outputs
 from toolkit.serve import ServeError, ServeOptions, TritonServer
 from toolkit.serve_sandbox import backend_stubs
 

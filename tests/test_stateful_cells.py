@@ -14,11 +14,12 @@ import pytest
 from keras_cells import keras_cells
 
 from toolkit.carry import CALLS, CarryingRunner, StatefulKerasRunner, call_cases
-from toolkit.compare import Tolerances
 from toolkit.exporter import export_model
 from toolkit.metadata import read_state_inputs, read_state_map
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner, compare_with_keras
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.tolerance import Tolerances
+from toolkit.verify import compare_with_keras
 
 RTOL, ATOL = 1e-5, 1e-6
 

@@ -9,10 +9,11 @@ from click.testing import CliRunner
 from toolkit import metadata
 from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.cli import cli
+from toolkit.compare import split_steps
 from toolkit.errors import InputError
 from toolkit.exporter import export_model
-from toolkit.streaming import parse_chunks, split_steps, stream_parity
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.streaming import parse_chunks, stream_parity
 
 STREAMED = {
     "lstm": variant_config("lstm", all_states=False, return_state=False),
@@ -116,7 +117,7 @@ def test_export_state_io_and_verify_stream_cli(tmp_path):
 
 
 def test_state_outputs_take_per_output_tolerances():
-    from toolkit.compare import Tolerances
+    from toolkit.tolerance import Tolerances
 
     model = build_stack(StackConfig(layers=1, units=3, timesteps=None, features=2))
     result = export_model(model, state_io=True, tolerances=Tolerances.parse(atol=["lstm_1_state_c:1e-5"]))

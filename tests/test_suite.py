@@ -5,11 +5,11 @@ import json
 import pytest
 
 from toolkit.builder import StackConfig, stack_configs
-from toolkit.compare import Tolerances
 from toolkit.errors import InputError
 from toolkit.metadata import read_options
 from toolkit.options import ExportOptions
 from toolkit.suite import MANIFEST_NAME, export_stacks, read_manifest
+from toolkit.tolerance import Tolerances
 
 
 def test_result_knows_its_json_and_its_table_rows(seed_suite):

@@ -6,9 +6,11 @@ import pytest
 
 from toolkit import metadata
 from toolkit.errors import ModelLoadError, UnsupportedModelError
-from toolkit.exporter import export_keras_file, load_keras_model, verify_files
+from toolkit.exporter import export_keras_file
+from toolkit.keras_io import load_keras_model
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.verification import verify_files
 
 
 def test_functional_model_with_initial_state_inputs(saved_models, tmp_path):
@@ -47,7 +49,7 @@ def test_verify_an_existing_export(saved_models, tmp_path):
 
 
 def _too_tight():
-    from toolkit.compare import Tolerances
+    from toolkit.tolerance import Tolerances
 
     return Tolerances.parse(atol=["0"], rtol=["0"])
 

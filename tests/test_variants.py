@@ -9,9 +9,9 @@ from toolkit import metadata
 from toolkit.builder import VARIANTS, StackConfig, build_stack, variant_config
 from toolkit.errors import InputError, UnsupportedModelError
 from toolkit.exporter import export_model
-from toolkit.parity import keras_outputs
+from toolkit.keras_runner import keras_outputs
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
 
 # Fused ops each variant must become (two layers each, three for mixed_cells). A Bidirectional layer is
 # one op with direction=bidirectional.
@@ -366,7 +366,7 @@ def test_padding_is_checked_and_recorded():
 
 
 def test_verify_checks_masked_exports_on_mixed_masks(tmp_path):
-    from toolkit.exporter import verify_files
+    from toolkit.verification import verify_files
 
     model = build_stack(variant_config("gru_masking", all_states=False))
     model.save(tmp_path / "model.keras")

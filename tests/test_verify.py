@@ -8,34 +8,31 @@ import pytest
 from click.testing import CliRunner
 from conftest import assert_close
 
-from toolkit import verify
 from toolkit.builder import build_stack, variant_config
 from toolkit.cli import cli
-from toolkit.compare import RuntimeReport, Tolerances, VerifyReport
+from toolkit.compare import RuntimeReport, VerifyReport
 from toolkit.errors import InputError
 from toolkit.exporter import export_keras_file
 from toolkit.inputs import InputCase
-from toolkit.verify import (
-    RUNTIMES,
-    KerasRunner,
-    OnnxRunner,
-    ReferenceRunner,
-    RunnerBase,
-    Runtime,
-    compare_runners,
-    keras_outputs,
-    register,
-    verify_runtimes,
-)
+from toolkit.keras_runner import KerasRunner, keras_outputs
+from toolkit.runtimes import registry
+from toolkit.runtimes.base import Runner
+from toolkit.runtimes.onnxrt import ORT_LEVELS, OnnxRunner
+from toolkit.runtimes.reference import ReferenceRunner
+from toolkit.runtimes.registry import RUNTIMES, Runtime, register
+from toolkit.tolerance import Tolerances
+from toolkit.verification import verify_runtimes
+from toolkit.verify import compare_runners
 
 
-class FixedRunner(RunnerBase):
+class FixedRunner(Runner):
     """A tiny fake runner for the comparison logic only: returns fixed arrays plus an offset."""
 
     def __init__(self, name, values, offset=0.0):
-        self.name, self.values, self.offset, self.calls = name, values, offset, 0
+        super().__init__(None, name)
+        self.values, self.offset, self.calls = values, offset, 0
 
-    def run(self, feeds):
+    def _run(self, feeds, timeout):
         self.calls += 1
         return {k: v + self.offset for k, v in self.values.items()}
 
@@ -107,7 +104,7 @@ def test_an_unknown_runtime_is_one_line_listing_the_valid_ones(saved_lstm):
 
 def test_a_runtime_whose_problem_gives_a_reason_is_not_valid_not_passed(saved_lstm, monkeypatch):
     keras_file, onnx_file = saved_lstm
-    monkeypatch.setattr(verify, "RUNTIMES", dict(RUNTIMES))
+    monkeypatch.setattr(registry, "RUNTIMES", dict(RUNTIMES))
 
     def never_open(path, model):
         raise AssertionError("a runtime the model is not valid in must not be opened")
@@ -123,12 +120,12 @@ def test_a_runtime_whose_problem_gives_a_reason_is_not_valid_not_passed(saved_ls
 
 def test_a_registered_runtime_is_run_and_compared(saved_lstm, monkeypatch):
     keras_file, onnx_file = saved_lstm
-    monkeypatch.setattr(verify, "RUNTIMES", dict(RUNTIMES))
+    monkeypatch.setattr(registry, "RUNTIMES", dict(RUNTIMES))
     opened = []
 
     def open_basic(path, model):
         opened.append(path)
-        return OnnxRunner(model, optimization_level=verify.ORT_LEVELS["onnxruntime-basic"], name="mine")
+        return OnnxRunner(model, optimization_level=ORT_LEVELS["onnxruntime-basic"], name="mine")
 
     register(Runtime("mine", lambda model: None, open_basic))
     result = CliRunner().invoke(cli, ["verify", str(onnx_file), "--keras", str(keras_file),

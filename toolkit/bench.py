@@ -21,16 +21,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.compare import Tolerances, compare_arrays
+from toolkit.compare import compare_arrays
 from toolkit.errors import InputError
+from toolkit.guard import check_feed_bytes, check_threads
 from toolkit.progress import Progress
+from toolkit.tolerance import Tolerances, decide
 
 if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onnx and ORT load on use
     import onnx
 
-    from toolkit.tiers import Target
-
 Feeds = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A form to time: a registry runtime (`toolkit.runtimes.registry`) at a number of intra-op threads."""
+
+    runtime: str  # what computes: onnxruntime, openvino
+    tier: str  # float32, int8, float16, or bf16 (OpenVINO's default precision on CPUs with bf16 instructions)
+    threads: int = 1
+    name: str = ""  # the registry's name for it
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.tier} x{self.threads}"
 
 
 @dataclass(frozen=True)
@@ -112,35 +126,44 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
 
 def interleaved_ms(fns: Mapping[str, Callable[[], Any]], budget_s: float = 8.0, rounds: int = 15,
                    block_s: float = 0.02) -> dict[str, float]:
-    """Median per-call ms of several callables timed in alternation (as scripts/benchmark.py does).
+    """Median per-call ms of several callables timed in alternation (see `interleaved_timers`)."""
+
+    def timer(fn: Callable[[], Any]) -> Callable[[int], float]:
+        def timed(calls: int) -> float:
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            return (time.perf_counter() - start) / max(calls, 1)
+        return timed
+
+    return interleaved_timers({name: timer(fn) for name, fn in fns.items()}, budget_s, rounds, block_s)
+
+
+def interleaved_timers(timers: Mapping[str, Callable[[int], float]], budget_s: float = 8.0, rounds: int = 15,
+                       block_s: float = 0.02) -> dict[str, float]:
+    """Median per-call ms of several timers (`timed(calls)` -> seconds per call) in alternation (as
+    scripts/benchmark.py does). A runner's timer is its `time_calls`: a child runtime times its own calls.
 
     Each round runs every callable for a block of about `block_s` after a 20 ms pause and three untimed
     calls: a session's intra-op threads spin for a while after a call and would take the cores from the
     next one, and alternating puts the same drift on every contender.
     """
     calls: dict[str, int] = {}
-    for name, fn in fns.items():
-        for _ in range(3):
-            fn()  # first calls allocate and pick kernels
-        start = time.perf_counter()
-        fn()
-        calls[name] = max(3, int(block_s / max(time.perf_counter() - start, 1e-6)))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for name, timed in timers.items():
+        timed(3)  # first calls allocate and pick kernels
+        calls[name] = max(3, int(block_s / max(timed(1), 1e-6)))
+    samples: dict[str, list[float]] = {name: [] for name in timers}
     deadline = time.perf_counter() + budget_s
     for round_ in range(rounds):
         if round_ >= min(5, rounds) and time.perf_counter() > deadline:
             break
-        for name, fn in fns.items():
+        for name, timed in timers.items():
             # Each session has its own intra-op threads, which spin for a while after a call: let the
             # previous session's go quiet, or they take the second core from this one (LSTM batch 32:
             # 6.7 ms instead of 3.7). Then wake this session's threads with untimed calls.
             time.sleep(0.02)
-            for _ in range(3):
-                fn()
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            samples[name].append((time.perf_counter() - start) / calls[name])
+            timed(3)
+            samples[name].append(timed(calls[name]))
     return {name: statistics.median(values) * 1e3 for name, values in samples.items()}
 
 
@@ -171,6 +194,7 @@ def bench_inputs(model: onnx.ModelProto, batch: int, steps: int, seed: int = 0) 
                                  f"{info.shape_text()}")
         if len(dims) > 1:
             used = dims[1]
+        check_feed_bytes(info.name, dims, np.dtype(info.dtype))  # before allocating (and float64 drawing)
         if info.dtype.startswith("int"):
             feeds[info.name] = rng.integers(1, max(2, _vocab(model)), dims).astype(info.dtype)
         else:
@@ -191,10 +215,11 @@ def default_threads() -> tuple[int, ...]:
 def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: str | Path | None = None,
           tolerances: Tolerances = Tolerances(), threads: Sequence[int] | None = None,
           runtimes: Sequence[str] | None = None, budget_s: float = 8.0, rounds: int = 15,
-          progress: Progress = Progress()) -> BenchReport:
-    """Time `onnx_path` in every form and compare each with the reference; see the module's docstring."""
+          progress: Progress = Progress(), timeout: float = 120.0) -> BenchReport:
+    """Time `onnx_path` in every form and compare each with the reference; see the module's docstring.
+    Every run, timed or not, stops at `timeout` seconds (`--timeout`)."""
     from toolkit.runner import count_ops, graph_outputs, load_onnx
-    from toolkit.tiers import open_target, recorded_tier
+    from toolkit.tiers import recorded_tier
 
     if batch < 1 or steps < 1:
         raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
@@ -205,28 +230,30 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     feeds, used_steps = bench_inputs(proto, batch, steps)
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
-    tolerances = tolerances.resolve(count_ops(proto))
+    tolerances = decide(tolerances, count_ops(proto))  # every form against float32's own tolerance
     forms = _forms(runtimes, threads)
     results = {}
     progress.begin(len(forms) + 2, "bench")
     with contextlib.ExitStack() as stack:
-        opened, converted = {}, {}  # each tier converted once, whatever the thread counts
+        opened = {}
         for form in forms:
-            runner, problem, size = open_target(form, proto, Path(onnx_path), converted)
+            runner, problem = _open(form, proto, Path(onnx_path))
+            size = (runner.model if runner is not None else proto).ByteSize()
             results[form] = FormResult(form, size_bytes=size, problem=problem)
             if runner is not None:
                 opened[form] = stack.enter_context(runner)
             progress.advance(f"opened {form.label}")
         if not opened:
             raise InputError(f"Expected at least one runtime that runs {Path(onnx_path).name}. Received: none did")
-        reference = _reference(keras_path, opened, feeds, names)
+        reference = _reference(keras_path, opened, feeds, names, timeout)
         progress.advance(f"reference: {reference.label}; timing for about {budget_s:g} s")
-        timings = interleaved_ms({f.label: (lambda r=r: r.run(feeds)) for f, r in opened.items()}, budget_s, rounds)
+        timings = interleaved_timers({f.label: (lambda calls, r=r: r.time_calls(feeds, calls, timeout))
+                                      for f, r in opened.items()}, budget_s, rounds)
         progress.advance("timed")
         base = next((timings[f.label] for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")),
                     min(timings.values()))
         for form, runner in opened.items():
-            max_abs, max_rel, within = _compare(reference.outputs, runner.run(feeds), names, tolerances)
+            max_abs, max_rel, within = _compare(reference.outputs, runner.run(feeds, timeout), names, tolerances)
             ms = timings[form.label]
             results[form] = FormResult(form, ms, base / ms, max_abs, max_rel, within, results[form].size_bytes)
     progress.end()
@@ -235,15 +262,30 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
 
 
 def _forms(runtimes: Sequence[str] | None, threads: Sequence[int] | None) -> list[Target]:
-    """Every named (default: every available) runtime and tier, at every thread count."""
-    from toolkit.tiers import Target, available_targets
+    """Every named (default: every installed) runtime the registry marks as timed, at every thread count."""
+    from toolkit.runtimes.registry import RUNTIMES
 
-    targets = available_targets()
-    unknown = [name for name in runtimes or [] if name not in targets]
+    timed = {name: r for name, r in RUNTIMES.items() if r.timed and r.installed()}
+    unknown = [name for name in runtimes or [] if name not in timed]
     if unknown or runtimes == []:
-        raise InputError(f"Expected runtimes among {list(targets)}. Received: {list(runtimes or [])}")
-    chosen = [targets[name] for name in (runtimes or list(targets))]
-    return [Target(t.runtime, t.tier, n) for t in chosen for n in (threads or default_threads())]
+        raise InputError(f"Expected runtimes among {list(timed)}. Received: {list(runtimes or [])}")
+    chosen = [timed[name] for name in (runtimes or list(timed))]
+    return [Target(r.engine, r.precision, n, r.name) for r in chosen for n in (threads or default_threads())]
+
+
+def _open(form: Target, proto: onnx.ModelProto, path: Path) -> tuple[Any, str]:
+    """An open runner of the form, or None and why not (its `problem`, or the runtime's refusal)."""
+    from toolkit.errors import ModelLoadError, RuntimeFailure
+    from toolkit.runtimes.registry import RUNTIMES
+
+    runtime = RUNTIMES[form.name]
+    problem = runtime.problem(proto)
+    if problem:
+        return None, problem
+    try:
+        return runtime.open(path, proto, threads=form.threads), ""
+    except (ModelLoadError, RuntimeFailure) as exc:
+        return None, str(exc)
 
 
 @dataclass(frozen=True)
@@ -253,15 +295,15 @@ class _Reference:
 
 
 def _reference(keras_path: str | Path | None, opened: Mapping[Target, Any], feeds: Feeds,
-               names: Sequence[str]) -> _Reference:
+               names: Sequence[str], timeout: float) -> _Reference:
     """Keras' outputs (matched to the graph's by position), or those of the first ORT float32 form."""
     if keras_path is not None:
-        from toolkit.verify import KerasRunner
+        from toolkit.keras_runner import KerasRunner
 
         keras = KerasRunner(keras_path)
         return _Reference("keras", list(keras.run(feeds).values())[: len(names)])
     form = next((f for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")), next(iter(opened)))
-    values = opened[form].run(feeds)
+    values = opened[form].run(feeds, timeout)
     return _Reference(form.label, [values[name] for name in names])
 
 
@@ -275,6 +317,6 @@ def _thread_list(text: str | None) -> tuple[int, ...] | None:
         values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         values = ()
-    if not values or min(values) < 1:
+    if not values:
         raise InputError(f"Expected --threads as counts >= 1 separated by commas, e.g. 1,2. Received: {text!r}")
-    return tuple(dict.fromkeys(values))
+    return check_threads(tuple(dict.fromkeys(values)))

@@ -26,14 +26,16 @@ from toolkit.cli_common import echo, emit_json, option_values, quiet_tensorflow,
                    "onnxruntime-float16, openvino, openvino-bf16.")
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=8.0, show_default=True,
               help="About how long to time all forms together.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="Seconds one run may take; a longer one is stopped (a crafted Loop can run for ever).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def bench_command(onnx_model: Path, batch: int, steps: int, keras_model: Path | None, atol: Sequence[str],
                   rtol: Sequence[str], threads_text: str | None, runtimes_text: str | None, seconds: float,
-                  as_json: bool) -> None:
+                  timeout: float, as_json: bool) -> None:
     """Time ONNX_MODEL (a float32 export) in every runtime, tier and thread count; recommend the fastest
     form within the tolerance. Needs TensorFlow only with --keras."""
     from toolkit.bench import _thread_list, bench
-    from toolkit.compare import Tolerances
+    from toolkit.tolerance import Tolerances
 
     runtimes = [r.strip() for r in runtimes_text.split(",") if r.strip()] if runtimes_text is not None else None
     with option_values():
@@ -43,7 +45,7 @@ def bench_command(onnx_model: Path, batch: int, steps: int, keras_model: Path | 
     from toolkit.progress import progress_for
 
     report = bench(onnx_model, batch, steps, keras_model, tolerances, threads, runtimes, budget_s=seconds,
-                   progress=progress_for(as_json))
+                   progress=progress_for(as_json), timeout=timeout)
     if as_json:
         emit_json(report.to_json())
     else:

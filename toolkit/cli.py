@@ -80,9 +80,25 @@ def cli(verbose: bool) -> None:
 cli.add_command(export)
 
 
+def _verify_reference(keras_model: Path | None, onnx_model: Path, limits: Any) -> Any:
+    """Loaded once, within the --max-* limits, for the parity check and the streamed one alike; or rebuilt
+    from the builder flags the export records. A Keras 2 file's reference is its original (tf.keras, or the
+    SavedModel's signature), over its Keras 3 translation."""
+    if keras_model is not None:
+        from toolkit.keras2.reference import load_reference
+
+        return load_reference(keras_model, limits)
+    from toolkit.keras_runner import KerasRunner
+    from toolkit.runner import load_onnx
+    from toolkit.verification import recorded_keras_model
+
+    return KerasRunner(recorded_keras_model(load_onnx(onnx_model), onnx_model.name))
+
+
 @cli.command()
 @click.argument("onnx_model", type=click.Path(path_type=Path))
-@click.option("--keras", "keras_model", required=True, type=click.Path(path_type=Path), help="The Keras model it came from.")
+@click.option("--keras", "keras_model", type=click.Path(path_type=Path),
+              help="The Keras model it came from (default: rebuilt from the builder flags the export records).")
 @tolerance_options
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--stream", metavar="CHUNKS",
@@ -99,14 +115,16 @@ cli.add_command(export)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
 @click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
               help="Also write a self-contained HTML report: matrix, error per time step, versions.")
-def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Sequence[str], seed: int,
+def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol: Sequence[str], seed: int,
            stream: str | None, stream_length: int, runtimes: str, max_params: int | None, max_timesteps: int | None,
            max_activation: int | None, max_member_bytes: int | None, as_json: bool, html: Path | None) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     quiet_tensorflow()
-    from toolkit.compare import Tolerances, VerifyReport
+    from toolkit.compare import VerifyReport
     from toolkit.report import verify_text
-    from toolkit.verify import runtimes_named, verify_runtimes
+    from toolkit.runtimes.registry import runtimes_named
+    from toolkit.tolerance import Tolerances
+    from toolkit.verification import verify_runtimes
 
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
     runtimes_named(names)  # an unknown name is refused before the Keras model is loaded
@@ -119,14 +137,8 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
 
             sizes = parse_chunks(stream)
         limits = limits_from(max_params, max_timesteps, max_activation, max_member_bytes)
-
-    # Loaded once, within the --max-* limits, for the parity check and the streamed one alike.
-    from toolkit.keras2.reference import load_reference
-
-    # A Keras 2 file's reference is its original (tf.keras, or the SavedModel's signature); `loaded` is the
-    # Keras model the cases and the stream are made from (a Keras 2 file's translation).
-    reference = load_reference(keras_model, limits)
-    loaded = reference.model
+    reference = _verify_reference(keras_model, onnx_model, limits)
+    loaded = reference.model  # the Keras model the cases and the stream are made from
     from toolkit.progress import progress_for
 
     results = verify_runtimes(onnx_model, reference, names, tolerances, seed=seed, progress=progress_for(as_json))
@@ -134,7 +146,7 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
     if sizes is not None:
         from toolkit.runner import load_onnx
         from toolkit.streaming import stream_parity
-        from toolkit.tiers import recorded_tolerances
+        from toolkit.verification import recorded_tolerances
 
         proto = load_onnx(onnx_model)
         # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.
@@ -166,27 +178,28 @@ def verify(onnx_model: Path, keras_model: Path, atol: Sequence[str], rtol: Seque
               help="openvino runs only what it computes correctly (it says why otherwise).")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="bf16: OpenVINO's CPU default, faster and off by 2e-3 to 1.5e-2 (openvino only).")
-@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: the runtime's, one per core).")
+@click.option("--threads", type=int, help="Intra-op threads, 1 to 4 per core (default: the runtime's, one per core).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RUN_TIMEOUT, show_default=True,
-              help="Seconds an ONNX Runtime run may take; a longer one is stopped (a crafted Loop can run for ever).")
+              help="Seconds a run may take; a longer one is stopped (a crafted Loop can run for ever).")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON lists.")
 def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: str, precision: str,
         threads: int | None, timeout: float, as_json: bool) -> None:
     """Run ONNX_MODEL in ONNX Runtime (or OpenVINO) and print (or save) each named output. Needs no TensorFlow."""
     from toolkit.fileio import save_npz
-    from toolkit.guard import check_input_names
+    from toolkit.guard import check_input_names, check_threads
     from toolkit.report import outputs_text
     from toolkit.runner import load_feeds
-    from toolkit.tiers import open_runner
+    from toolkit.runtimes.registry import open_runner
 
     if output is not None and output.suffix != ".npz":
         raise OptionError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
     with option_values():
         check_input_names(inputs)  # a repeated NAME= was resolved by keeping the last
+        if threads is not None:
+            check_threads([threads])
     with open_runner(onnx_model, runtime, precision, threads) as runner:
         feeds = load_feeds(inputs, [t.name for t in runner.inputs])
-        # ONNX Runtime stops a run at its terminate flag; OpenVINO has no such switch.
-        outputs = runner.run(feeds, timeout=timeout) if runtime == "onnxruntime" else runner.run(feeds)
+        outputs = runner.run(feeds, timeout)  # every runtime stops at the deadline (OpenVINO: its child)
     if output is not None:
         save_npz(output, outputs)  # every output, whatever its name (np.savez took `file` as its own)
     if as_json:

@@ -74,6 +74,9 @@ _export_options = [
     click.option("--target", "targets", metavar="LIST",
                  help="Comma-separated runtimes the model will run in (as verify --runtimes names them, or all): "
                       "refuse, before writing, a model one of them is known to compute wrong."),
+    click.option("--runtimes", "prove_runtimes", metavar="LIST",
+                 help="Comma-separated runtimes (as verify --runtimes names them, or all): prove each file in them "
+                      "against Keras before it is written."),
     click.option("--keep-failed", is_flag=True, help="Write models even when parity fails."),
     click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops."),
     limit_options,
@@ -113,7 +116,7 @@ def export(**params: Any) -> None:
     outcome = _run(params, options)
     # As for built stacks: the table is printed whatever the outcome; files only when parity passed.
     items = outcome.items
-    passed = all(report for _, report in items)
+    passed = outcome.passed  # parity, and each --runtimes proof
     repository = (_write_triton(outcome, triton_repo, params["triton_name"])
                   if triton_repo is not None and (passed or keep_failed) else [])
     if params["html"] is not None:
@@ -143,23 +146,26 @@ def _write_html(path: Path, outcome: Any, passed: bool) -> None:
 
 def _options(params: dict[str, Any]) -> Any:
     """The export options, every one checked before anything is built (a bad one is a malformed option)."""
-    from toolkit.compare import Tolerances
     from toolkit.options import ExportOptions
+    from toolkit.tolerance import Tolerances
 
     if params["quantize"] and params["float16"]:
         raise OptionError(f"Expected one precision tier: --quantize {params['quantize']} or --float16. Received: both")
     targets = tuple(t.strip() for t in (params["targets"] or "").split(",") if t.strip())
+    proven = tuple(t.strip() for t in (params["prove_runtimes"] or "").split(",") if t.strip())
     with option_values():
-        if targets:  # a mistyped runtime name is refused here, not after the build and conversion
-            from toolkit.verify import runtimes_named  # the runtime registry; no TensorFlow
+        for names in (targets, proven):  # a mistyped runtime name is refused here, not after the conversion
+            if names:
+                from toolkit.runtimes.registry import runtimes_named  # the runtime registry; no TensorFlow
 
-            runtimes_named(targets)
+                runtimes_named(names)
         limits = limits_from(params["max_params"], params["max_timesteps"], params["max_activation"],
                              params["max_member_bytes"])
         return ExportOptions(opset=params["opset"], converter=params["converter"], propagate_nan=params["propagate_nan"],
                              state_io=params["state_io"], padding=params["padding"], require_fused=params["require_fused"],
                              output_names=_renames(params["output_name"]) or None,
                              tolerances=Tolerances.parse(params["atol"], params["rtol"]), targets=targets,
+                             runtimes=proven,
                              tier=params["quantize"] or ("float16" if params["float16"] else "float32"), limits=limits)
 
 

@@ -12,20 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from toolkit.steps import StepErrors, merge_steps, step_errors
-from toolkit.tolerance import (  # noqa: F401 -- re-exported: callers import them from here
-    DEFAULT_TOLERANCE,
-    RNN_OP_TOLERANCE,
-    Tolerance,
-    Tolerances,
-)
-
-if TYPE_CHECKING:
-    from toolkit.streaming import StreamReport
+from toolkit.tolerance import Tolerance, Tolerances
 
 
 @dataclass(frozen=True)
@@ -166,8 +158,7 @@ class ParityReport:
                     "shapes": [list(shape) for shape in s.shapes],
                     "max_abs": _json_float(s.max_abs),
                     "max_rel": _json_float(s.max_rel),
-                    "atol": s.tolerance.atol,
-                    "rtol": s.tolerance.rtol,
+                    **s.tolerance.to_json(),
                     "passed": s.passed,
                     "reasons": list(s.reasons),
                     **({"steps": s.steps.to_json()} if s.steps is not None else {}),
@@ -207,6 +198,39 @@ class RuntimeReport:
         for output in data["outputs"]:
             output["status"] = "pass" if output["passed"] else "fail"
         return data
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """Chunked ONNX Runtime vs Keras on the whole sequence (the model's outputs), and vs ONNX Runtime on
+    the whole sequence (every output, the extra state outputs included)."""
+
+    chunks: tuple[int, ...]
+    against_keras: ParityReport
+    against_whole: ParityReport
+    length: int = 0  # steps of the streamed sequence (the chunk boundaries are `split_steps(length, chunks)`)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """The steps at which a new chunk starts (after the first), for plots."""
+        return [start for start, _ in split_steps(self.length, self.chunks)][1:]
+
+    def __bool__(self) -> bool:
+        return bool(self.against_keras) and bool(self.against_whole)
+
+    def to_json(self) -> dict:
+        return {"chunks": list(self.chunks), "length": self.length, "passed": bool(self),
+                "against_keras": self.against_keras.to_json(),
+                "against_unchunked": self.against_whole.to_json()}
+
+
+def split_steps(length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
+    spans, start, i = [], 0, 0
+    while start < length:
+        end = min(length, start + sizes[i % len(sizes)])
+        spans.append((start, end))
+        start, i = end, i + 1
+    return spans
 
 
 @dataclass(frozen=True)
@@ -273,9 +297,31 @@ def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, toleranc
         absdiff = np.where(~both_finite & ~close, np.inf, absdiff)
         reldiff = np.where(absdiff == 0, 0.0, absdiff / np.abs(np.where(both_finite, exp64, 1.0)))
     passed = bool(close.all())
-    reason = "" if passed else f"{int((~close).sum())} of {close.size} values outside tolerance"
+    reasons = [] if passed else [f"{int((~close).sum())} of {close.size} values outside tolerance"]
+    damage = relative_damage(exp64, act64, absdiff, tolerance.scale)
+    if damage:
+        passed, reasons = False, [*reasons, damage]
+    reason = "; ".join(reasons)
     return OutputComparison(name, expected.shape, actual.shape, float(absdiff.max()), float(reldiff.max()), tolerance,
                             passed, reason, step_errors(absdiff, exp64, close))
+
+
+def relative_damage(expected: np.ndarray, actual: np.ndarray, absdiff: np.ndarray, bound: float | None) -> str:
+    """Why `actual` damages `expected` relative to its own scale (its largest finite |value|), or "": the
+    worst error over `bound` times that scale, or a sign flipped on a value above `bound` times it."""
+    finite = np.isfinite(expected)
+    if bound is None or not finite.any():
+        return ""
+    scale = float(np.abs(expected[finite]).max())
+    if scale == 0:
+        return ""
+    worst = float(absdiff[finite].max()) / scale
+    above = finite & (np.abs(expected) > bound * scale)
+    flips = int((np.sign(expected[above]) * np.sign(actual[above]) < 0).sum())
+    if worst <= bound and not flips:
+        return ""
+    return (f"max error {worst:.3g}x of the output's scale {scale:.3g} (bound {bound:g}x); {flips} signs flipped "
+            f"of {int(above.sum())} values above {bound:g}x of it")
 
 
 def compare_case(

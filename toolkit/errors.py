@@ -37,3 +37,13 @@ class OptionError(InputError):
 
 class OutputError(InputError):
     """A destination could not be written (read-only, full, a folder where a file goes, ...)."""
+
+
+class RuntimeFailure(InputError):
+    """A runtime refused or failed to run a model it was given (the message is its own, first line)."""
+
+
+def overrun(timeout: float) -> RuntimeFailure:
+    """A run still going at its deadline, stopped: one message for every runtime."""
+    return RuntimeFailure(f"Expected a run that ends within {timeout:g} s (--timeout). Received: a run still going, "
+                          "stopped")

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 
 from toolkit.builder import SEED_INPUT, StackConfig, build_stack, stack_configs
-from toolkit.compare import Tolerances
 from toolkit.exporter import export_model
+from toolkit.keras_runner import keras_outputs
 from toolkit.naming import output_origins
-from toolkit.parity import invariant_checks, keras_outputs
-from toolkit.verify import OnnxRunner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.tolerance import Tolerances
+from toolkit.verify import invariant_checks
 
 
 @dataclass(frozen=True)

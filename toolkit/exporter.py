@@ -26,13 +26,12 @@ from typing import Any
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.compare import ParityReport, RuntimeReport  # noqa: F401 -- RuntimeReport: re-exported
-from toolkit.errors import ExportError, InputError, ModelLoadError, ParityError, UnsupportedModelError
+from toolkit.compare import ParityReport, RuntimeReport
+from toolkit.errors import InputError, UnsupportedModelError
 from toolkit.export_record import record_metadata, tier_graph, tier_notes
-from toolkit.fileio import atomic_write_bytes, sha256_hex
+from toolkit.export_result import ExportResult, OutputInfo, load_runner
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.keras_io import (
-    check_keras_version,
     load_keras_model,
     model_signature,
     output_shapes,
@@ -41,86 +40,18 @@ from toolkit.keras_io import (
 )
 from toolkit.lowering import LayerLowering, StateIO, lower_model
 from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins
-from toolkit.options import DEFAULT_OPSET, ExportOptions
+from toolkit.options import ExportOptions
 from toolkit.parity import check_parity
 from toolkit.precision import choose as choose_tolerance
-from toolkit.precision import failure_message
 from toolkit.runner import (
     FUSED_RECURRENT_OPS,
     LOOP_OPS,
-    TensorInfo,
     count_ops,
     graph_inputs,
     graph_outputs,
 )
 from toolkit.tf2onnx_lib import InputSignature, convert
-from toolkit.tiers import TierInfo, tier_tolerances
-from toolkit.verify import OnnxRunner
-
-# Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
-QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)
-
-
-@dataclass(frozen=True)
-class OutputInfo:
-    """A graph output and where in the Keras model it comes from."""
-
-    name: str
-    layer: str
-    role: str
-    dtype: str
-    shape: tuple[int | str | None, ...]
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "layer": self.layer, "role": self.role, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass
-class ExportResult:
-    """One exported model, in memory, with its parity report; `save` writes it."""
-
-    model: onnx.ModelProto
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[OutputInfo, ...]
-    parity: ParityReport
-    op_counts: Mapping[str, int]
-    recurrent_layers: tuple[str, ...]
-    warnings: tuple[str, ...] = ()
-    lowering: tuple[LayerLowering, ...] = ()
-    notes: tuple[str, ...] = ()
-    tier: TierInfo | None = None
-    data: bytes = field(default=b"", repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.data:
-            self.data = self.model.SerializeToString()
-
-    @property
-    def sha256(self) -> str:
-        return sha256_hex(self.data)
-
-    @property
-    def fused_ops(self) -> dict[str, int]:
-        return {op: self.op_counts[op] for op in FUSED_RECURRENT_OPS + QUANTIZED_RECURRENT_OPS if self.op_counts.get(op)}
-
-    @property
-    def fused(self) -> bool:
-        return not any(self.op_counts.get(op) for op in LOOP_OPS) and bool(self.fused_ops)
-
-    def save(self, path: str | Path, keep_failed: bool = False) -> Path:
-        """Write the model atomically. A model that failed parity is refused unless `keep_failed`."""
-        if not self.parity and not keep_failed:
-            raise ParityError(f"Parity failed, nothing written to {str(path)!r}: "
-                              + failure_message([(Path(path).name, self.parity)]))
-        return atomic_write_bytes(path, self.data)
-
-    def to_json(self) -> dict[str, Any]:
-        """What a report says about this export (the CLI's `--json`)."""
-        payload = {"sha256": self.sha256, "fused_ops": self.fused_ops, "warnings": list(self.warnings),
-                   "notes": list(self.notes), "parity": self.parity.to_json()}
-        if self.tier is not None and self.tier.tier != "float32":  # float32 reports stay as they were
-            payload["tier"] = self.tier.to_json()
-        return payload
+from toolkit.tolerance import decide
 
 
 @dataclass
@@ -152,18 +83,20 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     graph = _convert(model, signature, options, names, origins)
     _name(graph, model.name, signature, options, time_axis_sources(model))
     _check_targets(graph.proto, options.targets)
+    _check_targets(graph.proto, options.runtimes, "--runtimes")
     warnings = _fusion_check(graph.lowering, count_ops(graph.proto), recurrent, options.require_fused)
     graph.proto, tier = tier_graph(graph.proto, options, graph.names)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
     precision = choose_tolerance(options.tolerances, model)
-    tolerances = tier_tolerances(options.tier, options.tolerances, precision.tolerances.default if precision.chosen else None)
-    report = check_parity(model, _load_runner(graph.proto, model.name), graph.names, tolerances,
+    tolerances = decide(options.tolerances, count_ops(graph.proto), options.tier, precision.compute_dtype)
+    report = check_parity(model, load_runner(graph.proto, model.name), graph.names, tolerances,
                           seed=seed, padding_side=options.padding, reference=reference, state_map=graph.state_map)
     reference_notes = (f"parity reference: {reference.label}",) if reference is not None else ()
     outputs = tuple(OutputInfo(info.name, origin.layer, origin.role, info.dtype, info.shape)
                     for info, origin in zip(graph_outputs(graph.proto), graph.origins))
     record_metadata(graph.proto, model, graph.lowering, [o.to_json() for o in outputs], report, options, source,
                     precision, graph.state_map)
+    proven = _prove(graph.proto, model, options, graph.names, tolerances, seed, reference) if report else ()
     return ExportResult(
         model=graph.proto,
         inputs=graph_inputs(graph.proto),
@@ -176,7 +109,22 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
         notes=reference_notes + tuple(f"layer {e.layer!r}: {e.note}" for e in graph.lowering if e.note)
         + ((precision.note(),) if precision.chosen else ()) + tier_notes(tier, graph.lowering),
         tier=tier,
+        proven=proven,
     )
+
+
+def _prove(proto: onnx.ModelProto, model: Any, options: ExportOptions, names: Sequence[str], tolerances: Any,
+           seed: int, reference: Any) -> tuple[RuntimeReport, ...]:
+    """Step 6: with `--runtimes`, the final bytes run in each runtime against Keras on the parity cases."""
+    if not options.runtimes:
+        return ()
+    from toolkit.inputs import make_cases
+    from toolkit.keras_runner import KerasRunner
+    from toolkit.verification import prove_written
+
+    keras = reference if reference is not None else KerasRunner(model)
+    cases = make_cases(model, seed, options.padding)
+    return tuple(prove_written(proto, keras, options.runtimes, names, tolerances, cases))
 
 
 def _convert(model: Any, signature: Sequence[InputSignature], options: ExportOptions, names: list[str],
@@ -234,12 +182,12 @@ def _name(graph: _Graph, model_name: str, signature: Sequence[InputSignature], o
     proto.doc_string = ""
 
 
-def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
-    """Step 3b: refuse a graph a target runtime is known to compute wrong (its `problem`), before the
-    parity check and before anything is written."""
+def _check_targets(proto: onnx.ModelProto, targets: Sequence[str], option: str = "--target") -> None:
+    """Step 3b: refuse a graph a target runtime (or one it is to be proven in) is known to compute wrong
+    (its `problem`), before the parity check and before anything is written."""
     if not targets:
         return
-    from toolkit.verify import runtimes_named  # the runtime registry
+    from toolkit.runtimes.registry import runtimes_named  # the runtime registry
 
     # `all` means every runtime a model deploys to: onnx.reference is a check, not a target (its `problem`
     # says where it is no oracle, not where a model would be wrong).
@@ -247,7 +195,7 @@ def _check_targets(proto: onnx.ModelProto, targets: Sequence[str]) -> None:
     found = [(runtime.name, runtime.problem(proto)) for runtime in chosen]
     problems = [f"not valid in {name}: {problem}" for name, problem in found if problem]
     if problems:
-        raise UnsupportedModelError(f"Expected a model every --target runtime computes right. Received: "
+        raise UnsupportedModelError(f"Expected a model every {option} runtime computes right. Received: "
                                     f"{'; '.join(problems)}")
 
 
@@ -270,16 +218,6 @@ def _fusion_check(lowering: Sequence[LayerLowering], op_counts: Mapping[str, int
     return warnings
 
 
-def _load_runner(proto: onnx.ModelProto, model_name: str) -> OnnxRunner:
-    """Step 4b's runtime. A graph ONNX Runtime refuses (an op tf2onnx wrote but it lacks, e.g.) is an
-    export failure, not a bad input: `OnnxRunner` says why in its `ModelLoadError`."""
-    try:
-        return OnnxRunner(proto)
-    except ModelLoadError as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"ONNX Runtime cannot load the export of {model_name!r}: {first_line[:300]}") from exc
-
-
 @dataclass
 class FileExport:
     """A user's `.keras` file exported to `target`: written only when parity passed (or kept on request)."""
@@ -290,13 +228,13 @@ class FileExport:
 
     @property
     def passed(self) -> bool:
-        return bool(self.result.parity)
+        return self.result.passed
 
     @property
     def items(self) -> list[tuple[str, ParityReport]]:
         tier = self.result.tier
         label = self.target.name if tier is None or tier.tier == "float32" else f"{self.target.name} [{tier.tier}]"
-        return [(label, self.result.parity)]
+        return self.result.items(label)
 
     @property
     def exported(self) -> list[tuple[str, ExportResult]]:
@@ -311,7 +249,7 @@ class FileExport:
         return list(self.result.notes)
 
     def to_json(self) -> dict[str, Any]:
-        return {"passed": self.result.parity.passed, "written": [str(p) for p in self.written],
+        return {"passed": self.result.passed, "written": [str(p) for p in self.written],
                 **self.result.to_json()}
 
     def write(self) -> list[Path]:
@@ -326,7 +264,7 @@ def export_file(src: str | Path, dst: str | Path, options: ExportOptions | None 
     that writes something else first calls `FileExport.write` itself), and say what happened."""
     result = export_keras_model(src, dst, options)
     done = FileExport(Path(dst), result)
-    if write and (result.parity or keep_failed):
+    if write and (result.passed or keep_failed):
         done.write()
     return done
 
@@ -360,7 +298,7 @@ def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
     """A Keras 2 file (.h5, SavedModel folder, tf.keras .keras): translated, exported through the same
     lowering, and checked against the original (`toolkit.keras2`)."""
     if fmt.kind == "module":
-        from toolkit.keras2.module import export_module_savedmodel
+        from toolkit.keras2.module_export import export_module_savedmodel
 
         return export_module_savedmodel(src, options)
     from toolkit.keras2.loader import load_keras2_model
@@ -376,25 +314,3 @@ def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
         return export_model(loaded.model, options, source=source, reference=reference)
     finally:
         getattr(reference, "close", lambda: None)()  # a SavedModel's signature runs in a child process
-
-
-# Verification moved to toolkit.verification; these names stay importable from here for existing callers.
-from toolkit.verification import (  # noqa: E402,F401
-    expected_output_names,
-    verify_files,
-    verify_runtimes,
-)
-
-__all__ = [
-    "DEFAULT_OPSET",
-    "ExportOptions",
-    "ExportResult",
-    "FileExport",
-    "OutputInfo",
-    "check_keras_version",
-    "export_file",
-    "export_keras_file",
-    "export_model",
-    "load_keras_model",
-    "verify_files",
-]

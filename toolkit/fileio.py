@@ -8,7 +8,8 @@ together (a suite and its manifest) go through `toolkit.fileset`, which builds o
 
 Temporaries are named `.NAME.lstm-onnx-<16 hex>.tmp` and written while holding an exclusive `flock` on
 their folder, so the next writer can tell a killed run's leftovers from a live writer's files and remove
-them (`toolkit.fileset.recover`). Every OSError becomes one `OutputError` line.
+them (`recover`, which also finishes or undoes a file set from its journal). Every OSError becomes one
+`OutputError` line.
 Files are created with mode `0o666 & ~umask`, as a plain `open()` would, so a Triton container running as
 another user can read a model repository written under the default umask.
 """
@@ -18,13 +19,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
@@ -124,12 +127,91 @@ def unlink_quietly(path: Path) -> None:
         pass
 
 
+JOURNAL = ".lstm-onnx-journal.json"
+_FORMAT = "lstm-onnx file set 1"
+
+
+# ------------------------------------------- the journal of a file set (`toolkit.fileset`), and its recovery
+
+
+def relative_name(name: str) -> PurePosixPath:
+    """A destination inside the set's folder: relative, no `..`, no empty or `.` parts."""
+    rel = PurePosixPath(name)
+    if not name or rel.is_absolute() or any(part in ("", ".", "..") for part in name.split("/")):
+        raise InputError(f"Expected a file name inside the output folder. Received: {safe_text(name)!r}")
+    return rel
+
+
+def write_journal(folder: Path, state: str, moves: Sequence[tuple[str, str]], removes: Sequence[str]) -> None:
+    text = json.dumps({"format": _FORMAT, "state": state, "moves": list(map(list, moves)), "removes": list(removes)})
+    journal = folder / JOURNAL
+    temp = temp_for(journal, secrets.token_hex(8))
+    try:
+        write_new(temp, text.encode())
+        os.replace(temp, journal)
+    except BaseException:
+        unlink_quietly(temp)
+        raise
+    fsync_dir(folder)
+
+
+def read_journal(folder: Path) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """State, moves and removes of a journal; a damaged or foreign one reads as an empty 'writing' journal,
+    so it can only ever cause our own temporaries to be removed."""
+    try:
+        record = json.loads((folder / JOURNAL).read_text())
+        assert isinstance(record, dict) and record.get("format") == _FORMAT
+        moves = [(str(temp), str(final)) for temp, final in record["moves"]]
+        removes = [str(name) for name in record["removes"]]
+        for temp, final in moves:
+            relative_name(final), relative_name(temp)
+            match = TEMP_NAME.match(PurePosixPath(temp).name)
+            assert match and match["base"] == PurePosixPath(final).name
+            assert PurePosixPath(temp).parent == PurePosixPath(final).parent
+        for name in removes:
+            relative_name(name)
+        return str(record["state"]), moves, removes
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, InputError):
+        return "writing", [], []
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `recover` found of an earlier run: a committed set it finished, temporaries it removed."""
+
+    finished: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+def recover(folder: str | os.PathLike[str]) -> Recovery:
+    """Finish or undo what a killed writer left in `folder`. Call with the folder lock held."""
+    root = Path(folder)
+    finished: list[str] = []
+    removed: list[str] = []
+    if (root / JOURNAL).exists():
+        state, moves, removes = read_journal(root)
+        for temp, final in moves:
+            if not (root / temp).exists():
+                continue
+            if state == "commit":
+                os.replace(root / temp, root / final)
+                finished.append(final)
+            else:
+                unlink_quietly(root / temp)
+                removed.append(temp)
+        if state == "commit":
+            for name in removes:
+                unlink_quietly(root / name)
+        fsync_dir(root)
+        (root / JOURNAL).unlink()
+    removed += remove_stale_temporaries(root)  # single-file writes and journal temporaries of a killed run
+    return Recovery(finished=tuple(finished), removed=tuple(removed))
+
+
 def finish_pending_switch(folder: Path) -> None:
     """With the folder lock held: finish (or undo) a file set a killed writer left in `folder`, and remove
     every leftover temporary, before anything else is written there. A single file written beside a
     half-switched suite would otherwise leave the folder mixed until the next suite export."""
-    from toolkit.fileset import recover  # fileset builds on this module: imported when needed
-
     recover(folder)
 
 

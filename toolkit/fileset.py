@@ -19,7 +19,6 @@ temporaries of a writer that is still running. Every OSError becomes one `Output
 from __future__ import annotations
 
 import errno
-import json
 import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -28,97 +27,19 @@ from pathlib import Path, PurePosixPath
 
 from toolkit.errors import InputError, OutputError
 from toolkit.fileio import (
-    TEMP_NAME,
+    JOURNAL,
+    Recovery,
     folder_lock,
     fsync_dir,
-    remove_stale_temporaries,
+    recover,
+    relative_name,
     temp_for,
     unlink_quietly,
     write_error,
+    write_journal,
     write_new,
 )
 from toolkit.guard import safe_text
-
-JOURNAL = ".lstm-onnx-journal.json"
-_FORMAT = "lstm-onnx file set 1"
-
-
-# --------------------------------------------------------------------------------------------- journal
-
-
-def _relative(name: str) -> PurePosixPath:
-    """A destination inside the set's folder: relative, no `..`, no empty or `.` parts."""
-    rel = PurePosixPath(name)
-    if not name or rel.is_absolute() or any(part in ("", ".", "..") for part in name.split("/")):
-        raise InputError(f"Expected a file name inside the output folder. Received: {safe_text(name)!r}")
-    return rel
-
-
-def _write_journal(folder: Path, state: str, moves: Sequence[tuple[str, str]], removes: Sequence[str]) -> None:
-    text = json.dumps({"format": _FORMAT, "state": state, "moves": list(map(list, moves)), "removes": list(removes)})
-    journal = folder / JOURNAL
-    temp = temp_for(journal, secrets.token_hex(8))
-    try:
-        write_new(temp, text.encode())
-        os.replace(temp, journal)
-    except BaseException:
-        unlink_quietly(temp)
-        raise
-    fsync_dir(folder)
-
-
-def _read_journal(folder: Path) -> tuple[str, list[tuple[str, str]], list[str]]:
-    """State, moves and removes of a journal; a damaged or foreign one reads as an empty 'writing' journal,
-    so it can only ever cause our own temporaries to be removed."""
-    try:
-        record = json.loads((folder / JOURNAL).read_text())
-        assert isinstance(record, dict) and record.get("format") == _FORMAT
-        moves = [(str(temp), str(final)) for temp, final in record["moves"]]
-        removes = [str(name) for name in record["removes"]]
-        for temp, final in moves:
-            _relative(final), _relative(temp)
-            match = TEMP_NAME.match(PurePosixPath(temp).name)
-            assert match and match["base"] == PurePosixPath(final).name
-            assert PurePosixPath(temp).parent == PurePosixPath(final).parent
-        for name in removes:
-            _relative(name)
-        return str(record["state"]), moves, removes
-    except (OSError, ValueError, KeyError, TypeError, AssertionError, InputError):
-        return "writing", [], []
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What `recover` found of an earlier run: a committed set it finished, temporaries it removed."""
-
-    finished: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-
-
-def recover(folder: str | os.PathLike[str]) -> Recovery:
-    """Finish or undo what a killed writer left in `folder`. Call with the folder lock held."""
-    root = Path(folder)
-    finished: list[str] = []
-    removed: list[str] = []
-    if (root / JOURNAL).exists():
-        state, moves, removes = _read_journal(root)
-        for temp, final in moves:
-            if not (root / temp).exists():
-                continue
-            if state == "commit":
-                os.replace(root / temp, root / final)
-                finished.append(final)
-            else:
-                unlink_quietly(root / temp)
-                removed.append(temp)
-        if state == "commit":
-            for name in removes:
-                unlink_quietly(root / name)
-        fsync_dir(root)
-        (root / JOURNAL).unlink()
-    removed += remove_stale_temporaries(root)  # single-file writes and journal temporaries of a killed run
-    return Recovery(finished=tuple(finished), removed=tuple(removed))
-
 
 # ------------------------------------------------------------------------------------------- file sets
 
@@ -139,7 +60,7 @@ def write_file_set(folder: str | os.PathLike[str], files: Mapping[str, bytes],
     be a function of the folder, called with the folder lock held: what it reads there cannot change
     under it (a suite's previous manifest)."""
     root = Path(folder)
-    finals = {name: _relative(name) for name in files}
+    finals = {name: relative_name(name) for name in files}
     stale: list[str] = []
     if not finals:
         raise InputError("Expected at least one file to write. Received: none")
@@ -150,7 +71,7 @@ def write_file_set(folder: str | os.PathLike[str], files: Mapping[str, bytes],
         with folder_lock(root) as locked:
             recovery = recover(root) if locked else Recovery()
             names = remove(root) if callable(remove) else remove
-            stale = [str(_relative(name)) for name in names if name not in files]
+            stale = [str(relative_name(name)) for name in names if name not in files]
             _switch(root, {str(rel): files[name] for name, rel in finals.items()}, stale)
     except OSError as exc:
         raise write_error(exc, getattr(exc, "filename", None) or root,
@@ -162,7 +83,7 @@ def write_file_set(folder: str | os.PathLike[str], files: Mapping[str, bytes],
 def _switch(root: Path, files: Mapping[str, bytes], stale: Sequence[str]) -> None:
     token = secrets.token_hex(8)
     moves = [(str(PurePosixPath(temp_for(Path(name), token))), name) for name in files]
-    _write_journal(root, "writing", moves, stale)
+    write_journal(root, "writing", moves, stale)
     created: list[Path] = []
     try:
         for temp, final in moves:
@@ -175,7 +96,7 @@ def _switch(root: Path, files: Mapping[str, bytes], stale: Sequence[str]) -> Non
             write_new(root / temp, files[final])
         for parent in {(root / final).parent for _, final in moves}:
             fsync_dir(parent)
-        _write_journal(root, "commit", moves, stale)  # the switch: from here on the new set is the set
+        write_journal(root, "commit", moves, stale)  # the switch: from here on the new set is the set
     except BaseException:
         for temp, _ in moves:
             unlink_quietly(root / temp)

@@ -8,6 +8,9 @@ verifier and the CLI share one version of each check:
 - `check_feed_arrays`: ONNX Runtime 1.32 aborts the whole process (SIGABRT, exit 134) on a batch or time
   axis of 0; object arrays and non-native byte orders reach it as confusing errors; a state of batch 1
   beside an input of batch 2 is broadcast silently. Each is refused with a one-line `InputError`.
+- `check_feed_bytes`, `check_threads`: a feed over `MAX_FEED_BYTES` (bench's `--batch 1000000 --steps
+  1000000` was a MemoryError traceback) and more intra-op threads than `max_threads()` (2000 turned
+  0.3 s into 20 s) are refused with the bound stated.
 - `safe_text`: names and metadata come from files written by strangers; control characters in them would
   reach the user's terminal raw (ANSI escapes can rewrite what was printed before).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -24,7 +28,33 @@ from typing import BinaryIO
 
 import numpy as np
 
-from toolkit.errors import InputError, ModelLoadError
+from toolkit.errors import InputError, ModelLoadError, OptionError
+
+# The most bytes one input may hold: far above any recurrent model's batch, far below a machine's memory.
+MAX_FEED_BYTES = 1 << 30
+
+
+def max_threads() -> int:
+    """The most intra-op threads a runtime is given: 4 per core (more only contend for the cores)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: Sequence[int], option: str = "--threads") -> tuple[int, ...]:
+    """Thread counts within 1..max_threads(); an `OptionError` stating the bound otherwise."""
+    bound = max_threads()
+    wrong = [n for n in threads if not 1 <= n <= bound]
+    if wrong:
+        raise OptionError(f"Expected {option} between 1 and {bound} (4 per core on this machine's "
+                          f"{os.cpu_count() or 1}). Received: {wrong[0]}")
+    return tuple(threads)
+
+
+def check_feed_bytes(name: str, shape: Sequence[int], dtype: np.dtype) -> None:
+    """An input of this shape and dtype fits `MAX_FEED_BYTES` (checked before it is allocated)."""
+    size = int(np.prod([int(d) for d in shape], dtype=object)) * np.dtype(dtype).itemsize
+    if size > MAX_FEED_BYTES:
+        raise InputError(f"Expected input {safe_text(name)!r} of at most {MAX_FEED_BYTES >> 30} GiB. Received: shape "
+                         f"{tuple(int(d) for d in shape)} {np.dtype(dtype).name}, {size / 2**30:.3g} GiB")
 
 
 def open_regular_file(path: str | os.PathLike[str], what: str = "a Keras model file (.keras)") -> BinaryIO:
@@ -122,6 +152,7 @@ def check_feed_array(name: str, array: object) -> np.ndarray:
             f"Expected input {safe_text(name)!r} with every axis at least 1 (ONNX Runtime aborts the process on an "
             f"empty batch or time axis). Received: shape {array.shape}"
         )
+    check_feed_bytes(name, array.shape, array.dtype)
     return array
 
 
@@ -176,3 +207,82 @@ def check_input_names(specs: Sequence[str]) -> None:
             raise InputError(f"Expected each input once in --input NAME=FILE. Received: {safe_text(seen[name])!r} "
                              f"and {safe_text(spec)!r}")
         seen[name] = spec
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras prints the cause of a layer's failure in bold
+
+
+def keras_reason(exc: BaseException) -> str:
+    """One line of what Keras said: its 'Exception encountered when calling X.call().' names the layer,
+    and the next non-blank line (bold with ANSI codes) says what failed, so both are kept."""
+    return _reason_of([line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()],
+                      type(exc).__name__)
+
+
+def _reason_of(lines: list[str], fallback: str) -> str:
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        lines = [f"{lines[0]} {lines[1]}"]
+    return safe_text(lines[0] if lines else fallback, limit=300)
+
+
+# The line of a traced function's error that names the exception raised inside it ("    ValueError: ...").
+_RAISED = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)): ?(.*)$")
+
+
+def error_cause(exc: BaseException) -> str:
+    """`Type: why` in one line. An error raised while TensorFlow traced a function reads "in user code:",
+    then the frames, then the exception raised inside: that exception is the cause, not the first line."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    name = type(exc).__name__
+    if lines and lines[0] == "in user code:":
+        for index, line in enumerate(lines):
+            raised = _RAISED.match(line)
+            if raised:
+                name, lines = raised.group(1), [raised.group(2), *lines[index + 1:]]
+                break
+    return f"{name}: {_reason_of(lines, '(no message)')}"
+
+
+# Keras releases whose safe mode has the published fixes: 3.9 (CVE-2025-1550), 3.11 (CVE-2025-8747,
+# CVE-2025-9906), 3.11.3 (CVE-2025-9905, .h5), 3.13.2 (CVE-2026-1462), 3.14 (archive path traversal).
+MIN_KERAS = (3, 14)
+
+
+def check_keras_version(version: str) -> None:
+    """Refuse to load untrusted files with a Keras whose safe mode is known to be bypassable."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < MIN_KERAS:
+        raise ModelLoadError(
+            f"Expected Keras >= {'.'.join(map(str, MIN_KERAS))} to load model files (earlier safe modes have "
+            f"published bypasses). Received: Keras {version}"
+        )
+
+
+_TRUST = ("If you trust it, load it with keras.saving.load_model(path, safe_mode=False) and call "
+          "toolkit.exporter.export_model(model)")
+
+
+def keras_load_failure(exc: Exception) -> str:
+    """Say why Keras refused a file, naming what it refused, and what the user can do if they trust it."""
+    text = str(exc)
+    external = re.search(r"Requested the deserialization of a `(\w+)`", text)
+    if external:
+        return f"refused by Keras safe mode: a {external.group(1)} layer loads an external SavedModel. {_TRUST}"
+    vocabulary = re.search(r"vocabulary file outside of the model archive.*Vocabulary file: '([^']*)'", text, re.S)
+    if vocabulary:
+        return (f"refused by Keras safe mode: a lookup layer (StringLookup, IntegerLookup, ...) reads the vocabulary "
+                f"file {vocabulary.group(1)!r} outside the archive. {_TRUST}")
+    function = re.search(r"'class_name': 'function', 'config': '([^']+)'", text)
+    module = re.search(r"'module': '([^']+)', 'class_name': 'function'", text)
+    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
+    if unknown or function:
+        name = function.group(1) if function else unknown.group(1)
+        qualified = f"{module.group(1)}.{name}" if module and function else name
+        return (f"unknown custom object {qualified!r}; lstm-onnx never imports code named by a model file. "
+                "If you trust it, import it, load the model yourself and call toolkit.exporter.export_model(model)")
+    if "safe_mode" in text or "Lambda" in text:
+        return f"refused by Keras safe mode: the file holds Python code (a Lambda layer or function). {_TRUST}"
+    return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"

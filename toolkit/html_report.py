@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.compare import ParityReport, RuntimeReport
+from toolkit.compare import ParityReport, RuntimeReport, StreamReport
 from toolkit.fileio import atomic_write_text
 from toolkit.guard import safe_text
 from toolkit.runner import graph_inputs, graph_outputs
@@ -39,7 +39,7 @@ class ModelSection:
     label: str  # the file's name
     model: onnx.ModelProto
     runtimes: tuple[RuntimeReport, ...]
-    stream: object | None = None  # toolkit.streaming.StreamReport (not imported: it imports the runners)
+    stream: StreamReport | None = None
 
 
 def esc(value: object) -> str:

@@ -1,20 +1,21 @@
 """Keras as the parity reference: its outputs for one set of feeds, each case from zero states, and its own
-failures as one line. TensorFlow and Keras are imported inside the functions, never at module level, so
-`run` and `inspect` stay light (`toolkit.verify.KerasRunner` wraps these behind the Runner interface).
+failures as one line; `KerasRunner` puts them behind the runner contract. TensorFlow and Keras are imported
+inside the functions, never at module level, so `run` and `inspect` stay light.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.guard import safe_text
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras prints the cause of a layer's failure in bold
+from toolkit.guard import keras_reason, safe_text
+from toolkit.naming import OutputOrigin, output_origins, unique_names
+from toolkit.runner import first_line
+from toolkit.runtimes.base import Runner
 
 
 def keras_errors() -> tuple[type[BaseException], ...]:
@@ -38,37 +39,6 @@ def reset_states(model: Any) -> None:
                 variable.assign(keras.ops.zeros_like(variable.value))
 
 
-def keras_reason(exc: BaseException) -> str:
-    """One line of what Keras said: its 'Exception encountered when calling X.call().' names the layer,
-    and the next non-blank line (bold with ANSI codes) says what failed, so both are kept."""
-    return _reason_of([line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()],
-                      type(exc).__name__)
-
-
-def _reason_of(lines: list[str], fallback: str) -> str:
-    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
-        lines = [f"{lines[0]} {lines[1]}"]
-    return safe_text(lines[0] if lines else fallback, limit=300)
-
-
-# The line of a traced function's error that names the exception raised inside it ("    ValueError: ...").
-_RAISED = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)): ?(.*)$")
-
-
-def error_cause(exc: BaseException) -> str:
-    """`Type: why` in one line. An error raised while TensorFlow traced a function reads "in user code:",
-    then the frames, then the exception raised inside: that exception is the cause, not the first line."""
-    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
-    name = type(exc).__name__
-    if lines and lines[0] == "in user code:":
-        for index, line in enumerate(lines):
-            raised = _RAISED.match(line)
-            if raised:
-                name, lines = raised.group(1), [raised.group(2), *lines[index + 1:]]
-                break
-    return f"{name}: {_reason_of(lines, '(no message)')}"
-
-
 def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray], reset: bool = True) -> list[np.ndarray]:
     """Run Keras in inference mode and flatten its outputs in model order, from zero states (`reset`; else
     from the states its stateful layers kept from the previous call). Keras' own failure is one line
@@ -86,3 +56,28 @@ def keras_outputs(model: Any, feeds: Mapping[str, np.ndarray], reset: bool = Tru
     except keras_errors() as exc:
         raise InputError(f"Expected a model Keras can run for the reference outputs. Received: Keras failed "
                          f"running {safe_text(model.name)!r}: {type(exc).__name__}: {keras_reason(exc)}") from None
+
+
+class KerasRunner(Runner):
+    """A Keras model (or `.keras` file, loaded safely) behind the runner contract; outputs in model order,
+    keyed by their default `<layer>_<role>` names. Feeds it has no input for are ignored; Keras checks
+    the feeds it takes. It runs in this process, where TensorFlow cannot be stopped: the oracle has no
+    deadline (its inputs are the verifier's own small cases)."""
+
+    def __init__(self, model: Any, name: str = "keras"):
+        try:
+            import keras  # noqa: F401 -- here, not at module level: `run` and `inspect` never import TensorFlow
+        except ImportError as exc:
+            raise InputError("Expected Keras and TensorFlow to run the Keras model (pip install 'lstm-onnx[export]'). "
+                             f"Received: {first_line(exc)}") from None
+        if isinstance(model, (str, Path)):
+            from toolkit.keras_io import load_keras_model
+
+            model = load_keras_model(model)
+        super().__init__(None, name)
+        self.model = model
+        self.origins: list[OutputOrigin] = output_origins(model)
+        self.output_names = unique_names([o.name for o in self.origins])
+
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, keras_outputs(self.model, feeds)))

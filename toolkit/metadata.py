@@ -75,7 +75,7 @@ def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = No
         "cases": [c.label for c in report.cases],
         "outputs": {
             s.name: {"max_abs": float(f"{s.max_abs:.3g}"), "max_rel": float(f"{s.max_rel:.3g}"),
-                     "atol": s.tolerance.atol, "rtol": s.tolerance.rtol, "passed": s.passed}
+                     **s.tolerance.to_json(), "passed": s.passed}
             for s in report.summaries()
         },
     }

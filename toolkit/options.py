@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.compare import Tolerances
 from toolkit.errors import InputError
 from toolkit.limits import DEFAULT_LIMITS, ResourceLimits
+from toolkit.tolerance import Tolerances
 
 # Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
 DEFAULT_OPSET = 17
@@ -61,6 +61,8 @@ class ExportOptions:
     # Runtimes the export must be valid in (`verify --runtimes` names, or "all"): an export one of them
     # is known to compute wrong (OpenVINO and a masked layer, e.g.) is refused before anything is written.
     targets: tuple[str, ...] = ()
+    # Runtimes each export is proven in against Keras before it is written (`export --runtimes`; not recorded).
+    runtimes: tuple[str, ...] = ()
     limits: ResourceLimits = DEFAULT_LIMITS  # what a model file or a built stack may declare (toolkit.limits)
 
     def __post_init__(self) -> None:
@@ -76,8 +78,10 @@ class ExportOptions:
         for name in ("propagate_nan", "state_io", "require_fused"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"Expected {name} True or False. Received: {name}={getattr(self, name)!r}")
-        if not isinstance(self.targets, tuple) or not all(isinstance(t, str) for t in self.targets):
-            raise InputError(f"Expected targets as a tuple of runtime names. Received: targets={self.targets!r}")
+        for name in ("targets", "runtimes"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(t, str) for t in value):
+                raise InputError(f"Expected {name} as a tuple of runtime names. Received: {name}={value!r}")
         if not isinstance(self.limits, ResourceLimits):
             raise InputError(f"Expected limits as a ResourceLimits. Received: {type(self.limits).__name__}")
         if not isinstance(self.tolerances, Tolerances):

@@ -1,7 +1,7 @@
 """The export's parity check: the same input cases through Keras and through ONNX Runtime, output by output.
 
 The work is `verify.compare_with_keras` over the cases of `inputs.make_cases`; this module keeps the
-signature the exporter calls, and re-exports the names older callers import from here. Besides values,
+signature the exporter calls. Besides values,
 the invariants the post states are checked on the runtime's outputs: a layer's last output equals its
 `state_h`, and with `return_sequences` the last step of its sequence does. An export with stateful
 layers is also run on consecutive calls, its states carried (`toolkit.carry`).
@@ -12,29 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from toolkit.compare import ParityReport, Tolerances
-from toolkit.inputs import (  # noqa: F401 -- re-exported: callers import the input cases from here
-    BATCH_SIZES,
-    PADDING_SIDES,
-    VARIABLE_LENGTHS,
-    InputCase,
-    Padding,
-    embedding_vocab,
-    make_cases,
-    pad,
-    padding_of,
-    random_input,
-)
-from toolkit.verify import (  # noqa: F401 -- re-exported, as above
-    GraphRunner,
-    KerasRunner,
-    compare_with_keras,
-    invariant_checks,
-    keras_outputs,
-)
+from toolkit.carry import carried_parity, with_carried_calls
+from toolkit.compare import ParityReport
+from toolkit.inputs import InputCase, make_cases
+from toolkit.keras_runner import KerasRunner
+from toolkit.runtimes.base import Runner
+from toolkit.tolerance import Tolerances
+from toolkit.verify import compare_with_keras
 
 
-def check_parity(keras_model: Any, runner: GraphRunner, expected_names: Sequence[str],
+def check_parity(keras_model: Any, runner: Runner, expected_names: Sequence[str],
                  tolerances: Tolerances = Tolerances(), seed: int = 0,
                  cases: Sequence[InputCase] | None = None, padding_side: str = "right",
                  reference: KerasRunner | None = None,
@@ -43,8 +30,6 @@ def check_parity(keras_model: Any, runner: GraphRunner, expected_names: Sequence
     consecutive calls through `state_map` (by default the one in its metadata). `reference` computes the
     single-call expected outputs instead of `keras_model` (the original of a translated Keras 2 model)."""
     tolerances.check_names(runner.output_names)  # before Keras runs: a typo in a key fails fast
-    from toolkit.carry import carried_parity, with_carried_calls  # carry builds on this module's imports
-
     keras = reference if reference is not None else KerasRunner(keras_model)
     chosen = cases if cases is not None else make_cases(keras_model, seed, padding_side)
     report = compare_with_keras(keras, [runner], runner.model, expected_names, tolerances, chosen)[runner.name]

@@ -9,14 +9,11 @@ gets a message naming the input rather than an ONNX Runtime stack trace.
 from __future__ import annotations
 
 import json
-import threading
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -291,20 +288,6 @@ def check_tensor_io(infos: Sequence[TensorInfo]) -> None:
     if odd:
         raise ModelLoadError(f"Expected a model whose inputs and outputs are tensors. Received: "
                              f"{safe_text(odd[0].name)!r} of type {odd[0].dtype}")
-
-
-@contextmanager
-def deadline(run_options: Any, timeout: float | None) -> Iterator[None]:
-    """Set ONNX Runtime's `run_options.terminate` after `timeout` seconds (its kernels and loops check it):
-    a crafted Loop of 2**62 steps otherwise never returns."""
-    timer = threading.Timer(timeout, setattr, (run_options, "terminate", True)) if timeout else None
-    if timer:
-        timer.start()
-    try:
-        yield
-    finally:
-        if timer:
-            timer.cancel()
 
 
 def _check_feed(info: TensorInfo, array: np.ndarray) -> np.ndarray:

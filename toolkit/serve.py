@@ -47,9 +47,10 @@ from pathlib import Path
 import onnx
 
 from toolkit.errors import InputError, LstmOnnxError
+from toolkit.process import die_with_parent, log_lines, start_group_reaper, stop_process, stop_reaper
+from toolkit.process import remove_stale as remove_stale_entries
 from toolkit.progress import Progress
 from toolkit.runner import load_onnx
-from toolkit.runtimes.base import die_with_parent, process_alive, start_group_reaper, stop_process, stop_reaper
 from toolkit.serve_sandbox import backend_stubs, ended_stubs, namespace_prefix, restrict_regions, restricted_api_flags
 from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
 
@@ -166,33 +167,12 @@ def prepare_workspace(folder: Path, models: dict[str, onnx.ModelProto], options:
         (version / "model.onnx").write_bytes(model.SerializeToString())
 
 
-def owner_pid(name: str, prefix: str) -> int | None:
-    """The pid in `<prefix><pid>-<rest>`, or None for a name of another form (an older serve's)."""
-    pid, dash, _ = name.removeprefix(prefix).partition("-") if name.startswith(prefix) else ("", "", "")
-    return int(pid) if dash and pid.isdigit() else None
-
-
-
 def remove_stale(temp_dir: Path | None = None, shm_dir: Path = SHM_DIR) -> list[Path]:
     """Remove the workspaces and shared-memory regions of serves that died without `stop` (SIGKILL):
     ours (this user's), named with an owner pid that no longer runs. Returns what was removed."""
     found = [(entry, WORKSPACE_PREFIX) for entry in Path(temp_dir or tempfile.gettempdir()).glob(WORKSPACE_PREFIX + "*")]
     found += [(entry, SHM_PREFIX) for entry in shm_dir.glob(SHM_PREFIX + "*")] if shm_dir.is_dir() else []
-    removed = []
-    for entry, prefix in found:
-        pid = owner_pid(entry.name, prefix)
-        try:
-            mine = entry.lstat().st_uid == os.getuid()
-        except OSError:  # removed meanwhile (its owner's `stop`)
-            continue
-        if pid is None or not mine or pid == os.getpid() or process_alive(pid):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
+    return remove_stale_entries(found)
 
 
 def _get(url: str) -> int:
@@ -304,7 +284,7 @@ class TritonServer:
     def log_tail(self, lines: int = 3) -> str:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
-        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        text = log_lines(self.log_path)
         # E lines, but not the ones every CPU-only machine logs (no CUDA driver, no NVML).
         errors = [line for line in text if (line.startswith("E") or "rror" in line)
                   and not any(noise in line for noise in ("CudaDriverHelper", "NVML", "CUDA", "GPU"))]

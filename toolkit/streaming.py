@@ -12,43 +12,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 
 from toolkit import metadata
-from toolkit.compare import ParityReport, Tolerances
+from toolkit.compare import StreamReport, split_steps
 from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.inputs import InputCase, embedding_vocab, random_input
+from toolkit.keras_runner import KerasRunner
 from toolkit.runner import count_ops, graph_inputs, graph_outputs, optional_inputs
-from toolkit.verify import KerasRunner, OnnxRunner, RunnerBase, compare_runners
-
-
-@dataclass(frozen=True)
-class StreamReport:
-    """Chunked ONNX Runtime vs Keras on the whole sequence (the model's outputs), and vs ONNX Runtime on
-    the whole sequence (every output, the extra state outputs included)."""
-
-    chunks: tuple[int, ...]
-    against_keras: ParityReport
-    against_whole: ParityReport
-    length: int = 0  # steps of the streamed sequence (the chunk boundaries are `split_steps(length, chunks)`)
-
-    @property
-    def boundaries(self) -> list[int]:
-        """The steps at which a new chunk starts (after the first), for plots."""
-        return [start for start, _ in split_steps(self.length, self.chunks)][1:]
-
-    def __bool__(self) -> bool:
-        return bool(self.against_keras) and bool(self.against_whole)
-
-    def to_json(self) -> dict:
-        return {"chunks": list(self.chunks), "length": self.length, "passed": bool(self),
-                "against_keras": self.against_keras.to_json(),
-                "against_unchunked": self.against_whole.to_json()}
+from toolkit.runtimes.base import Runner
+from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.tolerance import Tolerances, compute_dtype, decide
+from toolkit.verify import compare_runners
 
 
 def parse_chunks(spec: str) -> list[int]:
@@ -60,15 +39,6 @@ def parse_chunks(spec: str) -> list[int]:
     if not sizes or any(size < 1 for size in sizes):
         raise InputError(f"Expected --stream as a chunk size or a comma-separated list of sizes >= 1. Received: {spec!r}")
     return sizes
-
-
-def split_steps(length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
-    spans, start, i = [], 0, 0
-    while start < length:
-        end = min(length, start + sizes[i % len(sizes)])
-        spans.append((start, end))
-        start, i = end, i + 1
-    return spans
 
 
 def state_map(model: onnx.ModelProto) -> dict[str, str]:
@@ -126,10 +96,12 @@ def run_streamed(runner: OnnxRunner, feeds: Mapping[str, np.ndarray], sequence_i
     return {name: (np.concatenate(pieces[name], axis=1) if name in timed else value) for name, value in last.items()}
 
 
-class StreamingRunner(RunnerBase):
-    """An ONNX Runtime session fed chunk by chunk through the export's state map: a runner like any other."""
+class StreamingRunner(Runner):
+    """An ONNX Runtime session fed chunk by chunk through the export's state map: a runner like any other
+    (the session checks each chunk's feeds)."""
 
     def __init__(self, runner: OnnxRunner, sizes: Sequence[int]):
+        super().__init__(None)
         check_streamable(runner.model)
         self.mapping = state_map(runner.model)
         self.sequence_input = sequence_input(runner)
@@ -137,7 +109,7 @@ class StreamingRunner(RunnerBase):
         self.sizes = tuple(sizes)
         self.name = f"{runner.name} stream {','.join(map(str, self.sizes))}"
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         return run_streamed(self.runner, feeds, self.sequence_input, self.sizes, self.mapping)
 
 
@@ -148,7 +120,8 @@ def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence
     check_streamable(onnx_model)
     runner = OnnxRunner(onnx_model)
     streamed = StreamingRunner(runner, sizes)
-    tolerances = tolerances.resolve(count_ops(onnx_model))
+    tolerances = decide(tolerances, count_ops(onnx_model), metadata.read_options(onnx_model).tier,
+                        compute_dtype(keras_model))
     rng = np.random.default_rng(seed)
     vocab = embedding_vocab(keras_model)
     feeds = {info.name: random_input(info.shape[1:], info.dtype, batch, length, rng, vocab) for info in runner.inputs}

@@ -17,15 +17,17 @@ from typing import Any
 
 from toolkit import __version__
 from toolkit.builder import StackConfig, build_stack, stack_budget
-from toolkit.compare import ParityReport, Tolerances
+from toolkit.compare import ParityReport
 from toolkit.errors import InputError, OutputError
-from toolkit.exporter import ExportResult, export_model
+from toolkit.export_result import ExportResult
+from toolkit.exporter import export_model
 from toolkit.fileset import write_file_set
 from toolkit.limits import check_budget
 from toolkit.metadata import parity_metadata, read_opset, versions
 from toolkit.naming import default_output_names
 from toolkit.options import ExportOptions
 from toolkit.progress import Progress
+from toolkit.tolerance import Tolerances
 
 MANIFEST_NAME = "manifest.json"
 
@@ -45,7 +47,7 @@ class SuiteResult:
 
     @property
     def passed(self) -> bool:
-        return all(entry.result.parity for entry in self.entries)
+        return all(entry.result.passed for entry in self.entries)
 
     def manifest(self) -> dict:
         return build_manifest(self.entries)
@@ -60,7 +62,7 @@ class SuiteResult:
 
     @property
     def items(self) -> list[tuple[str, ParityReport]]:
-        return [(entry.file, entry.result.parity) for entry in self.entries]
+        return [item for entry in self.entries for item in entry.result.items(entry.file)]
 
     @property
     def exported(self) -> list[tuple[str, ExportResult]]:

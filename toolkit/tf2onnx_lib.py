@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit.errors import ExportError
-from toolkit.keras_runner import error_cause
-from toolkit.options import MAX_OPSET, MIN_OPSET  # noqa: F401 - the opsets tf2onnx is used with; defined once there
+from toolkit.guard import error_cause
 
 
 @dataclass(frozen=True)

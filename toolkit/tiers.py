@@ -10,8 +10,9 @@
   halves the file, not the time.
 
 `apply_tier` returns the new graph and a `TierInfo` (what changed, sizes, the tolerance it is checked
-at). The exporter runs it after naming and before parity; `lstm-onnx bench` runs it on a finished file.
-Nothing here imports TensorFlow; ONNX Runtime's quantization module is imported only for `int8`.
+at: `toolkit.tolerance.TIER_TOLERANCES`, with the measurements behind each). The exporter runs it after
+naming and before parity; `lstm-onnx bench` runs it on a finished file. Nothing here imports TensorFlow;
+ONNX Runtime's quantization module is imported only for `int8`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import contextlib
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,25 +30,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from toolkit.compare import Tolerance, Tolerances
 from toolkit.errors import InputError
 from toolkit.options import TIERS
+from toolkit.tolerance import TIER_TOLERANCES, Tolerance
 
 QUANTIZED_OP_TYPES = ("LSTM", "MatMul")  # what ORT 1.32's quantize_dynamic quantizes among our ops
 FLOAT_ONLY_OPS = ("GRU", "RNN")  # recurrent ops ORT has no quantized kernel for
 
-# The tolerance each tier is proven at, from measured error against Keras (ORT 1.32, 2026-11-28; the
-# figures are max abs). Each is about 2x the worst seen, over the export's own parity cases of every builder
-# variant (8 units) and over 128 units on 64 features, 100 steps, inputs uniform(-1, 1), batch 1 and 32.
-# int8: LSTM 3.5e-3 at 32 x 100 (mean 3.4e-4), LSTM + Dense head 6.6e-3 (the head's MatMulInteger
-# quantizes its input too), Bidirectional 5.2e-3, relu LSTM 8.9e-3 (unbounded outputs), GRU and
-# SimpleRNN as float32 (not quantized).
-INT8_TOLERANCE = Tolerance(atol=2e-2, rtol=1e-2)
-# float16 (weights rounded to 11 bits, then 100 steps of recurrence): LSTM 1.7e-4, GRU 2.5e-4, tanh
-# SimpleRNN 1.0e-3, relu SimpleRNN 7.3e-3 (nothing saturates, so the rounding grows step after step).
-FLOAT16_TOLERANCE = Tolerance(atol=1.5e-2, rtol=1e-2)
-TIER_TOLERANCES: Mapping[str, Tolerance | None] = {"float32": None, "float16": FLOAT16_TOLERANCE,
-                                                    "int8": INT8_TOLERANCE}
 # Float initializers smaller than this stay float32: they are scalars and shape-like constants (a mask
 # value, an epsilon), whose rounding would buy no size and could change a comparison.
 MIN_FLOAT16_ELEMENTS = 16
@@ -57,29 +46,6 @@ def check_tier(tier: Any) -> str:
     if tier not in TIERS:
         raise InputError(f"Expected a precision tier among {list(TIERS)}. Received: {tier!r}")
     return tier
-
-
-def tier_tolerances(tier: str, tolerances: Tolerances, computed: Tolerance | None = None) -> Tolerances:
-    """The tolerances a tier is checked at: the user's default when given, else the tier's measured one.
-
-    `computed` is the default `toolkit.precision` chose for a model that computes in float16/bfloat16:
-    the tier's tolerance can only loosen it (each is the error of one rounding, and both apply).
-    """
-    if tolerances.default is not None:
-        return tolerances
-    found = [t for t in (TIER_TOLERANCES[check_tier(tier)], computed) if t is not None]
-    if not found:
-        return tolerances
-    return Tolerances(Tolerance(max(t.atol for t in found), max(t.rtol for t in found)), tolerances.per_output)
-
-
-def recorded_tolerances(model: onnx.ModelProto, tolerances: Tolerances, keras_model: Any) -> Tolerances:
-    """The tolerances an export is verified at, as it was exported: its recorded tier's (and the Keras
-    model's compute dtype's, `toolkit.precision`) unless the user set a default."""
-    from toolkit.precision import choose
-
-    computed = choose(tolerances, keras_model)
-    return tier_tolerances(recorded_tier(model), tolerances, computed.tolerances.default if computed.chosen else None)
 
 
 @dataclass(frozen=True)
@@ -106,15 +72,14 @@ class TierInfo:
             text += f"; {_ops(self.kept_float)} kept float32 (ONNX Runtime has no {self.tier} kernel for them)"
         text += f"; size {self.size_ratio:.2f}x of float32 ({self.tier_bytes} bytes)"
         if self.tolerance is not None:
-            text += f"; checked against Keras at atol={self.tolerance.atol:g} rtol={self.tolerance.rtol:g} by default"
+            text += f"; checked against Keras at {self.tolerance} by default"
         return text
 
     def to_json(self) -> dict[str, Any]:
         return {"tier": self.tier, "converted": dict(self.converted), "kept_float": dict(self.kept_float),
                 "float32_bytes": self.float32_bytes, "tier_bytes": self.tier_bytes,
                 "size_ratio": round(self.size_ratio, 4),
-                "tolerance": None if self.tolerance is None else {"atol": self.tolerance.atol,
-                                                                  "rtol": self.tolerance.rtol}}
+                "tolerance": None if self.tolerance is None else self.tolerance.to_json()}
 
 
 def _ops(counts: Mapping[str, int]) -> str:
@@ -211,50 +176,6 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-# ------------------------------------------------------------------ where a tier runs: runtime x threads
-
-
-@dataclass(frozen=True)
-class Target:
-    """A form to run a model in: a runtime, a precision tier, and a number of intra-op threads."""
-
-    runtime: str  # "onnxruntime" or "openvino"
-    tier: str  # a TIERS entry, or "bf16" (OpenVINO's default precision on CPUs with bf16 instructions)
-    threads: int = 1
-
-    @property
-    def label(self) -> str:
-        return f"{self.runtime} {self.tier} x{self.threads}"
-
-
-# The forms `bench` tries, by name; OpenVINO's join them where it is installed (`available_targets`).
-TARGETS: dict[str, Target] = {
-    "onnxruntime": Target("onnxruntime", "float32"),
-    "onnxruntime-int8": Target("onnxruntime", "int8"),
-    "onnxruntime-float16": Target("onnxruntime", "float16"),
-}
-# OpenVINO's runtimes (toolkit.runtimes.openvino) by tier: f32 pinned, and its CPU default (bf16 here).
-OPENVINO_TARGETS: dict[str, Target] = {
-    "openvino": Target("openvino", "float32"),
-    "openvino-bf16": Target("openvino", "bf16"),
-}
-OPENVINO_RUNTIMES = {"float32": "openvino", "bf16": "openvino-bf16"}
-
-
-def openvino_available() -> bool:
-    """Whether the OpenVINO runner and the openvino package are both installed (nothing is imported)."""
-    import importlib.util
-
-    try:
-        return all(importlib.util.find_spec(name) is not None for name in ("openvino", "toolkit.runtimes.openvino"))
-    except ImportError:  # toolkit.runtimes itself missing
-        return False
-
-
-def available_targets() -> dict[str, Target]:
-    return {**TARGETS, **(OPENVINO_TARGETS if openvino_available() else {})}
-
-
 def recorded_tier(model: onnx.ModelProto) -> str:
     """The tier an export was made in (from `lstm_onnx.options`; float32 when not recorded)."""
     from toolkit import metadata
@@ -262,72 +183,17 @@ def recorded_tier(model: onnx.ModelProto) -> str:
     return str(metadata.read_json(model, metadata.OPTIONS, {}, dict).get("tier", "float32"))
 
 
-def open_target(target: Target, model: onnx.ModelProto, path: Path,
-                converted: dict[str, tuple[onnx.ModelProto, TierInfo]] | None = None) -> tuple[Any, str, int]:
-    """An open runner of `model` in `target`, or None and why not; and the size of the model it runs.
+def nothing_to_convert(tier: str) -> Callable[[onnx.ModelProto], str | None]:
+    """The `problem` of ONNX Runtime in a tier: a model the tier would not change is not run in it (it is
+    the float32 form under another name)."""
 
-    `path` is the float32 file (OpenVINO reads files). A tier that would change nothing (int8 of a model
-    with no LSTM or MatMul) is not run: it is the float32 form under another name. `converted` caches
-    each tier's conversion across calls (`bench` opens one tier at several thread counts).
-    """
-    from toolkit.errors import ModelLoadError
-    from toolkit.verify import OnnxRunner
+    def problem(model: onnx.ModelProto) -> str | None:
+        counts = _op_counts(model)
+        if tier == "int8" and not any(counts[op] for op in QUANTIZED_OP_TYPES):
+            kept = {op: counts[op] for op in FLOAT_ONLY_OPS if counts[op]}
+            return f"nothing to convert to int8 ({_ops(kept)} stay float32)"
+        if tier == "float16" and not _float16_count(model):
+            return "nothing to convert to float16 (no float weight of 16 elements or more)"
+        return None
 
-    if target.runtime != "onnxruntime":
-        return _open_other(target, model, path)
-    cache = {} if converted is None else converted
-    if target.tier not in cache:
-        cache[target.tier] = apply_tier(model, target.tier)
-    tiered, info = cache[target.tier]
-    if target.tier != "float32" and not any(info.converted.values()):
-        return None, f"nothing to convert to {target.tier} ({_ops(info.kept_float)} stay float32)", info.tier_bytes
-    try:
-        return OnnxRunner(tiered, name=target.label, threads=target.threads or None), "", info.tier_bytes
-    except ModelLoadError as exc:
-        return None, str(exc), info.tier_bytes
-
-
-def _open_other(target: Target, model: onnx.ModelProto, path: Path) -> tuple[Any, str, int]:
-    """OpenVINO on the float32 file, at f32 or its default precision, where its `problem` allows."""
-    size = model.ByteSize()
-    if target.runtime != "openvino" or target.tier not in OPENVINO_RUNTIMES:
-        raise InputError(f"Expected a target among {list(available_targets().values())}. Received: {target}")
-    if not openvino_available():
-        return None, "OpenVINO is not installed (pip install -e \".[runtimes]\")", size
-    from toolkit.runtimes import openvino
-
-    problem = openvino.problem(model)
-    if problem:
-        return None, problem, size
-    try:
-        return openvino.OpenVinoRunner(path, model, OPENVINO_RUNTIMES[target.tier], threads=target.threads or None), "", size
-    except InputError as exc:  # RuntimeFailure: OpenVINO refused to compile it
-        return None, str(exc), size
-
-
-RUN_RUNTIMES = ("onnxruntime", "openvino")
-PRECISIONS = ("f32", "bf16")
-
-
-def open_runner(path: str | Path, runtime: str = "onnxruntime", precision: str = "f32",
-                threads: int | None = None) -> Any:
-    """A runner of the file at `path` in ONNX Runtime or OpenVINO (`lstm-onnx run --runtime`).
-
-    f32 is exact; bf16 (OpenVINO's CPU default) is a tier of its own, off by 2e-3 to 1.5e-2. OpenVINO
-    runs only what its `problem` says it computes correctly, and refuses the rest, saying why.
-    """
-    from toolkit.runner import load_onnx
-
-    if runtime not in RUN_RUNTIMES:
-        raise InputError(f"Expected --runtime among {list(RUN_RUNTIMES)}. Received: {runtime!r}")
-    if precision not in PRECISIONS or (runtime == "onnxruntime" and precision != "f32"):
-        allowed = list(PRECISIONS) if runtime == "openvino" else ["f32"]
-        raise InputError(f"Expected --precision among {allowed} with {runtime}. Received: {precision!r}")
-    if threads is not None and threads < 1:
-        raise InputError(f"Expected --threads >= 1. Received: {threads}")
-    model = load_onnx(path)
-    tier = "float32" if precision == "f32" else "bf16"
-    runner, problem, _ = open_target(Target(runtime, tier, threads or 0), model, Path(path))
-    if runner is None:
-        raise InputError(f"Expected a model {runtime} computes correctly. Received: {Path(path).name}: {problem}")
-    return runner
+    return problem

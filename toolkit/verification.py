@@ -8,6 +8,7 @@ tolerances: through `toolkit.metadata`'s readers), and compares every chosen run
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,17 @@ from typing import Any
 import onnx
 
 from toolkit import metadata
-from toolkit.compare import ParityReport, RuntimeReport, Tolerances
+from toolkit.compare import ParityReport, RuntimeReport
 from toolkit.errors import InputError
-from toolkit.inputs import make_cases
+from toolkit.inputs import InputCase, make_cases
+from toolkit.keras_runner import KerasRunner
 from toolkit.naming import output_origins, unique_names
 from toolkit.progress import Progress
-from toolkit.runner import load_onnx
+from toolkit.runner import count_ops, load_onnx
 from toolkit.runtimes.base import open_or_failed
-from toolkit.tiers import recorded_tolerances
-from toolkit.verify import KerasRunner, compare_with_keras, runtimes_named
+from toolkit.runtimes.registry import Runtime, runtimes_named
+from toolkit.tolerance import Tolerances, compute_dtype, decide
+from toolkit.verify import compare_with_keras
 
 
 def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
@@ -46,22 +49,63 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path | KerasRunner,
             f"Expected the ONNX model to have the Keras model's {len(keras.model.outputs)} outputs {expected}. "
             f"Received: {len(proto.graph.output)} outputs {[o.name for o in proto.graph.output]}"
         )
-    problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
     padding = metadata.read_options(proto).padding  # the side the export was made for
     tolerances = recorded_tolerances(proto, tolerances, keras.model)  # an int8 or float16 export's, as at export
     cases = make_cases(keras.model, seed, padding)
+    return compare_in_runtimes(Path(onnx_path), proto, keras, chosen, expected, tolerances, cases, progress)
+
+
+def prove_written(proto: onnx.ModelProto, keras: KerasRunner, runtimes: Sequence[str], expected: Sequence[str],
+                  tolerances: Tolerances, cases: Sequence[InputCase]) -> list[RuntimeReport]:
+    """`export --runtimes`: the bytes about to be written, run from a private file in each runtime and
+    compared with Keras on the export's own parity cases (`all`: every runtime a model deploys to, so
+    not onnx.reference, a check rather than a target)."""
+    chosen = [r for r in runtimes_named(runtimes) if list(runtimes) != ["all"] or r.name != "reference"]
+    with tempfile.TemporaryDirectory(prefix="lstm-onnx-prove-") as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(proto.SerializeToString())
+        return compare_in_runtimes(path, proto, keras, chosen, expected, tolerances, cases)
+
+
+def compare_in_runtimes(path: Path, proto: onnx.ModelProto, keras: KerasRunner, chosen: Sequence[Runtime],
+                        expected: Sequence[str], tolerances: Tolerances, cases: Sequence[InputCase],
+                        progress: Progress = Progress()) -> list[RuntimeReport]:
+    """Keras vs each chosen runtime on these cases; a runtime the model is not valid in says why."""
+    problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
     valid = [r for r in chosen if not problems[r.name]]
     progress.begin(len(valid) + len(cases), "verify")
     with contextlib.ExitStack() as stack:
         runners = []
         for runtime in valid:
-            runners.append(stack.enter_context(open_or_failed(runtime.name, runtime.open, Path(onnx_path), proto)))
+            runners.append(stack.enter_context(open_or_failed(runtime.name, runtime.open, path, proto)))
             progress.advance(f"opened {runtime.name}")
         reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases, progress)
     progress.end()
     return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]
 
 
+
+
+def recorded_tolerances(proto: onnx.ModelProto, tolerances: Tolerances, keras_model: Any) -> Tolerances:
+    """`verify`'s tolerances, decided once as at export: the recorded tier's, the Keras model's compute
+    dtype's and the ops' (`toolkit.tolerance.decide`), unless the user set a default."""
+    return decide(tolerances, count_ops(proto), metadata.read_options(proto).tier, compute_dtype(keras_model))
+
+
+def recorded_keras_model(model: onnx.ModelProto, name: str = "the model") -> Any:
+    """The Keras model a builder export was made from, rebuilt from the flags it records
+    (`lstm_onnx.source`'s `builder`, checked as `StackConfig` checks them): `verify` without `--keras`."""
+    from toolkit.builder import StackConfig, build_stack
+
+    flags = metadata.read_source(model).get("builder")
+    if not isinstance(flags, dict):
+        raise InputError(f"Expected --keras, or an export that records the builder flags it was made from. Received: "
+                         f"{name}, which records {sorted(metadata.read_source(model)) or 'no source'}")
+    try:
+        config = StackConfig(**flags)
+    except TypeError as exc:  # a flag StackConfig does not have
+        raise InputError(f"Expected builder flags among StackConfig's fields in {name}. Received: {exc}") from None
+    return build_stack(config)
 
 
 def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:

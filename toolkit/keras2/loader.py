@@ -113,7 +113,7 @@ def build_model(translation: Translation, source: Path, limits: ResourceLimits) 
     from keras.src.legacy.saving import saving_options, saving_utils
     from keras.src.saving import serialization_lib
 
-    from toolkit.keras_io import check_keras_version, keras_load_failure
+    from toolkit.guard import check_keras_version, keras_load_failure
 
     check_keras_version(keras.__version__)
     try:

@@ -16,7 +16,6 @@ import numpy as np
 
 from toolkit.errors import UnsupportedModelError
 from toolkit.guard import safe_text
-from toolkit.options import ExportOptions
 
 TIME_STEPS = (3, 5, 11)  # a dynamic time axis is checked at several lengths
 BATCHES = (1, 4)
@@ -67,41 +66,3 @@ def module_cases(spec: SignatureSpec, seed: int) -> list[Any]:
                            else rng.uniform(-1, 1, size=concrete).astype(kind))
         cases.append(InputCase(f"random batch {batch}, {steps} steps", feeds))
     return cases
-
-
-def _check_options(folder: Path, options: ExportOptions) -> None:
-    """What a signature converted by tf2onnx cannot honour is refused, not ignored: lstm-onnx's lowering
-    (which writes state inputs and tiers) needs layer configs this SavedModel does not have."""
-    asked = [name for name, on in (("--state-io", options.state_io), (f"--{options.tier} tier", options.tier != "float32"))
-             if on]
-    if asked:
-        raise UnsupportedModelError(f"Expected a Keras model for {', '.join(asked)}. Received: {safe_text(str(folder))!r}, "
-                                    "a SavedModel without Keras metadata (a tf.Module), which tf2onnx converts as it is")
-
-
-def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0) -> Any:
-    """Convert a tf.Module SavedModel's serving signature with tf2onnx, named and checked."""
-    from toolkit.keras2.private import PrivateCopy
-
-    _check_options(folder, options)
-    copy = PrivateCopy(folder, options.limits)  # regular files only, read by every step below instead of the path
-    try:
-        return _export_copy(copy.path, folder, options, seed)
-    finally:
-        copy.close()
-
-
-def _export_copy(private: Path, folder: Path, options: ExportOptions, seed: int) -> Any:
-    from toolkit.keras2.child import SignatureChild
-    from toolkit.keras2.module_export import finish_module_export
-    from toolkit.keras2.savedmodel import check_graph_ops, open_checkpoint
-
-    check_graph_ops(private, options.limits)
-    if (private / "variables" / "variables.index").is_file():
-        open_checkpoint(private, options.limits)  # declared variable sizes within the limits before TF loads them
-    child = SignatureChild(private)  # loads, converts and runs the graph, bounded in time and memory
-    try:
-        spec = signature_spec(child.spec, folder)
-        return finish_module_export(folder, child, spec, options, seed)
-    finally:
-        child.close()

@@ -1,6 +1,6 @@
-"""The steps after tf2onnx for a `tf.Module` SavedModel (`toolkit.keras2.module`): the same naming,
-canonical form, fusion report, parity check and metadata as a Keras export, with the serving signature
-in the place of the Keras model."""
+"""The export of a `tf.Module` SavedModel (its signature read by `toolkit.keras2.module`): tf2onnx's
+conversion, then the same naming, canonical form, fusion report, parity check and metadata as a Keras
+export, with the serving signature in the place of the Keras model."""
 
 from __future__ import annotations
 
@@ -12,14 +12,53 @@ import onnx
 from toolkit import __version__, metadata
 from toolkit.errors import UnsupportedModelError
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
-from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases
+from toolkit.guard import safe_text
+from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases, signature_spec
 from toolkit.options import ExportOptions
 from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
 from toolkit.tf2onnx_lib import InputSignature
+from toolkit.tolerance import decide
+
+
+def _check_options(folder: Path, options: ExportOptions) -> None:
+    """What a signature converted by tf2onnx cannot honour is refused, not ignored: lstm-onnx's lowering
+    (which writes state inputs and tiers) needs layer configs this SavedModel does not have."""
+    asked = [name for name, on in (("--state-io", options.state_io), (f"--{options.tier} tier", options.tier != "float32"))
+             if on]
+    if asked:
+        raise UnsupportedModelError(f"Expected a Keras model for {', '.join(asked)}. Received: {safe_text(str(folder))!r}, "
+                                    "a SavedModel without Keras metadata (a tf.Module), which tf2onnx converts as it is")
+
+
+def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0) -> Any:
+    """Convert a tf.Module SavedModel's serving signature with tf2onnx, named and checked."""
+    from toolkit.keras2.private import PrivateCopy
+
+    _check_options(folder, options)
+    copy = PrivateCopy(folder, options.limits)  # regular files only, read by every step below instead of the path
+    try:
+        return _export_copy(copy.path, folder, options, seed)
+    finally:
+        copy.close()
+
+
+def _export_copy(private: Path, folder: Path, options: ExportOptions, seed: int) -> Any:
+    from toolkit.keras2.child import SignatureChild
+    from toolkit.keras2.savedmodel import check_graph_ops, open_checkpoint
+
+    check_graph_ops(private, options.limits)
+    if (private / "variables" / "variables.index").is_file():
+        open_checkpoint(private, options.limits)  # declared variable sizes within the limits before TF loads them
+    child = SignatureChild(private)  # loads, converts and runs the graph, bounded in time and memory
+    try:
+        spec = signature_spec(child.spec, folder)
+        return finish_module_export(folder, child, spec, options, seed)
+    finally:
+        child.close()
 
 
 def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options: ExportOptions, seed: int) -> Any:
-    from toolkit.exporter import ExportResult, OutputInfo, _load_runner
+    from toolkit.export_result import ExportResult, OutputInfo, load_runner
     from toolkit.verify import compare_runners
 
     signature = [InputSignature(name, dtype, shape) for name, shape, dtype in spec.inputs]
@@ -37,9 +76,9 @@ def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options:
     if warnings and options.require_fused:
         raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: "
                                     + warnings[0])
-    runner = _load_runner(proto, folder.name)
+    runner = load_runner(proto, folder.name)
     reference = SignatureRunner(child, spec)
-    report = compare_runners(reference, [runner], module_cases(spec, seed), options.tolerances.resolve(ops),
+    report = compare_runners(reference, [runner], module_cases(spec, seed), decide(options.tolerances, ops),
                              [v.name for v in proto.graph.output])[runner.name]
     outputs = tuple(OutputInfo(info.name, "serving_default", info.name, info.dtype, info.shape) for info in graph_outputs(proto))
     metadata.write_metadata(proto, {

@@ -17,7 +17,6 @@ Each reference is a `KerasRunner` over the translated model (same output names, 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ import numpy as np
 from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
 from toolkit.guard import safe_text
 from toolkit.keras2.loader import Keras2Model
+from toolkit.keras_runner import KerasRunner
 from toolkit.runner import first_line
-from toolkit.verify import KerasRunner
 
 TF_KERAS_HINT = "pip install --no-deps 'tf-keras==2.21.*' (scripts/setup_runtimes.sh does)"
 
@@ -48,7 +47,7 @@ class SignatureReference(KerasRunner):
         self._output_keys = keras2_output_names(loaded.translation.config)
         self.label = f"the SavedModel's serving signature, run by TensorFlow {tf.__version__}"
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         inputs = [name for name, _, _ in self._child.spec["inputs"]]
         result = self._child.run({key: feeds[key] for key in inputs if key in feeds})
         missing = [key for key in self._output_keys if key not in result]
@@ -79,7 +78,7 @@ class TfKerasReference(KerasRunner):
         self._original.load_weights(str(loaded.path))
         self.label = f"tf.keras {tf_keras.__version__} {how}"
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         args = [feeds[t.name.split(":")[0]] for t in self._original.inputs]
         self._original.reset_states()
         outputs = self._original(args if len(args) > 1 else args[0], training=False)

@@ -15,6 +15,7 @@ import onnx
 from toolkit.lowering.cells import CELL_OPS
 from toolkit.lowering.writer import GraphWriter
 from toolkit.naming import OutputOrigin
+from toolkit.options import ExportOptions
 
 
 @dataclass
@@ -65,13 +66,10 @@ class LoweringReport:
 class LoweringContext:
     """The writer, the options, and what is derived once and shared by every layer reading it."""
 
-    def __init__(self, writer: GraphWriter, report: LoweringReport, propagate_nan: bool = False,
-                 state_io: bool = False, padding: str = "right"):
+    def __init__(self, writer: GraphWriter, report: LoweringReport, options: ExportOptions | None = None):
         self.w = writer
         self.report = report
-        self.propagate_nan = propagate_nan
-        self.padding = padding  # where masked batches hold their padding: "right" or "left"
-        self.state_io = state_io
+        self.options = options or ExportOptions()  # whole, as the exporter was given it
         # ONNX Runtime runs recurrent ops time-major only. Every value that has (or needs) a
         # (time, batch, ...) form keeps it here, so a stack hands one layer's time-major output straight
         # to the next instead of transposing to Keras' batch-major layout and back; the batch-major
@@ -85,6 +83,19 @@ class LoweringContext:
         # output names count them: Keras numbers calls across every model sharing a layer, and a loaded
         # Sequential gives its first layer an inbound node outside its graph.
         self.calls: dict[int, int] = {}
+
+    @property
+    def propagate_nan(self) -> bool:
+        return self.options.propagate_nan
+
+    @property
+    def padding(self) -> str:
+        """Where masked batches hold their padding: "right" or "left"."""
+        return self.options.padding
+
+    @property
+    def state_io(self) -> bool:
+        return self.options.state_io
 
     def owner(self, layer: Any, node: Any) -> str:
         """The layer's name, with `_call<n>` for a later call of a shared layer (as `naming` does)."""

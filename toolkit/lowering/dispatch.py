@@ -76,7 +76,7 @@ def lower_model(model: Any, signature: Sequence[InputSignature],
     opset = options.opset
     writer = GraphWriter(opset)
     report = LoweringReport()
-    ctx = LoweringContext(writer, report, options.propagate_nan, options.state_io, options.padding)
+    ctx = LoweringContext(writer, report, options)
     outputs = walk(ctx, model, [Value(s.name) for s in signature])
     graph_inputs = [
         helper.make_tensor_value_info(s.name, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape))

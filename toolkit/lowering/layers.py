@@ -18,12 +18,13 @@ from onnx import TensorProto
 
 from toolkit.errors import UnsupportedModelError
 from toolkit.lowering import masks
+from toolkit.lowering.bidirectional import lower_bidirectional
 from toolkit.lowering.carried import STATE_NOTE, carries_states, convert_carrying_states
 from toolkit.lowering.cells import NotFusable, plan_cells, to_numpy
 from toolkit.lowering.context import LayerCall, LayerLowering, LoweringContext, Value, handles
-from toolkit.lowering.recurrent import lower_recurrent, read_call, write_state_inputs
+from toolkit.lowering.recurrent import finish, lower_unidirectional, plan, read_call, write_state_inputs
 from toolkit.lowering.stacked import is_stacked, lower_stacked
-from toolkit.naming import is_recurrent
+from toolkit.naming import is_bidirectional, is_recurrent
 from toolkit.tf2onnx_lib import InputSignature, convert_call
 
 # Layers that are the identity at inference time and pass their input's mask on.
@@ -239,6 +240,17 @@ def plain_weights(layer: Any) -> bool:
     """A layer whose weights are plain float32 tables: no quantized or LoRA weights, float32 output."""
     return (not getattr(layer, "quantization_mode", None) and not getattr(layer, "lora_enabled", False)
             and str(getattr(layer, "compute_dtype", "float32")) == "float32")
+
+
+def lower_recurrent(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> tuple[list[Value], str]:
+    """Every step for one call; returns its outputs and the fused op's type. Raises NotFusable."""
+    rc = read_call(ctx, node, values)
+    plans = plan(rc.layer)
+    write_state_inputs(ctx, rc)
+    lower = lower_bidirectional if is_bidirectional(rc.layer) else lower_unidirectional
+    # The states come back even when the layer does not return them: `finish` records them for the
+    # state map, then drops them (an unread value is pruned from the graph).
+    return finish(ctx, rc, lower(ctx, rc, plans)), plans[0].op
 
 
 @handles("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional")

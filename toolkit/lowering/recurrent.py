@@ -146,19 +146,6 @@ def finish(ctx: LoweringContext, rc: RecurrentCall, outputs: list[Value]) -> lis
     return outputs
 
 
-def lower_recurrent(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> tuple[list[Value], str]:
-    """Every step for one call; returns its outputs and the fused op's type. Raises NotFusable."""
-    from toolkit.lowering.bidirectional import lower_bidirectional  # it builds on this module's steps
-
-    rc = read_call(ctx, node, values)
-    plans = plan(rc.layer)
-    write_state_inputs(ctx, rc)
-    lower = lower_bidirectional if is_bidirectional(rc.layer) else lower_unidirectional
-    # The states come back even when the layer does not return them: `finish` records them for the
-    # state map, then drops them (an unread value is pruned from the graph).
-    return finish(ctx, rc, lower(ctx, rc, plans)), plans[0].op
-
-
 # -- one direction
 
 

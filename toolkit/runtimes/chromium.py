@@ -41,21 +41,17 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import onnx
 
-from toolkit.errors import InputError
-from toolkit.runtimes.base import (
-    RUN_TIMEOUT,
-    START_TIMEOUT,
-    ModelRunner,
-    RuntimeFailure,
+from toolkit.errors import InputError, RuntimeFailure, overrun
+from toolkit.process import (
     close_runners_on_sigterm,
-    decode_answer,
     die_with_parent,
-    encode_feeds,
-    process_alive,
+    log_tail,
+    remove_stale,
     start_group_reaper,
     stop_process,
     stop_reaper,
 )
+from toolkit.runtimes.base import START_TIMEOUT, Runner, decode_answer, encode_feeds, model_bytes
 from toolkit.runtimes.js import JS_DIR, SETUP_HINT, npm_package
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
@@ -223,27 +219,18 @@ class DevToolsPipe:
 
 def remove_stale_profiles(folder: Path | None = None) -> list[Path]:
     """Remove the profiles of runs whose lstm-onnx process is gone (killed before its close()); ours only."""
-    removed = []
-    for profile in Path(folder or tempfile.gettempdir()).glob(PROFILE_PREFIX + "*-*"):
-        owner = profile.name[len(PROFILE_PREFIX):].split("-", 1)[0]
-        try:
-            if not owner.isdigit() or profile.lstat().st_uid != os.getuid() or process_alive(int(owner)):
-                continue
-        except OSError:  # removed meanwhile by another run's cleanup
-            continue
-        shutil.rmtree(profile, ignore_errors=True)
-        removed.append(profile)
-    return removed
+    return remove_stale((entry, PROFILE_PREFIX) for entry in Path(folder or tempfile.gettempdir()).glob(PROFILE_PREFIX + "*-*"))
 
 
-class ChromiumRunner(ModelRunner):
-    """One model loaded by onnxruntime-web in a headless Chromium page."""
+class ChromiumRunner(Runner):
+    """One model loaded by onnxruntime-web in a headless Chromium page; a run past its deadline leaves the
+    runner broken (the page cannot be interrupted) until it is closed."""
 
     name = "chromium"
 
     def __init__(self, path: Path, model: onnx.ModelProto):
         binary = browser_binary()
-        mailbox = Mailbox(Path(path).read_bytes())
+        mailbox = Mailbox(model_bytes(model, self.name))  # external data inside: the page gets one buffer
         super().__init__(model)
         self.mailbox = mailbox
         self.broken = ""  # why later answers cannot be trusted (an earlier request timed out)
@@ -310,15 +297,13 @@ class ChromiumRunner(ModelRunner):
                     raise RuntimeFailure(f"Expected Chromium to keep running. Received: it exited with code "
                                          f"{self.browser.returncode}: {self._log_tail()}") from None
         self.broken = f"a request timed out after {timeout:g} s"
-        raise RuntimeFailure(f"Expected an answer from the Chromium page within {timeout:g} s. Received none")
+        raise overrun(timeout)
 
     def _log_tail(self) -> str:
-        self.log.seek(0)
-        lines = self.log.read().decode("utf-8", "replace").strip().splitlines()
-        return lines[-1][:300] if lines else "no output"
+        return log_tail(self.log)
 
-    def run(self, feeds: Mapping[str, np.ndarray], timeout: float = RUN_TIMEOUT) -> dict[str, np.ndarray]:
-        message = encode_feeds(self.with_states(feeds))
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        message = encode_feeds(feeds)
         self._check_in_step()  # before sending: nothing is sent that a stale answer could be taken for
         self.mailbox.requests.put(message)
         return decode_answer(self._answer(timeout), self.name, self.output_names)

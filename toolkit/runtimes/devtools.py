@@ -27,7 +27,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from toolkit.runtimes.base import RuntimeFailure, die_with_parent, start_group_reaper, stop_process, stop_reaper
+from toolkit.errors import RuntimeFailure
+from toolkit.process import die_with_parent, start_group_reaper, stop_process, stop_reaper
 from toolkit.runtimes.chromium import PROFILE_PREFIX, browser_binary, browser_flags, remove_stale_profiles
 
 

@@ -9,29 +9,42 @@ project cannot reach).
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Mapping
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from toolkit.errors import InputError
-from toolkit.runtimes.base import (
-    RUN_TIMEOUT,
-    START_TIMEOUT,
-    LineProcess,
-    ModelRunner,
-    RuntimeFailure,
-    decode_answer,
-    encode_feeds,
-)
+from toolkit.errors import InputError, RuntimeFailure
+from toolkit.process import LineProcess, remove_stale
+from toolkit.runtimes.base import MAX_PROTO_BYTES, START_TIMEOUT, Runner, decode_answer, encode_feeds, model_bytes
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 HARNESS = JS_DIR / "harness.mjs"
 SETUP_HINT = "run scripts/setup_runtimes.sh"
 # The runtime name `verify --runtimes` uses -> the harness backend and the npm package it loads.
 BACKENDS = {"onnxruntime-node": ("node", "onnxruntime-node"), "onnxruntime-web": ("wasm", "onnxruntime-web")}
+MODEL_PREFIX = "lstm-onnx-model-"  # + the owning process id + "-": the self-contained copy a harness loads
+
+
+def problem(model: onnx.ModelProto) -> str | None:
+    """Why ONNX Runtime for JavaScript (Node, WASM, the Chromium page) cannot take this model: it loads
+    one buffer (external data travels inside it), which protobuf caps at 2 GiB."""
+    if model.ByteSize() > MAX_PROTO_BYTES:
+        return f"onnxruntime-web and -node load the model as one buffer, at most 2 GiB; it has {model.ByteSize()} bytes"
+    return None
+
+
+def self_contained_copy(model: onnx.ModelProto, runtime: str) -> Path:
+    """The model with its external data inside, in a private temporary file (the caller removes it;
+    a killed run's copy is removed by the next run)."""
+    remove_stale((entry, MODEL_PREFIX) for entry in Path(tempfile.gettempdir()).glob(MODEL_PREFIX + "*"))
+    handle, name = tempfile.mkstemp(prefix=f"{MODEL_PREFIX}{os.getpid()}-", suffix=".onnx")
+    with os.fdopen(handle, "wb") as out:
+        out.write(model_bytes(model, runtime))
+    return Path(name)
 
 
 def node_binary() -> str:
@@ -50,8 +63,9 @@ def npm_package(package: str) -> Path:
     return folder
 
 
-class NodeRunner(ModelRunner):
-    """One model loaded in onnxruntime-node or onnxruntime-web (WASM) under Node."""
+class NodeRunner(Runner):
+    """One model loaded in onnxruntime-node or onnxruntime-web (WASM) under Node; a run past its deadline
+    stops the Node process."""
 
     def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "onnxruntime-node"):
         if runtime not in BACKENDS:
@@ -59,10 +73,10 @@ class NodeRunner(ModelRunner):
         backend, package = BACKENDS[runtime]
         node = node_binary()
         npm_package(package)
-        super().__init__(model)
-        self.name = runtime
-        self.process = LineProcess([node, str(HARNESS), backend, str(Path(path).resolve())], runtime, cwd=JS_DIR)
+        super().__init__(model, runtime)
+        self.copy = self_contained_copy(model, runtime)
         try:
+            self.process = LineProcess([node, str(HARNESS), backend, str(self.copy)], runtime, cwd=JS_DIR)
             ready = self.process.receive(START_TIMEOUT)
             if "error" in ready:
                 raise RuntimeFailure(f"Expected {runtime} to load {Path(path).name}. Received its error: {ready['error']}")
@@ -74,13 +88,14 @@ class NodeRunner(ModelRunner):
     def pid(self) -> int:
         return self.process.process.pid
 
-    def run(self, feeds: Mapping[str, np.ndarray], timeout: float = RUN_TIMEOUT) -> dict[str, np.ndarray]:
-        message = encode_feeds(self.with_states(feeds))
-        return decode_answer(self.process.ask(message, timeout), self.name, self.output_names)
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        return decode_answer(self.process.ask(encode_feeds(feeds), timeout), self.name, self.output_names)
 
     def _stop(self) -> None:
         if hasattr(self, "process"):
             self.process.stop()
+        if hasattr(self, "copy"):
+            self.copy.unlink(missing_ok=True)
 
 
 def open_node(path: Path, model: onnx.ModelProto) -> NodeRunner:

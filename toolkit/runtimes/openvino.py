@@ -11,6 +11,9 @@ real exports on OpenVINO 2026.4.1 (numbers in the comments).
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolkit.errors import InputError
-from toolkit.runner import describe, first_line, subgraphs
-from toolkit.runtimes.base import ModelRunner, RuntimeFailure
+from toolkit.errors import InputError, RuntimeFailure
+from toolkit.guard import check_threads
+from toolkit.process import LineProcess
+from toolkit.runner import describe, subgraphs
+from toolkit.runtimes.base import START_TIMEOUT, Runner, decode_answer, encode_feeds
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # The activations OpenVINO computes in LSTM/GRU/RNN, matched case-insensitively as OpenVINO does. Measured
@@ -112,61 +117,61 @@ def _import_openvino() -> Any:
     return openvino
 
 
-class OpenVinoRunner(ModelRunner):
-    """One model compiled by OpenVINO for its CPU plugin, at f32 or at the plugin's default precision."""
+class OpenVinoRunner(Runner):
+    """One model compiled by OpenVINO for its CPU plugin, at f32 or at the plugin's default precision, in a
+    child process (`openvino_child`): a run past its deadline stops the child."""
 
     def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "openvino", threads: int | None = None,
-                 core: Any = None):
+                 properties: Mapping[str, Any] | None = None):
         if runtime not in PRECISIONS:
             raise InputError(f"Expected an OpenVINO runtime among {list(PRECISIONS)}. Received: {runtime!r}")
-        openvino = _import_openvino()
-        super().__init__(model)
-        self.name = runtime
-        precision = PRECISIONS[runtime]
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
-        if threads is not None:  # None: the plugin's default, every core (`lstm-onnx run/bench --threads`)
-            config["INFERENCE_NUM_THREADS"] = threads
-        core = core or openvino.Core()
+        if not installed():  # one line here, not a child's error; the child imports it
+            _import_openvino()
+        super().__init__(model, runtime)
+        config = {"path": str(Path(path).resolve()), "runtime": runtime, "precision": PRECISIONS[runtime],
+                  "threads": check_threads([threads])[0] if threads else None, "outputs": self.output_names,
+                  "properties": dict(properties or {})}
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding `toolkit`
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
         try:
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        except RuntimeError as exc:  # OpenVINO reports a refused op or attribute as a RuntimeError
-            raise RuntimeFailure(f"Expected OpenVINO to compile {Path(path).name}. Received: {_openvino_line(exc)}") from None
-        self.compiled = compiled
-        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if precision is None and compiled.get_property("INFERENCE_PRECISION_HINT") != openvino.Type.bf16:
-            raise RuntimeFailure(f"Expected {runtime} to compute in bf16. Received: {F32_CPU} ({self.precision})")
-        self.listed_inputs = [port.get_any_name() for port in compiled.inputs]
-        # A port may carry several tensor names; keep the one that is a graph output.
-        wanted = set(self.output_names)
-        self.ports = {next(iter(port.get_names() & wanted), port.get_any_name()): port for port in compiled.outputs}
+            self.process = LineProcess([sys.executable, "-m", "toolkit.runtimes.openvino_child", json.dumps(config)],
+                                       runtime, env=env)
+            ready = self.process.receive(START_TIMEOUT)
+            if "error" in ready:
+                raise RuntimeFailure(f"Expected OpenVINO to compile {Path(path).name}. Received: {ready['error']}")
+            self.precision = ready["precision"]
+            if PRECISIONS[runtime] is None and not ready["bf16"]:
+                raise RuntimeFailure(f"Expected {runtime} to compute in bf16. Received: {F32_CPU} ({self.precision})")
+        except BaseException:
+            self.close()
+            raise
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = self.with_states(feeds)
-        unknown = sorted(set(feeds) - set(self.listed_inputs))
-        if unknown:
-            raise InputError(f"Expected inputs among {self.listed_inputs} in {self.name}. Received: {sorted(feeds)}")
-        try:
-            results = self.compiled(dict(feeds))
-        except RuntimeError as exc:
-            raise RuntimeFailure(f"Expected a run in {self.name}. Received its error: {_openvino_line(exc)}") from None
-        return {name: np.array(results[self.ports[name]]) for name in self.output_names}
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        return decode_answer(self.process.ask(encode_feeds(feeds), timeout), self.name, self.output_names)
+
+    def time_calls(self, feeds: Mapping[str, np.ndarray], calls: int, timeout: float | None = None) -> float:
+        """Timed in the child, around its own calls: the transfer to it is not OpenVINO's time."""
+        message = {**encode_feeds(self.check(feeds)), "repeat": max(calls, 1)}
+        answer = self.process.ask(message, self.timeout if timeout is None else timeout)
+        if "error" in answer:
+            raise RuntimeFailure(f"Expected a run in {self.name}. Received its error: {answer['error']}")
+        return float(answer["seconds"])
 
     def _stop(self) -> None:
-        self.compiled = None  # OpenVINO runs in this process: dropping the compiled model frees it
+        if hasattr(self, "process"):
+            self.process.stop()
 
 
-def _openvino_line(exc: Exception) -> str:
-    """OpenVINO's messages open with "Exception from <file>:<line>:" lines and may end in a graph dump
-    followed by "CALLBACK HAS THROWN: <reason>"; keep the reason."""
-    text = str(exc).rsplit("CALLBACK HAS THROWN:", 1)[-1]
-    lines = [line.strip() for line in text.splitlines()]
-    said = [line for line in lines if line and not line.startswith("Exception from")]
-    return first_line(said[0] if said else type(exc).__name__)
+def installed() -> bool:
+    """Whether the openvino package is installed (nothing is imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
-def open_f32(path: Path, model: onnx.ModelProto) -> OpenVinoRunner:
-    return OpenVinoRunner(path, model, "openvino")
+def open_f32(path: Path, model: onnx.ModelProto, threads: int | None = None) -> OpenVinoRunner:
+    return OpenVinoRunner(path, model, "openvino", threads=threads)
 
 
-def open_default(path: Path, model: onnx.ModelProto) -> OpenVinoRunner:
-    return OpenVinoRunner(path, model, "openvino-bf16")
+def open_default(path: Path, model: onnx.ModelProto, threads: int | None = None) -> OpenVinoRunner:
+    return OpenVinoRunner(path, model, "openvino-bf16", threads=threads)

@@ -1,25 +1,118 @@
-"""The deploy runtimes as data, for `toolkit.verify`'s registry: (name, problem, open) per runtime.
+"""Every runtime and tier, named once: its runner, why a model is not valid in it, what it computes in.
 
-A table rather than `Runtime` values so this module needs nothing from `toolkit.verify` (which imports
-it): each opens lazily, so a missing Node, browser or package is a one-line error from `open`, never an
-import failure.
+`verify --runtimes`, `export --runtimes`/`--target`, `run --runtime` and `bench --runtimes` all read
+`RUNTIMES`. Each runtime opens lazily, so a missing Node, browser or package is a one-line error from
+`open`, never an import failure. Adding a runtime is one `register(Runtime(...))` line. Nothing here
+imports TensorFlow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import onnx
+
+from toolkit.errors import InputError
 from toolkit.runtimes import chromium, js, openvino
-from toolkit.runtimes.base import valid_everywhere
+from toolkit.runtimes.base import Runner
+from toolkit.runtimes.onnxrt import ORT_LEVELS, open_level, open_tier
+from toolkit.runtimes.reference import ReferenceRunner, reference_oracle_problem
+from toolkit.tiers import nothing_to_convert
 
-DEPLOY_RUNTIMES: tuple[tuple[str, Callable, Callable], ...] = (
-    ("onnxruntime-node", valid_everywhere, js.open_node),
-    ("onnxruntime-web", valid_everywhere, js.open_web),  # WASM, under Node
-    ("chromium", valid_everywhere, chromium.open_chromium),  # onnxruntime-web in a headless page
-    ("openvino", openvino.problem, openvino.open_f32),
-    ("openvino-bf16", openvino.problem_bf16, openvino.open_default),
-)
-# Runtimes `all` leaves out: a tier not meant to compute Keras' numbers at the f32 tolerances (OpenVINO's
-# default precision, bf16 on CPUs that have it, is off by 5e-4 to 0.16 on the variant matrix). Named
-# alone, it is run and reported with its error, never as passing at f32.
-TIERS = ("openvino-bf16",)
+
+def valid_everywhere(model: onnx.ModelProto) -> str | None:
+    """The `problem` of a runtime with no known defect on our exports."""
+    return None
+
+
+def always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A kind of runner, by the name every command uses for it."""
+
+    name: str
+    problem: Callable[[onnx.ModelProto], str | None]  # why the model is NOT valid in this runtime; None = valid
+    open: Callable[..., Runner]  # (the .onnx file on disk, its parsed proto[, threads]) -> an open runner
+    precision: str = "float32"  # what it computes (or stores weights) in: float32, bf16, int8, float16
+    engine: str = "onnxruntime"  # what computes: bench's `runtime` column
+    timed: bool = False  # a form `bench` times (in this process or its own child: no transfer timed)
+    installed: Callable[[], bool] = always  # whether its package is on this machine (checked on use)
+
+    @property
+    def tier(self) -> bool:
+        """A runtime `all` leaves out: not meant to compute Keras' numbers at the float32 tolerances."""
+        return self.precision != "float32"
+
+
+RUNTIMES: dict[str, Runtime] = {}
+
+
+def register(runtime: Runtime) -> Runtime:
+    """Make a runtime available to every command under its name."""
+    RUNTIMES[runtime.name] = runtime
+    return runtime
+
+
+for _name in ORT_LEVELS:  # a wrong rewrite shows up as a difference between levels
+    register(Runtime(_name, valid_everywhere, open_level(_name), timed=_name == "onnxruntime"))
+for _tier in ("int8", "float16"):  # the export's precision tiers, derived from a float32 file
+    register(Runtime(f"onnxruntime-{_tier}", nothing_to_convert(_tier), open_tier(f"onnxruntime-{_tier}", _tier),
+                     precision=_tier, timed=True))
+register(Runtime("reference", reference_oracle_problem, lambda path, model, threads=None: ReferenceRunner(model),
+                 engine="onnx.reference"))
+register(Runtime("onnxruntime-node", js.problem, js.open_node, engine="onnxruntime-node"))
+register(Runtime("onnxruntime-web", js.problem, js.open_web, engine="onnxruntime-web"))  # WASM, under Node
+register(Runtime("chromium", js.problem, chromium.open_chromium, engine="chromium"))  # onnxruntime-web in a page
+register(Runtime("openvino", openvino.problem, openvino.open_f32, engine="openvino", timed=True,
+                 installed=openvino.installed))
+# OpenVINO's default precision (bf16 on CPUs that have it) is off by 5e-4 to 0.16 on the variant matrix:
+# named alone, it is run and reported with its error, never as passing at float32.
+register(Runtime("openvino-bf16", openvino.problem_bf16, openvino.open_default, precision="bf16", engine="openvino",
+                 timed=True, installed=openvino.installed))
+
+
+def runtimes_named(names: Sequence[str]) -> list[Runtime]:
+    """The registered runtimes of these names (`all`: every one but the tiers); one unknown name refuses
+    them all, listing the valid ones."""
+    if list(names) == ["all"]:
+        names = [n for n, r in RUNTIMES.items() if not r.tier]
+    unknown = [n for n in names if n not in RUNTIMES]
+    if unknown or not names:
+        raise InputError(f"Expected runtimes among {list(RUNTIMES)} or all. Received: {list(names)}")
+    return [RUNTIMES[n] for n in names]
+
+
+RUN_ENGINES = ("onnxruntime", "openvino")  # `run --runtime`: the runtimes a deploy machine runs in Python
+RUN_PRECISIONS = ("f32", "bf16")
+
+
+def open_runner(path: str | Path, runtime: str = "onnxruntime", precision: str = "f32",
+                threads: int | None = None) -> Runner:
+    """A runner of the file at `path` (`lstm-onnx run --runtime --precision --threads`): f32 is exact;
+    bf16 (OpenVINO's CPU default) is the `openvino-bf16` tier, off by 2e-3 to 1.5e-2. A runtime runs only
+    what its `problem` says it computes correctly, and refuses the rest, saying why."""
+    from toolkit.guard import check_threads
+    from toolkit.runner import load_onnx
+
+    if runtime not in RUN_ENGINES:
+        raise InputError(f"Expected --runtime among {list(RUN_ENGINES)}. Received: {runtime!r}")
+    name = runtime if precision == "f32" else f"{runtime}-{precision}"
+    if precision not in RUN_PRECISIONS or name not in RUNTIMES:
+        allowed = [p for p in RUN_PRECISIONS if (runtime if p == "f32" else f"{runtime}-{p}") in RUNTIMES]
+        raise InputError(f"Expected --precision among {allowed} with {runtime}. Received: {precision!r}")
+    if threads is not None:
+        check_threads([threads])
+    return open_checked(RUNTIMES[name], Path(path), load_onnx(path), threads)
+
+
+def open_checked(runtime: Runtime, path: Path, model: onnx.ModelProto, threads: int | None = None) -> Runner:
+    """A runner of `model` in `runtime`, refused in one line where the model is not valid there (`run`)."""
+    found = runtime.problem(model)
+    if found:
+        raise InputError(f"Expected a model {runtime.name} computes correctly. Received: {path.name}: {found}")
+    return runtime.open(path, model, threads=threads) if threads else runtime.open(path, model)

@@ -1,0 +1,105 @@
+"""ONNX Runtime in Python: one session at one graph optimization level, stopped at its deadline.
+
+`OnnxRunner` is what `run`, `inspect`, the export's parity check and `verify` run; each optimization
+level is a runtime of its own in the registry (a wrong rewrite shows as a difference between levels).
+The deadline is ONNX Runtime's own terminate flag, which its kernels and loops check.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from toolkit.errors import InputError, ModelLoadError, RuntimeFailure, overrun
+from toolkit.guard import check_threads
+from toolkit.runner import first_line, load_onnx
+from toolkit.runtimes.base import Runner
+
+# What ONNX Runtime raises for a model or feed it rejects: its own pybind11 types (plain Exception
+# subclasses, so nothing narrower catches them) and what its Python layer raises.
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(_ort_state, name) for name in ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel",
+                                           "NoSuchFile", "NotFound", "NotImplemented", "RuntimeException", "EPFail",
+                                           "EngineError") if hasattr(_ort_state, name)
+) + (RuntimeError, TypeError, ValueError)
+
+# ONNX Runtime at each graph optimization level, by runtime name.
+ORT_LEVELS = {
+    "onnxruntime": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "onnxruntime-extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "onnxruntime-basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "onnxruntime-disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
+def as_proto(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
+    return model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+
+
+@contextmanager
+def deadline(run_options: Any, timeout: float | None) -> Iterator[None]:
+    """Set ONNX Runtime's `run_options.terminate` after `timeout` seconds (its kernels and loops check it):
+    a crafted Loop of 2**62 steps otherwise never returns."""
+    timer = threading.Timer(timeout, setattr, (run_options, "terminate", True)) if timeout else None
+    if timer:
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer:
+            timer.cancel()
+
+
+class OnnxRunner(Runner):
+    """An ONNX Runtime session at one graph optimization level; outputs in graph order."""
+
+    def __init__(self, model: onnx.ModelProto | str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                 name: str = "onnxruntime", threads: int | None = None):
+        super().__init__(as_proto(model), name)
+        available = ort.get_available_providers()
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise InputError(f"Expected execution providers among {available}. Received: {list(missing)}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = optimization_level
+        options.log_severity_level = 4  # our exceptions say what failed; ORT's own log lines carry ANSI colors
+        options.intra_op_num_threads = check_threads([threads])[0] if threads else 0  # 0: one thread per core
+        try:
+            self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=list(providers))
+        except ORT_ERRORS as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
+            raise ModelLoadError(f"Expected a model ONNX Runtime {ort.__version__} can load. Received: "
+                                 f"{first_line(exc)}") from None
+
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        options = ort.RunOptions()
+        options.log_severity_level = 4
+        try:
+            with deadline(options, timeout):
+                values = self.session.run(None, feeds, options)
+        except ORT_ERRORS as exc:  # e.g. a dim the graph fixes internally that the declared shape did not
+            if options.terminate:
+                raise overrun(timeout) from None
+            raise RuntimeFailure(f"Expected inputs ONNX Runtime can run. Received an error: {first_line(exc)}") from None
+        return dict(zip(self.output_names, values))
+
+
+def open_level(name: str) -> Any:
+    """The registry's `open` of ONNX Runtime at the level `name` stands for."""
+    return lambda path, model, threads=None: OnnxRunner(model, optimization_level=ORT_LEVELS[name], name=name,
+                                                        threads=threads)
+
+
+def open_tier(name: str, tier: str) -> Any:
+    """The registry's `open` of ONNX Runtime on the model converted to a precision tier (int8, float16)."""
+    from toolkit.tiers import apply_tier
+
+    return lambda path, model, threads=None: OnnxRunner(apply_tier(model, tier)[0], name=name, threads=threads)
