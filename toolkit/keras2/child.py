@@ -64,7 +64,7 @@ class SignatureChild:
     def __init__(self, folder: Path):
         self.folder = folder
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        from toolkit.runtimes.base import die_with_parent
+        from toolkit.process import die_with_parent
 
         self.process = subprocess.Popen([sys.executable, "-m", "toolkit.keras2.child", str(folder)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,

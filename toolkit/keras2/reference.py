@@ -55,8 +55,10 @@ class SignatureReference(KerasRunner):
             raise InputError(f"Expected the signature's outputs {self._output_keys}. Received: {sorted(result)}")
         return dict(zip(self.output_names, (result[key] for key in self._output_keys)))
 
-    def close(self) -> None:
-        self._child.close()
+    def _stop(self) -> None:  # the runner contract's close
+        child = getattr(self, "_child", None)
+        if child is not None:
+            child.close()
 
 
 class TfKerasReference(KerasRunner):
