@@ -9,16 +9,19 @@ was 442 where Keras gives 3978, and the export's own check (one call per case) p
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import onnx
 import pytest
 from keras_cells import keras_cells
 
 from toolkit.carry import CALLS, CarryingRunner, StatefulKerasRunner, call_cases
 from toolkit.compare import Tolerances
 from toolkit.exporter import export_model
-from toolkit.metadata import read_state_inputs, read_state_map
+from toolkit.metadata import METADATA_PREFIX, STATE_MAP, read_state_inputs, read_state_map
 from toolkit.runner import count_ops
-from toolkit.verify import OnnxRunner, compare_with_keras
+from toolkit.verify import KerasRunner, OnnxRunner, compare_with_keras, verify_runtimes
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -150,3 +153,46 @@ def test_a_stateful_layer_with_an_activation_onnx_lacks_carries_its_states(bidir
     assert result.parity, result.parity.failures()
     assert read_state_map(result.model) == {f"rec_initial_{role}": f"rec_{role}" for role in roles}
     assert len(result.parity.cases) == 2 + CALLS
+
+
+@pytest.mark.parametrize("kind", ["one", "stacked"])
+def test_verify_runs_the_carried_calls_of_a_stateful_custom_cell(kind, tmp_path):
+    """`verify` (not only export) runs the three carried calls, in every in-process ONNX Runtime asked for."""
+    model = _stateful_model(kind, 2, return_sequences=True)
+    path = export_model(model).save(tmp_path / "model.onnx")
+    reports = verify_runtimes(path, KerasRunner(model), ["onnxruntime", "onnxruntime-disabled"])
+    for runtime in reports:
+        assert runtime, runtime.report.failures()
+        assert [case.label.split(",")[0] for case in runtime.report.carried_calls()] == ["call 1 of 3", "call 2 of 3",
+                                                                                         "call 3 of 3"]
+        assert runtime.to_json()["carried_calls"] == {"calls": CALLS, "passed": True}
+
+
+def test_verify_catches_a_state_map_that_carries_the_wrong_states(tmp_path):
+    """A stateful LSTM's file whose state map feeds c where h belongs: each call alone is right (the
+    independent cases pass), the second and third calls are not, and the CLI says so and exits 1."""
+    import keras
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    x = keras.Input((4, 3), batch_size=2, name="x")
+    model = keras.Model(x, keras.layers.LSTM(3, stateful=True, name="rec")(x))
+    model.save(tmp_path / "model.keras")
+    result = export_model(model)
+    good = result.save(tmp_path / "good.onnx")
+    passed = CliRunner().invoke(cli, ["verify", str(good), "--keras", str(tmp_path / "model.keras")])
+    assert passed.exit_code == 0, passed.output
+    assert "3 consecutive calls, states carried through lstm_onnx.state_map: pass" in passed.output
+    swapped = {"rec_initial_state_h": "rec_state_c", "rec_initial_state_c": "rec_state_h"}
+    assert read_state_map(result.model) == {"rec_initial_state_h": "rec_state_h", "rec_initial_state_c": "rec_state_c"}
+    proto = result.model
+    next(p for p in proto.metadata_props if p.key == METADATA_PREFIX + STATE_MAP).value = json.dumps(swapped)
+    onnx.save(proto, tmp_path / "swapped.onnx")
+    failed = CliRunner().invoke(cli, ["verify", str(tmp_path / "swapped.onnx"), "--keras", str(tmp_path / "model.keras"),
+                                      "--json"])
+    assert failed.exit_code == 1, failed.output
+    report = json.loads(failed.output)
+    assert report["carried_calls"] == {"calls": CALLS, "passed": False}
+    carried = verify_runtimes(tmp_path / "swapped.onnx", KerasRunner(model))[0].report.carried_calls()
+    assert [bool(case) for case in carried] == [True, False, False]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import metadata
-from toolkit.compare import ParityReport, Tolerances
+from toolkit.compare import CARRIED, ParityReport, Tolerances
 from toolkit.inputs import InputCase, make_cases
 from toolkit.keras_runner import keras_outputs, reset_states
 from toolkit.runtimes.base import RunnerBase
@@ -60,7 +60,7 @@ def call_cases(model: Any, seed: int, padding_side: str, calls: int = CALLS) -> 
     while len(drawn) < calls:
         drawn += [c for c in make_cases(model, seed + 7919 * (attempt + 1), padding_side) if c.label.startswith("random")]
         attempt += 1
-    return [InputCase(f"call {i + 1} of {calls}, states carried: {case.label}", case.feeds)
+    return [InputCase(f"call {i + 1} of {calls}{CARRIED}{case.label}", case.feeds)
             for i, case in enumerate(drawn[:calls])]
 
 

@@ -2,7 +2,9 @@
 
 The runners, the runtime registry and the comparison loop are `toolkit.verify`'s; this module opens an
 export and its `.keras` file, reads what the export recorded (its output names, padding side, tier
-tolerances: through `toolkit.metadata`'s readers), and compares every chosen runtime with Keras.
+tolerances: through `toolkit.metadata`'s readers), and compares every chosen runtime with Keras. A
+stateful export (a file with a state map) is also run, in ONNX Runtime, on the three consecutive calls of
+export's own check (`toolkit.carry`), its states carried through that map.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import onnx
 
 from toolkit import metadata
+from toolkit.carry import carried_parity, with_carried_calls
 from toolkit.compare import ParityReport, RuntimeReport, Tolerances
 from toolkit.errors import InputError
 from toolkit.inputs import make_cases
@@ -23,7 +26,7 @@ from toolkit.progress import Progress
 from toolkit.runner import load_onnx
 from toolkit.runtimes.base import open_or_failed
 from toolkit.tiers import recorded_tolerances
-from toolkit.verify import KerasRunner, compare_with_keras, runtimes_named
+from toolkit.verify import KerasRunner, OnnxRunner, compare_with_keras, runtimes_named
 
 
 def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
@@ -58,10 +61,21 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path | KerasRunner,
             runners.append(stack.enter_context(open_or_failed(runtime.name, runtime.open, Path(onnx_path), proto)))
             progress.advance(f"opened {runtime.name}")
         reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases, progress)
+        with_carried_calls_in_onnxruntime(keras, runners, reports, expected, tolerances, seed, padding)
     progress.end()
     return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]
 
 
+def with_carried_calls_in_onnxruntime(keras: KerasRunner, runners: Sequence[Any], reports: dict[str, ParityReport],
+                                      expected: Sequence[str], tolerances: Tolerances, seed: int, padding: str) -> None:
+    """A stateful export's consecutive calls, as at export (`toolkit.carry`): Keras keeps its states from
+    call to call, ONNX Runtime is fed the states its previous call returned, by the file's state map. Added
+    to each in-process ONNX Runtime's report; a file without a state map, or a model without stateful
+    layers, adds nothing."""
+    for runner in runners:
+        if isinstance(runner, OnnxRunner) and runner.name in reports:
+            carried = carried_parity(keras.model, runner, expected, tolerances, seed, padding)
+            reports[runner.name] = with_carried_calls(reports[runner.name], carried)
 
 
 def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list[str]:
