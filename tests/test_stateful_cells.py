@@ -168,31 +168,58 @@ def test_verify_runs_the_carried_calls_of_a_stateful_custom_cell(kind, tmp_path)
         assert runtime.to_json()["carried_calls"] == {"calls": CALLS, "passed": True}
 
 
-def test_verify_catches_a_state_map_that_carries_the_wrong_states(tmp_path):
-    """A stateful LSTM's file whose state map feeds c where h belongs: each call alone is right (the
-    independent cases pass), the second and third calls are not, and the CLI says so and exits 1."""
+def _stateful_lstm(tmp_path):
     import keras
-    from click.testing import CliRunner
-
-    from toolkit.cli import cli
 
     x = keras.Input((4, 3), batch_size=2, name="x")
     model = keras.Model(x, keras.layers.LSTM(3, stateful=True, name="rec")(x))
     model.save(tmp_path / "model.keras")
+    return model
+
+
+@pytest.mark.parametrize("broken", ["swapped", "removed"])
+def test_verify_catches_a_file_that_does_not_carry_its_states(broken, tmp_path):
+    """A stateful LSTM's file whose state map feeds c where h belongs, or that has none (a frozen-state
+    file): each call alone is right (the cases from zero states pass), the second and third calls are not,
+    and the CLI says so and exits 1."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    model = _stateful_lstm(tmp_path)
     result = export_model(model)
     good = result.save(tmp_path / "good.onnx")
     passed = CliRunner().invoke(cli, ["verify", str(good), "--keras", str(tmp_path / "model.keras")])
     assert passed.exit_code == 0, passed.output
     assert "3 consecutive calls, states carried through lstm_onnx.state_map: pass" in passed.output
-    swapped = {"rec_initial_state_h": "rec_state_c", "rec_initial_state_c": "rec_state_h"}
     assert read_state_map(result.model) == {"rec_initial_state_h": "rec_state_h", "rec_initial_state_c": "rec_state_c"}
     proto = result.model
-    next(p for p in proto.metadata_props if p.key == METADATA_PREFIX + STATE_MAP).value = json.dumps(swapped)
-    onnx.save(proto, tmp_path / "swapped.onnx")
-    failed = CliRunner().invoke(cli, ["verify", str(tmp_path / "swapped.onnx"), "--keras", str(tmp_path / "model.keras"),
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_PREFIX + STATE_MAP)
+    if broken == "swapped":
+        entry.value = json.dumps({"rec_initial_state_h": "rec_state_c", "rec_initial_state_c": "rec_state_h"})
+    else:
+        proto.metadata_props.remove(entry)
+    onnx.save(proto, tmp_path / "broken.onnx")
+    failed = CliRunner().invoke(cli, ["verify", str(tmp_path / "broken.onnx"), "--keras", str(tmp_path / "model.keras"),
                                       "--json"])
     assert failed.exit_code == 1, failed.output
-    report = json.loads(failed.output)
-    assert report["carried_calls"] == {"calls": CALLS, "passed": False}
-    carried = verify_runtimes(tmp_path / "swapped.onnx", KerasRunner(model))[0].report.carried_calls()
+    assert json.loads(failed.output)["carried_calls"] == {"calls": CALLS, "passed": False}
+    carried = verify_runtimes(tmp_path / "broken.onnx", KerasRunner(model))[0].report.carried_calls()
     assert [bool(case) for case in carried] == [True, False, False]
+    assert all(("no lstm_onnx.state_map" in case.label) == (broken == "removed") for case in carried)
+
+
+def test_tf2onnx_alone_freezes_a_stateful_layer_and_its_check_says_so(tmp_path):
+    """`--converter tf2onnx` writes no state inputs: its file passed a one-call check with frozen zero
+    states. Now its calls 2 and 3 fail, and nothing is written."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    _stateful_lstm(tmp_path)
+    done = CliRunner().invoke(cli, ["export", str(tmp_path / "model.keras"), "-o", str(tmp_path / "m.onnx"),
+                                    "--converter", "tf2onnx"])
+    assert done.exit_code != 0 and not (tmp_path / "m.onnx").exists(), done.output
+    assert ("each call from zero states matches Keras, call 2 of 3, call 3 of 3 do not: the file has no "
+            "lstm_onnx.state_map, so nothing carries its stateful layers' states (frozen states)") in done.output
+    assert "--atol" not in done.output  # no tolerance is the fix

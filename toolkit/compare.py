@@ -67,6 +67,7 @@ class InvariantCheck:
 
 
 CARRIED = ", states carried: "  # in the label of each consecutive call of a stateful export (`toolkit.carry`)
+NOTHING_CARRIED = "none, the file has no lstm_onnx.state_map; "  # after CARRIED, for a file without one
 
 
 @dataclass(frozen=True)
