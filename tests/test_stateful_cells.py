@@ -9,16 +9,21 @@ was 442 where Keras gives 3978, and the export's own check (one call per case) p
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import onnx
 import pytest
 from keras_cells import keras_cells
 
 from toolkit.carry import CALLS, CarryingRunner, StatefulKerasRunner, call_cases
 from toolkit.exporter import export_model
-from toolkit.metadata import read_state_inputs, read_state_map
+from toolkit.keras_runner import KerasRunner
+from toolkit.metadata import METADATA_PREFIX, STATE_MAP, read_state_inputs, read_state_map
 from toolkit.runner import count_ops
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import Tolerances
+from toolkit.verification import verify_runtimes
 from toolkit.verify import compare_with_keras
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -151,3 +156,73 @@ def test_a_stateful_layer_with_an_activation_onnx_lacks_carries_its_states(bidir
     assert result.parity, result.parity.failures()
     assert read_state_map(result.model) == {f"rec_initial_{role}": f"rec_{role}" for role in roles}
     assert len(result.parity.cases) == 2 + CALLS
+
+
+@pytest.mark.parametrize("kind", ["one", "stacked"])
+def test_verify_runs_the_carried_calls_of_a_stateful_custom_cell(kind, tmp_path):
+    """`verify` (not only export) runs the three carried calls, in every in-process ONNX Runtime asked for."""
+    model = _stateful_model(kind, 2, return_sequences=True)
+    path = export_model(model).save(tmp_path / "model.onnx")
+    reports = verify_runtimes(path, KerasRunner(model), ["onnxruntime", "onnxruntime-disabled"])
+    for runtime in reports:
+        assert runtime, runtime.report.failures()
+        assert [case.label.split(",")[0] for case in runtime.report.carried_calls()] == ["call 1 of 3", "call 2 of 3",
+                                                                                         "call 3 of 3"]
+        assert runtime.to_json()["carried_calls"] == {"calls": CALLS, "passed": True}
+
+
+def _stateful_lstm(tmp_path):
+    import keras
+
+    x = keras.Input((4, 3), batch_size=2, name="x")
+    model = keras.Model(x, keras.layers.LSTM(3, stateful=True, name="rec")(x))
+    model.save(tmp_path / "model.keras")
+    return model
+
+
+@pytest.mark.parametrize("broken", ["swapped", "removed"])
+def test_verify_catches_a_file_that_does_not_carry_its_states(broken, tmp_path):
+    """A stateful LSTM's file whose state map feeds c where h belongs, or that has none (a frozen-state
+    file): each call alone is right (the cases from zero states pass), the second and third calls are not,
+    and the CLI says so and exits 1."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    model = _stateful_lstm(tmp_path)
+    result = export_model(model)
+    good = result.save(tmp_path / "good.onnx")
+    passed = CliRunner().invoke(cli, ["verify", str(good), "--keras", str(tmp_path / "model.keras")])
+    assert passed.exit_code == 0, passed.output
+    assert "3 consecutive calls, states carried through lstm_onnx.state_map: pass" in passed.output
+    assert read_state_map(result.model) == {"rec_initial_state_h": "rec_state_h", "rec_initial_state_c": "rec_state_c"}
+    proto = result.model
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_PREFIX + STATE_MAP)
+    if broken == "swapped":
+        entry.value = json.dumps({"rec_initial_state_h": "rec_state_c", "rec_initial_state_c": "rec_state_h"})
+    else:
+        proto.metadata_props.remove(entry)
+    onnx.save(proto, tmp_path / "broken.onnx")
+    failed = CliRunner().invoke(cli, ["verify", str(tmp_path / "broken.onnx"), "--keras", str(tmp_path / "model.keras"),
+                                      "--json"])
+    assert failed.exit_code == 1, failed.output
+    assert json.loads(failed.output)["carried_calls"] == {"calls": CALLS, "passed": False}
+    carried = verify_runtimes(tmp_path / "broken.onnx", KerasRunner(model))[0].report.carried_calls()
+    assert [bool(case) for case in carried] == [True, False, False]
+    assert all(("no lstm_onnx.state_map" in case.label) == (broken == "removed") for case in carried)
+
+
+def test_tf2onnx_alone_freezes_a_stateful_layer_and_its_check_says_so(tmp_path):
+    """`--converter tf2onnx` writes no state inputs: its file passed a one-call check with frozen zero
+    states. Now its calls 2 and 3 fail, and nothing is written."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    _stateful_lstm(tmp_path)
+    done = CliRunner().invoke(cli, ["export", str(tmp_path / "model.keras"), "-o", str(tmp_path / "m.onnx"),
+                                    "--converter", "tf2onnx"])
+    assert done.exit_code != 0 and not (tmp_path / "m.onnx").exists(), done.output
+    assert ("each call from zero states matches Keras, call 2 of 3, call 3 of 3 do not: the file has no "
+            "lstm_onnx.state_map, so nothing carries its stateful layers' states (frozen states)") in done.output
+    assert "--atol" not in done.output  # no tolerance is the fix

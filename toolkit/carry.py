@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import metadata
-from toolkit.compare import ParityReport
+from toolkit.compare import CARRIED, NOTHING_CARRIED, ParityReport
 from toolkit.inputs import InputCase, make_cases
 from toolkit.keras_runner import KerasRunner, keras_outputs, reset_states
 from toolkit.runtimes.base import Runner
@@ -56,26 +56,29 @@ class CarryingRunner(Runner):
         return outputs
 
 
-def call_cases(model: Any, seed: int, padding_side: str, calls: int = CALLS) -> list[InputCase]:
-    """`calls` random batches of the model's fixed batch size (a stateful model has one), one per call."""
+def call_cases(model: Any, seed: int, padding_side: str, calls: int = CALLS, note: str = "") -> list[InputCase]:
+    """`calls` random batches of the model's fixed batch size (a stateful model has one), one per call;
+    `note` says what is carried, ahead of each batch's label."""
     drawn: list[InputCase] = []
     attempt = 0
     while len(drawn) < calls:
         drawn += [c for c in make_cases(model, seed + 7919 * (attempt + 1), padding_side) if c.label.startswith("random")]
         attempt += 1
-    return [InputCase(f"call {i + 1} of {calls}, states carried: {case.label}", case.feeds)
+    return [InputCase(f"call {i + 1} of {calls}{CARRIED}{note}{case.label}", case.feeds)
             for i, case in enumerate(drawn[:calls])]
 
 
 def carried_parity(keras_model: Any, runner: Runner, expected_names: Sequence[str], tolerances: Tolerances,
                    seed: int = 0, padding_side: str = "right",
                    state_map: Mapping[str, str] | None = None) -> ParityReport | None:
-    """The consecutive calls' parity, or None for a model without stateful layers or a state map.
-    `state_map`: the export's (its metadata is written after the check); by default the file's."""
-    mapping = dict(state_map) if state_map is not None else metadata.read_state_map(runner.model)
-    if not has_stateful_layers(keras_model) or not mapping:
+    """The consecutive calls' parity, or None for a model without stateful layers. `state_map`: the
+    export's (its metadata is written after the check); by default the file's. A file without one (made by
+    `--converter tf2onnx`, or before issue 20) is run the same way, carrying nothing: if its states were
+    frozen, its second call differs from Keras' and the check fails rather than passing on one call."""
+    if not has_stateful_layers(keras_model):
         return None
-    cases = call_cases(keras_model, seed, padding_side)
+    mapping = dict(state_map) if state_map is not None else metadata.read_state_map(runner.model)
+    cases = call_cases(keras_model, seed, padding_side, note="" if mapping else NOTHING_CARRIED)
     keras = StatefulKerasRunner(keras_model)
     try:
         return compare_with_keras(keras, [CarryingRunner(runner, mapping)], runner.model, expected_names,

@@ -58,6 +58,10 @@ class InvariantCheck:
         return self.passed
 
 
+CARRIED = ", states carried: "  # in the label of each consecutive call of a stateful export (`toolkit.carry`)
+NOTHING_CARRIED = "none, the file has no lstm_onnx.state_map; "  # after CARRIED, for a file without one
+
+
 @dataclass(frozen=True)
 class CaseResult:
     """All outputs of one input case (one batch of inputs)."""
@@ -130,6 +134,10 @@ class ParityReport:
     def invariants(self) -> list[InvariantCheck]:
         return [inv for case in self.cases for inv in case.invariants]
 
+    def carried_calls(self) -> list[CaseResult]:
+        """The consecutive calls of a stateful export, its states carried (`toolkit.carry`)."""
+        return [case for case in self.cases if CARRIED in case.label]
+
     def failures(self) -> list[str]:
         """One line per problem, each naming the output it concerns (Optimum's collect-then-raise)."""
         problems: list[str] = []
@@ -147,6 +155,7 @@ class ParityReport:
         return problems
 
     def to_json(self) -> dict:
+        carried = self.carried_calls()
         return {
             "passed": self.passed,
             "names_match": self.names_match,
@@ -165,6 +174,7 @@ class ParityReport:
                 }
                 for s in self.summaries()
             ],
+            **({"carried_calls": {"calls": len(carried), "passed": all(carried)}} if carried else {}),
             "invariants": [
                 {"description": i.description, "max_abs": _json_float(i.max_abs), "passed": i.passed}
                 for i in self.invariants()

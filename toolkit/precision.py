@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.compare import ParityReport
+from toolkit.compare import CARRIED, NOTHING_CARRIED, ParityReport
 from toolkit.tolerance import LOW_PRECISION_TOLERANCES, Tolerances, compute_dtype
 
 
@@ -57,6 +57,9 @@ def failure_message(items: Sequence[tuple[str, ParityReport]], limit: int = 3) -
     for label, report in items:
         if not report.names_match:
             parts.append(f"{label}: output names {list(report.actual_names)}, expected {list(report.expected_names)}")
+        if carried_only(report):
+            parts.append(carried_message(label, report))
+            continue
         for s in report.summaries():
             if s.passed:
                 continue
@@ -79,6 +82,21 @@ def failure_message(items: Sequence[tuple[str, ParityReport]], limit: int = 3) -
     parts += [f"invariant failed: {d}" for d in failed_invariants]
     shown = parts[:limit] + ([f"and {len(parts) - limit} more"] if len(parts) > limit else [])
     return "; ".join(shown) if shown else "parity failed"
+
+
+def carried_only(report: ParityReport) -> bool:
+    """Whether only a stateful export's consecutive calls failed: no tolerance is the fix then."""
+    carried = report.carried_calls()
+    return bool(carried) and not all(carried) and all(case for case in report.cases if CARRIED not in case.label)
+
+
+def carried_message(label: str, report: ParityReport) -> str:
+    carried = report.carried_calls()
+    failed = [case.label.split(",")[0] for case in carried if not case]
+    why = ("the file has no lstm_onnx.state_map, so nothing carries its stateful layers' states (frozen states)"
+           if any(NOTHING_CARRIED in case.label for case in carried) else
+           "the states its lstm_onnx.state_map carries from one call to the next are not the ones Keras keeps")
+    return f"{label}: each call from zero states matches Keras, {', '.join(failed)} do not: {why}"
 
 
 def _round_up(value: float) -> float:

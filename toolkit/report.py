@@ -65,6 +65,9 @@ def verify_text(result: VerifyReport) -> str:
         items += streamed
         rows += [row for label, report in streamed for row in parity_rows(label, report)]
     lines = [table(PARITY_HEADERS, rows), *invariant_lines(items)]
+    lines += [f"{label}: {len(calls)} consecutive calls, states carried through lstm_onnx.state_map: "
+              f"{'pass' if all(calls) else 'FAIL'}" for label, r in labelled if r.report is not None
+              and (calls := r.report.carried_calls())]
     lines += [f"{r.runtime}: skipped: {r.not_valid}" for r in result.runtimes if r.not_valid]
     lines.append("PASS" if result else "FAIL: " + "; ".join(result.failures()[:5]))
     return "\n".join(lines)

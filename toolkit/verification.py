@@ -2,7 +2,9 @@
 
 The runners, the runtime registry and the comparison loop are `toolkit.verify`'s; this module opens an
 export and its `.keras` file, reads what the export recorded (its output names, padding side, tier
-tolerances: through `toolkit.metadata`'s readers), and compares every chosen runtime with Keras.
+tolerances: through `toolkit.metadata`'s readers), and compares every chosen runtime with Keras. A
+stateful export (a file with a state map) is also run, in ONNX Runtime, on the three consecutive calls of
+export's own check (`toolkit.carry`), its states carried through that map.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import onnx
 
 from toolkit import metadata
+from toolkit.carry import carried_parity, with_carried_calls
 from toolkit.compare import ParityReport, RuntimeReport
 from toolkit.errors import InputError
 from toolkit.inputs import InputCase, make_cases
@@ -24,6 +27,7 @@ from toolkit.naming import output_origins, unique_names
 from toolkit.progress import Progress
 from toolkit.runner import count_ops, load_onnx
 from toolkit.runtimes.base import open_or_failed
+from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.registry import Runtime, runtimes_named
 from toolkit.tolerance import Tolerances, compute_dtype, decide
 from toolkit.verify import compare_with_keras
@@ -52,7 +56,8 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path | KerasRunner,
     padding = metadata.read_options(proto).padding  # the side the export was made for
     tolerances = recorded_tolerances(proto, tolerances, keras.model)  # an int8 or float16 export's, as at export
     cases = make_cases(keras.model, seed, padding)
-    return compare_in_runtimes(Path(onnx_path), proto, keras, chosen, expected, tolerances, cases, progress)
+    return compare_in_runtimes(Path(onnx_path), proto, keras, chosen, expected, tolerances, cases, progress,
+                               seed=seed, padding=padding)
 
 
 def prove_written(proto: onnx.ModelProto, keras: KerasRunner, runtimes: Sequence[str], expected: Sequence[str],
@@ -69,8 +74,9 @@ def prove_written(proto: onnx.ModelProto, keras: KerasRunner, runtimes: Sequence
 
 def compare_in_runtimes(path: Path, proto: onnx.ModelProto, keras: KerasRunner, chosen: Sequence[Runtime],
                         expected: Sequence[str], tolerances: Tolerances, cases: Sequence[InputCase],
-                        progress: Progress = Progress()) -> list[RuntimeReport]:
-    """Keras vs each chosen runtime on these cases; a runtime the model is not valid in says why."""
+                        progress: Progress = Progress(), seed: int = 0, padding: str = "right") -> list[RuntimeReport]:
+    """Keras vs each chosen runtime on these cases; a runtime the model is not valid in says why. A
+    stateful export's consecutive calls (`seed`, `padding`: as its cases were drawn) in ONNX Runtime too."""
     problems = {runtime.name: runtime.problem(proto) for runtime in chosen}
     valid = [r for r in chosen if not problems[r.name]]
     progress.begin(len(valid) + len(cases), "verify")
@@ -80,10 +86,21 @@ def compare_in_runtimes(path: Path, proto: onnx.ModelProto, keras: KerasRunner, 
             runners.append(stack.enter_context(open_or_failed(runtime.name, runtime.open, path, proto)))
             progress.advance(f"opened {runtime.name}")
         reports = compare_with_keras(keras, runners, proto, expected, tolerances, cases, progress)
+        with_carried_calls_in_onnxruntime(keras, runners, reports, expected, tolerances, seed, padding)
     progress.end()
     return [RuntimeReport(r.name, reports.get(r.name), problems[r.name] or "") for r in chosen]
 
 
+def with_carried_calls_in_onnxruntime(keras: KerasRunner, runners: Sequence[Any], reports: dict[str, ParityReport],
+                                      expected: Sequence[str], tolerances: Tolerances, seed: int, padding: str) -> None:
+    """A stateful export's consecutive calls, as at export (`toolkit.carry`): Keras keeps its states from
+    call to call, ONNX Runtime is fed the states its previous call returned, by the file's state map. Added
+    to each in-process ONNX Runtime's report; a file without a state map, or a model without stateful
+    layers, adds nothing."""
+    for runner in runners:
+        if isinstance(runner, OnnxRunner) and runner.name in reports:
+            carried = carried_parity(keras.model, runner, expected, tolerances, seed, padding)
+            reports[runner.name] = with_carried_calls(reports[runner.name], carried)
 
 
 def recorded_tolerances(proto: onnx.ModelProto, tolerances: Tolerances, keras_model: Any) -> Tolerances:
