@@ -75,3 +75,35 @@ def assert_close(actual, expected, name="output", tolerances=None):
 
     comparison = compare_arrays(name, expected, actual, (tolerances or Tolerances()).for_output(name))
     assert comparison, str(comparison)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for the servers the tests start)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_as_nobody(*args: object) -> dict:
+    """tests/local_attacker.py as another local user (`nobody`, the system python3), from a copy in a
+    folder that user can read; its JSON answer."""
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="lstm-onnx-attacker-"))
+    try:
+        folder.chmod(0o755)
+        script = folder / "local_attacker.py"
+        shutil.copyfile(Path(__file__).with_name("local_attacker.py"), script)
+        script.chmod(0o644)
+        done = subprocess.run(["runuser", "-u", "nobody", "--", "python3", str(script), *map(str, args)],
+                              capture_output=True, text=True, timeout=120, cwd="/")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

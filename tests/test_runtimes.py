@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import run_as_nobody
 
 from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.compare import compare_arrays
@@ -500,28 +501,12 @@ def test_the_chromium_mailbox_refuses_requests_without_the_runs_token():
         assert list(out) == runner.output_names
 
 
-def _run_as_nobody(*args: object) -> dict:
-    """tests/local_attacker.py as another local user (`nobody`), from a copy that user can read."""
-    folder = Path(tempfile.mkdtemp(prefix="lstm-onnx-attacker-"))
-    try:
-        folder.chmod(0o755)
-        script = folder / "local_attacker.py"
-        shutil.copyfile(Path(__file__).with_name("local_attacker.py"), script)
-        script.chmod(0o644)
-        done = subprocess.run(["runuser", "-u", "nobody", "--", "python3", str(script), *map(str, args)],
-                              capture_output=True, text=True, timeout=120, cwd="/")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="runs the attacker as another user (root)")
 def test_another_user_can_neither_forge_a_browser_result_nor_fetch_the_model():
     """Issue 18, before: the token was on Chromium's command line (readable in /proc), `/model.onnx` was
     served to anyone, and a POST was read whole before its token was checked."""
     with _open("chromium", EXPORTED / ENTRIES[0]["file"]) as runner:
-        seen = _run_as_nobody("browser", runner.server.server_address[1])
+        seen = run_as_nobody("browser", runner.server.server_address[1])
         assert seen["uid"] != os.getuid()
         assert runner.mailbox.token not in seen["tokens_seen"], "the run's token is readable in /proc"
         assert seen["model"] == seen["page"] == seen["next"] == seen["forge"] == 403, seen

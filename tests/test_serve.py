@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import assert_close
+from conftest import assert_close, free_port
 
 from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
@@ -48,12 +47,6 @@ STREAM_CONFIG = StackConfig(layers=2, units=4, features=2, timesteps=None, retur
 CHUNKS = [1, 3, 2, 5, 1, 4, 2, 3, 1, 2, 4, 1, 3, 2, 5, 1, 2, 3, 1, 4]  # 20 uneven chunks, 50 steps
 STREAMS = 16
 TIMEOUT_S = 60
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

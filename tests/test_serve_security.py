@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, free_port, run_as_nobody
 
 from toolkit.builder import StackConfig, build_stack
 from toolkit.exporter import export_model
@@ -31,14 +31,6 @@ CONFIG = StackConfig(layers=2, units=4, features=2, timesteps=None, return_seque
 MAX_VALUES = 10_000  # a small request bound, so a request beyond it stays a small body
 MAX_STEPS = 2_000
 MARKER = np.array([1234.5678, -8765.4321, 4242.4242, 1.5, -2.5, 3.5], np.float32).reshape(1, 3, 2)
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +74,6 @@ def infer_good(model, server, x):
     outputs = {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(text)["outputs"]}
     for name, expected in zip(("lstm_2_sequence", "lstm_2_state_h", "lstm_2_state_c"), keras_outputs(model, {"input": x})):
         assert_close(outputs[name], expected, name)
-
-
-def run_as_nobody(*args):
-    """tests/local_attacker.py as `nobody`, from a copy in a folder that user can read."""
-    folder = Path(tempfile.mkdtemp(prefix="lstm-onnx-attacker-"))
-    try:
-        folder.chmod(0o755)
-        script = folder / "local_attacker.py"
-        shutil.copyfile(ROOT / "tests" / "local_attacker.py", script)
-        script.chmod(0o644)
-        done = subprocess.run(["runuser", "-u", "nobody", "--", "python3", str(script), *map(str, args)],
-                              capture_output=True, text=True, timeout=120, cwd="/")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"),
