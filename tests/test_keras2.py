@@ -379,7 +379,7 @@ def test_the_reference_reads_the_checked_copy_not_the_path(keras2_models, tmp_pa
     path.write_bytes((keras2_models / "post_case3.h5").read_bytes())
     loaded = load_keras2_model(path, keras2_format(path), DEFAULT_LIMITS)
     path.write_bytes((keras2_models / "lambda.h5").read_bytes())
-    reference = original_reference(loaded, DEFAULT_LIMITS)
+    reference = original_reference(loaded)
     loaded.close()
     assert not any(type(layer).__name__ == "Lambda" for layer in reference._original.layers)
     assert not loaded.path.exists()

@@ -159,7 +159,7 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
 
         section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed)
         write_report(html, [section], f"lstm-onnx verify {onnx_model.name}", bool(outcome), command_line())
-    getattr(reference, "close", lambda: None)()  # a SavedModel signature's child process
+    reference.close()  # a SavedModel signature's child process
     label = getattr(reference, "label", None)  # set for a Keras 2 file's original
     if as_json:
         emit_json({**outcome.to_json(), **({"reference": label} if label else {})})

@@ -301,16 +301,9 @@ def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
         from toolkit.keras2.module_export import export_module_savedmodel
 
         return export_module_savedmodel(src, options)
-    from toolkit.keras2.loader import load_keras2_model
-    from toolkit.keras2.reference import original_reference
+    from toolkit.keras2.reference import open_original
 
-    loaded = load_keras2_model(src, fmt, options.limits)
-    try:
-        reference = original_reference(loaded, options.limits)
-    finally:
-        loaded.close()  # the private copy: the reference has read what it needs
-    source = dict(loaded.source, reference=reference.label)
-    try:
-        return export_model(loaded.model, options, source=source, reference=reference)
-    finally:
-        getattr(reference, "close", lambda: None)()  # a SavedModel's signature runs in a child process
+    loaded, reference = open_original(src, fmt, options.limits)
+    with reference:  # a SavedModel's signature runs in a child process, stopped on close
+        return export_model(loaded.model, options, source=dict(loaded.source, reference=reference.label),
+                            reference=reference)

@@ -26,8 +26,9 @@ WHAT = "a Keras 2 model file (.h5)"
 
 
 @dataclass(frozen=True)
-class H5Model:
-    """What a Keras 2 `.h5` holds: its model config, per-layer weights, and who wrote it."""
+class Keras2File:
+    """What a Keras 2 file holds, whatever its format (`.h5` here, a SavedModel in `toolkit.keras2.savedmodel`):
+    its model config, each layer's weights in Keras 2's order, and who wrote it."""
 
     config: dict
     weights: dict[str, list[np.ndarray]]
@@ -44,7 +45,7 @@ def is_hdf5(path: Path) -> bool:
         return False
 
 
-def read_h5_model(path: str | Path, limits: ResourceLimits) -> H5Model:
+def read_h5_model(path: str | Path, limits: ResourceLimits) -> Keras2File:
     """Read a Keras 2 `.h5` model file within `limits`; refuse a weights-only file or a broken one."""
     import h5py
 
@@ -62,7 +63,7 @@ def read_h5_model(path: str | Path, limits: ResourceLimits) -> H5Model:
             check_declared_arrays(_declared(file), text, limits)
             config = _json(config_text, text)
             weights = _layer_weights(file["model_weights"] if "model_weights" in file else file, text, limits)
-            return H5Model(config=config, weights=weights,
+            return Keras2File(config=config, weights=weights,
                            keras_version=_attr(file, "keras_version", 64, text) or "1",
                            backend=_attr(file, "backend", 64, text) or "unknown")
 

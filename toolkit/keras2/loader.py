@@ -76,22 +76,15 @@ def load_keras2_model(path: str | Path, fmt: Keras2Format, limits: ResourceLimit
 
 def _load_copy(copy: PrivateCopy, original: Path, fmt: Keras2Format, limits: ResourceLimits) -> Keras2Model:
     source = copy.path
-    if fmt.kind == "h5":
+    if fmt.kind in ("h5", "savedmodel"):
         from toolkit.keras2.h5 import read_h5_model
+        from toolkit.keras2.savedmodel import read_keras_savedmodel
 
-        saved = read_h5_model(source, limits)
+        saved = (read_h5_model if fmt.kind == "h5" else read_keras_savedmodel)(source, limits)
         translation = _translate(saved.config, original, limits)
         model = build_model(translation, original, limits)
         _assign(model, saved.weights, translation, original)
         return Keras2Model(model, source, fmt, saved.keras_version, saved.backend, translation, original, saved.config, copy)
-    if fmt.kind == "savedmodel":
-        from toolkit.keras2.savedmodel import read_keras_savedmodel
-
-        saved = read_keras_savedmodel(source, limits)
-        translation = _translate(saved.config, original, limits)
-        model = build_model(translation, original, limits)
-        _assign(model, saved.weights, translation, original)
-        return Keras2Model(model, source, fmt, saved.keras_version, "tensorflow", translation, original, saved.config, copy)
     return _load_tf_keras_archive(source, original, fmt, limits, copy)
 
 

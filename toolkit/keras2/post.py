@@ -50,11 +50,11 @@ def build_post_stack(config: StackConfig) -> Any:
 
 
 def export_post_stack_h5(config: StackConfig) -> tuple[Any, Any, Any]:
-    """Build the tf.keras stack, save it as `.h5`, export that file: (export result, its reference, tf.keras model)."""
+    """Build the tf.keras stack, save it as `.h5`, export that file: (export result, its tf.keras reference,
+    the Keras 3 translation)."""
     from toolkit.exporter import export_model
     from toolkit.keras2.formats import keras2_format
-    from toolkit.keras2.loader import load_keras2_model
-    from toolkit.keras2.reference import original_reference
+    from toolkit.keras2.reference import open_original
     from toolkit.limits import DEFAULT_LIMITS
 
     model = build_post_stack(config)
@@ -63,9 +63,7 @@ def export_post_stack_h5(config: StackConfig) -> tuple[Any, Any, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tf.keras calls .h5 legacy: saving one is the point here
             model.save(path)
-        loaded = load_keras2_model(path, keras2_format(path), DEFAULT_LIMITS)
-        reference = original_reference(loaded, DEFAULT_LIMITS)
-        loaded.close()
+        loaded, reference = open_original(path, keras2_format(path), DEFAULT_LIMITS)
         result = export_model(loaded.model, source=dict(loaded.source, reference=reference.label), reference=reference,
                               seed=config.seed)
     return result, reference, loaded.model

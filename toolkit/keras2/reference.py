@@ -35,14 +35,14 @@ class SignatureReference(KerasRunner):
     """A SavedModel's `serving_default` signature as the reference, run by TensorFlow in a child process
     bounded in time and memory (`toolkit.keras2.child`); stateful layers' states zeroed before each case."""
 
-    def __init__(self, loaded: Keras2Model, limits: Any):
+    def __init__(self, loaded: Keras2Model):
         super().__init__(loaded.model, name="savedmodel-signature")
         import tensorflow as tf
 
         from toolkit.keras2.child import SignatureChild
-        from toolkit.keras2.savedmodel import check_graph_ops
 
-        check_graph_ops(loaded.path, limits)  # the private copy the child is about to load
+        # `loaded.path` is the private copy whose graph `read_keras_savedmodel` checked against the op
+        # allowlist; nobody else can write it, so the child loads exactly what was checked.
         self._child = SignatureChild(loaded.path)
         self._output_keys = keras2_output_names(loaded.translation.config)
         self.label = f"the SavedModel's serving signature, run by TensorFlow {tf.__version__}"
@@ -96,12 +96,12 @@ class TranslationReference(KerasRunner):
         self.label = f"the Keras 3 translation, not tf.keras ({reason}: {TF_KERAS_HINT})"
 
 
-def original_reference(loaded: Keras2Model, limits: Any) -> KerasRunner:
+def original_reference(loaded: Keras2Model) -> KerasRunner:
     """The reference for a Keras 2 file: its signature (SavedModel) or tf.keras (.h5, .keras). What the
     file makes TensorFlow or tf.keras fail on is one line naming the file."""
     try:
         if loaded.format.kind == "savedmodel":
-            return SignatureReference(loaded, limits)
+            return SignatureReference(loaded)
         try:
             import tf_keras
         except ImportError:
@@ -116,21 +116,29 @@ def original_reference(loaded: Keras2Model, limits: Any) -> KerasRunner:
                              f"{safe_text(str(loaded.original))!r}: {type(exc).__name__}: {why}") from None
 
 
+def open_original(path: Path, fmt: Any, limits: Any) -> tuple[Keras2Model, KerasRunner]:
+    """A Keras 2 file read and translated (`load_keras2_model`) and its original as the parity reference;
+    the private copy is removed once the reference has read what it needs. Close the reference after use
+    (a SavedModel's signature runs in a child process)."""
+    from toolkit.keras2.loader import load_keras2_model
+
+    loaded = load_keras2_model(path, fmt, limits)
+    try:
+        return loaded, original_reference(loaded)
+    finally:
+        loaded.close()
+
+
 def load_reference(path: str | Path, limits: Any) -> KerasRunner:
     """The parity reference for a model file: a Keras 3 file's model, or a Keras 2 file's original (its
     translation is the reference's `model`, which the input cases are made from)."""
     from toolkit.keras2.formats import keras2_format
-    from toolkit.keras2.loader import load_keras2_model
     from toolkit.keras_io import load_keras_model
 
     fmt = keras2_format(Path(path))
     if fmt is None or fmt.kind == "module":
         return KerasRunner(load_keras_model(path, limits))
-    loaded = load_keras2_model(Path(path), fmt, limits)
-    try:
-        return original_reference(loaded, limits)
-    finally:
-        loaded.close()  # the reference has read what it needs
+    return open_original(Path(path), fmt, limits)[1]
 
 
 def keras2_output_names(config: dict) -> list[str]:

@@ -26,18 +26,12 @@ import numpy as np
 from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import KERAS_METADATA_PB, SAVED_MODEL_PB
+from toolkit.keras2.h5 import Keras2File
 from toolkit.keras2.ops import ALLOWED_OPS, SAVER_OPS
 from toolkit.limits import ResourceLimits, check_declared_arrays
 from toolkit.weights_scan import DeclaredArray
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-
-
-@dataclass(frozen=True)
-class SavedKerasModel:
-    config: dict
-    weights: dict[str, list[np.ndarray]]
-    keras_version: str
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class MetadataNode:
     metadata: dict
 
 
-def read_keras_savedmodel(folder: Path, limits: ResourceLimits) -> SavedKerasModel:
+def read_keras_savedmodel(folder: Path, limits: ResourceLimits) -> Keras2File:
     """The model config and per-layer weights of a tf.keras SavedModel folder, within `limits`."""
     check_graph_ops(folder, limits)
     nodes = read_keras_metadata(folder / KERAS_METADATA_PB, limits)
@@ -60,7 +54,7 @@ def read_keras_savedmodel(folder: Path, limits: ResourceLimits) -> SavedKerasMod
     layers = {str(node.metadata.get("name")): node.node_id for node in nodes
               if node.node_path.count(".") == 1 and node.node_path.startswith("root.") and "name" in node.metadata}
     weights = read_layer_variables(folder, layers, limits)
-    return SavedKerasModel(config, weights, str(root.metadata.get("keras_version", "2")))
+    return Keras2File(config, weights, str(root.metadata.get("keras_version", "2")), "tensorflow")
 
 
 # ------------------------------------------------------------------------------------- keras_metadata.pb
