@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.bench import interleaved_ms  # noqa: E402
+from toolkit.bench import call_timer, interleaved_ms, interleaved_timers  # noqa: E402
 from toolkit.builder import VARIANTS, build_stack, variant_config  # noqa: E402
 from toolkit.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
@@ -318,8 +318,12 @@ def bench_variant(name: str, repeats: int, onnx_only: bool = False) -> list[Row]
             # Timed beside the ONNX Runtime sessions, OpenVINO's own threads moved their times by up to 2x
             # (bidirectional 1 x 100: tf2onnx 1.27 ms alone, 0.61 ms beside OpenVINO). So the fast forms get
             # an alternation of their own with lstm-onnx, reported on the first group's scale.
-            group = interleaved_ms({"ours": sessions["ours"],
-                                    **{form.name: (lambda r=form.runner: r.run(feeds)) for form in fast}})
+            # Each form through its runner's `time_calls`, as `bench` times it: OpenVINO runs in a child
+            # process, which times its own calls (timing `run` measured the JSON transfer to it: 51.9 ms
+            # for LSTM 32 x 100 against 5.7 ms in ONNX Runtime, 2026-12-06).
+            group = interleaved_timers({"ours": call_timer(sessions["ours"]),
+                                        **{form.name: (lambda calls, r=form.runner: r.time_calls(feeds, calls))
+                                           for form in fast}})
             onnx_ms.update({form.name: group[form.name] * onnx_ms["ours"] / group["ours"] for form in fast})
         if onnx_only:
             rows.append(Row(name, batch, steps, 0.0, 0.0, onnx_ms["tf2onnx"], onnx_ms["ours"], onnx_ms.get("minimal"),

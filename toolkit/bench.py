@@ -124,19 +124,20 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
     return "" if value is None else f"{value:{spec}}{suffix}"
 
 
+def call_timer(fn: Callable[[], Any]) -> Callable[[int], float]:
+    """A timer for `interleaved_timers`: seconds per call of `fn` over `calls` calls."""
+    def timed(calls: int) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / max(calls, 1)
+    return timed
+
+
 def interleaved_ms(fns: Mapping[str, Callable[[], Any]], budget_s: float = 8.0, rounds: int = 15,
                    block_s: float = 0.02) -> dict[str, float]:
     """Median per-call ms of several callables timed in alternation (see `interleaved_timers`)."""
-
-    def timer(fn: Callable[[], Any]) -> Callable[[int], float]:
-        def timed(calls: int) -> float:
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            return (time.perf_counter() - start) / max(calls, 1)
-        return timed
-
-    return interleaved_timers({name: timer(fn) for name, fn in fns.items()}, budget_s, rounds, block_s)
+    return interleaved_timers({name: call_timer(fn) for name, fn in fns.items()}, budget_s, rounds, block_s)
 
 
 def interleaved_timers(timers: Mapping[str, Callable[[int], float]], budget_s: float = 8.0, rounds: int = 15,
