@@ -31,7 +31,7 @@ def test_error_beyond_tolerance_fails_and_reports_max_errors():
 
 def test_shape_mismatch_fails():
     result = compare_arrays("y", np.zeros((1, 2)), np.zeros((2, 1)), DEFAULT_TOLERANCE)
-    assert not result and "shape differs" in result.reason
+    assert not result and "shape mismatch" in result.reason
 
 
 def test_nan_and_inf_must_match_in_place():

@@ -10,6 +10,7 @@ states its previous call returned, by the state map in the file's metadata (as d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,4 +92,4 @@ def with_carried_calls(report: ParityReport, carried: ParityReport | None) -> Pa
     """One report: the independent cases, then the consecutive calls."""
     if carried is None:
         return report
-    return ParityReport(report.expected_names, report.actual_names, report.cases + carried.cases)
+    return dataclasses.replace(report, cases=report.cases + carried.cases)

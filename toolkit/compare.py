@@ -33,6 +33,7 @@ class OutputComparison:
     passed: bool
     reason: str = ""
     steps: StepErrors | None = None  # per time step, for an output with a time axis (toolkit.steps)
+    scale: float = 0.0  # the output's largest finite |expected| value: what its errors are measured against
 
     def __bool__(self) -> bool:
         return self.passed
@@ -58,6 +59,7 @@ class InvariantCheck:
         return self.passed
 
 
+SHAPE_MISMATCH = "shape mismatch"  # a comparison's reason when the two sides' shapes differ
 CARRIED = ", states carried: "  # in the label of each consecutive call of a stateful export (`toolkit.carry`)
 NOTHING_CARRIED = "none, the file has no lstm_onnx.state_map; "  # after CARRIED, for a file without one
 
@@ -86,6 +88,7 @@ class OutputSummary:
     passed: bool
     reasons: tuple[str, ...]
     steps: StepErrors | None = None  # the stepwise worst over cases
+    scale: float = 0.0  # the largest finite |expected| value over cases
 
     def __bool__(self) -> bool:
         return self.passed
@@ -98,6 +101,7 @@ class ParityReport:
     expected_names: tuple[str, ...]
     actual_names: tuple[str, ...]
     cases: tuple[CaseResult, ...]
+    compute_dtype: str = "float32"  # the reference model's: how much of an error rounding can explain
 
     @property
     def names_match(self) -> bool:
@@ -123,10 +127,12 @@ class ParityReport:
                     shapes=tuple(dict.fromkeys(c.actual_shape for c in found)),
                     max_abs=_nanmax(c.max_abs for c in found),
                     max_rel=_nanmax(c.max_rel for c in found),
-                    tolerance=found[0].tolerance,
+                    # The loosest tolerance any case used (a case's may be widened to its measured rounding).
+                    tolerance=max((c.tolerance for c in found), key=lambda t: t.atol),
                     passed=all(found),
                     reasons=tuple(dict.fromkeys(c.reason for c in found if c.reason)),
                     steps=merge_steps(c.steps for c in found),
+                    scale=max(c.scale for c in found),
                 )
             )
         return rows
@@ -293,7 +299,7 @@ def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, toleranc
     if expected.shape != actual.shape:
         return OutputComparison(
             name, expected.shape, actual.shape, math.inf, math.inf, tolerance, False,
-            f"shape differs: expected {expected.shape}, got {actual.shape}",
+            f"{SHAPE_MISMATCH}: expected {expected.shape}, got {actual.shape}",
         )
     if expected.size == 0:
         return OutputComparison(name, expected.shape, actual.shape, 0.0, 0.0, tolerance, True)
@@ -312,8 +318,10 @@ def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, toleranc
     if damage:
         passed, reasons = False, [*reasons, damage]
     reason = "; ".join(reasons)
+    finite = np.isfinite(exp64)
+    scale = float(np.abs(exp64[finite]).max()) if finite.any() else 0.0
     return OutputComparison(name, expected.shape, actual.shape, float(absdiff.max()), float(reldiff.max()), tolerance,
-                            passed, reason, step_errors(absdiff, exp64, close))
+                            passed, reason, step_errors(absdiff, exp64, close), scale)
 
 
 def relative_damage(expected: np.ndarray, actual: np.ndarray, absdiff: np.ndarray, bound: float | None) -> str:

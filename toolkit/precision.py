@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.compare import CARRIED, NOTHING_CARRIED, ParityReport
-from toolkit.tolerance import LOW_PRECISION_TOLERANCES, Tolerances, compute_dtype
+from toolkit.compare import CARRIED, NOTHING_CARRIED, SHAPE_MISMATCH, OutputSummary, ParityReport
+from toolkit.tolerance import LOW_PRECISION_TOLERANCES, Tolerances, compute_dtype, looks_like_rounding, rounding_cap
 
 
 @dataclass(frozen=True)
@@ -60,28 +60,38 @@ def failure_message(items: Sequence[tuple[str, ParityReport]], limit: int = 3) -
         if carried_only(report):
             parts.append(carried_message(label, report))
             continue
-        for s in report.summaries():
-            if s.passed:
-                continue
-            if not math.isfinite(s.max_abs):  # NaN or infinity on one side: no tolerance passes it
-                parts.append(f"{s.name}: a non-finite value (NaN or infinity) where the other side differs ({s.tolerance})")
-                continue
-            needed = _round_up(s.max_abs)
-            damage = next((r for r in s.reasons if "of the output's scale" in r), "")
-            if damage:  # a tier's relative damage: an absolute atol says nothing about it
-                parts.append(f"{s.name}: {damage} ({s.tolerance}); the precision tier damages this output: export "
-                             f"it without the tier (or accept it: --atol {s.name}:{needed:g})")
-                continue
-            times = f", {s.max_abs / s.tolerance.atol:.3g}x its atol" if s.tolerance.atol > 0 else ""
-            parts.append(f"{s.name}: max abs error {s.max_abs:.3g} over {s.tolerance} (|d| <= atol + rtol*|keras|)"
-                         f"{times}; to accept it: --atol {s.name}:{needed:g} (Python: Tolerances.parse(atol="
-                         f"['{s.name}:{needed:g}']))")
+        parts += [_output_failure(s, report.compute_dtype) for s in report.summaries() if not s.passed]
         if not report.cases:
             parts.append(f"{label}: no input case was compared")
     failed_invariants = [inv.description for _, r in items for inv in r.invariants() if not inv]
     parts += [f"invariant failed: {d}" for d in failed_invariants]
     shown = parts[:limit] + ([f"and {len(parts) - limit} more"] if len(parts) > limit else [])
     return "; ".join(shown) if shown else "parity failed"
+
+
+def _output_failure(s: OutputSummary, dtype: str) -> str:
+    """One failing output, said as what it is: a shape mismatch, a non-finite value, a tier's damage, a
+    defect (an error that is a visible fraction of the output's scale: no tolerance should pass it), or an
+    error small enough to be rounding, with the atol that would accept it."""
+    shape = next((r for r in s.reasons if r.startswith(SHAPE_MISMATCH)), "")
+    if shape:
+        return f"{s.name}: {shape}"
+    if not math.isfinite(s.max_abs):  # NaN or infinity on one side: no tolerance passes it
+        return f"{s.name}: a non-finite value (NaN or infinity) where the other side differs ({s.tolerance})"
+    needed = _round_up(s.max_abs)
+    damage = next((r for r in s.reasons if "of the output's scale" in r), "")
+    if damage:  # a tier's relative damage: an absolute atol says nothing about it
+        return (f"{s.name}: {damage} ({s.tolerance}); the precision tier damages this output: export "
+                f"it without the tier (or accept it: --atol {s.name}:{needed:g})")
+    if not looks_like_rounding(s.max_abs, s.scale, dtype):
+        share = f"{s.max_abs / s.scale:.2g} of" if s.scale > 0 else "against"
+        return (f"{s.name}: max abs error {s.max_abs:.3g} is {share} the output's scale {s.scale:.3g}: far past "
+                f"{dtype} rounding (at most {rounding_cap(dtype):g} of the scale), so the export computes something else; "
+                f"no tolerance is the fix (--keep-failed writes the file to diagnose it)")
+    times = f", {s.max_abs / s.tolerance.atol:.3g}x its atol" if s.tolerance.atol > 0 else ""
+    return (f"{s.name}: max abs error {s.max_abs:.3g} over {s.tolerance} (|d| <= atol + rtol*|keras|)"
+            f"{times}; to accept it: --atol {s.name}:{needed:g} (Python: Tolerances.parse(atol="
+            f"['{s.name}:{needed:g}']))")
 
 
 def carried_only(report: ParityReport) -> bool:

@@ -24,13 +24,17 @@ class Tolerance:
     atol: float
     rtol: float
     scale: float | None = None
+    # The float32 rounding measured on this case (`toolkit.rounding`) when it widened `atol`, else None.
+    rounding: float | None = None
 
     def __str__(self) -> str:
         text = f"atol={self.atol:g} rtol={self.rtol:g}"
-        return text if self.scale is None else f"{text} scale={self.scale:g}"
+        text = text if self.scale is None else f"{text} scale={self.scale:g}"
+        return text if self.rounding is None else f"{text} (from rounding {self.rounding:.2g})"
 
     def to_json(self) -> dict[str, float]:
-        return {"atol": self.atol, "rtol": self.rtol, **({"scale": self.scale} if self.scale is not None else {})}
+        return {"atol": self.atol, "rtol": self.rtol, **({"scale": self.scale} if self.scale is not None else {}),
+                **({"rounding": self.rounding} if self.rounding is not None else {})}
 
 
 # As tight as tf2onnx's own Keras LSTM tests (tests/test_keras_lstm.py: rtol 1e-5, atol 1e-6).
@@ -93,6 +97,9 @@ class Tolerances:
 
     default: Tolerance | None = None
     per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+    # Decided by `decide` (the user set no default): an output the user gave no tolerance may then be
+    # widened to the float32 rounding measured on its case (`widened`). A user's tolerance is never widened.
+    policy: bool = False
 
     @property
     def base(self) -> Tolerance:
@@ -165,4 +172,47 @@ def decide(user: Tolerances, op_counts: Mapping[str, int], tier: str = "float32"
     found += [t for t in (LOW_PRECISION_TOLERANCES.get(dtype), TIER_TOLERANCES[tier]) if t is not None]
     scales = [t.scale for t in found if t.scale is not None]
     return Tolerances(Tolerance(max(t.atol for t in found), max(t.rtol for t in found), max(scales, default=None)),
-                      user.per_output)
+                      user.per_output, policy=True)
+
+
+# ------------------------------------------------------------------ float32 rounding on trained weights
+#
+# A fixed atol cannot tell float32 rounding from damage on real trained weights: a published char-RNN's
+# logits reach tens, and two float32 programs (Keras, ONNX Runtime) summing the same products in another
+# order differ by 1.8e-5 and 2.1e-5 there, 20x the default atol, while a wrong activation is off by 6e-3
+# to 0.78 and a sign flip by twice the value. So the rounding is measured, not guessed: `toolkit.rounding`
+# runs the same Keras model in float64 on the same case, and |float32 - float64| is how far float32 alone
+# moves this output on this input (it grows with the weights' scale and the sequence's length by itself).
+# ONNX Runtime's float32 run is an independent rounding of the same sums, so its distance to Keras' is
+# at most about twice that. Measured (scripts/rounding_scan.py, 2026-12-07, ORT 1.32, TF 2.21): over LSTM,
+# GRU and SimpleRNN char-RNNs of 128 and 256 units, 50 and 200 steps, logits of 20 to 57, the ratio
+# |ort - keras32| / |keras32 - keras64| was 0.81 to 1.36, the errors 3.8e-5 to 8.6e-5 (up to 86x the default
+# atol); ROUNDING_FACTOR = 8 is 6x the worst ratio. ROUNDING_CAP bounds the
+# widening by the output's own scale (its largest |value|), so no measurement can make damage pass: a
+# wrong activation or a sign flip moves an output by far more than 1e-4 of its scale.
+ROUNDING_FACTOR = 8.0
+ROUNDING_CAP = 1e-4
+# A mixed-precision model rounds in float16/bfloat16: its worst measured error against the float32 export
+# was 1.6e-3 and 1.1e-2 of (1 + |keras|) (LOW_PRECISION_TOLERANCES above); the caps leave ~5x over that.
+ROUNDING_CAPS = {"float32": ROUNDING_CAP, "float16": 1e-2, "bfloat16": 5e-2}
+
+
+def rounding_cap(dtype: str) -> float:
+    """The largest error, as a fraction of an output's scale, that a model computing in `dtype` can owe to
+    rounding: the bound on any widening, and past it an error is a defect, not rounding."""
+    return ROUNDING_CAPS.get(dtype, ROUNDING_CAP)
+
+
+def widened(tolerance: Tolerance, rounding: float, scale: float, dtype: str = "float32") -> Tolerance:
+    """`tolerance` with its atol raised to ROUNDING_FACTOR x the measured `rounding` of this output on this
+    case, at most `rounding_cap(dtype)` x the output's `scale`; unchanged when that is not wider."""
+    atol = min(ROUNDING_FACTOR * rounding, rounding_cap(dtype) * scale) if math.isfinite(rounding) else 0.0
+    if not atol > tolerance.atol:
+        return tolerance
+    return Tolerance(float(f"{atol:.2g}"), tolerance.rtol, tolerance.scale, float(f"{rounding:.2g}"))
+
+
+def looks_like_rounding(max_abs: float, scale: float, dtype: str = "float32") -> bool:
+    """Whether an error is small enough against its output's scale to be rounding at all: only then is a
+    larger --atol worth offering; anything bigger is a defect to diagnose, not to accept."""
+    return math.isfinite(max_abs) and max_abs <= rounding_cap(dtype) * scale

@@ -9,21 +9,31 @@ invariants. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
-from toolkit.compare import CaseResult, InvariantCheck, ParityReport, check_equal, compare_case, failed_case
+from toolkit.compare import (
+    CaseResult,
+    InvariantCheck,
+    ParityReport,
+    check_equal,
+    compare_arrays,
+    compare_case,
+    failed_case,
+)
 from toolkit.errors import RuntimeFailure
 from toolkit.inputs import InputCase
 from toolkit.keras_runner import KerasRunner
 from toolkit.metadata import read_options
 from toolkit.naming import OutputOrigin
 from toolkit.progress import Progress
+from toolkit.rounding import RoundingProbe
 from toolkit.runner import count_ops, graph_outputs
 from toolkit.runtimes.base import Runner
-from toolkit.tolerance import Tolerances, compute_dtype, decide
+from toolkit.tolerance import Tolerances, compute_dtype, decide, widened
 
 # ---------------------------------------------------------------------------- run over cases, compare
 
@@ -32,16 +42,20 @@ Invariants = Callable[[Mapping[str, np.ndarray]], Sequence[InvariantCheck]]
 
 def compare_runners(reference: Runner, runners: Sequence[Runner], cases: Sequence[InputCase], tolerances: Tolerances,
                     names: Sequence[str], expected_names: Sequence[str] | None = None,
-                    invariants: Invariants | None = None, progress: Progress = Progress()) -> dict[str, ParityReport]:
+                    invariants: Invariants | None = None, progress: Progress = Progress(),
+                    rounding: RoundingProbe | None = None) -> dict[str, ParityReport]:
     """Run the reference and every runner over the same cases, and compare each runner with the reference.
 
     The reference's outputs are matched by position with `names` (the graph's outputs; an export may have
     more outputs than Keras, e.g. --state-io's states, which are then not compared). Results are keyed by
     runner name; `expected_names` (default `names`) is what the names must equal for the report to pass.
+    `rounding`: where an output fails a policy tolerance, its float32 rounding on that case is measured and
+    the output compared again at the tolerance that rounding allows (`toolkit.tolerance.widened`).
     """
     rows: dict[str, list[CaseResult]] = {runner.name: [] for runner in runners}
     for case in cases:
         expected = list(reference.run(case.feeds).values())
+        noise = _LazyNoise(rounding if tolerances.policy else None, case.feeds)
         for runner in runners:
             try:
                 actual = runner.run(case.feeds)
@@ -49,10 +63,40 @@ def compare_runners(reference: Runner, runners: Sequence[Runner], cases: Sequenc
                 rows[runner.name].append(failed_case(case.label, expected, names, tolerances, str(exc)))
                 continue
             checks = invariants(actual) if invariants is not None else ()
-            rows[runner.name].append(compare_case(case.label, expected, actual, names, tolerances, checks))
+            result = compare_case(case.label, expected, actual, names, tolerances, checks)
+            rows[runner.name].append(noise.recompare(result, expected, actual, names, tolerances))
         progress.advance(case.label)
     wanted = tuple(expected_names if expected_names is not None else names)
     return {name: ParityReport(wanted, tuple(names), tuple(results)) for name, results in rows.items()}
+
+
+class _LazyNoise:
+    """One case's measured float32 rounding per output, measured at most once and only when a comparison
+    of that case failed (a passing case needs no wider tolerance, and measuring costs a float64 run)."""
+
+    def __init__(self, probe: RoundingProbe | None, feeds: Mapping[str, np.ndarray]):
+        self.probe, self.feeds = probe, feeds
+        self._noise: dict[str, float] | None = None
+        self._measured = False
+
+    def recompare(self, result: CaseResult, expected: Sequence[np.ndarray], actual: Mapping[str, np.ndarray],
+                  names: Sequence[str], tolerances: Tolerances) -> CaseResult:
+        """`result`, with each failing output of a policy tolerance compared again at its widened one."""
+        failing = [c.name for c in result.comparisons if not c and c.name not in tolerances.per_output]
+        if self.probe is None or not failing:
+            return result
+        if not self._measured:
+            self._measured, self._noise = True, self.probe.measure(self.feeds)
+        if not self._noise:
+            return result
+        by_name = dict(zip(names, expected))
+        redone = []
+        for c in result.comparisons:
+            if c.name in failing and c.name in self._noise and c.name in actual:
+                wide = widened(tolerances.for_output(c.name), self._noise[c.name], c.scale, self.probe.dtype)
+                c = compare_arrays(c.name, by_name[c.name], actual[c.name], wide) if wide is not c.tolerance else c
+            redone.append(c)
+        return CaseResult(result.label, tuple(redone), result.invariants)
 
 
 def invariant_checks(origins: Sequence[OutputOrigin], names: Sequence[str], actual: Mapping[str, np.ndarray],
@@ -91,4 +135,7 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[Runner], proto: onn
     def invariants(actual: Mapping[str, np.ndarray]) -> list[InvariantCheck]:
         return invariant_checks(origins, names, actual, tolerances, zeroed)
 
-    return compare_runners(keras, runners, cases, tolerances, names, expected_names, invariants, progress)
+    dtype = compute_dtype(keras.model)
+    probe = RoundingProbe(keras.model, names, dtype) if tolerances.policy else None
+    reports = compare_runners(keras, runners, cases, tolerances, names, expected_names, invariants, progress, probe)
+    return {name: dataclasses.replace(report, compute_dtype=dtype) for name, report in reports.items()}
