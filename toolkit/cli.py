@@ -280,6 +280,10 @@ from toolkit.bench_cli import bench_command  # noqa: E402
 
 cli.add_command(bench_command)
 
+from toolkit.install_cli import setup_command  # noqa: E402
+
+cli.add_command(setup_command)
+
 
 def main() -> None:
     cli(prog_name="lstm-onnx")

@@ -196,9 +196,11 @@ def versions_html(models: Sequence[onnx.ModelProto]) -> str:
             rows.append([esc(package), esc(package_metadata.version(package))])
         except package_metadata.PackageNotFoundError:
             continue
-    web = Path(__file__).resolve().parent / "runtimes" / "js" / "node_modules" / "onnxruntime-web" / "package.json"
-    if web.is_file():
-        rows.append(["onnxruntime-web (npm)", esc(json.loads(web.read_text()).get("version", "?"))])
+    from toolkit.runtimes.js import installed_version, npm_installed, npm_package
+
+    for package in ("onnxruntime-node", "onnxruntime-web"):
+        if npm_installed(package):
+            rows.append([f"{package} (npm)", esc(installed_version(npm_package(package)))])
     recorded = {k: v for model in models for k, v in metadata.read_versions(model).items()}
     made = ", ".join(f"{esc(k)} {esc(v)}" for k, v in sorted(recorded.items()))
     return _table(["package", "version"], rows) + (f"<p>The export records it was made with: {made}.</p>" if made else "")
