@@ -70,7 +70,8 @@ RUN_TIMEOUT = 300.0  # seconds; `run --timeout`
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lstm-onnx")
+@click.version_option(__version__, prog_name="lstm-onnx",
+                      message=f"%(prog)s %(version)s (import package toolkit, from {Path(__file__).resolve().parent})")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show what TensorFlow, tf2onnx and ONNX Runtime print (hidden by default), e.g. lstm-onnx -v export ...")
 def cli(verbose: bool) -> None:
