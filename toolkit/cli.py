@@ -30,7 +30,7 @@ from toolkit.cli_common import (
     tolerance_options,
 )
 from toolkit.cli_export import export
-from toolkit.errors import LstmOnnxError, OptionError
+from toolkit.errors import InputError, LstmOnnxError, OptionError
 from toolkit.quiet import quiet_stderr
 
 
@@ -123,12 +123,17 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
     quiet_tensorflow()
     from toolkit.compare import VerifyReport
     from toolkit.report import verify_text
-    from toolkit.runtimes.registry import runtimes_named
+    from toolkit.runtimes.registry import installed_of, not_installed
     from toolkit.tolerance import Tolerances
     from toolkit.verification import verify_runtimes
 
-    names = [r.strip() for r in runtimes.split(",") if r.strip()]
-    runtimes_named(names)  # an unknown name is refused before the Keras model is loaded
+    asked = [r.strip() for r in runtimes.split(",") if r.strip()]
+    ready, missing = installed_of(asked)  # an unknown name is refused before the Keras model is loaded
+    absent = {r.name: not_installed(r) for r in missing}  # listed, not run; an error where named explicitly
+    if not ready:
+        raise InputError(f"Expected an installed runtime among {asked}. Received: "
+                         + "; ".join(f"{name}: {hint}" for name, hint in absent.items()))
+    names = [r.name for r in ready]
     sizes = None
     html_path(html)
     with option_values():
@@ -163,10 +168,12 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
     reference.close()  # a SavedModel signature's child process
     label = getattr(reference, "label", None)  # set for a Keras 2 file's original
     if as_json:
-        emit_json({**outcome.to_json(), **({"reference": label} if label else {})})
+        emit_json({**outcome.to_json(), **({"reference": label} if label else {}),
+                   **({"not_installed": absent} if absent else {})})
     else:
-        echo(verify_text(outcome) + (f"\nnote: parity reference: {label}" if label else ""))
-    if not outcome:
+        echo("\n".join([verify_text(outcome), *([f"note: parity reference: {label}"] if label else []),
+                        *(f"{name}: {hint}" for name, hint in absent.items())]))
+    if not outcome or (absent and asked != ["all"]):
         sys.exit(1)
 
 

@@ -83,6 +83,13 @@ def browser_binary() -> str:
                      "(not installed: `lstm-onnx setup --runtimes chromium`)")
 
 
+def installed() -> bool:
+    """A headless Chromium on PATH and onnxruntime-web where the runtimes look (nothing is started)."""
+    from toolkit.runtimes.js import npm_installed
+
+    return any(shutil.which(name) for name in BROWSERS) and npm_installed("onnxruntime-web")
+
+
 class Mailbox:
     """What the HTTP handlers and the runner exchange: the files served, requests out, answers in."""
 

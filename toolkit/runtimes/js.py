@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ JS_DIR = Path(__file__).resolve().parent / "js"
 HARNESS = JS_DIR / "harness.mjs"
 LOCK = JS_DIR / "package-lock.json"
 SETUP_HINT = "lstm-onnx setup --runtimes node,web"
+SETUP_NAMES = {"onnxruntime-node": "node", "onnxruntime-web": "web"}  # `lstm-onnx setup`'s name of each package
 DIR_VARIABLE = "LSTM_ONNX_JS_DIR"  # overrides the cache folder (it then is the only place looked in)
 # The runtime name `verify --runtimes` uses -> the harness backend and the npm package it loads.
 BACKENDS = {"onnxruntime-node": ("node", "onnxruntime-node"), "onnxruntime-web": ("wasm", "onnxruntime-web")}
@@ -107,12 +109,17 @@ def npm_installed(package: str) -> bool:
     return _found(package)[0] is not None
 
 
+def node_installed(package: str) -> Callable[[], bool]:
+    """A runtime's `installed` check: Node on PATH and the locked package where the runtimes look."""
+    return lambda: shutil.which("node") is not None and npm_installed(package)
+
+
 def npm_package(package: str) -> Path:
     """The installed package folder (the lock's version), or a one-line error that says how to install it."""
     folder, seen = _found(package)
     if folder is None:
         raise InputError(f"Expected the npm package {package} at the version package-lock.json pins. Received: "
-                         f"{seen} (not installed: `{SETUP_HINT}`)")
+                         f"{seen} (not installed: `lstm-onnx setup --runtimes {SETUP_NAMES.get(package, 'node,web')}`)")
     return folder
 
 
