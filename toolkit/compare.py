@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.samples import SampleValues, merge_samples, sample_values
 from toolkit.steps import StepErrors, merge_steps, step_errors
 from toolkit.tolerance import Tolerance, Tolerances
 
@@ -33,6 +34,7 @@ class OutputComparison:
     passed: bool
     reason: str = ""
     steps: StepErrors | None = None  # per time step, for an output with a time axis (toolkit.steps)
+    samples: SampleValues | None = None  # both sides' values, for an output without one (toolkit.samples)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -86,6 +88,7 @@ class OutputSummary:
     passed: bool
     reasons: tuple[str, ...]
     steps: StepErrors | None = None  # the stepwise worst over cases
+    samples: SampleValues | None = None  # every case's values, one after another
 
     def __bool__(self) -> bool:
         return self.passed
@@ -127,6 +130,7 @@ class ParityReport:
                     passed=all(found),
                     reasons=tuple(dict.fromkeys(c.reason for c in found if c.reason)),
                     steps=merge_steps(c.steps for c in found),
+                    samples=merge_samples(c.samples for c in found),
                 )
             )
         return rows
@@ -313,7 +317,7 @@ def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, toleranc
         passed, reasons = False, [*reasons, damage]
     reason = "; ".join(reasons)
     return OutputComparison(name, expected.shape, actual.shape, float(absdiff.max()), float(reldiff.max()), tolerance,
-                            passed, reason, step_errors(absdiff, exp64, close))
+                            passed, reason, step_errors(absdiff, exp64, close), sample_values(exp64, act64))
 
 
 def relative_damage(expected: np.ndarray, actual: np.ndarray, absdiff: np.ndarray, bound: float | None) -> str:
