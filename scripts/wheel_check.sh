@@ -45,7 +45,7 @@ stray = sorted(name for name in held if "node_modules" in name)
 with zipfile.ZipFile(wheel) as whl:
     names = set(whl.namelist())
     top = next(whl.read(n).decode().split() for n in names if n.endswith(".dist-info/top_level.txt"))
-for path in ("toolkit/py.typed", "toolkit/runtimes/js/harness.mjs", "toolkit/runtimes/js/protocol.mjs",
+for path in ("toolkit/py.typed", "toolkit/__init__.pyi", "toolkit/runtimes/js/harness.mjs", "toolkit/runtimes/js/protocol.mjs",
              "toolkit/runtimes/js/page.html", "toolkit/runtimes/js/package.json", "toolkit/runtimes/js/package-lock.json",
              "toolkit/pages/lesson.js", "toolkit/pages/lesson.css", "toolkit/pages/lesson.html"):
     if path not in names:

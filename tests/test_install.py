@@ -153,9 +153,14 @@ def test_import_toolkit_offers_its_api_lazily_without_tensorflow():
             "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+    import ast
+
     import toolkit
 
     assert {"export_model", "export_file", "verify_runtimes", "verify_files", "open_runner"} <= set(toolkit.__all__)
+    stub = ast.parse((ROOT / "toolkit" / "__init__.pyi").read_text())  # what type checkers see: the same names
+    typed = {alias.asname for node in ast.walk(stub) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert typed == set(toolkit.__all__) - {"__version__"}
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         toolkit.nothing  # noqa: B018
 

@@ -9,13 +9,14 @@ imports nothing heavy, and none of them imports TensorFlow until a Keras model i
     reports = verify_runtimes("model.onnx", "model.keras", ["onnxruntime", "openvino"])
 
 (`toolkit.verify` is the module of the comparison loop, so the verification entry points are named
-`verify_runtimes` and `verify_files`.)
+`verify_runtimes` and `verify_files`.) Type checkers read the names from `__init__.pyi` (the package ships
+py.typed); this module imports none of them at import time, which also keeps it out of import circles.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -41,17 +42,6 @@ __all__ = [  # the same names as _API, spelled out for linters and readers
     "Tolerances", "ParityReport", "RuntimeReport", "VerifyReport", "open_runner", "inspect_model", "LstmOnnxError",
     "InputError",
 ]
-
-if TYPE_CHECKING:  # what type checkers and IDEs see (the package ships py.typed)
-    from toolkit.compare import ParityReport, RuntimeReport, VerifyReport
-    from toolkit.errors import InputError, LstmOnnxError
-    from toolkit.export_result import ExportResult
-    from toolkit.exporter import export_file, export_model
-    from toolkit.options import ExportOptions
-    from toolkit.runner import inspect_model
-    from toolkit.runtimes.registry import open_runner
-    from toolkit.tolerance import Tolerances
-    from toolkit.verification import verify_files, verify_runtimes
 
 
 def __getattr__(name: str) -> Any:
