@@ -120,6 +120,9 @@ def test_verify_all_lists_what_is_not_installed_and_runs_the_rest(tmp_path):
     for name, setup_name in (("onnxruntime-node", "node"), ("onnxruntime-web", "web"), ("chromium", "chromium")):
         assert f"{name}: not installed: `lstm-onnx setup --runtimes {setup_name}`" in result.output
     assert "[openvino]" in result.output and "[onnxruntime-node]" not in result.output
+    page = tmp_path / "r.html"
+    assert invoke("verify", CASE, "--runtimes", "all", "--html", page, env=env).exit_code == 0
+    assert '<p class="not-installed">chromium: not installed: `lstm-onnx setup --runtimes chromium`</p>' in page.read_text()
     named = invoke("verify", CASE, "--runtimes", "onnxruntime,onnxruntime-web", "--json", env=env)
     assert named.exit_code == 1  # named explicitly: missing is an error, after the others ran
     report = json.loads(named.output)

@@ -163,7 +163,8 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
         from toolkit.html_report import ModelSection, write_report
         from toolkit.runner import load_onnx
 
-        section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed)
+        section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed,
+                               tuple(f"{name}: {hint}" for name, hint in absent.items()))
         write_report(html, [section], f"lstm-onnx verify {onnx_model.name}", bool(outcome), command_line())
     reference.close()  # a SavedModel signature's child process
     label = getattr(reference, "label", None)  # set for a Keras 2 file's original

@@ -44,6 +44,7 @@ class ModelSection:
     model: onnx.ModelProto
     runtimes: tuple[RuntimeReport, ...]
     stream: StreamReport | None = None
+    not_installed: tuple[str, ...] = ()  # "name: not installed: `lstm-onnx setup --runtimes X`", not run
 
 
 def esc(value: object) -> str:
@@ -281,6 +282,7 @@ def report_page(sections: Sequence[ModelSection], title: str, passed: bool, comm
         drawn += count
         parts += [f"<h2>{esc(section.label)}</h2>", model_html(section),
                   "<h3>Runtimes × outputs</h3>", matrix_html(section, notes),
+                  *(f'<p class="not-installed">{esc(line)}</p>' for line in section.not_installed),
                   f"<h3>{'Error per time step' if _has_sequence(section) else 'Values against Keras'}</h3>", plots]
     verdict = "PASS" if passed else "FAIL"
     note_items = "".join(f'<li id="note-{i}">{esc(text)}</li>' for i, text in enumerate(notes, start=1))

@@ -27,7 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -114,22 +114,41 @@ def setup(names: Sequence[str] = RUNTIMES, explicit: bool = False, verbose: bool
     """Install (or find) each named runtime; one result per name, in the order named."""
     steps = Steps(verbose)
     results: list[SetupResult] = []
-    npm_done: tuple[str, str] | None = None
+    npm_done: list[tuple[str, str]] = []  # one npm install serves node, web and chromium's page
+
+    def npm() -> tuple[str, str]:
+        npm_done[:] = npm_done or [npm_step(steps)]
+        return npm_done[0]
+
     for name in names:
-        if name in NPM_PACKAGES:
-            npm_done = npm_done or npm_step(steps)
-            status, detail = npm_done
-            if status in (PRESENT, INSTALLED):
-                package = NPM_PACKAGES[name]
-                detail = f"{package} {js.installed_version(js.npm_package(package))} {detail}"
-        elif name in APT:
-            status, detail = apt_step(steps, *APT[name])
-        elif name == "tf-keras":
-            status, detail = tf_keras_step(steps)
-        else:
-            status, detail = pip_step(steps, *PIP[name])
+        try:
+            status, detail = _step(name, steps, npm)
+        except InputError as exc:  # e.g. no lstm-onnx metadata to read a pin from: this runtime fails, not all
+            status, detail = FAILED, str(exc)
         results.append(SetupResult(name, status, detail, explicit))
     return SetupReport(tuple(results))
+
+
+def _step(name: str, steps: Steps, npm: Callable[[], tuple[str, str]]) -> tuple[str, str]:
+    if name in NPM_PACKAGES:
+        status, detail = npm()
+        if status in (PRESENT, INSTALLED):
+            package = NPM_PACKAGES[name]
+            detail = f"{package} {js.installed_version(js.npm_package(package))} {detail}"
+        return status, detail
+    if name == "chromium":  # the browser, and the onnxruntime-web its page runs
+        status, detail = apt_step(steps, *APT[name])
+        if status not in (PRESENT, INSTALLED):
+            return status, detail
+        web_status, web_detail = npm()
+        if web_status not in (PRESENT, INSTALLED):
+            return web_status, f"onnxruntime-web for its page: {web_detail}"
+        return (INSTALLED if INSTALLED in (status, web_status) else PRESENT), f"{detail}; onnxruntime-web {web_detail}"
+    if name in APT:
+        return apt_step(steps, *APT[name])
+    if name == "tf-keras":
+        return tf_keras_step(steps)
+    return pip_step(steps, *PIP[name])
 
 
 # ------------------------------------------------------------------------------------------------ npm
