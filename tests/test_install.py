@@ -62,6 +62,14 @@ def test_without_root_apt_says_the_one_command_and_fails_only_where_named(monkey
     assert not named and named.text().startswith("chromium: not installed: apt-get needs root; run `sudo apt-get")
 
 
+def test_the_pins_come_from_the_distributions_extras():
+    from toolkit.install import extra_requirements
+
+    assert extra_requirements("runtimes") == ["openvino==2026.4.*"]
+    assert "nvidia-pytriton==0.7.*" in extra_requirements("serve")
+    assert "tensorflow-cpu==2.21.*" in extra_requirements("export")  # tf-keras is pinned to its minor
+
+
 def test_a_lock_without_an_integrity_hash_or_from_another_registry_is_refused(tmp_path):
     assert lock_problem(js.LOCK) == ""
     lock = json.loads(js.LOCK.read_text())
@@ -183,3 +191,20 @@ def test_the_package_ships_py_typed_and_the_sdist_and_wheel_are_checked_in_ci():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/wheel_check.sh" in ci and "scripts/setup_runtimes.sh" in ci
     assert "lstm-onnx setup" in (ROOT / "scripts" / "setup_runtimes.sh").read_text()
+
+
+def _without_openvino(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a process where the openvino package cannot be found (as on a machine without it)."""
+    code = "import sys; sys.modules['openvino'] = None; from toolkit.cli import main; sys.argv[0] = 'lstm-onnx'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_bench_lists_a_runtime_not_installed_and_refuses_it_where_named():
+    done = _without_openvino("bench", str(CASE), "--seconds", "0.3", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert "openvino float32: not installed: `lstm-onnx setup --runtimes openvino`" in done.stdout
+    assert "openvino bf16: not installed: `lstm-onnx setup --runtimes openvino`" in done.stdout
+    named = _without_openvino("bench", str(CASE), "--runtimes", "onnxruntime,openvino", "--seconds", "0.3")
+    assert named.returncode == 1 and named.stderr.strip() == (
+        "Error: Expected the runtimes named installed. Received: openvino: not installed: "
+        "`lstm-onnx setup --runtimes openvino`")
