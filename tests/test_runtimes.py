@@ -4,7 +4,7 @@ Node, onnxruntime-web in headless Chromium, and OpenVINO (f32, and its default p
 Each computes the committed seed exports to Keras' numbers at the default tolerances; OpenVINO's
 `problem` names each defect it was measured with (and only those: a model it does not flag must match);
 every runner's `close()` leaves no process, server or profile behind. Nothing is skipped for a missing
-package: `scripts/setup_runtimes.sh` installs them all (README, .ci/run).
+package: `lstm-onnx setup` (scripts/setup_runtimes.sh) installs them all (README, .ci/run).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def test_a_runtimes_error_is_one_line_and_the_runner_survives_it(runtime):
 
 def test_a_missing_node_is_a_one_line_error_that_says_what_to_install(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(InputError, match="Expected Node.js 20.*setup_runtimes.sh"):
+    with pytest.raises(InputError, match="Expected Node.js 20.*lstm-onnx setup --runtimes node,web"):
         _open("onnxruntime-node", EXPORTED / ENTRIES[0]["file"])
     with pytest.raises(InputError, match="Expected a headless Chromium"):
         _open("chromium", EXPORTED / ENTRIES[0]["file"])

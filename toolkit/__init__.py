@@ -1,7 +1,57 @@
 """lstm-onnx: Keras recurrent models to ONNX Runtime with every output named and proven equal.
 
-The package imports nothing heavy: `toolkit.runner` and `toolkit.compare` work without TensorFlow, and
-the Keras-side modules (`builder`, `exporter`, `parity`) import it only when used.
+The distribution is `lstm-onnx`; its import package is `toolkit`. The names in `__all__` are the stable
+Python API; everything else is internal. They are imported on first use (PEP 562), so `import toolkit`
+imports nothing heavy, and none of them imports TensorFlow until a Keras model is built or loaded:
+
+    from toolkit import export_file, verify_runtimes
+    export_file("model.keras", "model.onnx")             # writes only a file that matched Keras
+    reports = verify_runtimes("model.onnx", "model.keras", ["onnxruntime", "openvino"])
+
+(`toolkit.verify` is the module of the comparison loop, so the verification entry points are named
+`verify_runtimes` and `verify_files`.) Type checkers read the names from `__init__.pyi` (the package ships
+py.typed); this module imports none of them at import time, which also keeps it out of import circles.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
+
+# name -> the module that defines it
+_API = {
+    "export_model": "toolkit.exporter",  # a Keras model in memory -> an ExportResult (the proto, its parity)
+    "export_file": "toolkit.exporter",  # a .keras / .h5 / SavedModel file -> a proven .onnx file
+    "ExportOptions": "toolkit.options",
+    "ExportResult": "toolkit.export_result",
+    "verify_runtimes": "toolkit.verification",  # an export vs its Keras model, in each runtime named
+    "verify_files": "toolkit.verification",  # the same in ONNX Runtime alone -> a ParityReport
+    "Tolerances": "toolkit.tolerance",
+    "ParityReport": "toolkit.compare",
+    "RuntimeReport": "toolkit.compare",
+    "VerifyReport": "toolkit.compare",
+    "open_runner": "toolkit.runtimes.registry",  # run an export in ONNX Runtime or OpenVINO (no TensorFlow)
+    "inspect_model": "toolkit.runner",
+    "LstmOnnxError": "toolkit.errors",
+    "InputError": "toolkit.errors",
+}
+__all__ = [  # the same names as _API, spelled out for linters and readers
+    "__version__", "export_model", "export_file", "ExportOptions", "ExportResult", "verify_runtimes", "verify_files",
+    "Tolerances", "ParityReport", "RuntimeReport", "VerifyReport", "open_runner", "inspect_model", "LstmOnnxError",
+    "InputError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

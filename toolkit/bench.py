@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onn
     import onnx
 
 Feeds = Mapping[str, np.ndarray]
+NOT_INSTALLED = "not installed"  # how `registry.not_installed` starts: a form listed, not run
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,11 @@ class BenchReport:
 
         rows = [[r.target.runtime, r.target.tier, str(r.target.threads), _num(r.median_ms, ".3f"),
                  _num(r.speed, ".2f", "x"), _num(r.max_abs, ".2e"), _num(r.max_rel, ".2e"),
-                 ("yes" if r.within else "no") if not r.problem else "not valid",
+                 ("yes" if r.within else "no") if not r.problem else _why_not(r.problem),
                  f"{r.size_bytes / 1e3:.1f}"] for r in self.results]
         # One line per runtime and tier that did not run, below the table (the reason is long).
-        problems = dict.fromkeys(f"not valid: {r.target.runtime} {r.target.tier}: {r.problem}"
+        problems = dict.fromkeys(f"{r.target.runtime} {r.target.tier}: {r.problem}" if r.problem.startswith(NOT_INSTALLED)
+                                 else f"not valid: {r.target.runtime} {r.target.tier}: {r.problem}"
                                  for r in self.results if r.problem)
         head = (f"{self.model}: batch {self.batch} x {self.steps if self.steps is not None else 'fixed'} steps; "
                 f"error against {self.reference}; tolerance {self.tolerance}; {self.machine}")
@@ -209,6 +211,10 @@ def _compare(expected: Sequence[np.ndarray], actual: Mapping[str, np.ndarray],
     return max(c.max_abs for c in found), max(c.max_rel for c in found), all(found)
 
 
+def _why_not(problem: str) -> str:
+    return NOT_INSTALLED if problem.startswith(NOT_INSTALLED) else "not valid"
+
+
 def default_threads() -> tuple[int, ...]:
     return tuple(sorted({1, os.cpu_count() or 1}))
 
@@ -263,23 +269,30 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
 
 
 def _forms(runtimes: Sequence[str] | None, threads: Sequence[int] | None) -> list[Target]:
-    """Every named (default: every installed) runtime the registry marks as timed, at every thread count."""
-    from toolkit.runtimes.registry import RUNTIMES
+    """Every named (default: every) runtime the registry marks as timed, at every thread count. One not
+    installed is refused where named, and otherwise listed once (its `_open` says so) and not run."""
+    from toolkit.runtimes.registry import RUNTIMES, not_installed
 
-    timed = {name: r for name, r in RUNTIMES.items() if r.timed and r.installed()}
+    timed = {name: r for name, r in RUNTIMES.items() if r.timed}
     unknown = [name for name in runtimes or [] if name not in timed]
     if unknown or runtimes == []:
         raise InputError(f"Expected runtimes among {list(timed)}. Received: {list(runtimes or [])}")
     chosen = [timed[name] for name in (runtimes or list(timed))]
-    return [Target(r.engine, r.precision, n, r.name) for r in chosen for n in (threads or default_threads())]
+    missing = [f"{r.name}: {not_installed(r)}" for r in chosen if not r.installed()]
+    if runtimes and missing:
+        raise InputError(f"Expected the runtimes named installed. Received: {'; '.join(missing)}")
+    counts = threads or default_threads()
+    return [Target(r.engine, r.precision, n, r.name) for r in chosen for n in (counts if r.installed() else counts[:1])]
 
 
 def _open(form: Target, proto: onnx.ModelProto, path: Path) -> tuple[Any, str]:
     """An open runner of the form, or None and why not (its `problem`, or the runtime's refusal)."""
     from toolkit.errors import ModelLoadError, RuntimeFailure
-    from toolkit.runtimes.registry import RUNTIMES
+    from toolkit.runtimes.registry import RUNTIMES, not_installed
 
     runtime = RUNTIMES[form.name]
+    if not runtime.installed():
+        return None, not_installed(runtime)
     problem = runtime.problem(proto)
     if problem:
         return None, problem

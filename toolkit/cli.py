@@ -30,7 +30,7 @@ from toolkit.cli_common import (
     tolerance_options,
 )
 from toolkit.cli_export import export
-from toolkit.errors import LstmOnnxError, OptionError
+from toolkit.errors import InputError, LstmOnnxError, OptionError
 from toolkit.quiet import quiet_stderr
 
 
@@ -70,7 +70,8 @@ RUN_TIMEOUT = 300.0  # seconds; `run --timeout`
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lstm-onnx")
+@click.version_option(__version__, prog_name="lstm-onnx",
+                      message=f"%(prog)s %(version)s (import package toolkit, from {Path(__file__).resolve().parent})")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show what TensorFlow, tf2onnx and ONNX Runtime print (hidden by default), e.g. lstm-onnx -v export ...")
 def cli(verbose: bool) -> None:
@@ -122,12 +123,17 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
     quiet_tensorflow()
     from toolkit.compare import VerifyReport
     from toolkit.report import verify_text
-    from toolkit.runtimes.registry import runtimes_named
+    from toolkit.runtimes.registry import installed_of, not_installed
     from toolkit.tolerance import Tolerances
     from toolkit.verification import verify_runtimes
 
-    names = [r.strip() for r in runtimes.split(",") if r.strip()]
-    runtimes_named(names)  # an unknown name is refused before the Keras model is loaded
+    asked = [r.strip() for r in runtimes.split(",") if r.strip()]
+    ready, missing = installed_of(asked)  # an unknown name is refused before the Keras model is loaded
+    absent = {r.name: not_installed(r) for r in missing}  # listed, not run; an error where named explicitly
+    if not ready:
+        raise InputError(f"Expected an installed runtime among {asked}. Received: "
+                         + "; ".join(f"{name}: {hint}" for name, hint in absent.items()))
+    names = [r.name for r in ready]
     sizes = None
     html_path(html)
     with option_values():
@@ -157,15 +163,18 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
         from toolkit.html_report import ModelSection, write_report
         from toolkit.runner import load_onnx
 
-        section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed)
+        section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed,
+                               tuple(f"{name}: {hint}" for name, hint in absent.items()))
         write_report(html, [section], f"lstm-onnx verify {onnx_model.name}", bool(outcome), command_line())
     reference.close()  # a SavedModel signature's child process
     label = getattr(reference, "label", None)  # set for a Keras 2 file's original
     if as_json:
-        emit_json({**outcome.to_json(), **({"reference": label} if label else {})})
+        emit_json({**outcome.to_json(), **({"reference": label} if label else {}),
+                   **({"not_installed": absent} if absent else {})})
     else:
-        echo(verify_text(outcome) + (f"\nnote: parity reference: {label}" if label else ""))
-    if not outcome:
+        echo("\n".join([verify_text(outcome), *([f"note: parity reference: {label}"] if label else []),
+                        *(f"{name}: {hint}" for name, hint in absent.items())]))
+    if not outcome or (absent and asked != ["all"]):
         sys.exit(1)
 
 
@@ -279,6 +288,10 @@ cli.add_command(serve)
 from toolkit.bench_cli import bench_command  # noqa: E402
 
 cli.add_command(bench_command)
+
+from toolkit.install_cli import setup_command  # noqa: E402
+
+cli.add_command(setup_command)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.samples import SampleValues, merge_samples, sample_values
 from toolkit.steps import StepErrors, merge_steps, step_errors
 from toolkit.tolerance import Tolerance, Tolerances
 
@@ -34,6 +35,7 @@ class OutputComparison:
     reason: str = ""
     steps: StepErrors | None = None  # per time step, for an output with a time axis (toolkit.steps)
     scale: float = 0.0  # the output's largest finite |expected| value: what its errors are measured against
+    samples: SampleValues | None = None  # both sides' values, for an output without one (toolkit.samples)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -89,6 +91,7 @@ class OutputSummary:
     reasons: tuple[str, ...]
     steps: StepErrors | None = None  # the stepwise worst over cases
     scale: float = 0.0  # the largest finite |expected| value over cases
+    samples: SampleValues | None = None  # every case's values, one after another
 
     def __bool__(self) -> bool:
         return self.passed
@@ -133,6 +136,7 @@ class ParityReport:
                     reasons=tuple(dict.fromkeys(c.reason for c in found if c.reason)),
                     steps=merge_steps(c.steps for c in found),
                     scale=max(c.scale for c in found),
+                    samples=merge_samples(c.samples for c in found),
                 )
             )
         return rows
@@ -321,7 +325,7 @@ def compare_arrays(name: str, expected: np.ndarray, actual: np.ndarray, toleranc
     finite = np.isfinite(exp64)
     scale = float(np.abs(exp64[finite]).max()) if finite.any() else 0.0
     return OutputComparison(name, expected.shape, actual.shape, float(absdiff.max()), float(reldiff.max()), tolerance,
-                            passed, reason, step_errors(absdiff, exp64, close), scale)
+                            passed, reason, step_errors(absdiff, exp64, close), scale, sample_values(exp64, act64))
 
 
 def relative_damage(expected: np.ndarray, actual: np.ndarray, absdiff: np.ndarray, bound: float | None) -> str:

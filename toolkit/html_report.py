@@ -4,7 +4,9 @@ A page holds, per model: its inputs, its outputs by role and each recurrent laye
 became (from the export's metadata); a runtime x output matrix (pass / fail / not valid, the reason on
 hover and in a footnote); for every sequence output, a plot of the error per time step with one series per
 runtime or tier (`toolkit.plots`, from the per-step errors the comparison kept); for `--stream`, the
-streamed series with its chunk boundaries; then the versions and the command that made it.
+streamed series with its chunk boundaries; for a model without a sequence output (a forecaster, a
+classifier), each runtime's values against Keras' per sample and its errors' distribution with the
+tolerance (from the values the comparison kept, `toolkit.samples`); then the versions and the command.
 
 Everything from a model file (names, metadata) is escaped with `html.escape` after `safe_text`: layer
 names are user data. The page is bounded: at most `MAX_POINTS` points per series and `MAX_PLOTS` plots.
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -40,6 +44,7 @@ class ModelSection:
     model: onnx.ModelProto
     runtimes: tuple[RuntimeReport, ...]
     stream: StreamReport | None = None
+    not_installed: tuple[str, ...] = ()  # "name: not installed: `lstm-onnx setup --runtimes X`", not run
 
 
 def esc(value: object) -> str:
@@ -141,6 +146,12 @@ def matrix_html(section: ModelSection, notes: list[str]) -> str:
     return f'<table class="matrix"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _has_sequence(section: ModelSection) -> bool:
+    reports = [r.report for r in section.runtimes if r.report is not None]
+    reports += [section.stream.against_keras] if section.stream is not None else []
+    return any(s.steps is not None for report in reports for s in report.summaries())
+
+
 def plots_html(section: ModelSection, start: int) -> tuple[str, int]:
     """One plot per sequence output, one series per runtime that ran (and the stream); returns the HTML and
     how many plots it drew (the page bounds the total)."""
@@ -174,7 +185,62 @@ def plots_html(section: ModelSection, start: int) -> tuple[str, int]:
                      f"and units, every case (log scale)</figcaption>{svg}</figure>")
         drawn += 1
     if not by_output:
-        parts.append("<p>No sequence output: every output is one value per sample, shown in the matrix.</p>")
+        values, count = values_html(section, start)
+        return values, count
+    return "\n".join(parts), drawn
+
+
+def _value_series(section: ModelSection) -> dict[str, list[Any]]:
+    """Per output, each runtime's values with Keras' (and the stream's, its states carried), in report order."""
+    from toolkit.plots import ValueSeries
+
+    tier = tier_of(section.model)
+    runs = [(series_label(r.runtime, tier), r.report) for r in section.runtimes if r.report is not None]
+    if section.stream is not None:
+        runs.append((series_label(f"onnxruntime stream {','.join(map(str, section.stream.chunks))}", tier),
+                     section.stream.against_keras))
+    by_output: dict[str, list[Any]] = {}
+    for label, report in runs:
+        for summary in report.summaries():
+            if summary.samples is not None:
+                by_output.setdefault(summary.name, []).append(ValueSeries(label, summary.samples, summary.tolerance))
+    return by_output
+
+
+def _values_data(series: Sequence[Any]) -> str:
+    """The drawn values as the figure's data: keras, then each series' (7 significant digits; JSON strings for
+    non-finite values), and each series' max |error|, so a reader (or a test) can check them."""
+    def number(value: float) -> float | str:
+        return float(f"{value:.7g}") if math.isfinite(value) else str(value)
+
+    first = series[0].samples
+    data = {"width": first.width, "keras": [number(v) for v in first.expected],
+            "runtimes": {s.label: [number(v) for v in s.samples.actual] for s in series},
+            "max_abs": {s.label: number(float(s.samples.errors().max())) for s in series}}
+    return html.escape(json.dumps(data), quote=True)
+
+
+def values_html(section: ModelSection, start: int) -> tuple[str, int]:
+    """A model with no sequence output (a forecaster, a classifier): per output, each runtime against Keras
+    per sample, and the distribution of its errors with the tolerance (`toolkit.plots.values_plot`)."""
+    from toolkit.plots import values_plot
+
+    parts, drawn = [], 0
+    for name, series in _value_series(section).items():
+        if start + drawn >= MAX_PLOTS:
+            parts.append(f"<p>{esc(name)}: not drawn (a page draws at most {MAX_PLOTS} plots)</p>")
+            continue
+        plot_id = f"plot{start + drawn}"
+        kind = "bars per class (softmax)" if series[0].samples.is_softmax() else "scatter on the identity line"
+        runtimes = html.escape(json.dumps([s.label for s in series]), quote=True)
+        parts.append(f'<figure class="values" id="{plot_id}" data-output="{esc(name)}" data-series="{len(series)}" '
+                     f'data-runtimes="{runtimes}" data-values="{_values_data(series)}"><figcaption>{esc(name)}: '
+                     f"each runtime against Keras per sample ({kind}), and the distribution of |error| over the "
+                     f"{series[0].samples.samples} samples of every case, with the tolerance</figcaption>"
+                     f"{values_plot(series, plot_id)}</figure>")
+        drawn += 1
+    if not parts:
+        parts.append("<p>No output was compared: nothing to plot.</p>")
     return "\n".join(parts), drawn
 
 
@@ -196,9 +262,11 @@ def versions_html(models: Sequence[onnx.ModelProto]) -> str:
             rows.append([esc(package), esc(package_metadata.version(package))])
         except package_metadata.PackageNotFoundError:
             continue
-    web = Path(__file__).resolve().parent / "runtimes" / "js" / "node_modules" / "onnxruntime-web" / "package.json"
-    if web.is_file():
-        rows.append(["onnxruntime-web (npm)", esc(json.loads(web.read_text()).get("version", "?"))])
+    from toolkit.runtimes.js import installed_version, npm_installed, npm_package
+
+    for package in ("onnxruntime-node", "onnxruntime-web"):
+        if npm_installed(package):
+            rows.append([f"{package} (npm)", esc(installed_version(npm_package(package)))])
     recorded = {k: v for model in models for k, v in metadata.read_versions(model).items()}
     made = ", ".join(f"{esc(k)} {esc(v)}" for k, v in sorted(recorded.items()))
     return _table(["package", "version"], rows) + (f"<p>The export records it was made with: {made}.</p>" if made else "")
@@ -214,7 +282,8 @@ def report_page(sections: Sequence[ModelSection], title: str, passed: bool, comm
         drawn += count
         parts += [f"<h2>{esc(section.label)}</h2>", model_html(section),
                   "<h3>Runtimes × outputs</h3>", matrix_html(section, notes),
-                  "<h3>Error per time step</h3>", plots]
+                  *(f'<p class="not-installed">{esc(line)}</p>' for line in section.not_installed),
+                  f"<h3>{'Error per time step' if _has_sequence(section) else 'Values against Keras'}</h3>", plots]
     verdict = "PASS" if passed else "FAIL"
     note_items = "".join(f'<li id="note-{i}">{esc(text)}</li>' for i, text in enumerate(notes, start=1))
     body = "\n".join([

@@ -3,7 +3,8 @@ per flag combination, the tensors each case returns highlighted and labelled wit
 names, and the numbers of a live run.
 
 The page is one file that opens offline: onnxruntime-web's WASM bundle (`ort.wasm.bundle.min.mjs` and its
-`.wasm`, from the npm package `toolkit/runtimes/js/package-lock.json` pins) and the four exported models
+`.wasm`, from the npm package `toolkit/runtimes/js/package-lock.json` pins, where `lstm-onnx setup` put
+it: `toolkit.runtimes.js.npm_package`) and the four exported models
 are inside it, so the page runs the models itself (`pages/lesson.js`) and a reader who edits the input
 `[0.1, 0.2, 0.3]` sees the returned tensors change. The WASM is stored gzip-compressed (14 MB -> 3.7 MB)
 and unpacked by the browser's own `DecompressionStream`. The numbers written into the page are ONNX

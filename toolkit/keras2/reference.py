@@ -28,7 +28,7 @@ from toolkit.keras2.loader import Keras2Model
 from toolkit.keras_runner import KerasRunner
 from toolkit.runner import first_line
 
-TF_KERAS_HINT = "pip install --no-deps 'tf-keras==2.21.*' (scripts/setup_runtimes.sh does)"
+TF_KERAS_HINT = "not installed: `lstm-onnx setup --runtimes tf-keras` (pip install --no-deps 'tf-keras==2.21.*')"
 
 
 class SignatureReference(KerasRunner):

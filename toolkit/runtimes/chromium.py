@@ -1,7 +1,7 @@
 """onnxruntime-web (WASM) in a real headless Chromium page, served from 127.0.0.1.
 
 The runner starts a small HTTP server on an ephemeral port of 127.0.0.1 that serves `js/page.html`,
-`js/protocol.mjs`, onnxruntime-web's dist files from `js/node_modules` and the model, then launches
+`js/protocol.mjs`, onnxruntime-web's dist files (from where `js.npm_package` finds it) and the model, then launches
 Debian's `chromium-headless-shell` (or `chromium`) with a temporary profile. The page long-polls `/next`
 for a request and posts the answer to `/result`.
 
@@ -52,7 +52,7 @@ from toolkit.process import (
     stop_reaper,
 )
 from toolkit.runtimes.base import START_TIMEOUT, Runner, decode_answer, encode_feeds, model_bytes
-from toolkit.runtimes.js import JS_DIR, SETUP_HINT, npm_package
+from toolkit.runtimes.js import JS_DIR, npm_package
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
 POLL_SECONDS = 10.0  # how long /next holds a request open before the page asks again
@@ -79,7 +79,15 @@ def browser_binary() -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise InputError(f"Expected a headless Chromium ({' or '.join(BROWSERS)}) on PATH. Received: none ({SETUP_HINT})")
+    raise InputError(f"Expected a headless Chromium ({' or '.join(BROWSERS)}) on PATH. Received: none "
+                     "(not installed: `lstm-onnx setup --runtimes chromium`)")
+
+
+def installed() -> bool:
+    """A headless Chromium on PATH and onnxruntime-web where the runtimes look (nothing is started)."""
+    from toolkit.runtimes.js import npm_installed
+
+    return any(shutil.which(name) for name in BROWSERS) and npm_installed("onnxruntime-web")
 
 
 class Mailbox:

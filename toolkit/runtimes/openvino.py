@@ -113,7 +113,7 @@ def _import_openvino() -> Any:
         import openvino
     except ImportError:
         raise InputError("Expected the openvino package for the OpenVINO runtimes. Received: not installed "
-                         "(pip install -e \".[runtimes]\")") from None
+                         "(not installed: `lstm-onnx setup --runtimes openvino`)") from None
     return openvino
 
 

@@ -42,6 +42,7 @@ class Runtime:
     engine: str = "onnxruntime"  # what computes: bench's `runtime` column
     timed: bool = False  # a form `bench` times (in this process or its own child: no transfer timed)
     installed: Callable[[], bool] = always  # whether its package is on this machine (checked on use)
+    setup: str = ""  # the `lstm-onnx setup --runtimes` name that installs it ("" for one always installed)
 
     @property
     def tier(self) -> bool:
@@ -65,15 +66,18 @@ for _tier in ("int8", "float16"):  # the export's precision tiers, derived from 
                      precision=_tier, timed=True))
 register(Runtime("reference", reference_oracle_problem, lambda path, model, threads=None: ReferenceRunner(model),
                  engine="onnx.reference"))
-register(Runtime("onnxruntime-node", js.problem, js.open_node, engine="onnxruntime-node"))
-register(Runtime("onnxruntime-web", js.problem, js.open_web, engine="onnxruntime-web"))  # WASM, under Node
-register(Runtime("chromium", js.problem, chromium.open_chromium, engine="chromium"))  # onnxruntime-web in a page
+register(Runtime("onnxruntime-node", js.problem, js.open_node, engine="onnxruntime-node",
+                 installed=js.node_installed("onnxruntime-node"), setup="node"))
+register(Runtime("onnxruntime-web", js.problem, js.open_web, engine="onnxruntime-web",  # WASM, under Node
+                 installed=js.node_installed("onnxruntime-web"), setup="web"))
+register(Runtime("chromium", js.problem, chromium.open_chromium, engine="chromium",  # onnxruntime-web in a page
+                 installed=chromium.installed, setup="chromium"))
 register(Runtime("openvino", openvino.problem, openvino.open_f32, engine="openvino", timed=True,
-                 installed=openvino.installed))
+                 installed=openvino.installed, setup="openvino"))
 # OpenVINO's default precision (bf16 on CPUs that have it) is off by 5e-4 to 0.16 on the variant matrix:
 # named alone, it is run and reported with its error, never as passing at float32.
 register(Runtime("openvino-bf16", openvino.problem_bf16, openvino.open_default, precision="bf16", engine="openvino",
-                 timed=True, installed=openvino.installed))
+                 timed=True, installed=openvino.installed, setup="openvino"))
 
 
 def runtimes_named(names: Sequence[str]) -> list[Runtime]:
@@ -85,6 +89,17 @@ def runtimes_named(names: Sequence[str]) -> list[Runtime]:
     if unknown or not names:
         raise InputError(f"Expected runtimes among {list(RUNTIMES)} or all. Received: {list(names)}")
     return [RUNTIMES[n] for n in names]
+
+
+def not_installed(runtime: Runtime) -> str:
+    """How a runtime that is not installed is listed: `not installed: `lstm-onnx setup --runtimes X``."""
+    return f"not installed: `lstm-onnx setup --runtimes {runtime.setup}`"
+
+
+def installed_of(names: Sequence[str]) -> tuple[list[Runtime], list[Runtime]]:
+    """The named runtimes (`all` too) split into those installed here and those not (nothing is opened)."""
+    chosen = runtimes_named(names)
+    return [r for r in chosen if r.installed()], [r for r in chosen if not r.installed()]
 
 
 RUN_ENGINES = ("onnxruntime", "openvino")  # `run --runtime`: the runtimes a deploy machine runs in Python

@@ -1,21 +1,28 @@
 // Loads one model in onnxruntime-node (backend "node") or onnxruntime-web's WASM build (backend "wasm")
 // and serves runs over line-delimited JSON: one request line on stdin, one answer line on stdout (see
 // protocol.mjs). The first line written says the model loaded ({ready, inputs, outputs}) or {error}.
-// It exits at the end of its input, so closing stdin stops it.
-//   node harness.mjs node|wasm MODEL.onnx
+// It exits at the end of its input, so closing stdin stops it. The npm packages are required from the
+// node_modules folder LSTM_ONNX_NODE_MODULES names (lstm-onnx's per-user cache, toolkit/runtimes/js.py),
+// not from beside this file, which may sit in a read-only site-packages.
+//   LSTM_ONNX_NODE_MODULES=DIR/node_modules node harness.mjs node|wasm MODEL.onnx
 import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { answer, configureWeb, describe, errorLine } from './protocol.mjs';
 
 const [backend, modelPath] = process.argv.slice(2);
+const modules = process.env.LSTM_ONNX_NODE_MODULES || join(import.meta.dirname ?? '.', 'node_modules');
+// Resolution starts at the folder holding node_modules: the packages' own "node" entry points.
+const require = createRequire(join(dirname(modules), 'package.json'));
 
 async function loadOrt(name) {
   if (name === 'node') {
-    const ort = await import('onnxruntime-node');
+    const ort = require('onnxruntime-node');
     ort.env.logLevel = 'error';
     return ort;
   }
-  if (name === 'wasm') return configureWeb(await import('onnxruntime-web'));
+  if (name === 'wasm') return configureWeb(require('onnxruntime-web'));
   throw new Error(`Expected backend node or wasm. Received: ${name}`);
 }
 
