@@ -109,7 +109,8 @@ def _error_pages(max_body: int, timeout_s: int) -> str:
         503: f"Expected at most {MAX_CONNECTIONS} connections at once. Received: more",
         504: "Expected Triton to answer within 600 s. Received: no answer",
     }
-    return "".join(f"""
+    # 494: nginx's own code for headers over the buffers, answered as 400.
+    return "\n    error_page 494 /_error400;" + "".join(f"""
     error_page {code} /_error{code};
     location = /_error{code} {{ internal; return {code} '{{"error":"{text}"}}'; }}""" for code, text in messages.items())
 
