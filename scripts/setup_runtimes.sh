@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the cross-runtime checks need besides the Python packages (those come from pyproject's
-# extras): Debian's headless Chromium, onnxruntime-node / onnxruntime-web from npm at the versions
+# extras): Debian's headless Chromium, Debian's nginx (serve's front), onnxruntime-node / onnxruntime-web from npm at the versions
 # toolkit/runtimes/js/package-lock.json pins, and tf.keras (the tf-keras package), the reference that
 # Keras 2 .h5/.keras exports are checked against. Idempotent and quiet: a step whose result is already
 # there is skipped; a failing step prints its log and exits non-zero.
@@ -33,6 +33,15 @@ if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium
   [ "$(id -u)" -eq 0 ] || SUDO=sudo
   quietly $SUDO apt-get update -qq
   quietly env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium-headless-shell
+fi
+
+# nginx: `lstm-onnx serve`'s front (toolkit/serve_proxy.py). serve runs it as its own child with a generated
+# config; the package's system service is not used (Debian's policy may not even start it here).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  quietly $SUDO apt-get update -qq
+  quietly env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx
 fi
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
