@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the cross-runtime checks need besides the Python packages (those come from pyproject's
-# extras): Debian's headless Chromium, Debian's nginx (serve's front), onnxruntime-node / onnxruntime-web from npm at the versions
-# toolkit/runtimes/js/package-lock.json pins, and tf.keras (the tf-keras package), the reference that
+# extras): Debian's headless Chromium, Debian's nginx (serve's front), onnxruntime-node / onnxruntime-web
+# from npm at the versions toolkit/runtimes/js/package-lock.json pins, and tf.keras (the tf-keras package), the reference that
 # Keras 2 .h5/.keras exports are checked against. Idempotent and quiet: a step whose result is already
 # there is skipped; a failing step prints its log and exits non-zero.
 #   scripts/setup_runtimes.sh            (run as root, or with sudo available, for apt-get)
