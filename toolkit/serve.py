@@ -1,12 +1,19 @@
-"""`lstm-onnx serve`: a real Triton Inference Server serving an export, on this machine.
+"""`lstm-onnx serve`: a real Triton Inference Server serving an export, on this machine, behind nginx.
 
 The server is the `tritonserver` that nvidia-pytriton ships, with its Python backend (pytriton has no
 onnxruntime backend): ONNX Runtime runs inside a Python-backend model (`toolkit/triton_backend/model.py`)
-with Triton's dynamic batcher in front. lstm-onnx starts the binary itself, in a throw-away workspace:
+with Triton's dynamic batcher in front. lstm-onnx starts the binary itself, in a throw-away workspace
+(0700):
 
     WORK/backends/python/   the backend library, its utils module and the stub for this interpreter
     WORK/repo/NAME/         config.pbtxt, 1/model.py, 1/model.onnx
     WORK/tritonserver.log   the server's log (its tail is in any error)
+    WORK/gate/              the gate's spec, socket, log and pid (`toolkit.serve_gate`)
+    WORK/nginx/             nginx's config, pid, error log and body buffers (`toolkit.serve_proxy`)
+
+Only nginx listens where clients can reach it (127.0.0.1:--http-port). Triton (HTTP only: gRPC and
+metrics off) and the gate run in a private network namespace (`toolkit.serve_sandbox`); nginx reaches
+the gate over a Unix socket in WORK/gate. Triton 2.51 dies on requests the front refuses (issue 25).
 
 Two facts of the environment are handled here, not left to the user:
 
@@ -18,10 +25,11 @@ Two facts of the environment are handled here, not left to the user:
 - The stub finds its Python environment (numpy, onnxruntime) through the first `python3` on `PATH`,
   so the server's `PATH` starts with this interpreter's folder (pytriton does the same).
 
-Every port is bound to 127.0.0.1. `stop` ends the server, then anything left of its process group (the
-stubs), and removes the workspace and the backend's shared-memory regions. A serve killed with SIGKILL
-cannot: its workspace and regions carry its pid in their names, and the next `start` removes those whose
-owner is dead (`remove_stale`).
+`stop` ends nginx, then the server, then anything left of its process group (the stubs, the gate), and
+removes the workspace (the socket with it) and the backend's shared-memory regions. A serve killed with
+SIGKILL cannot: nginx and the server get a parent-death signal and a group reaper; the workspace and
+regions carry its pid in their names, and the next `start` removes those whose owner is dead
+(`remove_stale`).
 """
 
 from __future__ import annotations

@@ -4,21 +4,26 @@ Binding to 127.0.0.1 keeps the network out, not the other users of this machine:
 reaches the port, and `/dev/shm` is one folder for all. Triton 2.51 (pytriton 0.7's build) predates the
 fix of the CVE-2025-23319/23320/23334 chain, in which any client registers the Python backend's own
 shared-memory region as a "system shared memory" region and has the server write into it (measured here:
-the server aborts, exit -6). Three measures, each checked by `tests/test_serve_security.py` as `nobody`:
+the server aborts, exit -6), and two more requests kill it (issue 25). Four measures, each checked by
+`tests/test_serve_security.py` and `tests/test_serve_proxy.py` as `nobody`:
 
-- **Closed APIs.** Everything but inference, health and metadata goes behind Triton's restricted-API
-  check (`--http-restricted-api`, `--grpc-restricted-protocol`) with a header name that holds a line
-  break. No HTTP/1.1 request and no gRPC call can carry such a header, so those APIs are closed to every
-  client, lstm-onnx included. A secret header value would not do: the server's command line, where the
-  value would have to go, is readable by every local user in `/proc/PID/cmdline`.
+- **A private network namespace.** Triton and the gate (`toolkit.serve_gate`) run in their own network
+  namespace (a user namespace too, when not root) with only a loopback interface: no other process
+  reaches Triton's port, which does not exist in the host's namespace at all. nginx, the one listener on
+  127.0.0.1 (`toolkit.serve_proxy`), reaches the gate over a Unix socket in serve's 0700 workspace.
+  Where the kernel refuses the namespaces, serve refuses to start (one line): Triton would be open to
+  every local user.
+- **Closed APIs.** Everything but inference, health and metadata is closed by nginx's and the gate's
+  route lists, and again inside Triton by its restricted-API check (`--http-restricted-api`) with a
+  header name that holds a line break: no HTTP/1.1 request can carry such a header. (A secret header
+  value would be on the server's command line, readable by every local user in `/proc/PID/cmdline`.)
 - **A private `/dev/shm`.** The backend creates its region mode 0644 and chmods it so, whatever the umask
   (measured with strace: `openat(... O_EXCL, 0644)`, `fchmod(3, 0644)`), so another user could read
-  every request tensor. The server runs in its own mount namespace (a user namespace too, when not root)
-  with a fresh tmpfs on `/dev/shm`, mode 0700: no other process sees the regions or their names. Where
-  the kernel refuses namespaces, serve warns and makes each region 0600 once the server is ready.
+  every request tensor. The server's mount namespace has a fresh tmpfs on `/dev/shm`, mode 0700: no
+  other process sees the regions or their names.
 - **A watched backend.** ONNX Runtime inside the backend's stub process can abort on input nobody
   foresaw; Triton 2.51 then keeps reporting the model ready and answers HTTP 500 forever. serve watches
-  the stubs and stops with a one-line error the moment one ends (`watch_stubs`).
+  the stubs (and the gate, and nginx) and stops with a one-line error the moment one ends.
 """
 
 from __future__ import annotations
