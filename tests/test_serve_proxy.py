@@ -162,6 +162,18 @@ def test_slow_clients_are_timed_out_while_others_are_served(served):
     server.check_backend()
 
 
+def test_a_body_on_a_get_cannot_smuggle_a_request_past_the_gate(served):
+    """A GET's body, unread on a kept-alive connection, would be parsed as the connection's next request."""
+    _, server = served
+    smuggled = b"POST /v2/models/x/infer HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+    with socket.create_connection(("127.0.0.1", server.options.http_port), timeout=30) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)
+                     + b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = until_closed(sock)
+    assert answer.count(b"HTTP/1.1 ") == 2 and answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"Expected a GET without a body" in answer and answer.split(b"}", 1)[1].startswith(b"HTTP/1.1 200 OK")
+
+
 def test_binary_tensor_requests_are_checked_and_served(served):
     model, server = served
     x = np.random.default_rng(4).normal(size=(2, 6, 2)).astype(np.float32)

@@ -207,10 +207,13 @@ class Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
     def _handle(self, method: str) -> None:
-        self.body_read = method == "GET"
+        self.body_read = method == "GET" and self.headers.get("Content-Length", "0") == "0" \
+            and "Transfer-Encoding" not in self.headers
         try:
             name = self.gate.route(method, self.path)
             if method == "GET":
+                if not self.body_read:  # unread, it would be taken for the connection's next request
+                    raise Refused(400, "Expected a GET without a body. Received: a body")
                 self._relay(self.gate.forward("GET", self.path, None, {}))
                 return
             with self.gate.in_flight:
