@@ -148,12 +148,34 @@ def check_infer(body: bytes, header_length: str | None, model: dict) -> None:
                            f"Received: {len(body) - split}")
 
 
+class ByteBudget:
+    """Bytes of request bodies held at once: a request waits until its body fits (one larger than the
+    whole budget waits to be alone). Counted per body, not per request: small requests never queue
+    behind the model's largest possible one, so Triton's batcher still sees concurrent requests."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self.changed = threading.Condition()
+
+    def acquire(self, size: int) -> int:
+        size = min(size, self.budget)
+        with self.changed:
+            self.changed.wait_for(lambda: self.used + size <= self.budget)
+            self.used += size
+        return size
+
+    def release(self, size: int) -> None:
+        with self.changed:
+            self.used -= size
+            self.changed.notify_all()
+
+
 class Gate:
     """The spec, the bounds on what is held at once, and one upstream connection per thread."""
 
     def __init__(self, spec: dict):
         self.spec = spec
-        self.in_flight = threading.BoundedSemaphore(max(1, BODY_BUDGET // spec["max_body"]))
+        self.in_flight = ByteBudget(BODY_BUDGET)
         self.checking = threading.Lock()  # one parse at a time: CPU-bound anyway, and it bounds memory
         self.local = threading.local()
 
@@ -216,25 +238,32 @@ class Handler(BaseHTTPRequestHandler):
                     raise Refused(400, "Expected a GET without a body. Received: a body")
                 self._relay(self.gate.forward("GET", self.path, None, {}))
                 return
-            with self.gate.in_flight:
+            held = self.gate.in_flight.acquire(self._length())
+            try:
                 body = self._body()
                 with self.gate.checking:
                     check_infer(body, self.headers.get("Inference-Header-Content-Length"), self.gate.spec["models"][name])
                 headers = {key: self.headers[key] for key in FORWARDED if key in self.headers}
                 self._relay(self.gate.forward("POST", self.path, body, headers))
+            finally:
+                self.gate.in_flight.release(held)
         except Refused as refused:
             self._answer(refused.status, {"error": str(refused)})
         except (OSError, http.client.HTTPException) as exc:
             self._answer(502, {"error": f"Expected Triton to answer. Received: {type(exc).__name__}"})
 
-    def _body(self) -> bytes:
+    def _length(self) -> int:
+        """The body's declared length, once it is one the gate reads."""
         if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Encoding", "identity") != "identity":
             raise Refused(415, "Expected an uncompressed body with Content-Length. Received: "
                                f"{self.headers.get('Transfer-Encoding') or self.headers.get('Content-Encoding')}")
         length = self.headers.get("Content-Length", "")
         if not length.isdigit() or int(length) > self.gate.spec["max_body"]:
             raise Refused(413, f"Expected a body of at most {self.gate.spec['max_body']} bytes. Received: {length[:20]!r}")
-        body = self.rfile.read(int(length))
+        return int(length)
+
+    def _body(self) -> bytes:
+        body = self.rfile.read(self._length())
         self.body_read = True
         return body
 
