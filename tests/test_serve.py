@@ -28,13 +28,8 @@ from toolkit.metadata import read_state_map as state_map
 from toolkit.process import owner_pid
 from toolkit.runner import load_onnx
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.serve import (
-    ServeOptions,
-    TritonServer,
-    remove_stale,
-    server_environment,
-    triton_distribution,
-)
+from toolkit.serve import ServeOptions, TritonServer, remove_stale
+from toolkit.triton_build import server_environment, triton_distribution
 
 pytest.importorskip("pytriton")
 httpclient = pytest.importorskip("tritonclient.http")

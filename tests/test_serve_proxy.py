@@ -21,7 +21,7 @@ from toolkit.cli import cli
 from toolkit.exporter import export_model
 from toolkit.keras_runner import keras_outputs
 from toolkit.runner import load_onnx
-from toolkit.serve import ServeOptions, TritonServer
+from toolkit.serve import ServeError, ServeOptions, TritonServer
 from toolkit.serve_gate import Refused, check_infer
 from toolkit.serve_proxy import RequestBounds, model_spec
 from toolkit.serve_sandbox import backend_stubs
@@ -264,6 +264,19 @@ def _parent(proc):
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_a_port_in_use_is_a_one_line_startup_error_and_nothing_is_left(tmp_path):
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        server = TritonServer(Path(__file__).resolve().parent.parent / "exported" / "case4_last.onnx",
+                              ServeOptions(http_port=port))
+        with pytest.raises(ServeError, match=rf"^Expected nginx to start on 127.0.0.1:{port}\. Received: exit code 1; "
+                                             r"log: .*Address already in use"):
+            server.start()
+    assert server.workspace is None and not server.running() and server.nginx.poll() is not None
 
 
 def test_grpc_is_refused_in_one_line():

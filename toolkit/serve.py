@@ -15,15 +15,7 @@ Only nginx listens where clients can reach it (127.0.0.1:--http-port). Triton (H
 metrics off) and the gate run in a private network namespace (`toolkit.serve_sandbox`); nginx reaches
 the gate over a Unix socket in WORK/gate. Triton 2.51 dies on requests the front refuses (issue 25).
 
-Two facts of the environment are handled here, not left to the user:
-
-- The stub links `libpython3.X.so.1.0` and takes the first one the loader finds (Debian's, on this
-  machine's image); under another build of the same Python (the venv's pyenv 3.11.7) it mixes that
-  library with the interpreter's standard library and the model fails to load (pytriton issue #51:
-  `'_thread.RLock' object has no attribute '_recursion_count'`). The server gets `LD_LIBRARY_PATH`
-  starting with the running interpreter's own `LIBDIR`.
-- The stub finds its Python environment (numpy, onnxruntime) through the first `python3` on `PATH`,
-  so the server's `PATH` starts with this interpreter's folder (pytriton does the same).
+The Triton build itself (its files, the environment its stub needs) is `toolkit.triton_build`.
 
 `stop` ends nginx, then the server, then anything left of its process group (the stubs, the gate), and
 removes the workspace (the socket with it) and the backend's shared-memory regions. A serve killed with
@@ -34,14 +26,11 @@ regions carry its pid in their names, and the next `start` removes those whose o
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -59,7 +48,16 @@ from toolkit.process import die_with_parent, log_lines, log_tail, start_group_re
 from toolkit.process import remove_stale as remove_stale_entries
 from toolkit.progress import Progress
 from toolkit.runner import load_onnx
-from toolkit.serve_proxy import GATE_SCRIPT, TRITON_PORT, RequestBounds, gate_spec, nginx_config, start_nginx, write_gate_files
+from toolkit.serve_proxy import (
+    GATE_SCRIPT,
+    TRITON_PORT,
+    RequestBounds,
+    gate_spec,
+    nginx_config,
+    nginx_failure,
+    start_nginx,
+    write_gate_files,
+)
 from toolkit.serve_sandbox import (
     GateCommand,
     ServeError,
@@ -71,6 +69,7 @@ from toolkit.serve_sandbox import (
     sandboxed,
 )
 from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
+from toolkit.triton_build import TritonDistribution, server_environment, triton_distribution
 
 HOST = "127.0.0.1"
 EXIT_TIMEOUT_S = 5  # the server's own grace period for in-flight requests on shutdown
@@ -110,47 +109,6 @@ class ServeOptions:
                              ("client_timeout_s", self.client_timeout_s)):
             if not isinstance(bound, int) or bound < 1:
                 raise InputError(f"Expected {label} >= 1. Received: {bound!r}")
-
-
-@dataclass(frozen=True)
-class TritonDistribution:
-    """The files of nvidia-pytriton's Triton build that a server needs."""
-
-    server: Path
-    libs: Path
-    backend_files: tuple[Path, ...]
-    stub: Path
-
-
-def triton_distribution() -> TritonDistribution:
-    spec = importlib.util.find_spec("pytriton")  # located, not imported: pytriton's import is slow
-    if spec is None or spec.origin is None:
-        raise InputError("Expected nvidia-pytriton installed for serve (pip install -e '.[serve]'). Received: no pytriton")
-    root = Path(spec.origin).parent
-    dist = root / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    libs = root.parent / "nvidia_pytriton.libs"  # a wheel install; an editable one keeps them in the package
-    found = TritonDistribution(
-        server=dist / "bin" / "tritonserver",
-        libs=libs if libs.is_dir() else dist / "external_libs",
-        backend_files=(dist / "backends" / "python" / "libtriton_python.so",
-                       dist / "backends" / "python" / "triton_python_backend_utils.py"),
-        stub=dist / "python_backend_stubs" / version / "triton_python_backend_stub",
-    )
-    missing = [p for p in (found.server, found.libs, found.stub, *found.backend_files) if not p.exists()]
-    if missing:
-        raise InputError(f"Expected pytriton's Triton build for Python {version}. Received: missing {missing[0]}")
-    return found
-
-
-def server_environment(dist: TritonDistribution, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The server's environment: this interpreter's libpython and Python first (see the module doc)."""
-    env = dict(os.environ if base is None else base)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    lib_path = [p for p in (libdir, str(dist.libs), env.get("LD_LIBRARY_PATH", "")) if p]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_path)
-    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
-    return env
 
 
 def python_config_text(name: str, model: onnx.ModelProto, options: ServeOptions) -> str:
@@ -311,7 +269,7 @@ class TritonServer:
                              f"log: {self.log_tail()}")
         if self.nginx.poll() is not None:
             raise ServeError(f"Expected nginx to start on {self.http_url}. Received: exit code {self.nginx.returncode}; "
-                             f"log: {log_tail(self.workspace / 'nginx' / 'error.log')}")
+                             f"log: {nginx_failure(self.workspace / 'nginx')}")
         pid = gate_pid(self.gate_command().pid_file)
         if pid is not None and ended_stubs([pid]):
             raise ServeError(f"Expected serve's gate to start. Received: it ended; "

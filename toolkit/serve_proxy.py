@@ -29,8 +29,8 @@ from pathlib import Path
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.process import die_with_parent
-from toolkit.runner import TensorInfo
+from toolkit.process import die_with_parent, log_lines
+from toolkit.runner import TensorInfo, first_line
 from toolkit.triton import TRITON_TYPES, dims, signature
 
 GATE_SCRIPT = Path(__file__).with_name("serve_gate.py")
@@ -180,6 +180,13 @@ def write_gate_files(folder: Path, spec: dict) -> Path:
     path = folder / "spec.json"
     path.write_text(json.dumps(spec))
     return path
+
+
+def nginx_failure(folder: Path) -> str:
+    """Why nginx stopped: its first [emerg] line (later ones only repeat it: "still could not bind()")."""
+    lines = log_lines(folder / "error.log")
+    fatal = [line for line in lines if "[emerg]" in line]
+    return first_line((fatal or lines or ["no log"])[0])
 
 
 def start_nginx(folder: Path, config: str) -> subprocess.Popen[bytes]:
