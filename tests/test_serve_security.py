@@ -1,6 +1,7 @@
-"""Issue 18: `serve` on a machine shared with other local users, and a served model that survives any
-request. The attacker is another local user (`runuser -u nobody`, the system `python3`, standard library
-only: tests/local_attacker.py); every server here listens on 127.0.0.1 and is stopped by its test."""
+"""Issues 18 and 25: `serve` on a machine shared with other local users, and a served model that survives
+any request (the requests that killed Triton itself: tests/test_serve_proxy.py). The attacker is another
+local user (`runuser -u nobody`, the system `python3`, standard library only: tests/local_attacker.py);
+every server here listens on 127.0.0.1 and is stopped by its test."""
 
 import http.client
 import json

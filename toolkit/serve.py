@@ -52,6 +52,7 @@ from toolkit.serve_proxy import (
     GATE_SCRIPT,
     TRITON_PORT,
     RequestBounds,
+    find_nginx,
     gate_spec,
     nginx_config,
     nginx_failure,
@@ -215,6 +216,7 @@ class TritonServer:
         or as soon as `cancel` is set; ServeError (with a log's tail) if they do not."""
         dist = triton_distribution()
         check_namespaces()
+        find_nginx()  # before anything starts: a missing nginx is a one-line error, not a started Triton
         remove_stale()
         self.workspace = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-"))
         try:
