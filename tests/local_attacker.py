@@ -6,7 +6,7 @@ step got; the tests assert on it.
     browser PORT                        forge a Chromium runner result, download its model, flood a POST
     kill PORT MODEL STEPS               issue 25's two requests that killed Triton 2.51: a body in 1,000,455
                                         one-byte chunks (a valid request of STEPS steps, padded), a shape
-                                        of [1, 2^40, 2]
+                                        of [1, 2^40, 2] (also hidden behind a repeated key)
     reach SOCKET TRITON_PID             try to reach Triton's port past nginx: the gate's socket, the
                                         server's network namespace
 """
@@ -142,6 +142,10 @@ def attack_kill(port: int, model: str, steps: int) -> dict:
     result = {"chunks": len(body), "chunked": chunked(port, path, body)}
     huge = {"inputs": [{"name": "input", "shape": [1, 2**40, 2], "datatype": "FP32", "data": [1]}]}
     result["huge_shape"] = call(port, "POST", path, json.dumps(huge).encode())
+    # The same shape first and a good one last: Python's parser keeps the last, Triton's the first.
+    repeated = ('{"inputs": [{"name": "input", "shape": [1, 1099511627776, 2], "datatype": "FP32", '
+                '"data": [0, 0, 0, 0, 0, 0], "shape": [1, 3, 2]}]}')
+    result["repeated_key"] = call(port, "POST", path, repeated.encode())
     return result
 
 

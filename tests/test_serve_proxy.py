@@ -102,6 +102,8 @@ def test_both_killing_requests_from_another_user_then_a_good_request(served):
     status, text = seen["huge_shape"]
     assert status == 400 and "Expected input 'input' axis 1 from 1 to 5000" in text, seen["huge_shape"]
     assert len(text.strip().splitlines()) == 1
+    status, text = seen["repeated_key"]
+    assert status == 400 and "a key repeated in one object" in text, seen["repeated_key"]
     server.check_backend()
     assert server.process.pid == pid and server.running()
     infer_good(model, server, np.random.default_rng(1).normal(size=(3, 7, 2)).astype(np.float32))
@@ -323,8 +325,19 @@ def test_the_gate_refuses_what_triton_must_not_parse(spec, label, body, header_l
         check_infer(raw, header_length, spec)
 
 
+def test_the_gate_refuses_repeated_keys_and_other_encodings(spec):
+    """Python's parser keeps a repeated key's last value; Triton's may take the first one."""
+    good, huge = json.dumps(tensor([1, 3, 1])), json.dumps(tensor([1, 2**40, 1], [1]))
+    for raw in (f'{{"inputs": [{huge}], "inputs": [{good}]}}',
+                f'{{"inputs": [{{"name": "input", "shape": [1, 1099511627776, 1], {good[1:]}]}}'):
+        with pytest.raises(Refused, match="Received: ValueError: a key repeated in one object"):
+            check_infer(raw.encode(), None, spec)
+    with pytest.raises(Refused, match="Received: UnicodeDecodeError"):  # Python reads UTF-16 JSON; Triton not
+        check_infer(json.dumps({"inputs": [tensor([1, 3, 1])]}).encode("utf-16"), None, spec)
+
+
 def test_the_gate_refuses_deep_nesting_and_passes_good_requests(spec):
-    with pytest.raises(Refused, match="Expected a JSON inference request. Received: RecursionError"):
+    with pytest.raises(Refused, match="Expected a JSON inference request. Received: RecursionError"):  # not a crash
         check_infer(b"[" * 100_000 + b"]" * 100_000, None, spec)
     check_infer(json.dumps({"inputs": [tensor([8, 3, 1])]}).encode(), None, spec)
     check_infer(json.dumps({"inputs": [tensor([2, 3, 1], [[[1], [2], [3]], [[4], [5], [6]]])]}).encode(), None, spec)

@@ -120,6 +120,15 @@ def _no_shared_memory(parameters: Any, where: str) -> None:
         raise Refused(400, f"Expected {where} parameters without shared memory (closed). Received: {str(parameters)[:80]}")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """An object without repeated keys. Python keeps a repeated key's last value, Triton's parser may take
+    the first: the gate would check one shape and Triton allocate another."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key repeated in one object")
+    return found
+
+
 def check_infer(body: bytes, header_length: str | None, model: dict) -> None:
     """Refused unless `body` is an inference request Triton may parse for `model` (the spec's entry)."""
     split = len(body)
@@ -129,9 +138,10 @@ def check_infer(body: bytes, header_length: str | None, model: dict) -> None:
                                f"Received: {header_length[:20]}")
         split = int(header_length)
     try:
-        request = json.loads(body[:split])
+        request = json.loads(body[:split].decode("utf-8"), object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past the parser's limit
-        raise Refused(400, f"Expected a JSON inference request. Received: {type(exc).__name__}") from None
+        raise Refused(400, f"Expected a JSON inference request. Received: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:80] if str(exc) else ''}") from None
     if not isinstance(request, dict) or set(request) - REQUEST_KEYS or not isinstance(request.get("inputs"), list):
         raise Refused(400, f"Expected a JSON object with 'inputs' and keys among {sorted(REQUEST_KEYS)}. "
                            f"Received: {str(request)[:80]}")
