@@ -315,6 +315,8 @@ def tensor(shape, data=None, **extra):
     ("shared memory input", {"inputs": [tensor([1, 3, 1], parameters={"shared_memory_region": "x"})]}, None),
     ("shared memory output", {"inputs": [tensor([1, 3, 1])],
                               "outputs": [{"name": "o", "parameters": {"shared_memory_region": "x"}}]}, None),
+    ("classification", {"inputs": [tensor([1, 3, 1])],
+                        "outputs": [{"name": "o", "parameters": {"classification": 1 << 40}}]}, None),
     ("unknown key", {"inputs": [tensor([1, 3, 1])], "extra": 1}, None),
     ("binary size wrong", {"inputs": [{**tensor([1, 3, 1]), "data": None, "parameters": {"binary_data_size": 8}}]}, None),
     ("header past the body", {"inputs": [tensor([1, 3, 1])]}, "999999"),

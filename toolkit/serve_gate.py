@@ -149,10 +149,12 @@ def check_infer(body: bytes, header_length: str | None, model: dict) -> None:
     seen: set[str] = set()
     binary = sum(_check_input(entry, model, seen) for entry in request["inputs"])
     outputs = request.get("outputs", [])
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-        raise Refused(400, f"Expected 'outputs' as a list of objects. Received: {str(outputs)[:80]}")
-    for output in outputs:
-        _no_shared_memory(output.get("parameters"), "output")
+    # Outputs by name, binary or JSON: no shared memory, no classification (a class count Triton would size).
+    good = [isinstance(o, dict) and set(o) <= {"name", "parameters"} and isinstance(o.get("parameters", {}), dict)
+            and set(o.get("parameters", {})) <= {"binary_data"} for o in outputs] if isinstance(outputs, list) else [False]
+    if not all(good):
+        raise Refused(400, "Expected 'outputs' as a list of {name, parameters: {binary_data}} objects. "
+                           f"Received: {str(outputs)[:80]}")
     if binary != len(body) - split:
         raise Refused(400, f"Expected {binary} bytes of binary tensor data after the JSON header. "
                            f"Received: {len(body) - split}")
