@@ -236,8 +236,9 @@ def test_every_process_and_file_of_a_server_is_gone_after_stop(served, tmp_path)
     server = TritonServer(model_path, ServeOptions(http_port=free_port())).start()
     try:
         nginx = [server.nginx.pid, *[int(p) for p in _children(server.nginx.pid)]]
-        pids = [triton_pid(server), server.gate, *backend_stubs(server.process.pid), *nginx]
-        assert len(pids) >= 5, pids  # Triton, the gate, a stub, nginx's master and worker
+        gate = [server.gate, *[int(p) for p in _children(server.gate)]]  # the gate forks one process per core
+        pids = [triton_pid(server), *gate, *backend_stubs(server.process.pid), *nginx]
+        assert len(gate) == min(4, os.cpu_count()) and len(pids) >= 5, pids  # and a stub, nginx's master and worker
         workspace = server.workspace
     finally:
         server.stop()

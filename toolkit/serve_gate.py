@@ -39,7 +39,8 @@ MODEL_ROUTE = re.compile(r"^/v2/models/([^/]+)(?:/versions/[0-9]+)?(/ready|/infe
 OPEN_GETS = ("/v2", "/v2/health/live", "/v2/health/ready")
 REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
-BODY_BUDGET = 1 << 30  # bytes of request bodies held at once (waiting requests queue, not fail)
+BODY_BUDGET = 1 << 30  # bytes of request bodies held at once, all processes (waiting requests queue, not fail)
+MAX_PROCESSES = 4
 UPSTREAM_TIMEOUT_S = 600.0
 FORWARDED = ("Content-Type", "Inference-Header-Content-Length")
 
@@ -185,9 +186,9 @@ class ByteBudget:
 class Gate:
     """The spec, the bounds on what is held at once, and one upstream connection per thread."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, budget: int = BODY_BUDGET):
         self.spec = spec
-        self.in_flight = ByteBudget(BODY_BUDGET)
+        self.in_flight = ByteBudget(budget)
         self.checking = threading.Lock()  # one parse at a time: CPU-bound anyway, and it bounds memory
         self.local = threading.local()
 
@@ -307,13 +308,19 @@ class GateServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def main(spec_path: str) -> None:
+    """Bind the socket, then serve it from up to MAX_PROCESSES processes, one per core (forked before any
+    thread starts): in one Python process, one GIL would serialize every request's parse and relay."""
     with open(spec_path) as file:
         spec = json.load(file)
-    Handler.gate = Gate(spec)
     if os.path.exists(spec["socket"]):
         os.unlink(spec["socket"])
     os.umask(0o077)  # the socket 0600, in a 0700 folder: only serve's user (nginx's workers) connects
+    processes = max(1, min(MAX_PROCESSES, os.cpu_count() or 1))
+    Handler.gate = Gate(spec, BODY_BUDGET // processes)
     with GateServer(spec["socket"], Handler) as server:
+        for _ in range(processes - 1):
+            if os.fork() == 0:  # a child: the same listening socket, its own threads; killed with the group
+                break
         server.serve_forever()
 
 
