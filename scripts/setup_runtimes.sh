@@ -3,7 +3,7 @@
 # extras): a thin call of `lstm-onnx setup` (toolkit/install.py), so a clone and an installed wheel take
 # one path. It installs onnxruntime-node / onnxruntime-web from npm at the versions
 # toolkit/runtimes/js/package-lock.json pins (into the per-user cache ~/.cache/lstm-onnx/js), Debian's
-# headless Chromium (apt-get), and tf.keras (the tf-keras package, `--no-deps` beside tensorflow-cpu), the
+# headless Chromium and nginx (apt-get; nginx fronts `lstm-onnx serve`), and tf.keras (the tf-keras package, `--no-deps` beside tensorflow-cpu), the
 # reference Keras 2 .h5/.keras exports are checked against. Idempotent and quiet: a runtime already there
 # is skipped; a failing step says why in one line and exits non-zero.
 #   scripts/setup_runtimes.sh            (run as root, or with password-less sudo, for apt-get)
@@ -11,4 +11,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-exec "$PYTHON" -m toolkit.cli setup --runtimes tf-keras,chromium,node,web
+exec "$PYTHON" -m toolkit.cli setup --runtimes tf-keras,chromium,nginx,node,web

