@@ -5,3 +5,16 @@ the Keras-side modules (`builder`, `exporter`, `parity`) import it only when use
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "open_stream"]
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    """`toolkit.open_stream`, imported on first use: `import toolkit` stays free of numpy and ONNX Runtime.
+    (Through importlib: the modules behind it import `toolkit.__version__`, and the import graph is kept
+    free of circles.)"""
+    if name == "open_stream":
+        import importlib
+
+        return importlib.import_module("toolkit.stream_session").open_stream
+    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
