@@ -38,7 +38,7 @@ from toolkit import metadata
 from toolkit.errors import InputError, RuntimeFailure, overrun
 from toolkit.guard import check_threads, max_threads, safe_text
 from toolkit.runner import check_feeds, first_line, graph_inputs, graph_outputs, optional_inputs
-from toolkit.runtimes.onnxrt import ORT_ERRORS, as_proto, open_session, session_options
+from toolkit.runtimes.onnxrt import ORT_ERRORS, as_proto, deadline, open_session, session_options
 from toolkit.streaming import check_streamable, sequence_input, state_map
 
 STEP_TIMEOUT = 10.0  # seconds one step may run before it is stopped (a crafted graph can loop for ever)
@@ -169,7 +169,7 @@ class StreamSession:
         batch = x.shape[0]
         old = self.states if carry else {}
         # What one run at this shape returns says each output's shape (it depends only on the input's).
-        probe = dict(zip(self.output_names, self._safe(lambda: self.session.run(None, self._zero_feeds(x)))))
+        probe = dict(zip(self.output_names, self._probe(x)))
         self._x = np.zeros_like(x)
         value = ort.OrtValue.ortvalue_from_numpy
         self._pair = {name: [np.zeros(self._state_shape(name, batch), info.dtype) for _ in range(2)]
@@ -200,10 +200,16 @@ class StreamSession:
         return {self.input_name: x, **{name: np.zeros(self._state_shape(name, x.shape[0]), info.dtype)
                                        for name, info in self._state_info.items()}}
 
-    def _safe(self, call: Any) -> Any:
+    def _probe(self, x: np.ndarray) -> list[np.ndarray]:
+        """One plain run from zero states (it also warms the session up), under the same deadline."""
+        options = ort.RunOptions()
+        options.log_severity_level = 4
         try:
-            return call()
+            with deadline(options, self.timeout):
+                return self.session.run(None, self._zero_feeds(x), options)
         except ORT_ERRORS as exc:
+            if options.terminate:
+                raise overrun(self.timeout) from None
             raise RuntimeFailure(f"Expected a step ONNX Runtime can run. Received an error: {first_line(exc)}") from None
 
     # ------------------------------------------------------------------ the per-call path
