@@ -12,14 +12,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure
+from toolkit.guard import check_threads
 from toolkit.process import LineProcess, remove_stale
-from toolkit.runtimes.base import MAX_PROTO_BYTES, START_TIMEOUT, Runner, decode_answer, encode_feeds, model_bytes
+from toolkit.runtimes.base import (
+    MAX_PROTO_BYTES,
+    START_TIMEOUT,
+    Runner,
+    decode_answer,
+    encode_feeds,
+    encode_tensor,
+    model_bytes,
+)
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 HARNESS = JS_DIR / "harness.mjs"
@@ -67,7 +77,7 @@ class NodeRunner(Runner):
     """One model loaded in onnxruntime-node or onnxruntime-web (WASM) under Node; a run past its deadline
     stops the Node process."""
 
-    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "onnxruntime-node"):
+    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "onnxruntime-node", threads: int | None = None):
         if runtime not in BACKENDS:
             raise InputError(f"Expected a JavaScript runtime among {list(BACKENDS)}. Received: {runtime!r}")
         backend, package = BACKENDS[runtime]
@@ -76,7 +86,8 @@ class NodeRunner(Runner):
         super().__init__(model, runtime)
         self.copy = self_contained_copy(model, runtime)
         try:
-            self.process = LineProcess([node, str(HARNESS), backend, str(self.copy)], runtime, cwd=JS_DIR)
+            threads_arg = [str(check_threads([threads])[0])] if threads and backend == "node" else []
+            self.process = LineProcess([node, str(HARNESS), backend, str(self.copy), *threads_arg], runtime, cwd=JS_DIR)
             ready = self.process.receive(START_TIMEOUT)
             if "error" in ready:
                 raise RuntimeFailure(f"Expected {runtime} to load {Path(path).name}. Received its error: {ready['error']}")
@@ -91,6 +102,19 @@ class NodeRunner(Runner):
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         return decode_answer(self.process.ask(encode_feeds(feeds), timeout), self.name, self.output_names)
 
+    def stream(self, input_name: str, chunks: Sequence[np.ndarray], states: Mapping[str, np.ndarray],
+               mapping: Mapping[str, str], calls: int, timeout: float | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        """Seconds per call of `calls` consecutive runs in Node, each fed the next of `chunks` and the states
+        the run before returned (the first: `states`), timed in Node; and the last run's outputs. The
+        chunks and states are checked here, once, as `run` checks its feeds."""
+        for chunk in chunks:
+            self.check({input_name: chunk, **states})
+        request = {"stream": {"input": input_name, "map": dict(mapping), "calls": int(calls),
+                              "chunks": [encode_tensor(input_name, c) for c in chunks],
+                              "states": [encode_tensor(name, v) for name, v in states.items()]}}
+        answer = self.process.ask(request, self.timeout if timeout is None else timeout)
+        return float(answer.get("seconds", 0.0)), decode_answer(answer, self.name, self.output_names)
+
     def _stop(self) -> None:
         if hasattr(self, "process"):
             self.process.stop()
@@ -98,8 +122,8 @@ class NodeRunner(Runner):
             self.copy.unlink(missing_ok=True)
 
 
-def open_node(path: Path, model: onnx.ModelProto) -> NodeRunner:
-    return NodeRunner(path, model, "onnxruntime-node")
+def open_node(path: Path, model: onnx.ModelProto, threads: int | None = None) -> NodeRunner:
+    return NodeRunner(path, model, "onnxruntime-node", threads)
 
 
 def open_web(path: Path, model: onnx.ModelProto) -> NodeRunner:
