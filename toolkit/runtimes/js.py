@@ -27,8 +27,8 @@ from toolkit.runtimes.base import (
     Runner,
     decode_answer,
     encode_feeds,
-    encode_tensor,
     model_bytes,
+    stream_in_child,
 )
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -104,16 +104,8 @@ class NodeRunner(Runner):
 
     def stream(self, input_name: str, chunks: Sequence[np.ndarray], states: Mapping[str, np.ndarray],
                mapping: Mapping[str, str], calls: int, timeout: float | None = None) -> tuple[float, dict[str, np.ndarray]]:
-        """Seconds per call of `calls` consecutive runs in Node, each fed the next of `chunks` and the states
-        the run before returned (the first: `states`), timed in Node; and the last run's outputs. The
-        chunks and states are checked here, once, as `run` checks its feeds."""
-        for chunk in chunks:
-            self.check({input_name: chunk, **states})
-        request = {"stream": {"input": input_name, "map": dict(mapping), "calls": int(calls),
-                              "chunks": [encode_tensor(input_name, c) for c in chunks],
-                              "states": [encode_tensor(name, v) for name, v in states.items()]}}
-        answer = self.process.ask(request, self.timeout if timeout is None else timeout)
-        return float(answer.get("seconds", 0.0)), decode_answer(answer, self.name, self.output_names)
+        """A streaming loop in Node (`base.stream_in_child`)."""
+        return stream_in_child(self, self.process, input_name, chunks, states, mapping, calls, timeout)
 
     def _stop(self) -> None:
         if hasattr(self, "process"):
