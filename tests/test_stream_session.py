@@ -91,6 +91,10 @@ def test_chunks_states_reset_and_the_buffers_it_returns():
         assert not np.allclose(session.step(x[:, 0:3])["gru_1_sequence"], again)
         with pytest.raises(InputError, match=r"Expected state gru_1_initial_state_h of shape \(2, 16\)"):
             session.reset({"gru_1_initial_state_h": np.ones((1, 16), np.float32)})
+    with toolkit.open_stream(proto, batch=2, outputs=["gru_1_state_h"]) as session:
+        assert list(session.step(x[:, :1])) == ["gru_1_state_h"]
+    with pytest.raises(InputError, match=r"Expected outputs among \['gru_1_sequence'"):
+        toolkit.open_stream(proto, outputs=["nope"])
     with toolkit.open_stream(proto, batch=2, copy=False) as session:
         first = session.step(x[:, :1])["gru_1_state_h"]
         kept = first.copy()

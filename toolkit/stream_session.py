@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +106,15 @@ def _threads(model: onnx.ModelProto, threads: int | None) -> tuple[int, str]:
 
 class StreamSession:
     """One `--state-io` export open for streaming; see the module docstring. `step(x)` runs one step or
-    chunk of shape (batch, steps, ...) and returns every output (copies, unless opened with copy=False:
-    then the session's own buffers, overwritten by the next step)."""
+    chunk of shape (batch, steps, ...) and returns every output, or the `outputs` named at open (copies,
+    unless opened with copy=False: then the session's own buffers, overwritten by the next step but one)."""
 
     closed = True
     _started = 0.0
 
     def __init__(self, model: onnx.ModelProto | str | Path, batch: int = 1, steps: int = 1, threads: int | None = None,
-                 timeout: float = STEP_TIMEOUT, copy: bool = True, spinning: bool | None = None):
+                 timeout: float = STEP_TIMEOUT, copy: bool = True, spinning: bool | None = None,
+                 outputs: Sequence[str] | None = None):
         self.model = as_proto(model)
         check_streamable(self.model)
         self.mapping = state_map(self.model)
@@ -126,6 +127,10 @@ class StreamSession:
             raise InputError(f"Expected a step timeout > 0 seconds. Received: {timeout!r}")
         self.timeout, self.copy = float(timeout), copy
         self.output_names = [t.name for t in graph_outputs(self.model)]
+        self.returned = list(outputs) if outputs is not None else list(self.output_names)
+        unknown = [name for name in self.returned if name not in self.output_names]
+        if unknown or not self.returned:
+            raise InputError(f"Expected outputs among {self.output_names}. Received: {list(outputs or [])}")
         self.threads, self.threads_from = _threads(self.model, threads)
         self.session = open_session(self.model, session_options(self.threads, spinning=spinning))
         self._run = _c_runner(self.session)
@@ -190,7 +195,7 @@ class StreamSession:
                     written[name] = single[name]
                 binding.bind_ortvalue_output(name, value(written[name]))
             self._bindings.append(binding)
-            self._results.append([(name, written[name]) for name in self.output_names])
+            self._results.append([(name, written[name]) for name in self.returned])
         self._side = 0
         self.step_shape, self.batch = x.shape, batch
         if old:
@@ -293,6 +298,9 @@ class StreamSession:
 
 
 def open_stream(model: onnx.ModelProto | str | Path, batch: int = 1, steps: int = 1, threads: int | None = None,
-                timeout: float = STEP_TIMEOUT, copy: bool = True, spinning: bool | None = None) -> StreamSession:
-    """A `StreamSession` on a `--state-io` export (path or proto), bound for steps of (batch, steps, ...)."""
-    return StreamSession(model, batch, steps, threads, timeout, copy, spinning)
+                timeout: float = STEP_TIMEOUT, copy: bool = True, spinning: bool | None = None,
+                outputs: Sequence[str] | None = None) -> StreamSession:
+    """A `StreamSession` on a `--state-io` export (path or proto), bound for steps of (batch, steps, ...);
+    `threads`: intra-op threads (default: recorded by `bench --record`, else 1); `timeout`: seconds a step
+    may run; `copy=False`: return the session's buffers; `outputs`: the names `step` returns (all)."""
+    return StreamSession(model, batch, steps, threads, timeout, copy, spinning, outputs)
