@@ -41,6 +41,7 @@ from toolkit.runner import check_feeds, first_line, graph_inputs, graph_outputs,
 from toolkit.runtimes.onnxrt import ORT_ERRORS, as_proto, deadline, open_session, session_options
 from toolkit.streaming import check_streamable, sequence_input, state_map
 
+_monotonic = time.monotonic  # a global lookup, not a module attribute's, on every step
 STEP_TIMEOUT = 10.0  # seconds one step may run before it is stopped (a crafted graph can loop for ever)
 
 
@@ -82,13 +83,13 @@ class _Guard:
 _GUARD = _Guard()
 
 
-def _c_runner(session: ort.InferenceSession) -> Any:
-    """The binding run without the Python wrapper (see the module docstring); the wrapper where a future
-    ONNX Runtime renames its internals."""
+def _c_run(session: ort.InferenceSession) -> tuple[Any, bool]:
+    """The binding run without the Python wrapper (see the module docstring), and whether it takes the
+    C-level binding; the wrapper where a future ONNX Runtime renames its internals."""
     inner = getattr(session, "_sess", None)
     if inner is not None and hasattr(inner, "run_with_iobinding"):
-        return lambda binding, options: inner.run_with_iobinding(binding._iobinding, options)
-    return session.run_with_iobinding
+        return inner.run_with_iobinding, True
+    return session.run_with_iobinding, False
 
 
 def _threads(model: onnx.ModelProto, threads: int | None) -> tuple[int, str]:
@@ -133,7 +134,7 @@ class StreamSession:
             raise InputError(f"Expected outputs among {self.output_names}. Received: {list(outputs or [])}")
         self.threads, self.threads_from = _threads(self.model, threads)
         self.session = open_session(self.model, session_options(self.threads, spinning=spinning))
-        self._run = _c_runner(self.session)
+        self._run, self._c_level = _c_run(self.session)
         self._options = ort.RunOptions()
         self._options.log_severity_level = 4
         infos = {t.name: t for t in self._inputs + self._optional}
@@ -194,7 +195,8 @@ class StreamSession:
                 if name not in written:
                     written[name] = single[name]
                 binding.bind_ortvalue_output(name, value(written[name]))
-            self._bindings.append(binding)
+            self._bindings.append(binding._iobinding if self._c_level else binding)
+            self._keep.append(binding)
             self._results.append([(name, written[name]) for name in self.returned])
         self._side = 0
         self.step_shape, self.batch = x.shape, batch
@@ -221,11 +223,12 @@ class StreamSession:
 
     def step(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run one step (or chunk) of shape (batch, steps, ...), carrying the states to the next call."""
-        if type(x) is not np.ndarray or x.shape != self.step_shape or x.dtype != self.input_dtype:
+        # `is not` on the dtype: numpy's builtin dtypes are singletons; an equal one that is not takes the slow path
+        if type(x) is not np.ndarray or x.shape != self.step_shape or x.dtype is not self.input_dtype:
             x = self._new_shape(x)
-        np.copyto(self._x, x)
+        self._x[...] = x
         side = self._side
-        self._started = started = time.monotonic()
+        self._started = started = _monotonic()
         try:
             self._run(self._bindings[side], self._options)
         except ORT_ERRORS as exc:
