@@ -191,3 +191,17 @@ def test_a_step_past_its_deadline_is_stopped_and_the_states_reset():
     assert not session.states["state_in"].any()
     assert session.step(x)["state_out"].tolist() == [[0.0, 0.0]]  # the session goes on, and is not stopped early
     session.close()
+
+
+def test_required_state_inputs_are_carried_too():
+    """`initial_state` given as model inputs: with --state-io they are required inputs in the state map."""
+    model = build_stack(variant_config("lstm_initial_state", all_states=False))
+    proto = export_model(model, state_io=True).model
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 6, 4)).astype(np.float32)
+    given = {"initial_h": np.full((1, 8), 0.5, np.float32), "initial_c": np.full((1, 8), -0.5, np.float32)}
+    expected = np.asarray(model([x, given["initial_h"], given["initial_c"]], training=False)[0])
+    with toolkit.open_stream(proto) as session:
+        assert {"initial_h", "initial_c"} <= set(session.states)
+        session.reset(given)
+        got = np.concatenate([session.step(x[:, t:t + 1])["lstm_2_sequence"] for t in range(6)], axis=1)
+    assert np.abs(got - expected).max() < 1e-5
