@@ -116,23 +116,15 @@ def tf_keras_copy(model: Any, cell: str, batch: int, steps: int, sequences: bool
 class TFLite:
     """One interpreter at 1 thread; `call(x)` = set_tensor (x and any states) + invoke + get_tensor."""
 
-    def __init__(self, keras_model: Any, shape: tuple[int, ...] | None = None):
-        """`keras_model` through `from_keras_model` (a tf_keras model), or, with `shape`, a Keras 3 model
-        through a tf.function traced at that input shape (as it comes: WHILE where nothing is fused)."""
+    def __init__(self, keras2_model: Any):
         import tensorflow as tf
 
-        if shape is None:
-            converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-        else:
-            dtype = tf.int32 if str(keras_model.inputs[0].dtype).startswith("int") else tf.float32
-            traced = tf.function(lambda t: keras_model(t, training=False))
-            concrete = traced.get_concrete_function(tf.TensorSpec(shape, dtype, name="x"))
-            converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], keras_model)
-        self.it = tf.lite.Interpreter(model_content=converter.convert(), num_threads=1)
+        flat = tf.lite.TFLiteConverter.from_keras_model(keras2_model).convert()
+        self.it = tf.lite.Interpreter(model_content=flat, num_threads=1)
         self.it.allocate_tensors()
         self.ops = sorted({d["op_name"] for d in self.it._get_ops_details()} - {"STRIDED_SLICE", "SHAPE", "PACK"})
         details = self.it.get_input_details()
-        self.x = next(d["index"] for d in details if not any(f"_s{i}:" in d["name"] for i in (0, 1)))
+        self.x = next(d["index"] for d in details if "_x:" in d["name"])
         self.state_ins = sorted((d["name"], d["index"]) for d in details if d["index"] != self.x)
         outs = self.it.get_output_details()
         self.outs = [d["index"] for d in outs]
@@ -301,41 +293,26 @@ def _one_step_errors(model: Any, lite: TFLite, stream: Any, cell: str, steps: in
     return {"tflite": float(np.abs(lite_out - expected).max()), "open_stream": float(np.abs(ours - expected).max())}
 
 
-def variant_model(variant: str) -> Any:
-    """A builder variant as scripts/benchmark.py builds it: 1 layer (unless the variant says otherwise) of
-    128 units on 64 features, return_sequences."""
-    from toolkit.builder import VARIANTS, build_stack, variant_config
-
-    overrides: dict[str, Any] = {"units": UNITS, "features": FEATURES, "timesteps": None, "return_sequences": True,
-                                 "return_state": False, "all_states": False, "initial_state": False}
-    if "layers" not in VARIANTS[variant]:
-        overrides["layers"] = 1
-    return build_stack(variant_config(variant, **overrides))
-
-
 def table_row(variant: str, batch: int, steps: int, folder: Path, seconds: float) -> dict[str, Any]:
-    """TFLite, tf.function, tf2onnx and lstm-onnx's forms at one shape, in one alternation. The three plain
-    cells reach TFLite as a tf_keras copy (its fused LSTM); other variants as their Keras 3 model traced."""
+    """TFLite, tf.function, tf2onnx and lstm-onnx's forms at one shape, in one alternation. TFLite gets a
+    tf_keras copy (its fused LSTM): the builder's Keras 3 models, with a dynamic batch, convert only with
+    TensorFlow (Flex) ops, which this tf.lite.Interpreter cannot run, so the other variants are not here."""
     import tensorflow as tf
-    from benchmark import make_input
 
     from toolkit.exporter import export_model
     from toolkit.runtimes.onnxrt import OnnxRunner
     from toolkit.runtimes.openvino import OpenVinoRunner
     from toolkit.tolerance import Tolerances
 
-    model = keras3_model(variant, sequences=True) if variant in CELLS else variant_model(variant)
+    model = keras3_model(variant, sequences=True)
     loose = Tolerances.parse(atol=["1e-3"], rtol=["1e-2"])  # the benchmark times; tests judge
     ours = export_model(model, tolerances=loose).model
     path = folder / f"{variant}_seq.onnx"
     path.write_bytes(ours.SerializeToString())
     theirs = export_model(model, tolerances=loose, converter="tf2onnx").model
-    x = make_input(model, batch, steps)
-    if variant in CELLS:
-        x = np.random.default_rng(0).uniform(-1, 1, (batch, steps, FEATURES)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, steps, FEATURES)).astype(np.float32)
     feeds = {"input": x}
-    lite = (TFLite(tf_keras_copy(model, variant, batch, steps, True, state_io=False)) if variant in CELLS
-            else TFLite(model, x.shape))
+    lite = TFLite(tf_keras_copy(model, variant, batch, steps, True, state_io=False))
     traced = tf.function(lambda t: model(t, training=False))
     tx = tf.constant(x)
     timers: dict[str, Any] = {"TFLite": call_timer(lambda: lite.call(x)), "tf.function": call_timer(lambda: traced(tx))}
@@ -402,8 +379,6 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--seconds", type=float, default=10.0, help="timing budget of each alternation")
     parser.add_argument("--no-table", action="store_true", help="only the one-step part")
-    parser.add_argument("--variants", nargs="*", default=[],
-                        help="builder variants for the table beyond the three cells (TFLite from the Keras 3 model)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -425,7 +400,7 @@ def main() -> None:
             one_step[cell] = {"us": us, "cpu_us": clock.medians_us(), "notes": notes, "errors": errors}
             print(f"{cell}: " + ", ".join(f"{k} {v:.1f}" for k, v in us.items()), flush=True)
             print("  cpu: " + ", ".join(f"{k} {v:.1f}" for k, v in one_step[cell]["cpu_us"].items()), flush=True)
-        for cell in [] if args.no_table else [*args.cells, *args.variants]:
+        for cell in [] if args.no_table else args.cells:
             for batch, steps in ((1, 100), (32, 100)):
                 rows.append(table_row(cell, batch, steps, folder, args.seconds))
                 r = rows[-1]
