@@ -17,8 +17,9 @@ call can shed moves to `open_stream`:
 - The deadline costs a step two attribute writes: one guard thread polls the open sessions and sets the
   session's terminate flag when a step has run past its `timeout` (a dict entry and a lock per call, as
   `toolkit.runtimes.onnxrt` does for each run, costs more than that).
-- Threads: what `bench --record` measured fastest for this file, else 1 intra-op thread (one step at
-  batch 1 is too small to split: 2 threads are about 2x slower, docs/speed.md).
+- Threads: what `bench --record` measured fastest for this file, else 1 intra-op thread: on this 2-core
+  machine 2 threads were slower at every shape measured, one step at batch 1 up to 32 x 100 (docs/speed.md).
+  Execution is sequential (ONNX Runtime's default); with more threads they do not spin between steps.
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ class StreamSession:
         if unknown or not self.returned:
             raise InputError(f"Expected outputs among {self.output_names}. Received: {list(outputs or [])}")
         self.threads, self.threads_from = _threads(self.model, threads)
-        self.session = open_session(self.model, session_options(self.threads, spinning=spinning))
+        # A second intra-op thread spinning between steps holds a core the caller's next frame may need:
+        # off unless asked (measured: equal or faster, docs/speed.md).
+        spin = spinning if spinning is not None else (False if self.threads > 1 else None)
+        self.session = open_session(self.model, session_options(self.threads, spinning=spin))
         self._run, self._c_level = _c_run(self.session)
         self._options = ort.RunOptions()
         self._options.log_severity_level = 4
