@@ -65,6 +65,10 @@ def test_one_step_calls_match_keras_on_the_whole_sequence(streamed):
     sequence = next(o.name for o in proto.graph.output if o.name.endswith("_sequence"))
     with toolkit.open_stream(proto) as session:
         assert session.threads == 1 and session.step_shape == (1, 1, features)
+        # One layer: its op alone, the layout nodes skipped (checked bit for bit at open); a stack: the file's graph.
+        single = name in ("lstm", "gru", "simple_rnn")
+        assert session.graph.startswith("the LSTM op alone" if name == "lstm" else "the ") and \
+            (session.graph.endswith("move no memory here)") == single), session.graph
         got = np.concatenate([session.step(x[:, t:t + 1])[sequence] for t in range(steps)], axis=1)
         states = session.states
     tolerance = _tolerances(model, proto).for_output(sequence)
@@ -79,6 +83,7 @@ def test_chunks_states_reset_and_the_buffers_it_returns():
     x = np.random.default_rng(2).uniform(-1, 1, (2, 9, 4)).astype(np.float32)
     expected = np.asarray(model(x, training=False))
     with toolkit.open_stream(proto, batch=2, steps=3) as session:
+        assert session.graph == "the file's graph (chunks of more than one step: the Transpose to time-major moves memory)"
         pieces = [session.step(x[:, 0:3]), session.step(x[:, 3:5]), session.step(x[:, 5:9])]  # a new length rebinds
         got = np.concatenate([p["gru_1_sequence"] for p in pieces], axis=1)
         assert np.abs(got - expected).max() < 1e-5
@@ -205,3 +210,20 @@ def test_required_state_inputs_are_carried_too():
         session.reset(given)
         got = np.concatenate([session.step(x[:, t:t + 1])["lstm_2_sequence"] for t in range(6)], axis=1)
     assert np.abs(got - expected).max() < 1e-5
+
+
+def test_the_op_alone_gives_the_files_outputs_at_batch_2_and_back_from_chunks():
+    proto = export_model(MODELS["lstm"](), state_io=True).model
+    from toolkit.runtimes.onnxrt import OnnxRunner
+
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 7, 4)).astype(np.float32)
+    whole = OnnxRunner(proto).run({"input": x})
+    with toolkit.open_stream(proto, batch=2) as session:
+        assert session.graph.startswith("the LSTM op alone")
+        steps = [session.step(x[:, :1]), session.step(x[:, 1:4])]  # a chunk: the file's graph, states kept
+        assert session.graph.startswith("the file's graph")
+        steps += [session.step(x[:, t:t + 1]) for t in range(4, 7)]  # one step again: the op alone again
+        assert session.graph.startswith("the LSTM op alone")
+    got = np.concatenate([s["lstm_1_sequence"] for s in steps], axis=1)
+    assert np.array_equal(got, whole["lstm_1_sequence"])
+    assert all(np.array_equal(steps[-1][name], whole[name]) for name in ("lstm_1_state_h", "lstm_1_state_c"))

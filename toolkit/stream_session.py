@@ -36,10 +36,11 @@ import onnx
 import onnxruntime as ort
 
 from toolkit import metadata
-from toolkit.errors import InputError, RuntimeFailure, overrun
+from toolkit.errors import InputError, ModelLoadError, RuntimeFailure, overrun
 from toolkit.guard import check_threads, max_threads, safe_text
 from toolkit.runner import check_feeds, first_line, graph_inputs, graph_outputs, optional_inputs
 from toolkit.runtimes.onnxrt import ORT_ERRORS, as_proto, deadline, open_session, session_options
+from toolkit.step_graph import StepGraph, bind, same_outputs, step_graph
 from toolkit.streaming import check_streamable, sequence_input, state_map
 
 _monotonic = time.monotonic  # a global lookup, not a module attribute's, on every step
@@ -137,8 +138,8 @@ class StreamSession:
         # A second intra-op thread spinning between steps holds a core the caller's next frame may need:
         # off unless asked (measured: equal or faster, docs/speed.md).
         spin = spinning if spinning is not None else (False if self.threads > 1 else None)
-        self.session = open_session(self.model, session_options(self.threads, spinning=spin))
-        self._run, self._c_level = _c_run(self.session)
+        self._session_options = session_options(self.threads, spinning=spin)
+        self.session = open_session(self.model, self._session_options)
         self._options = ort.RunOptions()
         self._options.log_severity_level = 4
         infos = {t.name: t for t in self._inputs + self._optional}
@@ -179,26 +180,23 @@ class StreamSession:
         batch = x.shape[0]
         old = self.states if carry else {}
         # What one run at this shape returns says each output's shape (it depends only on the input's).
-        probe = dict(zip(self.output_names, self._probe(x)))
+        probe = dict(zip(self.output_names, self._plain_run(self.session, self._zero_feeds(x))))
+        plan = self._plan(x)
+        session = self._step_session if plan is not None else self.session
+        self._run, self._c_level = _c_run(session)
         self._x = np.zeros_like(x)
-        value = ort.OrtValue.ortvalue_from_numpy
         self._pair = {name: [np.zeros(self._state_shape(name, batch), info.dtype) for _ in range(2)]
                       for name, info in self._state_info.items()}
         carried = set(self.mapping.values())
         single = {name: np.empty_like(probe[name]) for name in self.output_names if name not in carried}
-        self._keep = [self._x, self._pair, single]  # the OrtValues below point into these arrays
+        self._keep = [self._x, self._pair, single]  # the OrtValues bound below point into these arrays
         self._bindings, self._results = [], []
         for side in (0, 1):
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input(self.input_name, value(self._x))
-            written = {}
-            for state_in, state_out in self.mapping.items():
-                binding.bind_ortvalue_input(state_in, value(self._pair[state_in][side]))
-                written[state_out] = self._pair[state_in][1 - side]
-            for name in self.output_names:
-                if name not in written:
-                    written[name] = single[name]
-                binding.bind_ortvalue_output(name, value(written[name]))
+            binding = session.io_binding()
+            reads = {self.input_name: self._x, **{name: pair[side] for name, pair in self._pair.items()}}
+            written = {out: self._pair[name][1 - side] for name, out in self.mapping.items()}
+            written.update({name: single[name] for name in self.output_names if name not in written})
+            bind(binding, plan, reads, written, carried, self._keep)
             self._bindings.append(binding._iobinding if self._c_level else binding)
             self._keep.append(binding)
             self._results.append([(name, written[name]) for name in self.returned])
@@ -207,17 +205,41 @@ class StreamSession:
         if old:
             self.reset(old)
 
+    def _plan(self, x: np.ndarray) -> StepGraph | None:
+        """The op alone where `step_graph` finds it and it gives the file's outputs bit for bit on a random
+        step; else None, the file's graph. `self.graph` says which runs, and why."""
+        units = {t.name: t.shape[-1] for t in self._inputs + self._optional}
+        found = step_graph(self.model, x.shape[0], x.shape[1], units)
+        if isinstance(found, str):
+            self.graph = f"the file's graph ({found})"
+            return None
+        try:
+            self._step_session = open_session(found.model, self._session_options)
+        except (InputError, ModelLoadError) as exc:
+            self.graph = f"the file's graph (the op alone did not load: {exc})"
+            return None
+        rng = np.random.default_rng(0)
+        feeds = {name: rng.uniform(-1, 1, value.shape).astype(value.dtype) for name, value in self._zero_feeds(x).items()}
+        expected = dict(zip(self.output_names, self._plain_run(self.session, feeds)))
+        ops = {op_in: feeds[graph_in].reshape(found.shapes[op_in]) for op_in, graph_in in found.inputs.items()}
+        names = [o.name for o in self._step_session.get_outputs()]
+        if not same_outputs(found, expected, dict(zip(names, self._plain_run(self._step_session, ops)))):
+            self.graph = "the file's graph (the op alone differed from it on a random step)"
+            return None
+        self.graph = f"the {found.model.graph.node[0].op_type} op alone (the layout nodes around it move no memory here)"
+        return found
+
     def _zero_feeds(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return {self.input_name: x, **{name: np.zeros(self._state_shape(name, x.shape[0]), info.dtype)
                                        for name, info in self._state_info.items()}}
 
-    def _probe(self, x: np.ndarray) -> list[np.ndarray]:
-        """One plain run from zero states (it also warms the session up), under the same deadline."""
+    def _plain_run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One `session.run` (at open: it also warms the session up), under the same deadline."""
         options = ort.RunOptions()
         options.log_severity_level = 4
         try:
             with deadline(options, self.timeout):
-                return self.session.run(None, self._zero_feeds(x), options)
+                return session.run(None, feeds, options)
         except ORT_ERRORS as exc:
             if options.terminate:
                 raise overrun(self.timeout) from None
