@@ -9,6 +9,9 @@ call can shed moves to `open_stream`:
   output is written by ONNX Runtime into its own. Each state has two buffers and the session two bindings,
   which differ only in which one is read and which written; carrying the states is using the other binding
   next time, with no copy and no numpy round trip (`states` copies them out on request).
+- At one step per call, a one-layer export runs its recurrent op alone (`toolkit.step_graph`): the layout
+  nodes around it move no memory at that shape, so the same buffers are bound, viewed in the op's shapes,
+  after both graphs gave the same outputs bit for bit at open. `graph` says which graph runs, and why.
 - The binding's C-level run: ONNX Runtime 1.32's Python `run_with_iobinding` looks up a WebGPU run option
   that is not set, through a C++ exception, on every call (about 30 us, three times a one-step LSTM(128)).
 - Feeds are checked in full once, at open, by the runner contract's `check_feeds` on a feed of the step's
