@@ -197,3 +197,20 @@ def test_bench_record_without_stream(exports, tmp_path):
     assert (recorded.runtime, recorded.threads, recorded.batch, recorded.steps, recorded.stream) == \
         ("onnxruntime", 1, 2, 5, False)
     assert "recorded in gru.onnx: onnxruntime with 1 thread(s)" in done.output
+
+
+def test_export_bench_records_the_streaming_defaults(tmp_path):
+    from toolkit import metadata
+    from toolkit.runner import load_onnx
+
+    keras_file = tmp_path / "gru.keras"
+    build_stack(variant_config("gru", all_states=False)).save(keras_file)
+    done = CliRunner().invoke(cli, ["export", str(keras_file), "--state-io", "--bench", "--json"])
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.output)
+    recorded = metadata.read_session_defaults(load_onnx(tmp_path / "gru.onnx"))
+    assert recorded.stream and recorded.steps == 1 and payload["recorded"][0].startswith("recorded in gru.onnx: ")
+    refused = CliRunner().invoke(cli, ["export", "--bench"])
+    assert refused.exit_code == 2 and "Expected --bench with MODEL" in refused.output
+    plain = CliRunner().invoke(cli, ["export", str(keras_file), "-o", str(tmp_path / "plain.onnx")])
+    assert plain.exit_code == 0 and metadata.read_session_defaults(load_onnx(tmp_path / "plain.onnx")) is None
