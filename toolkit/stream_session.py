@@ -113,7 +113,8 @@ def _threads(model: onnx.ModelProto, threads: int | None) -> tuple[int, str]:
 class StreamSession:
     """One `--state-io` export open for streaming; see the module docstring. `step(x)` runs one step or
     chunk of shape (batch, steps, ...) and returns every output, or the `outputs` named at open (copies,
-    unless opened with copy=False: then the session's own buffers, overwritten by the next step but one)."""
+    unless opened with copy=False: then the session's own buffers, in a dict the session reuses, both
+    overwritten by the next step but one)."""
 
     closed = True
     _started = 0.0
@@ -193,7 +194,7 @@ class StreamSession:
         carried = set(self.mapping.values())
         single = {name: np.empty_like(probe[name]) for name in self.output_names if name not in carried}
         self._keep = [self._x, self._pair, single]  # the OrtValues bound below point into these arrays
-        self._bindings, self._results = [], []
+        self._bindings, self._results, self._views = [], [], []
         for side in (0, 1):
             binding = session.io_binding()
             reads = {self.input_name: self._x, **{name: pair[side] for name, pair in self._pair.items()}}
@@ -203,6 +204,7 @@ class StreamSession:
             self._bindings.append(binding._iobinding if self._c_level else binding)
             self._keep.append(binding)
             self._results.append([(name, written[name]) for name in self.returned])
+            self._views.append(dict(self._results[-1]))  # copy=False returns this dict of the buffers
         self._side = 0
         self.step_shape, self.batch = x.shape, batch
         if old:
@@ -267,7 +269,7 @@ class StreamSession:
         self._side = 1 - side
         if self.copy:
             return {name: array.copy() for name, array in self._results[side]}
-        return dict(self._results[side])
+        return self._views[side]
 
     def _failed(self, exc: Exception, side: int, started: float) -> None:
         """A step stopped at its deadline or failed: the states are reset to zeros (they may be half written).
