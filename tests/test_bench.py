@@ -119,3 +119,98 @@ def test_openvino_forms_run_where_valid_and_say_why_not(exports, tmp_path):
     refused = bench(masked, batch=2, steps=5, **{**FAST, "runtimes": ["onnxruntime", "openvino"]})
     vino = {r.label: r for r in refused.results}["openvino float32 x1"]
     assert vino.median_ms is None and "openvino ignores the axes attribute of ReduceL1" in vino.problem
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stream") / "lstm_state_io.onnx"
+    export_model(build_stack(variant_config("lstm", all_states=False)), state_io=True).save(path)
+    return path
+
+
+def test_bench_stream_times_every_form_with_states_carried(streamed):
+    from toolkit.stream_bench import stream_bench
+
+    report = stream_bench(streamed, steps=2, threads=(1,), budget_s=0.05, rounds=2)
+    forms = {r.form.label: r for r in report.results}
+    assert list(forms)[:2] == ["onnxruntime session.run x1", "onnxruntime open_stream x1"]
+    assert "onnxruntime-node stream loop x1" in forms and "openvino stream loop x1" in forms
+    for result in forms.values():  # every form runs the same 8 chunks from zero states, checked
+        assert result.problem == "" and result.step_us > 0 and result.within and result.max_abs < 1e-5, result
+    assert report.recommended.step_us == min(r.step_us for r in report.results)
+    payload = report.to_json()
+    assert payload["step_us"] == {label: r.step_us for label, r in forms.items()}
+    assert payload["recommended"] == report.recommended.form.label and payload["steps"] == 2
+    assert "recommended: " in report.text() and "us per call" in report.text()
+
+
+def test_bench_stream_refusals(exports, streamed):
+    plain = CliRunner().invoke(cli, ["bench", str(exports["lstm"]), "--stream"])
+    assert plain.exit_code == 1 and "Expected an export made with --state-io" in plain.output
+    both = CliRunner().invoke(cli, ["bench", str(streamed), "--stream", "--runtimes", "onnxruntime"])
+    assert both.exit_code == 2 and "Received: --stream with --runtimes" in both.output
+
+
+def test_bench_record_writes_the_defaults_that_run_and_open_stream_use(streamed, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    import toolkit
+    from toolkit import metadata
+    from toolkit.runner import load_onnx
+    from toolkit.runtimes.registry import open_runner
+
+    path = shutil.copy(streamed, tmp_path / "recorded.onnx")
+    before = load_onnx(path)
+    done = CliRunner().invoke(cli, ["bench", str(path), "--stream", "--threads", "2", "--seconds", "0.1", "--record",
+                                    "--json"])
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.output)
+    recorded = metadata.read_session_defaults(load_onnx(path))
+    assert payload["recorded"] == recorded.to_json() and recorded.threads == 2 and recorded.stream
+    assert recorded.runtime == payload["recommended"].split()[0]
+    after = load_onnx(path)  # only the one key was added: the graph and every other entry are as they were
+    assert after.graph == before.graph
+    assert [p for p in after.metadata_props if p.key != "lstm_onnx.session"] == list(before.metadata_props)
+    if recorded.runtime == "onnxruntime":
+        with open_runner(path) as runner:
+            assert runner.session.get_session_options().intra_op_num_threads == 2
+        with toolkit.open_stream(path) as session:
+            assert session.threads == 2 and session.threads_from.startswith("recorded by bench")
+            assert session.step(np.zeros((1, 1, 4), np.float32))
+    with open_runner(path, threads=1) as runner:  # a given count wins
+        assert runner.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_bench_record_without_stream(exports, tmp_path):
+    import shutil
+
+    from toolkit import metadata
+    from toolkit.runner import load_onnx
+
+    path = shutil.copy(exports["gru"], tmp_path / "gru.onnx")
+    done = CliRunner().invoke(cli, ["bench", str(path), "--batch", "2", "--steps", "5", "--threads", "1",
+                                    "--runtimes", "onnxruntime", "--seconds", "0.1", "--record"])
+    assert done.exit_code == 0, done.output
+    recorded = metadata.read_session_defaults(load_onnx(path))
+    assert (recorded.runtime, recorded.threads, recorded.batch, recorded.steps, recorded.stream) == \
+        ("onnxruntime", 1, 2, 5, False)
+    assert "recorded in gru.onnx: onnxruntime with 1 thread(s)" in done.output
+
+
+def test_export_bench_records_the_streaming_defaults(tmp_path):
+    from toolkit import metadata
+    from toolkit.runner import load_onnx
+
+    keras_file = tmp_path / "gru.keras"
+    build_stack(variant_config("gru", all_states=False)).save(keras_file)
+    done = CliRunner().invoke(cli, ["export", str(keras_file), "--state-io", "--bench", "--json"])
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.output)
+    recorded = metadata.read_session_defaults(load_onnx(tmp_path / "gru.onnx"))
+    assert recorded.stream and recorded.steps == 1 and payload["recorded"][0].startswith("recorded in gru.onnx: ")
+    refused = CliRunner().invoke(cli, ["export", "--bench"])
+    assert refused.exit_code == 2 and "Expected --bench with MODEL" in refused.output
+    plain = CliRunner().invoke(cli, ["export", str(keras_file), "-o", str(tmp_path / "plain.onnx")])
+    assert plain.exit_code == 0 and metadata.read_session_defaults(load_onnx(tmp_path / "plain.onnx")) is None

@@ -34,12 +34,13 @@ _API = {
     "VerifyReport": "toolkit.compare",
     "open_runner": "toolkit.runtimes.registry",  # run an export in ONNX Runtime or OpenVINO (no TensorFlow)
     "inspect_model": "toolkit.runner",
+    "open_stream": "toolkit.stream_session",  # a --state-io export streamed one step (or chunk) per call
     "LstmOnnxError": "toolkit.errors",
     "InputError": "toolkit.errors",
 }
 __all__ = [  # the same names as _API, spelled out for linters and readers
     "__version__", "export_model", "export_file", "ExportOptions", "ExportResult", "verify_runtimes", "verify_files",
-    "Tolerances", "ParityReport", "RuntimeReport", "VerifyReport", "open_runner", "inspect_model", "LstmOnnxError",
+    "Tolerances", "ParityReport", "RuntimeReport", "VerifyReport", "open_runner", "inspect_model", "open_stream", "LstmOnnxError",
     "InputError",
 ]
 

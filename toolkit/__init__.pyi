@@ -10,6 +10,7 @@ from toolkit.exporter import export_model as export_model
 from toolkit.options import ExportOptions as ExportOptions
 from toolkit.runner import inspect_model as inspect_model
 from toolkit.runtimes.registry import open_runner as open_runner
+from toolkit.stream_session import open_stream as open_stream
 from toolkit.tolerance import Tolerances as Tolerances
 from toolkit.verification import verify_files as verify_files
 from toolkit.verification import verify_runtimes as verify_runtimes

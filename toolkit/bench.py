@@ -100,6 +100,17 @@ class BenchReport:
                 "tolerance": self.tolerance, "machine": self.machine,
                 "forms": [r.to_json() for r in self.results], "recommended": best.label if best else None}
 
+    def session_defaults(self) -> Any:
+        """What `bench --record` writes: the fastest float32 form within the tolerance (a tier is another
+        file, so it is not a way to open this one), or None."""
+        from toolkit.metadata import SessionDefaults
+
+        best = recommend([r for r in self.results if r.target.tier == "float32"])
+        if best is None:
+            return None
+        return SessionDefaults(best.target.runtime, best.target.threads, self.batch, self.steps or 1, False,
+                               round(best.median_ms * 1e3, 2))
+
     def text(self) -> str:
         from toolkit.report import table
 
@@ -319,6 +330,28 @@ def _reference(keras_path: str | Path | None, opened: Mapping[Target, Any], feed
     form = next((f for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")), next(iter(opened)))
     values = opened[form].run(feeds, timeout)
     return _Reference(form.label, [values[name] for name in names])
+
+
+def record(onnx_path: str | Path, defaults: Any) -> str:
+    """Write `defaults` (a `metadata.SessionDefaults`) into the file's `lstm_onnx.session`, atomically; the
+    line that says what was recorded. A file with external data is refused: rewriting it is not ours to do."""
+    import onnx
+
+    from toolkit import metadata
+    from toolkit.fileio import atomic_write_bytes
+    from toolkit.runner import load_onnx
+
+    if defaults is None:
+        raise InputError("Expected a form within the tolerance to record. Received: none")
+    load_onnx(onnx_path)  # the same checks as every read of a model
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    if any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer):
+        raise InputError(f"Expected a self-contained .onnx to record the session defaults in. Received: "
+                         f"{Path(onnx_path).name} keeps its weights in external data")
+    metadata.set_entry(proto, metadata.SESSION, defaults.to_json())
+    atomic_write_bytes(onnx_path, proto.SerializeToString())
+    return (f"recorded in {Path(onnx_path).name}: {defaults.runtime} with {defaults.threads} thread(s) "
+            f"({defaults.us:.1f} us per call at batch {defaults.batch} x {defaults.steps})")
 
 
 # ------------------------------------------------------------------------------------ the command

@@ -183,15 +183,17 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
 @click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="[NAME=]FILE",
               help="A .npy per input (NAME=FILE.npy when the model has several), or one .npz of named arrays.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the outputs to this .npz file.")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
-              help="openvino runs only what it computes correctly (it says why otherwise).")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]),
+              help="openvino runs only what it computes correctly (it says why otherwise). Default: what "
+                   "bench --record recorded in the file, else onnxruntime.")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="bf16: OpenVINO's CPU default, faster and off by 2e-3 to 1.5e-2 (openvino only).")
-@click.option("--threads", type=int, help="Intra-op threads, 1 to 4 per core (default: the runtime's, one per core).")
+@click.option("--threads", type=int, help="Intra-op threads, 1 to 4 per core (default: what bench --record recorded, "
+              "else the runtime's, one per core).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RUN_TIMEOUT, show_default=True,
               help="Seconds a run may take; a longer one is stopped (a crafted Loop can run for ever).")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON lists.")
-def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: str, precision: str,
+def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: str | None, precision: str,
         threads: int | None, timeout: float, as_json: bool) -> None:
     """Run ONNX_MODEL in ONNX Runtime (or OpenVINO) and print (or save) each named output. Needs no TensorFlow."""
     from toolkit.fileio import save_npz

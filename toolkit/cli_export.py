@@ -78,6 +78,9 @@ _export_options = [
                  help="Comma-separated runtimes (as verify --runtimes names them, or all): prove each file in them "
                       "against Keras before it is written."),
     click.option("--keep-failed", is_flag=True, help="Write models even when parity fails."),
+    click.option("--bench", "bench_record", is_flag=True,
+                 help="Then time the written file as bench --record does (bench --stream --record for a "
+                      "--state-io export) and record the fastest runtime and threads in it (MODEL only)."),
     click.option("--require-fused", is_flag=True, help="Refuse a model whose recurrent layers are not fused ONNX ops."),
     limit_options,
     click.option("--quantize", type=click.Choice(["int8"]),
@@ -113,6 +116,11 @@ def export(**params: Any) -> None:
     options = _options(params)
     model, triton_repo, keep_failed = params["model"], params["triton_repo"], params["keep_failed"]
     _check_triton_name(params["triton_name"], model)
+    if params["bench_record"] and (model is None or triton_repo is not None or params["quantize"] or params["float16"]):
+        why = ("without MODEL" if model is None else "with --triton" if triton_repo is not None
+               else "with a precision tier")
+        raise OptionError("Expected --bench with MODEL, a float32 export and no --triton (it records into the one "
+                          f"file it writes). Received: --bench {why}")
     outcome = _run(params, options)
     # As for built stacks: the table is printed whatever the outcome; files only when parity passed.
     items = outcome.items
@@ -123,15 +131,35 @@ def export(**params: Any) -> None:
         _write_html(params["html"], outcome, passed)
     written, payload = list(outcome.written) + repository, outcome.to_json()
     payload["written"] = [str(p) for p in written]
+    recorded = _bench_record(written) if params["bench_record"] and passed else []
+    if recorded:
+        payload["recorded"] = recorded
     if params["as_json"]:
         emit_json(payload)
     else:
         _print_export(items, outcome.warnings, outcome.notes, written)
+        for line in recorded:
+            echo(line)
     if not passed:
         from toolkit.precision import failure_message
 
         raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)")
                                    + f": {failure_message(items)}")
+
+
+def _bench_record(written: Sequence[Path]) -> list[str]:
+    """`export --bench`: each written .onnx timed (streamed where it has a state map) and its defaults recorded."""
+    from toolkit.bench import bench, record
+    from toolkit.metadata import read_state_map
+    from toolkit.runner import load_onnx
+    from toolkit.stream_bench import stream_bench
+
+    lines = []
+    for path in [p for p in written if p.suffix == ".onnx"]:
+        streams = bool(read_state_map(load_onnx(path)))
+        report = stream_bench(path, budget_s=3.0) if streams else bench(path, budget_s=3.0)
+        lines.append(record(path, report.session_defaults()))
+    return lines
 
 
 def _write_html(path: Path, outcome: Any, passed: bool) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import onnx
@@ -36,6 +37,9 @@ STATE_MAP = "state_map"  # graph input of an initial state -> the output that ca
 # Each state input's name, dtype and shape ("batch", units): what deploy code in any language needs to
 # make the zeros of a first call (state inputs have no default in the graph).
 STATE_INPUTS = "state_inputs"
+# The runtime and intra-op thread count that measured fastest for this file (`bench --record`): `run` and
+# `open_stream` open it that way. Only that opt-in path writes the key: a default export's bytes are unchanged.
+SESSION = "session"
 
 
 def write_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
@@ -45,6 +49,15 @@ def write_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
         value = entries[key]
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
         model.metadata_props.add(key=METADATA_PREFIX + key, value=text)
+
+
+def set_entry(model: onnx.ModelProto, key: str, value: Any) -> None:
+    """Write one `lstm_onnx.<key>` (str or JSON-able value), keeping every other entry, in sorted order."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_PREFIX + key]
+    model.ClearField("metadata_props")
+    for name, entry in sorted([*kept, (METADATA_PREFIX + key, text)]):
+        model.metadata_props.add(key=name, value=entry)
 
 
 def versions() -> dict[str, str]:
@@ -167,3 +180,35 @@ def read_source(model: onnx.ModelProto) -> dict[str, Any]:
 
 def read_versions(model: onnx.ModelProto) -> dict[str, str]:
     return dict(read_json(model, VERSIONS, {}, dict))
+
+
+@dataclass(frozen=True)
+class SessionDefaults:
+    """What `bench --record` measured fastest for this file, at the batch and steps it timed."""
+
+    runtime: str  # a `run --runtime` name: onnxruntime, openvino
+    threads: int  # intra-op threads
+    batch: int
+    steps: int
+    stream: bool  # timed as consecutive calls with the states carried (`bench --stream`)
+    us: float  # microseconds per call (per step when streamed)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_session_defaults(model: onnx.ModelProto) -> SessionDefaults | None:
+    """The recorded session defaults, or None when the file records none."""
+    found = read_json(model, SESSION, None, dict)
+    if found is None:
+        return None
+    try:
+        defaults = SessionDefaults(**found)
+        valid = (isinstance(defaults.runtime, str) and all(type(getattr(defaults, n)) is int and getattr(defaults, n) >= 1
+                                                            for n in ("threads", "batch", "steps")))
+    except TypeError:
+        valid = False
+    if not valid:
+        raise InputError(f"Expected metadata {METADATA_PREFIX + SESSION} as runtime, threads, batch, steps, stream "
+                         f"and us. Received: {safe_text(json.dumps(found), limit=120)!r}")
+    return defaults

@@ -23,7 +23,7 @@ from toolkit.errors import InputError
 from toolkit.guard import safe_text
 from toolkit.inputs import InputCase, embedding_vocab, random_input
 from toolkit.keras_runner import KerasRunner
-from toolkit.runner import count_ops, graph_inputs, graph_outputs, optional_inputs
+from toolkit.runner import TensorInfo, count_ops, graph_inputs, graph_outputs, optional_inputs
 from toolkit.runtimes.base import Runner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import Tolerances, compute_dtype, decide
@@ -68,12 +68,12 @@ def time_outputs(runner: OnnxRunner) -> set[str]:
     return {t.name for t in runner.outputs if len(t.shape) >= 3 and isinstance(t.shape[1], str)}
 
 
-def sequence_input(runner: OnnxRunner) -> str:
+def sequence_input(inputs: Sequence[TensorInfo]) -> str:
     """The one input with a variable time axis, which is what gets cut into chunks."""
-    found = [t for t in runner.inputs if len(t.shape) >= 2 and isinstance(t.shape[1], str)]
+    found = [t for t in inputs if len(t.shape) >= 2 and isinstance(t.shape[1], str)]
     if len(found) != 1:
         raise InputError(f"Expected one input with a variable time axis to stream. Received: "
-                         f"{[f'{t.name} {t.shape_text()}' for t in runner.inputs]}")
+                         f"{[f'{t.name} {t.shape_text()}' for t in inputs]}")
     return found[0].name
 
 
@@ -104,7 +104,7 @@ class StreamingRunner(Runner):
         super().__init__(None)
         check_streamable(runner.model)
         self.mapping = state_map(runner.model)
-        self.sequence_input = sequence_input(runner)
+        self.sequence_input = sequence_input(runner.inputs)
         self.runner = runner
         self.sizes = tuple(sizes)
         self.name = f"{runner.name} stream {','.join(map(str, self.sizes))}"

@@ -63,6 +63,23 @@ def decode_answer(answer: Mapping, runtime: str, expected: Sequence[str]) -> dic
     return outputs
 
 
+def stream_in_child(runner: Runner, process: Any, input_name: str, chunks: Sequence[np.ndarray],
+                    states: Mapping[str, np.ndarray], mapping: Mapping[str, str], calls: int,
+                    timeout: float | None = None) -> tuple[float, dict[str, np.ndarray]]:
+    """A streaming loop run by a child runtime (Node's `protocol.mjs` `stream`, OpenVINO's child): `calls`
+    consecutive runs, each fed the next of `chunks` in turn and the states the run before returned (the
+    first: `states`; `mapping`: state input -> output). Returns the seconds per call, timed in the child (the
+    transfer is not the runtime's time), and the last run's outputs. Chunks and states are checked here,
+    once, as `run` checks its feeds."""
+    for chunk in chunks:
+        runner.check({input_name: chunk, **states})
+    request = {"stream": {"input": input_name, "map": dict(mapping), "calls": int(calls),
+                          "chunks": [encode_tensor(input_name, c) for c in chunks],
+                          "states": [encode_tensor(name, v) for name, v in states.items()]}}
+    answer = process.ask(request, runner.timeout if timeout is None else timeout)
+    return float(answer.get("seconds", 0.0)), decode_answer(answer, runner.name, runner.output_names)
+
+
 class Runner:
     """One open session of one runtime on one model: `run` checks, `_run` runs (see the module docstring).
 

@@ -15,15 +15,24 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure
+from toolkit.guard import check_threads
 from toolkit.process import LineProcess, remove_stale
-from toolkit.runtimes.base import MAX_PROTO_BYTES, START_TIMEOUT, Runner, decode_answer, encode_feeds, model_bytes
+from toolkit.runtimes.base import (
+    MAX_PROTO_BYTES,
+    START_TIMEOUT,
+    Runner,
+    decode_answer,
+    encode_feeds,
+    model_bytes,
+    stream_in_child,
+)
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 HARNESS = JS_DIR / "harness.mjs"
@@ -127,7 +136,7 @@ class NodeRunner(Runner):
     """One model loaded in onnxruntime-node or onnxruntime-web (WASM) under Node; a run past its deadline
     stops the Node process."""
 
-    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "onnxruntime-node"):
+    def __init__(self, path: Path, model: onnx.ModelProto, runtime: str = "onnxruntime-node", threads: int | None = None):
         if runtime not in BACKENDS:
             raise InputError(f"Expected a JavaScript runtime among {list(BACKENDS)}. Received: {runtime!r}")
         backend, package = BACKENDS[runtime]
@@ -137,7 +146,9 @@ class NodeRunner(Runner):
         self.copy = self_contained_copy(model, runtime)
         try:
             env = {**os.environ, "LSTM_ONNX_NODE_MODULES": str(modules)}  # the harness requires from there
-            self.process = LineProcess([node, str(HARNESS), backend, str(self.copy)], runtime, cwd=JS_DIR, env=env)
+            threads_arg = [str(check_threads([threads])[0])] if threads and backend == "node" else []
+            self.process = LineProcess([node, str(HARNESS), backend, str(self.copy), *threads_arg], runtime, cwd=JS_DIR,
+                                       env=env)
             ready = self.process.receive(START_TIMEOUT)
             if "error" in ready:
                 raise RuntimeFailure(f"Expected {runtime} to load {Path(path).name}. Received its error: {ready['error']}")
@@ -152,6 +163,11 @@ class NodeRunner(Runner):
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         return decode_answer(self.process.ask(encode_feeds(feeds), timeout), self.name, self.output_names)
 
+    def stream(self, input_name: str, chunks: Sequence[np.ndarray], states: Mapping[str, np.ndarray],
+               mapping: Mapping[str, str], calls: int, timeout: float | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        """A streaming loop in Node (`base.stream_in_child`)."""
+        return stream_in_child(self, self.process, input_name, chunks, states, mapping, calls, timeout)
+
     def _stop(self) -> None:
         if hasattr(self, "process"):
             self.process.stop()
@@ -159,8 +175,8 @@ class NodeRunner(Runner):
             self.copy.unlink(missing_ok=True)
 
 
-def open_node(path: Path, model: onnx.ModelProto) -> NodeRunner:
-    return NodeRunner(path, model, "onnxruntime-node")
+def open_node(path: Path, model: onnx.ModelProto, threads: int | None = None) -> NodeRunner:
+    return NodeRunner(path, model, "onnxruntime-node", threads)
 
 
 def open_web(path: Path, model: onnx.ModelProto) -> NodeRunner:

@@ -98,6 +98,35 @@ def deadline(run_options: Any, timeout: float | None) -> Iterator[None]:
             _WATCHDOG.remove(run_options)
 
 
+def session_options(threads: int | None = None,
+                    optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                    spinning: bool | None = None) -> ort.SessionOptions:
+    """ONNX Runtime's session options as lstm-onnx opens every session: `threads` intra-op threads (None:
+    one per core), ORT's log off (our exceptions say what failed; its log lines carry ANSI colors).
+    `spinning` False stops the intra-op threads from spinning after a call (None: ORT's default, on)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = optimization_level
+    options.log_severity_level = 4
+    options.intra_op_num_threads = check_threads([threads])[0] if threads else 0  # 0: one thread per core
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+def open_session(model: onnx.ModelProto, options: ort.SessionOptions,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    """A session of `model`, or a one-line `ModelLoadError` when ONNX Runtime refuses it."""
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise InputError(f"Expected execution providers among {available}. Received: {list(missing)}")
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
+    except ORT_ERRORS as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
+        raise ModelLoadError(f"Expected a model ONNX Runtime {ort.__version__} can load. Received: "
+                             f"{first_line(exc)}") from None
+
+
 class OnnxRunner(Runner):
     """An ONNX Runtime session at one graph optimization level; outputs in graph order."""
 
@@ -105,19 +134,7 @@ class OnnxRunner(Runner):
                  optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                  name: str = "onnxruntime", threads: int | None = None):
         super().__init__(as_proto(model), name)
-        available = ort.get_available_providers()
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise InputError(f"Expected execution providers among {available}. Received: {list(missing)}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = optimization_level
-        options.log_severity_level = 4  # our exceptions say what failed; ORT's own log lines carry ANSI colors
-        options.intra_op_num_threads = check_threads([threads])[0] if threads else 0  # 0: one thread per core
-        try:
-            self.session = ort.InferenceSession(self.model.SerializeToString(), options, providers=list(providers))
-        except ORT_ERRORS as exc:  # an op or type this ONNX Runtime lacks, a graph it rejects
-            raise ModelLoadError(f"Expected a model ONNX Runtime {ort.__version__} can load. Received: "
-                                 f"{first_line(exc)}") from None
+        self.session = open_session(self.model, session_options(threads, optimization_level), providers)
 
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         options = ort.RunOptions()

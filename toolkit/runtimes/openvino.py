@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from toolkit.errors import InputError, RuntimeFailure
 from toolkit.guard import check_threads
 from toolkit.process import LineProcess
 from toolkit.runner import describe, subgraphs
-from toolkit.runtimes.base import START_TIMEOUT, Runner, decode_answer, encode_feeds
+from toolkit.runtimes.base import START_TIMEOUT, Runner, decode_answer, encode_feeds, stream_in_child
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # The activations OpenVINO computes in LSTM/GRU/RNN, matched case-insensitively as OpenVINO does. Measured
@@ -156,6 +156,11 @@ class OpenVinoRunner(Runner):
         if "error" in answer:
             raise RuntimeFailure(f"Expected a run in {self.name}. Received its error: {answer['error']}")
         return float(answer["seconds"])
+
+    def stream(self, input_name: str, chunks: Sequence[np.ndarray], states: Mapping[str, np.ndarray],
+               mapping: Mapping[str, str], calls: int, timeout: float | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        """A streaming loop in the child, on one infer request (`base.stream_in_child`)."""
+        return stream_in_child(self, self.process, input_name, chunks, states, mapping, calls, timeout)
 
     def _stop(self) -> None:
         if hasattr(self, "process"):

@@ -53,7 +53,30 @@ def _compile(config: dict[str, Any]) -> tuple[Any, dict]:
     return compiled, ready
 
 
+def _stream(compiled: Any, ports: dict[str, Any], spec: dict) -> dict:
+    """`calls` consecutive infers of one request, each fed the next chunk and the states the infer before
+    returned (`map`: state input -> output), timed here; the last infer's outputs (as Node's `stream`)."""
+    request = compiled.create_infer_request()
+    feeds = {state["name"]: decode_tensor(state) for state in spec["states"]}
+    chunks = [decode_tensor(chunk) for chunk in spec["chunks"]]
+    carried = [(name, ports[output]) for name, output in spec["map"].items()]
+    calls = max(int(spec["calls"]), 1)
+    start = time.perf_counter()
+    for call in range(calls):
+        feeds[spec["input"]] = chunks[call % len(chunks)]
+        results = request.infer(feeds)
+        for name, port in carried:
+            feeds[name] = results[port]
+    seconds = (time.perf_counter() - start) / calls
+    return {"seconds": seconds, "outputs": [encode_tensor(name, np.array(results[port])) for name, port in ports.items()]}
+
+
 def _answer(compiled: Any, ports: dict[str, Any], request: dict) -> dict:
+    try:
+        if "stream" in request:
+            return _stream(compiled, ports, request["stream"])
+    except RuntimeError as exc:
+        return {"error": openvino_line(exc)}
     feeds = {spec["name"]: decode_tensor(spec) for spec in request["feeds"]}
     try:
         repeat = int(request.get("repeat") or 0)

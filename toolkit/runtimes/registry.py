@@ -106,14 +106,23 @@ RUN_ENGINES = ("onnxruntime", "openvino")  # `run --runtime`: the runtimes a dep
 RUN_PRECISIONS = ("f32", "bf16")
 
 
-def open_runner(path: str | Path, runtime: str = "onnxruntime", precision: str = "f32",
+def open_runner(path: str | Path, runtime: str | None = None, precision: str = "f32",
                 threads: int | None = None) -> Runner:
     """A runner of the file at `path` (`lstm-onnx run --runtime --precision --threads`): f32 is exact;
     bf16 (OpenVINO's CPU default) is the `openvino-bf16` tier, off by 2e-3 to 1.5e-2. A runtime runs only
-    what its `problem` says it computes correctly, and refuses the rest, saying why."""
-    from toolkit.guard import check_threads
+    what its `problem` says it computes correctly, and refuses the rest, saying why. Without a runtime or
+    thread count, those `bench --record` recorded in the file (`metadata.SessionDefaults`), else ONNX
+    Runtime at its default threads."""
+    from toolkit.guard import check_threads, max_threads
+    from toolkit.metadata import read_session_defaults
     from toolkit.runner import load_onnx
 
+    model = load_onnx(path)
+    recorded = read_session_defaults(model)
+    if recorded is not None and recorded.runtime in RUN_ENGINES and runtime in (None, recorded.runtime):
+        runtime = recorded.runtime
+        threads = threads or min(recorded.threads, max_threads())
+    runtime = runtime or "onnxruntime"
     if runtime not in RUN_ENGINES:
         raise InputError(f"Expected --runtime among {list(RUN_ENGINES)}. Received: {runtime!r}")
     name = runtime if precision == "f32" else f"{runtime}-{precision}"
@@ -122,7 +131,7 @@ def open_runner(path: str | Path, runtime: str = "onnxruntime", precision: str =
         raise InputError(f"Expected --precision among {allowed} with {runtime}. Received: {precision!r}")
     if threads is not None:
         check_threads([threads])
-    return open_checked(RUNTIMES[name], Path(path), load_onnx(path), threads)
+    return open_checked(RUNTIMES[name], Path(path), model, threads)
 
 
 def open_checked(runtime: Runtime, path: Path, model: onnx.ModelProto, threads: int | None = None) -> Runner:

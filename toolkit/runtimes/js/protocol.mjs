@@ -67,3 +67,29 @@ export function configureWeb(ort) {
   ort.env.logLevel = 'error';
   return ort;
 }
+
+// A streaming loop, what deploy code in JavaScript runs: `calls` consecutive runs, each fed the next chunk
+// (in turn) and the states the run before it returned (`map`: state input -> output; the output tensor
+// itself becomes the next input, no copy). Timed here, so the JSON transfer is not. Request:
+// {stream: {input, chunks: [tensor...], states: [tensor...], map, calls}}; answer {seconds (per call),
+// outputs: [tensor...] of the last call} or {error}.
+export async function stream(ort, session, request) {
+  try {
+    const { input, map, calls } = request.stream;
+    const chunks = request.stream.chunks.map((spec) => decodeTensor(ort, spec));
+    const feeds = {};
+    for (const spec of request.stream.states) feeds[spec.name] = decodeTensor(ort, spec);
+    const carried = Object.entries(map);
+    let results;
+    const start = performance.now();
+    for (let i = 0; i < calls; i++) {
+      feeds[input] = chunks[i % chunks.length];
+      results = await session.run(feeds);
+      for (const [stateIn, stateOut] of carried) feeds[stateIn] = results[stateOut];
+    }
+    const seconds = (performance.now() - start) / 1e3 / Math.max(calls, 1);
+    return { seconds, outputs: session.outputNames.map((name) => encodeTensor(name, results[name])) };
+  } catch (error) {
+    return { error: errorLine(error) };
+  }
+}

@@ -1,0 +1,229 @@
+"""`toolkit.open_stream`: one step per call with the states carried in ONNX Runtime, equal to Keras over
+the whole sequence, for every built-in recurrent layer; refusals and the deadline."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import toolkit
+from toolkit import metadata
+from toolkit.builder import StackConfig, build_stack, set_deterministic_weights, variant_config
+from toolkit.compare import compare_arrays
+from toolkit.errors import InputError, RuntimeFailure
+from toolkit.exporter import export_model
+from toolkit.runner import count_ops
+from toolkit.tolerance import Tolerances, compute_dtype, decide
+
+
+def _rnn_cells_model():
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    cell = keras.layers.StackedRNNCells([keras.layers.LSTMCell(4), keras.layers.GRUCell(5)])
+    model = keras.Model(x, keras.layers.RNN(cell, return_sequences=True, name="rnn")(x), name="cells")
+    set_deterministic_weights(model, 3)
+    return model
+
+
+MODELS = {
+    "lstm": lambda: build_stack(StackConfig(layers=1, units=16, features=4, timesteps=None, return_sequences=True)),
+    "gru": lambda: build_stack(StackConfig(layers=1, units=16, features=4, timesteps=None, cell="gru",
+                                           return_sequences=True)),
+    "simple_rnn": lambda: build_stack(StackConfig(layers=1, units=16, features=4, timesteps=None, cell="simple_rnn",
+                                                  return_sequences=True)),
+    "stacked_mixed": lambda: build_stack(variant_config("mixed_cells", all_states=False, return_state=False)),
+    "lstm_stack_3": lambda: build_stack(StackConfig(layers=3, units=5, timesteps=None, features=2, return_sequences=True)),
+    "rnn_cells": _rnn_cells_model,
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def streamed(request):
+    model = MODELS[request.param]()
+    result = export_model(model, state_io=True)
+    assert result.parity, result.parity.failures()
+    return request.param, model, result.model
+
+
+def _tolerances(keras_model, proto):
+    return decide(Tolerances(), count_ops(proto), metadata.read_options(proto).tier, compute_dtype(keras_model))
+
+
+def test_one_step_calls_match_keras_on_the_whole_sequence(streamed):
+    """The carried states stay exact: consecutive one-step calls against Keras run once over all the steps
+    (1,000 for the single layers; fewer for the stacks, which Keras runs slower)."""
+    name, model, proto = streamed
+    steps = 1000 if name in ("lstm", "gru", "simple_rnn") else 200
+    features = model.inputs[0].shape[-1]
+    x = np.random.default_rng(1).uniform(-1, 1, (1, steps, features)).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    sequence = next(o.name for o in proto.graph.output if o.name.endswith("_sequence"))
+    with toolkit.open_stream(proto) as session:
+        assert session.threads == 1 and session.step_shape == (1, 1, features)
+        # One layer: its op alone, the layout nodes skipped (checked bit for bit at open); a stack: the file's graph.
+        single = name in ("lstm", "gru", "simple_rnn")
+        assert session.graph.startswith("the LSTM op alone" if name == "lstm" else "the ") and \
+            (session.graph.endswith("move no memory here)") == single), session.graph
+        got = np.concatenate([session.step(x[:, t:t + 1])[sequence] for t in range(steps)], axis=1)
+        states = session.states
+    tolerance = _tolerances(model, proto).for_output(sequence)
+    comparison = compare_arrays(sequence, expected, got, tolerance)
+    assert comparison, comparison
+    assert set(states) == set(metadata.read_state_map(proto)) and all(v.shape[0] == 1 for v in states.values())
+
+
+def test_chunks_states_reset_and_the_buffers_it_returns():
+    model = MODELS["gru"]()
+    proto = export_model(model, state_io=True).model
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 9, 4)).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    with toolkit.open_stream(proto, batch=2, steps=3) as session:
+        assert session.graph == "the file's graph (chunks of more than one step: the Transpose to time-major moves memory)"
+        pieces = [session.step(x[:, 0:3]), session.step(x[:, 3:5]), session.step(x[:, 5:9])]  # a new length rebinds
+        got = np.concatenate([p["gru_1_sequence"] for p in pieces], axis=1)
+        assert np.abs(got - expected).max() < 1e-5
+        assert np.array_equal(session.states["gru_1_initial_state_h"], pieces[-1]["gru_1_state_h"])
+        session.reset()
+        assert not session.states["gru_1_initial_state_h"].any()
+        again = session.step(x[:, 0:3])["gru_1_sequence"]
+        assert np.array_equal(again, pieces[0]["gru_1_sequence"])
+        session.reset({"gru_1_initial_state_h": np.ones((2, 16), np.float32)})
+        assert not np.allclose(session.step(x[:, 0:3])["gru_1_sequence"], again)
+        with pytest.raises(InputError, match=r"Expected state gru_1_initial_state_h of shape \(2, 16\)"):
+            session.reset({"gru_1_initial_state_h": np.ones((1, 16), np.float32)})
+    with toolkit.open_stream(proto, batch=2, outputs=["gru_1_state_h"]) as session:
+        assert list(session.step(x[:, :1])) == ["gru_1_state_h"]
+    with pytest.raises(InputError, match=r"Expected outputs among \['gru_1_sequence'"):
+        toolkit.open_stream(proto, outputs=["nope"])
+    with toolkit.open_stream(proto, batch=2, copy=False) as session:
+        first = session.step(x[:, :1])["gru_1_state_h"]
+        kept = first.copy()
+        session.step(x[:, 1:2])
+        session.step(x[:, 2:3])  # the state buffers alternate: the first step's is written again
+        assert not np.array_equal(first, kept)
+
+
+def test_bad_steps_are_one_line_errors_and_the_session_goes_on():
+    proto = export_model(MODELS["lstm"](), state_io=True).model
+    session = toolkit.open_stream(proto)
+    x = np.zeros((1, 1, 4), np.float32)
+    session.step(x)
+    for bad, message in [(np.zeros((1, 1, 5), np.float32), r"Expected input 'input' with shape \(batch, time, 4\)"),
+                         (np.zeros((1, 1, 4), np.float64), "Expected input 'input' of dtype float32"),
+                         (np.zeros((2, 1, 4), np.float32), "Expected a step of batch 1"),
+                         ([[[0.0] * 4]], "Expected a numpy array for input")]:
+        with pytest.raises(InputError, match=message) as caught:
+            session.step(bad)
+        assert "\n" not in str(caught.value)
+    assert session.step(x)["lstm_1_sequence"].shape == (1, 1, 16)
+    session.close()
+    with pytest.raises(InputError, match=r"Expected an open stream session. Received: step\(\) after close\(\)"):
+        session.step(x)
+    with pytest.raises(InputError, match="Expected batch and steps >= 1"):
+        toolkit.open_stream(proto, steps=0)
+
+
+@pytest.mark.parametrize("variant", ["bidirectional_concat", "lstm_go_backwards"])
+def test_backward_layers_refuse_to_stream(variant):
+    proto = export_model(build_stack(variant_config(variant, all_states=False)), state_io=True).model
+    with pytest.raises(InputError, match="need the whole sequence"):
+        toolkit.open_stream(proto)
+
+
+def test_an_export_without_states_is_refused(tmp_path):
+    path = export_model(MODELS["lstm"]()).save(tmp_path / "plain.onnx")
+    with pytest.raises(InputError, match="Expected an export made with --state-io"):
+        toolkit.open_stream(path)
+
+
+def test_recorded_thread_count_is_used_and_a_given_one_wins():
+    proto = export_model(MODELS["simple_rnn"](), state_io=True).model
+    metadata.set_entry(proto, metadata.SESSION, {"runtime": "onnxruntime", "threads": 2, "batch": 1, "steps": 1,
+                                                 "stream": True, "us": 9.5})
+    with toolkit.open_stream(proto) as session:
+        assert session.threads == 2 and session.threads_from.startswith("recorded by bench (9.5 us")
+    with toolkit.open_stream(proto, threads=1) as session:
+        assert session.threads == 1 and session.threads_from == "given"
+    metadata.set_entry(proto, metadata.SESSION, {"runtime": "onnxruntime", "threads": "many"})
+    with pytest.raises(InputError, match="Expected metadata lstm_onnx.session as runtime, threads"):
+        toolkit.open_stream(proto)
+
+
+def _endless_loop_model(trips_from_state: bool = False) -> onnx.ModelProto:
+    """A crafted file: a state map like a --state-io export's, and a Loop of 2**62 iterations (or of as many
+    as the state's largest value: none from zero states)."""
+    value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Add", ["s", "one"], ["s_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []), value("s", ["batch", 2])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), value("s_out", ["batch", 2])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    counted = [helper.make_node("ReduceMax", ["state_in"], ["largest"], keepdims=0),
+               helper.make_node("Cast", ["largest"], ["trips"], to=TensorProto.INT64)] if trips_from_state else []
+    graph = helper.make_graph(
+        [*counted, helper.make_node("Loop", ["trips", "keep", "state_in"], ["state_out"], body=body)], "endless",
+        [value("input", ["batch", "time", 2]), value("state_in", ["batch", 2])], [value("state_out", ["batch", 2])],
+        [helper.make_tensor("keep", TensorProto.BOOL, [], [True])]
+        + ([] if trips_from_state else [helper.make_tensor("trips", TensorProto.INT64, [], [2**62])]))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    metadata.set_entry(model, metadata.STATE_MAP, {"state_in": "state_out"})
+    return model
+
+
+def test_a_step_past_its_deadline_is_stopped():
+    start = time.monotonic()
+    with pytest.raises(RuntimeFailure, match=r"Expected a run that ends within 0.3 s \(--timeout\)"):
+        toolkit.open_stream(_endless_loop_model(), timeout=0.3)  # the probe run at open has the deadline too
+    assert time.monotonic() - start < 10
+
+
+def test_a_step_past_its_deadline_is_stopped_and_the_states_reset():
+    session = toolkit.open_stream(_endless_loop_model(trips_from_state=True), timeout=0.3)
+    x = np.zeros((1, 1, 2), np.float32)
+    assert session.step(x)["state_out"].tolist() == [[0.0, 0.0]]  # zero states: no iteration
+    session.reset({"state_in": np.full((1, 2), 1e18, np.float32)})
+    start = time.monotonic()
+    with pytest.raises(RuntimeFailure, match=r"Expected a run that ends within 0.3 s \(--timeout\)"):
+        session.step(x)
+    assert 0.3 <= time.monotonic() - start < 10
+    assert not session.states["state_in"].any()
+    assert session.step(x)["state_out"].tolist() == [[0.0, 0.0]]  # the session goes on, and is not stopped early
+    session.close()
+
+
+def test_required_state_inputs_are_carried_too():
+    """`initial_state` given as model inputs: with --state-io they are required inputs in the state map."""
+    model = build_stack(variant_config("lstm_initial_state", all_states=False))
+    proto = export_model(model, state_io=True).model
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 6, 4)).astype(np.float32)
+    given = {"initial_h": np.full((1, 8), 0.5, np.float32), "initial_c": np.full((1, 8), -0.5, np.float32)}
+    expected = np.asarray(model([x, given["initial_h"], given["initial_c"]], training=False)[0])
+    with toolkit.open_stream(proto) as session:
+        assert {"initial_h", "initial_c"} <= set(session.states)
+        session.reset(given)
+        got = np.concatenate([session.step(x[:, t:t + 1])["lstm_2_sequence"] for t in range(6)], axis=1)
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_the_op_alone_gives_the_files_outputs_at_batch_2_and_back_from_chunks():
+    proto = export_model(MODELS["lstm"](), state_io=True).model
+    from toolkit.runtimes.onnxrt import OnnxRunner
+
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 7, 4)).astype(np.float32)
+    whole = OnnxRunner(proto).run({"input": x})
+    with toolkit.open_stream(proto, batch=2) as session:
+        assert session.graph.startswith("the LSTM op alone")
+        steps = [session.step(x[:, :1]), session.step(x[:, 1:4])]  # a chunk: the file's graph, states kept
+        assert session.graph.startswith("the file's graph")
+        steps += [session.step(x[:, t:t + 1]) for t in range(4, 7)]  # one step again: the op alone again
+        assert session.graph.startswith("the LSTM op alone")
+    got = np.concatenate([s["lstm_1_sequence"] for s in steps], axis=1)
+    assert np.array_equal(got, whole["lstm_1_sequence"])
+    assert all(np.array_equal(steps[-1][name], whole[name]) for name in ("lstm_1_state_h", "lstm_1_state_c"))
