@@ -200,13 +200,15 @@ def _weights_arrays(handle: BinaryIO, archive: zipfile.ZipFile, name: str, path:
     try:
         source = weights_source(handle, archive, info)
         if name == WEIGHTS_H5:
-            return h5_arrays(source)
+            return h5_arrays(source, f"{path}:{name}")
         # The npz is a zip inside the zip: its directory is bounded before zipfile parses it, as the outer one.
         entries, directory_bytes = _directory_size(source, info.file_size, f"{path}:{name}")
         if entries > limits.max_members or directory_bytes > min(info.file_size, limits.max_members * 1024):
             raise _refuse(path, f"at most {limits.max_members} arrays in {name}, with a directory of at most 1 KiB "
                           "each", f"declares {entries} in {directory_bytes} bytes")
         return npz_arrays(source, limits.max_members)
+    except ModelLoadError:  # the bounded HDF5 walk's own refusal (`toolkit.hdf5`)
+        raise
     except WeightsReadError as exc:
         expected, _, received = str(exc).partition("|")
         raise _refuse(path, expected, received) from None
