@@ -61,14 +61,15 @@ MAX_TIMESTEPS = 100_000
 fixed axis of 2e6 steps ran past 120 s, 1e8 ran out of memory."""
 
 MAX_ACTIVATION_ELEMENTS = 1 << 22
-"""Values in one layer's input or output for one sample (4.2 million, 16 MiB as float32). With the parity
-inputs bounded in bytes (`toolkit.inputs`), a model at this cap exports within the stated 2 GB (README,
-limits); the earlier 2^27 cost 5.7 GB at half the cap."""
+"""Values in one layer's input or output for one sample, or for the whole batch of a model built for a
+fixed one (4.2 million, 16 MiB as float32). With the parity inputs bounded in bytes (`toolkit.inputs`), a
+model at this cap exports within the stated 2 GB (README, limits); the earlier 2^27 cost 5.7 GB at half
+the cap, and a fixed batch of 4,000,000 counted per sample 8.46 GB."""
 
 MAX_MACS = 10_000_000_000
-"""Multiply-adds per sample (each layer's parameters times the positions it maps them over, from Keras'
-own shapes: `toolkit.shapes`). Keras runs a recurrent layer at a few GMAC/s on one core: this keeps the
-export's Keras and ONNX Runtime runs within the stated 120 s."""
+"""Multiply-adds per sample, or per call of a fixed batch (each layer's parameters times the positions it
+maps them over, from Keras' own shapes: `toolkit.shapes`). Keras runs a recurrent layer at a few GMAC/s
+on one core: this keeps the export's Keras and ONNX Runtime runs within the stated 120 s."""
 
 @dataclass(frozen=True)
 class ResourceLimits:
@@ -310,7 +311,8 @@ def check_budget(budget: Budget, path: str, limits: ResourceLimits) -> None:
                       f"declares {budget.longest_fixed_time} at {budget.time_at}")
     if budget.largest_activation > limits.max_activation_elements:
         raise _refuse(path, f"at most {limits.max_activation_elements} values per sample in one layer "
-                      "(--max-activation)", f"declares {budget.largest_activation} at {budget.activation_at}")
+                      "(--max-activation; a fixed batch counts whole)",
+                      f"declares {budget.largest_activation} at {budget.activation_at}")
 
 
 MIN_BYTES_PER_PARAM = 0.5

@@ -5,7 +5,8 @@ still loop forever (a `While` whose condition never fails) or allocate without e
 shape), and `tf.saved_model.load` already runs the file's restore and initializer functions. So whatever
 executes the file's graph, loading it, running its serving signature as the parity reference, and
 tf2onnx's conversion of a `tf.Module` signature (which folds constants), happens in a child that
-is killed past `CALL_SECONDS` per request or `MAX_RSS_BYTES` of resident memory, with a one-line error.
+is killed past `CALL_SECONDS` per request, `TOTAL_SECONDS` from its start (every request together), or
+`MAX_RSS_BYTES` of resident memory, with a one-line error.
 
 Messages are one JSON header line, then (for arrays) an `.npz` payload of the length the header gives:
 no pickle crosses the boundary.
@@ -30,6 +31,12 @@ from toolkit.guard import safe_text
 
 CALL_SECONDS = 120.0
 """A load, conversion or run that takes longer is stopped (the export's stated bound is 120 s)."""
+
+TOTAL_SECONDS = 90.0
+"""The child's whole life: load, conversion and every case together. A bound per call alone let a 0.7 MB
+SavedModel whose signature spins an allowlisted `While` for 80-90 s a call export in 162-230 s (and
+pass). 90 s leaves the stated 120 s room for what the export does before and after: reading, checking
+and translating the folder, and the runtimes' own runs, all bounded by the resource limits."""
 
 MAX_RSS_BYTES = 2 << 30
 """Resident memory of the child beyond which it is stopped (the export's stated bound is 2 GB)."""
@@ -69,6 +76,7 @@ class SignatureChild:
         self.process = subprocess.Popen([sys.executable, "-m", "toolkit.keras2.child", str(folder)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                         preexec_fn=die_with_parent)  # never outlives lstm-onnx
+        self.deadline = time.monotonic() + TOTAL_SECONDS  # the load and every later request, together
         self.spec, _ = self._call({"op": "load"})
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,7 +101,8 @@ class SignatureChild:
             _send(self.process.stdin, header, arrays)
         except (BrokenPipeError, OSError):
             self._fail("it exited")
-        deadline = time.monotonic() + CALL_SECONDS
+        deadline = min(time.monotonic() + CALL_SECONDS, self.deadline)
+        past = f"{CALL_SECONDS:g} s" if deadline < self.deadline else f"{TOTAL_SECONDS:g} s in all (load and every call)"
         os.set_blocking(self.process.stdout.fileno(), True)
         import select
 
@@ -104,7 +113,7 @@ class SignatureChild:
             if self.process.poll() is not None:
                 self._fail(f"it exited with {self.process.returncode}")
             if time.monotonic() > deadline:
-                self._fail(f"it ran past {CALL_SECONDS:g} s")
+                self._fail(f"it ran past {past}")
             if _rss(self.process.pid) > MAX_RSS_BYTES:
                 self._fail(f"it grew past {MAX_RSS_BYTES >> 20} MiB of memory")
         try:
@@ -119,8 +128,9 @@ class SignatureChild:
 
     def _fail(self, why: str) -> None:
         self.close()
-        raise InputError(f"Expected the SavedModel's graph to finish within {CALL_SECONDS:g} s and "
-                         f"{MAX_RSS_BYTES >> 20} MiB. Received: {safe_text(str(self.folder.name))!r}: stopped, {why}")
+        raise InputError(f"Expected the SavedModel's graph to finish within {CALL_SECONDS:g} s a call, "
+                         f"{TOTAL_SECONDS:g} s in all and {MAX_RSS_BYTES >> 20} MiB. Received: "
+                         f"{safe_text(str(self.folder.name))!r}: stopped, {why}")
 
 
 def _rss(pid: int) -> int:
