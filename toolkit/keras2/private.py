@@ -84,9 +84,7 @@ class PrivateCopy:
             raise ModelLoadError(f"Expected a SavedModel folder at most {_MAX_DEPTH} levels deep. Received: "
                                  f"{safe_text(str(source))!r} deeper")
         target.mkdir(mode=0o700)
-        with os.scandir(fd) as entries:
-            listed = sorted(((entry.name, entry.stat(follow_symlinks=False)) for entry in entries), key=lambda e: e[0])
-        for name, seen in listed:
+        for name, seen in _listing(fd, source):
             where = source / name
             if not (stat.S_ISDIR(seen.st_mode) or stat.S_ISREG(seen.st_mode)):
                 raise ModelLoadError(f"Expected only regular files and folders in a SavedModel. Received: "
@@ -119,6 +117,19 @@ class PrivateCopy:
                     raise ModelLoadError("Expected a model of at most the --max-member-bytes total. Received: "
                                          f"{safe_text(str(source))!r} and the rest holding more")
                 out.write(chunk)
+
+
+def _listing(fd: int, source: Path) -> list[tuple[str, os.stat_result]]:
+    """The entries of the folder open as `fd`, each with its `lstat`, by name."""
+    listed = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            try:
+                listed.append((entry.name, entry.stat(follow_symlinks=False)))
+            except OSError as exc:  # removed or renamed since it was listed
+                raise ModelLoadError(f"Expected SavedModel entries that stay as they are while copied. Received: "
+                                     f"{safe_text(str(source / entry.name))!r} changed ({exc.strerror})") from None
+    return sorted(listed, key=lambda item: item[0])
 
 
 def _open_as_seen(dir_fd: int, name: str, seen: os.stat_result, where: Path) -> int:
