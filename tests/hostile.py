@@ -269,12 +269,14 @@ def h5_linked_weights(source: Path, dst: Path, links: int = 4000, kind: str = "s
         layer = next(name for name in weights.attrs["layer_names"] if len(weights[name].attrs["weight_names"]))
         group = weights[layer]
         blob = group.create_dataset("blob", shape=(1 << 18,), dtype="f4", chunks=(1 << 16,), compression="gzip")
-        names = list(group.attrs["weight_names"])
+        names = [n.encode() if isinstance(n, str) else bytes(n) for n in group.attrs["weight_names"]]
         for index in range(links):
             group[f"l{index}"] = h5py.SoftLink(blob.name) if kind == "soft" else blob
             names.append(f"l{index}".encode())
-        # Keras 2 splits a long attribute into chunks of 64 KB; one chunk of 4,000 short names is under that.
-        group.attrs["weight_names"] = names
+        # An attribute is at most 64 KB: Keras 2 splits a long one into `weight_names0`, `weight_names1`...
+        del group.attrs["weight_names"]
+        for chunk in range(0, len(names), 1000):
+            group.attrs[f"weight_names{chunk // 1000}"] = np.array(names[chunk:chunk + 1000], dtype="S")
     return dst
 
 
@@ -306,6 +308,19 @@ def keras_deep(folder: Path, levels: int = 6_000) -> Path:
     with h5py.File(weights, "r+", libver="latest") as h5:
         _nest(h5.create_group("deep"), levels).create_dataset("x", data=np.zeros(1, np.float32))
     return rewrite(seed, folder / f"deep_{levels}.keras", {"model.weights.h5": weights.read_bytes()})
+
+
+def keras_linked(folder: Path) -> Path:
+    """The seed `.keras` whose first LSTM's recurrent kernel is a soft link to its kernel."""
+    import h5py
+
+    seed = seed_keras(folder)
+    weights = folder / "linked.h5"
+    weights.write_bytes(zipfile.ZipFile(seed).read("model.weights.h5"))
+    with h5py.File(weights, "r+") as h5:
+        del h5["layers/lstm_1/cell/vars/1"]
+        h5["layers/lstm_1/cell/vars/1"] = h5py.SoftLink("/layers/lstm_1/cell/vars/0")
+    return rewrite(seed, folder / "linked.keras", {"model.weights.h5": weights.read_bytes()})
 
 
 def fixed_batch(folder: Path, batch: int = 4_000_000) -> Path:

@@ -118,6 +118,16 @@ HOSTILE = {
     # EinsumDense used to count no parameters: 2e8 passed --max-params and Keras allocated 4.66 GB.
     "einsum_2e8": (lambda d: hostile.einsum_lie(d, 25_000_000),
                    r"at most 100000000 parameters \(--max-params\)\. Received: .* declares 200\d{6} in"),
+    # Issue 25, F5: 6,000 nested groups in model.weights.h5 (900 KB) took 31-58 s in h5py's walk by path.
+    "weights_deep_6000": (lambda d: hostile.keras_deep(d, 6_000),
+                          r"HDF5 groups nested at most 32 levels deep\. Received: '.*:model.weights.h5' nests deeper"),
+    # F4 in a .keras: Keras never writes a link; Keras' own reader would follow one per variable.
+    "weights_soft_link": (lambda d: hostile.keras_linked(d),
+                          r"ordinary \(hard\) link.* has a soft link at 'layers/lstm_1/cell/vars/1'"),
+    # F6: a fixed batch of 4,000,000 (21 KB) escaped the per-sample count and cost 8.46 GB.
+    "batch_4e6": (lambda d: hostile.fixed_batch(d, 4_000_000),
+                  r"values per sample in one layer \(--max-activation\), a fixed batch counted whole\. Received: "
+                  r".* declares 256000000 at layer .lstm. \(LSTM\)"),
 }
 
 MEASURE = textwrap.dedent("""
