@@ -115,7 +115,7 @@ def resolve_dataset(group: Any, relative: str, where: str) -> tuple[Any, int] | 
     parts = [part for part in relative.split("/") if part]
     for index, part in enumerate(parts):
         name = part.encode()
-        if not isinstance(current, h5py.h5g.GroupID) or name not in current:
+        if part == "." or not isinstance(current, h5py.h5g.GroupID) or name not in current:  # "." would be the group itself
             return None
         current = open_child(current, name, "/".join(parts[:index + 1]), where)
     if not isinstance(current, h5py.h5d.DatasetID):
