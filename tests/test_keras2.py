@@ -551,7 +551,7 @@ def test_a_savedmodel_reference_has_one_deadline_for_all_its_calls(tmp_path):
 @pytest.mark.slow
 def test_a_savedmodel_export_stops_at_the_reference_deadline(tmp_path, monkeypatch):
     """F8 through the export: the child's deadline covers its load too (lowered here to 3 s, below what
-    loading TensorFlow alone takes); one line, nothing written."""
+    loading TensorFlow alone takes), and counts from the export's start; one line, nothing written."""
     import time
 
     import hostile
@@ -564,6 +564,12 @@ def test_a_savedmodel_export_stops_at_the_reference_deadline(tmp_path, monkeypat
     with pytest.raises(InputError, match=r"stopped, it ran past 3 s in all"):
         export_keras_model(folder, tmp_path / "spin.onnx")
     assert time.monotonic() - start < 60 and not (tmp_path / "spin.onnx").exists()
+    # Counted from the export's start (its private copy), not the child's: the steps before count too.
+    monkeypatch.setattr(child, "TOTAL_SECONDS", 90.0)
+    monkeypatch.setattr(child, "EXPORT_SECONDS", 1.0)
+    with pytest.raises(InputError, match=r"'spin_300000': stopped, it ran past 1 s from the export's start"):
+        export_keras_model(folder, tmp_path / "spin.onnx")
+    assert not (tmp_path / "spin.onnx").exists()
 
 
 def test_a_racing_local_user_cannot_get_a_symlink_target_into_the_private_copy(tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,7 +35,14 @@ from toolkit.process import close_runners_on_sigterm, remove_stale
 _CHUNK = 1 << 20
 _MAX_DEPTH = 8
 PREFIX = "lstm-onnx-keras2-"  # + the owning process id + "-": a dead owner's copy is removed
+_STARTED: dict[str, float] = {}  # live copies' paths -> when each began (time.monotonic())
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def copy_started(path: Path) -> float | None:
+    """When the live private copy at `path` began (`time.monotonic()`): the export's first step, from which
+    the stated 120 s count (`toolkit.keras2.child`). None for any other path."""
+    return _STARTED.get(str(path))
 
 
 def remove_stale_copies(folder: Path | None = None) -> list[Path]:
@@ -46,6 +54,7 @@ class PrivateCopy:
     """The copy and the folder holding it; `close` removes both (so does garbage collection)."""
 
     def __init__(self, source: Path, limits: ResourceLimits):
+        started = time.monotonic()
         remove_stale_copies()
         close_runners_on_sigterm()  # SIGTERM unwinds, so the `finally` that closes this copy runs
         self._folder = tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-")
@@ -63,8 +72,10 @@ class PrivateCopy:
         except BaseException:
             self.close()
             raise
+        _STARTED[str(self.path)] = started
 
     def close(self) -> None:
+        _STARTED.pop(str(self.path), None)
         self._folder.cleanup()
 
     def _copy_folder(self, source: Path) -> None:
