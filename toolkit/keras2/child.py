@@ -82,6 +82,7 @@ class SignatureChild:
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                         preexec_fn=die_with_parent)  # never outlives lstm-onnx
         self.deadline, self.bound = _deadline(folder)  # the load and every later request, together
+        self._sharing: list[Any] = []
         self.spec, _ = self._call({"op": "load"})
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -92,6 +93,13 @@ class SignatureChild:
         """tf2onnx's conversion of the signature, made in the child (it folds the graph's constants)."""
         _, payload = self._call({"op": "convert", "opset": opset})
         return payload
+
+    def share_deadline(self, runner: Any) -> None:
+        """Hold `runner`'s runs, made between this child's calls (the export's ONNX Runtime check of the
+        converted graph, which spins as long as the signature does), to the same deadline: before each of
+        them, its per-run timeout is the time left."""
+        self._sharing.append(runner)
+        runner.timeout = max(self.deadline - time.monotonic(), 0.001)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -125,6 +133,8 @@ class SignatureChild:
             reply, payload = _receive(self.process.stdout)
         except (EOFError, ValueError, KeyError):
             self._fail("it exited mid-answer")
+        for runner in self._sharing:  # the reference runs first in each case, then the runtimes
+            runner.timeout = max(self.deadline - time.monotonic(), 0.001)
         if reply.get("error"):
             self.close()
             raise InputError(f"Expected the SavedModel's graph to {header['op']} in TensorFlow. Received: "
