@@ -253,3 +253,121 @@ def zero_batch_npy(folder: Path) -> Path:
     path = folder / "b0.npy"
     np.save(path, np.zeros((0, 3, 1), np.float32))
     return path
+
+
+# ------------------------------------------------------------------- red team, round 4 (issue 25)
+
+
+def h5_linked_weights(source: Path, dst: Path, links: int = 4000, kind: str = "soft") -> Path:
+    """F4: a Keras 2 `.h5` (a copy of `source`) whose first weighted layer lists `links` more weights, each a
+    soft (or hard) link to one 1 MiB gzip dataset of zeros: 863 KB on disk, 4.7 GB read by name."""
+    import h5py
+
+    dst.write_bytes(source.read_bytes())
+    with h5py.File(dst, "r+") as f:
+        weights = f["model_weights"]
+        layer = next(name for name in weights.attrs["layer_names"] if len(weights[name].attrs["weight_names"]))
+        group = weights[layer]
+        blob = group.create_dataset("blob", shape=(1 << 18,), dtype="f4", chunks=(1 << 16,), compression="gzip")
+        names = [n.encode() if isinstance(n, str) else bytes(n) for n in group.attrs["weight_names"]]
+        for index in range(links):
+            group[f"l{index}"] = h5py.SoftLink(blob.name) if kind == "soft" else blob
+            names.append(f"l{index}".encode())
+        # An attribute is at most 64 KB: Keras 2 splits a long one into `weight_names0`, `weight_names1`...
+        del group.attrs["weight_names"]
+        for chunk in range(0, len(names), 1000):
+            group.attrs[f"weight_names{chunk // 1000}"] = np.array(names[chunk:chunk + 1000], dtype="S")
+    return dst
+
+
+def _nest(group, levels: int):
+    for _ in range(levels):
+        group = group.create_group("g")
+    return group
+
+
+def h5_deep(source: Path, dst: Path, levels: int = 10_000) -> Path:
+    """F5: a Keras 2 `.h5` (a copy of `source`) with `levels` nested groups under `model_weights` (1.5 MB in
+    HDF5's compact format): h5py's `visititems` by path took 159-268 s."""
+    import h5py
+
+    dst.write_bytes(source.read_bytes())
+    with h5py.File(dst, "r+", libver="latest") as f:
+        _nest(f["model_weights"].create_group("deep"), levels).create_dataset("x", data=np.zeros(1, np.float32))
+    return dst
+
+
+def keras_deep(folder: Path, levels: int = 6_000) -> Path:
+    """F5: the seed `.keras` with `levels` nested groups in its `model.weights.h5` (900 KB): 31-58 s in
+    `inspect_keras_file` before."""
+    import h5py
+
+    seed = seed_keras(folder)
+    weights = folder / f"deep_{levels}.h5"
+    weights.write_bytes(zipfile.ZipFile(seed).read("model.weights.h5"))
+    with h5py.File(weights, "r+", libver="latest") as h5:
+        _nest(h5.create_group("deep"), levels).create_dataset("x", data=np.zeros(1, np.float32))
+    return rewrite(seed, folder / f"deep_{levels}.keras", {"model.weights.h5": weights.read_bytes()})
+
+
+def keras_linked(folder: Path) -> Path:
+    """The seed `.keras` whose first LSTM's recurrent kernel is a soft link to its kernel."""
+    import h5py
+
+    seed = seed_keras(folder)
+    weights = folder / "linked.h5"
+    weights.write_bytes(zipfile.ZipFile(seed).read("model.weights.h5"))
+    with h5py.File(weights, "r+") as h5:
+        del h5["layers/lstm_1/cell/vars/1"]
+        h5["layers/lstm_1/cell/vars/1"] = h5py.SoftLink("/layers/lstm_1/cell/vars/0")
+    return rewrite(seed, folder / "linked.keras", {"model.weights.h5": weights.read_bytes()})
+
+
+def fixed_batch(folder: Path, batch: int = 4_000_000) -> Path:
+    """F6: `Input(batch_shape=(batch, 4, 4)) -> LSTM(16)` (21 KB): 8.46 GB when the batch escaped the
+    per-sample counts."""
+    import keras
+
+    path = folder / f"batch_{batch}.keras"
+    if not path.exists():
+        x = keras.Input(batch_shape=(batch, 4, 4), name="input")
+        keras.Model(x, keras.layers.LSTM(16, name="lstm")(x)).save(path)
+    return path
+
+
+def padded_dynamic(folder: Path, pad: int = 3_000_000) -> Path:
+    """F7: `Input((None, 1)) -> ZeroPadding1D((0, pad)) -> LSTM(8)` (20 KB): Keras' shapes say `None` after
+    the padding, and the parity check ran for minutes."""
+    import keras
+
+    path = folder / f"padded_{pad}.keras"
+    if not path.exists():
+        x = keras.Input((None, 1), name="input")
+        padded = keras.layers.ZeroPadding1D((0, pad), name="pad")(x)
+        keras.Model(x, keras.layers.LSTM(8, name="lstm")(padded)).save(path)
+    return path
+
+
+SPIN_SCRIPT = """
+import sys, tensorflow as tf
+class Spin(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec((None, 3, 1), tf.float32, name='x')])
+    def serve(self, x):
+        i = tf.while_loop(lambda i: i < {steps}, lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
+        return {{'y': x * tf.cast(i - i + 1, tf.float32)}}
+m = Spin()
+tf.saved_model.save(m, sys.argv[1], signatures={{'serving_default': m.serve}})
+"""
+
+
+def spinning_savedmodel(folder: Path, steps: int) -> Path:
+    """F8: a `tf.Module` SavedModel whose signature counts to `steps` in an allowlisted `While` before it
+    answers (each call spins; the issue's took 80-90 s a call). Made by real TensorFlow in a subprocess."""
+    import subprocess
+    import sys
+
+    path = folder / f"spin_{steps}"
+    if not path.exists():
+        subprocess.run([sys.executable, "-c", SPIN_SCRIPT.format(steps=steps), str(path)], check=True,
+                       capture_output=True, timeout=300)
+    return path

@@ -9,6 +9,7 @@ step got; the tests assert on it.
                                         of [1, 2^40, 2] (also hidden behind a repeated key)
     reach SOCKET TRITON_PID             try to reach Triton's port past nginx: the gate's socket, the
                                         server's network namespace
+    swap FOLDER NAME TARGET SECONDS     swap FOLDER/NAME between a regular file and a symlink to TARGET
 """
 
 from __future__ import annotations
@@ -166,6 +167,23 @@ def attack_reach(socket_path: str, server_pid: int) -> dict:
     return result
 
 
+def swap(folder: Path, name: str, target: str, seconds: float) -> dict:
+    """Race a checker that `lstat`s FOLDER/NAME and then opens it: as fast as this process can, put a
+    regular file there, then a symlink to TARGET, each by an atomic rename."""
+    import time
+
+    real, link, path = folder / ".real", folder / ".link", folder / name
+    swaps, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        real.write_bytes(b"genuine keras metadata")
+        os.replace(real, path)
+        link.unlink(missing_ok=True)
+        os.symlink(target, link)
+        os.replace(link, path)
+        swaps += 1
+    return {"swaps": swaps}
+
+
 if __name__ == "__main__":
     kind = sys.argv[1]
     if kind == "serve":
@@ -174,6 +192,8 @@ if __name__ == "__main__":
         out = attack_kill(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
     elif kind == "reach":
         out = attack_reach(sys.argv[2], int(sys.argv[3]))
+    elif kind == "swap":
+        out = swap(Path(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]))
     else:
         out = attack_browser(int(sys.argv[2]))
     out["uid"] = os.getuid()

@@ -133,3 +133,57 @@ def test_parity_inputs_are_drawn_in_the_models_dtype_and_bounded():
     cases = make_cases(model)
     assert [case.feeds["input"].dtype for case in cases] == [np.float32, np.float32]
     assert [case.feeds["input"].shape[0] for case in cases] == [1, 2]
+
+
+def test_a_padded_dynamic_time_axis_is_evaluated_at_the_lengths_the_checks_draw(hostile_dir):
+    """Issue 25, F7 (round 3's N8): `Input((None, 1)) -> ZeroPadding1D((0, 3_000_000)) -> LSTM(8)` (20 KB).
+    Keras' shapes say `None` after the padding, so the time axis counted as 1 and the parity check ran for
+    minutes; evaluated at the 11 steps the checks draw, the LSTM runs 3,000,011: refused up front."""
+    path = hostile.padded_dynamic(hostile_dir, 3_000_000)
+    assert path.stat().st_size < 64 << 10
+    code, err, seconds, peak = export_in_a_fresh_process(path, hostile_dir / "padded.onnx")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("Error: Expected a time axis of at most 100000 steps (--max-timesteps). Received: ")
+    assert "computes 3000011 at layer 'lstm' (LSTM) when its input has the 11 steps the checks draw" in err
+    assert not (hostile_dir / "padded.onnx").exists() and seconds < BOUND_SECONDS and peak < BOUND_BYTES
+
+
+def test_drawn_lengths_reach_into_nested_models_and_masks():
+    import keras
+
+    inner = keras.Sequential([keras.Input((None, 3)), keras.layers.ZeroPadding1D((0, 200_000)),
+                              keras.layers.LSTM(3, return_sequences=True)], name="inner")
+    z = keras.Input((None, 3))
+    budget = compute_budget(keras.Model(z, keras.layers.GRU(2)(inner(z))))
+    assert (budget.longest_time, budget.time_drawn) == (200_011, 11) and "ZeroPadding1D" in budget.activation_at
+    ids = keras.Input((None,), dtype="int32")
+    masked = keras.Model(ids, keras.layers.LSTM(3)(keras.layers.Embedding(10, 4, mask_zero=True)(ids)))
+    assert compute_budget(masked).longest_time == 11  # the mask's own ops (NotEqual) evaluated on the way
+    steps = keras.Input((7, 2))
+    assert compute_budget(keras.Model(steps, keras.layers.LSTM(3)(steps))).time_drawn is None  # no dynamic axis
+
+
+def test_a_fixed_batch_counts_whole_in_the_activation_and_multiply_add_limits():
+    """F6: `Input(batch_shape=(4_000_000, 4, 4)) -> LSTM(16)` (21 KB) peaked at 8.46 GB: its batch was drawn
+    whole while the limits counted one sample. The config check refuses the file (tests/test_limits.py);
+    Keras' shapes count the batch too, and the check cases are bounded in bytes before they are drawn."""
+    import keras
+
+    from toolkit.errors import InputError, ModelLoadError
+    from toolkit.inputs import CASE_INPUT_BYTES, make_cases
+    from toolkit.shapes import check_model_budget
+
+    x = keras.Input(batch_shape=(4_000_000, 4, 4), name="input")
+    model = keras.Model(x, keras.layers.LSTM(16, name="lstm")(x))
+    budget = compute_budget(model)
+    assert (budget.batch, budget.largest_activation) == (4_000_000, 4_000_000 * 4 * 4)  # input = output
+    assert budget.macs == model.count_params() * 4 * 4_000_000
+    with pytest.raises(ModelLoadError, match=r"\(--max-activation\), a fixed batch counted whole\. Received: 'b' computes "
+                                             r"64000000 at layer 'input' \(InputLayer\) with its fixed batch of 4000000"):
+        check_model_budget(model, "b", ResourceLimits())
+    big = keras.Input(batch_shape=(5_000_000, 4, 4))  # past the draw's own cap (with the limits raised)
+    with pytest.raises(InputError, match=rf"at most {CASE_INPUT_BYTES >> 20} MiB per input\. Received: an input of "
+                                         r"shape \(5000000, 4, 4\) float32 \(305 MiB\)"):
+        make_cases(keras.Model(big, keras.layers.LSTM(1)(big)))
+    small = keras.Input(batch_shape=(8, 5, 3))
+    assert compute_budget(keras.Model(small, keras.layers.LSTM(4)(small))).largest_activation == 8 * 5 * 3

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import assert_close
 
 from toolkit.cli import cli
-from toolkit.errors import ModelLoadError, UnsupportedModelError
+from toolkit.errors import InputError, ModelLoadError, UnsupportedModelError
 from toolkit.exporter import export_keras_model
 from toolkit.keras2.formats import keras2_format
 from toolkit.limits import DEFAULT_LIMITS
@@ -426,3 +426,235 @@ def test_a_signature_that_never_ends_is_stopped_in_one_line(tmp_path):
     finally:
         child.CALL_SECONDS = previous
     assert not (tmp_path / "forever.onnx").exists()
+
+
+# ------------------------------------------------------------------- red team, round 4 (issue 25)
+
+READ_BOUNDED = """
+import json, resource, sys, time
+# Bounds for the measured reader itself, so that a regression fails here instead of taking the machine:
+# 2 GiB of address space (this process needs about 140 MB), 60 s of CPU.
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
+start = time.perf_counter()
+from toolkit.errors import ModelLoadError
+from toolkit.keras2.h5 import read_h5_model
+from toolkit.limits import DEFAULT_LIMITS
+try:
+    read_h5_model(sys.argv[1], DEFAULT_LIMITS); outcome = "accepted"
+except ModelLoadError as exc:
+    outcome = str(exc)
+hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(json.dumps({"seconds": time.perf_counter() - start, "outcome": outcome, "peak_mb": hwm / 1024}))
+"""
+
+
+def read_h5_in_a_bounded_process(path: Path) -> dict:
+    """`read_h5_model` on `path` in a fresh process under an address-space and CPU limit: its outcome,
+    seconds and peak resident memory (the kernel's VmHWM of that process)."""
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", READ_BOUNDED, str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_h5_weights_linked_many_times_are_refused_before_any_read(keras2_models, tmp_path, kind):
+    """F4: 4,000 links to one 1 MiB dataset listed as weights read it 4,000 times (4.7 GB). Links are
+    refused in the bounded walk, before the config is parsed or any array read."""
+    import hostile
+
+    path = hostile.h5_linked_weights(keras2_models / "post_case3.h5", tmp_path / f"{kind}.h5", 4000, kind)
+    assert path.stat().st_size < 2 << 20
+    measured = read_h5_in_a_bounded_process(path)
+    expected = {"soft": "has a soft link at 'model_weights/", "hard": "to an object linked elsewhere too (a hard link)"}
+    assert measured["outcome"].startswith("Expected ") and expected[kind] in measured["outcome"], measured
+    assert len(measured["outcome"].splitlines()) == 1
+    assert measured["peak_mb"] < 200 and measured["seconds"] < 10, measured
+    genuine = read_h5_in_a_bounded_process(keras2_models / "post_case3.h5")
+    assert genuine["outcome"] == "accepted" and genuine["peak_mb"] < 200, genuine
+
+
+def test_h5_weights_are_resolved_by_address_and_checked_against_the_config(keras2_models, tmp_path):
+    """A weight listed under two spellings resolves to one address: refused before it is read twice; more
+    layers than the config declares, or one it does not declare, are refused before any array is read."""
+    import h5py
+
+    from toolkit.keras2.h5 import read_h5_model
+
+    crafted = tmp_path / "aliases.h5"
+    crafted.write_bytes((keras2_models / "post_case3.h5").read_bytes())
+    with h5py.File(crafted, "r+") as f:
+        group = f["model_weights/lstm"]
+        names = [str(n if isinstance(n, str) else n.decode()) for n in group.attrs["weight_names"]]
+        group.attrs["weight_names"] = np.array([*names, names[0].replace("/", "//")], dtype="S")  # another spelling
+    with pytest.raises(ModelLoadError, match="Expected each weight listed once"):
+        read_h5_model(crafted, DEFAULT_LIMITS)
+    crafted.write_bytes((keras2_models / "post_case3.h5").read_bytes())
+    with h5py.File(crafted, "r+") as f:
+        weights = f["model_weights"]
+        layers = [str(n if isinstance(n, str) else n.decode()) for n in weights.attrs["layer_names"]]
+        weights.attrs["layer_names"] = np.array([*layers, "ghost"], dtype="S")
+    with pytest.raises(ModelLoadError, match="weights for at most the 3 layers the config declares. Received: .* listing 4"):
+        read_h5_model(crafted, DEFAULT_LIMITS)
+    with h5py.File(crafted, "r+") as f:
+        f["model_weights"].attrs["layer_names"] = np.array([*layers[:-1], "ghost"], dtype="S")
+    with pytest.raises(ModelLoadError, match="listing 'ghost', which the config does not declare"):
+        read_h5_model(crafted, DEFAULT_LIMITS)
+
+
+def test_deeply_nested_h5_groups_are_refused_fast(keras2_models, tmp_path):
+    """F5: 10,000 nested groups (a 1.5 MB file) took 159-268 s in the walk by path; refused at 32 levels."""
+    import hostile
+
+    path = hostile.h5_deep(keras2_models / "post_case3.h5", tmp_path / "deep.h5", 10_000)
+    measured = read_h5_in_a_bounded_process(path)
+    assert "HDF5 groups nested at most 32 levels deep" in measured["outcome"], measured
+    assert measured["seconds"] < 5 and measured["peak_mb"] < 200, measured
+
+
+@pytest.mark.slow
+def test_a_savedmodel_reference_has_one_deadline_for_all_its_calls(tmp_path):
+    """F8: each call within its own bound, yet the calls together past the child's whole deadline: stopped
+    at that deadline, in one line. The loop is measured first, so the test holds on any machine."""
+    import time
+
+    import hostile
+
+    import toolkit.keras2.child as child
+
+    folder = hostile.spinning_savedmodel(tmp_path, 300_000)
+    feeds = {"x": np.zeros((1, 3, 1), np.float32)}
+    signature = child.SignatureChild(folder)
+    try:
+        start = time.monotonic()
+        signature.run(feeds)
+        call = time.monotonic() - start
+        previous = child.CALL_SECONDS, child.TOTAL_SECONDS
+        child.CALL_SECONDS, child.TOTAL_SECONDS = 4 * call, 2.5 * call  # one call fits; three do not
+        signature.deadline = time.monotonic() + child.TOTAL_SECONDS
+        try:
+            signature.run(feeds)
+            signature.run(feeds)
+            with pytest.raises(InputError, match=r"stopped, it ran past [\d.]+ s in all \(load and every call\)"):
+                signature.run(feeds)
+        finally:
+            child.CALL_SECONDS, child.TOTAL_SECONDS = previous
+        assert time.monotonic() - start < 5 * call + 5
+    finally:
+        signature.close()
+
+
+@pytest.mark.slow
+def test_a_savedmodel_export_stops_at_the_reference_deadline(tmp_path, monkeypatch):
+    """F8 through the export: the child's deadline covers its load too (lowered here to 3 s, below what
+    loading TensorFlow alone takes), and counts from the export's start; one line, nothing written."""
+    import time
+
+    import hostile
+
+    import toolkit.keras2.child as child
+
+    folder = hostile.spinning_savedmodel(tmp_path, 300_000)
+    monkeypatch.setattr(child, "TOTAL_SECONDS", 3.0)
+    start = time.monotonic()
+    with pytest.raises(InputError, match=r"stopped, it ran past 3 s in all"):
+        export_keras_model(folder, tmp_path / "spin.onnx")
+    assert time.monotonic() - start < 60 and not (tmp_path / "spin.onnx").exists()
+    # Counted from the export's start (its private copy), not the child's: the steps before count too.
+    monkeypatch.setattr(child, "TOTAL_SECONDS", 90.0)
+    monkeypatch.setattr(child, "EXPORT_SECONDS", 1.0)
+    with pytest.raises(InputError, match=r"'spin_300000': stopped, it ran past 1 s from the export's start"):
+        export_keras_model(folder, tmp_path / "spin.onnx")
+    assert not (tmp_path / "spin.onnx").exists()
+
+
+def test_a_racing_local_user_cannot_get_a_symlink_target_into_the_private_copy(tmp_path):
+    """F9: `nobody`, who can write the SavedModel folder, swaps `keras_metadata.pb` between a regular file
+    and a symlink to a root-only secret while lstm-onnx copies the folder again and again. Before, 3-5 copies
+    of 300 held the secret; now every entry is opened by descriptor with O_NOFOLLOW and checked against its
+    `lstat`: a copy holds the genuine file or is refused in one line."""
+    import os
+    import shutil
+    import tempfile
+    import threading
+
+    from conftest import run_as_nobody
+
+    from toolkit.keras2.private import PrivateCopy
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root-only secret " * 8)
+    secret.chmod(0o600)
+    folder = Path(tempfile.mkdtemp(prefix="lstm-onnx-victim-"))
+    try:
+        (folder / "variables").mkdir()
+        (folder / "variables" / "variables.index").write_bytes(b"index")
+        (folder / "saved_model.pb").write_bytes(b"graph")
+        (folder / "keras_metadata.pb").write_bytes(b"genuine keras metadata")
+        folder.chmod(0o777)  # writable by the other user: the attack's premise
+        answer: dict = {}
+        swapper = threading.Thread(target=lambda: answer.update(run_as_nobody("swap", folder, "keras_metadata.pb",
+                                                                               secret, 4.0)))
+        swapper.start()
+        copies, refused, leaked = 0, [], 0
+        while swapper.is_alive():
+            try:
+                copy = PrivateCopy(folder, DEFAULT_LIMITS)
+            except ModelLoadError as exc:
+                refused.append(str(exc))
+                continue
+            leaked += b"secret" in (copy.path / "keras_metadata.pb").read_bytes()
+            copies += 1
+            copy.close()
+        swapper.join()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert answer["uid"] != os.getuid() and answer["swaps"] > 100, answer
+    assert leaked == 0 and copies + len(refused) > 100, (copies, len(refused))
+    assert refused and all(len(message.splitlines()) == 1 and message.startswith("Expected ") for message in refused)
+    print(f"{answer['swaps']} swaps; {copies} copies, all genuine; {len(refused)} refused")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_killed_export_leaves_no_private_copy_behind(keras2_models, tmp_path, monkeypatch, sig):
+    """F11: the private copy (up to 2 GiB) of an export ended by a signal. SIGTERM unwinds and removes it at
+    once; SIGKILL cannot, so the next copy removes the copies of dead owners, as Chromium profiles and serve
+    workspaces are removed. A live owner's copy is left alone."""
+    import os
+    import signal
+    import tempfile
+    import time
+
+    from toolkit.keras2.private import PrivateCopy
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp), PYTHONPATH=str(ROOT))
+    export = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "export", str(keras2_models / "post_case3.h5"),
+                               "-o", str(tmp_path / "x.onnx")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(temp.glob(f"lstm-onnx-keras2-{export.pid}-*/post_case3.h5")) and export.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        export.send_signal(getattr(signal, sig))
+        _, err = export.communicate(timeout=60)
+    finally:
+        if export.poll() is None:
+            export.kill()
+            export.wait()
+    left = list(temp.glob("lstm-onnx-keras2-*"))
+    if sig == "SIGTERM":
+        assert export.returncode == 128 + signal.SIGTERM and b"Traceback" not in err, err[-2000:]
+        assert left == []
+        return
+    assert export.returncode == -signal.SIGKILL and len(left) == 1  # what a SIGKILL leaves
+    mine = temp / f"lstm-onnx-keras2-{os.getpid()}-alive"  # a running owner's copy: kept
+    mine.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    PrivateCopy(keras2_models / "post_case3.h5", DEFAULT_LIMITS).close()
+    assert list(temp.glob("lstm-onnx-keras2-*")) == [mine]

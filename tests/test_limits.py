@@ -118,6 +118,16 @@ HOSTILE = {
     # EinsumDense used to count no parameters: 2e8 passed --max-params and Keras allocated 4.66 GB.
     "einsum_2e8": (lambda d: hostile.einsum_lie(d, 25_000_000),
                    r"at most 100000000 parameters \(--max-params\)\. Received: .* declares 200\d{6} in"),
+    # Issue 25, F5: 6,000 nested groups in model.weights.h5 (900 KB) took 31-58 s in h5py's walk by path.
+    "weights_deep_6000": (lambda d: hostile.keras_deep(d, 6_000),
+                          r"HDF5 groups nested at most 32 levels deep\. Received: '.*:model.weights.h5' nests deeper"),
+    # F4 in a .keras: Keras never writes a link; Keras' own reader would follow one per variable.
+    "weights_soft_link": (lambda d: hostile.keras_linked(d),
+                          r"ordinary \(hard\) link.* has a soft link at 'layers/lstm_1/cell/vars/1'"),
+    # F6: a fixed batch of 4,000,000 (21 KB) escaped the per-sample count and cost 8.46 GB.
+    "batch_4e6": (lambda d: hostile.fixed_batch(d, 4_000_000),
+                  r"values per sample in one layer \(--max-activation\), a fixed batch counted whole\. Received: "
+                  r".* declares 256000000 at layer .lstm. \(LSTM\)"),
 }
 
 MEASURE = textwrap.dedent("""
@@ -545,3 +555,36 @@ def test_a_single_write_removes_a_killed_runs_leftovers(tmp_path):
     other.write_bytes(b"half")
     fileio.atomic_write_bytes(tmp_path / "model.onnx", b"whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_the_hdf5_walk_is_bounded_in_objects_and_refuses_every_link_keras_never_writes(tmp_path):
+    """Issue 25, F4/F5: the one walk both HDF5 readers use (`toolkit.hdf5`) bounds the object count before
+    it opens a group's members, and refuses a group linked into its own subtree (a cycle by hard link), an
+    external link (another file's object) and a soft link; a Keras-written file passes."""
+    import h5py
+
+    from toolkit.hdf5 import walk_datasets
+
+    def walk(build, **bounds):
+        path = tmp_path / "walk.h5"
+        with h5py.File(path, "w") as f:
+            build(f)
+        with h5py.File(path, "r") as f:
+            return walk_datasets(f, "w.h5", **bounds)
+
+    def wide(f):
+        for index in range(60):
+            f.create_group(f"g{index}").create_dataset("x", data=np.zeros(2))
+
+    assert len(walk(wide)) == 60
+    with pytest.raises(ModelLoadError, match=r"at most 100 HDF5 groups and datasets\. Received: 'w.h5' holds more"):
+        walk(wide, max_objects=100)
+    cases = {
+        "cycle": (lambda f: f.create_group("a/b").__setitem__("up", f["a"]), "linked elsewhere too"),
+        "external": (lambda f: f.__setitem__("x", h5py.ExternalLink("/etc/passwd", "/")), "has an external link at 'x'"),
+        "soft": (lambda f: f.__setitem__("x", h5py.SoftLink("/nowhere")), "has a soft link at 'x'"),
+        "deep": (lambda f: f.create_group("/".join("g" * 5)), "nested at most 3 levels deep"),
+    }
+    for build, message in cases.values():
+        with pytest.raises(ModelLoadError, match=message):
+            walk(build, max_depth=3)

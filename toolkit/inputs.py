@@ -12,6 +12,7 @@ a Keras model is only read through its `inputs` and layers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from toolkit.builder import SEED_INPUT
+from toolkit.errors import InputError
+from toolkit.shapes import DRAWN_LENGTHS, DRAWN_OTHER, compute_budget
 
 # Batch sizes other than 1 catch a batch axis frozen by tracing; 4 also differs from any traced size.
 BATCH_SIZES = (1, 4)
@@ -26,9 +29,15 @@ BATCH_SIZES = (1, 4)
 # the batch, as float64): a larger model gets a smaller second batch, down to 2 at the activation cap. With batch 4
 # drawn in float64, an honest model at half the earlier cap peaked at 5.7 GB.
 CASE_ACTIVATION_BYTES = 64 << 20
+# Bytes of one drawn input of one case, checked before it is drawn: a model's fixed batch is drawn whole
+# (a stateful model takes no other), so a `batch_shape` of 4,000,000 drew 256 MB per input and its run
+# reached 8.46 GB. The resource limits count a fixed batch whole; this bounds the draw itself too. At
+# the default limits an input is at most 2^22 values per call: 32 MiB in float64, 4 of them 128 MiB.
+CASE_INPUT_BYTES = 256 << 20
 NORMAL_CHUNK = 1 << 20  # values drawn at a time: float64 draws stay small, the array is the model's dtype
-# For a dynamic time axis, two lengths that differ from each other and from the post's 3.
-VARIABLE_LENGTHS = (5, 11)
+# For a dynamic time axis, two lengths that differ from each other and from the post's 3; the resource
+# limits are checked at these very lengths (`toolkit.shapes`).
+VARIABLE_LENGTHS = DRAWN_LENGTHS
 PADDING_SIDES = ("right", "left")
 
 
@@ -149,9 +158,13 @@ def random_input(dims: Sequence[Any], dtype: Any, batch: int, length: int | None
     Floats are standard normal; ints are token ids below `vocab` (from 1 when id 0 pads). Where the model
     masks, each sample is padded (on `padding.side`) to a random length.
     """
-    shape = [batch] + [(length if (axis == 1 and length is not None) else 3) if not isinstance(d, int) else d
+    shape = [batch] + [(length if (axis == 1 and length is not None) else DRAWN_OTHER) if not isinstance(d, int) else d
                        for axis, d in enumerate(dims, start=1)]
     dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    if size > CASE_INPUT_BYTES:
+        raise InputError(f"Expected check cases of at most {CASE_INPUT_BYTES >> 20} MiB per input. Received: an input "
+                         f"of shape {tuple(shape)} {dtype.name} ({size >> 20} MiB)")
     if dtype.kind in "iu":
         low = 1 if padding.int_value is not None else 0
         value = rng.integers(low, max(vocab, low + 1), size=shape).astype(dtype)
@@ -176,8 +189,6 @@ def _standard_normal(rng: np.random.Generator, shape: Sequence[int], dtype: np.d
 
 def batch_sizes(model: Any) -> tuple[int, int]:
     """`BATCH_SIZES`, the second one smaller where a batch of it would pass `CASE_ACTIVATION_BYTES`."""
-    from toolkit.shapes import compute_budget
-
     per_sample = max(compute_budget(model).largest_activation, 1) * 8  # float64 outputs in the comparison
     return BATCH_SIZES[0], max(2, min(BATCH_SIZES[1], CASE_ACTIVATION_BYTES // per_sample))
 

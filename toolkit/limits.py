@@ -61,14 +61,15 @@ MAX_TIMESTEPS = 100_000
 fixed axis of 2e6 steps ran past 120 s, 1e8 ran out of memory."""
 
 MAX_ACTIVATION_ELEMENTS = 1 << 22
-"""Values in one layer's input or output for one sample (4.2 million, 16 MiB as float32). With the parity
-inputs bounded in bytes (`toolkit.inputs`), a model at this cap exports within the stated 2 GB (README,
-limits); the earlier 2^27 cost 5.7 GB at half the cap."""
+"""Values in one layer's input or output for one sample, or for the whole batch of a model built for a
+fixed one (4.2 million, 16 MiB as float32). With the parity inputs bounded in bytes (`toolkit.inputs`), a
+model at this cap exports within the stated 2 GB (README, limits); the earlier 2^27 cost 5.7 GB at half
+the cap, and a fixed batch of 4,000,000 counted per sample 8.46 GB."""
 
 MAX_MACS = 10_000_000_000
-"""Multiply-adds per sample (each layer's parameters times the positions it maps them over, from Keras'
-own shapes: `toolkit.shapes`). Keras runs a recurrent layer at a few GMAC/s on one core: this keeps the
-export's Keras and ONNX Runtime runs within the stated 120 s."""
+"""Multiply-adds per sample, or per call of a fixed batch (each layer's parameters times the positions it
+maps them over, from Keras' own shapes: `toolkit.shapes`). Keras runs a recurrent layer at a few GMAC/s
+on one core: this keeps the export's Keras and ONNX Runtime runs within the stated 120 s."""
 
 @dataclass(frozen=True)
 class ResourceLimits:
@@ -200,13 +201,15 @@ def _weights_arrays(handle: BinaryIO, archive: zipfile.ZipFile, name: str, path:
     try:
         source = weights_source(handle, archive, info)
         if name == WEIGHTS_H5:
-            return h5_arrays(source)
+            return h5_arrays(source, f"{path}:{name}")
         # The npz is a zip inside the zip: its directory is bounded before zipfile parses it, as the outer one.
         entries, directory_bytes = _directory_size(source, info.file_size, f"{path}:{name}")
         if entries > limits.max_members or directory_bytes > min(info.file_size, limits.max_members * 1024):
             raise _refuse(path, f"at most {limits.max_members} arrays in {name}, with a directory of at most 1 KiB "
                           "each", f"declares {entries} in {directory_bytes} bytes")
         return npz_arrays(source, limits.max_members)
+    except ModelLoadError:  # the bounded HDF5 walk's own refusal (`toolkit.hdf5`)
+        raise
     except WeightsReadError as exc:
         expected, _, received = str(exc).partition("|")
         raise _refuse(path, expected, received) from None
@@ -308,7 +311,8 @@ def check_budget(budget: Budget, path: str, limits: ResourceLimits) -> None:
                       f"declares {budget.longest_fixed_time} at {budget.time_at}")
     if budget.largest_activation > limits.max_activation_elements:
         raise _refuse(path, f"at most {limits.max_activation_elements} values per sample in one layer "
-                      "(--max-activation)", f"declares {budget.largest_activation} at {budget.activation_at}")
+                      "(--max-activation), a fixed batch counted whole",
+                      f"declares {budget.largest_activation} at {budget.activation_at}")
 
 
 MIN_BYTES_PER_PARAM = 0.5

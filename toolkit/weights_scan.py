@@ -89,20 +89,17 @@ def weights_source(handle: BinaryIO, archive: zipfile.ZipFile, info: zipfile.Zip
     return io.BytesIO(archive.read(info.filename))
 
 
-def h5_arrays(source: BinaryIO) -> list[DeclaredArray]:
-    """Every HDF5 dataset: declared size from its shape and dtype, stored size from its chunks."""
+def h5_arrays(source: BinaryIO, where: str = "model.weights.h5") -> list[DeclaredArray]:
+    """Every HDF5 dataset: declared size from its shape and dtype, stored size from its chunks, walked within
+    `toolkit.hdf5`'s bounds (depth, object count, ordinary links only, each object once)."""
     import h5py  # Keras' own HDF5 reader; no TensorFlow
 
-    arrays: list[DeclaredArray] = []
-
-    def visit(name: str, item: Any) -> None:  # None: h5py's visititems goes on
-        if isinstance(item, h5py.Dataset):
-            arrays.append(DeclaredArray(name, item.size * item.dtype.itemsize, int(item.size),
-                                        item.id.get_storage_size(), not name.startswith(_OPTIMIZER)))
+    from toolkit.hdf5 import walk_datasets
 
     with h5py.File(source, "r") as weights:
-        weights.visititems(visit)
-    return arrays
+        found = walk_datasets(weights, where)
+    return [DeclaredArray(item.name, item.declared_bytes, item.elements, item.stored_bytes,
+                          not item.name.startswith(_OPTIMIZER)) for item in found.values()]
 
 
 def npz_arrays(source: BinaryIO, max_members: int) -> list[DeclaredArray]:

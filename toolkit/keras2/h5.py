@@ -1,9 +1,10 @@
 """Keras 2 HDF5 model files (`.h5`, `.hdf5`): the architecture from `model_config`, the weights from
 `model_weights`, read with h5py alone. Nothing in the file runs: the config is JSON, the weights are arrays.
 
-Before any array is read, every dataset's declared size is checked against the resource limits (an HDF5
-dataset can declare any shape over a few stored bytes), and so are the config's size and the parameters
-and activations it declares.
+Before any array is read, the file's objects are walked within bounds (`toolkit.hdf5`: depth, count, no
+link but ordinary ones, each object once), every dataset's declared size is checked against the resource
+limits (an HDF5 dataset can declare any shape over a few stored bytes), and so are the config's size and
+the parameters and activations it declares.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from toolkit.errors import ModelLoadError
 from toolkit.guard import open_regular_file, safe_text
+from toolkit.hdf5 import H5Dataset, open_child, resolve_dataset, walk_datasets
 from toolkit.limits import ResourceLimits, check_declared_arrays
 from toolkit.weights_scan import DeclaredArray
 
@@ -46,7 +48,11 @@ def is_hdf5(path: Path) -> bool:
 
 
 def read_h5_model(path: str | Path, limits: ResourceLimits) -> Keras2File:
-    """Read a Keras 2 `.h5` model file within `limits`; refuse a weights-only file or a broken one."""
+    """Read a Keras 2 `.h5` model file within `limits`; refuse a weights-only file or a broken one.
+
+    First of all, the file's objects are walked within `toolkit.hdf5`'s bounds (depth, count, ordinary
+    links only, each object once); then the config; then every dataset's declared size; then the weights
+    the config's layers list, each dataset read once at most."""
     import h5py
 
     text = str(path)
@@ -56,13 +62,16 @@ def read_h5_model(path: str | Path, limits: ResourceLimits) -> Keras2File:
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"Expected {WHAT}. Received: {safe_text(text)!r} ({str(exc)[:120]})") from None
         with file:
+            datasets = walk_datasets(file, text)
             config_text = _attr(file, "model_config", limits.max_config_bytes, text)
             if config_text is None:
                 raise ModelLoadError(f"Expected {WHAT} holding a model_config (a whole model). Received: "
                                      f"{safe_text(text)!r} with weights only (model.save_weights)")
-            check_declared_arrays(_declared(file), text, limits)
+            check_declared_arrays(_declared(datasets), text, limits)
             config = _json(config_text, text)
-            weights = _layer_weights(file["model_weights"] if "model_weights" in file else file, text, limits)
+            group = h5py.Group(open_child(file.id, b"model_weights", "model_weights", text)) \
+                if b"model_weights" in file.id else file
+            weights = _layer_weights(group, text, _config_layer_names(config))
             return Keras2File(config=config, weights=weights,
                            keras_version=_attr(file, "keras_version", 64, text) or "1",
                            backend=_attr(file, "backend", 64, text) or "unknown")
@@ -93,27 +102,30 @@ def _json(text: str, path: str) -> dict:
     return config
 
 
-def _declared(file: Any) -> list[DeclaredArray]:
+def _declared(datasets: dict[int, H5Dataset]) -> list[DeclaredArray]:
     """Every dataset's declared and stored size; those under `model_weights` are the model's parameters."""
-    import h5py
-
-    arrays: list[DeclaredArray] = []
-    elsewhere: list[str] = []
-
-    def visit(name: str, item: Any) -> None:
-        if isinstance(item, h5py.Dataset):
-            if item.external or item.is_virtual:
-                elsewhere.append(name)
-            arrays.append(DeclaredArray(name, item.size * item.dtype.itemsize, int(item.size),
-                                        item.id.get_storage_size(), name.startswith("model_weights/")))
-
-    file.visititems(visit)
+    elsewhere = [item.name for item in datasets.values() if item.elsewhere]
     if elsewhere:
         # External raw storage or a virtual dataset reads another file's bytes (any local file could end
         # up in the export's weights); Keras 3's own H5IOStore refuses them too.
         raise ModelLoadError(f"Expected weights stored in the .h5 itself. Received: dataset {elsewhere[0]!r} "
                              "stored in another file (HDF5 external or virtual storage)")
-    return arrays
+    return [DeclaredArray(item.name, item.declared_bytes, item.elements, item.stored_bytes,
+                          item.name.startswith("model_weights/")) for item in datasets.values()]
+
+
+def _config_layer_names(config: dict) -> set[str] | None:
+    """The names of the model's top-level layers as the config declares them (None if it lists none)."""
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else inner  # Keras 2.0's Sequential: a bare list
+    if not isinstance(layers, list):
+        return None
+    names = set()
+    for layer in layers:
+        if isinstance(layer, dict):
+            own = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+            names.add(str(layer.get("name") or own.get("name")))
+    return names
 
 
 def _names(group: Any, key: str) -> list[str]:
@@ -126,31 +138,43 @@ def _names(group: Any, key: str) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _layer_weights(group: Any, path: str, limits: ResourceLimits) -> dict[str, list[np.ndarray]]:
-    """Each layer's arrays in its `weight_names` order (Keras 2's trainable + non-trainable order). Each
-    dataset is read once at most, so what is read stays within what the declared sizes were checked for."""
+def _layer_weights(group: Any, path: str, config_layers: set[str] | None) -> dict[str, list[np.ndarray]]:
+    """Each layer's arrays in its `weight_names` order (Keras 2's trainable + non-trainable order).
+
+    Every listed layer and weight is resolved first (ordinary links only, `toolkit.hdf5`), its layer
+    checked against the config and its dataset's address against those already listed; only then is any
+    array read. Each dataset is read once at most, so what is read stays within the declared sizes
+    checked before."""
     import h5py
 
-    weights: dict[str, list[np.ndarray]] = {}
-    seen: set[str] = set()
-    for layer in _names(group, "layer_names"):
-        if layer not in group or not isinstance(group[layer], h5py.Group):
+    listed: dict[str, list[Any]] = {}
+    seen: dict[int, str] = {}
+    layers = _names(group, "layer_names")
+    if config_layers is not None and len(layers) > len(config_layers):
+        raise ModelLoadError(f"Expected weights for at most the {len(config_layers)} layers the config declares. "
+                             f"Received: {safe_text(path)!r} listing {len(layers)}")
+    for layer in layers:
+        if config_layers is not None and layer not in config_layers:
+            raise ModelLoadError(f"Expected weights for the config's layers. Received: {safe_text(path)!r} listing "
+                                 f"{safe_text(layer)!r}, which the config does not declare")
+        found = layer.encode() in group.id and open_child(group.id, layer.encode(), layer, path)
+        if not isinstance(found, h5py.h5g.GroupID):
             raise ModelLoadError(f"Expected weights for layer {safe_text(layer)!r}. Received: {safe_text(path)!r} "
                                  "without its group")
-        layer_group = group[layer]
-        arrays = []
+        layer_group = h5py.Group(found)
+        listed[layer] = []
         for name in _names(layer_group, "weight_names"):
-            item = layer_group.get(name)
-            if not isinstance(item, h5py.Dataset):
+            resolved = resolve_dataset(layer_group, name, path)
+            if resolved is None:
                 raise ModelLoadError(f"Expected weight {safe_text(name)!r} of layer {safe_text(layer)!r}. "
                                      f"Received: {safe_text(path)!r} without it")
-            if item.name in seen:
+            item, address = resolved
+            if address in seen:
                 raise ModelLoadError(f"Expected each weight listed once. Received: {safe_text(path)!r} listing "
-                                     f"{safe_text(item.name)!r} again (layer {safe_text(layer)!r})")
-            seen.add(item.name)
+                                     f"{safe_text(seen[address])!r} again (layer {safe_text(layer)!r})")
+            seen[address] = f"{layer}/{name}"
             if item.dtype.kind not in "fiub":
-                raise ModelLoadError(f"Expected numeric weights. Received: {safe_text(path)!r} with {safe_text(item.name)!r} "
-                                     f"of dtype {item.dtype}")
-            arrays.append(np.asarray(item[()]))
-        weights[layer] = arrays
-    return weights
+                raise ModelLoadError(f"Expected numeric weights. Received: {safe_text(path)!r} with "
+                                     f"{safe_text(name)!r} of dtype {item.dtype}")
+            listed[layer].append(item)
+    return {layer: [np.asarray(item[()]) for item in items] for layer, items in listed.items()}

@@ -77,6 +77,7 @@ def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options:
         raise UnsupportedModelError("Expected every recurrent layer as a fused ONNX op (--require-fused). Received: "
                                     + warnings[0])
     runner = load_runner(proto, folder.name)
+    child.share_deadline(runner)  # the converted Loop spins as long as the signature: one deadline for both
     reference = SignatureRunner(child, spec)
     report = compare_runners(reference, [runner], module_cases(spec, seed), decide(options.tolerances, ops),
                              [v.name for v in proto.graph.output])[runner.name]
