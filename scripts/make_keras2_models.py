@@ -331,19 +331,15 @@ def save_module(out: Path, seed: int) -> None:
 
 LAMBDA_MARKER = "LSTM_ONNX_LAMBDA_MARKER"
 """An environment variable naming a file each Lambda below creates whenever its Python function runs: the
-tests set it, export, and check that the file was never made (lstm-onnx converts the traced graph)."""
-
-
-def _ran() -> float:
-    if LAMBDA_MARKER in os.environ:
-        Path(os.environ[LAMBDA_MARKER]).touch()
-    return 0.0
+tests set it, export, and check that the file was never made (lstm-onnx converts the traced graph). The
+Lambdas' own code does it, with builtins only (their bytecode sees no module globals when tf.keras reloads it)."""
 
 
 def lambda_affine():
     """Embedding -> Lambda(x * 2 + 1) -> LSTM returning its sequence and states."""
     ids = L.Input(shape=(None,), dtype="int32", name="tokens")
-    x = L.Lambda(lambda t: t * 2.0 + 1.0 + _ran())(L.Embedding(50, 6)(ids))
+    x = L.Lambda(lambda t: t * 2.0 + 1.0 + (open(__import__("os").environ.get(
+        "LSTM_ONNX_LAMBDA_MARKER", __import__("os").devnull), "a").close() or 0.0))(L.Embedding(50, 6)(ids))
     seq, h, c = L.LSTM(5, return_sequences=True, return_state=True)(x)
     return k2.Model(ids, [seq, h, c])
 
@@ -351,7 +347,8 @@ def lambda_affine():
 def lambda_tf_ops():
     """Dense -> Lambda(tf.reverse in time, then tf.nn.l2_normalize) -> GRU -> Dense."""
     x = L.Input(shape=(None, 3), name="frames")
-    y = L.Lambda(lambda t: tf.nn.l2_normalize(tf.reverse(t, axis=[1]), axis=-1) + _ran())(L.Dense(4)(x))
+    y = L.Lambda(lambda t: tf.nn.l2_normalize(tf.reverse(t, axis=[1]), axis=-1) + (open(__import__("os").environ.get(
+        "LSTM_ONNX_LAMBDA_MARKER", __import__("os").devnull), "a").close() or 0.0))(L.Dense(4)(x))
     return k2.Model(x, L.Dense(2)(L.GRU(3)(y)))
 
 
