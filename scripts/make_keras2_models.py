@@ -336,10 +336,11 @@ Lambdas' own code does it, with builtins only (their bytecode sees no module glo
 
 
 def lambda_affine():
-    """Embedding -> Lambda(x * 2 + 1) -> LSTM returning its sequence and states."""
+    """Embedding(mask_zero=True) -> Lambda(x * 2 + 1) (traced with the mask, which it drops) -> LSTM returning
+    its sequence and states."""
     ids = L.Input(shape=(None,), dtype="int32", name="tokens")
     x = L.Lambda(lambda t: t * 2.0 + 1.0 + (open(__import__("os").environ.get(
-        "LSTM_ONNX_LAMBDA_MARKER", __import__("os").devnull), "a").close() or 0.0))(L.Embedding(50, 6)(ids))
+        "LSTM_ONNX_LAMBDA_MARKER", __import__("os").devnull), "a").close() or 0.0))(L.Embedding(50, 6, mask_zero=True)(ids))
     seq, h, c = L.LSTM(5, return_sequences=True, return_state=True)(x)
     return k2.Model(ids, [seq, h, c])
 

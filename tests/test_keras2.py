@@ -137,7 +137,7 @@ def test_cudnn_gru_biases_are_the_ops_input_and_recurrent_biases(keras2_models):
 
 @pytest.mark.slow
 def test_keras2_exports_are_byte_reproducible_in_a_fresh_process(keras2_models, tmp_path):
-    for entry in ("post_case3.h5", "bidirectional_states_savedmodel", "embedding_gru.keras"):
+    for entry in ("post_case3.h5", "bidirectional_states_savedmodel", "embedding_gru.keras", "lambda_affine_savedmodel"):
         here = export_keras_model(keras2_models / entry, tmp_path / "here.onnx")
         target = tmp_path / f"{entry}.onnx"
         done = subprocess.run([sys.executable, "-m", "toolkit.cli", "export", str(keras2_models / entry), "-o", str(target)],

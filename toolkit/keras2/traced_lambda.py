@@ -46,6 +46,14 @@ def inference_index(signatures: list[Any]) -> int | None:
     return 0 if len(signatures) == 1 else None
 
 
+def mask_specs(inputs: Any, mask: Any, count: int) -> list[Any]:
+    """The traced `mask` argument aligned with the flat inputs: a spec where tf.keras passed that input's
+    mask (a Lambda after Embedding(mask_zero=True) or Masking), else None."""
+    if mask is None:
+        return [None] * count
+    return list(mask) if isinstance(mask, (list, tuple)) else [mask]
+
+
 # ------------------------------------------------------------------------ the parent: proto to config
 
 
@@ -92,12 +100,14 @@ def traced_lambda_entry(entry: dict, path: str, meta: Any, folder: str) -> dict:
                                     f"{safe_text(folder)!r}, layer {safe_text(name)!r} without an inference trace "
                                     "(save the model with tf.keras' model.save(..., save_format='tf'))")
     inputs = _specs(signatures[index][0][0], name)
+    args = signatures[index][0]
+    masked = [spec is not None for spec in mask_specs(args[0], args[1] if len(args) > 1 else None, len(inputs))]
     outputs = _specs(nested_structure_coder.decode_proto(saved[index].output_signature), name)
     if len(outputs) != 1:
         raise UnsupportedModelError(f"Expected a Lambda layer with one output. Received: {safe_text(folder)!r}, layer "
                                     f"{safe_text(name)!r} with {len(outputs)}")
     placeholder = {"name": name, "node_path": path, "trainable": False,
-                   "input_specs": [[s.shape, s.dtype] for s in inputs],
+                   "input_specs": [[s.shape, s.dtype, m] for s, m in zip(inputs, masked)],
                    "output_shape": outputs[0].shape, "output_dtype": outputs[0].dtype}
     return {key: value for key, value in entry.items() if key not in ("module", "registered_name")} | {
         "class_name": CLASS_NAME, "config": placeholder}
@@ -195,13 +205,17 @@ def _lower(ctx: Any, call: Any) -> list[Any]:
         raise UnsupportedModelError(f"Expected Lambda layer {layer.name!r} converted to ONNX from its traced TensorFlow "
                                     f"graph. Received: {exc}; rewrite it with TensorFlow ops tf2onnx converts, or as "
                                     "built-in Keras layers") from None
-    feeds = []
-    for tensor, value, (_, dtype) in zip(call.node.input_tensors, call.inputs, layer.input_specs):
+    feeds, masks = [], []
+    for tensor, value, (_, dtype, masked) in zip(call.node.input_tensors, call.inputs, layer.input_specs):
         name = value.name
         if str(tensor.dtype) != dtype:  # what the traced function takes, as tf.keras' autocast gave it
             name = ctx.w.op1("Cast", [name], to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
         feeds.append(name)
-    return [Value(name) for name in ctx.w.splice(proto, feeds, layer.name)]
+        if masked and value.mask is None:
+            raise UnsupportedModelError(f"Expected the mask Lambda layer {layer.name!r} was traced with. Received: "
+                                        "an input without one in the rebuilt model")
+        masks += [value.mask] if masked else []
+    return [Value(name) for name in ctx.w.splice(proto, feeds + masks, layer.name)]
 
 
 def _register_handler() -> None:
@@ -232,11 +246,19 @@ def convert_traced(loaded: Any, node_path: str, opset: int) -> bytes:
     if index is None:
         raise ValueError(f"no inference trace of {node_path}")
     function = concretes[index]
-    structure = function.structured_input_signature[0][0]
+    args = function.structured_input_signature[0]
+    structure, mask = args[0], (args[1] if len(args) > 1 else None)
     flat = tf.nest.flatten(structure)
+    masks = mask_specs(structure, mask, len(flat))
     signature = [InputSignature(f"in{i}", spec.dtype.name, tuple(spec.shape.as_list())) for i, spec in enumerate(flat)]
+    signature += [InputSignature(f"mask{i}", spec.dtype.name, tuple(spec.shape.as_list()))
+                  for i, spec in enumerate(masks) if spec is not None]
 
-    def call(*args: Any) -> Any:
-        return function(tf.nest.pack_sequence_as(structure, list(args)))
+    def call(*values: Any) -> Any:
+        inputs = tf.nest.pack_sequence_as(structure, list(values[: len(flat)]))
+        given = iter(values[len(flat):])
+        flat_masks = [next(given) if spec is not None else None for spec in masks]
+        given_mask = flat_masks if isinstance(mask, (list, tuple)) else flat_masks[0]
+        return function(inputs, given_mask, *args[2:])  # the trace's own constants after it (training=False)
 
     return convert_call(call, signature, opset, node_path).SerializeToString()
