@@ -160,6 +160,7 @@ def layer_class() -> type:
             self.node_path, self.input_specs = node_path, [list(spec) for spec in input_specs]
             self.output_shape_, self.output_dtype = list(output_shape), output_dtype
             self.autocast = False  # the handler casts to the traced inputs' dtypes itself
+            self.supports_masking = True  # takes a mask (its trace may read it) and, as Keras 2's Lambda, hands none on
             self.source: Any = None  # the SavedModel's child process, attached by the reference
 
         def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
@@ -167,6 +168,9 @@ def layer_class() -> type:
 
         def compute_output_shape(self, *args: Any, **kwargs: Any) -> tuple:
             return tuple(self.output_shape_)
+
+        def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+            return None
 
         def call(self, *args: Any, **kwargs: Any) -> Any:
             raise NotImplementedError(f"Lambda layer {self.name!r} runs only as its traced graph, converted to ONNX "
