@@ -365,7 +365,8 @@ def lambda_prints():
 
 
 def save_lambdas(out: Path, seed: int) -> None:
-    """The Lambda models as SavedModel folders (and one as .h5, which stays refused), with their outputs."""
+    """The Lambda models as SavedModel folders (and one as .h5, which stays refused), with their outputs; two
+    that are refused: one printing, one using an op tf2onnx cannot convert."""
     for offset, (name, build) in enumerate((("lambda_affine", lambda_affine), ("lambda_tf_ops", lambda_tf_ops))):
         model = build()
         weights(model, seed + offset)
@@ -374,6 +375,9 @@ def save_lambdas(out: Path, seed: int) -> None:
         if offset == 0:
             model.save(out / f"{name}.h5")
     lambda_prints().save(out / "lambda_prints_savedmodel", save_format="tf")
+    x = L.Input(shape=(None, 3))  # L2Loss is allowed (it only computes) but tf2onnx has no conversion for it
+    k2.Model(x, L.LSTM(2)(L.Lambda(lambda t: t * tf.nn.l2_loss(t))(x))).save(out / "lambda_l2loss_savedmodel",
+                                                                           save_format="tf")
 
 
 EXTRA: dict[str, Callable[[Path, int], None]] = {

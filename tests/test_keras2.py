@@ -478,6 +478,15 @@ def test_a_lambda_with_an_op_outside_the_allowlist_is_refused_naming_it(keras2_m
     assert "rewrite the Lambda" in lines[0] and not out.exists()
 
 
+@pytest.mark.slow
+def test_a_lambda_tf2onnx_cannot_convert_is_refused_naming_the_op(keras2_models, tmp_path):
+    out = tmp_path / "l2.onnx"
+    done = cli_export(keras2_models / "lambda_l2loss_savedmodel", out)
+    assert done.exit_code != 0 and "Traceback" not in done.output and len(done.output.strip().splitlines()) == 1
+    assert "Lambda layer 'lambda" in done.output and "op 'L2Loss'" in done.output and "rewrite the Lambda" in done.output
+    assert not out.exists()
+
+
 def test_a_lambda_in_an_h5_stays_refused(keras2_models, tmp_path):
     done = cli_export(keras2_models / "lambda_affine.h5", tmp_path / "l.onnx")
     assert done.exit_code != 0 and len(done.output.strip().splitlines()) == 1

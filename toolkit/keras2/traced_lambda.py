@@ -209,6 +209,12 @@ def _lower(ctx: Any, call: Any) -> list[Any]:
         raise UnsupportedModelError(f"Expected Lambda layer {layer.name!r} converted to ONNX from its traced TensorFlow "
                                     f"graph. Received: {exc}; rewrite it with TensorFlow ops tf2onnx converts, or as "
                                     "built-in Keras layers") from None
+    unconverted = sorted({node.op_type for node in proto.graph.node
+                          if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)})
+    if unconverted:  # tf2onnx leaves a TensorFlow op it has no handler for in the graph, under its TF name
+        raise UnsupportedModelError(f"Expected Lambda layer {layer.name!r} converted to ONNX from its traced TensorFlow "
+                                    f"graph. Received: op {unconverted[0]!r}, which tf2onnx cannot convert; rewrite the "
+                                    "Lambda with other TensorFlow ops (or as built-in Keras layers) and save it again")
     feeds, masks = [], []
     for tensor, value, (_, dtype, masked) in zip(call.node.input_tensors, call.inputs, layer.input_specs):
         name = value.name
