@@ -78,6 +78,7 @@ def test_float64_models_export_fused_with_their_declared_dtypes(name):
         assert summary.max_abs < 1e-6, summary
 
 
-def test_a_float64_layer_says_it_runs_as_float32():
-    result = export_model(_float64_layers(), seed=3)
-    assert any("computed in float64 by Keras, exported as a float32 LSTM between Casts" in note for note in result.notes)
+@pytest.mark.parametrize("build, op", [(_float64_layers, "LSTM"), (_float64_bidirectional_rnn, "RNN")])
+def test_a_float64_layer_says_it_runs_as_float32(build, op):
+    result = export_model(build(), seed=3)
+    assert any(f"computed in float64 by Keras, exported as a float32 {op} between Casts" in note for note in result.notes)

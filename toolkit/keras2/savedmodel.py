@@ -212,6 +212,15 @@ def refused_ops(proto: Any) -> dict[str, str]:
     return refused
 
 
+def object_node(graph: Any, path: str) -> Any:
+    """The object graph node at a Keras metadata path (`root.layer-2`, `root.inner.layer-1`); None if absent."""
+    node = graph.nodes[0] if graph.nodes else None
+    for part in path.split(".")[1:]:
+        child = _child(node, part) if node is not None else None
+        node = graph.nodes[child] if child is not None and child < len(graph.nodes) else None
+    return node
+
+
 def lambda_refusals(proto: Any, lambdas: dict[str, str]) -> list[tuple[str, str]]:
     """(layer, op) for each Lambda layer (name -> Keras metadata path) whose traced functions, or anything
     they call, hold an op outside `ALLOWED_OPS`."""
@@ -220,10 +229,7 @@ def lambda_refusals(proto: Any, lambdas: dict[str, str]) -> list[tuple[str, str]
         graph = meta.object_graph_def
         functions = {f.signature.name: f for f in meta.graph_def.library.function}
         for name, path in sorted(lambdas.items()):
-            node = graph.nodes[0] if graph.nodes else None
-            for part in path.split(".")[1:]:
-                child = _child(node, part) if node is not None else None
-                node = graph.nodes[child] if child is not None and child < len(graph.nodes) else None
+            node = object_node(graph, path)
             if node is None:
                 continue
             roots = {fn for c in node.children if c.node_id < len(graph.nodes)

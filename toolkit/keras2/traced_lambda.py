@@ -46,7 +46,7 @@ def inference_index(signatures: list[Any]) -> int | None:
     return 0 if len(signatures) == 1 else None
 
 
-def mask_specs(inputs: Any, mask: Any, count: int) -> list[Any]:
+def mask_specs(mask: Any, count: int) -> list[Any]:
     """The traced `mask` argument aligned with the flat inputs: a spec where tf.keras passed that input's
     mask (a Lambda after Embedding(mask_zero=True) or Masking), else None."""
     if mask is None:
@@ -55,17 +55,6 @@ def mask_specs(inputs: Any, mask: Any, count: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------------ the parent: proto to config
-
-
-def _node(graph: Any, path: str) -> Any:
-    """The object graph node at a Keras metadata path (`root.layer-2`, `root.inner.layer-1`)."""
-    node = graph.nodes[0]
-    for part in path.split(".")[1:]:
-        child = next((c.node_id for c in node.children if c.local_name == part), None)
-        if child is None or child >= len(graph.nodes):
-            return None
-        node = graph.nodes[child]
-    return node
 
 
 def _specs(value: Any, layer: str) -> list[TensorSpecJson]:
@@ -83,13 +72,15 @@ def traced_lambda_entry(entry: dict, path: str, meta: Any, folder: str) -> dict:
     in the SavedModel's object graph (`meta`): same name and inbound nodes, its function dropped."""
     from tensorflow.python.saved_model import nested_structure_coder
 
+    from toolkit.keras2.savedmodel import object_node
+
     config = entry.get("config") or {}
     name = str(config.get("name", "?"))
     if config.get("mask") is not None:
         raise UnsupportedModelError(f"Expected a Lambda layer without a mask function. Received: {safe_text(folder)!r}, "
                                     f"layer {safe_text(name)!r} with one (Python bytecode, which lstm-onnx never runs)")
     graph = meta.object_graph_def
-    node = _node(graph, path)
+    node = object_node(graph, path)
     call = next((c.node_id for c in node.children if c.local_name == CALL_FUNCTION), None) if node is not None else None
     names = list(graph.nodes[call].function.concrete_functions) if call is not None else []
     saved = [graph.concrete_functions[n] for n in names if n in graph.concrete_functions]
@@ -101,7 +92,7 @@ def traced_lambda_entry(entry: dict, path: str, meta: Any, folder: str) -> dict:
                                     "(save the model with tf.keras' model.save(..., save_format='tf'))")
     inputs = _specs(signatures[index][0][0], name)
     args = signatures[index][0]
-    masked = [spec is not None for spec in mask_specs(args[0], args[1] if len(args) > 1 else None, len(inputs))]
+    masked = [spec is not None for spec in mask_specs(args[1] if len(args) > 1 else None, len(inputs))]
     outputs = _specs(nested_structure_coder.decode_proto(saved[index].output_signature), name)
     if len(outputs) != 1:
         raise UnsupportedModelError(f"Expected a Lambda layer with one output. Received: {safe_text(folder)!r}, layer "
@@ -259,7 +250,7 @@ def convert_traced(loaded: Any, node_path: str, opset: int) -> bytes:
     args = function.structured_input_signature[0]
     structure, mask = args[0], (args[1] if len(args) > 1 else None)
     flat = tf.nest.flatten(structure)
-    masks = mask_specs(structure, mask, len(flat))
+    masks = mask_specs(mask, len(flat))
     signature = [InputSignature(f"in{i}", spec.dtype.name, tuple(spec.shape.as_list())) for i, spec in enumerate(flat)]
     signature += [InputSignature(f"mask{i}", spec.dtype.name, tuple(spec.shape.as_list()))
                   for i, spec in enumerate(masks) if spec is not None]

@@ -274,7 +274,7 @@ def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> list[Value] 
     notes = []
     if getattr(layer, "stateful", False):
         notes.append(STATE_NOTE)
-    compute = str(layer.dtype_policy.compute_dtype)
+    compute = str(getattr(layer, "forward_layer", layer).dtype_policy.compute_dtype)  # a Bidirectional's: its layer's
     if compute == "float64":
         notes.append(f"computed in float64 by Keras, exported as a float32 {op} between Casts (ONNX Runtime's "
                      f"CPU {op} runs float only) from its float64 variables rounded to float32")
