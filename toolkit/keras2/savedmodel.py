@@ -27,6 +27,7 @@ from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import KERAS_METADATA_PB, SAVED_MODEL_PB
 from toolkit.keras2.h5 import Keras2File
+from toolkit.keras2.object_graph import child_id, object_node
 from toolkit.keras2.ops import ALLOWED_OPS, SAVER_OPS
 from toolkit.limits import ResourceLimits, check_declared_arrays
 from toolkit.weights_scan import DeclaredArray
@@ -212,15 +213,6 @@ def refused_ops(proto: Any) -> dict[str, str]:
     return refused
 
 
-def object_node(graph: Any, path: str) -> Any:
-    """The object graph node at a Keras metadata path (`root.layer-2`, `root.inner.layer-1`); None if absent."""
-    node = graph.nodes[0] if graph.nodes else None
-    for part in path.split(".")[1:]:
-        child = _child(node, part) if node is not None else None
-        node = graph.nodes[child] if child is not None and child < len(graph.nodes) else None
-    return node
-
-
 def lambda_refusals(proto: Any, lambdas: dict[str, str]) -> list[tuple[str, str]]:
     """(layer, op) for each Lambda layer (name -> Keras metadata path) whose traced functions, or anything
     they call, hold an op outside `ALLOWED_OPS`."""
@@ -312,15 +304,11 @@ def _variable_keys(graph: Any, node_id: int) -> list[str]:
     if node_id >= len(graph.nodes):
         return []
     node = graph.nodes[node_id]
-    every = _listed_keys(graph, _child(node, "variables"))
-    api = _child(node, "keras_api")
-    legacy = _listed_keys(graph, _child(node, "trainable_variables"))
-    legacy += _listed_keys(graph, _child(graph.nodes[api], "non_trainable_variables") if api is not None else None)
+    every = _listed_keys(graph, child_id(node, "variables"))
+    api = child_id(node, "keras_api")
+    legacy = _listed_keys(graph, child_id(node, "trainable_variables"))
+    legacy += _listed_keys(graph, child_id(graph.nodes[api], "non_trainable_variables") if api is not None else None)
     return legacy if sorted(legacy) == sorted(every) else every
-
-
-def _child(node: Any, name: str) -> int | None:
-    return next((c.node_id for c in node.children if c.local_name == name), None)
 
 
 def _listed_keys(graph: Any, listing: int | None) -> list[str]:

@@ -23,6 +23,7 @@ import onnx
 
 from toolkit.errors import InputError, UnsupportedModelError
 from toolkit.guard import safe_text
+from toolkit.keras2.object_graph import child_id, object_node
 
 CLASS_NAME = "lstm_onnx>TracedLambda"
 """The placeholder's registered Keras name (the package prefix keeps it apart from Keras' own classes)."""
@@ -72,8 +73,6 @@ def traced_lambda_entry(entry: dict, path: str, meta: Any, folder: str) -> dict:
     in the SavedModel's object graph (`meta`): same name and inbound nodes, its function dropped."""
     from tensorflow.python.saved_model import nested_structure_coder
 
-    from toolkit.keras2.savedmodel import object_node
-
     config = entry.get("config") or {}
     name = str(config.get("name", "?"))
     if config.get("mask") is not None:
@@ -81,7 +80,7 @@ def traced_lambda_entry(entry: dict, path: str, meta: Any, folder: str) -> dict:
                                     f"layer {safe_text(name)!r} with one (Python bytecode, which lstm-onnx never runs)")
     graph = meta.object_graph_def
     node = object_node(graph, path)
-    call = next((c.node_id for c in node.children if c.local_name == CALL_FUNCTION), None) if node is not None else None
+    call = child_id(node, CALL_FUNCTION) if node is not None else None
     names = list(graph.nodes[call].function.concrete_functions) if call is not None else []
     saved = [graph.concrete_functions[n] for n in names if n in graph.concrete_functions]
     signatures = [nested_structure_coder.decode_proto(f.canonicalized_input_signature) for f in saved]
