@@ -143,6 +143,19 @@ def classic_text():
     return k2.Sequential([L.Embedding(50, 8, input_length=7), L.LSTM(4), L.Dense(1, activation="sigmoid")])
 
 
+def float64_input():
+    """A float64 input into a float32 LSTM: tf.keras' autocast casts it to float32 before the layer."""
+    x = L.Input(shape=(None, 3), dtype="float64", name="signal")
+    return k2.Model(x, L.Dense(1)(L.LSTM(4)(x)))
+
+
+def float64_layers():
+    """Layers whose dtype is float64 (float64 variables, float64 compute): LSTM -> GRU -> Dense."""
+    x = L.Input(shape=(None, 3), dtype="float64", name="signal")
+    y = L.LSTM(4, dtype="float64", return_sequences=True)(x)
+    return k2.Model(x, L.Dense(2, dtype="float64")(L.GRU(3, dtype="float64")(y)))
+
+
 MODELS: dict[str, Callable] = {
     "post_case3": post_case3,
     "sequential_lstm": sequential_lstm,
@@ -154,6 +167,8 @@ MODELS: dict[str, Callable] = {
     "mixed_stack": mixed_stack,
     "nested_encoder": nested_encoder,
     "classic_text": classic_text,
+    "float64_input": float64_input,
+    "float64_layers": float64_layers,
 }
 
 
@@ -211,7 +226,7 @@ def reference_inputs(model, seed: int) -> dict[str, np.ndarray]:
             value[3, 3] = 0  # a hole
             value = value.astype(tensor.dtype.as_numpy_dtype)
         else:
-            value = rng.uniform(-1, 1, size=(batch, steps) + rest).astype(np.float32)
+            value = rng.uniform(-1, 1, size=(batch, steps) + rest).astype(tensor.dtype.as_numpy_dtype)
         feeds[tensor.name.split(":")[0]] = value
     if any(isinstance(layer, L.Masking) for layer in model.layers):
         value = feeds[next(iter(feeds))]
@@ -314,12 +329,64 @@ def save_module(out: Path, seed: int) -> None:
     np.savez(out / "module_lstm.reference.npz", **arrays)
 
 
+LAMBDA_MARKER = "LSTM_ONNX_LAMBDA_MARKER"
+"""An environment variable naming a file each Lambda below creates whenever its Python function runs: the
+tests set it, export, and check that the file was never made (lstm-onnx converts the traced graph). The
+Lambdas' own code does it, with builtins only (their bytecode sees no module globals when tf.keras reloads it)."""
+
+
+def lambda_affine():
+    """Embedding(mask_zero=True) -> Lambda(x * 2 + 1) (traced with the mask, which it drops) -> LSTM returning
+    its sequence and states."""
+    ids = L.Input(shape=(None,), dtype="int32", name="tokens")
+    x = L.Lambda(lambda t: t * 2.0 + 1.0 + (open(__import__("os").environ.get(
+        "LSTM_ONNX_LAMBDA_MARKER", __import__("os").devnull), "a").close() or 0.0))(L.Embedding(50, 6, mask_zero=True)(ids))
+    seq, h, c = L.LSTM(5, return_sequences=True, return_state=True)(x)
+    return k2.Model(ids, [seq, h, c])
+
+
+def lambda_tf_ops():
+    """Dense -> Lambda(tf.reverse in time, then tf.nn.l2_normalize) -> GRU -> Dense."""
+    x = L.Input(shape=(None, 3), name="frames")
+    y = L.Lambda(lambda t: tf.nn.l2_normalize(tf.reverse(t, axis=[1]), axis=-1) + (open(__import__("os").environ.get(
+        "LSTM_ONNX_LAMBDA_MARKER", __import__("os").devnull), "a").close() or 0.0))(L.Dense(4)(x))
+    return k2.Model(x, L.Dense(2)(L.GRU(3)(y)))
+
+
+def lambda_prints():
+    """A Lambda whose graph prints (PrintV2, outside the op allowlist)."""
+    x = L.Input(shape=(None, 3))
+
+    def shout(t):
+        tf.print("a model file printing", t)
+        return t * 2.0
+
+    return k2.Model(x, L.LSTM(2)(L.Lambda(shout)(x)))
+
+
+def save_lambdas(out: Path, seed: int) -> None:
+    """The Lambda models as SavedModel folders (and one as .h5, which stays refused), with their outputs; two
+    that are refused: one printing, one using an op tf2onnx cannot convert."""
+    for offset, (name, build) in enumerate((("lambda_affine", lambda_affine), ("lambda_tf_ops", lambda_tf_ops))):
+        model = build()
+        weights(model, seed + offset)
+        record(model, name, out, seed + offset)
+        model.save(out / f"{name}_savedmodel", save_format="tf")
+        if offset == 0:
+            model.save(out / f"{name}.h5")
+    lambda_prints().save(out / "lambda_prints_savedmodel", save_format="tf")
+    x = L.Input(shape=(None, 3))  # L2Loss is allowed (it only computes) but tf2onnx has no conversion for it
+    k2.Model(x, L.LSTM(2)(L.Lambda(lambda t: t * tf.nn.l2_loss(t))(x))).save(out / "lambda_l2loss_savedmodel",
+                                                                           save_format="tf")
+
+
 EXTRA: dict[str, Callable[[Path, int], None]] = {
     "cudnn_lstm": lambda out, seed: save_cudnn("cudnn_lstm", out, seed),
     "cudnn_gru": lambda out, seed: save_cudnn("cudnn_gru", out, seed),
     "keras22_lstm": save_keras22,
     "module_lstm": save_module,
     "hostile": lambda out, seed: save_hostile(out),
+    "lambdas": save_lambdas,
 }
 
 

@@ -6,6 +6,7 @@ run, by `scripts/make_keras2_models.py`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ EXPECTED = {
     "mixed_stack": (["time_distributed_output"], {"GRU": 1, "LSTM": 1}),
     "nested_encoder": (["time_distributed_output"], {"GRU": 1, "LSTM": 1}),
     "classic_text": (["dense_output"], {"LSTM": 1}),
+    "float64_input": (["dense_output"], {"LSTM": 1}),
+    "float64_layers": (["dense_output"], {"GRU": 1, "LSTM": 1}),
 }
 FORMATS = {"h5": "{}.h5", "savedmodel": "{}_savedmodel", "keras": "{}.keras"}
 GPU_ERA = {"cudnn_lstm": (["cu_dnnlstm_sequence", "cu_dnnlstm_state_h", "cu_dnnlstm_state_c"], {"LSTM": 1}),
@@ -134,7 +137,7 @@ def test_cudnn_gru_biases_are_the_ops_input_and_recurrent_biases(keras2_models):
 
 @pytest.mark.slow
 def test_keras2_exports_are_byte_reproducible_in_a_fresh_process(keras2_models, tmp_path):
-    for entry in ("post_case3.h5", "bidirectional_states_savedmodel", "embedding_gru.keras"):
+    for entry in ("post_case3.h5", "bidirectional_states_savedmodel", "embedding_gru.keras", "lambda_affine_savedmodel"):
         here = export_keras_model(keras2_models / entry, tmp_path / "here.onnx")
         target = tmp_path / f"{entry}.onnx"
         done = subprocess.run([sys.executable, "-m", "toolkit.cli", "export", str(keras2_models / entry), "-o", str(target)],
@@ -181,6 +184,8 @@ def test_savedmodel_that_writes_a_file_is_refused_before_it_runs(keras2_models, 
     assert done.exit_code != 0
     assert len(done.output.strip().splitlines()) == 1 and "'WriteFile'" in done.output
     assert not target.exists() and not out.exists()
+    # named by the folder the user gave, not by lstm-onnx's deleted private copy of it
+    assert repr(str(keras2_models / "writes_file")) in done.output and "lstm-onnx-keras2-" not in done.output
 
 
 def test_checkpoint_ops_are_refused_wherever_the_loader_can_reach_them(keras2_models):
@@ -346,7 +351,6 @@ def test_a_tf_keras_archive_naming_a_foreign_module_is_refused(keras2_models, tm
 
 
 def test_savedmodel_folder_with_a_fifo_is_refused_without_hanging(keras2_models, tmp_path):
-    import os
     import shutil
 
     folder = tmp_path / "fifo_savedmodel"
@@ -658,3 +662,84 @@ def test_a_killed_export_leaves_no_private_copy_behind(keras2_models, tmp_path, 
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     PrivateCopy(keras2_models / "post_case3.h5", DEFAULT_LIMITS).close()
     assert list(temp.glob("lstm-onnx-keras2-*")) == [mine]
+
+
+# ------------------------------------------------------------------ Lambda layers of SavedModels, float64
+
+LAMBDAS = {"lambda_affine": (["lstm_sequence", "lstm_state_h", "lstm_state_c"], {"LSTM": 1}),
+           "lambda_tf_ops": (["dense_1_output"], {"GRU": 1})}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LAMBDAS))
+def test_savedmodel_lambda_is_converted_from_its_traced_graph(keras2_models, name, tmp_path, monkeypatch):
+    """The Lambda's traced TensorFlow graph, converted by tf2onnx, between fused recurrent ops; its Python
+    function (which creates the marker file whenever it runs) never runs."""
+    marker = tmp_path / "lambda_ran"
+    monkeypatch.setenv("LSTM_ONNX_LAMBDA_MARKER", str(marker))
+    result = export_keras_model(keras2_models / f"{name}_savedmodel", tmp_path / f"{name}.onnx")
+    names, fused = LAMBDAS[name]
+    assert result.parity and not result.warnings
+    assert [o.name for o in result.outputs] == names
+    assert result.fused_ops == fused and not any(result.op_counts.get(op) for op in LOOP_OPS)
+    check_against_tf_keras(result.model, keras2_models, name, names)
+    assert "serving signature" in read_source(result.model)["reference"]
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_the_lambda_marker_shows_a_python_run(keras2_models, tmp_path):
+    """The control for the test above: tf.keras' own loader rebuilds the Lambda from its bytecode, and
+    calling it creates the marker."""
+    marker = tmp_path / "lambda_ran"
+    code = ("import sys, numpy as np, tf_keras\n"
+            "m = tf_keras.models.load_model(sys.argv[1])\n"
+            "m(np.ones((1, 4), np.int32))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(keras2_models / "lambda_affine_savedmodel")], timeout=300,
+                          capture_output=True, text=True, env={**os.environ, "LSTM_ONNX_LAMBDA_MARKER": str(marker)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marker.exists()
+
+
+def test_a_lambda_with_an_op_outside_the_allowlist_is_refused_naming_it(keras2_models, tmp_path):
+    out = tmp_path / "p.onnx"
+    done = cli_export(keras2_models / "lambda_prints_savedmodel", out)
+    assert done.exit_code != 0 and "Traceback" not in done.output
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and "Lambda layer 'lambda" in lines[0] and "op 'PrintV2'" in lines[0]
+    assert "rewrite the Lambda" in lines[0] and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_lambda_tf2onnx_cannot_convert_is_refused_naming_the_op(keras2_models, tmp_path):
+    out = tmp_path / "l2.onnx"
+    done = cli_export(keras2_models / "lambda_l2loss_savedmodel", out)
+    assert done.exit_code != 0 and "Traceback" not in done.output and len(done.output.strip().splitlines()) == 1
+    assert "Lambda layer 'lambda" in done.output and "op 'L2Loss'" in done.output and "rewrite the Lambda" in done.output
+    assert not out.exists()
+
+
+def test_a_lambda_in_an_h5_stays_refused(keras2_models, tmp_path):
+    done = cli_export(keras2_models / "lambda_affine.h5", tmp_path / "l.onnx")
+    assert done.exit_code != 0 and len(done.output.strip().splitlines()) == 1
+    assert "Lambda layer 'lambda'" in done.output and "bytecode" in done.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["float64_input", "float64_layers"])
+def test_float64_savedmodel_keeps_its_input_dtype_and_casts_where_keras_does(keras2_models, name, tmp_path):
+    """A float64 input keeps its dtype; a float32 layer reads it cast (Keras' autocast), a float64 layer
+    runs as a float32 op between Casts (ONNX Runtime's CPU LSTM/GRU run float only), and says so."""
+    result = export_keras_model(keras2_models / f"{name}_savedmodel", tmp_path / f"{name}.onnx")
+    assert result.parity
+    graph = result.model.graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    output = onnx.TensorProto.DOUBLE if name == "float64_layers" else onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == output
+    inferred = onnx.shape_inference.infer_shapes(result.model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.value_info) + list(graph.input)}
+    for node in graph.node:
+        if node.op_type in ("LSTM", "GRU"):
+            assert types[node.input[0]] == onnx.TensorProto.FLOAT
+    notes = " ".join(result.notes)
+    assert ("float32 LSTM between Casts" in notes) == (name == "float64_layers")

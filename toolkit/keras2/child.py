@@ -101,6 +101,11 @@ class SignatureChild:
         self._sharing.append(runner)
         runner.timeout = max(self.deadline - time.monotonic(), 0.001)
 
+    def convert_lambda(self, node_path: str, opset: int) -> bytes:
+        """tf2onnx's conversion of a Lambda layer's traced graph (`toolkit.keras2.traced_lambda`)."""
+        _, payload = self._call({"op": "convert_lambda", "path": node_path, "opset": opset})
+        return payload
+
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -203,6 +208,10 @@ def _serve(folder: str) -> None:
                 feeds = _arrays(payload)
                 result = function(**{k: tf.constant(v, dtype=dtypes.get(k)) for k, v in feeds.items() if k in dtypes})
                 _send(stdout, {}, arrays={k: v.numpy() for k, v in result.items()})
+            elif header["op"] == "convert_lambda":
+                from toolkit.keras2.traced_lambda import convert_traced
+
+                _send(stdout, {}, blob=convert_traced(loaded, str(header["path"]), int(header["opset"])))
             else:
                 _send(stdout, {}, blob=_convert(function, int(header["opset"])))
         except Exception as exc:  # noqa: BLE001 - every failure goes back as one line

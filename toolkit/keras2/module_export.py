@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from toolkit import __version__, metadata
-from toolkit.errors import UnsupportedModelError
+from toolkit.errors import LstmOnnxError, UnsupportedModelError
 from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.guard import safe_text
 from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases, signature_spec
@@ -38,6 +38,9 @@ def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0
     copy = PrivateCopy(folder, options.limits)  # regular files only, read by every step below instead of the path
     try:
         return _export_copy(copy.path, folder, options, seed)
+    except LstmOnnxError as exc:
+        # The checks name the folder they read, the private copy, deleted below: the user knows the one they gave.
+        raise type(exc)(str(exc).replace(str(copy.path), str(folder))) from None
     finally:
         copy.close()
 

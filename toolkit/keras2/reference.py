@@ -44,6 +44,9 @@ class SignatureReference(KerasRunner):
         # `loaded.path` is the private copy whose graph `read_keras_savedmodel` checked against the op
         # allowlist; nobody else can write it, so the child loads exactly what was checked.
         self._child = SignatureChild(loaded.path)
+        from toolkit.keras2.traced_lambda import attach_source
+
+        attach_source(loaded.model, self._child)  # a Lambda's placeholder is converted from its trace by this child
         self._output_keys = keras2_output_names(loaded.translation.config)
         self.label = f"the SavedModel's serving signature, run by TensorFlow {tf.__version__}"
 

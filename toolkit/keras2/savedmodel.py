@@ -27,6 +27,7 @@ from toolkit.errors import ModelLoadError, UnsupportedModelError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import KERAS_METADATA_PB, SAVED_MODEL_PB
 from toolkit.keras2.h5 import Keras2File
+from toolkit.keras2.object_graph import child_id, object_node
 from toolkit.keras2.ops import ALLOWED_OPS, SAVER_OPS
 from toolkit.limits import ResourceLimits, check_declared_arrays
 from toolkit.weights_scan import DeclaredArray
@@ -43,14 +44,21 @@ class MetadataNode:
 
 
 def read_keras_savedmodel(folder: Path, limits: ResourceLimits) -> Keras2File:
-    """The model config and per-layer weights of a tf.keras SavedModel folder, within `limits`."""
-    check_graph_ops(folder, limits)
+    """The model config and per-layer weights of a tf.keras SavedModel folder, within `limits`. Each Lambda
+    layer becomes a placeholder lowered from its traced graph (`toolkit.keras2.traced_lambda`)."""
     nodes = read_keras_metadata(folder / KERAS_METADATA_PB, limits)
+    lambdas = {str(node.metadata.get("name")): node.node_path for node in nodes if node.metadata.get("class_name") == "Lambda"}
+    proto = check_graph_ops(folder, limits, lambdas)
     root = next((node for node in nodes if node.node_path == "root"), None)
     if root is None or "config" not in root.metadata or "class_name" not in root.metadata:
         raise ModelLoadError(f"Expected {KERAS_METADATA_PB} describing a Keras model. Received: "
                              f"{safe_text(str(folder))!r} without its root model's config")
     config = {"class_name": root.metadata["class_name"], "config": root.metadata["config"]}
+    if lambdas:
+        from toolkit.keras2.traced_lambda import layer_class, replace_lambdas
+
+        layer_class()  # registered with Keras before the rebuild deserializes the placeholders
+        replace_lambdas(config, lambdas, proto.meta_graphs[0], str(folder))
     layers = {str(node.metadata.get("name")): node.node_id for node in nodes
               if node.node_path.count(".") == 1 and node.node_path.startswith("root.") and "name" in node.metadata}
     weights = read_layer_variables(folder, layers, limits)
@@ -205,9 +213,34 @@ def refused_ops(proto: Any) -> dict[str, str]:
     return refused
 
 
-def check_graph_ops(folder: Path, limits: ResourceLimits) -> Any:
-    """Refuse a SavedModel whose graph holds an op outside `ALLOWED_OPS`, before any of it runs."""
+def lambda_refusals(proto: Any, lambdas: dict[str, str]) -> list[tuple[str, str]]:
+    """(layer, op) for each Lambda layer (name -> Keras metadata path) whose traced functions, or anything
+    they call, hold an op outside `ALLOWED_OPS`."""
+    found = []
+    for meta in proto.meta_graphs:
+        graph = meta.object_graph_def
+        functions = {f.signature.name: f for f in meta.graph_def.library.function}
+        for name, path in sorted(lambdas.items()):
+            node = object_node(graph, path)
+            if node is None:
+                continue
+            roots = {fn for c in node.children if c.node_id < len(graph.nodes)
+                     and graph.nodes[c.node_id].WhichOneof("kind") == "function"
+                     for fn in graph.nodes[c.node_id].function.concrete_functions}
+            ops = {n.op for fn in _reachable(functions, roots) for n in functions[fn].node_def} - ALLOWED_OPS
+            found.extend((name, op) for op in sorted(ops))
+    return found
+
+
+def check_graph_ops(folder: Path, limits: ResourceLimits, lambdas: dict[str, str] | None = None) -> Any:
+    """Refuse a SavedModel whose graph holds an op outside `ALLOWED_OPS`, before any of it runs; one in a
+    Lambda layer's traced graph (`lambdas`: name -> Keras metadata path) is named by its layer."""
     proto = read_saved_model(folder, limits)
+    for layer, op in lambda_refusals(proto, lambdas or {})[:1]:
+        raise UnsupportedModelError(
+            f"Expected Lambda layers whose traced graph only computes (lstm-onnx's allowlist of TensorFlow ops). "
+            f"Received: {safe_text(str(folder))!r}, Lambda layer {safe_text(layer)!r} using op {safe_text(op)!r}; "
+            "rewrite the Lambda without it (or as built-in Keras layers) and save the model again")
     refused = refused_ops(proto)
     if refused:
         op, where = sorted(refused.items())[0]
@@ -271,15 +304,11 @@ def _variable_keys(graph: Any, node_id: int) -> list[str]:
     if node_id >= len(graph.nodes):
         return []
     node = graph.nodes[node_id]
-    every = _listed_keys(graph, _child(node, "variables"))
-    api = _child(node, "keras_api")
-    legacy = _listed_keys(graph, _child(node, "trainable_variables"))
-    legacy += _listed_keys(graph, _child(graph.nodes[api], "non_trainable_variables") if api is not None else None)
+    every = _listed_keys(graph, child_id(node, "variables"))
+    api = child_id(node, "keras_api")
+    legacy = _listed_keys(graph, child_id(node, "trainable_variables"))
+    legacy += _listed_keys(graph, child_id(graph.nodes[api], "non_trainable_variables") if api is not None else None)
     return legacy if sorted(legacy) == sorted(every) else every
-
-
-def _child(node: Any, name: str) -> int | None:
-    return next((c.node_id for c in node.children if c.local_name == name), None)
 
 
 def _listed_keys(graph: Any, listing: int | None) -> list[str]:

@@ -136,8 +136,10 @@ _PLANNERS: dict[str, Callable[[Any, _Weights, Activation], CellPlan]] = {
     "LSTM": _plan_lstm, "GRU": _plan_gru, "RNN": _plan_rnn}
 
 # Compute dtypes lowered to float32 ops: a mixed-precision layer keeps float32 variables, and a float32
-# run of them is closer to the model's real-number meaning than Keras' float16/bfloat16 one.
-LOWERED_COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+# run of them is closer to the model's real-number meaning than Keras' float16/bfloat16 one. A float64
+# layer runs as a float32 op between Casts: ONNX Runtime's CPU LSTM/GRU/RNN kernels run float only.
+LOWERED_COMPUTE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_LOWERED_VARIABLE_DTYPES = ("float32", "float64")
 
 
 def cell_op(cell: Any) -> str:
@@ -171,9 +173,10 @@ def _check_dtypes(layer: Any) -> None:
     policy = getattr(layer, "dtype_policy", None)
     if policy is None:
         return
-    if policy.compute_dtype not in LOWERED_COMPUTE_DTYPES or policy.variable_dtype != "float32":
+    if policy.compute_dtype not in LOWERED_COMPUTE_DTYPES or policy.variable_dtype not in _LOWERED_VARIABLE_DTYPES:
         raise NotFusable(f"dtype policy {policy.name!r} (lowered: float32 variables computed in "
-                         f"{', '.join(LOWERED_COMPUTE_DTYPES)}); use 'float32' or 'mixed_float16'/'mixed_bfloat16'")
+                         f"{', '.join(LOWERED_COMPUTE_DTYPES)}, or float64); use 'float32', 'float64' or "
+                         "'mixed_float16'/'mixed_bfloat16'")
 
 
 def plan_one_cell(cell: Any) -> CellPlan:

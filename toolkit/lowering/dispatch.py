@@ -38,8 +38,25 @@ def lower_node(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> lis
     call = LayerCall(node, values)
     if isinstance(call.layer, keras.Model):
         return walk(ctx, call.layer, call.inputs)
-    outputs = handler_for(call.layer)(ctx, call)
+    handler = handler_for(call.layer)
+    outputs = None if handler is fallback else handler(ctx, autocast_float64(ctx, call))
     return fallback(ctx, call) if outputs is None else outputs
+
+
+def autocast_float64(ctx: LoweringContext, call: LayerCall) -> LayerCall:
+    """The call with each float64 input of a float32 layer cast to float32, as Keras' autocast does before
+    the layer runs (a float64 model input into an LSTM, a Dropout, a Masking). The handlers write float32
+    ops; tf2onnx (the fallback) converts the Keras layer with its float64 input and writes the Cast itself.
+    A recurrent layer casts its own inputs (float64 layers too: `layers._float32_inputs`)."""
+    if (str(getattr(call.layer, "compute_dtype", "float32")) != "float32" or not getattr(call.layer, "autocast", True)
+            or is_recurrent(call.layer)):
+        return call
+    values = dict(call.values)
+    for tensor in call.node.input_tensors:
+        if str(tensor.dtype) == "float64":
+            value = values[id(tensor)]
+            values[id(tensor)] = Value(ctx.w.op1("Cast", [value.name], to=TensorProto.FLOAT), value.mask)
+    return LayerCall(call.node, values)
 
 
 def walk(ctx: LoweringContext, model: Any, inputs: Sequence[Value]) -> list[Value]:

@@ -274,8 +274,11 @@ def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> list[Value] 
     notes = []
     if getattr(layer, "stateful", False):
         notes.append(STATE_NOTE)
-    compute = str(layer.dtype_policy.compute_dtype)
-    if compute != "float32":
+    compute = str(getattr(layer, "forward_layer", layer).dtype_policy.compute_dtype)  # a Bidirectional's: its layer's
+    if compute == "float64":
+        notes.append(f"computed in float64 by Keras, exported as a float32 {op} between Casts (ONNX Runtime's "
+                     f"CPU {op} runs float only) from its float64 variables rounded to float32")
+    elif compute != "float32":
         notes.append(f"computed in {compute} by Keras, exported as float32 {op} from its float32 variables")
     ctx.report.layers.append(LayerLowering(layer.name, call.layer_class, op, note="; ".join(notes)))
     return _keras_dtypes(ctx, call.node, outputs)
@@ -305,22 +308,27 @@ def _lower_stacked_call(ctx: LoweringContext, node: Any, values: dict[int, Value
 _LOW_PRECISION = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
 
 
+# Keras' float dtypes as ONNX element types, for the casts around a fused op run in float32.
+_FLOAT_TYPES = {**_LOW_PRECISION, "float64": TensorProto.DOUBLE}
+
+
 def _float32_inputs(ctx: LoweringContext, call: LayerCall) -> dict[int, Value]:
-    """The values of the call with every float16/bfloat16 input (a mixed-precision layer's output before
-    it) cast to float32: the fused op runs in float32 from the layer's float32 variables."""
+    """The values of the call with every float16/bfloat16/float64 input (a mixed-precision layer's output
+    before it, a float64 model input or layer) cast to float32: the fused op runs in float32 (ONNX
+    Runtime's CPU LSTM/GRU/RNN kernels run float only: "LSTM operator does not support double yet")."""
     values = dict(call.values)
     for tensor in call.node.input_tensors:
-        if str(tensor.dtype) in _LOW_PRECISION:
+        if str(tensor.dtype) in _FLOAT_TYPES:
             value = values[id(tensor)]
             values[id(tensor)] = Value(ctx.w.op1("Cast", [value.name], to=TensorProto.FLOAT), value.mask)
     return values
 
 
 def _keras_dtypes(ctx: LoweringContext, node: Any, outputs: list[Value]) -> list[Value]:
-    """Outputs in the dtypes Keras gives them (float16 under mixed_float16), so that the layers after
-    them, converted for those dtypes, read what they expect."""
+    """Outputs in the dtypes Keras gives them (float16 under mixed_float16, float64 for a float64 layer), so
+    that the layers after them, converted for those dtypes, read what they expect."""
     typed = []
     for tensor, value in zip(node.outputs, outputs):
-        to = _LOW_PRECISION.get(str(tensor.dtype))
+        to = _FLOAT_TYPES.get(str(tensor.dtype))
         typed.append(value if to is None else Value(ctx.w.op1("Cast", [value.name], to=to), value.mask))
     return typed

@@ -1,0 +1,84 @@
+"""float64 models (Keras 3): a float64 input keeps its dtype in the export; a float32 layer reads it cast to
+float32, as Keras' autocast does; a float64 LSTM/GRU/SimpleRNN runs as a float32 fused op between Casts,
+because ONNX Runtime's CPU kernels for them run float only (the first test shows it), and says so. Parity
+is against Keras at the default tolerance (float64-vs-float32 rounding measured at 6e-8 to 3e-7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from toolkit.exporter import export_model
+from toolkit.runner import LOOP_OPS
+
+
+@pytest.mark.parametrize("op, gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_onnxruntime_cpu_runs_recurrent_ops_in_float_only(op, gates):
+    """Why a float64 layer is exported as a float32 op: ONNX Runtime 1.32's CPU kernel refuses double."""
+    hidden, features = 2, 3
+    weights = [numpy_helper.from_array(np.zeros((1, gates * hidden, size), np.float64), name)
+               for name, size in (("W", features), ("R", hidden))]
+    node = helper.make_node(op, ["X", "W", "R"], ["Y"], hidden_size=hidden)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [1, 1, features])],
+                              [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, None)], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(Exception, match="double|implementation"):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session.run(None, {"X": np.zeros((1, 1, features))})
+
+
+def _float64_input_into_float32_layers():
+    import keras
+
+    x = keras.Input((None, 3), dtype="float64", name="x")
+    y = keras.layers.Dropout(0.1)(keras.layers.Masking()(x))  # each casts as Keras' autocast does
+    return keras.Model(x, keras.layers.Dense(2)(keras.layers.GRU(4)(y)))
+
+
+def _float64_layers():
+    import keras
+
+    x = keras.Input((None, 3), dtype="float64", name="x")
+    seq, h, c = keras.layers.LSTM(4, dtype="float64", return_sequences=True, return_state=True)(x)
+    return keras.Model(x, [seq, h, c])
+
+
+def _float64_bidirectional_rnn():
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    y = keras.layers.Bidirectional(keras.layers.SimpleRNN(4, dtype="float64", return_sequences=True))(x)
+    return keras.Model(x, keras.layers.Dense(2, dtype="float64")(y))
+
+
+CASES = {"float64_input": (_float64_input_into_float32_layers, {"GRU": 1}, TensorProto.DOUBLE, [TensorProto.FLOAT]),
+         "float64_lstm": (_float64_layers, {"LSTM": 1}, TensorProto.DOUBLE, [TensorProto.DOUBLE] * 3),
+         "float64_rnn": (_float64_bidirectional_rnn, {"RNN": 1}, TensorProto.FLOAT, [TensorProto.DOUBLE])}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float64_models_export_fused_with_their_declared_dtypes(name):
+    build, fused, input_type, output_types = CASES[name]
+    result = export_model(build(), seed=3)
+    assert result.parity, result.parity
+    assert result.fused_ops == fused and not any(result.op_counts.get(op) for op in LOOP_OPS)
+    assert not result.warnings
+    graph = result.model.graph
+    assert graph.input[0].type.tensor_type.elem_type == input_type  # the model's declared dtype
+    assert [o.type.tensor_type.elem_type for o in graph.output] == output_types  # Keras' output dtypes
+    inferred = onnx.shape_inference.infer_shapes(result.model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.value_info) + list(graph.input)}
+    recurrent = [node for node in graph.node if node.op_type in fused]
+    assert recurrent and all(types[node.input[0]] == TensorProto.FLOAT for node in recurrent)
+    for summary in result.parity.summaries():  # float64 Keras against a float32 op: well inside the default
+        assert summary.max_abs < 1e-6, summary
+
+
+@pytest.mark.parametrize("build, op", [(_float64_layers, "LSTM"), (_float64_bidirectional_rnn, "RNN")])
+def test_a_float64_layer_says_it_runs_as_float32(build, op):
+    result = export_model(build(), seed=3)
+    assert any(f"computed in float64 by Keras, exported as a float32 {op} between Casts" in note for note in result.notes)
