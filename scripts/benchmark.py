@@ -41,12 +41,12 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.bench import call_timer, interleaved_ms, interleaved_timers  # noqa: E402
-from toolkit.builder import VARIANTS, build_stack, variant_config  # noqa: E402
-from toolkit.exporter import export_model  # noqa: E402
+from toolkit.export.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
 from toolkit.lowering import CELL_OPS, GraphWriter, NotFusable, op_attributes, plan_cell  # noqa: E402
+from toolkit.models.builder import VARIANTS, build_stack, variant_config  # noqa: E402
 from toolkit.runtimes.onnxrt import OnnxRunner  # noqa: E402
+from toolkit.speed.bench import call_timer, interleaved_ms, interleaved_timers  # noqa: E402
 from toolkit.tolerance import Tolerances
 
 # Every variant the builder offers but lstm_unroll, which needs a fixed number of steps (unroll=True).
@@ -191,7 +191,7 @@ def minimal_graph(model: Any) -> Any | None:
 
 @dataclass
 class FastForm:
-    """A fast form of the lstm-onnx export (`toolkit.tiers`): its runner and whether it counts as exact."""
+    """A fast form of the lstm-onnx export (`toolkit.onnxfile.tiers`): its runner and whether it counts as exact."""
 
     name: str
     runner: Any
@@ -261,7 +261,7 @@ def mixed_masks(model: Any, x: np.ndarray) -> np.ndarray | None:
     """`x` with masks of every shape (None for a model without a mask): sample after sample, unmasked,
     left-padded, right-padded, holes, all masked, then around again (a padded id 0 or all-zero step,
     what Embedding(mask_zero=True) and Masking(0.0) mask). Each shape masks about a third of the steps."""
-    from toolkit.inputs import padding_of
+    from toolkit.checking.inputs import padding_of
 
     if not padding_of(model).masked:
         return None

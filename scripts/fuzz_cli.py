@@ -100,8 +100,8 @@ save(graph_model([helper.make_node("Identity", ["x"], ["y"])], [x], [named[2]], 
 (out / "truncated.onnx").write_bytes((Path(sys.argv[2]) / "case1_sequences.onnx").read_bytes()[:500])
 
 # A --state-io export and its Keras model, then copies with crafted metadata for `verify --stream`.
-from toolkit.builder import StackConfig, build_stack
-from toolkit.exporter import export_model
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.export.exporter import export_model
 stack = build_stack(StackConfig(layers=1, units=3, timesteps=None, features=2))
 stack.save(out / "stream.keras")
 streaming = export_model(stack, state_io=True).model

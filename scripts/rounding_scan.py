@@ -1,6 +1,6 @@
 """The measurement behind `toolkit.tolerance.ROUNDING_FACTOR`: on char-RNN-shaped models with weights at a
 trained model's scale (logits in the tens), how far ONNX Runtime's float32 export is from Keras' float32 run,
-against how far Keras' float32 run is from the same model in float64 (`toolkit.rounding`).
+against how far Keras' float32 run is from the same model in float64 (`toolkit.checking.rounding`).
 
     .venv/bin/python scripts/rounding_scan.py
 
@@ -34,8 +34,8 @@ def char_rnn(kind: str, units: int, steps: int, seed: int = 0):
 
 
 def main() -> None:
-    from toolkit.exporter import export_model
-    from toolkit.rounding import RoundingProbe
+    from toolkit.checking.rounding import RoundingProbe
+    from toolkit.export.exporter import export_model
     from toolkit.runtimes.onnxrt import OnnxRunner
 
     print(f"{'model':<16} {'scale':>7} {'ort-k32':>9} {'k32-k64':>9} {'ratio':>6}  tolerance")

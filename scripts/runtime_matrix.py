@@ -3,8 +3,8 @@
     python scripts/runtime_matrix.py                        # all, about 5 minutes on 2 cores
     python scripts/runtime_matrix.py --variants gru lstm_masking --runtimes openvino onnxruntime-node
 
-Each model is built (`toolkit.builder`), exported with lstm-onnx's defaults, written to a temporary
-folder and run in each runtime on the parity check's input cases (`toolkit.parity.make_cases`: random
+Each model is built (`toolkit.models.builder`), exported with lstm-onnx's defaults, written to a temporary
+folder and run in each runtime on the parity check's input cases (`toolkit.checking.parity.make_cases`: random
 batches of 1 and 4, padded where the model masks, two lengths where time is dynamic), compared with Keras
 output by output at the default tolerances. A runtime whose `problem` rejects the model is still run,
 so the matrix shows what the rejected model would have computed: its status is "not valid" with the
@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import onnx  # noqa: E402
 
-from toolkit.builder import VARIANTS, StackConfig, build_stack, stack_configs, variant_config  # noqa: E402
+from toolkit.checking.parity import check_parity  # noqa: E402
 from toolkit.errors import InputError  # noqa: E402
-from toolkit.exporter import export_model  # noqa: E402
+from toolkit.export.exporter import export_model  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
-from toolkit.parity import check_parity  # noqa: E402
+from toolkit.models.builder import VARIANTS, StackConfig, build_stack, stack_configs, variant_config  # noqa: E402
 from toolkit.runtimes.registry import RUNTIMES, Runtime  # noqa: E402
 from toolkit.tolerance import Tolerances
 

@@ -1,5 +1,5 @@
 """The README's screenshots, made from the real pages: `verify --html` of an int8 export in every runtime
-and `explain --html`, opened in headless Chromium (`toolkit.runtimes.devtools`) and saved as PNGs in docs/.
+and `explain --html`, opened in headless Chromium (`toolkit.pages.browser`) and saved as PNGs in docs/.
 Also prints each page's size and the time the command took (the README states them).
 
     python scripts/screenshots.py [--out docs]
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from toolkit.runtimes.devtools import DevToolsPage, serve_folder  # noqa: E402
+from toolkit.pages.browser import DevToolsPage, serve_folder  # noqa: E402
 
 
 def cli(*args: object) -> float:
@@ -35,7 +35,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        subprocess.run([sys.executable, "-c", "from toolkit.builder import StackConfig, build_stack; build_stack("
+        subprocess.run([sys.executable, "-c", "from toolkit.models.builder import StackConfig, build_stack; build_stack("
                         "StackConfig(layers=2, units=16, timesteps=None, features=4, return_sequences=True, "
                         f"return_state=True)).save({str(folder / 'm.keras')!r})"], cwd=ROOT, check=True)
         cli("export", folder / "m.keras", "-o", folder / "q.onnx", "--quantize", "int8")

@@ -39,7 +39,7 @@ def build(latent_dim: int = LATENT_DIM, seed: int = 0) -> tuple[Any, Any, Any]:
     """keras.io's training model, and its inference encoder and decoder (sharing the weights)."""
     import keras
 
-    from toolkit.builder import set_deterministic_weights
+    from toolkit.models.builder import set_deterministic_weights
 
     encoder_inputs = keras.Input(shape=(None, NUM_ENCODER_TOKENS), name="encoder_inputs")
     encoder = keras.layers.LSTM(latent_dim, return_state=True, name="encoder")
@@ -68,7 +68,7 @@ def build(latent_dim: int = LATENT_DIM, seed: int = 0) -> tuple[Any, Any, Any]:
 
 
 def export(encoder_model: Any, decoder_model: Any, folder: Path) -> tuple[Path, Path]:
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
 
     paths = []
     for model, name in ((encoder_model, "encoder.onnx"), (decoder_model, "decoder.onnx")):

@@ -62,8 +62,8 @@ def request_bodies(scratch: Path) -> list[tuple[str, Path, bytes, str]]:
     request on a variable-length export (what the gate's JSON parse costs per byte)."""
     import numpy as np
 
-    from toolkit.builder import StackConfig, build_stack
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
+    from toolkit.models.builder import StackConfig, build_stack
 
     seed = ROOT / "exported" / "case4_last.onnx"
     long = scratch / "long_input.onnx"
@@ -85,8 +85,8 @@ def summary(latencies: list[float]) -> dict:
 
 
 def measure(label: str, model: Path, body: bytes, header_length: str, scratch: Path, requests: int, rounds: int) -> dict:
-    from toolkit.serve import ServeOptions, TritonServer
-    from toolkit.serve_proxy import TRITON_PORT
+    from toolkit.deploy.proxy import TRITON_PORT
+    from toolkit.deploy.serve import ServeOptions, TritonServer
 
     body_file = scratch / "body"
     body_file.write_bytes(body)

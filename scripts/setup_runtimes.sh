@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the cross-runtime checks need besides the Python packages (those come from pyproject's
-# extras): a thin call of `lstm-onnx setup` (toolkit/install.py), so a clone and an installed wheel take
+# extras): a thin call of `lstm-onnx setup` (toolkit/runtimes/install.py), so a clone and an installed wheel take
 # one path. It installs onnxruntime-node / onnxruntime-web from npm at the versions
 # toolkit/runtimes/js/package-lock.json pins (into the per-user cache ~/.cache/lstm-onnx/js), Debian's
 # headless Chromium and nginx (apt-get; nginx fronts `lstm-onnx serve`), and tf.keras (the tf-keras package, `--no-deps` beside tensorflow-cpu), the

@@ -20,7 +20,7 @@ in ONNX Runtime, and lstm-onnx's export in its best exact form (ONNX Runtime or 
 threads).
 
 The machine is shared: every form of a group is timed in alternation, round after round, and the medians
-are compared (`toolkit.bench.interleaved_timers`), so load lands on all of them alike. It writes JSON and
+are compared (`toolkit.speed.bench.interleaved_timers`), so load lands on all of them alike. It writes JSON and
 markdown under scripts/results/. A benchmark: it measures and never asserts.
 """
 
@@ -48,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark import matmul_gflops  # noqa: E402
 
-from toolkit.bench import call_timer, interleaved_timers  # noqa: E402
 from toolkit.fileio import atomic_write_text  # noqa: E402
+from toolkit.speed.bench import call_timer, interleaved_timers  # noqa: E402
 
 FEATURES, UNITS = 64, 128
 CELLS = {"lstm": ("LSTM", 2), "gru": ("GRU", 1), "simple_rnn": ("SimpleRNN", 1)}  # Keras class, states
@@ -89,7 +89,7 @@ class Clock:
 
 
 def keras3_model(cell: str, sequences: bool) -> Any:
-    from toolkit.builder import StackConfig, build_stack
+    from toolkit.models.builder import StackConfig, build_stack
 
     return build_stack(StackConfig(layers=1, units=UNITS, features=FEATURES, timesteps=None, cell=cell,
                                    return_sequences=sequences))
@@ -202,8 +202,8 @@ def one_step_forms(cell: str, folder: Path, clock: Clock) -> tuple[dict[str, Any
     import tensorflow as tf
 
     import toolkit
-    from toolkit import metadata
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
+    from toolkit.onnxfile import metadata
     from toolkit.runtimes.js import NodeRunner
     from toolkit.runtimes.onnxrt import open_session, session_options
     from toolkit.runtimes.openvino import OpenVinoRunner
@@ -299,7 +299,7 @@ def table_row(variant: str, batch: int, steps: int, folder: Path, seconds: float
     TensorFlow (Flex) ops, which this tf.lite.Interpreter cannot run, so the other variants are not here."""
     import tensorflow as tf
 
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
     from toolkit.runtimes.onnxrt import OnnxRunner
     from toolkit.runtimes.openvino import OpenVinoRunner
     from toolkit.tolerance import Tolerances

@@ -3,7 +3,7 @@
     python scripts/tolerance_scan.py        # about a minute on 2 cores
 
 1.0 means an element sits exactly at atol 1e-6 + rtol 1e-5. The RNN_OP_TOLERANCE comment in
-toolkit/compare.py quotes this script's figures.
+toolkit/checking/results.py quotes this script's figures.
 """
 
 import os
@@ -12,9 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from toolkit.builder import StackConfig, build_stack  # noqa: E402
-from toolkit.exporter import export_model  # noqa: E402
-from toolkit.keras_runner import keras_outputs  # noqa: E402
+from toolkit.export.exporter import export_model  # noqa: E402
+from toolkit.models.builder import StackConfig, build_stack  # noqa: E402
+from toolkit.runtimes.keras import keras_outputs  # noqa: E402
 from toolkit.runtimes.onnxrt import OnnxRunner  # noqa: E402
 from toolkit.tolerance import Tolerances
 

@@ -35,9 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from toolkit.runner import load_onnx  # noqa: E402
+from toolkit.deploy.serve import ServeOptions, TritonServer  # noqa: E402
+from toolkit.onnxfile.model import load_onnx  # noqa: E402
 from toolkit.runtimes.onnxrt import OnnxRunner  # noqa: E402
-from toolkit.serve import ServeOptions, TritonServer  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ STEPS = 32  # the length of a request on a variable-length export
 
 def build_large(folder: Path) -> Path:
     """Export the larger stack (TensorFlow is imported only here)."""
-    from toolkit.builder import StackConfig, build_stack
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
+    from toolkit.models.builder import StackConfig, build_stack
 
     path = folder / "large_stack.onnx"
     export_model(build_stack(StackConfig(**LARGE))).save(path)

@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def seed_suite(tmp_path_factory):
     """The four seed exports, written to a temporary folder with their manifest."""
-    from toolkit.builder import stack_configs
-    from toolkit.suite import export_stacks
+    from toolkit.export.suite import export_stacks
+    from toolkit.models.builder import stack_configs
 
     out = tmp_path_factory.mktemp("seed_suite")
     return export_stacks(stack_configs(), out)
@@ -27,7 +27,7 @@ def saved_models(tmp_path_factory):
     import keras
     import numpy as np
 
-    from toolkit.builder import set_deterministic_weights
+    from toolkit.models.builder import set_deterministic_weights
 
     folder = tmp_path_factory.mktemp("keras_models")
     paths = {}
@@ -70,7 +70,7 @@ def saved_models(tmp_path_factory):
 def assert_close(actual, expected, name="output", tolerances=None):
     """Assert one output within the project's parity tolerance (`compare.Tolerances`: rtol 1e-5, atol 1e-6
     by default, or that output's own), with the comparison's figures as the failure message."""
-    from toolkit.compare import compare_arrays
+    from toolkit.checking.results import compare_arrays
     from toolkit.tolerance import Tolerances
 
     comparison = compare_arrays(name, expected, actual, (tolerances or Tolerances()).for_output(name))

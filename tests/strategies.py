@@ -2,7 +2,7 @@
 
 from hypothesis import strategies as st
 
-from toolkit.builder import StackConfig
+from toolkit.models.builder import StackConfig
 
 
 @st.composite

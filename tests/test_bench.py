@@ -7,11 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from toolkit.bench import BENCH_HEADERS, FormResult, Target, bench, bench_inputs, recommend
-from toolkit.builder import build_stack, variant_config
 from toolkit.cli import cli
 from toolkit.errors import InputError
-from toolkit.exporter import export_model
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import build_stack, variant_config
+from toolkit.speed.bench import BENCH_HEADERS, FormResult, Target, bench, bench_inputs, recommend
 from toolkit.tolerance import Tolerances
 
 ORT_FORMS = ["onnxruntime", "onnxruntime-int8", "onnxruntime-float16"]
@@ -81,7 +81,7 @@ def test_bench_against_keras_and_a_form_that_changes_nothing(exports):
 def test_bench_inputs_follow_the_models_inputs(exports):
     import onnx
 
-    from toolkit.runner import load_onnx
+    from toolkit.onnxfile.model import load_onnx
 
     feeds, steps = bench_inputs(load_onnx(exports["lstm"]), 4, 9)
     (x,) = feeds.values()
@@ -129,7 +129,7 @@ def streamed(tmp_path_factory):
 
 
 def test_bench_stream_times_every_form_with_states_carried(streamed):
-    from toolkit.stream_bench import stream_bench
+    from toolkit.speed.stream import stream_bench
 
     report = stream_bench(streamed, steps=2, threads=(1,), budget_s=0.05, rounds=2)
     forms = {r.form.label: r for r in report.results}
@@ -157,8 +157,8 @@ def test_bench_record_writes_the_defaults_that_run_and_open_stream_use(streamed,
     import numpy as np
 
     import toolkit
-    from toolkit import metadata
-    from toolkit.runner import load_onnx
+    from toolkit.onnxfile import metadata
+    from toolkit.onnxfile.model import load_onnx
     from toolkit.runtimes.registry import open_runner
 
     path = shutil.copy(streamed, tmp_path / "recorded.onnx")
@@ -186,8 +186,8 @@ def test_bench_record_writes_the_defaults_that_run_and_open_stream_use(streamed,
 def test_bench_record_without_stream(exports, tmp_path):
     import shutil
 
-    from toolkit import metadata
-    from toolkit.runner import load_onnx
+    from toolkit.onnxfile import metadata
+    from toolkit.onnxfile.model import load_onnx
 
     path = shutil.copy(exports["gru"], tmp_path / "gru.onnx")
     done = CliRunner().invoke(cli, ["bench", str(path), "--batch", "2", "--steps", "5", "--threads", "1",
@@ -200,8 +200,8 @@ def test_bench_record_without_stream(exports, tmp_path):
 
 
 def test_export_bench_records_the_streaming_defaults(tmp_path):
-    from toolkit import metadata
-    from toolkit.runner import load_onnx
+    from toolkit.onnxfile import metadata
+    from toolkit.onnxfile.model import load_onnx
 
     keras_file = tmp_path / "gru.keras"
     build_stack(variant_config("gru", all_states=False)).save(keras_file)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from toolkit.builder import SEED_CASES, SEED_INPUT, StackConfig, build_stack, flag_combinations, stack_configs
 from toolkit.errors import InputError
-from toolkit.naming import output_origins
+from toolkit.models.builder import SEED_CASES, SEED_INPUT, StackConfig, build_stack, flag_combinations, stack_configs
+from toolkit.models.naming import output_origins
 
 
 def test_default_configs_are_the_posts_four_cases_in_order():
@@ -71,7 +71,7 @@ def test_bad_config_is_refused_with_expected_and_received(kwargs, needle):
 
 
 def test_requested_configs_build_a_variant_exactly_as_the_matrix_does():
-    from toolkit.builder import VARIANTS, requested_configs, variant_config
+    from toolkit.models.builder import VARIANTS, requested_configs, variant_config
 
     assert all(requested_configs({}, name) == [variant_config(name)] for name in VARIANTS)
     assert requested_configs({"units": 3}, "gru", return_state=False) == [variant_config("gru", units=3, return_state=False)]

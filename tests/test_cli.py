@@ -100,7 +100,7 @@ def _files(folder):
     (["verify", "{onnx}", "--keras", "{sequential}", "--atol", "typo:1"], "Received unknown key(s): ['typo']"),
 ])
 def test_bad_input_gives_one_line_error_nonzero_exit_and_writes_nothing(saved_models, tmp_path, args, needle):
-    from toolkit.exporter import export_keras_file
+    from toolkit.export.exporter import export_keras_file
 
     onnx_dir = tmp_path / "fixtures"
     onnx_path = onnx_dir / "seq.onnx"
@@ -178,7 +178,7 @@ def test_export_variant_options(tmp_path):
     (["--variant", "lstm_masking", "--no-return-state", "--units", "3"], {"return_state": False, "units": 3}),
 ], ids=["plain", "overridden"])
 def test_export_variant_builds_exactly_what_variant_config_builds(tmp_path, args, overrides):
-    from toolkit.builder import variant_config
+    from toolkit.models.builder import variant_config
 
     result = invoke("export", "-o", tmp_path, *args, "--json")
     assert result.exit_code == 0, result.output
@@ -329,7 +329,7 @@ def test_the_previous_manifest_is_read_with_the_folder_lock_held(tmp_path):
     import fcntl
     import os
 
-    from toolkit.fileset import write_file_set
+    from toolkit.export.fileset import write_file_set
 
     seen = []
 

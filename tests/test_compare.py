@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from toolkit.compare import ParityReport, compare_arrays, compare_case
+from toolkit.checking.results import ParityReport, compare_arrays, compare_case
 from toolkit.errors import InputError
 from toolkit.tolerance import DEFAULT_TOLERANCE, Tolerance, Tolerances
 

@@ -1,4 +1,4 @@
-"""Issue 18: limits by what a model computes (Keras' own shapes after a bounded load, `toolkit.shapes`),
+"""Issue 18: limits by what a model computes (Keras' own shapes after a bounded load, `toolkit.safety.shapes`),
 and the stated bound: a `.keras` file that passes the default limits exports within 2 GB peak memory and
 120 s on this machine, or is refused up front naming the limit. Each export runs in a fresh process, its
 peak memory read from the kernel (`wait4`'s ru_maxrss of that child)."""
@@ -15,8 +15,8 @@ import hostile
 import numpy as np
 import pytest
 
-from toolkit.limits import MAX_ACTIVATION_ELEMENTS, ResourceLimits
-from toolkit.shapes import compute_budget
+from toolkit.options import MAX_ACTIVATION_ELEMENTS, ResourceLimits
+from toolkit.safety.shapes import compute_budget
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TF_CPP_MIN_LOG_LEVEL="3")
@@ -65,7 +65,7 @@ def test_zero_padding_before_an_lstm_counts_against_the_time_limit(tmp_path):
 
     path = hostile.edit_config(honest, tmp_path / "padded.keras", declare_three_steps)
     assert path.stat().st_size < 64 << 10
-    from toolkit.limits import inspect_keras_file
+    from toolkit.safety.limits import inspect_keras_file
 
     assert inspect_keras_file(path).longest_fixed_time == 3  # the config check alone lets it through
     code, err, seconds, _ = export_in_a_fresh_process(path, tmp_path / "padded.onnx")
@@ -126,7 +126,7 @@ def test_multiply_adds_per_sample_are_bounded(tmp_path):
 
 
 def test_parity_inputs_are_drawn_in_the_models_dtype_and_bounded():
-    from toolkit.inputs import batch_sizes, make_cases
+    from toolkit.checking.inputs import batch_sizes, make_cases
 
     model = _capped(MAX_ACTIVATION_ELEMENTS // 4096)
     assert batch_sizes(model) == (1, 2)  # batch 4 at the cap: 128 MiB per output as float64
@@ -169,9 +169,9 @@ def test_a_fixed_batch_counts_whole_in_the_activation_and_multiply_add_limits():
     Keras' shapes count the batch too, and the check cases are bounded in bytes before they are drawn."""
     import keras
 
+    from toolkit.checking.inputs import CASE_INPUT_BYTES, make_cases
     from toolkit.errors import InputError, ModelLoadError
-    from toolkit.inputs import CASE_INPUT_BYTES, make_cases
-    from toolkit.shapes import check_model_budget
+    from toolkit.safety.shapes import check_model_budget
 
     x = keras.Input(batch_shape=(4_000_000, 4, 4), name="input")
     model = keras.Model(x, keras.layers.LSTM(16, name="lstm")(x))

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from test_refusals import _endless_loop, one_error
 
+from toolkit.checking.results import compare_arrays
 from toolkit.cli import cli
-from toolkit.compare import compare_arrays
-from toolkit.guard import max_threads
+from toolkit.runtimes.threads import max_threads
 from toolkit.tolerance import Tolerance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def _small_output_model():
 
 def test_the_int8_tier_of_a_small_output_model_fails():
     # Before: PASS with errors over 100% of the outputs and signs flipped (atol 0.02 only).
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
 
     result = export_model(_small_output_model(), tier="int8")
     summary = result.parity.summaries()[0]
@@ -146,8 +146,8 @@ def test_export_cli_refuses_the_damaging_int8_tier(tmp_path):
 
 @pytest.mark.parametrize("tier", ["int8", "float16"])
 def test_the_tiers_of_the_builder_variants_still_pass(tier):
-    from toolkit.builder import build_stack, variant_config
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
+    from toolkit.models.builder import build_stack, variant_config
 
     for variant in ("lstm", "bidirectional_concat", "dense_head", "lstm_relu"):
         result = export_model(build_stack(variant_config(variant)), tier=tier)
@@ -159,7 +159,7 @@ def test_the_tiers_of_the_builder_variants_still_pass(tier):
 
 def test_reference_on_an_int8_export_is_not_valid(tmp_path):
     # Before (issue 19): a NotImplementedError traceback for DynamicQuantizeLSTM.
-    from toolkit.builder import build_stack, variant_config
+    from toolkit.models.builder import build_stack, variant_config
 
     keras_path, onnx_path = tmp_path / "lstm.keras", tmp_path / "lstm_int8.onnx"
     build_stack(variant_config("lstm")).save(keras_path)
@@ -172,9 +172,9 @@ def test_reference_on_an_int8_export_is_not_valid(tmp_path):
 def test_an_export_with_external_weights_works_in_every_runtime(tmp_path):
     # Before: FAIL in onnxruntime-node, onnxruntime-web and chromium (they were given the file's bytes,
     # without the weights beside it).
-    from toolkit.builder import StackConfig, build_stack
-    from toolkit.suite import read_manifest
-    from toolkit.verification import verify_runtimes
+    from toolkit.checking.verify import verify_runtimes
+    from toolkit.export.suite import read_manifest
+    from toolkit.models.builder import StackConfig, build_stack
 
     entry = read_manifest(ROOT / "exported")["models"][0]
     model = onnx.load(str(ROOT / "exported" / entry["file"]))
@@ -217,7 +217,7 @@ def test_an_export_that_records_no_builder_flags_needs_keras(tmp_path):
 def test_export_proves_each_file_in_the_named_runtimes_before_writing(tmp_path):
     import json
 
-    from toolkit.builder import build_stack, variant_config
+    from toolkit.models.builder import build_stack, variant_config
 
     keras_path = tmp_path / "gru.keras"
     build_stack(variant_config("gru")).save(keras_path)
@@ -236,8 +236,8 @@ def test_export_proves_each_file_in_the_named_runtimes_before_writing(tmp_path):
 
 
 def test_one_registry_names_the_runtimes_of_every_command(tmp_path):
-    from toolkit.bench import _forms
     from toolkit.runtimes.registry import RUNTIMES
+    from toolkit.speed.bench import _forms
 
     timed = [name for name, runtime in RUNTIMES.items() if runtime.timed and runtime.installed()]
     assert [form.name for form in _forms(None, [1])] == timed  # bench: the registry's timed runtimes

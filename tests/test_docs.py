@@ -169,7 +169,7 @@ def test_built_html_and_css_load_nothing_from_elsewhere(site):
 
 @pytest.mark.slow
 def test_pages_open_in_chromium_without_a_request_leaving_the_machine(site):
-    from toolkit.runtimes.devtools import DevToolsPage, serve_folder
+    from toolkit.pages.browser import DevToolsPage, serve_folder
 
     search = """(async () => { const box = document.querySelector('.md-search__input'); box.focus();
       box.value = 'state_map'; box.dispatchEvent(new Event('input', {bubbles: true}));

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.builder import SEED_INPUT, StackConfig, build_stack
+from toolkit.checking.parity import check_parity
+from toolkit.export.suite import read_manifest
 from toolkit.fileio import sha256_hex
-from toolkit.metadata import read_options
-from toolkit.parity import check_parity
+from toolkit.models.builder import SEED_INPUT, StackConfig, build_stack
+from toolkit.onnxfile.metadata import read_options
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.suite import read_manifest
 from toolkit.tolerance import Tolerances
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
@@ -52,8 +52,8 @@ def test_committed_file_matches_a_fresh_keras_build(entry):
 
 REEXPORT = """
 import json, sys, tempfile
-from toolkit.builder import stack_configs
-from toolkit.suite import export_stacks
+from toolkit.models.builder import stack_configs
+from toolkit.export.suite import export_stacks
 with tempfile.TemporaryDirectory() as out:
     suite = export_stacks(stack_configs(), out)
     print(json.dumps({e.file: e.result.sha256 for e in suite.entries}))

@@ -8,14 +8,14 @@ import onnx
 import pytest
 from conftest import assert_close
 
-from toolkit import metadata
-from toolkit.builder import StackConfig, build_stack
 from toolkit.errors import InputError, ParityError
-from toolkit.exporter import export_model
-from toolkit.keras_runner import keras_outputs
-from toolkit.naming import output_origins
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.models.naming import output_origins
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import count_ops
 from toolkit.options import DEFAULT_OPSET, ExportOptions
-from toolkit.runner import count_ops
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import DEFAULT_TOLERANCE, Tolerances
 
@@ -140,8 +140,8 @@ def test_a_failed_parity_writes_nothing(tmp_path):
 
 REPRODUCE = """
 import sys
-from toolkit.builder import StackConfig, build_stack
-from toolkit.exporter import export_model
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.export.exporter import export_model
 # Advance the process-wide counters first, as a longer session would.
 build_stack(StackConfig(units=3)); export_model(build_stack(StackConfig(layers=1)))
 cfg = StackConfig(layers=2, units=4, timesteps=None, return_sequences=True, return_state=True)
@@ -160,8 +160,8 @@ def test_same_model_exports_to_the_same_bytes_in_two_processes():
 
 LAYERS_AROUND = """
 import keras
-from toolkit.builder import build_stack, variant_config
-from toolkit.exporter import export_model
+from toolkit.models.builder import build_stack, variant_config
+from toolkit.export.exporter import export_model
 for _ in range(WARMUP):  # advance Keras' and tf2onnx's name counters differently in each run
     export_model(keras.Sequential([keras.Input((2, 1)), keras.layers.LSTM(2), keras.layers.Dense(3)]))
 print(",".join(export_model(build_stack(variant_config(v))).sha256 for v in ("dense_head", "lstm_embedding_mask")))
@@ -180,7 +180,7 @@ def test_a_graph_onnx_runtime_refuses_is_an_export_error():
     from onnx import TensorProto, helper
 
     from toolkit.errors import ExportError
-    from toolkit.export_result import load_runner
+    from toolkit.export.result import load_runner
 
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="example.custom")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from toolkit.cli import cli
 from toolkit.errors import ExportError
-from toolkit.exporter import export_model
-from toolkit.guard import error_cause
+from toolkit.export.exporter import export_model
+from toolkit.text import error_cause
 
 TRACED = ("in user code:\n\n    File \"/x/tf2onnx_lib.py\", line 73, in traced  *\n        return call(*args)\n"
           "    File \"/x/traceback_utils.py\", line 122, in error_handler  **\n        raise e from None\n\n"

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from toolkit.exporter import export_model
-from toolkit.runner import LOOP_OPS
+from toolkit.export.exporter import export_model
+from toolkit.onnxfile.model import LOOP_OPS
 
 
 @pytest.mark.parametrize("op, gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])

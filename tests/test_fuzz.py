@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import stacks
 
-from toolkit.builder import build_stack
-from toolkit.exporter import export_model
-from toolkit.inputs import InputCase, embedding_vocab, padding_of, random_input
-from toolkit.parity import check_parity
+from toolkit.checking.inputs import InputCase, embedding_vocab, padding_of, random_input
+from toolkit.checking.parity import check_parity
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import build_stack
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 EXAMPLES = int(os.environ.get("LSTM_ONNX_FUZZ_EXAMPLES", "25"))

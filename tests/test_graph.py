@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from toolkit.errors import ExportError
-from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports, set_shape
+from toolkit.export.graph import canonicalize, name_axes, name_outputs, prune_opset_imports, set_shape
 from toolkit.tf2onnx_lib import InputSignature
 
 

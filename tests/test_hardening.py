@@ -9,16 +9,16 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit import fileio
-from toolkit.builder import StackConfig, build_stack, variant_config
+from toolkit.checking.verify import verify_runtimes
 from toolkit.cli import cli
 from toolkit.errors import ModelLoadError, OutputError, ParityError
-from toolkit.exporter import export_keras_file, export_model
-from toolkit.guard import check_keras_version
-from toolkit.keras_runner import keras_outputs
+from toolkit.export.exporter import export_keras_file, export_model
+from toolkit.models.builder import StackConfig, build_stack, variant_config
+from toolkit.models.loading import check_keras_version
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.reference import ReferenceRunner, reference_oracle_problem
 from toolkit.tolerance import Tolerances, decide
-from toolkit.verification import verify_runtimes
 
 # ------------------------------------------------------------------------------------ untrusted files
 

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from toolkit.builder import SEED_INPUT, build_stack, variant_config
-from toolkit.inputs import Padding, embedding_vocab, make_cases, pad, padding_of, random_input
+from toolkit.checking.inputs import Padding, embedding_vocab, make_cases, pad, padding_of, random_input
+from toolkit.models.builder import SEED_INPUT, build_stack, variant_config
 
 
 def _lengths(padded: np.ndarray, value: float, side: str) -> list[int]:

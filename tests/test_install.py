@@ -16,8 +16,18 @@ from click.testing import CliRunner
 
 from toolkit.cli import cli
 from toolkit.errors import InputError
-from toolkit.install import FAILED, INSTALLED, MISSING, PRESENT, SetupResult, apt_step, lock_problem, parse_runtimes, setup
 from toolkit.runtimes import js
+from toolkit.runtimes.install import (
+    FAILED,
+    INSTALLED,
+    MISSING,
+    PRESENT,
+    SetupResult,
+    apt_step,
+    lock_problem,
+    parse_runtimes,
+    setup,
+)
 from toolkit.runtimes.registry import RUNTIMES, installed_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +60,7 @@ def test_without_root_apt_says_the_one_command_and_fails_only_where_named(monkey
     (tmp_path / "apt-get").symlink_to("/usr/bin/apt-get")  # apt here, but no browser and no sudo on PATH
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    from toolkit.install import Steps
+    from toolkit.runtimes.install import Steps
 
     status, detail = apt_step(Steps(), "chromium-headless-shell", ("chromium-headless-shell", "chromium"))
     assert status == MISSING
@@ -63,7 +73,7 @@ def test_without_root_apt_says_the_one_command_and_fails_only_where_named(monkey
 
 
 def test_the_pins_come_from_the_distributions_extras():
-    from toolkit.install import extra_requirements
+    from toolkit.runtimes.install import extra_requirements
 
     assert extra_requirements("runtimes") == ["openvino==2026.4.*"]
     assert "nvidia-pytriton==0.7.*" in extra_requirements("serve")

@@ -19,11 +19,11 @@ from conftest import assert_close
 
 from toolkit.cli import cli
 from toolkit.errors import InputError, ModelLoadError, UnsupportedModelError
-from toolkit.exporter import export_keras_model
-from toolkit.keras2.formats import keras2_format
-from toolkit.limits import DEFAULT_LIMITS
-from toolkit.metadata import read_source
-from toolkit.runner import LOOP_OPS, count_ops
+from toolkit.export.exporter import export_keras_model
+from toolkit.models.keras2.formats import keras2_format
+from toolkit.onnxfile.metadata import read_source
+from toolkit.onnxfile.model import LOOP_OPS, count_ops
+from toolkit.options import DEFAULT_LIMITS
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import Tolerances, decide
 
@@ -192,7 +192,7 @@ def test_checkpoint_ops_are_refused_wherever_the_loader_can_reach_them(keras2_mo
     """SaveV2 writes files. Allowed only in functions nothing in the object graph reaches (TensorFlow's own
     saver); decided by reachability, so neither a call into the saver nor a signature pointed straight at
     a function named like the saver gets through."""
-    from toolkit.keras2.savedmodel import _roots, read_saved_model, refused_ops
+    from toolkit.models.keras2.savedmodel import _roots, read_saved_model, refused_ops
 
     def fresh():
         return read_saved_model(keras2_models / "post_case3_savedmodel", DEFAULT_LIMITS)
@@ -266,7 +266,7 @@ def test_keras2_formats_are_told_apart_without_keras(keras2_models, saved_models
 def test_explain_takes_the_posts_keras2_code_path():
     """The post's stack built with tf.keras, saved as .h5 and exported from it: same numbers as the Keras 3
     build (the builder's weights), the post's equalities hold, and tf.keras is the reference."""
-    from toolkit.explain import explain
+    from toolkit.pages.explain import explain
 
     keras3 = explain()
     keras2 = explain(keras2=True)
@@ -376,8 +376,8 @@ def test_keras_metadata_with_a_varint_where_text_belongs_is_one_line(keras2_mode
 def test_the_reference_reads_the_checked_copy_not_the_path(keras2_models, tmp_path):
     """Swapping the file after the check (for one with a Lambda layer) changes nothing: every reader
     after the check reads lstm-onnx's private copy."""
-    from toolkit.keras2.loader import load_keras2_model
-    from toolkit.keras2.reference import original_reference
+    from toolkit.models.keras2.loader import load_keras2_model
+    from toolkit.runtimes.keras2 import original_reference
 
     path = tmp_path / "victim.h5"
     path.write_bytes((keras2_models / "post_case3.h5").read_bytes())
@@ -408,7 +408,7 @@ def test_dict_outputs_and_broken_configs_are_one_line(keras2_models, tmp_path):
 def test_a_signature_that_never_ends_is_stopped_in_one_line(tmp_path):
     """Pure computation passes the op allowlist and may still loop forever: the graph runs in a child
     process that is stopped past its time bound, with one line, and nothing is written."""
-    import toolkit.keras2.child as child
+    import toolkit.runtimes.keras2_child as child
 
     script = tmp_path / "make.py"
     script.write_text(
@@ -442,8 +442,8 @@ resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
 start = time.perf_counter()
 from toolkit.errors import ModelLoadError
-from toolkit.keras2.h5 import read_h5_model
-from toolkit.limits import DEFAULT_LIMITS
+from toolkit.models.keras2.h5 import read_h5_model
+from toolkit.options import DEFAULT_LIMITS
 try:
     read_h5_model(sys.argv[1], DEFAULT_LIMITS); outcome = "accepted"
 except ModelLoadError as exc:
@@ -487,7 +487,7 @@ def test_h5_weights_are_resolved_by_address_and_checked_against_the_config(keras
     layers than the config declares, or one it does not declare, are refused before any array is read."""
     import h5py
 
-    from toolkit.keras2.h5 import read_h5_model
+    from toolkit.models.keras2.h5 import read_h5_model
 
     crafted = tmp_path / "aliases.h5"
     crafted.write_bytes((keras2_models / "post_case3.h5").read_bytes())
@@ -528,7 +528,7 @@ def test_a_savedmodel_reference_has_one_deadline_for_all_its_calls(tmp_path):
 
     import hostile
 
-    import toolkit.keras2.child as child
+    import toolkit.runtimes.keras2_child as child
 
     folder = hostile.spinning_savedmodel(tmp_path, 300_000)
     feeds = {"x": np.zeros((1, 3, 1), np.float32)}
@@ -560,7 +560,7 @@ def test_a_savedmodel_export_stops_at_the_reference_deadline(tmp_path, monkeypat
 
     import hostile
 
-    import toolkit.keras2.child as child
+    import toolkit.runtimes.keras2_child as child
 
     folder = hostile.spinning_savedmodel(tmp_path, 300_000)
     monkeypatch.setattr(child, "TOTAL_SECONDS", 3.0)
@@ -588,7 +588,7 @@ def test_a_racing_local_user_cannot_get_a_symlink_target_into_the_private_copy(t
 
     from conftest import run_as_nobody
 
-    from toolkit.keras2.private import PrivateCopy
+    from toolkit.safety.private import PrivateCopy
 
     secret = tmp_path / "secret"
     secret.write_bytes(b"root-only secret " * 8)
@@ -633,7 +633,7 @@ def test_a_killed_export_leaves_no_private_copy_behind(keras2_models, tmp_path, 
     import tempfile
     import time
 
-    from toolkit.keras2.private import PrivateCopy
+    from toolkit.safety.private import PrivateCopy
 
     temp = tmp_path / "tmp"
     temp.mkdir()

@@ -1,4 +1,4 @@
-"""toolkit.keras2.translate on Keras 2 configs as dicts (no Keras, no TensorFlow): what is dropped, renamed
+"""toolkit.models.keras2.translate on Keras 2 configs as dicts (no Keras, no TensorFlow): what is dropped, renamed
 and refused. The whole path, with real tf.keras files, is tests/test_keras2.py."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from toolkit.errors import UnsupportedModelError
-from toolkit.keras2.translate import translate_model_config
+from toolkit.models.keras2.translate import translate_model_config
 
 
 def lstm(name: str, **extra) -> dict:

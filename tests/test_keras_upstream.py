@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from keras_cells import keras_cells
 
-from toolkit.exporter import export_model
-from toolkit.runner import count_ops
+from toolkit.export.exporter import export_model
+from toolkit.onnxfile.model import count_ops
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 SEQUENCE = np.arange(24).reshape((2, 4, 3)).astype("float32")

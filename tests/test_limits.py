@@ -24,12 +24,14 @@ import numpy as np
 import pytest
 
 from toolkit import fileio
-from toolkit.budget import count_config
 from toolkit.errors import InputError, ModelLoadError, OutputError
+from toolkit.export.fileset import write_file_set
 from toolkit.fileio import JOURNAL, atomic_output, recover, save_npz
-from toolkit.fileset import write_file_set
-from toolkit.guard import check_batch, check_feed_array, check_feed_arrays, check_feed_dtype, check_input_names, safe_text
-from toolkit.limits import ResourceLimits, inspect_keras_file
+from toolkit.options import ResourceLimits
+from toolkit.runtimes.feeds import check_batch, check_feed_array, check_feed_arrays, check_feed_dtype, check_input_names
+from toolkit.safety.budget import count_config
+from toolkit.safety.limits import inspect_keras_file
+from toolkit.text import safe_text
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TF_CPP_MIN_LOG_LEVEL="3")
@@ -134,7 +136,7 @@ MEASURE = textwrap.dedent("""
     import json, resource, sys, time
     start = time.perf_counter()
     from toolkit.errors import ModelLoadError
-    from toolkit.limits import inspect_keras_file
+    from toolkit.safety.limits import inspect_keras_file
     try:
         inspect_keras_file(sys.argv[1]); outcome = "accepted"
     except ModelLoadError as exc:
@@ -454,7 +456,8 @@ def test_a_read_only_filesystem_gives_one_line_and_changes_nothing(tmp_path):
 
 KILLED = textwrap.dedent("""
     import os, signal, sys, json
-    from toolkit import fileio, fileset
+    from toolkit import fileio
+    from toolkit.export import fileset
     where, folder = sys.argv[1], sys.argv[2]
     files = {f"case{i}.onnx": f"new-{i}".encode() * (i + 1) for i in range(4)}
     files["manifest.json"] = json.dumps({"tag": "new"}).encode()
@@ -558,12 +561,12 @@ def test_a_single_write_removes_a_killed_runs_leftovers(tmp_path):
 
 
 def test_the_hdf5_walk_is_bounded_in_objects_and_refuses_every_link_keras_never_writes(tmp_path):
-    """Issue 25, F4/F5: the one walk both HDF5 readers use (`toolkit.hdf5`) bounds the object count before
+    """Issue 25, F4/F5: the one walk both HDF5 readers use (`toolkit.safety.hdf5`) bounds the object count before
     it opens a group's members, and refuses a group linked into its own subtree (a cycle by hard link), an
     external link (another file's object) and a soft link; a Keras-written file passes."""
     import h5py
 
-    from toolkit.hdf5 import walk_datasets
+    from toolkit.safety.hdf5 import walk_datasets
 
     def walk(build, **bounds):
         path = tmp_path / "walk.h5"

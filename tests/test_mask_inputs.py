@@ -15,10 +15,10 @@ from functools import cache
 import numpy as np
 import pytest
 
-from toolkit.exporter import export_model
-from toolkit.inputs import draw_mask, make_cases, mask_inputs
-from toolkit.keras_runner import keras_outputs
-from toolkit.runner import count_ops
+from toolkit.checking.inputs import draw_mask, make_cases, mask_inputs
+from toolkit.export.exporter import export_model
+from toolkit.onnxfile.model import count_ops
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 RTOL, ATOL = 1e-5, 1e-6

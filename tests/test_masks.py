@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolkit.builder import EMBEDDING_VOCAB, build_stack, variant_config
-from toolkit.exporter import export_model
-from toolkit.keras_runner import keras_outputs
-from toolkit.runner import count_ops
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import EMBEDDING_VOCAB, build_stack, variant_config
+from toolkit.onnxfile.model import count_ops
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 RTOL, ATOL = 1e-5, 1e-6

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 from onnx import TensorProto, helper
 
-from toolkit import metadata
-from toolkit.builder import StackConfig, build_stack
 from toolkit.errors import InputError
-from toolkit.exporter import export_model
+from toolkit.export.exporter import export_model
+from toolkit.export.suite import read_manifest
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import load_onnx
 from toolkit.options import ExportOptions
-from toolkit.runner import load_onnx
-from toolkit.suite import read_manifest
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
 

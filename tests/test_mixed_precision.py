@@ -4,13 +4,13 @@ ops, a tolerance chosen from the compute dtype and recorded, and failure message
 import numpy as np
 import pytest
 
-from toolkit.builder import set_deterministic_weights
+from toolkit.checking.parity import check_parity
+from toolkit.checking.precision import failure_message
 from toolkit.errors import ParityError
-from toolkit.exporter import export_model
-from toolkit.metadata import read_parity
-from toolkit.parity import check_parity
-from toolkit.precision import failure_message
-from toolkit.runner import LOOP_OPS
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import set_deterministic_weights
+from toolkit.onnxfile.metadata import read_parity
+from toolkit.onnxfile.model import LOOP_OPS
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import DEFAULT_TOLERANCE, LOW_PRECISION_TOLERANCES, Tolerances, compute_dtype
 

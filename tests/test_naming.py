@@ -3,9 +3,9 @@
 import keras
 import pytest
 
-from toolkit.builder import StackConfig, build_stack, variant_config
 from toolkit.errors import InputError
-from toolkit.naming import (
+from toolkit.models.builder import StackConfig, build_stack, variant_config
+from toolkit.models.naming import (
     OutputOrigin,
     apply_overrides,
     default_output_names,
@@ -79,8 +79,8 @@ def test_cell_and_stack_roles():
 
 
 def _export(model, **options):
-    from toolkit.builder import set_deterministic_weights
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
+    from toolkit.models.builder import set_deterministic_weights
 
     set_deterministic_weights(model, 2)
     result = export_model(model, **options)
@@ -118,7 +118,7 @@ def test_an_attention_decoders_time_axis_is_its_inputs():
 
 
 def test_bidirectional_inner_layers_list_their_fused_op():
-    from toolkit.metadata import read_layers
+    from toolkit.onnxfile.metadata import read_layers
 
     x = keras.Input((5, 3))
     y = keras.layers.Bidirectional(keras.layers.LSTM(4, name="inner"), name="bi")(x)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import InputError
-from toolkit.metadata import metadata_value
+from toolkit.onnxfile.metadata import metadata_value
+from toolkit.onnxfile.model import load_onnx
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES, ExportOptions
-from toolkit.runner import load_onnx
 from toolkit.tolerance import Tolerances
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"

@@ -1,5 +1,5 @@
 """The HTML pages (`verify --html`, `export --html`, `explain --html`) opened in the real headless Chromium
-the runtime check drives (`toolkit.runtimes.devtools`): no console error, no request beyond the page's own
+the runtime check drives (`toolkit.pages.browser`): no console error, no request beyond the page's own
 origin, the matrix as the JSON report says, one series per runtime or tier in every plot, and the lesson
 page rerunning the four models in onnxruntime-web on an edited input, to ONNX Runtime's numbers."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
-from toolkit.runtimes.devtools import DevToolsPage, serve_folder
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.pages.browser import DevToolsPage, serve_folder
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,11 +5,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from toolkit.builder import build_stack, variant_config
+from toolkit.checking.inputs import InputCase
+from toolkit.checking.parity import check_parity
 from toolkit.errors import InputError
-from toolkit.exporter import export_model
-from toolkit.inputs import InputCase
-from toolkit.parity import check_parity
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import build_stack, variant_config
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.reference import ReferenceRunner
 from toolkit.tolerance import Tolerance, Tolerances

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from toolkit.builder import StackConfig, build_stack, stack_configs
 from toolkit.cli import cli
+from toolkit.export.suite import export_stacks
+from toolkit.models.builder import StackConfig, build_stack, stack_configs
 from toolkit.progress import Progress
-from toolkit.suite import export_stacks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,7 @@ def mixed_file(tmp_path_factory):
     """A mixed_float16 model (its notes are the tool's own stderr lines; tf2onnx warned on it before)."""
     import keras
 
-    from toolkit.builder import set_deterministic_weights
+    from toolkit.models.builder import set_deterministic_weights
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

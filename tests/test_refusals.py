@@ -21,11 +21,11 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from toolkit import fileio
-from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.keras_io import load_keras_model
-from toolkit.limits import ResourceLimits
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.models.keras3 import load_keras_model
+from toolkit.options import ResourceLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE1 = ROOT / "exported" / "case1_sequences.onnx"

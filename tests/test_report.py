@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from toolkit.compare import ParityReport, RuntimeReport, VerifyReport, compare_case
-from toolkit.report import (
+from toolkit.checking.report import (
     PARITY_HEADERS,
     description_text,
     outputs_text,
@@ -12,7 +11,8 @@ from toolkit.report import (
     runtime_rows,
     verify_text,
 )
-from toolkit.runner import inspect_model
+from toolkit.checking.results import ParityReport, RuntimeReport, VerifyReport, compare_case
+from toolkit.onnxfile.model import inspect_model
 from toolkit.tolerance import Tolerances
 
 EXPECTED = [np.full((2, 3), 2.0, np.float32), np.ones((2,), np.float32)]

@@ -4,11 +4,11 @@ parity with Keras (the export's own check, masked cases included) for every flag
 import numpy as np
 import pytest
 
-from toolkit.builder import set_deterministic_weights
 from toolkit.errors import UnsupportedModelError
-from toolkit.exporter import export_model
-from toolkit.metadata import read_state_map
-from toolkit.runner import LOOP_OPS, count_ops
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import set_deterministic_weights
+from toolkit.onnxfile.metadata import read_state_map
+from toolkit.onnxfile.model import LOOP_OPS, count_ops
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 CELLS = {

@@ -8,11 +8,11 @@ say they are defects rather than offer an atol.
 import numpy as np
 import pytest
 
-from toolkit.compare import ParityReport, compare_case
-from toolkit.exporter import export_model
-from toolkit.parity import check_parity
-from toolkit.precision import failure_message
-from toolkit.rounding import RoundingProbe, float64_config
+from toolkit.checking.parity import check_parity
+from toolkit.checking.precision import failure_message
+from toolkit.checking.results import ParityReport, compare_case
+from toolkit.checking.rounding import RoundingProbe, float64_config
+from toolkit.export.exporter import export_model
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import (
     DEFAULT_TOLERANCE,

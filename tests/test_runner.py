@@ -5,8 +5,9 @@ import onnx
 import pytest
 
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.metadata import STATE_MAP, write_metadata
-from toolkit.runner import inspect_model, load_feeds, load_onnx, optional_inputs
+from toolkit.onnxfile.metadata import STATE_MAP, write_metadata
+from toolkit.onnxfile.model import inspect_model, load_onnx, optional_inputs
+from toolkit.runtimes.feeds import load_feeds
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 

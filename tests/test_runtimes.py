@@ -29,24 +29,24 @@ import onnx
 import pytest
 from conftest import run_as_nobody
 
-from toolkit.builder import StackConfig, build_stack, variant_config
-from toolkit.compare import compare_arrays
+from toolkit.checking.inputs import InputCase
+from toolkit.checking.loop import compare_runners
+from toolkit.checking.parity import check_parity
+from toolkit.checking.results import compare_arrays
+from toolkit.checking.streaming import StreamingRunner
 from toolkit.errors import InputError, RuntimeFailure
-from toolkit.exporter import export_model
-from toolkit.inputs import InputCase
-from toolkit.keras_runner import KerasRunner
-from toolkit.metadata import metadata_value
-from toolkit.parity import check_parity
+from toolkit.export.exporter import export_model
+from toolkit.export.suite import read_manifest
+from toolkit.models.builder import StackConfig, build_stack, variant_config
+from toolkit.onnxfile.metadata import metadata_value
 from toolkit.process import LineProcess, live_group_members
 from toolkit.runtimes import chromium, js
 from toolkit.runtimes import openvino as ov_runtime
 from toolkit.runtimes.base import decode_tensor, encode_tensor, open_or_failed
+from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.registry import RUNTIMES, runtimes_named
-from toolkit.streaming import StreamingRunner
-from toolkit.suite import read_manifest
 from toolkit.tolerance import Tolerances
-from toolkit.verify import compare_runners
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
 ENTRIES = read_manifest(EXPORTED)["models"]
@@ -88,7 +88,7 @@ def test_verify_registers_every_deploy_runtime_and_all_leaves_out_the_tiers():
 
 
 def test_importing_the_runtimes_loads_neither_tensorflow_nor_openvino():
-    code = ("import sys, toolkit.verify, toolkit.runtimes.js, toolkit.runtimes.chromium, toolkit.runtimes.openvino; "
+    code = ("import sys, toolkit.checking.loop, toolkit.runtimes.js, toolkit.runtimes.chromium, toolkit.runtimes.openvino; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'openvino') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})

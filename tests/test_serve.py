@@ -19,17 +19,17 @@ import pytest
 from click.testing import CliRunner
 from conftest import assert_close, free_port
 
-from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
+from toolkit.deploy.serve import ServeOptions, TritonServer, remove_stale
+from toolkit.deploy.triton_build import server_environment, triton_distribution
 from toolkit.errors import InputError
-from toolkit.exporter import export_model
-from toolkit.keras_runner import keras_outputs
-from toolkit.metadata import read_state_map as state_map
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.onnxfile.metadata import read_state_map as state_map
+from toolkit.onnxfile.model import load_onnx
 from toolkit.process import owner_pid
-from toolkit.runner import load_onnx
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.serve import ServeOptions, TritonServer, remove_stale
-from toolkit.triton_build import server_environment, triton_distribution
 
 pytest.importorskip("pytriton")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -313,7 +313,7 @@ def test_remove_stale_takes_only_what_a_dead_owner_left(tmp_path):
 
 
 def test_serve_keeps_tensorflow_out():
-    code = "import sys, toolkit.cli, toolkit.serve, toolkit.serve_cli; print('tensorflow' in sys.modules)"
+    code = "import sys, toolkit.cli, toolkit.deploy.serve, toolkit.cli.serve; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip() == "False", out.stderr

@@ -16,15 +16,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import assert_close, free_port, run_as_nobody
 
-from toolkit.builder import StackConfig, build_stack
 from toolkit.cli import cli
-from toolkit.exporter import export_model
-from toolkit.keras_runner import keras_outputs
-from toolkit.runner import load_onnx
-from toolkit.serve import ServeError, ServeOptions, TritonServer
-from toolkit.serve_gate import Refused, check_infer
-from toolkit.serve_proxy import RequestBounds, model_spec
-from toolkit.serve_sandbox import backend_stubs
+from toolkit.deploy.gate import Refused, check_infer
+from toolkit.deploy.proxy import RequestBounds, model_spec
+from toolkit.deploy.sandbox import backend_stubs
+from toolkit.deploy.serve import ServeError, ServeOptions, TritonServer
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.onnxfile.model import load_onnx
+from toolkit.runtimes.keras import keras_outputs
 
 pytest.importorskip("pytriton")
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from conftest import assert_close, free_port, run_as_nobody
 
-from toolkit.builder import StackConfig, build_stack
-from toolkit.exporter import export_model
-from toolkit.keras_runner import keras_outputs
-from toolkit.serve import ServeOptions, TritonServer
-from toolkit.serve_sandbox import backend_stubs
+from toolkit.deploy.sandbox import backend_stubs
+from toolkit.deploy.serve import ServeOptions, TritonServer
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import StackConfig, build_stack
+from toolkit.runtimes.keras import keras_outputs
 
 pytest.importorskip("pytriton")
 

@@ -16,15 +16,15 @@ import onnx
 import pytest
 from keras_cells import keras_cells
 
-from toolkit.carry import CALLS, CarryingRunner, StatefulKerasRunner, call_cases
-from toolkit.exporter import export_model
-from toolkit.keras_runner import KerasRunner
-from toolkit.metadata import METADATA_PREFIX, STATE_MAP, read_state_inputs, read_state_map
-from toolkit.runner import count_ops
+from toolkit.checking.carry import CALLS, CarryingRunner, StatefulKerasRunner, call_cases
+from toolkit.checking.loop import compare_with_keras
+from toolkit.checking.verify import verify_runtimes
+from toolkit.export.exporter import export_model
+from toolkit.onnxfile.metadata import METADATA_PREFIX, STATE_MAP, read_state_inputs, read_state_map
+from toolkit.onnxfile.model import count_ops
+from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import Tolerances
-from toolkit.verification import verify_runtimes
-from toolkit.verify import compare_with_keras
 
 RTOL, ATOL = 1e-5, 1e-6
 

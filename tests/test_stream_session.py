@@ -11,12 +11,12 @@ import pytest
 from onnx import TensorProto, helper
 
 import toolkit
-from toolkit import metadata
-from toolkit.builder import StackConfig, build_stack, set_deterministic_weights, variant_config
-from toolkit.compare import compare_arrays
+from toolkit.checking.results import compare_arrays
 from toolkit.errors import InputError, RuntimeFailure
-from toolkit.exporter import export_model
-from toolkit.runner import count_ops
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import StackConfig, build_stack, set_deterministic_weights, variant_config
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import count_ops
 from toolkit.tolerance import Tolerances, compute_dtype, decide
 
 

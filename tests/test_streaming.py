@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from toolkit import metadata
-from toolkit.builder import StackConfig, build_stack, variant_config
+from toolkit.checking.results import split_steps
+from toolkit.checking.streaming import parse_chunks, stream_parity
 from toolkit.cli import cli
-from toolkit.compare import split_steps
 from toolkit.errors import InputError
-from toolkit.exporter import export_model
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import StackConfig, build_stack, variant_config
+from toolkit.onnxfile import metadata
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.streaming import parse_chunks, stream_parity
 
 STREAMED = {
     "lstm": variant_config("lstm", all_states=False, return_state=False),
@@ -125,7 +125,7 @@ def test_state_outputs_take_per_output_tolerances():
 
 
 def test_inspect_lists_state_inputs_as_optional(tmp_path):
-    from toolkit.runner import inspect_model
+    from toolkit.onnxfile.model import inspect_model
 
     path = export_model(build_stack(StackConfig(layers=1, timesteps=None)), state_io=True).save(tmp_path / "s.onnx")
     described = inspect_model(path).to_json()

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from toolkit.builder import StackConfig, stack_configs
 from toolkit.errors import InputError
-from toolkit.metadata import read_options
+from toolkit.export.suite import MANIFEST_NAME, export_stacks, read_manifest
+from toolkit.models.builder import StackConfig, stack_configs
+from toolkit.onnxfile.metadata import read_options
 from toolkit.options import ExportOptions
-from toolkit.suite import MANIFEST_NAME, export_stacks, read_manifest
 from toolkit.tolerance import Tolerances
 
 

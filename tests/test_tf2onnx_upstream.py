@@ -15,11 +15,11 @@ import onnx
 import pytest
 from tf2onnx_cases import CASES
 
-from toolkit.carry import CALLS
-from toolkit.exporter import export_model
-from toolkit.keras_runner import keras_outputs
-from toolkit.metadata import read_state_map
-from toolkit.runner import count_ops
+from toolkit.checking.carry import CALLS
+from toolkit.export.exporter import export_model
+from toolkit.onnxfile.metadata import read_state_map
+from toolkit.onnxfile.model import count_ops
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")

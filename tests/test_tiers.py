@@ -13,17 +13,17 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from toolkit.builder import build_stack, variant_config
+from toolkit.checking.verify import verify_runtimes
 from toolkit.cli import cli
 from toolkit.errors import InputError, ParityError
-from toolkit.exporter import export_model
-from toolkit.metadata import metadata_value
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import build_stack, variant_config
+from toolkit.onnxfile.metadata import metadata_value
+from toolkit.onnxfile.model import count_ops, graph_inputs, graph_outputs
+from toolkit.onnxfile.tiers import apply_tier
 from toolkit.options import ExportOptions
-from toolkit.runner import count_ops, graph_inputs, graph_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.tiers import apply_tier
 from toolkit.tolerance import DEFAULT_TOLERANCE, FLOAT16_TOLERANCE, INT8_TOLERANCE, Tolerances, decide
-from toolkit.verification import verify_runtimes
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_float16_stores_weights_half_and_keeps_float32_io(models):
 
 
 def test_float16_state_io_export_loads_and_streams():
-    from toolkit.streaming import stream_parity
+    from toolkit.checking.streaming import stream_parity
 
     model = build_stack(variant_config("lstm", units=32))  # states of 32 values: large enough to be converted
     result = export_model(model, tier="float16", state_io=True)

@@ -16,13 +16,13 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-from toolkit.builder import VARIANTS, StackConfig, build_stack, variant_config
 from toolkit.cli import cli
+from toolkit.deploy.triton import check_model_name, config_text, write_repository
 from toolkit.errors import InputError
-from toolkit.exporter import export_model
-from toolkit.metadata import read_state_map as state_map
-from toolkit.runner import load_onnx
-from toolkit.triton import check_model_name, config_text, write_repository
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import VARIANTS, StackConfig, build_stack, variant_config
+from toolkit.onnxfile.metadata import read_state_map as state_map
+from toolkit.onnxfile.model import load_onnx
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 SEEDS = Path(__file__).resolve().parent.parent / "exported"

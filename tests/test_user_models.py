@@ -4,13 +4,13 @@
 import numpy as np
 import pytest
 
-from toolkit import metadata
+from toolkit.checking.verify import verify_files
 from toolkit.errors import ModelLoadError, UnsupportedModelError
-from toolkit.exporter import export_keras_file
-from toolkit.keras_io import load_keras_model
-from toolkit.runner import count_ops
+from toolkit.export.exporter import export_keras_file
+from toolkit.models.keras3 import load_keras_model
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import count_ops
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.verification import verify_files
 
 
 def test_functional_model_with_initial_state_inputs(saved_models, tmp_path):
@@ -84,7 +84,7 @@ def test_the_issues_saved_cell_models_export_fused(tmp_path):
     RNN(StackedRNNCells([LSTMCell, GRUCell])) (was a Loop with outputs named ..._state_0)."""
     import keras
 
-    from toolkit.builder import set_deterministic_weights
+    from toolkit.models.builder import set_deterministic_weights
 
     x = keras.Input((None, 4), name="frames")
     single = keras.layers.RNN(keras.layers.LSTMCell(32), name="rnn_lstmcell")(x)

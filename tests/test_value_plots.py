@@ -1,6 +1,6 @@
 """`verify --html` on many-to-one models (a forecaster, a softmax classifier): each runtime's values against
 Keras per sample and the distribution of its errors with the tolerance, drawn from the values the comparison
-kept (`toolkit.samples`): the figure's data are the run's numbers (Keras and ONNX Runtime recomputed here on
+kept (`toolkit.checking.samples`): the figure's data are the run's numbers (Keras and ONNX Runtime recomputed here on
 the same cases), the SVG holds one group per runtime with one mark per value, and a streamed run is a series
 of its own."""
 
@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from toolkit.checking.inputs import make_cases
+from toolkit.checking.samples import MAX_VALUES, SampleValues, merge_samples, sample_values
 from toolkit.cli import cli
-from toolkit.inputs import make_cases
-from toolkit.keras_runner import keras_outputs
-from toolkit.runner import load_onnx
+from toolkit.onnxfile.model import load_onnx
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.samples import MAX_VALUES, SampleValues, merge_samples, sample_values
 
 RUNTIMES = "onnxruntime,reference,openvino"
 
@@ -127,7 +127,7 @@ def test_sample_values_are_kept_for_outputs_without_a_time_axis_and_bounded():
 def test_the_page_opens_in_chromium_with_its_plots_drawn_and_nothing_fetched(many_to_one):
     from urllib.parse import urlsplit
 
-    from toolkit.runtimes.devtools import DevToolsPage, serve_folder
+    from toolkit.pages.browser import DevToolsPage, serve_folder
 
     _verify(many_to_one, "classify")  # classify0.html
     with serve_folder(many_to_one) as base, DevToolsPage() as page:

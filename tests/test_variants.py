@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-from toolkit import metadata
-from toolkit.builder import VARIANTS, StackConfig, build_stack, variant_config
 from toolkit.errors import InputError, UnsupportedModelError
-from toolkit.exporter import export_model
-from toolkit.keras_runner import keras_outputs
-from toolkit.runner import count_ops
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import VARIANTS, StackConfig, build_stack, variant_config
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import count_ops
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 # Fused ops each variant must become (two layers each, three for mixed_cells). A Bidirectional layer is
@@ -366,7 +366,7 @@ def test_padding_is_checked_and_recorded():
 
 
 def test_verify_checks_masked_exports_on_mixed_masks(tmp_path):
-    from toolkit.verification import verify_files
+    from toolkit.checking.verify import verify_files
 
     model = build_stack(variant_config("gru_masking", all_states=False))
     model.save(tmp_path / "model.keras")

@@ -8,21 +8,21 @@ import pytest
 from click.testing import CliRunner
 from conftest import assert_close
 
-from toolkit.builder import build_stack, variant_config
+from toolkit.checking.inputs import InputCase
+from toolkit.checking.loop import compare_runners
+from toolkit.checking.results import RuntimeReport, VerifyReport
+from toolkit.checking.verify import verify_runtimes
 from toolkit.cli import cli
-from toolkit.compare import RuntimeReport, VerifyReport
 from toolkit.errors import InputError
-from toolkit.exporter import export_keras_file
-from toolkit.inputs import InputCase
-from toolkit.keras_runner import KerasRunner, keras_outputs
+from toolkit.export.exporter import export_keras_file
+from toolkit.models.builder import build_stack, variant_config
 from toolkit.runtimes import registry
 from toolkit.runtimes.base import Runner
+from toolkit.runtimes.keras import KerasRunner, keras_outputs
 from toolkit.runtimes.onnxrt import ORT_LEVELS, OnnxRunner
 from toolkit.runtimes.reference import ReferenceRunner
 from toolkit.runtimes.registry import RUNTIMES, Runtime, register
 from toolkit.tolerance import Tolerances
-from toolkit.verification import verify_runtimes
-from toolkit.verify import compare_runners
 
 
 class FixedRunner(Runner):
@@ -156,7 +156,7 @@ def test_a_runtime_missing_on_the_machine_is_an_input_error(saved_lstm):
 
 
 def test_importing_verify_leaves_tensorflow_out():
-    code = ("import sys; import toolkit.verify, toolkit.report; "
+    code = ("import sys; import toolkit.checking.loop, toolkit.checking.report; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -181,7 +181,7 @@ def test_keras_failing_to_compute_the_reference_is_one_line_naming_the_model():
     import keras
     import tensorflow as tf
 
-    from toolkit.exporter import export_model
+    from toolkit.export.exporter import export_model
 
     class FailsEagerly(keras.layers.Layer):
         """Traces fine (what tf2onnx converts), fails when Keras runs it eagerly for the parity reference."""

@@ -8,7 +8,7 @@ imports nothing heavy, and none of them imports TensorFlow until a Keras model i
     export_file("model.keras", "model.onnx")             # writes only a file that matched Keras
     reports = verify_runtimes("model.onnx", "model.keras", ["onnxruntime", "openvino"])
 
-(`toolkit.verify` is the module of the comparison loop, so the verification entry points are named
+(`toolkit.checking.loop` is the module of the comparison loop, so the verification entry points are named
 `verify_runtimes` and `verify_files`.) Type checkers read the names from `__init__.pyi` (the package ships
 py.typed); this module imports none of them at import time, which also keeps it out of import circles.
 """
@@ -22,19 +22,19 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it
 _API = {
-    "export_model": "toolkit.exporter",  # a Keras model in memory -> an ExportResult (the proto, its parity)
-    "export_file": "toolkit.exporter",  # a .keras / .h5 / SavedModel file -> a proven .onnx file
+    "export_model": "toolkit.export.exporter",  # a Keras model in memory -> an ExportResult (the proto, its parity)
+    "export_file": "toolkit.export.exporter",  # a .keras / .h5 / SavedModel file -> a proven .onnx file
     "ExportOptions": "toolkit.options",
-    "ExportResult": "toolkit.export_result",
-    "verify_runtimes": "toolkit.verification",  # an export vs its Keras model, in each runtime named
-    "verify_files": "toolkit.verification",  # the same in ONNX Runtime alone -> a ParityReport
+    "ExportResult": "toolkit.export.result",
+    "verify_runtimes": "toolkit.checking.verify",  # an export vs its Keras model, in each runtime named
+    "verify_files": "toolkit.checking.verify",  # the same in ONNX Runtime alone -> a ParityReport
     "Tolerances": "toolkit.tolerance",
-    "ParityReport": "toolkit.compare",
-    "RuntimeReport": "toolkit.compare",
-    "VerifyReport": "toolkit.compare",
+    "ParityReport": "toolkit.checking.results",
+    "RuntimeReport": "toolkit.checking.results",
+    "VerifyReport": "toolkit.checking.results",
     "open_runner": "toolkit.runtimes.registry",  # run an export in ONNX Runtime or OpenVINO (no TensorFlow)
-    "inspect_model": "toolkit.runner",
-    "open_stream": "toolkit.stream_session",  # a --state-io export streamed one step (or chunk) per call
+    "inspect_model": "toolkit.onnxfile.model",
+    "open_stream": "toolkit.deploy.stream_session",  # a --state-io export streamed one step (or chunk) per call
     "LstmOnnxError": "toolkit.errors",
     "InputError": "toolkit.errors",
 }

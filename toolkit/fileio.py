@@ -4,7 +4,7 @@ A converter runs in CI pipelines and is interrupted: a half-written `.onnx` that
 is worse than no file. Everything lstm-onnx writes goes through `atomic_output` (or `atomic_write_bytes`
 on top of it): the bytes go to a temporary file in the destination folder (same filesystem, so the rename
 is atomic) and replace the destination only once they are complete and flushed. Sets of files that belong
-together (a suite and its manifest) go through `toolkit.fileset`, which builds on the helpers here.
+together (a suite and its manifest) go through `toolkit.export.fileset`, which builds on the helpers here.
 
 Temporaries are named `.NAME.lstm-onnx-<16 hex>.tmp` and written while holding an exclusive `flock` on
 their folder, so the next writer can tell a killed run's leftovers from a live writer's files and remove
@@ -33,7 +33,7 @@ from typing import BinaryIO
 import numpy as np
 
 from toolkit.errors import InputError, OutputError
-from toolkit.guard import safe_text
+from toolkit.text import safe_text
 
 try:  # POSIX only; without it concurrent writers are not serialized, but each write stays whole
     import fcntl
@@ -131,7 +131,7 @@ JOURNAL = ".lstm-onnx-journal.json"
 _FORMAT = "lstm-onnx file set 1"
 
 
-# ------------------------------------------- the journal of a file set (`toolkit.fileset`), and its recovery
+# ------------------------------------------- the journal of a file set (`toolkit.export.fileset`), and its recovery
 
 
 def relative_name(name: str) -> PurePosixPath:

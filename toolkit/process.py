@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from toolkit.errors import RuntimeFailure, overrun
-from toolkit.runner import first_line
+from toolkit.text import first_line
 
 
 def process_alive(pid: int) -> bool:

@@ -2,7 +2,7 @@
 
 Library functions take a `Progress` and tell it how much work there is (`begin`) and when a piece is done
 (`advance`); the base class shows nothing, so Python callers and tests see no output. The CLI passes
-`progress_for(as_json)`: click's progress bar on stderr when stderr is a terminal, and the silent base in
+`toolkit.cli.quiet.progress_for(as_json)`: click's progress bar on stderr when stderr is a terminal, and the silent base in
 `--json` mode and in pipes (CI logs get no bar lines).
 """
 
@@ -47,11 +47,3 @@ class TerminalProgress(Progress):
         if self.bar is not None:
             bar, self.bar = self.bar, None
             bar.__exit__(None, None, None)
-
-
-def progress_for(as_json: bool = False) -> Progress:
-    """The CLI's progress: a bar on stderr when it is a terminal and the output is not JSON; else none."""
-    from toolkit.quiet import real_stderr
-
-    stream = real_stderr()
-    return TerminalProgress(stream) if not as_json and stream.isatty() else Progress()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit.errors import ExportError
-from toolkit.guard import error_cause
+from toolkit.text import error_cause
 
 
 @dataclass(frozen=True)

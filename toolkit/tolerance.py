@@ -24,7 +24,7 @@ class Tolerance:
     atol: float
     rtol: float
     scale: float | None = None
-    # The float32 rounding measured on this case (`toolkit.rounding`) when it widened `atol`, else None.
+    # The float32 rounding measured on this case (`toolkit.checking.rounding`) when it widened `atol`, else None.
     rounding: float | None = None
 
     def __str__(self) -> str:
@@ -180,7 +180,7 @@ def decide(user: Tolerances, op_counts: Mapping[str, int], tier: str = "float32"
 # A fixed atol cannot tell float32 rounding from damage on real trained weights: a published char-RNN's
 # logits reach tens, and two float32 programs (Keras, ONNX Runtime) summing the same products in another
 # order differ by 1.8e-5 and 2.1e-5 there, 20x the default atol, while a wrong activation is off by 6e-3
-# to 0.78 and a sign flip by twice the value. So the rounding is measured, not guessed: `toolkit.rounding`
+# to 0.78 and a sign flip by twice the value. So the rounding is measured, not guessed: `toolkit.checking.rounding`
 # runs the same Keras model in float64 on the same case, and |float32 - float64| is how far float32 alone
 # moves this output on this input (it grows with the weights' scale and the sequence's length by itself).
 # ONNX Runtime's float32 run is an independent rounding of the same sums, so its distance to Keras' is

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.builder import SEED_INPUT
 from toolkit.errors import InputError
-from toolkit.shapes import DRAWN_LENGTHS, DRAWN_OTHER, compute_budget
+from toolkit.models.builder import SEED_INPUT
+from toolkit.safety.shapes import DRAWN_LENGTHS, DRAWN_OTHER, compute_budget
 
 # Batch sizes other than 1 catch a batch axis frozen by tracing; 4 also differs from any traced size.
 BATCH_SIZES = (1, 4)
@@ -36,7 +36,7 @@ CASE_ACTIVATION_BYTES = 64 << 20
 CASE_INPUT_BYTES = 256 << 20
 NORMAL_CHUNK = 1 << 20  # values drawn at a time: float64 draws stay small, the array is the model's dtype
 # For a dynamic time axis, two lengths that differ from each other and from the post's 3; the resource
-# limits are checked at these very lengths (`toolkit.shapes`).
+# limits are checked at these very lengths (`toolkit.safety.shapes`).
 VARIABLE_LENGTHS = DRAWN_LENGTHS
 PADDING_SIDES = ("right", "left")
 

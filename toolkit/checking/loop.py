@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from toolkit.compare import (
+from toolkit.checking.inputs import InputCase
+from toolkit.checking.results import (
     CaseResult,
     InvariantCheck,
     ParityReport,
@@ -24,15 +25,14 @@ from toolkit.compare import (
     compare_case,
     failed_case,
 )
+from toolkit.checking.rounding import RoundingProbe
 from toolkit.errors import RuntimeFailure
-from toolkit.inputs import InputCase
-from toolkit.keras_runner import KerasRunner
-from toolkit.metadata import read_options
-from toolkit.naming import OutputOrigin
+from toolkit.models.naming import OutputOrigin
+from toolkit.onnxfile.metadata import read_options
+from toolkit.onnxfile.model import count_ops, graph_outputs
 from toolkit.progress import Progress
-from toolkit.rounding import RoundingProbe
-from toolkit.runner import count_ops, graph_outputs
 from toolkit.runtimes.base import Runner
+from toolkit.runtimes.keras import KerasRunner
 from toolkit.tolerance import Tolerances, compute_dtype, decide, widened
 
 # ---------------------------------------------------------------------------- run over cases, compare

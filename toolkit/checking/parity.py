@@ -4,7 +4,7 @@ The work is `verify.compare_with_keras` over the cases of `inputs.make_cases`; t
 signature the exporter calls. Besides values,
 the invariants the post states are checked on the runtime's outputs: a layer's last output equals its
 `state_h`, and with `return_sequences` the last step of its sequence does. An export with stateful
-layers is also run on consecutive calls, its states carried (`toolkit.carry`).
+layers is also run on consecutive calls, its states carried (`toolkit.checking.carry`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from toolkit.carry import carried_parity, with_carried_calls
-from toolkit.compare import ParityReport
-from toolkit.inputs import InputCase, make_cases
-from toolkit.keras_runner import KerasRunner
+from toolkit.checking.carry import carried_parity, with_carried_calls
+from toolkit.checking.inputs import InputCase, make_cases
+from toolkit.checking.loop import compare_with_keras
+from toolkit.checking.results import ParityReport
 from toolkit.runtimes.base import Runner
+from toolkit.runtimes.keras import KerasRunner
 from toolkit.tolerance import Tolerances
-from toolkit.verify import compare_with_keras
 
 
 def check_parity(keras_model: Any, runner: Runner, expected_names: Sequence[str],

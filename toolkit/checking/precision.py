@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.compare import CARRIED, NOTHING_CARRIED, SHAPE_MISMATCH, OutputSummary, ParityReport
+from toolkit.checking.results import CARRIED, NOTHING_CARRIED, SHAPE_MISMATCH, OutputSummary, ParityReport
 from toolkit.tolerance import LOW_PRECISION_TOLERANCES, Tolerances, compute_dtype, looks_like_rounding, rounding_cap
 
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolkit.compare import ParityReport
+from toolkit.checking.results import ParityReport
 
 if TYPE_CHECKING:  # only for annotations: `run` and `inspect` import this module
-    from toolkit.compare import RuntimeReport, VerifyReport
-    from toolkit.runner import ModelDescription
+    from toolkit.checking.results import RuntimeReport, VerifyReport
+    from toolkit.onnxfile.model import ModelDescription
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

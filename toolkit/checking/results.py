@@ -4,7 +4,7 @@ Results are objects that test true when they pass (after Polygraphy's `OutputCom
 `ParityReport` is true only when the output names match, every output's shape matches in every case and
 every value is within its tolerance; a `RuntimeReport` is one runtime's pass, fail or "not valid"; a
 `VerifyReport` is everything `verify` found. Nothing here imports TensorFlow: `verify` results can be read and
-printed on a deploy machine. Tolerances live in `toolkit.tolerance`, per-step errors in `toolkit.steps`.
+printed on a deploy machine. Tolerances live in `toolkit.tolerance`, per-step errors in `toolkit.checking.steps`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.samples import SampleValues, merge_samples, sample_values
-from toolkit.steps import StepErrors, merge_steps, step_errors
+from toolkit.checking.samples import SampleValues, merge_samples, sample_values
+from toolkit.checking.steps import StepErrors, merge_steps, step_errors
 from toolkit.tolerance import Tolerance, Tolerances
 
 
@@ -33,9 +33,9 @@ class OutputComparison:
     tolerance: Tolerance
     passed: bool
     reason: str = ""
-    steps: StepErrors | None = None  # per time step, for an output with a time axis (toolkit.steps)
+    steps: StepErrors | None = None  # per time step, for an output with a time axis (toolkit.checking.steps)
     scale: float = 0.0  # the output's largest finite |expected| value: what its errors are measured against
-    samples: SampleValues | None = None  # both sides' values, for an output without one (toolkit.samples)
+    samples: SampleValues | None = None  # both sides' values, for an output without one (toolkit.checking.samples)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -62,7 +62,7 @@ class InvariantCheck:
 
 
 SHAPE_MISMATCH = "shape mismatch"  # a comparison's reason when the two sides' shapes differ
-CARRIED = ", states carried: "  # in the label of each consecutive call of a stateful export (`toolkit.carry`)
+CARRIED = ", states carried: "  # in the label of each consecutive call of a stateful export (`toolkit.checking.carry`)
 NOTHING_CARRIED = "none, the file has no lstm_onnx.state_map; "  # after CARRIED, for a file without one
 
 
@@ -145,7 +145,7 @@ class ParityReport:
         return [inv for case in self.cases for inv in case.invariants]
 
     def carried_calls(self) -> list[CaseResult]:
-        """The consecutive calls of a stateful export, its states carried (`toolkit.carry`)."""
+        """The consecutive calls of a stateful export, its states carried (`toolkit.checking.carry`)."""
         return [case for case in self.cases if CARRIED in case.label]
 
     def failures(self) -> list[str]:

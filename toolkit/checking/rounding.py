@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.guard import safe_text
-from toolkit.runner import first_line
+from toolkit.text import first_line, safe_text
 
 _FLOAT_NAMES = {"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"}
 
@@ -67,7 +66,7 @@ class RoundingProbe:
 
     def measure(self, feeds: Mapping[str, np.ndarray]) -> dict[str, float] | None:
         """Per output name, max |float32 - float64| of the model's outputs on `feeds`; None without a twin."""
-        from toolkit.keras_runner import keras_outputs
+        from toolkit.runtimes.keras import keras_outputs
 
         twin = self.twin()
         if twin is None:

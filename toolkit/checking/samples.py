@@ -4,7 +4,7 @@ A forecaster or a classifier returns one value (or one row of class scores) per 
 alone cannot show whether a runtime follows Keras over the whole range, or where a softmax's mass goes.
 So `compare_arrays` also keeps, for an output of rank 1 or 2 (`(batch,)` or `(batch, units)`), Keras'
 values and the runtime's, sample by sample, up to `MAX_VALUES` per output over all cases (whole samples,
-the first ones), which the HTML report draws (`toolkit.plots.values_plot`); nothing is re-run to get them.
+the first ones), which the HTML report draws (`toolkit.pages.plots.values_plot`); nothing is re-run to get them.
 """
 
 from __future__ import annotations

@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolkit import metadata
-from toolkit.compare import StreamReport, split_steps
+from toolkit.checking.inputs import InputCase, embedding_vocab, random_input
+from toolkit.checking.loop import compare_runners
+from toolkit.checking.results import StreamReport, split_steps
 from toolkit.errors import InputError
-from toolkit.guard import safe_text
-from toolkit.inputs import InputCase, embedding_vocab, random_input
-from toolkit.keras_runner import KerasRunner
-from toolkit.runner import TensorInfo, count_ops, graph_inputs, graph_outputs, optional_inputs
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import TensorInfo, count_ops, graph_inputs, graph_outputs, optional_inputs
 from toolkit.runtimes.base import Runner
+from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
+from toolkit.text import safe_text
 from toolkit.tolerance import Tolerances, compute_dtype, decide
-from toolkit.verify import compare_runners
 
 
 def parse_chunks(spec: str) -> list[int]:

@@ -1,10 +1,10 @@
 """`verify`: re-run the parity check of an existing export against its Keras model, in one or more runtimes.
 
-The runners, the runtime registry and the comparison loop are `toolkit.verify`'s; this module opens an
+The runners, the runtime registry and the comparison loop are `toolkit.checking.loop`'s; this module opens an
 export and its `.keras` file, reads what the export recorded (its output names, padding side, tier
-tolerances: through `toolkit.metadata`'s readers), and compares every chosen runtime with Keras. A
+tolerances: through `toolkit.onnxfile.metadata`'s readers), and compares every chosen runtime with Keras. A
 stateful export (a file with a state map) is also run, in ONNX Runtime, on the three consecutive calls of
-export's own check (`toolkit.carry`), its states carried through that map.
+export's own check (`toolkit.checking.carry`), its states carried through that map.
 """
 
 from __future__ import annotations
@@ -17,20 +17,20 @@ from typing import Any
 
 import onnx
 
-from toolkit import metadata
-from toolkit.carry import carried_parity, with_carried_calls
-from toolkit.compare import ParityReport, RuntimeReport
+from toolkit.checking.carry import carried_parity, with_carried_calls
+from toolkit.checking.inputs import InputCase, make_cases
+from toolkit.checking.loop import compare_with_keras
+from toolkit.checking.results import ParityReport, RuntimeReport
 from toolkit.errors import InputError
-from toolkit.inputs import InputCase, make_cases
-from toolkit.keras_runner import KerasRunner
-from toolkit.naming import output_origins, unique_names
+from toolkit.models.naming import output_origins, unique_names
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import count_ops, load_onnx
 from toolkit.progress import Progress
-from toolkit.runner import count_ops, load_onnx
 from toolkit.runtimes.base import open_or_failed
+from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.registry import Runtime, runtimes_named
 from toolkit.tolerance import Tolerances, compute_dtype, decide
-from toolkit.verify import compare_with_keras
 
 
 def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
@@ -93,7 +93,7 @@ def compare_in_runtimes(path: Path, proto: onnx.ModelProto, keras: KerasRunner, 
 
 def with_carried_calls_in_onnxruntime(keras: KerasRunner, runners: Sequence[Any], reports: dict[str, ParityReport],
                                       expected: Sequence[str], tolerances: Tolerances, seed: int, padding: str) -> None:
-    """A stateful export's consecutive calls, as at export (`toolkit.carry`): Keras keeps its states from
+    """A stateful export's consecutive calls, as at export (`toolkit.checking.carry`): Keras keeps its states from
     call to call, ONNX Runtime is fed the states its previous call returned, by the file's state map. Added
     to each in-process ONNX Runtime's report; a file without a state map, or a model without stateful
     layers, adds nothing."""
@@ -112,7 +112,7 @@ def recorded_tolerances(proto: onnx.ModelProto, tolerances: Tolerances, keras_mo
 def recorded_keras_model(model: onnx.ModelProto, name: str = "the model") -> Any:
     """The Keras model a builder export was made from, rebuilt from the flags it records
     (`lstm_onnx.source`'s `builder`, checked as `StackConfig` checks them): `verify` without `--keras`."""
-    from toolkit.builder import StackConfig, build_stack
+    from toolkit.models.builder import StackConfig, build_stack
 
     flags = metadata.read_source(model).get("builder")
     if not isinstance(flags, dict):

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from toolkit import __version__
-from toolkit.cli_common import (
+from toolkit.cli.common import (
     command_line,
     echo,
     emit_json,
@@ -29,9 +29,9 @@ from toolkit.cli_common import (
     quiet_tensorflow,
     tolerance_options,
 )
-from toolkit.cli_export import export
+from toolkit.cli.export import export
+from toolkit.cli.quiet import quiet_stderr
 from toolkit.errors import InputError, LstmOnnxError, OptionError
-from toolkit.quiet import quiet_stderr
 
 
 class _OptionError(click.ClickException):
@@ -71,7 +71,7 @@ RUN_TIMEOUT = 300.0  # seconds; `run --timeout`
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lstm-onnx",
-                      message=f"%(prog)s %(version)s (import package toolkit, from {Path(__file__).resolve().parent})")
+                      message=f"%(prog)s %(version)s (import package toolkit, from {Path(__file__).resolve().parents[1]})")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show what TensorFlow, tf2onnx and ONNX Runtime print (hidden by default), e.g. lstm-onnx -v export ...")
 def cli(verbose: bool) -> None:
@@ -86,12 +86,12 @@ def _verify_reference(keras_model: Path | None, onnx_model: Path, limits: Any) -
     from the builder flags the export records. A Keras 2 file's reference is its original (tf.keras, or the
     SavedModel's signature), over its Keras 3 translation."""
     if keras_model is not None:
-        from toolkit.keras2.reference import load_reference
+        from toolkit.runtimes.keras2 import load_reference
 
         return load_reference(keras_model, limits)
-    from toolkit.keras_runner import KerasRunner
-    from toolkit.runner import load_onnx
-    from toolkit.verification import recorded_keras_model
+    from toolkit.checking.verify import recorded_keras_model
+    from toolkit.onnxfile.model import load_onnx
+    from toolkit.runtimes.keras import KerasRunner
 
     return KerasRunner(recorded_keras_model(load_onnx(onnx_model), onnx_model.name))
 
@@ -121,11 +121,11 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
            max_activation: int | None, max_member_bytes: int | None, as_json: bool, html: Path | None) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     quiet_tensorflow()
-    from toolkit.compare import VerifyReport
-    from toolkit.report import verify_text
+    from toolkit.checking.report import verify_text
+    from toolkit.checking.results import VerifyReport
+    from toolkit.checking.verify import verify_runtimes
     from toolkit.runtimes.registry import installed_of, not_installed
     from toolkit.tolerance import Tolerances
-    from toolkit.verification import verify_runtimes
 
     asked = [r.strip() for r in runtimes.split(",") if r.strip()]
     ready, missing = installed_of(asked)  # an unknown name is refused before the Keras model is loaded
@@ -139,20 +139,20 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
     with option_values():
         tolerances = Tolerances.parse(atol, rtol)
         if stream is not None:
-            from toolkit.streaming import parse_chunks
+            from toolkit.checking.streaming import parse_chunks
 
             sizes = parse_chunks(stream)
         limits = limits_from(max_params, max_timesteps, max_activation, max_member_bytes)
     reference = _verify_reference(keras_model, onnx_model, limits)
     loaded = reference.model  # the Keras model the cases and the stream are made from
-    from toolkit.progress import progress_for
+    from toolkit.cli.quiet import progress_for
 
     results = verify_runtimes(onnx_model, reference, names, tolerances, seed=seed, progress=progress_for(as_json))
     streamed = None
     if sizes is not None:
-        from toolkit.runner import load_onnx
-        from toolkit.streaming import stream_parity
-        from toolkit.verification import recorded_tolerances
+        from toolkit.checking.streaming import stream_parity
+        from toolkit.checking.verify import recorded_tolerances
+        from toolkit.onnxfile.model import load_onnx
 
         proto = load_onnx(onnx_model)
         # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.
@@ -160,8 +160,8 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
                                  tolerances=recorded_tolerances(proto, tolerances, loaded), seed=seed)
     outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
     if html is not None:  # written whatever the outcome: the page shows what failed
-        from toolkit.html_report import ModelSection, write_report
-        from toolkit.runner import load_onnx
+        from toolkit.onnxfile.model import load_onnx
+        from toolkit.pages.report import ModelSection, write_report
 
         section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed,
                                tuple(f"{name}: {hint}" for name, hint in absent.items()))
@@ -196,11 +196,11 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
 def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: str | None, precision: str,
         threads: int | None, timeout: float, as_json: bool) -> None:
     """Run ONNX_MODEL in ONNX Runtime (or OpenVINO) and print (or save) each named output. Needs no TensorFlow."""
+    from toolkit.checking.report import outputs_text
     from toolkit.fileio import save_npz
-    from toolkit.guard import check_input_names, check_threads
-    from toolkit.report import outputs_text
-    from toolkit.runner import load_feeds
+    from toolkit.runtimes.feeds import check_input_names, load_feeds
     from toolkit.runtimes.registry import open_runner
+    from toolkit.runtimes.threads import check_threads
 
     if output is not None and output.suffix != ".npz":
         raise OptionError(f"Expected an output path ending in .npz. Received: {str(output)!r}")
@@ -226,8 +226,8 @@ def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: s
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable description.")
 def inspect(onnx_model: Path, as_json: bool) -> None:
     """List ONNX_MODEL's inputs and outputs, dynamic axes, recurrent ops and metadata. Needs no TensorFlow."""
-    from toolkit.report import description_text
-    from toolkit.runner import inspect_model
+    from toolkit.checking.report import description_text
+    from toolkit.onnxfile.model import inspect_model
 
     description = inspect_model(onnx_model)
     if as_json:
@@ -247,7 +247,7 @@ def explain(keras2: bool, html: Path | None) -> None:
     html_path(html)
     import numpy as np
 
-    from toolkit.explain import explain as run_explain
+    from toolkit.pages.explain import explain as run_explain
 
     if html is not None:
         from toolkit.runtimes.js import npm_package
@@ -278,20 +278,20 @@ def explain(keras2: bool, html: Path | None) -> None:
     if not all(case.all_hold for case in cases):
         raise click.ClickException("an equality or parity check failed")
     if html is not None:
-        from toolkit.lesson import write_lesson
+        from toolkit.pages.lesson import write_lesson
 
         echo(f"wrote {write_lesson(html, cases)}")
 
 
-from toolkit.serve_cli import serve  # noqa: E402  (the command lives in its own module)
+from toolkit.cli.serve import serve  # noqa: E402  (the command lives in its own module)
 
 cli.add_command(serve)
 
-from toolkit.bench_cli import bench_command  # noqa: E402
+from toolkit.cli.bench import bench_command  # noqa: E402
 
 cli.add_command(bench_command)
 
-from toolkit.install_cli import setup_command  # noqa: E402
+from toolkit.cli.install import setup_command  # noqa: E402
 
 cli.add_command(setup_command)
 

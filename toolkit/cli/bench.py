@@ -1,6 +1,6 @@
-"""`lstm-onnx bench`: the command edge of `toolkit.bench`, built from the options every command shares.
+"""`lstm-onnx bench`: the command edge of `toolkit.speed.bench`, built from the options every command shares.
 
-`toolkit.bench` (numpy, ONNX Runtime) is imported inside the command, so `--help` does not pay for it."""
+`toolkit.speed.bench` (numpy, ONNX Runtime) is imported inside the command, so `--help` does not pay for it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from toolkit.cli_common import echo, emit_json, option_values, quiet_tensorflow, tolerance_options
+from toolkit.cli.common import echo, emit_json, option_values, quiet_tensorflow, tolerance_options
 from toolkit.errors import OptionError
 
 
@@ -41,8 +41,8 @@ def bench_command(onnx_model: Path, batch: int, steps: int | None, stream: bool,
                   runtimes_text: str | None, seconds: float, timeout: float, as_json: bool) -> None:
     """Time ONNX_MODEL (a float32 export) in every runtime, tier and thread count; recommend the fastest
     form within the tolerance. Needs TensorFlow only with --keras."""
-    from toolkit.bench import _thread_list, bench
-    from toolkit.bench import record as record_defaults
+    from toolkit.speed.bench import _thread_list, bench
+    from toolkit.speed.bench import record as record_defaults
     from toolkit.tolerance import Tolerances
 
     runtimes = [r.strip() for r in runtimes_text.split(",") if r.strip()] if runtimes_text is not None else None
@@ -54,10 +54,10 @@ def bench_command(onnx_model: Path, batch: int, steps: int | None, stream: bool,
                               f"against ONNX Runtime's unchunked run). Received: --stream with {given}")
     if keras_model is not None:
         quiet_tensorflow()
-    from toolkit.progress import progress_for
+    from toolkit.cli.quiet import progress_for
 
     if stream:
-        from toolkit.stream_bench import stream_bench
+        from toolkit.speed.stream import stream_bench
 
         report = stream_bench(onnx_model, batch, steps or 1, tolerances, threads, budget_s=seconds,
                               progress=progress_for(as_json))

@@ -1,4 +1,4 @@
-"""Pieces the commands of `toolkit.cli` and `toolkit.cli_export` share: escaped output, option parsing
+"""Pieces the commands of `toolkit.cli` and `toolkit.cli.export` share: escaped output, option parsing
 helpers, and the option groups two commands take (tolerances; the `--max-*` resource limits, which
 `export` and `verify` both need because both load `.keras` files).
 
@@ -15,22 +15,29 @@ from typing import Any
 
 import click
 
+from toolkit.cli.quiet import echo_err
 from toolkit.errors import InputError, OptionError
-from toolkit.limits import MAX_ACTIVATION_ELEMENTS, MAX_MEMBER_BYTES, MAX_PARAMS, MAX_TIMESTEPS, MAX_TOTAL_BYTES, ResourceLimits
-from toolkit.quiet import echo_err
+from toolkit.options import (
+    MAX_ACTIVATION_ELEMENTS,
+    MAX_MEMBER_BYTES,
+    MAX_PARAMS,
+    MAX_TIMESTEPS,
+    MAX_TOTAL_BYTES,
+    ResourceLimits,
+)
 
 VARIABLE = "none"
 
 
 def one_line(text: str) -> str:
-    from toolkit.guard import safe_text
+    from toolkit.text import safe_text
 
     return safe_text(" ".join(text.split()), limit=2000)
 
 
 def echo(text: str = "", err: bool = False) -> None:
     """click.echo with names and metadata from untrusted files escaped (lines and tabs kept)."""
-    from toolkit.guard import safe_text
+    from toolkit.text import safe_text
 
     line = safe_text(text, limit=None, keep="\n\t")
     if err:

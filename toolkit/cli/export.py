@@ -14,8 +14,7 @@ from typing import Any
 
 import click
 
-from toolkit.builder import MAX_FEATURES, MAX_LAYERS, MAX_UNITS
-from toolkit.cli_common import (
+from toolkit.cli.common import (
     VARIABLE,
     Timesteps,
     command_line,
@@ -29,6 +28,7 @@ from toolkit.cli_common import (
     tolerance_options,
 )
 from toolkit.errors import InputError, LstmOnnxError, OptionError
+from toolkit.models.builder import MAX_FEATURES, MAX_LAYERS, MAX_UNITS
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
 
 _BUILDER_KEYS = ("layers", "units", "timesteps", "features", "all_states", "seed", "cell", "bidirectional", "masking",
@@ -141,7 +141,7 @@ def export(**params: Any) -> None:
         for line in recorded:
             echo(line)
     if not passed:
-        from toolkit.precision import failure_message
+        from toolkit.checking.precision import failure_message
 
         raise click.ClickException("parity failed" + ("" if keep_failed else ": nothing written (use --keep-failed to keep it)")
                                    + f": {failure_message(items)}")
@@ -149,10 +149,10 @@ def export(**params: Any) -> None:
 
 def _bench_record(written: Sequence[Path]) -> list[str]:
     """`export --bench`: each written .onnx timed (streamed where it has a state map) and its defaults recorded."""
-    from toolkit.bench import bench, record
-    from toolkit.metadata import read_state_map
-    from toolkit.runner import load_onnx
-    from toolkit.stream_bench import stream_bench
+    from toolkit.onnxfile.metadata import read_state_map
+    from toolkit.onnxfile.model import load_onnx
+    from toolkit.speed.bench import bench, record
+    from toolkit.speed.stream import stream_bench
 
     lines = []
     for path in [p for p in written if p.suffix == ".onnx"]:
@@ -164,8 +164,8 @@ def _bench_record(written: Sequence[Path]) -> list[str]:
 
 def _write_html(path: Path, outcome: Any, passed: bool) -> None:
     """The export's parity check as a page: one section per model, its ONNX Runtime row (at its tier)."""
-    from toolkit.compare import RuntimeReport
-    from toolkit.html_report import ModelSection, write_report
+    from toolkit.checking.results import RuntimeReport
+    from toolkit.pages.report import ModelSection, write_report
 
     sections = [ModelSection(f"{name}.onnx", result.model, (RuntimeReport("onnxruntime", result.parity),))
                 for name, result in outcome.exported]
@@ -210,7 +210,7 @@ def _renames(specs: Sequence[str]) -> dict[str, str]:
 def _check_triton_name(triton_name: str | None, model: Path | None) -> None:
     if triton_name is None:  # checked before anything is exported or written
         return
-    from toolkit.triton import check_model_name
+    from toolkit.deploy.triton import check_model_name
 
     if model is None:
         raise InputError("Expected --triton-name with MODEL (one export). "
@@ -226,17 +226,17 @@ def _run(params: dict[str, Any], options: Any) -> Any:
         given = [f"--{k.replace('_', '-')}" for k in (*_BUILDER_KEYS, *_FLAG_KEYS) if params[k] is not None]
         if given:
             raise InputError(f"Expected builder options only without MODEL. Received: MODEL and {', '.join(given)}")
-        from toolkit.exporter import export_file
+        from toolkit.export.exporter import export_file
 
         return export_file(model, output or model.with_suffix(".onnx"), options, keep_failed=params["keep_failed"],
                            write=write)
-    from toolkit.builder import requested_configs
-    from toolkit.suite import export_stacks
+    from toolkit.export.suite import export_stacks
+    from toolkit.models.builder import requested_configs
 
     chosen = {k: (None if v == VARIABLE else v) for k, v in builder_options.items() if v is not None}
     with option_values():
         configs = requested_configs(chosen, params["variant"], params["return_sequences"], params["return_state"])
-    from toolkit.progress import progress_for
+    from toolkit.cli.quiet import progress_for
 
     return export_stacks(configs, output or Path("exported"), options, keep_failed=params["keep_failed"], write=write,
                          progress=progress_for(params["as_json"]))
@@ -245,7 +245,7 @@ def _run(params: dict[str, Any], options: Any) -> Any:
 def _write_triton(outcome: Any, repo: Path, model_name: str | None) -> list[Path]:
     """The repository, then the models, as one outcome: a repository that cannot be written leaves no .onnx
     behind, and models that cannot be written take the new repository entries back (the old ones return)."""
-    from toolkit.triton import write_repository
+    from toolkit.deploy.triton import write_repository
 
     names = [model_name or name for name, _ in outcome.exported]
     before = _repository_files(repo, names)
@@ -272,7 +272,7 @@ def _repository_files(repo: Path, names: Sequence[str]) -> dict[str, bytes]:
 
 def _restore_repository(repo: Path, before: dict[str, bytes], written: Sequence[Path]) -> None:
     """Put the repository back as `_repository_files` found it: new files go, replaced ones return."""
-    from toolkit.fileset import write_file_set
+    from toolkit.export.fileset import write_file_set
 
     new = [str(path.relative_to(repo)) for path in written if str(path.relative_to(repo)) not in before]
     if before:
@@ -290,7 +290,7 @@ def _restore_repository(repo: Path, before: dict[str, bytes], written: Sequence[
 
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],
                   written: Sequence[Path]) -> None:
-    from toolkit.report import invariant_lines, parity_table
+    from toolkit.checking.report import invariant_lines, parity_table
 
     echo(parity_table(items))
     for line in invariant_lines(items):

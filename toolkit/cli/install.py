@@ -1,4 +1,4 @@
-"""`lstm-onnx setup`: the command edge of `toolkit.install` (nothing heavy is imported: no TensorFlow)."""
+"""`lstm-onnx setup`: the command edge of `toolkit.runtimes.install` (nothing heavy is imported: no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from toolkit.cli_common import echo, emit_json, option_values
+from toolkit.cli.common import echo, emit_json, option_values
 
 
 @click.command("setup")
@@ -18,7 +18,7 @@ from toolkit.cli_common import echo, emit_json, option_values
 def setup_command(runtimes_text: str, as_json: bool) -> None:
     """Install the optional runtimes for this lstm-onnx: the npm packages in a per-user cache, Python
     packages into this interpreter, Chromium and nginx with apt-get. Skips what is installed already."""
-    from toolkit.install import parse_runtimes, setup
+    from toolkit.runtimes.install import parse_runtimes, setup
 
     with option_values():
         names, explicit = parse_runtimes(runtimes_text)

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from toolkit.progress import Progress, TerminalProgress
+
 
 class _Discard(io.TextIOBase):
     """A text stream that drops what is written (and stays open for log handlers made meanwhile)."""
@@ -76,3 +78,9 @@ def echo_err(text: str) -> None:
 def real_stderr() -> Any:
     """The stream the tool's own stderr output goes to (the real stderr, also while it is quiet)."""
     return _ERR if _ERR is not None else sys.stderr
+
+
+def progress_for(as_json: bool = False) -> Progress:
+    """The CLI's progress: a bar on stderr when it is a terminal and the output is not JSON; else none."""
+    stream = real_stderr()
+    return TerminalProgress(stream) if not as_json and stream.isatty() else Progress()

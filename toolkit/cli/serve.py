@@ -1,4 +1,4 @@
-"""The `serve` command: a thin edge over `toolkit.serve` (no TensorFlow on its import path)."""
+"""The `serve` command: a thin edge over `toolkit.deploy.serve` (no TensorFlow on its import path)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def serve(onnx_model: Path, name: str | None, http_port: int, grpc: bool, max_ba
     """Serve ONNX_MODEL on a Triton Inference Server (ONNX Runtime in its Python backend, dynamic
     batching) behind nginx on 127.0.0.1 until Ctrl-C or SIGTERM. A --state-io export's states are
     request tensors."""
-    from toolkit.progress import progress_for
-    from toolkit.serve import ServeOptions, serve_forever
+    from toolkit.cli.quiet import progress_for
+    from toolkit.deploy.serve import ServeOptions, serve_forever
 
     options = ServeOptions(name=name, http_port=http_port, grpc=grpc, max_batch_size=max_batch_size)
     serve_forever(onnx_model, options, echo=lambda line: click.echo(line), progress=progress_for())

@@ -18,7 +18,7 @@ and is the only process that connects to Triton's port. Per request it:
 - forwards the body unchanged with Content-Length, or answers with a one-line JSON error.
 
 Run by path with `python -I` (standard library only, like the backend's model.py): `serve_gate.py SPEC`,
-SPEC being the JSON that `toolkit.serve_proxy.gate_spec` writes.
+SPEC being the JSON that `toolkit.deploy.proxy.gate_spec` writes.
 """
 
 from __future__ import annotations

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import onnx
 
+from toolkit.deploy.triton import TRITON_TYPES, dims, signature
 from toolkit.errors import InputError
+from toolkit.onnxfile.model import TensorInfo
 from toolkit.process import die_with_parent, log_lines
-from toolkit.runner import TensorInfo, first_line
-from toolkit.triton import TRITON_TYPES, dims, signature
+from toolkit.text import first_line
 
-GATE_SCRIPT = Path(__file__).with_name("serve_gate.py")
+GATE_SCRIPT = Path(__file__).with_name("gate.py")
 TRITON_PORT = 8000  # inside serve's private network namespace: no other process can bind or reach it
 # The most text one value takes in a JSON request: "-1.1754943508222875e-38, " is 25 bytes; a client's
 # own spacing and nesting brackets fit in the rest. Plus the names, keys and outputs of a request.

@@ -7,10 +7,10 @@ shared-memory region as a "system shared memory" region and has the server write
 the server aborts, exit -6), and two more requests kill it (issue 25). Four measures, each checked by
 `tests/test_serve_security.py` and `tests/test_serve_proxy.py` as `nobody`:
 
-- **A private network namespace.** Triton and the gate (`toolkit.serve_gate`) run in their own network
+- **A private network namespace.** Triton and the gate (`toolkit.deploy.gate`) run in their own network
   namespace (a user namespace too, when not root) with only a loopback interface: no other process
   reaches Triton's port, which does not exist in the host's namespace at all. nginx, the one listener on
-  127.0.0.1 (`toolkit.serve_proxy`), reaches the gate over a Unix socket in serve's 0700 workspace.
+  127.0.0.1 (`toolkit.deploy.proxy`), reaches the gate over a Unix socket in serve's 0700 workspace.
   Where the kernel refuses the namespaces, serve refuses to start (one line): Triton would be open to
   every local user.
 - **Closed APIs.** Everything but inference, health and metadata is closed by nginx's and the gate's
@@ -59,7 +59,7 @@ LOOPBACK_UP = ("import fcntl, socket, struct; s = socket.socket(socket.AF_INET, 
 
 @dataclass(frozen=True)
 class GateCommand:
-    """Where the gate's script, spec, log and pid file are (`toolkit.serve_gate`)."""
+    """Where the gate's script, spec, log and pid file are (`toolkit.deploy.gate`)."""
 
     script: Path
     spec: Path

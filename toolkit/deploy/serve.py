@@ -1,21 +1,21 @@
 """`lstm-onnx serve`: a real Triton Inference Server serving an export, on this machine, behind nginx.
 
 The server is the `tritonserver` that nvidia-pytriton ships, with its Python backend (pytriton has no
-onnxruntime backend): ONNX Runtime runs inside a Python-backend model (`toolkit/triton_backend/model.py`)
+onnxruntime backend): ONNX Runtime runs inside a Python-backend model (`toolkit/deploy/triton_backend/model.py`)
 with Triton's dynamic batcher in front. lstm-onnx starts the binary itself, in a throw-away workspace
 (0700):
 
     WORK/backends/python/   the backend library, its utils module and the stub for this interpreter
     WORK/repo/NAME/         config.pbtxt, 1/model.py, 1/model.onnx
     WORK/tritonserver.log   the server's log (its tail is in any error)
-    WORK/gate/              the gate's spec, socket, log and pid (`toolkit.serve_gate`)
-    WORK/nginx/             nginx's config, pid, error log and body buffers (`toolkit.serve_proxy`)
+    WORK/gate/              the gate's spec, socket, log and pid (`toolkit.deploy.gate`)
+    WORK/nginx/             nginx's config, pid, error log and body buffers (`toolkit.deploy.proxy`)
 
 Only nginx listens where clients can reach it (127.0.0.1:--http-port). Triton (HTTP only: gRPC and
-metrics off) and the gate run in a private network namespace (`toolkit.serve_sandbox`); nginx reaches
+metrics off) and the gate run in a private network namespace (`toolkit.deploy.sandbox`); nginx reaches
 the gate over a Unix socket in WORK/gate. Triton 2.51 dies on requests the front refuses (issue 25).
 
-The Triton build itself (its files, the environment its stub needs) is `toolkit.triton_build`.
+The Triton build itself (its files, the environment its stub needs) is `toolkit.deploy.triton_build`.
 
 `stop` ends nginx, then the server, then anything left of its process group (the stubs, the gate), and
 removes the workspace (the socket with it) and the backend's shared-memory regions. A serve killed with
@@ -43,12 +43,7 @@ from pathlib import Path
 
 import onnx
 
-from toolkit.errors import InputError
-from toolkit.process import die_with_parent, log_lines, log_tail, start_group_reaper, stop_process, stop_reaper
-from toolkit.process import remove_stale as remove_stale_entries
-from toolkit.progress import Progress
-from toolkit.runner import load_onnx
-from toolkit.serve_proxy import (
+from toolkit.deploy.proxy import (
     GATE_SCRIPT,
     TRITON_PORT,
     RequestBounds,
@@ -59,7 +54,7 @@ from toolkit.serve_proxy import (
     start_nginx,
     write_gate_files,
 )
-from toolkit.serve_sandbox import (
+from toolkit.deploy.sandbox import (
     GateCommand,
     ServeError,
     backend_stubs,
@@ -69,8 +64,13 @@ from toolkit.serve_sandbox import (
     restricted_api_flags,
     sandboxed,
 )
-from toolkit.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
-from toolkit.triton_build import TritonDistribution, server_environment, triton_distribution
+from toolkit.deploy.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
+from toolkit.deploy.triton_build import TritonDistribution, server_environment, triton_distribution
+from toolkit.errors import InputError
+from toolkit.onnxfile.model import load_onnx
+from toolkit.process import die_with_parent, log_lines, log_tail, start_group_reaper, stop_process, stop_reaper
+from toolkit.process import remove_stale as remove_stale_entries
+from toolkit.progress import Progress
 
 HOST = "127.0.0.1"
 EXIT_TIMEOUT_S = 5  # the server's own grace period for in-flight requests on shutdown
@@ -164,7 +164,7 @@ def _get(url: str) -> int:
 
 class TritonServer:
     """One tritonserver process serving exports (each under its file stem, or `options.name` for a single
-    one) behind nginx and the gate (`toolkit.serve_proxy`); a context manager (`with TritonServer(path)`)."""
+    one) behind nginx and the gate (`toolkit.deploy.proxy`); a context manager (`with TritonServer(path)`)."""
 
     def __init__(self, model_paths: str | Path | Sequence[str | Path], options: ServeOptions = ServeOptions()):
         options.check()

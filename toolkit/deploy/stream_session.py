@@ -1,7 +1,7 @@
 """A deploy-time streaming session over a `--state-io` export: one step (or one short chunk) per call, the
 states carried inside ONNX Runtime from call to call.
 
-`toolkit.streaming` proves a chunked run equal to Keras, every chunk a full runner call. `StreamSession` is
+`toolkit.checking.streaming` proves a chunked run equal to Keras, every chunk a full runner call. `StreamSession` is
 the call a speech, sensor or keyboard model makes thousands of times a second at batch 1, so every cost a
 call can shed moves to `open_stream`:
 
@@ -9,7 +9,7 @@ call can shed moves to `open_stream`:
   output is written by ONNX Runtime into its own. Each state has two buffers and the session two bindings,
   which differ only in which one is read and which written; carrying the states is using the other binding
   next time, with no copy and no numpy round trip (`states` copies them out on request).
-- At one step per call, a one-layer export runs its recurrent op alone (`toolkit.step_graph`): the layout
+- At one step per call, a one-layer export runs its recurrent op alone (`toolkit.deploy.step_graph`): the layout
   nodes around it move no memory at that shape, so the same buffers are bound, viewed in the op's shapes,
   after both graphs gave the same outputs bit for bit at open. `graph` says which graph runs, and why.
 - The binding's C-level run: ONNX Runtime 1.32's Python `run_with_iobinding` looks up a WebGPU run option
@@ -38,13 +38,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from toolkit import metadata
+from toolkit.checking.streaming import check_streamable, sequence_input, state_map
+from toolkit.deploy.step_graph import StepGraph, bind, same_outputs, step_graph
 from toolkit.errors import InputError, ModelLoadError, RuntimeFailure, overrun
-from toolkit.guard import check_threads, max_threads, safe_text
-from toolkit.runner import check_feeds, first_line, graph_inputs, graph_outputs, optional_inputs
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import graph_inputs, graph_outputs, optional_inputs
+from toolkit.runtimes.feeds import check_feeds
 from toolkit.runtimes.onnxrt import ORT_ERRORS, as_proto, deadline, open_session, session_options
-from toolkit.step_graph import StepGraph, bind, same_outputs, step_graph
-from toolkit.streaming import check_streamable, sequence_input, state_map
+from toolkit.runtimes.threads import check_threads, max_threads
+from toolkit.text import first_line, safe_text
 
 _monotonic = time.monotonic  # a global lookup, not a module attribute's, on every step
 STEP_TIMEOUT = 10.0  # seconds one step may run before it is stopped (a crafted graph can loop for ever)
@@ -162,7 +164,7 @@ class StreamSession:
         fixed = [d for d in info.shape[2:]]
         if not all(isinstance(d, int) for d in fixed):
             raise InputError(f"Expected fixed feature axes on {info.name}. Received: {info.shape_text()}")
-        from toolkit.guard import check_feed_bytes
+        from toolkit.runtimes.feeds import check_feed_bytes
 
         check_feed_bytes(info.name, (batch, steps, *fixed), self.input_dtype)
         return np.zeros((batch, steps, *fixed), self.input_dtype)

@@ -13,11 +13,11 @@ backend's validation rules (`src/onnxruntime.cc`), each test citing the code it 
   `state` per entry of the `lstm_onnx.state_map` metadata, zero initial state), and the state inputs are
   not request inputs. The backend counts the states among the session's required inputs, so the
   repository's copy of the model has no default (initializer) for them: Triton always feeds them.
-  A Bidirectional or `go_backwards` export cannot stream (toolkit.streaming): its states stay required
+  A Bidirectional or `go_backwards` export cannot stream (toolkit.checking.streaming): its states stay required
   request inputs, with dynamic batching.
 
 Text only: writing it needs no Triton package (the tests parse it with tritonclient's model_config_pb2).
-`toolkit.serve` reuses `Signature` and the text helpers for the Python-backend model it serves.
+`toolkit.deploy.serve` reuses `Signature` and the text helpers for the Python-backend model it serves.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pathlib import Path
 import onnx
 
 from toolkit.errors import InputError
-from toolkit.fileset import write_file_set
-from toolkit.metadata import read_state_map
-from toolkit.runner import TensorInfo, graph_inputs, graph_outputs, optional_inputs
+from toolkit.export.fileset import write_file_set
+from toolkit.onnxfile.metadata import read_state_map
+from toolkit.onnxfile.model import TensorInfo, graph_inputs, graph_outputs, optional_inputs
 
 TRITON_TYPES = {
     "float32": "TYPE_FP32",
@@ -90,7 +90,7 @@ class Signature:
 
 
 def _streamable(model: onnx.ModelProto) -> bool:
-    from toolkit.streaming import check_streamable
+    from toolkit.checking.streaming import check_streamable
 
     try:
         check_streamable(model)

@@ -1,6 +1,6 @@
 """pytriton's Triton build: where its files are, and the environment its Python-backend stub needs.
 
-`lstm-onnx serve` (`toolkit.serve`) runs this `tritonserver` 2.51 itself. Two facts of the environment
+`lstm-onnx serve` (`toolkit.deploy.serve`) runs this `tritonserver` 2.51 itself. Two facts of the environment
 are handled here, not left to the user:
 
 - The stub links `libpython3.X.so.1.0` and takes the first one the loader finds (Debian's, on this

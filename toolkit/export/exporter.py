@@ -4,14 +4,15 @@
 1. convert: `lower_model` (in `lowering`) writes the graph: recurrent layers as fused ONNX ops from their
    weights, every other layer through tf2onnx; inputs are named and the batch axis is dynamic.
    (`converter="tf2onnx"` converts the whole model with tf2onnx instead, as a user would without us.)
-2. name: every graph output gets its `<layer>_<role>` name (see `toolkit.naming`), in the Keras model's
-   output order, and dynamic axes are named `batch` and `time` instead of `unk__N` (`toolkit.graph`).
+2. name: every graph output gets its `<layer>_<role>` name (see `toolkit.models.naming`), in the Keras model's
+   output order, and dynamic axes are named `batch` and `time` instead of `unk__N` (`toolkit.export.graph`).
 3. canonicalize: every node, intermediate value and initializer is renamed by graph position, so that
    two exports of one model in two processes are the same bytes.
-4. tier (`toolkit.tiers`, only with `tier` float16 or int8): weights stored as float16 or quantized to
+4. tier (`toolkit.onnxfile.tiers`, only with `tier` float16 or int8): weights stored as float16 or quantized to
    int8, then canonicalized again.
 5. check fusion (on the float32 graph), then parity: ONNX Runtime against Keras, at the tier's tolerance.
-6. record metadata (`toolkit.metadata`, in `toolkit.export_record` with step 4) and check the model in full with `onnx.checker`.
+6. record metadata (`toolkit.onnxfile.metadata`, in `toolkit.export.record` with step 4) and check the model in full
+   with `onnx.checker`.
 `ExportResult.save` writes the file atomically, and refuses to write a model that failed parity unless
 asked to keep it. What an export is asked to do travels as one `ExportOptions` value (`toolkit.options`).
 """
@@ -25,31 +26,32 @@ from typing import Any
 
 import onnx
 
-from toolkit import __version__, metadata
-from toolkit.compare import ParityReport, RuntimeReport
+from toolkit import __version__
+from toolkit.checking.parity import check_parity
+from toolkit.checking.precision import choose as choose_tolerance
+from toolkit.checking.results import ParityReport, RuntimeReport
 from toolkit.errors import InputError, UnsupportedModelError
-from toolkit.export_record import record_metadata, tier_graph, tier_notes
-from toolkit.export_result import ExportResult, OutputInfo, load_runner
-from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
-from toolkit.keras_io import (
+from toolkit.export.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
+from toolkit.export.record import record_metadata, tier_graph, tier_notes
+from toolkit.export.result import ExportResult, OutputInfo, load_runner
+from toolkit.lowering import LayerLowering, StateIO, lower_model
+from toolkit.models.keras3 import (
     load_keras_model,
     model_signature,
     output_shapes,
     require_recurrent,
     time_axis_sources,
 )
-from toolkit.lowering import LayerLowering, StateIO, lower_model
-from toolkit.naming import OutputOrigin, apply_overrides, default_output_names, output_origins
-from toolkit.options import ExportOptions
-from toolkit.parity import check_parity
-from toolkit.precision import choose as choose_tolerance
-from toolkit.runner import (
+from toolkit.models.naming import OutputOrigin, apply_overrides, default_output_names, output_origins
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import (
     FUSED_RECURRENT_OPS,
     LOOP_OPS,
     count_ops,
     graph_inputs,
     graph_outputs,
 )
+from toolkit.options import ExportOptions
 from toolkit.tf2onnx_lib import InputSignature, convert
 from toolkit.tolerance import decide
 
@@ -73,7 +75,7 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     `options` says what to export (`ExportOptions()` by default); keyword `changes` replace some of its
     fields (`export_model(model, padding="left")`). `source` is recorded in the metadata (e.g. the
     builder's flags); `seed` draws the parity inputs. `reference` (a `KerasRunner` with a `label`)
-    computes the expected outputs instead of `model`: a Keras 2 file's original (`toolkit.keras2.reference`).
+    computes the expected outputs instead of `model`: a Keras 2 file's original (`toolkit.runtimes.keras2`).
     """
     options = (options or ExportOptions()).replace(**changes)
     recurrent = require_recurrent(model)
@@ -118,9 +120,9 @@ def _prove(proto: onnx.ModelProto, model: Any, options: ExportOptions, names: Se
     """Step 6: with `--runtimes`, the final bytes run in each runtime against Keras on the parity cases."""
     if not options.runtimes:
         return ()
-    from toolkit.inputs import make_cases
-    from toolkit.keras_runner import KerasRunner
-    from toolkit.verification import prove_written
+    from toolkit.checking.inputs import make_cases
+    from toolkit.checking.verify import prove_written
+    from toolkit.runtimes.keras import KerasRunner
 
     keras = reference if reference is not None else KerasRunner(model)
     cases = make_cases(model, seed, options.padding)
@@ -285,7 +287,7 @@ def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions 
     target = Path(dst)
     if target.suffix != ".onnx":
         raise InputError(f"Expected an output path ending in .onnx. Received: {str(target)!r}")
-    from toolkit.keras2.formats import keras2_format
+    from toolkit.models.keras2.formats import keras2_format
 
     fmt = keras2_format(Path(src))
     if fmt is not None:
@@ -296,12 +298,12 @@ def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions 
 
 def _export_keras2(src: Path, fmt: Any, options: ExportOptions) -> ExportResult:
     """A Keras 2 file (.h5, SavedModel folder, tf.keras .keras): translated, exported through the same
-    lowering, and checked against the original (`toolkit.keras2`)."""
+    lowering, and checked against the original (`toolkit.models.keras2`)."""
     if fmt.kind == "module":
-        from toolkit.keras2.module_export import export_module_savedmodel
+        from toolkit.export.tf_module_export import export_module_savedmodel
 
         return export_module_savedmodel(src, options)
-    from toolkit.keras2.reference import open_original
+    from toolkit.runtimes.keras2 import open_original
 
     loaded, reference = open_original(src, fmt, options.limits)
     with reference:  # a SavedModel's signature runs in a child process, stopped on close

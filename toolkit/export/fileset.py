@@ -39,7 +39,7 @@ from toolkit.fileio import (
     write_journal,
     write_new,
 )
-from toolkit.guard import safe_text
+from toolkit.text import safe_text
 
 # ------------------------------------------------------------------------------------------- file sets
 

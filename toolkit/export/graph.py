@@ -15,7 +15,7 @@ import onnx
 
 from toolkit.errors import ExportError
 from toolkit.lowering import outer_reads, rename_values
-from toolkit.runner import subgraphs
+from toolkit.onnxfile.model import subgraphs
 from toolkit.tf2onnx_lib import InputSignature
 
 BATCH_AXIS = "batch"

@@ -1,5 +1,5 @@
 """The exporter's last steps on a named graph: the precision tier (step 4) and the metadata record with the
-full `onnx.checker` pass (step 6). Kept apart from `toolkit.exporter`, which orders the steps; these two
+full `onnx.checker` pass (step 6). Kept apart from `toolkit.export.exporter`, which orders the steps; these two
 only transform a finished graph and say what they did.
 """
 
@@ -10,16 +10,16 @@ from typing import Any
 
 import onnx
 
-from toolkit import metadata
-from toolkit.compare import ParityReport
+from toolkit.checking.precision import PrecisionChoice
+from toolkit.checking.results import ParityReport
 from toolkit.errors import ExportError
-from toolkit.graph import canonicalize, prune_opset_imports
-from toolkit.keras_io import describe_layers
+from toolkit.export.graph import canonicalize, prune_opset_imports
 from toolkit.lowering import LayerLowering
+from toolkit.models.keras3 import describe_layers
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import graph_inputs, optional_inputs
+from toolkit.onnxfile.tiers import TierInfo, apply_tier
 from toolkit.options import ExportOptions
-from toolkit.precision import PrecisionChoice
-from toolkit.runner import graph_inputs, optional_inputs
-from toolkit.tiers import TierInfo, apply_tier
 
 
 def tier_graph(proto: onnx.ModelProto, options: ExportOptions,
@@ -52,7 +52,7 @@ def record_metadata(proto: onnx.ModelProto, model: Any, lowering: Sequence[Layer
         metadata.LAYERS: describe_layers(model, {entry.layer: entry.onnx_op for entry in lowering}),
         metadata.INPUTS: [t.to_json() for t in graph_inputs(proto)],
         metadata.OUTPUTS: list(outputs),
-        metadata.PARITY: metadata.parity_metadata(report, precision),
+        metadata.PARITY: parity_metadata(report, precision),
         metadata.VERSIONS: metadata.versions(),
         metadata.OPSET: str(options.opset),
         metadata.OPTIONS: options.to_json(),
@@ -66,3 +66,19 @@ def record_metadata(proto: onnx.ModelProto, model: Any, lowering: Sequence[Layer
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"The exported model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+
+
+def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = None) -> dict:
+    """A compact parity record: errors rounded to 3 significant digits so the bytes stay reproducible.
+    A model computing in float16/bfloat16 also records that dtype and whether the tolerance came from it."""
+    extra = precision.to_json() if precision is not None and precision.compute_dtype != "float32" else {}
+    return {
+        **extra,
+        "passed": report.passed,
+        "cases": [c.label for c in report.cases],
+        "outputs": {
+            s.name: {"max_abs": float(f"{s.max_abs:.3g}"), "max_rel": float(f"{s.max_rel:.3g}"),
+                     **s.tolerance.to_json(), "passed": s.passed}
+            for s in report.summaries()
+        },
+    }

@@ -12,14 +12,14 @@ from typing import Any
 
 import onnx
 
-from toolkit.compare import ParityReport, RuntimeReport
+from toolkit.checking.precision import failure_message
+from toolkit.checking.results import ParityReport, RuntimeReport
 from toolkit.errors import ExportError, ModelLoadError, ParityError
 from toolkit.fileio import atomic_write_bytes, sha256_hex
 from toolkit.lowering import LayerLowering
-from toolkit.precision import failure_message
-from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, TensorInfo
+from toolkit.onnxfile.model import FUSED_RECURRENT_OPS, LOOP_OPS, TensorInfo
+from toolkit.onnxfile.tiers import TierInfo
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.tiers import TierInfo
 
 # Quantized forms of the fused ops (the int8 tier): still one fused op per layer.
 QUANTIZED_RECURRENT_OPS = ("DynamicQuantizeLSTM",)

@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import __version__
-from toolkit.builder import StackConfig, build_stack, stack_budget
-from toolkit.compare import ParityReport
+from toolkit.checking.results import ParityReport
 from toolkit.errors import InputError, OutputError
-from toolkit.export_result import ExportResult
-from toolkit.exporter import export_model
-from toolkit.fileset import write_file_set
-from toolkit.limits import check_budget
-from toolkit.metadata import parity_metadata, read_opset, versions
-from toolkit.naming import default_output_names
+from toolkit.export.exporter import export_model
+from toolkit.export.fileset import write_file_set
+from toolkit.export.record import parity_metadata
+from toolkit.export.result import ExportResult
+from toolkit.models.builder import StackConfig, build_stack, stack_budget
+from toolkit.models.naming import default_output_names
+from toolkit.onnxfile.metadata import read_opset, versions
 from toolkit.options import ExportOptions
 from toolkit.progress import Progress
+from toolkit.safety.limits import check_budget
 from toolkit.tolerance import Tolerances
 
 MANIFEST_NAME = "manifest.json"

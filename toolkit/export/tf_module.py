@@ -3,7 +3,7 @@ so tf2onnx converts the signature. lstm-onnx still names the graph by the signat
 output keys, never `Identity_1:0`; dynamic axes `batch` and `time`), says when no fused recurrent op
 came out, checks parity against the signature run by TensorFlow, and makes the bytes reproducible.
 
-The graph's ops pass the allowlist (`toolkit.keras2.savedmodel.check_graph_ops`) before TensorFlow loads it.
+The graph's ops pass the allowlist (`toolkit.models.keras2.savedmodel.check_graph_ops`) before TensorFlow loads it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import UnsupportedModelError
-from toolkit.guard import safe_text
+from toolkit.text import safe_text
 
 TIME_STEPS = (3, 5, 11)  # a dynamic time axis is checked at several lengths
 BATCHES = (1, 4)
@@ -53,7 +53,7 @@ def signature_spec(spec: dict, folder: Path) -> SignatureSpec:
 
 def module_cases(spec: SignatureSpec, seed: int) -> list[Any]:
     """Random inputs of the signature's shapes: batch 1 and 4 and several lengths of a dynamic time axis."""
-    from toolkit.inputs import InputCase
+    from toolkit.checking.inputs import InputCase
 
     rng = np.random.default_rng(seed + 1000)
     cases = []

@@ -1,4 +1,4 @@
-"""The export of a `tf.Module` SavedModel (its signature read by `toolkit.keras2.module`): tf2onnx's
+"""The export of a `tf.Module` SavedModel (its signature read by `toolkit.export.tf_module`): tf2onnx's
 conversion, then the same naming, canonical form, fusion report, parity check and metadata as a Keras
 export, with the serving signature in the place of the Keras model."""
 
@@ -9,13 +9,15 @@ from typing import Any
 
 import onnx
 
-from toolkit import __version__, metadata
+from toolkit import __version__
 from toolkit.errors import LstmOnnxError, UnsupportedModelError
-from toolkit.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
-from toolkit.guard import safe_text
-from toolkit.keras2.module import SignatureRunner, SignatureSpec, module_cases, signature_spec
+from toolkit.export.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
+from toolkit.export.record import parity_metadata
+from toolkit.export.tf_module import SignatureRunner, SignatureSpec, module_cases, signature_spec
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
 from toolkit.options import ExportOptions
-from toolkit.runner import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
+from toolkit.text import safe_text
 from toolkit.tf2onnx_lib import InputSignature
 from toolkit.tolerance import decide
 
@@ -32,7 +34,7 @@ def _check_options(folder: Path, options: ExportOptions) -> None:
 
 def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0) -> Any:
     """Convert a tf.Module SavedModel's serving signature with tf2onnx, named and checked."""
-    from toolkit.keras2.private import PrivateCopy
+    from toolkit.safety.private import PrivateCopy
 
     _check_options(folder, options)
     copy = PrivateCopy(folder, options.limits)  # regular files only, read by every step below instead of the path
@@ -46,8 +48,8 @@ def export_module_savedmodel(folder: Path, options: ExportOptions, seed: int = 0
 
 
 def _export_copy(private: Path, folder: Path, options: ExportOptions, seed: int) -> Any:
-    from toolkit.keras2.child import SignatureChild
-    from toolkit.keras2.savedmodel import check_graph_ops, open_checkpoint
+    from toolkit.models.keras2.savedmodel import check_graph_ops, open_checkpoint
+    from toolkit.runtimes.keras2_child import SignatureChild
 
     check_graph_ops(private, options.limits)
     if (private / "variables" / "variables.index").is_file():
@@ -61,8 +63,8 @@ def _export_copy(private: Path, folder: Path, options: ExportOptions, seed: int)
 
 
 def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options: ExportOptions, seed: int) -> Any:
-    from toolkit.export_result import ExportResult, OutputInfo, load_runner
-    from toolkit.verify import compare_runners
+    from toolkit.checking.loop import compare_runners
+    from toolkit.export.result import ExportResult, OutputInfo, load_runner
 
     signature = [InputSignature(name, dtype, shape) for name, shape, dtype in spec.inputs]
     keys = [name for name, _, _ in spec.inputs]
@@ -90,7 +92,7 @@ def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options:
                           "reference": "the SavedModel's serving signature, run by TensorFlow"},
         metadata.INPUTS: [t.to_json() for t in graph_inputs(proto)],
         metadata.OUTPUTS: [o.to_json() for o in outputs],
-        metadata.PARITY: metadata.parity_metadata(report, None),
+        metadata.PARITY: parity_metadata(report, None),
         metadata.VERSIONS: metadata.versions(),
         metadata.OPSET: str(options.opset),
         metadata.OPTIONS: options.to_json(),

@@ -19,7 +19,7 @@ from typing import Any
 
 from toolkit.lowering.context import LayerCall, LayerLowering, LoweringContext, Value
 from toolkit.lowering.recurrent import RecurrentCall, finish, read_call, write_state_inputs
-from toolkit.naming import is_bidirectional
+from toolkit.models.naming import is_bidirectional
 from toolkit.tf2onnx_lib import InputSignature, convert_call
 
 STATE_NOTE = ("stateful=True: exported with state inputs and outputs (lstm_onnx.state_map); "

@@ -234,8 +234,8 @@ def op_attributes(plans: Sequence[CellPlan], direction: str) -> dict[str, Any]:
 def state_roles(layer: Any) -> list[tuple[str, int]]:
     """(role, units) of each state, in Keras' order: forward states then backward ones; a stack's cells
     in stack order."""
-    from toolkit.naming import is_bidirectional, state_units
-    from toolkit.naming import state_roles as roles_of
+    from toolkit.models.naming import is_bidirectional, state_units
+    from toolkit.models.naming import state_roles as roles_of
 
     if is_bidirectional(layer):
         inner = layer.forward_layer

@@ -14,7 +14,7 @@ import onnx
 
 from toolkit.lowering.cells import CELL_OPS
 from toolkit.lowering.writer import GraphWriter
-from toolkit.naming import OutputOrigin
+from toolkit.models.naming import OutputOrigin
 from toolkit.options import ExportOptions
 
 

@@ -16,8 +16,9 @@ from onnx import TensorProto, helper
 from toolkit.errors import UnsupportedModelError
 from toolkit.lowering.context import HANDLERS, Handler, LayerCall, LoweringContext, LoweringReport, Value
 from toolkit.lowering.layers import fallback
+from toolkit.lowering.traced_lambda import lower_traced_lambda  # noqa: F401 (registers the TracedLambda handler)
 from toolkit.lowering.writer import GraphWriter, prune
-from toolkit.naming import call_in_model, is_recurrent
+from toolkit.models.naming import call_in_model, is_recurrent
 from toolkit.options import ExportOptions
 from toolkit.tf2onnx_lib import InputSignature
 

@@ -24,7 +24,7 @@ from toolkit.lowering.cells import NotFusable, plan_cells, to_numpy
 from toolkit.lowering.context import LayerCall, LayerLowering, LoweringContext, Value, handles
 from toolkit.lowering.recurrent import finish, lower_unidirectional, plan, read_call, write_state_inputs
 from toolkit.lowering.stacked import is_stacked, lower_stacked
-from toolkit.naming import is_bidirectional, is_recurrent
+from toolkit.models.naming import is_bidirectional, is_recurrent
 from toolkit.tf2onnx_lib import InputSignature, convert_call
 
 # Layers that are the identity at inference time and pass their input's mask on.

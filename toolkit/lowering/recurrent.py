@@ -27,7 +27,7 @@ from toolkit.lowering.cells import (
 )
 from toolkit.lowering.context import LoweringContext, StateIO, Value
 from toolkit.lowering.writer import trim
-from toolkit.naming import is_bidirectional, main_count
+from toolkit.models.naming import is_bidirectional, main_count
 
 
 @dataclass
@@ -100,7 +100,7 @@ def write_state_inputs(ctx: LoweringContext, rc: RecurrentCall) -> None:
     """Step 3a: explicit states with no initial state given become plain graph inputs of shape
     (batch, units). No same-name initializer gives them a default: onnxruntime-node ignores a fed state
     that has one, onnxruntime-web and OpenVINO refuse it, and ONNX Runtime warns on every load. Callers
-    without states yet feed zeros; the library's runners do (`toolkit.runner.with_zero_states`)."""
+    without states yet feed zeros; the library's runners do (`toolkit.onnxfile.model.with_zero_states`)."""
     if not rc.explicit or rc.initial:
         return
     rc.sources = [_state_input(ctx, f"{rc.owner}_initial_{role}", units) for role, units in rc.roles]

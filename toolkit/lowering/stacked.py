@@ -5,7 +5,7 @@ output; over the whole sequence that is the same as one recurrent layer per cell
 sequence to the next. So every cell is lowered by the steps of `recurrent.py` as a layer of its own
 (`CellLayer`), with the stack's mask, its share of the initial states and state inputs, and the
 stack's flags on the last cell. The states come back cell by cell, as Keras returns them; their roles
-are `cell<i>_state_h` (and `cell<i>_state_c` for an LSTM cell, see `toolkit.naming`).
+are `cell<i>_state_h` (and `cell<i>_state_c` for an LSTM cell, see `toolkit.models.naming`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from toolkit.lowering.cells import CELL_OPS
-from toolkit.runner import subgraphs
+from toolkit.onnxfile.model import subgraphs
 
 
 class GraphWriter:

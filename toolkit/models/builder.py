@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.budget import Budget
 from toolkit.errors import InputError
+from toolkit.safety.budget import Budget
 
 # The post's data: batch 1, 3 time steps, 1 feature.
 SEED_INPUT = np.array([0.1, 0.2, 0.3], dtype=np.float32).reshape((1, 3, 1))
@@ -38,7 +38,7 @@ EMBEDDING_VOCAB = 20  # token ids 1..19; 0 is the padding id when the mask comes
 
 # Bounds of the builder's sizes. Beyond them Keras allocates for minutes before anything fails (the issue
 # measured --units 100000, --features 3e8 and --layers 5000); the parameter and time-step budgets of
-# toolkit.limits apply on top (`stack_budget`), and their flags raise those, not these.
+# toolkit.safety.limits apply on top (`stack_budget`), and their flags raise those, not these.
 MAX_LAYERS = 64
 MAX_UNITS = 4096
 MAX_FEATURES = 65536
@@ -138,7 +138,7 @@ _GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
 
 def stack_budget(config: StackConfig) -> Budget:
     """Parameters and per-sample activation size of the stack `build_stack` would build, counted before
-    Keras allocates it (`toolkit.limits.check_budget` compares them with the limits)."""
+    Keras allocates it (`toolkit.safety.limits.check_budget` compares them with the limits)."""
     directions = 2 if config.bidirectional else 1
     width = 2 if config.bidirectional in ("concat", "none") else 1
     budget = Budget(layers=config.layers, longest_fixed_time=config.timesteps, time_at="--timesteps")

@@ -7,24 +7,27 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ModelLoadError, UnsupportedModelError
-from toolkit.guard import check_keras_version, keras_load_failure, open_regular_file, safe_text
-from toolkit.limits import DEFAULT_LIMITS, ResourceLimits, inspect_keras_handle
-from toolkit.naming import is_bidirectional, is_recurrent, layer_cells, main_count, recurrent_roles
-from toolkit.shapes import check_model_budget
+from toolkit.models.loading import check_keras_version, keras_load_failure
+from toolkit.models.naming import is_bidirectional, is_recurrent, layer_cells, main_count, recurrent_roles
+from toolkit.options import DEFAULT_LIMITS, ResourceLimits
+from toolkit.safety.files import open_regular_file
+from toolkit.safety.limits import inspect_keras_handle
+from toolkit.safety.shapes import check_model_budget
+from toolkit.text import safe_text
 from toolkit.tf2onnx_lib import InputSignature
 
 
 def load_keras_model(path: str | Path, limits: ResourceLimits = DEFAULT_LIMITS) -> Any:
     """Load a user's `.keras` file in Keras' safe mode (no deserialized Python code runs), after checking
-    the archive against `limits` (`toolkit.limits`): Keras then reads the very file that was checked.
+    the archive against `limits` (`toolkit.safety.limits`): Keras then reads the very file that was checked.
     A Keras 2 model (`.h5`, a tf.keras SavedModel folder or `.keras`) is read and translated by
-    `toolkit.keras2`; that returns the Keras 3 translation (the exporter checks against the original)."""
+    `toolkit.models.keras2`; that returns the Keras 3 translation (the exporter checks against the original)."""
     source = Path(path)
-    from toolkit.keras2.formats import keras2_format
+    from toolkit.models.keras2.formats import keras2_format
 
     fmt = keras2_format(source)
     if fmt is not None and fmt.kind != "module":
-        from toolkit.keras2.loader import load_keras2_model
+        from toolkit.models.keras2.loader import load_keras2_model
 
         loaded = load_keras2_model(source, fmt, limits)
         loaded.close()

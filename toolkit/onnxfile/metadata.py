@@ -17,11 +17,9 @@ from typing import Any
 import onnx
 
 from toolkit import __version__
-from toolkit.compare import ParityReport
 from toolkit.errors import InputError
-from toolkit.guard import safe_text
 from toolkit.options import DEFAULT_OPSET, ExportOptions
-from toolkit.precision import PrecisionChoice
+from toolkit.text import safe_text
 
 # Every key lstm-onnx writes into metadata_props starts with this; the state map is read by deploy code.
 METADATA_PREFIX = "lstm_onnx."
@@ -75,22 +73,6 @@ def versions() -> dict[str, str]:
         "tf2onnx": tf2onnx_version(),
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
-    }
-
-
-def parity_metadata(report: ParityReport, precision: PrecisionChoice | None = None) -> dict:
-    """A compact parity record: errors rounded to 3 significant digits so the bytes stay reproducible.
-    A model computing in float16/bfloat16 also records that dtype and whether the tolerance came from it."""
-    extra = precision.to_json() if precision is not None and precision.compute_dtype != "float32" else {}
-    return {
-        **extra,
-        "passed": report.passed,
-        "cases": [c.label for c in report.cases],
-        "outputs": {
-            s.name: {"max_abs": float(f"{s.max_abs:.3g}"), "max_rel": float(f"{s.max_rel:.3g}"),
-                     **s.tolerance.to_json(), "passed": s.passed}
-            for s in report.summaries()
-        },
     }
 
 

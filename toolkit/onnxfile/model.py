@@ -9,7 +9,6 @@ gets a message naming the input rather than an ONNX Runtime stack trace.
 from __future__ import annotations
 
 import json
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,16 +18,9 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.guard import (
-    check_batch,
-    check_feed_array,
-    check_feed_dtype,
-    check_feed_shape,
-    check_input_names,
-    open_regular_file,
-    safe_text,
-)
-from toolkit.metadata import read_state_inputs, read_state_map
+from toolkit.onnxfile.metadata import read_state_inputs, read_state_map
+from toolkit.safety.files import open_regular_file
+from toolkit.text import first_line, safe_text
 
 # The ops that carry a recurrence: the fused ones we want, and the loops a converter falls back to.
 FUSED_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -85,14 +77,6 @@ class ModelDescription:
             "op_counts": dict(self.op_counts),
             "metadata": {k: _maybe_json(v) for k, v in self.metadata.items()},
         }
-
-
-def first_line(source: BaseException | str, limit: int = 300) -> str:
-    """An exception's or a text's first line, at most `limit` characters: enough for a one-line error."""
-    text = str(source).strip()
-    if text:
-        return text.splitlines()[0][:limit]
-    return type(source).__name__ if isinstance(source, BaseException) else "no message"
 
 
 def _maybe_json(text: str) -> object:
@@ -264,79 +248,9 @@ def inspect_model(path: str | Path) -> ModelDescription:
     return describe(load_onnx(path, external_data=False), str(path))
 
 
-def check_feeds(inputs: Sequence[TensorInfo], optional: Sequence[TensorInfo],
-                feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check names, dtypes, ranks and fixed dims against a model's inputs; every message names the input and
-    both sides, so a user's mistake never reaches a runtime as a stack trace."""
-    expected_names = [t.name for t in inputs]
-    optional_names = [t.name for t in optional]
-    missing = [n for n in expected_names if n not in feeds]
-    extra = [n for n in feeds if n not in expected_names and n not in optional_names]
-    if missing or extra:
-        also = f" (optional: {optional_names})" if optional_names else ""
-        raise InputError(f"Expected inputs {expected_names}{also}. Received: {list(feeds)}")
-    given = tuple(inputs) + tuple(t for t in optional if t.name in feeds)
-    checked = {info.name: _check_feed(info, np.asarray(feeds[info.name])) for info in given}
-    # ONNX Runtime broadcasts a state of batch 1 over an input of batch 2 without a word.
-    check_batch(checked, [t.name for t in given if t.shape and t.shape[0] == BATCH_AXIS])
-    return with_zero_states(optional, checked)
-
-
 def check_tensor_io(infos: Sequence[TensorInfo]) -> None:
     """Runners take and give tensors; a sequence, map or optional would come back as something no caller takes."""
     odd = [t for t in infos if t.dtype in _NOT_TENSORS]
     if odd:
         raise ModelLoadError(f"Expected a model whose inputs and outputs are tensors. Received: "
                              f"{safe_text(odd[0].name)!r} of type {odd[0].dtype}")
-
-
-def _check_feed(info: TensorInfo, array: np.ndarray) -> np.ndarray:
-    """One feed: numeric, native byte order, no empty axis (ONNX Runtime aborts the whole process on a batch
-    or time axis of 0), then the input's dtype, rank and fixed dims."""
-    array = check_feed_array(info.name, array)
-    check_feed_dtype(info.name, array, np.dtype(info.dtype))
-    check_feed_shape(info.name, array, info.shape, info.shape_text())
-    return array
-
-
-def _read_arrays(path_text: str) -> np.ndarray | dict[str, np.ndarray]:
-    """One `.npy` array, or every array of an `.npz`, read whole from a regular file (a FIFO is refused, not
-    waited on) without pickle."""
-    what = "an input file (.npy or .npz)"
-    with open_regular_file(path_text, what) as handle:
-        try:
-            loaded = np.load(handle, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # not numpy, pickled, truncated
-            raise InputError(f"Expected {what}. Received: {safe_text(path_text)!r}, unreadable "
-                             f"({type(exc).__name__})") from None
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            return loaded
-        with loaded:
-            try:
-                return {key: loaded[key] for key in loaded.files}
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # an object array, a bad member
-                raise InputError(f"Expected numeric arrays in {safe_text(path_text)!r}. Received: "
-                                 f"{safe_text(first_line(exc))}") from None
-
-
-def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Read `--input` values: `x.npy` for a one-input model, `NAME=x.npy` per input, or one `.npz` with named arrays."""
-    check_input_names(specs)
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        name, sep, path_text = spec.partition("=")
-        if not sep:
-            name, path_text = "", spec
-        loaded = _read_arrays(path_text)
-        if isinstance(loaded, dict):
-            feeds.update(loaded)
-            continue
-        if not name:
-            if len(input_names) != 1:
-                raise InputError(
-                    f"Expected NAME=FILE.npy for each of the inputs {list(input_names)}. Received: {spec!r}"
-                )
-            name = input_names[0]
-        feeds[name] = loaded
-    return feeds
-

@@ -178,7 +178,7 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def recorded_tier(model: onnx.ModelProto) -> str:
     """The tier an export was made in (from `lstm_onnx.options`; float32 when not recorded)."""
-    from toolkit import metadata
+    from toolkit.onnxfile import metadata
 
     return str(metadata.read_json(model, metadata.OPTIONS, {}, dict).get("tier", "float32"))
 

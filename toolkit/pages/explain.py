@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.builder import SEED_INPUT, StackConfig, build_stack, stack_configs
-from toolkit.exporter import export_model
-from toolkit.keras_runner import keras_outputs
-from toolkit.naming import output_origins
+from toolkit.checking.loop import invariant_checks
+from toolkit.export.exporter import export_model
+from toolkit.models.builder import SEED_INPUT, StackConfig, build_stack, stack_configs
+from toolkit.models.naming import output_origins
+from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import Tolerances
-from toolkit.verify import invariant_checks
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,12 @@ def _equality(check: Any) -> str:
 
 def explain(base: StackConfig = StackConfig(), keras2: bool = False) -> list[ExplainedCase]:
     """Build, export and run the post's four cases on the post's input. `keras2`: the post's own code
-    path, a tf.keras stack saved as `.h5` and exported from that file (`toolkit.keras2.post`)."""
+    path, a tf.keras stack saved as `.h5` and exported from that file (`toolkit.pages.keras2_post`)."""
     cases = []
     feeds = {"input": SEED_INPUT}
     for number, config in enumerate(stack_configs(base), start=1):
         if keras2:
-            from toolkit.keras2.post import export_post_stack_h5
+            from toolkit.pages.keras2_post import export_post_stack_h5
 
             result, reference, model = export_post_stack_h5(config)
             expected = list(reference.run(feeds).values())

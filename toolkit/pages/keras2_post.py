@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.builder import INPUT_NAME, StackConfig
 from toolkit.errors import InputError
+from toolkit.models.builder import INPUT_NAME, StackConfig
 
 
 def tf_keras_module() -> Any:
     try:
         import tf_keras
     except ImportError:
-        from toolkit.keras2.reference import TF_KERAS_HINT
+        from toolkit.runtimes.keras2 import TF_KERAS_HINT
 
         raise InputError(f"Expected tf.keras (the tf-keras package) for the Keras 2 code path. Received: not "
                          f"installed; {TF_KERAS_HINT}") from None
@@ -52,10 +52,10 @@ def build_post_stack(config: StackConfig) -> Any:
 def export_post_stack_h5(config: StackConfig) -> tuple[Any, Any, Any]:
     """Build the tf.keras stack, save it as `.h5`, export that file: (export result, its tf.keras reference,
     the Keras 3 translation)."""
-    from toolkit.exporter import export_model
-    from toolkit.keras2.formats import keras2_format
-    from toolkit.keras2.reference import open_original
-    from toolkit.limits import DEFAULT_LIMITS
+    from toolkit.export.exporter import export_model
+    from toolkit.models.keras2.formats import keras2_format
+    from toolkit.options import DEFAULT_LIMITS
+    from toolkit.runtimes.keras2 import open_original
 
     model = build_post_stack(config)
     with tempfile.TemporaryDirectory(prefix="lstm-onnx-post-") as folder:

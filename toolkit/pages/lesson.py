@@ -21,11 +21,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from toolkit.explain import ExplainedCase
 from toolkit.fileio import atomic_write_text
+from toolkit.pages.explain import ExplainedCase
 from toolkit.runtimes.js import npm_package
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent  # the lesson's script, style and text lie beside this module
 ORT_MODULE = "ort.wasm.bundle.min.mjs"  # the WASM build with its Emscripten glue bundled in: one module
 ORT_WASM = "ort-wasm-simd-threaded.wasm"
 ROLE_CLASS = {"sequence": "seq", "last": "last", "state_h": "sh", "state_c": "sc"}

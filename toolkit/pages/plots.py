@@ -2,7 +2,7 @@
 series per runtime or tier; for an output with one value (or row of scores) per sample, each runtime's
 values against Keras' and the distribution of its errors, with the tolerance.
 
-matplotlib is imported here only, and this module only by `toolkit.html_report`: `run`, `inspect` and
+matplotlib is imported here only, and this module only by `toolkit.pages.report`: `run`, `inspect` and
 `--help` never load it. Its object API (`Figure`, no pyplot) keeps no global state between plots. The SVG is
 deterministic (a fixed hash salt, no date) and small: text stays text (`svg.fonttype: none`) and a series
 longer than `MAX_POINTS` steps is drawn as the maximum over bins of steps, which keeps every peak.
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from toolkit.samples import SampleValues
-from toolkit.steps import StepErrors
+from toolkit.checking.samples import SampleValues
+from toolkit.checking.steps import StepErrors
 from toolkit.tolerance import Tolerance
 
 MAX_POINTS = 400  # per series; a longer sequence is drawn as its maximum over bins of steps

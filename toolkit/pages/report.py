@@ -3,10 +3,10 @@
 A page holds, per model: its inputs, its outputs by role and each recurrent layer with the ONNX op it
 became (from the export's metadata); a runtime x output matrix (pass / fail / not valid, the reason on
 hover and in a footnote); for every sequence output, a plot of the error per time step with one series per
-runtime or tier (`toolkit.plots`, from the per-step errors the comparison kept); for `--stream`, the
+runtime or tier (`toolkit.pages.plots`, from the per-step errors the comparison kept); for `--stream`, the
 streamed series with its chunk boundaries; for a model without a sequence output (a forecaster, a
 classifier), each runtime's values against Keras' per sample and its errors' distribution with the
-tolerance (from the values the comparison kept, `toolkit.samples`); then the versions and the command.
+tolerance (from the values the comparison kept, `toolkit.checking.samples`); then the versions and the command.
 
 Everything from a model file (names, metadata) is escaped with `html.escape` after `safe_text`: layer
 names are user data. The page is bounded: at most `MAX_POINTS` points per series and `MAX_PLOTS` plots.
@@ -26,11 +26,12 @@ from typing import Any
 
 import onnx
 
-from toolkit import __version__, metadata
-from toolkit.compare import ParityReport, RuntimeReport, StreamReport
+from toolkit import __version__
+from toolkit.checking.results import ParityReport, RuntimeReport, StreamReport
 from toolkit.fileio import atomic_write_text
-from toolkit.guard import safe_text
-from toolkit.runner import graph_inputs, graph_outputs
+from toolkit.onnxfile import metadata
+from toolkit.onnxfile.model import graph_inputs, graph_outputs
+from toolkit.text import safe_text
 
 MAX_PLOTS = 48  # sequence outputs drawn per page; any more are listed, not drawn (each plot is 20-90 KB)
 PACKAGES = ("lstm-onnx", "numpy", "onnx", "onnxruntime", "tensorflow-cpu", "keras", "tf2onnx", "openvino", "matplotlib")
@@ -155,7 +156,7 @@ def _has_sequence(section: ModelSection) -> bool:
 def plots_html(section: ModelSection, start: int) -> tuple[str, int]:
     """One plot per sequence output, one series per runtime that ran (and the stream); returns the HTML and
     how many plots it drew (the page bounds the total)."""
-    from toolkit.plots import Series, step_plot
+    from toolkit.pages.plots import Series, step_plot
 
     tier = tier_of(section.model)
     by_output: dict[str, list[Series]] = {}
@@ -192,7 +193,7 @@ def plots_html(section: ModelSection, start: int) -> tuple[str, int]:
 
 def _value_series(section: ModelSection) -> dict[str, list[Any]]:
     """Per output, each runtime's values with Keras' (and the stream's, its states carried), in report order."""
-    from toolkit.plots import ValueSeries
+    from toolkit.pages.plots import ValueSeries
 
     tier = tier_of(section.model)
     runs = [(series_label(r.runtime, tier), r.report) for r in section.runtimes if r.report is not None]
@@ -222,8 +223,8 @@ def _values_data(series: Sequence[Any]) -> str:
 
 def values_html(section: ModelSection, start: int) -> tuple[str, int]:
     """A model with no sequence output (a forecaster, a classifier): per output, each runtime against Keras
-    per sample, and the distribution of its errors with the tolerance (`toolkit.plots.values_plot`)."""
-    from toolkit.plots import values_plot
+    per sample, and the distribution of its errors with the tolerance (`toolkit.pages.plots.values_plot`)."""
+    from toolkit.pages.plots import values_plot
 
     parts, drawn = [], 0
     for name, series in _value_series(section).items():

@@ -4,6 +4,6 @@ its default precision as a tier).
 
 Each module offers `open(path, model)` functions returning a runner (`base.RunnerBase`: `run(feeds)`
 returns the graph's outputs by name, feeding zeros for state inputs not given; `close()` stops every
-process it started) and, where the runtime has known defects, `problem(model)`. `toolkit.verify`
+process it started) and, where the runtime has known defects, `problem(model)`. `toolkit.checking.loop`
 registers them as the runtimes `verify --runtimes` names. Nothing here imports TensorFlow.
 """

@@ -2,7 +2,7 @@
 
 A runner is one open session of one runtime on one model (after Polygraphy's `BaseRunner`): its public
 `run(feeds, timeout)` always checks the feeds against the model (names, dtypes, ranks, fixed dims, zero-size
-axes, batch agreement, bounded bytes: `toolkit.runner.check_feeds`), fills zero states, then calls the
+axes, batch agreement, bounded bytes: `toolkit.runtimes.feeds.check_feeds`), fills zero states, then calls the
 runtime's own `_run` under a deadline that runtime honours (ONNX Runtime's terminate flag; a child process
 stopped). It returns `{graph output name: array}` in graph order; `close()` stops whatever it started and
 may be called twice; it is a context manager. ONNX Runtime, onnx.reference, Keras, Node, WASM, Chromium
@@ -24,7 +24,9 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure
-from toolkit.runner import check_feeds, check_tensor_io, first_line, graph_inputs, graph_outputs, optional_inputs
+from toolkit.onnxfile.model import check_tensor_io, graph_inputs, graph_outputs, optional_inputs
+from toolkit.runtimes.feeds import check_feeds
+from toolkit.text import first_line
 
 # dtypes both sides can carry; ONNX Runtime's JavaScript API names them as numpy does.
 WIRE_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool")

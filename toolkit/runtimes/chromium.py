@@ -66,7 +66,7 @@ TYPES = {".html": "text/html", ".mjs": "text/javascript", ".js": "text/javascrip
 
 def browser_flags(profile: str) -> list[str]:
     """How every headless Chromium lstm-onnx starts runs: its own temporary profile, nothing fetched in the
-    background (the runtime check and the page tests alike, `toolkit.runtimes.devtools`)."""
+    background (the runtime check and the page tests alike, `toolkit.pages.browser`)."""
     flags = ["--headless", f"--user-data-dir={profile}", "--disable-gpu", "--no-first-run",
              "--disable-extensions", "--disable-background-networking", "--no-default-browser-check"]
     if os.geteuid() == 0:

@@ -1,52 +1,30 @@
-"""Checks on untrusted files, feeds and names that must hold before any heavy library sees them.
+"""Feeds checked before a runtime sees them: one version of each check for every runner, the verifier and
+the CLI (numpy only: no ONNX Runtime, no TensorFlow).
 
-Pure functions over paths, numpy arrays and strings (no ONNX Runtime, no TensorFlow), so the runner, the
-verifier and the CLI share one version of each check:
-
-- `open_regular_file`: a path that is a FIFO would hang `open()` forever, `/dev/zero` reads until memory
-  runs out; both are refused before a byte is read.
 - `check_feed_arrays`: ONNX Runtime 1.32 aborts the whole process (SIGABRT, exit 134) on a batch or time
   axis of 0; object arrays and non-native byte orders reach it as confusing errors; a state of batch 1
   beside an input of batch 2 is broadcast silently. Each is refused with a one-line `InputError`.
-- `check_feed_bytes`, `check_threads`: a feed over `MAX_FEED_BYTES` (bench's `--batch 1000000 --steps
-  1000000` was a MemoryError traceback) and more intra-op threads than `max_threads()` (2000 turned
-  0.3 s into 20 s) are refused with the bound stated.
-- `safe_text`: names and metadata come from files written by strangers; control characters in them would
-  reach the user's terminal raw (ANSI escapes can rewrite what was printed before).
+- `check_feed_bytes`: a feed over `MAX_FEED_BYTES` (bench's `--batch 1000000 --steps 1000000` was a
+  MemoryError traceback) is refused with the bound stated.
+- `check_feeds`: feeds against an ONNX file's inputs (names, dtypes, shapes); `load_feeds`: `--input
+  NAME=FILE` arrays read from `.npy`/`.npz` files.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import re
-import stat
-import unicodedata
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 
-from toolkit.errors import InputError, ModelLoadError, OptionError
+from toolkit.errors import InputError
+from toolkit.onnxfile.model import BATCH_AXIS, TensorInfo, with_zero_states
+from toolkit.safety.files import open_regular_file
+from toolkit.text import dtype_text, first_line, safe_text
 
 # The most bytes one input may hold: far above any recurrent model's batch, far below a machine's memory.
 MAX_FEED_BYTES = 1 << 30
-
-
-def max_threads() -> int:
-    """The most intra-op threads a runtime is given: 4 per core (more only contend for the cores)."""
-    return 4 * (os.cpu_count() or 1)
-
-
-def check_threads(threads: Sequence[int], option: str = "--threads") -> tuple[int, ...]:
-    """Thread counts within 1..max_threads(); an `OptionError` stating the bound otherwise."""
-    bound = max_threads()
-    wrong = [n for n in threads if not 1 <= n <= bound]
-    if wrong:
-        raise OptionError(f"Expected {option} between 1 and {bound} (4 per core on this machine's "
-                          f"{os.cpu_count() or 1}). Received: {wrong[0]}")
-    return tuple(threads)
 
 
 def check_feed_bytes(name: str, shape: Sequence[int], dtype: np.dtype) -> None:
@@ -57,70 +35,7 @@ def check_feed_bytes(name: str, shape: Sequence[int], dtype: np.dtype) -> None:
                          f"{tuple(int(d) for d in shape)} {np.dtype(dtype).name}, {size / 2**30:.3g} GiB")
 
 
-def open_regular_file(path: str | os.PathLike[str], what: str = "a Keras model file (.keras)") -> BinaryIO:
-    """Open a regular file for reading without ever blocking; refuse FIFOs, devices, sockets and folders.
-
-    `stat` first (no side effects, unlike opening a device), then open with O_NONBLOCK and check the
-    descriptor again, so a path swapped for a FIFO in between cannot hang the process.
-    """
-    text = str(path)
-    try:
-        mode = os.stat(text).st_mode
-    except OSError as exc:
-        reason = "no such file" if exc.errno == errno.ENOENT else exc.strerror or "unreadable"
-        raise ModelLoadError(f"Expected {what}. Received: {safe_text(text)!r} ({reason})") from None
-    _require_regular(text, mode, what)
-    try:
-        fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ModelLoadError(f"Expected a readable {what}. Received: {safe_text(text)!r} "
-                             f"({exc.strerror or 'unreadable'})") from None
-    try:
-        _require_regular(text, os.fstat(fd).st_mode, what)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
-
-
-_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def _require_regular(path: str, mode: int, what: str) -> None:
-    if stat.S_ISREG(mode):
-        return
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    raise ModelLoadError(f"Expected {what}, a regular file. Received: {safe_text(path)!r}, which is {kind}")
-
-
-# ------------------------------------------------------------------------------------------------ text
-
-
-def safe_text(text: object, limit: int | None = 400, keep: str = "") -> str:
-    """`text` fit for a terminal: control and format characters (ANSI escapes, bidi overrides, NUL, line
-    breaks) written as `\\x1b`, `\\u202e`, ...; characters in `keep` (say a newline) stay; cut to
-    `limit` characters with a marker (None: no cut)."""
-    value = str(text)
-    cut = limit is not None and len(value) > limit
-    out = []
-    for char in value[:limit] if cut else value:
-        if char not in keep and unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    return "".join(out) + (f"...(+{len(value) - limit} chars)" if cut else "")
-
-
 # ----------------------------------------------------------------------------------------------- feeds
-
-
-def dtype_text(dtype: np.dtype) -> str:
-    """`float32 (<f4)`: the name alone hides the byte order, so a big-endian array read 'float32 vs float32'."""
-    dtype = np.dtype(dtype)
-    return f"{dtype.name} ({dtype.str})"
 
 
 def check_feed_dtype(name: str, array: np.ndarray, want: np.dtype) -> None:
@@ -209,80 +124,70 @@ def check_input_names(specs: Sequence[str]) -> None:
         seen[name] = spec
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Keras prints the cause of a layer's failure in bold
+def check_feeds(inputs: Sequence[TensorInfo], optional: Sequence[TensorInfo],
+                feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check names, dtypes, ranks and fixed dims against a model's inputs; every message names the input and
+    both sides, so a user's mistake never reaches a runtime as a stack trace."""
+    expected_names = [t.name for t in inputs]
+    optional_names = [t.name for t in optional]
+    missing = [n for n in expected_names if n not in feeds]
+    extra = [n for n in feeds if n not in expected_names and n not in optional_names]
+    if missing or extra:
+        also = f" (optional: {optional_names})" if optional_names else ""
+        raise InputError(f"Expected inputs {expected_names}{also}. Received: {list(feeds)}")
+    given = tuple(inputs) + tuple(t for t in optional if t.name in feeds)
+    checked = {info.name: _check_feed(info, np.asarray(feeds[info.name])) for info in given}
+    # ONNX Runtime broadcasts a state of batch 1 over an input of batch 2 without a word.
+    check_batch(checked, [t.name for t in given if t.shape and t.shape[0] == BATCH_AXIS])
+    return with_zero_states(optional, checked)
 
 
-def keras_reason(exc: BaseException) -> str:
-    """One line of what Keras said: its 'Exception encountered when calling X.call().' names the layer,
-    and the next non-blank line (bold with ANSI codes) says what failed, so both are kept."""
-    return _reason_of([line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()],
-                      type(exc).__name__)
+def _check_feed(info: TensorInfo, array: np.ndarray) -> np.ndarray:
+    """One feed: numeric, native byte order, no empty axis (ONNX Runtime aborts the whole process on a batch
+    or time axis of 0), then the input's dtype, rank and fixed dims."""
+    array = check_feed_array(info.name, array)
+    check_feed_dtype(info.name, array, np.dtype(info.dtype))
+    check_feed_shape(info.name, array, info.shape, info.shape_text())
+    return array
 
 
-def _reason_of(lines: list[str], fallback: str) -> str:
-    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
-        lines = [f"{lines[0]} {lines[1]}"]
-    return safe_text(lines[0] if lines else fallback, limit=300)
+def _read_arrays(path_text: str) -> np.ndarray | dict[str, np.ndarray]:
+    """One `.npy` array, or every array of an `.npz`, read whole from a regular file (a FIFO is refused, not
+    waited on) without pickle."""
+    what = "an input file (.npy or .npz)"
+    with open_regular_file(path_text, what) as handle:
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # not numpy, pickled, truncated
+            raise InputError(f"Expected {what}. Received: {safe_text(path_text)!r}, unreadable "
+                             f"({type(exc).__name__})") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded:
+            try:
+                return {key: loaded[key] for key in loaded.files}
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # an object array, a bad member
+                raise InputError(f"Expected numeric arrays in {safe_text(path_text)!r}. Received: "
+                                 f"{safe_text(first_line(exc))}") from None
 
 
-# The line of a traced function's error that names the exception raised inside it ("    ValueError: ...").
-_RAISED = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)): ?(.*)$")
-
-
-def error_cause(exc: BaseException) -> str:
-    """`Type: why` in one line. An error raised while TensorFlow traced a function reads "in user code:",
-    then the frames, then the exception raised inside: that exception is the cause, not the first line."""
-    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
-    name = type(exc).__name__
-    if lines and lines[0] == "in user code:":
-        for index, line in enumerate(lines):
-            raised = _RAISED.match(line)
-            if raised:
-                name, lines = raised.group(1), [raised.group(2), *lines[index + 1:]]
-                break
-    return f"{name}: {_reason_of(lines, '(no message)')}"
-
-
-# Keras releases whose safe mode has the published fixes: 3.9 (CVE-2025-1550), 3.11 (CVE-2025-8747,
-# CVE-2025-9906), 3.11.3 (CVE-2025-9905, .h5), 3.13.2 (CVE-2026-1462), 3.14 (archive path traversal).
-MIN_KERAS = (3, 14)
-
-
-def check_keras_version(version: str) -> None:
-    """Refuse to load untrusted files with a Keras whose safe mode is known to be bypassable."""
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    if tuple(parts) < MIN_KERAS:
-        raise ModelLoadError(
-            f"Expected Keras >= {'.'.join(map(str, MIN_KERAS))} to load model files (earlier safe modes have "
-            f"published bypasses). Received: Keras {version}"
-        )
-
-
-_TRUST = ("If you trust it, load it with keras.saving.load_model(path, safe_mode=False) and call "
-          "toolkit.exporter.export_model(model)")
-
-
-def keras_load_failure(exc: Exception) -> str:
-    """Say why Keras refused a file, naming what it refused, and what the user can do if they trust it."""
-    text = str(exc)
-    external = re.search(r"Requested the deserialization of a `(\w+)`", text)
-    if external:
-        return f"refused by Keras safe mode: a {external.group(1)} layer loads an external SavedModel. {_TRUST}"
-    vocabulary = re.search(r"vocabulary file outside of the model archive.*Vocabulary file: '([^']*)'", text, re.S)
-    if vocabulary:
-        return (f"refused by Keras safe mode: a lookup layer (StringLookup, IntegerLookup, ...) reads the vocabulary "
-                f"file {vocabulary.group(1)!r} outside the archive. {_TRUST}")
-    function = re.search(r"'class_name': 'function', 'config': '([^']+)'", text)
-    module = re.search(r"'module': '([^']+)', 'class_name': 'function'", text)
-    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
-    if unknown or function:
-        name = function.group(1) if function else unknown.group(1)
-        qualified = f"{module.group(1)}.{name}" if module and function else name
-        return (f"unknown custom object {qualified!r}; lstm-onnx never imports code named by a model file. "
-                "If you trust it, import it, load the model yourself and call toolkit.exporter.export_model(model)")
-    if "safe_mode" in text or "Lambda" in text:
-        return f"refused by Keras safe mode: the file holds Python code (a Lambda layer or function). {_TRUST}"
-    return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"
+def load_feeds(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Read `--input` values: `x.npy` for a one-input model, `NAME=x.npy` per input, or one `.npz` with named arrays."""
+    check_input_names(specs)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, path_text = spec.partition("=")
+        if not sep:
+            name, path_text = "", spec
+        loaded = _read_arrays(path_text)
+        if isinstance(loaded, dict):
+            feeds.update(loaded)
+            continue
+        if not name:
+            if len(input_names) != 1:
+                raise InputError(
+                    f"Expected NAME=FILE.npy for each of the inputs {list(input_names)}. Received: {spec!r}"
+                )
+            name = input_names[0]
+        feeds[name] = loaded
+    return feeds

@@ -2,7 +2,7 @@
 
 Each runner starts `node js/harness.mjs BACKEND MODEL` once, so the model is loaded once, and sends it
 one JSON line per run (`base.LineProcess`). The packages come from npm, pinned by `js/package-lock.json`
-and installed by `lstm-onnx setup` (`toolkit.install`) into a per-user cache, never into the installed
+and installed by `lstm-onnx setup` (`toolkit.runtimes.install`) into a per-user cache, never into the installed
 package: `$LSTM_ONNX_JS_DIR` if set, else `$XDG_CACHE_HOME/lstm-onnx/js` (default ~/.cache/lstm-onnx/js).
 A clone's older `toolkit/runtimes/js/node_modules` is looked in after the cache, so existing clones keep
 working. A location counts only where each package's version is the lock's. The harness stays in the
@@ -22,7 +22,6 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure
-from toolkit.guard import check_threads
 from toolkit.process import LineProcess, remove_stale
 from toolkit.runtimes.base import (
     MAX_PROTO_BYTES,
@@ -33,6 +32,7 @@ from toolkit.runtimes.base import (
     model_bytes,
     stream_in_child,
 )
+from toolkit.runtimes.threads import check_threads
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 HARNESS = JS_DIR / "harness.mjs"

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.guard import keras_reason, safe_text
-from toolkit.naming import OutputOrigin, output_origins, unique_names
-from toolkit.runner import first_line
+from toolkit.models.naming import OutputOrigin, output_origins, unique_names
 from toolkit.runtimes.base import Runner
+from toolkit.text import first_line, keras_reason, safe_text
 
 
 def keras_errors() -> tuple[type[BaseException], ...]:
@@ -71,7 +70,7 @@ class KerasRunner(Runner):
             raise InputError("Expected Keras and TensorFlow to run the Keras model (pip install 'lstm-onnx[export]'). "
                              f"Received: {first_line(exc)}") from None
         if isinstance(model, (str, Path)):
-            from toolkit.keras_io import load_keras_model
+            from toolkit.models.keras3 import load_keras_model
 
             model = load_keras_model(model)
         super().__init__(None, name)

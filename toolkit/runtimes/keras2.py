@@ -23,28 +23,27 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
-from toolkit.guard import safe_text
-from toolkit.keras2.loader import Keras2Model
-from toolkit.keras_runner import KerasRunner
-from toolkit.runner import first_line
+from toolkit.models.keras2.loader import Keras2Model
+from toolkit.runtimes.keras import KerasRunner
+from toolkit.text import first_line, safe_text
 
 TF_KERAS_HINT = "not installed: `lstm-onnx setup --runtimes tf-keras` (pip install --no-deps 'tf-keras==2.21.*')"
 
 
 class SignatureReference(KerasRunner):
     """A SavedModel's `serving_default` signature as the reference, run by TensorFlow in a child process
-    bounded in time and memory (`toolkit.keras2.child`); stateful layers' states zeroed before each case."""
+    bounded in time and memory (`toolkit.runtimes.keras2_child`); stateful layers' states zeroed before each case."""
 
     def __init__(self, loaded: Keras2Model):
         super().__init__(loaded.model, name="savedmodel-signature")
         import tensorflow as tf
 
-        from toolkit.keras2.child import SignatureChild
+        from toolkit.runtimes.keras2_child import SignatureChild
 
         # `loaded.path` is the private copy whose graph `read_keras_savedmodel` checked against the op
         # allowlist; nobody else can write it, so the child loads exactly what was checked.
         self._child = SignatureChild(loaded.path)
-        from toolkit.keras2.traced_lambda import attach_source
+        from toolkit.models.keras2.traced_lambda import attach_source
 
         attach_source(loaded.model, self._child)  # a Lambda's placeholder is converted from its trace by this child
         self._output_keys = keras2_output_names(loaded.translation.config)
@@ -123,7 +122,7 @@ def open_original(path: Path, fmt: Any, limits: Any) -> tuple[Keras2Model, Keras
     """A Keras 2 file read and translated (`load_keras2_model`) and its original as the parity reference;
     the private copy is removed once the reference has read what it needs. Close the reference after use
     (a SavedModel's signature runs in a child process)."""
-    from toolkit.keras2.loader import load_keras2_model
+    from toolkit.models.keras2.loader import load_keras2_model
 
     loaded = load_keras2_model(path, fmt, limits)
     try:
@@ -135,8 +134,8 @@ def open_original(path: Path, fmt: Any, limits: Any) -> tuple[Keras2Model, Keras
 def load_reference(path: str | Path, limits: Any) -> KerasRunner:
     """The parity reference for a model file: a Keras 3 file's model, or a Keras 2 file's original (its
     translation is the reference's `model`, which the input cases are made from)."""
-    from toolkit.keras2.formats import keras2_format
-    from toolkit.keras_io import load_keras_model
+    from toolkit.models.keras2.formats import keras2_format
+    from toolkit.models.keras3 import load_keras_model
 
     fmt = keras2_format(Path(path))
     if fmt is None or fmt.kind == "module":

@@ -1,6 +1,6 @@
 """A SavedModel's graph runs in a child process, bounded in time and memory, never in lstm-onnx itself.
 
-The op allowlist (`toolkit.keras2.ops`) keeps a SavedModel from touching files, but pure computation can
+The op allowlist (`toolkit.models.keras2.ops`) keeps a SavedModel from touching files, but pure computation can
 still loop forever (a `While` whose condition never fails) or allocate without end (`Fill` of a huge
 shape), and `tf.saved_model.load` already runs the file's restore and initializer functions. So whatever
 executes the file's graph, loading it, running its serving signature as the parity reference, and
@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from toolkit.errors import InputError
-from toolkit.guard import safe_text
+from toolkit.text import safe_text
 
 CALL_SECONDS = 120.0
 """A load, conversion or run that takes longer is stopped (the export's stated bound is 120 s)."""
@@ -78,8 +78,8 @@ class SignatureChild:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         from toolkit.process import die_with_parent
 
-        self.process = subprocess.Popen([sys.executable, "-m", "toolkit.keras2.child", str(folder)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "toolkit.runtimes.keras2_child", str(folder)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                         preexec_fn=die_with_parent)  # never outlives lstm-onnx
         self.deadline, self.bound = _deadline(folder)  # the load and every later request, together
         self._sharing: list[Any] = []
@@ -102,7 +102,7 @@ class SignatureChild:
         runner.timeout = max(self.deadline - time.monotonic(), 0.001)
 
     def convert_lambda(self, node_path: str, opset: int) -> bytes:
-        """tf2onnx's conversion of a Lambda layer's traced graph (`toolkit.keras2.traced_lambda`)."""
+        """tf2onnx's conversion of a Lambda layer's traced graph (`toolkit.models.keras2.traced_lambda`)."""
         _, payload = self._call({"op": "convert_lambda", "path": node_path, "opset": opset})
         return payload
 
@@ -156,7 +156,7 @@ class SignatureChild:
 
 def _deadline(folder: Path) -> tuple[float, str]:
     """When the child must have answered everything, and how to name that bound in a refusal."""
-    from toolkit.keras2.private import copy_started
+    from toolkit.safety.private import copy_started
 
     own = time.monotonic() + TOTAL_SECONDS
     started = copy_started(folder)
@@ -209,7 +209,7 @@ def _serve(folder: str) -> None:
                 result = function(**{k: tf.constant(v, dtype=dtypes.get(k)) for k, v in feeds.items() if k in dtypes})
                 _send(stdout, {}, arrays={k: v.numpy() for k, v in result.items()})
             elif header["op"] == "convert_lambda":
-                from toolkit.keras2.traced_lambda import convert_traced
+                from toolkit.models.keras2.traced_lambda import convert_traced
 
                 _send(stdout, {}, blob=convert_traced(loaded, str(header["path"]), int(header["opset"])))
             else:

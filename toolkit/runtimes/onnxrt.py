@@ -20,9 +20,10 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from toolkit.errors import InputError, ModelLoadError, RuntimeFailure, overrun
-from toolkit.guard import check_threads
-from toolkit.runner import first_line, load_onnx
+from toolkit.onnxfile.model import load_onnx
 from toolkit.runtimes.base import Runner
+from toolkit.runtimes.threads import check_threads
+from toolkit.text import first_line
 
 # What ONNX Runtime raises for a model or feed it rejects: its own pybind11 types (plain Exception
 # subclasses, so nothing narrower catches them) and what its Python layer raises.
@@ -157,6 +158,6 @@ def open_level(name: str) -> Any:
 
 def open_tier(name: str, tier: str) -> Any:
     """The registry's `open` of ONNX Runtime on the model converted to a precision tier (int8, float16)."""
-    from toolkit.tiers import apply_tier
+    from toolkit.onnxfile.tiers import apply_tier
 
     return lambda path, model, threads=None: OnnxRunner(apply_tier(model, tier)[0], name=name, threads=threads)

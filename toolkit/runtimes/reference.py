@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure, overrun
-from toolkit.runner import first_line
 from toolkit.runtimes.base import Runner
 from toolkit.runtimes.onnxrt import as_proto
+from toolkit.text import first_line
 
 # What onnx.reference's numpy kernels raise for a graph or feed they cannot evaluate.
 REFERENCE_ERRORS = (ArithmeticError, LookupError, RuntimeError, TypeError, ValueError)

@@ -15,11 +15,11 @@ from pathlib import Path
 import onnx
 
 from toolkit.errors import InputError
+from toolkit.onnxfile.tiers import nothing_to_convert
 from toolkit.runtimes import chromium, js, openvino
 from toolkit.runtimes.base import Runner
 from toolkit.runtimes.onnxrt import ORT_LEVELS, open_level, open_tier
 from toolkit.runtimes.reference import ReferenceRunner, reference_oracle_problem
-from toolkit.tiers import nothing_to_convert
 
 
 def valid_everywhere(model: onnx.ModelProto) -> str | None:
@@ -113,9 +113,9 @@ def open_runner(path: str | Path, runtime: str | None = None, precision: str = "
     what its `problem` says it computes correctly, and refuses the rest, saying why. Without a runtime or
     thread count, those `bench --record` recorded in the file (`metadata.SessionDefaults`), else ONNX
     Runtime at its default threads."""
-    from toolkit.guard import check_threads, max_threads
-    from toolkit.metadata import read_session_defaults
-    from toolkit.runner import load_onnx
+    from toolkit.onnxfile.metadata import read_session_defaults
+    from toolkit.onnxfile.model import load_onnx
+    from toolkit.runtimes.threads import check_threads, max_threads
 
     model = load_onnx(path)
     recorded = read_session_defaults(model)

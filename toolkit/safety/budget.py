@@ -1,12 +1,12 @@
 """Parameters and activation sizes a Keras model config declares, counted without Keras.
 
-`toolkit.limits` refuses a `.keras` file whose counts exceed its limits before Keras allocates anything.
+`toolkit.safety.limits` refuses a `.keras` file whose counts exceed its limits before Keras allocates anything.
 Shapes are the ones the file declares (each layer's `build_config`, its first call argument, the `Input`
 shapes). For the kinds in `_PARAMS` the counts equal `model.count_params()` (tests/test_limits.py checks
 that on real models). Keras' built-in kinds with weights that are not in the table (`UNCOUNTED_KINDS`) are
 noted in `Budget.uncounted_at` and refused: Keras would allocate their variables from the config before
 it reads a weight, so a file could declare any number of them. Other kinds hold no weights, or are not
-Keras built-ins, which safe mode refuses before building them. `toolkit.limits` also counts the arrays
+Keras built-ins, which safe mode refuses before building them. `toolkit.safety.limits` also counts the arrays
 of the weights file, which bounds an honest file whatever its kinds.
 """
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit.errors import ModelLoadError
-from toolkit.guard import safe_text
+from toolkit.text import safe_text
 
 MAX_DEPTH = 32
 """Levels of groups below the root. Keras 3 writes `layers/<layer>/cell/vars/0` (4), each nested model

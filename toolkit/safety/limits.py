@@ -7,7 +7,7 @@ fails. This module reads only the archive's central directory and a size-bounded
 the standard library; no Keras, no TensorFlow), counts parameters and per-sample activation sizes from the
 config, and refuses anything above `ResourceLimits` with a one-line `Expected ... Received: ...`.
 
-The counting itself is `toolkit.budget`.
+The counting itself is `toolkit.safety.budget`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import os
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import BinaryIO
 
-from toolkit.budget import Budget, count_config
 from toolkit.errors import ModelLoadError
-from toolkit.guard import open_regular_file, safe_text
-from toolkit.weights_scan import (
+from toolkit.options import DEFAULT_LIMITS, RATIO_FLOOR_BYTES, ResourceLimits
+from toolkit.safety.budget import Budget, count_config
+from toolkit.safety.files import open_regular_file
+from toolkit.safety.weights_scan import (
     WEIGHTS_H5,
     WEIGHTS_MEMBERS,
     DeclaredArray,
@@ -33,70 +34,7 @@ from toolkit.weights_scan import (
     npz_arrays,
     weights_source,
 )
-
-MAX_MEMBERS = 1_000
-"""Members of the archive. Keras writes 3 (metadata, config, weights), plus one per asset file."""
-
-MAX_MEMBER_BYTES = 1 << 30
-"""Uncompressed bytes of any one member (1 GiB): the weights of `MAX_PARAMS` float32 values, with room."""
-
-MAX_TOTAL_BYTES = 2 << 30
-"""Uncompressed bytes of all members together (2 GiB)."""
-
-MAX_RATIO = 100.0
-"""Uncompressed / compressed size of a member above `RATIO_FLOOR_BYTES`. Trained float weights compress
-about 1.1x; a zip bomb of zeros about 1000x."""
-
-RATIO_FLOOR_BYTES = 1 << 20
-"""Members smaller than this (1 MiB) may compress as well as they like: they cannot hurt."""
-
-MAX_CONFIG_BYTES = 16 << 20
-"""Uncompressed bytes of `config.json` (16 MiB; a layer's config is 2-6 KB, so some 3,000 layers)."""
-
-MAX_PARAMS = 100_000_000
-"""Parameters the config declares (400 MB as float32). `LSTM(4096)` alone declares 67 million."""
-
-MAX_TIMESTEPS = 100_000
-"""A fixed time axis of a recurrent layer's input. Parity is checked over 2,000 steps in the tests; a
-fixed axis of 2e6 steps ran past 120 s, 1e8 ran out of memory."""
-
-MAX_ACTIVATION_ELEMENTS = 1 << 22
-"""Values in one layer's input or output for one sample, or for the whole batch of a model built for a
-fixed one (4.2 million, 16 MiB as float32). With the parity inputs bounded in bytes (`toolkit.inputs`), a
-model at this cap exports within the stated 2 GB (README, limits); the earlier 2^27 cost 5.7 GB at half
-the cap, and a fixed batch of 4,000,000 counted per sample 8.46 GB."""
-
-MAX_MACS = 10_000_000_000
-"""Multiply-adds per sample, or per call of a fixed batch (each layer's parameters times the positions it
-maps them over, from Keras' own shapes: `toolkit.shapes`). Keras runs a recurrent layer at a few GMAC/s
-on one core: this keeps the export's Keras and ONNX Runtime runs within the stated 120 s."""
-
-@dataclass(frozen=True)
-class ResourceLimits:
-    """The bounds a `.keras` file must stay within; raise one with `limits.raised(max_params=...)`."""
-
-    max_members: int = MAX_MEMBERS
-    max_member_bytes: int = MAX_MEMBER_BYTES
-    max_total_bytes: int = MAX_TOTAL_BYTES
-    max_ratio: float = MAX_RATIO
-    max_config_bytes: int = MAX_CONFIG_BYTES
-    max_params: int = MAX_PARAMS
-    max_timesteps: int = MAX_TIMESTEPS
-    max_activation_elements: int = MAX_ACTIVATION_ELEMENTS
-    max_macs: int = MAX_MACS
-
-    def raised(self, **values: int | float | None) -> ResourceLimits:
-        """A copy with the given limits replaced; `None` keeps the current value (an unset CLI flag)."""
-        given = {key: value for key, value in values.items() if value is not None}
-        for key, value in given.items():
-            if not hasattr(self, key):
-                raise ModelLoadError(f"Expected a resource limit among {sorted(vars(self))}. Received: {key!r}")
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ModelLoadError(f"Expected {key} > 0. Received: {key}={value!r}")
-        return replace(self, **given)
-
-
-DEFAULT_LIMITS = ResourceLimits()
+from toolkit.text import safe_text
 
 
 @dataclass(frozen=True)
@@ -208,7 +146,7 @@ def _weights_arrays(handle: BinaryIO, archive: zipfile.ZipFile, name: str, path:
             raise _refuse(path, f"at most {limits.max_members} arrays in {name}, with a directory of at most 1 KiB "
                           "each", f"declares {entries} in {directory_bytes} bytes")
         return npz_arrays(source, limits.max_members)
-    except ModelLoadError:  # the bounded HDF5 walk's own refusal (`toolkit.hdf5`)
+    except ModelLoadError:  # the bounded HDF5 walk's own refusal (`toolkit.safety.hdf5`)
         raise
     except WeightsReadError as exc:
         expected, _, received = str(exc).partition("|")

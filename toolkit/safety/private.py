@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from toolkit.errors import ModelLoadError
-from toolkit.guard import open_regular_file, safe_text
-from toolkit.limits import ResourceLimits
+from toolkit.options import ResourceLimits
 from toolkit.process import close_runners_on_sigterm, remove_stale
+from toolkit.safety.files import open_regular_file
+from toolkit.text import safe_text
 
 _CHUNK = 1 << 20
 _MAX_DEPTH = 8
@@ -41,7 +42,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEX
 
 def copy_started(path: Path) -> float | None:
     """When the live private copy at `path` began (`time.monotonic()`): the export's first step, from which
-    the stated 120 s count (`toolkit.keras2.child`). None for any other path."""
+    the stated 120 s count (`toolkit.runtimes.keras2_child`). None for any other path."""
     return _STARTED.get(str(path))
 
 

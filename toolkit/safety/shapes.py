@@ -1,7 +1,7 @@
 """What a loaded Keras model computes per sample, from Keras' own shapes: the bound behind the stated
 export cost.
 
-`toolkit.limits` bounds what *building* a model costs (parameters, declared shapes) before Keras reads the
+`toolkit.safety.limits` bounds what *building* a model costs (parameters, declared shapes) before Keras reads the
 file. It cannot see what layers do to shapes: `ZeroPadding1D((0, 3_000_000))` before an LSTM, a
 `RepeatVector`, a `Reshape`. Keras can. Loading a functional model calls every layer on symbolic inputs
 (`compute_output_spec`), which allocates nothing, so after the load each node's input and output carry
@@ -20,12 +20,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.budget import RECURRENT_KINDS
 from toolkit.errors import ModelLoadError
-from toolkit.guard import safe_text
+from toolkit.safety.budget import RECURRENT_KINDS
+from toolkit.text import safe_text
 
 DRAWN_LENGTHS = (5, 11)
-"""The steps the checks draw on a dynamic time axis (axis 1; `toolkit.inputs` draws its cases from these):
+"""The steps the checks draw on a dynamic time axis (axis 1; `toolkit.checking.inputs` draws its cases from these):
 two lengths that differ from each other and from the post's 3."""
 
 DRAWN_OTHER = 3

@@ -1,5 +1,5 @@
 """What the weights member of a `.keras` archive declares, read from metadata alone (split out of
-`toolkit.limits`, which checks the figures against its limits).
+`toolkit.safety.limits`, which checks the figures against its limits).
 
 Keras 3 saves weights as `model.weights.h5` (HDF5) and also loads `model.weights.npz` (a zip of `.npy`
 files, one per layer path plus `__root__`). Either can declare arrays far larger than the bytes it stores
@@ -91,10 +91,10 @@ def weights_source(handle: BinaryIO, archive: zipfile.ZipFile, info: zipfile.Zip
 
 def h5_arrays(source: BinaryIO, where: str = "model.weights.h5") -> list[DeclaredArray]:
     """Every HDF5 dataset: declared size from its shape and dtype, stored size from its chunks, walked within
-    `toolkit.hdf5`'s bounds (depth, object count, ordinary links only, each object once)."""
+    `toolkit.safety.hdf5`'s bounds (depth, object count, ordinary links only, each object once)."""
     import h5py  # Keras' own HDF5 reader; no TensorFlow
 
-    from toolkit.hdf5 import walk_datasets
+    from toolkit.safety.hdf5 import walk_datasets
 
     with h5py.File(source, "r") as weights:
         found = walk_datasets(weights, where)

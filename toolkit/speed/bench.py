@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.compare import compare_arrays
+from toolkit.checking.results import compare_arrays
 from toolkit.errors import InputError
-from toolkit.guard import check_feed_bytes, check_threads
 from toolkit.progress import Progress
+from toolkit.runtimes.feeds import check_feed_bytes
+from toolkit.runtimes.threads import check_threads
 from toolkit.tolerance import Tolerances, decide
 
 if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onnx and ORT load on use
@@ -103,7 +104,7 @@ class BenchReport:
     def session_defaults(self) -> Any:
         """What `bench --record` writes: the fastest float32 form within the tolerance (a tier is another
         file, so it is not a way to open this one), or None."""
-        from toolkit.metadata import SessionDefaults
+        from toolkit.onnxfile.metadata import SessionDefaults
 
         best = recommend([r for r in self.results if r.target.tier == "float32"])
         if best is None:
@@ -112,7 +113,7 @@ class BenchReport:
                                round(best.median_ms * 1e3, 2))
 
     def text(self) -> str:
-        from toolkit.report import table
+        from toolkit.checking.report import table
 
         rows = [[r.target.runtime, r.target.tier, str(r.target.threads), _num(r.median_ms, ".3f"),
                  _num(r.speed, ".2f", "x"), _num(r.max_abs, ".2e"), _num(r.max_rel, ".2e"),
@@ -190,7 +191,7 @@ def _vocab(model: onnx.ModelProto) -> int:
 
 def bench_inputs(model: onnx.ModelProto, batch: int, steps: int, seed: int = 0) -> tuple[dict[str, np.ndarray], int | None]:
     """Feeds for every required input at this batch and length, and the length used (a fixed one wins)."""
-    from toolkit.runner import graph_inputs
+    from toolkit.onnxfile.model import graph_inputs
 
     rng = np.random.default_rng(seed)
     feeds, used = {}, None
@@ -236,8 +237,8 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
           progress: Progress = Progress(), timeout: float = 120.0) -> BenchReport:
     """Time `onnx_path` in every form and compare each with the reference; see the module's docstring.
     Every run, timed or not, stops at `timeout` seconds (`--timeout`)."""
-    from toolkit.runner import count_ops, graph_outputs, load_onnx
-    from toolkit.tiers import recorded_tier
+    from toolkit.onnxfile.model import count_ops, graph_outputs, load_onnx
+    from toolkit.onnxfile.tiers import recorded_tier
 
     if batch < 1 or steps < 1:
         raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
@@ -323,7 +324,7 @@ def _reference(keras_path: str | Path | None, opened: Mapping[Target, Any], feed
                names: Sequence[str], timeout: float) -> _Reference:
     """Keras' outputs (matched to the graph's by position), or those of the first ORT float32 form."""
     if keras_path is not None:
-        from toolkit.keras_runner import KerasRunner
+        from toolkit.runtimes.keras import KerasRunner
 
         keras = KerasRunner(keras_path)
         return _Reference("keras", list(keras.run(feeds).values())[: len(names)])
@@ -337,9 +338,9 @@ def record(onnx_path: str | Path, defaults: Any) -> str:
     line that says what was recorded. A file with external data is refused: rewriting it is not ours to do."""
     import onnx
 
-    from toolkit import metadata
     from toolkit.fileio import atomic_write_bytes
-    from toolkit.runner import load_onnx
+    from toolkit.onnxfile import metadata
+    from toolkit.onnxfile.model import load_onnx
 
     if defaults is None:
         raise InputError("Expected a form within the tolerance to record. Received: none")

@@ -81,7 +81,7 @@ class StreamBenchReport:
                 "recommended": best.form.label if best else None, "recommended_step_us": best.step_us if best else None}
 
     def text(self) -> str:
-        from toolkit.report import table
+        from toolkit.checking.report import table
 
         rows = [[r.form.runtime, r.form.binding, str(r.form.threads), "" if r.step_us is None else f"{r.step_us:.1f}",
                  "" if r.max_abs is None else f"{r.max_abs:.2e}", "not valid" if r.problem else ("yes" if r.within else "no")]
@@ -98,7 +98,7 @@ class StreamBenchReport:
 
     def session_defaults(self) -> Any:
         """What `bench --stream --record` writes: the recommended form's runtime and threads."""
-        from toolkit.metadata import SessionDefaults
+        from toolkit.onnxfile.metadata import SessionDefaults
 
         best = self.recommended
         if best is None:
@@ -173,11 +173,11 @@ def _child_form(runner: Any, stream: _Stream) -> tuple[Callable[[int], float], C
 
 def _open(form: StreamForm, proto: Any, path: Path, stream: _Stream, stack: contextlib.ExitStack) -> Any:
     """The form's (timer, last outputs) pair, or the reason it cannot run here."""
+    from toolkit.deploy.stream_session import open_stream
     from toolkit.runtimes.registry import RUNTIMES
-    from toolkit.stream_session import open_stream
 
     if form.binding == "session.run":
-        from toolkit.runner import graph_outputs
+        from toolkit.onnxfile.model import graph_outputs
         from toolkit.runtimes.onnxrt import open_session, session_options
 
         names = [t.name for t in graph_outputs(proto)]
@@ -196,7 +196,7 @@ def _open(form: StreamForm, proto: Any, path: Path, stream: _Stream, stack: cont
 
 
 def stream_forms(threads: Sequence[int] | None = None) -> list[StreamForm]:
-    from toolkit.bench import default_threads
+    from toolkit.speed.bench import default_threads
 
     counts = list(threads or default_threads())
     return [StreamForm(runtime, binding, n) for runtime, binding in
@@ -208,10 +208,10 @@ def stream_bench(onnx_path: str | Path, batch: int = 1, steps: int = 1, toleranc
                  threads: Sequence[int] | None = None, budget_s: float = 8.0, rounds: int = 15,
                  progress: Progress = Progress()) -> StreamBenchReport:
     """Time consecutive carried calls of `steps` steps at `batch` in every form; see the module docstring."""
-    from toolkit.bench import _compare, bench_inputs, interleaved_timers
-    from toolkit.runner import count_ops, load_onnx
+    from toolkit.checking.streaming import check_streamable, sequence_input, state_map, time_outputs
+    from toolkit.onnxfile.model import count_ops, load_onnx
     from toolkit.runtimes.onnxrt import OnnxRunner
-    from toolkit.streaming import check_streamable, sequence_input, state_map, time_outputs
+    from toolkit.speed.bench import _compare, bench_inputs, interleaved_timers
     from toolkit.tolerance import decide
 
     if batch < 1 or steps < 1:

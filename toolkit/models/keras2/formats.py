@@ -9,7 +9,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.keras2.h5 import H5_SUFFIXES, is_hdf5
+from toolkit.models.keras2.h5 import H5_SUFFIXES, is_hdf5
 
 SAVED_MODEL_PB = "saved_model.pb"
 KERAS_METADATA_PB = "keras_metadata.pb"

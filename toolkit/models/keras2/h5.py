@@ -1,7 +1,7 @@
 """Keras 2 HDF5 model files (`.h5`, `.hdf5`): the architecture from `model_config`, the weights from
 `model_weights`, read with h5py alone. Nothing in the file runs: the config is JSON, the weights are arrays.
 
-Before any array is read, the file's objects are walked within bounds (`toolkit.hdf5`: depth, count, no
+Before any array is read, the file's objects are walked within bounds (`toolkit.safety.hdf5`: depth, count, no
 link but ordinary ones, each object once), every dataset's declared size is checked against the resource
 limits (an HDF5 dataset can declare any shape over a few stored bytes), and so are the config's size and
 the parameters and activations it declares.
@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelLoadError
-from toolkit.guard import open_regular_file, safe_text
-from toolkit.hdf5 import H5Dataset, open_child, resolve_dataset, walk_datasets
-from toolkit.limits import ResourceLimits, check_declared_arrays
-from toolkit.weights_scan import DeclaredArray
+from toolkit.options import ResourceLimits
+from toolkit.safety.files import open_regular_file
+from toolkit.safety.hdf5 import H5Dataset, open_child, resolve_dataset, walk_datasets
+from toolkit.safety.limits import check_declared_arrays
+from toolkit.safety.weights_scan import DeclaredArray
+from toolkit.text import safe_text
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -29,7 +31,7 @@ WHAT = "a Keras 2 model file (.h5)"
 
 @dataclass(frozen=True)
 class Keras2File:
-    """What a Keras 2 file holds, whatever its format (`.h5` here, a SavedModel in `toolkit.keras2.savedmodel`):
+    """What a Keras 2 file holds, whatever its format (`.h5` here, a SavedModel in `toolkit.models.keras2.savedmodel`):
     its model config, each layer's weights in Keras 2's order, and who wrote it."""
 
     config: dict
@@ -50,7 +52,7 @@ def is_hdf5(path: Path) -> bool:
 def read_h5_model(path: str | Path, limits: ResourceLimits) -> Keras2File:
     """Read a Keras 2 `.h5` model file within `limits`; refuse a weights-only file or a broken one.
 
-    First of all, the file's objects are walked within `toolkit.hdf5`'s bounds (depth, count, ordinary
+    First of all, the file's objects are walked within `toolkit.safety.hdf5`'s bounds (depth, count, ordinary
     links only, each object once); then the config; then every dataset's declared size; then the weights
     the config's layers list, each dataset read once at most."""
     import h5py
@@ -141,7 +143,7 @@ def _names(group: Any, key: str) -> list[str]:
 def _layer_weights(group: Any, path: str, config_layers: set[str] | None) -> dict[str, list[np.ndarray]]:
     """Each layer's arrays in its `weight_names` order (Keras 2's trainable + non-trainable order).
 
-    Every listed layer and weight is resolved first (ordinary links only, `toolkit.hdf5`), its layer
+    Every listed layer and weight is resolved first (ordinary links only, `toolkit.safety.hdf5`), its layer
     checked against the config and its dataset's address against those already listed; only then is any
     array read. Each dataset is read once at most, so what is read stays within the declared sizes
     checked before."""

@@ -1,10 +1,10 @@
 """A Keras 2 model file as a Keras 3 model: read, translated, built in safe mode, weights assigned.
 
-The three formats Keras 2 wrote (`toolkit.keras2.formats` tells them apart):
-- `.h5`: `model_config` + `model_weights` (`toolkit.keras2.h5`);
-- a SavedModel folder with `keras_metadata.pb` (`toolkit.keras2.savedmodel`);
+The three formats Keras 2 wrote (`toolkit.models.keras2.formats` tells them apart):
+- `.h5`: `model_config` + `model_weights` (`toolkit.models.keras2.h5`);
+- a SavedModel folder with `keras_metadata.pb` (`toolkit.models.keras2.savedmodel`);
 - a tf.keras 2.13+ `.keras` zip, whose `metadata.json` says `keras_version` 2.x: the same archive
-  checks as Keras 3 files (`toolkit.limits`), its config translated, its weights loaded by Keras 3's
+  checks as Keras 3 files (`toolkit.safety.limits`), its config translated, its weights loaded by Keras 3's
   own reader (the two write the same weight layout).
 Each is built from the translated config by Keras 3's legacy deserializer under safe mode, so a class
 name Keras does not know is refused, never imported.
@@ -19,21 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.budget import count_config
 from toolkit.errors import LstmOnnxError, ModelLoadError
-from toolkit.guard import open_regular_file, safe_text
-from toolkit.keras2.formats import Keras2Format
-from toolkit.keras2.private import PrivateCopy
-from toolkit.keras2.translate import Translation, translate_model_config
-from toolkit.limits import ResourceLimits, check_budget, inspect_keras_handle
-from toolkit.runner import first_line
-from toolkit.shapes import check_model_budget
+from toolkit.models.keras2.formats import Keras2Format
+from toolkit.models.keras2.translate import Translation, translate_model_config
+from toolkit.options import ResourceLimits
+from toolkit.safety.budget import count_config
+from toolkit.safety.files import open_regular_file
+from toolkit.safety.limits import check_budget, inspect_keras_handle
+from toolkit.safety.private import PrivateCopy
+from toolkit.safety.shapes import check_model_budget
+from toolkit.text import first_line, safe_text
 
 
 @dataclass
 class Keras2Model:
     """A Keras 2 file's model, built in Keras 3, with what the export records about its origin. `path` is
-    the private copy every reader uses (`toolkit.keras2.private`); `close` removes it."""
+    the private copy every reader uses (`toolkit.safety.private`); `close` removes it."""
 
     model: Any
     path: Path
@@ -77,8 +78,8 @@ def load_keras2_model(path: str | Path, fmt: Keras2Format, limits: ResourceLimit
 def _load_copy(copy: PrivateCopy, original: Path, fmt: Keras2Format, limits: ResourceLimits) -> Keras2Model:
     source = copy.path
     if fmt.kind in ("h5", "savedmodel"):
-        from toolkit.keras2.h5 import read_h5_model
-        from toolkit.keras2.savedmodel import read_keras_savedmodel
+        from toolkit.models.keras2.h5 import read_h5_model
+        from toolkit.models.keras2.savedmodel import read_keras_savedmodel
 
         saved = (read_h5_model if fmt.kind == "h5" else read_keras_savedmodel)(source, limits)
         translation = _translate(saved.config, original, limits)
@@ -95,7 +96,7 @@ def _translate(config: dict, source: Path, limits: ResourceLimits) -> Translatio
 
 
 def _assign(model: Any, weights: dict, translation: Translation, source: Path) -> None:
-    from toolkit.keras2.weights import assign_weights
+    from toolkit.models.keras2.weights import assign_weights
 
     assign_weights(model, weights, translation.cudnn, str(source))
 
@@ -106,7 +107,7 @@ def build_model(translation: Translation, source: Path, limits: ResourceLimits) 
     from keras.src.legacy.saving import saving_options, saving_utils
     from keras.src.saving import serialization_lib
 
-    from toolkit.guard import check_keras_version, keras_load_failure
+    from toolkit.models.loading import check_keras_version, keras_load_failure
 
     check_keras_version(keras.__version__)
     try:

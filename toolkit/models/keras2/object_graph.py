@@ -1,7 +1,7 @@
 """Walking a SavedModel's object graph (`SavedObjectGraph`, and the checkpoint's `TrackableObjectGraph`, which
 shares its node ids): a node's named child, and the node at a Keras metadata path such as `root.layer-2`.
-Pure proto reading, shared by the SavedModel reader (`toolkit.keras2.savedmodel`) and the Lambda
-placeholders (`toolkit.keras2.traced_lambda`)."""
+Pure proto reading, shared by the SavedModel reader (`toolkit.models.keras2.savedmodel`) and the Lambda
+placeholders (`toolkit.models.keras2.traced_lambda`)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ release. What is listed computes on tensors and variables only: the ops tf.keras
 recurrent models (seen in the SavedModels of `scripts/make_keras2_models.py`) and the common inference
 ops of Dense, Conv, normalization and activation layers. The checkpoint ops `SAVER_OPS` are allowed only
 in functions that nothing TensorFlow's TF2 loader runs can reach: TensorFlow's own saver, which only the
-top-level graph calls (`toolkit.keras2.savedmodel.refused_ops` decides by reachability, not by name).
+top-level graph calls (`toolkit.models.keras2.savedmodel.refused_ops` decides by reachability, not by name).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ limits apply to declared sizes first.
 
 Nothing here runs the graph. `check_graph_ops` reads `saved_model.pb` and refuses any op outside
 `ALLOWED_OPS` (file, print, system, network and queue ops among them), so that the reference run of the
-serving signature (`toolkit.keras2.reference`) can only compute.
+serving signature (`toolkit.runtimes.keras2`) can only compute.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelLoadError, UnsupportedModelError
-from toolkit.guard import open_regular_file, safe_text
-from toolkit.keras2.formats import KERAS_METADATA_PB, SAVED_MODEL_PB
-from toolkit.keras2.h5 import Keras2File
-from toolkit.keras2.object_graph import child_id, object_node
-from toolkit.keras2.ops import ALLOWED_OPS, SAVER_OPS
-from toolkit.limits import ResourceLimits, check_declared_arrays
-from toolkit.weights_scan import DeclaredArray
+from toolkit.models.keras2.formats import KERAS_METADATA_PB, SAVED_MODEL_PB
+from toolkit.models.keras2.h5 import Keras2File
+from toolkit.models.keras2.object_graph import child_id, object_node
+from toolkit.models.keras2.ops import ALLOWED_OPS, SAVER_OPS
+from toolkit.options import ResourceLimits
+from toolkit.safety.files import open_regular_file
+from toolkit.safety.limits import check_declared_arrays
+from toolkit.safety.weights_scan import DeclaredArray
+from toolkit.text import safe_text
 
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
@@ -45,7 +47,7 @@ class MetadataNode:
 
 def read_keras_savedmodel(folder: Path, limits: ResourceLimits) -> Keras2File:
     """The model config and per-layer weights of a tf.keras SavedModel folder, within `limits`. Each Lambda
-    layer becomes a placeholder lowered from its traced graph (`toolkit.keras2.traced_lambda`)."""
+    layer becomes a placeholder lowered from its traced graph (`toolkit.models.keras2.traced_lambda`)."""
     nodes = read_keras_metadata(folder / KERAS_METADATA_PB, limits)
     lambdas = {str(node.metadata.get("name")): node.node_path for node in nodes if node.metadata.get("class_name") == "Lambda"}
     proto = check_graph_ops(folder, limits, lambdas)
@@ -55,7 +57,7 @@ def read_keras_savedmodel(folder: Path, limits: ResourceLimits) -> Keras2File:
                              f"{safe_text(str(folder))!r} without its root model's config")
     config = {"class_name": root.metadata["class_name"], "config": root.metadata["config"]}
     if lambdas:
-        from toolkit.keras2.traced_lambda import layer_class, replace_lambdas
+        from toolkit.models.keras2.traced_lambda import layer_class, replace_lambdas
 
         layer_class()  # registered with Keras before the rebuild deserializes the placeholders
         replace_lambdas(config, lambdas, proto.meta_graphs[0], str(folder))

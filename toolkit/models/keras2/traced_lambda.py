@@ -3,11 +3,11 @@
 In `.h5` files and in `keras_metadata.pb` a Lambda's function is marshalled Python bytecode, which
 lstm-onnx never runs. A SavedModel also holds what that bytecode computed, traced: the layer's object
 graph node has a `__call__` function whose concrete functions (one per `training` value) are graphs of
-TensorFlow ops, checked against the op allowlist (`toolkit.keras2.ops`) with the rest of the file.
+TensorFlow ops, checked against the op allowlist (`toolkit.models.keras2.ops`) with the rest of the file.
 
 So the rebuild gets a `TracedLambda` in the Lambda's place: a Keras 3 layer whose output shape and dtype
-are the traced function's saved signature and which never computes in Keras. Its lowering asks the
-SavedModel's bounded child process (`toolkit.keras2.child`, the one running the serving signature as
+are the traced function's saved signature and which never computes in Keras. Its lowering (`toolkit.lowering.traced_lambda`)
+asks the SavedModel's bounded child process (`toolkit.runtimes.keras2_child`, the one running the serving signature as
 the parity reference) to convert the inference trace with tf2onnx, and splices the ONNX nodes in; the
 recurrent layers around it are lowered as usual. Keras 2's Lambda hands no mask on (its `mask` argument
 would be Python too, and is refused), so neither does this one.
@@ -18,12 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import onnx
-
-from toolkit.errors import InputError, UnsupportedModelError
-from toolkit.guard import safe_text
-from toolkit.keras2.object_graph import child_id, object_node
+from toolkit.errors import UnsupportedModelError
+from toolkit.models.keras2.object_graph import child_id, object_node
+from toolkit.text import safe_text
 
 CLASS_NAME = "lstm_onnx>TracedLambda"
 """The placeholder's registered Keras name (the package prefix keeps it apart from Keras' own classes)."""
@@ -179,53 +176,6 @@ def attach_source(model: Any, child: Any) -> None:
     for layer in model._flatten_layers(include_self=False):
         if type(layer).__name__ == "TracedLambda":
             layer.source = child
-
-
-# ------------------------------------------------------------------------ the lowering: splice the trace
-
-
-def _lower(ctx: Any, call: Any) -> list[Any]:
-    from onnx import helper
-
-    from toolkit.lowering.context import Value
-
-    layer = call.layer
-    if layer.source is None:
-        raise UnsupportedModelError(f"Expected Lambda layer {layer.name!r} exported from its SavedModel folder (lstm-onnx "
-                                    "export FOLDER). Received: a rebuilt model without the SavedModel's graph")
-    try:
-        proto = onnx.load_from_string(layer.source.convert_lambda(layer.node_path, ctx.w.opset))
-    except InputError as exc:
-        raise UnsupportedModelError(f"Expected Lambda layer {layer.name!r} converted to ONNX from its traced TensorFlow "
-                                    f"graph. Received: {exc}; rewrite it with TensorFlow ops tf2onnx converts, or as "
-                                    "built-in Keras layers") from None
-    unconverted = sorted({node.op_type for node in proto.graph.node
-                          if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)})
-    if unconverted:  # tf2onnx leaves a TensorFlow op it has no handler for in the graph, under its TF name
-        raise UnsupportedModelError(f"Expected Lambda layer {layer.name!r} converted to ONNX from its traced TensorFlow "
-                                    f"graph. Received: op {unconverted[0]!r}, which tf2onnx cannot convert; rewrite the "
-                                    "Lambda with other TensorFlow ops (or as built-in Keras layers) and save it again")
-    feeds, masks = [], []
-    for tensor, value, (_, dtype, masked) in zip(call.node.input_tensors, call.inputs, layer.input_specs):
-        name = value.name
-        if str(tensor.dtype) != dtype:  # what the traced function takes, as tf.keras' autocast gave it
-            name = ctx.w.op1("Cast", [name], to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
-        feeds.append(name)
-        if masked and value.mask is None:
-            raise UnsupportedModelError(f"Expected the mask Lambda layer {layer.name!r} was traced with. Received: "
-                                        "an input without one in the rebuilt model")
-        masks += [value.mask] if masked else []
-    return [Value(name) for name in ctx.w.splice(proto, feeds + masks, layer.name)]
-
-
-def _register_handler() -> None:
-    from toolkit.lowering.context import HANDLERS, handles
-
-    if "TracedLambda" not in HANDLERS:
-        handles("TracedLambda")(_lower)
-
-
-_register_handler()
 
 
 # ------------------------------------------------------------------------ the child: convert the trace

@@ -10,7 +10,7 @@ layer (marshalled Python bytecode in Keras 2 files) is refused before anything i
 
 CuDNN layers become the layers they compute: `CuDNNLSTM` is `LSTM(activation="tanh",
 recurrent_activation="sigmoid")` and `CuDNNGRU` is `GRU(reset_after=True, recurrent_activation="sigmoid")`.
-Their weights need a conversion (`toolkit.keras2.weights`), so each one is listed in `Translation.cudnn`.
+Their weights need a conversion (`toolkit.models.keras2.weights`), so each one is listed in `Translation.cudnn`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.errors import UnsupportedModelError
-from toolkit.guard import safe_text
+from toolkit.text import safe_text
 
 # Arguments Keras 2 layers take and Keras 3's refuse (they change nothing at inference).
 DROPPED_ARGS: dict[str, tuple[str, ...]] = {

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelLoadError
-from toolkit.guard import safe_text
+from toolkit.text import safe_text
 
 _GATES = {"CuDNNLSTM": 4, "CuDNNGRU": 3}
 
