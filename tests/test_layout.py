@@ -1,5 +1,6 @@
 """The code's shape, as the project keeps it: ruff's checks pass, no module of `toolkit/` over 400 lines
-and no function over 60 (issue 9: a newcomer can read any one piece at a sitting)."""
+and no function over 60 (issue 9: a newcomer can read any one piece at a sitting); no import circle between
+modules or between the stage packages, and at most 8 modules at `toolkit/`'s top level (issue 26)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
+MAX_TOP_LEVEL_MODULES = 8  # issue 26: besides __init__.py; the rest lives in the stage packages
 
 
 def _modules() -> list[Path]:
@@ -98,6 +100,36 @@ def test_no_import_circle_in_toolkit():
     graph = import_graph()
     assert len(graph) > 40 and "toolkit.runtimes.base" in graph["toolkit.runtimes.onnxrt"]
     assert import_circles(graph) == []
+
+
+def stage_of(module: str) -> str:
+    """The stage package a module belongs to (`toolkit.checking`, `toolkit.models`, ...; a nested package such
+    as `models/keras2/` is part of its stage), or `toolkit` for the top-level modules every stage shares."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and (ROOT / parts[0] / parts[1]).is_dir() else "toolkit"
+
+
+def stage_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Stage -> the other stages its modules import (anywhere: at the top, in a function, for types)."""
+    stages: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        stages.setdefault(stage_of(module), set()).update(stage_of(other) for other in imported)
+    return {stage: others - {stage} for stage, others in stages.items()}
+
+
+def test_no_import_circle_between_stage_packages():
+    # Issue 26: the packages are the pipeline's stages, each importing only stages below it; the top-level
+    # modules are the ground floor (they import no package). Counting imports inside functions once found a
+    # 9-module loop (carry, export_record, exporter, keras2, keras_io, keras_runner, parity, verification, verify).
+    stages = stage_graph(import_graph())
+    assert {"toolkit.safety", "toolkit.models", "toolkit.runtimes", "toolkit.checking", "toolkit.cli"} <= set(stages)
+    assert import_circles(stages) == []
+    assert stages["toolkit"] == set(), f"top-level modules import packages: {stages['toolkit']}"
+
+
+def test_toolkit_top_level_is_small():
+    top = sorted(p.name for p in (ROOT / "toolkit").glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
 
 
 def test_the_circle_check_finds_a_circle():

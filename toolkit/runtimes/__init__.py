@@ -1,9 +1,9 @@
-"""The runtimes an export is proven in besides ONNX Runtime in Python: ONNX Runtime for JavaScript in
-Node (native, `js`, and WASM) and in headless Chromium (`chromium`), and OpenVINO (`openvino`: f32, and
-its default precision as a tier).
-
-Each module offers `open(path, model)` functions returning a runner (`base.RunnerBase`: `run(feeds)`
-returns the graph's outputs by name, feeding zeros for state inputs not given; `close()` stops every
-process it started) and, where the runtime has known defects, `problem(model)`. `toolkit.checking.loop`
-registers them as the runtimes `verify --runtimes` names. Nothing here imports TensorFlow.
+"""Every runtime an export runs in, each a runner with one contract (`base.Runner`: the public
+`run(feeds, timeout)` checks the feeds and holds the deadline, then calls the runtime's own `_run`; `close()`
+stops every process it started): ONNX Runtime (`onnxrt`), onnx.reference (`reference`), ONNX Runtime for
+JavaScript in Node and WASM (`js`) and in headless Chromium (`chromium`), OpenVINO (`openvino`, in a child
+process), and the references the exports are compared with: Keras (`keras`) and tf.keras or a SavedModel's
+signature (`keras2`, in a bounded child: `keras2_child`). `registry` names each runtime once; `feeds` and
+`threads` hold the checks every runner shares; `install` is `lstm-onnx setup`. Nothing here imports
+TensorFlow at import time.
 """

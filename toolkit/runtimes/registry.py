@@ -2,8 +2,12 @@
 
 `verify --runtimes`, `export --runtimes`/`--target`, `run --runtime` and `bench --runtimes` all read
 `RUNTIMES`. Each runtime opens lazily, so a missing Node, browser or package is a one-line error from
-`open`, never an import failure. Adding a runtime is one `register(Runtime(...))` line. Nothing here
-imports TensorFlow.
+`open`, never an import failure. Nothing here imports TensorFlow.
+
+Adding a runtime is its runner module (a `Runner` subclass with its own `_run`, an `open`, a `problem`
+where some exports are not valid in it) plus one `register(Runtime(...))` line here, and its tests in
+tests/test_runtimes.py; where it applies also `PACKAGES` in `toolkit.pages.report` (the versions a report
+lists), `toolkit.runtimes.install` (if `lstm-onnx setup` installs it) and pyproject's `runtimes` extra.
 """
 
 from __future__ import annotations
