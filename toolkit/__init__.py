@@ -8,8 +8,8 @@ imports nothing heavy, and none of them imports TensorFlow until a Keras model i
     export_file("model.keras", "model.onnx")             # writes only a file that matched Keras
     reports = verify_runtimes("model.onnx", "model.keras", ["onnxruntime", "openvino"])
 
-(`toolkit.checking.loop` is the module of the comparison loop, so the verification entry points are named
-`verify_runtimes` and `verify_files`.) Type checkers read the names from `__init__.pyi` (the package ships
+(The verification entry points, `verify_runtimes` and `verify_files`, live in `toolkit.checking.verify`;
+the comparison loop they run is `toolkit.checking.loop`.) Type checkers read the names from `__init__.pyi` (the package ships
 py.typed); this module imports none of them at import time, which also keeps it out of import circles.
 """
 

@@ -87,6 +87,11 @@ DEFAULT_LIMITS = ResourceLimits()
 
 # ------------------------------------------------------------------------------------- the export's options
 
+# The deadline of one run (one batch in one runtime) when none is given: the runner contract's default
+# (`toolkit.runtimes.base.Runner.timeout`), `run --timeout` and `bench --timeout`. One figure: `run`'s own 300 s
+# let a crafted Loop spin 2.5 times longer from the CLI than from Python; 120 s is the export's stated bound.
+RUN_TIMEOUT = 120.0
+
 # Opset 17 is the newest that ONNX Runtime has run since 1.13 (Oct 2022), and its LSTM is unchanged since 14.
 DEFAULT_OPSET = 17
 # tf2onnx 1.17 writes opsets up to 18 (tf2onnx.constants.OPSET_TO_IR_VERSION); below 14 its LSTM

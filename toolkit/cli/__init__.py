@@ -22,11 +22,15 @@ from toolkit.cli.common import (
     echo,
     emit_json,
     html_path,
+    json_option,
     limit_options,
     limits_from,
     one_line,
     option_values,
     quiet_tensorflow,
+    runtimes_option,
+    seed_option,
+    timeout_option,
     tolerance_options,
 )
 from toolkit.cli.export import export
@@ -66,7 +70,6 @@ class _Cli(click.Group):
                                                  f"{exc.strerror or exc}")) from None
 
 
-RUN_TIMEOUT = 300.0  # seconds; `run --timeout`
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,19 +104,14 @@ def _verify_reference(keras_model: Path | None, onnx_model: Path, limits: Any) -
 @click.option("--keras", "keras_model", type=click.Path(path_type=Path),
               help="The Keras model it came from (default: rebuilt from the builder flags the export records).")
 @tolerance_options
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
+@seed_option("input", "the random inputs", default=0)
 @click.option("--stream", metavar="CHUNKS",
               help="Also feed a sequence in chunks (3, or sizes 1,4,2), carrying states (a --state-io export).")
 @click.option("--stream-length", type=click.IntRange(min=1), default=12, show_default=True,
               help="Steps of the streamed sequence.")
-@click.option("--runtimes", default="onnxruntime", show_default=True, metavar="LIST",
-              help="Comma-separated: onnxruntime, onnxruntime-extended, onnxruntime-basic, onnxruntime-disabled "
-                   "(graph optimization levels), reference (onnx.reference, where it is a valid oracle), "
-                   "onnxruntime-node, onnxruntime-web (WASM under Node), chromium (onnxruntime-web in headless "
-                   "Chromium), openvino (CPU, f32), openvino-bf16 (its default precision, a tier); or all "
-                   "(every one but openvino-bf16).")
+@runtimes_option("--runtimes", before="Comma-separated: ", default="onnxruntime", show_default=True)
 @limit_options
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (for CI).")
+@json_option()
 @click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
               help="Also write a self-contained HTML report: matrix, error per time step, versions.")
 def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol: Sequence[str], seed: int,
@@ -190,9 +188,8 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
               help="bf16: OpenVINO's CPU default, faster and off by 2e-3 to 1.5e-2 (openvino only).")
 @click.option("--threads", type=int, help="Intra-op threads, 1 to 4 per core (default: what bench --record recorded, "
               "else the runtime's, one per core).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RUN_TIMEOUT, show_default=True,
-              help="Seconds a run may take; a longer one is stopped (a crafted Loop can run for ever).")
-@click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON lists.")
+@timeout_option("a run")
+@json_option("the outputs (lists)")
 def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: str | None, precision: str,
         threads: int | None, timeout: float, as_json: bool) -> None:
     """Run ONNX_MODEL in ONNX Runtime (or OpenVINO) and print (or save) each named output. Needs no TensorFlow."""
@@ -223,7 +220,7 @@ def run(onnx_model: Path, inputs: Sequence[str], output: Path | None, runtime: s
 
 @cli.command()
 @click.argument("onnx_model", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable description.")
+@json_option("the description")
 def inspect(onnx_model: Path, as_json: bool) -> None:
     """List ONNX_MODEL's inputs and outputs, dynamic axes, recurrent ops and metadata. Needs no TensorFlow."""
     from toolkit.checking.report import description_text

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import click
 
-from toolkit.cli.common import echo, emit_json, option_values, quiet_tensorflow, tolerance_options
+from toolkit.cli.common import (
+    echo,
+    emit_json,
+    json_option,
+    option_values,
+    quiet_tensorflow,
+    runtimes_option,
+    timeout_option,
+    tolerance_options,
+)
 from toolkit.errors import OptionError
 
 
@@ -28,14 +37,12 @@ from toolkit.errors import OptionError
               help="Measure error against this Keras model instead of ONNX Runtime float32.")
 @tolerance_options
 @click.option("--threads", "threads_text", metavar="LIST", help="Intra-op thread counts to try (default: 1 and every core).")
-@click.option("--runtimes", "runtimes_text", metavar="LIST",
-              help="Forms to try, comma-separated (default all available): onnxruntime, onnxruntime-int8, "
-                   "onnxruntime-float16, openvino, openvino-bf16.")
+@runtimes_option("--runtimes", "runtimes_text", before="Forms to try, comma-separated (default all available): ",
+                 timed=True)
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=8.0, show_default=True,
               help="About how long to time all forms together.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
-              help="Seconds one run may take; a longer one is stopped (a crafted Loop can run for ever).")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+@timeout_option("one run")
+@json_option()
 def bench_command(onnx_model: Path, batch: int, steps: int | None, stream: bool, record: bool,
                   keras_model: Path | None, atol: Sequence[str], rtol: Sequence[str], threads_text: str | None,
                   runtimes_text: str | None, seconds: float, timeout: float, as_json: bool) -> None:

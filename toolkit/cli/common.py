@@ -23,6 +23,7 @@ from toolkit.options import (
     MAX_PARAMS,
     MAX_TIMESTEPS,
     MAX_TOTAL_BYTES,
+    RUN_TIMEOUT,
     ResourceLimits,
 )
 
@@ -105,6 +106,47 @@ _tolerance_options = [
     click.option("--rtol", multiple=True, metavar="[OUTPUT:]VALUE",
                  help="Relative tolerance (default 1e-5); OUTPUT:VALUE for one output. Repeatable."),
 ]
+
+
+def json_option(what: str = "the report") -> Any:
+    """`--json`, declared once for every command; `what` says what the JSON holds."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON (machine-readable, for CI and scripts).")
+
+
+def timeout_option(what: str = "a run") -> Any:
+    """`--timeout`, declared once: seconds one run may take, the runner contract's default (`RUN_TIMEOUT`)."""
+    return click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RUN_TIMEOUT,
+                        show_default=True,
+                        help=f"Seconds {what} may take; a longer one is stopped (a crafted Loop can run for ever).")
+
+
+def seed_option(meaning: str, what: str, default: int | None) -> Any:
+    """`--weights-seed` (export: the built model's weights) or `--input-seed` (verify: the random inputs), each
+    also spelled `--seed`, the one spelling both commands had."""
+    return click.option(f"--{meaning}-seed", "--seed", "seed", type=click.IntRange(min=0), default=default,
+                        show_default=default is not None, help=f"Seed of {what}.")
+
+
+class RuntimesOption(click.Option):
+    """`--runtimes`/`--target`, whose help lists the registered runtimes (`toolkit.runtimes.registry`): read
+    only when help is shown, since importing the registry imports ONNX for every command."""
+
+    def __init__(self, *args: Any, help_before: str = "", help_after: str = "", timed: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_before, self.help_after, self.timed = help_before, help_after, timed
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from toolkit.runtimes.registry import RUNTIMES, runtimes_help
+
+        listed = runtimes_help([n for n, r in RUNTIMES.items() if r.timed] if self.timed else None)
+        self.help = f"{self.help_before}{listed}{self.help_after}"
+        return super().get_help_record(ctx)
+
+
+def runtimes_option(*names: str, before: str, after: str = "", **kwargs: Any) -> Any:
+    """A `--runtimes`-like option whose help is generated from the registry (see `RuntimesOption`)."""
+    return click.option(*names, cls=RuntimesOption, metavar="LIST", help_before=before, help_after=after, **kwargs)
 
 
 def tolerance_options(func: Any) -> Any:

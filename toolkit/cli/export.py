@@ -21,10 +21,13 @@ from toolkit.cli.common import (
     echo,
     emit_json,
     html_path,
+    json_option,
     limit_options,
     limits_from,
     option_values,
     quiet_tensorflow,
+    runtimes_option,
+    seed_option,
     tolerance_options,
 )
 from toolkit.errors import InputError, LstmOnnxError, OptionError
@@ -50,7 +53,7 @@ _export_options = [
     click.option("--return-state/--no-return-state", default=None,
                  help="The last layer's flag; unset: both values are exported."),
     click.option("--all-states", is_flag=True, default=None, help="Also output the states of every earlier layer."),
-    click.option("--seed", type=click.IntRange(min=0), help="Seed of the weights (default 0)."),
+    seed_option("weights", "the built model's weights (default 0)", default=None),
     click.option("--variant", help="A named builder variant (see README), e.g. gru, bidirectional_sum, lstm_masking."),
     click.option("--cell", help="lstm, gru, simple_rnn, or one per layer: lstm,gru (default lstm)."),
     click.option("--bidirectional", "bidirectional", help="Wrap layers in Bidirectional: concat, sum, mul, ave or none."),
@@ -71,12 +74,10 @@ _export_options = [
                  help="Make NaN inputs propagate as in Keras (ONNX Runtime's fused LSTM/GRU drop them); adds a few nodes."),
     click.option("--padding", type=click.Choice(PADDING_SIDES), default=PADDING_SIDES[0], show_default=True,
                  help="Where masked batches hold their padding (keras pad_sequences' default is left)."),
-    click.option("--target", "targets", metavar="LIST",
-                 help="Comma-separated runtimes the model will run in (as verify --runtimes names them, or all): "
-                      "refuse, before writing, a model one of them is known to compute wrong."),
-    click.option("--runtimes", "prove_runtimes", metavar="LIST",
-                 help="Comma-separated runtimes (as verify --runtimes names them, or all): prove each file in them "
-                      "against Keras before it is written."),
+    runtimes_option("--target", "targets", before="Comma-separated runtimes the model will run in, refused before "
+                    "writing where one of them is known to compute it wrong: "),
+    runtimes_option("--runtimes", "prove_runtimes", before="Comma-separated runtimes to prove each file in against "
+                    "Keras before it is written: "),
     click.option("--keep-failed", is_flag=True, help="Write models even when parity fails."),
     click.option("--bench", "bench_record", is_flag=True,
                  help="Then time the written file as bench --record does (bench --stream --record for a "
@@ -87,7 +88,7 @@ _export_options = [
                  help="int8: ONNX Runtime's dynamic quantization of LSTM and MatMul weights (GRU/RNN stay float), "
                       "checked against Keras at the tier's measured tolerance."),
     click.option("--float16", is_flag=True, help="Store weights as float16 (inputs, outputs and states stay float32)."),
-    click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report."),
+    json_option(),
     click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
                  help="Also write a self-contained HTML report of the parity check (written even when it fails)."),
 ]

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from toolkit.cli.common import echo, emit_json, option_values
+from toolkit.cli.common import echo, emit_json, json_option, option_values
 
 
 @click.command("setup")
@@ -14,7 +14,7 @@ from toolkit.cli.common import echo, emit_json, option_values
               help="Comma-separated: node (onnxruntime-node), web (onnxruntime-web), chromium, tf-keras (the Keras 2 "
                    "reference), openvino, nginx, triton (the serve extra); or all. A runtime named here that cannot "
                    "be installed (no root for apt-get) exits 1; with all it is only reported.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+@json_option("the result")
 def setup_command(runtimes_text: str, as_json: bool) -> None:
     """Install the optional runtimes for this lstm-onnx: the npm packages in a per-user cache, Python
     packages into this interpreter, Chromium and nginx with apt-get. Skips what is installed already."""

@@ -25,6 +25,7 @@ import onnx
 
 from toolkit.errors import InputError, RuntimeFailure
 from toolkit.onnxfile.model import check_tensor_io, graph_inputs, graph_outputs, optional_inputs
+from toolkit.options import RUN_TIMEOUT
 from toolkit.runtimes.feeds import check_feeds
 from toolkit.text import first_line
 
@@ -33,7 +34,6 @@ WIRE_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32"
 # How long a runtime may take to load a model or run one batch before we call it stuck (seconds). A cold
 # Chromium start with the WASM binary takes about 3 s on this machine's 2 shared cores.
 START_TIMEOUT = 120.0
-RUN_TIMEOUT = 120.0
 
 
 def encode_tensor(name: str, array: np.ndarray) -> dict:

@@ -47,6 +47,7 @@ class Runtime:
     timed: bool = False  # a form `bench` times (in this process or its own child: no transfer timed)
     installed: Callable[[], bool] = always  # whether its package is on this machine (checked on use)
     setup: str = ""  # the `lstm-onnx setup --runtimes` name that installs it ("" for one always installed)
+    summary: str = ""  # what it is, for the commands' help (`runtimes_help`)
 
     @property
     def tier(self) -> bool:
@@ -64,24 +65,36 @@ def register(runtime: Runtime) -> Runtime:
 
 
 for _name in ORT_LEVELS:  # a wrong rewrite shows up as a difference between levels
-    register(Runtime(_name, valid_everywhere, open_level(_name), timed=_name == "onnxruntime"))
+    register(Runtime(_name, valid_everywhere, open_level(_name), timed=_name == "onnxruntime",
+                     summary="" if _name == "onnxruntime" else "a graph optimization level"))
 for _tier in ("int8", "float16"):  # the export's precision tiers, derived from a float32 file
     register(Runtime(f"onnxruntime-{_tier}", nothing_to_convert(_tier), open_tier(f"onnxruntime-{_tier}", _tier),
-                     precision=_tier, timed=True))
+                     precision=_tier, timed=True, summary=f"the {_tier} tier"))
 register(Runtime("reference", reference_oracle_problem, lambda path, model, threads=None: ReferenceRunner(model),
-                 engine="onnx.reference"))
+                 engine="onnx.reference", summary="onnx.reference, where it is a valid oracle"))
 register(Runtime("onnxruntime-node", js.problem, js.open_node, engine="onnxruntime-node",
-                 installed=js.node_installed("onnxruntime-node"), setup="node"))
+                 installed=js.node_installed("onnxruntime-node"), setup="node", summary="under Node"))
 register(Runtime("onnxruntime-web", js.problem, js.open_web, engine="onnxruntime-web",  # WASM, under Node
-                 installed=js.node_installed("onnxruntime-web"), setup="web"))
+                 installed=js.node_installed("onnxruntime-web"), setup="web", summary="WASM under Node"))
 register(Runtime("chromium", js.problem, chromium.open_chromium, engine="chromium",  # onnxruntime-web in a page
-                 installed=chromium.installed, setup="chromium"))
+                 installed=chromium.installed, setup="chromium",
+                 summary="onnxruntime-web in headless Chromium"))
 register(Runtime("openvino", openvino.problem, openvino.open_f32, engine="openvino", timed=True,
-                 installed=openvino.installed, setup="openvino"))
+                 installed=openvino.installed, setup="openvino", summary="CPU, f32"))
 # OpenVINO's default precision (bf16 on CPUs that have it) is off by 5e-4 to 0.16 on the variant matrix:
 # named alone, it is run and reported with its error, never as passing at float32.
 register(Runtime("openvino-bf16", openvino.problem_bf16, openvino.open_default, precision="bf16", engine="openvino",
-                 timed=True, installed=openvino.installed, setup="openvino"))
+                 timed=True, installed=openvino.installed, setup="openvino",
+                 summary="its default precision, a tier"))
+
+
+def runtimes_help(names: Sequence[str] | None = None) -> str:
+    """The runtimes (these, or every registered one) as the commands' help lists them: each name with what
+    it is; `all` is every one but the tiers."""
+    listed = [RUNTIMES[n] for n in names] if names is not None else list(RUNTIMES.values())
+    text = ", ".join(f"{r.name} ({r.summary})" if r.summary else r.name for r in listed)
+    tiers = [r.name for r in RUNTIMES.values() if r.tier]
+    return text if names is not None else f"{text}; or all (every one but {', '.join(tiers)})"
 
 
 def runtimes_named(names: Sequence[str]) -> list[Runtime]:
