@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,17 @@ import onnx
 from toolkit.checking.carry import carried_parity, with_carried_calls
 from toolkit.checking.inputs import InputCase, make_cases
 from toolkit.checking.loop import compare_with_keras
-from toolkit.checking.results import ParityReport, RuntimeReport
+from toolkit.checking.results import ParityReport, RuntimeReport, VerifyReport
 from toolkit.errors import InputError
 from toolkit.models.naming import output_origins, unique_names
 from toolkit.onnxfile import metadata
 from toolkit.onnxfile.model import count_ops, load_onnx
+from toolkit.options import DEFAULT_LIMITS, ResourceLimits
 from toolkit.progress import Progress
 from toolkit.runtimes.base import open_or_failed
 from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
-from toolkit.runtimes.registry import Runtime, runtimes_named
+from toolkit.runtimes.registry import Runtime, installed_of, not_installed, runtimes_named
 from toolkit.tolerance import Tolerances, compute_dtype, decide
 
 
@@ -129,3 +131,61 @@ def expected_output_names(keras_model: Any, onnx_model: onnx.ModelProto) -> list
     """The names an export of this Keras model should carry: those recorded at export, else the defaults."""
     recorded = metadata.read_output_names(onnx_model)
     return recorded or unique_names([o.name for o in output_origins(keras_model)])
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    """What `lstm-onnx verify` finds: the report (each runtime, the streamed run), the runtimes named but not
+    installed (each with how to install it), and the reference when it is not the Keras model itself (a Keras
+    2 file's original). True when every runtime passed and none named explicitly is missing (`all` lists the
+    missing ones without failing)."""
+
+    report: VerifyReport
+    not_installed: dict[str, str] = field(default_factory=dict)
+    reference: str | None = None
+    all_asked: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.report) and (self.all_asked or not self.not_installed)
+
+
+def verify_export(onnx_path: str | Path, keras_path: str | Path | None = None, runtimes: Sequence[str] = ("onnxruntime",),
+                  tolerances: Tolerances = Tolerances(), seed: int = 0, chunks: Sequence[int] | None = None,
+                  stream_length: int = 12, limits: ResourceLimits = DEFAULT_LIMITS,
+                  progress: Progress = Progress()) -> VerifyOutcome:
+    """`lstm-onnx verify` as a function: the export against its Keras model (or, without one, the model rebuilt
+    from the builder flags the export records) in each installed runtime named, and with `chunks` also fed
+    in chunks carrying its states. A runtime not installed is listed; none installed is an error."""
+    onnx_path = Path(onnx_path)
+    ready, missing = installed_of(runtimes)  # an unknown name is refused before the Keras model is loaded
+    absent = {r.name: not_installed(r) for r in missing}
+    if not ready:
+        raise InputError(f"Expected an installed runtime among {list(runtimes)}. Received: "
+                         + "; ".join(f"{name}: {hint}" for name, hint in absent.items()))
+    reference = reference_of(onnx_path, keras_path, limits)
+    try:
+        results = verify_runtimes(onnx_path, reference, [r.name for r in ready], tolerances, seed=seed,
+                                  progress=progress)
+        streamed = None
+        if chunks is not None:
+            from toolkit.checking.streaming import stream_parity
+
+            proto = load_onnx(onnx_path)
+            # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.
+            streamed = stream_parity(reference.model, proto, chunks, stream_length,
+                                     tolerances=recorded_tolerances(proto, tolerances, reference.model), seed=seed)
+    finally:
+        reference.close()  # a SavedModel signature's child process
+    return VerifyOutcome(VerifyReport(onnx_path.name, tuple(results), streamed), absent,
+                         getattr(reference, "label", None), list(runtimes) == ["all"])
+
+
+def reference_of(onnx_path: Path, keras_path: str | Path | None, limits: ResourceLimits = DEFAULT_LIMITS) -> KerasRunner:
+    """The parity reference, loaded once within `limits` for the parity check and the streamed one alike;
+    or rebuilt from the builder flags the export records. A Keras 2 file's reference is its original
+    (tf.keras, or the SavedModel's signature), over its Keras 3 translation."""
+    if keras_path is not None:
+        from toolkit.runtimes.keras2 import load_reference
+
+        return load_reference(Path(keras_path), limits)
+    return KerasRunner(recorded_keras_model(load_onnx(onnx_path), onnx_path.name))

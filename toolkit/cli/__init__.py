@@ -35,7 +35,7 @@ from toolkit.cli.common import (
 )
 from toolkit.cli.export import export
 from toolkit.cli.quiet import quiet_stderr
-from toolkit.errors import InputError, LstmOnnxError, OptionError
+from toolkit.errors import LstmOnnxError, OptionError
 
 
 class _OptionError(click.ClickException):
@@ -84,21 +84,6 @@ def cli(verbose: bool) -> None:
 cli.add_command(export)
 
 
-def _verify_reference(keras_model: Path | None, onnx_model: Path, limits: Any) -> Any:
-    """Loaded once, within the --max-* limits, for the parity check and the streamed one alike; or rebuilt
-    from the builder flags the export records. A Keras 2 file's reference is its original (tf.keras, or the
-    SavedModel's signature), over its Keras 3 translation."""
-    if keras_model is not None:
-        from toolkit.runtimes.keras2 import load_reference
-
-        return load_reference(keras_model, limits)
-    from toolkit.checking.verify import recorded_keras_model
-    from toolkit.onnxfile.model import load_onnx
-    from toolkit.runtimes.keras import KerasRunner
-
-    return KerasRunner(recorded_keras_model(load_onnx(onnx_model), onnx_model.name))
-
-
 @cli.command()
 @click.argument("onnx_model", type=click.Path(path_type=Path))
 @click.option("--keras", "keras_model", type=click.Path(path_type=Path),
@@ -120,59 +105,37 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     quiet_tensorflow()
     from toolkit.checking.report import verify_text
-    from toolkit.checking.results import VerifyReport
-    from toolkit.checking.verify import verify_runtimes
-    from toolkit.runtimes.registry import installed_of, not_installed
+    from toolkit.checking.verify import verify_export
+    from toolkit.cli.quiet import progress_for
     from toolkit.tolerance import Tolerances
 
     asked = [r.strip() for r in runtimes.split(",") if r.strip()]
-    ready, missing = installed_of(asked)  # an unknown name is refused before the Keras model is loaded
-    absent = {r.name: not_installed(r) for r in missing}  # listed, not run; an error where named explicitly
-    if not ready:
-        raise InputError(f"Expected an installed runtime among {asked}. Received: "
-                         + "; ".join(f"{name}: {hint}" for name, hint in absent.items()))
-    names = [r.name for r in ready]
-    sizes = None
+    chunks = None
     html_path(html)
     with option_values():
         tolerances = Tolerances.parse(atol, rtol)
         if stream is not None:
             from toolkit.checking.streaming import parse_chunks
 
-            sizes = parse_chunks(stream)
+            chunks = parse_chunks(stream)
         limits = limits_from(max_params, max_timesteps, max_activation, max_member_bytes)
-    reference = _verify_reference(keras_model, onnx_model, limits)
-    loaded = reference.model  # the Keras model the cases and the stream are made from
-    from toolkit.cli.quiet import progress_for
-
-    results = verify_runtimes(onnx_model, reference, names, tolerances, seed=seed, progress=progress_for(as_json))
-    streamed = None
-    if sizes is not None:
-        from toolkit.checking.streaming import stream_parity
-        from toolkit.checking.verify import recorded_tolerances
-        from toolkit.onnxfile.model import load_onnx
-
-        proto = load_onnx(onnx_model)
-        # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.
-        streamed = stream_parity(loaded, proto, sizes, stream_length,
-                                 tolerances=recorded_tolerances(proto, tolerances, loaded), seed=seed)
-    outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
+    outcome = verify_export(onnx_model, keras_model, asked, tolerances, seed, chunks, stream_length, limits,
+                            progress_for(as_json))
+    absent, label = outcome.not_installed, outcome.reference
     if html is not None:  # written whatever the outcome: the page shows what failed
         from toolkit.onnxfile.model import load_onnx
         from toolkit.pages.report import ModelSection, write_report
 
-        section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.runtimes, streamed,
+        section = ModelSection(onnx_model.name, load_onnx(onnx_model), outcome.report.runtimes, outcome.report.stream,
                                tuple(f"{name}: {hint}" for name, hint in absent.items()))
-        write_report(html, [section], f"lstm-onnx verify {onnx_model.name}", bool(outcome), command_line())
-    reference.close()  # a SavedModel signature's child process
-    label = getattr(reference, "label", None)  # set for a Keras 2 file's original
+        write_report(html, [section], f"lstm-onnx verify {onnx_model.name}", bool(outcome.report), command_line())
     if as_json:
-        emit_json({**outcome.to_json(), **({"reference": label} if label else {}),
+        emit_json({**outcome.report.to_json(), **({"reference": label} if label else {}),
                    **({"not_installed": absent} if absent else {})})
     else:
-        echo("\n".join([verify_text(outcome), *([f"note: parity reference: {label}"] if label else []),
+        echo("\n".join([verify_text(outcome.report), *([f"note: parity reference: {label}"] if label else []),
                         *(f"{name}: {hint}" for name, hint in absent.items())]))
-    if not outcome or (absent and asked != ["all"]):
+    if not outcome:
         sys.exit(1)
 
 

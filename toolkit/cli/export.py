@@ -7,7 +7,6 @@ results are printed and written: with `--triton`, the models and the repository 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from toolkit.cli.common import (
     seed_option,
     tolerance_options,
 )
-from toolkit.errors import InputError, LstmOnnxError, OptionError
+from toolkit.errors import InputError, OptionError
 from toolkit.models.builder import MAX_FEATURES, MAX_LAYERS, MAX_UNITS
 from toolkit.options import CONVERTERS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PADDING_SIDES
 
@@ -126,7 +125,9 @@ def export(**params: Any) -> None:
     # As for built stacks: the table is printed whatever the outcome; files only when parity passed.
     items = outcome.items
     passed = outcome.passed  # parity, and each --runtimes proof
-    repository = (_write_triton(outcome, triton_repo, params["triton_name"])
+    from toolkit.deploy.triton import write_with_repository
+
+    repository = (write_with_repository(outcome, triton_repo, params["triton_name"])
                   if triton_repo is not None and (passed or keep_failed) else [])
     if params["html"] is not None:
         _write_html(params["html"], outcome, passed)
@@ -220,7 +221,8 @@ def _check_triton_name(triton_name: str | None, model: Path | None) -> None:
 
 
 def _run(params: dict[str, Any], options: Any) -> Any:
-    """Export the file, or build and export the stacks; written here only without --triton (see `_write_triton`)."""
+    """Export the file, or build and export the stacks; written here only without --triton (see
+    `toolkit.deploy.triton.write_with_repository`)."""
     model, output, write = params["model"], params["output"], params["triton_repo"] is None
     builder_options = {key: params[key] for key in _BUILDER_KEYS}
     if model is not None:
@@ -241,52 +243,6 @@ def _run(params: dict[str, Any], options: Any) -> Any:
 
     return export_stacks(configs, output or Path("exported"), options, keep_failed=params["keep_failed"], write=write,
                          progress=progress_for(params["as_json"]))
-
-
-def _write_triton(outcome: Any, repo: Path, model_name: str | None) -> list[Path]:
-    """The repository, then the models, as one outcome: a repository that cannot be written leaves no .onnx
-    behind, and models that cannot be written take the new repository entries back (the old ones return)."""
-    from toolkit.deploy.triton import write_repository
-
-    names = [model_name or name for name, _ in outcome.exported]
-    before = _repository_files(repo, names)
-    repository = [p for name, (_, result) in zip(names, outcome.exported) for p in write_repository(repo, name, result.model)]
-    try:
-        outcome.write()
-    except (LstmOnnxError, OSError):
-        # The model's write error is what the user needs to see; a failed rollback must not replace it.
-        with contextlib.suppress(LstmOnnxError, OSError):
-            _restore_repository(repo, before, repository)
-        raise
-    return repository
-
-
-def _repository_files(repo: Path, names: Sequence[str]) -> dict[str, bytes]:
-    """The repository files an export under these names replaces, as they are now (relative name -> bytes)."""
-    found = {}
-    for name in names:
-        for relative in (f"{name}/1/model.onnx", f"{name}/config.pbtxt"):
-            if (repo / relative).is_file():
-                found[relative] = (repo / relative).read_bytes()
-    return found
-
-
-def _restore_repository(repo: Path, before: dict[str, bytes], written: Sequence[Path]) -> None:
-    """Put the repository back as `_repository_files` found it: new files go, replaced ones return."""
-    from toolkit.export.fileset import write_file_set
-
-    new = [str(path.relative_to(repo)) for path in written if str(path.relative_to(repo)) not in before]
-    if before:
-        write_file_set(repo, before, remove=new)
-        return
-    for path in written:
-        path.unlink(missing_ok=True)
-    for folder in sorted({p for path in written for p in path.parents if p != repo and p.is_relative_to(repo)},
-                         key=lambda p: len(p.parts), reverse=True):
-        try:
-            folder.rmdir()  # only when empty: a folder the user had keeps what it held
-        except OSError:
-            pass
 
 
 def _print_export(items: Sequence[tuple[str, Any]], warnings: Sequence[str], notes: Sequence[str],

@@ -22,13 +22,16 @@ Text only: writing it needs no Triton package (the tests parse it with tritoncli
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
-from toolkit.errors import InputError
+from toolkit.errors import InputError, LstmOnnxError
 from toolkit.export.fileset import write_file_set
 from toolkit.onnxfile.metadata import read_state_map
 from toolkit.onnxfile.model import TensorInfo, graph_inputs, graph_outputs, optional_inputs
@@ -193,3 +196,46 @@ def write_repository(repo: str | Path, name: str, model: onnx.ModelProto,
     files = {f"{name}/1/model.onnx": repository_model(model).SerializeToString(),
              f"{name}/config.pbtxt": config.encode()}
     return list(write_file_set(repo, files).files)
+
+
+def write_with_repository(outcome: Any, repo: Path, model_name: str | None = None) -> list[Path]:
+    """`export --triton`: the exports' Triton repository entries, then the exports' files (`outcome.write()`),
+    as one outcome: a repository that cannot be written leaves no .onnx
+    behind, and models that cannot be written take the new repository entries back (the old ones return)."""
+    names = [model_name or name for name, _ in outcome.exported]
+    before = _repository_files(repo, names)
+    repository = [p for name, (_, result) in zip(names, outcome.exported) for p in write_repository(repo, name, result.model)]
+    try:
+        outcome.write()
+    except (LstmOnnxError, OSError):
+        # The model's write error is what the user needs to see; a failed rollback must not replace it.
+        with contextlib.suppress(LstmOnnxError, OSError):
+            _restore_repository(repo, before, repository)
+        raise
+    return repository
+
+
+def _repository_files(repo: Path, names: Sequence[str]) -> dict[str, bytes]:
+    """The repository files an export under these names replaces, as they are now (relative name -> bytes)."""
+    found = {}
+    for name in names:
+        for relative in (f"{name}/1/model.onnx", f"{name}/config.pbtxt"):
+            if (repo / relative).is_file():
+                found[relative] = (repo / relative).read_bytes()
+    return found
+
+
+def _restore_repository(repo: Path, before: dict[str, bytes], written: Sequence[Path]) -> None:
+    """Put the repository back as `_repository_files` found it: new files go, replaced ones return."""
+    new = [str(path.relative_to(repo)) for path in written if str(path.relative_to(repo)) not in before]
+    if before:
+        write_file_set(repo, before, remove=new)
+        return
+    for path in written:
+        path.unlink(missing_ok=True)
+    for folder in sorted({p for path in written for p in path.parents if p != repo and p.is_relative_to(repo)},
+                         key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only when empty: a folder the user had keeps what it held
+        except OSError:
+            pass
