@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import html
 import json
 import re
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from toolkit.fileio import atomic_write_text
 from toolkit.pages.explain import ExplainedCase
+from toolkit.pages.shell import PAGE_END, esc, page_start
 from toolkit.runtimes.js import npm_package
 
 PAGES = Path(__file__).resolve().parent  # the lesson's script, style and text lie beside this module
@@ -66,7 +66,7 @@ def _layer2_cells(case: ExplainedCase) -> list[str]:
             cells.append(f'<div class="cell off">{inner}<span>not returned</span></div>')
             continue
         value = by_role["sequence" if css == "seq" else "last"].onnx.reshape(-1, 2)[slot]
-        cells.append(f'<div class="cell {css}">{inner}<span class="vals" data-output="{html.escape(name)}" '
+        cells.append(f'<div class="cell {css}">{inner}<span class="vals" data-output="{esc(name, limit=None)}" '
                      f'data-slot="{slot}">{_numbers(value)}</span></div>')
     for role, label in (("state_h", "state_h"), ("state_c", "state_c")):
         out = by_role.get(role)
@@ -74,7 +74,7 @@ def _layer2_cells(case: ExplainedCase) -> list[str]:
             cells.append(f'<div class="cell off">{label}<span>not returned</span></div>')
         else:
             cells.append(f'<div class="cell {ROLE_CLASS[role]}">{label}<span class="vals" '
-                         f'data-output="{html.escape(out.name)}" data-slot="0">{_numbers(out.onnx.reshape(-1))}</span></div>')
+                         f'data-output="{esc(out.name, limit=None)}" data-slot="0">{_numbers(out.onnx.reshape(-1))}</span></div>')
     return cells
 
 
@@ -84,12 +84,12 @@ def _brackets(case: ExplainedCase) -> list[str]:
     placed: list[tuple[int, str]] = []
     for out in case.outputs:
         shape = "(" + ", ".join(map(str, out.shape)) + ")"
-        values = html.escape(json.dumps([float(v) for v in out.onnx.reshape(-1)]))
+        values = esc(json.dumps([float(v) for v in out.onnx.reshape(-1)]), limit=None)
         columns = COLUMNS.get(out.role, "2 / 5")
         placed.append((int(columns.split("/")[0]), f'<div class="tensor {ROLE_CLASS.get(out.role, "seq")}" '
-                       f'style="grid-column: {columns}" data-output="{html.escape(out.name)}" data-role="{out.role}" '
-                       f'data-shape="{html.escape(json.dumps(list(out.shape)))}" data-values="{values}">'
-                       f"<b>{html.escape(out.name)}</b> {shape}</div>"))
+                       f'style="grid-column: {columns}" data-output="{esc(out.name, limit=None)}" data-role="{out.role}" '
+                       f'data-shape="{esc(json.dumps(list(out.shape)), limit=None)}" data-values="{values}">'
+                       f"<b>{esc(out.name, limit=None)}</b> {shape}</div>"))
     covered = {c for out in case.outputs for c in range(*map(int, COLUMNS.get(out.role, "2 / 5").split("/")))}
     placed += [(c, f'<div style="grid-column: {c} / {c + 1}"></div>') for c in range(2, 7) if c not in covered]
     return [item for _, item in sorted(placed)]
@@ -108,11 +108,11 @@ def panel(case: ExplainedCase, x: Sequence[float]) -> str:
             '<div class="cell off">state_h¹</div><div class="cell off">state_c¹</div>',
             '<div class="lbl">input</div>', *(f'<div class="cell in">x<sub>{t + 1}</sub> = <span class="x" '
                                               f'data-step="{t}">{v:g}</span></div>' for t, v in enumerate(x))]
-    equal = "".join(f"<li>{html.escape(line)}</li>" for line in case.onnx_equalities) or \
+    equal = "".join(f"<li>{esc(line, limit=None)}</li>" for line in case.onnx_equalities) or \
         "<li>no state output: nothing to compare the output with</li>"
-    return (f'<section class="case" data-case="{case.number}" data-file="{html.escape(case.file)}">'
-            f"<h2>({case.number}) LSTM({c.units}, {flags}) returns [{html.escape(names)}]</h2>"
-            f'<p class="file">{html.escape(case.file)}</p><div class="grid">{"".join(grid)}</div>'
+    return (f'<section class="case" data-case="{case.number}" data-file="{esc(case.file, limit=None)}">'
+            f"<h2>({case.number}) LSTM({c.units}, {flags}) returns [{esc(names, limit=None)}]</h2>"
+            f'<p class="file">{esc(case.file, limit=None)}</p><div class="grid">{"".join(grid)}</div>'
             f'<ul class="eq">{equal}</ul></section>')
 
 
@@ -128,16 +128,14 @@ def lesson_page(cases: Sequence[ExplainedCase], x: Sequence[float] = (0.1, 0.2, 
             f'<div id="editor">input x = [{editor}], shape (1, 3, 1) <span id="status">numbers below: ONNX Runtime '
             "(Python) on [0.1, 0.2, 0.3]</span></div>", *(panel(c, x) for c in cases),
             f"<footer><p>The models run here are lstm-onnx's exports of the post's stacks (the bytes of exported/); "
-            f"they run in onnxruntime-web {html.escape(version)}, bundled into this page.</p></footer>"]
+            f"they run in onnxruntime-web {esc(version, limit=None)}, bundled into this page.</p></footer>"]
     script = (PAGES / "lesson.js").read_text()
     data_json = json.dumps(data).replace("<", "\\u003c")  # no "</script>" can end the data block early
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>lstm-onnx: what an LSTM returns'
-            f'</title><meta name="viewport" content="width=device-width"><link rel="icon" href="data:,">'
-            f'<style>{(PAGES / "lesson.css").read_text()}</style></head><body>\n'
+    return (f'{page_start("lstm-onnx: what an LSTM returns", (PAGES / "lesson.css").read_text())}'
             f'{"".join(body)}\n<script type="application/json" id="lesson-data">'
             f'{data_json}</script>{models}<script type="text/plain" id="ort-js">{module}</script>'
             f'<script type="text/plain" id="ort-wasm">{wasm}</script>\n<script type="module">{script}</script>\n'
-            "</body></html>\n")
+            f"{PAGE_END}")
 
 
 def write_lesson(path: str | Path, cases: Sequence[ExplainedCase]) -> Path:

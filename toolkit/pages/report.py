@@ -8,13 +8,12 @@ streamed series with its chunk boundaries; for a model without a sequence output
 classifier), each runtime's values against Keras' per sample and its errors' distribution with the
 tolerance (from the values the comparison kept, `toolkit.checking.samples`); then the versions and the command.
 
-Everything from a model file (names, metadata) is escaped with `html.escape` after `safe_text`: layer
+Everything from a model file (names, metadata) is escaped by `toolkit.pages.shell.esc` (`safe_text`, then markup): layer
 names are user data. The page is bounded: at most `MAX_POINTS` points per series and `MAX_PLOTS` plots.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import time
@@ -31,7 +30,7 @@ from toolkit.checking.results import ParityReport, RuntimeReport, StreamReport
 from toolkit.fileio import atomic_write_text
 from toolkit.onnxfile import metadata
 from toolkit.onnxfile.model import graph_inputs, graph_outputs
-from toolkit.text import safe_text
+from toolkit.pages.shell import PAGE_END, esc, page_start
 
 MAX_PLOTS = 48  # sequence outputs drawn per page; any more are listed, not drawn (each plot is 20-90 KB)
 PACKAGES = ("lstm-onnx", "numpy", "onnx", "onnxruntime", "tensorflow-cpu", "keras", "tf2onnx", "openvino", "matplotlib")
@@ -46,11 +45,6 @@ class ModelSection:
     runtimes: tuple[RuntimeReport, ...]
     stream: StreamReport | None = None
     not_installed: tuple[str, ...] = ()  # "name: not installed: `lstm-onnx setup --runtimes X`", not run
-
-
-def esc(value: object) -> str:
-    """Text from a file, fit for HTML: control characters written out, markup escaped."""
-    return html.escape(safe_text(value, limit=300), quote=True)
 
 
 def tier_of(model: onnx.ModelProto) -> str:
@@ -180,7 +174,7 @@ def plots_html(section: ModelSection, start: int) -> tuple[str, int]:
         plot_id = f"plot{start + drawn}"
         streamed = any(s.label.startswith("onnxruntime stream") for s in series)
         svg = step_plot(series, boundaries if streamed else (), plot_id=plot_id)
-        runtimes = html.escape(json.dumps([s.label for s in series]), quote=True)
+        runtimes = esc(json.dumps([s.label for s in series]), limit=None)
         parts.append(f'<figure class="plot" id="{plot_id}" data-output="{esc(name)}" data-series="{len(series)}" '
                      f'data-runtimes="{runtimes}"><figcaption>{esc(name)}: max abs error per time step over batch '
                      f"and units, every case (log scale)</figcaption>{svg}</figure>")
@@ -218,7 +212,7 @@ def _values_data(series: Sequence[Any]) -> str:
     data = {"width": first.width, "keras": [number(v) for v in first.expected],
             "runtimes": {s.label: [number(v) for v in s.samples.actual] for s in series},
             "max_abs": {s.label: number(float(s.samples.errors().max())) for s in series}}
-    return html.escape(json.dumps(data), quote=True)
+    return esc(json.dumps(data), limit=None)
 
 
 def values_html(section: ModelSection, start: int) -> tuple[str, int]:
@@ -233,7 +227,7 @@ def values_html(section: ModelSection, start: int) -> tuple[str, int]:
             continue
         plot_id = f"plot{start + drawn}"
         kind = "bars per class (softmax)" if series[0].samples.is_softmax() else "scatter on the identity line"
-        runtimes = html.escape(json.dumps([s.label for s in series]), quote=True)
+        runtimes = esc(json.dumps([s.label for s in series]), limit=None)
         parts.append(f'<figure class="values" id="{plot_id}" data-output="{esc(name)}" data-series="{len(series)}" '
                      f'data-runtimes="{runtimes}" data-values="{_values_data(series)}"><figcaption>{esc(name)}: '
                      f"each runtime against Keras per sample ({kind}), and the distribution of |error| over the "
@@ -293,11 +287,9 @@ def report_page(sections: Sequence[ModelSection], title: str, passed: bool, comm
         "<h2>Versions</h2>", versions_html([s.model for s in sections]),
         "<h2>Command</h2>", f"<pre><code>{esc(command)}</code></pre>",
     ])
-    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<meta name=\"viewport\" content=\"width=device-width\"><link rel=\"icon\" href=\"data:,\">"
-            f"<style>{CSS}</style></head><body>\n{body}\n")
+    page = f"{page_start(title, CSS)}{body}\n"
     footer = (f"<footer><p>Made by lstm-onnx {__version__} in {time.perf_counter() - started:.2f} s; "
-              f"{{size}} KB, {drawn} plot(s).</p></footer>\n</body></html>\n")
+              f"{{size}} KB, {drawn} plot(s).</p></footer>\n{PAGE_END}")
     size = len((page + footer).encode("utf-8")) // 1024
     return page + footer.replace("{size}", str(size))
 
