@@ -16,13 +16,13 @@ import onnx
 import pytest
 from keras_cells import keras_cells
 
-from toolkit.checking.carry import CALLS, CarryingRunner, StatefulKerasRunner, call_cases
+from toolkit.checking.carry import CALLS, CarryingRunner, call_cases
 from toolkit.checking.loop import compare_with_keras
 from toolkit.checking.verify import verify_runtimes
 from toolkit.export.exporter import export_model
 from toolkit.onnxfile.metadata import METADATA_PREFIX, STATE_MAP, read_state_inputs, read_state_map
 from toolkit.onnxfile.model import count_ops
-from toolkit.runtimes.keras import KerasRunner
+from toolkit.runtimes.keras import KerasRunner, StatefulKerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import Tolerances
 

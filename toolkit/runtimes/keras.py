@@ -80,3 +80,14 @@ class KerasRunner(Runner):
 
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, keras_outputs(self.model, feeds)))
+
+
+class StatefulKerasRunner(KerasRunner):
+    """Keras with its stateful layers' states zeroed once, when opened, then kept from call to call."""
+
+    def __init__(self, model: Any, name: str = "keras"):
+        super().__init__(model, name)
+        reset_states(self.model)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, keras_outputs(self.model, feeds, reset=False)))
