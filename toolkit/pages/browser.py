@@ -4,19 +4,17 @@ screenshots use to open lstm-onnx's HTML pages in the real browser.
 The browser is the one `toolkit.runtimes.chromium` runs, started the same way (`browser_flags`, its own
 profile, its own process group, a reaper and a parent-death signal), with `--remote-debugging-pipe`: the
 protocol's JSON messages, each ended by a NUL byte, travel on file descriptors 3 (to the browser) and 4
-(from it), so no port is opened. The page records every request's URL and every console error or uncaught
-exception while it runs. `serve_folder` serves a folder on 127.0.0.1 for it.
+(from it), so no port is opened; the messages go through the one DevTools client,
+`toolkit.runtimes.chromium.DevToolsPipe`. The page records every request's URL and every console error or
+uncaught exception while it runs. `serve_folder` serves a folder on 127.0.0.1 for it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import functools
-import json
 import os
-import select
 import shutil
 import subprocess
 import tempfile
@@ -28,17 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import RuntimeFailure
-from toolkit.process import die_with_parent, start_group_reaper, stop_process, stop_reaper
-from toolkit.runtimes.chromium import PROFILE_PREFIX, browser_binary, browser_flags, remove_stale_profiles
-
-
-def _pipe_child(to_browser: int, from_browser: int) -> None:
-    """In the child before exec: the protocol's pipe ends as fds 3 and 4 (moved above 10 first, in case
-    they are 3 or 4 already), and the parent-death signal."""
-    high_in, high_out = fcntl.fcntl(to_browser, fcntl.F_DUPFD, 10), fcntl.fcntl(from_browser, fcntl.F_DUPFD, 10)
-    os.dup2(high_in, 3)
-    os.dup2(high_out, 4)
-    die_with_parent()
+from toolkit.process import start_group_reaper, stop_process, stop_reaper
+from toolkit.runtimes.chromium import (
+    PROFILE_PREFIX,
+    DevToolsPipe,
+    browser_binary,
+    browser_flags,
+    remove_stale_profiles,
+)
 
 
 class DevToolsPage:
@@ -50,18 +45,16 @@ class DevToolsPage:
         self.profile = tempfile.mkdtemp(prefix=f"{PROFILE_PREFIX}{os.getpid()}-")
         self.requests: list[str] = []  # every URL the page asked for
         self.errors: list[str] = []  # console errors and uncaught exceptions
-        self._buffer, self._next_id, self._events = b"", 0, []
-        read_child, self._write = os.pipe()  # the browser reads commands on its fd 3
-        self._read, write_child = os.pipe()  # and writes answers and events on its fd 4
+        self._next_id, self._events = 0, []
+        self.pipe = DevToolsPipe()
         try:
             self.browser = subprocess.Popen(
                 [binary, *browser_flags(self.profile), "--remote-debugging-pipe", f"--window-size={width},{height}",
                  "about:blank"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True, close_fds=False,
-                preexec_fn=functools.partial(_pipe_child, read_child, write_child))
+                preexec_fn=self.pipe.in_child)
         finally:
-            os.close(read_child)
-            os.close(write_child)
+            self.pipe.close_child_ends()
         self.reaper = start_group_reaper(self.browser.pid)
         try:
             self._attach()
@@ -82,27 +75,15 @@ class DevToolsPage:
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
             message["sessionId"] = self.session
-        os.write(self._write, json.dumps(message).encode() + b"\0")
+        self.pipe.write(message)
         deadline = time.monotonic() + timeout
         while True:
-            answer = self._receive(deadline)
+            answer = self.pipe.read(deadline)
             if answer.get("id") == self._next_id:
                 if "error" in answer:
                     raise RuntimeFailure(f"Expected DevTools to run {method}. Received: {answer['error']}")
                 return answer.get("result", {})
             self._record(answer)
-
-    def _receive(self, deadline: float) -> dict:
-        while b"\0" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._read], [], [], left)[0]:
-                raise RuntimeFailure("Expected an answer from Chromium's DevTools pipe. Received none in time")
-            chunk = os.read(self._read, 1 << 20)
-            if not chunk:
-                raise RuntimeFailure("Expected Chromium to keep running. Received: its DevTools pipe closed")
-            self._buffer += chunk
-        raw, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(raw)
 
     def _record(self, event: dict) -> None:
         method, params = event.get("method", ""), event.get("params", {})
@@ -126,7 +107,7 @@ class DevToolsPage:
     def wait_for_event(self, method: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while method not in self._events:
-            self._record(self._receive(deadline))
+            self._record(self.pipe.read(deadline))
 
     def evaluate(self, expression: str, timeout: float = 60.0) -> Any:
         """The value of a JavaScript expression in the page (a promise is awaited)."""
@@ -161,10 +142,9 @@ class DevToolsPage:
             stop_process(self.browser)
             stop_reaper(self.reaper)
             self.browser = None
-        for fd in ("_read", "_write"):
-            if getattr(self, fd, None) is not None:
-                os.close(getattr(self, fd))
-                setattr(self, fd, None)
+        if getattr(self, "pipe", None) is not None:
+            self.pipe.close()
+            self.pipe = None
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> DevToolsPage:

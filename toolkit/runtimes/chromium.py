@@ -53,6 +53,7 @@ from toolkit.process import (
 )
 from toolkit.runtimes.base import START_TIMEOUT, Runner, decode_answer, encode_feeds, model_bytes
 from toolkit.runtimes.js import JS_DIR, npm_package
+from toolkit.text import safe_text
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
 POLL_SECONDS = 10.0  # how long /next holds a request open before the page asks again
@@ -184,12 +185,14 @@ def _handler(mailbox: Mailbox) -> type[BaseHTTPRequestHandler]:
 
 class DevToolsPipe:
     """Chromium's DevTools protocol over `--remote-debugging-pipe`: the browser reads commands on its fd 3
-    and writes replies on fd 4, each a JSON message ended by a NUL byte. Only this process holds the other
-    ends, so what crosses it (the page's URL and token) is no other user's to read."""
+    and writes replies and events on fd 4, each a JSON message ended by a NUL byte. Only this process holds
+    the other ends, so what crosses it (the page's URL and token) is no other user's to read. The one DevTools
+    client: the Chromium runner opens its page with it, the page tests drive theirs (`toolkit.pages.browser`)."""
 
     def __init__(self) -> None:
         self._to_browser_r, self._to_browser_w = os.pipe()
         self._from_browser_r, self._from_browser_w = os.pipe()
+        self._buffer = b""  # what the browser wrote after the last whole message
 
     def in_child(self) -> None:
         """Before exec: the pipe ends on fds 3 and 4, where Chromium looks for them."""
@@ -204,20 +207,33 @@ class DevToolsPipe:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def write(self, message: dict) -> None:
+        """One protocol message to the browser."""
+        os.write(self._to_browser_w, json.dumps(message).encode() + b"\0")
+
+    def read(self, deadline: float) -> dict:
+        """The browser's next message (a reply or an event), by `deadline` (`time.monotonic()`)."""
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_browser_r], [], [], left)[0]:
+                raise RuntimeFailure("Expected an answer from Chromium's DevTools pipe. Received none in time")
+            chunk = os.read(self._from_browser_r, 1 << 20)
+            if not chunk:
+                raise RuntimeFailure("Expected Chromium to keep running. Received: its DevTools pipe closed")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
     def open_page(self, url: str, timeout: float = START_TIMEOUT) -> None:
         """Open `url` in a new page (`Target.createTarget`), and wait for the browser's reply."""
-        message = json.dumps({"id": 1, "method": "Target.createTarget", "params": {"url": url}}).encode() + b"\0"
-        os.write(self._to_browser_w, message)
-        reply, deadline = b"", time.monotonic() + timeout
-        while b"\0" not in reply:
-            ready, _, _ = select.select([self._from_browser_r], [], [], max(deadline - time.monotonic(), 0))
-            chunk = os.read(self._from_browser_r, 65536) if ready else b""
-            if not chunk:
-                raise RuntimeFailure("Expected Chromium to open the page over its DevTools pipe. Received: "
-                                     + ("no reply" if not ready else "the pipe closed"))
-            reply += chunk
-        if b'"error"' in reply.split(b"\0")[0]:
-            raise RuntimeFailure(f"Expected Chromium to open the page. Received: {reply[:200]!r}")
+        self.write({"id": 1, "method": "Target.createTarget", "params": {"url": url}})
+        try:
+            reply = self.read(time.monotonic() + timeout)
+        except RuntimeFailure as exc:
+            why = "the pipe closed" if "closed" in str(exc) else "no reply"
+            raise RuntimeFailure(f"Expected Chromium to open the page over its DevTools pipe. Received: {why}") from None
+        if "error" in reply:
+            raise RuntimeFailure(f"Expected Chromium to open the page. Received: {safe_text(reply['error'], 200)}")
 
     def close(self) -> None:
         for fd in (self._to_browser_w, self._from_browser_r):
