@@ -81,15 +81,15 @@ def _load_copy(copy: PrivateCopy, original: Path, fmt: Keras2Format, limits: Res
         from toolkit.keras2.savedmodel import read_keras_savedmodel
 
         saved = (read_h5_model if fmt.kind == "h5" else read_keras_savedmodel)(source, limits)
-        translation = _translate(saved.config, original, limits)
+        translation = _translate(saved.config, original, limits, saved.keras_version)
         model = build_model(translation, original, limits)
         _assign(model, saved.weights, translation, original)
         return Keras2Model(model, source, fmt, saved.keras_version, saved.backend, translation, original, saved.config, copy)
     return _load_tf_keras_archive(source, original, fmt, limits, copy)
 
 
-def _translate(config: dict, source: Path, limits: ResourceLimits) -> Translation:
-    translation = translate_model_config(config, str(source))
+def _translate(config: dict, source: Path, limits: ResourceLimits, keras_version: str) -> Translation:
+    translation = translate_model_config(config, str(source), keras_version)
     check_budget(count_config(translation.config), str(source), limits)
     return translation
 
@@ -107,8 +107,10 @@ def build_model(translation: Translation, source: Path, limits: ResourceLimits) 
     from keras.src.saving import serialization_lib
 
     from toolkit.guard import check_keras_version, keras_load_failure
+    from toolkit.keras2.activations import register
 
     check_keras_version(keras.__version__)
+    register()
     try:
         with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(True):
             model = saving_utils.model_from_config(json.loads(json.dumps(translation.config)))
@@ -131,7 +133,7 @@ def _load_tf_keras_archive(source: Path, original: Path, fmt: Keras2Format, limi
         with zipfile.ZipFile(handle) as archive:
             config = json.loads(archive.read("config.json"))
             weights = archive.read("model.weights.h5") if "model.weights.h5" in archive.namelist() else None
-    translation = _translate(config, original, limits)
+    translation = _translate(config, original, limits, fmt.keras_version)
     model = build_model(translation, original, limits)
     if weights is None:
         raise ModelLoadError(f"Expected a .keras archive holding model.weights.h5. Received: {safe_text(str(source))!r} "

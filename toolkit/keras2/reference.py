@@ -8,7 +8,10 @@
   clashes with `tensorflow-cpu`; `scripts/setup_runtimes.sh` installs it with `--no-deps` beside
   tensorflow-cpu. A model with CuDNN layers (which run on GPUs only) is rebuilt by tf.keras with
   `LSTM`/`GRU` in their place and loads its weights through tf.keras' own CuDNN conversion.
-  Without `tf-keras`, the reference is the Keras 3 translation, and the export says so.
+  Without `tf-keras` a `.h5` or `.keras` file is refused: a translation is never its own proof (a wrong
+  translation would pass against itself). Where tf.keras cannot build the file as written (Keras 2.0's
+  `Embedding(dtype="int32")`, Keras 1's `Merge`), it builds it with only that corrected, and the label
+  says which correction and that no Keras runs the original as written.
 
 Each reference is a `KerasRunner` over the translated model (same output names, roles and order), whose
 `run` computes the original's outputs. `label` is what the report and the metadata call it.
@@ -28,7 +31,8 @@ from toolkit.keras2.loader import Keras2Model
 from toolkit.keras_runner import KerasRunner
 from toolkit.runner import first_line
 
-TF_KERAS_HINT = "pip install --no-deps 'tf-keras==2.21.*' (scripts/setup_runtimes.sh does)"
+TF_KERAS_HINT = ("install it: pip install --no-deps \"tf-keras==2.21.*\" (or lstm-onnx setup --runtimes tf-keras, "
+                 "or scripts/setup_runtimes.sh)")
 
 
 class SignatureReference(KerasRunner):
@@ -75,7 +79,13 @@ class TfKerasReference(KerasRunner):
             config = _tf_keras_config(loaded.translation.config)
             how = "with CuDNN layers as LSTM/GRU and tf.keras' own weight conversion"
         else:
-            config, how = loaded.original_config, "from the file's config and weights"
+            config, filled, corrected = reference_config(loaded.original_config, loaded.translation.keras_version)
+            how = "from the file's config and weights"
+            if filled:
+                how += f" (Keras {loaded.translation.keras_version}'s defaults {', '.join(filled)} filled in)"
+            if corrected:
+                how = (f"{how}, with only {'; '.join(corrected)} corrected: no Keras runs the file as written, "
+                       "so the reference is tf.keras built from its stored weights")
         self._original = tf_keras.models.model_from_json(json.dumps(config))
         self._original.load_weights(str(loaded.path))
         self.label = f"tf.keras {tf_keras.__version__} {how}"
@@ -88,14 +98,6 @@ class TfKerasReference(KerasRunner):
         return dict(zip(self.output_names, (np.asarray(o) for o in outputs)))
 
 
-class TranslationReference(KerasRunner):
-    """The Keras 3 translation itself: the reference when tf-keras is not installed."""
-
-    def __init__(self, loaded: Keras2Model, reason: str):
-        super().__init__(loaded.model, name="keras")
-        self.label = f"the Keras 3 translation, not tf.keras ({reason}: {TF_KERAS_HINT})"
-
-
 def original_reference(loaded: Keras2Model) -> KerasRunner:
     """The reference for a Keras 2 file: its signature (SavedModel) or tf.keras (.h5, .keras). What the
     file makes TensorFlow or tf.keras fail on is one line naming the file."""
@@ -105,7 +107,10 @@ def original_reference(loaded: Keras2Model) -> KerasRunner:
         try:
             import tf_keras
         except ImportError:
-            return TranslationReference(loaded, "tf-keras is not installed")
+            raise ModelLoadError(f"Expected tf.keras (the tf-keras package) to check a Keras 2 file against the "
+                                 f"original, never against its own translation. Received: "
+                                 f"{safe_text(str(loaded.original))!r} and tf-keras not installed; "
+                                 f"{TF_KERAS_HINT}") from None
         return TfKerasReference(loaded, tf_keras)
     except LstmOnnxError:
         raise
@@ -159,6 +164,35 @@ def keras2_output_names(config: dict) -> list[str]:
             counts[base] += 1
         names.append(proposal)
     return names
+
+
+def reference_config(config: dict, keras_version: str) -> tuple[dict, list[str], list[str]]:
+    """The file's config as tf.keras 2.21 builds the original: the defaults the Keras that wrote it assumed
+    filled in where the config leaves them out (`keras2_defaults`), and what tf.keras cannot build at all
+    corrected (Keras 2.0's integer Embedding dtype, Keras 1's Merge). Returns the config, the defaults
+    filled in and the corrections (empty: the file as written)."""
+    from toolkit.keras2.activations import keras2_defaults
+    from toolkit.keras2.legacy import legacy_layer
+
+    result = json.loads(json.dumps(config))
+    filled: list[str] = []
+    corrected: list[str] = []
+    stack: list[Any] = [result]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        inner = item.get("config")
+        kind = item.get("class_name")
+        if isinstance(kind, str) and isinstance(inner, dict):
+            filled += [f for f in keras2_defaults(kind, inner, keras_version) if f not in filled]
+            if kind == "Merge" or (kind == "Embedding" and str(inner.get("dtype", "")).startswith(("int", "uint"))):
+                corrected.append(str(legacy_layer(item, "reference")))
+        stack.extend(item.values())
+    return result, filled, corrected
 
 
 def _tf_keras_config(config: dict) -> dict:
