@@ -11,7 +11,7 @@
   Without `tf-keras` a `.h5` or `.keras` file is refused: a translation is never its own proof (a wrong
   translation would pass against itself). Where tf.keras cannot build the file as written (Keras 2.0's
   `Embedding(dtype="int32")`, Keras 1's `Merge`), it builds it with only that corrected, and the label
-  says which correction and that no Keras runs the original as written.
+  says which correction and that tf.keras cannot run the file as written.
 
 Each reference is a `KerasRunner` over the translated model (same output names, roles and order), whose
 `run` computes the original's outputs. `label` is what the report and the metadata call it.
@@ -19,6 +19,7 @@ Each reference is a `KerasRunner` over the translated model (same output names, 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -84,18 +85,28 @@ class TfKerasReference(KerasRunner):
             if filled:
                 how += f" (Keras {loaded.translation.keras_version}'s defaults {', '.join(filled)} filled in)"
             if corrected:
-                how = (f"{how}, with only {'; '.join(corrected)} corrected: no Keras runs the file as written, "
-                       "so the reference is tf.keras built from its stored weights")
+                how = (f"{how}, with only {'; '.join(corrected)}: tf.keras cannot build the file as written, so "
+                       "the reference is tf.keras from the file's stored weights and this corrected config")
+        self._carry = False  # each call from zero states, as the export's independent cases
         self._original = tf_keras.models.model_from_json(json.dumps(config))
         self._original.load_weights(str(loaded.path))
         self.label = f"tf.keras {tf_keras.__version__} {how}"
 
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        if not self._carry:
+            self._original.reset_states()
         args = [feeds[t.name.split(":")[0]] for t in self._original.inputs]
-        self._original.reset_states()
         outputs = self._original(args if len(args) > 1 else args[0], training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return dict(zip(self.output_names, (np.asarray(o) for o in outputs)))
+
+    def carrying(self) -> TfKerasReference:
+        """The same original whose stateful layers keep their states from call to call (zeroed once, now):
+        the reference of a stateful export's consecutive calls (`toolkit.carry`)."""
+        carried = copy.copy(self)
+        carried._carry = True
+        self._original.reset_states()
+        return carried
 
 
 def original_reference(loaded: Keras2Model) -> KerasRunner:
