@@ -395,11 +395,16 @@ def save_old_forms(out: Path, seed: int) -> None:
 
 
 def save_refused(out: Path) -> None:
-    """Forms lstm-onnx refuses in one line: time_major=True, ConvLSTM2D."""
+    """Forms lstm-onnx refuses in one line: time_major=True, ConvLSTM2D, a decoder given initial states on a
+    masked sequence (tf.keras masks it, Keras 3 would not)."""
     x = L.Input(batch_shape=(6, 2, 3))
     k2.Model(x, L.LSTM(4, time_major=True, return_sequences=True)(x)).save(out / "time_major.h5")
     frames = L.Input(shape=(None, 4, 4, 1))
     k2.Model(frames, L.ConvLSTM2D(2, 3)(frames)).save(out / "conv_lstm.h5")
+    tokens = L.Input(shape=(None,))
+    _, h, c = L.LSTM(2, return_state=True)(L.Embedding(9, 3)(tokens))
+    sequence = L.Embedding(9, 3, mask_zero=True)(tokens)
+    k2.Model(tokens, L.LSTM(2, name="decoder")(sequence, initial_state=[h, c])).save(out / "masked_decoder.h5")
 
 
 class LstmModule(tf.Module):

@@ -505,6 +505,7 @@ def test_keras3_hard_sigmoid_keeps_keras3s_meaning(tmp_path):
 @pytest.mark.parametrize("name, needle", [
     ("time_major", "LSTM 'lstm' time_major=True"),
     ("conv_lstm", "ConvLSTM2D layer 'conv_lstm2d' (convolutional recurrent layers are not supported"),
+    ("masked_decoder", "layer 'decoder' given initial states on a masked sequence"),
 ])
 def test_keras2_forms_lstm_onnx_does_not_export_are_refused_in_one_line(keras2_models, tmp_path, name, needle):
     out = tmp_path / f"{name}.onnx"

@@ -84,3 +84,22 @@ def _node(node: list, name: str, source: str) -> dict | None:
         raise UnsupportedModelError(f"Expected a recurrent call with a sequence and initial states only. Received: "
                                     f"{safe_text(source)!r} with layer {safe_text(name)!r} called with {unknown}")
     return {"args": [_tensor(node[0])], "kwargs": {"initial_state": [_tensor(state) for state in states]}}
+
+
+def check_masked_initial_states(model: Any, source: str) -> None:
+    """tf.keras applies a masked sequence's mask in a call given initial states; Keras 3 passes a mask
+    only to a call with one tensor argument, so the translation would process the padded steps. Refused
+    in one line, naming the layer, rather than exported with another meaning."""
+    for layer in model._flatten_layers(include_self=False):
+        if type(layer).__name__ not in RECURRENT_CLASSES:
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            args, kwargs = node.arguments.args, node.arguments.kwargs
+            if kwargs.get("initial_state") is None or kwargs.get("mask") is not None or not args:
+                continue
+            if getattr(args[0], "_keras_mask", None) is not None:
+                raise UnsupportedModelError(
+                    f"Expected a recurrent layer given initial states on an unmasked sequence. Received: "
+                    f"{safe_text(source)!r} with layer {safe_text(layer.name)!r} given initial states on a masked "
+                    "sequence (Embedding(mask_zero=True) or Masking before it): tf.keras applies that mask there, "
+                    "Keras 3 does not, and lstm-onnx does not export it yet")
