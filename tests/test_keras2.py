@@ -548,3 +548,10 @@ def test_stream_and_carried_calls_of_a_keras2_file_run_against_the_original(kera
     first, second = carrying.run(feeds), carrying.run(feeds)
     assert_close(first[reference.output_names[0]], reference.run(feeds)[reference.output_names[0]])
     assert float(np.max(np.abs(first[reference.output_names[0]] - second[reference.output_names[0]]))) > 1e-4
+    # The export's own consecutive calls: tf.keras carries them for an .h5; a SavedModel's signature zeroes
+    # its states on every call, so those calls are the translation's, and their labels say so.
+    h5 = export_keras_model(keras2_models / "stateful_lstm.h5", tmp_path / "h5.onnx").parity.carried_calls()
+    saved = export_keras_model(keras2_models / "stateful_lstm_savedmodel", tmp_path / "sm.onnx").parity.carried_calls()
+    assert len(h5) == len(saved) == 3 and all(h5) and all(saved)
+    assert not any("translation" in call.label for call in h5)
+    assert all("vs the Keras 3 translation (the SavedModel's serving signature" in call.label for call in saved)
