@@ -359,6 +359,17 @@ def seq2seq():
     return k2.Model([encoder_inputs, decoder_inputs], [L.Dense(2, activation="softmax")(seq), dh, dc, other])
 
 
+def masked_decoder():
+    """A decoder given its encoder's states on a masked sequence (Embedding(mask_zero=True)): tf.keras
+    applies the mask in that call, Keras 3 would not."""
+    source = L.Input(shape=(None,), dtype="int32", name="source")
+    target = L.Input(shape=(None,), dtype="int32", name="target")
+    _, h, c = L.LSTM(3, return_state=True, name="encoder")(L.Embedding(50, 4, mask_zero=True)(source))
+    sequence = L.Embedding(50, 4, mask_zero=True)(target)
+    decoded = L.LSTM(3, return_sequences=True, name="decoder")(sequence, initial_state=[h, c])
+    return k2.Model([source, target], L.Dense(2)(decoded))
+
+
 def _states_as_kwargs(config: dict) -> None:
     """tf.keras 2.0-2.3's node form: the states under the sequence's kwargs, `initial_state`."""
     for layer in config["config"]["layers"]:
@@ -384,7 +395,8 @@ def save_old_forms(out: Path, seed: int) -> None:
              ("keras20_embedding", keras20_embedding, "2.0.8", _keras20_embedding_form),
              ("seq2seq", seq2seq, "2.21.0", lambda config: None),
              ("seq2seq_kwargs", seq2seq, "2.2.4-tf", _states_as_kwargs),
-             ("state_inputs", state_inputs, "2.21.0", lambda config: None)]
+             ("state_inputs", state_inputs, "2.21.0", lambda config: None),
+             ("masked_decoder", masked_decoder, "2.21.0", lambda config: None)]
     for offset, (name, build, version, change) in enumerate(forms):
         k2.backend.clear_session()
         model = build()
@@ -395,16 +407,11 @@ def save_old_forms(out: Path, seed: int) -> None:
 
 
 def save_refused(out: Path) -> None:
-    """Forms lstm-onnx refuses in one line: time_major=True, ConvLSTM2D, a decoder given initial states on a
-    masked sequence (tf.keras masks it, Keras 3 would not)."""
+    """Forms lstm-onnx refuses in one line: time_major=True, ConvLSTM2D."""
     x = L.Input(batch_shape=(6, 2, 3))
     k2.Model(x, L.LSTM(4, time_major=True, return_sequences=True)(x)).save(out / "time_major.h5")
     frames = L.Input(shape=(None, 4, 4, 1))
     k2.Model(frames, L.ConvLSTM2D(2, 3)(frames)).save(out / "conv_lstm.h5")
-    tokens = L.Input(shape=(None,))
-    _, h, c = L.LSTM(2, return_state=True)(L.Embedding(9, 3)(tokens))
-    sequence = L.Embedding(9, 3, mask_zero=True)(tokens)
-    k2.Model(tokens, L.LSTM(2, name="decoder")(sequence, initial_state=[h, c])).save(out / "masked_decoder.h5")
 
 
 class LstmModule(tf.Module):

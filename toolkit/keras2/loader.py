@@ -23,7 +23,7 @@ from toolkit.budget import count_config
 from toolkit.errors import LstmOnnxError, ModelLoadError
 from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import Keras2Format
-from toolkit.keras2.nodes import check_masked_initial_states
+from toolkit.keras2.nodes import mask_calls_with_initial_states
 from toolkit.keras2.private import PrivateCopy
 from toolkit.keras2.translate import Translation, translate_model_config
 from toolkit.limits import ResourceLimits, check_budget, inspect_keras_handle
@@ -121,7 +121,10 @@ def build_model(translation: Translation, source: Path, limits: ResourceLimits) 
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"Expected a Keras model. Received: {safe_text(str(source))!r} holding a "
                              f"{type(model).__name__}")
-    check_masked_initial_states(model, str(source))
+    model, masked = mask_calls_with_initial_states(model)
+    for name in masked:
+        translation.note(f"layer {name!r}: called with initial states on a masked sequence: the mask passed as "
+                         "tf.keras passes it (Keras 3 would not)")
     # What the built model computes (Keras' own shapes), as for a Keras 3 file: padding, repeats, long axes.
     check_model_budget(model, str(source), limits)
     return model

@@ -86,20 +86,35 @@ def _node(node: list, name: str, source: str) -> dict | None:
     return {"args": [_tensor(node[0])], "kwargs": {"initial_state": [_tensor(state) for state in states]}}
 
 
-def check_masked_initial_states(model: Any, source: str) -> None:
-    """tf.keras applies a masked sequence's mask in a call given initial states; Keras 3 passes a mask
-    only to a call with one tensor argument, so the translation would process the padded steps. Refused
-    in one line, naming the layer, rather than exported with another meaning."""
+
+def _masked_calls(model: Any) -> list[str]:
+    """The recurrent layers called with initial states on a masked sequence and no mask passed."""
+    names = []
     for layer in model._flatten_layers(include_self=False):
         if type(layer).__name__ not in RECURRENT_CLASSES:
             continue
         for node in getattr(layer, "_inbound_nodes", []):
             args, kwargs = node.arguments.args, node.arguments.kwargs
-            if kwargs.get("initial_state") is None or kwargs.get("mask") is not None or not args:
-                continue
-            if getattr(args[0], "_keras_mask", None) is not None:
-                raise UnsupportedModelError(
-                    f"Expected a recurrent layer given initial states on an unmasked sequence. Received: "
-                    f"{safe_text(source)!r} with layer {safe_text(layer.name)!r} given initial states on a masked "
-                    "sequence (Embedding(mask_zero=True) or Masking before it): tf.keras applies that mask there, "
-                    "Keras 3 does not, and lstm-onnx does not export it yet")
+            if kwargs.get("initial_state") is not None and kwargs.get("mask") is None and args \
+                    and getattr(args[0], "_keras_mask", None) is not None:
+                names.append(layer.name)
+    return names
+
+
+def mask_calls_with_initial_states(model: Any) -> tuple[Any, list[str]]:
+    """tf.keras applies a masked sequence's mask in a call given initial states (its RNN reads the first
+    input's mask); Keras 3 passes a mask only to a call with one tensor argument, so the translation would
+    process the padded steps. Such calls are made again with the sequence's mask passed as `mask=`: the
+    same layers (and weights) in a model of the same name, as tf.keras computes it. Returns the model and
+    the layers whose calls were changed."""
+    names = _masked_calls(model)
+    if not names:
+        return model, []
+    import keras
+
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if layer.name in names and kwargs.get("initial_state") is not None and kwargs.get("mask") is None:
+            kwargs["mask"] = getattr(args[0], "_keras_mask", None)
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call), names
