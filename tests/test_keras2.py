@@ -555,3 +555,29 @@ def test_stream_and_carried_calls_of_a_keras2_file_run_against_the_original(kera
     assert len(h5) == len(saved) == 3 and all(h5) and all(saved)
     assert not any("translation" in call.label for call in h5)
     assert all("vs the Keras 3 translation (the SavedModel's serving signature" in call.label for call in saved)
+
+
+def test_an_h5_written_by_keras3_keeps_keras3s_meaning_against_keras3s_own_loader(tmp_path):
+    """Keras 3's legacy .h5 is routed by its keras_version: no Keras 2 translation (its hard_sigmoid is
+    Keras 3's, HardSigmoid alpha 1/6), and the reference is Keras 3's own loader on the file."""
+    import keras
+
+    x = keras.Input((4, 3), name="x")
+    seq, h, c = keras.layers.LSTM(3, recurrent_activation="hard_sigmoid", return_sequences=True, return_state=True)(x)
+    model = keras.Model(x, [seq, h, c])
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.uniform(-2, 2, w.shape).astype("float32") for w in model.get_weights()])
+    path = tmp_path / "keras3.h5"
+    model.save(path)
+    result = export_keras_model(path, tmp_path / "keras3.onnx")
+    assert result.parity and result.fused_ops == {"LSTM": 1}
+    source = read_source(result.model)
+    assert "own loader on the file (written by Keras 3." in source["reference"]
+    assert source["format"] == "Keras 3 HDF5 (.h5)"
+    lstm = next(n for n in result.model.graph.node if n.op_type == "LSTM")
+    alphas = next(onnx.helper.get_attribute_value(a) for a in lstm.attribute if a.name == "activation_alpha")
+    assert abs(alphas[0] - 1 / 6) < 1e-7
+    feeds = {"x": rng.uniform(-3, 3, (2, 4, 3)).astype("float32")}
+    actual = OnnxRunner(result.model).run(feeds)
+    for name, expected in zip([o.name for o in result.outputs], model.predict(feeds["x"], verbose=0)):
+        assert_close(actual[name], expected, name)

@@ -25,7 +25,7 @@ from toolkit.guard import open_regular_file, safe_text
 from toolkit.keras2.formats import Keras2Format
 from toolkit.keras2.nodes import mask_calls_with_initial_states
 from toolkit.keras2.private import PrivateCopy
-from toolkit.keras2.translate import Translation, translate_model_config
+from toolkit.keras2.translate import Translation, check_modules, translate_model_config
 from toolkit.limits import ResourceLimits, check_budget, inspect_keras_handle
 from toolkit.runner import first_line
 from toolkit.shapes import check_model_budget
@@ -49,7 +49,8 @@ class Keras2Model:
     @property
     def source(self) -> dict[str, Any]:
         """The metadata's `source`: the file, its format and the Keras that wrote it."""
-        return {"keras_file": self.original.name, "keras_model": self.model.name, "format": self.format.label,
+        label = "Keras 3 HDF5 (.h5)" if written_by_keras3(self.keras_version) else self.format.label
+        return {"keras_file": self.original.name, "keras_model": self.model.name, "format": label,
                 "keras_version": self.keras_version, "backend": self.backend,
                 "translated": list(self.translation.changes)}
 
@@ -89,7 +90,19 @@ def _load_copy(copy: PrivateCopy, original: Path, fmt: Keras2Format, limits: Res
     return _load_tf_keras_archive(source, original, fmt, limits, copy)
 
 
+def written_by_keras3(keras_version: str) -> bool:
+    """An `.h5` Keras 3 wrote (`model.save("x.h5")`, its legacy format): its config is Keras 3's own, with
+    Keras 3's meanings (hard_sigmoid among them), so it is read as Keras 3 reads it, untranslated."""
+    return keras_version.startswith("3.")
+
+
 def _translate(config: dict, source: Path, limits: ResourceLimits, keras_version: str) -> Translation:
+    if written_by_keras3(keras_version):
+        check_modules(config, str(source))
+        translation = Translation(json.loads(json.dumps(config)), keras_version=keras_version)
+        translation.note(f"written by Keras {keras_version}: read as Keras 3 reads it (no Keras 2 translation)")
+        check_budget(count_config(translation.config), str(source), limits)
+        return translation
     translation = translate_model_config(config, str(source), keras_version)
     check_budget(count_config(translation.config), str(source), limits)
     return translation

@@ -28,8 +28,8 @@ import numpy as np
 
 from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
 from toolkit.guard import safe_text
-from toolkit.keras2.loader import Keras2Model
-from toolkit.keras_runner import KerasRunner
+from toolkit.keras2.loader import Keras2Model, written_by_keras3
+from toolkit.keras_runner import KerasRunner, keras_outputs
 from toolkit.runner import first_line
 
 TF_KERAS_HINT = ("install it: pip install --no-deps \"tf-keras==2.21.*\" (or lstm-onnx setup --runtimes tf-keras, "
@@ -64,6 +64,28 @@ class SignatureReference(KerasRunner):
         child = getattr(self, "_child", None)
         if child is not None:
             child.close()
+
+
+class Keras3H5Reference(KerasRunner):
+    """An `.h5` written by Keras 3: Keras 3's own legacy-h5 loader (`load_model_from_hdf5`, safe mode) reads
+    the private copy, independently of lstm-onnx's reading of it (its weight assignment included)."""
+
+    def __init__(self, loaded: Keras2Model):
+        super().__init__(loaded.model, name="keras")
+        import keras
+        from keras.src.legacy.saving.legacy_h5_format import load_model_from_hdf5
+
+        self._original = load_model_from_hdf5(str(loaded.path), compile=False, safe_mode=True)
+        self.label = f"Keras {keras.__version__}'s own loader on the file (written by Keras {loaded.keras_version})"
+
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, keras_outputs(self._original, feeds)))
+
+    def carrying(self) -> KerasRunner:
+        """The original's stateful layers keep their states from call to call (`toolkit.carry`)."""
+        from toolkit.carry import StatefulKerasRunner
+
+        return StatefulKerasRunner(self._original)
 
 
 class TfKerasReference(KerasRunner):
@@ -115,6 +137,8 @@ def original_reference(loaded: Keras2Model) -> KerasRunner:
     try:
         if loaded.format.kind == "savedmodel":
             return SignatureReference(loaded)
+        if written_by_keras3(loaded.keras_version):
+            return Keras3H5Reference(loaded)
         try:
             import tf_keras
         except ImportError:
