@@ -29,6 +29,7 @@ import numpy as np
 from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
 from toolkit.guard import safe_text
 from toolkit.keras2.loader import Keras2Model, written_by_keras3
+from toolkit.keras2.translate import CUDNN_CLASSES
 from toolkit.keras_runner import KerasRunner, keras_outputs
 from toolkit.runner import first_line
 
@@ -96,19 +97,18 @@ class TfKerasReference(KerasRunner):
 
     def __init__(self, loaded: Keras2Model, tf_keras: Any):
         super().__init__(loaded.model, name="tf.keras")
+        config, filled, corrected = reference_config(loaded.original_config, loaded.translation.keras_version)
+        how = "from the file's config and weights"
         if loaded.translation.cudnn:
             # CuDNN layers run on GPUs only: tf.keras builds their CPU layers and converts their weights
             # itself when it loads them (its _convert_rnn_weights).
-            config = _tf_keras_config(loaded.translation.config)
+            _cudnn_as_cpu(config)
             how = "with CuDNN layers as LSTM/GRU and tf.keras' own weight conversion"
-        else:
-            config, filled, corrected = reference_config(loaded.original_config, loaded.translation.keras_version)
-            how = "from the file's config and weights"
-            if filled:
-                how += f" (Keras {loaded.translation.keras_version}'s defaults {', '.join(filled)} filled in)"
-            if corrected:
-                how = (f"{how}, with only {'; '.join(corrected)}: tf.keras cannot build the file as written, so "
-                       "the reference is tf.keras from the file's stored weights and this corrected config")
+        if filled:
+            how += f" (Keras {loaded.translation.keras_version}'s defaults {', '.join(filled)} filled in)"
+        if corrected:
+            how = (f"{how}, with only {'; '.join(corrected)}: tf.keras cannot build the file as written, so the "
+                   "reference is tf.keras from the file's stored weights and this corrected config")
         self._carry = False  # each call from zero states, as the export's independent cases
         self._original = tf_keras.models.model_from_json(json.dumps(config))
         self._original.load_weights(str(loaded.path))
@@ -230,18 +230,19 @@ def reference_config(config: dict, keras_version: str) -> tuple[dict, list[str],
     return result, filled, corrected
 
 
-def _tf_keras_config(config: dict) -> dict:
-    """The translated config as tf.keras reads it: each InputLayer's Keras 3 `batch_shape` back under
-    Keras 2's name `batch_input_shape` (nothing else renamed)."""
-    result = json.loads(json.dumps(config))
-    stack: list[Any] = [result]
+def _cudnn_as_cpu(config: dict) -> None:
+    """CuDNNLSTM/CuDNNGRU (GPU-only) as the CPU layers tf.keras loads their weights into, converting them
+    itself (its `_convert_rnn_weights`): LSTM(tanh, sigmoid), GRU(reset_after=True, tanh, sigmoid)."""
+    stack: list[Any] = [config]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             inner = item.get("config")
-            if item.get("class_name") == "InputLayer" and isinstance(inner, dict) and "batch_shape" in inner:
-                inner["batch_input_shape"] = inner.pop("batch_shape")
+            if item.get("class_name") in CUDNN_CLASSES and isinstance(inner, dict):
+                item["class_name"] = CUDNN_CLASSES[item["class_name"]]
+                inner.update(activation="tanh", recurrent_activation="sigmoid")
+                if item["class_name"] == "GRU":
+                    inner["reset_after"] = True
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return result
