@@ -581,3 +581,40 @@ def test_an_h5_written_by_keras3_keeps_keras3s_meaning_against_keras3s_own_loade
     actual = OnnxRunner(result.model).run(feeds)
     for name, expected in zip([o.name for o in result.outputs], model.predict(feeds["x"], verbose=0)):
         assert_close(actual[name], expected, name)
+
+
+def test_a_tf_keras_archive_saved_on_windows_loads_its_weights_by_their_paths(keras2_models, tmp_path):
+    """tf.keras 2.13-2.15 on Windows wrote weight groups named 'layers\\lstm\\cell': read with '/', exact
+    against tf.keras' recorded outputs, and the reference label says tf.keras cannot load it as written."""
+    import io
+    import zipfile
+
+    import h5py
+
+    def windows_name(name: str) -> str:  # 'layers/lstm/cell/vars/0' -> 'layers\\lstm\\cell/vars/0'
+        head, vars_, tail = name.partition("/vars")
+        return head.replace("/", "\\") + vars_ + tail
+
+    def windows(data: bytes) -> bytes:
+        items: dict = {}
+        with h5py.File(io.BytesIO(data), "r") as f:
+            f.visititems(lambda name, item: items.__setitem__(
+                windows_name(name), item[()] if isinstance(item, h5py.Dataset) else None))
+        out = io.BytesIO()
+        with h5py.File(out, "w") as f:
+            for name, value in items.items():
+                f.require_group(name) if value is None else f.create_dataset(name, data=value)
+        return out.getvalue()
+
+    crafted = tmp_path / "windows.keras"
+    with zipfile.ZipFile(keras2_models / "post_case3.keras") as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            out.writestr(info, windows(data) if info.filename == "model.weights.h5" else data)
+    with zipfile.ZipFile(crafted) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as f:
+        assert any("\\" in key for key in f.keys())
+    names, _ = EXPECTED["post_case3"]
+    result = export_keras_model(crafted, tmp_path / "windows.onnx")
+    assert result.parity and result.fused_ops == {"LSTM": 2}
+    check_against_tf_keras(result.model, keras2_models, "post_case3", names)
+    assert "Windows paths" in read_source(result.model)["reference"]

@@ -45,6 +45,9 @@ class Keras2Model:
     original: Path
     original_config: dict
     copy: PrivateCopy | None = field(default=None, repr=False)
+    # A tf.keras `.keras` saved on Windows: its weights with '/' paths, beside the private copy (the
+    # reference loads them; tf.keras cannot load the file as written).
+    windows_weights: Path | None = None
 
     @property
     def source(self) -> dict[str, Any]:
@@ -156,8 +159,37 @@ def _load_tf_keras_archive(source: Path, original: Path, fmt: Keras2Format, limi
     if weights is None:
         raise ModelLoadError(f"Expected a .keras archive holding model.weights.h5. Received: {safe_text(str(source))!r} "
                              "without it")
+    weights, windows = _windows_paths(weights)
     _load_archive_weights(model, weights, original)
-    return Keras2Model(model, source, fmt, fmt.keras_version, "tensorflow", translation, original, config, copy)
+    fixed = None
+    if windows:
+        fixed = source.with_name("model.weights.h5")
+        fixed.write_bytes(weights)
+        translation.note("weights saved on Windows ('layers\\lstm\\cell'): their paths read with '/' (no Keras "
+                         "loads them as written)")
+    return Keras2Model(model, source, fmt, fmt.keras_version, "tensorflow", translation, original, config, copy, fixed)
+
+
+def _windows_paths(data: bytes) -> tuple[bytes, bool]:
+    """tf.keras 2.13-2.15 joined a `.keras` archive's weight paths with `os.path.join`: saved on Windows,
+    its groups are named 'layers\\lstm\\cell' and no Keras finds them. The same datasets under '/' paths
+    (each read once: `inspect_keras_handle` checked their declared sizes), and whether any was renamed."""
+    import h5py
+
+    with h5py.File(io.BytesIO(data), "r") as file:
+        if not any("\\" in key for key in file.keys()):
+            return data, False
+        items: dict[str, Any] = {}  # path -> array, or None for a group (an empty `vars` is looked up too)
+        file.visititems(lambda name, item: items.__setitem__(
+            name.replace("\\", "/"), item[()] if isinstance(item, h5py.Dataset) else None))
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as out:
+        for name, value in items.items():
+            if value is None:
+                out.require_group(name)
+            else:
+                out.create_dataset(name, data=value)
+    return buffer.getvalue(), True
 
 
 def _load_archive_weights(model: Any, data: bytes, source: Path) -> None:

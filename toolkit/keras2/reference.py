@@ -111,7 +111,10 @@ class TfKerasReference(KerasRunner):
                    "reference is tf.keras from the file's stored weights and this corrected config")
         self._carry = False  # each call from zero states, as the export's independent cases
         self._original = tf_keras.models.model_from_json(json.dumps(config))
-        self._original.load_weights(str(loaded.path))
+        if loaded.windows_weights is not None:
+            how += (", its weights' Windows paths ('layers\\lstm') read as 'layers/lstm': tf.keras cannot load "
+                    "the file as written, so the reference is tf.keras with the file's stored weights")
+        self._original.load_weights(str(loaded.windows_weights or loaded.path))
         self.label = f"tf.keras {tf_keras.__version__} {how}"
 
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
