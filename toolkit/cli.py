@@ -156,8 +156,8 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
 
         proto = load_onnx(onnx_model)
         # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.
-        streamed = stream_parity(loaded, proto, sizes, stream_length,
-                                 tolerances=recorded_tolerances(proto, tolerances, loaded), seed=seed)
+        streamed = stream_parity(loaded, proto, sizes, stream_length, seed=seed,
+                                 tolerances=recorded_tolerances(proto, tolerances, loaded), reference=reference)
     outcome = VerifyReport(onnx_model.name, tuple(results), streamed)
     if html is not None:  # written whatever the outcome: the page shows what failed
         from toolkit.html_report import ModelSection, write_report
