@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "tests" / "published" / "manifest.json"
 RESULTS = ROOT / "scripts" / "results"
 CHILD_TIMEOUT_S = 180
+EXPORT_TIMEOUT_S = CHILD_TIMEOUT_S - 30  # leaves the child time to compare what was written
 ATOL = RTOL = 1e-4  # issue 24's bar: |onnx - ref| <= 1e-4 + 1e-4 * |ref|
 BATCH, STEPS, SEED = 3, 6, 0
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -374,8 +375,11 @@ def _reference_parity(entry: dict, onnx_path: Path, specs: list[InputSpec], feed
 def child_lstm_onnx(entry: dict, work: Path) -> dict:
     target = work / "lstm_onnx.onnx"
     tool = Path(sys.executable).parent / "lstm-onnx"
-    proc = subprocess.run([str(tool), "export", str(model_path(entry)), "-o", str(target), "--json"],
-                          capture_output=True, text=True, timeout=CHILD_TIMEOUT_S - 20)
+    try:
+        proc = subprocess.run([str(tool), "export", str(model_path(entry)), "-o", str(target), "--json"],
+                              capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"written": False, "error": f"lstm-onnx export ran past {EXPORT_TIMEOUT_S} s"}
     row = {"written": target.exists(), "error": "" if target.exists() else _error_line(proc.stderr)}
     if not target.exists():
         return row
@@ -414,9 +418,12 @@ def child_tf2onnx(entry: dict, work: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - the original not loading is a measured outcome
         return {"written": False, "error": f"original not loaded: {type(exc).__name__}: {str(exc)[:200]}"}
     target = work / "tf2onnx.onnx"
-    proc = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(folder),
-                           "--output", str(target), "--opset", "17"],
-                          capture_output=True, text=True, timeout=CHILD_TIMEOUT_S - 30)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(folder),
+                               "--output", str(target), "--opset", "17"],
+                              capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"written": False, "error": f"tf2onnx ran past {EXPORT_TIMEOUT_S} s"}
     row = {"written": target.exists(), "error": "" if target.exists() else _error_line(proc.stderr)}
     if not target.exists():
         return row
