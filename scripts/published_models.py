@@ -600,7 +600,7 @@ def markdown(rows: list[dict], total: dict, stamp: str) -> str:
         if not r["present"]:
             lines.append(f"| {r['slug']} | {r['format']} | {r['keras_version']} | absent | | | | | |")
             continue
-        lo, tf = r["lstm-onnx"], r["tf2onnx"]
+        lo, tf = r.get("lstm-onnx", {}), r.get("tf2onnx", {})
         flags = "/".join(_mark(r, "lstm-onnx", k) for k in ("written", "equal", "fused", "named"))
         tflags = "/".join(_mark(r, "tf2onnx", k) for k in ("written", "equal", "fused"))
         cause = (lo.get("error") or lo.get("note") or "").replace("|", "\\|")[:220]
