@@ -4,6 +4,7 @@
     python scripts/published_models.py --only SLUG [--only SLUG2] --out /tmp/x.json
     PYTHONPATH=/work/wt/branch python scripts/published_models.py --tool lstm-onnx \
         --base scripts/results/published_models.json --out /tmp/branch.json   # one tool, on another toolkit
+    python scripts/published_models.py --expect-from /tmp/branch.json    # manifest expect: pass where it passes
 
 The files live outside git (see tests/published/README.md): $LSTM_ONNX_CORPUS, else corpus/ in the repo root.
 Every measurement runs in its own child process with a time limit, so one file that hangs or crashes
@@ -634,6 +635,24 @@ def main_run(only: list[str], tools: list[str], out: Path, base: Path | None) ->
     print(json.dumps(total))
 
 
+def passes(row: dict) -> bool:
+    """What tests/test_published.py asserts: written, fused, named by role and equal to the original."""
+    return all(row.get("lstm-onnx", {}).get(k) for k in ("written", "fused", "named", "equal"))
+
+
+def expect_from(results: Path) -> None:
+    """--expect-from: entries that pass in `results` get expect "pass"; the others keep their cause, or get
+    the tool's error line when they passed before (a regression to look at)."""
+    rows = {r["slug"]: r for r in json.loads(results.read_text())["rows"]}
+    manifest = json.loads(MANIFEST.read_text())
+    for entry in manifest["entries"]:
+        row = rows.get(entry["slug"])
+        if row and "lstm-onnx" in row:
+            failed = row["lstm-onnx"].get("error") or row["lstm-onnx"].get("note") or "not equal"
+            entry["expect"] = "pass" if passes(row) else (failed if entry["expect"] == "pass" else entry["expect"])
+    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="measure only this slug (repeatable)")
@@ -641,6 +660,7 @@ def main() -> None:
     parser.add_argument("--tool", action="append", choices=sorted(CHILDREN), default=[],
                         help="measure only this (repeatable; default all three)")
     parser.add_argument("--base", type=Path, help="earlier results: keep their rows and tools not measured now")
+    parser.add_argument("--expect-from", type=Path, help="set the manifest's expect fields from these results")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--slug", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -648,6 +668,9 @@ def main() -> None:
     if args.child:
         entry = next(e for e in load_manifest() if e["slug"] == args.slug)
         print(json.dumps(CHILDREN[args.child](entry, args.work)))
+        return
+    if args.expect_from:
+        expect_from(args.expect_from)
         return
     if not corpus_root().is_dir():
         sys.exit(f"Expected the corpus folder ($LSTM_ONNX_CORPUS or corpus/). Received: {corpus_root()} is absent")
