@@ -287,6 +287,148 @@ def save_keras22(out: Path, seed: int) -> None:
         f["model_weights"].attrs["keras_version"] = b"2.2.4"
 
 
+# ------------------------------------------------------------------------------------------ older Keras forms
+# Files in forms only older Keras wrote: real tf.keras models whose saved model_config is rewritten into the
+# older form (as `save_keras22`). Their reference outputs are tf.keras' own predict on the model before the
+# rewrite, i.e. with the meaning the older Keras gave the rewritten file.
+
+
+def _rewrite(path: Path, version: str, change: Callable[[dict], None]) -> None:
+    """`path`'s model_config changed by `change`, its keras_version set to `version`."""
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        change(config)
+        f.attrs["model_config"] = json.dumps(config).encode()
+        f.attrs["keras_version"] = version.encode()
+        f["model_weights"].attrs["keras_version"] = version.encode()
+
+
+def _layers(config: dict) -> list[dict]:
+    """Every layer config of a model config, wrapped layers included."""
+    found, stack = [], list(config["config"]["layers"])
+    while stack:
+        layer = stack.pop()
+        found.append(layer)
+        stack += [layer["config"][key] for key in ("layer", "backward_layer") if isinstance(layer["config"].get(key), dict)]
+    return found
+
+
+def _as_keras20(config: dict) -> None:
+    """Keras 2.0.8's form: `Model`, initializers without `module`, and the recurrent defaults of its day
+    left out (recurrent_activation hard_sigmoid, GRU without reset_after, which meant False)."""
+    config["class_name"] = "Model"
+    for layer in _layers(config):
+        inner = layer["config"]
+        inner.pop("time_major", None)
+        if layer["class_name"] in ("LSTM", "GRU") and inner.get("recurrent_activation") == "hard_sigmoid":
+            inner.pop("recurrent_activation")
+        if layer["class_name"] == "GRU" and inner.get("reset_after") is False:
+            inner.pop("reset_after")
+        for key, value in list(inner.items()):
+            if isinstance(value, dict) and "module" in value and key.endswith("_initializer"):
+                inner[key] = {"class_name": value["class_name"], "config": value["config"]}
+
+
+def keras20_recurrent():
+    """Keras 2.0-2.2's hard_sigmoid everywhere it appears: LSTM/GRU defaults, SimpleRNN in Bidirectional,
+    TimeDistributed(Dense), Dense, Activation; and a GaussianNoise(stddev=1.5) Keras 3 refuses."""
+    x = L.Input(shape=(6, 3), name="signal")
+    y = L.GaussianNoise(1.5)(x)
+    y = L.LSTM(4, recurrent_activation="hard_sigmoid", return_sequences=True)(y)
+    y = L.GRU(3, recurrent_activation="hard_sigmoid", reset_after=False, return_sequences=True)(y)
+    y = L.Bidirectional(L.SimpleRNN(2, activation="hard_sigmoid", return_sequences=True))(y)
+    sequence = L.TimeDistributed(L.Dense(3, activation="hard_sigmoid"))(y)
+    y = L.Activation("hard_sigmoid")(L.GRU(3, recurrent_activation="hard_sigmoid", reset_after=False)(sequence))
+    return k2.Model(x, [L.Dense(2, activation="hard_sigmoid")(y), sequence])
+
+
+def keras20_embedding():
+    """Keras 2.0's Embedding(dtype="int32") and Keras 1/2.0's Merge(mode="concat") around recurrent layers."""
+    ids = L.Input(shape=(7,), dtype="int32", name="tokens")
+    x = L.Embedding(50, 6)(ids)
+    merged = L.Concatenate(name="merge_1")([L.LSTM(3, return_sequences=True)(x), L.GRU(2, return_sequences=True)(x)])
+    return k2.Model(ids, L.Dense(1, activation="sigmoid")(L.LSTM(4)(merged)))
+
+
+def _keras20_embedding_form(config: dict) -> None:
+    _as_keras20(config)
+    for layer in config["config"]["layers"]:
+        if layer["class_name"] == "Embedding":
+            layer["config"]["dtype"] = "int32"
+        if layer["class_name"] == "Concatenate":
+            axis = layer["config"]["axis"]
+            layer["class_name"] = "Merge"
+            layer["config"] = {"name": layer["config"]["name"], "trainable": True, "mode": "concat",
+                               "concat_axis": axis, "dot_axes": -1, "output_shape": None, "output_shape_type": "raw",
+                               "output_mask": None, "output_mask_type": "raw", "arguments": {}, "mode_type": "raw"}
+
+
+def seq2seq():
+    """Keras' seq2seq example: an LSTM encoder's states are the initial states of an LSTM decoder (one
+    Keras 2 node with three tensors) and of a SimpleRNN decoder (two tensors)."""
+    encoder_inputs = L.Input(shape=(None, 3), name="encoder_inputs")
+    _, h, c = L.LSTM(4, return_state=True, name="encoder")(encoder_inputs)
+    decoder_inputs = L.Input(shape=(None, 2), name="decoder_inputs")
+    seq, dh, dc = L.LSTM(4, return_sequences=True, return_state=True, name="decoder")(decoder_inputs, initial_state=[h, c])
+    other = L.SimpleRNN(4, name="rnn_decoder")(decoder_inputs, initial_state=h)
+    return k2.Model([encoder_inputs, decoder_inputs], [L.Dense(2, activation="softmax")(seq), dh, dc, other])
+
+
+def masked_decoder():
+    """A decoder given its encoder's states on a masked sequence (Embedding(mask_zero=True)): tf.keras
+    applies the mask in that call, Keras 3 would not."""
+    source = L.Input(shape=(None,), dtype="int32", name="source")
+    target = L.Input(shape=(None,), dtype="int32", name="target")
+    _, h, c = L.LSTM(3, return_state=True, name="encoder")(L.Embedding(50, 4, mask_zero=True)(source))
+    sequence = L.Embedding(50, 4, mask_zero=True)(target)
+    decoded = L.LSTM(3, return_sequences=True, name="decoder")(sequence, initial_state=[h, c])
+    return k2.Model([source, target], L.Dense(2)(decoded))
+
+
+def _states_as_kwargs(config: dict) -> None:
+    """tf.keras 2.0-2.3's node form: the states under the sequence's kwargs, `initial_state`."""
+    for layer in config["config"]["layers"]:
+        nodes = layer.get("inbound_nodes") or []
+        if layer["class_name"] in ("LSTM", "SimpleRNN") and nodes and len(nodes[0]) > 1:
+            first, *states = nodes[0]
+            nodes[0] = [[first[0], first[1], first[2], {"initial_state": [s[:3] for s in states]}]]
+
+
+def state_inputs():
+    """Initial states that are model inputs: an LSTM's [h, c], and a Bidirectional GRU's two states."""
+    x = L.Input(shape=(None, 2), name="frames")
+    h = L.Input(shape=(4,), name="h0")
+    c = L.Input(shape=(4,), name="c0")
+    y = L.LSTM(4, return_sequences=True)(x, initial_state=[h, c])
+    y = L.Bidirectional(L.GRU(4))(y, initial_state=[h, c])
+    return k2.Model([x, h, c], L.Dense(2)(y))
+
+
+def save_old_forms(out: Path, seed: int) -> None:
+    """The older forms, each an .h5 (and its reference outputs); `seq2seq` also as tf.keras 2.0-2.3's kwargs."""
+    forms = [("keras20_recurrent", keras20_recurrent, "2.0.8", _as_keras20),
+             ("keras20_embedding", keras20_embedding, "2.0.8", _keras20_embedding_form),
+             ("seq2seq", seq2seq, "2.21.0", lambda config: None),
+             ("seq2seq_kwargs", seq2seq, "2.2.4-tf", _states_as_kwargs),
+             ("state_inputs", state_inputs, "2.21.0", lambda config: None),
+             ("masked_decoder", masked_decoder, "2.21.0", lambda config: None)]
+    for offset, (name, build, version, change) in enumerate(forms):
+        k2.backend.clear_session()
+        model = build()
+        weights(model, seed + offset)
+        record(model, name, out, seed + offset)
+        model.save(out / f"{name}.h5")
+        _rewrite(out / f"{name}.h5", version, change)
+
+
+def save_refused(out: Path) -> None:
+    """Forms lstm-onnx refuses in one line: time_major=True, ConvLSTM2D."""
+    x = L.Input(batch_shape=(6, 2, 3))
+    k2.Model(x, L.LSTM(4, time_major=True, return_sequences=True)(x)).save(out / "time_major.h5")
+    frames = L.Input(shape=(None, 4, 4, 1))
+    k2.Model(frames, L.ConvLSTM2D(2, 3)(frames)).save(out / "conv_lstm.h5")
+
+
 class LstmModule(tf.Module):
     """A SavedModel with no Keras metadata: a tf.Module around a Keras LSTM, served by a signature."""
 
@@ -387,6 +529,8 @@ EXTRA: dict[str, Callable[[Path, int], None]] = {
     "module_lstm": save_module,
     "hostile": lambda out, seed: save_hostile(out),
     "lambdas": save_lambdas,
+    "old_forms": save_old_forms,
+    "refused": lambda out, seed: save_refused(out),
 }
 
 

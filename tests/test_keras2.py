@@ -743,3 +743,193 @@ def test_float64_savedmodel_keeps_its_input_dtype_and_casts_where_keras_does(ker
             assert types[node.input[0]] == onnx.TensorProto.FLOAT
     notes = " ".join(result.notes)
     assert ("float32 LSTM between Casts" in notes) == (name == "float64_layers")
+# ------------------------------------------------------------------ Keras 2 meanings (issues 24 and 25)
+# Files in forms older Keras wrote (`save_old_forms`): model -> (graph outputs, fused ops, what the
+# reference label says). Their recorded outputs are tf.keras' predict on the model before its config was
+# rewritten into the older form, i.e. the meaning the older Keras gave the file.
+OLD_FORMS = {
+    "keras20_recurrent": (["dense_1_output", "time_distributed_output"], {"LSTM": 1, "GRU": 2, "RNN": 1},
+                          "Keras 2.0.8's defaults recurrent_activation='hard_sigmoid', reset_after=False filled in"),
+    "keras20_embedding": (["dense_output"], {"LSTM": 2, "GRU": 1}, "tf.keras cannot build the file as written"),
+    "seq2seq": (["dense_output", "decoder_state_h", "decoder_state_c", "rnn_decoder_last"], {"LSTM": 2, "RNN": 1},
+                "from the file's config and weights"),
+    "seq2seq_kwargs": (["dense_output", "decoder_state_h", "decoder_state_c", "rnn_decoder_last"],
+                       {"LSTM": 2, "RNN": 1}, "from the file's config and weights"),
+    "state_inputs": (["dense_output"], {"LSTM": 1, "GRU": 1}, "from the file's config and weights"),
+    "masked_decoder": (["dense_output"], {"LSTM": 2}, "from the file's config and weights"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_FORMS))
+def test_older_keras_forms_export_fused_named_and_equal_to_the_original(keras2_models, name):
+    """Keras 2's hard_sigmoid (and the recurrent defaults of Keras 2.0-2.2), GaussianNoise(1.5), Keras 2.0's
+    int32 Embedding and Merge, seq2seq decoders given their encoder's states (as one node of three tensors,
+    or as tf.keras 2.0-2.3's kwargs) and initial states that are model inputs: written, fused, named, and
+    equal to tf.keras' predict on the original."""
+    result = export_keras_model(keras2_models / f"{name}.h5", keras2_models / f"{name}.onnx")
+    names, fused, label = OLD_FORMS[name]
+    assert result.parity and not result.warnings
+    assert [o.name for o in result.outputs] == names
+    assert result.fused_ops == fused and not any(result.op_counts.get(op) for op in LOOP_OPS)
+    check_against_tf_keras(result.model, keras2_models, name, names)
+    assert label in read_source(result.model)["reference"]
+
+
+def test_keras2_hard_sigmoid_is_fused_with_onnx_defaults_and_keras3s_would_be_wrong(keras2_models):
+    """Every hard_sigmoid of the Keras 2.0.8 file is HardSigmoid(0.2, 0.5) in the ONNX ops; Keras 3's
+    relu6(x + 3) / 6 in the same places differs from tf.keras by far more than any tolerance."""
+    import keras
+
+    from toolkit.models.keras2.activations import keras2_hard_sigmoid
+    from toolkit.models.keras2.loader import load_keras2_model
+
+    path = keras2_models / "keras20_recurrent.h5"
+    result = export_keras_model(path, keras2_models / "hs.onnx")
+    for node in result.model.graph.node:
+        if node.op_type in ("LSTM", "GRU", "RNN"):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            hard = [i for i, op in enumerate(attrs["activations"]) if op == b"HardSigmoid"]
+            assert hard and all(abs(attrs["activation_alpha"][i] - 0.2) < 1e-7 for i in range(len(hard)))
+    loaded = load_keras2_model(path, keras2_format(path), DEFAULT_LIMITS)
+    loaded.close()
+    swapped = 0
+    for layer in loaded.model._flatten_layers():
+        owner = getattr(layer, "cell", layer)  # a recurrent layer's activations are its cell's
+        for attr in ("activation", "recurrent_activation"):
+            if getattr(owner, attr, None) is keras2_hard_sigmoid:
+                setattr(owner, attr, keras.activations.hard_sigmoid)
+                swapped += 1
+    assert swapped >= 8  # LSTM, 2 GRU x 2, SimpleRNN x 2 directions x 2, Dense x 2, Activation
+    feeds, expected = recorded(keras2_models, "keras20_recurrent")
+    wrong = loaded.model.predict(feeds["signal"], verbose=0)
+    assert max(float(np.max(np.abs(w - e))) for w, e in zip(wrong, expected)) > 1e-3
+
+
+def test_keras3_hard_sigmoid_keeps_keras3s_meaning(tmp_path):
+    """A Keras 3 model's hard_sigmoid is still relu6(x + 3) / 6: HardSigmoid(alpha=1/6)."""
+    import keras
+
+    from toolkit.export.exporter import export_model
+
+    x = keras.Input((3, 2))
+    model = keras.Model(x, keras.layers.LSTM(2, recurrent_activation="hard_sigmoid")(x))
+    lstm = next(n for n in export_model(model).model.graph.node if n.op_type == "LSTM")
+    alphas = next(onnx.helper.get_attribute_value(a) for a in lstm.attribute if a.name == "activation_alpha")
+    assert abs(alphas[0] - 1 / 6) < 1e-7
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("time_major", "LSTM 'lstm' time_major=True"),
+    ("conv_lstm", "ConvLSTM2D layer 'conv_lstm2d' (convolutional recurrent layers are not supported"),
+])
+def test_keras2_forms_lstm_onnx_does_not_export_are_refused_in_one_line(keras2_models, tmp_path, name, needle):
+    out = tmp_path / f"{name}.onnx"
+    done = cli_export(keras2_models / f"{name}.h5", out)
+    assert done.exit_code != 0 and "Traceback" not in done.output
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], done.output
+    assert not out.exists()
+
+
+def test_without_tf_keras_a_keras2_file_is_refused_never_checked_against_its_translation(keras2_models, tmp_path):
+    """tf_keras hidden from the import system (no mock of TensorFlow): one line saying how to install it."""
+    out = tmp_path / "x.onnx"
+    hide = ("import sys; sys.modules['tf_keras'] = None; sys.argv[0] = 'lstm-onnx'; "
+            "from toolkit.cli import cli; cli()")
+    done = subprocess.run([sys.executable, "-c", hide, "export", str(keras2_models / "keras20_recurrent.h5"),
+                           "-o", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() + done.stdout.splitlines() if line.strip()]
+    message = next(line for line in lines if "tf-keras" in line)
+    assert 'pip install --no-deps "tf-keras==2.21.*"' in message and "lstm-onnx setup --runtimes tf-keras" in message
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+@pytest.mark.slow
+def test_stream_and_carried_calls_of_a_keras2_file_run_against_the_original(keras2_models, tmp_path):
+    """verify --stream compares with tf.keras on the original and says so; tf.keras carries a stateful
+    model's states from call to call, as the export's consecutive calls are checked against."""
+    from toolkit.runtimes.keras2 import load_reference
+
+    out = tmp_path / "s.onnx"
+    source = keras2_models / "masking_simple_rnn.h5"
+    export_keras_model(source, out, state_io=True).save(out)
+    done = CliRunner().invoke(cli, ["verify", str(out), "--keras", str(source), "--stream", "2"])
+    assert done.exit_code == 0, done.output
+    assert "vs tf.keras]" in done.output and "vs keras]" not in done.output
+    reference = load_reference(keras2_models / "stateful_lstm.h5", DEFAULT_LIMITS)
+    feeds, _ = recorded(keras2_models, "stateful_lstm")
+    carrying = reference.carrying()
+    first, second = carrying.run(feeds), carrying.run(feeds)
+    assert_close(first[reference.output_names[0]], reference.run(feeds)[reference.output_names[0]])
+    assert float(np.max(np.abs(first[reference.output_names[0]] - second[reference.output_names[0]]))) > 1e-4
+    # The export's own consecutive calls: tf.keras carries them for an .h5; a SavedModel's signature zeroes
+    # its states on every call, so those calls are the translation's, and their labels say so.
+    h5 = export_keras_model(keras2_models / "stateful_lstm.h5", tmp_path / "h5.onnx").parity.carried_calls()
+    saved = export_keras_model(keras2_models / "stateful_lstm_savedmodel", tmp_path / "sm.onnx").parity.carried_calls()
+    assert len(h5) == len(saved) == 3 and all(h5) and all(saved)
+    assert not any("translation" in call.label for call in h5)
+    assert all("vs the Keras 3 translation (the SavedModel's serving signature" in call.label for call in saved)
+
+
+def test_an_h5_written_by_keras3_keeps_keras3s_meaning_against_keras3s_own_loader(tmp_path):
+    """Keras 3's legacy .h5 is routed by its keras_version: no Keras 2 translation (its hard_sigmoid is
+    Keras 3's, HardSigmoid alpha 1/6), and the reference is Keras 3's own loader on the file."""
+    import keras
+
+    x = keras.Input((4, 3), name="x")
+    seq, h, c = keras.layers.LSTM(3, recurrent_activation="hard_sigmoid", return_sequences=True, return_state=True)(x)
+    model = keras.Model(x, [seq, h, c])
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.uniform(-2, 2, w.shape).astype("float32") for w in model.get_weights()])
+    path = tmp_path / "keras3.h5"
+    model.save(path)
+    result = export_keras_model(path, tmp_path / "keras3.onnx")
+    assert result.parity and result.fused_ops == {"LSTM": 1}
+    source = read_source(result.model)
+    assert "own loader on the file (written by Keras 3." in source["reference"]
+    assert source["format"] == "Keras 3 HDF5 (.h5)"
+    lstm = next(n for n in result.model.graph.node if n.op_type == "LSTM")
+    alphas = next(onnx.helper.get_attribute_value(a) for a in lstm.attribute if a.name == "activation_alpha")
+    assert abs(alphas[0] - 1 / 6) < 1e-7
+    feeds = {"x": rng.uniform(-3, 3, (2, 4, 3)).astype("float32")}
+    actual = OnnxRunner(result.model).run(feeds)
+    for name, expected in zip([o.name for o in result.outputs], model.predict(feeds["x"], verbose=0)):
+        assert_close(actual[name], expected, name)
+
+
+def test_a_tf_keras_archive_saved_on_windows_loads_its_weights_by_their_paths(keras2_models, tmp_path):
+    """tf.keras 2.13-2.15 on Windows wrote weight groups named 'layers\\lstm\\cell': read with '/', exact
+    against tf.keras' recorded outputs, and the reference label says tf.keras cannot load it as written."""
+    import io
+    import zipfile
+
+    import h5py
+
+    def windows_name(name: str) -> str:  # 'layers/lstm/cell/vars/0' -> 'layers\\lstm\\cell/vars/0'
+        head, vars_, tail = name.partition("/vars")
+        return head.replace("/", "\\") + vars_ + tail
+
+    def windows(data: bytes) -> bytes:
+        items: dict = {}
+        with h5py.File(io.BytesIO(data), "r") as f:
+            f.visititems(lambda name, item: items.__setitem__(
+                windows_name(name), item[()] if isinstance(item, h5py.Dataset) else None))
+        out = io.BytesIO()
+        with h5py.File(out, "w") as f:
+            for name, value in items.items():
+                f.require_group(name) if value is None else f.create_dataset(name, data=value)
+        return out.getvalue()
+
+    crafted = tmp_path / "windows.keras"
+    with zipfile.ZipFile(keras2_models / "post_case3.keras") as source, zipfile.ZipFile(crafted, "w") as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            out.writestr(info, windows(data) if info.filename == "model.weights.h5" else data)
+    with zipfile.ZipFile(crafted) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as f:
+        assert any("\\" in key for key in f.keys())
+    names, _ = EXPECTED["post_case3"]
+    result = export_keras_model(crafted, tmp_path / "windows.onnx")
+    assert result.parity and result.fused_ops == {"LSTM": 2}
+    check_against_tf_keras(result.model, keras2_models, "post_case3", names)
+    assert "Windows paths" in read_source(result.model)["reference"]

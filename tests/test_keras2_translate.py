@@ -80,3 +80,122 @@ def test_nested_model_calls_are_renumbered_and_id_inputs_declared_int32():
     assert translated["output_layers"] == [["inner", 0, 0]]
     assert translated["layers"][0]["config"]["dtype"] == "int32"  # x feeds only an Embedding
     assert "input_length" not in translated["layers"][1]["config"]
+
+
+def layers_of(translation) -> list[dict]:
+    return translation.config["config"]["layers"]
+
+
+def test_hard_sigmoid_keeps_keras2s_meaning_in_layers_wrappers_and_cells():
+    gru = {"class_name": "GRU", "config": {"name": "g", "units": 2, "recurrent_activation": "hard_sigmoid"}, "name": "g"}
+    wrapped = {"class_name": "Bidirectional", "name": "b", "config": {"name": "b", "layer": {
+        "class_name": "SimpleRNN", "config": {"name": "s", "units": 2, "activation": "hard_sigmoid"}}}}
+    cells = {"class_name": "RNN", "name": "r", "config": {"name": "r", "cell": {
+        "class_name": "LSTMCell", "config": {"name": "c", "units": 2, "recurrent_activation": "hard_sigmoid"}}}}
+    dense = {"class_name": "TimeDistributed", "name": "t", "config": {"name": "t", "layer": {
+        "class_name": "Dense", "config": {"name": "d", "units": 2, "activation": {"class_name": "function",
+                                                                                  "config": "hard_sigmoid"}}}}}
+    activation = {"class_name": "Activation", "config": {"name": "a", "activation": "hard_sigmoid"}, "name": "a"}
+    translation = translate_model_config(functional(gru, wrapped, cells, dense, activation), "m.h5", "2.2.4")
+    found = [layer["config"]["recurrent_activation"] for layer in layers_of(translation)[1:2]]
+    found += [layers_of(translation)[2]["config"]["layer"]["config"]["activation"],
+              layers_of(translation)[3]["config"]["cell"]["config"]["recurrent_activation"],
+              layers_of(translation)[4]["config"]["layer"]["config"]["activation"],
+              layers_of(translation)[5]["config"]["activation"]]
+    assert all(value["config"] == KERAS2_HARD_SIGMOID for value in found), found
+    assert layers_of(translation)[1]["config"]["reset_after"] is False  # Keras 2.2.4 GRU without it
+    assert sum("hard_sigmoid kept as Keras 2's" in change for change in translation.changes) == 5
+
+
+KERAS2_HARD_SIGMOID = "lstm_onnx>keras2_hard_sigmoid"
+
+
+@pytest.mark.parametrize("version, expected", [("2.0.8", (KERAS2_HARD_SIGMOID, False)),
+                                               ("2.2.5", (KERAS2_HARD_SIGMOID, False)),
+                                               ("2.4.0", (None, True)), ("2.21.0", (None, True))])
+def test_left_out_recurrent_defaults_are_those_of_the_keras_that_wrote_the_file(version, expected):
+    """Standalone Keras < 2.3: recurrent_activation hard_sigmoid, GRU reset_after False; tf.keras: Keras 3's."""
+    gru = {"class_name": "GRU", "config": {"name": "g", "units": 2}, "name": "g"}
+    config = layers_of(translate_model_config(functional(gru), "m.h5", version))[1]["config"]
+    activation = config.get("recurrent_activation")
+    assert (activation["config"] if activation else None, config["reset_after"]) == expected
+
+
+def test_keras2_activation_layers_and_arguments_keras3_renamed():
+    leaky = {"class_name": "LeakyReLU", "config": {"name": "l", "alpha": 0.1}, "name": "l"}
+    thresholded = {"class_name": "ThresholdedReLU", "config": {"name": "t", "theta": 0.3}, "name": "t"}
+    dense = {"class_name": "Dense", "name": "d", "config": {"name": "d", "units": 2, "kernel_initializer": {
+        "class_name": "VarianceScaling", "config": {"scale": 2.0, "mode": "fan_in", "distribution": "normal"}}}}
+    layers = layers_of(translate_model_config(functional(leaky, thresholded, dense), "m.h5", "2.1.0"))
+    assert layers[1]["config"] == {"name": "l", "negative_slope": 0.1}
+    assert layers[2]["class_name"] == "ReLU" and layers[2]["config"]["threshold"] == 0.3
+    assert layers[3]["config"]["kernel_initializer"]["config"]["distribution"] == "truncated_normal"
+
+
+def test_inference_noops_out_of_keras3s_range_stay_identities_and_legacy_forms_are_read():
+    noise = {"class_name": "GaussianNoise", "config": {"name": "n", "stddev": 1.5}, "name": "n"}
+    spatial = {"class_name": "SpatialDropout1D", "config": {"name": "s", "rate": 0.2, "noise_shape": None,
+                                                            "trainable": True}, "name": "s"}
+    conv = {"class_name": "Convolution1D", "config": {"name": "c", "nb_filter": 4, "filter_length": 3,
+                                                      "border_mode": "same", "subsample_length": 1, "init": "glorot_uniform"},
+            "name": "c"}
+    pool = {"class_name": "MaxPooling1D", "config": {"name": "p", "pool_length": 2, "stride": 2}, "name": "p"}
+    embedding = {"class_name": "Embedding", "config": {"name": "e", "input_dim": 9, "output_dim": 2, "dtype": "int32"},
+                 "name": "e"}
+    translation = translate_model_config(functional(noise, spatial, conv, pool, embedding), "m.h5", "2.1.2")
+    layers = layers_of(translation)
+    assert layers[1]["config"]["stddev"] == 1.0 and any("does nothing at inference" in c for c in translation.changes)
+    assert "noise_shape" not in layers[2]["config"] and "trainable" not in layers[2]["config"]
+    assert layers[3]["class_name"] == "Conv1D"
+    assert {k: layers[3]["config"][k] for k in ("filters", "kernel_size", "padding", "strides")} == {
+        "filters": 4, "kernel_size": 3, "padding": "same", "strides": 1}
+    assert "init" not in layers[3]["config"]
+    assert layers[4]["config"] == {"name": "p", "pool_size": 2, "strides": 2}
+    assert layers[5]["config"]["dtype"] == "float32"
+
+
+def test_merge_becomes_the_merge_layer_of_its_mode_and_a_function_mode_is_refused():
+    def merge(mode):
+        return {"class_name": "Merge", "name": "m1", "config": {"name": "m1", "mode": mode, "concat_axis": 1,
+                                                                "mode_type": "raw"}}
+
+    assert layers_of(translate_model_config(functional(merge("concat")), "m.h5"))[1] == {
+        "class_name": "Concatenate", "name": "m1", "config": {"name": "m1", "trainable": True, "axis": 1},
+        "inbound_nodes": [[["x", 0, 0, {}]]]}
+    assert layers_of(translate_model_config(functional(merge("sum")), "m.h5"))[1]["class_name"] == "Add"
+    with pytest.raises(UnsupportedModelError, match="layer 'm1' mode='4wEAAA"):
+        translate_model_config(functional(merge("4wEAAAAA")), "m.h5")
+
+
+def decoder_model(node: list) -> dict:
+    """An encoder LSTM whose states start a decoder LSTM, called by `node`."""
+    config = functional(lstm("encoder", return_state=True))
+    layers = config["config"]["layers"]
+    layers.append({"class_name": "InputLayer", "name": "d", "inbound_nodes": [],
+                   "config": {"batch_input_shape": [None, None, 2], "name": "d"}})
+    layers.append({**lstm("decoder"), "inbound_nodes": [node]})
+    return config
+
+
+@pytest.mark.parametrize("node", [
+    [["d", 0, 0, {}], ["encoder", 0, 1, {}], ["encoder", 0, 2, {}]],  # Keras 2.0-2.3, tf.keras 2.4+
+    [["d", 0, 0, {"initial_state": [["encoder", 0, 1], ["encoder", 0, 2]]}]],  # tf.keras 2.0-2.3
+])
+def test_a_decoders_initial_states_become_its_initial_state_argument(node):
+    translation = translate_model_config(decoder_model(node), "s2s.h5")
+    call = layers_of(translation)[-1]["inbound_nodes"][0]
+    assert [t["config"]["keras_history"] for t in call["args"]] == [["d", 0, 0]]
+    assert [t["config"]["keras_history"] for t in call["kwargs"]["initial_state"]] == [["encoder", 0, 1],
+                                                                                       ["encoder", 0, 2]]
+    assert any("initial states read as initial_state=" in change for change in translation.changes)
+
+
+@pytest.mark.parametrize("layer, needle", [
+    (lstm("l", time_major=True), "LSTM 'l' time_major=True"),
+    ({"class_name": "ConvLSTM2D", "config": {"name": "cv", "filters": 2}, "name": "cv"}, "ConvLSTM2D layer 'cv'"),
+    ({"class_name": "BatchNormalization", "config": {"name": "bn", "mode": 2}, "name": "bn"}, "'bn' mode=2"),
+])
+def test_forms_with_a_meaning_lstm_onnx_does_not_export_are_refused_in_one_line(layer, needle):
+    with pytest.raises(UnsupportedModelError, match=needle) as refused:
+        translate_model_config(functional(layer), "m.h5")
+    assert "\n" not in str(refused.value)

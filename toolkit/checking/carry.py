@@ -60,16 +60,24 @@ def call_cases(model: Any, seed: int, padding_side: str, calls: int = CALLS, not
 
 def carried_parity(keras_model: Any, runner: Runner, expected_names: Sequence[str], tolerances: Tolerances,
                    seed: int = 0, padding_side: str = "right",
-                   state_map: Mapping[str, str] | None = None) -> ParityReport | None:
+                   state_map: Mapping[str, str] | None = None, reference: Any = None) -> ParityReport | None:
     """The consecutive calls' parity, or None for a model without stateful layers. `state_map`: the
     export's (its metadata is written after the check); by default the file's. A file without one (made by
     `--converter tf2onnx`, or before issue 20) is run the same way, carrying nothing: if its states were
-    frozen, its second call differs from Keras' and the check fails rather than passing on one call."""
+    frozen, its second call differs from Keras' and the check fails rather than passing on one call.
+    `reference`: the runner of the single calls. The original of a translated Keras 2 model (it has a
+    `label`) carries its states from call to call through its `carrying()` runner (tf.keras); one without
+    it (a SavedModel's signature zeroes them on every call) leaves the calls to the translation, and each
+    call's label says so."""
     if not has_stateful_layers(keras_model):
         return None
     mapping = dict(state_map) if state_map is not None else metadata.read_state_map(runner.model)
-    cases = call_cases(keras_model, seed, padding_side, note="" if mapping else NOTHING_CARRIED)
-    keras = StatefulKerasRunner(keras_model)
+    note = "" if mapping else NOTHING_CARRIED
+    carrying = getattr(reference, "carrying", None)
+    if carrying is None and getattr(reference, "label", None):
+        note += f"vs the Keras 3 translation ({getattr(reference, 'label', reference.name)} cannot carry states); "
+    cases = call_cases(keras_model, seed, padding_side, note=note)
+    keras = carrying() if carrying is not None else StatefulKerasRunner(keras_model)
     try:
         return compare_with_keras(keras, [CarryingRunner(runner, mapping)], runner.model, expected_names,
                                   tolerances, cases)[runner.name]

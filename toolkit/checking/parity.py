@@ -35,4 +35,4 @@ def check_parity(keras_model: Any, runner: Runner, expected_names: Sequence[str]
     report = compare_with_keras(keras, [runner], runner.model, expected_names, tolerances, chosen)[runner.name]
     # A stateful export is also run on consecutive calls, its states carried through its state map.
     return with_carried_calls(report, carried_parity(keras_model, runner, expected_names, tolerances, seed,
-                                                     padding_side, state_map))
+                                                     padding_side, state_map, reference))

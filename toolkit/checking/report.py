@@ -60,7 +60,7 @@ def verify_text(result: VerifyReport) -> str:
     rows = [row for label, r in labelled for row in runtime_rows(label, r)]
     if result.stream is not None:
         chunks = ",".join(map(str, result.stream.chunks))
-        streamed = [(f"{result.model} [stream {chunks} vs keras]", result.stream.against_keras),
+        streamed = [(f"{result.model} [stream {chunks} vs {result.stream.reference}]", result.stream.against_keras),
                     (f"{result.model} [stream {chunks} vs unchunked]", result.stream.against_whole)]
         items += streamed
         rows += [row for label, report in streamed for row in parity_rows(label, report)]

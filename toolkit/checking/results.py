@@ -229,6 +229,7 @@ class StreamReport:
     against_keras: ParityReport
     against_whole: ParityReport
     length: int = 0  # steps of the streamed sequence (the chunk boundaries are `split_steps(length, chunks)`)
+    reference: str = "keras"  # what computed the whole sequence: Keras, or a Keras 2 file's original (tf.keras)
 
     @property
     def boundaries(self) -> list[int]:
@@ -241,7 +242,8 @@ class StreamReport:
     def to_json(self) -> dict:
         return {"chunks": list(self.chunks), "length": self.length, "passed": bool(self),
                 "against_keras": self.against_keras.to_json(),
-                "against_unchunked": self.against_whole.to_json()}
+                "against_unchunked": self.against_whole.to_json(),
+                **({"reference": self.reference} if self.reference != "keras" else {})}
 
 
 def split_steps(length: int, sizes: Sequence[int]) -> list[tuple[int, int]]:

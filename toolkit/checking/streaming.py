@@ -114,8 +114,10 @@ class StreamingRunner(Runner):
 
 
 def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence[int], length: int = 12,
-                  batch: int = 2, tolerances: Tolerances = Tolerances(), seed: int = 0) -> StreamReport:
-    """Chunked ONNX Runtime against Keras (and against an unchunked run) on one random sequence."""
+                  batch: int = 2, tolerances: Tolerances = Tolerances(), seed: int = 0,
+                  reference: KerasRunner | None = None) -> StreamReport:
+    """Chunked ONNX Runtime against Keras (and against an unchunked run) on one random sequence.
+    `reference`: what computes Keras' outputs instead of `keras_model` (a Keras 2 file's original)."""
     state_map(onnx_model)  # refuse a model without a state map before anything else, then a backward one
     check_streamable(onnx_model)
     runner = OnnxRunner(onnx_model)
@@ -128,8 +130,8 @@ def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence
     label = f"chunks {','.join(map(str, sizes))} over {length} steps"
     names = runner.output_names
     keras_names = names[: len(keras_model.outputs)]  # the extra outputs are --state-io's states
-    against_keras = compare_runners(KerasRunner(keras_model), [streamed], [InputCase(label, feeds)], tolerances,
-                                    keras_names)
+    keras = reference if reference is not None else KerasRunner(keras_model)
+    against_keras = compare_runners(keras, [streamed], [InputCase(label, feeds)], tolerances, keras_names)
     against_whole = compare_runners(runner, [streamed], [InputCase(label + " vs unchunked", feeds)], tolerances,
                                     names)
-    return StreamReport(tuple(sizes), against_keras[streamed.name], against_whole[streamed.name], length)
+    return StreamReport(tuple(sizes), against_keras[streamed.name], against_whole[streamed.name], length, keras.name)

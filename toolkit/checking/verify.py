@@ -101,7 +101,8 @@ def with_carried_calls_in_onnxruntime(keras: KerasRunner, runners: Sequence[Any]
     layers, adds nothing."""
     for runner in runners:
         if isinstance(runner, OnnxRunner) and runner.name in reports:
-            carried = carried_parity(keras.model, runner, expected, tolerances, seed, padding)
+            # A Keras 2 file's original carries its own states where it can (`carried_parity`).
+            carried = carried_parity(keras.model, runner, expected, tolerances, seed, padding, reference=keras)
             reports[runner.name] = with_carried_calls(reports[runner.name], carried)
 
 
@@ -172,8 +173,9 @@ def verify_export(onnx_path: str | Path, keras_path: str | Path | None = None, r
 
             proto = load_onnx(onnx_path)
             # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.
-            streamed = stream_parity(reference.model, proto, chunks, stream_length,
-                                     tolerances=recorded_tolerances(proto, tolerances, reference.model), seed=seed)
+            streamed = stream_parity(reference.model, proto, chunks, stream_length, seed=seed,
+                                     tolerances=recorded_tolerances(proto, tolerances, reference.model),
+                                     reference=reference)
     finally:
         reference.close()  # a SavedModel signature's child process
     return VerifyOutcome(VerifyReport(onnx_path.name, tuple(results), streamed), absent,

@@ -79,6 +79,10 @@ def to_numpy(variable: Any) -> np.ndarray:
 def _activation(fn: Any, op: str, what: str) -> Activation:
     import keras
 
+    from toolkit.models.keras2.activations import KERAS2_HARD_SIGMOID_ONNX, keras2_hard_sigmoid
+
+    if fn is keras2_hard_sigmoid:  # a Keras 2 file's hard_sigmoid, clip(0.2x + 0.5, 0, 1): ONNX's default
+        return KERAS2_HARD_SIGMOID_ONNX
     try:
         name = keras.activations.serialize(fn)
     except (TypeError, ValueError, OSError, AttributeError):  # measured: a lambda gives OSError, an object TypeError

@@ -229,6 +229,10 @@ def mixed_dense_activation(layer: Any, tensor: Any) -> str | None:
 def _activation_op(layer: Any) -> str | None:
     import keras
 
+    from toolkit.models.keras2.activations import keras2_hard_sigmoid
+
+    if layer.activation is keras2_hard_sigmoid:  # a Keras 2 file's: ONNX HardSigmoid's defaults (0.2, 0.5)
+        return "HardSigmoid"
     # By identity, not by name: keras.ops.gelu is also called "gelu" but defaults to the tanh approximation.
     for name, op in _DENSE_ACTIVATIONS.items():
         if layer.activation is getattr(keras.activations, name) or (layer.activation is None and name == "linear"):

@@ -8,7 +8,10 @@
   clashes with `tensorflow-cpu`; `scripts/setup_runtimes.sh` installs it with `--no-deps` beside
   tensorflow-cpu. A model with CuDNN layers (which run on GPUs only) is rebuilt by tf.keras with
   `LSTM`/`GRU` in their place and loads its weights through tf.keras' own CuDNN conversion.
-  Without `tf-keras`, the reference is the Keras 3 translation, and the export says so.
+  Without `tf-keras` a `.h5` or `.keras` file is refused: a translation is never its own proof (a wrong
+  translation would pass against itself). Where tf.keras cannot build the file as written (Keras 2.0's
+  `Embedding(dtype="int32")`, Keras 1's `Merge`), it builds it with only that corrected, and the label
+  says which correction and that tf.keras cannot run the file as written.
 
 Each reference is a `KerasRunner` over the translated model (same output names, roles and order), whose
 `run` computes the original's outputs. `label` is what the report and the metadata call it.
@@ -16,6 +19,7 @@ Each reference is a `KerasRunner` over the translated model (same output names, 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -23,11 +27,13 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
-from toolkit.models.keras2.loader import Keras2Model
-from toolkit.runtimes.keras import KerasRunner
+from toolkit.models.keras2.loader import Keras2Model, written_by_keras3
+from toolkit.models.keras2.translate import CUDNN_CLASSES
+from toolkit.runtimes.keras import KerasRunner, keras_outputs
 from toolkit.text import first_line, safe_text
 
-TF_KERAS_HINT = "not installed: `lstm-onnx setup --runtimes tf-keras` (pip install --no-deps 'tf-keras==2.21.*')"
+TF_KERAS_HINT = ("install it: pip install --no-deps \"tf-keras==2.21.*\" (or lstm-onnx setup --runtimes tf-keras, "
+                 "or scripts/setup_runtimes.sh)")
 
 
 class SignatureReference(KerasRunner):
@@ -63,6 +69,28 @@ class SignatureReference(KerasRunner):
             child.close()
 
 
+class Keras3H5Reference(KerasRunner):
+    """An `.h5` written by Keras 3: Keras 3's own legacy-h5 loader (`load_model_from_hdf5`, safe mode) reads
+    the private copy, independently of lstm-onnx's reading of it (its weight assignment included)."""
+
+    def __init__(self, loaded: Keras2Model):
+        super().__init__(loaded.model, name="keras")
+        import keras
+        from keras.src.legacy.saving.legacy_h5_format import load_model_from_hdf5
+
+        self._original = load_model_from_hdf5(str(loaded.path), compile=False, safe_mode=True)
+        self.label = f"Keras {keras.__version__}'s own loader on the file (written by Keras {loaded.keras_version})"
+
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, keras_outputs(self._original, feeds)))
+
+    def carrying(self) -> KerasRunner:
+        """The original's stateful layers keep their states from call to call (`toolkit.checking.carry`)."""
+        from toolkit.runtimes.keras import StatefulKerasRunner
+
+        return StatefulKerasRunner(self._original)
+
+
 class TfKerasReference(KerasRunner):
     """tf.keras (the `tf-keras` package) computing the original model from the file's checked config and
     weights: the model is built from the config lstm-onnx read and checked (no Lambda, Keras' own modules
@@ -71,31 +99,41 @@ class TfKerasReference(KerasRunner):
 
     def __init__(self, loaded: Keras2Model, tf_keras: Any):
         super().__init__(loaded.model, name="tf.keras")
+        config, filled, corrected = reference_config(loaded.original_config, loaded.translation.keras_version)
+        how = "from the file's config and weights"
         if loaded.translation.cudnn:
             # CuDNN layers run on GPUs only: tf.keras builds their CPU layers and converts their weights
             # itself when it loads them (its _convert_rnn_weights).
-            config = _tf_keras_config(loaded.translation.config)
+            _cudnn_as_cpu(config)
             how = "with CuDNN layers as LSTM/GRU and tf.keras' own weight conversion"
-        else:
-            config, how = loaded.original_config, "from the file's config and weights"
+        if filled:
+            how += f" (Keras {loaded.translation.keras_version}'s defaults {', '.join(filled)} filled in)"
+        if corrected:
+            how = (f"{how}, with only {'; '.join(corrected)}: tf.keras cannot build the file as written, so the "
+                   "reference is tf.keras from the file's stored weights and this corrected config")
+        self._carry = False  # each call from zero states, as the export's independent cases
         self._original = tf_keras.models.model_from_json(json.dumps(config))
-        self._original.load_weights(str(loaded.path))
+        if loaded.windows_weights is not None:
+            how += (", its weights' Windows paths ('layers\\lstm') read as 'layers/lstm': tf.keras cannot load "
+                    "the file as written, so the reference is tf.keras with the file's stored weights")
+        self._original.load_weights(str(loaded.windows_weights or loaded.path))
         self.label = f"tf.keras {tf_keras.__version__} {how}"
 
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+        if not self._carry:
+            self._original.reset_states()
         args = [feeds[t.name.split(":")[0]] for t in self._original.inputs]
-        self._original.reset_states()
         outputs = self._original(args if len(args) > 1 else args[0], training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return dict(zip(self.output_names, (np.asarray(o) for o in outputs)))
 
-
-class TranslationReference(KerasRunner):
-    """The Keras 3 translation itself: the reference when tf-keras is not installed."""
-
-    def __init__(self, loaded: Keras2Model, reason: str):
-        super().__init__(loaded.model, name="keras")
-        self.label = f"the Keras 3 translation, not tf.keras ({reason}: {TF_KERAS_HINT})"
+    def carrying(self) -> TfKerasReference:
+        """The same original whose stateful layers keep their states from call to call (zeroed once, now):
+        the reference of a stateful export's consecutive calls (`toolkit.checking.carry`)."""
+        carried = copy.copy(self)
+        carried._carry = True
+        self._original.reset_states()
+        return carried
 
 
 def original_reference(loaded: Keras2Model) -> KerasRunner:
@@ -104,10 +142,15 @@ def original_reference(loaded: Keras2Model) -> KerasRunner:
     try:
         if loaded.format.kind == "savedmodel":
             return SignatureReference(loaded)
+        if written_by_keras3(loaded.keras_version):
+            return Keras3H5Reference(loaded)
         try:
             import tf_keras
         except ImportError:
-            return TranslationReference(loaded, "tf-keras is not installed")
+            raise ModelLoadError(f"Expected tf.keras (the tf-keras package) to check a Keras 2 file against the "
+                                 f"original, never against its own translation. Received: "
+                                 f"{safe_text(str(loaded.original))!r} and tf-keras not installed; "
+                                 f"{TF_KERAS_HINT}") from None
         return TfKerasReference(loaded, tf_keras)
     except LstmOnnxError:
         raise
@@ -163,18 +206,48 @@ def keras2_output_names(config: dict) -> list[str]:
     return names
 
 
-def _tf_keras_config(config: dict) -> dict:
-    """The translated config as tf.keras reads it: each InputLayer's Keras 3 `batch_shape` back under
-    Keras 2's name `batch_input_shape` (nothing else renamed)."""
+def reference_config(config: dict, keras_version: str) -> tuple[dict, list[str], list[str]]:
+    """The file's config as tf.keras 2.21 builds the original: the defaults the Keras that wrote it assumed
+    filled in where the config leaves them out (`keras2_defaults`), and what tf.keras cannot build at all
+    corrected (Keras 2.0's integer Embedding dtype, Keras 1's Merge). Returns the config, the defaults
+    filled in and the corrections (empty: the file as written)."""
+    from toolkit.models.keras2.activations import keras2_defaults
+    from toolkit.models.keras2.legacy import legacy_layer
+
     result = json.loads(json.dumps(config))
+    filled: list[str] = []
+    corrected: list[str] = []
     stack: list[Any] = [result]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        inner = item.get("config")
+        kind = item.get("class_name")
+        if isinstance(kind, str) and isinstance(inner, dict):
+            filled += [f for f in keras2_defaults(kind, inner, keras_version) if f not in filled]
+            if kind == "Merge" or (kind == "Embedding" and str(inner.get("dtype", "")).startswith(("int", "uint"))):
+                corrected.append(str(legacy_layer(item, "reference")))
+        stack.extend(item.values())
+    return result, filled, corrected
+
+
+def _cudnn_as_cpu(config: dict) -> None:
+    """CuDNNLSTM/CuDNNGRU (GPU-only) as the CPU layers tf.keras loads their weights into, converting them
+    itself (its `_convert_rnn_weights`): LSTM(tanh, sigmoid), GRU(reset_after=True, tanh, sigmoid)."""
+    stack: list[Any] = [config]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             inner = item.get("config")
-            if item.get("class_name") == "InputLayer" and isinstance(inner, dict) and "batch_shape" in inner:
-                inner["batch_input_shape"] = inner.pop("batch_shape")
+            if item.get("class_name") in CUDNN_CLASSES and isinstance(inner, dict):
+                item["class_name"] = CUDNN_CLASSES[item["class_name"]]
+                inner.update(activation="tanh", recurrent_activation="sigmoid")
+                if item["class_name"] == "GRU":
+                    inner["reset_after"] = True
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return result

@@ -21,7 +21,8 @@ from typing import Any
 
 from toolkit.errors import LstmOnnxError, ModelLoadError
 from toolkit.models.keras2.formats import Keras2Format
-from toolkit.models.keras2.translate import Translation, translate_model_config
+from toolkit.models.keras2.nodes import mask_calls_with_initial_states
+from toolkit.models.keras2.translate import Translation, check_modules, translate_model_config
 from toolkit.options import ResourceLimits
 from toolkit.safety.budget import count_config
 from toolkit.safety.files import open_regular_file
@@ -45,11 +46,15 @@ class Keras2Model:
     original: Path
     original_config: dict
     copy: PrivateCopy | None = field(default=None, repr=False)
+    # A tf.keras `.keras` saved on Windows: its weights with '/' paths, beside the private copy (the
+    # reference loads them; tf.keras cannot load the file as written).
+    windows_weights: Path | None = None
 
     @property
     def source(self) -> dict[str, Any]:
         """The metadata's `source`: the file, its format and the Keras that wrote it."""
-        return {"keras_file": self.original.name, "keras_model": self.model.name, "format": self.format.label,
+        label = "Keras 3 HDF5 (.h5)" if written_by_keras3(self.keras_version) else self.format.label
+        return {"keras_file": self.original.name, "keras_model": self.model.name, "format": label,
                 "keras_version": self.keras_version, "backend": self.backend,
                 "translated": list(self.translation.changes)}
 
@@ -82,15 +87,27 @@ def _load_copy(copy: PrivateCopy, original: Path, fmt: Keras2Format, limits: Res
         from toolkit.models.keras2.savedmodel import read_keras_savedmodel
 
         saved = (read_h5_model if fmt.kind == "h5" else read_keras_savedmodel)(source, limits)
-        translation = _translate(saved.config, original, limits)
+        translation = _translate(saved.config, original, limits, saved.keras_version)
         model = build_model(translation, original, limits)
         _assign(model, saved.weights, translation, original)
         return Keras2Model(model, source, fmt, saved.keras_version, saved.backend, translation, original, saved.config, copy)
     return _load_tf_keras_archive(source, original, fmt, limits, copy)
 
 
-def _translate(config: dict, source: Path, limits: ResourceLimits) -> Translation:
-    translation = translate_model_config(config, str(source))
+def written_by_keras3(keras_version: str) -> bool:
+    """An `.h5` Keras 3 wrote (`model.save("x.h5")`, its legacy format): its config is Keras 3's own, with
+    Keras 3's meanings (hard_sigmoid among them), so it is read as Keras 3 reads it, untranslated."""
+    return keras_version.startswith("3.")
+
+
+def _translate(config: dict, source: Path, limits: ResourceLimits, keras_version: str) -> Translation:
+    if written_by_keras3(keras_version):
+        check_modules(config, str(source))
+        translation = Translation(json.loads(json.dumps(config)), keras_version=keras_version)
+        translation.note(f"written by Keras {keras_version}: read as Keras 3 reads it (no Keras 2 translation)")
+        check_budget(count_config(translation.config), str(source), limits)
+        return translation
+    translation = translate_model_config(config, str(source), keras_version)
     check_budget(count_config(translation.config), str(source), limits)
     return translation
 
@@ -107,9 +124,11 @@ def build_model(translation: Translation, source: Path, limits: ResourceLimits) 
     from keras.src.legacy.saving import saving_options, saving_utils
     from keras.src.saving import serialization_lib
 
+    from toolkit.models.keras2.activations import register
     from toolkit.models.loading import check_keras_version, keras_load_failure
 
     check_keras_version(keras.__version__)
+    register()
     try:
         with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(True):
             model = saving_utils.model_from_config(json.loads(json.dumps(translation.config)))
@@ -119,6 +138,10 @@ def build_model(translation: Translation, source: Path, limits: ResourceLimits) 
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"Expected a Keras model. Received: {safe_text(str(source))!r} holding a "
                              f"{type(model).__name__}")
+    model, masked = mask_calls_with_initial_states(model)
+    for name in masked:
+        translation.note(f"layer {name!r}: called with initial states on a masked sequence: the mask passed as "
+                         "tf.keras passes it (Keras 3 would not)")
     # What the built model computes (Keras' own shapes), as for a Keras 3 file: padding, repeats, long axes.
     check_model_budget(model, str(source), limits)
     return model
@@ -132,13 +155,42 @@ def _load_tf_keras_archive(source: Path, original: Path, fmt: Keras2Format, limi
         with zipfile.ZipFile(handle) as archive:
             config = json.loads(archive.read("config.json"))
             weights = archive.read("model.weights.h5") if "model.weights.h5" in archive.namelist() else None
-    translation = _translate(config, original, limits)
+    translation = _translate(config, original, limits, fmt.keras_version)
     model = build_model(translation, original, limits)
     if weights is None:
         raise ModelLoadError(f"Expected a .keras archive holding model.weights.h5. Received: {safe_text(str(source))!r} "
                              "without it")
+    weights, windows = _windows_paths(weights)
     _load_archive_weights(model, weights, original)
-    return Keras2Model(model, source, fmt, fmt.keras_version, "tensorflow", translation, original, config, copy)
+    fixed = None
+    if windows:
+        fixed = source.with_name("model.weights.h5")
+        fixed.write_bytes(weights)
+        translation.note("weights saved on Windows ('layers\\lstm\\cell'): their paths read with '/' (no Keras "
+                         "loads them as written)")
+    return Keras2Model(model, source, fmt, fmt.keras_version, "tensorflow", translation, original, config, copy, fixed)
+
+
+def _windows_paths(data: bytes) -> tuple[bytes, bool]:
+    """tf.keras 2.13-2.15 joined a `.keras` archive's weight paths with `os.path.join`: saved on Windows,
+    its groups are named 'layers\\lstm\\cell' and no Keras finds them. The same datasets under '/' paths
+    (each read once: `inspect_keras_handle` checked their declared sizes), and whether any was renamed."""
+    import h5py
+
+    with h5py.File(io.BytesIO(data), "r") as file:
+        if not any("\\" in key for key in file.keys()):
+            return data, False
+        items: dict[str, Any] = {}  # path -> array, or None for a group (an empty `vars` is looked up too)
+        file.visititems(lambda name, item: items.__setitem__(
+            name.replace("\\", "/"), item[()] if isinstance(item, h5py.Dataset) else None))
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as out:
+        for name, value in items.items():
+            if value is None:
+                out.require_group(name)
+            else:
+                out.create_dataset(name, data=value)
+    return buffer.getvalue(), True
 
 
 def _load_archive_weights(model: Any, data: bytes, source: Path) -> None:

@@ -21,9 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.errors import UnsupportedModelError
+from toolkit.models.keras2.activations import keras2_defaults, thresholded_relu, translate_activations
+from toolkit.models.keras2.legacy import legacy_layer
+from toolkit.models.keras2.nodes import state_nodes
 from toolkit.text import safe_text
 
-# Arguments Keras 2 layers take and Keras 3's refuse (they change nothing at inference).
+# Arguments Keras 2 layers take and Keras 3's refuse (they change nothing at inference). `time_major`
+# is dropped only when False: True changes the layout of the inputs and outputs (refused, `_time_major`).
 DROPPED_ARGS: dict[str, tuple[str, ...]] = {
     "LSTM": ("time_major", "implementation"),
     "GRU": ("time_major", "implementation"),
@@ -34,6 +38,8 @@ DROPPED_ARGS: dict[str, tuple[str, ...]] = {
     "Bidirectional": ("time_major",),
     "Embedding": ("input_length",),
 }
+# Convolutional recurrent layers: Keras 3 has some of them, lstm-onnx fuses none.
+_UNSUPPORTED_RECURRENT = ("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "ConvRNN1D", "ConvRNN2D", "ConvRNN3D")
 
 CUDNN_CLASSES = {"CuDNNLSTM": "LSTM", "CuDNNGRU": "GRU"}
 MODEL_CLASSES = {"Model": "Functional", "Functional": "Functional", "Sequential": "Sequential"}
@@ -53,14 +59,16 @@ class Translation:
     config: dict
     changes: list[str] = field(default_factory=list)
     cudnn: dict[str, str] = field(default_factory=dict)  # layer name -> its Keras 2 class (CuDNNLSTM, CuDNNGRU)
+    keras_version: str = ""  # the Keras that wrote the file: its defaults fill what a config leaves out
 
     def note(self, text: str) -> None:
         if text not in self.changes:
             self.changes.append(text)
 
 
-def translate_model_config(config: dict, source: str) -> Translation:
-    """The Keras 3 form of a Keras 2 model config (`{"class_name": ..., "config": {...}}`)."""
+def translate_model_config(config: dict, source: str, keras_version: str = "") -> Translation:
+    """The Keras 3 form of a Keras 2 model config (`{"class_name": ..., "config": {...}}`) written by Keras
+    `keras_version` (its defaults fill in what the config leaves out)."""
     if isinstance(config, dict) and config.get("class_name") == "Sequential" and isinstance(config.get("config"), list):
         config = dict(config, config={"name": "sequential", "layers": config["config"]})  # Keras <= 2.1's form
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
@@ -69,7 +77,7 @@ def translate_model_config(config: dict, source: str) -> Translation:
     if config.get("class_name") not in MODEL_CLASSES:
         raise UnsupportedModelError(f"Expected a Keras Model, Functional or Sequential config. Received: "
                                     f"{safe_text(source)!r} holding a {safe_text(str(config.get('class_name')))!r}")
-    translation = Translation(config={})
+    translation = Translation(config={}, keras_version=keras_version)
     translation.config = _layer(untuple(copy.deepcopy(config)), translation, source)  # a Lambda is refused here
     check_modules(config, source)
     return translation
@@ -128,10 +136,14 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
         _input_shapes(config, sequential=entry["class_name"] == "Sequential")
         _embedding_inputs(config, entry["class_name"] == "Sequential", translation)
         _nested_model_nodes(config, translation)
+        for layer_name in state_nodes(config.get("layers", []), source):
+            translation.note(f"layer {layer_name!r}: Keras 2's call with initial states read as initial_state=")
         return entry
+    _refuse_unsupported(kind, config, name, source)
     if kind in CUDNN_CLASSES:
         _cudnn(entry, translation)
         kind = entry["class_name"]
+    kind = _keras2_meaning(entry, translation, source)
     for arg in DROPPED_ARGS.get(kind, ()):
         if arg in config:
             value = config.pop(arg)
@@ -153,6 +165,35 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
         translation.note(f"{kind} {name!r}: a list of cells read as StackedRNNCells")
         _layer(config["cell"], translation, source)
     return entry
+
+
+def _refuse_unsupported(kind: Any, config: dict, name: str, source: str) -> None:
+    """Layers and arguments whose Keras 2 meaning lstm-onnx does not export: one line naming the layer."""
+    if kind in _UNSUPPORTED_RECURRENT:
+        raise UnsupportedModelError(
+            f"Expected recurrent layers lstm-onnx exports (LSTM, GRU, SimpleRNN, RNN, Bidirectional). Received: "
+            f"{safe_text(source)!r} with a {kind} layer {safe_text(name)!r} (convolutional recurrent layers are "
+            "not supported; export the model with tf2onnx)")
+    if config.get("time_major") is True:
+        raise UnsupportedModelError(
+            f"Expected batch-major recurrent layers (time_major=False). Received: {safe_text(source)!r} with "
+            f"{kind} {safe_text(name)!r} time_major=True (its inputs and outputs are (time, batch, ...), which "
+            "lstm-onnx does not export; rebuild the layer with time_major=False, load the weights, and re-save)")
+
+
+def _keras2_meaning(entry: dict, translation: Translation, source: str) -> str:
+    """A layer's Keras 2 meaning in Keras 3 terms: renamed layers and arguments, Keras 2's activations,
+    the defaults of the Keras that wrote it. Returns the (possibly new) class name."""
+    name = str(entry["config"].get("name"))
+    for note in filter(None, (thresholded_relu(entry), legacy_layer(entry, source))):
+        translation.note(note)
+    kind = str(entry["class_name"])
+    filled = keras2_defaults(kind, entry["config"], translation.keras_version)
+    if filled:
+        translation.note(f"{kind} {name!r}: Keras {translation.keras_version}'s defaults {', '.join(filled)}")
+    for note in translate_activations(kind, entry["config"]):
+        translation.note(f"{kind} {name!r}: {note}")
+    return kind
 
 
 def _embedding_inputs(config: dict, sequential: bool, translation: Translation) -> None:
@@ -263,6 +304,8 @@ def _objects(config: dict, translation: Translation) -> None:
             continue
         inner = dict(value.get("config") or {})
         inner.pop("dtype", None)  # Keras 2.2 wrote the dtype into initializer configs
+        if inner.get("distribution") == "normal":  # Keras 2.0-2.2's name, which tf.keras and Keras 3 call so
+            inner["distribution"] = "truncated_normal"
         class_name = _RENAMED_OBJECTS.get(value["class_name"], value["class_name"])
         config[key] = {"class_name": class_name, "config": inner}
         if "module" in value:
