@@ -121,3 +121,28 @@ def test_a_shape_mismatch_is_reported_as_one():
     message = failure_message([("m.onnx", ParityReport(("y",), ("y",), (case,)))])
     assert "y: shape mismatch: expected (2, 3), got (2, 4)" in message
     assert "non-finite" not in message
+
+
+def test_carried_calls_are_measured_on_copies_that_carry_their_states():
+    """A stateful model's consecutive calls: the probe's float32 copy and float64 twin carry their own
+    states, call after call, and never move the states of the model the reference carries."""
+    import keras
+
+    from toolkit.checking.rounding import CarriedRoundingProbe
+    from toolkit.runtimes.keras import StatefulKerasRunner
+
+    def build():
+        x = keras.Input(batch_shape=(1, 5, 3), name="x")
+        model = keras.Model(x, keras.layers.LSTM(8, stateful=True, name="lstm")(x), name="stateful")
+        model.set_weights([np.random.default_rng(3).normal(0, 1, w.shape).astype("float32") for w in model.get_weights()])
+        return model
+
+    feeds = {"x": np.random.default_rng(4).normal(0, 1, (1, 5, 3)).astype("float32")}
+    model, alone = build(), StatefulKerasRunner(build())
+    reference = StatefulKerasRunner(model)
+    probe = CarriedRoundingProbe(model, ["lstm_last"])
+    for _ in range(3):
+        expected = next(iter(reference.run(feeds).values()))
+        noise = probe.measure(feeds)
+        assert noise is not None and 0 <= noise["lstm_last"] < 1e-5
+        np.testing.assert_array_equal(expected, next(iter(alone.run(feeds).values())))  # the reference undisturbed

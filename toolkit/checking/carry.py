@@ -80,7 +80,7 @@ def carried_parity(keras_model: Any, runner: Runner, expected_names: Sequence[st
     keras = carrying() if carrying is not None else StatefulKerasRunner(keras_model)
     try:
         return compare_with_keras(keras, [CarryingRunner(runner, mapping)], runner.model, expected_names,
-                                  tolerances, cases)[runner.name]
+                                  tolerances, cases, carried=True)[runner.name]
     finally:
         reset_states(keras_model)  # as the export found them: each case from zero
 

@@ -25,7 +25,7 @@ from toolkit.checking.results import (
     compare_case,
     failed_case,
 )
-from toolkit.checking.rounding import RoundingProbe
+from toolkit.checking.rounding import CarriedRoundingProbe, RoundingProbe
 from toolkit.errors import RuntimeFailure
 from toolkit.models.naming import OutputOrigin
 from toolkit.onnxfile.metadata import read_options
@@ -78,6 +78,8 @@ class _LazyNoise:
         self.probe, self.feeds = probe, feeds
         self._noise: dict[str, float] | None = None
         self._measured = False
+        if probe is not None and probe.carries:  # its states must follow every call, in order: measured now
+            self._measured, self._noise = True, probe.measure(feeds)
 
     def recompare(self, result: CaseResult, expected: Sequence[np.ndarray], actual: Mapping[str, np.ndarray],
                   names: Sequence[str], tolerances: Tolerances) -> CaseResult:
@@ -122,8 +124,11 @@ def invariant_checks(origins: Sequence[OutputOrigin], names: Sequence[str], actu
 
 def compare_with_keras(keras: KerasRunner, runners: Sequence[Runner], proto: onnx.ModelProto,
                        expected_names: Sequence[str], tolerances: Tolerances,
-                       cases: Sequence[InputCase], progress: Progress = Progress()) -> dict[str, ParityReport]:
-    """The parity check: every runner against Keras on every case, values and the post's invariants."""
+                       cases: Sequence[InputCase], progress: Progress = Progress(),
+                       carried: bool = False) -> dict[str, ParityReport]:
+    """The parity check: every runner against Keras on every case, values and the post's invariants.
+    `carried`: the cases are consecutive calls whose states the reference carries (`toolkit.checking.carry`),
+    so their rounding is measured by models that carry states too."""
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
     # Decided by the command (export, verify); a library caller's undecided ones here, the same way.
@@ -136,6 +141,7 @@ def compare_with_keras(keras: KerasRunner, runners: Sequence[Runner], proto: onn
         return invariant_checks(origins, names, actual, tolerances, zeroed)
 
     dtype = compute_dtype(keras.model)
-    probe = RoundingProbe(keras.model, names, dtype) if tolerances.policy else None
+    kind = CarriedRoundingProbe if carried else RoundingProbe
+    probe = kind(keras.model, names, dtype) if tolerances.policy else None
     reports = compare_runners(keras, runners, cases, tolerances, names, expected_names, invariants, progress, probe)
     return {name: dataclasses.replace(report, compute_dtype=dtype) for name, report in reports.items()}

@@ -73,12 +73,46 @@ class RoundingProbe:
             return None
         wide = {name: value.astype(np.float64) if value.dtype.kind == "f" else value for name, value in feeds.items()}
         try:
-            narrow_out = keras_outputs(self.model, feeds)
-            wide_out = keras_outputs(twin, wide)
+            narrow_out = keras_outputs(self._narrow(), feeds, reset=not self.carries)
+            wide_out = keras_outputs(twin, wide, reset=not self.carries)
         except Exception as exc:  # noqa: BLE001 -- the reference itself already ran; a twin failing is only "no measurement"
             self.reason = f"the float64 twin failed: {type(exc).__name__}: {first_line(exc)}"
+            self._twin = None
             return None
         return {name: _max_diff(a, b) for name, a, b in zip(self.names, narrow_out, wide_out)}
+
+    carries = False  # each case from zero states: the model itself can run it
+
+    def _narrow(self) -> Any:
+        return self.model
+
+
+class CarriedRoundingProbe(RoundingProbe):
+    """The rounding of a stateful model's consecutive calls (`toolkit.checking.carry`): a float32 copy and
+    the float64 twin carry their states from call to call as the reference does, so every call must be
+    measured, in order. Its own float32 copy: the reference's model carries the reference's states, which a
+    measurement must not move."""
+
+    carries = True
+
+    def __init__(self, model: Any, names: Sequence[str], dtype: str = "float32"):
+        super().__init__(model, names, dtype)
+        self._copy: Any = None
+
+    def twin(self) -> Any:
+        if not self._tried:
+            twin = super().twin()
+            if twin is not None:
+                from toolkit.runtimes.keras import reset_states
+
+                self._copy = type(self.model).from_config(self.model.get_config())
+                self._copy.set_weights(self.model.get_weights())
+                reset_states(self._copy)
+                reset_states(twin)
+        return self._twin
+
+    def _narrow(self) -> Any:
+        return self._copy
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
