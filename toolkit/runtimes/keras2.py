@@ -28,7 +28,7 @@ import numpy as np
 
 from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
 from toolkit.models.keras2.loader import Keras2Model, written_by_keras3
-from toolkit.models.keras2.translate import CUDNN_CLASSES
+from toolkit.models.keras2.translate import CUDNN_CLASSES, config_dicts
 from toolkit.runtimes.keras import KerasRunner, keras_outputs
 from toolkit.text import first_line, safe_text
 
@@ -217,37 +217,23 @@ def reference_config(config: dict, keras_version: str) -> tuple[dict, list[str],
     result = json.loads(json.dumps(config))
     filled: list[str] = []
     corrected: list[str] = []
-    stack: list[Any] = [result]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        if not isinstance(item, dict):
-            continue
+    for item in config_dicts(result):
         inner = item.get("config")
         kind = item.get("class_name")
         if isinstance(kind, str) and isinstance(inner, dict):
             filled += [f for f in keras2_defaults(kind, inner, keras_version) if f not in filled]
             if kind == "Merge" or (kind == "Embedding" and str(inner.get("dtype", "")).startswith(("int", "uint"))):
                 corrected.append(str(legacy_layer(item, "reference")))
-        stack.extend(item.values())
     return result, filled, corrected
 
 
 def _cudnn_as_cpu(config: dict) -> None:
     """CuDNNLSTM/CuDNNGRU (GPU-only) as the CPU layers tf.keras loads their weights into, converting them
     itself (its `_convert_rnn_weights`): LSTM(tanh, sigmoid), GRU(reset_after=True, tanh, sigmoid)."""
-    stack: list[Any] = [config]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            inner = item.get("config")
-            if item.get("class_name") in CUDNN_CLASSES and isinstance(inner, dict):
-                item["class_name"] = CUDNN_CLASSES[item["class_name"]]
-                inner.update(activation="tanh", recurrent_activation="sigmoid")
-                if item["class_name"] == "GRU":
-                    inner["reset_after"] = True
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    for item in config_dicts(config):
+        inner = item.get("config")
+        if item.get("class_name") in CUDNN_CLASSES and isinstance(inner, dict):
+            item["class_name"] = CUDNN_CLASSES[item["class_name"]]
+            inner.update(activation="tanh", recurrent_activation="sigmoid")
+            if item["class_name"] == "GRU":
+                inner["reset_after"] = True

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,14 +88,21 @@ def check_modules(value: Any, source: str) -> None:
     """Every `module` a config names must be Keras' own (keras..., tf_keras...): tf.keras' loader imports
     whatever module a `.keras` config names (it predates Keras' CVE-2025-1550 fix), and the reference is
     built by tf.keras from this very config."""
+    for item in config_dicts(value):
+        module = item.get("module")
+        if isinstance(module, str) and not _KERAS_MODULE.fullmatch(module):
+            raise UnsupportedModelError(f"Expected Keras' own classes (modules keras.* or tf_keras.*). Received: "
+                                        f"{safe_text(source)!r} naming module {safe_text(module)!r}")
+
+
+def config_dicts(value: Any) -> Iterator[dict]:
+    """Every dict in a JSON config, depth first. A dict's values are walked after the caller's loop body has
+    seen it, so the body may change it (fill in keys, rename its class) and the walk sees what it left."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            module = item.get("module")
-            if isinstance(module, str) and not _KERAS_MODULE.fullmatch(module):
-                raise UnsupportedModelError(f"Expected Keras' own classes (modules keras.* or tf_keras.*). Received: "
-                                            f"{safe_text(source)!r} naming module {safe_text(module)!r}")
+            yield item
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
