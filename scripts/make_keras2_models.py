@@ -421,6 +421,90 @@ def save_old_forms(out: Path, seed: int) -> None:
         _rewrite(out / f"{name}.h5", version, change)
 
 
+# Keras 1.2's per-gate weights, in its trainable_weights order (keras/layers/recurrent.py of Keras 1.2.2):
+# LSTM i, c, f, o (Keras 2 concatenates i, f, c, o); GRU z, r, h; SimpleRNN and Dense one array each.
+KERAS1_GATES = {"LSTM": ("i", "f", "c", "o"), "GRU": ("z", "r", "h")}
+KERAS1_ORDER = {"LSTM": ("i", "c", "f", "o"), "GRU": ("z", "r", "h")}
+
+
+def keras1_recurrent():
+    """Keras 1's recurrent layers, as a Keras 1 Sequential held them: LSTM and GRU with Keras 1's
+    inner_activation hard_sigmoid (GRU resetting before the recurrent matmul, Keras 1's only GRU), a
+    Bidirectional LSTM (24 arrays: the forward layer's 12, then the backward's), SimpleRNN."""
+    return k2.Sequential([L.LSTM(5, recurrent_activation="hard_sigmoid", return_sequences=True, name="lstm_1",
+                                 input_shape=(6, 3)),  # its input named as Keras 1 named it: lstm_1_input
+                          L.GRU(4, recurrent_activation="hard_sigmoid", reset_after=False, return_sequences=True,
+                                name="gru_1"),
+                          L.Bidirectional(L.LSTM(3, recurrent_activation="hard_sigmoid", return_sequences=True,
+                                                 name="lstm_2"), name="bidirectional_1"),
+                          L.SimpleRNN(3, activation="tanh", name="simplernn_1"),
+                          L.Dense(2, activation="linear", name="dense_1")])
+
+
+def _keras1_config(layer, first: bool, features: int | None = None) -> dict:
+    """A layer's config as Keras 1.2.2's get_config wrote it (argument names, initializer strings)."""
+    kind = type(layer).__name__
+    features = features or layer.input.shape[-1]
+    if kind == "Bidirectional":  # Keras 1.2: {"layer": the wrapped layer's config, "merge_mode"}
+        inner = _keras1_config(layer.forward_layer, False, layer.input.shape[-1])
+        inner["config"]["name"] = layer.layer.name
+        return {"class_name": kind, "config": {"name": layer.name, "trainable": True, "layer": inner,
+                                               "merge_mode": layer.merge_mode}}
+    config = {"name": layer.name, "trainable": True, "output_dim": layer.units, "init": "glorot_uniform",
+              "activation": layer.get_config()["activation"], "W_regularizer": None, "b_regularizer": None}
+    if kind == "Dense":
+        config.update({"bias": True, "activity_regularizer": None, "W_constraint": None, "b_constraint": None,
+                       "input_dim": features})
+    else:
+        config.update({"inner_init": "orthogonal", "U_regularizer": None, "dropout_W": 0.0, "dropout_U": 0.0,
+                       "return_sequences": layer.return_sequences, "go_backwards": False, "stateful": False,
+                       "unroll": False, "consume_less": "cpu", "input_dim": features,
+                       "input_length": layer.input.shape[1] if first else None})
+        if kind in KERAS1_GATES:
+            config["inner_activation"] = layer.get_config()["recurrent_activation"]
+        if kind == "LSTM":
+            config["forget_bias_init"] = "one"
+    if first:
+        config.update({"batch_input_shape": [None, *layer.input.shape[1:]], "input_dtype": "float32"})
+    return {"class_name": kind, "config": config}
+
+
+def _keras1_arrays(layer) -> list[tuple[str, np.ndarray]]:
+    """The layer's weights split per gate and named as Keras 1 on TensorFlow named them (`lstm_1_W_i:0`)."""
+    kind = type(layer).__name__
+    if kind == "Bidirectional":  # the forward layer's arrays, then the backward layer's
+        return _keras1_arrays(layer.forward_layer) + _keras1_arrays(layer.backward_layer)
+    values = [np.asarray(v) for v in layer.get_weights()]
+    if kind not in KERAS1_GATES:
+        return [(f"{layer.name}_{part}:0", value) for part, value in zip(("W", "U", "b") if kind == "SimpleRNN"
+                                                                        else ("W", "b"), values)]
+    gates = KERAS1_GATES[kind]
+    split = {part: dict(zip(gates, np.split(value, len(gates), axis=-1))) for part, value in zip("WUb", values)}
+    return [(f"{layer.name}_{part}_{gate}:0", split[part][gate]) for gate in KERAS1_ORDER[kind] for part in "WUb"]
+
+
+def save_keras1(out: Path, seed: int) -> None:
+    """`keras1_recurrent` in Keras 1.2.2's h5 layout: Sequential's config as a list of layers, Keras 1 argument
+    names, LSTM/GRU weights as 12/9 per-gate arrays. Its reference is tf.keras' predict before the rewrite."""
+    model = keras1_recurrent()
+    weights(model, seed)
+    record(model, "keras1_recurrent", out, seed)
+    config = {"class_name": "Sequential",
+              "config": [_keras1_config(layer, i == 0) for i, layer in enumerate(model.layers)]}
+    with h5py.File(out / "keras1_recurrent.h5", "w") as f:
+        f.attrs["keras_version"] = b"1.2.2"
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        group = f.create_group("model_weights")
+        group.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+        for layer in model.layers:
+            arrays = _keras1_arrays(layer)
+            layer_group = group.create_group(layer.name)
+            layer_group.attrs["weight_names"] = [name.encode() for name, _ in arrays]
+            for name, value in arrays:
+                layer_group.create_dataset(name, data=value)
+
+
 def save_refused(out: Path) -> None:
     """Forms lstm-onnx refuses in one line: time_major=True, ConvLSTM2D."""
     x = L.Input(batch_shape=(6, 2, 3))
@@ -530,6 +614,7 @@ EXTRA: dict[str, Callable[[Path, int], None]] = {
     "hostile": lambda out, seed: save_hostile(out),
     "lambdas": save_lambdas,
     "old_forms": save_old_forms,
+    "keras1": save_keras1,
     "refused": lambda out, seed: save_refused(out),
 }
 

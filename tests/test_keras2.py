@@ -757,6 +757,9 @@ OLD_FORMS = {
                        {"LSTM": 2, "RNN": 1}, "from the file's config and weights"),
     "state_inputs": (["dense_output"], {"LSTM": 1, "GRU": 1}, "from the file's config and weights"),
     "masked_decoder": (["dense_output"], {"LSTM": 2}, "from the file's config and weights"),
+    # Keras 1.2's layout: Sequential as a list, output_dim/inner_activation/dropout_W..., per-gate weights
+    "keras1_recurrent": (["dense_1_output"], {"LSTM": 2, "GRU": 1, "RNN": 1},
+                         "LSTM 'lstm_1': Keras 1 arguments ['output_dim', 'inner_activation'"),
 }
 
 

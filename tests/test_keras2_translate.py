@@ -199,3 +199,31 @@ def test_forms_with_a_meaning_lstm_onnx_does_not_export_are_refused_in_one_line(
     with pytest.raises(UnsupportedModelError, match=needle) as refused:
         translate_model_config(functional(layer), "m.h5")
     assert "\n" not in str(refused.value)
+
+
+def test_keras1_per_gate_arrays_are_joined_in_keras2s_gate_order():
+    """Keras 1 stored LSTM weights per gate as (W, U, b) for i, c, f, o; Keras 2's kernel is i, f, c, o
+    (GRU: z, r, h in both). A Bidirectional holds the forward layer's arrays, then the backward's."""
+    import keras
+    import numpy as np
+
+    from toolkit.models.keras2.weights import convert_keras1
+
+    def per_gate(order: str, units: int = 2) -> list[np.ndarray]:
+        arrays = []
+        for gate in order:  # each array filled with its gate's letter code and its part (W 0, U 1, b 2)
+            arrays += [np.full(shape, ord(gate) * 10 + part, np.float32)
+                       for part, shape in enumerate([(3, units), (units, units), (units,)])]
+        return arrays
+
+    lstm = keras.layers.LSTM(2)
+    kernel, recurrent, bias = convert_keras1(lstm, per_gate("icfo"))
+    assert [int(v) // 10 for v in kernel[0, ::2]] == [ord(g) for g in "ifco"]
+    assert (recurrent % 10 == 1).all() and (bias % 10 == 2).all() and kernel.shape == (3, 8)
+    gru = keras.layers.GRU(2)
+    assert [int(v) // 10 for v in convert_keras1(gru, per_gate("zrh"))[0][0, ::2]] == [ord(g) for g in "zrh"]
+    both = keras.layers.Bidirectional(keras.layers.LSTM(2))
+    halves = convert_keras1(both, per_gate("icfo") + [a + 10000 for a in per_gate("icfo")])
+    assert len(halves) == 6 and (halves[3] >= 10000).all() and (halves[0] < 10000).all()
+    dense = keras.layers.Dense(2)
+    assert len(convert_keras1(dense, per_gate("i")[:2])) == 2  # not a per-gate layer: left as it is

@@ -209,10 +209,10 @@ def keras2_output_names(config: dict) -> list[str]:
 def reference_config(config: dict, keras_version: str) -> tuple[dict, list[str], list[str]]:
     """The file's config as tf.keras 2.21 builds the original: the defaults the Keras that wrote it assumed
     filled in where the config leaves them out (`keras2_defaults`), and what tf.keras cannot build at all
-    corrected (Keras 2.0's integer Embedding dtype, Keras 1's Merge). Returns the config, the defaults
+    corrected (Keras 2.0's integer Embedding dtype, Keras 1's Merge and argument names). Returns the config, the defaults
     filled in and the corrections (empty: the file as written)."""
     from toolkit.models.keras2.activations import keras2_defaults
-    from toolkit.models.keras2.legacy import legacy_layer
+    from toolkit.models.keras2.legacy import keras1_arguments, legacy_layer
 
     result = json.loads(json.dumps(config))
     filled: list[str] = []
@@ -221,6 +221,8 @@ def reference_config(config: dict, keras_version: str) -> tuple[dict, list[str],
         inner = item.get("config")
         kind = item.get("class_name")
         if isinstance(kind, str) and isinstance(inner, dict):
+            keras1 = keras1_arguments(item)  # before the defaults: Keras 1 named recurrent_activation otherwise
+            corrected += [keras1] if keras1 else []
             filled += [f for f in keras2_defaults(kind, inner, keras_version) if f not in filled]
             if kind == "Merge" or (kind == "Embedding" and str(inner.get("dtype", "")).startswith(("int", "uint"))):
                 corrected.append(str(legacy_layer(item, "reference")))

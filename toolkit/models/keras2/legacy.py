@@ -34,11 +34,18 @@ _KERAS1_NAMES = {
     "AveragePooling1D": {"pool_length": "pool_size", "stride": "strides", "border_mode": "padding"},
     "Embedding": {},
     "BatchNormalization": {},
+    # Keras 2.0's `legacy_recurrent_support` (keras/legacy/interfaces.py) read these as Keras 2's.
+    **{kind: {"output_dim": "units", "inner_activation": "recurrent_activation", "dropout_W": "dropout",
+              "dropout_U": "recurrent_dropout"} for kind in ("LSTM", "GRU", "SimpleRNN")},
 }
+# Layers whose Keras 1 `input_dim` (and `input_length`) was the shape of their input.
+_KERAS1_INPUT_DIM = ("LSTM", "GRU", "SimpleRNN", "Conv1D", "Dense")
 _KERAS1_CLASSES = {"Convolution1D": "Conv1D", "AtrousConvolution1D": "Conv1D"}
 # Keras 1 arguments with no meaning at inference (initial values, training penalties and constraints).
 _KERAS1_DROPPED = ("init", "inner_init", "W_regularizer", "U_regularizer", "b_regularizer", "W_constraint",
-                   "U_constraint", "b_constraint", "beta_init", "gamma_init", "mode")
+                   "U_constraint", "b_constraint", "beta_init", "gamma_init", "mode",
+                   # recurrent: initial values, and Keras 1's choice of matmul layout (same function)
+                   "forget_bias_init", "consume_less")
 _MERGE_MODES = {"concat": "Concatenate", "sum": "Add", "mul": "Multiply", "ave": "Average", "max": "Maximum",
                 "dot": "Dot"}
 
@@ -61,10 +68,34 @@ def legacy_layer(entry: dict, source: str) -> str | None:
     if kind == "Embedding" and str(config.get("dtype", "float32")).startswith(("int", "uint")):
         config["dtype"] = "float32"
         return f"Embedding {name!r}: Keras 2.0's dtype=int32 (its input's) read as float32, the table's dtype"
-    return _keras1_names(str(kind), config, name)
+    return keras1_arguments(entry)
 
 
-def _keras1_names(kind: str, config: dict, name: str) -> str | None:
+def keras1_arguments(entry: dict) -> str | None:
+    """A layer's Keras 1 argument names as Keras 2's, in place (what Keras 2.0's legacy interfaces did when
+    they read a Keras 1 config); a note when something changed. tf.keras 2.21 no longer reads them, so its
+    reference of a Keras 1 file is built with this correction too."""
+    config = entry["config"]
+    moved = _keras1_input(str(entry.get("class_name")), config)
+    return _keras1_names(str(entry.get("class_name")), config, safe_text(str(config.get("name"))), moved)
+
+
+def _keras1_input(kind: str, config: dict) -> list[str]:
+    """Keras 1's `input_dtype` as the dtype, and the `input_dim`/`input_length` its recurrent, Conv1D and Dense
+    layers repeated in their configs dropped: a first layer's shape is its `batch_input_shape`, which Keras 1's
+    Layer.get_config always wrote beside them, and a later or wrapped layer's came from its input (Keras 2.0's
+    legacy interfaces turned them into an `input_shape` that only a first layer reads)."""
+    moved = [key for key in ("input_dtype", "input_dim", "input_length") if key in config]
+    if "input_dtype" in config:
+        config.setdefault("dtype", config.pop("input_dtype"))
+    if kind not in _KERAS1_INPUT_DIM:  # Embedding's input_dim is its vocabulary, input_length its own argument
+        return [key for key in moved if key == "input_dtype"]
+    config.pop("input_dim", None)
+    config.pop("input_length", None)
+    return moved
+
+
+def _keras1_names(kind: str, config: dict, name: str, moved: list[str]) -> str | None:
     renamed = [old for old in _KERAS1_NAMES.get(kind, {}) if old in config]
     for old in renamed:
         config[_KERAS1_NAMES[kind][old]] = config.pop(old)
@@ -74,9 +105,9 @@ def _keras1_names(kind: str, config: dict, name: str) -> str | None:
     if kind == "Conv1D" and config.get("padding") == "full":
         raise UnsupportedModelError(f"Expected Conv1D padding 'valid', 'same' or 'causal'. Received: layer {name!r} "
                                     "with Keras 1's border_mode='full' (not supported)")
-    if not renamed and not dropped:
+    if not renamed and not dropped and not moved:
         return None
-    return f"{kind} {name!r}: Keras 1 arguments {renamed + dropped} read as Keras 2's"
+    return f"{kind} {name!r}: Keras 1 arguments {renamed + dropped + moved} read as Keras 2's"
 
 
 def _noise(kind: str, config: dict, name: str) -> str | None:

@@ -25,6 +25,11 @@ from toolkit.text import safe_text
 
 _GATES = {"CuDNNLSTM": 4, "CuDNNGRU": 3}
 
+# Keras 1 kept one (W, U, b) per gate, in its `trainable_weights` order: LSTM i, c, f, o; GRU z, r, h.
+# Keras 2 concatenates the gates as LSTM i, f, c, o and GRU z, r, h: the positions below pick Keras 1's
+# arrays in that order (`preprocess_weights_for_loading` of Keras 2.x and tf.keras does the same).
+_KERAS1_GATES = {"LSTM": (0, 6, 3, 9), "GRU": (0, 3, 6)}
+
 
 def convert_cudnn(kind: str, values: Sequence[np.ndarray]) -> list[np.ndarray]:
     """A CuDNN layer's (kernel, recurrent kernel, bias) as its CPU layer's, as tf.keras converts them."""
@@ -41,6 +46,19 @@ def convert_cudnn(kind: str, values: Sequence[np.ndarray]) -> list[np.ndarray]:
     else:
         bias = bias.reshape((2, -1))
     return [kernel, recurrent, bias]
+
+
+def convert_keras1(layer: Any, values: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A Keras 1 recurrent layer's per-gate arrays as Keras 2's (kernel, recurrent kernel, bias); a
+    Bidirectional's forward and backward halves each. Other layers and counts are returned as they are."""
+    kind = type(layer).__name__
+    if kind == "Bidirectional" and len(values) in (24, 18):
+        half = len(values) // 2
+        return convert_keras1(layer.forward_layer, values[:half]) + convert_keras1(layer.backward_layer, values[half:])
+    gates = _KERAS1_GATES.get(kind)
+    if gates is None or len(values) != 3 * len(gates):
+        return list(values)
+    return [np.concatenate([values[start + part] for start in gates], axis=-1) for part in range(3)]
 
 
 def assign_weights(model: Any, saved: Mapping[str, Sequence[np.ndarray]], cudnn: Mapping[str, str],
@@ -60,6 +78,8 @@ def assign_weights(model: Any, saved: Mapping[str, Sequence[np.ndarray]], cudnn:
         values = list(saved.get(layer.name, ()))
         if layer.name in cudnn and len(values) == 3:
             values = convert_cudnn(cudnn[layer.name], values)
+        elif len(values) > len(variables):
+            values = convert_keras1(layer, values)
         if len(values) != len(variables):
             raise ModelLoadError(f"Expected {len(variables)} weight arrays for layer {safe_text(layer.name)!r}. "
                                  f"Received: {len(values)} in {safe_text(source)!r}")
