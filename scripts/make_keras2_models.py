@@ -483,9 +483,23 @@ def _keras1_arrays(layer) -> list[tuple[str, np.ndarray]]:
     return [(f"{layer.name}_{part}_{gate}:0", split[part][gate]) for gate in KERAS1_ORDER[kind] for part in "WUb"]
 
 
+def _keras1_weights(group, model) -> None:
+    """Keras 1.2.2's save_weights_to_hdf5_group: layer_names, then one group per layer with its weight_names
+    (no keras_version: Keras 1 wrote none there, which is how tf.keras tells a Keras 1 file)."""
+    group.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+    for layer in model.layers:
+        arrays = _keras1_arrays(layer)
+        layer_group = group.create_group(layer.name)
+        layer_group.attrs["weight_names"] = [name.encode() for name, _ in arrays]
+        for name, value in arrays:
+            layer_group.create_dataset(name, data=value)
+
+
 def save_keras1(out: Path, seed: int) -> None:
     """`keras1_recurrent` in Keras 1.2.2's h5 layout: Sequential's config as a list of layers, Keras 1 argument
-    names, LSTM/GRU weights as 12/9 per-gate arrays. Its reference is tf.keras' predict before the rewrite."""
+    names, LSTM/GRU weights as 12/9 per-gate arrays. Also as the pair Keras 1 tutorials published:
+    `model.to_json()` (`keras1_recurrent.json`) and `model.save_weights` (`keras1_recurrent_weights.h5`).
+    The reference is tf.keras' predict before the rewrite."""
     model = keras1_recurrent()
     weights(model, seed)
     record(model, "keras1_recurrent", out, seed)
@@ -495,14 +509,22 @@ def save_keras1(out: Path, seed: int) -> None:
         f.attrs["keras_version"] = b"1.2.2"
         f.attrs["backend"] = b"tensorflow"
         f.attrs["model_config"] = json.dumps(config).encode()
-        group = f.create_group("model_weights")
-        group.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
-        for layer in model.layers:
-            arrays = _keras1_arrays(layer)
-            layer_group = group.create_group(layer.name)
-            layer_group.attrs["weight_names"] = [name.encode() for name, _ in arrays]
-            for name, value in arrays:
-                layer_group.create_dataset(name, data=value)
+        _keras1_weights(f.create_group("model_weights"), model)
+    (out / "keras1_recurrent.json").write_text(json.dumps({**config, "keras_version": "1.2.2"}))
+    with h5py.File(out / "keras1_recurrent_weights.h5", "w") as f:
+        _keras1_weights(f, model)
+
+
+def save_json_pair(out: Path, seed: int) -> None:
+    """A tf.keras model published as `model.to_json()` + `model.save_weights("...h5")` (`json_pair.json`,
+    `json_pair_weights.h5`), and the same model's whole `.h5` (`json_pair.h5`, for the refusals)."""
+    model = k2.Sequential([L.LSTM(4, return_sequences=True, input_shape=(5, 3), name="lstm"), L.GRU(3, name="gru"),
+                           L.Dense(2, activation="softmax", name="dense")])
+    weights(model, seed)
+    record(model, "json_pair", out, seed)
+    (out / "json_pair.json").write_text(model.to_json())
+    model.save_weights(out / "json_pair_weights.h5")
+    model.save(out / "json_pair.h5")
 
 
 def save_refused(out: Path) -> None:
@@ -615,6 +637,7 @@ EXTRA: dict[str, Callable[[Path, int], None]] = {
     "lambdas": save_lambdas,
     "old_forms": save_old_forms,
     "keras1": save_keras1,
+    "json_pair": save_json_pair,
     "refused": lambda out, seed: save_refused(out),
 }
 

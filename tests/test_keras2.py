@@ -936,3 +936,45 @@ def test_a_tf_keras_archive_saved_on_windows_loads_its_weights_by_their_paths(ke
     assert result.parity and result.fused_ops == {"LSTM": 2}
     check_against_tf_keras(result.model, keras2_models, "post_case3", names)
     assert "Windows paths" in read_source(result.model)["reference"]
+
+
+# ------------------------------------------------- architecture JSON + weights-only .h5 (Keras 1 and 2 pairs)
+@pytest.mark.parametrize("name, outputs, fused", [("json_pair", ["dense_output"], {"LSTM": 1, "GRU": 1}),
+                                                  ("keras1_recurrent", ["dense_1_output"], {"LSTM": 2, "GRU": 1, "RNN": 1})])
+def test_an_architecture_json_with_its_weights_exports_equal_to_the_original(keras2_models, name, outputs, fused):
+    """The pair Keras 1 and 2 tutorials published (`model.to_json()` + `model.save_weights`): the config from
+    the JSON, the weights from the .h5 (Keras 1's per-gate arrays joined), checked against tf.keras'
+    model_from_json + load_weights, and equal to tf.keras' predict on the model that wrote them."""
+    result = export_keras_model(keras2_models / f"{name}.json", keras2_models / f"{name}.onnx",
+                                weights=keras2_models / f"{name}_weights.h5")
+    assert result.parity and [o.name for o in result.outputs] == outputs and result.fused_ops == fused
+    check_against_tf_keras(result.model, keras2_models, name, outputs)
+    source = read_source(result.model)
+    assert source["keras_file"] == f"{name}.json + {name}_weights.h5"
+    assert "architecture JSON and the weights file" in source["reference"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["json_pair.json"], "Expected --weights with an architecture JSON"),
+    (["--weights", "json_pair_weights.h5"], "Expected --weights with MODEL"),
+    (["json_pair_weights.h5"], "with weights only (model.save_weights; give its architecture JSON"),
+    (["json_pair.json", "--weights", "json_pair.h5"], "holding its own model_config"),
+    (["json_pair_weights.h5", "--weights", "json_pair_weights.h5"], "Expected an architecture JSON file"),
+    (["json_pair.json", "--weights", "json_pair.json"], "Expected --weights to name an HDF5 weights file"),
+])
+def test_json_and_weights_mistakes_are_one_line_and_write_nothing(keras2_models, tmp_path, args, expected):
+    out = tmp_path / "out.onnx"
+    done = subprocess.run([sys.executable, "-m", "toolkit.cli", "export", *args, "-o", str(out)], cwd=keras2_models,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and expected in done.stderr, done.stderr[-500:]
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_keras3_json_and_weights_pair_is_refused_naming_the_keras_file_instead(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4), keras.layers.Dense(2)])
+    (tmp_path / "arch.json").write_text(model.to_json())
+    model.save_weights(tmp_path / "w.weights.h5")
+    with pytest.raises(ModelLoadError, match="Keras 3's .weights.h5 layout: export the model's .keras file"):
+        export_keras_model(tmp_path / "arch.json", tmp_path / "x.onnx", weights=tmp_path / "w.weights.h5")

@@ -41,6 +41,8 @@ _export_options = [
     click.argument("model", required=False, type=click.Path(path_type=Path)),
     click.option("-o", "--output", type=click.Path(path_type=Path),
                  help="MODEL given: the .onnx file (default MODEL with .onnx). Otherwise: the folder (default exported/)."),
+    click.option("--weights", "weights_file", type=click.Path(path_type=Path),
+                 help="MODEL an architecture JSON (model.to_json()): its weights-only .h5 (model.save_weights)."),
     click.option("--layers", type=click.IntRange(1, MAX_LAYERS),
                  help=f"Number of stacked LSTM layers (default 2, at most {MAX_LAYERS})."),
     click.option("--units", type=click.IntRange(1, MAX_UNITS), help=f"Units per layer (default 2, at most {MAX_UNITS})."),
@@ -104,8 +106,9 @@ def _with_export_options(func: Any) -> Any:
 def export(**params: Any) -> None:
     """Export MODEL, or (without MODEL) the post's LSTM stacks, and check parity.
 
-    MODEL is a Keras 3 .keras file, or a Keras 2 model: a .h5 file, a SavedModel folder, or a tf.keras
-    .keras file (checked against the original: tf.keras, or the SavedModel's signature).
+    MODEL is a Keras 3 .keras file, or a Keras 2 model: a .h5 file, a SavedModel folder, a tf.keras
+    .keras file, or an architecture JSON with --weights (checked against the original: tf.keras, or the
+    SavedModel's signature).
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
     default) into exported/ with a manifest.json. Exits 1 if any output fails parity; then nothing is
@@ -232,7 +235,10 @@ def _run(params: dict[str, Any], options: Any) -> Any:
         from toolkit.export.exporter import export_file
 
         return export_file(model, output or model.with_suffix(".onnx"), options, keep_failed=params["keep_failed"],
-                           write=write)
+                           write=write, weights=params["weights_file"])
+    if params["weights_file"] is not None:
+        raise InputError(f"Expected --weights with MODEL, an architecture JSON. Received: --weights "
+                         f"{str(params['weights_file'])!r} without MODEL")
     from toolkit.export.suite import export_stacks
     from toolkit.models.builder import requested_configs
 

@@ -261,10 +261,10 @@ class FileExport:
 
 
 def export_file(src: str | Path, dst: str | Path, options: ExportOptions | None = None, *,
-                keep_failed: bool = False, write: bool = True) -> FileExport:
+                keep_failed: bool = False, write: bool = True, weights: str | Path | None = None) -> FileExport:
     """Export a user's `.keras` file; write it when parity passed or `keep_failed` (and `write`: a caller
     that writes something else first calls `FileExport.write` itself), and say what happened."""
-    result = export_keras_model(src, dst, options)
+    result = export_keras_model(src, dst, options, weights=weights)
     done = FileExport(Path(dst), result)
     if write and (result.passed or keep_failed):
         done.write()
@@ -281,14 +281,20 @@ def export_keras_file(src: str | Path, dst: str | Path, options: ExportOptions |
 
 
 def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions | None = None,
-                       **changes: Any) -> ExportResult:
-    """Load and export a user's `.keras` file for `dst`, in memory (`ExportResult.save` writes it)."""
+                       weights: str | Path | None = None, **changes: Any) -> ExportResult:
+    """Load and export a user's `.keras` file for `dst`, in memory (`ExportResult.save` writes it). With
+    `weights`, `src` is an architecture JSON (`model.to_json()`) and `weights` its weights-only `.h5`."""
     options = (options or ExportOptions()).replace(**changes)
     target = Path(dst)
     if target.suffix != ".onnx":
         raise InputError(f"Expected an output path ending in .onnx. Received: {str(target)!r}")
-    from toolkit.models.keras2.formats import keras2_format
+    from toolkit.models.keras2.formats import json_and_weights, keras2_format
 
+    if weights is not None:
+        return _export_keras2(Path(weights), json_and_weights(Path(src), Path(weights)), options)
+    if Path(src).suffix.lower() == ".json":
+        raise InputError(f"Expected --weights with an architecture JSON (its model.save_weights .h5). Received: "
+                         f"{str(src)!r} alone")
     fmt = keras2_format(Path(src))
     if fmt is not None:
         return _export_keras2(Path(src), fmt, options)

@@ -100,7 +100,8 @@ class TfKerasReference(KerasRunner):
     def __init__(self, loaded: Keras2Model, tf_keras: Any):
         super().__init__(loaded.model, name="tf.keras")
         config, filled, corrected = reference_config(loaded.original_config, loaded.translation.keras_version)
-        how = "from the file's config and weights"
+        how = "from the file's config and weights" if loaded.format.architecture is None else \
+            "from the architecture JSON and the weights file (model_from_json, load_weights)"
         if loaded.translation.cudnn:
             # CuDNN layers run on GPUs only: tf.keras builds their CPU layers and converts their weights
             # itself when it loads them (its _convert_rnn_weights).

@@ -9,7 +9,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.errors import InputError
 from toolkit.models.keras2.h5 import H5_SUFFIXES, is_hdf5
+from toolkit.text import safe_text
 
 SAVED_MODEL_PB = "saved_model.pb"
 KERAS_METADATA_PB = "keras_metadata.pb"
@@ -23,11 +25,28 @@ class Keras2Format:
 
     kind: str
     keras_version: str = ""
+    # A weights-only `.h5` (`model.save_weights`) comes with its architecture JSON (`model.to_json()`), the
+    # pair Keras 1 and 2 tutorials published: the config is read from the JSON, the weights from the .h5.
+    architecture: Path | None = None
 
     @property
     def label(self) -> str:
+        if self.architecture is not None:
+            return "Keras 2 architecture JSON + HDF5 weights"
         return {"h5": "Keras 2 HDF5 (.h5)", "savedmodel": "tf.keras SavedModel", "module": "SavedModel (tf.Module)",
                 "keras": "tf.keras .keras"}[self.kind]
+
+
+def json_and_weights(architecture: Path, weights: Path) -> Keras2Format:
+    """The format of an architecture JSON (`model.to_json()`) with its weights-only `.h5`; refused in one line
+    unless the first names a `.json` file and the second an HDF5 file."""
+    if architecture.suffix.lower() != ".json" or not architecture.is_file():
+        raise InputError(f"Expected an architecture JSON file (model.to_json()) beside --weights. Received: "
+                         f"{safe_text(str(architecture))!r}")
+    if not is_hdf5(weights):
+        raise InputError(f"Expected --weights to name an HDF5 weights file (model.save_weights). Received: "
+                         f"{safe_text(str(weights))!r}")
+    return Keras2Format("h5", architecture=architecture)
 
 
 def keras2_format(path: Path) -> Keras2Format | None:

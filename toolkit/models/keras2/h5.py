@@ -49,8 +49,9 @@ def is_hdf5(path: Path) -> bool:
         return False
 
 
-def read_h5_model(path: str | Path, limits: ResourceLimits) -> Keras2File:
-    """Read a Keras 2 `.h5` model file within `limits`; refuse a weights-only file or a broken one.
+def read_h5_model(path: str | Path, limits: ResourceLimits, architecture: Path | None = None) -> Keras2File:
+    """Read a Keras 2 `.h5` model file within `limits`; refuse a weights-only file (unless its
+    `architecture` JSON is given) or a broken one.
 
     First of all, the file's objects are walked within `toolkit.safety.hdf5`'s bounds (depth, count, ordinary
     links only, each object once); then the config; then every dataset's declared size; then the weights
@@ -66,17 +67,49 @@ def read_h5_model(path: str | Path, limits: ResourceLimits) -> Keras2File:
         with file:
             datasets = walk_datasets(file, text)
             config_text = _attr(file, "model_config", limits.max_config_bytes, text)
-            if config_text is None:
-                raise ModelLoadError(f"Expected {WHAT} holding a model_config (a whole model). Received: "
-                                     f"{safe_text(text)!r} with weights only (model.save_weights)")
+            config = _config(config_text, architecture, text, limits)
             check_declared_arrays(_declared(datasets), text, limits)
-            config = _json(config_text, text)
             group = h5py.Group(open_child(file.id, b"model_weights", "model_weights", text)) \
                 if b"model_weights" in file.id else file
+            if architecture is not None and "layer_names" not in group.attrs:
+                raise ModelLoadError(f"Expected weights saved by Keras 1 or 2 (model.save_weights, with layer_names). "
+                                     f"Received: {safe_text(text)!r} without them (Keras 3's .weights.h5 layout: "
+                                     "export the model's .keras file instead)")
             weights = _layer_weights(group, text, _config_layer_names(config))
-            return Keras2File(config=config, weights=weights,
-                           keras_version=_attr(file, "keras_version", 64, text) or "1",
-                           backend=_attr(file, "backend", 64, text) or "unknown")
+            # A weights file records who wrote it (Keras 2's save_weights); Keras 1's did not, its JSON may.
+            return Keras2File(config={k: v for k, v in config.items() if k not in ("keras_version", "backend")},
+                              weights=weights,
+                              keras_version=_attr(file, "keras_version", 64, text) or _text(config, "keras_version") or "1",
+                              backend=_attr(file, "backend", 64, text) or _text(config, "backend") or "unknown")
+
+
+def _config(config_text: str | None, architecture: Path | None, path: str, limits: ResourceLimits) -> dict:
+    """The model config: the file's own `model_config`, or the architecture JSON beside a weights-only file."""
+    if config_text is not None and architecture is not None:
+        raise ModelLoadError(f"Expected a weights-only .h5 beside an architecture JSON. Received: {safe_text(path)!r} "
+                             "holding its own model_config (export it without the JSON)")
+    if config_text is None and architecture is None:
+        raise ModelLoadError(f"Expected {WHAT} holding a model_config (a whole model). Received: "
+                             f"{safe_text(path)!r} with weights only (model.save_weights; give its architecture JSON "
+                             "as the model and this file as --weights)")
+    if architecture is not None:
+        with open_regular_file(architecture, "an architecture JSON") as handle:
+            data = handle.read(limits.max_config_bytes + 1)
+        if len(data) > limits.max_config_bytes:
+            raise ModelLoadError(f"Expected an architecture JSON of at most {limits.max_config_bytes} bytes. "
+                                 f"Received: {safe_text(str(architecture))!r} is larger")
+        config = _json(data.decode("utf-8", "replace"), str(architecture))
+        if str(config.get("keras_version", "")).startswith("3."):  # Keras 3 weights files are another layout
+            raise ModelLoadError(f"Expected an architecture JSON written by Keras 1 or 2. Received: "
+                                 f"{safe_text(str(architecture))!r} from Keras {safe_text(str(config['keras_version']))} "
+                                 "(export its .keras file instead: model.save('model.keras'))")
+        return config
+    return _json(str(config_text), path)
+
+
+def _text(config: dict, key: str) -> str | None:
+    value = config.get(key)
+    return value[:64] if isinstance(value, str) else None
 
 
 def _attr(file: Any, name: str, limit: int, path: str) -> str | None:

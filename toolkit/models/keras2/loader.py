@@ -54,7 +54,9 @@ class Keras2Model:
     def source(self) -> dict[str, Any]:
         """The metadata's `source`: the file, its format and the Keras that wrote it."""
         label = "Keras 3 HDF5 (.h5)" if written_by_keras3(self.keras_version) else self.format.label
-        return {"keras_file": self.original.name, "keras_model": self.model.name, "format": label,
+        name = self.original.name if self.format.architecture is None else \
+            f"{self.format.architecture.name} + {self.original.name}"
+        return {"keras_file": name, "keras_model": self.model.name, "format": label,
                 "keras_version": self.keras_version, "backend": self.backend,
                 "translated": list(self.translation.changes)}
 
@@ -86,7 +88,8 @@ def _load_copy(copy: PrivateCopy, original: Path, fmt: Keras2Format, limits: Res
         from toolkit.models.keras2.h5 import read_h5_model
         from toolkit.models.keras2.savedmodel import read_keras_savedmodel
 
-        saved = (read_h5_model if fmt.kind == "h5" else read_keras_savedmodel)(source, limits)
+        saved = read_h5_model(source, limits, fmt.architecture) if fmt.kind == "h5" else \
+            read_keras_savedmodel(source, limits)
         translation = _translate(saved.config, original, limits, saved.keras_version)
         model = build_model(translation, original, limits)
         _assign(model, saved.weights, translation, original)
