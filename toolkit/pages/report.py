@@ -47,10 +47,6 @@ class ModelSection:
     not_installed: tuple[str, ...] = ()  # "name: not installed: `lstm-onnx setup --runtimes X`", not run
 
 
-def tier_of(model: onnx.ModelProto) -> str:
-    return str(metadata.read_json(model, metadata.OPTIONS, {}, dict).get("tier", "float32"))
-
-
 def series_label(runtime: str, tier: str) -> str:
     """A runtime's name, with the export's tier when it is not float32 (`onnxruntime [int8]`)."""
     return runtime if tier == "float32" else f"{runtime} [{tier}]"
@@ -77,7 +73,7 @@ def model_html(section: ModelSection) -> str:
                esc(", ".join(f"{flag}" for flag in ("return_sequences", "return_state", "go_backwards")
                              if layer.get(flag))), esc(", ".join(map(str, layer.get("outputs", [])))),
                f"<b>{esc(layer.get('onnx_op') or 'not fused')}</b>"] for layer in metadata.read_layers(model)]
-    parts = [f"<p>tier <b>{esc(tier_of(model))}</b>, opset {esc(metadata.read_opset(model))}</p>",
+    parts = [f"<p>tier <b>{esc(metadata.read_tier(model))}</b>, opset {esc(metadata.read_opset(model))}</p>",
              "<h3>Inputs</h3>", _table(["input", "dtype", "shape"], inputs),
              "<h3>Outputs</h3>", _table(["output", "layer", "role", "dtype", "shape"], outputs)]
     parts += ["<h3>Recurrent layers</h3>",
@@ -152,7 +148,7 @@ def plots_html(section: ModelSection, start: int) -> tuple[str, int]:
     how many plots it drew (the page bounds the total)."""
     from toolkit.pages.plots import Series, step_plot
 
-    tier = tier_of(section.model)
+    tier = metadata.read_tier(section.model)
     by_output: dict[str, list[Series]] = {}
     for runtime in section.runtimes:
         for summary in runtime.report.summaries() if runtime.report is not None else ():
@@ -189,7 +185,7 @@ def _value_series(section: ModelSection) -> dict[str, list[Any]]:
     """Per output, each runtime's values with Keras' (and the stream's, its states carried), in report order."""
     from toolkit.pages.plots import ValueSeries
 
-    tier = tier_of(section.model)
+    tier = metadata.read_tier(section.model)
     runs = [(series_label(r.runtime, tier), r.report) for r in section.runtimes if r.report is not None]
     if section.stream is not None:
         runs.append((series_label(f"onnxruntime stream {','.join(map(str, section.stream.chunks))}", tier),
