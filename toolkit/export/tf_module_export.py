@@ -13,10 +13,11 @@ from toolkit import __version__
 from toolkit.errors import LstmOnnxError, UnsupportedModelError
 from toolkit.export.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.export.record import parity_metadata
-from toolkit.export.tf_module import SignatureRunner, SignatureSpec, module_cases, signature_spec
+from toolkit.export.tf_module import module_cases
 from toolkit.onnxfile import metadata
 from toolkit.onnxfile.model import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
 from toolkit.options import ExportOptions
+from toolkit.runtimes.signature import SignatureRunner, SignatureSpec, signature_spec
 from toolkit.text import safe_text
 from toolkit.tf2onnx_lib import InputSignature
 from toolkit.tolerance import decide
