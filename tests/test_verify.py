@@ -200,3 +200,15 @@ def test_keras_failing_to_compute_the_reference_is_one_line_naming_the_model():
     assert message.startswith("Expected a model Keras can run for the reference outputs. Received: Keras failed "
                                "running 'failing': NotImplementedError: ")
     assert "no eager kernel here" in message and "\n" not in message and "second line" not in message
+
+
+def test_a_second_timed_runtime_with_the_same_engine_and_precision_is_refused(monkeypatch):
+    """bench labels its forms `<engine> <precision> x<threads>`: two such runtimes shared one row and one
+    timing (a throwaway `onnxruntime-parallel` showed ONNX Runtime's 0.035 ms for its own 2.7 ms)."""
+    monkeypatch.setattr(registry, "RUNTIMES", dict(RUNTIMES))
+    with pytest.raises(ValueError, match=r"Received: 'onnxruntime-parallel' as onnxruntime float32, as 'onnxruntime' is"):
+        register(Runtime("onnxruntime-parallel", lambda model: None, lambda path, model: None, timed=True))
+    assert "onnxruntime-parallel" not in registry.RUNTIMES
+    register(Runtime("onnxruntime-parallel", lambda model: None, lambda path, model: None, timed=True,
+                     engine="onnxruntime-parallel"))  # an engine of its own: a row of its own
+    register(Runtime("onnxruntime-untimed", lambda model: None, lambda path, model: None))  # not timed: no row

@@ -33,7 +33,8 @@ from toolkit.onnxfile.model import graph_inputs, graph_outputs
 from toolkit.pages.shell import PAGE_END, esc, page_start
 
 MAX_PLOTS = 48  # sequence outputs drawn per page; any more are listed, not drawn (each plot is 20-90 KB)
-PACKAGES = ("lstm-onnx", "numpy", "onnx", "onnxruntime", "tensorflow-cpu", "keras", "tf2onnx", "openvino", "matplotlib")
+# The packages a report lists besides the runtimes' own, which the registry names (`runtime_packages`).
+TOOL_PACKAGES = ("lstm-onnx", "numpy", "onnx", "tensorflow-cpu", "keras", "tf2onnx", "matplotlib")
 
 
 @dataclass(frozen=True)
@@ -247,15 +248,17 @@ svg{max-width:100%;height:auto}code{background:#f4f4f4;padding:0 .25em}ol.notes{
 def versions_html(models: Sequence[onnx.ModelProto]) -> str:
     """The installed versions that verified (read from package metadata: nothing is imported) and the
     versions each export records it was made with."""
+    from toolkit.runtimes.js import installed_version, npm_installed, npm_package
+    from toolkit.runtimes.registry import runtime_packages
+
+    runtimes = runtime_packages()
     rows = []
-    for package in PACKAGES:
+    for package in dict.fromkeys(TOOL_PACKAGES + runtimes.python):
         try:
             rows.append([esc(package), esc(package_metadata.version(package))])
         except package_metadata.PackageNotFoundError:
             continue
-    from toolkit.runtimes.js import installed_version, npm_installed, npm_package
-
-    for package in ("onnxruntime-node", "onnxruntime-web"):
+    for package in runtimes.npm:
         if npm_installed(package):
             rows.append([f"{package} (npm)", esc(installed_version(npm_package(package)))])
     recorded = {k: v for model in models for k, v in metadata.read_versions(model).items()}
