@@ -206,9 +206,9 @@ def test_a_second_timed_runtime_with_the_same_engine_and_precision_is_refused(mo
     """bench labels its forms `<engine> <precision> x<threads>`: two such runtimes shared one row and one
     timing (a throwaway `onnxruntime-parallel` showed ONNX Runtime's 0.035 ms for its own 2.7 ms)."""
     monkeypatch.setattr(registry, "RUNTIMES", dict(RUNTIMES))
-    with pytest.raises(ValueError, match=r"Received: 'onnxruntime-parallel' as onnxruntime float32, as 'onnxruntime' is"):
-        register(Runtime("onnxruntime-parallel", lambda model: None, lambda path, model: None, timed=True))
-    assert "onnxruntime-parallel" not in registry.RUNTIMES
-    register(Runtime("onnxruntime-parallel", lambda model: None, lambda path, model: None, timed=True,
-                     engine="onnxruntime-parallel"))  # an engine of its own: a row of its own
+    with pytest.raises(ValueError, match=r"Received: 'mine-timed' as onnxruntime float32, as 'onnxruntime' is"):
+        register(Runtime("mine-timed", lambda model: None, lambda path, model: None, timed=True))
+    assert "mine-timed" not in registry.RUNTIMES
+    register(Runtime("mine-timed", lambda model: None, lambda path, model: None, timed=True,
+                     engine="mine"))  # an engine of its own: a row of its own
     register(Runtime("onnxruntime-untimed", lambda model: None, lambda path, model: None))  # not timed: no row
