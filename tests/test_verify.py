@@ -212,3 +212,27 @@ def test_a_second_timed_runtime_with_the_same_engine_and_precision_is_refused(mo
     register(Runtime("mine-timed", lambda model: None, lambda path, model: None, timed=True,
                      engine="mine"))  # an engine of its own: a row of its own
     register(Runtime("onnxruntime-untimed", lambda model: None, lambda path, model: None))  # not timed: no row
+
+
+def test_every_runner_writes_only_its_own_run():
+    """The contract's `run` (feeds checked, deadline, closed runners refused) is never overridden: each
+    runner, the references and the wrapping ones included, writes `_run`."""
+    import importlib
+    import pkgutil
+
+    import toolkit.checking
+    import toolkit.runtimes
+
+    for package in (toolkit.runtimes, toolkit.checking):
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    runners = set()
+    todo = [Runner]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in runners and sub.__module__.startswith("toolkit."):
+                runners.add(sub)
+                todo.append(sub)
+    names = {cls.__name__ for cls in runners}
+    assert {"SignatureRunner", "StatefulKerasRunner", "SignatureReference", "OnnxRunner", "CarryingRunner"} <= names
+    assert sorted(cls.__name__ for cls in runners if "run" in vars(cls)) == []
