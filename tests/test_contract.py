@@ -241,7 +241,7 @@ def test_one_registry_names_the_runtimes_of_every_command(tmp_path):
 
     timed = [name for name, runtime in RUNTIMES.items() if runtime.timed and runtime.installed()]
     assert [form.name for form in _forms(None, [1])] == timed  # bench: the registry's timed runtimes
-    assert {"onnxruntime", "onnxruntime-int8", "onnxruntime-float16", "openvino", "openvino-bf16"} >= set(timed)
+    assert {"onnxruntime", "onnxruntime-int8", "onnxruntime-float16"} <= set(timed)  # the rest: where installed
     one_error(invoke("bench", CASE1, "--runtimes", "tvm"), f"Expected runtimes among {timed}. Received: ['tvm']")
     np.save(tmp_path / "x.npy", np.ones((1, 3, 1), np.float32))
     one_error(invoke("run", CASE1, "--input", tmp_path / "x.npy", "--precision", "bf16"),

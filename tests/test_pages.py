@@ -138,3 +138,29 @@ def test_export_html_has_one_section_per_model(tmp_path):
     page = (tmp_path / "export.html").read_text()
     assert page.count("<h2>lstm2x2_tvar") == 4 and page.count('<figure class="plot"') == 2  # the two sequence cases
     assert page.count('data-status="pass"') == 8 and "PASS</span>" in page
+
+
+def test_the_versions_table_lists_what_the_registered_runtimes_compute_with(monkeypatch):
+    """The report's package rows come from the registry: a runtime registered with its package (one line)
+    is listed with its installed version, with no list in `pages/report.py` to edit."""
+    from importlib import metadata as package_metadata
+
+    from toolkit.pages.report import TOOL_PACKAGES, versions_html
+    from toolkit.runtimes import registry
+    from toolkit.runtimes.js import npm_installed
+    from toolkit.runtimes.registry import RUNTIMES, Runtime, register, runtime_packages
+
+    packages = runtime_packages()
+    assert {"onnxruntime", "onnx", "openvino"} <= set(packages.python)
+    assert {"onnxruntime-node", "onnxruntime-web"} <= set(packages.npm)
+    assert all(r.package or r.npm for r in RUNTIMES.values())  # every runtime names what computes it
+    html = versions_html([])
+    for package in dict.fromkeys(TOOL_PACKAGES + packages.python):
+        try:
+            assert f"<td>{package}</td><td>{package_metadata.version(package)}</td>" in html
+        except package_metadata.PackageNotFoundError:
+            assert f"<td>{package}</td>" not in html
+    assert all((f"<td>{p} (npm)</td>" in html) == npm_installed(p) for p in packages.npm)
+    monkeypatch.setattr(registry, "RUNTIMES", dict(RUNTIMES))
+    register(Runtime("hypothesis-rt", lambda model: None, lambda path, model: None, package="hypothesis"))
+    assert f"<td>hypothesis</td><td>{package_metadata.version('hypothesis')}</td>" in versions_html([])

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from toolkit.errors import InputError, ModelLoadError
-from toolkit.onnxfile.metadata import STATE_MAP, write_metadata
+from toolkit.onnxfile.metadata import STATE_MAP, write_entries
 from toolkit.onnxfile.model import inspect_model, load_onnx, optional_inputs
 from toolkit.runtimes.feeds import load_feeds
 from toolkit.runtimes.onnxrt import OnnxRunner
@@ -135,7 +135,7 @@ def test_only_the_states_the_metadata_names_default_to_zeros(tmp_path):
     model.graph.input.append(onnx.helper.make_tensor_value_info("h0", onnx.TensorProto.FLOAT, ["batch", 3]))
     model.graph.node.append(onnx.helper.make_node("Add", ["x", "h0"], ["z"]))
     model.graph.output.append(onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["batch", 3]))
-    write_metadata(model, {STATE_MAP: {"h0": "z"}})
+    write_entries(model, {STATE_MAP: {"h0": "z"}})
     out = OnnxRunner(model).run({"x": np.ones((2, 3), np.float32)})
     assert out["y"].tolist() == [[3.0] * 3] * 2 and out["z"].tolist() == [[1.0] * 3] * 2  # h0 fed zeros
     assert [t.name for t in optional_inputs(model)] == ["h0"]

@@ -112,6 +112,21 @@ def test_three_calls_carried_through_the_state_map_match_keras(kind, batch, flag
     assert report, report.failures()
 
 
+def test_stateful_keras_is_a_runner_like_the_others():
+    """`StatefulKerasRunner` runs through the contract's `run` (its own `_run` only): Keras' hard-coded 9
+    then 45 on consecutive calls, the timeout taken, and a closed runner refused like any other."""
+    from toolkit.errors import InputError
+
+    keras = StatefulKerasRunner(_stateful_model("one", 1))
+    assert "run" not in type(keras).__dict__ and "_run" in type(keras).__dict__
+    ones = {"x": np.ones((1, 2, 3), np.float32)}
+    np.testing.assert_allclose(keras.run(ones)["rnn_last"], [[9.0, 9.0]])
+    np.testing.assert_allclose(keras.run(ones, timeout=30)["rnn_last"], [[45.0, 45.0]])
+    keras.close()
+    with pytest.raises(InputError, match=r"^Expected an open keras runner\. Received: run\(\) after close\(\)$"):
+        keras.run(ones)
+
+
 def test_the_carried_calls_catch_frozen_states():
     """Fed zeros on every call (what a frozen-state file does), the second call no longer matches Keras."""
     model = _stateful_model("one", 2, shape=(3, 4))

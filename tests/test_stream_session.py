@@ -143,13 +143,13 @@ def test_an_export_without_states_is_refused(tmp_path):
 
 def test_recorded_thread_count_is_used_and_a_given_one_wins():
     proto = export_model(MODELS["simple_rnn"](), state_io=True).model
-    metadata.set_entry(proto, metadata.SESSION, {"runtime": "onnxruntime", "threads": 2, "batch": 1, "steps": 1,
-                                                 "stream": True, "us": 9.5})
+    metadata.write_session_defaults(proto, metadata.SessionDefaults("onnxruntime", threads=2, batch=1, steps=1,
+                                                                    stream=True, us=9.5))
     with toolkit.open_stream(proto) as session:
         assert session.threads == 2 and session.threads_from.startswith("recorded by bench (9.5 us")
     with toolkit.open_stream(proto, threads=1) as session:
         assert session.threads == 1 and session.threads_from == "given"
-    metadata.set_entry(proto, metadata.SESSION, {"runtime": "onnxruntime", "threads": "many"})
+    metadata.write_entries(proto, {metadata.SESSION: {"runtime": "onnxruntime", "threads": "many"}})
     with pytest.raises(InputError, match="Expected metadata lstm_onnx.session as runtime, threads"):
         toolkit.open_stream(proto)
 
@@ -173,7 +173,7 @@ def _endless_loop_model(trips_from_state: bool = False) -> onnx.ModelProto:
         + ([] if trips_from_state else [helper.make_tensor("trips", TensorProto.INT64, [], [2**62])]))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    metadata.set_entry(model, metadata.STATE_MAP, {"state_in": "state_out"})
+    metadata.write_entries(model, {metadata.STATE_MAP: {"state_in": "state_out"}})
     return model
 
 

@@ -200,3 +200,39 @@ def test_keras_failing_to_compute_the_reference_is_one_line_naming_the_model():
     assert message.startswith("Expected a model Keras can run for the reference outputs. Received: Keras failed "
                                "running 'failing': NotImplementedError: ")
     assert "no eager kernel here" in message and "\n" not in message and "second line" not in message
+
+
+def test_a_second_timed_runtime_with_the_same_engine_and_precision_is_refused(monkeypatch):
+    """bench labels its forms `<engine> <precision> x<threads>`: two such runtimes shared one row and one
+    timing (a throwaway `onnxruntime-parallel` showed ONNX Runtime's 0.035 ms for its own 2.7 ms)."""
+    monkeypatch.setattr(registry, "RUNTIMES", dict(RUNTIMES))
+    with pytest.raises(ValueError, match=r"Received: 'mine-timed' as onnxruntime float32, as 'onnxruntime' is"):
+        register(Runtime("mine-timed", lambda model: None, lambda path, model: None, timed=True))
+    assert "mine-timed" not in registry.RUNTIMES
+    register(Runtime("mine-timed", lambda model: None, lambda path, model: None, timed=True,
+                     engine="mine"))  # an engine of its own: a row of its own
+    register(Runtime("onnxruntime-untimed", lambda model: None, lambda path, model: None))  # not timed: no row
+
+
+def test_every_runner_writes_only_its_own_run():
+    """The contract's `run` (feeds checked, deadline, closed runners refused) is never overridden: each
+    runner, the references and the wrapping ones included, writes `_run`."""
+    import importlib
+    import pkgutil
+
+    import toolkit.checking
+    import toolkit.runtimes
+
+    for package in (toolkit.runtimes, toolkit.checking):
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    runners = set()
+    todo = [Runner]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in runners and sub.__module__.startswith("toolkit."):
+                runners.add(sub)
+                todo.append(sub)
+    names = {cls.__name__ for cls in runners}
+    assert {"SignatureRunner", "StatefulKerasRunner", "SignatureReference", "OnnxRunner", "CarryingRunner"} <= names
+    assert sorted(cls.__name__ for cls in runners if "run" in vars(cls)) == []

@@ -143,9 +143,8 @@ def _convert(model: Any, signature: Sequence[InputSignature], options: ExportOpt
     if len(set(graph.names)) != len(graph.names):
         raise InputError(f"Expected unique output names with --state-io. Received: {graph.names}")
     if report.state_inputs:
-        # Recorded now, not only in step 5: this is what tells every runner (the parity check's first)
-        # which inputs are initial states, fed zeros when a caller has none yet. Step 5 adds their shapes.
-        metadata.write_metadata(proto, {metadata.STATE_INPUTS: [{"name": v.name} for v in report.state_inputs]})
+        # Recorded now, not only in step 6: what tells every runner which inputs are initial states.
+        metadata.write_state_inputs(proto, [v.name for v in report.state_inputs])
     return graph
 
 

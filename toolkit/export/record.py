@@ -47,21 +47,12 @@ def record_metadata(proto: onnx.ModelProto, model: Any, lowering: Sequence[Layer
                     state_map: Mapping[str, str]) -> None:
     """Step 6: the `lstm_onnx.*` metadata (`outputs`: each output's JSON record), then the full
     `onnx.checker` pass over the finished model."""
-    entries = {
-        metadata.SOURCE: dict(source or {"keras_model": model.name}),
-        metadata.LAYERS: describe_layers(model, {entry.layer: entry.onnx_op for entry in lowering}),
-        metadata.INPUTS: [t.to_json() for t in graph_inputs(proto)],
-        metadata.OUTPUTS: list(outputs),
-        metadata.PARITY: parity_metadata(report, precision),
-        metadata.VERSIONS: metadata.versions(),
-        metadata.OPSET: str(options.opset),
-        metadata.OPTIONS: options.to_json(),
-    }
-    if state_map:
-        entries[metadata.STATE_MAP] = dict(state_map)
-    if optional_inputs(proto):
-        entries[metadata.STATE_INPUTS] = [t.to_json() for t in optional_inputs(proto)]
-    metadata.write_metadata(proto, entries)
+    metadata.write_metadata(proto, metadata.ExportRecord(
+        source=dict(source or {"keras_model": model.name}),
+        layers=describe_layers(model, {entry.layer: entry.onnx_op for entry in lowering}),
+        inputs=[t.to_json() for t in graph_inputs(proto)], outputs=list(outputs),
+        parity=parity_metadata(report, precision), versions=metadata.versions(), options=options,
+        state_map=dict(state_map), state_inputs=[t.to_json() for t in optional_inputs(proto)]))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:

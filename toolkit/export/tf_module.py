@@ -8,47 +8,14 @@ The graph's ops pass the allowlist (`toolkit.models.keras2.savedmodel.check_grap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit.errors import UnsupportedModelError
-from toolkit.text import safe_text
+from toolkit.runtimes.signature import SignatureSpec
 
 TIME_STEPS = (3, 5, 11)  # a dynamic time axis is checked at several lengths
 BATCHES = (1, 4)
-
-
-@dataclass(frozen=True)
-class SignatureSpec:
-    inputs: list[tuple[str, tuple[int | None, ...], str]]  # name, shape, numpy dtype
-    outputs: list[str]  # the signature's output keys, in tf.nest's (sorted) order
-    output_shapes: dict[str, tuple[int | None, ...]]
-
-
-class SignatureRunner:
-    """The serving signature, run in its bounded child process, as a parity reference keyed by output name."""
-
-    def __init__(self, child: Any, spec: SignatureSpec, name: str = "savedmodel-signature"):
-        self.child, self.spec, self.name = child, spec, name
-        self.output_names = list(spec.outputs)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self.child.run({name: feeds[name] for name, _, _ in self.spec.inputs})
-        return {key: result[key] for key in self.spec.outputs}
-
-
-def signature_spec(spec: dict, folder: Path) -> SignatureSpec:
-    """The child's description of the signature, refused unless its inputs and outputs are named."""
-    if not spec.get("inputs") or not spec.get("outputs"):
-        raise UnsupportedModelError(f"Expected a serving signature with named inputs and outputs. Received: "
-                                    f"{safe_text(str(folder))!r} with inputs {spec.get('inputs')} and outputs "
-                                    f"{spec.get('outputs')}")
-    inputs = [(str(name), tuple(shape), str(dtype)) for name, shape, dtype in spec["inputs"]]
-    shapes = {str(k): tuple(v) for k, v in spec.get("output_shapes", {}).items()}
-    return SignatureSpec(inputs, [str(o) for o in spec["outputs"]], shapes)
 
 
 def module_cases(spec: SignatureSpec, seed: int) -> list[Any]:

@@ -13,10 +13,11 @@ from toolkit import __version__
 from toolkit.errors import LstmOnnxError, UnsupportedModelError
 from toolkit.export.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.export.record import parity_metadata
-from toolkit.export.tf_module import SignatureRunner, SignatureSpec, module_cases, signature_spec
+from toolkit.export.tf_module import module_cases
 from toolkit.onnxfile import metadata
 from toolkit.onnxfile.model import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
 from toolkit.options import ExportOptions
+from toolkit.runtimes.signature import SignatureRunner, SignatureSpec, signature_spec
 from toolkit.text import safe_text
 from toolkit.tf2onnx_lib import InputSignature
 from toolkit.tolerance import decide
@@ -87,16 +88,11 @@ def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options:
     report = compare_runners(reference, [runner], module_cases(spec, seed), decide(options.tolerances, ops),
                              [v.name for v in proto.graph.output])[runner.name]
     outputs = tuple(OutputInfo(info.name, "serving_default", info.name, info.dtype, info.shape) for info in graph_outputs(proto))
-    metadata.write_metadata(proto, {
-        metadata.SOURCE: {"keras_file": folder.name, "format": "SavedModel (tf.Module)", "signature": "serving_default",
-                          "reference": "the SavedModel's serving signature, run by TensorFlow"},
-        metadata.INPUTS: [t.to_json() for t in graph_inputs(proto)],
-        metadata.OUTPUTS: [o.to_json() for o in outputs],
-        metadata.PARITY: parity_metadata(report, None),
-        metadata.VERSIONS: metadata.versions(),
-        metadata.OPSET: str(options.opset),
-        metadata.OPTIONS: options.to_json(),
-    })
+    metadata.write_metadata(proto, metadata.ExportRecord(
+        source={"keras_file": folder.name, "format": "SavedModel (tf.Module)", "signature": "serving_default",
+                "reference": "the SavedModel's serving signature, run by TensorFlow"},
+        inputs=[t.to_json() for t in graph_inputs(proto)], outputs=[o.to_json() for o in outputs],
+        parity=parity_metadata(report, None), versions=metadata.versions(), options=options))
     onnx.checker.check_model(proto, full_check=True)
     return ExportResult(model=proto, inputs=graph_inputs(proto), outputs=outputs, parity=report,
                         op_counts=dict(sorted(ops.items())), recurrent_layers=(), warnings=tuple(warnings),

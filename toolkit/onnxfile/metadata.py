@@ -1,17 +1,19 @@
-"""The `lstm_onnx.*` metadata of an export: its keys, the one writer, and typed readers.
+"""The `lstm_onnx.*` metadata of an export: its keys, typed writers and typed readers.
 
 Every export records, under `metadata_props`, where it came from (`source`), its recurrent layers,
 inputs and outputs, its parity figures, the versions that made it, its opset, the options that shaped
 the graph, and (with state inputs) which input each final-state output feeds. Values are compact JSON
-with sorted keys, so the bytes of an export are reproducible. Library and tests read them through the
-readers here, never by hand.
+with sorted keys, so the bytes of an export are reproducible. This module is the only one that writes
+`metadata_props` (an export's record, the state inputs' names the lowering made, `bench --record`'s session
+defaults) and library and tests read them through the readers here, never by hand; the tier an export
+was made in is read by `read_tier` alone.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
@@ -40,22 +42,70 @@ STATE_INPUTS = "state_inputs"
 SESSION = "session"
 
 
-def write_metadata(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
-    """Replace the model's metadata with `entries` (key without prefix -> str or JSON-able value), sorted."""
-    model.ClearField("metadata_props")
-    for key in sorted(entries):
-        value = entries[key]
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
-        model.metadata_props.add(key=METADATA_PREFIX + key, value=text)
+@dataclass(frozen=True)
+class ExportRecord:
+    """What an export records about itself (step 6 of a Keras export; a tf.Module SavedModel's export too,
+    which has no Keras layers to list). JSON-able values; `write_metadata` writes them, sorted by key."""
+
+    source: Mapping[str, Any]
+    inputs: Sequence[Mapping[str, Any]]
+    outputs: Sequence[Mapping[str, Any]]
+    parity: Mapping[str, Any]
+    versions: Mapping[str, str]  # `versions()`: what made it
+    options: ExportOptions  # recorded as `options` (`ExportOptions.to_json`) and `opset`
+    layers: Sequence[Mapping[str, Any]] | None = None  # None: no Keras layers (a tf.Module's signature)
+    state_map: Mapping[str, str] = field(default_factory=dict)  # recorded when not empty
+    state_inputs: Sequence[Mapping[str, Any]] = ()  # recorded when not empty
+
+    def entries(self) -> dict[str, Any]:
+        entries: dict[str, Any] = {SOURCE: dict(self.source), INPUTS: list(self.inputs), OUTPUTS: list(self.outputs),
+                                   PARITY: self.parity, VERSIONS: dict(self.versions),
+                                   OPSET: str(self.options.opset), OPTIONS: self.options.to_json()}
+        if self.layers is not None:
+            entries[LAYERS] = list(self.layers)
+        if self.state_map:
+            entries[STATE_MAP] = dict(self.state_map)
+        if self.state_inputs:
+            entries[STATE_INPUTS] = list(self.state_inputs)
+        return entries
 
 
-def set_entry(model: onnx.ModelProto, key: str, value: Any) -> None:
-    """Write one `lstm_onnx.<key>` (str or JSON-able value), keeping every other entry, in sorted order."""
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_PREFIX + key]
+def write_metadata(model: onnx.ModelProto, record: ExportRecord) -> None:
+    """Replace the model's metadata with the export's record (every other entry dropped), sorted by key."""
+    _write(model, record.entries(), keep=False)
+
+
+def write_state_inputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Only the state inputs' names, recorded as soon as the lowering made them: this is what tells every
+    runner (the parity check's first) which inputs are initial states, fed zeros when a caller has none yet.
+    `write_metadata` later records them with their dtypes and shapes."""
+    _write(model, {STATE_INPUTS: [{"name": name} for name in names]})
+
+
+def write_session_defaults(model: onnx.ModelProto, defaults: SessionDefaults) -> None:
+    """`bench --record`'s measured defaults, every other entry kept."""
+    _write(model, {SESSION: defaults.to_json()})
+
+
+def write_entries(model: onnx.ModelProto, entries: Mapping[str, Any]) -> None:
+    """Entries as given (key without prefix -> str, written as is, or JSON-able value), every other entry
+    kept: for files crafted by hand, such as the tests' tampered ones. lstm-onnx's own files are written by
+    the typed writers above."""
+    _write(model, entries)
+
+
+def _write(model: onnx.ModelProto, entries: Mapping[str, Any], keep: bool = True) -> None:
+    """The one place `metadata_props` is written: `entries` over the kept ones (`keep`), sorted by key,
+    values as compact JSON with sorted keys, so an export's bytes are reproducible."""
+    texts = {METADATA_PREFIX + key: _text(value) for key, value in entries.items()}
+    kept = [(p.key, p.value) for p in model.metadata_props if keep and p.key not in texts]
     model.ClearField("metadata_props")
-    for name, entry in sorted([*kept, (METADATA_PREFIX + key, text)]):
-        model.metadata_props.add(key=name, value=entry)
+    for name, text in sorted([*kept, *texts.items()]):
+        model.metadata_props.add(key=name, value=text)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def versions() -> dict[str, str]:
@@ -125,6 +175,12 @@ def read_opset(model: onnx.ModelProto) -> int:
 def read_options(model: onnx.ModelProto) -> ExportOptions:
     """The options an export was made with (defaults for what it does not record)."""
     return ExportOptions.from_json(read_json(model, OPTIONS, {}, dict), opset=read_opset(model))
+
+
+def read_tier(model: onnx.ModelProto) -> str:
+    """The precision tier an export was made in (float32 where `options` records none): the one reading
+    of it, checked as every recorded option is."""
+    return read_options(model).tier
 
 
 def read_state_map(model: onnx.ModelProto) -> dict[str, str]:

@@ -176,13 +176,6 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-def recorded_tier(model: onnx.ModelProto) -> str:
-    """The tier an export was made in (from `lstm_onnx.options`; float32 when not recorded)."""
-    from toolkit.onnxfile import metadata
-
-    return str(metadata.read_json(model, metadata.OPTIONS, {}, dict).get("tier", "float32"))
-
-
 def nothing_to_convert(tier: str) -> Callable[[onnx.ModelProto], str | None]:
     """The `problem` of ONNX Runtime in a tier: a model the tier would not change is not run in it (it is
     the float32 form under another name)."""

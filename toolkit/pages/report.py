@@ -33,7 +33,8 @@ from toolkit.onnxfile.model import graph_inputs, graph_outputs
 from toolkit.pages.shell import PAGE_END, esc, page_start
 
 MAX_PLOTS = 48  # sequence outputs drawn per page; any more are listed, not drawn (each plot is 20-90 KB)
-PACKAGES = ("lstm-onnx", "numpy", "onnx", "onnxruntime", "tensorflow-cpu", "keras", "tf2onnx", "openvino", "matplotlib")
+# The packages a report lists besides the runtimes' own, which the registry names (`runtime_packages`).
+TOOL_PACKAGES = ("lstm-onnx", "numpy", "onnx", "tensorflow-cpu", "keras", "tf2onnx", "matplotlib")
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,6 @@ class ModelSection:
     runtimes: tuple[RuntimeReport, ...]
     stream: StreamReport | None = None
     not_installed: tuple[str, ...] = ()  # "name: not installed: `lstm-onnx setup --runtimes X`", not run
-
-
-def tier_of(model: onnx.ModelProto) -> str:
-    return str(metadata.read_json(model, metadata.OPTIONS, {}, dict).get("tier", "float32"))
 
 
 def series_label(runtime: str, tier: str) -> str:
@@ -77,7 +74,7 @@ def model_html(section: ModelSection) -> str:
                esc(", ".join(f"{flag}" for flag in ("return_sequences", "return_state", "go_backwards")
                              if layer.get(flag))), esc(", ".join(map(str, layer.get("outputs", [])))),
                f"<b>{esc(layer.get('onnx_op') or 'not fused')}</b>"] for layer in metadata.read_layers(model)]
-    parts = [f"<p>tier <b>{esc(tier_of(model))}</b>, opset {esc(metadata.read_opset(model))}</p>",
+    parts = [f"<p>tier <b>{esc(metadata.read_tier(model))}</b>, opset {esc(metadata.read_opset(model))}</p>",
              "<h3>Inputs</h3>", _table(["input", "dtype", "shape"], inputs),
              "<h3>Outputs</h3>", _table(["output", "layer", "role", "dtype", "shape"], outputs)]
     parts += ["<h3>Recurrent layers</h3>",
@@ -152,7 +149,7 @@ def plots_html(section: ModelSection, start: int) -> tuple[str, int]:
     how many plots it drew (the page bounds the total)."""
     from toolkit.pages.plots import Series, step_plot
 
-    tier = tier_of(section.model)
+    tier = metadata.read_tier(section.model)
     by_output: dict[str, list[Series]] = {}
     for runtime in section.runtimes:
         for summary in runtime.report.summaries() if runtime.report is not None else ():
@@ -189,7 +186,7 @@ def _value_series(section: ModelSection) -> dict[str, list[Any]]:
     """Per output, each runtime's values with Keras' (and the stream's, its states carried), in report order."""
     from toolkit.pages.plots import ValueSeries
 
-    tier = tier_of(section.model)
+    tier = metadata.read_tier(section.model)
     runs = [(series_label(r.runtime, tier), r.report) for r in section.runtimes if r.report is not None]
     if section.stream is not None:
         runs.append((series_label(f"onnxruntime stream {','.join(map(str, section.stream.chunks))}", tier),
@@ -251,15 +248,17 @@ svg{max-width:100%;height:auto}code{background:#f4f4f4;padding:0 .25em}ol.notes{
 def versions_html(models: Sequence[onnx.ModelProto]) -> str:
     """The installed versions that verified (read from package metadata: nothing is imported) and the
     versions each export records it was made with."""
+    from toolkit.runtimes.js import installed_version, npm_installed, npm_package
+    from toolkit.runtimes.registry import runtime_packages
+
+    runtimes = runtime_packages()
     rows = []
-    for package in PACKAGES:
+    for package in dict.fromkeys(TOOL_PACKAGES + runtimes.python):
         try:
             rows.append([esc(package), esc(package_metadata.version(package))])
         except package_metadata.PackageNotFoundError:
             continue
-    from toolkit.runtimes.js import installed_version, npm_installed, npm_package
-
-    for package in ("onnxruntime-node", "onnxruntime-web"):
+    for package in runtimes.npm:
         if npm_installed(package):
             rows.append([f"{package} (npm)", esc(installed_version(npm_package(package)))])
     recorded = {k: v for model in models for k, v in metadata.read_versions(model).items()}

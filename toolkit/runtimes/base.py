@@ -5,8 +5,9 @@ A runner is one open session of one runtime on one model (after Polygraphy's `Ba
 axes, batch agreement, bounded bytes: `toolkit.runtimes.feeds.check_feeds`), fills zero states, then calls the
 runtime's own `_run` under a deadline that runtime honours (ONNX Runtime's terminate flag; a child process
 stopped). It returns `{graph output name: array}` in graph order; `close()` stops whatever it started and
-may be called twice; it is a context manager. ONNX Runtime, onnx.reference, Keras, Node, WASM, Chromium
-and OpenVINO runners all subclass `Runner`; a new runtime writes only `_run` and cannot skip the checks.
+may be called twice; it is a context manager. ONNX Runtime, onnx.reference, Keras, tf.keras, a SavedModel's
+signature, Node, WASM, Chromium and OpenVINO runners all subclass `Runner`; each writes only `_run` and
+cannot skip the checks (tests/test_verify.py checks that none overrides `run`).
 
 The child runtimes (Node, OpenVINO, the Chromium page) take tensors as JSON `{name, dtype, shape, data}`
 with `data` the base64 of the array's little-endian bytes (`js/protocol.mjs` reads and writes the same form).

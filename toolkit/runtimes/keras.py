@@ -89,5 +89,5 @@ class StatefulKerasRunner(KerasRunner):
         super().__init__(model, name)
         reset_states(self.model)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, keras_outputs(self.model, feeds, reset=False)))

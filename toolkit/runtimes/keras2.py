@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
+from toolkit.errors import LstmOnnxError, ModelLoadError
 from toolkit.models.keras2.loader import Keras2Model, written_by_keras3
 from toolkit.models.keras2.translate import CUDNN_CLASSES, config_dicts
 from toolkit.runtimes.keras import KerasRunner, keras_outputs
+from toolkit.runtimes.signature import signature_outputs
 from toolkit.text import first_line, safe_text
 
 TF_KERAS_HINT = ("install it: pip install --no-deps \"tf-keras==2.21.*\" (or lstm-onnx setup --runtimes tf-keras, "
@@ -57,11 +58,7 @@ class SignatureReference(KerasRunner):
 
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         inputs = [name for name, _, _ in self._child.spec["inputs"]]
-        result = self._child.run({key: feeds[key] for key in inputs if key in feeds})
-        missing = [key for key in self._output_keys if key not in result]
-        if missing:
-            raise InputError(f"Expected the signature's outputs {self._output_keys}. Received: {sorted(result)}")
-        return dict(zip(self.output_names, (result[key] for key in self._output_keys)))
+        return dict(zip(self.output_names, signature_outputs(self._child, feeds, inputs, self._output_keys)))
 
     def _stop(self) -> None:  # the runner contract's close
         child = getattr(self, "_child", None)

@@ -5,9 +5,10 @@
 `open`, never an import failure. Nothing here imports TensorFlow.
 
 Adding a runtime is its runner module (a `Runner` subclass with its own `_run`, an `open`, a `problem`
-where some exports are not valid in it) plus one `register(Runtime(...))` line here, and its tests in
-tests/test_runtimes.py; where it applies also `PACKAGES` in `toolkit.pages.report` (the versions a report
-lists), `toolkit.runtimes.install` (if `lstm-onnx setup` installs it) and pyproject's `runtimes` extra.
+where some exports are not valid in it), one `register(Runtime(...))` line here naming the package that
+computes it (a report lists that package's version), its tests in tests/test_runtimes.py, and the module's
+name in docs/layout.md (tests/test_docs.py checks that every module is named there). Where `lstm-onnx
+setup` installs it, also `toolkit.runtimes.install` and pyproject's `runtimes` extra.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Runtime:
     installed: Callable[[], bool] = always  # whether its package is on this machine (checked on use)
     setup: str = ""  # the `lstm-onnx setup --runtimes` name that installs it ("" for one always installed)
     summary: str = ""  # what it is, for the commands' help (`runtimes_help`)
+    package: str = ""  # the Python distribution that computes, whose version a report lists
+    npm: str = ""  # or the npm package that computes (under Node, in Chromium's page)
 
     @property
     def tier(self) -> bool:
@@ -59,32 +62,51 @@ RUNTIMES: dict[str, Runtime] = {}
 
 
 def register(runtime: Runtime) -> Runtime:
-    """Make a runtime available to every command under its name."""
+    """Make a runtime available to every command under its name. `bench` labels its forms by engine and
+    precision: a second timed runtime with both the same would share the first's row and timing, silently."""
+    same = [r.name for r in RUNTIMES.values() if r.timed and runtime.timed and r.name != runtime.name
+            and (r.engine, r.precision) == (runtime.engine, runtime.precision)]
+    if same:
+        raise ValueError(f"Expected a timed runtime with an engine and precision of its own (bench's labels). "
+                         f"Received: {runtime.name!r} as {runtime.engine} {runtime.precision}, as {same[0]!r} is")
     RUNTIMES[runtime.name] = runtime
     return runtime
 
 
+@dataclass(frozen=True)
+class RuntimePackages:
+    """What the registered runtimes compute with, each once, in registry order."""
+
+    python: tuple[str, ...]  # distributions, as `importlib.metadata` names them
+    npm: tuple[str, ...]
+
+
+def runtime_packages() -> RuntimePackages:
+    return RuntimePackages(tuple(dict.fromkeys(r.package for r in RUNTIMES.values() if r.package)),
+                           tuple(dict.fromkeys(r.npm for r in RUNTIMES.values() if r.npm)))
+
+
 for _name in ORT_LEVELS:  # a wrong rewrite shows up as a difference between levels
-    register(Runtime(_name, valid_everywhere, open_level(_name), timed=_name == "onnxruntime",
+    register(Runtime(_name, valid_everywhere, open_level(_name), timed=_name == "onnxruntime", package="onnxruntime",
                      summary="" if _name == "onnxruntime" else "a graph optimization level"))
 for _tier in ("int8", "float16"):  # the export's precision tiers, derived from a float32 file
     register(Runtime(f"onnxruntime-{_tier}", nothing_to_convert(_tier), open_tier(f"onnxruntime-{_tier}", _tier),
-                     precision=_tier, timed=True, summary=f"the {_tier} tier"))
+                     precision=_tier, timed=True, package="onnxruntime", summary=f"the {_tier} tier"))
 register(Runtime("reference", reference_oracle_problem, lambda path, model, threads=None: ReferenceRunner(model),
-                 engine="onnx.reference", summary="onnx.reference, where it is a valid oracle"))
-register(Runtime("onnxruntime-node", js.problem, js.open_node, engine="onnxruntime-node",
+                 engine="onnx.reference", package="onnx", summary="onnx.reference, where it is a valid oracle"))
+register(Runtime("onnxruntime-node", js.problem, js.open_node, engine="onnxruntime-node", npm="onnxruntime-node",
                  installed=js.node_installed("onnxruntime-node"), setup="node", summary="under Node"))
-register(Runtime("onnxruntime-web", js.problem, js.open_web, engine="onnxruntime-web",  # WASM, under Node
+register(Runtime("onnxruntime-web", js.problem, js.open_web, engine="onnxruntime-web", npm="onnxruntime-web",  # WASM
                  installed=js.node_installed("onnxruntime-web"), setup="web", summary="WASM under Node"))
-register(Runtime("chromium", js.problem, chromium.open_chromium, engine="chromium",  # onnxruntime-web in a page
+register(Runtime("chromium", js.problem, chromium.open_chromium, engine="chromium", npm="onnxruntime-web",  # in a page
                  installed=chromium.installed, setup="chromium",
                  summary="onnxruntime-web in headless Chromium"))
-register(Runtime("openvino", openvino.problem, openvino.open_f32, engine="openvino", timed=True,
+register(Runtime("openvino", openvino.problem, openvino.open_f32, engine="openvino", timed=True, package="openvino",
                  installed=openvino.installed, setup="openvino", summary="CPU, f32"))
 # OpenVINO's default precision (bf16 on CPUs that have it) is off by 5e-4 to 0.16 on the variant matrix:
 # named alone, it is run and reported with its error, never as passing at float32.
 register(Runtime("openvino-bf16", openvino.problem_bf16, openvino.open_default, precision="bf16", engine="openvino",
-                 timed=True, installed=openvino.installed, setup="openvino",
+                 timed=True, installed=openvino.installed, setup="openvino", package="openvino",
                  summary="its default precision, a tier"))
 
 

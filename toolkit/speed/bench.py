@@ -237,13 +237,13 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
           progress: Progress = Progress(), timeout: float = 120.0) -> BenchReport:
     """Time `onnx_path` in every form and compare each with the reference; see the module's docstring.
     Every run, timed or not, stops at `timeout` seconds (`--timeout`)."""
+    from toolkit.onnxfile.metadata import read_tier
     from toolkit.onnxfile.model import count_ops, graph_outputs, load_onnx
-    from toolkit.onnxfile.tiers import recorded_tier
 
     if batch < 1 or steps < 1:
         raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
     proto = load_onnx(onnx_path)
-    made_in = recorded_tier(proto)
+    made_in = read_tier(proto)
     if made_in != "float32":
         raise InputError(f"Expected a float32 export (bench derives every tier from it). Received: a {made_in} export")
     feeds, used_steps = bench_inputs(proto, batch, steps)
@@ -349,7 +349,7 @@ def record(onnx_path: str | Path, defaults: Any) -> str:
     if any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer):
         raise InputError(f"Expected a self-contained .onnx to record the session defaults in. Received: "
                          f"{Path(onnx_path).name} keeps its weights in external data")
-    metadata.set_entry(proto, metadata.SESSION, defaults.to_json())
+    metadata.write_session_defaults(proto, defaults)
     atomic_write_bytes(onnx_path, proto.SerializeToString())
     return (f"recorded in {Path(onnx_path).name}: {defaults.runtime} with {defaults.threads} thread(s) "
             f"({defaults.us:.1f} us per call at batch {defaults.batch} x {defaults.steps})")
