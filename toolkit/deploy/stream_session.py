@@ -112,6 +112,15 @@ def _threads(model: onnx.ModelProto, threads: int | None) -> tuple[int, str]:
                                                   f"x {recorded.steps} steps)")
 
 
+def _without_arena(options: ort.SessionOptions) -> ort.SessionOptions:
+    """The op alone's options: these without ONNX Runtime's CPU memory arena. The op's only allocations
+    are its kernel's scratch, a few KB a step; the arena's bookkeeping cost more than malloc's fast path:
+    0.4-0.7 us of a one-step LSTM or GRU(128) call (SimpleRNN: equal), measured in alternation, docs/speed.md.
+    The file's graph keeps the arena (its chunks' intermediates grow with the chunk)."""
+    options.enable_cpu_mem_arena = False
+    return options
+
+
 class StreamSession:
     """One `--state-io` export open for streaming; see the module docstring. `step(x)` runs one step or
     chunk of shape (batch, steps, ...) and returns every output, or the `outputs` named at open (copies,
@@ -144,6 +153,7 @@ class StreamSession:
         # A second intra-op thread spinning between steps holds a core the caller's next frame may need:
         # off unless asked (measured: equal or faster, docs/speed.md).
         spin = spinning if spinning is not None else (False if self.threads > 1 else None)
+        self._spin = spin
         self._session_options = session_options(self.threads, spinning=spin)
         self.session = open_session(self.model, self._session_options)
         self._options = ort.RunOptions()
@@ -221,7 +231,7 @@ class StreamSession:
             self.graph = f"the file's graph ({found})"
             return None
         try:
-            self._step_session = open_session(found.model, self._session_options)
+            self._step_session = open_session(found.model, _without_arena(session_options(self.threads, spinning=self._spin)))
         except (InputError, ModelLoadError) as exc:
             self.graph = f"the file's graph (the op alone did not load: {exc})"
             return None
@@ -233,7 +243,8 @@ class StreamSession:
         if not same_outputs(found, expected, dict(zip(names, self._plain_run(self._step_session, ops)))):
             self.graph = "the file's graph (the op alone differed from it on a random step)"
             return None
-        self.graph = f"the {found.model.graph.node[0].op_type} op alone (the layout nodes around it move no memory here)"
+        self.graph = (f"the {found.model.graph.node[0].op_type} op alone (the layout nodes around it move no memory here; "
+                      "ONNX Runtime's CPU arena off)")
         return found
 
     def _zero_feeds(self, x: np.ndarray) -> dict[str, np.ndarray]:
