@@ -423,6 +423,7 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M')} numpy float32 matmul: {matmul:.1f} GFLOP/s ({machine})", flush=True)
     one_step: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
+    loads = [os.getloadavg()[0]]  # the 1-minute load average, before and after each part: how shared the run was
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         for cell in args.cells:
@@ -432,16 +433,19 @@ def main() -> None:
             one_step[cell] = {"us": us, "cpu_us": clock.medians_us(), "notes": notes, "errors": errors}
             print(f"{cell}: " + ", ".join(f"{k} {v:.1f}" for k, v in us.items()), flush=True)
             print("  cpu: " + ", ".join(f"{k} {v:.1f}" for k, v in one_step[cell]["cpu_us"].items()), flush=True)
+            loads.append(os.getloadavg()[0])
         for cell in [] if args.no_table else args.cells:
             for batch, steps in ((1, 100), (32, 100)):
                 rows.append(table_row(cell, batch, steps, folder, args.seconds))
                 r = rows[-1]
+                loads.append(os.getloadavg()[0])
                 print(f"{cell} {batch}x{steps}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["ms"].items()), flush=True)
-    payload = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "matmul_gflops": matmul, "one_step_us": one_step,
-               "table": rows}
+    payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine, "matmul_gflops": matmul,
+               "load_average_1min": loads, "one_step_us": one_step, "table": rows}
     atomic_write_text(args.out / "stream_benchmark.json", json.dumps(payload, indent=2) + "\n")
-    text = (f"Measured {payload['date']} on {machine}; numpy float32 matmul {matmul:.0f} GFLOP/s. Medians of "
-            "forms timed in alternation, round after round, in one process.\n\n" + one_step_markdown(one_step)
+    text = (f"Measured {payload['date']} on {machine}; numpy float32 matmul {matmul:.0f} GFLOP/s; 1-minute load "
+            f"average {min(loads):.1f}-{max(loads):.1f} during the run. Medians of forms timed in alternation, round "
+            "after round, in one process.\n\n" + one_step_markdown(one_step)
             + ("\n" + table_markdown(rows) if rows else ""))
     atomic_write_text(args.out / "stream_benchmark.md", text)
     print(text)
