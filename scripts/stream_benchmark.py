@@ -239,6 +239,9 @@ def one_step_forms(cell: str, folder: Path, clock: Clock) -> tuple[dict[str, Any
                                 toolkit.open_stream(proto, threads=2))
     forms["open_stream x1"] = call_timer(lambda: stream.step(x))
     forms["open_stream x1, copy=False"] = call_timer(lambda: buffers.step(x))
+    in_place = toolkit.open_stream(proto, copy=False)
+    in_place.input[...] = x  # the caller writes each step into the bound buffer: no copy, no check
+    forms["open_stream x1, copy=False, step in session.input"] = call_timer(lambda: in_place.step(in_place.input))
     main = toolkit.open_stream(proto, outputs=names[:1])
     forms["open_stream x1, outputs=[main output]"] = call_timer(lambda: main.step(x))
     forms["open_stream x2"] = call_timer(lambda: stream2.step(x))

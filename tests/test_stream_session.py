@@ -125,9 +125,33 @@ def test_bad_steps_are_one_line_errors_and_the_session_goes_on():
             session.step(bad)
         assert "\n" not in str(caught.value)
     assert session.step(x)["lstm_1_sequence"].shape == (1, 1, 16)
+    buffer = session.input
     session.close()
-    with pytest.raises(InputError, match=r"Expected an open stream session. Received: step\(\) after close\(\)"):
-        session.step(x)
+    for stale in (x, buffer, None):  # the bound buffer too: after close it is no longer the session's
+        with pytest.raises(InputError, match=r"Expected an open stream session. Received: step\(\) after close\(\)"):
+            session.step(stale)
+    with pytest.raises(InputError, match=r"Expected an open stream session. Received: input after close\(\)"):
+        _ = session.input
+
+
+def test_a_step_written_into_the_bound_input_is_the_same_step():
+    """`session.input` is the buffer ONNX Runtime reads: a step written there (no copy, no check) gives what
+    the same step passed as an array gives, the states carried alike; a new chunk length binds a new buffer."""
+    proto = export_model(MODELS["lstm"](), state_io=True).model
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 8, 4)).astype(np.float32)
+    with toolkit.open_stream(proto) as by_array, toolkit.open_stream(proto) as in_place:
+        assert in_place.input.shape == (1, 1, 4) and in_place.input.dtype == np.float32
+        for t in range(5):
+            in_place.input[...] = x[:, t:t + 1]
+            got, expected = in_place.step(in_place.input), by_array.step(x[:, t:t + 1])
+            assert all(np.array_equal(got[name], expected[name]) for name in expected)
+        old = in_place.input
+        in_place.step(x[:, 5:8])  # a chunk of 3: rebound, the states kept
+        assert in_place.input is not old and in_place.input.shape == (1, 3, 4)
+        by_array.step(x[:, 5:8])
+        old[...] = 0.5  # the old buffer is an array like any other now: checked, copied
+        got, expected = in_place.step(old), by_array.step(np.full((1, 1, 4), 0.5, np.float32))
+        assert np.array_equal(got["lstm_1_sequence"], expected["lstm_1_sequence"])
     with pytest.raises(InputError, match="Expected batch and steps >= 1"):
         toolkit.open_stream(proto, steps=0)
 
