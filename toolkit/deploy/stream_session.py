@@ -114,13 +114,17 @@ def _threads(model: onnx.ModelProto, threads: int | None) -> tuple[int, str]:
                                                   f"x {recorded.steps} steps)")
 
 
-def _without_arena(options: ort.SessionOptions) -> ort.SessionOptions:
-    """The op alone's options: these without ONNX Runtime's CPU memory arena. The op's only allocations
-    are its kernel's scratch, a few KB a step; the arena's bookkeeping cost more than malloc's fast path:
-    0.4-0.7 us of a one-step LSTM or GRU(128) call (SimpleRNN: equal), measured in alternation, docs/speed.md.
-    The file's graph keeps the arena (its chunks' intermediates grow with the chunk)."""
+def _step_options(threads: int, spinning: bool | None, batch: int) -> tuple[ort.SessionOptions, str]:
+    """The op alone's session options, and what `graph` adds about them. At batch 1 without ONNX Runtime's
+    CPU memory arena: the op's only allocations are its kernel's scratch, a few KB a step, and the arena's
+    bookkeeping costs more than malloc's fast path (0.4-0.7 us of a one-step LSTM or GRU(128) call; SimpleRNN
+    equal). From batch 2 to 256 the two measured equal, so larger batches keep the arena, as the file's
+    graph does (docs/speed.md)."""
+    options = session_options(threads, spinning=spinning)
+    if batch != 1:
+        return options, ""
     options.enable_cpu_mem_arena = False
-    return options
+    return options, "; ONNX Runtime's CPU arena off at batch 1"
 
 
 class StreamSession:
@@ -233,7 +237,8 @@ class StreamSession:
             self.graph = f"the file's graph ({found})"
             return None
         try:
-            self._step_session = open_session(found.model, _without_arena(session_options(self.threads, spinning=self._spin)))
+            options, arena = _step_options(self.threads, self._spin, x.shape[0])
+            self._step_session = open_session(found.model, options)
         except (InputError, ModelLoadError) as exc:
             self.graph = f"the file's graph (the op alone did not load: {exc})"
             return None
@@ -245,8 +250,7 @@ class StreamSession:
         if not same_outputs(found, expected, dict(zip(names, self._plain_run(self._step_session, ops)))):
             self.graph = "the file's graph (the op alone differed from it on a random step)"
             return None
-        self.graph = (f"the {found.model.graph.node[0].op_type} op alone (the layout nodes around it move no memory here; "
-                      "ONNX Runtime's CPU arena off)")
+        self.graph = f"the {found.model.graph.node[0].op_type} op alone (the layout nodes around it move no memory here{arena})"
         return found
 
     def _zero_feeds(self, x: np.ndarray) -> dict[str, np.ndarray]:
