@@ -11,8 +11,10 @@ variable tensors the interpreter carries itself; GRU and SimpleRNN have no fused
 takes and returns the state and the loop feeds it back, as ours does. Beside it: ONNX Runtime `session.run`
 (1 and 2 threads), its I/O binding through the Python wrapper and through the C-level call, `open_stream`
 (copies of the outputs, and its buffers), Node (`await session.run`, timed in Node), OpenVINO (one infer
-request, timed in its process), tf.function over the same step. Then what bounds the call: an Identity
-graph's call cost (dispatch), the ONNX LSTM/GRU/RNN op alone in a graph (op and kernel), numpy doing only
+request, timed in its process), tf.function over the same step. Then what bounds the call: TFLite's
+invoke alone, an Identity graph's call cost (dispatch), the ONNX LSTM/GRU/RNN op alone in a graph (op and
+kernel; with and without ONNX Runtime's CPU arena), for LSTM the cell written in plain ONNX ops
+(`lstm_cell_graph.py`: one Gemm and Splits, or a Gemm per gate) and that cell's Gemm alone, numpy doing only
 the step's matmuls (the arithmetic).
 
 Part 2, the speed table at 1 x 100 and 32 x 100 (return_sequences): TFLite, tf.function, tf2onnx's export
@@ -237,6 +239,9 @@ def one_step_forms(cell: str, folder: Path, clock: Clock) -> tuple[dict[str, Any
                                 toolkit.open_stream(proto, threads=2))
     forms["open_stream x1"] = call_timer(lambda: stream.step(x))
     forms["open_stream x1, copy=False"] = call_timer(lambda: buffers.step(x))
+    in_place = toolkit.open_stream(proto, copy=False)
+    in_place.input[...] = x  # the caller writes each step into the bound buffer: no copy, no check
+    forms["open_stream x1, copy=False, step in session.input"] = call_timer(lambda: in_place.step(in_place.input))
     main = toolkit.open_stream(proto, outputs=names[:1])
     forms["open_stream x1, outputs=[main output]"] = call_timer(lambda: main.step(x))
     forms["open_stream x2"] = call_timer(lambda: stream2.step(x))
@@ -256,21 +261,45 @@ def one_step_forms(cell: str, folder: Path, clock: Clock) -> tuple[dict[str, Any
         tf_states[:] = out[1:]
 
     forms["tf.function (TF default threads)"] = call_timer(tf_step)
-    # What bounds the call.
+    forms.update(bound_forms(proto, cell, lite, notes))
+    errors = _one_step_errors(model, lite, stream, cell)
+    return {k: clock.wrap(k, v) if single_threaded(k) else v for k, v in forms.items()}, notes, errors
+
+
+def bound_forms(proto: Any, cell: str, lite: TFLite, notes: dict[str, str]) -> dict[str, Any]:
+    """What bounds the call: TFLite's invoke alone, an Identity graph's call (dispatch), the op alone (with and
+    without ONNX Runtime's CPU arena), for LSTM its cell in plain ONNX ops (`lstm_cell_graph`) and that
+    cell's one Gemm alone, and numpy doing only the step's matmul. All at 1 thread, C-level I/O binding."""
+    from lstm_cell_graph import FORMS, cell_error, cell_graph, gemv_graph
+
+    from toolkit.runtimes.onnxrt import open_session, session_options
+
+    def zeros(session: Any) -> dict[str, np.ndarray]:
+        return {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()}
+
+    forms = {"bound: TFLite invoke alone (no set_tensor, get_tensor)": call_timer(lite.it.invoke)}
     ident = open_session(identity_graph(), session_options(1))
     one = np.zeros((1, UNITS), np.float32)
     forms["bound: Identity graph, session.run"] = call_timer(lambda: ident.run(None, {"x": one}))
     forms["bound: Identity graph, C-level I/O binding"] = call_timer(bound_call(ident, {"x": one}))
     alone = open_session(op_alone(proto), session_options(1))
-    op_feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-                for i in alone.get_inputs()}
-    forms["bound: the recurrent op alone, C-level I/O binding"] = call_timer(bound_call(alone, op_feeds))
+    forms["bound: the recurrent op alone, C-level I/O binding"] = call_timer(bound_call(alone, zeros(alone)))
+    no_arena = session_options(1)
+    no_arena.enable_cpu_mem_arena = False
+    bare = open_session(op_alone(proto), no_arena)
+    forms["bound: the op alone, ORT's CPU arena off (open_stream's)"] = call_timer(bound_call(bare, zeros(bare)))
+    if cell == "lstm":
+        for form, label in zip(FORMS, ("one Gemm, 2 Splits (11 nodes)", "a Gemm per gate, no Split (10 nodes fused)")):
+            session = open_session(cell_graph(proto, form), session_options(1))  # ORT_ENABLE_ALL
+            notes[f"cell {form} max abs vs op"] = f"{cell_error(session, alone):.1e}"
+            forms[f"bound: LSTM cell in ONNX ops, {label}"] = call_timer(bound_call(session, zeros(session)))
+        gemv = open_session(gemv_graph(proto), session_options(1))
+        forms["bound: the cell's Gemm alone (1 x 192 by 192 x 512, bias)"] = call_timer(bound_call(gemv, zeros(gemv)))
     gates = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell]
     w = np.random.default_rng(1).standard_normal((FEATURES + UNITS, gates * UNITS)).astype(np.float32)
     xh = np.zeros((1, FEATURES + UNITS), np.float32)
     forms["bound: numpy [x h] @ [W; R] only"] = call_timer(lambda: xh @ w)
-    errors = _one_step_errors(model, lite, stream, cell)
-    return {k: clock.wrap(k, v) if single_threaded(k) else v for k, v in forms.items()}, notes, errors
+    return forms
 
 
 def single_threaded(form: str) -> bool:
@@ -347,18 +376,24 @@ def one_step_markdown(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| one step, batch 1, states carried | " + " | ".join(f"{c} wall us (vs TFLite) | {c} CPU us (vs TFLite)"
                                                                    for c in cells) + " |",
              "|---|" + "---|---|" * len(cells)]
-    for form in results[cells[0]]["us"]:
+    for form in dict.fromkeys(f for c in cells for f in results[c]["us"]):
         row = [form]
         for cell in cells:
-            wall, cpu = results[cell]["us"][form], results[cell]["cpu_us"].get(form)
+            wall, cpu = results[cell]["us"].get(form), results[cell]["cpu_us"].get(form)
+            if wall is None:
+                row += ["", ""]
+                continue
             bound = form.startswith("bound:")
             row.append(f"{wall:.1f}" + ("" if bound else f" ({results[cell]['us'][lite] / wall:.2f}x)"))
             row.append("" if cpu is None else f"{cpu:.1f}" + ("" if bound else f" ({results[cell]['cpu_us'][lite] / cpu:.2f}x)"))
         lines.append("| " + " | ".join(row) + " |")
     ops = "; ".join(f"{c}: {results[c]['notes']['tflite ops']}" for c in cells)
+    cell_notes = "; ".join(f"{k}: {v}" for c in cells for k, v in results[c]["notes"].items() if k.startswith("cell "))
     errors = "; ".join(f"{c}: TFLite {results[c]['errors']['tflite']:.1e}, open_stream {results[c]['errors']['open_stream']:.1e}"
                        for c in cells)
-    return "\n".join(lines) + f"\n\nTFLite ops: {ops}. Max abs error vs Keras after 20 carried steps: {errors}.\n"
+    return "\n".join(lines) + (f"\n\nTFLite ops: {ops}. Max abs error vs Keras after 20 carried steps: {errors}."
+                               + (f" LSTM cell graphs against the op alone on a random step: {cell_notes}." if cell_notes else "")
+                               + "\n")
 
 
 def table_markdown(rows: list[dict[str, Any]]) -> str:
@@ -391,6 +426,7 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M')} numpy float32 matmul: {matmul:.1f} GFLOP/s ({machine})", flush=True)
     one_step: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
+    loads = [os.getloadavg()[0]]  # the 1-minute load average, before and after each part: how shared the run was
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         for cell in args.cells:
@@ -400,16 +436,19 @@ def main() -> None:
             one_step[cell] = {"us": us, "cpu_us": clock.medians_us(), "notes": notes, "errors": errors}
             print(f"{cell}: " + ", ".join(f"{k} {v:.1f}" for k, v in us.items()), flush=True)
             print("  cpu: " + ", ".join(f"{k} {v:.1f}" for k, v in one_step[cell]["cpu_us"].items()), flush=True)
+            loads.append(os.getloadavg()[0])
         for cell in [] if args.no_table else args.cells:
             for batch, steps in ((1, 100), (32, 100)):
                 rows.append(table_row(cell, batch, steps, folder, args.seconds))
                 r = rows[-1]
+                loads.append(os.getloadavg()[0])
                 print(f"{cell} {batch}x{steps}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["ms"].items()), flush=True)
-    payload = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "matmul_gflops": matmul, "one_step_us": one_step,
-               "table": rows}
+    payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine, "matmul_gflops": matmul,
+               "load_average_1min": loads, "one_step_us": one_step, "table": rows}
     atomic_write_text(args.out / "stream_benchmark.json", json.dumps(payload, indent=2) + "\n")
-    text = (f"Measured {payload['date']} on {machine}; numpy float32 matmul {matmul:.0f} GFLOP/s. Medians of "
-            "forms timed in alternation, round after round, in one process.\n\n" + one_step_markdown(one_step)
+    text = (f"Measured {payload['date']} on {machine}; numpy float32 matmul {matmul:.0f} GFLOP/s; 1-minute load "
+            f"average {min(loads):.1f}-{max(loads):.1f} during the run. Medians of forms timed in alternation, round "
+            "after round, in one process.\n\n" + one_step_markdown(one_step)
             + ("\n" + table_markdown(rows) if rows else ""))
     atomic_write_text(args.out / "stream_benchmark.md", text)
     print(text)

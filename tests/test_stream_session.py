@@ -68,7 +68,11 @@ def test_one_step_calls_match_keras_on_the_whole_sequence(streamed):
         # One layer: its op alone, the layout nodes skipped (checked bit for bit at open); a stack: the file's graph.
         single = name in ("lstm", "gru", "simple_rnn")
         assert session.graph.startswith("the LSTM op alone" if name == "lstm" else "the ") and \
-            (session.graph.endswith("move no memory here)") == single), session.graph
+            (session.graph.endswith("move no memory here; ONNX Runtime's CPU arena off at batch 1)") == single), session.graph
+        # At batch 1 the op alone runs without ONNX Runtime's CPU arena (faster); the file's graph keeps it.
+        assert session.session.get_session_options().enable_cpu_mem_arena
+        if single:
+            assert not session._step_session.get_session_options().enable_cpu_mem_arena
         got = np.concatenate([session.step(x[:, t:t + 1])[sequence] for t in range(steps)], axis=1)
         states = session.states
     tolerance = _tolerances(model, proto).for_output(sequence)
@@ -101,6 +105,9 @@ def test_chunks_states_reset_and_the_buffers_it_returns():
     with pytest.raises(InputError, match=r"Expected outputs among \['gru_1_sequence'"):
         toolkit.open_stream(proto, outputs=["nope"])
     with toolkit.open_stream(proto, batch=2, copy=False) as session:
+        # Beyond batch 1 the op alone keeps ONNX Runtime's CPU arena (measured equal without it).
+        assert session.graph.endswith("move no memory here)"), session.graph
+        assert session._step_session.get_session_options().enable_cpu_mem_arena
         first = session.step(x[:, :1])["gru_1_state_h"]
         kept = first.copy()
         session.step(x[:, 1:2])
@@ -121,9 +128,33 @@ def test_bad_steps_are_one_line_errors_and_the_session_goes_on():
             session.step(bad)
         assert "\n" not in str(caught.value)
     assert session.step(x)["lstm_1_sequence"].shape == (1, 1, 16)
+    buffer = session.input
     session.close()
-    with pytest.raises(InputError, match=r"Expected an open stream session. Received: step\(\) after close\(\)"):
-        session.step(x)
+    for stale in (x, buffer, None):  # the bound buffer too: after close it is no longer the session's
+        with pytest.raises(InputError, match=r"Expected an open stream session. Received: step\(\) after close\(\)"):
+            session.step(stale)
+    with pytest.raises(InputError, match=r"Expected an open stream session. Received: input after close\(\)"):
+        _ = session.input
+
+
+def test_a_step_written_into_the_bound_input_is_the_same_step():
+    """`session.input` is the buffer ONNX Runtime reads: a step written there (no copy, no check) gives what
+    the same step passed as an array gives, the states carried alike; a new chunk length binds a new buffer."""
+    proto = export_model(MODELS["lstm"](), state_io=True).model
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 8, 4)).astype(np.float32)
+    with toolkit.open_stream(proto) as by_array, toolkit.open_stream(proto) as in_place:
+        assert in_place.input.shape == (1, 1, 4) and in_place.input.dtype == np.float32
+        for t in range(5):
+            in_place.input[...] = x[:, t:t + 1]
+            got, expected = in_place.step(in_place.input), by_array.step(x[:, t:t + 1])
+            assert all(np.array_equal(got[name], expected[name]) for name in expected)
+        old = in_place.input
+        in_place.step(x[:, 5:8])  # a chunk of 3: rebound, the states kept
+        assert in_place.input is not old and in_place.input.shape == (1, 3, 4)
+        by_array.step(x[:, 5:8])
+        old[...] = 0.5  # the old buffer is an array like any other now: checked, copied
+        got, expected = in_place.step(old), by_array.step(np.full((1, 1, 4), 0.5, np.float32))
+        assert np.array_equal(got["lstm_1_sequence"], expected["lstm_1_sequence"])
     with pytest.raises(InputError, match="Expected batch and steps >= 1"):
         toolkit.open_stream(proto, steps=0)
 

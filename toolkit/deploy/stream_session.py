@@ -17,6 +17,7 @@ call can shed moves to `open_stream`:
 - Feeds are checked in full once, at open, by the runner contract's `check_feeds` on a feed of the step's
   shape. A step compares the array's type, shape and dtype with that one (three compares); anything else
   takes the slow path, which checks it in full and, for a new chunk length, binds buffers of that length.
+  A step written into the bound buffer itself (`session.input`) skips the compares and the copy.
 - The deadline costs a step two attribute writes: one guard thread polls the open sessions and sets the
   session's terminate flag when a step has run past its `timeout` (a dict entry and a lock per call, as
   `toolkit.runtimes.onnxrt` does for each run, costs more than that).
@@ -49,6 +50,7 @@ from toolkit.runtimes.threads import check_threads, max_threads
 from toolkit.text import first_line, safe_text
 
 _monotonic = time.monotonic  # a global lookup, not a module attribute's, on every step
+_CLOSED = object()  # a closed session's `_x`: what no caller can pass to `step`
 STEP_TIMEOUT = 10.0  # seconds one step may run before it is stopped (a crafted graph can loop for ever)
 
 
@@ -112,6 +114,19 @@ def _threads(model: onnx.ModelProto, threads: int | None) -> tuple[int, str]:
                                                   f"x {recorded.steps} steps)")
 
 
+def _step_options(threads: int, spinning: bool | None, batch: int) -> tuple[ort.SessionOptions, str]:
+    """The op alone's session options, and what `graph` adds about them. At batch 1 without ONNX Runtime's
+    CPU memory arena: the op's only allocations are its kernel's scratch, a few KB a step, and the arena's
+    bookkeeping costs more than malloc's fast path (0.4-0.7 us of a one-step LSTM or GRU(128) call; SimpleRNN
+    equal). From batch 2 to 256 the two measured equal, so larger batches keep the arena, as the file's
+    graph does (docs/speed.md)."""
+    options = session_options(threads, spinning=spinning)
+    if batch != 1:
+        return options, ""
+    options.enable_cpu_mem_arena = False
+    return options, "; ONNX Runtime's CPU arena off at batch 1"
+
+
 class StreamSession:
     """One `--state-io` export open for streaming; see the module docstring. `step(x)` runs one step or
     chunk of shape (batch, steps, ...) and returns every output, or the `outputs` named at open (copies,
@@ -144,6 +159,7 @@ class StreamSession:
         # A second intra-op thread spinning between steps holds a core the caller's next frame may need:
         # off unless asked (measured: equal or faster, docs/speed.md).
         spin = spinning if spinning is not None else (False if self.threads > 1 else None)
+        self._spin = spin
         self._session_options = session_options(self.threads, spinning=spin)
         self.session = open_session(self.model, self._session_options)
         self._options = ort.RunOptions()
@@ -221,7 +237,8 @@ class StreamSession:
             self.graph = f"the file's graph ({found})"
             return None
         try:
-            self._step_session = open_session(found.model, self._session_options)
+            options, arena = _step_options(self.threads, self._spin, x.shape[0])
+            self._step_session = open_session(found.model, options)
         except (InputError, ModelLoadError) as exc:
             self.graph = f"the file's graph (the op alone did not load: {exc})"
             return None
@@ -233,7 +250,7 @@ class StreamSession:
         if not same_outputs(found, expected, dict(zip(names, self._plain_run(self._step_session, ops)))):
             self.graph = "the file's graph (the op alone differed from it on a random step)"
             return None
-        self.graph = f"the {found.model.graph.node[0].op_type} op alone (the layout nodes around it move no memory here)"
+        self.graph = f"the {found.model.graph.node[0].op_type} op alone (the layout nodes around it move no memory here{arena})"
         return found
 
     def _zero_feeds(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -254,12 +271,21 @@ class StreamSession:
 
     # ------------------------------------------------------------------ the per-call path
 
+    @property
+    def input(self) -> np.ndarray:
+        """The bound input buffer, of shape `step_shape`: a step written into it and passed to `step` is
+        neither checked again nor copied (0.3-0.5 us of a one-step call)."""
+        if self.closed:
+            raise InputError("Expected an open stream session. Received: input after close()")
+        return self._x
+
     def step(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run one step (or chunk) of shape (batch, steps, ...), carrying the states to the next call."""
-        # `is not` on the dtype: numpy's builtin dtypes are singletons; an equal one that is not takes the slow path
-        if type(x) is not np.ndarray or x.shape != self.step_shape or x.dtype is not self.input_dtype:
-            x = self._new_shape(x)
-        self._x[...] = x
+        if x is not self._x:  # the bound buffer itself (`input`) is in place, of its own shape and dtype
+            # `is not` on the dtype: numpy's builtin dtypes are singletons; an equal one that is not takes the slow path
+            if type(x) is not np.ndarray or x.shape != self.step_shape or x.dtype is not self.input_dtype:
+                x = self._new_shape(x)
+            self._x[...] = x
         side = self._side
         self._started = started = _monotonic()
         try:
@@ -322,7 +348,8 @@ class StreamSession:
             pair[self._side][...] = value
 
     def close(self) -> None:
-        self.closed, self.step_shape = True, None  # the next step takes the slow path, which refuses it
+        # The next step takes the slow path, which refuses it: no array a caller holds is `_x` any more.
+        self.closed, self.step_shape, self._x = True, None, _CLOSED
         self.__dict__.pop("session", None)
         self.__dict__.pop("_bindings", None)
 
