@@ -3,8 +3,8 @@ reference, output by output (after Polygraphy's `comparator/`).
 
 A runner (`toolkit.runtimes.base.Runner`) is one open session of one runtime on one model; the runtimes
 are named in `toolkit.runtimes.registry`. `compare_runners` serves the export's parity check (a Keras
-model's and a SavedModel signature's), `verify`, `verify --runtimes`, `--stream` and `bench`; `run_case`
-is its one run of every runner on a case (`explain` reads the values), `agreement` its comparison of
+model's and a SavedModel signature's), `verify`, `verify --runtimes`, `--stream` and `bench`; its runs
+(`run_reference`, `run_each`) are `run_case`'s too (`explain` reads the values), `agreement` its comparison of
 outputs already computed (`bench --stream`). `compare_with_keras` adds the post's invariants and the
 float32 rounding probe. The tolerance is decided once per command, by `decided_tolerances`, and travels
 with the run. Nothing here imports TensorFlow.
@@ -13,7 +13,7 @@ with the run. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,19 +75,33 @@ class CaseRun:
     actual: dict[str, Mapping[str, np.ndarray] | str]
 
 
-def run_case(reference: Runner, runners: Mapping[str, Runner], case: InputCase,
-             timeout: float | None = None) -> CaseRun:
-    """Run the reference, then every runner, on one case; each runs under `timeout` (default: its own).
-    A runtime's own error fails that runtime, saying why; the rest go on."""
-    deadline = {} if timeout is None else {"timeout": timeout}  # a stateful reference's `run` takes none
-    expected = list(reference.run(case.feeds, **deadline).values())
-    actual: dict[str, Mapping[str, np.ndarray] | str] = {}
+def run_reference(reference: Runner, case: InputCase, timeout: float | None = None) -> list[np.ndarray]:
+    """The reference's outputs on one case, in its own order (matched to the graph's by position)."""
+    return list(reference.run(case.feeds, **_deadline(timeout)).values())
+
+
+def run_each(runners: Mapping[str, Runner], case: InputCase,
+             timeout: float | None = None) -> Iterator[tuple[str, Mapping[str, np.ndarray] | str]]:
+    """Each runner's outputs on one case, or its runtime's one-line error (that runtime fails, saying why;
+    the rest go on). One runner at a time: `compare_runners` compares and drops each runner's outputs
+    before the next one runs, so a large case's outputs are held for one runtime only."""
     for label, runner in runners.items():
         try:
-            actual[label] = runner.run(case.feeds, **deadline)
+            yield label, runner.run(case.feeds, **_deadline(timeout))
         except RuntimeFailure as exc:
-            actual[label] = str(exc)
-    return CaseRun(case, expected, actual)
+            yield label, str(exc)
+
+
+def run_case(reference: Runner, runners: Mapping[str, Runner], case: InputCase,
+             timeout: float | None = None) -> CaseRun:
+    """The reference and every runner on one case, every output kept (`explain` shows both sides' values)."""
+    return CaseRun(case, run_reference(reference, case, timeout), dict(run_each(runners, case, timeout)))
+
+
+def _deadline(timeout: float | None) -> dict[str, float]:
+    """`run`'s keyword for an explicit deadline; none given, each runner keeps its own (and a stateful
+    Keras reference, whose `run` takes no deadline, is called as it expects)."""
+    return {} if timeout is None else {"timeout": timeout}
 
 
 def compare_runners(reference: Runner, runners: Runners, cases: Sequence[InputCase], tolerances: Tolerances,
@@ -107,15 +121,15 @@ def compare_runners(reference: Runner, runners: Runners, cases: Sequence[InputCa
     named = dict(runners) if isinstance(runners, Mapping) else {runner.name: runner for runner in runners}
     rows: dict[str, list[CaseResult]] = {label: [] for label in named}
     for case in cases:
-        run = run_case(reference, named, case, timeout)
+        expected = run_reference(reference, case, timeout)
         noise = _LazyNoise(rounding if tolerances.policy else None, case.feeds)
-        for label, actual in run.actual.items():
+        for label, actual in run_each(named, case, timeout):
             if isinstance(actual, str):
-                rows[label].append(failed_case(case.label, run.expected, names, tolerances, actual))
+                rows[label].append(failed_case(case.label, expected, names, tolerances, actual))
                 continue
             checks = invariants(actual) if invariants is not None else ()
-            result = compare_case(case.label, run.expected, actual, names, tolerances, checks)
-            rows[label].append(noise.recompare(result, run.expected, actual, names, tolerances))
+            result = compare_case(case.label, expected, actual, names, tolerances, checks)
+            rows[label].append(noise.recompare(result, expected, actual, names, tolerances))
         progress.advance(case.label)
     wanted = tuple(expected_names if expected_names is not None else names)
     return {label: ParityReport(wanted, tuple(names), tuple(results)) for label, results in rows.items()}

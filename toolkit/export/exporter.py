@@ -89,10 +89,10 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     warnings = _fusion_check(graph.lowering, count_ops(graph.proto), recurrent, options.require_fused)
     graph.proto, tier = tier_graph(graph.proto, options, graph.names)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
-    precision = choose_tolerance(options.tolerances, model)
     # Decided once (the tier is the one asked for: the metadata that records it is written after the check),
     # then passed to the parity check, its carried calls and `--runtimes`.
     tolerances = decided_tolerances(options.tolerances, graph.proto, model, options.tier)
+    precision = choose_tolerance(options.tolerances, model, tolerances)
     report = check_parity(model, load_runner(graph.proto, model.name), graph.names, tolerances,
                           seed=seed, padding_side=options.padding, reference=reference, state_map=graph.state_map)
     reference_notes = (f"parity reference: {reference.label}",) if reference is not None else ()
