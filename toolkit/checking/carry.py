@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.checking.inputs import CALLS, call_cases
+from toolkit.checking.inputs import CALLS, call_cases, input_cases
 from toolkit.checking.loop import compare_with_keras
 from toolkit.checking.results import NOTHING_CARRIED, ParityReport
 from toolkit.onnxfile import metadata
@@ -64,7 +64,7 @@ def carried_parity(keras_model: Any, runner: Runner, expected_names: Sequence[st
     carrying = getattr(reference, "carrying", None)
     if carrying is None and getattr(reference, "label", None):
         note += f"vs the Keras 3 translation ({getattr(reference, 'label', reference.name)} cannot carry states); "
-    cases = call_cases(keras_model, seed, padding_side, note=note)
+    cases = input_cases(keras_model, seed, padding_side=padding_side, calls=CALLS, note=note)
     keras = carrying() if carrying is not None else StatefulKerasRunner(keras_model)
     try:
         return compare_with_keras(keras, [CarryingRunner(runner, mapping)], runner.model, expected_names,

@@ -329,10 +329,10 @@ def _file_dim(info: Any, axis: int, dim: int | str, batch: int, steps: int) -> i
 
 
 def input_cases(source: Any, seed: int = 0, *, padding_side: str = "right", calls: int | None = None,
-                batch: int = 1, steps: int = 1, keras_model: Any = None) -> list[InputCase]:
+                note: str = "", batch: int = 1, steps: int = 1, keras_model: Any = None) -> list[InputCase]:
     """The input cases every check runs, from one place, for what there is to read shapes from:
     - a Keras model: `make_cases` (the post's input, two random batches); with `calls`, `call_cases`
-      (a stateful model's consecutive calls);
+      (a stateful model's consecutive calls, `note` saying what is carried);
     - an `onnx.ModelProto` (an export without its Keras model): `file_cases` at `batch` x `steps`,
       drawn as `keras_model`'s own cases where one is given;
     - a signature's inputs, a sequence of (name, shape, dtype): `signature_cases`."""
@@ -341,5 +341,5 @@ def input_cases(source: Any, seed: int = 0, *, padding_side: str = "right", call
     if isinstance(source, (list, tuple)):
         return signature_cases(source, seed)
     if calls is not None:
-        return call_cases(source, seed, padding_side, calls)
+        return call_cases(source, seed, padding_side, calls, note)
     return make_cases(source, seed, padding_side)

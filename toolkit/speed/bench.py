@@ -29,6 +29,8 @@ from toolkit.tolerance import Tolerances
 if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onnx and ORT load on use
     import onnx
 
+    from toolkit.checking.loop import Agreement
+
 Feeds = Mapping[str, np.ndarray]
 NOT_INSTALLED = "not installed"  # how `registry.not_installed` starts: a form listed, not run
 
@@ -295,7 +297,7 @@ def _reference(keras_path: str | Path | None, opened: Mapping[Target, Any]) -> t
 
 
 def _agreements(reference: Any, opened: Mapping[Target, Any], feeds: Feeds, names: Sequence[str],
-                tolerances: Tolerances, timeout: float) -> dict[Target, Any]:
+                tolerances: Tolerances, timeout: float) -> dict[Target, Agreement]:
     """Every form against the reference on the timed feeds, through the one run-and-compare loop."""
     from toolkit.checking.inputs import InputCase
     from toolkit.checking.loop import Agreement, compare_runners
