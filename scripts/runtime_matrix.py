@@ -4,7 +4,7 @@
     python scripts/runtime_matrix.py --variants gru lstm_masking --runtimes openvino onnxruntime-node
 
 Each model is built (`toolkit.models.builder`), exported with lstm-onnx's defaults, written to a temporary
-folder and run in each runtime on the parity check's input cases (`toolkit.checking.parity.make_cases`: random
+folder and run in each runtime on the parity check's input cases (`toolkit.checking.inputs.input_cases`: random
 batches of 1 and 4, padded where the model masks, two lengths where time is dynamic), compared with Keras
 output by output at the default tolerances. A runtime whose `problem` rejects the model is still run,
 so the matrix shows what the rejected model would have computed: its status is "not valid" with the

@@ -72,3 +72,34 @@ def test_cases_are_reproducible_and_name_their_padding_side():
         np.testing.assert_array_equal(a.feeds["input"], b.feeds["input"])
     batch4 = left[-1].feeds["input"]
     assert (batch4[1, : batch4.shape[1] // 2] == 0.0).all()  # the second sample keeps half, padded on the left
+
+
+def test_one_source_gives_every_kind_of_case_with_the_draws_each_made_before():
+    """Issue 26: `input_cases` is the one source; each kind keeps its seed and distribution, so exports, their
+    recorded parity and bench's figures are unchanged (bench: uniform(-1, 1) from the seed itself; a
+    signature: from seed + 1000; a Keras model: `make_cases`; a stateful model's calls: `call_cases`)."""
+    from toolkit.checking.inputs import call_cases, input_cases
+    from toolkit.export.exporter import export_model
+
+    model = build_stack(variant_config("lstm", features=2, timesteps=None))
+    keras_cases, made = input_cases(model, 4), make_cases(model, 4)
+    assert [c.label for c in keras_cases] == [c.label for c in made]
+    np.testing.assert_array_equal(keras_cases[-1].feeds["input"], made[-1].feeds["input"])
+    calls = input_cases(model, 4, calls=2, note="x; ")
+    assert [c.label for c in calls] == [c.label for c in call_cases(model, 4, "right", 2, "x; ")]
+
+    proto = export_model(model).model
+    (case,) = input_cases(proto, 5, batch=3, steps=7)
+    np.testing.assert_array_equal(case.feeds["input"],
+                                  np.random.default_rng(5).uniform(-1, 1, (3, 7, 2)).astype(np.float32))
+    (drawn_as_keras,) = input_cases(proto, 5, batch=2, steps=6, keras_model=model)
+    np.testing.assert_array_equal(drawn_as_keras.feeds["input"],
+                                  random_input((None, 2), "float32", 2, 6, np.random.default_rng(5)))
+
+    signature = input_cases([("x", (None, None, 2), "float32"), ("ids", (None, None), "int32")], 2)
+    assert [c.label for c in signature] == ["random batch 1, 3 steps", "random batch 4, 5 steps",
+                                            "random batch 1, 11 steps", "random batch 4, 3 steps"]
+    rng = np.random.default_rng(1002)
+    first_x, first_ids = rng.uniform(-1, 1, (1, 3, 2)).astype(np.float32), rng.integers(0, 10, (1, 3))
+    np.testing.assert_array_equal(signature[0].feeds["x"], first_x)
+    np.testing.assert_array_equal(signature[0].feeds["ids"], first_ids.astype(np.int32))

@@ -134,3 +134,62 @@ def test_toolkit_top_level_is_small():
 
 def test_the_circle_check_finds_a_circle():
     assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ------------------------------------------------------------------ decisions with one home (issue 26)
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _calls_named(tree: ast.AST, name: str) -> int:
+    """Calls of a function `name`, bare (`decide(...)`) or through its module (`tolerance.decide(...)`)."""
+    return sum(1 for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and (getattr(node.func, "id", None) == name or getattr(node.func, "attr", None) == name))
+
+
+def _draws_random(tree: ast.AST) -> bool:
+    """Whether a module reaches numpy's random generators (`np.random.default_rng`, `from numpy.random import`,
+    `from numpy import random`) or Python's `random`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "random" and getattr(node.value, "id", None) in ("np", "numpy"):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module == "numpy.random" or node.module == "random" or (
+                node.module == "numpy" and any(alias.name == "random" for alias in node.names))):
+            return True
+        if isinstance(node, ast.Import) and any(alias.name in ("random", "numpy.random") for alias in node.names):
+            return True
+    return False
+
+
+# What the modules outside checking/ draw at random, and why none of it is an input case of a check.
+RANDOM_OUTSIDE_CHECKING = {
+    "toolkit/models/builder.py": "the built stacks' deterministic weights",
+    "toolkit/pages/keras2_post.py": "the post's tf.keras stack's weights, drawn as the builder draws them",
+    "toolkit/deploy/stream_session.py": "one step at open: the op alone must give the file's outputs bit for bit",
+}
+
+
+def test_only_checking_decides_the_tolerance():
+    # Issue 26: `decide` ran in 7 modules, twice per export and twice per verify. Its one caller is now
+    # checking's `decided_tolerances`; each command calls that once and passes the result down.
+    callers = {_relative(p): n for p in _modules() if (n := _calls_named(ast.parse(p.read_text()), "decide"))}
+    assert callers == {"toolkit/checking/loop.py": 1}
+
+
+def test_only_checking_draws_input_cases():
+    # Issue 26: five input generators (verify and export, carried calls, --stream, bench, the tf.Module
+    # export) are one source, `toolkit.checking.inputs`; no other stage draws its own inputs.
+    drawing = {_relative(p) for p in _modules() if _draws_random(ast.parse(p.read_text()))}
+    outside = {path for path in drawing if not path.startswith("toolkit/checking/")}
+    assert outside == set(RANDOM_OUTSIDE_CHECKING), outside ^ set(RANDOM_OUTSIDE_CHECKING)
+    assert "toolkit/checking/inputs.py" in drawing
+    assert {p for p in drawing if p.startswith("toolkit/checking/")} == {"toolkit/checking/inputs.py"}
+
+
+def test_the_checks_find_what_they_look_for():
+    assert _calls_named(ast.parse("tolerance.decide(a, b)\ndecide(a)\ndecided(a)"), "decide") == 2
+    assert _draws_random(ast.parse("import numpy as np\nrng = np.random.default_rng(0)"))
+    assert _draws_random(ast.parse("from numpy.random import default_rng"))
+    assert not _draws_random(ast.parse("rng.integers(0, 3)"))

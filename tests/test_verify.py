@@ -53,6 +53,20 @@ def test_compare_runners_keys_results_by_runner_and_is_truthy_only_when_passing(
     assert any("[one] a (2, 3)" in line for line in reports["bad"].failures())
 
 
+def test_compare_runners_keys_a_mapping_by_its_labels_and_passes_the_deadline():
+    # bench: one runtime at two thread counts shares a runner name; each form keeps its own report.
+    class Deadlined(FixedRunner):
+        def _run(self, feeds, timeout):
+            self.timeouts = [*getattr(self, "timeouts", []), timeout]
+            return super()._run(feeds, timeout)
+
+    one, two = Deadlined("onnxruntime", VALUES), Deadlined("onnxruntime", VALUES, offset=1e-3)
+    reports = compare_runners(FixedRunner("keras", VALUES), {"x1": one, "x2": two}, CASES, Tolerances(), ["a", "b"],
+                              timeout=7.5)
+    assert list(reports) == ["x1", "x2"] and reports["x1"] and not reports["x2"]
+    assert one.timeouts == two.timeouts == [7.5, 7.5]
+
+
 def test_compare_runners_checks_expected_names_and_runs_invariants():
     seen = []
 

@@ -1,7 +1,8 @@
 """The tolerance policy: the elementwise rule every comparison applies, and `decide`, the one function that
 picks an output's tolerance from the user's flags, the graph's ops, the model's compute dtype and the
-precision tier. Each command calls `decide` once (export, verify, `--stream`, bench); every measured
-figure behind a default is here, next to the default.
+precision tier. Its one caller is `toolkit.checking.loop.decided_tolerances`, once per command (export,
+verify with `--stream`, bench), whose result travels with the run; every measured figure behind a
+default is here, next to the default.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ with padding on the other side, an all-masked sample, both ends masked (`mix_mas
 an input (a bool `(batch, time)` input, or any input passed as a layer's `mask=`) gets the same shapes
 (`draw_mask`), not random values: a random bool is almost always True. Nothing here imports TensorFlow:
 a Keras model is only read through its `inputs` and layers.
+
+This module is the one source of input cases (`input_cases`): for a Keras model (`make_cases`), for a
+stateful model's consecutive calls (`call_cases`), for an ONNX file without Keras (`file_cases`: `bench`,
+`bench --stream`, `verify --stream`) and for a SavedModel signature (`signature_cases`). Each keeps the
+draws it made before this module held it all (its distribution and seed), so exports, their recorded
+parity and the tests' figures are unchanged.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 
+from toolkit.checking.results import CARRIED
 from toolkit.errors import InputError
 from toolkit.models.builder import SEED_INPUT
+from toolkit.runtimes.feeds import check_feed_bytes
 from toolkit.safety.shapes import DRAWN_LENGTHS, DRAWN_OTHER, compute_budget
 
 # Batch sizes other than 1 catch a batch axis frozen by tracing; 4 also differs from any traced size.
@@ -39,6 +48,14 @@ NORMAL_CHUNK = 1 << 20  # values drawn at a time: float64 draws stay small, the 
 # limits are checked at these very lengths (`toolkit.safety.shapes`).
 VARIABLE_LENGTHS = DRAWN_LENGTHS
 PADDING_SIDES = ("right", "left")
+# A stateful model's consecutive calls: the issue asks for at least two; three show a state carried across
+# more than one boundary (`toolkit.checking.carry`).
+CALLS = 3
+# A SavedModel signature (no Keras model to read lengths from): batches 1 and 4, several time lengths.
+SIGNATURE_STEPS = (3, 5, 11)
+SIGNATURE_BATCHES = (1, 4)
+# A signature's inputs, as its child process describes them: name, shape (None: dynamic), numpy dtype.
+SignatureInputs = Sequence[tuple[str, tuple[int | None, ...], str]]
 
 
 @dataclass(frozen=True)
@@ -193,13 +210,18 @@ def batch_sizes(model: Any) -> tuple[int, int]:
     return BATCH_SIZES[0], max(2, min(BATCH_SIZES[1], CASE_ACTIVATION_BYTES // per_sample))
 
 
+def post_case(input_name: str = "input") -> InputCase:
+    """The post's own input, [0.1, 0.2, 0.3] as (1, 3, 1), fed to `input_name`."""
+    return InputCase("seed [0.1, 0.2, 0.3]", {input_name: SEED_INPUT.copy()})
+
+
 def _seed_case(inputs: Sequence[Any]) -> list[InputCase]:
     """The post's input, for a model with one float input of (3 or any) steps of one feature."""
     if len(inputs) != 1 or _input_dtype(inputs[0]).kind != "f":
         return []
     shape = tuple(inputs[0].shape[1:])
     if len(shape) == 2 and shape[0] in (None, 3) and shape[1] == 1:
-        return [InputCase("seed [0.1, 0.2, 0.3]", {inputs[0].name: SEED_INPUT.copy()})]
+        return [post_case(inputs[0].name)]
     return []
 
 
@@ -236,3 +258,88 @@ def _mixed(value: np.ndarray, padding: Padding, rng: np.random.Generator) -> np.
     if value.dtype.kind == "f" and padding.float_value is not None and value.ndim == 3:
         return mix_masks(value, padding.float_value, rng, padding.side)
     return value
+
+
+def call_cases(model: Any, seed: int, padding_side: str, calls: int = CALLS, note: str = "") -> list[InputCase]:
+    """`calls` random batches of the model's fixed batch size (a stateful model has one), one per call;
+    `note` says what is carried, ahead of each batch's label."""
+    drawn: list[InputCase] = []
+    attempt = 0
+    while len(drawn) < calls:
+        drawn += [c for c in make_cases(model, seed + 7919 * (attempt + 1), padding_side) if c.label.startswith("random")]
+        attempt += 1
+    return [InputCase(f"call {i + 1} of {calls}{CARRIED}{note}{case.label}", case.feeds)
+            for i, case in enumerate(drawn[:calls])]
+
+
+def signature_cases(inputs: SignatureInputs, seed: int = 0) -> list[InputCase]:
+    """A SavedModel signature's cases: uniform(-1, 1) floats and ids below 10 (no Embedding to read a
+    vocabulary from), at batch 1 and 4 and several lengths of a dynamic time axis."""
+    rng = np.random.default_rng(seed + 1000)
+    cases = []
+    for batch, steps in zip(SIGNATURE_BATCHES * 2, SIGNATURE_STEPS + SIGNATURE_STEPS[:1]):
+        feeds = {}
+        for name, shape, dtype in inputs:
+            concrete = tuple(batch if i == 0 and d is None else (steps if d is None else d) for i, d in enumerate(shape))
+            kind = np.dtype(dtype)
+            feeds[name] = (rng.integers(0, 10, size=concrete).astype(kind) if kind.kind in "iu"
+                           else rng.uniform(-1, 1, size=concrete).astype(kind))
+        cases.append(InputCase(f"random batch {batch}, {steps} steps", feeds))
+    return cases
+
+
+def file_vocab(model: onnx.ModelProto) -> int:
+    """An export's vocabulary without its Keras model: the smallest table an integer input indexes (its
+    Embedding, a Gather over an initializer), so drawn ids are valid; 2 without one."""
+    tables = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
+    sizes = [tables[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+    return int(min(sizes)) if sizes else 2
+
+
+def file_cases(model: onnx.ModelProto, batch: int, steps: int, seed: int = 0, keras_model: Any = None) -> list[InputCase]:
+    """One case for an export's graph inputs at `batch` x `steps` (a fixed axis keeps its size). Without
+    Keras (`bench`): uniform(-1, 1) floats and ids below the file's vocabulary, only a batch and a time
+    axis dynamic. With `keras_model` (`--stream`'s check against it): drawn as its own cases are, standard
+    normal floats and ids below its Embedding's vocabulary."""
+    from toolkit.onnxfile.model import graph_inputs
+
+    rng = np.random.default_rng(seed)
+    infos = graph_inputs(model)
+    if keras_model is not None:
+        vocab = embedding_vocab(keras_model)
+        feeds = {t.name: random_input(t.shape[1:], t.dtype, batch, steps, rng, vocab) for t in infos}
+        return [InputCase(f"random batch {batch}, {steps} steps", feeds)]
+    feeds = {}
+    for info in infos:
+        dims = [_file_dim(info, axis, dim, batch, steps) for axis, dim in enumerate(info.shape)]
+        check_feed_bytes(info.name, dims, np.dtype(info.dtype))  # before allocating (and float64 drawing)
+        feeds[info.name] = (rng.integers(1, max(2, file_vocab(model)), dims).astype(info.dtype)
+                            if info.dtype.startswith("int") else rng.uniform(-1, 1, dims).astype(info.dtype))
+    return [InputCase(f"random batch {batch}, {steps} steps", feeds)]
+
+
+def _file_dim(info: Any, axis: int, dim: int | str, batch: int, steps: int) -> int:
+    """One axis of a drawn file input: its fixed size, else `batch` (axis 0) or `steps` (axis 1)."""
+    if isinstance(dim, int):
+        return dim
+    if axis in (0, 1):
+        return (batch, steps)[axis]
+    raise InputError(f"Expected inputs with a dynamic batch and time axis only. Received: {info.name} "
+                     f"{info.shape_text()}")
+
+
+def input_cases(source: Any, seed: int = 0, *, padding_side: str = "right", calls: int | None = None,
+                note: str = "", batch: int = 1, steps: int = 1, keras_model: Any = None) -> list[InputCase]:
+    """The input cases every check runs, from one place, for what there is to read shapes from:
+    - a Keras model: `make_cases` (the post's input, two random batches); with `calls`, `call_cases`
+      (a stateful model's consecutive calls, `note` saying what is carried);
+    - an `onnx.ModelProto` (an export without its Keras model): `file_cases` at `batch` x `steps`,
+      drawn as `keras_model`'s own cases where one is given;
+    - a signature's inputs, a sequence of (name, shape, dtype): `signature_cases`."""
+    if isinstance(source, onnx.ModelProto):
+        return file_cases(source, batch, steps, seed, keras_model)
+    if isinstance(source, (list, tuple)):
+        return signature_cases(source, seed)
+    if calls is not None:
+        return call_cases(source, seed, padding_side, calls, note)
+    return make_cases(source, seed, padding_side)

@@ -1,7 +1,8 @@
 """The export's parity check: the same input cases through Keras and through ONNX Runtime, output by output.
 
-The work is `verify.compare_with_keras` over the cases of `inputs.make_cases`; this module keeps the
-signature the exporter calls. Besides values,
+The work is `loop.compare_with_keras` over the cases of `inputs.input_cases`, at the tolerances the
+exporter decided once (`loop.decided_tolerances`); this module keeps the signature the exporter calls.
+Besides values,
 the invariants the post states are checked on the runtime's outputs: a layer's last output equals its
 `state_h`, and with `return_sequences` the last step of its sequence does. An export with stateful
 layers is also run on consecutive calls, its states carried (`toolkit.checking.carry`).
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from toolkit.checking.carry import carried_parity, with_carried_calls
-from toolkit.checking.inputs import InputCase, make_cases
+from toolkit.checking.inputs import InputCase, input_cases
 from toolkit.checking.loop import compare_with_keras
 from toolkit.checking.results import ParityReport
 from toolkit.runtimes.base import Runner
@@ -31,7 +32,7 @@ def check_parity(keras_model: Any, runner: Runner, expected_names: Sequence[str]
     single-call expected outputs instead of `keras_model` (the original of a translated Keras 2 model)."""
     tolerances.check_names(runner.output_names)  # before Keras runs: a typo in a key fails fast
     keras = reference if reference is not None else KerasRunner(keras_model)
-    chosen = cases if cases is not None else make_cases(keras_model, seed, padding_side)
+    chosen = cases if cases is not None else input_cases(keras_model, seed, padding_side=padding_side)
     report = compare_with_keras(keras, [runner], runner.model, expected_names, tolerances, chosen)[runner.name]
     # A stateful export is also run on consecutive calls, its states carried through its state map.
     return with_carried_calls(report, carried_parity(keras_model, runner, expected_names, tolerances, seed,

@@ -1,6 +1,6 @@
 """What a model's compute dtype (mixed precision) means for its export, as notes and metadata, and the
 failure message that says which tolerance failed, by how much, and how to set another. The tolerances
-themselves are decided in `toolkit.tolerance`.
+themselves are decided once per check, by `toolkit.checking.loop.decided_tolerances`.
 
 A layer under `keras.mixed_precision.set_global_policy("mixed_float16")` (or `"mixed_bfloat16"`) keeps
 float32 variables but computes in float16 (bfloat16). lstm-onnx exports such layers as float32 ops
@@ -40,14 +40,13 @@ class PrecisionChoice:
         return {"compute_dtype": self.compute_dtype, "tolerance_from_compute_dtype": self.chosen}
 
 
-def choose(tolerances: Tolerances, model: Any) -> PrecisionChoice:
-    """The user's tolerances, or, when they set no default and the model computes in float16/bfloat16,
-    that dtype's tolerance as the default (per-output tolerances are kept)."""
+def choose(user: Tolerances, model: Any, decided: Tolerances) -> PrecisionChoice:
+    """What the model's compute dtype meant for the tolerances `decided` once for its check
+    (`toolkit.checking.loop.decided_tolerances`, which weighs the dtype with the ops and the tier): chosen
+    from the dtype when the user set no default and the model computes in float16/bfloat16. Nothing is
+    decided here: the note names the tolerance the check used."""
     dtype = compute_dtype(model)
-    chosen = LOW_PRECISION_TOLERANCES.get(dtype)
-    if tolerances.default is not None or chosen is None:
-        return PrecisionChoice(tolerances, dtype, False)
-    return PrecisionChoice(Tolerances(chosen, tolerances.per_output), dtype, True)
+    return PrecisionChoice(decided, dtype, user.default is None and dtype in LOW_PRECISION_TOLERANCES)
 
 
 def failure_message(items: Sequence[tuple[str, ParityReport]], limit: int = 3) -> str:

@@ -5,7 +5,7 @@ ONNX Runtime is stateless, so a `--state-io` export records which state input ea
 feeds (`lstm_onnx.state_map` in its metadata); `StreamingRunner` uses exactly that map, as deploy code
 would. Outputs with a time axis are concatenated over the chunks; the others (last outputs, states) are
 the last chunk's. A Bidirectional or `go_backwards` layer cannot stream: its first output needs the end of
-the sequence. The comparison is `verify.compare_runners`, as for every other check.
+the sequence. The comparison is `loop.compare_runners`, as for every other check.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolkit.checking.inputs import InputCase, embedding_vocab, random_input
-from toolkit.checking.loop import compare_runners
+from toolkit.checking.inputs import InputCase, input_cases
+from toolkit.checking.loop import compare_runners, decided_tolerances
 from toolkit.checking.results import StreamReport, split_steps
 from toolkit.errors import InputError
 from toolkit.onnxfile import metadata
-from toolkit.onnxfile.model import TensorInfo, count_ops, graph_inputs, graph_outputs, optional_inputs
+from toolkit.onnxfile.model import TensorInfo, graph_inputs, graph_outputs, optional_inputs
 from toolkit.runtimes.base import Runner
 from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.text import safe_text
-from toolkit.tolerance import Tolerances, compute_dtype, decide
+from toolkit.tolerance import Tolerances
 
 
 def parse_chunks(spec: str) -> list[int]:
@@ -122,11 +122,9 @@ def stream_parity(keras_model: Any, onnx_model: onnx.ModelProto, sizes: Sequence
     check_streamable(onnx_model)
     runner = OnnxRunner(onnx_model)
     streamed = StreamingRunner(runner, sizes)
-    tolerances = decide(tolerances, count_ops(onnx_model), metadata.read_options(onnx_model).tier,
-                        compute_dtype(keras_model))
-    rng = np.random.default_rng(seed)
-    vocab = embedding_vocab(keras_model)
-    feeds = {info.name: random_input(info.shape[1:], info.dtype, batch, length, rng, vocab) for info in runner.inputs}
+    tolerances = decided_tolerances(tolerances, onnx_model, keras_model)  # as `verify` decided them, if it did
+    # The file's inputs at `length` steps, drawn as the Keras model's own cases are.
+    feeds = input_cases(onnx_model, seed, batch=batch, steps=length, keras_model=keras_model)[0].feeds
     label = f"chunks {','.join(map(str, sizes))} over {length} steps"
     names = runner.output_names
     keras_names = names[: len(keras_model.outputs)]  # the extra outputs are --state-io's states

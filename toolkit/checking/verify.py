@@ -19,20 +19,20 @@ from typing import Any
 import onnx
 
 from toolkit.checking.carry import carried_parity, with_carried_calls
-from toolkit.checking.inputs import InputCase, make_cases
-from toolkit.checking.loop import compare_with_keras
+from toolkit.checking.inputs import InputCase, input_cases
+from toolkit.checking.loop import compare_with_keras, decided_tolerances
 from toolkit.checking.results import ParityReport, RuntimeReport, VerifyReport
 from toolkit.errors import InputError
 from toolkit.models.naming import output_origins, unique_names
 from toolkit.onnxfile import metadata
-from toolkit.onnxfile.model import count_ops, load_onnx
+from toolkit.onnxfile.model import load_onnx
 from toolkit.options import DEFAULT_LIMITS, ResourceLimits
 from toolkit.progress import Progress
 from toolkit.runtimes.base import open_or_failed
 from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.registry import Runtime, installed_of, not_installed, runtimes_named
-from toolkit.tolerance import Tolerances, compute_dtype, decide
+from toolkit.tolerance import Tolerances
 
 
 def verify_files(onnx_path: str | Path, keras_path: str | Path, tolerances: Tolerances = Tolerances(),
@@ -56,8 +56,9 @@ def verify_runtimes(onnx_path: str | Path, keras_path: str | Path | KerasRunner,
             f"Received: {len(proto.graph.output)} outputs {[o.name for o in proto.graph.output]}"
         )
     padding = metadata.read_options(proto).padding  # the side the export was made for
-    tolerances = recorded_tolerances(proto, tolerances, keras.model)  # an int8 or float16 export's, as at export
-    cases = make_cases(keras.model, seed, padding)
+    # As at export: the recorded tier's, the compute dtype's, the ops'; once, unless `verify_export` did.
+    tolerances = decided_tolerances(tolerances, proto, keras.model)
+    cases = input_cases(keras.model, seed, padding_side=padding)
     return compare_in_runtimes(Path(onnx_path), proto, keras, chosen, expected, tolerances, cases, progress,
                                seed=seed, padding=padding)
 
@@ -67,7 +68,7 @@ def prove_written(proto: onnx.ModelProto, keras: KerasRunner, runtimes: Sequence
     """`export --runtimes`: the bytes about to be written, run from a private file in each runtime and
     compared with Keras on the export's own parity cases (`all`: every runtime a model deploys to, so
     not onnx.reference, a check rather than a target)."""
-    chosen = [r for r in runtimes_named(runtimes) if list(runtimes) != ["all"] or r.name != "reference"]
+    chosen = deploy_runtimes(runtimes)
     with tempfile.TemporaryDirectory(prefix="lstm-onnx-prove-") as folder:
         path = Path(folder) / "model.onnx"
         path.write_bytes(proto.SerializeToString())
@@ -106,10 +107,10 @@ def with_carried_calls_in_onnxruntime(keras: KerasRunner, runners: Sequence[Any]
             reports[runner.name] = with_carried_calls(reports[runner.name], carried)
 
 
-def recorded_tolerances(proto: onnx.ModelProto, tolerances: Tolerances, keras_model: Any) -> Tolerances:
-    """`verify`'s tolerances, decided once as at export: the recorded tier's, the Keras model's compute
-    dtype's and the ops' (`toolkit.tolerance.decide`), unless the user set a default."""
-    return decide(tolerances, count_ops(proto), metadata.read_options(proto).tier, compute_dtype(keras_model))
+def deploy_runtimes(names: Sequence[str]) -> list[Runtime]:
+    """The registry's runtimes of these names; `all` means every runtime a model deploys to, so not
+    onnx.reference, a check rather than a target (`export --runtimes` and `--target` alike)."""
+    return [r for r in runtimes_named(names) if list(names) != ["all"] or r.name != "reference"]
 
 
 def recorded_keras_model(model: onnx.ModelProto, name: str = "the model") -> Any:
@@ -165,17 +166,16 @@ def verify_export(onnx_path: str | Path, keras_path: str | Path | None = None, r
                          + "; ".join(f"{name}: {hint}" for name, hint in absent.items()))
     reference = reference_of(onnx_path, keras_path, limits)
     try:
+        # Decided once, here: the unchunked check in every runtime and the chunked one use the same.
+        tolerances = decided_tolerances(tolerances, load_onnx(onnx_path), reference.model)
         results = verify_runtimes(onnx_path, reference, [r.name for r in ready], tolerances, seed=seed,
                                   progress=progress)
         streamed = None
         if chunks is not None:
             from toolkit.checking.streaming import stream_parity
 
-            proto = load_onnx(onnx_path)
-            # The same tolerance as the unchunked check: the tier's, and a mixed-precision model's compute dtype's.
-            streamed = stream_parity(reference.model, proto, chunks, stream_length, seed=seed,
-                                     tolerances=recorded_tolerances(proto, tolerances, reference.model),
-                                     reference=reference)
+            streamed = stream_parity(reference.model, load_onnx(onnx_path), chunks, stream_length, seed=seed,
+                                     tolerances=tolerances, reference=reference)
     finally:
         reference.close()  # a SavedModel signature's child process
     return VerifyOutcome(VerifyReport(onnx_path.name, tuple(results), streamed), absent,

@@ -27,6 +27,7 @@ from typing import Any
 import onnx
 
 from toolkit import __version__
+from toolkit.checking.loop import decided_tolerances
 from toolkit.checking.parity import check_parity
 from toolkit.checking.precision import choose as choose_tolerance
 from toolkit.checking.results import ParityReport, RuntimeReport
@@ -53,7 +54,6 @@ from toolkit.onnxfile.model import (
 )
 from toolkit.options import ExportOptions
 from toolkit.tf2onnx_lib import InputSignature, convert
-from toolkit.tolerance import decide
 
 
 @dataclass
@@ -89,8 +89,10 @@ def export_model(model: Any, options: ExportOptions | None = None, *, source: Ma
     warnings = _fusion_check(graph.lowering, count_ops(graph.proto), recurrent, options.require_fused)
     graph.proto, tier = tier_graph(graph.proto, options, graph.names)
     op_counts = dict(sorted(count_ops(graph.proto).items()))
-    precision = choose_tolerance(options.tolerances, model)
-    tolerances = decide(options.tolerances, count_ops(graph.proto), options.tier, precision.compute_dtype)
+    # Decided once (the tier is the one asked for: the metadata that records it is written after the check),
+    # then passed to the parity check, its carried calls and `--runtimes`.
+    tolerances = decided_tolerances(options.tolerances, graph.proto, model, options.tier)
+    precision = choose_tolerance(options.tolerances, model, tolerances)
     report = check_parity(model, load_runner(graph.proto, model.name), graph.names, tolerances,
                           seed=seed, padding_side=options.padding, reference=reference, state_map=graph.state_map)
     reference_notes = (f"parity reference: {reference.label}",) if reference is not None else ()
@@ -120,12 +122,12 @@ def _prove(proto: onnx.ModelProto, model: Any, options: ExportOptions, names: Se
     """Step 6: with `--runtimes`, the final bytes run in each runtime against Keras on the parity cases."""
     if not options.runtimes:
         return ()
-    from toolkit.checking.inputs import make_cases
+    from toolkit.checking.inputs import input_cases
     from toolkit.checking.verify import prove_written
     from toolkit.runtimes.keras import KerasRunner
 
     keras = reference if reference is not None else KerasRunner(model)
-    cases = make_cases(model, seed, options.padding)
+    cases = input_cases(model, seed, padding_side=options.padding)
     return tuple(prove_written(proto, keras, options.runtimes, names, tolerances, cases))
 
 
@@ -188,11 +190,11 @@ def _check_targets(proto: onnx.ModelProto, targets: Sequence[str], option: str =
     (its `problem`), before the parity check and before anything is written."""
     if not targets:
         return
-    from toolkit.runtimes.registry import runtimes_named  # the runtime registry
+    from toolkit.checking.verify import deploy_runtimes
 
     # `all` means every runtime a model deploys to: onnx.reference is a check, not a target (its `problem`
     # says where it is no oracle, not where a model would be wrong).
-    chosen = [r for r in runtimes_named(targets) if list(targets) != ["all"] or r.name != "reference"]
+    chosen = deploy_runtimes(targets)
     found = [(runtime.name, runtime.problem(proto)) for runtime in chosen]
     problems = [f"not valid in {name}: {problem}" for name, problem in found if problem]
     if problems:

@@ -13,14 +13,12 @@ from toolkit import __version__
 from toolkit.errors import LstmOnnxError, UnsupportedModelError
 from toolkit.export.graph import canonicalize, name_axes, name_outputs, prune_opset_imports
 from toolkit.export.record import parity_metadata
-from toolkit.export.tf_module import module_cases
 from toolkit.onnxfile import metadata
 from toolkit.onnxfile.model import FUSED_RECURRENT_OPS, LOOP_OPS, count_ops, graph_inputs, graph_outputs
 from toolkit.options import ExportOptions
 from toolkit.runtimes.signature import SignatureRunner, SignatureSpec, signature_spec
 from toolkit.text import safe_text
 from toolkit.tf2onnx_lib import InputSignature
-from toolkit.tolerance import decide
 
 
 def _check_options(folder: Path, options: ExportOptions) -> None:
@@ -64,7 +62,8 @@ def _export_copy(private: Path, folder: Path, options: ExportOptions, seed: int)
 
 
 def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options: ExportOptions, seed: int) -> Any:
-    from toolkit.checking.loop import compare_runners
+    from toolkit.checking.inputs import input_cases
+    from toolkit.checking.loop import compare_runners, decided_tolerances
     from toolkit.export.result import ExportResult, OutputInfo, load_runner
 
     signature = [InputSignature(name, dtype, shape) for name, shape, dtype in spec.inputs]
@@ -85,7 +84,9 @@ def finish_module_export(folder: Path, child: Any, spec: SignatureSpec, options:
     runner = load_runner(proto, folder.name)
     child.share_deadline(runner)  # the converted Loop spins as long as the signature: one deadline for both
     reference = SignatureRunner(child, spec)
-    report = compare_runners(reference, [runner], module_cases(spec, seed), decide(options.tolerances, ops),
+    # No Keras model (its compute dtype is float32's) and no tier (refused above): the ops' tolerance.
+    tolerances = decided_tolerances(options.tolerances, proto, tier="float32")
+    report = compare_runners(reference, [runner], input_cases(spec.inputs, seed), tolerances,
                              [v.name for v in proto.graph.output])[runner.name]
     outputs = tuple(OutputInfo(info.name, "serving_default", info.name, info.dtype, info.shape) for info in graph_outputs(proto))
     metadata.write_metadata(proto, metadata.ExportRecord(

@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.checking.loop import invariant_checks
+from toolkit.checking.inputs import post_case
+from toolkit.checking.loop import invariant_checks, run_case
+from toolkit.errors import RuntimeFailure
 from toolkit.export.exporter import export_model
-from toolkit.models.builder import SEED_INPUT, StackConfig, build_stack, stack_configs
+from toolkit.models.builder import StackConfig, build_stack, stack_configs
 from toolkit.models.naming import output_origins
-from toolkit.runtimes.keras import keras_outputs
+from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.tolerance import Tolerances
 
@@ -45,18 +47,21 @@ def explain(base: StackConfig = StackConfig(), keras2: bool = False) -> list[Exp
     """Build, export and run the post's four cases on the post's input. `keras2`: the post's own code
     path, a tf.keras stack saved as `.h5` and exported from that file (`toolkit.pages.keras2_post`)."""
     cases = []
-    feeds = {"input": SEED_INPUT}
+    case = post_case("input")
     for number, config in enumerate(stack_configs(base), start=1):
         if keras2:
             from toolkit.pages.keras2_post import export_post_stack_h5
 
             result, reference, model = export_post_stack_h5(config)
-            expected = list(reference.run(feeds).values())
         else:
             model = build_stack(config)
             result = export_model(model, seed=config.seed, source={"builder": config.to_json()})
-            expected = keras_outputs(model, feeds)
-        actual = OnnxRunner(result.model).run(feeds)
+            reference = KerasRunner(model)
+        # The loop's own run of each side on the post's input: the lesson shows both sides' values.
+        run = run_case(reference, {"onnxruntime": OnnxRunner(result.model)}, case)
+        expected, actual = run.expected, run.actual["onnxruntime"]
+        if isinstance(actual, str):  # ONNX Runtime's own error on the export it just proved
+            raise RuntimeFailure(actual)
         names = [o.name for o in result.outputs]
         origins = output_origins(model)
         tol = Tolerances()

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.checking.results import compare_arrays
 from toolkit.errors import InputError
 from toolkit.progress import Progress
-from toolkit.runtimes.feeds import check_feed_bytes
 from toolkit.runtimes.threads import check_threads
-from toolkit.tolerance import Tolerances, decide
+from toolkit.tolerance import Tolerances
 
 if TYPE_CHECKING:  # `lstm-onnx --help` imports this module for the command: onnx and ORT load on use
     import onnx
+
+    from toolkit.checking.loop import Agreement
 
 Feeds = Mapping[str, np.ndarray]
 NOT_INSTALLED = "not installed"  # how `registry.not_installed` starts: a form listed, not run
@@ -182,45 +182,14 @@ def interleaved_timers(timers: Mapping[str, Callable[[int], float]], budget_s: f
     return {name: statistics.median(values) * 1e3 for name, values in samples.items()}
 
 
-def _vocab(model: onnx.ModelProto) -> int:
-    """The smallest table an integer input indexes (Gather over an initializer), so drawn ids are valid."""
-    tables = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
-    sizes = [tables[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
-    return int(min(sizes)) if sizes else 2
-
-
 def bench_inputs(model: onnx.ModelProto, batch: int, steps: int, seed: int = 0) -> tuple[dict[str, np.ndarray], int | None]:
-    """Feeds for every required input at this batch and length, and the length used (a fixed one wins)."""
-    from toolkit.onnxfile.model import graph_inputs
+    """Feeds for every required input at this batch and length (`toolkit.checking.inputs.file_cases`), and
+    the length used (a fixed one wins)."""
+    from toolkit.checking.inputs import input_cases
 
-    rng = np.random.default_rng(seed)
-    feeds, used = {}, None
-    for info in graph_inputs(model):
-        dims = []
-        for axis, dim in enumerate(info.shape):
-            if isinstance(dim, int):
-                dims.append(dim)
-            elif axis == 0:
-                dims.append(batch)
-            elif axis == 1:
-                dims.append(steps)
-            else:
-                raise InputError(f"Expected inputs with a dynamic batch and time axis only. Received: {info.name} "
-                                 f"{info.shape_text()}")
-        if len(dims) > 1:
-            used = dims[1]
-        check_feed_bytes(info.name, dims, np.dtype(info.dtype))  # before allocating (and float64 drawing)
-        if info.dtype.startswith("int"):
-            feeds[info.name] = rng.integers(1, max(2, _vocab(model)), dims).astype(info.dtype)
-        else:
-            feeds[info.name] = rng.uniform(-1, 1, dims).astype(info.dtype)
+    feeds = dict(input_cases(model, seed, batch=batch, steps=steps)[0].feeds)
+    used = next((value.shape[1] for value in reversed(feeds.values()) if value.ndim > 1), None)
     return feeds, used
-
-
-def _compare(expected: Sequence[np.ndarray], actual: Mapping[str, np.ndarray],
-             names: Sequence[str], tolerances: Tolerances) -> tuple[float, float, bool]:
-    found = [compare_arrays(name, exp, actual[name], tolerances.for_output(name)) for name, exp in zip(names, expected)]
-    return max(c.max_abs for c in found), max(c.max_rel for c in found), all(found)
 
 
 def _why_not(problem: str) -> str:
@@ -237,8 +206,9 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
           progress: Progress = Progress(), timeout: float = 120.0) -> BenchReport:
     """Time `onnx_path` in every form and compare each with the reference; see the module's docstring.
     Every run, timed or not, stops at `timeout` seconds (`--timeout`)."""
+    from toolkit.checking.loop import decided_tolerances
     from toolkit.onnxfile.metadata import read_tier
-    from toolkit.onnxfile.model import count_ops, graph_outputs, load_onnx
+    from toolkit.onnxfile.model import graph_outputs, load_onnx
 
     if batch < 1 or steps < 1:
         raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
@@ -249,7 +219,7 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
     feeds, used_steps = bench_inputs(proto, batch, steps)
     names = [t.name for t in graph_outputs(proto)]
     tolerances.check_names(names)
-    tolerances = decide(tolerances, count_ops(proto))  # every form against float32's own tolerance
+    tolerances = decided_tolerances(tolerances, proto, tier="float32")  # every form against float32's own tolerance
     forms = _forms(runtimes, threads)
     results = {}
     progress.begin(len(forms) + 2, "bench")
@@ -264,19 +234,20 @@ def bench(onnx_path: str | Path, batch: int = 1, steps: int = 100, keras_path: s
             progress.advance(f"opened {form.label}")
         if not opened:
             raise InputError(f"Expected at least one runtime that runs {Path(onnx_path).name}. Received: none did")
-        reference = _reference(keras_path, opened, feeds, names, timeout)
-        progress.advance(f"reference: {reference.label}; timing for about {budget_s:g} s")
+        reference, reference_label = _reference(keras_path, opened)
+        progress.advance(f"reference: {reference_label}; timing for about {budget_s:g} s")
         timings = interleaved_timers({f.label: (lambda calls, r=r: r.time_calls(feeds, calls, timeout))
                                       for f, r in opened.items()}, budget_s, rounds)
         progress.advance("timed")
         base = next((timings[f.label] for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")),
                     min(timings.values()))
-        for form, runner in opened.items():
-            max_abs, max_rel, within = _compare(reference.outputs, runner.run(feeds, timeout), names, tolerances)
+        agreements = _agreements(reference, opened, feeds, names, tolerances, timeout)
+        for form, found in agreements.items():
             ms = timings[form.label]
-            results[form] = FormResult(form, ms, base / ms, max_abs, max_rel, within, results[form].size_bytes)
+            results[form] = FormResult(form, ms, base / ms, found.max_abs, found.max_rel, found.within,
+                                       results[form].size_bytes)
     progress.end()
-    return BenchReport(Path(onnx_path).name, batch, used_steps, reference.label, str(tolerances.base),
+    return BenchReport(Path(onnx_path).name, batch, used_steps, reference_label, str(tolerances.base),
                        tuple(results[f] for f in forms))
 
 
@@ -314,23 +285,27 @@ def _open(form: Target, proto: onnx.ModelProto, path: Path) -> tuple[Any, str]:
         return None, str(exc)
 
 
-@dataclass(frozen=True)
-class _Reference:
-    label: str
-    outputs: list[np.ndarray]
-
-
-def _reference(keras_path: str | Path | None, opened: Mapping[Target, Any], feeds: Feeds,
-               names: Sequence[str], timeout: float) -> _Reference:
-    """Keras' outputs (matched to the graph's by position), or those of the first ORT float32 form."""
+def _reference(keras_path: str | Path | None, opened: Mapping[Target, Any]) -> tuple[Any, str]:
+    """The runner every form is compared with, and its label: Keras (its outputs matched to the graph's by
+    position), or the first ORT float32 form."""
     if keras_path is not None:
         from toolkit.runtimes.keras import KerasRunner
 
-        keras = KerasRunner(keras_path)
-        return _Reference("keras", list(keras.run(feeds).values())[: len(names)])
+        return KerasRunner(keras_path), "keras"
     form = next((f for f in opened if (f.runtime, f.tier) == ("onnxruntime", "float32")), next(iter(opened)))
-    values = opened[form].run(feeds, timeout)
-    return _Reference(form.label, [values[name] for name in names])
+    return opened[form], form.label
+
+
+def _agreements(reference: Any, opened: Mapping[Target, Any], feeds: Feeds, names: Sequence[str],
+                tolerances: Tolerances, timeout: float) -> dict[Target, Agreement]:
+    """Every form against the reference on the timed feeds, through the one run-and-compare loop."""
+    from toolkit.checking.inputs import InputCase
+    from toolkit.checking.loop import Agreement, compare_runners
+
+    case = InputCase("bench", feeds)
+    reports = compare_runners(reference, {form.label: runner for form, runner in opened.items()}, [case],
+                              tolerances, names, timeout=timeout)
+    return {form: Agreement.of(reports[form.label]) for form in opened}
 
 
 def record(onnx_path: str | Path, defaults: Any) -> str:

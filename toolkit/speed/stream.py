@@ -208,11 +208,12 @@ def stream_bench(onnx_path: str | Path, batch: int = 1, steps: int = 1, toleranc
                  threads: Sequence[int] | None = None, budget_s: float = 8.0, rounds: int = 15,
                  progress: Progress = Progress()) -> StreamBenchReport:
     """Time consecutive carried calls of `steps` steps at `batch` in every form; see the module docstring."""
+    from toolkit.checking.inputs import input_cases
+    from toolkit.checking.loop import agreement, decided_tolerances
     from toolkit.checking.streaming import check_streamable, sequence_input, state_map, time_outputs
-    from toolkit.onnxfile.model import count_ops, load_onnx
+    from toolkit.onnxfile.model import load_onnx
     from toolkit.runtimes.onnxrt import OnnxRunner
-    from toolkit.speed.bench import _compare, bench_inputs, interleaved_timers
-    from toolkit.tolerance import decide
+    from toolkit.speed.bench import interleaved_timers
 
     if batch < 1 or steps < 1:
         raise InputError(f"Expected --batch and --steps >= 1. Received: batch={batch}, steps={steps}")
@@ -221,7 +222,7 @@ def stream_bench(onnx_path: str | Path, batch: int = 1, steps: int = 1, toleranc
     check_streamable(proto)
     reference = OnnxRunner(proto, threads=1)
     input_name = sequence_input(reference.inputs)
-    feeds, _ = bench_inputs(proto, batch, steps * CHECK_CHUNKS)
+    feeds = input_cases(proto, batch=batch, steps=steps * CHECK_CHUNKS)[0].feeds
     whole = reference.run({input_name: feeds[input_name]})
     zeros = {name: np.zeros_like(whole[out]) for name, out in mapping.items()}
     stream = _Stream(input_name, [np.ascontiguousarray(feeds[input_name][:, i * steps:(i + 1) * steps])
@@ -229,7 +230,7 @@ def stream_bench(onnx_path: str | Path, batch: int = 1, steps: int = 1, toleranc
                      zeros, mapping)
     timed_names = time_outputs(reference)
     expected = {name: (value[:, -steps:] if name in timed_names else value) for name, value in whole.items()}
-    tolerances = decide(tolerances, count_ops(proto))
+    tolerances = decided_tolerances(tolerances, proto, tier="float32")
     forms = stream_forms(threads)
     progress.begin(len(forms) + 1, "bench --stream")
     results: dict[StreamForm, StreamResult] = {}
@@ -241,8 +242,8 @@ def stream_bench(onnx_path: str | Path, batch: int = 1, steps: int = 1, toleranc
                 results[form] = StreamResult(form, problem=found)
             else:
                 opened[form] = found
-                max_abs, _, within = _compare(list(expected.values()), found[1](), list(expected), tolerances)
-                results[form] = StreamResult(form, max_abs=max_abs, within=within)
+                found_error = agreement(expected, found[1](), tolerances)
+                results[form] = StreamResult(form, max_abs=found_error.max_abs, within=found_error.within)
             progress.advance(f"opened {form.label}")
         timings = interleaved_timers({f.label: timer for f, (timer, _) in opened.items()}, budget_s, rounds)
         progress.advance("timed")
