@@ -33,7 +33,7 @@ from toolkit.checking.results import (
 from toolkit.checking.rounding import CarriedRoundingProbe, RoundingProbe
 from toolkit.errors import RuntimeFailure
 from toolkit.models.naming import OutputOrigin
-from toolkit.onnxfile.metadata import read_options
+from toolkit.onnxfile.metadata import read_tier
 from toolkit.onnxfile.model import count_ops, graph_outputs
 from toolkit.progress import Progress
 from toolkit.runtimes.base import Runner
@@ -54,7 +54,7 @@ def decided_tolerances(user: Tolerances, proto: onnx.ModelProto, keras_model: An
     if user.decided:
         return user
     dtype = compute_dtype(keras_model) if keras_model is not None else "float32"
-    return decide(user, count_ops(proto), tier if tier is not None else read_options(proto).tier, dtype)
+    return decide(user, count_ops(proto), tier if tier is not None else read_tier(proto), dtype)
 
 
 # ---------------------------------------------------------------------------- run over cases, compare
