@@ -42,10 +42,11 @@ from toolkit.onnxfile.metadata import metadata_value
 from toolkit.process import LineProcess, live_group_members
 from toolkit.runtimes import chromium, js
 from toolkit.runtimes import openvino as ov_runtime
-from toolkit.runtimes.base import decode_tensor, encode_tensor, open_or_failed
+from toolkit.runtimes.base import open_or_failed
 from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.registry import RUNTIMES, runtimes_named
+from toolkit.runtimes.wire import decode_tensor, encode_tensor
 from toolkit.tolerance import Tolerances
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
@@ -95,7 +96,7 @@ def test_importing_the_runtimes_loads_neither_tensorflow_nor_openvino():
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "int32", "bool", "uint8"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int64", "int32", "bool", "uint8"])
 def test_wire_form_round_trips(dtype):
     array = (np.arange(24).reshape(2, 3, 4) % 3).astype(dtype)
     spec = encode_tensor("x", array)

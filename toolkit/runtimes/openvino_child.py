@@ -1,5 +1,5 @@
 """The OpenVINO child: `python -m toolkit.runtimes.openvino_child CONFIG_JSON` compiles one model for the
-CPU plugin and answers one JSON line per request line on stdin (the wire form of `runtimes/base.py`, as
+CPU plugin and answers one JSON line per request line on stdin (the wire form of `runtimes/wire.py`, as
 the Node harness does). OpenVINO cannot stop a run in progress (`InferRequest.cancel` leaves a Loop
 running, and the process then hangs at exit): in a child, a run past its deadline is stopped by stopping
 the child.
@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from toolkit.runtimes.base import decode_tensor, encode_tensor
+from toolkit.runtimes.wire import decode_tensor, encode_tensor
 
 
 def openvino_line(exc: Exception) -> str:
