@@ -84,10 +84,12 @@ def test_a_frame_cut_short_is_the_end_of_the_stream():
     read, write = os.pipe()
     with os.fdopen(write, "wb") as out:
         write_frame(out, {"a": 1}, b"xyz")
-        out.write(b'{"bytes": 10}\nabc')
+        out.write(b'{"bytes": 3000000000}\n{"bytes": 10}\nabc')
     with os.fdopen(read, "rb") as stream:
         first = read_frame(stream)
         assert first is not None and first.header == {"a": 1, "bytes": 3} and first.payload == b"xyz"
+        huge = read_frame(stream)  # past the payload bound (protobuf's 2 GiB): not a frame to read on from
+        assert huge is not None and huge.header is None and huge.payload == b""
         assert read_frame(stream) is None
 
 
@@ -125,6 +127,8 @@ def test_a_child_past_its_memory_limit_is_stopped_in_one_line():
             child.ask({"grow": 400}, timeout=60)
         assert caught.value.why == "it grew past 200 MiB of memory" and time.monotonic() - start < 30
         assert live_group_members(child.pid) == []
+        with pytest.raises(RuntimeFailure, match="no trustworthy answer since it grew past 200 MiB of memory$"):
+            child.ask({"op": "again"}, timeout=5)
     finally:
         child.stop()
 

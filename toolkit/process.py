@@ -37,6 +37,8 @@ from toolkit.errors import RuntimeFailure, overrun
 from toolkit.text import first_line
 
 POLL_SECONDS = 0.1  # how often a wait with a memory limit measures the child
+MAX_LINE_BYTES = 1 << 30  # a header line: base64 answers far above any parity case (Chromium's MAX_BODY too)
+MAX_PAYLOAD_BYTES = (2 << 30) - 1  # raw bytes after it: protobuf's limit, the largest converted graph
 
 
 def process_alive(pid: int) -> bool:
@@ -256,18 +258,17 @@ def write_frame(stream: IO[bytes], header: Mapping[str, Any], payload: bytes = b
 
 
 def read_frame(stream: IO[bytes]) -> Frame | None:
-    """The next message, or None at the end of the stream (also when it ends inside a payload)."""
-    line = stream.readline()
+    """The next message, or None at the end of the stream (also when it ends inside a payload); a line or a
+    payload past its bound is a frame with no header (the reader is then no longer in step)."""
+    line = stream.readline(MAX_LINE_BYTES)
     if not line:
         return None
     try:
         header = json.loads(line)
-    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+    except ValueError:  # JSONDecodeError, bytes that are not UTF-8, a line cut at its bound
         header = None
-    if not isinstance(header, dict):
-        return Frame(None, line)
-    size = header.get("bytes", 0)
-    if not isinstance(size, int) or size < 0:
+    size = header.get("bytes", 0) if isinstance(header, dict) else None
+    if not isinstance(size, int) or not 0 <= size <= MAX_PAYLOAD_BYTES:
         return Frame(None, line)
     payload = stream.read(size) if size else b""
     return Frame(header, line, payload) if len(payload) == size else None
@@ -316,17 +317,21 @@ class LineProcess(Child):
         try:
             while (frame := read_frame(stream)) is not None:
                 self.frames.put(frame)
-        except (OSError, ValueError):  # the stream was closed under the reader
+        except (OSError, ValueError, MemoryError):  # the stream was closed under the reader; no room
             pass
         self.frames.put(None)  # end of output: the process exited
 
     def stderr_tail(self) -> str:
         return self.log_tail("no output on stderr")
 
-    def _stopped(self, message: str, why: str, broken: str) -> ChildStopped:
-        self.broken = broken
+    def _past_bound(self, timeout: float, label: str, own: bool, past: bool) -> ChildStopped:
+        """Stop the child at a bound it passed: its one-line error (a request's own deadline: `overrun`)."""
+        memory = f"{(self.max_rss or 0) >> 20} MiB of memory"
+        why = f"it ran past {label}" if past else f"it grew past {memory}"
+        self.broken = f"a request timed out after {timeout:g} s" if past and own else why
         stop_process(self.process, grace=1.0)  # a crafted Loop would run on
-        return ChildStopped(message, why)
+        message = f"Expected {self.runtime} to finish within {label if past else memory}. Received: stopped, {why}"
+        return ChildStopped(str(overrun(timeout)) if past and own else message, why)
 
     def receive_frame(self, timeout: float) -> Frame:
         """The next message, awaited under every bound (see the class docstring)."""
@@ -340,14 +345,9 @@ class LineProcess(Child):
                 break
             except queue.Empty:
                 pass
-            why = f"it ran past {label}" if time.monotonic() >= end else ""
-            if not why and self.max_rss and resident_bytes(self.pid) > self.max_rss:
-                why = f"it grew past {self.max_rss >> 20} MiB of memory"
-            if why:
-                bound = f"within {label}" if "ran past" in why else f"within {self.max_rss >> 20} MiB of memory"
-                message = str(overrun(timeout)) if own and "ran past" in why else \
-                    f"Expected {self.runtime} to finish {bound}. Received: stopped, {why}"
-                raise self._stopped(message, why, f"a request timed out after {timeout:g} s" if own else why) from None
+            past = time.monotonic() >= end
+            if past or (self.max_rss and resident_bytes(self.pid) > self.max_rss):
+                raise self._past_bound(timeout, label, own, past) from None
         if frame is None:
             code = self._exit_code()
             raise ChildStopped(f"Expected {self.runtime} to keep running. Received: it exited (code {code}): "
