@@ -104,6 +104,24 @@ def test_wire_form_round_trips(dtype):
     assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
 
 
+@pytest.mark.parametrize("runtime", PROCESS_RUNTIMES)
+def test_float16_crosses_the_wire_form_both_ways(runtime, tmp_path):
+    """The one wire form carries float16 as its uint16 bits (a SavedModel signature's tensors travel in it
+    too): an Identity model gives back exactly what it was fed, the largest finite float16 included."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "f16",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "f16.onnx"
+    onnx.save(model, str(path))
+    x = np.array([[1.5, -2.25, 65504.0], [1e-4, 3.0, -0.5]], np.float16)
+    with _open(runtime, path) as runner:
+        y = runner.run({"x": x})["y"]
+    assert y.dtype == np.float16 and np.array_equal(y, x)
+
+
 @pytest.mark.parametrize("runtime", EXACT)
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e["case"])
 def test_runtime_computes_the_seed_exports_to_keras_numbers(runtime, entry, seed_models):

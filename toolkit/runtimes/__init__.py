@@ -3,7 +3,7 @@
 stops every process it started): ONNX Runtime (`onnxrt`), onnx.reference (`reference`), ONNX Runtime for
 JavaScript in Node and WASM (`js`) and in headless Chromium (`chromium`), OpenVINO (`openvino`, in a child
 process), and the references the exports are compared with: Keras (`keras`) and tf.keras or a SavedModel's
-signature (`keras2`, in a bounded child: `keras2_child`). `registry` names each runtime once; `feeds` and
-`threads` hold the checks every runner shares; `install` is `lstm-onnx setup`. Nothing here imports
-TensorFlow at import time.
+signature (`keras2`, in a bounded child: `keras2_child`). `registry` names each runtime once; `wire` is the
+one wire form of tensors for the child runtimes; `feeds` and `threads` hold the checks every runner
+shares; `install` is `lstm-onnx setup`. Nothing here imports TensorFlow at import time.
 """
