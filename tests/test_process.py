@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import RuntimeFailure
+from toolkit.fileio import process_alive
 from toolkit.process import (
     Child,
     ChildStopped,
     Deadline,
     LineProcess,
     live_group_members,
-    process_alive,
     read_frame,
     write_frame,
 )
@@ -102,6 +102,18 @@ def test_a_child_past_its_request_deadline_is_stopped_in_one_line():
         assert live_group_members(child.pid) == []
         with pytest.raises(RuntimeFailure, match="no trustworthy answer since a request timed out after 0.5 s"):
             child.ask({"op": "again"}, timeout=5)
+    finally:
+        child.stop()
+
+
+def test_a_child_that_stops_reading_cannot_hold_a_request_past_its_deadline():
+    """A request larger than the pipe holds, to a child that never reads: the write is under the deadline too."""
+    child = LineProcess([sys.executable, "-c", "import time; time.sleep(300)"], "deaf-child", env=ENV)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RuntimeFailure, match=r"^Expected a run that ends within 1 s"):
+            child.exchange({"op": "big"}, timeout=1.0, payload=b"x" * (8 << 20))
+        assert time.monotonic() - start < 10 and live_group_members(child.pid) == []
     finally:
         child.stop()
 

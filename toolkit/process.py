@@ -1,7 +1,7 @@
 """Child processes, one layer for all: start one in a process group of its own that dies with its parent
 (and a group reaper where it forks), talk to it in frames under a deadline per request and one for its
-whole life, bound its resident memory, quote its log's tail in one-line errors, stop its whole group, and
-remove what a killed run left behind.
+whole life, bound its resident memory, quote its log's tail in one-line errors, and stop its whole group.
+(What a killed run left behind, named by its pid, is removed by `toolkit.fileio.remove_stale`.)
 
 Every managed child goes through `Child`: Node and OpenVINO (`LineProcess`), a SavedModel's signature
 (`runtimes/keras2_child.py`), Chromium (`runtimes/chromium.py` `launch_browser`, for the runner and the
@@ -21,14 +21,14 @@ import ctypes
 import json
 import os
 import queue
-import shutil
+import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -39,43 +39,6 @@ from toolkit.text import first_line
 POLL_SECONDS = 0.1  # how often a wait with a memory limit measures the child
 MAX_LINE_BYTES = 1 << 30  # a header line: base64 answers far above any parity case (Chromium's MAX_BODY too)
 MAX_PAYLOAD_BYTES = (2 << 30) - 1  # raw bytes after it: protobuf's limit, the largest converted graph
-
-
-def process_alive(pid: int) -> bool:
-    """Whether `pid` runs (another user's process counts as running: we may not signal it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def owner_pid(name: str, prefix: str) -> int | None:
-    """The pid in `<prefix><pid>-<rest>`, or None for a name of another form."""
-    pid, dash, _ = name.removeprefix(prefix).partition("-") if name.startswith(prefix) else ("", "", "")
-    return int(pid) if dash and pid.isdigit() else None
-
-
-def remove_stale(entries: Iterable[tuple[Path, str]]) -> list[Path]:
-    """Remove each `(path, prefix)` named `<prefix><owner pid>-...` whose owner no longer runs: what a
-    killed run (SIGKILL, no `stop`) left behind. Only this user's; never this process's own."""
-    removed = []
-    for entry, prefix in entries:
-        pid = owner_pid(entry.name, prefix)
-        try:
-            mine = entry.lstat().st_uid == os.getuid()
-        except OSError:  # removed meanwhile (its owner's `stop`, another run's cleanup)
-            continue
-        if pid is None or not mine or pid == os.getpid() or process_alive(pid):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
 
 
 def log_lines(log: IO[bytes] | Path) -> list[str]:
@@ -250,10 +213,13 @@ class Frame:
     payload: bytes = b""
 
 
-def write_frame(stream: IO[bytes], header: Mapping[str, Any], payload: bytes = b"") -> None:
+def frame_bytes(header: Mapping[str, Any], payload: bytes = b"") -> bytes:
     """One message (see the module docstring): the header's JSON line, then the payload's bytes if any."""
-    head = {**header, "bytes": len(payload)} if payload else dict(header)
-    stream.write(json.dumps(head).encode() + b"\n" + payload)
+    return json.dumps({**header, "bytes": len(payload)} if payload else dict(header)).encode() + b"\n" + payload
+
+
+def write_frame(stream: IO[bytes], header: Mapping[str, Any], payload: bytes = b"") -> None:
+    stream.write(frame_bytes(header, payload))
     stream.flush()
 
 
@@ -333,11 +299,31 @@ class LineProcess(Child):
         message = f"Expected {self.runtime} to finish within {label if past else memory}. Received: stopped, {why}"
         return ChildStopped(str(overrun(timeout)) if past and own else message, why)
 
-    def receive_frame(self, timeout: float) -> Frame:
-        """The next message, awaited under every bound (see the class docstring)."""
-        end, label, own = time.monotonic() + timeout, f"{timeout:g} s", True
+    def _bounds(self, timeout: float, start: float | None) -> tuple[float, str, bool]:
+        """When a request started at `start` (now if None) must be answered, that bound's name, and whether
+        it is the request's own (else the child's life)."""
+        end = (time.monotonic() if start is None else start) + timeout
         if self.life is not None and self.life.at < end:
-            end, label, own = self.life.at, self.life.label, False
+            return self.life.at, self.life.label, False
+        return end, f"{timeout:g} s", True
+
+    def _send(self, data: bytes, timeout: float, start: float) -> None:
+        """Write under the request's bounds too: a child that stops reading its input cannot hold us."""
+        assert self.process.stdin is not None
+        end, label, own = self._bounds(timeout, start)
+        fd = self.process.stdin.fileno()
+        os.set_blocking(fd, False)  # our end only: the child reads from its own
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                if not select.select([], [fd], [], max(end - time.monotonic(), 0.0))[1]:
+                    raise self._past_bound(timeout, label, own, True) from None
+
+    def receive_frame(self, timeout: float, start: float | None = None) -> Frame:
+        """The next message, awaited under every bound (see the class docstring)."""
+        end, label, own = self._bounds(timeout, start)
         while True:
             try:
                 left = max(end - time.monotonic(), 0.0)
@@ -375,13 +361,15 @@ class LineProcess(Child):
         if self.process.poll() is not None:
             raise ChildStopped(f"Expected {self.runtime} to be running. Received: it exited: {self.stderr_tail()}",
                                f"it exited with {self.process.returncode}: {self.stderr_tail()}")
-        assert self.process.stdin is not None
+        start = time.monotonic()
         try:
-            write_frame(self.process.stdin, message, payload)
+            self._send(frame_bytes(message, payload), timeout, start)
+        except ChildStopped:  # past a bound while writing (itself a ValueError, as every InputError)
+            raise
         except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed
             raise ChildStopped(f"Expected {self.runtime} to be running. Received: it closed its input: "
                                f"{self.stderr_tail()}", "it exited") from None
-        return self.receive_frame(timeout)
+        return self.receive_frame(timeout, start)
 
     def ask(self, message: Mapping[str, Any], timeout: float) -> dict:
         return self.exchange(message, timeout).header or {}
@@ -391,8 +379,9 @@ class LineProcess(Child):
         if self.process.stdin is not None and not self.process.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(grace) if grace > 0 else None
+        if grace > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace)
         super().stop(grace)
         self.reader.join(5.0)
         if self.process.stdout is not None and not self.reader.is_alive():

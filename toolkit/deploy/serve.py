@@ -66,9 +66,9 @@ from toolkit.deploy.sandbox import (
 from toolkit.deploy.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
 from toolkit.deploy.triton_build import TritonDistribution, server_environment, triton_distribution
 from toolkit.errors import InputError
+from toolkit.fileio import remove_stale as remove_stale_entries
 from toolkit.onnxfile.model import load_onnx
 from toolkit.process import Child, log_lines, log_tail
-from toolkit.process import remove_stale as remove_stale_entries
 from toolkit.progress import Progress
 
 HOST = "127.0.0.1"

@@ -41,7 +41,8 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure, overrun
-from toolkit.process import Child, close_runners_on_sigterm, remove_stale
+from toolkit.fileio import remove_stale
+from toolkit.process import Child, close_runners_on_sigterm
 from toolkit.runtimes.base import START_TIMEOUT, Runner, model_bytes
 from toolkit.runtimes.js import JS_DIR, npm_package
 from toolkit.runtimes.wire import decode_answer, encode_feeds

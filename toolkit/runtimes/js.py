@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure
-from toolkit.process import LineProcess, remove_stale
+from toolkit.fileio import remove_stale
+from toolkit.process import LineProcess
 from toolkit.runtimes.base import (
     MAX_PROTO_BYTES,
     START_TIMEOUT,
