@@ -552,6 +552,40 @@ def test_a_savedmodel_reference_has_one_deadline_for_all_its_calls(tmp_path):
         signature.close()
 
 
+GROWING = """
+import sys, tensorflow as tf
+class Grow(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec((None, 3, 1), tf.float32, name='x')])
+    def serve(self, x):
+        rows = tf.shape(x)[0] * 768  # 768 MiB of float32 per batch row: the shape comes from the feed
+        return {'y': x * tf.reduce_sum(tf.fill(tf.stack([rows, 262144]), 1.0))}
+m = Grow()
+tf.saved_model.save(m, sys.argv[1], signatures={'serving_default': m.serve})
+"""
+
+
+@pytest.mark.slow
+def test_a_savedmodel_signature_past_the_memory_limit_is_stopped_in_one_line(tmp_path, monkeypatch):
+    """The child's resident memory is measured while each answer is awaited: a signature that fills 1.5 GB
+    is stopped past the limit (lowered here to 1 GiB; TensorFlow alone holds about 0.5 GB), in one line."""
+    import time
+
+    import toolkit.runtimes.keras2_child as child
+
+    folder = tmp_path / "grow"
+    subprocess.run([sys.executable, "-c", GROWING, str(folder)], check=True, capture_output=True, timeout=300)
+    monkeypatch.setattr(child, "MAX_RSS_BYTES", 1 << 30)
+    signature = child.SignatureChild(folder)
+    try:
+        start = time.monotonic()
+        with pytest.raises(InputError, match=r"'grow': stopped, it grew past 1024 MiB of memory$") as caught:
+            signature.run({"x": np.ones((2, 3, 1), np.float32)})
+        assert "\n" not in str(caught.value) and time.monotonic() - start < 30
+        assert not Path(f"/proc/{signature.process.pid}").exists() or signature.process.poll() is not None
+    finally:
+        signature.close()
+
+
 @pytest.mark.slow
 def test_a_savedmodel_export_stops_at_the_reference_deadline(tmp_path, monkeypatch):
     """F8 through the export: the child's deadline covers its load too (lowered here to 3 s, below what

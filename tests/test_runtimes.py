@@ -42,10 +42,11 @@ from toolkit.onnxfile.metadata import metadata_value
 from toolkit.process import LineProcess, live_group_members
 from toolkit.runtimes import chromium, js
 from toolkit.runtimes import openvino as ov_runtime
-from toolkit.runtimes.base import decode_tensor, encode_tensor, open_or_failed
+from toolkit.runtimes.base import open_or_failed
 from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.registry import RUNTIMES, runtimes_named
+from toolkit.runtimes.wire import decode_tensor, encode_tensor
 from toolkit.tolerance import Tolerances
 
 EXPORTED = Path(__file__).resolve().parent.parent / "exported"
@@ -95,12 +96,30 @@ def test_importing_the_runtimes_loads_neither_tensorflow_nor_openvino():
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "int32", "bool", "uint8"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int64", "int32", "bool", "uint8"])
 def test_wire_form_round_trips(dtype):
     array = (np.arange(24).reshape(2, 3, 4) % 3).astype(dtype)
     spec = encode_tensor("x", array)
     back = decode_tensor(spec)
     assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
+
+
+@pytest.mark.parametrize("runtime", PROCESS_RUNTIMES)
+def test_float16_crosses_the_wire_form_both_ways(runtime, tmp_path):
+    """The one wire form carries float16 as its uint16 bits (a SavedModel signature's tensors travel in it
+    too): an Identity model gives back exactly what it was fed, the largest finite float16 included."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "f16",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "f16.onnx"
+    onnx.save(model, str(path))
+    x = np.array([[1.5, -2.25, 65504.0], [1e-4, 3.0, -0.5]], np.float16)
+    with _open(runtime, path) as runner:
+        y = runner.run({"x": x})["y"]
+    assert y.dtype == np.float16 and np.array_equal(y, x)
 
 
 @pytest.mark.parametrize("runtime", EXACT)

@@ -24,10 +24,10 @@ from toolkit.deploy.serve import ServeOptions, TritonServer, remove_stale
 from toolkit.deploy.triton_build import server_environment, triton_distribution
 from toolkit.errors import InputError
 from toolkit.export.exporter import export_model
+from toolkit.fileio import owner_pid
 from toolkit.models.builder import StackConfig, build_stack
 from toolkit.onnxfile.metadata import read_state_map as state_map
 from toolkit.onnxfile.model import load_onnx
-from toolkit.process import owner_pid
 from toolkit.runtimes.keras import keras_outputs
 from toolkit.runtimes.onnxrt import OnnxRunner
 

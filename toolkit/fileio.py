@@ -8,8 +8,9 @@ together (a suite and its manifest) go through `toolkit.export.fileset`, which b
 
 Temporaries are named `.NAME.lstm-onnx-<16 hex>.tmp` and written while holding an exclusive `flock` on
 their folder, so the next writer can tell a killed run's leftovers from a live writer's files and remove
-them (`recover`, which also finishes or undoes a file set from its journal). Every OSError becomes one
-`OutputError` line.
+them (`recover`, which also finishes or undoes a file set from its journal). Other leftovers of a killed
+run carry its pid in their names (a browser profile, a model copy, a serve workspace): `remove_stale`
+removes those whose owner no longer runs. Every OSError becomes one `OutputError` line.
 Files are created with mode `0o666 & ~umask`, as a plain `open()` would, so a Triton container running as
 another user can read a model repository written under the default umask.
 """
@@ -23,8 +24,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -278,3 +280,40 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (another user's process counts as running: we may not signal it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_pid(name: str, prefix: str) -> int | None:
+    """The pid in `<prefix><pid>-<rest>`, or None for a name of another form."""
+    pid, dash, _ = name.removeprefix(prefix).partition("-") if name.startswith(prefix) else ("", "", "")
+    return int(pid) if dash and pid.isdigit() else None
+
+
+def remove_stale(entries: Iterable[tuple[Path, str]]) -> list[Path]:
+    """Remove each `(path, prefix)` named `<prefix><owner pid>-...` whose owner no longer runs: what a
+    killed run (SIGKILL, no `stop`) left behind. Only this user's; never this process's own."""
+    removed = []
+    for entry, prefix in entries:
+        pid = owner_pid(entry.name, prefix)
+        try:
+            mine = entry.lstat().st_uid == os.getuid()
+        except OSError:  # removed meanwhile (its owner's `stop`, another run's cleanup)
+            continue
+        if pid is None or not mine or pid == os.getpid() or process_alive(pid):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

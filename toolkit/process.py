@@ -1,66 +1,44 @@
-"""Child processes and servers, one home for all: start one that dies with its parent, read the tail of its
-log, stop it and its whole process group, and remove what a killed run left behind.
+"""Child processes, one layer for all: start one in a process group of its own that dies with its parent
+(and a group reaper where it forks), talk to it in frames under a deadline per request and one for its
+whole life, bound its resident memory, quote its log's tail in one-line errors, and stop its whole group.
+(What a killed run left behind, named by its pid, is removed by `toolkit.fileio.remove_stale`.)
 
-Used by the Node and OpenVINO runners (`LineProcess`), Chromium (`runtimes/chromium.py`,
-`runtimes/devtools.py`) and `lstm-onnx serve` (`serve.py`).
+Every managed child goes through `Child`: Node and OpenVINO (`LineProcess`), a SavedModel's signature
+(`runtimes/keras2_child.py`), Chromium (`runtimes/chromium.py` `launch_browser`, for the runner and the
+page tests), tritonserver and nginx (`deploy/`). One-shot `subprocess.run` commands are not managed here.
+
+The framing (`write_frame`, `read_frame`): each message is one JSON object on one line; a message that
+carries bytes says how many in its `"bytes"` key, and exactly that many raw bytes follow the line. So a
+child that never sends bytes speaks plain JSON lines (the Node harness, the OpenVINO child), and a large
+blob (a converted ONNX graph) crosses without base64's third more bytes and its cost. Tensors travel
+inside the JSON, in the one wire form of `toolkit/runtimes/wire.py`. Nothing is pickled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import queue
-import shutil
+import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from toolkit.errors import RuntimeFailure, overrun
 from toolkit.text import first_line
 
-
-def process_alive(pid: int) -> bool:
-    """Whether `pid` runs (another user's process counts as running: we may not signal it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def owner_pid(name: str, prefix: str) -> int | None:
-    """The pid in `<prefix><pid>-<rest>`, or None for a name of another form."""
-    pid, dash, _ = name.removeprefix(prefix).partition("-") if name.startswith(prefix) else ("", "", "")
-    return int(pid) if dash and pid.isdigit() else None
-
-
-def remove_stale(entries: Iterable[tuple[Path, str]]) -> list[Path]:
-    """Remove each `(path, prefix)` named `<prefix><owner pid>-...` whose owner no longer runs: what a
-    killed run (SIGKILL, no `stop`) left behind. Only this user's; never this process's own."""
-    removed = []
-    for entry, prefix in entries:
-        pid = owner_pid(entry.name, prefix)
-        try:
-            mine = entry.lstat().st_uid == os.getuid()
-        except OSError:  # removed meanwhile (its owner's `stop`, another run's cleanup)
-            continue
-        if pid is None or not mine or pid == os.getpid() or process_alive(pid):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
+POLL_SECONDS = 0.1  # how often a wait with a memory limit measures the child
+MAX_LINE_BYTES = 1 << 30  # a header line: base64 answers far above any parity case (Chromium's MAX_BODY too)
+MAX_PAYLOAD_BYTES = (2 << 30) - 1  # raw bytes after it: protobuf's limit, the largest converted graph
 
 
 def log_lines(log: IO[bytes] | Path) -> list[str]:
@@ -102,11 +80,9 @@ def start_group_reaper(pgid: int) -> subprocess.Popen:
 def stop_reaper(reaper: subprocess.Popen) -> None:
     if reaper.stdin is not None and not reaper.stdin.closed:
         reaper.stdin.close()
-    try:
-        reaper.wait(5.0)
-    except subprocess.TimeoutExpired:
-        reaper.kill()
-        reaper.wait()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        reaper.wait(5.0)  # it exits at the end of its input
+    stop_process(reaper, grace=0)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -135,16 +111,25 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory, from /proc/PID/statm (0 once it has ended)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def stop_process(process: subprocess.Popen, grace: float = 5.0) -> None:
-    """Terminate a child started in its own session, then its whole process group (a browser forks), and
-    wait until none of the group runs."""
-    if process.poll() is None:
+    """Terminate a child started in its own session (`grace` 0: kill it at once), then its whole process
+    group (a browser forks), and wait until none of the group runs."""
+    if process.poll() is None and grace > 0:
         process.terminate()
         try:
             process.wait(grace)
         except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + grace
+            pass  # the group's SIGKILL follows
+    deadline = time.monotonic() + max(grace, 1.0)
     while live_group_members(process.pid) and time.monotonic() < deadline:
         try:
             os.killpg(process.pid, signal.SIGKILL)  # what is left of the group: renderers, zygotes, workers
@@ -152,85 +137,252 @@ def stop_process(process: subprocess.Popen, grace: float = 5.0) -> None:
             break
         time.sleep(0.05)
     if process.poll() is None:
-        process.wait(grace)
+        process.kill()
+        process.wait(max(grace, 1.0))
 
 
-class LineProcess:
-    """A child process that answers one JSON line on stdout per JSON line on stdin.
+class Child:
+    """One child process in a process group of its own (pid = group id) that dies with its parent: a
+    parent-death signal, and with `reaper` a group reaper too (the child forks, or enters a namespace,
+    which clears the signal). Its output goes to `log` (a path) or a temporary file, whose last line ends
+    its errors. `in_child` runs in the child before exec (Chromium's DevTools pipe onto fds 3 and 4, kept
+    with `close_fds=False`). `pipes`: stdin and stdout are pipes to talk over (`LineProcess`)."""
 
-    A reader thread moves stdout lines into a queue so every wait has a timeout; stderr goes to a
-    temporary file (a pipe nobody reads would fill up and hang the child) and is quoted on failure.
+    def __init__(self, command: Sequence[str], name: str, *, cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None, log: Path | None = None, reaper: bool = False,
+                 pipes: bool = False, in_child: Callable[[], None] | None = None, close_fds: bool = True):
+        self.name = name
+        self.log: IO[bytes] | Path = log if log is not None else tempfile.TemporaryFile()
+        self.reaper: subprocess.Popen | None = None
+
+        def before_exec() -> None:
+            if in_child is not None:
+                in_child()
+            die_with_parent()
+
+        out = open(log, "wb") if log is not None else self.log  # noqa: SIM115 - the child holds it from here
+        try:
+            self.process = subprocess.Popen(
+                list(command), stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else out, stderr=out, cwd=cwd, env=None if env is None else dict(env),
+                start_new_session=True, close_fds=close_fds, preexec_fn=before_exec)
+        except OSError as exc:  # not executable, vanished, out of processes
+            self.close_log()
+            raise RuntimeFailure(f"Expected {name} to start. Received: {command[0]} failed to start: "
+                                 f"{exc.strerror or type(exc).__name__}") from None
+        finally:
+            if log is not None:
+                out.close()
+        if reaper:
+            self.reaper = start_group_reaper(self.process.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def log_tail(self, empty: str = "no output") -> str:
+        return log_tail(self.log, empty)
+
+    def close_log(self) -> None:
+        if not isinstance(self.log, Path):
+            self.log.close()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the child and its whole group (SIGTERM, SIGKILL after `grace`; 0: SIGKILL at once), then
+        its reaper; close the log. Safe to call twice."""
+        stop_process(self.process, grace)
+        if self.reaper is not None:
+            stop_reaper(self.reaper)
+            self.reaper = None
+        self.close_log()
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One message: its JSON header (None when the line was not a JSON object), the raw line, the payload."""
+
+    header: dict | None
+    line: bytes
+    payload: bytes = b""
+
+
+def frame_bytes(header: Mapping[str, Any], payload: bytes = b"") -> bytes:
+    """One message (see the module docstring): the header's JSON line, then the payload's bytes if any."""
+    return json.dumps({**header, "bytes": len(payload)} if payload else dict(header)).encode() + b"\n" + payload
+
+
+def write_frame(stream: IO[bytes], header: Mapping[str, Any], payload: bytes = b"") -> None:
+    stream.write(frame_bytes(header, payload))
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> Frame | None:
+    """The next message, or None at the end of the stream (also when it ends inside a payload); a line or a
+    payload past its bound is a frame with no header (the reader is then no longer in step)."""
+    line = stream.readline(MAX_LINE_BYTES)
+    if not line:
+        return None
+    try:
+        header = json.loads(line)
+    except ValueError:  # JSONDecodeError, bytes that are not UTF-8, a line cut at its bound
+        header = None
+    size = header.get("bytes", 0) if isinstance(header, dict) else None
+    if not isinstance(size, int) or not 0 <= size <= MAX_PAYLOAD_BYTES:
+        return Frame(None, line)
+    payload = stream.read(size) if size else b""
+    return Frame(header, line, payload) if len(payload) == size else None
+
+
+class ChildStopped(RuntimeFailure):
+    """A child that failed or passed a bound, stopped; `why` says what happened in a few words ("it ran
+    past 90 s in all"), for a caller that words its own refusal."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a child's whole life ends (`time.monotonic()`), and how a refusal names that bound."""
+
+    at: float
+    label: str
+
+
+class LineProcess(Child):
+    """A child that answers each message with one (the framing above), awaited under the request's
+    deadline, the child's `life` deadline and its `max_rss` bytes of resident memory (measured from /proc
+    every 0.1 s); past any of them the child's group is stopped and the error is one line.
+
+    A reader thread moves frames into a queue so every wait has a timeout; stderr goes to a temporary file
+    (a pipe nobody reads would fill up and hang the child) and its last line is quoted on failure. After
+    a stop the child is marked broken: a late answer must never be taken for the next request's, so every
+    later request fails saying so.
     """
 
     def __init__(self, command: Sequence[str], runtime: str, cwd: Path | None = None,
-                 env: Mapping[str, str] | None = None):
-        self.runtime = runtime
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()
+                 env: Mapping[str, str] | None = None, *, life: Deadline | None = None, max_rss: int | None = None):
         close_runners_on_sigterm()
-        self.process = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                        cwd=cwd, env=None if env is None else dict(env), start_new_session=True,
-                                        preexec_fn=die_with_parent)
-        self.broken = ""  # why later requests cannot be trusted (an earlier one timed out)
-        self.lines: queue.Queue[bytes] = queue.Queue()
+        super().__init__(command, runtime, cwd=cwd, env=env, pipes=True)
+        self.runtime = runtime
+        self.life, self.max_rss = life, max_rss
+        self.broken = ""  # why later requests cannot be trusted (an earlier one was stopped)
+        self.frames: queue.Queue[Frame | None] = queue.Queue()
         self.reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
         self.reader.start()
 
     def _read(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            self.lines.put(line)
-        self.lines.put(b"")  # end of output: the process exited
+        try:
+            while (frame := read_frame(stream)) is not None:
+                self.frames.put(frame)
+        except (OSError, ValueError, MemoryError):  # the stream was closed under the reader; no room
+            pass
+        self.frames.put(None)  # end of output: the process exited
 
     def stderr_tail(self) -> str:
-        return log_tail(self.stderr, "no output on stderr")
+        return self.log_tail("no output on stderr")
+
+    def _past_bound(self, timeout: float, label: str, own: bool, past: bool) -> ChildStopped:
+        """Stop the child at a bound it passed: its one-line error (a request's own deadline: `overrun`)."""
+        memory = f"{(self.max_rss or 0) >> 20} MiB of memory"
+        why = f"it ran past {label}" if past else f"it grew past {memory}"
+        self.broken = f"a request timed out after {timeout:g} s" if past and own else why
+        stop_process(self.process, grace=1.0)  # a crafted Loop would run on
+        message = f"Expected {self.runtime} to finish within {label if past else memory}. Received: stopped, {why}"
+        return ChildStopped(str(overrun(timeout)) if past and own else message, why)
+
+    def _bounds(self, timeout: float, start: float | None) -> tuple[float, str, bool]:
+        """When a request started at `start` (now if None) must be answered, that bound's name, and whether
+        it is the request's own (else the child's life)."""
+        end = (time.monotonic() if start is None else start) + timeout
+        if self.life is not None and self.life.at < end:
+            return self.life.at, self.life.label, False
+        return end, f"{timeout:g} s", True
+
+    def _send(self, data: bytes, timeout: float, start: float) -> None:
+        """Write under the request's bounds too: a child that stops reading its input cannot hold us."""
+        assert self.process.stdin is not None
+        end, label, own = self._bounds(timeout, start)
+        fd = self.process.stdin.fileno()
+        os.set_blocking(fd, False)  # our end only: the child reads from its own
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                if not select.select([], [fd], [], max(end - time.monotonic(), 0.0))[1]:
+                    raise self._past_bound(timeout, label, own, True) from None
+
+    def receive_frame(self, timeout: float, start: float | None = None) -> Frame:
+        """The next message, awaited under every bound (see the class docstring)."""
+        end, label, own = self._bounds(timeout, start)
+        while True:
+            try:
+                left = max(end - time.monotonic(), 0.0)
+                frame = self.frames.get(timeout=min(left, POLL_SECONDS) if self.max_rss else left)
+                break
+            except queue.Empty:
+                pass
+            past = time.monotonic() >= end
+            if past or (self.max_rss and resident_bytes(self.pid) > self.max_rss):
+                raise self._past_bound(timeout, label, own, past) from None
+        if frame is None:
+            code = self._exit_code()
+            raise ChildStopped(f"Expected {self.runtime} to keep running. Received: it exited (code {code}): "
+                               f"{self.stderr_tail()}", f"it exited with {code}: {self.stderr_tail()}")
+        if frame.header is None:
+            self.broken = "it wrote a line that is not a JSON object"
+            raise ChildStopped(f"Expected a JSON object line from {self.runtime}. Received: "
+                               f"{first_line(frame.line.decode('utf-8', 'replace'), 120)!r}", self.broken)
+        return frame
+
+    def _exit_code(self) -> int | None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5.0)
+        stop_process(self.process, grace=1.0)  # where it closed its output yet runs on
+        return self.process.returncode
 
     def receive(self, timeout: float) -> dict:
-        """The next answer line. After a timeout the child is stopped (a crafted Loop would run on) and
-        marked broken: a late line must never be taken for the next request's answer, so every later
-        request fails saying so."""
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            self.broken = f"a request timed out after {timeout:g} s"
-            stop_process(self.process, grace=1.0)
-            raise overrun(timeout) from None
-        if not line:
-            raise RuntimeFailure(f"Expected {self.runtime} to keep running. Received: it exited "
-                                 f"(code {self.process.wait()}): {self.stderr_tail()}")
-        try:
-            answer = json.loads(line)
-        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
-            answer = None
-        if not isinstance(answer, dict):
-            self.broken = "it wrote a line that is not a JSON object"
-            raise RuntimeFailure(f"Expected a JSON object line from {self.runtime}. Received: "
-                                 f"{first_line(line.decode('utf-8', 'replace'), 120)!r}")
-        return answer
+        return self.receive_frame(timeout).header or {}  # a child that sends no bytes: its next JSON line
 
-    def ask(self, message: Mapping, timeout: float) -> dict:
+    def exchange(self, message: Mapping[str, Any], timeout: float, payload: bytes = b"") -> Frame:
+        """Send one message (with `payload` bytes if any) and await the answer."""
         if self.broken:
-            raise RuntimeFailure(f"Expected {self.runtime} to answer in step. Received: no trustworthy answer "
-                                 f"since {self.broken}")
+            raise ChildStopped(f"Expected {self.runtime} to answer in step. Received: no trustworthy answer "
+                               f"since {self.broken}", self.broken)
         if self.process.poll() is not None:
-            raise RuntimeFailure(f"Expected {self.runtime} to be running. Received: it exited: {self.stderr_tail()}")
-        assert self.process.stdin is not None
+            raise ChildStopped(f"Expected {self.runtime} to be running. Received: it exited: {self.stderr_tail()}",
+                               f"it exited with {self.process.returncode}: {self.stderr_tail()}")
+        start = time.monotonic()
         try:
-            self.process.stdin.write(json.dumps(message).encode() + b"\n")
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            raise RuntimeFailure(f"Expected {self.runtime} to be running. Received: it closed its input: "
-                                 f"{self.stderr_tail()}") from None
-        return self.receive(timeout)
+            self._send(frame_bytes(message, payload), timeout, start)
+        except ChildStopped:  # past a bound while writing (itself a ValueError, as every InputError)
+            raise
+        except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed
+            raise ChildStopped(f"Expected {self.runtime} to be running. Received: it closed its input: "
+                               f"{self.stderr_tail()}", "it exited") from None
+        return self.receive_frame(timeout, start)
 
-    def stop(self) -> None:
+    def ask(self, message: Mapping[str, Any], timeout: float) -> dict:
+        return self.exchange(message, timeout).header or {}
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Close the child's input (it exits at end of input), give it `grace` seconds, then stop its group."""
         if self.process.stdin is not None and not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()  # the harness exits at end of input
-            except BrokenPipeError:
-                pass
-        try:
-            self.process.wait(5.0)
-        except subprocess.TimeoutExpired:
-            pass
-        stop_process(self.process)
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
+        if grace > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace)
+        super().stop(grace)
         self.reader.join(5.0)
-        self.stderr.close()
+        if self.process.stdout is not None and not self.reader.is_alive():
+            self.process.stdout.close()

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import onnx
 from toolkit.deploy.triton import TRITON_TYPES, dims, signature
 from toolkit.errors import InputError
 from toolkit.onnxfile.model import TensorInfo
-from toolkit.process import die_with_parent, log_lines
+from toolkit.process import Child, log_lines
 from toolkit.text import first_line
 
 GATE_SCRIPT = Path(__file__).with_name("gate.py")
@@ -190,11 +189,10 @@ def nginx_failure(folder: Path) -> str:
     return first_line((fatal or lines or ["no log"])[0])
 
 
-def start_nginx(folder: Path, config: str) -> subprocess.Popen[bytes]:
-    """nginx with `config`, its pid, log and temp files in `folder`; output in folder/nginx.out."""
+def start_nginx(folder: Path, config: str) -> Child:
+    """nginx with `config`, its pid, log and temp files in `folder`; output in folder/nginx.out. Its own
+    process group with a reaper (nginx forks its workers), dying with lstm-onnx (`toolkit.process.Child`)."""
     folder.mkdir(mode=0o700)
     (folder / "nginx.conf").write_text(config)
-    with open(folder / "nginx.out", "wb") as log:
-        return subprocess.Popen([find_nginx(), "-p", str(folder), "-c", str(folder / "nginx.conf"),
-                                 "-e", str(folder / "error.log")], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+    return Child([find_nginx(), "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log")],
+                 "nginx", log=folder / "nginx.out", reaper=True)

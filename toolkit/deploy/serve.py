@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -67,9 +66,9 @@ from toolkit.deploy.sandbox import (
 from toolkit.deploy.triton import MAX_BATCH_SIZE, check_max_batch_size, check_model_name, quote, signature, tensor_section
 from toolkit.deploy.triton_build import TritonDistribution, server_environment, triton_distribution
 from toolkit.errors import InputError
+from toolkit.fileio import remove_stale as remove_stale_entries
 from toolkit.onnxfile.model import load_onnx
-from toolkit.process import die_with_parent, log_lines, log_tail, start_group_reaper, stop_process, stop_reaper
-from toolkit.process import remove_stale as remove_stale_entries
+from toolkit.process import Child, log_lines, log_tail
 from toolkit.progress import Progress
 
 HOST = "127.0.0.1"
@@ -176,13 +175,12 @@ class TritonServer:
             raise InputError(f"Expected models with distinct file names. Received: {[str(p) for p in paths]}")
         self.name = next(iter(self.models))
         self.options = options
-        self.process: subprocess.Popen[bytes] | None = None  # tritonserver (the gate is its sibling in the group)
-        self.nginx: subprocess.Popen[bytes] | None = None
+        self.process: Child | None = None  # tritonserver (the gate is its sibling in the group)
+        self.nginx: Child | None = None
         self.workspace: Path | None = None
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
         self.stubs: list[int] = []  # the backend's stub processes, watched by `check_backend`
         self.gate: int | None = None  # the gate's pid
-        self.reapers: list[subprocess.Popen[bytes]] = []
 
     @property
     def http_url(self) -> str:
@@ -226,16 +224,12 @@ class TritonServer:
                                    self.options.max_request_values)
             spec = gate_spec(self.models, gate.spec.parent / "gate.sock", bounds, self.options.statistics)
             write_gate_files(gate.spec.parent, spec)
-            with open(self.workspace / "tritonserver.log", "wb") as log:
-                self.process = subprocess.Popen(self.command(dist), env=server_environment(dist), stdout=log,
-                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True, preexec_fn=die_with_parent)
             # Entering a user namespace clears the parent-death signal: the reaper still ends the group.
-            self.reapers.append(start_group_reaper(self.process.pid))
+            self.process = Child(self.command(dist), "tritonserver", env=server_environment(dist),
+                                 log=self.workspace / "tritonserver.log", reaper=True)
             config = nginx_config(self.workspace / "nginx", self.options.http_port, Path(spec["socket"]),
                                   spec["max_body"], self.options.client_timeout_s, self.options.statistics)
             self.nginx = start_nginx(self.workspace / "nginx", config)
-            self.reapers.append(start_group_reaper(self.nginx.pid))
             self._wait_ready(cancel or threading.Event(), progress)
             self.stubs = backend_stubs(self.process.pid) if self.running() else []
             self.gate = gate_pid(gate.pid_file)
@@ -313,12 +307,9 @@ class TritonServer:
         whatever is left of its process group (the stubs, the gate), their shared memory and the workspace
         (the gate's socket with it). Safe to call twice."""
         if self.nginx is not None:
-            stop_process(self.nginx)
+            self.nginx.stop()
         if self.process is not None:  # the stubs are in the server's session: nothing of it may outlive `stop`
-            stop_process(self.process, grace=EXIT_TIMEOUT_S + 10)
-        for reaper in self.reapers:
-            stop_reaper(reaper)
-        self.reapers = []
+            self.process.stop(grace=EXIT_TIMEOUT_S + 10)
         for region in Path("/dev/shm").glob(self._shm_prefix + "*"):
             region.unlink(missing_ok=True)
         if self.workspace is not None:

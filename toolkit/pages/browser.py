@@ -1,8 +1,8 @@
 """A headless Chromium page driven over the DevTools protocol on a pipe: what the page tests and the README
 screenshots use to open lstm-onnx's HTML pages in the real browser.
 
-The browser is the one `toolkit.runtimes.chromium` runs, started the same way (`browser_flags`, its own
-profile, its own process group, a reaper and a parent-death signal), with `--remote-debugging-pipe`: the
+The browser is the one `toolkit.runtimes.chromium` runs, started by the same launcher (`launch_browser`: its
+own profile, its own process group, a reaper and a parent-death signal), with `--remote-debugging-pipe`: the
 protocol's JSON messages, each ended by a NUL byte, travel on file descriptors 3 (to the browser) and 4
 (from it), so no port is opened; the messages go through the one DevTools client,
 `toolkit.runtimes.chromium.DevToolsPipe`. The page records every request's URL and every console error or
@@ -16,7 +16,6 @@ import contextlib
 import functools
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -26,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import RuntimeFailure
-from toolkit.process import start_group_reaper, stop_process, stop_reaper
 from toolkit.runtimes.chromium import (
     PROFILE_PREFIX,
     DevToolsPipe,
     browser_binary,
-    browser_flags,
+    launch_browser,
     remove_stale_profiles,
 )
 
@@ -47,15 +45,7 @@ class DevToolsPage:
         self.errors: list[str] = []  # console errors and uncaught exceptions
         self._next_id, self._events = 0, []
         self.pipe = DevToolsPipe()
-        try:
-            self.browser = subprocess.Popen(
-                [binary, *browser_flags(self.profile), "--remote-debugging-pipe", f"--window-size={width},{height}",
-                 "about:blank"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=False,
-                preexec_fn=self.pipe.in_child)
-        finally:
-            self.pipe.close_child_ends()
-        self.reaper = start_group_reaper(self.browser.pid)
+        self.browser = launch_browser(binary, self.profile, self.pipe, [f"--window-size={width},{height}"])
         try:
             self._attach()
         except BaseException:
@@ -139,8 +129,7 @@ class DevToolsPage:
     def close(self) -> None:
         """Stop the browser's whole process group, its reaper and the pipes; remove the profile. Idempotent."""
         if getattr(self, "browser", None) is not None:
-            stop_process(self.browser)
-            stop_reaper(self.reaper)
+            self.browser.stop()
             self.browser = None
         if getattr(self, "pipe", None) is not None:
             self.pipe.close()

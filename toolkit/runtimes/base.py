@@ -9,13 +9,12 @@ may be called twice; it is a context manager. ONNX Runtime, onnx.reference, Kera
 signature, Node, WASM, Chromium and OpenVINO runners all subclass `Runner`; each writes only `_run` and
 cannot skip the checks (tests/test_verify.py checks that none overrides `run`).
 
-The child runtimes (Node, OpenVINO, the Chromium page) take tensors as JSON `{name, dtype, shape, data}`
-with `data` the base64 of the array's little-endian bytes (`js/protocol.mjs` reads and writes the same form).
+The child runtimes (Node, OpenVINO, the Chromium page, a SavedModel's signature) take tensors in the one wire
+form of `toolkit.runtimes.wire`.
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,42 +27,11 @@ from toolkit.errors import InputError, RuntimeFailure
 from toolkit.onnxfile.model import check_tensor_io, graph_inputs, graph_outputs, optional_inputs
 from toolkit.options import RUN_TIMEOUT
 from toolkit.runtimes.feeds import check_feeds
-from toolkit.text import first_line
+from toolkit.runtimes.wire import decode_answer, encode_tensor
 
-# dtypes both sides can carry; ONNX Runtime's JavaScript API names them as numpy does.
-WIRE_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool")
 # How long a runtime may take to load a model or run one batch before we call it stuck (seconds). A cold
 # Chromium start with the WASM binary takes about 3 s on this machine's 2 shared cores.
 START_TIMEOUT = 120.0
-
-
-def encode_tensor(name: str, array: np.ndarray) -> dict:
-    array = np.asarray(array)
-    if array.dtype.name not in WIRE_DTYPES:
-        raise InputError(f"Expected input {name!r} of a dtype among {list(WIRE_DTYPES)}. Received: {array.dtype.name}")
-    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return {"name": name, "dtype": array.dtype.name, "shape": list(array.shape),
-            "data": base64.b64encode(little.tobytes()).decode("ascii")}
-
-
-def decode_tensor(spec: Mapping) -> np.ndarray:
-    dtype = np.dtype(spec["dtype"]).newbyteorder("<")
-    flat = np.frombuffer(base64.b64decode(spec["data"]), dtype=dtype)
-    return flat.astype(dtype.newbyteorder("="), copy=True).reshape(spec["shape"])
-
-
-def encode_feeds(feeds: Mapping[str, np.ndarray]) -> dict:
-    return {"feeds": [encode_tensor(name, value) for name, value in feeds.items()]}
-
-
-def decode_answer(answer: Mapping, runtime: str, expected: Sequence[str]) -> dict[str, np.ndarray]:
-    """The outputs of one run, in graph order, or the runtime's own error as a one-line `RuntimeFailure`."""
-    if "error" in answer:
-        raise RuntimeFailure(f"Expected a run in {runtime}. Received its error: {first_line(answer['error'])}")
-    outputs = {spec["name"]: decode_tensor(spec) for spec in answer["outputs"]}
-    if list(outputs) != list(expected):
-        raise RuntimeFailure(f"Expected outputs {list(expected)} from {runtime}. Received: {list(outputs)}")
-    return outputs
 
 
 def stream_in_child(runner: Runner, process: Any, input_name: str, chunks: Sequence[np.ndarray],

@@ -28,12 +28,11 @@ import queue
 import secrets
 import select
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -42,17 +41,11 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure, overrun
-from toolkit.process import (
-    close_runners_on_sigterm,
-    die_with_parent,
-    log_tail,
-    remove_stale,
-    start_group_reaper,
-    stop_process,
-    stop_reaper,
-)
-from toolkit.runtimes.base import START_TIMEOUT, Runner, decode_answer, encode_feeds, model_bytes
+from toolkit.fileio import remove_stale
+from toolkit.process import Child, close_runners_on_sigterm
+from toolkit.runtimes.base import START_TIMEOUT, Runner, model_bytes
 from toolkit.runtimes.js import JS_DIR, npm_package
+from toolkit.runtimes.wire import decode_answer, encode_feeds
 from toolkit.text import safe_text
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
@@ -200,7 +193,6 @@ class DevToolsPipe:
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (self._to_browser_r, self._from_browser_w)]
         os.dup2(high[0], 3)  # inheritable: the browser keeps them across exec
         os.dup2(high[1], 4)
-        die_with_parent()
 
     def close_child_ends(self) -> None:
         for fd in (self._to_browser_r, self._from_browser_w):
@@ -241,6 +233,18 @@ class DevToolsPipe:
                 os.close(fd)
 
 
+def launch_browser(binary: str, profile: str, devtools: DevToolsPipe, extra: Sequence[str] = ()) -> Child:
+    """Headless Chromium as lstm-onnx starts every browser (the runner and the page tests): `browser_flags`
+    with its own `profile`, `devtools` on fds 3 and 4 (`--remote-debugging-pipe`), `about:blank` first (a
+    tokened URL goes over the pipe, never on a command line others can read), its own process group with a
+    group reaper (Debian's `chromium` is a wrapper that forks the browser) and a parent-death signal."""
+    try:
+        return Child([binary, *browser_flags(profile), "--remote-debugging-pipe", *extra, "about:blank"], "Chromium",
+                     reaper=True, in_child=devtools.in_child, close_fds=False)
+    finally:
+        devtools.close_child_ends()
+
+
 def remove_stale_profiles(folder: Path | None = None) -> list[Path]:
     """Remove the profiles of runs whose lstm-onnx process is gone (killed before its close()); ours only."""
     return remove_stale((entry, PROFILE_PREFIX) for entry in Path(folder or tempfile.gettempdir()).glob(PROFILE_PREFIX + "*-*"))
@@ -275,18 +279,8 @@ class ChromiumRunner(Runner):
         self.server.daemon_threads = True
         self.server_thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.server_thread.start()
-        self.log = tempfile.TemporaryFile()
         self.devtools = DevToolsPipe()
-        try:
-            self.browser = subprocess.Popen(self._command(binary), stdin=subprocess.DEVNULL, stdout=self.log,
-                                            stderr=self.log, start_new_session=True, close_fds=False,
-                                            preexec_fn=self.devtools.in_child)
-        except OSError as exc:  # not executable, vanished, out of processes
-            raise RuntimeFailure(f"Expected Chromium to start. Received: {binary} failed to start: "
-                                 f"{exc.strerror or type(exc).__name__}") from None
-        finally:
-            self.devtools.close_child_ends()
-        self.reaper = start_group_reaper(self.browser.pid)
+        self.browser = launch_browser(binary, self.profile, self.devtools)
         self.devtools.open_page(self.url)  # the token travels over the pipe, never on a command line
 
     @property
@@ -297,10 +291,6 @@ class ChromiumRunner(Runner):
     @property
     def pid(self) -> int:
         return self.browser.pid
-
-    def _command(self, binary: str) -> list[str]:
-        # about:blank first: the tokened URL goes over the DevTools pipe, never on a command line others can read.
-        return [binary, *browser_flags(self.profile), "--remote-debugging-pipe", "about:blank"]
 
     def _check_in_step(self) -> None:
         if self.broken:
@@ -324,7 +314,7 @@ class ChromiumRunner(Runner):
         raise overrun(timeout)
 
     def _log_tail(self) -> str:
-        return log_tail(self.log)
+        return self.browser.log_tail()
 
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         message = encode_feeds(feeds)
@@ -336,11 +326,7 @@ class ChromiumRunner(Runner):
         if hasattr(self, "server"):
             self.mailbox.requests.put({"stop": True})
         if hasattr(self, "browser"):
-            stop_process(self.browser)
-        if hasattr(self, "reaper"):
-            stop_reaper(self.reaper)
-        if hasattr(self, "log"):
-            self.log.close()
+            self.browser.stop()
         if hasattr(self, "devtools"):
             self.devtools.close()
         if hasattr(self, "server"):

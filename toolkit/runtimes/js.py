@@ -1,7 +1,7 @@
 """ONNX Runtime for JavaScript, run by Node: onnxruntime-node (native) and onnxruntime-web (WASM).
 
 Each runner starts `node js/harness.mjs BACKEND MODEL` once, so the model is loaded once, and sends it
-one JSON line per run (`base.LineProcess`). The packages come from npm, pinned by `js/package-lock.json`
+one JSON line per run (`toolkit.process.LineProcess`). The packages come from npm, pinned by `js/package-lock.json`
 and installed by `lstm-onnx setup` (`toolkit.runtimes.install`) into a per-user cache, never into the installed
 package: `$LSTM_ONNX_JS_DIR` if set, else `$XDG_CACHE_HOME/lstm-onnx/js` (default ~/.cache/lstm-onnx/js).
 A clone's older `toolkit/runtimes/js/node_modules` is looked in after the cache, so existing clones keep
@@ -22,17 +22,17 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure
-from toolkit.process import LineProcess, remove_stale
+from toolkit.fileio import remove_stale
+from toolkit.process import LineProcess
 from toolkit.runtimes.base import (
     MAX_PROTO_BYTES,
     START_TIMEOUT,
     Runner,
-    decode_answer,
-    encode_feeds,
     model_bytes,
     stream_in_child,
 )
 from toolkit.runtimes.threads import check_threads
+from toolkit.runtimes.wire import decode_answer, encode_feeds
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 HARNESS = JS_DIR / "harness.mjs"
@@ -158,7 +158,7 @@ class NodeRunner(Runner):
 
     @property
     def pid(self) -> int:
-        return self.process.process.pid
+        return self.process.pid
 
     def _run(self, feeds: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
         return decode_answer(self.process.ask(encode_feeds(feeds), timeout), self.name, self.output_names)

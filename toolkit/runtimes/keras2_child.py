@@ -8,25 +8,26 @@ tf2onnx's conversion of a `tf.Module` signature (which folds constants), happens
 is killed past `CALL_SECONDS` per request, `TOTAL_SECONDS` from its start (every request together) or
 `EXPORT_SECONDS` from the export's start, or `MAX_RSS_BYTES` of resident memory, with a one-line error.
 
-Messages are one JSON header line, then (for arrays) an `.npz` payload of the length the header gives:
-no pickle crosses the boundary.
+The child is `toolkit.process`'s `LineProcess` (its own process group, a parent-death signal, the
+deadlines and the memory limit watched while each answer is awaited, the group stopped past them). Messages
+are its frames: one JSON header line, with tensors in the wire form of `toolkit.runtimes.wire` inside it and
+a converted graph's bytes after it: no pickle crosses the boundary.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from toolkit.errors import InputError
+from toolkit.process import ChildStopped, Deadline, Frame, LineProcess, read_frame, write_frame
+from toolkit.runtimes.wire import decode_outputs, decode_tensor, encode_feeds, encode_tensor
 from toolkit.text import safe_text
 
 CALL_SECONDS = 120.0
@@ -47,52 +48,35 @@ MAX_RSS_BYTES = 2 << 30
 """Resident memory of the child beyond which it is stopped (the export's stated bound is 2 GB)."""
 
 
-def _send(stream: BinaryIO, header: dict, arrays: Mapping[str, np.ndarray] | None = None, blob: bytes = b"") -> None:
-    payload = blob
-    if arrays is not None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **{key: np.asarray(value) for key, value in arrays.items()})
-        payload = buffer.getvalue()
-    stream.write(json.dumps({**header, "bytes": len(payload)}).encode() + b"\n" + payload)
-    stream.flush()
-
-
-def _receive(stream: BinaryIO) -> tuple[dict, bytes]:
-    line = stream.readline(1 << 20)
-    if not line:
-        raise EOFError("closed")
-    header = json.loads(line)
-    return header, stream.read(int(header["bytes"])) if header["bytes"] else b""
-
-
-def _arrays(payload: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
-
-
 class SignatureChild:
     """A child process holding one SavedModel's `serving_default` signature."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        from toolkit.process import die_with_parent
-
-        self.process = subprocess.Popen([sys.executable, "-m", "toolkit.runtimes.keras2_child", str(folder)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                                        preexec_fn=die_with_parent)  # never outlives lstm-onnx
-        self.deadline, self.bound = _deadline(folder)  # the load and every later request, together
+        at, label = _deadline(folder)  # the load and every later request, together
+        self.process = LineProcess([sys.executable, "-m", "toolkit.runtimes.keras2_child", str(folder)],
+                                   "the SavedModel's graph", env=env, life=Deadline(at, label), max_rss=MAX_RSS_BYTES)
         self._sharing: list[Any] = []
-        self.spec, _ = self._call({"op": "load"})
+        self.spec = self._call({"op": "load"}).header
+
+    @property
+    def deadline(self) -> float:
+        """When the child must have answered everything (`time.monotonic()`)."""
+        assert self.process.life is not None
+        return self.process.life.at
+
+    @deadline.setter
+    def deadline(self, at: float) -> None:
+        assert self.process.life is not None
+        self.process.life = Deadline(at, self.process.life.label)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        _, payload = self._call({"op": "run"}, arrays=feeds)
-        return _arrays(payload)
+        return decode_outputs(self._call({"op": "run", **encode_feeds(feeds)}).header)
 
     def convert(self, opset: int) -> bytes:
         """tf2onnx's conversion of the signature, made in the child (it folds the graph's constants)."""
-        _, payload = self._call({"op": "convert", "opset": opset})
-        return payload
+        return self._call({"op": "convert", "opset": opset}).payload
 
     def share_deadline(self, runner: Any) -> None:
         """Hold `runner`'s runs, made between this child's calls (the export's ONNX Runtime check of the
@@ -103,55 +87,28 @@ class SignatureChild:
 
     def convert_lambda(self, node_path: str, opset: int) -> bytes:
         """tf2onnx's conversion of a Lambda layer's traced graph (`toolkit.models.keras2.traced_lambda`)."""
-        _, payload = self._call({"op": "convert_lambda", "path": node_path, "opset": opset})
-        return payload
+        return self._call({"op": "convert_lambda", "path": node_path, "opset": opset}).payload
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                stream.close()
+        self.process.stop(grace=0)  # nothing of the graph's work is worth waiting for
 
-    def _call(self, header: dict, arrays: Mapping[str, np.ndarray] | None = None) -> tuple[dict, bytes]:
+    def _call(self, header: dict) -> Frame:
         try:
-            _send(self.process.stdin, header, arrays)
-        except (BrokenPipeError, OSError):
-            self._fail("it exited")
-        deadline = min(time.monotonic() + CALL_SECONDS, self.deadline)
-        past = f"{CALL_SECONDS:g} s" if deadline < self.deadline else self.bound
-        os.set_blocking(self.process.stdout.fileno(), True)
-        import select
-
-        while True:
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.1)
-            if ready:
-                break
-            if self.process.poll() is not None:
-                self._fail(f"it exited with {self.process.returncode}")
-            if time.monotonic() > deadline:
-                self._fail(f"it ran past {past}")
-            if _rss(self.process.pid) > MAX_RSS_BYTES:
-                self._fail(f"it grew past {MAX_RSS_BYTES >> 20} MiB of memory")
-        try:
-            reply, payload = _receive(self.process.stdout)
-        except (EOFError, ValueError, KeyError):
-            self._fail("it exited mid-answer")
+            reply = self.process.exchange(header, CALL_SECONDS)
+        except ChildStopped as exc:
+            self.close()
+            raise InputError(f"Expected the SavedModel's graph to finish within {CALL_SECONDS:g} s a call, "
+                             f"{TOTAL_SECONDS:g} s in all ({EXPORT_SECONDS:g} s from the export's start) and "
+                             f"{MAX_RSS_BYTES >> 20} MiB. Received: "
+                             f"{safe_text(str(self.folder.name))!r}: stopped, {exc.why}") from None
         for runner in self._sharing:  # the reference runs first in each case, then the runtimes
             runner.timeout = max(self.deadline - time.monotonic(), 0.001)
-        if reply.get("error"):
+        error = (reply.header or {}).get("error")
+        if error:
             self.close()
             raise InputError(f"Expected the SavedModel's graph to {header['op']} in TensorFlow. Received: "
-                             f"{safe_text(str(self.folder.name))!r}: {safe_text(reply['error'], limit=250)}")
-        return reply, payload
-
-    def _fail(self, why: str) -> None:
-        self.close()
-        raise InputError(f"Expected the SavedModel's graph to finish within {CALL_SECONDS:g} s a call, "
-                         f"{TOTAL_SECONDS:g} s in all ({EXPORT_SECONDS:g} s from the export's start) and "
-                         f"{MAX_RSS_BYTES >> 20} MiB. Received: "
-                         f"{safe_text(str(self.folder.name))!r}: stopped, {why}")
+                             f"{safe_text(str(self.folder.name))!r}: {safe_text(error, limit=250)}")
+        return reply
 
 
 def _deadline(folder: Path) -> tuple[float, str]:
@@ -163,14 +120,6 @@ def _deadline(folder: Path) -> tuple[float, str]:
     if started is not None and started + EXPORT_SECONDS < own:
         return started + EXPORT_SECONDS, f"{EXPORT_SECONDS:g} s from the export's start"
     return own, f"{TOTAL_SECONDS:g} s in all (load and every call)"
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 # ------------------------------------------------------------------------------------------- the child
@@ -190,32 +139,29 @@ def _serve(folder: str) -> None:
     import tensorflow as tf
 
     function, states, dtypes = None, [], {}
-    while True:
-        try:
-            header, payload = _receive(stdin)
-        except EOFError:
-            return
+    while (frame := read_frame(stdin)) is not None:
+        header = frame.header or {}
         try:
             if header["op"] == "load":
                 loaded = tf.saved_model.load(folder)
                 function = loaded.signatures["serving_default"]
                 states = _state_variables(loaded, Path(folder))
                 dtypes = {name: spec.dtype for name, spec in function.structured_input_signature[1].items()}
-                _send(stdout, _spec(function))
+                write_frame(stdout, _spec(function))
             elif header["op"] == "run":
                 for variable in states:  # each case from zero states, as the export's defaults
                     variable.assign(tf.zeros_like(variable))
-                feeds = _arrays(payload)
+                feeds = {spec["name"]: decode_tensor(spec) for spec in header["feeds"]}
                 result = function(**{k: tf.constant(v, dtype=dtypes.get(k)) for k, v in feeds.items() if k in dtypes})
-                _send(stdout, {}, arrays={k: v.numpy() for k, v in result.items()})
+                write_frame(stdout, {"outputs": [encode_tensor(k, v.numpy()) for k, v in result.items()]})
             elif header["op"] == "convert_lambda":
                 from toolkit.models.keras2.traced_lambda import convert_traced
 
-                _send(stdout, {}, blob=convert_traced(loaded, str(header["path"]), int(header["opset"])))
+                write_frame(stdout, {}, convert_traced(loaded, str(header["path"]), int(header["opset"])))
             else:
-                _send(stdout, {}, blob=_convert(function, int(header["opset"])))
+                write_frame(stdout, {}, _convert(function, int(header["opset"])))
         except Exception as exc:  # noqa: BLE001 - every failure goes back as one line
-            _send(stdout, {"error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"})
+            write_frame(stdout, {"error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"})
 
 
 def _state_variables(loaded: Any, folder: Path) -> list[Any]:

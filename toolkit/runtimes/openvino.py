@@ -24,8 +24,9 @@ import onnx
 from toolkit.errors import InputError, RuntimeFailure
 from toolkit.onnxfile.model import describe, subgraphs
 from toolkit.process import LineProcess
-from toolkit.runtimes.base import START_TIMEOUT, Runner, decode_answer, encode_feeds, stream_in_child
+from toolkit.runtimes.base import START_TIMEOUT, Runner, stream_in_child
 from toolkit.runtimes.threads import check_threads
+from toolkit.runtimes.wire import decode_answer, encode_feeds
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # The activations OpenVINO computes in LSTM/GRU/RNN, matched case-insensitively as OpenVINO does. Measured

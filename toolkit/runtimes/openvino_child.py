@@ -1,8 +1,8 @@
 """The OpenVINO child: `python -m toolkit.runtimes.openvino_child CONFIG_JSON` compiles one model for the
-CPU plugin and answers one JSON line per request line on stdin (the wire form of `runtimes/base.py`, as
-the Node harness does). OpenVINO cannot stop a run in progress (`InferRequest.cancel` leaves a Loop
-running, and the process then hangs at exit): in a child, a run past its deadline is stopped by stopping
-the child.
+CPU plugin and answers one JSON line per request line on stdin (`toolkit.process`'s framing; tensors in the
+wire form of `runtimes/wire.py`, as the Node harness does). OpenVINO cannot stop a run in progress
+(`InferRequest.cancel` leaves a Loop running, and the process then hangs at exit): in a child, a run past
+its deadline is stopped by stopping the child.
 
 CONFIG_JSON: {"path", "runtime", "precision" (or null: the plugin's default), "threads" (or null),
 "outputs" (the graph's output names), "properties" (set on the CPU plugin first; tests pin f32 there)}.
@@ -16,11 +16,12 @@ import json
 import os
 import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from toolkit.runtimes.base import decode_tensor, encode_tensor
+from toolkit.process import read_frame, write_frame
+from toolkit.runtimes.wire import decode_tensor, encode_tensor
 
 
 def openvino_line(exc: Exception) -> str:
@@ -30,11 +31,6 @@ def openvino_line(exc: Exception) -> str:
     lines = [line.strip() for line in text.splitlines()]
     said = [line for line in lines if line and not line.startswith("Exception from")]
     return (said[0] if said else type(exc).__name__)[:300]
-
-
-def _send(out: IO[str], message: dict) -> None:
-    out.write(json.dumps(message) + "\n")
-    out.flush()
 
 
 def _compile(config: dict[str, Any]) -> tuple[Any, dict]:
@@ -93,26 +89,26 @@ def _answer(compiled: Any, ports: dict[str, Any], request: dict) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    out = os.fdopen(os.dup(1), "w")  # the answers' own channel: what OpenVINO prints goes to stderr
+    out = os.fdopen(os.dup(1), "wb")  # the answers' own channel: what OpenVINO prints goes to stderr
     os.dup2(2, 1)
     config = json.loads(argv[0])
     try:
         compiled, ready = _compile(config)
     except RuntimeError as exc:  # OpenVINO reports a refused op or attribute as a RuntimeError
-        _send(out, {"error": openvino_line(exc)})
+        write_frame(out, {"error": openvino_line(exc)})
         return
     wanted = set(config["outputs"])
     # A port may carry several tensor names; keep the one that is a graph output.
     by_name = {next(iter(port.get_names() & wanted), port.get_any_name()): port for port in compiled.outputs}
     missing = [name for name in config["outputs"] if name not in by_name]
     if missing:
-        _send(out, {"error": f"Expected outputs {config['outputs']} in the compiled model. Received: {list(by_name)}"})
+        write_frame(out, {"error": f"Expected outputs {config['outputs']} in the compiled model. Received: {list(by_name)}"})
         return
     ports = {name: by_name[name] for name in config["outputs"]}
-    _send(out, ready)
-    for line in sys.stdin:
-        if line.strip():
-            _send(out, _answer(compiled, ports, json.loads(line)))
+    write_frame(out, ready)
+    while (frame := read_frame(sys.stdin.buffer)) is not None:
+        if frame.header is not None:  # the parent sends JSON objects only
+            write_frame(out, _answer(compiled, ports, frame.header))
 
 
 if __name__ == "__main__":

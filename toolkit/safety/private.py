@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from toolkit.errors import ModelLoadError
+from toolkit.fileio import remove_stale
 from toolkit.options import ResourceLimits
-from toolkit.process import close_runners_on_sigterm, remove_stale
+from toolkit.process import close_runners_on_sigterm
 from toolkit.safety.files import open_regular_file
 from toolkit.text import safe_text
 

@@ -1,11 +1,10 @@
-// The wire form shared by the Node harness (harness.mjs) and the browser page (page.html), and read
-// and written by toolkit/runtimes/base.py: a tensor is {name, dtype, shape, data}, with data the base64
-// of its little-endian bytes (every platform these runtimes run on here is little-endian, so a typed
-// array's own bytes are those). A request is {feeds: [tensor...]}; an answer {outputs: [tensor...]} in
-// the session's output order, or {error: "one line"}.
+// The wire form of tensors, shared by the Node harness (harness.mjs) and the browser page (page.html):
+// its one description is toolkit/runtimes/wire.py (a tensor {name, dtype, shape, data}, data the base64
+// of its little-endian bytes; every platform these runtimes run on here is little-endian, so a typed
+// array's own bytes are those; float16 travels as its uint16 bits).
 
 const ARRAYS = {
-  float32: Float32Array, float64: Float64Array, int8: Int8Array, uint8: Uint8Array, int16: Int16Array,
+  float32: Float32Array, float64: Float64Array, float16: Uint16Array, int8: Int8Array, uint8: Uint8Array, int16: Int16Array,
   uint16: Uint16Array, int32: Int32Array, uint32: Uint32Array, int64: BigInt64Array, uint64: BigUint64Array,
   bool: Uint8Array,
 };
