@@ -1012,3 +1012,19 @@ def test_a_keras3_json_and_weights_pair_is_refused_naming_the_keras_file_instead
     model.save_weights(tmp_path / "w.weights.h5")
     with pytest.raises(ModelLoadError, match="Keras 3's .weights.h5 layout: export the model's .keras file"):
         export_keras_model(tmp_path / "arch.json", tmp_path / "x.onnx", weights=tmp_path / "w.weights.h5")
+
+
+def test_verify_takes_an_architecture_json_with_its_weights(keras2_models, tmp_path):
+    """`verify --keras model.json --weights w.h5` checks an export against tf.keras' model_from_json +
+    load_weights, in ONNX Runtime and Node; --weights without --keras, and a JSON alone, are one line."""
+    from toolkit.checking.verify import verify_export
+
+    out = tmp_path / "pair.onnx"
+    export_keras_model(keras2_models / "json_pair.json", out, weights=keras2_models / "json_pair_weights.h5").save(out)
+    outcome = verify_export(out, keras2_models / "json_pair.json", ["onnxruntime", "onnxruntime-node"],
+                            weights=keras2_models / "json_pair_weights.h5")
+    assert outcome and "architecture JSON and the weights file" in outcome.reference
+    with pytest.raises(InputError, match="Expected --weights with --keras"):
+        verify_export(out, None, weights=keras2_models / "json_pair_weights.h5")
+    with pytest.raises(InputError, match="Expected --weights with an architecture JSON"):
+        verify_export(out, keras2_models / "json_pair.json")

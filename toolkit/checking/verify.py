@@ -154,17 +154,18 @@ class VerifyOutcome:
 def verify_export(onnx_path: str | Path, keras_path: str | Path | None = None, runtimes: Sequence[str] = ("onnxruntime",),
                   tolerances: Tolerances = Tolerances(), seed: int = 0, chunks: Sequence[int] | None = None,
                   stream_length: int = 12, limits: ResourceLimits = DEFAULT_LIMITS,
-                  progress: Progress = Progress()) -> VerifyOutcome:
+                  progress: Progress = Progress(), weights: str | Path | None = None) -> VerifyOutcome:
     """`lstm-onnx verify` as a function: the export against its Keras model (or, without one, the model rebuilt
     from the builder flags the export records) in each installed runtime named, and with `chunks` also fed
-    in chunks carrying its states. A runtime not installed is listed; none installed is an error."""
+    in chunks carrying its states. A runtime not installed is listed; none installed is an error. With
+    `weights`, `keras_path` is an architecture JSON and `weights` its weights-only `.h5`."""
     onnx_path = Path(onnx_path)
     ready, missing = installed_of(runtimes)  # an unknown name is refused before the Keras model is loaded
     absent = {r.name: not_installed(r) for r in missing}
     if not ready:
         raise InputError(f"Expected an installed runtime among {list(runtimes)}. Received: "
                          + "; ".join(f"{name}: {hint}" for name, hint in absent.items()))
-    reference = reference_of(onnx_path, keras_path, limits)
+    reference = reference_of(onnx_path, keras_path, limits, weights)
     try:
         # Decided once, here: the unchunked check in every runtime and the chunked one use the same.
         tolerances = decided_tolerances(tolerances, load_onnx(onnx_path), reference.model)
@@ -182,12 +183,16 @@ def verify_export(onnx_path: str | Path, keras_path: str | Path | None = None, r
                          getattr(reference, "label", None), list(runtimes) == ["all"])
 
 
-def reference_of(onnx_path: Path, keras_path: str | Path | None, limits: ResourceLimits = DEFAULT_LIMITS) -> KerasRunner:
+def reference_of(onnx_path: Path, keras_path: str | Path | None, limits: ResourceLimits = DEFAULT_LIMITS,
+                 weights: str | Path | None = None) -> KerasRunner:
     """The parity reference, loaded once within `limits` for the parity check and the streamed one alike;
     or rebuilt from the builder flags the export records. A Keras 2 file's reference is its original
     (tf.keras, or the SavedModel's signature), over its Keras 3 translation."""
     if keras_path is not None:
         from toolkit.runtimes.keras2 import load_reference
 
-        return load_reference(Path(keras_path), limits)
+        return load_reference(Path(keras_path), limits, weights)
+    if weights is not None:
+        raise InputError(f"Expected --weights with --keras, an architecture JSON. Received: --weights "
+                         f"{str(weights)!r} without --keras")
     return KerasRunner(recorded_keras_model(load_onnx(onnx_path), onnx_path.name))

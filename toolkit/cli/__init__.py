@@ -88,6 +88,8 @@ cli.add_command(export)
 @click.argument("onnx_model", type=click.Path(path_type=Path))
 @click.option("--keras", "keras_model", type=click.Path(path_type=Path),
               help="The Keras model it came from (default: rebuilt from the builder flags the export records).")
+@click.option("--weights", "weights_file", type=click.Path(path_type=Path),
+              help="--keras an architecture JSON (model.to_json()): its weights-only .h5 (model.save_weights).")
 @tolerance_options
 @seed_option("input", "the random inputs", default=0)
 @click.option("--stream", metavar="CHUNKS",
@@ -99,9 +101,10 @@ cli.add_command(export)
 @json_option()
 @click.option("--html", "html", type=click.Path(path_type=Path), metavar="PATH",
               help="Also write a self-contained HTML report: matrix, error per time step, versions.")
-def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol: Sequence[str], seed: int,
-           stream: str | None, stream_length: int, runtimes: str, max_params: int | None, max_timesteps: int | None,
-           max_activation: int | None, max_member_bytes: int | None, as_json: bool, html: Path | None) -> None:
+def verify(onnx_model: Path, keras_model: Path | None, weights_file: Path | None, atol: Sequence[str],
+           rtol: Sequence[str], seed: int, stream: str | None, stream_length: int, runtimes: str,
+           max_params: int | None, max_timesteps: int | None, max_activation: int | None,
+           max_member_bytes: int | None, as_json: bool, html: Path | None) -> None:
     """Re-run the parity check of ONNX_MODEL against its Keras model. Exits 1 on any failure."""
     quiet_tensorflow()
     from toolkit.checking.report import verify_text
@@ -120,7 +123,7 @@ def verify(onnx_model: Path, keras_model: Path | None, atol: Sequence[str], rtol
             chunks = parse_chunks(stream)
         limits = limits_from(max_params, max_timesteps, max_activation, max_member_bytes)
     outcome = verify_export(onnx_model, keras_model, asked, tolerances, seed, chunks, stream_length, limits,
-                            progress_for(as_json))
+                            progress_for(as_json), weights=weights_file)
     absent, label = outcome.not_installed, outcome.reference
     if html is not None:  # written whatever the outcome: the page shows what failed
         from toolkit.onnxfile.model import load_onnx
