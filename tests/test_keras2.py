@@ -940,7 +940,8 @@ def test_a_tf_keras_archive_saved_on_windows_loads_its_weights_by_their_paths(ke
 
 # ------------------------------------------------- architecture JSON + weights-only .h5 (Keras 1 and 2 pairs)
 @pytest.mark.parametrize("name, outputs, fused", [("json_pair", ["dense_output"], {"LSTM": 1, "GRU": 1}),
-                                                  ("keras1_recurrent", ["dense_1_output"], {"LSTM": 2, "GRU": 1, "RNN": 1})])
+                                                  ("keras1_recurrent", ["dense_1_output"], {"LSTM": 2, "GRU": 1, "RNN": 1}),
+                                                  ("keras1_embedding", ["timedistributed_1_output"], {"GRU": 1})])
 def test_an_architecture_json_with_its_weights_exports_equal_to_the_original(keras2_models, name, outputs, fused):
     """The pair Keras 1 and 2 tutorials published (`model.to_json()` + `model.save_weights`): the config from
     the JSON, the weights from the .h5 (Keras 1's per-gate arrays joined), checked against tf.keras'
