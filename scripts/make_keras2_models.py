@@ -565,6 +565,18 @@ def save_json_pair(out: Path, seed: int) -> None:
     (out / "json_pair.json").write_text(model.to_json())
     model.save_weights(out / "json_pair_weights.h5")
     model.save(out / "json_pair.h5")
+    # tforg7/ML-investment-predictor's form: a Bidirectional first layer given input_shape, which tf.keras writes
+    # on the wrapped LSTM only (no InputLayer, no shape on the wrapper), as a pair and as a whole .h5
+    k2.backend.clear_session()
+    model = k2.Sequential([L.Bidirectional(L.LSTM(4, return_sequences=True, input_shape=(5, 3), name="lstm"),
+                                           name="bidirectional"),
+                           L.Bidirectional(L.GRU(3, name="gru"), name="bidirectional_1"), L.Dense(2, name="dense")])
+    model.build((None, 5, 3))  # tf.keras 2.21 no longer builds from the wrapped layer's shape; 2.7 did
+    weights(model, seed + 1)
+    record(model, "bidirectional_first", out, seed + 1)
+    (out / "bidirectional_first.json").write_text(model.to_json())
+    model.save_weights(out / "bidirectional_first_weights.h5")
+    model.save(out / "bidirectional_first.h5")
 
 
 def save_refused(out: Path) -> None:
