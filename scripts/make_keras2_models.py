@@ -441,9 +441,38 @@ def keras1_recurrent():
                           L.Dense(2, activation="linear", name="dense_1")])
 
 
+def keras1_embedding():
+    """ChemTS's Keras 1.1.1 form (tsudalab/ChemTS RNN-model/model.json): an Embedding whose Keras 1 config holds
+    `dropout` and `input_dtype: "int32"`, a GRU with activation sigmoid, a TimeDistributed Dense."""
+    return k2.Sequential([L.Embedding(64, 4, input_length=6, name="embedding_1"),
+                          L.GRU(5, activation="sigmoid", recurrent_activation="hard_sigmoid", reset_after=False,
+                                return_sequences=True, name="gru_1"),
+                          L.TimeDistributed(L.Dense(3, activation="softmax", name="dense_1"), name="timedistributed_1")])
+
+
+def _keras1_wrapper_config(layer, first: bool) -> dict | None:
+    """Keras 1.1's Embedding (its training-only `dropout`, its input's `input_dtype`) and TimeDistributed
+    configs, as Keras 1 wrote them; None for other layers."""
+    kind = type(layer).__name__
+    if kind == "Embedding":
+        config = {"name": layer.name, "trainable": True, "input_dim": layer.input_dim, "output_dim": layer.output_dim,
+                  "init": "uniform", "input_length": layer.input.shape[1], "mask_zero": False, "W_regularizer": None,
+                  "W_constraint": None, "activity_regularizer": None, "dropout": 0.2, "input_dtype": "int32"}
+        if first:
+            config["batch_input_shape"] = [None, layer.input.shape[1]]
+        return {"class_name": kind, "config": config}
+    if kind == "TimeDistributed":
+        return {"class_name": kind, "config": {"name": layer.name, "trainable": True,
+                                               "layer": _keras1_config(layer.layer, False, layer.input.shape[-1])}}
+    return None
+
+
 def _keras1_config(layer, first: bool, features: int | None = None) -> dict:
     """A layer's config as Keras 1.2.2's get_config wrote it (argument names, initializer strings)."""
     kind = type(layer).__name__
+    wrapper = _keras1_wrapper_config(layer, first)
+    if wrapper is not None:
+        return wrapper
     features = features or layer.input.shape[-1]
     if kind == "Bidirectional":  # Keras 1.2: {"layer": the wrapped layer's config, "merge_mode"}
         inner = _keras1_config(layer.forward_layer, False, layer.input.shape[-1])
@@ -474,6 +503,8 @@ def _keras1_arrays(layer) -> list[tuple[str, np.ndarray]]:
     kind = type(layer).__name__
     if kind == "Bidirectional":  # the forward layer's arrays, then the backward layer's
         return _keras1_arrays(layer.forward_layer) + _keras1_arrays(layer.backward_layer)
+    if kind == "TimeDistributed":  # Keras 1 named them after the wrapped layer: dense_1_W:0
+        return _keras1_arrays(layer.layer)
     values = [np.asarray(v) for v in layer.get_weights()]
     if kind not in KERAS1_GATES:
         return [(f"{layer.name}_{part}:0", value) for part, value in zip(("W", "U", "b") if kind == "SimpleRNN"
@@ -513,6 +544,15 @@ def save_keras1(out: Path, seed: int) -> None:
     (out / "keras1_recurrent.json").write_text(json.dumps({**config, "keras_version": "1.2.2"}))
     with h5py.File(out / "keras1_recurrent_weights.h5", "w") as f:
         _keras1_weights(f, model)
+    k2.backend.clear_session()
+    model = keras1_embedding()  # ChemTS's pair: only a JSON (Keras 1.1.1) and its weights
+    weights(model, seed)
+    record(model, "keras1_embedding", out, seed)
+    layers = [_keras1_config(layer, i == 0) for i, layer in enumerate(model.layers)]
+    (out / "keras1_embedding.json").write_text(json.dumps({"class_name": "Sequential", "keras_version": "1.1.1",
+                                                           "config": layers}))
+    with h5py.File(out / "keras1_embedding_weights.h5", "w") as f:
+        _keras1_weights(f, model)
 
 
 def save_json_pair(out: Path, seed: int) -> None:
@@ -525,6 +565,18 @@ def save_json_pair(out: Path, seed: int) -> None:
     (out / "json_pair.json").write_text(model.to_json())
     model.save_weights(out / "json_pair_weights.h5")
     model.save(out / "json_pair.h5")
+    # tforg7/ML-investment-predictor's form: a Bidirectional first layer given input_shape, which tf.keras writes
+    # on the wrapped LSTM only (no InputLayer, no shape on the wrapper), as a pair and as a whole .h5
+    k2.backend.clear_session()
+    model = k2.Sequential([L.Bidirectional(L.LSTM(4, return_sequences=True, input_shape=(5, 3), name="lstm"),
+                                           name="bidirectional"),
+                           L.Bidirectional(L.GRU(3, name="gru"), name="bidirectional_1"), L.Dense(2, name="dense")])
+    model.build((None, 5, 3))  # tf.keras 2.21 no longer builds from the wrapped layer's shape; 2.7 did
+    weights(model, seed + 1)
+    record(model, "bidirectional_first", out, seed + 1)
+    (out / "bidirectional_first.json").write_text(model.to_json())
+    model.save_weights(out / "bidirectional_first_weights.h5")
+    model.save(out / "bidirectional_first.h5")
 
 
 def save_refused(out: Path) -> None:

@@ -19,6 +19,9 @@ Per entry:
 - tf2onnx: the original as a SavedModel (the folder itself, or tf.keras / Keras 3 saving one) through
   `python -m tf2onnx.convert --saved-model`, compared with that SavedModel's signature at the same bar.
 - Keras 3: keras.models.load_model(FILE, safe_mode=True, compile=False) opens it or not.
+A pair (an entry with `weights`: `model.to_json()` beside `model.save_weights`) is exported with
+`lstm-onnx export MODEL.json --weights W.h5`, its original is tf.keras' model_from_json + load_weights (the
+SavedModel tf2onnx reads is saved from that), and Keras 3 "opens" it when its model_from_json + load_weights do.
 No file whose config holds a Lambda layer is ever loaded by tf.keras or Keras here (its bytecode would run).
 """
 
@@ -60,6 +63,12 @@ def model_path(entry: dict) -> Path:
     return folder if entry["model"] == "." else folder / entry["model"]
 
 
+def weights_path(entry: dict) -> Path | None:
+    """A pair's weights-only `.h5` (`model.save_weights`) beside its architecture JSON (`model.to_json()`, the
+    entry's `model`); None for a whole-model file."""
+    return corpus_root() / entry["slug"] / entry["weights"] if entry.get("weights") else None
+
+
 def sha_ok(entry: dict) -> bool:
     """Every file of the entry present with its recorded sha256."""
     folder = corpus_root() / entry["slug"]
@@ -91,6 +100,8 @@ def read_config(entry: dict) -> dict:
         nodes = read_keras_metadata(path / "keras_metadata.pb", ResourceLimits())
         root = next(n for n in nodes if n.node_id == 0).metadata
         return {"class_name": root.get("class_name"), "config": root["config"]}
+    if path.suffix == ".json":  # a pair's architecture JSON
+        return json.loads(path.read_text())
     if path.suffix == ".keras":
         import zipfile
 
@@ -185,7 +196,8 @@ def make_feeds(specs: list[InputSpec]) -> list:
     rng = np.random.default_rng(SEED)
     feeds = []
     for spec in specs:
-        shape = [BATCH] + [STEPS if d is None else int(d) for d in spec.shape[1:]]
+        batch = int(spec.shape[0]) if spec.shape and spec.shape[0] is not None else BATCH  # stateful: fixed batch
+        shape = [batch] + [STEPS if d is None else int(d) for d in spec.shape[1:]]
         if spec.vocab:
             array = rng.integers(1 if spec.mask_zero else 0, spec.vocab, size=shape).astype(np.int64)
             if spec.mask_zero and len(shape) > 1:
@@ -242,6 +254,9 @@ def reference_outputs(entry: dict, specs: list[InputSpec], feeds: list) -> tuple
         import keras
 
         return f"Keras {keras.__version__}", _keras_predict(keras.models.load_model(path, safe_mode=True, compile=False), feeds)
+    if entry.get("weights"):
+        model, how = tf_keras_pair(entry)
+        return how, _keras_predict(model, feeds)
     import tf_keras
 
     try:
@@ -249,6 +264,29 @@ def reference_outputs(entry: dict, specs: list[InputSpec], feeds: list) -> tuple
     except Exception as exc:  # noqa: BLE001 - the two file quirks below are repaired on a copy; others re-raise
         model, how = _load_repaired(path, exc)
     return f"tf.keras {tf_keras.__version__}{how}", _keras_predict(model, feeds)
+
+
+def tf_keras_pair(entry: dict):
+    """(model, label): a pair as its tutorials loaded it, tf.keras' model_from_json + load_weights. A Keras 1
+    JSON (argument names tf.keras 2.21 no longer reads) or one relying on the defaults of the Keras that wrote
+    it is built from a corrected copy of the config (lstm-onnx's reference_config: names and defaults only,
+    the weights are the file's), and the label says so."""
+    import tf_keras
+
+    text, weights = model_path(entry).read_text(), str(weights_path(entry))
+    label = f"tf.keras {tf_keras.__version__} model_from_json + load_weights"
+    try:
+        model = tf_keras.models.model_from_json(text)
+        model.load_weights(weights)
+        return model, label
+    except Exception:  # noqa: BLE001 - retried on the corrected copy below; its own failure is what is measured
+        from toolkit.runtimes.keras2 import reference_config
+
+        config = json.loads(text)
+        fixed, filled, corrected = reference_config(config, str(config.get("keras_version") or "1"))
+        model = tf_keras.models.model_from_json(json.dumps(fixed))
+        model.load_weights(weights)
+        return model, f"{label} (config corrected on a copy: {len(corrected)} Keras 1 layers, defaults {filled})"
 
 
 # Files no tf.keras opens as they are, though their weights are all there. The reference then runs in tf.keras
@@ -349,7 +387,15 @@ def onnx_outputs(path: Path, specs: list[InputSpec], feeds: list) -> dict:
              "tensor(int32)": np.int32}
     inputs = _graph_order(session.get_inputs(), specs)
     run = {i.name: np.asarray(f, dtype=types.get(i.type, np.float32)) for i, f in zip(inputs, feeds)}
-    names = [o.name for o in session.get_outputs()]
+    # A stateful model's export takes each layer's states as inputs and returns them: the original, fresh from
+    # its file, starts from zeros, and its outputs are the model's own, so the states go in as zeros and their
+    # outputs are left out of the comparison.
+    carried = [i for i in session.get_inputs() if i.name not in run and "_initial_state_" in i.name]
+    for state in carried:
+        shape = [d if isinstance(d, int) else len(feeds[0]) for d in state.shape]
+        run[state.name] = np.zeros(shape, dtype=types.get(state.type, np.float32))
+    left_out = {s.name.replace("_initial_state_", "_state_") for s in carried}
+    names = [o.name for o in session.get_outputs() if o.name not in left_out]
     return dict(zip(names, session.run(names, run)))
 
 
@@ -448,8 +494,9 @@ def _reference_parity(entry: dict, onnx_path: Path, specs: list[InputSpec], feed
 def child_lstm_onnx(entry: dict, work: Path) -> dict:
     target = work / "lstm_onnx.onnx"
     tool = Path(sys.executable).parent / "lstm-onnx"
+    pair = ["--weights", str(weights_path(entry))] if entry.get("weights") else []
     try:
-        proc = subprocess.run([str(tool), "export", str(model_path(entry)), "-o", str(target), "--json"],
+        proc = subprocess.run([str(tool), "export", str(model_path(entry)), *pair, "-o", str(target), "--json"],
                               capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"written": False, "error": f"lstm-onnx export ran past {EXPORT_TIMEOUT_S} s"}
@@ -474,7 +521,9 @@ def _saved_model_of(entry: dict, work: Path) -> Path:
     if entry["lambda"]:
         raise RuntimeError("not run: a Lambda layer in the config (its bytecode would run)")
     folder = work / "saved_model"
-    if entry["format"].startswith("keras3"):
+    if entry.get("weights"):
+        tf_keras_pair(entry)[0].save(str(folder), save_format="tf")
+    elif entry["format"].startswith("keras3"):
         import keras
 
         keras.models.load_model(path, safe_mode=True, compile=False).export(str(folder), verbose=False)
@@ -516,7 +565,10 @@ def child_keras3(entry: dict, work: Path) -> dict:
     import keras
 
     try:
-        keras.models.load_model(model_path(entry), safe_mode=True, compile=False)
+        if entry.get("weights"):  # a pair: Keras 3's model_from_json, then its load_weights of the legacy .h5
+            keras.models.model_from_json(model_path(entry).read_text()).load_weights(str(weights_path(entry)))
+        else:
+            keras.models.load_model(model_path(entry), safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - which error Keras 3 raises is what is measured
         return {"opens": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
     return {"opens": True, "error": ""}

@@ -974,7 +974,9 @@ def test_a_tf_keras_archive_saved_on_windows_loads_its_weights_by_their_paths(ke
 
 # ------------------------------------------------- architecture JSON + weights-only .h5 (Keras 1 and 2 pairs)
 @pytest.mark.parametrize("name, outputs, fused", [("json_pair", ["dense_output"], {"LSTM": 1, "GRU": 1}),
-                                                  ("keras1_recurrent", ["dense_1_output"], {"LSTM": 2, "GRU": 1, "RNN": 1})])
+                                                  ("keras1_recurrent", ["dense_1_output"], {"LSTM": 2, "GRU": 1, "RNN": 1}),
+                                                  ("keras1_embedding", ["timedistributed_1_output"], {"GRU": 1}),
+                                                  ("bidirectional_first", ["dense_output"], {"LSTM": 1, "GRU": 1})])
 def test_an_architecture_json_with_its_weights_exports_equal_to_the_original(keras2_models, name, outputs, fused):
     """The pair Keras 1 and 2 tutorials published (`model.to_json()` + `model.save_weights`): the config from
     the JSON, the weights from the .h5 (Keras 1's per-gate arrays joined), checked against tf.keras'
@@ -986,6 +988,14 @@ def test_an_architecture_json_with_its_weights_exports_equal_to_the_original(ker
     source = read_source(result.model)
     assert source["keras_file"] == f"{name}.json + {name}_weights.h5"
     assert "architecture JSON and the weights file" in source["reference"]
+
+
+def test_a_first_bidirectional_whose_input_shape_tf_keras_wrote_on_the_wrapped_layer_exports(keras2_models):
+    """tf.keras saves `Bidirectional(LSTM(..., input_shape=s))` first in a Sequential with the shape inside the
+    wrapped layer's config only; Keras 3's LSTM refuses it there, so it is read as the wrapper's input shape."""
+    result = export_keras_model(keras2_models / "bidirectional_first.h5", keras2_models / "bidirectional_first.onnx")
+    assert result.parity and result.fused_ops == {"LSTM": 1, "GRU": 1}
+    check_against_tf_keras(result.model, keras2_models, "bidirectional_first", ["dense_output"])
 
 
 @pytest.mark.parametrize("args, expected", [

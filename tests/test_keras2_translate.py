@@ -227,3 +227,21 @@ def test_keras1_per_gate_arrays_are_joined_in_keras2s_gate_order():
     assert len(halves) == 6 and (halves[3] >= 10000).all() and (halves[0] < 10000).all()
     dense = keras.layers.Dense(2)
     assert len(convert_keras1(dense, per_gate("i")[:2])) == 2  # not a per-gate layer: left as it is
+
+
+def test_a_keras1_embeddings_training_dropout_and_int32_input_dtype_are_read_as_keras2s():
+    """tsudalab/ChemTS's Keras 1.1.1 JSON: Embedding(dropout=0.0, input_dtype="int32", init, W_regularizer...).
+    `dropout` dropped rows of the table in training only; `input_dtype` was its input's dtype, so the table is
+    float32 (Keras 3 would draw an int32 initializer and fail)."""
+    from toolkit.models.keras2.legacy import legacy_layer
+
+    entry = {"class_name": "Embedding", "config": {"name": "embedding_1", "input_dim": 64, "output_dim": 8,
+                                                   "init": "uniform", "dropout": 0.2, "input_dtype": "int32",
+                                                   "W_regularizer": None, "mask_zero": False, "input_length": 82}}
+    note = legacy_layer(entry, "model.json")
+    assert "dropout" not in entry["config"] and "init" not in entry["config"]
+    assert entry["config"]["dtype"] == "float32" and entry["config"]["input_dim"] == 64  # its vocabulary, kept
+    assert "['init', 'W_regularizer', 'dropout', 'input_dtype']" in note and "read as float32" in note
+    recurrent = {"class_name": "GRU", "config": {"name": "gru_1", "output_dim": 4, "dropout_W": 0.1}}
+    legacy_layer(recurrent, "model.json")
+    assert recurrent["config"]["dropout"] == 0.1  # a recurrent layer's dropout is Keras 2's, not dropped

@@ -46,6 +46,9 @@ _KERAS1_DROPPED = ("init", "inner_init", "W_regularizer", "U_regularizer", "b_re
                    "U_constraint", "b_constraint", "beta_init", "gamma_init", "mode",
                    # recurrent: initial values, and Keras 1's choice of matmul layout (same function)
                    "forget_bias_init", "consume_less")
+# Keras 1 arguments of one layer only, with no meaning at inference: Embedding's `dropout` dropped whole rows of
+# the table in training only (`K.in_train_phase(W * B, W)`); Keras 2.0's legacy interface dropped it too.
+_KERAS1_DROPPED_BY_KIND = {"Embedding": ("dropout",)}
 _MERGE_MODES = {"concat": "Concatenate", "sum": "Add", "mul": "Multiply", "ave": "Average", "max": "Maximum",
                 "dot": "Dot"}
 
@@ -65,10 +68,13 @@ def legacy_layer(entry: dict, source: str) -> str | None:
         raise UnsupportedModelError(f"Expected BatchNormalization with Keras 2's meaning. Received: "
                                     f"{safe_text(source)!r} with layer {name!r} mode={config['mode']!r} (Keras 1's "
                                     "batch-statistics modes are not supported; re-save it with Keras 2 mode 0)")
+    # Keras 1's `input_dtype="int32"` becomes the dtype first: on an Embedding it was its input's dtype too.
+    keras1 = keras1_arguments(entry)
     if kind == "Embedding" and str(config.get("dtype", "float32")).startswith(("int", "uint")):
         config["dtype"] = "float32"
-        return f"Embedding {name!r}: Keras 2.0's dtype=int32 (its input's) read as float32, the table's dtype"
-    return keras1_arguments(entry)
+        note = f"Embedding {name!r}: dtype=int32 (its input's, Keras 1 and 2.0) read as float32, the table's dtype"
+        return "; ".join(filter(None, (keras1, note)))
+    return keras1
 
 
 def keras1_arguments(entry: dict) -> str | None:
@@ -99,7 +105,8 @@ def _keras1_names(kind: str, config: dict, name: str, moved: list[str]) -> str |
     renamed = [old for old in _KERAS1_NAMES.get(kind, {}) if old in config]
     for old in renamed:
         config[_KERAS1_NAMES[kind][old]] = config.pop(old)
-    dropped = [key for key in _KERAS1_DROPPED if key in config and kind in _KERAS1_NAMES]
+    dropped = [key for key in _KERAS1_DROPPED + _KERAS1_DROPPED_BY_KIND.get(kind, ())
+               if key in config and kind in _KERAS1_NAMES]
     for key in dropped:
         config.pop(key)
     if kind == "Conv1D" and config.get("padding") == "full":

@@ -164,6 +164,7 @@ def _layer(entry: dict, translation: Translation, source: str) -> dict:
     _dtype(config, translation)
     for key in ("layer", "backward_layer", "cell"):
         if isinstance(config.get(key), dict):
+            _wrapped_input_shape(config, config[key])
             _layer(_builtin_module(config[key]), translation, source)
     if isinstance(config.get("cells"), list):
         for cell in config["cells"]:
@@ -274,6 +275,16 @@ def _input_shapes(config: dict, sequential: bool) -> None:
             config["layers"].insert(0, {"class_name": "InputLayer", "config": {
                 "batch_shape": shape, "dtype": inner.get("dtype", "float32"), "name": f"{inner.get('name', 'input')}_input"}})
             has_input = True
+
+
+def _wrapped_input_shape(config: dict, wrapped: dict) -> None:
+    """tf.keras writes `Bidirectional(LSTM(..., input_shape=s))` as a first layer with the shape on the wrapped
+    layer only (`batch_input_shape` inside `layer`), which Keras 3's LSTM refuses: it is the wrapper's input
+    shape, so it moves to the wrapper, where `_input_shapes` reads it as any first layer's."""
+    inner = wrapped.get("config")
+    if isinstance(inner, dict) and "batch_input_shape" in inner:
+        shape = inner.pop("batch_input_shape")
+        config.setdefault("batch_input_shape", shape)
 
 
 def _cudnn(entry: dict, translation: Translation) -> None:
