@@ -289,16 +289,11 @@ def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions 
     target = Path(dst)
     if target.suffix != ".onnx":
         raise InputError(f"Expected an output path ending in .onnx. Received: {str(target)!r}")
-    from toolkit.models.keras2.formats import json_and_weights, keras2_format
+    from toolkit.models.keras2.formats import model_source
 
-    if weights is not None:
-        return _export_keras2(Path(weights), json_and_weights(Path(src), Path(weights)), options)
-    if Path(src).suffix.lower() == ".json":
-        raise InputError(f"Expected --weights with an architecture JSON (its model.save_weights .h5). Received: "
-                         f"{str(src)!r} alone")
-    fmt = keras2_format(Path(src))
+    read, fmt = model_source(Path(src), None if weights is None else Path(weights))
     if fmt is not None:
-        return _export_keras2(Path(src), fmt, options)
+        return _export_keras2(read, fmt, options)
     model = load_keras_model(src, options.limits)
     return export_model(model, options, source={"keras_file": Path(src).name, "keras_model": model.name})
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import InputError, LstmOnnxError, ModelLoadError
+from toolkit.errors import LstmOnnxError, ModelLoadError
 from toolkit.models.keras2.loader import Keras2Model, written_by_keras3
 from toolkit.models.keras2.translate import CUDNN_CLASSES, config_dicts
 from toolkit.runtimes.keras import KerasRunner, keras_outputs
@@ -176,18 +176,13 @@ def load_reference(path: str | Path, limits: Any, weights: str | Path | None = N
     """The parity reference for a model file: a Keras 3 file's model, or a Keras 2 file's original (its
     translation is the reference's `model`, which the input cases are made from). With `weights`, `path`
     is an architecture JSON and `weights` its weights-only `.h5`."""
-    from toolkit.models.keras2.formats import json_and_weights, keras2_format
+    from toolkit.models.keras2.formats import model_source
     from toolkit.models.keras3 import load_keras_model
 
-    if weights is not None:
-        return open_original(Path(weights), json_and_weights(Path(path), Path(weights)), limits)[1]
-    if Path(path).suffix.lower() == ".json":
-        raise InputError(f"Expected --weights with an architecture JSON (its model.save_weights .h5). Received: "
-                         f"{safe_text(str(path))!r} alone")
-    fmt = keras2_format(Path(path))
+    read, fmt = model_source(Path(path), None if weights is None else Path(weights))
     if fmt is None or fmt.kind == "module":
-        return KerasRunner(load_keras_model(path, limits))
-    return open_original(Path(path), fmt, limits)[1]
+        return KerasRunner(load_keras_model(read, limits))
+    return open_original(read, fmt, limits)[1]
 
 
 def keras2_output_names(config: dict) -> list[str]:

@@ -49,6 +49,18 @@ def json_and_weights(architecture: Path, weights: Path) -> Keras2Format:
     return Keras2Format("h5", architecture=architecture)
 
 
+def model_source(path: Path, weights: Path | None = None) -> tuple[Path, Keras2Format | None]:
+    """What to read for a model path given by a user (export's MODEL, verify's --keras): the file the readers
+    copy and open, and its Keras 2 format (None: a Keras 3 file). With `weights`, `path` is an architecture
+    JSON and the file read is the weights `.h5`; a JSON without them is refused in one line."""
+    if weights is not None:
+        return weights, json_and_weights(path, weights)
+    if path.suffix.lower() == ".json":
+        raise InputError(f"Expected --weights with an architecture JSON (its model.save_weights .h5). Received: "
+                         f"{safe_text(str(path))!r} alone")
+    return path, keras2_format(path)
+
+
 def keras2_format(path: Path) -> Keras2Format | None:
     """The Keras 2 format of `path`, or None for anything else (a Keras 3 `.keras` file among them)."""
     if path.is_dir():
