@@ -491,17 +491,22 @@ def _reference_parity(entry: dict, onnx_path: Path, specs: list[InputSpec], feed
     return {"reference": ran, **asdict(parity)}
 
 
+def _converted(command: list[str], target: Path, tool: str) -> dict:
+    """Run a converter (lstm-onnx or tf2onnx) within EXPORT_TIMEOUT_S; the row's `written` and, if not, why."""
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"written": False, "error": f"{tool} ran past {EXPORT_TIMEOUT_S} s"}
+    return {"written": target.exists(), "error": "" if target.exists() else _error_line(proc.stderr)}
+
+
 def child_lstm_onnx(entry: dict, work: Path) -> dict:
     target = work / "lstm_onnx.onnx"
     tool = Path(sys.executable).parent / "lstm-onnx"
     pair = ["--weights", str(weights_path(entry))] if entry.get("weights") else []
-    try:
-        proc = subprocess.run([str(tool), "export", str(model_path(entry)), *pair, "-o", str(target), "--json"],
-                              capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"written": False, "error": f"lstm-onnx export ran past {EXPORT_TIMEOUT_S} s"}
-    row = {"written": target.exists(), "error": "" if target.exists() else _error_line(proc.stderr)}
-    if not target.exists():
+    row = _converted([str(tool), "export", str(model_path(entry)), *pair, "-o", str(target), "--json"], target,
+                     "lstm-onnx export")
+    if not row["written"]:
         return row
     import onnxruntime as ort
 
@@ -540,14 +545,9 @@ def child_tf2onnx(entry: dict, work: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - the original not loading is a measured outcome
         return {"written": False, "error": f"original not loaded: {type(exc).__name__}: {str(exc)[:200]}"}
     target = work / "tf2onnx.onnx"
-    try:
-        proc = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(folder),
-                               "--output", str(target), "--opset", "17"],
-                              capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"written": False, "error": f"tf2onnx ran past {EXPORT_TIMEOUT_S} s"}
-    row = {"written": target.exists(), "error": "" if target.exists() else _error_line(proc.stderr)}
-    if not target.exists():
+    row = _converted([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(folder), "--output", str(target),
+                      "--opset", "17"], target, "tf2onnx")
+    if not row["written"]:
         return row
     config, specs, feeds = _specs_and_feeds(entry)
     row["fused"], row["ops"] = fusion(target, config)
