@@ -91,7 +91,9 @@ def test_chunks_states_reset_and_the_buffers_it_returns():
         pieces = [session.step(x[:, 0:3]), session.step(x[:, 3:5]), session.step(x[:, 5:9])]  # a new length rebinds
         got = np.concatenate([p["gru_1_sequence"] for p in pieces], axis=1)
         assert np.abs(got - expected).max() < 1e-5
-        assert np.array_equal(session.states["gru_1_initial_state_h"], pieces[-1]["gru_1_state_h"])
+        # By default a step returns the layer's outputs; the carried state is `states` (a GRU's h: the last step's output).
+        assert list(pieces[-1]) == ["gru_1_sequence"]
+        assert np.array_equal(session.states["gru_1_initial_state_h"], pieces[-1]["gru_1_sequence"][:, -1])
         session.reset()
         assert not session.states["gru_1_initial_state_h"].any()
         again = session.step(x[:, 0:3])["gru_1_sequence"]
@@ -104,7 +106,7 @@ def test_chunks_states_reset_and_the_buffers_it_returns():
         assert list(session.step(x[:, :1])) == ["gru_1_state_h"]
     with pytest.raises(InputError, match=r"Expected outputs among \['gru_1_sequence'"):
         toolkit.open_stream(proto, outputs=["nope"])
-    with toolkit.open_stream(proto, batch=2, copy=False) as session:
+    with toolkit.open_stream(proto, batch=2, copy=False, outputs=["gru_1_state_h"]) as session:
         # Beyond batch 1 the op alone keeps ONNX Runtime's CPU arena (measured equal without it).
         assert session.graph.endswith("move no memory here)"), session.graph
         assert session._step_session.get_session_options().enable_cpu_mem_arena
@@ -243,18 +245,69 @@ def test_required_state_inputs_are_carried_too():
     assert np.abs(got - expected).max() < 1e-5
 
 
-def test_the_op_alone_gives_the_files_outputs_at_batch_2_and_back_from_chunks():
-    proto = export_model(MODELS["lstm"](), state_io=True).model
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_the_op_alone_gives_the_files_outputs_at_batch_2_and_back_from_chunks(name):
+    """The op alone against the file's graph over the same steps: GRU's bit for bit; LSTM's, its bias folded
+    into W, within float32 rounding of it."""
+    proto = export_model(MODELS[name](), state_io=True).model
     from toolkit.runtimes.onnxrt import OnnxRunner
 
     x = np.random.default_rng(5).uniform(-1, 1, (2, 7, 4)).astype(np.float32)
     whole = OnnxRunner(proto).run({"input": x})
-    with toolkit.open_stream(proto, batch=2) as session:
-        assert session.graph.startswith("the LSTM op alone")
+    op = name.upper()
+    with toolkit.open_stream(proto, batch=2, outputs=[o.name for o in proto.graph.output]) as session:
+        assert session.graph.startswith(f"the {op} op alone")
+        assert ("its bias folded into W" in session.graph) == (name == "lstm"), session.graph
         steps = [session.step(x[:, :1]), session.step(x[:, 1:4])]  # a chunk: the file's graph, states kept
         assert session.graph.startswith("the file's graph")
         steps += [session.step(x[:, t:t + 1]) for t in range(4, 7)]  # one step again: the op alone again
-        assert session.graph.startswith("the LSTM op alone")
-    got = np.concatenate([s["lstm_1_sequence"] for s in steps], axis=1)
-    assert np.array_equal(got, whole["lstm_1_sequence"])
-    assert all(np.array_equal(steps[-1][name], whole[name]) for name in ("lstm_1_state_h", "lstm_1_state_c"))
+        assert session.graph.startswith(f"the {op} op alone")
+    got = {"sequence": np.concatenate([s[f"{name}_1_sequence"] for s in steps], axis=1)}
+    got.update({state: steps[-1][f"{name}_1_{state}"] for state in ("state_h", "state_c")[:2 if name == "lstm" else 1]})
+    for key, value in got.items():
+        expected = whole[f"{name}_1_{key}"]
+        if name == "gru":
+            assert np.array_equal(value, expected), key
+        else:  # a few float32 ulps of values below 1
+            assert np.abs(value - expected).max() <= 4e-7, (key, np.abs(value - expected).max())
+
+
+def test_the_folded_bias_is_held_to_a_rounding_bound_that_a_broken_fold_fails():
+    """The op alone with its bias folded into W (one more input column) differs from the file's graph by
+    rounding only, and `fold_bound` says how much it may; a bias dropped, moved to another gate or negated
+    is far outside it."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from toolkit.deploy.step_graph import fold_bound, same_outputs, step_graph
+
+    proto = export_model(MODELS["lstm"](), state_io=True).model
+    units = {i.name: i.type.tensor_type.shape.dim[-1].dim_value for i in proto.graph.input}
+    plan = step_graph(proto, 1, 1, units)
+    assert plan.folded and not plan.model.graph.node[0].input[3]
+    op = next(n for n in proto.graph.node if n.op_type == "LSTM")
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    folded = numpy_helper.to_array(next(t for t in plan.model.graph.initializer if t.name.endswith("_with_bias")))
+    assert np.array_equal(folded[..., :-1], weights[op.input[1]])  # the file's W, bit for bit
+    assert np.abs(weights[op.input[3]]).max() > 0.05  # a bias that matters
+
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.uniform(-1, 1, [1 if not d.dim_value else d.dim_value for d in i.type.tensor_type.shape.dim])
+             .astype(np.float32) for i in proto.graph.input}
+    expected = dict(zip([o.name for o in proto.graph.output], ort.InferenceSession(proto.SerializeToString()).run(None, feeds)))
+    ops = plan.op_feeds(feeds)
+    bound = fold_bound(plan, ops)
+    assert 1e-7 < bound < 1e-4
+
+    def outputs(column: np.ndarray) -> dict[str, np.ndarray]:
+        model = onnx.ModelProto()
+        model.CopyFrom(plan.model)
+        table = next(t for t in model.graph.initializer if t.name.endswith("_with_bias"))
+        table.CopyFrom(numpy_helper.from_array(np.concatenate([folded[..., :-1], column[..., None]], axis=-1), table.name))
+        session = ort.InferenceSession(model.SerializeToString())
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, ops)))
+
+    bias = folded[..., -1]
+    assert same_outputs(plan, expected, outputs(bias), bound)
+    for broken in (np.zeros_like(bias), np.roll(bias, 16, axis=-1), -bias):
+        assert not same_outputs(plan, expected, outputs(broken), bound)

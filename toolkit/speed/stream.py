@@ -152,9 +152,10 @@ def _session_form(session: Any, stream: _Stream) -> tuple[Callable[[int], float]
             step(chunks[call % len(chunks)])
         return (time.perf_counter() - start) / max(calls, 1)
 
-    def last() -> dict:
+    def last() -> dict:  # the step's outputs and the carried states (a step returns the former only)
         session.reset()
         outputs = [session.step(chunk) for chunk in stream.chunks][-1]
+        outputs.update({stream.mapping[name]: value for name, value in session.states.items()})
         session.reset()
         return outputs
 
