@@ -167,7 +167,7 @@ def _draws_random(tree: ast.AST) -> bool:
 RANDOM_OUTSIDE_CHECKING = {
     "toolkit/models/builder.py": "the built stacks' deterministic weights",
     "toolkit/pages/keras2_post.py": "the post's tf.keras stack's weights, drawn as the builder draws them",
-    "toolkit/deploy/stream_session.py": "one step at open: the op alone must give the file's outputs bit for bit",
+    "toolkit/deploy/stream_session.py": "one random step at open: the op alone against the file's graph",
 }
 
 

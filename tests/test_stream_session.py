@@ -311,3 +311,32 @@ def test_the_folded_bias_is_held_to_a_rounding_bound_that_a_broken_fold_fails():
     assert same_outputs(plan, expected, outputs(bias), bound)
     for broken in (np.zeros_like(bias), np.roll(bias, 16, axis=-1), -bias):
         assert not same_outputs(plan, expected, outputs(broken), bound)
+
+
+def test_a_session_is_freed_when_dropped_and_a_kept_step_is_refused_after_close():
+    """`step` is a closure over the session's buffers (the fast path): it holds no reference to the session,
+    so a session dropped without close() is freed at once, and a step kept past close() is refused."""
+    import gc
+    import weakref
+
+    proto = export_model(MODELS["lstm"](), state_io=True).model
+    x = np.zeros((1, 1, 4), np.float32)
+    session = toolkit.open_stream(proto)
+    session.step(x)
+    gone = weakref.ref(session)
+    gc.disable()
+    try:
+        del session
+        assert gone() is None  # no reference cycle: freed without the garbage collector
+    finally:
+        gc.enable()
+    session = toolkit.open_stream(proto)
+    kept = session.step
+    assert kept(x)["lstm_1_sequence"].shape == (1, 1, 16)
+    session.close()
+    for step in (kept, session.step):
+        with pytest.raises(InputError, match=r"Expected an open stream session. Received: step\(\) after close\(\)"):
+            step(x)
+    del session, step  # the loop's last `step` was the session's method, which holds it
+    with pytest.raises(InputError, match="Expected an open stream session. Received: step\\(\\) on a released session"):
+        kept(x)

@@ -1,37 +1,33 @@
 """A deploy-time streaming session over a `--state-io` export: one step (or one short chunk) per call, the
-states carried inside ONNX Runtime from call to call.
+states carried inside ONNX Runtime from call to call (`toolkit.checking.streaming` proves a chunked run equal
+to Keras). It is the call a speech, sensor or keyboard model makes thousands of times a second at batch 1,
+so every cost a call can shed moves to `open_stream` (measured in docs/speed.md):
 
-`toolkit.checking.streaming` proves a chunked run equal to Keras, every chunk a full runner call. `StreamSession` is
-the call a speech, sensor or keyboard model makes thousands of times a second at batch 1, so every cost a
-call can shed moves to `open_stream`:
-
-- I/O binding over numpy buffers allocated once: the step input is copied into its bound buffer, every
-  output is written by ONNX Runtime into its own. Each state has two buffers and the session two bindings,
-  which differ only in which one is read and which written; carrying the states is using the other binding
-  next time, with no copy and no numpy round trip (`states` copies them out on request).
-- At one step per call, a one-layer export runs its recurrent op alone (`toolkit.deploy.step_graph`): the layout
-  nodes around it move no memory at that shape, so the same buffers are bound, viewed in the op's shapes,
-  after both graphs gave the same outputs bit for bit at open. `graph` says which graph runs, and why.
+- I/O binding over numpy buffers allocated once: the step is copied into its bound buffer, every output is
+  written by ONNX Runtime into its own. Each state has two buffers and the session two bindings, which
+  differ only in which one is read and which written: carrying the states is using the other binding next
+  time, no copy (`states` copies them out on request; a step returns the other outputs).
+- At one step per call, a one-layer export runs its recurrent op alone (`toolkit.deploy.step_graph`), an
+  LSTM's with its bias folded into W, after it gave the file's outputs at open. `graph` says which runs, why.
 - The binding's C-level run: ONNX Runtime 1.32's Python `run_with_iobinding` looks up a WebGPU run option
   that is not set, through a C++ exception, on every call (about 30 us, three times a one-step LSTM(128)).
+- `step` is a closure made at each binding over its buffers (locals, not a dozen attribute reads: 0.3 us
+  a call); anything off its fast path goes to the method.
 - Feeds are checked in full once, at open, by the runner contract's `check_feeds` on a feed of the step's
-  shape. A step compares the array's type, shape and dtype with that one (three compares); anything else
-  takes the slow path, which checks it in full and, for a new chunk length, binds buffers of that length.
-  A step written into the bound buffer itself (`session.input`) skips the compares and the copy.
+  shape. A step compares the array's type, shape and dtype with that one; anything else takes the slow
+  path, checked in full and, for a new chunk length, bound again. A step written into the bound buffer
+  itself (`session.input`) skips the compares and the copy.
 - The deadline costs a step two attribute writes: one guard thread polls the open sessions and sets the
-  session's terminate flag when a step has run past its `timeout` (a dict entry and a lock per call, as
-  `toolkit.runtimes.onnxrt` does for each run, costs more than that).
-- Threads: what `bench --record` measured fastest for this file, else 1 intra-op thread: on this 2-core
-  machine 2 threads were slower at every shape measured, one step at batch 1 up to 32 x 100 (docs/speed.md).
-  Execution is sequential (ONNX Runtime's default); with more threads they do not spin between steps.
+  session's terminate flag when a step has run past its `timeout`.
+- Threads: what `bench --record` measured fastest for this file, else 1 intra-op thread (2 were slower at
+  every shape measured on 2 cores); with more threads they do not spin between steps.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +37,7 @@ import onnxruntime as ort
 
 from toolkit.checking.streaming import check_streamable, sequence_input, state_map
 from toolkit.deploy.step_graph import StepGraph, bind, fold_bound, same_outputs, step_graph
+from toolkit.deploy.step_guard import GUARD, STEP_TIMEOUT, Turn
 from toolkit.errors import InputError, ModelLoadError, RuntimeFailure, overrun
 from toolkit.onnxfile import metadata
 from toolkit.onnxfile.model import graph_inputs, graph_outputs, optional_inputs
@@ -49,47 +46,7 @@ from toolkit.runtimes.onnxrt import ORT_ERRORS, as_proto, deadline, open_session
 from toolkit.runtimes.threads import check_threads, max_threads
 from toolkit.text import first_line, safe_text
 
-_monotonic = time.monotonic  # a global lookup, not a module attribute's, on every step
 _CLOSED = object()  # a closed session's `_x`: what no caller can pass to `step`
-STEP_TIMEOUT = 10.0  # seconds one step may run before it is stopped (a crafted graph can loop for ever)
-
-
-class _Guard:
-    """One daemon thread that stops a session's step once it has run past the session's timeout. A step
-    only writes its start time and clears it (no lock, no allocation); the thread polls every open session
-    at a quarter of the smallest timeout, so a step is stopped between 1x and 1.25x its timeout."""
-
-    def __init__(self) -> None:
-        self._sessions: weakref.WeakSet[StreamSession] = weakref.WeakSet()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def watch(self, session: StreamSession) -> None:
-        with self._lock:
-            self._sessions.add(session)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="lstm-onnx-stream-deadlines", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while True:
-            sessions = [s for s in list(self._sessions) if not s.closed]
-            if not sessions:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            now = time.monotonic()
-            for session in sessions:
-                started = session._started
-                if started and now - started > session.timeout:
-                    session._options.terminate = True
-            self._wake.wait(max(0.005, min(s.timeout for s in sessions) / 4))
-            self._wake.clear()
-
-
-_GUARD = _Guard()
 
 
 def _c_run(session: ort.InferenceSession) -> tuple[Any, bool]:
@@ -127,6 +84,13 @@ def _step_options(threads: int, spinning: bool | None, batch: int) -> tuple[ort.
     return options, "; ONNX Runtime's CPU arena off at batch 1"
 
 
+def _session(owner: weakref.ref) -> StreamSession:
+    session = owner()
+    if session is None:
+        raise InputError("Expected an open stream session. Received: step() on a released session")
+    return session
+
+
 class StreamSession:
     """One `--state-io` export open for streaming; see the module docstring. `step(x)` runs one step or
     chunk of shape (batch, steps, ...) and returns the outputs that are not carried states (`states` has
@@ -135,7 +99,6 @@ class StreamSession:
     overwritten by the next step but one)."""
 
     closed = True
-    _started = 0.0
 
     def __init__(self, model: onnx.ModelProto | str | Path, batch: int = 1, steps: int = 1, threads: int | None = None,
                  timeout: float = STEP_TIMEOUT, copy: bool = True, spinning: bool | None = None,
@@ -172,9 +135,10 @@ class StreamSession:
         infos = {t.name: t for t in self._inputs + self._optional}
         self._state_info = {name: infos[name] for name in self.mapping}
         self.input_dtype = np.dtype(infos[self.input_name].dtype)
+        self._turn = Turn(self.timeout, self._options)
         self._bind(self._check_shape(self._step_zeros(batch, steps)), carry=False)
         self.closed = False
-        _GUARD.watch(self)
+        GUARD.watch(self._turn)
 
     # ------------------------------------------------------------------ open: checks and bindings
 
@@ -232,15 +196,16 @@ class StreamSession:
             self._keep.append(binding)
             self._results.append([(name, written[name]) for name in self.returned])
             self._views.append(dict(self._results[-1]))  # copy=False returns this dict of the buffers
-        self._side = 0
+        self._turn.side = 0
         self._one = [results[0] for results in self._results] if self.copy and len(self.returned) == 1 else None
         self.step_shape, self.batch = x.shape, batch
+        self.step = self._bound_step()  # type: ignore[method-assign]
         if old:
             self.reset(old)
 
     def _plan(self, x: np.ndarray) -> StepGraph | None:
-        """The op alone where `step_graph` finds it and it gives the file's outputs bit for bit on a random
-        step; else None, the file's graph. `self.graph` says which runs, and why."""
+        """The op alone where `step_graph` finds it and it gives the file's outputs on a random step (bit for
+        bit; a folded bias within `fold_bound`); else None, the file's graph. `graph` says which, and why."""
         units = {t.name: t.shape[-1] for t in self._inputs + self._optional}
         found = step_graph(self.model, x.shape[0], x.shape[1], units)
         if isinstance(found, str):
@@ -287,33 +252,51 @@ class StreamSession:
     @property
     def input(self) -> np.ndarray:
         """The bound input buffer, of shape `step_shape`: a step written into it and passed to `step` is
-        neither checked again nor copied (0.3-0.5 us of a one-step call)."""
+        neither checked again nor copied (0.3-0.6 us of a one-step call)."""
         if self.closed:
             raise InputError("Expected an open stream session. Received: input after close()")
         return self._x
 
     def step(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run one step (or chunk) of shape (batch, steps, ...), carrying the states to the next call."""
-        if x is not self._x:  # the bound buffer itself (`input`) is in place, of its own shape and dtype
-            # `is not` on the dtype: numpy's builtin dtypes are singletons; an equal one that is not takes the slow path
-            if type(x) is not np.ndarray or x.shape != self.step_shape or x.dtype is not self.input_dtype:
-                x = self._new_shape(x)
-            self._x[...] = x
-        side = self._side
-        self._started = started = _monotonic()
-        try:
-            self._run(self._bindings[side], self._options)
-        except ORT_ERRORS as exc:
-            self._failed(exc, side, started)
-        finally:
-            self._started = 0.0
-        self._side = 1 - side
-        if self._one:  # one output copied: the default for a model with one output besides its states
-            name, array = self._one[side]
-            return {name: array.copy()}  # 0.15 us under the comprehension below
-        if self.copy:
-            return {name: array.copy() for name, array in self._results[side]}
-        return self._views[side]
+        # Reached off the fast path of the instance's own `step` (`_bound_step`): checked in full (refused
+        # once closed), rebound for a new chunk length, then run by the binding's closure from its buffer.
+        self._x[...] = self._new_shape(x)
+        return self.__dict__["step"](self._x)
+
+    def _bound_step(self) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        """`step` for the current binding, a closure over its buffers (locals for a dozen attribute reads: 0.3
+        us of an 8.5 us one-step LSTM(128) call), set by `_bind` as the instance's `step`; anything off its
+        fast path (another type, shape or dtype; a closed session) goes to the method."""
+        buf, shape, dtype, run, options = self._x, self.step_shape, self.input_dtype, self._run, self._options
+        bindings, one, results, views, copy = self._bindings, self._one, self._results, self._views, self.copy
+        turn, owner, ndarray, monotonic = self._turn, weakref.ref(self), np.ndarray, time.monotonic  # no cycle
+
+        def step(x: np.ndarray) -> dict[str, np.ndarray]:
+            if x is not buf:  # `is not` on the dtype: numpy's builtin dtypes are singletons
+                if type(x) is not ndarray or x.shape != shape or x.dtype is not dtype:
+                    return StreamSession.step(_session(owner), x)  # the method, not this closure
+                buf[...] = x
+            if not turn.open:  # a `step` kept past close(): the method refuses it
+                return StreamSession.step(_session(owner), x)
+            side = turn.side
+            turn.started = started = monotonic()
+            try:
+                run(bindings[side], options)
+            except ORT_ERRORS as exc:
+                _session(owner)._failed(exc, side, started)
+            finally:
+                turn.started = 0.0
+            turn.side = 1 - side
+            if one:
+                name, array = one[side]
+                return {name: array.copy()}
+            if copy:
+                return {name: array.copy() for name, array in results[side]}
+            return views[side]
+
+        step.__doc__ = StreamSession.step.__doc__
+        return step
 
     def _failed(self, exc: Exception, side: int, started: float) -> None:
         """A step stopped at its deadline or failed: the states are reset to zeros (they may be half written).
@@ -349,7 +332,7 @@ class StreamSession:
     @property
     def states(self) -> dict[str, np.ndarray]:
         """A copy of the states the next step reads, by state input name."""
-        return {name: pair[self._side].copy() for name, pair in self._pair.items()}
+        return {name: pair[self._turn.side].copy() for name, pair in self._pair.items()}
 
     def reset(self, states: Mapping[str, np.ndarray] | None = None) -> None:
         """Start over: zero states, or these (by state input name; the others zeros)."""
@@ -361,11 +344,12 @@ class StreamSession:
             value = np.asarray(given.get(name, 0), dtype=pair[0].dtype)
             if name in given and value.shape != pair[0].shape:
                 raise InputError(f"Expected state {name} of shape {pair[0].shape}. Received: {value.shape}")
-            pair[self._side][...] = value
+            pair[self._turn.side][...] = value
 
     def close(self) -> None:
         # The next step takes the slow path, which refuses it: no array a caller holds is `_x` any more.
-        self.closed, self.step_shape, self._x = True, None, _CLOSED
+        self.closed, self.step_shape, self._x, self._turn.open = True, None, _CLOSED, False
+        self.__dict__.pop("step", None)  # the method again, whose slow path refuses a closed session
         self.__dict__.pop("session", None)
         self.__dict__.pop("_bindings", None)
 

@@ -1,0 +1,66 @@
+"""The deadline of a stream step: one guard thread for every open `StreamSession`.
+
+A crafted graph can loop for ever, so a step has a deadline. Registering each call with a watchdog (a lock
+and a dict entry per call, as `toolkit.runtimes.onnxrt.deadline` does for each run) costs more than a
+one-step call can spare; here a step only writes its start time into its session's `Turn` and clears it,
+and one daemon thread polls the open sessions and sets a late step's ONNX Runtime terminate flag.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any
+
+STEP_TIMEOUT = 10.0  # seconds one step may run before it is stopped
+
+
+class Turn:
+    """One session's turn: which binding runs next (`side`), when the running step started (0: none), and
+    what the guard needs to stop it (`timeout`, the run options whose terminate flag it sets, `open`). The
+    session's `step` closure and the guard share it without holding the session itself."""
+
+    __slots__ = ("side", "started", "timeout", "options", "open", "__weakref__")
+
+    def __init__(self, timeout: float, options: Any) -> None:
+        self.side, self.started, self.timeout, self.options, self.open = 0, 0.0, timeout, options, True
+
+
+class Guard:
+    """One daemon thread that stops a step once it has run past its session's timeout. A step only writes its
+    start time and clears it (no lock, no allocation); the thread polls every open turn at a quarter of the
+    smallest timeout, so a step is stopped between 1x and 1.25x its timeout. A turn is watched as long as
+    anything holds it: its session, or a `step` a caller kept after dropping the session."""
+
+    def __init__(self) -> None:
+        self._turns: weakref.WeakSet[Turn] = weakref.WeakSet()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, turn: Turn) -> None:
+        with self._lock:
+            self._turns.add(turn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="lstm-onnx-stream-deadlines", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            turns = [t for t in list(self._turns) if t.open]
+            if not turns:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            now = time.monotonic()
+            for turn in turns:
+                started = turn.started
+                if started and now - started > turn.timeout:
+                    turn.options.terminate = True
+            self._wake.wait(max(0.005, min(t.timeout for t in turns) / 4))
+            self._wake.clear()
+
+
+GUARD = Guard()
