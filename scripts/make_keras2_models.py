@@ -579,6 +579,28 @@ def save_json_pair(out: Path, seed: int) -> None:
     model.save(out / "bidirectional_first.h5")
 
 
+def save_yaml_pair(out: Path, seed: int) -> None:
+    """A model published as `model.to_yaml()` + `model.save_weights("...h5")`, written as Keras 1 and 2 wrote it:
+    their `to_yaml` was `yaml.dump(model._updated_config())` (shapes as `!!python/tuple`; tf.keras 2.6+ removed
+    it), as `yaml_pair.yml`, `yaml_pair_weights.h5`; the tutorials' own form (Edward1Chou/SentimentAnalysis and
+    its copies: `f.write(yaml.dump(model.to_yaml(), default_flow_style=True))`, the YAML as one string) as
+    `yaml_pair_tutorial.yml`; and the same model's whole `.h5` (`yaml_pair.h5`, for the refusals)."""
+    import yaml
+
+    model = k2.Sequential([L.Embedding(60, 4, input_length=5, mask_zero=True, name="embedding_y"),
+                           L.LSTM(4, return_sequences=True, name="lstm_y"), L.GRU(3, name="gru_y"),
+                           L.Dense(2, activation="softmax", name="dense_y")])
+    model.build((None, 5))
+    weights(model, seed)
+    record(model, "yaml_pair", out, seed)
+    text = yaml.dump(model._updated_config())
+    assert "!!python/tuple" in text  # the form Keras 2 wrote, which yaml.safe_load refuses
+    (out / "yaml_pair.yml").write_text(text)
+    (out / "yaml_pair_tutorial.yml").write_text(yaml.dump(text, default_flow_style=True))
+    model.save_weights(out / "yaml_pair_weights.h5")
+    model.save(out / "yaml_pair.h5")
+
+
 def save_refused(out: Path) -> None:
     """Forms lstm-onnx refuses in one line: time_major=True, ConvLSTM2D."""
     x = L.Input(batch_shape=(6, 2, 3))
@@ -690,6 +712,7 @@ EXTRA: dict[str, Callable[[Path, int], None]] = {
     "old_forms": save_old_forms,
     "keras1": save_keras1,
     "json_pair": save_json_pair,
+    "yaml_pair": save_yaml_pair,
     "refused": lambda out, seed: save_refused(out),
 }
 
