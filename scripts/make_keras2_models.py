@@ -596,6 +596,7 @@ def save_yaml_pair(out: Path, seed: int) -> None:
     text = yaml.dump(model._updated_config())
     assert "!!python/tuple" in text  # the form Keras 2 wrote, which yaml.safe_load refuses
     (out / "yaml_pair.yml").write_text(text)
+    (out / "yaml_pair.json").write_text(model.to_json())  # the same config as to_json wrote it, to compare
     (out / "yaml_pair_tutorial.yml").write_text(yaml.dump(text, default_flow_style=True))
     model.save_weights(out / "yaml_pair_weights.h5")
     model.save(out / "yaml_pair.h5")
