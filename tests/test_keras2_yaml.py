@@ -37,10 +37,11 @@ print("EXIT:%d HEAVY:%s" % (result.exit_code, ",".join(heavy)))
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
-    """The YAML pair (and the JSON pair, for mixing them up), made by real tf.keras in a subprocess."""
+    """The YAML pairs (Keras 2's and Keras 1.2.2's) and the JSON pair (for mixing them up), made by real
+    tf.keras in a subprocess."""
     out = tmp_path_factory.mktemp("yaml_pairs")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_keras2_models.py"), str(out),
-                           "--only", "yaml_pair", "json_pair"], capture_output=True, text=True, timeout=600)
+                           "--only", "yaml_pair", "json_pair", "keras1"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -65,21 +66,27 @@ def test_the_yaml_holds_the_config_to_json_wrote(pairs):
         read_architecture(pairs / "yaml_pair.yml", DEFAULT_LIMITS)
 
 
-@pytest.mark.parametrize("yml", ["yaml_pair.yml", "yaml_pair_tutorial.yml"])
-def test_a_yaml_pair_exports_and_verifies_through_the_cli_equal_to_tf_keras(pairs, tmp_path, yml):
-    out = tmp_path / "pair.onnx"
-    code, lines, _ = cli(pairs, "export", yml, "--weights", "yaml_pair_weights.h5", "-o", str(out), "--json")
+@pytest.mark.parametrize("yml, name, outputs, fused", [
+    ("yaml_pair.yml", "yaml_pair", OUTPUTS, {"LSTM": 1, "GRU": 1}),
+    ("yaml_pair_tutorial.yml", "yaml_pair", OUTPUTS, {"LSTM": 1, "GRU": 1}),
+    # Keras 1.2.2's to_yaml: Keras 1 argument names (Dropout's `p` among them), per-gate weights
+    ("keras1_recurrent.yml", "keras1_recurrent", ["dense_1_output"], {"LSTM": 2, "GRU": 1, "RNN": 1}),
+])
+def test_a_yaml_pair_exports_and_verifies_through_the_cli_equal_to_tf_keras(pairs, tmp_path, yml, name, outputs,
+                                                                            fused):
+    out, weights = tmp_path / "pair.onnx", f"{name}_weights.h5"
+    code, lines, _ = cli(pairs, "export", yml, "--weights", weights, "-o", str(out), "--json")
     assert code == 0 and out.is_file(), lines
     result = json.loads("\n".join(lines))
-    assert result["fused_ops"] == {"LSTM": 1, "GRU": 1} and result["parity"]["passed"]
-    assert [o["name"] for o in result["parity"]["outputs"]] == OUTPUTS
+    assert result["fused_ops"] == fused and result["parity"]["passed"]
+    assert [o["name"] for o in result["parity"]["outputs"]] == outputs
     model = onnx.load(out)
-    check_against_tf_keras(model, pairs, "yaml_pair", OUTPUTS)  # tf.keras' predict on the model that wrote it
+    check_against_tf_keras(model, pairs, name, outputs)  # tf.keras' predict on the model that wrote it
     source = read_source(model)
-    assert source["keras_file"] == f"{yml} + yaml_pair_weights.h5"
+    assert source["keras_file"] == f"{yml} + {weights}"
     assert source["format"] == "Keras 2 architecture YAML + HDF5 weights"
     assert "from the architecture YAML's config and the weights file" in source["reference"]
-    code, lines, _ = cli(pairs, "verify", str(out), "--keras", yml, "--weights", "yaml_pair_weights.h5")
+    code, lines, _ = cli(pairs, "verify", str(out), "--keras", yml, "--weights", weights)
     assert code == 0 and any("PASS" in line for line in lines), lines
 
 
