@@ -33,6 +33,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as k2  # noqa: E402
+import yaml  # noqa: E402  (Keras 1 and 2 wrote to_yaml() with it: the YAML pairs)
 
 L = k2.layers
 BATCH = 4
@@ -438,6 +439,7 @@ def keras1_recurrent():
                           L.Bidirectional(L.LSTM(3, recurrent_activation="hard_sigmoid", return_sequences=True,
                                                  name="lstm_2"), name="bidirectional_1"),
                           L.SimpleRNN(3, activation="tanh", name="simplernn_1"),
+                          L.Dropout(0.5, name="dropout_1"),  # Keras 1's Dropout(p)
                           L.Dense(2, activation="linear", name="dense_1")])
 
 
@@ -451,8 +453,8 @@ def keras1_embedding():
 
 
 def _keras1_wrapper_config(layer, first: bool) -> dict | None:
-    """Keras 1.1's Embedding (its training-only `dropout`, its input's `input_dtype`) and TimeDistributed
-    configs, as Keras 1 wrote them; None for other layers."""
+    """Keras 1.1's Embedding (its training-only `dropout`, its input's `input_dtype`), Dropout (`p`) and
+    TimeDistributed configs, as Keras 1 wrote them; None for other layers."""
     kind = type(layer).__name__
     if kind == "Embedding":
         config = {"name": layer.name, "trainable": True, "input_dim": layer.input_dim, "output_dim": layer.output_dim,
@@ -461,6 +463,8 @@ def _keras1_wrapper_config(layer, first: bool) -> dict | None:
         if first:
             config["batch_input_shape"] = [None, layer.input.shape[1]]
         return {"class_name": kind, "config": config}
+    if kind == "Dropout":
+        return {"class_name": kind, "config": {"name": layer.name, "trainable": True, "p": layer.rate}}
     if kind == "TimeDistributed":
         return {"class_name": kind, "config": {"name": layer.name, "trainable": True,
                                                "layer": _keras1_config(layer.layer, False, layer.input.shape[-1])}}
@@ -542,6 +546,10 @@ def save_keras1(out: Path, seed: int) -> None:
         f.attrs["model_config"] = json.dumps(config).encode()
         _keras1_weights(f.create_group("model_weights"), model)
     (out / "keras1_recurrent.json").write_text(json.dumps({**config, "keras_version": "1.2.2"}))
+    # Keras 1.2.2's to_yaml (yaml.dump of the config, shapes as tuples), as BUPTLdy/Sentiment-Analysis wrote it
+    (out / "keras1_recurrent.yml").write_text(yaml.dump({**config, "config": [
+        {**layer, "config": {k: tuple(v) if k == "batch_input_shape" else v for k, v in layer["config"].items()}}
+        for layer in config["config"]], "keras_version": "1.2.2"}))
     with h5py.File(out / "keras1_recurrent_weights.h5", "w") as f:
         _keras1_weights(f, model)
     k2.backend.clear_session()
@@ -577,6 +585,27 @@ def save_json_pair(out: Path, seed: int) -> None:
     (out / "bidirectional_first.json").write_text(model.to_json())
     model.save_weights(out / "bidirectional_first_weights.h5")
     model.save(out / "bidirectional_first.h5")
+
+
+def save_yaml_pair(out: Path, seed: int) -> None:
+    """A model published as `model.to_yaml()` + `model.save_weights("...h5")`, written as Keras 1 and 2 wrote it:
+    their `to_yaml` was `yaml.dump(model._updated_config())` (shapes as `!!python/tuple`; tf.keras 2.6+ removed
+    it), as `yaml_pair.yml`, `yaml_pair_weights.h5`; the tutorials' own form (Edward1Chou/SentimentAnalysis and
+    its copies: `f.write(yaml.dump(model.to_yaml(), default_flow_style=True))`, the YAML as one string) as
+    `yaml_pair_tutorial.yml`; and the same model's whole `.h5` (`yaml_pair.h5`, for the refusals)."""
+    model = k2.Sequential([L.Embedding(60, 4, input_length=5, mask_zero=True, name="embedding_y"),
+                           L.LSTM(4, return_sequences=True, name="lstm_y"), L.GRU(3, name="gru_y"),
+                           L.Dense(2, activation="softmax", name="dense_y")])
+    model.build((None, 5))
+    weights(model, seed)
+    record(model, "yaml_pair", out, seed)
+    text = yaml.dump(model._updated_config())
+    assert "!!python/tuple" in text  # the form Keras 2 wrote, which yaml.safe_load refuses
+    (out / "yaml_pair.yml").write_text(text)
+    (out / "yaml_pair.json").write_text(model.to_json())  # the same config as to_json wrote it, to compare
+    (out / "yaml_pair_tutorial.yml").write_text(yaml.dump(text, default_flow_style=True))
+    model.save_weights(out / "yaml_pair_weights.h5")
+    model.save(out / "yaml_pair.h5")
 
 
 def save_refused(out: Path) -> None:
@@ -690,6 +719,7 @@ EXTRA: dict[str, Callable[[Path, int], None]] = {
     "old_forms": save_old_forms,
     "keras1": save_keras1,
     "json_pair": save_json_pair,
+    "yaml_pair": save_yaml_pair,
     "refused": lambda out, seed: save_refused(out),
 }
 

@@ -19,9 +19,12 @@ Per entry:
 - tf2onnx: the original as a SavedModel (the folder itself, or tf.keras / Keras 3 saving one) through
   `python -m tf2onnx.convert --saved-model`, compared with that SavedModel's signature at the same bar.
 - Keras 3: keras.models.load_model(FILE, safe_mode=True, compile=False) opens it or not.
-A pair (an entry with `weights`: `model.to_json()` beside `model.save_weights`) is exported with
-`lstm-onnx export MODEL.json --weights W.h5`, its original is tf.keras' model_from_json + load_weights (the
+A pair (an entry with `weights`: `model.to_json()` or `model.to_yaml()` beside `model.save_weights`) is exported
+with `lstm-onnx export MODEL.json --weights W.h5`, its original is tf.keras' model_from_json + load_weights (the
 SavedModel tf2onnx reads is saved from that), and Keras 3 "opens" it when its model_from_json + load_weights do.
+tf.keras 2.6+ and Keras 3 read no YAML (model_from_yaml is gone): a YAML's config is read by lstm-onnx's safe
+reader (toolkit.models.keras2.architecture: plain data and !!python/tuple, never yaml.load) and given to
+model_from_json; Keras 3 is tried with model_from_yaml, which it lacks.
 No file whose config holds a Lambda layer is ever loaded by tf.keras or Keras here (its bytecode would run).
 """
 
@@ -69,6 +72,18 @@ def weights_path(entry: dict) -> Path | None:
     return corpus_root() / entry["slug"] / entry["weights"] if entry.get("weights") else None
 
 
+def pair_config(entry: dict) -> dict:
+    """A pair's model config: its architecture JSON, or the config its `to_yaml()` file holds, read by
+    lstm-onnx's safe YAML reader (plain data and Keras 2's `!!python/tuple`; nothing in the file runs)."""
+    path = model_path(entry)
+    if entry["format"] != "yaml-weights-h5":
+        return json.loads(path.read_text())
+    from toolkit.models.keras2.architecture import read_architecture
+    from toolkit.options import ResourceLimits
+
+    return read_architecture(path, ResourceLimits())
+
+
 def sha_ok(entry: dict) -> bool:
     """Every file of the entry present with its recorded sha256."""
     folder = corpus_root() / entry["slug"]
@@ -100,8 +115,8 @@ def read_config(entry: dict) -> dict:
         nodes = read_keras_metadata(path / "keras_metadata.pb", ResourceLimits())
         root = next(n for n in nodes if n.node_id == 0).metadata
         return {"class_name": root.get("class_name"), "config": root["config"]}
-    if path.suffix == ".json":  # a pair's architecture JSON
-        return json.loads(path.read_text())
+    if entry.get("weights"):  # a pair's architecture JSON or YAML
+        return pair_config(entry)
     if path.suffix == ".keras":
         import zipfile
 
@@ -273,8 +288,11 @@ def tf_keras_pair(entry: dict):
     the weights are the file's), and the label says so."""
     import tf_keras
 
-    text, weights = model_path(entry).read_text(), str(weights_path(entry))
+    weights, config = str(weights_path(entry)), pair_config(entry)
+    text = json.dumps(config) if entry["format"] == "yaml-weights-h5" else model_path(entry).read_text()
     label = f"tf.keras {tf_keras.__version__} model_from_json + load_weights"
+    if entry["format"] == "yaml-weights-h5":
+        label = f"tf.keras {tf_keras.__version__} model_from_json of the YAML's config + load_weights"
     try:
         model = tf_keras.models.model_from_json(text)
         model.load_weights(weights)
@@ -282,7 +300,6 @@ def tf_keras_pair(entry: dict):
     except Exception:  # noqa: BLE001 - retried on the corrected copy below; its own failure is what is measured
         from toolkit.runtimes.keras2 import reference_config
 
-        config = json.loads(text)
         fixed, filled, corrected = reference_config(config, str(config.get("keras_version") or "1"))
         model = tf_keras.models.model_from_json(json.dumps(fixed))
         model.load_weights(weights)
@@ -565,7 +582,9 @@ def child_keras3(entry: dict, work: Path) -> dict:
     import keras
 
     try:
-        if entry.get("weights"):  # a pair: Keras 3's model_from_json, then its load_weights of the legacy .h5
+        if entry["format"] == "yaml-weights-h5":  # Keras 3 has no model_from_yaml: what it raises is measured
+            keras.models.model_from_yaml(model_path(entry).read_text()).load_weights(str(weights_path(entry)))
+        elif entry.get("weights"):  # a pair: Keras 3's model_from_json, then its load_weights of the legacy .h5
             keras.models.model_from_json(model_path(entry).read_text()).load_weights(str(weights_path(entry)))
         else:
             keras.models.load_model(model_path(entry), safe_mode=True, compile=False)

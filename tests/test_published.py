@@ -24,7 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "published_models.py"
-FORMATS = {"keras2-h5", "tfkeras-h5", "keras3-h5", "savedmodel", "keras3-keras", "tfkeras-keras", "json-weights-h5"}
+FORMATS = {"keras2-h5", "tfkeras-h5", "keras3-h5", "savedmodel", "keras3-keras", "tfkeras-keras", "json-weights-h5",
+           "yaml-weights-h5"}
 
 
 def _harness():
@@ -83,8 +84,9 @@ def test_manifest_lists_at_least_thirty_recurrent_models_with_their_sources():
         assert entry["input"]["kind"] in {"token ids", "float features", "padded rows (Masking)"}, entry["slug"]
         for item in entry["files"]:
             assert re.fullmatch(r"[0-9a-f]{64}", item["sha256"]) and item["bytes"] > 0, entry["slug"]
-        # a pair (model.to_json() + model.save_weights) names both of its files; a whole-model file no weights
-        pair = {entry["model"], entry["weights"]} if entry["format"] == "json-weights-h5" else set()
+        # a pair (model.to_json() or to_yaml() + model.save_weights) names both of its files; a whole-model file
+        # no weights
+        pair = {entry["model"], entry["weights"]} if entry["format"].endswith("-weights-h5") else set()
         assert pair <= {item["local"] for item in entry["files"]} and bool(pair) == ("weights" in entry), entry["slug"]
 
 

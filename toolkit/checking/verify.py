@@ -158,7 +158,7 @@ def verify_export(onnx_path: str | Path, keras_path: str | Path | None = None, r
     """`lstm-onnx verify` as a function: the export against its Keras model (or, without one, the model rebuilt
     from the builder flags the export records) in each installed runtime named, and with `chunks` also fed
     in chunks carrying its states. A runtime not installed is listed; none installed is an error. With
-    `weights`, `keras_path` is an architecture JSON and `weights` its weights-only `.h5`."""
+    `weights`, `keras_path` is an architecture JSON or YAML and `weights` its weights-only `.h5`."""
     onnx_path = Path(onnx_path)
     ready, missing = installed_of(runtimes)  # an unknown name is refused before the Keras model is loaded
     absent = {r.name: not_installed(r) for r in missing}
@@ -193,6 +193,6 @@ def reference_of(onnx_path: Path, keras_path: str | Path | None, limits: Resourc
 
         return load_reference(Path(keras_path), limits, weights)
     if weights is not None:
-        raise InputError(f"Expected --weights with --keras, an architecture JSON. Received: --weights "
+        raise InputError(f"Expected --weights with --keras, an architecture JSON or YAML. Received: --weights "
                          f"{str(weights)!r} without --keras")
     return KerasRunner(recorded_keras_model(load_onnx(onnx_path), onnx_path.name))

@@ -89,7 +89,7 @@ cli.add_command(export)
 @click.option("--keras", "keras_model", type=click.Path(path_type=Path),
               help="The Keras model it came from (default: rebuilt from the builder flags the export records).")
 @click.option("--weights", "weights_file", type=click.Path(path_type=Path),
-              help="--keras an architecture JSON (model.to_json()): its weights-only .h5 (model.save_weights).")
+              help="--keras an architecture JSON or YAML (to_json(), to_yaml()): its weights-only .h5 (model.save_weights).")
 @tolerance_options
 @seed_option("input", "the random inputs", default=0)
 @click.option("--stream", metavar="CHUNKS",

@@ -42,7 +42,7 @@ _export_options = [
     click.option("-o", "--output", type=click.Path(path_type=Path),
                  help="MODEL given: the .onnx file (default MODEL with .onnx). Otherwise: the folder (default exported/)."),
     click.option("--weights", "weights_file", type=click.Path(path_type=Path),
-                 help="MODEL an architecture JSON (model.to_json()): its weights-only .h5 (model.save_weights)."),
+                 help="MODEL an architecture JSON or YAML (to_json(), to_yaml()): its weights-only .h5 (model.save_weights)."),
     click.option("--layers", type=click.IntRange(1, MAX_LAYERS),
                  help=f"Number of stacked LSTM layers (default 2, at most {MAX_LAYERS})."),
     click.option("--units", type=click.IntRange(1, MAX_UNITS), help=f"Units per layer (default 2, at most {MAX_UNITS})."),
@@ -107,7 +107,7 @@ def export(**params: Any) -> None:
     """Export MODEL, or (without MODEL) the post's LSTM stacks, and check parity.
 
     MODEL is a Keras 3 .keras file, or a Keras 2 model: a .h5 file, a SavedModel folder, a tf.keras
-    .keras file, or an architecture JSON with --weights (checked against the original: tf.keras, or the
+    .keras file, or an architecture JSON or YAML with --weights (checked against the original: tf.keras, or the
     SavedModel's signature).
 
     Without MODEL, builds one stack per flag combination of the last layer (the post's four cases by
@@ -237,7 +237,7 @@ def _run(params: dict[str, Any], options: Any) -> Any:
         return export_file(model, output or model.with_suffix(".onnx"), options, keep_failed=params["keep_failed"],
                            write=write, weights=params["weights_file"])
     if params["weights_file"] is not None:
-        raise InputError(f"Expected --weights with MODEL, an architecture JSON. Received: --weights "
+        raise InputError(f"Expected --weights with MODEL, an architecture JSON or YAML. Received: --weights "
                          f"{str(params['weights_file'])!r} without MODEL")
     from toolkit.export.suite import export_stacks
     from toolkit.models.builder import requested_configs

@@ -284,7 +284,7 @@ def export_keras_file(src: str | Path, dst: str | Path, options: ExportOptions |
 def export_keras_model(src: str | Path, dst: str | Path, options: ExportOptions | None = None,
                        weights: str | Path | None = None, **changes: Any) -> ExportResult:
     """Load and export a user's `.keras` file for `dst`, in memory (`ExportResult.save` writes it). With
-    `weights`, `src` is an architecture JSON (`model.to_json()`) and `weights` its weights-only `.h5`."""
+    `weights`, `src` is an architecture JSON or YAML (`model.to_json()`, `to_yaml()`) and `weights` its weights-only `.h5`."""
     options = (options or ExportOptions()).replace(**changes)
     target = Path(dst)
     if target.suffix != ".onnx":

@@ -97,8 +97,12 @@ class TfKerasReference(KerasRunner):
     def __init__(self, loaded: Keras2Model, tf_keras: Any):
         super().__init__(loaded.model, name="tf.keras")
         config, filled, corrected = reference_config(loaded.original_config, loaded.translation.keras_version)
-        how = "from the file's config and weights" if loaded.format.architecture is None else \
-            "from the architecture JSON and the weights file (model_from_json, load_weights)"
+        how = {"": "from the file's config and weights",
+               "JSON": "from the architecture JSON and the weights file (model_from_json, load_weights)",
+               # tf.keras 2.6+ reads no YAML (model_from_yaml raises): the config the YAML holds, as read
+               # by lstm-onnx's safe reader, is built as tf.keras builds a JSON one
+               "YAML": "from the architecture YAML's config and the weights file (model_from_json of the config "
+                       "to_yaml wrote, load_weights)"}[loaded.format.architecture_kind]
         if loaded.translation.cudnn:
             # CuDNN layers run on GPUs only: tf.keras builds their CPU layers and converts their weights
             # itself when it loads them (its _convert_rnn_weights).
@@ -175,7 +179,7 @@ def open_original(path: Path, fmt: Any, limits: Any) -> tuple[Keras2Model, Keras
 def load_reference(path: str | Path, limits: Any, weights: str | Path | None = None) -> KerasRunner:
     """The parity reference for a model file: a Keras 3 file's model, or a Keras 2 file's original (its
     translation is the reference's `model`, which the input cases are made from). With `weights`, `path`
-    is an architecture JSON and `weights` its weights-only `.h5`."""
+    is an architecture JSON or YAML and `weights` its weights-only `.h5`."""
     from toolkit.models.keras2.formats import model_source
     from toolkit.models.keras3 import load_keras_model
 

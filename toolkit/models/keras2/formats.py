@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import InputError
+from toolkit.models.keras2.architecture import ARCHITECTURE_SUFFIXES, architecture_kind
 from toolkit.models.keras2.h5 import H5_SUFFIXES, is_hdf5
 from toolkit.text import safe_text
 
@@ -25,24 +26,30 @@ class Keras2Format:
 
     kind: str
     keras_version: str = ""
-    # A weights-only `.h5` (`model.save_weights`) comes with its architecture JSON (`model.to_json()`), the
-    # pair Keras 1 and 2 tutorials published: the config is read from the JSON, the weights from the .h5.
+    # A weights-only `.h5` (`model.save_weights`) comes with its architecture file (`model.to_json()` or
+    # `model.to_yaml()`), the pair Keras 1 and 2 tutorials published: the config is read from that file
+    # (`toolkit.models.keras2.architecture`), the weights from the .h5.
     architecture: Path | None = None
+
+    @property
+    def architecture_kind(self) -> str:
+        """'JSON' or 'YAML' for a pair's architecture file, '' for a whole-model file."""
+        return "" if self.architecture is None else architecture_kind(self.architecture).upper()
 
     @property
     def label(self) -> str:
         if self.architecture is not None:
-            return "Keras 2 architecture JSON + HDF5 weights"
+            return f"Keras 2 architecture {self.architecture_kind} + HDF5 weights"
         return {"h5": "Keras 2 HDF5 (.h5)", "savedmodel": "tf.keras SavedModel", "module": "SavedModel (tf.Module)",
                 "keras": "tf.keras .keras"}[self.kind]
 
 
-def json_and_weights(architecture: Path, weights: Path) -> Keras2Format:
-    """The format of an architecture JSON (`model.to_json()`) with its weights-only `.h5`; refused in one line
-    unless the first names a `.json` file and the second an HDF5 file."""
-    if architecture.suffix.lower() != ".json" or not architecture.is_file():
-        raise InputError(f"Expected an architecture JSON file (model.to_json()) beside --weights. Received: "
-                         f"{safe_text(str(architecture))!r}")
+def architecture_and_weights(architecture: Path, weights: Path) -> Keras2Format:
+    """The format of an architecture file (`model.to_json()` or `model.to_yaml()`) with its weights-only `.h5`;
+    refused in one line unless the first names a `.json`, `.yml` or `.yaml` file and the second an HDF5 file."""
+    if architecture.suffix.lower() not in ARCHITECTURE_SUFFIXES or not architecture.is_file():
+        raise InputError(f"Expected an architecture JSON file (model.to_json()) or YAML file (model.to_yaml()) "
+                         f"beside --weights. Received: {safe_text(str(architecture))!r}")
     if not is_hdf5(weights):
         raise InputError(f"Expected --weights to name an HDF5 weights file (model.save_weights). Received: "
                          f"{safe_text(str(weights))!r}")
@@ -52,12 +59,12 @@ def json_and_weights(architecture: Path, weights: Path) -> Keras2Format:
 def model_source(path: Path, weights: Path | None = None) -> tuple[Path, Keras2Format | None]:
     """What to read for a model path given by a user (export's MODEL, verify's --keras): the file the readers
     copy and open, and its Keras 2 format (None: a Keras 3 file). With `weights`, `path` is an architecture
-    JSON and the file read is the weights `.h5`; a JSON without them is refused in one line."""
+    JSON or YAML and the file read is the weights `.h5`; one without them is refused in one line."""
     if weights is not None:
-        return weights, json_and_weights(path, weights)
-    if path.suffix.lower() == ".json":
-        raise InputError(f"Expected --weights with an architecture JSON (its model.save_weights .h5). Received: "
-                         f"{safe_text(str(path))!r} alone")
+        return weights, architecture_and_weights(path, weights)
+    if path.suffix.lower() in ARCHITECTURE_SUFFIXES:
+        raise InputError(f"Expected --weights with an architecture {architecture_kind(path).upper()} (its "
+                         f"model.save_weights .h5). Received: {safe_text(str(path))!r} alone")
     return path, keras2_format(path)
 
 

@@ -9,7 +9,6 @@ the parameters and activations it declares.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelLoadError
+from toolkit.models.keras2.architecture import config_json, read_architecture
 from toolkit.options import ResourceLimits
 from toolkit.safety.files import open_regular_file
 from toolkit.safety.hdf5 import H5Dataset, open_child, resolve_dataset, walk_datasets
@@ -51,7 +51,7 @@ def is_hdf5(path: Path) -> bool:
 
 def read_h5_model(path: str | Path, limits: ResourceLimits, architecture: Path | None = None) -> Keras2File:
     """Read a Keras 2 `.h5` model file within `limits`; refuse a weights-only file (unless its
-    `architecture` JSON is given) or a broken one.
+    `architecture` file is given: `toolkit.models.keras2.architecture`) or a broken one.
 
     First of all, the file's objects are walked within `toolkit.safety.hdf5`'s bounds (depth, count, ordinary
     links only, each object once); then the config; then every dataset's declared size; then the weights
@@ -84,27 +84,18 @@ def read_h5_model(path: str | Path, limits: ResourceLimits, architecture: Path |
 
 
 def _config(config_text: str | None, architecture: Path | None, path: str, limits: ResourceLimits) -> dict:
-    """The model config: the file's own `model_config`, or the architecture JSON beside a weights-only file."""
+    """The model config: the file's own `model_config`, or the architecture file (JSON or YAML) beside a
+    weights-only file."""
     if config_text is not None and architecture is not None:
-        raise ModelLoadError(f"Expected a weights-only .h5 beside an architecture JSON. Received: {safe_text(path)!r} "
-                             "holding its own model_config (export it without the JSON)")
+        raise ModelLoadError(f"Expected a weights-only .h5 beside an architecture JSON or YAML. Received: {safe_text(path)!r} "
+                             "holding its own model_config (export it without the JSON or YAML)")
     if config_text is None and architecture is None:
         raise ModelLoadError(f"Expected {WHAT} holding a model_config (a whole model). Received: "
                              f"{safe_text(path)!r} with weights only (model.save_weights; give its architecture JSON "
-                             "as the model and this file as --weights)")
+                             "or YAML as the model and this file as --weights)")
     if architecture is not None:
-        with open_regular_file(architecture, "an architecture JSON") as handle:
-            data = handle.read(limits.max_config_bytes + 1)
-        if len(data) > limits.max_config_bytes:
-            raise ModelLoadError(f"Expected an architecture JSON of at most {limits.max_config_bytes} bytes. "
-                                 f"Received: {safe_text(str(architecture))!r} is larger")
-        config = _json(data.decode("utf-8", "replace"), str(architecture))
-        if str(config.get("keras_version", "")).startswith("3."):  # Keras 3 weights files are another layout
-            raise ModelLoadError(f"Expected an architecture JSON written by Keras 1 or 2. Received: "
-                                 f"{safe_text(str(architecture))!r} from Keras {safe_text(str(config['keras_version']))} "
-                                 "(export its .keras file instead: model.save('model.keras'))")
-        return config
-    return _json(str(config_text), path)
+        return read_architecture(architecture, limits)
+    return config_json(str(config_text), path)
 
 
 def _text(config: dict, key: str) -> str | None:
@@ -123,18 +114,6 @@ def _attr(file: Any, name: str, limit: int, path: str) -> str | None:
         raise ModelLoadError(f"Expected a {name} of at most {limit} bytes. Received: {safe_text(path)!r} with "
                              f"{len(value)}")
     return value
-
-
-def _json(text: str, path: str) -> dict:
-    try:
-        config = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ModelLoadError(f"Expected model_config holding JSON. Received: {safe_text(path)!r} "
-                             f"({type(exc).__name__}: {str(exc)[:120]})") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"Expected model_config holding a JSON object. Received: {safe_text(path)!r} with "
-                             f"a {type(config).__name__}")
-    return config
 
 
 def _declared(datasets: dict[int, H5Dataset]) -> list[DeclaredArray]:

@@ -34,6 +34,9 @@ _KERAS1_NAMES = {
     "AveragePooling1D": {"pool_length": "pool_size", "stride": "strides", "border_mode": "padding"},
     "Embedding": {},
     "BatchNormalization": {},
+    # Keras 1's noise layers: Dropout(p), GaussianNoise(sigma) (BUPTLdy/Sentiment-Analysis' to_yaml pair)
+    **{kind: {"p": "rate"} for kind in ("Dropout", "SpatialDropout1D", "GaussianDropout")},
+    "GaussianNoise": {"sigma": "stddev"},
     # Keras 2.0's `legacy_recurrent_support` (keras/legacy/interfaces.py) read these as Keras 2's.
     **{kind: {"output_dim": "units", "inner_activation": "recurrent_activation", "dropout_W": "dropout",
               "dropout_U": "recurrent_dropout"} for kind in ("LSTM", "GRU", "SimpleRNN")},
@@ -62,8 +65,8 @@ def legacy_layer(entry: dict, source: str) -> str | None:
         kind = entry["class_name"] = _KERAS1_CLASSES[kind]
     if kind == "Merge":
         return _merge(entry, name, source)
-    if kind in _NOISE_RANGES:
-        return _noise(kind, config, name)
+    if kind in _NOISE_RANGES:  # Keras 1's names first: `p` is the rate _noise brings into range
+        return "; ".join(filter(None, (keras1_arguments(entry), _noise(kind, config, name)))) or None
     if kind == "BatchNormalization" and config.get("mode", 0) != 0:
         raise UnsupportedModelError(f"Expected BatchNormalization with Keras 2's meaning. Received: "
                                     f"{safe_text(source)!r} with layer {name!r} mode={config['mode']!r} (Keras 1's "
