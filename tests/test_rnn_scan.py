@@ -23,6 +23,7 @@ from toolkit.cli import cli
 from toolkit.errors import InputError
 from toolkit.export.exporter import export_model
 from toolkit.models.builder import build_stack, variant_config
+from toolkit.onnxfile.metadata import SessionDefaults, write_session_defaults
 from toolkit.runtimes.keras import KerasRunner
 from toolkit.runtimes.onnxrt import OnnxRunner
 from toolkit.runtimes.registry import RUNTIMES, open_runner, runtimes_named
@@ -115,6 +116,11 @@ def test_verify_and_run_take_the_scan_runtime(simple_rnn, tmp_path):
         assert all(np.abs(saved[n] - expected[n]).max() < 1e-5 for n in expected)
     with open_runner(path, SCAN) as runner:
         assert runner.name == SCAN and "Scan" in {n.op_type for n in runner.model.graph.node}
+    recorded = onnx.load(str(path))  # `bench --record` found the rewrite fastest: `run` opens it by default
+    write_session_defaults(recorded, SessionDefaults(SCAN, 1, 32, 100, False, 1629.0))
+    onnx.save(recorded, tmp_path / "recorded.onnx")
+    with open_runner(tmp_path / "recorded.onnx") as runner:
+        assert runner.name == SCAN and runner.session.get_session_options().intra_op_num_threads == 1
 
 
 NOT_REWRITTEN = {  # case: (variant, overrides, the problem)
@@ -191,3 +197,13 @@ def test_all_leaves_the_rewrite_out_and_bench_lists_it_as_not_valid_where_it_is(
     lstm = bench(not_rewritten["lstm"], batch=2, steps=6, **FAST)
     assert lstm.results[1].median_ms is None and lstm.results[1].problem == NOT_REWRITTEN["lstm"][2]
     assert f"not valid: onnxruntime-scan float32: {NOT_REWRITTEN['lstm'][2]}" in lstm.text()
+
+
+def test_the_bench_command_lists_the_scan_form_from_the_registry(simple_rnn):
+    _, _, path, _ = simple_rnn
+    done = CliRunner().invoke(cli, ["bench", str(path), "--threads", "1", "--seconds", "0.1", "--batch", "2", "--steps",
+                                    "5", "--json"])
+    assert done.exit_code == 0, done.output
+    forms = {f["label"]: f for f in json.loads(done.output)["forms"]}
+    scan = forms["onnxruntime-scan float32 x1"]  # no --runtimes: every timed runtime of the registry
+    assert scan["median_ms"] > 0 and scan["within_tolerance"] and scan["problem"] is None
