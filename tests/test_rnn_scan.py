@@ -207,3 +207,17 @@ def test_the_bench_command_lists_the_scan_form_from_the_registry(simple_rnn):
     forms = {f["label"]: f for f in json.loads(done.output)["forms"]}
     scan = forms["onnxruntime-scan float32 x1"]  # no --runtimes: every timed runtime of the registry
     assert scan["median_ms"] > 0 and scan["within_tolerance"] and scan["problem"] is None
+
+
+def test_weights_that_are_not_float32_constants_get_one_line_why(simple_rnn):
+    model = simple_rnn[1]
+    doubled, fed = onnx.ModelProto(), onnx.ModelProto()
+    doubled.CopyFrom(model)
+    fed.CopyFrom(model)
+    r = next(t for t in doubled.graph.initializer if t.name == "RNN_0_R")
+    r.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(r).astype(np.float64), r.name))
+    assert problem(doubled) == "RNN 'RNN_0': its R is double; onnxruntime-scan rewrites float32 RNN ops only"
+    fed.graph.input.append(onnx.helper.make_tensor_value_info("RNN_0_W", onnx.TensorProto.FLOAT, None))
+    assert problem(fed) == ("RNN 'RNN_0': its W is not a constant (an initializer no feed replaces); onnxruntime-scan "
+                            "folds its weights")
+    assert problem(model) is None

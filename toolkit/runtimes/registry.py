@@ -116,7 +116,7 @@ register(Runtime("openvino", openvino.problem, openvino.open_f32, engine="openvi
 register(Runtime("openvino-bf16", openvino.problem_bf16, openvino.open_default, precision="bf16", engine="openvino",
                  timed=True, installed=openvino.installed, setup="openvino", package="openvino",
                  summary="its default precision, a tier"))
-# ONNX Runtime's RNN kernel applies tanh one value at a time: 3.9x slower at batch 32 x 100 than the same
+# ONNX Runtime's RNN kernel applies tanh one value at a time: 3.6x slower at batch 32 x 100 than the same
 # recurrence as MatMul + Scan, which this runtime rewrites each RNN op into at open (the file unchanged).
 register(Runtime(rnn_scan.NAME, rnn_scan.problem, rnn_scan.open_scan, engine=rnn_scan.NAME, timed=True, named_alone=True,
                  package="onnxruntime", summary="SimpleRNN's RNN op run as MatMul + Scan, where named"))

@@ -106,19 +106,20 @@ def _weights_problem(node: onnx.NodeProto, label: str, initializers: dict[str, o
             continue
         tensor = initializers.get(name)
         if tensor is None or name in fed:
-            return f"{label}'s {role} is not a constant (an initializer no feed replaces); {NAME} folds its weights"
+            return f"{label}: its {role} is not a constant (an initializer no feed replaces); {NAME} folds its weights"
         if tensor.data_type != TensorProto.FLOAT:
-            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type).name
-            return f"{label}'s {role} is {dtype}; {NAME} rewrites float32 RNN ops only"
+            known = tensor.data_type in TensorProto.DataType.values()
+            dtype = TensorProto.DataType.Name(tensor.data_type).lower() if known else f"type {tensor.data_type}"
+            return f"{label}: its {role} is {dtype}; {NAME} rewrites float32 RNN ops only"
     w, r = (initializers[_input(node, p)].dims for p in (1, 2))
     hidden = r[-1] if r else 0
     expected = {"W": [1, hidden, w[-1] if w else 0], "R": [1, hidden, hidden], "B": [1, 2 * hidden]}
     for position, role in ((1, "W"), (2, "R"), (3, "B")):
         name = _input(node, position)
         if name and list(initializers[name].dims) != expected[role]:
-            return f"{label}'s {role} has shape {list(initializers[name].dims)}, not {expected[role]} (one direction)"
+            return f"{label}: its {role} has shape {list(initializers[name].dims)}, not {expected[role]} (one direction)"
     if _attributes(node).get("hidden_size", hidden) != hidden:
-        return f"{label}'s hidden_size is not its R's {hidden}"
+        return f"{label}: its hidden_size is not its R's {hidden}"
     return None
 
 
@@ -127,12 +128,12 @@ def problem(model: onnx.ModelProto) -> str | None:
     graph = model.graph
     top = [node for node in graph.node if _is_rnn(node)]
     inside = sum(1 for node in graph.node for sub in subgraphs(node) for n in _nodes(sub) if _is_rnn(n))
-    if not top:
-        others = sorted({n.op_type for n in _nodes(graph) if n.op_type in OTHER_RECURRENT})
-        ops = f"its recurrent ops are {', '.join(others)}" if others else "it has none in its main graph"
-        return f"no RNN op to rewrite as Scan ({NAME} rewrites SimpleRNN's fused RNN op; {ops})"
     if inside:
         return f"{inside} RNN op(s) inside a Loop, If or Scan body; {NAME} rewrites the main graph's only"
+    if not top:
+        others = sorted({n.op_type for n in _nodes(graph) if n.op_type in OTHER_RECURRENT})
+        ops = f"its recurrent ops are {', '.join(others)}" if others else "it has no recurrent op"
+        return f"no RNN op to rewrite as Scan ({NAME} rewrites SimpleRNN's fused RNN op; {ops})"
     if _opset(model) < SCAN_OPSET:
         return f"opset {_opset(model)}; {NAME} writes Scan as opset {SCAN_OPSET} and later define it"
     initializers = {t.name: t for t in graph.initializer}
