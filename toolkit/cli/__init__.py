@@ -147,9 +147,10 @@ def verify(onnx_model: Path, keras_model: Path | None, weights_file: Path | None
 @click.option("-i", "--input", "inputs", multiple=True, required=True, metavar="[NAME=]FILE",
               help="A .npy per input (NAME=FILE.npy when the model has several), or one .npz of named arrays.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the outputs to this .npz file.")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]),
-              help="openvino runs only what it computes correctly (it says why otherwise). Default: what "
-                   "bench --record recorded in the file, else onnxruntime.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino", "onnxruntime-scan"]),
+              help="openvino runs only what it computes correctly (it says why otherwise); onnxruntime-scan: "
+                   "a SimpleRNN export's RNN ops run as MatMul + Scan. Default: what bench --record recorded "
+                   "in the file, else onnxruntime.")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="bf16: OpenVINO's CPU default, faster and off by 2e-3 to 1.5e-2 (openvino only).")
 @click.option("--threads", type=int, help="Intra-op threads, 1 to 4 per core (default: what bench --record recorded, "

@@ -52,10 +52,17 @@ class GraphWriter:
         return self.op(op_type, inputs, 1, **attrs)[0]
 
     def squeeze(self, value: str, axis: int) -> str:
-        return self.op1("Squeeze", [value, self.ints([axis])])
+        return self._on_axis("Squeeze", value, axis)
 
     def unsqueeze(self, value: str, axis: int) -> str:
-        return self.op1("Unsqueeze", [value, self.ints([axis])])
+        return self._on_axis("Unsqueeze", value, axis)
+
+    def _on_axis(self, op_type: str, value: str, axis: int) -> str:
+        # Squeeze and Unsqueeze take their axes as an input from opset 13, as an attribute before (an
+        # export is opset 14 or later; `runtimes/rnn_scan.py` rewrites any file it is given).
+        if self.opset >= 13:
+            return self.op1(op_type, [value, self.ints([axis])])
+        return self.op1(op_type, [value], axes=[axis])
 
     def reduce(self, op_type: str, value: str, axis: int, keepdims: int) -> str:
         # ReduceSum takes its axes as an input from opset 13, the other reductions from opset 18.
