@@ -126,3 +126,29 @@ def test_verify_stream_checks_a_mixed_model_at_the_same_tolerance_as_its_export(
     # Chunked, as unchunked: Keras' float16 run is far above the float32 default (1e-6), within 5e-3.
     done = CliRunner().invoke(cli, ["verify", str(onnx_path), "--keras", str(keras_path), "--stream", "2,3"])
     assert done.exit_code == 0, done.output
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES), indirect=True)
+def test_state_io_states_are_declared_in_the_dtype_keras_returns_them(policy, tmp_path):
+    """A mixed layer returns its states in its compute dtype: each state input is declared in that dtype
+    too, so that the state map's output feeds its input as it is (float32 inputs beside float16 outputs
+    made the streamed session fail on its first step)."""
+    import keras
+
+    import toolkit
+
+    x = keras.Input((None, 3), name="x")
+    model = keras.Model(x, keras.layers.LSTM(4, return_sequences=True, return_state=True, name="lstm")(x))
+    set_deterministic_weights(model, 1)
+    result = export_model(model, state_io=True)
+    graph = result.model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
+    expected = {"mixed_float16": 10, "mixed_bfloat16": 16}[policy]  # TensorProto.FLOAT16, BFLOAT16
+    assert types["lstm_initial_state_h"] == types["lstm_state_h"] == expected
+    assert types["lstm_initial_state_c"] == types["lstm_state_c"] == expected
+    if policy == "mixed_float16":  # ONNX Runtime's CPU Cast reads and writes float16; numpy has no bfloat16
+        result.save(tmp_path / "m.onnx")
+        with toolkit.open_stream(tmp_path / "m.onnx") as stream:
+            first = stream.step(np.ones((1, 1, 3), np.float32))
+            second = stream.step(np.ones((1, 1, 3), np.float32))
+        assert first["lstm_state_c"].dtype == np.float16 and not np.array_equal(first["lstm_state_c"], second["lstm_state_c"])

@@ -292,7 +292,8 @@ def carry_or_refuse(ctx: LoweringContext, call: LayerCall, reason: str) -> list[
     """A layer carrying states that cannot be fused: tf2onnx with its states as inputs and outputs, or,
     where even that cannot be done, a one-line refusal (never an export with frozen states)."""
     try:
-        return convert_carrying_states(ctx, call, _float32_inputs(ctx, call), reason)
+        # The call's own values: tf2onnx converts the layer with its Keras dtypes and writes any Cast itself.
+        return convert_carrying_states(ctx, call, dict(call.values), reason)
     except NotFusable as why:
         raise UnsupportedModelError(f"Expected a stateful (or --state-io) layer whose states lstm-onnx can carry. "
                                     f"Received: layer {call.layer.name!r} ({call.layer_class}): {reason}; "

@@ -25,7 +25,7 @@ from toolkit.lowering.cells import (
     plan_cell,
     state_roles,
 )
-from toolkit.lowering.context import LoweringContext, StateIO, Value
+from toolkit.lowering.context import FLOAT_TYPES, LoweringContext, StateIO, Value
 from toolkit.lowering.writer import trim
 from toolkit.models.naming import is_bidirectional, main_count
 
@@ -42,6 +42,12 @@ class RecurrentCall:
     owner: str  # the layer's name, "_callN" added for a later call of a shared layer
     explicit: bool  # its states are graph inputs and outputs (state_io, or a stateful layer)
     roles: list[tuple[str, int]]  # (role, units) of each state
+    # The states' dtype in Keras (the layer's output dtype: float64 for a float64 layer, float16 under
+    # mixed_float16): the state inputs and outputs are declared in it, so that an output feeds its input
+    # on the next call as it is. `op_dtype` is the one they are computed in: float32 for a fused op (ONNX
+    # Runtime's CPU kernels run float only), Keras' own for tf2onnx's conversion (`carried.py`).
+    state_dtype: str = "float32"
+    op_dtype: str = "float32"
 
 
 def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> RecurrentCall:
@@ -65,7 +71,7 @@ def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> Recu
     owner = ctx.owner(layer, node)  # a shared layer: one set per call
     explicit = ctx.state_io or getattr(layer, "stateful", False)
     return RecurrentCall(layer, sequence, incoming_mask, initial_values, list(initial_values), owner, explicit,
-                         state_roles(layer))
+                         state_roles(layer), str(node.outputs[0].dtype))
 
 
 def mask_argument(ctx: LoweringContext, tensor: Any, mask: Any, values: dict[int, Value]) -> str:
@@ -100,16 +106,21 @@ def write_state_inputs(ctx: LoweringContext, rc: RecurrentCall) -> None:
     """Step 3a: explicit states with no initial state given become plain graph inputs of shape
     (batch, units). No same-name initializer gives them a default: onnxruntime-node ignores a fed state
     that has one, onnxruntime-web and OpenVINO refuse it, and ONNX Runtime warns on every load. Callers
-    without states yet feed zeros; the library's runners do (`toolkit.onnxfile.model.with_zero_states`)."""
+    without states yet feed zeros; the library's runners do (`toolkit.onnxfile.model.with_zero_states`).
+    They are declared in the states' Keras dtype and read cast to the op's."""
     if not rc.explicit or rc.initial:
         return
-    rc.sources = [_state_input(ctx, f"{rc.owner}_initial_{role}", units) for role, units in rc.roles]
-    rc.initial = list(rc.sources)
+    rc.sources = [_state_input(ctx, f"{rc.owner}_initial_{role}", units, rc.state_dtype) for role, units in rc.roles]
+    rc.initial = [_cast(ctx, name, rc.state_dtype, rc.op_dtype) for name in rc.sources]
 
 
-def _state_input(ctx: LoweringContext, name: str, units: int) -> str:
-    ctx.report.state_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", units]))
+def _state_input(ctx: LoweringContext, name: str, units: int, dtype: str) -> str:
+    ctx.report.state_inputs.append(helper.make_tensor_value_info(name, FLOAT_TYPES[dtype], ["batch", units]))
     return name
+
+
+def _cast(ctx: LoweringContext, name: str, dtype: str, to: str) -> str:
+    return name if dtype == to else ctx.w.op1("Cast", [name], to=FLOAT_TYPES[to])
 
 
 def write_op(ctx: LoweringContext, plans: Sequence[CellPlan], x: str, lengths: str | None,
@@ -127,10 +138,12 @@ def write_op(ctx: LoweringContext, plans: Sequence[CellPlan], x: str, lengths: s
 
 
 def record_states(ctx: LoweringContext, rc: RecurrentCall, states: Sequence[Value]) -> None:
-    """Step 6: remember which input feeds which final state, for the exporter's state map and outputs."""
+    """Step 6: remember which input feeds which final state, for the exporter's state map and outputs;
+    each final state in its input's dtype (Keras'), so that it feeds that input on the next call."""
     if rc.explicit:
         for (role, units), source, value in zip(rc.roles, rc.sources, states):
-            ctx.report.states.append(StateIO(source, value.name, rc.owner, role, units))
+            final = _cast(ctx, value.name, rc.op_dtype, rc.state_dtype)
+            ctx.report.states.append(StateIO(source, final, rc.owner, role, units, rc.state_dtype))
 
 
 
