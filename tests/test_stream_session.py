@@ -137,6 +137,38 @@ def test_bad_steps_are_one_line_errors_and_the_session_goes_on():
         _ = session.input
 
 
+def _counter_model() -> onnx.ModelProto:
+    """A crafted file with a state map like a --state-io export's: each state counts the steps fed ones, on
+    two states, so that a lost or doubled step and a half-done reset show in their values."""
+    value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axes"], ["summed"], keepdims=0),
+         helper.make_node("Add", ["a_in", "summed"], ["a_out"]), helper.make_node("Add", ["b_in", "summed"], ["b_out"])],
+        "counter", [value("input", ["batch", "time", 1]), value("a_in", ["batch", 1]), value("b_in", ["batch", 1])],
+        [value("a_out", ["batch", 1]), value("b_out", ["batch", 1])], [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    metadata.write_entries(model, {metadata.STATE_MAP: {"a_in": "a_out", "b_in": "b_out"}})
+    return model
+
+
+def test_a_refused_reset_is_one_line_and_changes_no_state():
+    """Before: a non-number state or a list raised numpy's ValueError/TypeError, and a reset refused on
+    its second state had already written the first."""
+    with toolkit.open_stream(_counter_model()) as session:
+        session.reset({"a_in": np.full((1, 1), 7, np.float32), "b_in": np.full((1, 1), 7, np.float32)})
+        for bad, message in [({"a_in": np.ones((1, 1)), "b_in": np.ones((5, 5))}, r"Expected state b_in of shape \(1, 1\)"),
+                             ({"a_in": np.ones((1, 1)), "b_in": "abc"}, r"Expected state b_in as numbers \(float32\)"),
+                             ({"a_in": [[{}]]}, r"Expected state a_in as numbers \(float32\)"),
+                             ([("a_in", 1)], "Expected states as a mapping of state input name to array. Received: list"),
+                             ({"a_in": np.ones((1, 1)), "nope": 1}, r"Expected states among \['a_in', 'b_in'\]")]:
+            with pytest.raises(InputError, match=message) as caught:
+                session.reset(bad)
+            assert "\n" not in str(caught.value)
+            assert session.states == {"a_in": [[7.0]], "b_in": [[7.0]]}
+        assert session.step(np.ones((1, 2, 1), np.float32))["a_out"].tolist() == [[9.0]]
+
+
 def test_a_step_written_into_the_bound_input_is_the_same_step():
     """`session.input` is the buffer ONNX Runtime reads: a step written there (no copy, no check) gives what
     the same step passed as an array gives, the states carried alike; a new chunk length binds a new buffer."""

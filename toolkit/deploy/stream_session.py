@@ -336,16 +336,30 @@ class StreamSession:
         return {name: pair[self._side].copy() for name, pair in self._pair.items()}
 
     def reset(self, states: Mapping[str, np.ndarray] | None = None) -> None:
-        """Start over: zero states, or these (by state input name; the others zeros)."""
-        given = dict(states or {})
-        unknown = [name for name in given if name not in self._pair]
+        """Start over: zero states, or these (by state input name; the others zeros). Every given state is
+        checked before any is written: a refused reset leaves the states as they were."""
+        given = self._checked_states(states)
+        for name, pair in self._pair.items():
+            pair[self._side][...] = given.get(name, 0)
+
+    def _checked_states(self, states: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        if states is None:
+            return {}
+        if not isinstance(states, Mapping):
+            raise InputError(f"Expected states as a mapping of state input name to array. Received: {type(states).__name__}")
+        unknown = [safe_text(str(name)) for name in states if name not in self._pair]
         if unknown:
             raise InputError(f"Expected states among {list(self._pair)}. Received: {unknown}")
-        for name, pair in self._pair.items():
-            value = np.asarray(given.get(name, 0), dtype=pair[0].dtype)
-            if name in given and value.shape != pair[0].shape:
-                raise InputError(f"Expected state {name} of shape {pair[0].shape}. Received: {value.shape}")
-            pair[self._side][...] = value
+        checked = {}
+        for name, value in states.items():
+            like = self._pair[name][0]
+            try:
+                checked[name] = np.asarray(value, dtype=like.dtype)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"Expected state {name} as numbers ({like.dtype}). Received: {first_line(exc)}") from None
+            if checked[name].shape != like.shape:
+                raise InputError(f"Expected state {name} of shape {like.shape}. Received: {checked[name].shape}")
+        return checked
 
     def close(self) -> None:
         # The next step takes the slow path, which refuses it: no array a caller holds is `_x` any more.
