@@ -261,6 +261,44 @@ def test_a_step_past_its_deadline_is_stopped_and_the_states_reset():
     session.close()
 
 
+def _loop_of_input_trips() -> onnx.ModelProto:
+    """The crafted endless Loop, its trip count the step input's largest value: a step of zeros is quick."""
+    model = _endless_loop_model()
+    graph = model.graph
+    trips = [init for init in graph.initializer if init.name == "trips"][0]
+    graph.initializer.remove(trips)
+    graph.node.insert(0, helper.make_node("ReduceMax", ["input"], ["largest"], keepdims=0))
+    graph.node.insert(1, helper.make_node("Cast", ["largest"], ["trips"], to=TensorProto.INT64))
+    return model
+
+
+def test_a_step_from_another_thread_while_one_runs_is_refused():
+    """Before: both steps ran on the same side of the state buffers and a step was lost without a word
+    (two threads of 20,000 counting steps counted 39,987), and the quick step's end cleared the long one's
+    start: its deadline was never enforced."""
+    import threading
+
+    session = toolkit.open_stream(_loop_of_input_trips(), timeout=1.0)
+    first: list[Exception] = []
+
+    def long_step() -> None:  # runs to its deadline
+        try:
+            session.step(np.full((1, 1, 2), 1e18, np.float32))
+        except RuntimeFailure as exc:
+            first.append(exc)
+
+    worker = threading.Thread(target=long_step, daemon=True)
+    worker.start()
+    while not session._started and worker.is_alive():
+        time.sleep(0.001)
+    with pytest.raises(InputError, match="Expected one step at a time on a stream session"):
+        session.step(np.zeros((1, 1, 2), np.float32))
+    worker.join(10)
+    assert first and "within 1 s" in str(first[0])
+    assert session.step(np.zeros((1, 1, 2), np.float32))["state_out"].tolist() == [[0.0, 0.0]]  # it goes on
+    session.close()
+
+
 def test_required_state_inputs_are_carried_too():
     """`initial_state` given as model inputs: with --state-io they are required inputs in the state map."""
     model = build_stack(variant_config("lstm_initial_state", all_states=False))

@@ -139,6 +139,10 @@ class StreamSession:
     def __init__(self, model: onnx.ModelProto | str | Path, batch: int = 1, steps: int = 1, threads: int | None = None,
                  timeout: float = STEP_TIMEOUT, copy: bool = True, spinning: bool | None = None,
                  outputs: Sequence[str] | None = None):
+        # Held by a running step. Two threads stepping one session at once read the same side of the state
+        # buffers and both flip it: a step was lost without a word (20,000 + 20,000 counted 39,987). A
+        # non-blocking acquire refuses the second (a blocking one would mix two callers' steps into one stream).
+        self._busy = threading.Lock()
         self.model = as_proto(model)
         check_streamable(self.model)
         self.mapping = state_map(self.model)
@@ -280,24 +284,31 @@ class StreamSession:
         return self._x
 
     def step(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one step (or chunk) of shape (batch, steps, ...), carrying the states to the next call."""
-        if x is not self._x:  # the bound buffer itself (`input`) is in place, of its own shape and dtype
-            # `is not` on the dtype: numpy's builtin dtypes are singletons; an equal one that is not takes the slow path
-            if type(x) is not np.ndarray or x.shape != self.step_shape or x.dtype is not self.input_dtype:
-                x = self._new_shape(x)
-            self._x[...] = x
-        side = self._side
-        self._started = started = _monotonic()
+        """Run one step (or chunk) of shape (batch, steps, ...), carrying the states to the next call.
+        One step at a time: a step from another thread while one runs is refused (see `_busy`)."""
+        if not self._busy.acquire(False):
+            raise InputError("Expected one step at a time on a stream session (open one session per stream or "
+                             "thread). Received: a step while another step of this session was running")
         try:
-            self._run(self._bindings[side], self._options)
-        except ORT_ERRORS as exc:
-            self._failed(exc, side, started)
+            if x is not self._x:  # the bound buffer itself (`input`) is in place, of its own shape and dtype
+                # `is not` on the dtype: numpy's builtin dtypes are singletons; an equal one that is not takes the slow path
+                if type(x) is not np.ndarray or x.shape != self.step_shape or x.dtype is not self.input_dtype:
+                    x = self._new_shape(x)
+                self._x[...] = x
+            side = self._side
+            self._started = started = _monotonic()
+            try:
+                self._run(self._bindings[side], self._options)
+            except ORT_ERRORS as exc:
+                self._failed(exc, side, started)
+            finally:
+                self._started = 0.0
+            self._side = 1 - side
+            if self.copy:
+                return {name: array.copy() for name, array in self._results[side]}
+            return self._views[side]
         finally:
-            self._started = 0.0
-        self._side = 1 - side
-        if self.copy:
-            return {name: array.copy() for name, array in self._results[side]}
-        return self._views[side]
+            self._busy.release()
 
     def _failed(self, exc: Exception, side: int, started: float) -> None:
         """A step stopped at its deadline or failed: the states are reset to zeros (they may be half written).
