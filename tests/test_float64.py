@@ -123,3 +123,22 @@ def test_a_float64_state_io_export_carries_float64_states(activation, return_sta
         got = stream.step(x)
         assert all(np.array_equal(got[name], outputs[name]) and got[name].dtype == np.float64 for name in got)
     stream.close()
+
+
+def test_a_float64_layers_initial_states_given_as_model_inputs_are_in_the_state_map():
+    """Before: the fused op reads them cast to float32, and the Casts were taken for their sources: no
+    state map at all, where the float32 model maps h0 and c0 (`test_stream_session`'s required states)."""
+    import keras
+
+    from toolkit.onnxfile import metadata
+    from toolkit.options import ExportOptions
+
+    x = keras.Input((None, 3), dtype="float64", name="x")
+    h0, c0 = keras.Input((4,), dtype="float64", name="h0"), keras.Input((4,), dtype="float64", name="c0")
+    lstm = keras.layers.LSTM(4, dtype="float64", return_sequences=True, name="l")
+    model = keras.Model([x, h0, c0], lstm(x, initial_state=[h0, c0]))
+    result = export_model(model, ExportOptions(state_io=True), seed=3)
+    assert result.parity, result.parity
+    assert metadata.read_state_map(result.model) == {"h0": "l_state_h", "c0": "l_state_c"}
+    types = {v.name: v.type.tensor_type.elem_type for v in list(result.model.graph.input) + list(result.model.graph.output)}
+    assert types["h0"] == types["l_state_h"] == types["c0"] == types["l_state_c"] == TensorProto.DOUBLE

@@ -152,3 +152,21 @@ def test_state_io_states_are_declared_in_the_dtype_keras_returns_them(policy, tm
             first = stream.step(np.ones((1, 1, 3), np.float32))
             second = stream.step(np.ones((1, 1, 3), np.float32))
         assert first["lstm_state_c"].dtype == np.float16 and not np.array_equal(first["lstm_state_c"], second["lstm_state_c"])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_initial_states_given_as_float32_inputs_come_back_float32(policy):
+    """A mixed decoder fed float32 model inputs as its initial states: each final state not returned by the
+    model is returned in its input's dtype, so that the state map's output feeds its input as it is."""
+    import keras
+
+    from toolkit.onnxfile import metadata
+
+    x, h0, c0 = keras.Input((None, 3), name="x"), keras.Input((4,), name="h0"), keras.Input((4,), name="c0")
+    model = keras.Model([x, h0, c0], keras.layers.LSTM(4, return_sequences=True, name="l")(x, initial_state=[h0, c0]))
+    set_deterministic_weights(model, 1)
+    result = export_model(model, state_io=True)
+    graph = result.model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
+    assert metadata.read_state_map(result.model) == {"h0": "l_state_h", "c0": "l_state_c"}
+    assert types["h0"] == types["l_state_h"] == types["c0"] == types["l_state_c"] == 1  # TensorProto.FLOAT

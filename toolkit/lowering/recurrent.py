@@ -10,7 +10,7 @@ Bidirectional's directions, in `bidirectional.py`); record the states the export
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,16 +42,21 @@ class RecurrentCall:
     owner: str  # the layer's name, "_callN" added for a later call of a shared layer
     explicit: bool  # its states are graph inputs and outputs (state_io, or a stateful layer)
     roles: list[tuple[str, int]]  # (role, units) of each state
-    # The states' dtype in Keras (the layer's output dtype: float64 for a float64 layer, float16 under
-    # mixed_float16): the state inputs and outputs are declared in it, so that an output feeds its input
-    # on the next call as it is. `op_dtype` is the one they are computed in: float32 for a fused op (ONNX
-    # Runtime's CPU kernels run float only), Keras' own for tf2onnx's conversion (`carried.py`).
-    state_dtype: str = "float32"
+    # Each state's dtype, that of its input and of its output: a given initial state's own, else the dtype
+    # Keras returns the states in (the layer's output dtype: float64 for a float64 layer, float16 under
+    # mixed_float16), so that an output feeds its input on the next call as it is. `op_dtype` is the one
+    # they are computed in: float32 for a fused op (ONNX Runtime's CPU kernels run float only), the layer's
+    # own for tf2onnx's conversion (`carried.py`).
+    dtypes: list[str] = field(default_factory=list)
     op_dtype: str = "float32"
 
 
-def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> RecurrentCall:
-    """Step 1: the sequence, its mask and the initial states a call passes."""
+def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value],
+              uncast: dict[int, Value] | None = None) -> RecurrentCall:
+    """Step 1: the sequence, its mask and the initial states a call passes. `values` are what the op reads
+    (cast to float32 for a fused op); `uncast`, the call's own values before any Cast, name the states'
+    sources: a float64 model input given as an initial state is a state input of the state map, its
+    Cast is not (before, a float64 layer's given states were left out of the map)."""
     layer = node.operation
     args, kwargs = node.arguments.args, node.arguments.kwargs
     sequence = values[id(args[0])]
@@ -67,11 +72,14 @@ def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> Recu
         incoming_mask = mask_argument(ctx, args[0], given, values)
         sequence = Value(sequence.name, incoming_mask)
     # Flattened: an RNN over StackedRNNCells takes one (nested) list of states per cell.
-    initial_values = [values[id(t)].name for t in _flatten(initial)] if initial is not None else []
+    states = _flatten(initial) if initial is not None else []
+    sources = [(uncast or values)[id(t)].name for t in states]
     owner = ctx.owner(layer, node)  # a shared layer: one set per call
     explicit = ctx.state_io or getattr(layer, "stateful", False)
-    return RecurrentCall(layer, sequence, incoming_mask, initial_values, list(initial_values), owner, explicit,
-                         state_roles(layer), str(node.outputs[0].dtype))
+    roles = state_roles(layer)
+    dtypes = [str(t.dtype) for t in states] or [str(node.outputs[0].dtype)] * len(roles)
+    return RecurrentCall(layer, sequence, incoming_mask, [values[id(t)].name for t in states], sources, owner,
+                         explicit, roles, dtypes)
 
 
 def mask_argument(ctx: LoweringContext, tensor: Any, mask: Any, values: dict[int, Value]) -> str:
@@ -110,8 +118,9 @@ def write_state_inputs(ctx: LoweringContext, rc: RecurrentCall) -> None:
     They are declared in the states' Keras dtype and read cast to the op's."""
     if not rc.explicit or rc.initial:
         return
-    rc.sources = [_state_input(ctx, f"{rc.owner}_initial_{role}", units, rc.state_dtype) for role, units in rc.roles]
-    rc.initial = [_cast(ctx, name, rc.state_dtype, rc.op_dtype) for name in rc.sources]
+    rc.sources = [_state_input(ctx, f"{rc.owner}_initial_{role}", units, dtype)
+                  for (role, units), dtype in zip(rc.roles, rc.dtypes)]
+    rc.initial = [_cast(ctx, name, dtype, rc.op_dtype) for name, dtype in zip(rc.sources, rc.dtypes)]
 
 
 def _state_input(ctx: LoweringContext, name: str, units: int, dtype: str) -> str:
@@ -141,9 +150,9 @@ def record_states(ctx: LoweringContext, rc: RecurrentCall, states: Sequence[Valu
     """Step 6: remember which input feeds which final state, for the exporter's state map and outputs;
     each final state in its input's dtype (Keras'), so that it feeds that input on the next call."""
     if rc.explicit:
-        for (role, units), source, value in zip(rc.roles, rc.sources, states):
-            final = _cast(ctx, value.name, rc.op_dtype, rc.state_dtype)
-            ctx.report.states.append(StateIO(source, final, rc.owner, role, units, rc.state_dtype))
+        for (role, units), source, value, dtype in zip(rc.roles, rc.sources, states, rc.dtypes):
+            final = _cast(ctx, value.name, rc.op_dtype, dtype)
+            ctx.report.states.append(StateIO(source, final, rc.owner, role, units, dtype))
 
 
 
