@@ -299,6 +299,23 @@ def test_a_step_from_another_thread_while_one_runs_is_refused():
     session.close()
 
 
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300])
+def test_an_endless_timeout_leaves_the_other_sessions_their_deadlines(timeout):
+    """Before: the deadline thread waited a quarter of the smallest timeout, and a wait of inf or 2.5e299 s
+    raised OverflowError in it: no session of the process was stopped any more, a crafted Loop ran for ever."""
+    from toolkit.deploy.stream_session import _GUARD
+
+    with toolkit.open_stream(_counter_model(), timeout=timeout) as endless:
+        endless.step(np.ones((1, 1, 1), np.float32))
+        time.sleep(0.1)  # the guard has polled the sessions
+        assert _GUARD._thread is not None and _GUARD._thread.is_alive()
+        with toolkit.open_stream(_loop_of_input_trips(), timeout=0.3) as crafted:
+            start = time.monotonic()
+            with pytest.raises(RuntimeFailure, match=r"Expected a run that ends within 0.3 s"):
+                crafted.step(np.full((1, 1, 2), 1e18, np.float32))  # stopped by the guard thread
+        assert time.monotonic() - start < 10
+
+
 def test_required_state_inputs_are_carried_too():
     """`initial_state` given as model inputs: with --state-io they are required inputs in the state map."""
     model = build_stack(variant_config("lstm_initial_state", all_states=False))

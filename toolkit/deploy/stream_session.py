@@ -52,6 +52,7 @@ from toolkit.text import first_line, safe_text
 _monotonic = time.monotonic  # a global lookup, not a module attribute's, on every step
 _CLOSED = object()  # a closed session's `_x`: what no caller can pass to `step`
 STEP_TIMEOUT = 10.0  # seconds one step may run before it is stopped (a crafted graph can loop for ever)
+MAX_WAIT = 60.0  # the longest the deadline thread sleeps between polls (an infinite timeout: no deadline)
 
 
 class _Guard:
@@ -85,7 +86,9 @@ class _Guard:
                 started = session._started
                 if started and now - started > session.timeout:
                     session._options.terminate = True
-            self._wake.wait(max(0.005, min(s.timeout for s in sessions) / 4))
+            # Bounded: a wait of an infinite (or 1e300 s) timeout's quarter raised OverflowError in this
+            # thread, and no session of the process had a deadline any more.
+            self._wake.wait(min(max(0.005, min(s.timeout for s in sessions) / 4), MAX_WAIT))
             self._wake.clear()
 
 
