@@ -42,11 +42,10 @@ class RecurrentCall:
     owner: str  # the layer's name, "_callN" added for a later call of a shared layer
     explicit: bool  # its states are graph inputs and outputs (state_io, or a stateful layer)
     roles: list[tuple[str, int]]  # (role, units) of each state
-    # Each state's dtype, that of its input and of its output: a given initial state's own, else the dtype
-    # Keras returns the states in (the layer's output dtype: float64 for a float64 layer, float16 under
-    # mixed_float16), so that an output feeds its input on the next call as it is. `op_dtype` is the one
-    # they are computed in: float32 for a fused op (ONNX Runtime's CPU kernels run float only), the layer's
-    # own for tf2onnx's conversion (`carried.py`).
+    # Each state's dtype, that of its input and of its output, so that an output feeds its input on the next
+    # call as it is: a given initial state's own, else `_state_dtype`'s. `op_dtype` is the one they are
+    # computed in: float32 for a fused op (ONNX Runtime's CPU kernels run float only), the layer's own for
+    # tf2onnx's conversion (`carried.py`).
     dtypes: list[str] = field(default_factory=list)
     op_dtype: str = "float32"
 
@@ -77,9 +76,17 @@ def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value],
     owner = ctx.owner(layer, node)  # a shared layer: one set per call
     explicit = ctx.state_io or getattr(layer, "stateful", False)
     roles = state_roles(layer)
-    dtypes = [str(t.dtype) for t in states] or [str(node.outputs[0].dtype)] * len(roles)
+    dtypes = [str(t.dtype) for t in states] or [_state_dtype(layer, str(node.outputs[0].dtype))] * len(roles)
     return RecurrentCall(layer, sequence, incoming_mask, [values[id(t)].name for t in states], sources, owner,
                          explicit, roles, dtypes)
+
+
+def _state_dtype(layer: Any, keras_dtype: str) -> str:
+    """The dtype of a state input, that of the output feeding it on the next call: Keras' where the layer
+    returns its states (the model's output is in it), else the wider of float32 and Keras' (a float64
+    layer's states stay float64; a float16 one's are carried in float32, as the op computes them: float16
+    carried states drifted 1.2e-4 from the unchunked run of a one-step LSTM(4) stream)."""
+    return keras_dtype if layer.return_state or keras_dtype == "float64" else "float32"
 
 
 def mask_argument(ctx: LoweringContext, tensor: Any, mask: Any, values: dict[int, Value]) -> str:
