@@ -316,6 +316,20 @@ def test_an_endless_timeout_leaves_the_other_sessions_their_deadlines(timeout):
         assert time.monotonic() - start < 10
 
 
+def test_a_model_that_mixes_time_steps_across_a_chunk_is_refused():
+    """Before: a causal Conv1D under the LSTM streamed silently wrong (its window crosses a chunk's edge; only
+    the recurrent states are carried): 4.3e-2 off the whole sequence's run, step after step."""
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    model = keras.Model(x, keras.layers.LSTM(5, name="l")(keras.layers.Conv1D(4, 2, padding="causal")(x)))
+    set_deterministic_weights(model, 1)
+    proto = export_model(model, state_io=True).model
+    with pytest.raises(InputError, match=r"Expected a model whose run in chunks, carrying its recurrent states, is "
+                                         r"its run on the whole sequence. Received: l_last off by .* a layer mixes"):
+        toolkit.open_stream(proto)
+
+
 def test_required_state_inputs_are_carried_too():
     """`initial_state` given as model inputs: with --state-io they are required inputs in the state map."""
     model = build_stack(variant_config("lstm_initial_state", all_states=False))

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from toolkit.checking.streaming import check_streamable, sequence_input, state_map
+from toolkit.checking.streaming import check_chunks_carry, check_streamable, sequence_input, state_map
 from toolkit.deploy.step_graph import StepGraph, bind, same_outputs, step_graph
 from toolkit.errors import InputError, ModelLoadError, RuntimeFailure, overrun
 from toolkit.onnxfile import metadata
@@ -175,6 +175,8 @@ class StreamSession:
         self._state_info = {name: infos[name] for name in self.mapping}
         self.input_dtype = np.dtype(infos[self.input_name].dtype)
         self._bind(self._check_shape(self._step_zeros(batch, steps)), carry=False)
+        check_chunks_carry(lambda feeds: dict(zip(self.output_names, self._plain_run(self.session, feeds))),
+                           self._zero_feeds(self._step_zeros(1, 4)), self.input_name, self.mapping, self.model)
         self.closed = False
         _GUARD.watch(self)
 
