@@ -82,12 +82,13 @@ def sequence_input(inputs: Sequence[TensorInfo]) -> str:
 
 
 def check_chunks_carry(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], zeros: dict[str, np.ndarray],
-                       sequence_input: str, mapping: Mapping[str, str], model: onnx.ModelProto) -> None:
+                       sequence_input: str, mapping: Mapping[str, str], model: onnx.ModelProto, steps: int = 4) -> None:
     """Refuse a model whose run in two chunks, its states carried by the map, is not its run on the whole
     sequence: a layer before or after the recurrent ones mixes time steps (a Conv1D, attention), and only the
     states cross a chunk's edge. Streamed, a causal Conv1D under an LSTM was 4.3e-2 off, silently.
-    `zeros`: a feed of a few steps, states zeros; the required inputs are drawn as `bench` draws a file's."""
-    feeds = {**zeros, **input_cases(model, 1, batch=1, steps=zeros[sequence_input].shape[1])[0].feeds}
+    `zeros`: the optional state inputs' zeros at batch 1 ({} where `run` fills them); the required inputs
+    are drawn as `bench` draws a file's."""
+    feeds = {**zeros, **input_cases(model, 1, batch=1, steps=steps)[0].feeds}
     x = feeds[sequence_input]
     whole = run(feeds)
     first = run({**feeds, sequence_input: x[:, :1]})
@@ -115,6 +116,13 @@ def _chunk_tolerance(model: onnx.ModelProto, values: Any) -> tuple[float, float]
     atol = max([floor] + [float(v["atol"]) for v in recorded if isinstance(v.get("atol"), (int, float))])
     rtol = max([floor] + [float(v["rtol"]) for v in recorded if isinstance(v.get("rtol"), (int, float))])
     return atol, rtol
+
+
+def chunks_carry(model: onnx.ModelProto) -> None:
+    """`check_chunks_carry` in a session of its own (a --triton repository's sequence batching carries
+    the states from request to request as `open_stream` does from step to step)."""
+    runner = OnnxRunner(model)
+    check_chunks_carry(runner.run, {}, sequence_input(runner.inputs), state_map(model), model)
 
 
 def run_streamed(runner: OnnxRunner, feeds: Mapping[str, np.ndarray], sequence_input: str, sizes: Sequence[int],

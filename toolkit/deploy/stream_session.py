@@ -176,7 +176,7 @@ class StreamSession:
         self.input_dtype = np.dtype(infos[self.input_name].dtype)
         self._bind(self._check_shape(self._step_zeros(batch, steps)), carry=False)
         check_chunks_carry(lambda feeds: dict(zip(self.output_names, self._plain_run(self.session, feeds))),
-                           self._zero_feeds(self._step_zeros(1, 4)), self.input_name, self.mapping, self.model)
+                           self._zero_feeds(self._step_zeros(1, 1)), self.input_name, self.mapping, self.model)
         self.closed = False
         _GUARD.watch(self)
 
