@@ -186,3 +186,24 @@ def test_initial_states_given_as_float32_inputs_come_back_float32(policy):
     types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
     assert metadata.read_state_map(result.model) == {"h0": "l_state_h", "c0": "l_state_c"}
     assert types["h0"] == types["l_state_h"] == types["c0"] == types["l_state_c"] == 1  # TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+@pytest.mark.parametrize("return_state", [False, True])
+def test_a_mixed_layer_through_tf2onnx_carries_its_states(policy, return_state):
+    """swish has no ONNX LSTM activation: tf2onnx converts the layer with its states as inputs. Before: its
+    float32 state signature did not load beside the float16 Loop, or streamed into a float16 output."""
+    import keras
+
+    import toolkit
+
+    x = keras.Input((None, 3), name="x")
+    layer = keras.layers.LSTM(4, activation="swish", return_sequences=True, return_state=return_state, name="l")
+    model = keras.Model(x, layer(x))
+    set_deterministic_weights(model, 1)
+    result = export_model(model, state_io=True)
+    assert result.parity, result.parity
+    with toolkit.open_stream(result.model) as stream:
+        first, second = (stream.step(np.ones((1, 1, 3), np.float32)) for _ in range(2))
+    assert not np.array_equal(first["l_state_c"], second["l_state_c"])
+    assert first["l_state_c"].dtype == (np.float16 if return_state else np.float32)
