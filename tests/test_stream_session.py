@@ -330,6 +330,13 @@ def test_a_model_that_mixes_time_steps_across_a_chunk_is_refused():
         toolkit.open_stream(proto)
 
 
+@pytest.mark.parametrize("timeout", [None, "5", 0, -1.0, float("nan"), True])
+def test_a_timeout_that_is_no_positive_number_is_one_line(timeout):
+    """Before: None and "5" raised Python's TypeError from a comparison."""
+    with pytest.raises(InputError, match=r"Expected a step timeout > 0 seconds. Received: "):
+        toolkit.open_stream(_counter_model(), timeout=timeout)
+
+
 def test_required_state_inputs_are_carried_too():
     """`initial_state` given as model inputs: with --state-io they are required inputs in the state map."""
     model = build_stack(variant_config("lstm_initial_state", all_states=False))

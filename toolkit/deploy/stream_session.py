@@ -154,7 +154,7 @@ class StreamSession:
         others = [t.name for t in self._inputs if t.name != self.input_name and t.name not in self.mapping]
         if others:
             raise InputError(f"Expected one step input besides the states to stream. Received also: {others}")
-        if not timeout > 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise InputError(f"Expected a step timeout > 0 seconds. Received: {timeout!r}")
         self.timeout, self.copy = float(timeout), copy
         self.output_names = [t.name for t in graph_outputs(self.model)]
