@@ -249,3 +249,17 @@ def test_one_registry_names_the_runtimes_of_every_command(tmp_path):
     # A tier is a runtime of its own: verify runs it when named, with its real figures, never in `all`.
     result = invoke("verify", CASE1, "--runtimes", "onnxruntime-float16", "--json")
     assert '"onnxruntime-float16"' in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300])
+def test_an_endless_deadline_leaves_the_watchdog_running(timeout):
+    """Before: the watchdog waited until the earliest deadline, and a wait of inf or 1e300 s raised
+    OverflowError in its thread: no run of the process (a server's) was stopped any more. Infinity and NaN
+    now mean no deadline, as None does; a finite one, however far, keeps the watchdog polling."""
+    import onnxruntime as ort
+
+    from toolkit.runtimes.onnxrt import _WATCHDOG, deadline
+
+    with deadline(ort.RunOptions(), 1.0), deadline(ort.RunOptions(), timeout):
+        time.sleep(0.1)  # the watchdog has woken for the second deadline
+        assert _WATCHDOG._thread is not None and _WATCHDOG._thread.is_alive()

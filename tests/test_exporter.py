@@ -117,6 +117,29 @@ def test_output_names_can_be_overridden_by_map_or_list():
         export_model(model, output_names=["y", "y", "c"])
 
 
+@pytest.mark.parametrize("name", ["two\nlines", "\x1b[31mred", "right\u202eleft"])
+def test_a_chosen_output_name_must_be_printable(name):
+    """Before: written as given, and a newline in it broke every table row that printed it."""
+    model = build_stack(StackConfig())
+    with pytest.raises(InputError, match="Expected unique, non-empty output names of printable characters") as caught:
+        export_model(model, output_names={"lstm_2_last": name})
+    assert "\n" not in str(caught.value)
+    assert [o.name for o in export_model(model, output_names={"lstm_2_last": "naïve 名前"}).outputs] == ["naïve 名前"]
+
+
+def test_with_state_io_a_state_is_found_by_its_origin_not_by_its_name():
+    """Before: a head renamed `lstm_2_state_h` was taken for the state (the real one was dropped and the map
+    fed the head back as the state), and a renamed returned state got a second, duplicate output."""
+    model = build_stack(StackConfig(return_state=True))
+    renamed = export_model(model, state_io=True, output_names={"lstm_2_state_h": "h", "lstm_2_state_c": "c"})
+    assert [v.name for v in renamed.model.graph.output] == ["lstm_2_last", "h", "c", "lstm_1_state_h", "lstm_1_state_c"]
+    assert metadata.read_state_map(renamed.model) == {
+        "lstm_1_initial_state_h": "lstm_1_state_h", "lstm_1_initial_state_c": "lstm_1_state_c",
+        "lstm_2_initial_state_h": "h", "lstm_2_initial_state_c": "c"}
+    with pytest.raises(InputError, match=r"Expected unique output names with --state-io. Received: .*'lstm_2_state_h'"):
+        export_model(build_stack(StackConfig()), state_io=True, output_names={"lstm_2_last": "lstm_2_state_h"})
+
+
 def test_opset_is_selectable_and_bounded():
     model = build_stack(StackConfig())
     assert export_model(model, opset=18).model.opset_import[0].version == 18

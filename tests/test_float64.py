@@ -82,3 +82,63 @@ def test_float64_models_export_fused_with_their_declared_dtypes(name):
 def test_a_float64_layer_says_it_runs_as_float32(build, op):
     result = export_model(build(), seed=3)
     assert any(f"computed in float64 by Keras, exported as a float32 {op} between Casts" in note for note in result.notes)
+
+
+def _float64_carried(activation: str, return_state: bool):
+    """A float64 LSTM streamed with --state-io: fused (tanh), or through tf2onnx (swish has no ONNX LSTM
+    activation) with its states as inputs and outputs."""
+    import keras
+
+    x = keras.Input((None, 3), dtype="float64", name="x")
+    outputs = keras.layers.LSTM(4, dtype="float64", activation=activation, return_sequences=True,
+                                return_state=return_state, name="lstm")(x)
+    return keras.Model(x, outputs)
+
+
+@pytest.mark.parametrize("activation, return_state", [("tanh", True), ("tanh", False), ("swish", True)])
+def test_a_float64_state_io_export_carries_float64_states(activation, return_state, tmp_path):
+    """Each state input is declared in the dtype of the output that feeds it on the next call (the state
+    map): float32 inputs beside float64 outputs made the streamed second call fail in ONNX Runtime, and the
+    tf2onnx path could not even load (a float32 state into the float64 Loop's MatMul)."""
+    import toolkit
+    from toolkit.options import ExportOptions
+
+    result = export_model(_float64_carried(activation, return_state), ExportOptions(state_io=True), seed=3)
+    assert result.parity, result.parity
+    graph = result.model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
+    assert types["lstm_initial_state_h"] == types["lstm_state_h"] == TensorProto.DOUBLE
+    assert types["lstm_initial_state_c"] == types["lstm_state_c"] == TensorProto.DOUBLE
+    path = tmp_path / "m.onnx"
+    result.save(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    state_map = {"lstm_initial_state_h": "lstm_state_h", "lstm_initial_state_c": "lstm_state_c"}
+    states = {name: np.zeros((1, 4)) for name in state_map}
+    stream = toolkit.open_stream(path)
+    for steps in (1, 3, 2):  # by hand and by open_stream: the same numbers
+        x = np.random.default_rng(steps).uniform(-1, 1, (1, steps, 3))
+        outputs = dict(zip(names, session.run(None, {"x": x, **states})))
+        states = {name: outputs[output] for name, output in state_map.items()}
+        got = stream.step(x)
+        assert all(np.array_equal(got[name], outputs[name]) and got[name].dtype == np.float64 for name in got)
+    stream.close()
+
+
+def test_a_float64_layers_initial_states_given_as_model_inputs_are_in_the_state_map():
+    """Before: the fused op reads them cast to float32, and the Casts were taken for their sources: no
+    state map at all, where the float32 model maps h0 and c0 (`test_stream_session`'s required states)."""
+    import keras
+
+    from toolkit.onnxfile import metadata
+    from toolkit.options import ExportOptions
+
+    x = keras.Input((None, 3), dtype="float64", name="x")
+    h0, c0 = keras.Input((4,), dtype="float64", name="h0"), keras.Input((4,), dtype="float64", name="c0")
+    lstm = keras.layers.LSTM(4, dtype="float64", return_sequences=True, name="l")
+    model = keras.Model([x, h0, c0], lstm(x, initial_state=[h0, c0]))
+    result = export_model(model, ExportOptions(state_io=True), seed=3)
+    assert result.parity, result.parity
+    assert metadata.read_state_map(result.model) == {"h0": "l_state_h", "c0": "l_state_c"}
+    types = {v.name: v.type.tensor_type.elem_type for v in list(result.model.graph.input) + list(result.model.graph.output)}
+    assert types["h0"] == types["l_state_h"] == types["c0"] == types["l_state_c"] == TensorProto.DOUBLE

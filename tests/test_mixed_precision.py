@@ -126,3 +126,84 @@ def test_verify_stream_checks_a_mixed_model_at_the_same_tolerance_as_its_export(
     # Chunked, as unchunked: Keras' float16 run is far above the float32 default (1e-6), within 5e-3.
     done = CliRunner().invoke(cli, ["verify", str(onnx_path), "--keras", str(keras_path), "--stream", "2,3"])
     assert done.exit_code == 0, done.output
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES), indirect=True)
+def test_state_io_states_are_declared_in_the_dtype_keras_returns_them(policy, tmp_path):
+    """A mixed layer returns its states in its compute dtype: each state input is declared in that dtype
+    too, so that the state map's output feeds its input as it is (float32 inputs beside float16 outputs
+    made the streamed session fail on its first step)."""
+    import keras
+
+    import toolkit
+
+    x = keras.Input((None, 3), name="x")
+    model = keras.Model(x, keras.layers.LSTM(4, return_sequences=True, return_state=True, name="lstm")(x))
+    set_deterministic_weights(model, 1)
+    result = export_model(model, state_io=True)
+    graph = result.model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
+    expected = {"mixed_float16": 10, "mixed_bfloat16": 16}[policy]  # TensorProto.FLOAT16, BFLOAT16
+    assert types["lstm_initial_state_h"] == types["lstm_state_h"] == expected
+    assert types["lstm_initial_state_c"] == types["lstm_state_c"] == expected
+    if policy == "mixed_float16":  # ONNX Runtime's CPU Cast reads and writes float16; numpy has no bfloat16
+        result.save(tmp_path / "m.onnx")
+        with toolkit.open_stream(tmp_path / "m.onnx") as stream:
+            first = stream.step(np.ones((1, 1, 3), np.float32))
+            second = stream.step(np.ones((1, 1, 3), np.float32))
+        assert first["lstm_state_c"].dtype == np.float16 and not np.array_equal(first["lstm_state_c"], second["lstm_state_c"])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_states_a_mixed_layer_does_not_return_are_carried_in_float32(policy):
+    """As the op computes them: carried in float16 they drifted 1.2e-4 from the unchunked run (bench
+    --stream: no form within the tolerance)."""
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    model = keras.Model(x, keras.layers.LSTM(4, return_sequences=True, name="lstm")(x))
+    set_deterministic_weights(model, 1)
+    graph = export_model(model, state_io=True).model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
+    assert types["lstm_sequence"] == 10  # TensorProto.FLOAT16, as Keras returns it
+    assert types["lstm_initial_state_h"] == types["lstm_state_h"] == 1  # TensorProto.FLOAT
+    assert types["lstm_initial_state_c"] == types["lstm_state_c"] == 1
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_initial_states_given_as_float32_inputs_come_back_float32(policy):
+    """A mixed decoder fed float32 model inputs as its initial states: each final state not returned by the
+    model is returned in its input's dtype, so that the state map's output feeds its input as it is."""
+    import keras
+
+    from toolkit.onnxfile import metadata
+
+    x, h0, c0 = keras.Input((None, 3), name="x"), keras.Input((4,), name="h0"), keras.Input((4,), name="c0")
+    model = keras.Model([x, h0, c0], keras.layers.LSTM(4, return_sequences=True, name="l")(x, initial_state=[h0, c0]))
+    set_deterministic_weights(model, 1)
+    result = export_model(model, state_io=True)
+    graph = result.model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
+    assert metadata.read_state_map(result.model) == {"h0": "l_state_h", "c0": "l_state_c"}
+    assert types["h0"] == types["l_state_h"] == types["c0"] == types["l_state_c"] == 1  # TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+@pytest.mark.parametrize("return_state", [False, True])
+def test_a_mixed_layer_through_tf2onnx_carries_its_states(policy, return_state):
+    """swish has no ONNX LSTM activation: tf2onnx converts the layer with its states as inputs. Before: its
+    float32 state signature did not load beside the float16 Loop, or streamed into a float16 output."""
+    import keras
+
+    import toolkit
+
+    x = keras.Input((None, 3), name="x")
+    layer = keras.layers.LSTM(4, activation="swish", return_sequences=True, return_state=return_state, name="l")
+    model = keras.Model(x, layer(x))
+    set_deterministic_weights(model, 1)
+    result = export_model(model, state_io=True)
+    assert result.parity, result.parity
+    with toolkit.open_stream(result.model) as stream:
+        first, second = (stream.step(np.ones((1, 1, 3), np.float32)) for _ in range(2))
+    assert not np.array_equal(first["l_state_c"], second["l_state_c"])
+    assert first["l_state_c"].dtype == (np.float16 if return_state else np.float32)

@@ -161,6 +161,16 @@ def test_run_timeout_stops_a_loop_of_2_to_the_62(tmp_path):
     assert time.perf_counter() - start < 30
 
 
+@pytest.mark.parametrize("command", ["run", "bench"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, command, value):
+    """Before: click's FloatRange let them through, and the crafted Loop ran with no deadline at all."""
+    np.save(tmp_path / "x.npy", np.ones((2, 2), np.float32))
+    args = ["--input", tmp_path / "x.npy"] if command == "run" else []
+    one_error(invoke(command, _endless_loop(tmp_path / "loop.onnx"), *args, "--timeout", value),
+              f"Expected --timeout as a finite number of seconds > 0. Received: {value}", code=2)
+
+
 # ------------------------------------------------------------------------ 2-4. feeds, outputs, one line
 
 

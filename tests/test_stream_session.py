@@ -139,6 +139,38 @@ def test_bad_steps_are_one_line_errors_and_the_session_goes_on():
         _ = session.input
 
 
+def _counter_model() -> onnx.ModelProto:
+    """A crafted file with a state map like a --state-io export's: each state counts the steps fed ones, on
+    two states, so that a lost or doubled step and a half-done reset show in their values."""
+    value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axes"], ["summed"], keepdims=0),
+         helper.make_node("Add", ["a_in", "summed"], ["a_out"]), helper.make_node("Add", ["b_in", "summed"], ["b_out"])],
+        "counter", [value("input", ["batch", "time", 1]), value("a_in", ["batch", 1]), value("b_in", ["batch", 1])],
+        [value("a_out", ["batch", 1]), value("b_out", ["batch", 1])], [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    metadata.write_entries(model, {metadata.STATE_MAP: {"a_in": "a_out", "b_in": "b_out"}})
+    return model
+
+
+def test_a_refused_reset_is_one_line_and_changes_no_state():
+    """Before: a non-number state or a list raised numpy's ValueError/TypeError, and a reset refused on
+    its second state had already written the first."""
+    with toolkit.open_stream(_counter_model()) as session:
+        session.reset({"a_in": np.full((1, 1), 7, np.float32), "b_in": np.full((1, 1), 7, np.float32)})
+        for bad, message in [({"a_in": np.ones((1, 1)), "b_in": np.ones((5, 5))}, r"Expected state b_in of shape \(1, 1\)"),
+                             ({"a_in": np.ones((1, 1)), "b_in": "abc"}, r"Expected state b_in as numbers \(float32\)"),
+                             ({"a_in": [[{}]]}, r"Expected state a_in as numbers \(float32\)"),
+                             ([("a_in", 1)], "Expected states as a mapping of state input name to array. Received: list"),
+                             ({"a_in": np.ones((1, 1)), "nope": 1}, r"Expected states among \['a_in', 'b_in'\]")]:
+            with pytest.raises(InputError, match=message) as caught:
+                session.reset(bad)
+            assert "\n" not in str(caught.value)
+            assert session.states == {"a_in": [[7.0]], "b_in": [[7.0]]}
+        assert session.step(np.ones((1, 2, 1), np.float32))["a_out"].tolist() == [[9.0]]
+
+
 def test_a_step_written_into_the_bound_input_is_the_same_step():
     """`session.input` is the buffer ONNX Runtime reads: a step written there (no copy, no check) gives what
     the same step passed as an array gives, the states carried alike; a new chunk length binds a new buffer."""
@@ -229,6 +261,82 @@ def test_a_step_past_its_deadline_is_stopped_and_the_states_reset():
     assert not session.states["state_in"].any()
     assert session.step(x)["state_out"].tolist() == [[0.0, 0.0]]  # the session goes on, and is not stopped early
     session.close()
+
+
+def _loop_of_input_trips() -> onnx.ModelProto:
+    """The crafted endless Loop, its trip count the step input's largest value: a step of zeros is quick."""
+    model = _endless_loop_model()
+    graph = model.graph
+    trips = [init for init in graph.initializer if init.name == "trips"][0]
+    graph.initializer.remove(trips)
+    graph.node.insert(0, helper.make_node("ReduceMax", ["input"], ["largest"], keepdims=0))
+    graph.node.insert(1, helper.make_node("Cast", ["largest"], ["trips"], to=TensorProto.INT64))
+    return model
+
+
+def test_a_step_from_another_thread_while_one_runs_is_refused():
+    """Before: both steps ran on the same side of the state buffers and a step was lost without a word
+    (two threads of 20,000 counting steps counted 39,987), and the quick step's end cleared the long one's
+    start: its deadline was never enforced."""
+    import threading
+
+    session = toolkit.open_stream(_loop_of_input_trips(), timeout=1.0)
+    first: list[Exception] = []
+
+    def long_step() -> None:  # runs to its deadline
+        try:
+            session.step(np.full((1, 1, 2), 1e18, np.float32))
+        except RuntimeFailure as exc:
+            first.append(exc)
+
+    worker = threading.Thread(target=long_step, daemon=True)
+    worker.start()
+    while not session._turn.started and worker.is_alive():
+        time.sleep(0.001)
+    with pytest.raises(InputError, match="Expected one step at a time on a stream session"):
+        session.step(np.zeros((1, 1, 2), np.float32))
+    worker.join(10)
+    assert first and "within 1 s" in str(first[0])
+    assert session.step(np.zeros((1, 1, 2), np.float32))["state_out"].tolist() == [[0.0, 0.0]]  # it goes on
+    session.close()
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300])
+def test_an_endless_timeout_leaves_the_other_sessions_their_deadlines(timeout):
+    """Before: the deadline thread waited a quarter of the smallest timeout, and a wait of inf or 2.5e299 s
+    raised OverflowError in it: no session of the process was stopped any more, a crafted Loop ran for ever."""
+    from toolkit.deploy.step_guard import GUARD as _GUARD
+
+    with toolkit.open_stream(_counter_model(), timeout=timeout) as endless:
+        endless.step(np.ones((1, 1, 1), np.float32))
+        time.sleep(0.1)  # the guard has polled the sessions
+        assert _GUARD._thread is not None and _GUARD._thread.is_alive()
+        with toolkit.open_stream(_loop_of_input_trips(), timeout=0.3) as crafted:
+            start = time.monotonic()
+            with pytest.raises(RuntimeFailure, match=r"Expected a run that ends within 0.3 s"):
+                crafted.step(np.full((1, 1, 2), 1e18, np.float32))  # stopped by the guard thread
+        assert time.monotonic() - start < 10
+
+
+def test_a_model_that_mixes_time_steps_across_a_chunk_is_refused():
+    """Before: a causal Conv1D under the LSTM streamed silently wrong (its window crosses a chunk's edge; only
+    the recurrent states are carried): 4.3e-2 off the whole sequence's run, step after step."""
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    model = keras.Model(x, keras.layers.LSTM(5, name="l")(keras.layers.Conv1D(4, 2, padding="causal")(x)))
+    set_deterministic_weights(model, 1)
+    proto = export_model(model, state_io=True).model
+    with pytest.raises(InputError, match=r"Expected a model whose run in chunks, carrying its recurrent states, is "
+                                         r"its run on the whole sequence. Received: l_last off by .* a layer mixes"):
+        toolkit.open_stream(proto)
+
+
+@pytest.mark.parametrize("timeout", [None, "5", 0, -1.0, float("nan"), True])
+def test_a_timeout_that_is_no_positive_number_is_one_line(timeout):
+    """Before: None and "5" raised Python's TypeError from a comparison."""
+    with pytest.raises(InputError, match=r"Expected a step timeout > 0 seconds. Received: "):
+        toolkit.open_stream(_counter_model(), timeout=timeout)
 
 
 def test_required_state_inputs_are_carried_too():

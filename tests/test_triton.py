@@ -166,6 +166,20 @@ def test_state_io_that_cannot_stream_keeps_its_states_as_request_inputs(tmp_path
     assert {i.name for i in config.input} == {"input", *state_map(result.model)}
 
 
+def test_state_io_whose_chunks_are_not_its_whole_run_keeps_its_states_as_request_inputs(tmp_path):
+    """Before: a causal Conv1D under the LSTM got sequence batching, and Triton carried its states from
+    request to request 3e-2 off the whole sequence's run (the Conv1D's window crosses a request's edge)."""
+    import keras
+
+    x = keras.Input((None, 3), name="x")
+    model = keras.Model(x, keras.layers.LSTM(5, name="l")(keras.layers.Conv1D(4, 2, padding="causal")(x)))
+    result = export_model(model, state_io=True, seed=1)
+    write_repository(tmp_path, "conv", result.model)
+    config = check_repository(tmp_path / "conv")
+    assert not config.HasField("sequence_batching") and config.HasField("dynamic_batching")
+    assert {i.name for i in config.input} == {"x", *state_map(result.model)}
+
+
 def test_the_old_optional_state_config_breaks_the_backend_rules(tmp_path, streaming_export):
     """The checks can fail: the config written before (states as `optional` inputs next to batching)."""
     write_repository(tmp_path, "streaming", streaming_export.model)
@@ -190,9 +204,13 @@ def test_hostile_names_parse_back_exactly(tmp_path):
 
 @pytest.mark.parametrize("name", ["a\nb", "x\x00", 'a"\ndefault_model_filename: "attacker.onnx"'])
 def test_names_triton_cannot_carry_are_refused(tmp_path, name):
-    result = export_model(build_stack(StackConfig()), output_names={"lstm_2_last": name})
+    # A file made elsewhere: --output-name itself refuses a name that is not printable.
+    model = export_model(build_stack(StackConfig())).model
+    for node in model.graph.node:
+        node.output[:] = [name if out == "lstm_2_last" else out for out in node.output]
+    model.graph.output[0].name = name
     with pytest.raises(InputError, match="Expected tensor names Triton can carry"):
-        write_repository(tmp_path, "m", result.model)
+        write_repository(tmp_path, "m", model)
     assert not any(tmp_path.iterdir())  # nothing written
 
 

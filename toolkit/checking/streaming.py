@@ -11,7 +11,7 @@ the sequence. The comparison is `loop.compare_runners`, as for every other check
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,7 +65,11 @@ def check_streamable(model: onnx.ModelProto) -> None:
 
 def time_outputs(runner: OnnxRunner) -> set[str]:
     """Outputs whose axis 1 is the dynamic time axis."""
-    return {t.name for t in runner.outputs if len(t.shape) >= 3 and isinstance(t.shape[1], str)}
+    return timed(runner.outputs)
+
+
+def timed(outputs: Sequence[TensorInfo]) -> set[str]:
+    return {t.name for t in outputs if len(t.shape) >= 3 and isinstance(t.shape[1], str)}
 
 
 def sequence_input(inputs: Sequence[TensorInfo]) -> str:
@@ -75,6 +79,50 @@ def sequence_input(inputs: Sequence[TensorInfo]) -> str:
         raise InputError(f"Expected one input with a variable time axis to stream. Received: "
                          f"{[f'{t.name} {t.shape_text()}' for t in inputs]}")
     return found[0].name
+
+
+def check_chunks_carry(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], zeros: dict[str, np.ndarray],
+                       sequence_input: str, mapping: Mapping[str, str], model: onnx.ModelProto, steps: int = 4) -> None:
+    """Refuse a model whose run in two chunks, its states carried by the map, is not its run on the whole
+    sequence: a layer before or after the recurrent ones mixes time steps (a Conv1D, attention), and only the
+    states cross a chunk's edge. Streamed, a causal Conv1D under an LSTM was 4.3e-2 off, silently.
+    `zeros`: the optional state inputs' zeros at batch 1 ({} where `run` fills them); the required inputs
+    are drawn as `bench` draws a file's."""
+    feeds = {**zeros, **input_cases(model, 1, batch=1, steps=steps)[0].feeds}
+    x = feeds[sequence_input]
+    whole = run(feeds)
+    first = run({**feeds, sequence_input: x[:, :1]})
+    second = run({**feeds, sequence_input: x[:, 1:], **{state: first[out] for state, out in mapping.items()}})
+    atol, rtol = _chunk_tolerance(model, whole.values())
+    steps = timed(graph_outputs(model))
+    for name in whole:  # a time output is both chunks' steps; any other, the last chunk's
+        chunked = np.concatenate([first[name], second[name]], axis=1) if name in steps else second[name]
+        exact = whole[name].astype(np.float64)
+        off = np.abs(chunked.astype(np.float64) - exact)
+        if (off > atol + rtol * np.abs(exact)).any():
+            raise InputError(f"Expected a model whose run in chunks, carrying its recurrent states, is its run on the "
+                             f"whole sequence. Received: {safe_text(name)} off by {float(off.max()):.2g} for steps 1 + "
+                             f"{x.shape[1] - 1} against {x.shape[1]} at once: a layer mixes time steps across a "
+                             "chunk's edge (a Conv1D, attention, a pooling over time)")
+
+
+def _chunk_tolerance(model: onnx.ModelProto, values: Any) -> tuple[float, float]:
+    """What a chunked run may differ by: 100 ulps of the narrowest float output (float32 1.2e-5; float16
+    carried states 1e-2 at most), or the file's own recorded parity tolerance where looser (an int8 tier
+    quantizes each chunk's input on its own range: 1.1e-4 off at 1 + 3 steps)."""
+    eps = min((float(np.finfo(v.dtype).eps) for v in values if v.dtype.kind == "f"), default=0.0)
+    floor = min(100 * max(eps, float(np.finfo(np.float32).eps)), 1e-2)
+    recorded = [v for v in metadata.read_parity(model).get("outputs", {}).values() if isinstance(v, dict)]
+    atol = max([floor] + [float(v["atol"]) for v in recorded if isinstance(v.get("atol"), (int, float))])
+    rtol = max([floor] + [float(v["rtol"]) for v in recorded if isinstance(v.get("rtol"), (int, float))])
+    return atol, rtol
+
+
+def chunks_carry(model: onnx.ModelProto) -> None:
+    """`check_chunks_carry` in a session of its own (a --triton repository's sequence batching carries
+    the states from request to request as `open_stream` does from step to step)."""
+    runner = OnnxRunner(model)
+    check_chunks_carry(runner.run, {}, sequence_input(runner.inputs), state_map(model), model)
 
 
 def run_streamed(runner: OnnxRunner, feeds: Mapping[str, np.ndarray], sequence_input: str, sizes: Sequence[int],

@@ -8,6 +8,7 @@ Nothing here imports TensorFlow: `--help`, `run` and `inspect` import this modul
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,8 +117,15 @@ def json_option(what: str = "the report") -> Any:
 def timeout_option(what: str = "a run") -> Any:
     """`--timeout`, declared once: seconds one run may take, the runner contract's default (`RUN_TIMEOUT`)."""
     return click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=RUN_TIMEOUT,
-                        show_default=True,
+                        show_default=True, callback=_finite_timeout,
                         help=f"Seconds {what} may take; a longer one is stopped (a crafted Loop can run for ever).")
+
+
+def _finite_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # click's FloatRange lets 'nan' and 'inf' through: a run with no deadline at all, unasked.
+    if not math.isfinite(value):
+        raise OptionError(f"Expected --timeout as a finite number of seconds > 0. Received: {value}")
+    return value
 
 
 def seed_option(meaning: str, what: str, default: int | None) -> Any:

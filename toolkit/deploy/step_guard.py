@@ -14,6 +14,7 @@ import weakref
 from typing import Any
 
 STEP_TIMEOUT = 10.0  # seconds one step may run before it is stopped
+MAX_WAIT = 60.0  # the longest the guard sleeps between polls (an infinite timeout: no deadline)
 
 
 class Turn:
@@ -21,10 +22,14 @@ class Turn:
     what the guard needs to stop it (`timeout`, the run options whose terminate flag it sets, `open`). The
     session's `step` closure and the guard share it without holding the session itself."""
 
-    __slots__ = ("side", "started", "timeout", "options", "open", "__weakref__")
+    __slots__ = ("side", "started", "timeout", "options", "open", "busy", "__weakref__")
 
     def __init__(self, timeout: float, options: Any) -> None:
         self.side, self.started, self.timeout, self.options, self.open = 0, 0.0, timeout, options, True
+        # Held by a running step. Two threads stepping one session at once read the same side of the state
+        # buffers and both flip it: a step was lost without a word (20,000 + 20,000 counted 39,987). A
+        # non-blocking acquire refuses the second (a blocking one would mix two callers' steps into one stream).
+        self.busy = threading.Lock()
 
 
 class Guard:
@@ -59,7 +64,9 @@ class Guard:
                 started = turn.started
                 if started and now - started > turn.timeout:
                     turn.options.terminate = True
-            self._wake.wait(max(0.005, min(t.timeout for t in turns) / 4))
+            # Bounded: a wait of an infinite (or 1e300 s) timeout's quarter raised OverflowError in this
+            # thread, and no session of the process had a deadline any more.
+            self._wake.wait(min(max(0.005, min(t.timeout for t in turns) / 4), MAX_WAIT))
             self._wake.clear()
 
 

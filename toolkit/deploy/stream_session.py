@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from toolkit.checking.streaming import check_streamable, sequence_input, state_map
+from toolkit.checking.streaming import check_chunks_carry, check_streamable, sequence_input, state_map
 from toolkit.deploy.step_graph import StepGraph, bind, fold_bound, same_outputs, step_graph
 from toolkit.deploy.step_guard import GUARD, STEP_TIMEOUT, Turn
 from toolkit.errors import InputError, ModelLoadError, RuntimeFailure, overrun
@@ -47,6 +47,8 @@ from toolkit.runtimes.threads import check_threads, max_threads
 from toolkit.text import first_line, safe_text
 
 _CLOSED = object()  # a closed session's `_x`: what no caller can pass to `step`
+BUSY = ("Expected one step at a time on a stream session (open one session per stream or thread). "
+        "Received: a step while another step of this session was running")
 
 
 def _c_run(session: ort.InferenceSession) -> tuple[Any, bool]:
@@ -111,7 +113,7 @@ class StreamSession:
         others = [t.name for t in self._inputs if t.name != self.input_name and t.name not in self.mapping]
         if others:
             raise InputError(f"Expected one step input besides the states to stream. Received also: {others}")
-        if not timeout > 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise InputError(f"Expected a step timeout > 0 seconds. Received: {timeout!r}")
         self.timeout, self.copy = float(timeout), copy
         self.output_names = [t.name for t in graph_outputs(self.model)]
@@ -137,6 +139,8 @@ class StreamSession:
         self.input_dtype = np.dtype(infos[self.input_name].dtype)
         self._turn = Turn(self.timeout, self._options)
         self._bind(self._check_shape(self._step_zeros(batch, steps)), carry=False)
+        check_chunks_carry(lambda feeds: dict(zip(self.output_names, self._plain_run(self.session, feeds))),
+                           self._zero_feeds(self._step_zeros(1, 1)), self.input_name, self.mapping, self.model)
         self.closed = False
         GUARD.watch(self._turn)
 
@@ -258,9 +262,12 @@ class StreamSession:
         return self._x
 
     def step(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one step (or chunk) of shape (batch, steps, ...), carrying the states to the next call."""
+        """Run one step (or chunk) of shape (batch, steps, ...), carrying the states to the next call.
+        One step at a time: a step from another thread while one runs is refused."""
         # Reached off the fast path of the instance's own `step` (`_bound_step`): checked in full (refused
         # once closed), rebound for a new chunk length, then run by the binding's closure from its buffer.
+        if self._turn.busy.locked():  # a rebinding now would swap the buffers under the running step
+            raise InputError(BUSY)
         self._x[...] = self._new_shape(x)
         return self.__dict__["step"](self._x)
 
@@ -271,23 +278,30 @@ class StreamSession:
         buf, shape, dtype, run, options = self._x, self.step_shape, self.input_dtype, self._run, self._options
         bindings, one, results, views, copy = self._bindings, self._one, self._results, self._views, self.copy
         turn, owner, ndarray, monotonic = self._turn, weakref.ref(self), np.ndarray, time.monotonic  # no cycle
+        busy = turn.busy
 
         def step(x: np.ndarray) -> dict[str, np.ndarray]:
             if x is not buf:  # `is not` on the dtype: numpy's builtin dtypes are singletons
                 if type(x) is not ndarray or x.shape != shape or x.dtype is not dtype:
                     return StreamSession.step(_session(owner), x)  # the method, not this closure
-                buf[...] = x
             if not turn.open:  # a `step` kept past close(): the method refuses it
                 return StreamSession.step(_session(owner), x)
-            side = turn.side
-            turn.started = started = monotonic()
+            if not busy.acquire(False):
+                raise InputError(BUSY)
             try:
-                run(bindings[side], options)
-            except ORT_ERRORS as exc:
-                _session(owner)._failed(exc, side, started)
+                if x is not buf:
+                    buf[...] = x
+                side = turn.side
+                turn.started = started = monotonic()
+                try:
+                    run(bindings[side], options)
+                except ORT_ERRORS as exc:
+                    _session(owner)._failed(exc, side, started)
+                finally:
+                    turn.started = 0.0
+                turn.side = 1 - side
             finally:
-                turn.started = 0.0
-            turn.side = 1 - side
+                busy.release()
             if one:
                 name, array = one[side]
                 return {name: array.copy()}
@@ -335,16 +349,30 @@ class StreamSession:
         return {name: pair[self._turn.side].copy() for name, pair in self._pair.items()}
 
     def reset(self, states: Mapping[str, np.ndarray] | None = None) -> None:
-        """Start over: zero states, or these (by state input name; the others zeros)."""
-        given = dict(states or {})
-        unknown = [name for name in given if name not in self._pair]
+        """Start over: zero states, or these (by state input name; the others zeros). Every given state is
+        checked before any is written: a refused reset leaves the states as they were."""
+        given = self._checked_states(states)
+        for name, pair in self._pair.items():
+            pair[self._turn.side][...] = given.get(name, 0)
+
+    def _checked_states(self, states: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        if states is None:
+            return {}
+        if not isinstance(states, Mapping):
+            raise InputError(f"Expected states as a mapping of state input name to array. Received: {type(states).__name__}")
+        unknown = [safe_text(str(name)) for name in states if name not in self._pair]
         if unknown:
             raise InputError(f"Expected states among {list(self._pair)}. Received: {unknown}")
-        for name, pair in self._pair.items():
-            value = np.asarray(given.get(name, 0), dtype=pair[0].dtype)
-            if name in given and value.shape != pair[0].shape:
-                raise InputError(f"Expected state {name} of shape {pair[0].shape}. Received: {value.shape}")
-            pair[self._turn.side][...] = value
+        checked = {}
+        for name, value in states.items():
+            like = self._pair[name][0]
+            try:
+                checked[name] = np.asarray(value, dtype=like.dtype)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"Expected state {name} as numbers ({like.dtype}). Received: {first_line(exc)}") from None
+            if checked[name].shape != like.shape:
+                raise InputError(f"Expected state {name} of shape {like.shape}. Received: {checked[name].shape}")
+        return checked
 
     def close(self) -> None:
         # The next step takes the slow path, which refuses it: no array a caller holds is `_x` any more.

@@ -93,10 +93,13 @@ class Signature:
 
 
 def _streamable(model: onnx.ModelProto) -> bool:
-    from toolkit.checking.streaming import check_streamable
+    """Whether Triton's sequence batching can carry the states: forward layers only, and a run in chunks
+    equal to the run on the whole sequence (a Conv1D under the LSTM was carried 3e-2 off, silently)."""
+    from toolkit.checking.streaming import check_streamable, chunks_carry
 
     try:
         check_streamable(model)
+        chunks_carry(model)
     except InputError:
         return False
     return True

@@ -138,7 +138,7 @@ def _convert(model: Any, signature: Sequence[InputSignature], options: ExportOpt
     if options.converter == "tf2onnx":
         return _Graph(convert(model, signature, options.opset), names, origins, shapes)
     proto, report = lower_model(model, signature, options)
-    state_map, extra = _state_outputs(proto, report.states, names)
+    state_map, extra = _state_outputs(proto, report.states, names, origins)
     graph = _Graph(proto, names + [st.name for st in extra],
                    origins + [OutputOrigin(st.layer, "state", st.role) for st in extra],
                    shapes + [(None, st.units) for st in extra], tuple(report.layers), state_map)
@@ -150,22 +150,25 @@ def _convert(model: Any, signature: Sequence[InputSignature], options: ExportOpt
     return graph
 
 
-def _state_outputs(proto: onnx.ModelProto, states: Sequence[StateIO],
-                   names: Sequence[str]) -> tuple[dict[str, str], list[StateIO]]:
+def _state_outputs(proto: onnx.ModelProto, states: Sequence[StateIO], names: Sequence[str],
+                   origins: Sequence[OutputOrigin]) -> tuple[dict[str, str], list[StateIO]]:
     """The state map (graph input -> output name) and the states that need outputs of their own.
 
-    The lowering appended one graph output per state. A state the model already returns under its own
-    name (`lstm_2_state_h`) keeps that output; every other gets the appended one, even when it holds the
-    same value as another output (`lstm_2_last` is `lstm_2_state_h`): deploy code looks states up by name.
+    The lowering appended one graph output per state. A state the model already returns (an output whose
+    origin is that state, `lstm_2_state_h`, whatever --output-name calls it) keeps that output; every other
+    gets the appended one, even when it holds the same value as another output (`lstm_2_last` is
+    `lstm_2_state_h`): deploy code looks states up by name. By origin, not by name: a head renamed
+    `lstm_2_state_h` was taken for the state, and the map fed the head's output back as the state.
     """
+    returned = {origin.name: name for origin, name in zip(origins, names)}
     appended = list(proto.graph.output[len(names):])
-    extra = [(st, out) for st, out in zip(states, appended) if st.name not in names]
+    extra = [(st, out) for st, out in zip(states, appended) if st.name not in returned]
     kept = list(proto.graph.output[: len(names)]) + [out for _, out in extra]
     proto.graph.ClearField("output")
     proto.graph.output.extend(kept)
     graph_input_names = {v.name for v in proto.graph.input}
     # A state fed from inside the model (a decoder fed by its encoder) has nothing to carry.
-    state_map = {st.input: st.name for st in states if st.input in graph_input_names}
+    state_map = {st.input: returned.get(st.name, st.name) for st in states if st.input in graph_input_names}
     return state_map, [st for st, _ in extra]
 
 

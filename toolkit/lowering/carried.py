@@ -60,6 +60,7 @@ def convert_carrying_states(ctx: LoweringContext, call: LayerCall, values: dict[
     """tf2onnx's conversion of one recurrent layer call, fed its initial states (the given ones, or new
     state inputs) and returning its final states, recorded for the state map as a fused layer's are."""
     rc = read_call(ctx, call.node, values)
+    rc.op_dtype = str(call.node.outputs[0].dtype)  # tf2onnx converts the layer as Keras runs it, in its dtypes
     write_state_inputs(ctx, rc)
     proto = convert_call(_traced_call(rc), _signature(call, rc), ctx.w.opset, rc.layer.name)
     feeds = [rc.sequence.name, *rc.initial] + ([rc.sequence.mask] if rc.sequence.mask is not None else [])
@@ -73,7 +74,8 @@ def _signature(call: LayerCall, rc: RecurrentCall) -> list[InputSignature]:
     """The sequence, each state (batch, units), the mask (batch, time) when the layer applies one."""
     tensor = call.node.arguments.args[0]
     signature = [InputSignature("sequence", str(tensor.dtype), (None, *tensor.shape[1:]))]
-    signature += [InputSignature(f"state{i}", "float32", (None, units)) for i, (_, units) in enumerate(rc.roles)]
+    signature += [InputSignature(f"state{i}", dtype, (None, units))
+                  for i, ((_, units), dtype) in enumerate(zip(rc.roles, rc.dtypes))]
     if rc.sequence.mask is not None:
         signature.append(InputSignature("mask", "bool", (None, tensor.shape[1])))
     return signature

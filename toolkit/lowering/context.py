@@ -11,11 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
+from onnx import TensorProto
 
 from toolkit.lowering.cells import CELL_OPS
 from toolkit.lowering.writer import GraphWriter
 from toolkit.models.naming import OutputOrigin
 from toolkit.options import ExportOptions
+
+# Keras' float dtypes as ONNX element types (numpy spells no bfloat16).
+FLOAT_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "float16": TensorProto.FLOAT16,
+               "bfloat16": TensorProto.BFLOAT16}
 
 
 @dataclass
@@ -49,6 +54,7 @@ class StateIO:
     layer: str  # the layer's name, with "_callN" for a later call of a shared layer
     role: str  # state_h, state_c, forward_state_h, ...
     units: int
+    dtype: str = "float32"  # Keras' dtype of the state, that of its input and output
 
     @property
     def name(self) -> str:

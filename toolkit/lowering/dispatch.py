@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from toolkit.errors import UnsupportedModelError
-from toolkit.lowering.context import HANDLERS, Handler, LayerCall, LoweringContext, LoweringReport, Value
+from toolkit.lowering.context import FLOAT_TYPES, HANDLERS, Handler, LayerCall, LoweringContext, LoweringReport, Value
 from toolkit.lowering.layers import fallback
 from toolkit.lowering.traced_lambda import lower_traced_lambda  # noqa: F401 (registers the TracedLambda handler)
 from toolkit.lowering.writer import GraphWriter, prune
@@ -103,7 +103,7 @@ def lower_model(model: Any, signature: Sequence[InputSignature],
     graph_outputs = [
         helper.make_tensor_value_info(v.name, helper.np_dtype_to_tensor_dtype(np.dtype(str(t.dtype))), None)
         for v, t in zip(outputs, model.outputs)
-    ] + [helper.make_tensor_value_info(st.value, TensorProto.FLOAT, None) for st in report.states]
+    ] + [helper.make_tensor_value_info(st.value, FLOAT_TYPES[st.dtype], None) for st in report.states]
     nodes = prune(writer.nodes, [v.name for v in graph_outputs])
     graph = helper.make_graph(nodes, model.name, graph_inputs, graph_outputs, writer.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

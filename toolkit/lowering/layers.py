@@ -246,9 +246,11 @@ def plain_weights(layer: Any) -> bool:
             and str(getattr(layer, "compute_dtype", "float32")) == "float32")
 
 
-def lower_recurrent(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> tuple[list[Value], str]:
-    """Every step for one call; returns its outputs and the fused op's type. Raises NotFusable."""
-    rc = read_call(ctx, node, values)
+def lower_recurrent(ctx: LoweringContext, node: Any, values: dict[int, Value],
+                    uncast: dict[int, Value] | None = None) -> tuple[list[Value], str]:
+    """Every step for one call; returns its outputs and the fused op's type. Raises NotFusable.
+    `uncast`: the call's values before the Casts to float32 (`recurrent.read_call`)."""
+    rc = read_call(ctx, node, values, uncast)
     plans = plan(rc.layer)
     write_state_inputs(ctx, rc)
     lower = lower_bidirectional if is_bidirectional(rc.layer) else lower_unidirectional
@@ -267,9 +269,9 @@ def lower_recurrent_layer(ctx: LoweringContext, call: LayerCall) -> list[Value] 
     try:
         values = _float32_inputs(ctx, call)
         if is_stacked(layer):
-            outputs, op = _lower_stacked_call(ctx, call.node, values)
+            outputs, op = _lower_stacked_call(ctx, call.node, values, call.values)
         else:
-            outputs, op = lower_recurrent(ctx, call.node, values)
+            outputs, op = lower_recurrent(ctx, call.node, values, call.values)
     except NotFusable as reason:
         if carries_states(ctx, layer):  # tf2onnx alone would freeze its states as zeros
             return carry_or_refuse(ctx, call, str(reason))
@@ -292,17 +294,19 @@ def carry_or_refuse(ctx: LoweringContext, call: LayerCall, reason: str) -> list[
     """A layer carrying states that cannot be fused: tf2onnx with its states as inputs and outputs, or,
     where even that cannot be done, a one-line refusal (never an export with frozen states)."""
     try:
-        return convert_carrying_states(ctx, call, _float32_inputs(ctx, call), reason)
+        # The call's own values: tf2onnx converts the layer with its Keras dtypes and writes any Cast itself.
+        return convert_carrying_states(ctx, call, dict(call.values), reason)
     except NotFusable as why:
         raise UnsupportedModelError(f"Expected a stateful (or --state-io) layer whose states lstm-onnx can carry. "
                                     f"Received: layer {call.layer.name!r} ({call.layer_class}): {reason}; "
                                     f"and its states cannot be inputs: {why}") from None
 
 
-def _lower_stacked_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> tuple[list[Value], str]:
+def _lower_stacked_call(ctx: LoweringContext, node: Any, values: dict[int, Value],
+                        uncast: dict[int, Value]) -> tuple[list[Value], str]:
     """The recurrent steps around `lower_stacked`: read the call, plan every cell (refusing before anything
     is written), write the state inputs. The op reported is the cells' ops: "LSTM+GRU"."""
-    rc = read_call(ctx, node, values)
+    rc = read_call(ctx, node, values, uncast)
     plans = plan_cells(rc.layer)
     write_state_inputs(ctx, rc)
     return lower_stacked(ctx, rc, plans), "+".join(p.op for p in plans)

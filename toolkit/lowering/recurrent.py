@@ -10,7 +10,7 @@ Bidirectional's directions, in `bidirectional.py`); record the states the export
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from toolkit.lowering.cells import (
     plan_cell,
     state_roles,
 )
-from toolkit.lowering.context import LoweringContext, StateIO, Value
+from toolkit.lowering.context import FLOAT_TYPES, LoweringContext, StateIO, Value
 from toolkit.lowering.writer import trim
 from toolkit.models.naming import is_bidirectional, main_count
 
@@ -42,10 +42,20 @@ class RecurrentCall:
     owner: str  # the layer's name, "_callN" added for a later call of a shared layer
     explicit: bool  # its states are graph inputs and outputs (state_io, or a stateful layer)
     roles: list[tuple[str, int]]  # (role, units) of each state
+    # Each state's dtype, that of its input and of its output, so that an output feeds its input on the next
+    # call as it is: a given initial state's own, else `_state_dtype`'s. `op_dtype` is the one they are
+    # computed in: float32 for a fused op (ONNX Runtime's CPU kernels run float only), the layer's own for
+    # tf2onnx's conversion (`carried.py`).
+    dtypes: list[str] = field(default_factory=list)
+    op_dtype: str = "float32"
 
 
-def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> RecurrentCall:
-    """Step 1: the sequence, its mask and the initial states a call passes."""
+def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value],
+              uncast: dict[int, Value] | None = None) -> RecurrentCall:
+    """Step 1: the sequence, its mask and the initial states a call passes. `values` are what the op reads
+    (cast to float32 for a fused op); `uncast`, the call's own values before any Cast, name the states'
+    sources: a float64 model input given as an initial state is a state input of the state map, its
+    Cast is not (before, a float64 layer's given states were left out of the map)."""
     layer = node.operation
     args, kwargs = node.arguments.args, node.arguments.kwargs
     sequence = values[id(args[0])]
@@ -61,11 +71,22 @@ def read_call(ctx: LoweringContext, node: Any, values: dict[int, Value]) -> Recu
         incoming_mask = mask_argument(ctx, args[0], given, values)
         sequence = Value(sequence.name, incoming_mask)
     # Flattened: an RNN over StackedRNNCells takes one (nested) list of states per cell.
-    initial_values = [values[id(t)].name for t in _flatten(initial)] if initial is not None else []
+    states = _flatten(initial) if initial is not None else []
+    sources = [(uncast or values)[id(t)].name for t in states]
     owner = ctx.owner(layer, node)  # a shared layer: one set per call
     explicit = ctx.state_io or getattr(layer, "stateful", False)
-    return RecurrentCall(layer, sequence, incoming_mask, initial_values, list(initial_values), owner, explicit,
-                         state_roles(layer))
+    roles = state_roles(layer)
+    dtypes = [str(t.dtype) for t in states] or [_state_dtype(layer, str(node.outputs[0].dtype))] * len(roles)
+    return RecurrentCall(layer, sequence, incoming_mask, [values[id(t)].name for t in states], sources, owner,
+                         explicit, roles, dtypes)
+
+
+def _state_dtype(layer: Any, keras_dtype: str) -> str:
+    """The dtype of a state input, that of the output feeding it on the next call: Keras' where the layer
+    returns its states (the model's output is in it), else the wider of float32 and Keras' (a float64
+    layer's states stay float64; a float16 one's are carried in float32, as the op computes them: float16
+    carried states drifted 1.2e-4 from the unchunked run of a one-step LSTM(4) stream)."""
+    return keras_dtype if layer.return_state or keras_dtype == "float64" else "float32"
 
 
 def mask_argument(ctx: LoweringContext, tensor: Any, mask: Any, values: dict[int, Value]) -> str:
@@ -100,16 +121,22 @@ def write_state_inputs(ctx: LoweringContext, rc: RecurrentCall) -> None:
     """Step 3a: explicit states with no initial state given become plain graph inputs of shape
     (batch, units). No same-name initializer gives them a default: onnxruntime-node ignores a fed state
     that has one, onnxruntime-web and OpenVINO refuse it, and ONNX Runtime warns on every load. Callers
-    without states yet feed zeros; the library's runners do (`toolkit.onnxfile.model.with_zero_states`)."""
+    without states yet feed zeros; the library's runners do (`toolkit.onnxfile.model.with_zero_states`).
+    They are declared in the states' Keras dtype and read cast to the op's."""
     if not rc.explicit or rc.initial:
         return
-    rc.sources = [_state_input(ctx, f"{rc.owner}_initial_{role}", units) for role, units in rc.roles]
-    rc.initial = list(rc.sources)
+    rc.sources = [_state_input(ctx, f"{rc.owner}_initial_{role}", units, dtype)
+                  for (role, units), dtype in zip(rc.roles, rc.dtypes)]
+    rc.initial = [_cast(ctx, name, dtype, rc.op_dtype) for name, dtype in zip(rc.sources, rc.dtypes)]
 
 
-def _state_input(ctx: LoweringContext, name: str, units: int) -> str:
-    ctx.report.state_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", units]))
+def _state_input(ctx: LoweringContext, name: str, units: int, dtype: str) -> str:
+    ctx.report.state_inputs.append(helper.make_tensor_value_info(name, FLOAT_TYPES[dtype], ["batch", units]))
     return name
+
+
+def _cast(ctx: LoweringContext, name: str, dtype: str, to: str) -> str:
+    return name if dtype == to else ctx.w.op1("Cast", [name], to=FLOAT_TYPES[to])
 
 
 def write_op(ctx: LoweringContext, plans: Sequence[CellPlan], x: str, lengths: str | None,
@@ -127,10 +154,12 @@ def write_op(ctx: LoweringContext, plans: Sequence[CellPlan], x: str, lengths: s
 
 
 def record_states(ctx: LoweringContext, rc: RecurrentCall, states: Sequence[Value]) -> None:
-    """Step 6: remember which input feeds which final state, for the exporter's state map and outputs."""
+    """Step 6: remember which input feeds which final state, for the exporter's state map and outputs;
+    each final state in its input's dtype (Keras'), so that it feeds that input on the next call."""
     if rc.explicit:
-        for (role, units), source, value in zip(rc.roles, rc.sources, states):
-            ctx.report.states.append(StateIO(source, value.name, rc.owner, role, units))
+        for (role, units), source, value, dtype in zip(rc.roles, rc.sources, states, rc.dtypes):
+            final = _cast(ctx, value.name, rc.op_dtype, dtype)
+            ctx.report.states.append(StateIO(source, final, rc.owner, role, units, dtype))
 
 
 

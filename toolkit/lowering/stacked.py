@@ -53,7 +53,7 @@ def lower_stacked(ctx: LoweringContext, rc: RecurrentCall, plans: Sequence[CellP
         part = slice(start, start + count)
         start += count
         cell_call = dataclasses.replace(rc, layer=cell_layer, sequence=sequence, initial=rc.initial[part],
-                                        sources=rc.sources[part], roles=rc.roles[part])
+                                        sources=rc.sources[part], roles=rc.roles[part], dtypes=rc.dtypes[part])
         outputs = finish(ctx, cell_call, lower_unidirectional(ctx, cell_call, [plan]))
         states += outputs[1:]
         main = outputs[0]

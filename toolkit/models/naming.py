@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit.errors import InputError, UnsupportedModelError
+from toolkit.text import safe_text
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,9 @@ def apply_overrides(defaults: Sequence[str], overrides: Mapping[str, str] | Sequ
         names = list(overrides)
         if len(names) != len(defaults):
             raise InputError(f"Expected {len(defaults)} output names, one per output {list(defaults)}. Received: {names}")
-    bad = [n for n in names if not n or not isinstance(n, str)]
+    # Printable: a newline or an escape in a chosen name broke every table row that printed it.
+    bad = [n for n in names if not n or not isinstance(n, str) or safe_text(n, limit=None) != n]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if bad or duplicates:
-        raise InputError(f"Expected unique, non-empty output names. Received: {names}")
+        raise InputError(f"Expected unique, non-empty output names of printable characters. Received: {names}")
     return names

@@ -7,6 +7,7 @@ The deadline is ONNX Runtime's own terminate flag, which its kernels and loops c
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -79,8 +80,8 @@ class _Watchdog:
                     if at <= now:
                         run_options.terminate = True
                         del self._active[key]
-                if self._active:
-                    self._cond.wait(min(at for at, _ in self._active.values()) - now)
+                if self._active:  # bounded: waiting out an infinite timeout raised OverflowError here
+                    self._cond.wait(min(min(at for at, _ in self._active.values()) - now, 60.0))
 
 
 _WATCHDOG = _Watchdog()
@@ -90,12 +91,13 @@ _WATCHDOG = _Watchdog()
 def deadline(run_options: Any, timeout: float | None) -> Iterator[None]:
     """Set ONNX Runtime's `run_options.terminate` after `timeout` seconds (its kernels and loops check it):
     a crafted Loop of 2**62 steps otherwise never returns."""
-    if timeout:
+    timed = bool(timeout) and math.isfinite(timeout)  # NaN and infinity: no deadline, as None
+    if timed:
         _WATCHDOG.add(time.monotonic() + timeout, run_options)
     try:
         yield
     finally:
-        if timeout:
+        if timed:
             _WATCHDOG.remove(run_options)
 
 
