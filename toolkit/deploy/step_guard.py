@@ -18,14 +18,17 @@ MAX_WAIT = 60.0  # the longest the guard sleeps between polls (an infinite timeo
 
 
 class Turn:
-    """One session's turn: which binding runs next (`side`), when the running step started (0: none), and
-    what the guard needs to stop it (`timeout`, the run options whose terminate flag it sets, `open`). The
-    session's `step` closure and the guard share it without holding the session itself."""
+    """One session's turn: which binding runs next (`side`), when the running step started (0: none), what
+    the guard needs to stop it (`timeout`, the run options whose terminate flag it sets), and `binding`: a
+    token of the session's current binding, renewed at each, None once the session is closed or released. The
+    session's `step` closure and the guard share it without holding the session itself; a closure runs only
+    while the token it was made with is the current one."""
 
-    __slots__ = ("side", "started", "timeout", "options", "open", "busy", "__weakref__")
+    __slots__ = ("side", "started", "timeout", "options", "binding", "busy", "__weakref__")
 
     def __init__(self, timeout: float, options: Any) -> None:
-        self.side, self.started, self.timeout, self.options, self.open = 0, 0.0, timeout, options, True
+        self.side, self.started, self.timeout, self.options = 0, 0.0, timeout, options
+        self.binding: object | None = None
         # Held by a running step. Two threads stepping one session at once read the same side of the state
         # buffers and both flip it: a step was lost without a word (20,000 + 20,000 counted 39,987). A
         # non-blocking acquire refuses the second (a blocking one would mix two callers' steps into one stream).
@@ -54,7 +57,7 @@ class Guard:
 
     def _loop(self) -> None:
         while True:
-            turns = [t for t in list(self._turns) if t.open]
+            turns = [t for t in list(self._turns) if t.binding is not None]
             if not turns:
                 self._wake.wait()
                 self._wake.clear()
@@ -71,3 +74,8 @@ class Guard:
 
 
 GUARD = Guard()
+
+
+def release(turn: Turn) -> None:
+    """A closed or garbage-collected session's turn: a `step` kept from it runs no more."""
+    turn.binding = None

@@ -37,13 +37,12 @@ import onnxruntime as ort
 
 from toolkit.checking.streaming import check_chunks_carry, check_streamable, sequence_input, state_map
 from toolkit.deploy.step_graph import StepGraph, bind, fold_bound, same_outputs, step_graph
-from toolkit.deploy.step_guard import GUARD, STEP_TIMEOUT, Turn
+from toolkit.deploy.step_guard import GUARD, STEP_TIMEOUT, Turn, release
+from toolkit.deploy.stream_runtime import c_run, step_options, stream_threads
 from toolkit.errors import InputError, ModelLoadError, RuntimeFailure, overrun
-from toolkit.onnxfile import metadata
 from toolkit.onnxfile.model import graph_inputs, graph_outputs, optional_inputs
 from toolkit.runtimes.feeds import check_feeds
 from toolkit.runtimes.onnxrt import ORT_ERRORS, as_proto, deadline, open_session, session_options
-from toolkit.runtimes.threads import check_threads, max_threads
 from toolkit.text import first_line, safe_text
 
 _CLOSED = object()  # a closed session's `_x`: what no caller can pass to `step`
@@ -51,39 +50,12 @@ BUSY = ("Expected one step at a time on a stream session (open one session per s
         "Received: a step while another step of this session was running")
 
 
-def _c_run(session: ort.InferenceSession) -> tuple[Any, bool]:
-    """The binding run without the Python wrapper (see the module docstring), and whether it takes the
-    C-level binding; the wrapper where a future ONNX Runtime renames its internals."""
-    inner = getattr(session, "_sess", None)
-    if inner is not None and hasattr(inner, "run_with_iobinding"):
-        return inner.run_with_iobinding, True
-    return session.run_with_iobinding, False
-
-
-def _threads(model: onnx.ModelProto, threads: int | None) -> tuple[int, str]:
-    """The intra-op thread count and where it came from."""
-    if threads is not None:
-        return check_threads([threads])[0], "given"
-    recorded = metadata.read_session_defaults(model)
-    if recorded is None:
-        return 1, "default (no bench --record in the file)"
-    if recorded.runtime != "onnxruntime":
-        return 1, f"default: the file records {safe_text(recorded.runtime)} as fastest, a stream session runs ONNX Runtime"
-    return min(recorded.threads, max_threads()), (f"recorded by bench ({recorded.us:.1f} us at batch {recorded.batch} "
-                                                  f"x {recorded.steps} steps)")
-
-
-def _step_options(threads: int, spinning: bool | None, batch: int) -> tuple[ort.SessionOptions, str]:
-    """The op alone's session options, and what `graph` adds about them. At batch 1 without ONNX Runtime's
-    CPU memory arena: the op's only allocations are its kernel's scratch, a few KB a step, and the arena's
-    bookkeeping costs more than malloc's fast path (0.4-0.7 us of a one-step LSTM or GRU(128) call; SimpleRNN
-    equal). From batch 2 to 256 the two measured equal, so larger batches keep the arena, as the file's
-    graph does (docs/speed.md)."""
-    options = session_options(threads, spinning=spinning)
-    if batch != 1:
-        return options, ""
-    options.enable_cpu_mem_arena = False
-    return options, "; ONNX Runtime's CPU arena off at batch 1"
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A view of a session buffer that the caller cannot write (`copy=False`: a carried state's buffer among
+    them, which the next step reads)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _session(owner: weakref.ref) -> StreamSession:
@@ -125,7 +97,7 @@ class StreamSession:
         unknown = [name for name in self.returned if name not in self.output_names]
         if unknown or not self.returned:
             raise InputError(f"Expected outputs among {self.output_names}. Received: {list(outputs or [])}")
-        self.threads, self.threads_from = _threads(self.model, threads)
+        self.threads, self.threads_from = stream_threads(self.model, threads)
         # A second intra-op thread spinning between steps holds a core the caller's next frame may need:
         # off unless asked (measured: equal or faster, docs/speed.md).
         spin = spinning if spinning is not None else (False if self.threads > 1 else None)
@@ -138,6 +110,7 @@ class StreamSession:
         self._state_info = {name: infos[name] for name in self.mapping}
         self.input_dtype = np.dtype(infos[self.input_name].dtype)
         self._turn = Turn(self.timeout, self._options)
+        weakref.finalize(self, release, self._turn)  # a `step` kept past the session's life is refused
         self._bind(self._check_shape(self._step_zeros(batch, steps)), carry=False)
         check_chunks_carry(lambda feeds: dict(zip(self.output_names, self._plain_run(self.session, feeds))),
                            self._zero_feeds(self._step_zeros(1, 1)), self.input_name, self.mapping, self.model)
@@ -178,7 +151,7 @@ class StreamSession:
         probe = dict(zip(self.output_names, self._plain_run(self.session, self._zero_feeds(x))))
         plan = self._plan(x)
         session = self._step_session if plan is not None else self.session
-        self._run, self._c_level = _c_run(session)
+        self._run, self._c_level = c_run(session)
         read = self._x = np.zeros_like(x)
         if plan is not None and plan.folded:  # the op reads the step with a constant-1 feature after it
             read = np.ones((*x.shape[:-1], x.shape[-1] + 1), x.dtype)
@@ -199,10 +172,11 @@ class StreamSession:
             self._bindings.append(binding._iobinding if self._c_level else binding)
             self._keep.append(binding)
             self._results.append([(name, written[name]) for name in self.returned])
-            self._views.append(dict(self._results[-1]))  # copy=False returns this dict of the buffers
+            self._views.append({name: _read_only(array) for name, array in self._results[-1]})  # copy=False's
         self._turn.side = 0
         self._one = [results[0] for results in self._results] if self.copy and len(self.returned) == 1 else None
         self.step_shape, self.batch = x.shape, batch
+        self._turn.binding = object()  # a closure made for an earlier binding now takes the method's path
         self.step = self._bound_step()  # type: ignore[method-assign]
         if old:
             self.reset(old)
@@ -216,7 +190,7 @@ class StreamSession:
             self.graph = f"the file's graph ({found})"
             return None
         try:
-            options, arena = _step_options(self.threads, self._spin, x.shape[0])
+            options, arena = step_options(self.threads, self._spin, x.shape[0])
             self._step_session = open_session(found.model, options)
         except (InputError, ModelLoadError) as exc:
             self.graph = f"the file's graph (the op alone did not load: {exc})"
@@ -256,7 +230,8 @@ class StreamSession:
     @property
     def input(self) -> np.ndarray:
         """The bound input buffer, of shape `step_shape`: a step written into it and passed to `step` is
-        neither checked again nor copied (0.3-0.6 us of a one-step call)."""
+        neither checked again nor copied (0.3-0.6 us of a one-step call). With a folded bias at batch > 1 it
+        is a strided view (the constant-1 column follows each row): numpy writes into it, `readinto` cannot."""
         if self.closed:
             raise InputError("Expected an open stream session. Received: input after close()")
         return self._x
@@ -266,9 +241,13 @@ class StreamSession:
         One step at a time: a step from another thread while one runs is refused."""
         # Reached off the fast path of the instance's own `step` (`_bound_step`): checked in full (refused
         # once closed), rebound for a new chunk length, then run by the binding's closure from its buffer.
-        if self._turn.busy.locked():  # a rebinding now would swap the buffers under the running step
+        busy = self._turn.busy
+        if not busy.acquire(False):  # a rebinding now would swap the buffers under the running step
             raise InputError(BUSY)
-        self._x[...] = self._new_shape(x)
+        try:
+            self._x[...] = self._new_shape(x)
+        finally:
+            busy.release()
         return self.__dict__["step"](self._x)
 
     def _bound_step(self) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
@@ -278,13 +257,13 @@ class StreamSession:
         buf, shape, dtype, run, options = self._x, self.step_shape, self.input_dtype, self._run, self._options
         bindings, one, results, views, copy = self._bindings, self._one, self._results, self._views, self.copy
         turn, owner, ndarray, monotonic = self._turn, weakref.ref(self), np.ndarray, time.monotonic  # no cycle
-        busy = turn.busy
+        busy, token = turn.busy, turn.binding
 
         def step(x: np.ndarray) -> dict[str, np.ndarray]:
             if x is not buf:  # `is not` on the dtype: numpy's builtin dtypes are singletons
                 if type(x) is not ndarray or x.shape != shape or x.dtype is not dtype:
                     return StreamSession.step(_session(owner), x)  # the method, not this closure
-            if not turn.open:  # a `step` kept past close(): the method refuses it
+            if turn.binding is not token:  # kept from an earlier binding, or past close(): the method's path
                 return StreamSession.step(_session(owner), x)
             if not busy.acquire(False):
                 raise InputError(BUSY)
@@ -310,6 +289,7 @@ class StreamSession:
             return views[side]
 
         step.__doc__ = StreamSession.step.__doc__
+        step.keep = self._keep  # type: ignore[attr-defined]  # its buffers live as long as it does
         return step
 
     def _failed(self, exc: Exception, side: int, started: float) -> None:
@@ -376,7 +356,8 @@ class StreamSession:
 
     def close(self) -> None:
         # The next step takes the slow path, which refuses it: no array a caller holds is `_x` any more.
-        self.closed, self.step_shape, self._x, self._turn.open = True, None, _CLOSED, False
+        self.closed, self.step_shape, self._x = True, None, _CLOSED
+        release(self._turn)
         self.__dict__.pop("step", None)  # the method again, whose slow path refuses a closed session
         self.__dict__.pop("session", None)
         self.__dict__.pop("_bindings", None)
