@@ -131,6 +131,12 @@ NOT_KERAS = {
         + "class_name: Sequential\nconfig: [*h, *h]\n", "values and 64 levels once its aliases are expanded"),
     "keras3": ("class_name: Sequential\nconfig: {}\nkeras_version: 3.8.0\n", "written by Keras 1 or 2. Received: "
                                                                           "'model.yml' from Keras 3.8.0"),
+    # Nested merges of one anchor grew tenfold a level in PyYAML before 6.0.4 (hours at 9 levels): refused.
+    "a_merge_key_bomb": ("a0: &a0 {k: 1}\n" + "".join(f"a{n}: &a{n} {{<<: [{', '.join([f'*a{n - 1}'] * 10)}]}}\n"
+                                                      for n in range(1, 9)) + "class_name: Sequential\nconfig: *a8\n",
+                         "with a merge key << (Keras never wrote one) (line 2): refused before anything was built"),
+    "too_large": ("class_name: Sequential\nconfig: [" + "0," * (2 * 1024 * 1024 + 1) + "0]\n",
+                  "Expected an architecture YAML (model.to_yaml()) of at most 4194304 bytes. Received: 'model.yml' is larger"),
 }
 
 

@@ -24,6 +24,9 @@ from toolkit.text import safe_text
 YAML_SUFFIXES = (".yml", ".yaml")
 ARCHITECTURE_SUFFIXES = (".json", *YAML_SUFFIXES)
 _MAX_DEPTH = 64  # a Keras config nests a few levels (model, layer, wrapped layer, initializer, its config)
+# A YAML file's own bound, below the config bound: building Python values from YAML is slow (libyaml's parser:
+# 0.8 s for 0.5 MB of numbers; PyYAML's pure-Python one 4.7 s), and Keras' to_yaml files are kilobytes.
+_MAX_YAML_BYTES = 4 * 1024 * 1024
 _WHAT = {"json": "an architecture JSON (model.to_json())", "yaml": "an architecture YAML (model.to_yaml())"}
 
 
@@ -36,10 +39,11 @@ def read_architecture(path: Path, limits: ResourceLimits) -> dict:
     """The model config in an architecture file, read within `limits.max_config_bytes`; refused in one line
     unless it holds a Keras model config (`class_name`, `config`) written by Keras 1 or 2."""
     kind = architecture_kind(path)
+    most = min(limits.max_config_bytes, _MAX_YAML_BYTES) if kind == "yaml" else limits.max_config_bytes
     with open_regular_file(path, _WHAT[kind]) as handle:
-        data = handle.read(limits.max_config_bytes + 1)
-    if len(data) > limits.max_config_bytes:
-        raise ModelLoadError(f"Expected {_WHAT[kind]} of at most {limits.max_config_bytes} bytes. "
+        data = handle.read(most + 1)
+    if len(data) > most:
+        raise ModelLoadError(f"Expected {_WHAT[kind]} of at most {most} bytes. "
                              f"Received: {safe_text(str(path))!r} is larger")
     text = data.decode("utf-8", "replace")
     config = _yaml(text, path, limits) if kind == "yaml" else config_json(text, str(path))
@@ -107,13 +111,20 @@ _LOADER: Any = None
 
 
 def _loader() -> Any:
-    """`yaml.SafeLoader` with Keras 2's Python tags as data: tuple (as a list), unicode and str (as str)."""
+    """`yaml.SafeLoader` (libyaml's where PyYAML has it) with Keras 2's Python tags as data: tuple (as a
+    list), unicode and str (as str); merge keys (`<<`) refused: Keras never wrote one, and PyYAML before 6.0.4
+    copied merged pairs without removing repeats, so nested merges of one anchor grew tenfold a level (a
+    445-byte file: 1.2 s and 70 MB at 6 levels, hours at 9)."""
     global _LOADER
     if _LOADER is None:
         import yaml
 
-        class KerasConfigLoader(yaml.SafeLoader):
-            pass
+        class KerasConfigLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+            def flatten_mapping(self, node: Any) -> None:
+                for key, _ in node.value:
+                    if key.tag == "tag:yaml.org,2002:merge":
+                        raise yaml.constructor.ConstructorError(
+                            None, None, "a merge key << (Keras never wrote one)", key.start_mark)
 
         prefix = "tag:yaml.org,2002:python/"
         KerasConfigLoader.add_constructor(prefix + "tuple", lambda loader, node: loader.construct_sequence(node))
