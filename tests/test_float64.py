@@ -115,12 +115,13 @@ def test_a_float64_state_io_export_carries_float64_states(activation, return_sta
     names = [o.name for o in session.get_outputs()]
     state_map = {"lstm_initial_state_h": "lstm_state_h", "lstm_initial_state_c": "lstm_state_c"}
     states = {name: np.zeros((1, 4)) for name in state_map}
-    stream = toolkit.open_stream(path)
+    stream = toolkit.open_stream(path, outputs=names)  # the states too
     for steps in (1, 3, 2):  # by hand and by open_stream: the same numbers
         x = np.random.default_rng(steps).uniform(-1, 1, (1, steps, 3))
         outputs = dict(zip(names, session.run(None, {"x": x, **states})))
         states = {name: outputs[output] for name, output in state_map.items()}
         got = stream.step(x)
+        assert set(got) == set(names)
         assert all(np.array_equal(got[name], outputs[name]) and got[name].dtype == np.float64 for name in got)
     stream.close()
 
