@@ -137,6 +137,17 @@ def test_bad_steps_are_one_line_errors_and_the_session_goes_on():
             session.step(stale)
     with pytest.raises(InputError, match=r"Expected an open stream session. Received: input after close\(\)"):
         _ = session.input
+    with pytest.raises(InputError, match=r"Expected an open stream session. Received: states after close\(\)"):
+        _ = session.states
+    with pytest.raises(InputError, match=r"Expected an open stream session. Received: reset\(\) after close\(\)"):
+        session.reset()
+    # Arguments of the wrong type: one line each, not Python's TypeError from a comparison.
+    for kwargs, message in [({"threads": "2"}, r"Expected --threads between 1 and \d+ .* Received: '2'"),
+                            ({"threads": True}, r"Expected --threads between 1 and \d+ .* Received: True")]:
+        with pytest.raises(InputError, match=message):
+            toolkit.open_stream(proto, **kwargs)
+    with pytest.raises(InputError, match="Expected an ONNX model: a file path or an onnx.ModelProto. Received: bytes"):
+        toolkit.open_stream(proto.SerializeToString())
 
 
 def _counter_model() -> onnx.ModelProto:

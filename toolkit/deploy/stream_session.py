@@ -232,8 +232,7 @@ class StreamSession:
         """The bound input buffer, of shape `step_shape`: a step written into it and passed to `step` is
         neither checked again nor copied (0.3-0.6 us of a one-step call). With a folded bias at batch > 1 it
         is a strided view (the constant-1 column follows each row): numpy writes into it, `readinto` cannot."""
-        if self.closed:
-            raise InputError("Expected an open stream session. Received: input after close()")
+        self._check_open("input")
         return self._x
 
     def step(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -326,11 +325,17 @@ class StreamSession:
     @property
     def states(self) -> dict[str, np.ndarray]:
         """A copy of the states the next step reads, by state input name."""
+        self._check_open("states")
         return {name: pair[self._turn.side].copy() for name, pair in self._pair.items()}
+
+    def _check_open(self, what: str) -> None:
+        if self.closed:
+            raise InputError(f"Expected an open stream session. Received: {what} after close()")
 
     def reset(self, states: Mapping[str, np.ndarray] | None = None) -> None:
         """Start over: zero states, or these (by state input name; the others zeros). Every given state is
         checked before any is written: a refused reset leaves the states as they were."""
+        self._check_open("reset()")
         given = self._checked_states(states)
         for name, pair in self._pair.items():
             pair[self._turn.side][...] = given.get(name, 0)

@@ -44,7 +44,11 @@ ORT_LEVELS = {
 
 
 def as_proto(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    return model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if not isinstance(model, (str, Path)):
+        raise InputError(f"Expected an ONNX model: a file path or an onnx.ModelProto. Received: {type(model).__name__}")
+    return load_onnx(model)
 
 
 class _Watchdog:

@@ -17,8 +17,8 @@ def max_threads() -> int:
 def check_threads(threads: Sequence[int], option: str = "--threads") -> tuple[int, ...]:
     """Thread counts within 1..max_threads(); an `OptionError` stating the bound otherwise."""
     bound = max_threads()
-    wrong = [n for n in threads if not 1 <= n <= bound]
+    wrong = [n for n in threads if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= bound]
     if wrong:
         raise OptionError(f"Expected {option} between 1 and {bound} (4 per core on this machine's "
-                          f"{os.cpu_count() or 1}). Received: {wrong[0]}")
+                          f"{os.cpu_count() or 1}). Received: {wrong[0]!r}")
     return tuple(threads)
