@@ -15,7 +15,7 @@ import onnx
 
 from toolkit.errors import ExportError
 from toolkit.lowering import outer_reads, rename_values
-from toolkit.onnxfile.model import subgraphs
+from toolkit.onnxfile.model import all_nodes, subgraphs
 from toolkit.tf2onnx_lib import InputSignature
 
 BATCH_AXIS = "batch"
@@ -183,15 +183,7 @@ def _canonicalize_body(sub: onnx.GraphProto, sub_prefix: str, opset: int, taken:
 
 def prune_opset_imports(model: onnx.ModelProto) -> None:
     """Drop opset imports of domains no node uses (tf2onnx declares some it did not need)."""
-    used = {""}
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            used.add(node.domain)
-            for sub in subgraphs(node):
-                walk(sub)
-
-    walk(model.graph)
+    used = {"", *(node.domain for node in all_nodes(model.graph))}
     kept = [o for o in model.opset_import if o.domain in used or (o.domain == "ai.onnx")]
     model.ClearField("opset_import")
     model.opset_import.extend(kept)

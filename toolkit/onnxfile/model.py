@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,22 +214,26 @@ def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return found
 
 
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the graph, those inside its subgraphs (a Loop's body, an If's branches) included."""
+    for node in graph.node:
+        yield node
+        for sub in subgraphs(node):
+            yield from all_nodes(sub)
+
+
+def main_opset(model: onnx.ModelProto) -> int:
+    """The model's ONNX (default domain) opset; 0 where it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def count_ops(model: onnx.ModelProto) -> Counter[str]:
     """Count node types, including those inside subgraphs (a Loop's body is where a fallback hides)."""
-    counts: Counter[str] = Counter()
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            counts[node.op_type] += 1
-            for sub in subgraphs(node):
-                walk(sub)
-
-    walk(model.graph)
-    return counts
+    return Counter(node.op_type for node in all_nodes(model.graph))
 
 
 def describe(model: onnx.ModelProto, path: str = "") -> ModelDescription:
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = main_opset(model)
     return ModelDescription(
         path=path,
         inputs=graph_inputs(model),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from toolkit.errors import InputError, RuntimeFailure
-from toolkit.onnxfile.model import describe, subgraphs
+from toolkit.onnxfile.model import all_nodes, describe
 from toolkit.process import LineProcess
 from toolkit.runtimes.base import START_TIMEOUT, Runner, stream_in_child
 from toolkit.runtimes.threads import check_threads
@@ -45,13 +45,6 @@ SUPPORTED_ACTIVATIONS = ("sigmoid", "tanh", "relu")
 # (46 -> 48 us) at batch 1 x 1 step in ONNX Runtime, not measurable at 32 x 100; left to --opset 18.
 AXES_IGNORED = ("ReduceL1", "ReduceLogSum", "ReduceLogSumExp")
 PRECISIONS = {"openvino": "f32", "openvino-bf16": None}  # None: the plugin's default (bf16 here)
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for sub in subgraphs(node):
-            yield from _nodes(sub)
 
 
 def _direction(node: onnx.NodeProto) -> str:
@@ -84,7 +77,7 @@ def _recurrent_problem(node: onnx.NodeProto) -> str | None:
 def problem(model: onnx.ModelProto) -> str | None:
     """Why OpenVINO does not compute this model's numbers, or None where it does (as measured)."""
     opset = describe(model).opset
-    for node in _nodes(model.graph):
+    for node in all_nodes(model.graph):
         if node.op_type in RECURRENT_OPS:
             found = _recurrent_problem(node)
             if found:

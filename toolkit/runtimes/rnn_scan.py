@@ -25,7 +25,6 @@ graph reads them, in the op's shapes. `problem` says in one line which condition
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from toolkit.errors import InputError
 from toolkit.lowering.writer import GraphWriter, outer_reads
-from toolkit.onnxfile.model import subgraphs
+from toolkit.onnxfile.model import all_nodes, main_opset, subgraphs
 from toolkit.runtimes.onnxrt import OnnxRunner
 
 NAME = "onnxruntime-scan"
@@ -54,19 +53,8 @@ class RnnWeights:
     bias: np.ndarray | None  # Wb + Rb: [hidden], None where the op has no B (use_bias=False)
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
 def _is_rnn(node: onnx.NodeProto) -> bool:
     return node.op_type == "RNN" and node.domain in ("", "ai.onnx")
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for sub in subgraphs(node):
-            yield from _nodes(sub)
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -127,15 +115,15 @@ def problem(model: onnx.ModelProto) -> str | None:
     """Why `model` is not valid in onnxruntime-scan (no RNN op, or one the rewrite does not compute), or None."""
     graph = model.graph
     top = [node for node in graph.node if _is_rnn(node)]
-    inside = sum(1 for node in graph.node for sub in subgraphs(node) for n in _nodes(sub) if _is_rnn(n))
+    inside = sum(1 for node in graph.node for sub in subgraphs(node) for n in all_nodes(sub) if _is_rnn(n))
     if inside:
         return f"{inside} RNN op(s) inside a Loop, If or Scan body; {NAME} rewrites the main graph's only"
     if not top:
-        others = sorted({n.op_type for n in _nodes(graph) if n.op_type in OTHER_RECURRENT})
+        others = sorted({n.op_type for n in all_nodes(graph) if n.op_type in OTHER_RECURRENT})
         ops = f"its recurrent ops are {', '.join(others)}" if others else "it has no recurrent op"
         return f"no RNN op to rewrite as Scan ({NAME} rewrites SimpleRNN's fused RNN op; {ops})"
-    if _opset(model) < SCAN_OPSET:
-        return f"opset {_opset(model)}; {NAME} writes Scan as opset {SCAN_OPSET} and later define it"
+    if main_opset(model) < SCAN_OPSET:
+        return f"opset {main_opset(model)}; {NAME} writes Scan as opset {SCAN_OPSET} and later define it"
     initializers = {t.name: t for t in graph.initializer}
     fed = {v.name for v in graph.input}
     for index, node in enumerate(top):
@@ -183,7 +171,7 @@ def _unsqueeze_to(writer: GraphWriter, value: str, axis: int, name: str) -> None
     writer.nodes[-1].output[:] = [name]  # the RNN op's own output name: the graph reads it
 
 
-def _scan_nodes(node: onnx.NodeProto, weights: RnnWeights, writer: GraphWriter) -> None:
+def _scanall_nodes(node: onnx.NodeProto, weights: RnnWeights, writer: GraphWriter) -> None:
     """The op's replacement, appended to `writer`: Y [T, 1, B, H] and Y_h [1, B, H] as the graph reads them."""
     x, hidden = node.input[0], weights.r_t.shape[0]
     steps = writer.op1("MatMul", [x, writer.const(weights.w_t, "W_t")])
@@ -205,7 +193,7 @@ def _input_output(node: onnx.NodeProto, position: int) -> str:
 
 def _names(graph: onnx.GraphProto) -> set[str]:
     names = {t.name for t in graph.initializer} | {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
-    for node in _nodes(graph):
+    for node in all_nodes(graph):
         names.update(node.input)
         names.update(node.output)
     return names
@@ -240,14 +228,14 @@ def as_scan(model: onnx.ModelProto) -> onnx.ModelProto:
     rewritten.CopyFrom(model)
     graph = rewritten.graph
     initializers = {t.name: t for t in graph.initializer}
-    writer = _Writer(_opset(model), _prefix(graph))
+    writer = _Writer(main_opset(model), _prefix(graph))
     nodes, consumed = [], set()
     for node in graph.node:
         if not _is_rnn(node):
             nodes.append(node)
             continue
         start = len(writer.nodes)
-        _scan_nodes(node, _weights(node, initializers), writer)
+        _scanall_nodes(node, _weights(node, initializers), writer)
         nodes.extend(writer.nodes[start:])
         consumed.update(name for name in node.input[1:4] if name)
     graph.ClearField("node")
