@@ -62,10 +62,9 @@ def _source(name: str, producers: dict[str, onnx.NodeProto]) -> str:
     return name
 
 
-def step_graph(model: onnx.ModelProto, batch: int, steps: int, units_of: dict[str, int],
-               fold: bool = True) -> StepGraph | str:
+def step_graph(model: onnx.ModelProto, batch: int, steps: int, units_of: dict[str, int]) -> StepGraph | str:
     """The op-alone graph for steps of (batch, steps, ...), or why there is none. `units_of`: each graph
-    input's last dim (the features of the step input, the units of a state); `fold`: an LSTM's bias folded."""
+    input's last dim (the features of the step input, the units of a state). An LSTM's bias is folded."""
     if steps != 1:
         return "chunks of more than one step: the Transpose to time-major moves memory"
     ops = [n for n in model.graph.node if n.op_type in RECURRENT]
@@ -99,7 +98,7 @@ def step_graph(model: onnx.ModelProto, batch: int, steps: int, units_of: dict[st
         shapes[source] = (1, 1, batch, units) if source == op.output[0] else (1, batch, units)
     used = set(op.input[1:])
     initializers = [t for t in model.graph.initializer if t.name in used]
-    folded = fold_bias(op, initializers) if fold else None
+    folded = fold_bias(op, initializers)
     if folded is not None:
         op, initializers = folded
         shapes[op.input[0]] = (*shapes[op.input[0]][:-1], shapes[op.input[0]][-1] + 1)

@@ -45,7 +45,6 @@ from toolkit.runtimes.feeds import check_feeds
 from toolkit.runtimes.onnxrt import ORT_ERRORS, as_proto, deadline, open_session, session_options
 from toolkit.text import first_line, safe_text
 
-_CLOSED = object()  # a closed session's `_x`: what no caller can pass to `step`
 BUSY = ("Expected one step at a time on a stream session (open one session per stream or thread). "
         "Received: a step while another step of this session was running")
 
@@ -259,10 +258,10 @@ class StreamSession:
         busy, token = turn.busy, turn.binding
 
         def step(x: np.ndarray) -> dict[str, np.ndarray]:
-            if x is not buf:  # `is not` on the dtype: numpy's builtin dtypes are singletons
-                if type(x) is not ndarray or x.shape != shape or x.dtype is not dtype:
-                    return StreamSession.step(_session(owner), x)  # the method, not this closure
-            if turn.binding is not token:  # kept from an earlier binding, or past close(): the method's path
+            # Off the fast path (another type, shape or dtype; kept from an earlier binding or past close()):
+            # the method, not this closure. `is not` on the dtype: numpy's builtin dtypes are singletons.
+            if turn.binding is not token or x is not buf and (type(x) is not ndarray or x.shape != shape
+                                                               or x.dtype is not dtype):
                 return StreamSession.step(_session(owner), x)
             if not busy.acquire(False):
                 raise InputError(BUSY)
@@ -360,8 +359,8 @@ class StreamSession:
         return checked
 
     def close(self) -> None:
-        # The next step takes the slow path, which refuses it: no array a caller holds is `_x` any more.
-        self.closed, self.step_shape, self._x = True, None, _CLOSED
+        # A step kept from the session takes the method's path (the turn's token is gone), which refuses it.
+        self.closed, self.step_shape = True, None
         release(self._turn)
         self.__dict__.pop("step", None)  # the method again, whose slow path refuses a closed session
         self.__dict__.pop("session", None)
